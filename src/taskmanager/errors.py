@@ -1,0 +1,255 @@
+"""Every error response, in one place, as RFC 9457 problem details.
+
+Database errors are translated here and nowhere else: by SQLSTATE and constraint name,
+a unique violation is 409, a missing foreign key is 422 naming the field, and a database
+that is unreachable, too slow or out of connections is 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from taskmanager.models import FK_TASKS_CATEGORY, UQ_CATEGORIES_NAME
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_JSON
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    problem_type: str = "about:blank",
+    headers: Mapping[str, str] | None = None,
+    **extensions: Any,
+) -> ProblemResponse:
+    """An `application/problem+json` response (RFC 9457)."""
+    body: dict[str, Any] = {
+        "type": problem_type,
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        **extensions,
+    }
+    return ProblemResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+# ─────────────────────────────────────────────
+# Request validation (422, naming every failing field)
+# ─────────────────────────────────────────────
+
+
+def _field_name(loc: Iterable[int | str]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _validation_errors(errors: Iterable[Any]) -> list[dict[str, Any]]:
+    out = []
+    for error in errors:
+        loc = list(error.get("loc", ()))
+        message = str(error.get("msg", "invalid value"))
+        # Pydantic prefixes messages of our own validators with "Value error, ".
+        message = message.removeprefix("Value error, ")
+        out.append(
+            {"field": _field_name(loc), "loc": loc, "message": message, "type": error.get("type")}
+        )
+    return out
+
+
+async def _handle_validation_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = _validation_errors(exc.errors())
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
+    return problem_response(
+        422,
+        detail,
+        title="Request validation failed",
+        problem_type="/problems/validation-error",
+        errors=errors,
+    )
+
+
+async def _handle_http_exception(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    return problem_response(exc.status_code, detail, headers=exc.headers)
+
+
+# ─────────────────────────────────────────────
+# Database errors
+# ─────────────────────────────────────────────
+
+
+@dataclass(frozen=True, slots=True)
+class ConstraintProblem:
+    status: int
+    field: str
+    message: str
+
+
+# Constraint name -> what the client did wrong, in the client's words.
+CONSTRAINT_PROBLEMS: dict[str, ConstraintProblem] = {
+    FK_TASKS_CATEGORY: ConstraintProblem(422, "body.category_id", "no category has this id"),
+    UQ_CATEGORIES_NAME: ConstraintProblem(
+        409, "body.name", "a category with this name already exists (names ignore case)"
+    ),
+    "ck_tasks_title_not_blank": ConstraintProblem(
+        422, "body.title", "must not be empty or only whitespace"
+    ),
+    "ck_categories_name_not_blank": ConstraintProblem(
+        422, "body.name", "must not be empty or only whitespace"
+    ),
+}
+
+# SQLSTATE classes/codes meaning "the database cannot serve this now; try again".
+_UNAVAILABLE_SQLSTATES = {
+    "57014": "the database took too long to answer (statement timeout)",
+    "57P01": "the database is shutting down",
+    "57P02": "the database is shutting down",
+    "57P03": "the database is starting up",
+    "53300": "the database has no free connections",
+    "40001": "the transaction conflicted with another one",
+    "40P01": "the transaction deadlocked with another one",
+}
+
+
+def _driver_error(exc: BaseException) -> BaseException | None:
+    """The asyncpg exception behind a SQLAlchemy DBAPIError, if any."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "__cause__", None) or orig
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    orig = getattr(exc, "orig", None)
+    state = getattr(orig, "sqlstate", None) or getattr(_driver_error(exc), "sqlstate", None)
+    return str(state) if state else None
+
+
+def _unavailable(detail: str, retry_after: int = 1) -> ProblemResponse:
+    return problem_response(
+        503,
+        detail,
+        title="Database unavailable",
+        problem_type="/problems/database-unavailable",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def _integrity_problem(exc: sa_exc.IntegrityError, sqlstate: str | None) -> ProblemResponse:
+    driver_error = _driver_error(exc)
+    constraint = getattr(driver_error, "constraint_name", None)
+    known = CONSTRAINT_PROBLEMS.get(str(constraint)) if constraint else None
+    if known is not None:
+        return problem_response(
+            known.status,
+            f"{known.field}: {known.message}",
+            title="Conflict" if known.status == 409 else "Request validation failed",
+            problem_type="/problems/conflict"
+            if known.status == 409
+            else "/problems/validation-error",
+            errors=[
+                {
+                    "field": known.field,
+                    "loc": known.field.split("."),
+                    "message": known.message,
+                    "type": "constraint",
+                }
+            ],
+        )
+    if sqlstate == "23505":
+        return problem_response(
+            409,
+            "the request conflicts with existing data",
+            title="Conflict",
+            problem_type="/problems/conflict",
+        )
+    # Any other constraint (FK, NOT NULL, CHECK) is data the request should not have sent.
+    column = getattr(driver_error, "column_name", None)
+    detail = f"{column}: violates a database constraint" if column else "violates a constraint"
+    return problem_response(
+        422, detail, title="Request validation failed", problem_type="/problems/validation-error"
+    )
+
+
+def translate_database_error(exc: BaseException) -> ProblemResponse | None:
+    """The problem response for a database error, or None if it is not one we understand."""
+    if isinstance(exc, sa_exc.TimeoutError):  # the pool had no free connection in time
+        return _unavailable("no database connection became free in time; retry shortly")
+    sqlstate = _sqlstate(exc)
+    if isinstance(exc, sa_exc.IntegrityError):
+        return _integrity_problem(exc, sqlstate)
+    if sqlstate in _UNAVAILABLE_SQLSTATES:
+        return _unavailable(_UNAVAILABLE_SQLSTATES[sqlstate])
+    if sqlstate and sqlstate.startswith("08"):  # connection exception class
+        return _unavailable("the connection to the database failed", retry_after=5)
+    if sqlstate and sqlstate.startswith("22"):  # data exception: a value the DB refused
+        return problem_response(
+            422,
+            "a value in the request cannot be stored",
+            title="Request validation failed",
+            problem_type="/problems/validation-error",
+        )
+    if isinstance(exc, sa_exc.DBAPIError) and (
+        exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError)
+    ):
+        return _unavailable("the connection to the database was lost", retry_after=5)
+    if isinstance(exc, (OSError, TimeoutError)) or _is_driver_connection_error(exc):
+        return _unavailable("the database cannot be reached", retry_after=5)
+    return None
+
+
+def _is_driver_connection_error(exc: BaseException) -> bool:
+    import asyncpg
+
+    return isinstance(
+        exc,
+        (
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.TooManyConnectionsError,
+        ),
+    )
+
+
+async def _handle_database_error(request: Request, exc: Exception) -> ProblemResponse:
+    response = translate_database_error(exc)
+    if response is None:
+        raise exc  # not understood: the last-resort handler logs it and answers 500
+    if response.status_code >= 500:
+        log.warning("database unavailable: %s", exc.__class__.__name__, exc_info=exc)
+    return response
+
+
+def internal_error_response() -> ProblemResponse:
+    """The answer to a bug: no details leak, the request id lets operators find the log."""
+    return problem_response(
+        500,
+        "the server failed to handle this request; it has been logged",
+        problem_type="/problems/internal-error",
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers above; the last-resort 500 lives in the request middleware."""
+    app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
+    app.add_exception_handler(sa_exc.SQLAlchemyError, _handle_database_error)
+    app.add_exception_handler(OSError, _handle_database_error)
+    app.add_exception_handler(TimeoutError, _handle_database_error)

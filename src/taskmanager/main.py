@@ -1,0 +1,79 @@
+"""The FastAPI application: create_app() and its lifespan.
+
+The lifespan builds the engine when the app starts and disposes of it when it stops.
+With DATABASE_URL unset (running `uvicorn taskmanager.main:app` directly) it also starts
+the embedded PostgreSQL and migrates it; `taskmanager serve` does that once, before
+starting its workers, and hands them DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from taskmanager import __version__
+from taskmanager.config import Settings, get_settings
+from taskmanager.database import create_engine, create_session_factory
+from taskmanager.errors import install_error_handlers
+from taskmanager.middleware import RequestContextMiddleware
+from taskmanager.openapi import build_openapi, install_docs
+from taskmanager.routes import categories, health, tasks
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+A task manager on PostgreSQL: tasks, categories, health checks.
+
+Every error is `application/problem+json` (RFC 9457). Every response carries
+`X-Request-ID`. Writes are committed before the response is sent.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application. Nothing connects to the database until the app starts."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        embedded = None
+        database_url = settings.database_url
+        if database_url is None:
+            from taskmanager.embedded import EmbeddedPostgres
+            from taskmanager.migrate import upgrade
+
+            embedded = EmbeddedPostgres(settings.data_dir)
+            database_url = embedded.start()
+            upgrade(database_url)
+        engine = create_engine(settings, database_url)
+        app.state.engine = engine
+        app.state.async_session_factory = create_session_factory(engine)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+            if embedded is not None:
+                embedded.stop()
+
+    app = FastAPI(
+        title="taskmanager",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.add_middleware(RequestContextMiddleware)
+    install_error_handlers(app)
+    app.include_router(tasks.router)
+    app.include_router(categories.router)
+    app.include_router(health.router)
+    install_docs(app)
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+app = create_app()

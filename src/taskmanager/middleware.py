@@ -1,0 +1,89 @@
+"""Request context: X-Request-ID on every response, one access log line per request,
+and the last-resort 500 problem for bugs (so even that answer carries the request id)."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from taskmanager.errors import internal_error_response
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# Echo a client's id only if it is short and printable, so it is safe in logs and headers.
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+access_log = logging.getLogger("taskmanager.access")
+error_log = logging.getLogger("taskmanager.errors")
+
+
+class RequestIdLogFilter(logging.Filter):
+    """Adds `request_id` to every log record, for formats that print it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+def _request_id_from(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _VALID_REQUEST_ID.match(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    """Pure ASGI middleware (no BaseHTTPMiddleware overhead on the hot path)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        request_id = _request_id_from(scope)
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        except Exception:
+            error_log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if response_started:
+                raise  # too late for a clean answer; the server closes the connection
+            await internal_error_response()(scope, receive, send_with_request_id)
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                client = scope.get("client")
+                access_log.info(
+                    '%s - "%s %s HTTP/%s" %d %.1fms',
+                    f"{client[0]}:{client[1]}" if client else "-",
+                    scope["method"],
+                    scope["path"],
+                    scope.get("http_version", "1.1"),
+                    status,
+                    (time.perf_counter() - started) * 1000,
+                )
+            request_id_var.reset(token)

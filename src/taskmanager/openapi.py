@@ -1,0 +1,105 @@
+"""The OpenAPI document and the interactive docs.
+
+Error responses are documented as `application/problem+json` with the Problem schema, and
+Swagger UI / ReDoc are served from assets installed with the package (no CDN), so /docs
+works on a machine without internet access.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from taskmanager.errors import PROBLEM_JSON
+
+DOCS_ASSETS_URL = "/docs-assets"
+
+_DESCRIPTIONS = {
+    404: "Not found: no resource has this id.",
+    409: "Conflict with existing data (for example a duplicate category name).",
+    422: "Validation failed; `errors` names each failing field.",
+    503: "The database is unavailable or busy; retry after `Retry-After` seconds.",
+}
+
+
+class FieldError(BaseModel):
+    field: str = Field(examples=["body.title"])
+    loc: list[str | int] = Field(default_factory=list)
+    message: str
+    type: str | None = None
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = Field(examples=["about:blank"])
+    title: str = Field(examples=["Not Found"])
+    status: int = Field(examples=[404])
+    detail: str = Field(examples=["Task not found"])
+    errors: list[FieldError] | None = None
+
+
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for the problem statuses an operation can return."""
+    return {
+        status: {
+            "description": _DESCRIPTIONS[status],
+            "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}},
+        }
+        for status in statuses
+    }
+
+
+def build_openapi(app: FastAPI) -> dict[str, Any]:
+    """The app's OpenAPI document, with the Problem schemas in its components."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        definitions = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(definitions.pop("$defs", {}))
+        components["Problem"] = definitions
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def install_docs(app: FastAPI) -> None:
+    """Serve /docs (Swagger UI) and /redoc from local assets."""
+    assets = files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=str(assets)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )

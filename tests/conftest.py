@@ -1,0 +1,145 @@
+"""Test database, per-test isolation and the HTTP client (lecture Part 6, made real).
+
+- A throwaway embedded PostgreSQL per test run (or TEST_DATABASE_URL), its schema built by
+  the Alembic migrations, never the development database.
+- Each test runs inside an outer transaction that is rolled back at the end; the session
+  joins it with join_transaction_mode="create_savepoint", so the app's own commit and
+  rollback act on a SAVEPOINT and nothing a test writes survives it.
+- The app's session dependency is overridden to use that session, committing on success
+  and rolling back on error exactly like the real one, and expunging the session before
+  each request so a forgotten eager load fails here as it would in production.
+
+Whatever depends on the REAL commit (commit-before-response, data surviving a restart)
+is tested over a real socket against its own database: see `server_database_url`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+
+from taskmanager.config import Settings, normalize_database_url
+from taskmanager.database import create_session_factory, get_async_session
+from taskmanager.embedded import EmbeddedPostgres
+from taskmanager.main import create_app
+from taskmanager.migrate import upgrade
+
+TEST_DATABASE = "taskmanager_test"
+
+
+@pytest.fixture(scope="session")
+def embedded_server() -> Iterator[EmbeddedPostgres | None]:
+    """A throwaway PostgreSQL for this test run (None when TEST_DATABASE_URL is set)."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield None
+        return
+    data_dir = Path(tempfile.mkdtemp(prefix="taskmanager-test-")) / "pgdata"
+    server = EmbeddedPostgres(data_dir, database=TEST_DATABASE, delete=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(embedded_server: EmbeddedPostgres | None) -> str:
+    """The migrated test database's URL."""
+    explicit = os.environ.get("TEST_DATABASE_URL")
+    if explicit:
+        url = normalize_database_url(explicit)
+        development = os.environ.get("DATABASE_URL")
+        if development and normalize_database_url(development) == url:
+            pytest.exit("TEST_DATABASE_URL must not be the development DATABASE_URL", 2)
+    else:
+        assert embedded_server is not None
+        url = embedded_server.url()
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def make_database(
+    embedded_server: EmbeddedPostgres | None, database_url: str
+) -> Callable[[str], str]:
+    """Create (or recreate) another migrated database on the test server; return its URL.
+
+    For tests that need the real commit, outside the rollback fixture.
+    """
+
+    def make(name: str) -> str:
+        if embedded_server is None:
+            pytest.skip("needs the embedded test server to create extra databases")
+        embedded_server.drop_database(name)
+        embedded_server.create_database(name)
+        url = embedded_server.url(name)
+        upgrade(url)
+        return url
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, pool_size=5, max_overflow=5)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database_url, pool_size=5, max_overflow=5)
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture
+async def db_session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """A session inside a transaction that is rolled back after the test: a clean slate."""
+    async with engine.connect() as connection:
+        transaction = await connection.begin()
+        session = AsyncSession(
+            bind=connection,
+            expire_on_commit=False,
+            join_transaction_mode="create_savepoint",
+        )
+        try:
+            yield session
+        finally:
+            await session.close()
+            await transaction.rollback()
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest_asyncio.fixture
+async def client(
+    app: FastAPI, engine: AsyncEngine, db_session: AsyncSession
+) -> AsyncIterator[AsyncClient]:
+    """Test client whose requests all use the test's rolled-back session."""
+
+    async def override_get_async_session() -> AsyncIterator[AsyncSession]:
+        db_session.expunge_all()  # each request starts with nothing loaded, as in production
+        try:
+            yield db_session
+            await db_session.commit()  # releases the SAVEPOINT; the outer transaction stays
+        except Exception:
+            await db_session.rollback()  # back to the SAVEPOINT, as a real request would
+            raise
+
+    app.dependency_overrides[get_async_session] = override_get_async_session
+    # ASGITransport does not run the lifespan; give /health/ready an engine to ask.
+    app.state.engine = engine
+    app.state.async_session_factory = create_session_factory(engine)
+    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as ac:
+        yield ac
+    app.dependency_overrides.clear()
