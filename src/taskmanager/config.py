@@ -48,9 +48,7 @@ def normalize_database_url(raw: str) -> str:
             "write postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DBNAME"
         ) from None
     backend, _, driver = url.drivername.partition("+")
-    if backend in _DRIVERLESS_SCHEMES and not driver:
-        url = url.set(drivername=ASYNC_DRIVER)
-    elif backend in _DRIVERLESS_SCHEMES and driver == "asyncpg":
+    if backend in _DRIVERLESS_SCHEMES and driver in ("", "asyncpg"):
         url = url.set(drivername=ASYNC_DRIVER)
     elif backend in _DRIVERLESS_SCHEMES and driver in _SYNC_POSTGRES_DRIVERS:
         raise DatabaseURLError(

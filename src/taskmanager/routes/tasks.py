@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, st
 
 from taskmanager.dependencies import TaskRepositoryDep
 from taskmanager.models import Task
+from taskmanager.openapi import problem_responses
 from taskmanager.repositories.task_repository import TaskFilters
 from taskmanager.schemas import (
     INT4_MAX,
@@ -17,7 +18,6 @@ from taskmanager.schemas import (
     TaskUpdate,
     TaskWithCategoryResponse,
 )
-from taskmanager.openapi import problem_responses
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
@@ -101,8 +101,10 @@ async def replace_task(task_id: TaskId, body: TaskUpdate, repo: TaskRepositoryDe
 
 
 @router.delete(
-    "/{task_id}", status_code=status.HTTP_204_NO_CONTENT,
-    response_class=Response, responses=problem_responses(404, 422)
+    "/{task_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(404, 422),
 )
 async def delete_task(task_id: TaskId, repo: TaskRepositoryDep) -> None:
     task = await repo.get_by_id(task_id)

@@ -1,0 +1,41 @@
+# The two commands of the README: `make run` and `make test`. Everything else is a step.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+UV := .uv/bin/uv
+BIN := $(VENV)/bin
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: run test install lint typecheck pytest system-deps bench clean
+
+run: install ## install, start the embedded PostgreSQL, migrate, serve on :8000
+	$(BIN)/taskmanager serve
+
+test: install system-deps lint typecheck pytest ## install, lint, type-check, run every test
+
+install: $(VENV)/.installed
+
+$(UV):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "taskmanager needs Python 3.11+; set PYTHON=/path/to/python3.11")'
+	$(PYTHON) -m venv .uv
+	.uv/bin/python -m pip install --quiet --disable-pip-version-check 'uv>=0.9,<1'
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --extra dev --python $(PYTHON)
+	@touch $@
+
+system-deps: ## Debian packages some tests drive (chromium); skipped where apt is unusable
+	@bash scripts/install-system-deps.sh
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy --strict src
+
+pytest: install
+	$(BIN)/pytest; status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
+
+clean:
+	rm -rf $(VENV) .uv .pytest_cache .mypy_cache .ruff_cache

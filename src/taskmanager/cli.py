@@ -1,0 +1,215 @@
+"""The `taskmanager` command: serve the API, migrate and seed the database.
+
+With DATABASE_URL unset every command uses the embedded PostgreSQL under the data
+directory, starting it if needed (and stopping it afterwards if it started it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from taskmanager import __version__
+from taskmanager.config import Settings, get_settings
+
+console = Console(stderr=True, soft_wrap=True)
+
+app = typer.Typer(
+    name="taskmanager",
+    help="An async Task Manager REST API on FastAPI, SQLAlchemy 2 and PostgreSQL.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Migrate, inspect and seed the database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def _load_settings() -> Settings:
+    """The settings, or a clear one-paragraph error and exit code 2."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            console.print(f"[bold red]Configuration error[/] ({field}): {message}")
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The database URL to use: DATABASE_URL, or the embedded server (started if needed)."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    from taskmanager.embedded import EmbeddedPostgres
+
+    embedded = EmbeddedPostgres(settings.data_dir)
+    url = embedded.start()
+    try:
+        yield url
+    finally:
+        embedded.stop()
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"taskmanager {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Show the version."
+        ),
+    ] = False,
+) -> None:
+    """Serve the API (`serve`) or work on its database (`db ...`)."""
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
+    reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
+) -> None:
+    """Migrate the database to head, then serve the API (Ctrl-C stops it cleanly)."""
+    import uvicorn
+
+    from taskmanager.logs import configure_logging
+    from taskmanager.migrate import upgrade
+
+    settings = _load_settings()
+    configure_logging(settings.log_level)
+    with database(settings) as url:
+        upgrade(url)
+        # Workers (and the reloader's child) read their settings from the environment:
+        # hand them the resolved URL so they share this database instead of starting one.
+        os.environ["DATABASE_URL"] = url
+        console.print(
+            f"[bold green]taskmanager[/] on http://{host}:{port}  "
+            f"(docs: http://{host}:{port}/docs)  database: "
+            + (
+                "embedded, " + str(settings.data_dir)
+                if settings.uses_embedded_database
+                else "DATABASE_URL"
+            )
+        )
+        uvicorn.run(
+            "taskmanager.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=None if reload else workers,
+            reload=reload,
+            access_log=False,  # taskmanager.access logs each request with its request id
+            log_config=None,
+            loop="uvloop",
+            http="httptools",
+            timeout_graceful_shutdown=10,
+        )
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Migrate the database up to REVISION (default: head)."""
+    from taskmanager.migrate import upgrade
+
+    with database(_load_settings()) as url:
+        upgrade(url, revision)
+    console.print(f"database upgraded to {revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision, e.g. -1 or base.")],
+) -> None:
+    """Migrate the database down to REVISION."""
+    from taskmanager.migrate import downgrade
+
+    with database(_load_settings()) as url:
+        downgrade(url, revision)
+    console.print(f"database downgraded to {revision}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the revision the database is at."""
+    from taskmanager.migrate import current, heads
+
+    with database(_load_settings()) as url:
+        revision = current(url)
+    head = heads()
+    state = "at head" if revision in head else f"head is {', '.join(head)}"
+    typer.echo(f"{revision or 'empty (no migrations applied)'} ({state})")
+
+
+@db_app.command("seed")
+def db_seed(
+    tasks: Annotated[int, typer.Option(help="How many tasks to add.", min=0)] = 1000,
+    categories: Annotated[int, typer.Option(help="How many categories to ensure.", min=0)] = 10,
+    seed_value: Annotated[int, typer.Option("--seed", help="Random seed (repeatable data).")] = 42,
+) -> None:
+    """Add TASKS tasks spread over CATEGORIES categories (bulk COPY, with progress)."""
+    from taskmanager.database import create_engine
+    from taskmanager.migrate import upgrade
+    from taskmanager.seed import seed
+
+    settings = _load_settings()
+    with database(settings) as url:
+        upgrade(url)
+        engine = create_engine(settings, url)
+        progress = Progress(
+            TextColumn("[bold]seeding tasks"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        started = time.perf_counter()
+        with progress:
+            bar = progress.add_task("tasks", total=tasks)
+
+            async def run() -> tuple[int, int]:
+                try:
+                    result = await seed(
+                        engine,
+                        tasks,
+                        categories,
+                        seed_value=seed_value,
+                        on_progress=lambda n: progress.advance(bar, n),
+                    )
+                    return result.tasks, result.categories
+                finally:
+                    await engine.dispose()
+
+            inserted, category_count = asyncio.run(run())
+        elapsed = time.perf_counter() - started
+    rate = inserted / elapsed if elapsed > 0 else float("inf")
+    console.print(
+        f"seeded {inserted:,} tasks over {category_count} categories in {elapsed:.1f}s "
+        f"({rate:,.0f} tasks/s)"
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
