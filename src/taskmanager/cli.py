@@ -99,6 +99,7 @@ def serve(
         # Workers (and the reloader's child) read their settings from the environment:
         # hand them the resolved URL so they share this database instead of starting one.
         os.environ["DATABASE_URL"] = url
+        get_settings.cache_clear()  # the in-process worker must read it too
         console.print(
             f"[bold green]taskmanager[/] on http://{host}:{port}  "
             f"(docs: http://{host}:{port}/docs)  database: "

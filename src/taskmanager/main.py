@@ -8,6 +8,7 @@ starting its workers, and hands them DATABASE_URL.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -45,8 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from taskmanager.migrate import upgrade
 
             embedded = EmbeddedPostgres(settings.data_dir)
-            database_url = embedded.start()
-            upgrade(database_url)
+            # Both block (subprocesses, their own event loop): keep them off this loop.
+            database_url = await asyncio.to_thread(embedded.start)
+            await asyncio.to_thread(upgrade, database_url)
         engine = create_engine(settings, database_url)
         app.state.engine = engine
         app.state.async_session_factory = create_session_factory(engine)
@@ -55,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await engine.dispose()
             if embedded is not None:
-                embedded.stop()
+                await asyncio.to_thread(embedded.stop)
 
     app = FastAPI(
         title="taskmanager",
