@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from taskmanager import __version__
 from taskmanager.config import Settings, get_settings
+from taskmanager.demo.cli import demo_app
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Migrate, inspect and seed the database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(demo_app, name="demo")
 
 
 def _load_settings() -> Settings:
