@@ -1,0 +1,110 @@
+"""The real app plus baseline routes kept outside the production app, for bench/run.py.
+
+Baselines, all returning the same response model as the real routes:
+- /bench/raw/tasks/{id}, /bench/raw/tasks: raw asyncpg (no ORM, no session): the floor.
+- /bench/naive/tasks/{id}: the "naive ORM way" of the lecture's Part 3.4 — a plain route
+  with `session.get` and the lecture's default-scope session dependency, no repository.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload
+
+from taskmanager.config import get_settings
+from taskmanager.main import create_app
+from taskmanager.models import Task
+from taskmanager.schemas import CategoryResponse, TaskWithCategoryResponse
+
+_TASK_COLUMNS = """
+    t.id, t.title, t.description, t.completed, t.created_at, t.updated_at,
+    c.id AS category_id, c.name AS category_name
+    FROM tasks t LEFT JOIN categories c ON c.id = t.category_id
+"""
+
+router = APIRouter(prefix="/bench", tags=["bench"])
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool | None = getattr(request.app.state, "raw_pool", None)
+    if pool is None:
+        settings = get_settings()
+        assert settings.database_url is not None
+        pool = await asyncpg.create_pool(
+            _asyncpg_dsn(settings.database_url),
+            min_size=1,
+            max_size=settings.pool_size + settings.max_overflow,
+        )
+        request.app.state.raw_pool = pool
+    return pool
+
+
+def _task_from_row(row: Any) -> TaskWithCategoryResponse:
+    category = (
+        CategoryResponse(id=row["category_id"], name=row["category_name"])
+        if row["category_id"] is not None
+        else None
+    )
+    return TaskWithCategoryResponse(
+        id=row["id"],
+        title=row["title"],
+        description=row["description"],
+        completed=row["completed"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        category=category,
+    )
+
+
+@router.get("/raw/tasks/{task_id}", response_model=TaskWithCategoryResponse)
+async def raw_get_task(task_id: int, request: Request) -> TaskWithCategoryResponse:
+    pool = await _pool(request)
+    row = await pool.fetchrow(f"SELECT {_TASK_COLUMNS} WHERE t.id = $1", task_id)
+    if row is None:
+        raise HTTPException(404, "Task not found")
+    return _task_from_row(row)
+
+
+@router.get("/raw/tasks", response_model=list[TaskWithCategoryResponse])
+async def raw_list_tasks(request: Request, limit: int = 50) -> list[TaskWithCategoryResponse]:
+    pool = await _pool(request)
+    rows = await pool.fetch(
+        f"SELECT {_TASK_COLUMNS} ORDER BY t.created_at DESC, t.id DESC LIMIT $1", limit
+    )
+    return [_task_from_row(row) for row in rows]
+
+
+async def _lecture_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """The lecture's get_async_session, default dependency scope."""
+    async with request.app.state.async_session_factory() as session:
+        try:
+            yield session
+            await session.commit()
+        except Exception:
+            await session.rollback()
+            raise
+
+
+@router.get("/naive/tasks/{task_id}", response_model=TaskWithCategoryResponse)
+async def naive_get_task(
+    task_id: int, session: Annotated[AsyncSession, Depends(_lecture_session)]
+) -> Task:
+    task = await session.get(Task, task_id, options=[joinedload(Task.category)])
+    if task is None:
+        raise HTTPException(404, "Task not found")
+    return task
+
+
+def create_bench_app() -> FastAPI:
+    app = create_app()
+    app.include_router(router)
+    return app

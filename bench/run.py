@@ -1,0 +1,468 @@
+"""What our stack costs, against the limit: one command, ratios measured side by side.
+
+    .venv/bin/python bench/run.py                 # HTTP benchmark (wrk), ~2 minutes
+    .venv/bin/python bench/run.py --deep-offset   # db seed rate + offset 0 vs deep, 1M tasks
+
+The HTTP benchmark starts ONE uvicorn server with the real app plus the baseline routes of
+bench_app.py, seeds data, and drives every scenario with wrk, alternating the order over
+at least two rounds so drift on a noisy machine hits every scenario alike. It prints a
+markdown table and writes bench/results/latest.{md,json}. Only 127.0.0.1 is targeted and
+every run is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    method: str
+    path: str  # may contain {id}: a random seeded task id per request
+    body: str | None = None
+    baseline: str | None = None  # the scenario this one is compared against
+
+
+SCENARIOS = [
+    Scenario("raw asyncpg GET one", "GET", "/bench/raw/tasks/{id}"),
+    Scenario("naive ORM GET one", "GET", "/bench/naive/tasks/{id}", baseline="raw asyncpg GET one"),
+    Scenario("GET /tasks/{id}", "GET", "/tasks/{id}", baseline="raw asyncpg GET one"),
+    Scenario("raw asyncpg list 50", "GET", "/bench/raw/tasks?limit=50"),
+    Scenario("GET /tasks?limit=50", "GET", "/tasks?limit=50", baseline="raw asyncpg list 50"),
+    Scenario(
+        "POST /tasks",
+        "POST",
+        "/tasks",
+        body='{"title": "bench task", "description": "created by bench/run.py"}',
+        baseline="raw asyncpg GET one",
+    ),
+    Scenario(
+        "PATCH /tasks/{id}",
+        "PATCH",
+        "/tasks/{id}",
+        body='{"completed": true}',
+        baseline="raw asyncpg GET one",
+    ),
+]
+
+# Targets from the project's issue: ratio of req/s to the baseline.
+TARGETS = {"GET /tasks/{id}": 0.6, "GET /tasks?limit=50": 0.5}
+
+
+@dataclass
+class Measurement:
+    scenario: str
+    round: int
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+
+@dataclass
+class Summary:
+    scenario: str
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    ratio_to_baseline: float | None
+    baseline: str | None
+    errors: int
+    rounds: list[float] = field(default_factory=list)
+
+
+# ─────────────────────────────────────────────── helpers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_wrk() -> str:
+    """The wrk binary; installed from Debian's packages when missing (as root)."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("wrk is missing: installing it with apt-get ...", file=sys.stderr)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, env=env)
+        found = shutil.which("wrk")
+    if not found:
+        sys.exit("wrk is needed: install it (Debian: apt-get install wrk) and run again")
+    return found
+
+
+@contextmanager
+def bench_database() -> Iterator[str]:
+    """BENCH_DATABASE_URL, else a throwaway embedded PostgreSQL (deleted afterwards)."""
+    explicit = os.environ.get("BENCH_DATABASE_URL")
+    if explicit:
+        from taskmanager.config import normalize_database_url
+
+        yield normalize_database_url(explicit)
+        return
+    from taskmanager.embedded import EmbeddedPostgres
+
+    data_dir = Path(tempfile.mkdtemp(prefix="taskmanager-bench-")) / "pgdata"
+    server = EmbeddedPostgres(data_dir, database="taskmanager_bench", delete=True)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def seed_database(url: str, tasks: int, categories: int) -> dict[str, float]:
+    """Migrate and seed; returns the seed rate."""
+    from taskmanager.config import Settings
+    from taskmanager.database import create_engine
+    from taskmanager.migrate import upgrade
+    from taskmanager.seed import seed
+
+    upgrade(url)
+
+    async def run() -> float:
+        engine = create_engine(Settings(database_url=url), url)
+        try:
+            started = time.perf_counter()
+            await seed(engine, tasks, categories)
+            return time.perf_counter() - started
+        finally:
+            await engine.dispose()
+
+    elapsed = asyncio.run(run())
+    return {"tasks": tasks, "seconds": elapsed, "tasks_per_second": tasks / elapsed}
+
+
+@contextmanager
+def bench_server(url: str, workers: int) -> Iterator[tuple[str, psutil.Process]]:
+    """uvicorn with the bench app on a free 127.0.0.1 port; stopped by PID afterwards."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "TASKMANAGER_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(BENCH_DIR),
+    }
+    command = [
+        sys.executable, "-m", "uvicorn", "bench_app:create_bench_app", "--factory",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+        "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                sys.exit(
+                    f"the bench server exited: {process.stderr.read() if process.stderr else ''}"
+                )
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                sys.exit("the bench server did not become ready within 60 s")
+            time.sleep(0.2)
+        yield base, psutil.Process(process.pid)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+class PeakRSS:
+    """Samples the server's resident memory (with its workers) in a background thread."""
+
+    def __init__(self, process: psutil.Process) -> None:
+        self.process = process
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                procs = [self.process, *self.process.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
+            except psutil.Error:
+                pass
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def lua_script(scenario: Scenario, max_id: int, directory: Path) -> Path:
+    path = directory / (re.sub(r"\W+", "_", scenario.name).strip("_") + ".lua")
+    body = json.dumps(scenario.body) if scenario.body else "nil"
+    path_expr = json.dumps(scenario.path).replace("{id}", '" .. math.random(1, max_id) .. "')
+    path.write_text(
+        f"""
+max_id = {max_id}
+math.randomseed(os.time())
+wrk.method = "{scenario.method}"
+wrk.headers["Content-Type"] = "application/json"
+local body = {body}
+request = function()
+  return wrk.format("{scenario.method}", {path_expr}, nil, body)
+end
+"""
+    )
+    return path
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not match:
+        raise ValueError(f"cannot parse a wrk latency: {text!r}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> tuple[float, float, float, int, int]:
+    """req/s, p50 ms, p99 ms, requests, non-2xx/3xx + socket errors."""
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    errors = 0
+    if match := re.search(r"Non-2xx or 3xx responses: (\d+)", output):
+        errors += int(match.group(1))
+    if match := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    ):
+        errors += sum(int(g) for g in match.groups())
+    return rps, p50, p99, requests, errors
+
+
+def run_wrk(wrk: str, base: str, script: Path, connections: int, duration: int) -> str:
+    command = [
+        wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s",
+        "-s", str(script), base,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=duration + 30)
+    if result.returncode != 0:
+        raise RuntimeError(f"wrk failed: {result.stderr}")
+    return result.stdout
+
+
+def summarise(measurements: list[Measurement]) -> list[Summary]:
+    by_name: dict[str, list[Measurement]] = {}
+    for m in measurements:
+        by_name.setdefault(m.scenario, []).append(m)
+    medians = {
+        name: statistics.median(m.requests_per_second for m in ms) for name, ms in by_name.items()
+    }
+    summaries = []
+    for scenario in SCENARIOS:
+        ms = by_name[scenario.name]
+        baseline = scenario.baseline
+        summaries.append(
+            Summary(
+                scenario=scenario.name,
+                requests_per_second=medians[scenario.name],
+                p50_ms=statistics.median(m.p50_ms for m in ms),
+                p99_ms=statistics.median(m.p99_ms for m in ms),
+                ratio_to_baseline=medians[scenario.name] / medians[baseline] if baseline else None,
+                baseline=baseline,
+                errors=sum(m.errors for m in ms),
+                rounds=[round(m.requests_per_second, 1) for m in ms],
+            )
+        )
+    return summaries
+
+
+def markdown(summaries: list[Summary], meta: dict[str, Any]) -> str:
+    lines = [
+        f"Measured {meta['date']} on {meta['machine']}: 1 uvicorn worker (uvloop, httptools), "
+        f"wrk -t1 -c{meta['connections']} -d{meta['duration']}s x {meta['rounds']} rounds "
+        f"(order alternating), {meta['tasks']:,} seeded tasks. Server peak RSS "
+        f"{meta['peak_rss_mib']:.0f} MiB.",
+        "",
+        "| scenario | req/s | p50 ms | p99 ms | ratio | vs | target |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    for s in summaries:
+        ratio = f"{s.ratio_to_baseline:.2f}x" if s.ratio_to_baseline is not None else "1.00x"
+        target = TARGETS.get(s.scenario)
+        verdict = ""
+        if target is not None and s.ratio_to_baseline is not None:
+            verdict = f"≥ {target}x {'✅' if s.ratio_to_baseline >= target else '❌'}"
+        errors = f" ({s.errors} errors)" if s.errors else ""
+        lines.append(
+            f"| {s.scenario}{errors} | {s.requests_per_second:,.0f} | {s.p50_ms:.2f} | "
+            f"{s.p99_ms:.2f} | {ratio} | {s.baseline or 'itself'} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ─────────────────────────────────────────────── the two benchmarks
+
+
+def http_benchmark(args: argparse.Namespace) -> int:
+    wrk = ensure_wrk()
+    with bench_database() as url:
+        print(f"seeding {args.tasks:,} tasks ...", file=sys.stderr)
+        seed_rate = seed_database(url, args.tasks, 20)
+        with bench_server(url, args.workers) as (base, process), PeakRSS(process) as rss:
+            measurements: list[Measurement] = []
+            with tempfile.TemporaryDirectory() as scripts:
+                scripts_dir = Path(scripts)
+                for scenario in SCENARIOS:  # warm-up: caches, prepared statements, pool
+                    script = lua_script(scenario, args.tasks, scripts_dir)
+                    run_wrk(wrk, base, script, args.connections, 1)
+                for round_number in range(1, args.rounds + 1):
+                    order = SCENARIOS if round_number % 2 else list(reversed(SCENARIOS))
+                    for scenario in order:
+                        script = lua_script(scenario, args.tasks, scripts_dir)
+                        output = run_wrk(wrk, base, script, args.connections, args.duration)
+                        rps, p50, p99, requests, errors = parse_wrk(output)
+                        measurements.append(
+                            Measurement(
+                                scenario.name, round_number, rps, p50, p99, requests, errors
+                            )
+                        )
+                        print(
+                            f"round {round_number}  {scenario.name:<24} {rps:>8,.0f} req/s  "
+                            f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
+                            + (f"  {errors} errors" if errors else ""),
+                            file=sys.stderr,
+                        )
+    summaries = summarise(measurements)
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "connections": args.connections,
+        "duration": args.duration,
+        "rounds": args.rounds,
+        "workers": args.workers,
+        "tasks": args.tasks,
+        "peak_rss_mib": rss.peak / 2**20,
+        "seed": seed_rate,
+    }
+    table = markdown(summaries, meta)
+    print(table)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    (RESULTS_DIR / "latest.md").write_text(table)
+    (RESULTS_DIR / "latest.json").write_text(
+        json.dumps(
+            {
+                "meta": meta,
+                "summary": [asdict(s) for s in summaries],
+                "measurements": [asdict(m) for m in measurements],
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {RESULTS_DIR / 'latest.md'} and latest.json", file=sys.stderr)
+    return 0
+
+
+def deep_offset_benchmark(args: argparse.Namespace) -> int:
+    """`db seed` rate on 1,000,000 tasks, then the list endpoint at offset 0 vs deep."""
+    tasks = args.deep_tasks
+    with bench_database() as url:
+        print(f"seeding {tasks:,} tasks ...", file=sys.stderr)
+        seed_rate = seed_database(url, tasks, 50)
+        print(f"seed: {seed_rate['tasks_per_second']:,.0f} tasks/s", file=sys.stderr)
+        with bench_server(url, 1) as (base, _):
+            results = {}
+            with httpx.Client(base_url=base, timeout=60) as client:
+                for label, offset in (("offset 0", 0), ("offset deep", tasks - 50)):
+                    path = f"/tasks?limit=50&offset={offset}"
+                    client.get(path).raise_for_status()  # warm-up
+                    timings = []
+                    for _ in range(args.offset_samples):
+                        started = time.perf_counter()
+                        response = client.get(path)
+                        timings.append((time.perf_counter() - started) * 1000)
+                        response.raise_for_status()
+                    results[label] = {
+                        "offset": offset,
+                        "median_ms": statistics.median(timings),
+                        "min_ms": min(timings),
+                        "max_ms": max(timings),
+                        "samples": len(timings),
+                    }
+    deep, shallow = results["offset deep"], results["offset 0"]
+    table = (
+        f"`db seed`: {tasks:,} tasks in {seed_rate['seconds']:.1f} s "
+        f"({seed_rate['tasks_per_second']:,.0f} tasks/s)\n\n"
+        "| GET /tasks?limit=50 | median ms | min ms | max ms |\n|---|---:|---:|---:|\n"
+        + "".join(
+            f"| {label} ({r['offset']:,}) | {r['median_ms']:.1f} | {r['min_ms']:.1f} | "
+            f"{r['max_ms']:.1f} |\n"
+            for label, r in results.items()
+        )
+        + f"\nDeep offset costs {deep['median_ms'] / shallow['median_ms']:.1f}x offset 0.\n"
+    )
+    print(table)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    (RESULTS_DIR / "deep-offset.md").write_text(table)
+    (RESULTS_DIR / "deep-offset.json").write_text(
+        json.dumps({"seed": seed_rate, "list": results}, indent=2)
+    )
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds (order alternates)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers")
+    parser.add_argument("--tasks", type=int, default=10_000, help="seeded tasks")
+    parser.add_argument("--deep-offset", action="store_true", help="seed + deep offset bench")
+    parser.add_argument("--deep-tasks", type=int, default=1_000_000)
+    parser.add_argument("--offset-samples", type=int, default=30)
+    args = parser.parse_args()
+    if args.rounds < 2 and not args.deep_offset:
+        parser.error("--rounds must be at least 2 (the order alternates between rounds)")
+    return deep_offset_benchmark(args) if args.deep_offset else http_benchmark(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
