@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that some tests drive, when they are missing:
-#   chromium  - the real-browser check of /docs
+#   chromium          - the real-browser check of /docs (tests/test_docs_browser.py)
+#   fonts-liberation  - a font for it to draw text with: only a Recommends of chromium,
+#                       which --no-install-recommends leaves out
 # Best effort: without root or apt-get the tests that need a package skip with a reason.
 set -u
 packages=()
-command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || packages+=(chromium)
+if command -v dpkg-query >/dev/null 2>&1 \
+  && ! dpkg-query -W -f='${Status}' fonts-liberation 2>/dev/null | grep -q 'ok installed'; then
+  packages+=(fonts-liberation)
+fi
 
 [ ${#packages[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "install-system-deps: not root or no apt-get; tests needing ${packages[*]} will skip" >&2
+  echo "install-system-deps: not root or no apt-get; not installing ${packages[*]}" \
+    "(the browser tests skip without chromium)" >&2
   exit 0
 fi
 echo "install-system-deps: installing ${packages[*]}" >&2
