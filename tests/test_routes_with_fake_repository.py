@@ -1,0 +1,358 @@
+"""Route logic with a fake in-memory TaskRepository (lecture 6.1: "your project needs both").
+
+These tests check what the ROUTES do: which repository method they call with what, and how
+they turn the answers into HTTP (404, 201 + Location, X-Total-Count, problem responses).
+No database is involved: the app is built with a database URL nothing listens on and its
+lifespan never runs, so a route that reached for a real session would fail loudly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy import exc as sa_exc
+
+from taskmanager.config import Settings
+from taskmanager.dependencies import get_task_repository
+from taskmanager.main import create_app
+from taskmanager.repositories.task_repository import TaskFilters
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class FakeCategory:
+    id: int
+    name: str
+
+
+@dataclass
+class FakeTask:
+    id: int
+    title: str
+    description: str | None = None
+    completed: bool = False
+    created_at: datetime = NOW
+    updated_at: datetime = NOW
+    category: FakeCategory | None = None
+
+
+@dataclass
+class FakeTaskRepository:
+    """The async methods the task routes call, over a dict, recording every call."""
+
+    tasks: dict[int, FakeTask] = field(default_factory=dict)
+    total: int | None = None  # what count() answers; None: len(tasks)
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
+    fail_with: BaseException | None = None
+
+    def _record(self, name: str, *args: Any, **kwargs: Any) -> None:
+        self.calls.append((name, args, kwargs))
+        if self.fail_with is not None:
+            raise self.fail_with
+
+    def called(self, name: str) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+        return [(args, kwargs) for called, args, kwargs in self.calls if called == name]
+
+    async def get_by_id(self, task_id: int) -> FakeTask | None:
+        self._record("get_by_id", task_id)
+        return self.tasks.get(task_id)
+
+    async def get_by_id_with_category(self, task_id: int) -> FakeTask | None:
+        self._record("get_by_id_with_category", task_id)
+        return self.tasks.get(task_id)
+
+    async def get_all(
+        self, filters: TaskFilters | None = None, *, limit: int = 50, offset: int = 0
+    ) -> list[FakeTask]:
+        self._record("get_all", filters, limit=limit, offset=offset)
+        ordered = sorted(self.tasks.values(), key=lambda t: t.id, reverse=True)
+        return ordered[offset : offset + limit]
+
+    async def count(self, filters: TaskFilters | None = None) -> int:
+        self._record("count", filters)
+        return len(self.tasks) if self.total is None else self.total
+
+    async def create(
+        self,
+        title: str,
+        description: str | None = None,
+        category_id: int | None = None,
+        completed: bool = False,
+    ) -> FakeTask:
+        self._record(
+            "create",
+            title=title,
+            description=description,
+            category_id=category_id,
+            completed=completed,
+        )
+        task_id = max(self.tasks, default=0) + 1
+        category = FakeCategory(category_id, f"Category {category_id}") if category_id else None
+        task = FakeTask(task_id, title, description, completed, category=category)
+        self.tasks[task_id] = task
+        return task
+
+    async def update(self, task: FakeTask, changes: Mapping[str, Any]) -> FakeTask:
+        self._record("update", task, dict(changes))
+        for key, value in changes.items():
+            if key == "category_id":
+                task.category = FakeCategory(value, f"Category {value}") if value else None
+            else:
+                setattr(task, key, value)
+        return task
+
+    async def delete(self, task: FakeTask) -> None:
+        self._record("delete", task)
+        del self.tasks[task.id]
+
+
+@pytest.fixture
+def fake_app() -> FastAPI:
+    # Port 9 (discard): if a route ever reached the database, it would fail, not pass.
+    return create_app(Settings(database_url="postgresql+asyncpg://nobody@127.0.0.1:9/none"))
+
+
+@pytest.fixture
+def fake_repo() -> FakeTaskRepository:
+    return FakeTaskRepository()
+
+
+@pytest_asyncio.fixture
+async def fake_client(
+    fake_app: FastAPI, fake_repo: FakeTaskRepository
+) -> AsyncIterator[AsyncClient]:
+    fake_app.dependency_overrides[get_task_repository] = lambda: fake_repo
+    try:
+        transport = ASGITransport(app=fake_app)
+        async with AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+    finally:
+        fake_app.dependency_overrides.clear()
+
+
+# ─────────────────────────────── not found
+
+
+async def test_get_maps_missing_task_to_404_problem(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository
+) -> None:
+    response = await fake_client.get("/tasks/7")
+
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["detail"] == "Task not found"
+    assert fake_repo.called("get_by_id_with_category") == [((7,), {})]
+
+
+async def test_get_returns_the_repository_task(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository
+) -> None:
+    fake_repo.tasks[3] = FakeTask(3, "Read", "a book", True, category=FakeCategory(9, "Home"))
+
+    response = await fake_client.get("/tasks/3")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "id": 3,
+        "title": "Read",
+        "description": "a book",
+        "completed": True,
+        "created_at": "2024-05-01T12:00:00Z",
+        "updated_at": "2024-05-01T12:00:00Z",
+        "category": {"id": 9, "name": "Home"},
+    }
+
+
+async def test_patch_on_missing_task_is_404_without_update(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository
+) -> None:
+    response = await fake_client.patch("/tasks/7", json={"title": "x"})
+
+    assert response.status_code == 404
+    assert response.json()["detail"] == "Task not found"
+    assert fake_repo.called("update") == []
+
+
+async def test_delete_on_missing_task_is_404_without_delete(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository
+) -> None:
+    response = await fake_client.delete("/tasks/7")
+
+    assert response.status_code == 404
+    assert fake_repo.called("get_by_id") == [((7,), {})]
+    assert fake_repo.called("delete") == []
+
+
+async def test_delete_passes_the_found_task_to_delete(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository
+) -> None:
+    task = fake_repo.tasks[4] = FakeTask(4, "Doomed")
+
+    response = await fake_client.delete("/tasks/4")
+
+    assert response.status_code == 204
+    assert response.content == b""
+    assert fake_repo.called("delete") == [((task,), {})]
+
+
+# ─────────────────────────────── create
+
+
+async def test_post_passes_validated_fields_to_create(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository
+) -> None:
+    response = await fake_client.post("/tasks", json={"title": "Buy milk", "category_id": 3})
+
+    assert response.status_code == 201
+    assert fake_repo.called("create") == [
+        ((), {"title": "Buy milk", "description": None, "category_id": 3, "completed": False})
+    ]
+    data = response.json()
+    assert response.headers["location"] == f"http://test/tasks/{data['id']}"
+    assert data["category"] == {"id": 3, "name": "Category 3"}
+
+
+async def test_post_passes_every_field(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository
+) -> None:
+    await fake_client.post(
+        "/tasks", json={"title": "T", "description": "D", "completed": True, "category_id": None}
+    )
+
+    assert fake_repo.called("create") == [
+        ((), {"title": "T", "description": "D", "category_id": None, "completed": True})
+    ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"title": ""}, {"title": "x\u0000"}, {"title": "ok", "extra": 1}, {"title": None}, {}],
+)
+async def test_post_with_invalid_body_never_reaches_the_repository(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository, body: dict[str, Any]
+) -> None:
+    response = await fake_client.post("/tasks", json=body)
+
+    assert response.status_code == 422
+    assert fake_repo.calls == []
+
+
+# ─────────────────────────────── update
+
+
+async def test_patch_passes_only_the_sent_fields(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository
+) -> None:
+    task = fake_repo.tasks[1] = FakeTask(1, "Keep", "drop me", category=FakeCategory(2, "W"))
+
+    response = await fake_client.patch("/tasks/1", json={"description": None, "completed": True})
+
+    assert response.status_code == 200
+    assert fake_repo.called("update") == [((task, {"description": None, "completed": True}), {})]
+    assert response.json()["title"] == "Keep"
+    assert response.json()["description"] is None
+
+
+async def test_patch_empty_body_passes_no_changes(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository
+) -> None:
+    task = fake_repo.tasks[1] = FakeTask(1, "Keep")
+
+    response = await fake_client.patch("/tasks/1", json={})
+
+    assert response.status_code == 200
+    assert fake_repo.called("update") == [((task, {}), {})]
+
+
+async def test_put_behaves_as_patch(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository
+) -> None:
+    task = fake_repo.tasks[1] = FakeTask(1, "Keep")
+
+    response = await fake_client.put("/tasks/1", json={"category_id": 5})
+
+    assert response.status_code == 200
+    assert fake_repo.called("update") == [((task, {"category_id": 5}), {})]
+    assert response.json()["category"] == {"id": 5, "name": "Category 5"}
+
+
+# ─────────────────────────────── list
+
+
+async def test_list_passes_filters_and_pagination_and_sets_total_from_count(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository
+) -> None:
+    fake_repo.tasks[1] = FakeTask(1, "milk")
+    fake_repo.total = 42  # the repository's count, not the page's length, is the total
+
+    response = await fake_client.get(
+        "/tasks",
+        params={"completed": "true", "category_id": 2, "q": "milk", "limit": 5, "offset": 10},
+    )
+
+    assert response.status_code == 200
+    assert response.headers["x-total-count"] == "42"
+    expected = TaskFilters(completed=True, category_id=2, q="milk")
+    assert fake_repo.called("count") == [((expected,), {})]
+    assert fake_repo.called("get_all") == [((expected,), {"limit": 5, "offset": 10})]
+
+
+async def test_list_defaults(fake_client: AsyncClient, fake_repo: FakeTaskRepository) -> None:
+    for task_id in (1, 2, 3):
+        fake_repo.tasks[task_id] = FakeTask(task_id, f"T{task_id}")
+
+    response = await fake_client.get("/tasks")
+
+    assert [t["id"] for t in response.json()] == [3, 2, 1]
+    assert response.headers["x-total-count"] == "3"
+    assert fake_repo.called("count") == [((TaskFilters(),), {})]
+    assert fake_repo.called("get_all") == [((TaskFilters(),), {"limit": 50, "offset": 0})]
+
+
+async def test_list_with_invalid_limit_never_reaches_the_repository(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository
+) -> None:
+    response = await fake_client.get("/tasks", params={"limit": 101})
+
+    assert response.status_code == 422
+    assert fake_repo.calls == []
+
+
+# ─────────────────────────────── failures below the route
+
+
+async def test_repository_bug_is_500_problem_without_details(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository
+) -> None:
+    fake_repo.fail_with = RuntimeError("secret internals: password=hunter2")
+
+    response = await fake_client.get("/tasks/1", headers={"X-Request-ID": "bug-1"})
+
+    assert response.status_code == 500
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.headers["x-request-id"] == "bug-1"
+    body = response.json()
+    assert body["status"] == 500
+    assert "hunter2" not in response.text
+    assert "secret" not in response.text
+
+
+async def test_pool_timeout_is_503_with_retry_after(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository
+) -> None:
+    fake_repo.fail_with = sa_exc.TimeoutError("QueuePool limit reached")
+
+    response = await fake_client.get("/tasks")
+
+    assert response.status_code == 503
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert int(response.headers["retry-after"]) >= 1
+    assert "QueuePool" not in response.text
