@@ -41,7 +41,7 @@ async def _pool(request: Request) -> asyncpg.Pool:
         assert settings.database_url is not None
         pool = await asyncpg.create_pool(
             _asyncpg_dsn(settings.database_url),
-            min_size=1,
+            min_size=settings.pool_size + settings.max_overflow,
             max_size=settings.pool_size + settings.max_overflow,
         )
         request.app.state.raw_pool = pool

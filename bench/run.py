@@ -38,6 +38,7 @@ import psutil
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
+POOL_SIZE = 20
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,10 @@ def bench_server(url: str, workers: int) -> Iterator[tuple[str, psutil.Process]]
         **os.environ,
         "DATABASE_URL": url,
         "TASKMANAGER_LOG_LEVEL": "WARNING",
+        # Same pool capacity on both sides: 20 connections kept open. (With overflow, SQLAlchemy
+        # closes every connection above pool_size on return and reconnects under load.)
+        "TASKMANAGER_POOL_SIZE": str(POOL_SIZE),
+        "TASKMANAGER_MAX_OVERFLOW": "0",
         "PYTHONPATH": str(BENCH_DIR),
     }
     command = [
@@ -179,15 +184,16 @@ def bench_server(url: str, workers: int) -> Iterator[tuple[str, psutil.Process]]
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    # The server's log goes to a file: an unread pipe would fill up and stall the server.
+    log = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)  # noqa: SIM115
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log.close()  # the child holds its own descriptor
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
-                sys.exit(
-                    f"the bench server exited: {process.stderr.read() if process.stderr else ''}"
-                )
+                sys.exit(f"the bench server exited; its log:\n{Path(log.name).read_text()[-3000:]}")
             try:
                 if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
                     break
@@ -197,6 +203,9 @@ def bench_server(url: str, workers: int) -> Iterator[tuple[str, psutil.Process]]
                 sys.exit("the bench server did not become ready within 60 s")
             time.sleep(0.2)
         yield base, psutil.Process(process.pid)
+        tail = Path(log.name).read_text()[-2000:]
+        if tail.strip():
+            print(f"bench server log ({log.name}), last lines:\n{tail}", file=sys.stderr)
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -374,7 +383,9 @@ def http_benchmark(args: argparse.Namespace) -> int:
     summaries = summarise(measurements)
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        ),
         "connections": args.connections,
         "duration": args.duration,
         "rounds": args.rounds,

@@ -27,7 +27,11 @@ from httpx import ASGITransport, AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from taskmanager.config import Settings, normalize_database_url
-from taskmanager.database import create_session_factory, get_async_session
+from taskmanager.database import (
+    create_read_session_factory,
+    create_session_factory,
+    get_async_session,
+)
 from taskmanager.embedded import EmbeddedPostgres
 from taskmanager.main import create_app
 from taskmanager.migrate import upgrade
@@ -140,6 +144,7 @@ async def client(
     # ASGITransport does not run the lifespan; give /health/ready an engine to ask.
     app.state.engine = engine
     app.state.async_session_factory = create_session_factory(engine)
+    app.state.read_session_factory = create_read_session_factory(engine)
     async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as ac:
         yield ac
     app.dependency_overrides.clear()

@@ -17,7 +17,11 @@ from fastapi import FastAPI
 
 from taskmanager import __version__
 from taskmanager.config import Settings, get_settings
-from taskmanager.database import create_engine, create_session_factory
+from taskmanager.database import (
+    create_engine,
+    create_read_session_factory,
+    create_session_factory,
+)
 from taskmanager.errors import install_error_handlers
 from taskmanager.middleware import RequestContextMiddleware
 from taskmanager.openapi import build_openapi, install_docs
@@ -52,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings, database_url)
         app.state.engine = engine
         app.state.async_session_factory = create_session_factory(engine)
+        app.state.read_session_factory = create_read_session_factory(engine)
         try:
             yield
         finally:

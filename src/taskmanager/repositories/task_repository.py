@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
@@ -39,6 +39,11 @@ def _apply_filters(stmt: Select[Any], filters: TaskFilters) -> Select[Any]:
     return stmt
 
 
+# Built once: the hot paths skip statement construction and cache-key generation.
+_BY_ID = select(Task).where(Task.id == bindparam("task_id"))
+_BY_ID_WITH_CATEGORY = _BY_ID.options(joinedload(Task.category))
+
+
 class TaskRepository:
     """Encapsulates all database operations for Tasks."""
 
@@ -47,14 +52,12 @@ class TaskRepository:
 
     async def get_by_id(self, task_id: int) -> Task | None:
         """Fetch a single task by ID (its category is not loaded)."""
-        stmt = select(Task).where(Task.id == task_id)
-        result = await self.session.execute(stmt)
+        result = await self.session.execute(_BY_ID, {"task_id": task_id})
         return result.scalar_one_or_none()
 
     async def get_by_id_with_category(self, task_id: int) -> Task | None:
         """Fetch a task with its category eagerly loaded (one statement, a LEFT JOIN)."""
-        stmt = select(Task).where(Task.id == task_id).options(joinedload(Task.category))
-        result = await self.session.execute(stmt)
+        result = await self.session.execute(_BY_ID_WITH_CATEGORY, {"task_id": task_id})
         return result.scalar_one_or_none()
 
     async def get_all(
