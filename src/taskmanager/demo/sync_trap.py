@@ -1,10 +1,503 @@
-"""`taskmanager demo sync-trap` (placeholder)."""
+"""`taskmanager demo sync-trap`: the lecture's sync trap (1.1) and its timeline (1.2), measured.
+
+A real uvicorn server (its own process, on 127.0.0.1) serves the same task-list route three
+ways: `async def` + sync Session (the trap), `def` + sync Session (FastAPI's threadpool) and
+`async def` + AsyncSession. This process sends each a burst of concurrent requests, plus a
+/ping while the burst is in flight, and shows what the event loop did: the lecture's
+timeline diagram drawn from measured timestamps (terminal, timeline.png), the raw numbers
+(results.json) and, with `--sweep`, where the next bottlenecks are (sweep.png, report.md).
+
+Heavy imports (uvicorn, matplotlib, SQLAlchemy's drivers) happen inside functions so that
+`taskmanager --help` stays fast.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
-def command() -> None:
-    """Measure the sync trap."""
-    raise typer.Exit(1)
+    from taskmanager.demo.sync_trap_measure import Burst
+    from taskmanager.demo.sync_trap_report import SweepPoint
+    from taskmanager.demo.sync_trap_server import DemoServer
+
+DEFAULT_OUT = Path("sync-trap-out")
+# With --sweep, one pool for every point: above anyio's 40 threadpool tokens (so the
+# threadpool's own limit shows) and below the default sweep's top (so the pool's shows).
+DEFAULT_SWEEP_POOL = 50
+ANYIO_THREAD_TOKENS = 40  # anyio's default; the server reports the real value
+SEED_TASKS = 20
+SEED_CATEGORIES = 3
+MAX_CONCURRENCY = 500
+SETTLE_SECONDS = 0.1  # between bursts, so one burst's tail never overlaps the next
+
+
+class SyncTrapError(RuntimeError):
+    """The demonstration cannot run; the message says why and what to change."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncTrapOptions:
+    concurrency: int = 10
+    delay_ms: int = 50
+    repeat: int = 3
+    pool_size: int | None = None  # None: max(concurrency, 10), or 50 with a sweep
+    max_overflow: int = 0
+    out_dir: Path = DEFAULT_OUT
+    sweep: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class SyncTrapOutcome:
+    """What a run measured and where it wrote it."""
+
+    results: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseFacts:
+    tasks: int
+    seeded: int
+    max_connections: int
+    available_connections: int
+
+
+def parse_sweep(raw: str | None) -> tuple[int, ...]:
+    """'1,10,50,100' -> (1, 10, 50, 100), sorted, without duplicates."""
+    if raw is None or not raw.strip():
+        return ()
+    try:
+        values = sorted({int(part) for part in raw.split(",") if part.strip()})
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected comma-separated integers, got {raw!r}", param_hint="--sweep"
+        ) from None
+    if not values or values[0] < 1 or values[-1] > MAX_CONCURRENCY:
+        raise typer.BadParameter(
+            f"each concurrency must be between 1 and {MAX_CONCURRENCY}", param_hint="--sweep"
+        )
+    return tuple(values)
+
+
+def connections_needed(pool_total: int, max_concurrency: int) -> int:
+    """Connections the demo server may hold: the async engine up to its pool (or the largest
+    burst), the sync engine at most one per worker thread (the trap only ever uses one)."""
+    return min(pool_total, max_concurrency) + min(pool_total, ANYIO_THREAD_TOKENS, max_concurrency)
+
+
+def resolve_pool_size(options: SyncTrapOptions, available: int) -> tuple[int, str | None]:
+    """The pool size to use, and a note when the default had to shrink to fit the server."""
+    largest = max((options.concurrency, *options.sweep))
+    if options.pool_size is not None:
+        needed = connections_needed(options.pool_size + options.max_overflow, largest)
+        if needed > available:
+            raise SyncTrapError(
+                f"--pool-size {options.pool_size} (+ max_overflow {options.max_overflow}) may "
+                f"need {needed} PostgreSQL connections, but the server has {available} free "
+                "(max_connections minus those in use); pass a smaller --pool-size"
+            )
+        return options.pool_size, None
+    wanted = DEFAULT_SWEEP_POOL if options.sweep else max(options.concurrency, 10)
+    pool_size = wanted
+    while pool_size > 1 and connections_needed(pool_size + options.max_overflow, largest) > (
+        available
+    ):
+        pool_size -= 1
+    if connections_needed(pool_size + options.max_overflow, largest) > available:
+        raise SyncTrapError(
+            f"PostgreSQL has only {available} free connections; the demo needs at least "
+            f"{connections_needed(1 + options.max_overflow, largest)}"
+        )
+    note = None
+    if pool_size < wanted:
+        note = (
+            f"pool_size {pool_size} instead of {wanted}: PostgreSQL has {available} free "
+            "connections and the sync engine may hold up to one per worker thread too"
+        )
+    return pool_size, note
+
+
+async def _prepare_database(database_url: str) -> DatabaseFacts:
+    """Seed a few tasks if there are none (so the list query returns rows) and count the
+    connections the server can still accept."""
+    from sqlalchemy import func, select, text
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    from taskmanager.models import Task
+    from taskmanager.seed import seed
+
+    engine = create_async_engine(database_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            tasks = int(
+                (await connection.execute(select(func.count()).select_from(Task))).scalar_one()
+            )
+        seeded = 0
+        if tasks == 0:
+            seeded = (await seed(engine, SEED_TASKS, SEED_CATEGORIES)).tasks
+        async with engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    text(
+                        "SELECT current_setting('max_connections')::int,"
+                        " current_setting('superuser_reserved_connections')::int,"
+                        " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),"
+                        " (SELECT count(*) FROM pg_stat_activity"
+                        "   WHERE backend_type = 'client backend')"
+                    )
+                )
+            ).one()
+    finally:
+        await engine.dispose()
+    max_connections, reserved, in_use = int(row[0]), int(row[1]), int(row[3])
+    superuser = bool(row[2])  # superusers may also use the reserved connections
+    # `in_use` counts this check's own connection, closed by now: one to spare.
+    available = max_connections - in_use - (0 if superuser else reserved)
+    return DatabaseFacts(tasks + seeded, seeded, max_connections, available)
+
+
+def machine_info() -> dict[str, Any]:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 1
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+    }
+
+
+async def _measure(
+    server: DemoServer,
+    options: SyncTrapOptions,
+    console: Console,
+) -> tuple[dict[str, Any], dict[str, list[Burst]], list[list[str]], list[SweepPoint]]:
+    import asyncio
+
+    from taskmanager.demo.sync_trap_measure import INFO_PATH, VARIANTS, burst, http_get, warm_up
+    from taskmanager.demo.sync_trap_report import SweepPoint
+
+    await server.wait_ready()
+    info = (await http_get(server.host, server.port, INFO_PATH, within=5.0)).body
+    host, port = server.host, server.port
+    n, delay = options.concurrency, options.delay_ms
+
+    with console.status("warming up: pools, worker threads, statement cache"):
+        for variant in VARIANTS:
+            await warm_up(host, port, variant, n, delay)
+
+    runs: dict[str, list[Burst]] = {variant.name: [] for variant in VARIANTS}
+    orders: list[list[str]] = []
+    for repeat in range(options.repeat):
+        # Alternate the order so no variant always runs first (or right after the trap).
+        order = VARIANTS if repeat % 2 == 0 else tuple(reversed(VARIANTS))
+        orders.append([variant.name for variant in order])
+        for position, variant in enumerate(order):
+            with console.status(f"repeat {repeat + 1}/{options.repeat}: {variant.name}"):
+                result = await burst(host, port, variant, n, delay)
+            result.repeat, result.position = repeat, position
+            runs[variant.name].append(result)
+            console.print(
+                f"[grey50]repeat {repeat + 1}/{options.repeat} {variant.name:>10}: slowest "
+                f"{result.slowest_ms:7.0f} ms, /ping {result.ping_ms:7.1f} ms[/]"
+            )
+            await asyncio.sleep(SETTLE_SECONDS)
+
+    points: list[SweepPoint] = []
+    for index, concurrency in enumerate(options.sweep):
+        order = VARIANTS if index % 2 == 0 else tuple(reversed(VARIANTS))
+        bursts: dict[str, Burst] = {}
+        for variant in order:
+            with console.status(f"sweep {concurrency} concurrent: {variant.name}"):
+                await warm_up(host, port, variant, concurrency, delay)
+                await asyncio.sleep(SETTLE_SECONDS)
+                bursts[variant.name] = await burst(host, port, variant, concurrency, delay)
+            console.print(
+                f"[grey50]sweep {concurrency:>4} {variant.name:>10}: slowest "
+                f"{bursts[variant.name].slowest_ms:7.0f} ms[/]"
+            )
+            await asyncio.sleep(SETTLE_SECONDS)
+        points.append(SweepPoint(concurrency, {v.name: bursts[v.name] for v in VARIANTS}))
+    return info, runs, orders, points
+
+
+def estimated_seconds(options: SyncTrapOptions) -> float:
+    """Roughly how long measuring takes: the trap's requests run one after another; every
+    other burst (and warm-up) takes a few DB calls plus the pauses between bursts."""
+    delay = options.delay_ms / 1000
+    trap = delay * (options.concurrency * options.repeat + sum(options.sweep))
+    bursts = 3 * (options.repeat + len(options.sweep))  # three variants
+    return trap + bursts * (4 * delay + 2 * SETTLE_SECONDS)
+
+
+def run_sync_trap(
+    options: SyncTrapOptions,
+    database_url: str,
+    *,
+    console: Console | None = None,
+    database_label: str = "DATABASE_URL",
+) -> SyncTrapOutcome:
+    """Migrate and seed `database_url` (an asyncpg URL), start the demo server, measure the
+    three variants, print the report and write results.json, timeline.png, report.md (and
+    sweep.png with a sweep) into `options.out_dir`. The server is stopped on every path."""
+    import asyncio
+
+    from rich.console import Console
+
+    from taskmanager.demo.sync_trap_measure import TIMES, VARIANTS, DemoHTTPError
+    from taskmanager.demo.sync_trap_plot import (
+        PlotContext,
+        SweepSeries,
+        write_sweep_png,
+        write_timeline_png,
+    )
+    from taskmanager.demo.sync_trap_report import (
+        RunContext,
+        burst_dict,
+        explain_run,
+        explain_sweep,
+        model_ms,
+        print_summary,
+        print_sweep,
+        print_timelines,
+        report_markdown,
+        summarize,
+        sweep_dict,
+    )
+    from taskmanager.demo.sync_trap_server import demo_server
+    from taskmanager.migrate import upgrade
+
+    console = console or Console()
+    if not 1 <= options.concurrency <= MAX_CONCURRENCY:
+        raise SyncTrapError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
+    if options.repeat < 1:
+        raise SyncTrapError("--repeat must be at least 1")
+
+    upgrade(database_url)
+    facts = asyncio.run(_prepare_database(database_url))
+    if facts.seeded:
+        console.print(f"seeded {facts.seeded} tasks so the list query returns rows")
+    pool_size, pool_note = resolve_pool_size(options, facts.available_connections)
+    if pool_note:
+        console.print(f"[yellow]note:[/] {pool_note}")
+    pool_total = pool_size + options.max_overflow
+    console.print(
+        f"[bold]sync trap[/]: {options.concurrency} concurrent requests {TIMES} "
+        f"{options.delay_ms} ms DB call, {options.repeat} repeat(s)"
+        + (f", sweep {','.join(map(str, options.sweep))}" if options.sweep else "")
+        + f"; pool {pool_total} connections per engine (pool_size {pool_size} + max_overflow "
+        f"{options.max_overflow}); about {estimated_seconds(options):.0f} s"
+    )
+    # A request may wait for a connection for as long as the whole burst takes.
+    pool_timeout = 30.0 + max((options.concurrency, *options.sweep)) * options.delay_ms / 1000
+    with demo_server(
+        database_url,
+        pool_size=pool_size,
+        max_overflow=options.max_overflow,
+        pool_timeout=pool_timeout,
+    ) as server:
+        try:
+            info, runs, orders, points = asyncio.run(_measure(server, options, console))
+        except DemoHTTPError as exc:
+            if server.process.poll() is None:
+                raise
+            raise SyncTrapError(
+                f"{exc}\nthe demo server exited with code {server.process.returncode}; "
+                f"its output ends with:\n{server.output_tail()}"
+            ) from exc
+
+    machine = machine_info()
+    context = RunContext(
+        concurrency=options.concurrency,
+        delay_ms=options.delay_ms,
+        repeat=options.repeat,
+        pool_size=pool_size,
+        max_overflow=options.max_overflow,
+        thread_tokens=int(info.get("thread_tokens", ANYIO_THREAD_TOKENS)),
+        cpu_count=int(machine["cpus_usable"]),
+        event_loop=str(info.get("event_loop", "?")),
+    )
+    summaries = [summarize(variant.name, runs[variant.name]) for variant in VARIANTS]
+
+    console.print()
+    print_timelines(console, summaries, context)
+    console.print()
+    print_summary(console, summaries, context)
+    for line in explain_run(summaries, context):
+        console.print(f"• {line}", highlight=False)
+    if points:
+        console.print()
+        print_sweep(console, points, context)
+        for line in explain_sweep(points, context):
+            console.print(f"• {line}", highlight=False)
+
+    out = options.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    files = {name: out / name for name in ("results.json", "timeline.png", "report.md")}
+    plot_context = PlotContext(
+        concurrency=options.concurrency,
+        delay_ms=options.delay_ms,
+        pool_total=pool_total,
+        thread_tokens=context.thread_tokens,
+        cpu_count=context.cpu_count,
+        shown=(
+            f"median of {options.repeat} repeats (by slowest request)"
+            if options.repeat > 1
+            else "one burst per variant"
+        ),
+    )
+    write_timeline_png(files["timeline.png"], [s.shown for s in summaries], plot_context)
+    if points:
+        files["sweep.png"] = out / "sweep.png"
+        model_range = range(1, points[-1].concurrency + 1)
+        write_sweep_png(
+            files["sweep.png"],
+            [
+                SweepSeries(
+                    variant=variant.name,
+                    concurrencies=[p.concurrency for p in points],
+                    slowest_ms=[p.bursts[variant.name].slowest_ms for p in points],
+                    model_concurrencies=list(model_range),
+                    model_ms=[model_ms(variant.name, c, context) for c in model_range],
+                )
+                for variant in VARIANTS
+            ],
+            plot_context,
+        )
+
+    results: dict[str, Any] = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "parameters": {
+            "concurrency": options.concurrency,
+            "delay_ms": options.delay_ms,
+            "repeat": options.repeat,
+            "pool_size": pool_size,
+            "max_overflow": options.max_overflow,
+            "pool_total": pool_total,
+            "pool_timeout_s": pool_timeout,
+            "sweep": list(options.sweep),
+            "variant_orders": orders,
+            "ping_sent_after_ms": options.delay_ms / 4,
+            "warm_up": "per variant before measuring: one burst (the trap: one request)",
+        },
+        "clock": "time.monotonic() in both processes (CLOCK_MONOTONIC); ms since burst start",
+        "machine": machine,
+        "database": {
+            "where": database_label,
+            "tasks": facts.tasks,
+            "seeded_now": facts.seeded,
+            "max_connections": facts.max_connections,
+        },
+        "server": info,
+        "variants": {
+            variant.name: {
+                "path": variant.path,
+                "route": variant.route,
+                "effect": variant.effect,
+                "summary": summary.as_dict(),
+                "runs": [burst_dict(b) for b in runs[variant.name]],
+            }
+            for variant, summary in zip(VARIANTS, summaries, strict=True)
+        },
+        "explanation": explain_run(summaries, context),
+    }
+    if points:
+        results["sweep"] = {
+            **sweep_dict(points, context),
+            "explanation": explain_sweep(points, context),
+        }
+    files["results.json"].write_text(json.dumps(results, indent=2) + "\n")
+    files["report.md"].write_text(
+        report_markdown(
+            summaries,
+            points,
+            context,
+            database=database_label,
+            files=sorted(files),
+        )
+    )
+    console.print()
+    console.print("wrote " + ", ".join(str(path) for path in files.values()))
+    return SyncTrapOutcome(results, files)
+
+
+def command(
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=MAX_CONCURRENCY, help="Requests sent at once per burst.")
+    ] = 10,
+    delay_ms: Annotated[
+        int, typer.Option(min=0, max=10_000, help="pg_sleep of each request, in ms.")
+    ] = 50,
+    repeat: Annotated[
+        int, typer.Option(min=1, max=50, help="Bursts per variant (order alternates).")
+    ] = 3,
+    pool_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=500,
+            help="pool_size of both engines (default: max(concurrency, 10); 50 with --sweep).",
+            show_default=False,
+        ),
+    ] = None,
+    max_overflow: Annotated[
+        int, typer.Option(min=0, max=500, help="max_overflow of both engines.")
+    ] = 0,
+    out: Annotated[
+        Path, typer.Option("--out", file_okay=False, help="Directory for the results.")
+    ] = DEFAULT_OUT,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            help="Also run one burst per concurrency in this list, e.g. 1,10,50,100 (sweep.png)."
+        ),
+    ] = None,
+) -> None:
+    """Measure the sync trap: the same route as async def + sync Session, def + sync Session
+    and async def + AsyncSession, under concurrent load, on a real server."""
+    from rich.console import Console
+
+    from taskmanager.cli import _load_settings, database
+    from taskmanager.demo.sync_trap_measure import DemoHTTPError
+    from taskmanager.demo.sync_trap_server import DemoServerError
+
+    options = SyncTrapOptions(
+        concurrency=concurrency,
+        delay_ms=delay_ms,
+        repeat=repeat,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        out_dir=out,
+        sweep=parse_sweep(sweep),
+    )
+    errors = Console(stderr=True)
+    settings = _load_settings()
+    label = (
+        f"embedded PostgreSQL ({settings.data_dir})"
+        if settings.uses_embedded_database
+        else "DATABASE_URL"
+    )
+    try:
+        with database(settings) as url:
+            run_sync_trap(options, url, console=Console(), database_label=label)
+    except (SyncTrapError, DemoServerError, DemoHTTPError) as exc:
+        errors.print(f"[bold red]sync-trap failed:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        errors.print("interrupted; the demo server was stopped")
+        raise typer.Exit(130) from None
