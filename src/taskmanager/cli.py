@@ -35,7 +35,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(demo_app, name="demo")
 
 
-def _load_settings() -> Settings:
+def load_settings() -> Settings:
     """The settings, or a clear one-paragraph error and exit code 2."""
     try:
         return get_settings()
@@ -94,7 +94,7 @@ def serve(
     from taskmanager.logs import configure_logging
     from taskmanager.migrate import upgrade
 
-    settings = _load_settings()
+    settings = load_settings()
     configure_logging(settings.log_level)
     with database(settings) as url:
         upgrade(url)
@@ -133,7 +133,7 @@ def db_upgrade(
     """Migrate the database up to REVISION (default: head)."""
     from taskmanager.migrate import upgrade
 
-    with database(_load_settings()) as url:
+    with database(load_settings()) as url:
         upgrade(url, revision)
     console.print(f"database upgraded to {revision}")
 
@@ -145,7 +145,7 @@ def db_downgrade(
     """Migrate the database down to REVISION."""
     from taskmanager.migrate import downgrade
 
-    with database(_load_settings()) as url:
+    with database(load_settings()) as url:
         downgrade(url, revision)
     console.print(f"database downgraded to {revision}")
 
@@ -155,7 +155,7 @@ def db_current() -> None:
     """Print the revision the database is at."""
     from taskmanager.migrate import current, heads
 
-    with database(_load_settings()) as url:
+    with database(load_settings()) as url:
         revision = current(url)
     head = heads()
     state = "at head" if revision in head else f"head is {', '.join(head)}"
@@ -173,7 +173,7 @@ def db_seed(
     from taskmanager.migrate import upgrade
     from taskmanager.seed import seed
 
-    settings = _load_settings()
+    settings = load_settings()
     with database(settings) as url:
         upgrade(url)
         engine = create_engine(settings, url)

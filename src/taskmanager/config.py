@@ -20,14 +20,7 @@ ASYNC_DRIVER = "postgresql+asyncpg"
 
 # Spellings that mean "PostgreSQL, driver not chosen": we choose asyncpg for the user.
 _DRIVERLESS_SCHEMES = {"postgresql", "postgres", "pgsql"}
-_SYNC_POSTGRES_DRIVERS = {
-    "psycopg2",
-    "psycopg",
-    "psycopg2cffi",
-    "pg8000",
-    "pygresql",
-    "pypostgresql",
-}
+_SYNC_POSTGRES_DRIVERS = {"psycopg2", "psycopg2cffi", "pg8000", "pygresql", "pypostgresql"}
 
 
 class DatabaseURLError(ValueError):
@@ -55,6 +48,14 @@ def normalize_database_url(raw: str) -> str:
             f"DATABASE_URL uses the synchronous driver {driver!r}, which would block the event "
             f"loop; write {url.set(drivername=ASYNC_DRIVER).render_as_string(hide_password=True)} "
             "instead (or plain postgresql://, which is switched to asyncpg)"
+        )
+    elif backend in _DRIVERLESS_SCHEMES and driver == "psycopg":
+        # psycopg 3 has an async mode, but this service is built and tested on asyncpg only.
+        suggestion = url.set(drivername=ASYNC_DRIVER).render_as_string(hide_password=True)
+        raise DatabaseURLError(
+            "DATABASE_URL uses the driver 'psycopg'; this service talks to PostgreSQL through "
+            f"asyncpg: write {suggestion} instead (or plain postgresql://, which is switched "
+            "to asyncpg)"
         )
     elif backend in _DRIVERLESS_SCHEMES:
         raise DatabaseURLError(

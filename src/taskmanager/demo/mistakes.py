@@ -181,11 +181,11 @@ def command(
 
     from rich.console import Console
 
-    from taskmanager.cli import _load_settings, database
+    from taskmanager.cli import database, load_settings
     from taskmanager.migrate import upgrade
 
     demonstrations = select_demonstrations(only)
-    settings = _load_settings()
+    settings = load_settings()
     console = Console()
     with database(settings) as url:
         upgrade(url)

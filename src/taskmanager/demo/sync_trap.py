@@ -472,7 +472,7 @@ def command(
     and async def + AsyncSession, under concurrent load, on a real server."""
     from rich.console import Console
 
-    from taskmanager.cli import _load_settings, database
+    from taskmanager.cli import database, load_settings
     from taskmanager.demo.sync_trap_measure import DemoHTTPError
     from taskmanager.demo.sync_trap_server import DemoServerError
 
@@ -486,7 +486,7 @@ def command(
         sweep=parse_sweep(sweep),
     )
     errors = Console(stderr=True)
-    settings = _load_settings()
+    settings = load_settings()
     label = (
         f"embedded PostgreSQL ({settings.data_dir})"
         if settings.uses_embedded_database
