@@ -23,6 +23,7 @@ from taskmanager.database import (
     create_session_factory,
 )
 from taskmanager.errors import install_error_handlers
+from taskmanager.logs import configure_logging
 from taskmanager.middleware import RequestContextMiddleware
 from taskmanager.openapi import build_openapi, install_docs
 from taskmanager.routes import categories, health, tasks
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level)  # here, so every worker process gets it
         embedded = None
         database_url = settings.database_url
         if database_url is None:
