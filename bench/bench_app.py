@@ -8,6 +8,7 @@ Baselines, all returning the same response model as the real routes:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -34,9 +35,17 @@ def _asyncpg_dsn(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
+_POOL_LOCK = asyncio.Lock()
+
+
 async def _pool(request: Request) -> asyncpg.Pool:
     pool: asyncpg.Pool | None = getattr(request.app.state, "raw_pool", None)
-    if pool is None:
+    if pool is not None:
+        return pool
+    async with _POOL_LOCK:  # the first burst of requests must create ONE pool
+        pool = getattr(request.app.state, "raw_pool", None)
+        if pool is not None:
+            return pool
         settings = get_settings()
         assert settings.database_url is not None
         pool = await asyncpg.create_pool(

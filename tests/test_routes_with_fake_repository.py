@@ -22,7 +22,7 @@ from sqlalchemy import exc as sa_exc
 from taskmanager.config import Settings
 from taskmanager.dependencies import get_task_repository
 from taskmanager.main import create_app
-from taskmanager.repositories.task_repository import TaskFilters
+from taskmanager.repositories.task_repository import TaskFilters, TaskPage
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -69,16 +69,13 @@ class FakeTaskRepository:
         self._record("get_by_id_with_category", task_id)
         return self.tasks.get(task_id)
 
-    async def get_all(
+    async def get_page(
         self, filters: TaskFilters | None = None, *, limit: int = 50, offset: int = 0
-    ) -> list[FakeTask]:
-        self._record("get_all", filters, limit=limit, offset=offset)
+    ) -> TaskPage:
+        self._record("get_page", filters, limit=limit, offset=offset)
         ordered = sorted(self.tasks.values(), key=lambda t: t.id, reverse=True)
-        return ordered[offset : offset + limit]
-
-    async def count(self, filters: TaskFilters | None = None) -> int:
-        self._record("count", filters)
-        return len(self.tasks) if self.total is None else self.total
+        total = len(self.tasks) if self.total is None else self.total
+        return TaskPage(items=ordered[offset : offset + limit], total=total)  # type: ignore[arg-type]
 
     async def create(
         self,
@@ -287,7 +284,7 @@ async def test_put_behaves_as_patch(
 # ─────────────────────────────── list
 
 
-async def test_list_passes_filters_and_pagination_and_sets_total_from_count(
+async def test_list_passes_filters_and_pagination_and_sets_total_from_the_page(
     fake_client: AsyncClient, fake_repo: FakeTaskRepository
 ) -> None:
     fake_repo.tasks[1] = FakeTask(1, "milk")
@@ -301,8 +298,7 @@ async def test_list_passes_filters_and_pagination_and_sets_total_from_count(
     assert response.status_code == 200
     assert response.headers["x-total-count"] == "42"
     expected = TaskFilters(completed=True, category_id=2, q="milk")
-    assert fake_repo.called("count") == [((expected,), {})]
-    assert fake_repo.called("get_all") == [((expected,), {"limit": 5, "offset": 10})]
+    assert fake_repo.called("get_page") == [((expected,), {"limit": 5, "offset": 10})]
 
 
 async def test_list_defaults(fake_client: AsyncClient, fake_repo: FakeTaskRepository) -> None:
@@ -313,8 +309,7 @@ async def test_list_defaults(fake_client: AsyncClient, fake_repo: FakeTaskReposi
 
     assert [t["id"] for t in response.json()] == [3, 2, 1]
     assert response.headers["x-total-count"] == "3"
-    assert fake_repo.called("count") == [((TaskFilters(),), {})]
-    assert fake_repo.called("get_all") == [((TaskFilters(),), {"limit": 50, "offset": 0})]
+    assert fake_repo.called("get_page") == [((TaskFilters(),), {"limit": 50, "offset": 0})]
 
 
 async def test_list_with_invalid_limit_never_reaches_the_repository(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy import Row, Select, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import Bundle, joinedload
 
-from taskmanager.models import Task
+from taskmanager.models import Category, Task
 
 # Columns a client may change through TaskRepository.update.
 UPDATABLE_FIELDS = frozenset({"title", "description", "completed", "category_id"})
@@ -30,18 +31,114 @@ def _escape_like(term: str) -> str:
 
 
 def _apply_filters(stmt: Select[Any], filters: TaskFilters) -> Select[Any]:
+    """`stmt` with the WHERE clauses `filters` asks for, as bound parameters (see
+    _filter_parameters), so one statement per combination of filters can be reused."""
     if filters.completed is not None:
-        stmt = stmt.where(Task.completed == filters.completed)
+        stmt = stmt.where(Task.completed == bindparam("completed"))
     if filters.category_id is not None:
-        stmt = stmt.where(Task.category_id == filters.category_id)
+        stmt = stmt.where(Task.category_id == bindparam("category_id"))
     if filters.q:
-        stmt = stmt.where(Task.title.ilike(f"%{_escape_like(filters.q)}%", escape="\\"))
+        stmt = stmt.where(Task.title.ilike(bindparam("title_pattern"), escape="\\"))
     return stmt
+
+
+def _filter_parameters(filters: TaskFilters) -> dict[str, Any]:
+    parameters: dict[str, Any] = {}
+    if filters.completed is not None:
+        parameters["completed"] = filters.completed
+    if filters.category_id is not None:
+        parameters["category_id"] = filters.category_id
+    if filters.q:
+        parameters["title_pattern"] = f"%{_escape_like(filters.q)}%"
+    return parameters
+
+
+def _filter_shape(filters: TaskFilters) -> TaskFilters:
+    """The filters with every value replaced by a placeholder: a statement-cache key."""
+    return TaskFilters(
+        completed=None if filters.completed is None else True,
+        category_id=None if filters.category_id is None else 1,
+        q="q" if filters.q else None,
+    )
 
 
 # Built once: the hot paths skip statement construction and cache-key generation.
 _BY_ID = select(Task).where(Task.id == bindparam("task_id"))
 _BY_ID_WITH_CATEGORY = _BY_ID.options(joinedload(Task.category))
+
+_NEWEST_FIRST = (Task.created_at.desc(), Task.id.desc())
+
+
+@dataclass(frozen=True, slots=True)
+class CategorySummary:
+    """A task's category as a page of tasks shows it: {id, name}."""
+
+    id: int
+    name: str
+
+
+class _CategoryBundle(Bundle[Any]):
+    """`category` of a page row: a CategorySummary, or None for an uncategorised task."""
+
+    def create_row_processor(self, query: Any, procs: Any, labels: Any) -> Any:
+        get_id, get_name = procs
+
+        def process(row: Any) -> CategorySummary | None:
+            category_id = get_id(row)
+            return None if category_id is None else CategorySummary(category_id, get_name(row))
+
+        return process
+
+
+# A page reads exactly the columns a response shows: rows, not ORM objects. Nothing on a
+# page is changed, so the identity map and instance state would be pure overhead.
+_PAGE_COLUMNS = (
+    Task.id,
+    Task.title,
+    Task.description,
+    Task.completed,
+    Task.created_at,
+    Task.updated_at,
+    _CategoryBundle("category", Category.id, Category.name),
+)
+
+
+# One statement per combination of filters, built on first use and then reused: building
+# a SELECT and its cache key costs more CPU than PostgreSQL spends answering a page.
+@lru_cache(maxsize=8)
+def _count_statement(shape: TaskFilters) -> Select[Any]:
+    return _apply_filters(select(func.count()).select_from(Task), shape)
+
+
+@lru_cache(maxsize=8)
+def _page_statement(shape: TaskFilters) -> Select[Any]:
+    total = _count_statement(shape).correlate(None).scalar_subquery()
+    return (
+        _apply_filters(select(*_PAGE_COLUMNS, total.label("total")), shape)
+        .outerjoin(Task.category)
+        .order_by(*_NEWEST_FIRST)
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+    )
+
+
+@lru_cache(maxsize=8)
+def _all_statement(shape: TaskFilters) -> Select[Any]:
+    return (
+        _apply_filters(select(Task), shape)
+        .options(joinedload(Task.category))
+        .order_by(*_NEWEST_FIRST)
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    """One page of tasks (rows with the response's attributes) and how many match in all."""
+
+    items: Sequence[Row[Any]]
+    total: int
 
 
 class TaskRepository:
@@ -73,20 +170,30 @@ class TaskRepository:
         `completed=` is the lecture's shorthand for `TaskFilters(completed=...)`.
         """
         filters = filters or TaskFilters(completed=completed)
-        stmt = _apply_filters(select(Task), filters)
-        stmt = (
-            stmt.options(joinedload(Task.category))
-            .order_by(Task.created_at.desc(), Task.id.desc())
-            .limit(limit)
-            .offset(offset)
-        )
-        result = await self.session.execute(stmt)
+        parameters = {**_filter_parameters(filters), "limit": limit, "offset": offset}
+        result = await self.session.execute(_all_statement(_filter_shape(filters)), parameters)
         return list(result.scalars().all())
+
+    async def get_page(
+        self, filters: TaskFilters | None = None, *, limit: int = 50, offset: int = 0
+    ) -> TaskPage:
+        """A page of tasks newest first with their categories, and the total count, in ONE
+        statement: the count rides along as an uncorrelated scalar subquery (PostgreSQL
+        evaluates it once). Only a page past the end needs a second statement."""
+        filters = filters or TaskFilters()
+        parameters = {**_filter_parameters(filters), "limit": limit, "offset": offset}
+        result = await self.session.execute(_page_statement(_filter_shape(filters)), parameters)
+        rows = result.all()
+        if rows:
+            return TaskPage(items=rows, total=rows[0].total)
+        return TaskPage(items=rows, total=await self.count(filters) if offset else 0)
 
     async def count(self, filters: TaskFilters | None = None) -> int:
         """How many tasks match `filters` (for X-Total-Count)."""
-        stmt = _apply_filters(select(func.count()).select_from(Task), filters or TaskFilters())
-        result = await self.session.execute(stmt)
+        filters = filters or TaskFilters()
+        result = await self.session.execute(
+            _count_statement(_filter_shape(filters)), _filter_parameters(filters)
+        )
         return int(result.scalar_one())
 
     async def create(

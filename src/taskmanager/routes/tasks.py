@@ -3,7 +3,8 @@ transaction and commits before the response is sent."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 
@@ -66,11 +67,12 @@ async def list_tasks(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     offset: Annotated[int, Query(ge=0, le=INT4_MAX)] = 0,
-) -> list[Task]:
+) -> Sequence[Any]:
     """Tasks newest first. `X-Total-Count` holds how many match the filters."""
     filters = TaskFilters(completed=completed, category_id=category_id, q=q)
-    response.headers["X-Total-Count"] = str(await repo.count(filters))
-    return await repo.get_all(filters, limit=limit, offset=offset)
+    page = await repo.get_page(filters, limit=limit, offset=offset)
+    response.headers["X-Total-Count"] = str(page.total)
+    return page.items
 
 
 @router.get(
