@@ -85,6 +85,8 @@ class Measurement:
     p99_ms: float
     requests: int
     errors: int
+    server_cpu_us: float  # CPU time of the uvicorn process(es) per request
+    postgres_cpu_us: float  # CPU time of PostgreSQL per request (embedded server only)
 
 
 @dataclass
@@ -96,6 +98,8 @@ class Summary:
     ratio_to_baseline: float | None
     baseline: str | None
     errors: int
+    server_cpu_us: float
+    postgres_cpu_us: float
     rounds: list[float] = field(default_factory=list)
 
 
@@ -215,6 +219,28 @@ def bench_server(url: str, workers: int) -> Iterator[tuple[str, psutil.Process]]
             process.wait(5)
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU time of `process` and its children (workers)."""
+    total = 0.0
+    for proc in (process, *process.children(recursive=True)):
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time of every PostgreSQL process on this machine (the bench's server is the only
+    busy one while it runs; 0 when PostgreSQL runs elsewhere)."""
+    total = 0.0
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        if proc.info["name"] == "postgres" and proc.info["cpu_times"] is not None:
+            total += proc.info["cpu_times"].user + proc.info["cpu_times"].system
+    return total
+
+
 class PeakRSS:
     """Samples the server's resident memory (with its workers) in a background thread."""
 
@@ -318,6 +344,8 @@ def summarise(measurements: list[Measurement]) -> list[Summary]:
                 ratio_to_baseline=medians[scenario.name] / medians[baseline] if baseline else None,
                 baseline=baseline,
                 errors=sum(m.errors for m in ms),
+                server_cpu_us=statistics.median(m.server_cpu_us for m in ms),
+                postgres_cpu_us=statistics.median(m.postgres_cpu_us for m in ms),
                 rounds=[round(m.requests_per_second, 1) for m in ms],
             )
         )
@@ -331,8 +359,9 @@ def markdown(summaries: list[Summary], meta: dict[str, Any]) -> str:
         f"(order alternating), {meta['tasks']:,} seeded tasks. Server peak RSS "
         f"{meta['peak_rss_mib']:.0f} MiB.",
         "",
-        "| scenario | req/s | p50 ms | p99 ms | ratio | vs | target |",
-        "|---|---:|---:|---:|---:|---|---|",
+        "| scenario | req/s | p50 ms | p99 ms | server CPU µs/req | PostgreSQL CPU µs/req "
+        "| ratio | vs | target |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for s in summaries:
         ratio = f"{s.ratio_to_baseline:.2f}x" if s.ratio_to_baseline is not None else "1.00x"
@@ -343,7 +372,8 @@ def markdown(summaries: list[Summary], meta: dict[str, Any]) -> str:
         errors = f" ({s.errors} errors)" if s.errors else ""
         lines.append(
             f"| {s.scenario}{errors} | {s.requests_per_second:,.0f} | {s.p50_ms:.2f} | "
-            f"{s.p99_ms:.2f} | {ratio} | {s.baseline or 'itself'} | {verdict} |"
+            f"{s.p99_ms:.2f} | {s.server_cpu_us:,.0f} | {s.postgres_cpu_us:,.0f} | {ratio} | "
+            f"{s.baseline or 'itself'} | {verdict} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -367,16 +397,29 @@ def http_benchmark(args: argparse.Namespace) -> int:
                     order = SCENARIOS if round_number % 2 else list(reversed(SCENARIOS))
                     for scenario in order:
                         script = lua_script(scenario, args.tasks, scripts_dir)
+                        server_before, pg_before = cpu_seconds(process), postgres_cpu_seconds()
                         output = run_wrk(wrk, base, script, args.connections, args.duration)
+                        server_cpu = cpu_seconds(process) - server_before
+                        pg_cpu = postgres_cpu_seconds() - pg_before
                         rps, p50, p99, requests, errors = parse_wrk(output)
                         measurements.append(
                             Measurement(
-                                scenario.name, round_number, rps, p50, p99, requests, errors
+                                scenario.name,
+                                round_number,
+                                rps,
+                                p50,
+                                p99,
+                                requests,
+                                errors,
+                                server_cpu_us=1e6 * server_cpu / max(requests, 1),
+                                postgres_cpu_us=1e6 * pg_cpu / max(requests, 1),
                             )
                         )
                         print(
                             f"round {round_number}  {scenario.name:<24} {rps:>8,.0f} req/s  "
-                            f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
+                            f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
+                            f"CPU/request: server {measurements[-1].server_cpu_us:5.0f} us, "
+                            f"PostgreSQL {measurements[-1].postgres_cpu_us:5.0f} us"
                             + (f"  {errors} errors" if errors else ""),
                             file=sys.stderr,
                         )

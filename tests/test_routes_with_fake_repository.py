@@ -69,6 +69,10 @@ class FakeTaskRepository:
         self._record("get_by_id_with_category", task_id)
         return self.tasks.get(task_id)
 
+    async def get_view(self, task_id: int) -> FakeTask | None:
+        self._record("get_view", task_id)
+        return self.tasks.get(task_id)
+
     async def get_page(
         self, filters: TaskFilters | None = None, *, limit: int = 50, offset: int = 0
     ) -> TaskPage:
@@ -146,7 +150,7 @@ async def test_get_maps_missing_task_to_404_problem(
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.json()["detail"] == "Task not found"
-    assert fake_repo.called("get_by_id_with_category") == [((7,), {})]
+    assert fake_repo.called("get_view") == [((7,), {})]
 
 
 async def test_get_returns_the_repository_task(

@@ -67,11 +67,13 @@ READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 async def get_async_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request: commit when the route succeeded, roll back on any error."""
-    state = request.app.state
+    if request.method in READ_ONLY_METHODS:
+        # Autocommit: there is nothing to commit or roll back; closing returns the connection.
+        async with request.app.state.read_session_factory() as read_session:
+            yield read_session
+        return
     async_session_factory: async_sessionmaker[AsyncSession] = (
-        state.read_session_factory
-        if request.method in READ_ONLY_METHODS
-        else state.async_session_factory
+        request.app.state.async_session_factory
     )
     async with async_session_factory() as session:
         try:

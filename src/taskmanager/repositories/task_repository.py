@@ -90,9 +90,9 @@ class _CategoryBundle(Bundle[Any]):
         return process
 
 
-# A page reads exactly the columns a response shows: rows, not ORM objects. Nothing on a
-# page is changed, so the identity map and instance state would be pure overhead.
-_PAGE_COLUMNS = (
+# A view reads exactly the columns a response shows: rows, not ORM objects. Nothing that is
+# only shown gets changed, so the identity map and instance state would be pure overhead.
+_VIEW_COLUMNS = (
     Task.id,
     Task.title,
     Task.description,
@@ -114,7 +114,7 @@ def _count_statement(shape: TaskFilters) -> Select[Any]:
 def _page_statement(shape: TaskFilters) -> Select[Any]:
     total = _count_statement(shape).correlate(None).scalar_subquery()
     return (
-        _apply_filters(select(*_PAGE_COLUMNS, total.label("total")), shape)
+        _apply_filters(select(*_VIEW_COLUMNS, total.label("total")), shape)
         .outerjoin(Task.category)
         .order_by(*_NEWEST_FIRST)
         .limit(bindparam("limit"))
@@ -133,11 +133,17 @@ def _all_statement(shape: TaskFilters) -> Select[Any]:
     )
 
 
+_VIEW_BY_ID = select(*_VIEW_COLUMNS).outerjoin(Task.category).where(Task.id == bindparam("task_id"))
+
+# A task as GET shows it: a row with the response's attributes (id, title, ..., category).
+TaskView = Row[Any]
+
+
 @dataclass(frozen=True, slots=True)
 class TaskPage:
     """One page of tasks (rows with the response's attributes) and how many match in all."""
 
-    items: Sequence[Row[Any]]
+    items: Sequence[TaskView]
     total: int
 
 
@@ -156,6 +162,12 @@ class TaskRepository:
         """Fetch a task with its category eagerly loaded (one statement, a LEFT JOIN)."""
         result = await self.session.execute(_BY_ID_WITH_CATEGORY, {"task_id": task_id})
         return result.scalar_one_or_none()
+
+    async def get_view(self, task_id: int) -> TaskView | None:
+        """A task with its category, read-only, for showing it (one statement)."""
+        result = await self.session.execute(_VIEW_BY_ID, {"task_id": task_id})
+        view: TaskView | None = result.one_or_none()
+        return view
 
     async def get_all(
         self,

@@ -4,14 +4,14 @@ transaction and commits before the response is sent."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 
 from taskmanager.dependencies import TaskRepositoryDep
 from taskmanager.models import Task
 from taskmanager.openapi import problem_responses
-from taskmanager.repositories.task_repository import TaskFilters
+from taskmanager.repositories.task_repository import TaskFilters, TaskView
 from taskmanager.schemas import (
     INT4_MAX,
     StorableText,
@@ -67,7 +67,7 @@ async def list_tasks(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     offset: Annotated[int, Query(ge=0, le=INT4_MAX)] = 0,
-) -> Sequence[Any]:
+) -> Sequence[TaskView]:
     """Tasks newest first. `X-Total-Count` holds how many match the filters."""
     filters = TaskFilters(completed=completed, category_id=category_id, q=q)
     page = await repo.get_page(filters, limit=limit, offset=offset)
@@ -78,8 +78,11 @@ async def list_tasks(
 @router.get(
     "/{task_id}", response_model=TaskWithCategoryResponse, responses=problem_responses(404, 422)
 )
-async def get_task(task_id: TaskId, repo: TaskRepositoryDep) -> Task:
-    return await _get_or_404(repo, task_id)
+async def get_task(task_id: TaskId, repo: TaskRepositoryDep) -> TaskView:
+    task = await repo.get_view(task_id)
+    if task is None:
+        raise HTTPException(status_code=404, detail=NOT_FOUND)
+    return task
 
 
 @router.patch(
