@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
@@ -89,6 +89,21 @@ async def raw_list_tasks(request: Request, limit: int = 50) -> list[TaskWithCate
     rows = await pool.fetch(
         f"SELECT {_TASK_COLUMNS} ORDER BY t.created_at DESC, t.id DESC LIMIT $1", limit
     )
+    return [_task_from_row(row) for row in rows]
+
+
+@router.get("/raw/tasks-with-total", response_model=list[TaskWithCategoryResponse])
+async def raw_list_tasks_with_total(
+    request: Request, response: Response, limit: int = 50
+) -> list[TaskWithCategoryResponse]:
+    """The list endpoint's whole contract, raw: the page AND X-Total-Count, one round trip."""
+    pool = await _pool(request)
+    rows = await pool.fetch(
+        f"SELECT (SELECT count(*) FROM tasks) AS total, {_TASK_COLUMNS} "
+        "ORDER BY t.created_at DESC, t.id DESC LIMIT $1",
+        limit,
+    )
+    response.headers["X-Total-Count"] = str(rows[0]["total"] if rows else 0)
     return [_task_from_row(row) for row in rows]
 
 
