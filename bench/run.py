@@ -190,7 +190,11 @@ def bench_server(url: str, workers: int) -> Iterator[tuple[str, psutil.Process]]
         # closes every connection above pool_size on return and reconnects under load.)
         "TASKMANAGER_POOL_SIZE": str(POOL_SIZE),
         "TASKMANAGER_MAX_OVERFLOW": "0",
-        "PYTHONPATH": str(BENCH_DIR),
+        # PYTHONPATH from the caller comes first: `PYTHONPATH=<old checkout>/src` measures
+        # an earlier version of the service with this same bench (bench/README.md's steps).
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (os.environ.get("PYTHONPATH"), str(BENCH_DIR)) if p
+        ),
     }
     command = [
         sys.executable, "-m", "uvicorn", "bench_app:create_bench_app", "--factory",
