@@ -6,7 +6,7 @@ UV := .uv/bin/uv
 BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test install lint typecheck pytest system-deps bench clean
+.PHONY: run test install lint typecheck pytest system-deps bench reliability clean
 
 run: install ## install, start the embedded PostgreSQL, migrate, serve on :8000
 	$(BIN)/taskmanager serve
@@ -36,6 +36,14 @@ typecheck: install
 
 pytest: install
 	$(BIN)/pytest; status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
+
+bench: install system-deps ## what the stack costs against raw asyncpg (wrk), ~3 minutes
+	$(BIN)/python bench/run.py
+
+reliability: install system-deps ## run the fault and bad-input tests, regenerate docs/reliability.md
+	rm -f build/reliability-results.json
+	$(BIN)/pytest -m reliability -q
+	$(BIN)/python scripts/reliability_report.py
 
 clean:
 	rm -rf $(VENV) .uv .pytest_cache .mypy_cache .ruff_cache

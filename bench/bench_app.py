@@ -23,7 +23,7 @@ from taskmanager.models import Task
 from taskmanager.schemas import CategoryResponse, TaskWithCategoryResponse
 
 _TASK_COLUMNS = """
-    t.id, t.title, t.description, t.completed, t.created_at, t.updated_at,
+    t.id, t.title, t.description, t.completed, t.created_at, t.updated_at, t.version,
     c.id AS category_id, c.name AS category_name
     FROM tasks t LEFT JOIN categories c ON c.id = t.category_id
 """
@@ -70,6 +70,7 @@ def _task_from_row(row: Any) -> TaskWithCategoryResponse:
         completed=row["completed"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        version=row["version"],
         category=category,
     )
 

@@ -3,10 +3,14 @@
 #   chromium          - the real-browser check of /docs (tests/test_docs_browser.py)
 #   fonts-liberation  - a font for it to draw text with: only a Recommends of chromium,
 #                       which --no-install-recommends leaves out
+#   pgbouncer         - the API behind a transaction-pooling PgBouncer (tests/test_pgbouncer.py)
+#   wrk               - the HTTP load generator of bench/run.py
 # Best effort: without root or apt-get the tests that need a package skip with a reason.
 set -u
 packages=()
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || packages+=(chromium)
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || packages+=(pgbouncer)
+command -v wrk >/dev/null 2>&1 || packages+=(wrk)
 if command -v dpkg-query >/dev/null 2>&1 \
   && ! dpkg-query -W -f='${Status}' fonts-liberation 2>/dev/null | grep -q 'ok installed'; then
   packages+=(fonts-liberation)
@@ -15,7 +19,7 @@ fi
 [ ${#packages[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "install-system-deps: not root or no apt-get; not installing ${packages[*]}" \
-    "(the browser tests skip without chromium)" >&2
+    "(the tests needing them skip, naming what is missing)" >&2
   exit 0
 fi
 echo "install-system-deps: installing ${packages[*]}" >&2

@@ -55,7 +55,7 @@ async def test_create_category_returns_201_location_and_body(
 
     assert response.status_code == 201
     data = response.json()
-    assert set(data) == {"id", "name", "created_at"}
+    assert set(data) == {"id", "name", "created_at", "version"}
     assert data["name"] == "Work"
     assert datetime.fromisoformat(data["created_at"]).tzinfo is not None
     assert response.headers["location"].endswith(f"/categories/{data['id']}")
@@ -118,7 +118,7 @@ async def test_list_categories_orders_by_name_ignoring_case(client: AsyncClient)
 
     assert response.status_code == 200
     assert [c["name"] for c in response.json()] == ["Alpha", "alphabet", "beta", "Delta", "gamma"]
-    assert all(set(c) == {"id", "name", "created_at"} for c in response.json())
+    assert all(set(c) == {"id", "name", "created_at", "version"} for c in response.json())
 
 
 async def test_list_categories_empty(client: AsyncClient) -> None:
@@ -157,7 +157,7 @@ async def test_rename_category(client: AsyncClient, db_session: AsyncSession) ->
     response = await client.patch(f"/categories/{created['id']}", json={"name": "Work"})
 
     assert response.status_code == 200
-    assert response.json() == {**created, "name": "Work"}
+    assert response.json() == {**created, "name": "Work", "version": created["version"] + 1}
     assert await category_names(db_session) == ["Work"]
 
 

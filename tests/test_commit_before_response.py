@@ -17,6 +17,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
 from typing import Annotated
 
 import httpx
@@ -32,8 +33,10 @@ from serve_process import ServeProcess, clean_env, free_port, serve
 from taskmanager.config import Settings
 from taskmanager.database import get_async_session
 from taskmanager.errors import PROBLEM_JSON
+from taskmanager.idempotency import IdempotentRequest
 from taskmanager.main import create_app
 from taskmanager.models import Task
+from taskmanager.repositories.idempotency_repository import IdempotencyRepository
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.routes import tasks as task_routes
 from taskmanager.schemas import TaskCreate, TaskWithCategoryResponse
@@ -208,7 +211,14 @@ def app_with_a_default_scope_route(settings: Settings) -> FastAPI:
     async def create_task_default_scope(
         body: TaskCreate, session: DefaultScopeSessionDep, request: Request, response: Response
     ) -> Task:
-        return await task_routes.create_task(body, TaskRepository(session), request, response)
+        no_idempotency_key = IdempotentRequest(
+            IdempotencyRepository(session), "POST /default-scope/tasks", None, timedelta(hours=1)
+        )
+        created = await task_routes.create_task(
+            body, TaskRepository(session), no_idempotency_key, request, response
+        )
+        assert isinstance(created, Task)
+        return created
 
     return app
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -21,6 +21,7 @@ from sqlalchemy import exc as sa_exc
 
 from taskmanager.config import Settings
 from taskmanager.dependencies import get_task_repository
+from taskmanager.idempotency import IdempotentRequest, get_idempotent_request
 from taskmanager.main import create_app
 from taskmanager.repositories.task_repository import TaskFilters, TaskPage
 
@@ -42,6 +43,7 @@ class FakeTask:
     created_at: datetime = NOW
     updated_at: datetime = NOW
     category: FakeCategory | None = None
+    version: int = 1
 
 
 @dataclass
@@ -65,7 +67,9 @@ class FakeTaskRepository:
         self._record("get_by_id", task_id)
         return self.tasks.get(task_id)
 
-    async def get_by_id_with_category(self, task_id: int) -> FakeTask | None:
+    async def get_by_id_with_category(
+        self, task_id: int, *, for_update: bool = False
+    ) -> FakeTask | None:
         self._record("get_by_id_with_category", task_id)
         return self.tasks.get(task_id)
 
@@ -131,6 +135,13 @@ async def fake_client(
     fake_app: FastAPI, fake_repo: FakeTaskRepository
 ) -> AsyncIterator[AsyncClient]:
     fake_app.dependency_overrides[get_task_repository] = lambda: fake_repo
+    # No Idempotency-Key in these requests: the idempotency store is never consulted.
+    fake_app.dependency_overrides[get_idempotent_request] = lambda: IdempotentRequest(
+        repository=None,  # type: ignore[arg-type]
+        scope="POST /tasks",
+        key=None,
+        ttl=timedelta(hours=1),
+    )
     try:
         transport = ASGITransport(app=fake_app)
         async with AsyncClient(transport=transport, base_url="http://test") as client:
@@ -168,8 +179,10 @@ async def test_get_returns_the_repository_task(
         "completed": True,
         "created_at": "2024-05-01T12:00:00Z",
         "updated_at": "2024-05-01T12:00:00Z",
+        "version": 1,
         "category": {"id": 9, "name": "Home"},
     }
+    assert response.headers["etag"] == '"1"'
 
 
 async def test_patch_on_missing_task_is_404_without_update(
@@ -188,7 +201,7 @@ async def test_delete_on_missing_task_is_404_without_delete(
     response = await fake_client.delete("/tasks/7")
 
     assert response.status_code == 404
-    assert fake_repo.called("get_by_id") == [((7,), {})]
+    assert fake_repo.called("get_by_id_with_category") == [((7,), {})]
     assert fake_repo.called("delete") == []
 
 

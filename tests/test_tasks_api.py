@@ -20,7 +20,16 @@ from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.task_repository import TaskRepository
 
 PROBLEM_JSON = "application/problem+json"
-TASK_KEYS = {"id", "title", "description", "completed", "created_at", "updated_at", "category"}
+TASK_KEYS = {
+    "id",
+    "title",
+    "description",
+    "completed",
+    "created_at",
+    "updated_at",
+    "version",
+    "category",
+}
 
 
 # ─────────────────────────────── helpers

@@ -210,6 +210,27 @@ def db_seed(
     )
 
 
+@db_app.command("purge-keys")
+def db_purge_keys() -> None:
+    """Delete expired Idempotency-Keys (expired ones are also reused in place)."""
+    from taskmanager.database import create_engine, create_session_factory
+    from taskmanager.repositories.idempotency_repository import IdempotencyRepository
+
+    settings = load_settings()
+    with database(settings) as url:
+
+        async def run() -> int:
+            engine = create_engine(settings, url)
+            try:
+                async with create_session_factory(engine)() as session, session.begin():
+                    return await IdempotencyRepository(session).purge_expired()
+            finally:
+                await engine.dispose()
+
+        purged = asyncio.run(run())
+    console.print(f"purged {purged} expired idempotency keys")
+
+
 def main() -> None:
     app()
 

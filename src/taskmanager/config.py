@@ -104,6 +104,17 @@ class Settings(BaseSettings):
     )
     connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to open a connection.")
     ready_timeout: float = Field(default=2.0, gt=0, description="Seconds /health/ready may take.")
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1, description="Larger request bodies are refused with 413."
+    )
+    idempotency_ttl_hours: float = Field(
+        default=24.0, gt=0, description="How long an Idempotency-Key is remembered."
+    )
+    pgbouncer: bool = Field(
+        default=False,
+        description="DATABASE_URL points at PgBouncer in transaction pooling mode: no "
+        "prepared-statement caching, no per-connection startup settings.",
+    )
     sql_echo: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 

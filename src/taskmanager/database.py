@@ -11,8 +11,9 @@ shown the client a 2xx.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import text
@@ -28,21 +29,37 @@ from taskmanager.config import Settings
 
 def create_engine(settings: Settings, database_url: str) -> AsyncEngine:
     """The async engine (asyncpg driver) with the pool and timeouts from settings."""
-    server_settings = {"application_name": "taskmanager"}
-    if settings.statement_timeout_ms:
-        server_settings["statement_timeout"] = str(settings.statement_timeout_ms)
+    connect_args: dict[str, Any] = {"timeout": settings.connect_timeout}
+    if settings.pgbouncer:
+        # Transaction pooling hands each transaction any server connection: statements
+        # prepared and cached on one are missing (or clash by name) on the next, and
+        # PgBouncer refuses unknown startup parameters. So: no statement caches, unique
+        # statement names, no server_settings (set statement_timeout on the database role).
+        connect_args |= {
+            "statement_cache_size": 0,  # asyncpg's own cache
+            "prepared_statement_cache_size": 0,  # SQLAlchemy's asyncpg dialect cache
+            "prepared_statement_name_func": _unique_statement_name,
+        }
+    else:
+        server_settings = {"application_name": "taskmanager"}
+        if settings.statement_timeout_ms:
+            server_settings["statement_timeout"] = str(settings.statement_timeout_ms)
+        connect_args["server_settings"] = server_settings
     return create_async_engine(
         database_url,
         echo=settings.sql_echo,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout,
-        pool_pre_ping=False,  # a dead connection surfaces as 503 once, then is replaced
-        connect_args={
-            "timeout": settings.connect_timeout,
-            "server_settings": server_settings,
-        },
+        # No pre-ping (a round trip per checkout): a connection found dead answers one 503,
+        # and SQLAlchemy then invalidates the whole pool so the next requests reconnect.
+        pool_pre_ping=False,
+        connect_args=connect_args,
     )
+
+
+def _unique_statement_name() -> str:
+    return f"__asyncpg_{uuid.uuid4().hex}__"
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -30,6 +30,10 @@ class ProblemResponse(JSONResponse):
     media_type = PROBLEM_JSON
 
 
+# RFC 9110's names where Python's http.HTTPStatus still has the older ones.
+_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
+
+
 def problem_response(
     status: int,
     detail: str,
@@ -42,12 +46,43 @@ def problem_response(
     """An `application/problem+json` response (RFC 9457)."""
     body: dict[str, Any] = {
         "type": problem_type,
-        "title": title or HTTPStatus(status).phrase,
+        "title": title or _TITLES.get(status) or HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
         **extensions,
     }
     return ProblemResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+class ProblemError(Exception):
+    """Raised where a route needs a specific problem type, not just a status code."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        problem_type: str,
+        title: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.problem_type = problem_type
+        self.title = title
+        self.headers = dict(headers or {})
+
+
+async def _handle_problem_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, ProblemError)
+    return problem_response(
+        exc.status,
+        exc.detail,
+        title=exc.title,
+        problem_type=exc.problem_type,
+        headers=exc.headers,
+    )
 
 
 # ─────────────────────────────────────────────
@@ -64,6 +99,10 @@ def _validation_errors(errors: Iterable[Any]) -> list[dict[str, Any]]:
     for error in errors:
         loc = list(error.get("loc", ()))
         message = str(error.get("msg", "invalid value"))
+        if error.get("type") == "json_invalid":  # loc is ("body", character offset)
+            reason = (error.get("ctx") or {}).get("error", "not valid JSON")
+            message = f"not valid JSON at character {loc[-1]}: {reason}"
+            loc = loc[:1]
         # Pydantic prefixes messages of our own validators with "Value error, ".
         message = message.removeprefix("Value error, ")
         out.append(
@@ -248,6 +287,7 @@ def internal_error_response() -> ProblemResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above; the last-resort 500 lives in the request middleware."""
+    app.add_exception_handler(ProblemError, _handle_problem_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(sa_exc.SQLAlchemyError, _handle_database_error)

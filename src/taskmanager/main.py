@@ -24,7 +24,7 @@ from taskmanager.database import (
 )
 from taskmanager.errors import install_error_handlers
 from taskmanager.logs import configure_logging
-from taskmanager.middleware import RequestContextMiddleware
+from taskmanager.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from taskmanager.openapi import build_openapi, install_docs
 from taskmanager.routes import categories, health, tasks
 
@@ -75,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    # Added last = outermost: even a 413 carries X-Request-ID and gets an access log line.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
     app.include_router(tasks.router)

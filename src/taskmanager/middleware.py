@@ -9,10 +9,11 @@ import re
 import time
 import uuid
 
+from fastapi import HTTPException
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from taskmanager.errors import internal_error_response
+from taskmanager.errors import internal_error_response, problem_response
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Echo a client's id only if it is short and printable, so it is safe in logs and headers.
@@ -87,3 +88,51 @@ class RequestContextMiddleware:
                     (time.perf_counter() - started) * 1000,
                 )
             request_id_var.reset(token)
+
+
+class RequestBodyTooLarge(HTTPException):
+    """Raised while the body is read; errors.py renders it as a 413 problem."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            status_code=413,
+            detail=f"body: the request body is larger than the limit of {limit:,} bytes",
+        )
+
+
+class BodySizeLimitMiddleware:
+    """Refuse request bodies above `max_bytes` with 413, without reading them into memory:
+    at once when Content-Length says so, else as soon as the streamed body passes it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    break  # the server rejects a malformed Content-Length itself
+                if declared > self.max_bytes:
+                    response = problem_response(413, RequestBodyTooLarge(self.max_bytes).detail)
+                    await response(scope, receive, send)
+                    return
+                break
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise RequestBodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)

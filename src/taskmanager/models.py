@@ -8,6 +8,7 @@ MissingGreenlet in production.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     CheckConstraint,
@@ -19,7 +20,9 @@ from sqlalchemy import (
     Text,
     false,
     func,
+    text,
 )
+from sqlalchemy.dialects.postgresql import JSON, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Stable constraint names: errors.py and the migrations refer to them.
@@ -32,6 +35,7 @@ NAMING_CONVENTION = {
 }
 
 TITLE_MAX_LENGTH = 200
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
 CATEGORY_NAME_MAX_LENGTH = 100
 
 # Constraint names used by errors.py to say which field a database error is about.
@@ -50,6 +54,8 @@ class Category(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(CATEGORY_NAME_MAX_LENGTH))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Bumped by every change: the ETag clients send back in If-Match (optimistic locking).
+    version: Mapped[int] = mapped_column(default=1, server_default=text("1"))
 
     # passive_deletes: PostgreSQL's ON DELETE SET NULL does the work, so deleting a
     # category never has to load its tasks (which lazy="raise" would forbid anyway).
@@ -82,6 +88,8 @@ class Task(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+    # Bumped by every change: the ETag clients send back in If-Match (optimistic locking).
+    version: Mapped[int] = mapped_column(default=1, server_default=text("1"))
 
     category: Mapped[Category | None] = relationship(back_populates="tasks", lazy="raise")
 
@@ -92,3 +100,24 @@ class Task(Base):
 
 # Unique regardless of case: "Work" and "work" are the same category.
 Index(UQ_CATEGORIES_NAME, func.lower(Category.name), unique=True)
+
+
+class IdempotencyKey(Base):
+    """A POST's Idempotency-Key and the response it produced, replayed to retries.
+
+    Stored in PostgreSQL so the promise holds across workers and restarts; the claim and the
+    created row commit in one transaction, so a stored response always names a real row.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_expires_at", "expires_at"),)
+
+    scope: Mapped[str] = mapped_column(String(100), primary_key=True)  # e.g. "POST /tasks"
+    key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_MAX_LENGTH), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int | None]
+    # json, not jsonb: a replay sends back the body as it was first sent (key order kept).
+    response_body: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    response_headers: Mapped[dict[str, str] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -24,6 +24,8 @@ DOCS_ASSETS_URL = "/docs-assets"
 _DESCRIPTIONS = {
     404: "Not found: no resource has this id.",
     409: "Conflict with existing data (for example a duplicate category name).",
+    412: "If-Match does not match the current ETag: it changed since you read it.",
+    413: "The request body is larger than the configured limit.",
     422: "Validation failed; `errors` names each failing field.",
     503: "The database is unavailable or busy; retry after `Retry-After` seconds.",
 }

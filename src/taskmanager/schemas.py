@@ -136,6 +136,7 @@ class CategoryDetailResponse(CategoryResponse):
     """A category as returned by the /categories endpoints."""
 
     created_at: datetime
+    version: int  # also sent as the ETag header
 
 
 class TaskResponse(BaseModel):
@@ -149,6 +150,7 @@ class TaskResponse(BaseModel):
     completed: bool
     created_at: datetime
     updated_at: datetime
+    version: int  # also sent as the ETag header
 
 
 class TaskWithCategoryResponse(TaskResponse):

@@ -17,8 +17,12 @@ class CategoryRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def get_by_id(self, category_id: int) -> Category | None:
-        result = await self.session.execute(select(Category).where(Category.id == category_id))
+    async def get_by_id(self, category_id: int, *, for_update: bool = False) -> Category | None:
+        """Fetch a category; `for_update=True` locks its row until the transaction ends."""
+        stmt = select(Category).where(Category.id == category_id)
+        if for_update:
+            stmt = stmt.with_for_update()
+        result = await self.session.execute(stmt)
         return result.scalar_one_or_none()
 
     async def get_all(self) -> list[Category]:
@@ -35,7 +39,10 @@ class CategoryRepository:
         return category
 
     async def rename(self, category: Category, name: str) -> Category:
+        """Rename; a name taken by another category (any case) fails the unique index."""
         category.name = name
+        if self.session.is_modified(category):
+            category.version += 1  # a new state, a new ETag
         await self.session.flush()
         return category
 

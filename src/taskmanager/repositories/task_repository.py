@@ -65,6 +65,9 @@ def _filter_shape(filters: TaskFilters) -> TaskFilters:
 # Built once: the hot paths skip statement construction and cache-key generation.
 _BY_ID = select(Task).where(Task.id == bindparam("task_id"))
 _BY_ID_WITH_CATEGORY = _BY_ID.options(joinedload(Task.category))
+# For changes: the row stays locked until the request's transaction ends, so concurrent
+# writers to one task queue up and each one sees the version the previous one left.
+_BY_ID_WITH_CATEGORY_FOR_UPDATE = _BY_ID_WITH_CATEGORY.with_for_update(of=Task)
 
 _NEWEST_FIRST = (Task.created_at.desc(), Task.id.desc())
 
@@ -99,6 +102,7 @@ _VIEW_COLUMNS = (
     Task.completed,
     Task.created_at,
     Task.updated_at,
+    Task.version,
     _CategoryBundle("category", Category.id, Category.name),
 )
 
@@ -158,9 +162,15 @@ class TaskRepository:
         result = await self.session.execute(_BY_ID, {"task_id": task_id})
         return result.scalar_one_or_none()
 
-    async def get_by_id_with_category(self, task_id: int) -> Task | None:
-        """Fetch a task with its category eagerly loaded (one statement, a LEFT JOIN)."""
-        result = await self.session.execute(_BY_ID_WITH_CATEGORY, {"task_id": task_id})
+    async def get_by_id_with_category(
+        self, task_id: int, *, for_update: bool = False
+    ) -> Task | None:
+        """Fetch a task with its category eagerly loaded (one statement, a LEFT JOIN).
+
+        `for_update=True` locks the task's row until the transaction ends (SELECT ... FOR
+        UPDATE): use it to read a task you are about to change."""
+        stmt = _BY_ID_WITH_CATEGORY_FOR_UPDATE if for_update else _BY_ID_WITH_CATEGORY
+        result = await self.session.execute(stmt, {"task_id": task_id})
         return result.scalar_one_or_none()
 
     async def get_view(self, task_id: int) -> TaskView | None:
@@ -241,6 +251,8 @@ class TaskRepository:
             raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
         for key, value in changes.items():
             setattr(task, key, value)
+        if self.session.is_modified(task):
+            task.version += 1  # a new state, a new ETag; unchanged values keep the old one
         await self.session.flush()  # UPDATE ... RETURNING updated_at
         if "category_id" in changes:
             await self.session.refresh(task, attribute_names=["category"])

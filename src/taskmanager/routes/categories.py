@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
+from fastapi.responses import JSONResponse
 
 from taskmanager.dependencies import CategoryRepositoryDep
+from taskmanager.idempotency import IdempotencyDep
 from taskmanager.models import Category
 from taskmanager.openapi import problem_responses
+from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
 from taskmanager.schemas import INT4_MAX, CategoryCreate, CategoryDetailResponse, CategoryUpdate
 
 router = APIRouter(prefix="/categories", tags=["categories"])
@@ -17,10 +20,21 @@ CategoryId = Annotated[int, Path(ge=1, le=INT4_MAX, description="The category's 
 NOT_FOUND = "Category not found"
 
 
-async def _get_or_404(repo: CategoryRepositoryDep, category_id: int) -> Category:
-    category = await repo.get_by_id(category_id)
+async def _get_or_404(
+    repo: CategoryRepositoryDep, category_id: int, *, for_update: bool = False
+) -> Category:
+    category = await repo.get_by_id(category_id, for_update=for_update)
     if category is None:
         raise HTTPException(status_code=404, detail=NOT_FOUND)
+    return category
+
+
+async def _get_for_change(
+    repo: CategoryRepositoryDep, category_id: int, if_match: str | None
+) -> Category:
+    """The category, locked for this transaction, if If-Match allows the change."""
+    category = await _get_or_404(repo, category_id, for_update=True)
+    require_match(if_match, category.version)
     return category
 
 
@@ -28,47 +42,70 @@ async def _get_or_404(repo: CategoryRepositoryDep, category_id: int) -> Category
     "",
     response_model=CategoryDetailResponse,
     status_code=status.HTTP_201_CREATED,
-    responses=problem_responses(409, 422),
+    responses=problem_responses(409, 413, 422, 503),
 )
 async def create_category(
-    body: CategoryCreate, repo: CategoryRepositoryDep, request: Request, response: Response
-) -> Category:
+    body: CategoryCreate,
+    repo: CategoryRepositoryDep,
+    idempotency: IdempotencyDep,
+    request: Request,
+    response: Response,
+) -> Category | JSONResponse:
+    """Create a category. With `Idempotency-Key`, a retry gets this response again."""
+    if (replayed := await idempotency.replay(body)) is not None:
+        return replayed
     category = await repo.create(body.name)
     response.headers["Location"] = str(request.url_for("get_category", category_id=category.id))
+    set_etag(response, category.version)
+    await idempotency.remember(201, CategoryDetailResponse, category, response)
     return category
 
 
-@router.get("", response_model=list[CategoryDetailResponse])
+@router.get("", response_model=list[CategoryDetailResponse], responses=problem_responses(503))
 async def list_categories(repo: CategoryRepositoryDep) -> list[Category]:
     """All categories, ordered by name."""
     return await repo.get_all()
 
 
 @router.get(
-    "/{category_id}", response_model=CategoryDetailResponse, responses=problem_responses(404, 422)
+    "/{category_id}",
+    response_model=CategoryDetailResponse,
+    responses=problem_responses(404, 422, 503),
 )
-async def get_category(category_id: CategoryId, repo: CategoryRepositoryDep) -> Category:
-    return await _get_or_404(repo, category_id)
+async def get_category(
+    category_id: CategoryId, repo: CategoryRepositoryDep, response: Response
+) -> Category:
+    category = await _get_or_404(repo, category_id)
+    set_etag(response, category.version)
+    return category
 
 
 @router.patch(
     "/{category_id}",
     response_model=CategoryDetailResponse,
-    responses=problem_responses(404, 409, 422),
+    responses=problem_responses(404, 409, 412, 413, 422, 503),
 )
 async def rename_category(
-    category_id: CategoryId, body: CategoryUpdate, repo: CategoryRepositoryDep
+    category_id: CategoryId,
+    body: CategoryUpdate,
+    repo: CategoryRepositoryDep,
+    response: Response,
+    if_match: IfMatch = None,
 ) -> Category:
-    category = await _get_or_404(repo, category_id)
-    return await repo.rename(category, body.name)
+    """Rename; with `If-Match`, only if the category is still at that ETag (else 412)."""
+    category = await repo.rename(await _get_for_change(repo, category_id, if_match), body.name)
+    set_etag(response, category.version)
+    return category
 
 
 @router.delete(
     "/{category_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(404, 422),
+    responses=problem_responses(404, 412, 422, 503),
 )
-async def delete_category(category_id: CategoryId, repo: CategoryRepositoryDep) -> None:
+async def delete_category(
+    category_id: CategoryId, repo: CategoryRepositoryDep, if_match: IfMatch = None
+) -> None:
     """Delete a category; its tasks stay, uncategorised."""
-    await repo.delete(await _get_or_404(repo, category_id))
+    await repo.delete(await _get_for_change(repo, category_id, if_match))

@@ -7,11 +7,14 @@ from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 
 from taskmanager.dependencies import TaskRepositoryDep
+from taskmanager.idempotency import IdempotencyDep
 from taskmanager.models import Task
 from taskmanager.openapi import problem_responses
 from taskmanager.repositories.task_repository import TaskFilters, TaskView
+from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
 from taskmanager.schemas import (
     INT4_MAX,
     StorableText,
@@ -26,10 +29,12 @@ TaskId = Annotated[int, Path(ge=1, le=INT4_MAX, description="The task's id.")]
 NOT_FOUND = "Task not found"
 
 
-async def _get_or_404(repo: TaskRepositoryDep, task_id: int) -> Task:
-    task = await repo.get_by_id_with_category(task_id)
+async def _get_for_change(repo: TaskRepositoryDep, task_id: int, if_match: str | None) -> Task:
+    """The task, locked for this transaction, if it exists and If-Match allows the change."""
+    task = await repo.get_by_id_with_category(task_id, for_update=True)
     if task is None:
         raise HTTPException(status_code=404, detail=NOT_FOUND)
+    require_match(if_match, task.version)
     return task
 
 
@@ -37,12 +42,21 @@ async def _get_or_404(repo: TaskRepositoryDep, task_id: int) -> Task:
     "",
     response_model=TaskWithCategoryResponse,
     status_code=status.HTTP_201_CREATED,
-    responses=problem_responses(422),
+    responses=problem_responses(413, 422, 503),
 )
 async def create_task(
-    body: TaskCreate, repo: TaskRepositoryDep, request: Request, response: Response
-) -> Task:
-    """Create a task. `Location` names the new task's URL."""
+    body: TaskCreate,
+    repo: TaskRepositoryDep,
+    idempotency: IdempotencyDep,
+    request: Request,
+    response: Response,
+) -> Task | JSONResponse:
+    """Create a task. `Location` names the new task's URL, `ETag` its version.
+
+    With `Idempotency-Key`, a retry (same key, same body) gets this response again and
+    creates nothing."""
+    if (replayed := await idempotency.replay(body)) is not None:
+        return replayed
     task = await repo.create(
         title=body.title,
         description=body.description,
@@ -50,10 +64,14 @@ async def create_task(
         completed=body.completed,
     )
     response.headers["Location"] = str(request.url_for("get_task", task_id=task.id))
+    set_etag(response, task.version)
+    await idempotency.remember(201, TaskWithCategoryResponse, task, response)
     return task
 
 
-@router.get("", response_model=list[TaskWithCategoryResponse], responses=problem_responses(422))
+@router.get(
+    "", response_model=list[TaskWithCategoryResponse], responses=problem_responses(422, 503)
+)
 async def list_tasks(
     repo: TaskRepositoryDep,
     response: Response,
@@ -76,43 +94,63 @@ async def list_tasks(
 
 
 @router.get(
-    "/{task_id}", response_model=TaskWithCategoryResponse, responses=problem_responses(404, 422)
+    "/{task_id}",
+    response_model=TaskWithCategoryResponse,
+    responses=problem_responses(404, 422, 503),
 )
-async def get_task(task_id: TaskId, repo: TaskRepositoryDep) -> TaskView:
+async def get_task(task_id: TaskId, repo: TaskRepositoryDep, response: Response) -> TaskView:
+    """One task; `ETag` is its version, for If-Match on a later change."""
     task = await repo.get_view(task_id)
     if task is None:
         raise HTTPException(status_code=404, detail=NOT_FOUND)
+    set_etag(response, task.version)
     return task
 
 
 @router.patch(
-    "/{task_id}", response_model=TaskWithCategoryResponse, responses=problem_responses(404, 422)
+    "/{task_id}",
+    response_model=TaskWithCategoryResponse,
+    responses=problem_responses(404, 412, 413, 422, 503),
 )
-async def update_task(task_id: TaskId, body: TaskUpdate, repo: TaskRepositoryDep) -> Task:
-    """Change only the fields sent; an explicit null clears description or category_id."""
-    task = await _get_or_404(repo, task_id)
-    return await repo.update(task, body.model_dump(exclude_unset=True))
+async def update_task(
+    task_id: TaskId,
+    body: TaskUpdate,
+    repo: TaskRepositoryDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> Task:
+    """Change only the fields sent; an explicit null clears description or category_id.
+
+    With `If-Match`, only if the task is still at that ETag (else 412)."""
+    task = await _get_for_change(repo, task_id, if_match)
+    task = await repo.update(task, body.model_dump(exclude_unset=True))
+    set_etag(response, task.version)
+    return task
 
 
 @router.put(
     "/{task_id}",
     response_model=TaskWithCategoryResponse,
-    responses=problem_responses(404, 422),
+    responses=problem_responses(404, 412, 413, 422, 503),
     deprecated=True,
 )
-async def replace_task(task_id: TaskId, body: TaskUpdate, repo: TaskRepositoryDep) -> Task:
+async def replace_task(
+    task_id: TaskId,
+    body: TaskUpdate,
+    repo: TaskRepositoryDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> Task:
     """The lecture's route, kept for its students: same partial semantics as PATCH."""
-    return await update_task(task_id, body, repo)
+    return await update_task(task_id, body, repo, response, if_match)
 
 
 @router.delete(
     "/{task_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(404, 422),
+    responses=problem_responses(404, 412, 422, 503),
 )
-async def delete_task(task_id: TaskId, repo: TaskRepositoryDep) -> None:
-    task = await repo.get_by_id(task_id)
-    if task is None:
-        raise HTTPException(status_code=404, detail=NOT_FOUND)
-    await repo.delete(task)
+async def delete_task(task_id: TaskId, repo: TaskRepositoryDep, if_match: IfMatch = None) -> None:
+    """Delete a task; with `If-Match`, only if it is still at that ETag (else 412)."""
+    await repo.delete(await _get_for_change(repo, task_id, if_match))

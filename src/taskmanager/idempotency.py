@@ -1,0 +1,111 @@
+"""Idempotency-Key on POST: a retry with the same key and body gets the original response
+and creates nothing; the same key with another body is a 422 problem.
+
+Keys live in PostgreSQL (see IdempotencyRepository), claimed in the request's own
+transaction, so the promise holds across workers and restarts and a stored response always
+describes a row that was really committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from taskmanager.database import SessionDep
+from taskmanager.errors import ProblemError
+from taskmanager.models import IDEMPOTENCY_KEY_MAX_LENGTH
+from taskmanager.repositories.idempotency_repository import IdempotencyRepository
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+# Printable ASCII without spaces: safe to store, log and echo.
+_VALID_KEY = re.compile(rf"^[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX_LENGTH}}}$")
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Any unique string (e.g. a UUID): a retry with the same key and body "
+        "returns the original response instead of creating a second resource.",
+    ),
+]
+
+
+@dataclass
+class IdempotentRequest:
+    """One POST's view of its Idempotency-Key (or of its absence)."""
+
+    repository: IdempotencyRepository
+    scope: str
+    key: str | None
+    ttl: timedelta
+
+    async def replay(self, body: BaseModel) -> JSONResponse | None:
+        """The stored response if this key was already used with this body; None if the
+        request should go ahead (no key, or the key is now claimed by this request)."""
+        if self.key is None:
+            return None
+        request_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+        expires_at = datetime.now(UTC) + self.ttl
+        earlier = await self.repository.claim(self.scope, self.key, request_hash, expires_at)
+        if earlier is None:
+            return None
+        if earlier.request_hash != request_hash or earlier.status_code is None:
+            raise ProblemError(
+                422,
+                "header.Idempotency-Key: this key was already used with a different request "
+                "body; use a new key for a new request",
+                problem_type="/problems/idempotency-key-reused",
+                title="Idempotency-Key reused",
+            )
+        headers = {**(earlier.response_headers or {}), REPLAYED_HEADER: "true"}
+        return JSONResponse(earlier.response_body, status_code=earlier.status_code, headers=headers)
+
+    async def remember(
+        self,
+        status_code: int,
+        response_model: type[BaseModel],
+        content: Any,
+        response: Response,
+    ) -> None:
+        """Store this request's response (`content` as `response_model`, with the Location
+        and ETag headers) for retries; no-op without a key."""
+        if self.key is None:
+            return
+        body = response_model.model_validate(content).model_dump(mode="json")
+        headers = {
+            name: value
+            for name in ("Location", "ETag")
+            if (value := response.headers.get(name)) is not None
+        }
+        await self.repository.remember(self.scope, self.key, status_code, body, headers)
+
+
+async def get_idempotent_request(
+    request: Request, session: SessionDep, idempotency_key: IdempotencyKeyHeader = None
+) -> IdempotentRequest:
+    if idempotency_key is not None and not _VALID_KEY.match(idempotency_key):
+        raise ProblemError(
+            422,
+            "header.Idempotency-Key: must be 1 to "
+            f"{IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters without spaces",
+            problem_type="/problems/validation-error",
+            title="Request validation failed",
+        )
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    return IdempotentRequest(
+        repository=IdempotencyRepository(session),
+        scope=f"{request.method} {path}",
+        key=idempotency_key,
+        ttl=timedelta(hours=request.app.state.settings.idempotency_ttl_hours),
+    )
+
+
+IdempotencyDep = Annotated[IdempotentRequest, Depends(get_idempotent_request)]

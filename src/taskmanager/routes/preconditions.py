@@ -1,0 +1,52 @@
+"""Conditional requests (RFC 9110 13.1.1): ETag out, If-Match in, 412 when they differ.
+
+The ETag is the row's version, bumped by every change. A PATCH, PUT or DELETE that sends
+If-Match changes the row only if nobody changed it since the client read it; without
+If-Match it behaves as before (last writer wins).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Header, Response
+
+from taskmanager.errors import ProblemError
+
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description='Change only if the current ETag is one of these, e.g. `"3"` (or `*`).',
+    ),
+]
+
+
+def etag(version: int) -> str:
+    """The strong entity tag of a row at `version`."""
+    return f'"{version}"'
+
+
+def set_etag(response: Response, version: int) -> None:
+    response.headers["ETag"] = etag(version)
+
+
+def require_match(if_match: str | None, version: int) -> None:
+    """Raise 412 unless If-Match is absent, `*`, or lists the current ETag.
+
+    Comparison is strong: a weak tag (W/"3") never matches, as RFC 9110 requires for
+    If-Match.
+    """
+    if if_match is None:
+        return
+    current = etag(version)
+    candidates = [tag.strip() for tag in if_match.split(",")]
+    if "*" in candidates or current in candidates:
+        return
+    raise ProblemError(
+        412,
+        f"If-Match {if_match.strip()} does not match the current ETag {current}: "
+        "someone changed it since you read it; read it again and retry",
+        problem_type="/problems/precondition-failed",
+        headers={"ETag": current},
+    )
