@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -88,14 +90,31 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
 ) -> None:
-    """Migrate the database to head, then serve the API (Ctrl-C stops it cleanly)."""
-    import uvicorn
-
+    """Migrate the database to head, then serve the API (Ctrl-C or SIGTERM stops it cleanly)."""
     from taskmanager.logs import configure_logging
-    from taskmanager.migrate import upgrade
 
     settings = load_settings()
     configure_logging(settings.log_level)
+    # SIGTERM (systemd, Docker, Kubernetes) must stop as cleanly as Ctrl-C. uvicorn drains
+    # requests on either, then re-raises the signal to the handler it found: Python's default
+    # one for SIGTERM kills the process there, before `database()` stops the embedded
+    # PostgreSQL. As KeyboardInterrupt, uvicorn.run returns and that cleanup runs.
+    previous_sigterm = signal.signal(signal.SIGTERM, _terminate_like_ctrl_c)
+    try:
+        _serve(settings, host, port, workers, reload)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _terminate_like_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _serve(settings: Settings, host: str, port: int, workers: int, reload: bool) -> None:
+    import uvicorn
+
+    from taskmanager.migrate import upgrade
+
     with database(settings) as url:
         upgrade(url)
         # Workers (and the reloader's child) read their settings from the environment:

@@ -11,7 +11,6 @@ shown the client a 2xx.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -30,16 +29,17 @@ from taskmanager.config import Settings
 def create_engine(settings: Settings, database_url: str) -> AsyncEngine:
     """The async engine (asyncpg driver) with the pool and timeouts from settings."""
     connect_args: dict[str, Any] = {"timeout": settings.connect_timeout}
+    if settings.statement_timeout_ms:
+        # The server's statement_timeout answers first (57014 -> 503) whenever it can; this
+        # client-side bound ends the wait when it cannot answer at all (frozen, cut off),
+        # where a request would otherwise hang forever on its pooled connection.
+        connect_args["command_timeout"] = settings.statement_timeout_ms / 1000 + 1.0
     if settings.pgbouncer:
         # Transaction pooling hands each transaction any server connection: statements
         # prepared and cached on one are missing (or clash by name) on the next, and
-        # PgBouncer refuses unknown startup parameters. So: no statement caches, unique
-        # statement names, no server_settings (set statement_timeout on the database role).
-        connect_args |= {
-            "statement_cache_size": 0,  # asyncpg's own cache
-            "prepared_statement_cache_size": 0,  # SQLAlchemy's asyncpg dialect cache
-            "prepared_statement_name_func": _unique_statement_name,
-        }
+        # PgBouncer refuses unknown startup parameters. So: no statement caches, only the
+        # unnamed statement, no server_settings (set statement_timeout on the database role).
+        connect_args |= pooler_safe_connect_args()
     else:
         server_settings = {"application_name": "taskmanager"}
         if settings.statement_timeout_ms:
@@ -58,8 +58,25 @@ def create_engine(settings: Settings, database_url: str) -> AsyncEngine:
     )
 
 
-def _unique_statement_name() -> str:
-    return f"__asyncpg_{uuid.uuid4().hex}__"
+def pooler_safe_connect_args() -> dict[str, Any]:
+    """asyncpg connect arguments that work behind PgBouncer in transaction pooling mode."""
+    return {
+        "statement_cache_size": 0,  # asyncpg's own cache
+        "prepared_statement_cache_size": 0,  # SQLAlchemy's asyncpg dialect cache
+        "prepared_statement_name_func": _unnamed_statement,
+    }
+
+
+def _unnamed_statement() -> str:
+    """The unnamed statement: with statement_cache_size=0 asyncpg re-sends its Parse with
+    the Bind, so the execution never depends on which server connection ran the prepare.
+
+    Unique names are not enough: outside a transaction (the autocommit read sessions) the
+    prepare and the execution are two round trips PgBouncer may send to two servers
+    ("prepared statement ... does not exist"), and inside one, the statement closed at the
+    next transaction's first prepare stays behind on the first server connection.
+    """
+    return ""
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -109,6 +126,35 @@ SessionDep = Annotated[AsyncSession, Depends(get_async_session, scope="function"
 
 
 async def check_database(engine: AsyncEngine, within_seconds: float) -> None:
-    """Raise if the database cannot answer `SELECT 1` within `within_seconds`."""
-    async with asyncio.timeout(within_seconds), engine.connect() as connection:
+    """Raise if the database cannot answer `SELECT 1` within `within_seconds`.
+
+    Never later: a probe that timed out is cancelled and left to finish in the background,
+    because giving up a connection to a hung server takes SQLAlchemy up to 2 s more (it
+    tries to close it gracefully), and a health check must answer in the time it promised.
+    """
+    probe = asyncio.ensure_future(_select_one(engine))
+    try:
+        done, _ = await asyncio.wait({probe}, timeout=within_seconds)
+    finally:
+        if not probe.done():
+            probe.cancel()
+            _closing_probes.add(probe)
+            probe.add_done_callback(_forget_probe)
+    if not done:
+        raise TimeoutError(f"no answer to SELECT 1 within {within_seconds} s")
+    probe.result()
+
+
+async def _select_one(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
         await connection.execute(text("SELECT 1"))
+
+
+# Cancelled probes still closing their connection: referenced so they are not collected.
+_closing_probes: set[asyncio.Future[None]] = set()
+
+
+def _forget_probe(probe: asyncio.Future[None]) -> None:
+    _closing_probes.discard(probe)
+    if not probe.cancelled():
+        probe.exception()  # retrieved: its error was already answered as a 503

@@ -108,12 +108,15 @@ class EmbeddedPostgres:
         if self._server is None:
             return
         server, self._server = self._server, None
+        # Let go of the package's handle: its at-exit stop must not run (we stop it now, or
+        # it is not ours), and the handle it caches per data directory must go, else a later
+        # start() on this directory in this process reuses it and never starts the server.
+        atexit.unregister(server._cleanup)
+        server.global_process_id_list.get_and_remove(os.getpid())
+        type(server)._instances.pop(server.pgdata, None)
         if self._attached:
             return
         log.info("stopping embedded PostgreSQL in %s", self.data_dir)
-        # We stop it now, so the package's own at-exit stop must not try again.
-        atexit.unregister(server._cleanup)
-        server.global_process_id_list.get_and_remove(os.getpid())
         server.stop()
         if self.delete:
             shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from taskmanager.models import FK_TASKS_CATEGORY, UQ_CATEGORIES_NAME
 
@@ -124,10 +125,50 @@ async def _handle_validation_error(request: Request, exc: Exception) -> ProblemR
     )
 
 
+def _unparsable_body_problem(cause: BaseException) -> ProblemResponse:
+    """422 naming `body`, like any other invalid JSON, for the bodies FastAPI answers with a bare
+    400: bytes that are not UTF-8, nesting deeper than the parser allows, an integer with
+    thousands of digits."""
+    if isinstance(cause, UnicodeDecodeError):
+        reason = "the body is not UTF-8 text"
+    elif isinstance(cause, RecursionError):
+        reason = "it is nested too deeply"
+    else:
+        reason = "it cannot be parsed (for example, a number with thousands of digits)"
+    message = f"not valid JSON: {reason}"
+    return problem_response(
+        422,
+        f"body: {message}",
+        title="Request validation failed",
+        problem_type="/problems/validation-error",
+        errors=[{"field": "body", "loc": ["body"], "message": message, "type": "json_invalid"}],
+    )
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at the request's path. Starlette's own 405 names only
+    the methods of the first route matching the path (`Allow: POST` for /tasks, which has GET
+    too), so ask every route about every method."""
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
+
+
 async def _handle_http_exception(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not parse the body
+        return _unparsable_body_problem(exc.__cause__)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and "Allow" in headers:  # a 405 from routing, not from a route
+        headers["Allow"] = _allowed_methods(request) or headers["Allow"]
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return problem_response(exc.status_code, detail, headers=exc.headers)
+    return problem_response(exc.status_code, detail, headers=headers)
 
 
 # ─────────────────────────────────────────────

@@ -33,6 +33,8 @@ IdempotencyKeyHeader = Annotated[
         alias="Idempotency-Key",
         description="Any unique string (e.g. a UUID): a retry with the same key and body "
         "returns the original response instead of creating a second resource.",
+        # Documented only: get_idempotent_request checks it, with a message of its own.
+        json_schema_extra={"pattern": "^[!-~]+$", "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH},
     ),
 ]
 

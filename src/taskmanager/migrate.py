@@ -45,8 +45,11 @@ def current(database_url: str) -> str | None:
 
     from sqlalchemy.ext.asyncio import create_async_engine
 
+    from taskmanager.database import pooler_safe_connect_args
+
     async def read() -> str | None:
-        engine = create_async_engine(database_url)
+        # Like the migrations: safe through PgBouncer too.
+        engine = create_async_engine(database_url, connect_args=pooler_safe_connect_args())
         try:
             async with engine.connect() as connection:
                 return await connection.run_sync(

@@ -1,8 +1,9 @@
 """The OpenAPI document and the interactive docs.
 
-Error responses are documented as `application/problem+json` with the Problem schema, and
-Swagger UI / ReDoc are served from assets installed with the package (no CDN), so /docs
-works on a machine without internet access.
+Error responses are documented as `application/problem+json` with the Problem schema, the
+response headers a client may rely on (ETag, Location, X-Total-Count, Retry-After,
+X-Request-ID) where they are sent, and Swagger UI / ReDoc are served from assets installed
+with the package (no CDN), so /docs works on a machine without internet access.
 """
 
 from __future__ import annotations
@@ -50,16 +51,70 @@ class Problem(BaseModel):
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 
+# The response headers a client may rely on, documented where they are sent.
+RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
+    "ETag": {
+        "description": "The row's version as a strong entity tag, for `If-Match`.",
+        "required": True,
+        "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
+    },
+    "Location": {
+        "description": "The URL of the resource just created.",
+        "required": True,
+        "schema": {"type": "string", "format": "uri"},
+    },
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored response to an earlier request with the "
+        "same `Idempotency-Key`; nothing new was created.",
+        "required": False,
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+    "X-Total-Count": {
+        "description": "How many tasks match the filters, on all pages together.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "X-Request-ID": {
+        "description": "The client's X-Request-ID if it was valid, else one made up; it is in "
+        "every log line about this request.",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:@/+=-]{1,128}$"},
+    },
+}
+_PROBLEM_HEADERS = {412: ("ETag",), 503: ("Retry-After",)}
+
+
+def response_headers(*names: str) -> dict[str, dict[str, Any]]:
+    """The `headers` of an OpenAPI response object sending `names`."""
+    return {name: RESPONSE_HEADERS[name] for name in names}
+
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for the problem statuses an operation can return."""
-    return {
-        status: {
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        responses[status] = {
             "description": _DESCRIPTIONS[status],
             "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}},
         }
-        for status in statuses
-    }
+        if status in _PROBLEM_HEADERS:
+            responses[status]["headers"] = response_headers(*_PROBLEM_HEADERS[status])
+    return responses
+
+
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's schema without FastAPI's `anyOf: [..., {"type": "null"}]` for `X | None`:
+    a query or header parameter is either absent (`required: false`) or text, never null."""
+    alternatives = [s for s in schema.get("anyOf", []) if s.get("type") != "null"]
+    if len(alternatives) != 1:
+        return schema
+    rest = {key: value for key, value in schema.items() if key != "anyOf"}
+    return {**alternatives[0], **rest}
 
 
 def build_openapi(app: FastAPI) -> dict[str, Any]:
@@ -75,6 +130,14 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         definitions = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(definitions.pop("$defs", {}))
         components["Problem"] = definitions
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for parameter in operation.get("parameters", []):
+                    parameter["schema"] = _without_null(parameter["schema"])
+                for response in operation.get("responses", {}).values():
+                    response.setdefault("headers", {})["X-Request-ID"] = RESPONSE_HEADERS[
+                        "X-Request-ID"
+                    ]
         app.openapi_schema = schema
     return app.openapi_schema
 

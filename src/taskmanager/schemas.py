@@ -2,6 +2,8 @@
 
 Request models reject unknown fields and text PostgreSQL cannot store (NUL characters,
 lone surrogates) with a 422 naming the field, so such input never reaches the database.
+They are strict: a value of another JSON type than documented (`"completed": 0`,
+`"category_id": "3"`) is a 422 too, not silently coerced.
 Response models read ORM objects directly (`from_attributes=True`).
 """
 
@@ -72,7 +74,7 @@ def _not_nullable(*fields: str) -> Any:
 class TaskCreate(BaseModel):
     """For POST /tasks: creating a new task."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     title: Title
     description: Description | None = None
@@ -87,7 +89,9 @@ class TaskUpdate(BaseModel):
     cannot be null.
     """
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_not_nullable("title", "completed"))
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=_not_nullable("title", "completed")
+    )
 
     title: Title | None = None
     description: Description | None = None
@@ -105,7 +109,7 @@ class TaskUpdate(BaseModel):
 class CategoryCreate(BaseModel):
     """For POST /categories."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: CategoryName
 
@@ -113,7 +117,7 @@ class CategoryCreate(BaseModel):
 class CategoryUpdate(BaseModel):
     """For PATCH /categories/{id}: rename."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: CategoryName
 

@@ -14,6 +14,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from taskmanager.database import pooler_safe_connect_args
 from taskmanager.models import Base
 
 config = context.config
@@ -58,7 +59,11 @@ def _run_sync(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_async_engine(_database_url(), poolclass=pool.NullPool)
+    # `serve` migrates through DATABASE_URL, which may be PgBouncer: no cached or named
+    # statements to clash there with another client's (each runs once here anyway).
+    engine = create_async_engine(
+        _database_url(), poolclass=pool.NullPool, connect_args=pooler_safe_connect_args()
+    )
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run_sync)

@@ -171,7 +171,13 @@ class TaskRepository:
         UPDATE): use it to read a task you are about to change."""
         stmt = _BY_ID_WITH_CATEGORY_FOR_UPDATE if for_update else _BY_ID_WITH_CATEGORY
         result = await self.session.execute(stmt, {"task_id": task_id})
-        return result.scalar_one_or_none()
+        task = result.scalar_one_or_none()
+        loaded_id = None if task is None or task.category is None else task.category.id
+        if task is not None and task.category_id != loaded_id:
+            # Having waited for the lock, PostgreSQL re-reads only the locked task row, not
+            # the joined category: after a concurrent category change the join finds none.
+            await self.session.refresh(task, attribute_names=["category"])
+        return task
 
     async def get_view(self, task_id: int) -> TaskView | None:
         """A task with its category, read-only, for showing it (one statement)."""

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from taskmanager.dependencies import CategoryRepositoryDep
 from taskmanager.idempotency import IdempotencyDep
 from taskmanager.models import Category
-from taskmanager.openapi import problem_responses
+from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
 from taskmanager.schemas import INT4_MAX, CategoryCreate, CategoryDetailResponse, CategoryUpdate
 
@@ -42,7 +42,10 @@ async def _get_for_change(
     "",
     response_model=CategoryDetailResponse,
     status_code=status.HTTP_201_CREATED,
-    responses=problem_responses(409, 413, 422, 503),
+    responses={
+        201: {"headers": response_headers("Location", "ETag", "Idempotent-Replayed")},
+        **problem_responses(409, 413, 422, 503),
+    },
 )
 async def create_category(
     body: CategoryCreate,
@@ -70,7 +73,7 @@ async def list_categories(repo: CategoryRepositoryDep) -> list[Category]:
 @router.get(
     "/{category_id}",
     response_model=CategoryDetailResponse,
-    responses=problem_responses(404, 422, 503),
+    responses={200: {"headers": response_headers("ETag")}, **problem_responses(404, 422, 503)},
 )
 async def get_category(
     category_id: CategoryId, repo: CategoryRepositoryDep, response: Response
@@ -83,7 +86,10 @@ async def get_category(
 @router.patch(
     "/{category_id}",
     response_model=CategoryDetailResponse,
-    responses=problem_responses(404, 409, 412, 413, 422, 503),
+    responses={
+        200: {"headers": response_headers("ETag")},
+        **problem_responses(404, 409, 412, 413, 422, 503),
+    },
 )
 async def rename_category(
     category_id: CategoryId,

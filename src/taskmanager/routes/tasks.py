@@ -4,7 +4,7 @@ transaction and commits before the response is sent."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from taskmanager.dependencies import TaskRepositoryDep
 from taskmanager.idempotency import IdempotencyDep
 from taskmanager.models import Task
-from taskmanager.openapi import problem_responses
+from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.repositories.task_repository import TaskFilters, TaskView
 from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
 from taskmanager.schemas import (
@@ -27,6 +27,10 @@ router = APIRouter(prefix="/tasks", tags=["tasks"])
 
 TaskId = Annotated[int, Path(ge=1, le=INT4_MAX, description="The task's id.")]
 NOT_FOUND = "Task not found"
+CHANGED_TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"headers": response_headers("ETag")},
+    **problem_responses(404, 412, 413, 422, 503),
+}
 
 
 async def _get_for_change(repo: TaskRepositoryDep, task_id: int, if_match: str | None) -> Task:
@@ -42,7 +46,10 @@ async def _get_for_change(repo: TaskRepositoryDep, task_id: int, if_match: str |
     "",
     response_model=TaskWithCategoryResponse,
     status_code=status.HTTP_201_CREATED,
-    responses=problem_responses(413, 422, 503),
+    responses={
+        201: {"headers": response_headers("Location", "ETag", "Idempotent-Replayed")},
+        **problem_responses(413, 422, 503),
+    },
 )
 async def create_task(
     body: TaskCreate,
@@ -70,7 +77,9 @@ async def create_task(
 
 
 @router.get(
-    "", response_model=list[TaskWithCategoryResponse], responses=problem_responses(422, 503)
+    "",
+    response_model=list[TaskWithCategoryResponse],
+    responses={200: {"headers": response_headers("X-Total-Count")}, **problem_responses(422, 503)},
 )
 async def list_tasks(
     repo: TaskRepositoryDep,
@@ -96,7 +105,7 @@ async def list_tasks(
 @router.get(
     "/{task_id}",
     response_model=TaskWithCategoryResponse,
-    responses=problem_responses(404, 422, 503),
+    responses={200: {"headers": response_headers("ETag")}, **problem_responses(404, 422, 503)},
 )
 async def get_task(task_id: TaskId, repo: TaskRepositoryDep, response: Response) -> TaskView:
     """One task; `ETag` is its version, for If-Match on a later change."""
@@ -110,7 +119,7 @@ async def get_task(task_id: TaskId, repo: TaskRepositoryDep, response: Response)
 @router.patch(
     "/{task_id}",
     response_model=TaskWithCategoryResponse,
-    responses=problem_responses(404, 412, 413, 422, 503),
+    responses=CHANGED_TASK_RESPONSES,
 )
 async def update_task(
     task_id: TaskId,
@@ -131,7 +140,7 @@ async def update_task(
 @router.put(
     "/{task_id}",
     response_model=TaskWithCategoryResponse,
-    responses=problem_responses(404, 412, 413, 422, 503),
+    responses=CHANGED_TASK_RESPONSES,
     deprecated=True,
 )
 async def replace_task(

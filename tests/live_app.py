@@ -1,0 +1,35 @@
+"""The real app, lifespan and all, on a database of its own: for tests that need real
+commits and real concurrent transactions (the rolled-back `client` fixture has one
+connection, so it can show neither).
+
+Requests go through httpx's ASGITransport in this event loop; each one gets its own
+session and its own pooled connection, so `asyncio.gather` of N requests is N concurrent
+PostgreSQL transactions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from httpx import ASGITransport, AsyncClient
+
+from taskmanager.config import Settings
+from taskmanager.main import create_app
+
+
+@asynccontextmanager
+async def live_client(database_url: str, **settings: Any) -> AsyncIterator[AsyncClient]:
+    """A client of `create_app(...)` with its lifespan running (engine built, then disposed).
+
+    The pool holds 30 connections by default, more than any test sends at once, so
+    concurrent requests meet in PostgreSQL, not in the pool's queue.
+    """
+    options: dict[str, Any] = {"pool_size": 30, "max_overflow": 0, "log_level": "WARNING"}
+    app = create_app(Settings(database_url=database_url, **(options | settings)))
+    async with (
+        app.router.lifespan_context(app),
+        AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client,
+    ):
+        yield client
