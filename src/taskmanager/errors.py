@@ -66,23 +66,39 @@ class ProblemError(Exception):
         problem_type: str,
         title: str | None = None,
         headers: Mapping[str, str] | None = None,
+        field: str | None = None,
     ) -> None:
+        """`field` (e.g. "header.Idempotency-Key") adds the `errors` list validation
+        problems carry, so clients find the failing field the same way everywhere."""
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.problem_type = problem_type
         self.title = title
         self.headers = dict(headers or {})
+        self.field = field
 
 
 async def _handle_problem_error(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, ProblemError)
+    extensions: dict[str, Any] = {}
+    if exc.field is not None:
+        message = exc.detail.removeprefix(f"{exc.field}: ")
+        extensions["errors"] = [
+            {
+                "field": exc.field,
+                "loc": exc.field.split("."),
+                "message": message,
+                "type": "value_error",
+            }
+        ]
     return problem_response(
         exc.status,
         exc.detail,
         title=exc.title,
         problem_type=exc.problem_type,
         headers=exc.headers,
+        **extensions,
     )
 
 
@@ -204,6 +220,12 @@ _UNAVAILABLE_SQLSTATES = {
     "57P02": "the database is shutting down",
     "57P03": "the database is starting up",
     "53300": "the database has no free connections",
+    # A prepared statement missing or clashing: the signature of a transaction-pooling
+    # PgBouncer in front of a server reached without TASKMANAGER_PGBOUNCER=true.
+    "26000": "the database connection lost a prepared statement (behind PgBouncer? set "
+    "TASKMANAGER_PGBOUNCER=true)",
+    "42P05": "the database connection has a clashing prepared statement (behind PgBouncer? "
+    "set TASKMANAGER_PGBOUNCER=true)",
     "40001": "the transaction conflicted with another one",
     "40P01": "the transaction deadlocked with another one",
 }

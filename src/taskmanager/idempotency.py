@@ -65,6 +65,7 @@ class IdempotentRequest:
                 "body; use a new key for a new request",
                 problem_type="/problems/idempotency-key-reused",
                 title="Idempotency-Key reused",
+                field="header.Idempotency-Key",
             )
         headers = {**(earlier.response_headers or {}), REPLAYED_HEADER: "true"}
         return JSONResponse(earlier.response_body, status_code=earlier.status_code, headers=headers)
@@ -99,6 +100,7 @@ async def get_idempotent_request(
             f"{IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters without spaces",
             problem_type="/problems/validation-error",
             title="Request validation failed",
+            field="header.Idempotency-Key",
         )
     route = request.scope.get("route")
     path = getattr(route, "path", request.url.path)

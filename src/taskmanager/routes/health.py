@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 
 from taskmanager.database import check_database
+from taskmanager.errors import ProblemError
 from taskmanager.openapi import problem_responses
 from taskmanager.schemas import HealthResponse
 
@@ -24,9 +25,12 @@ async def ready(request: Request) -> HealthResponse:
     try:
         await check_database(state.engine, state.settings.ready_timeout)
     except Exception as exc:
-        raise HTTPException(
-            status_code=503,
-            detail=f"the database did not answer: {exc.__class__.__name__}",
+        raise ProblemError(
+            503,
+            f"the database did not answer SELECT 1 within {state.settings.ready_timeout} s "
+            f"({exc.__class__.__name__})",
+            problem_type="/problems/database-unavailable",
+            title="Database unavailable",
             headers={"Retry-After": "5"},
         ) from exc
     return HealthResponse(status="ok")
