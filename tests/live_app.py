@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from httpx import ASGITransport, AsyncClient
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from taskmanager.config import Settings
 from taskmanager.main import create_app
@@ -33,3 +34,13 @@ async def live_client(database_url: str, **settings: Any) -> AsyncIterator[Async
         AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client,
     ):
         yield client
+
+
+@asynccontextmanager
+async def observer_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """Connections of the test's own: what PostgreSQL really holds, not what the app says."""
+    engine = create_async_engine(database_url, pool_size=2)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -24,34 +23,17 @@ import pytest
 import pytest_asyncio
 from httpx import AsyncClient
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from conftest import ReliabilityRecorder
-from live_app import live_client
+from kinds import CATEGORIES, KINDS, TASKS, Kind
+from live_app import live_client, observer_engine
 from taskmanager.errors import PROBLEM_JSON
 
 pytestmark = pytest.mark.reliability
 
 AREA = "Lost updates and retries"
 WRITERS = 20
-
-
-@dataclass(frozen=True)
-class Kind:
-    """A resource with a version: where it lives and which text field a change edits."""
-
-    name: str
-    path: str
-    table: str
-    field: str
-
-    def body(self, value: str) -> dict[str, Any]:
-        return {self.field: value}
-
-
-TASKS = Kind("task", "/tasks", "tasks", "title")
-CATEGORIES = Kind("category", "/categories", "categories", "name")
-KINDS = pytest.mark.parametrize("kind", [TASKS, CATEGORIES], ids=["task", "category"])
 
 
 async def create(client: AsyncClient, kind: Kind, value: str) -> dict[str, Any]:
@@ -297,10 +279,8 @@ async def live(concurrency_url: str) -> AsyncIterator[AsyncClient]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def observer(concurrency_url: str) -> AsyncIterator[AsyncEngine]:
-    """Our own connections: what PostgreSQL really holds, not what the app says."""
-    engine = create_async_engine(concurrency_url, pool_size=2)
-    yield engine
-    await engine.dispose()
+    async with observer_engine(concurrency_url) as engine:
+        yield engine
 
 
 async def test_20_concurrent_patches_with_the_same_if_match_one_wins(

@@ -20,7 +20,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,11 @@ import pytest
 import pytest_asyncio
 from httpx import AsyncClient
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from conftest import ReliabilityRecorder
-from live_app import live_client
+from kinds import CATEGORIES, KINDS, TASKS, Kind
+from live_app import live_client, observer_engine
 from serve_process import ServeProcess, clean_env, serve
 from taskmanager.errors import PROBLEM_JSON
 
@@ -44,22 +44,6 @@ AREA = "Lost updates and retries"
 REPLAYED = "Idempotent-Replayed"
 CONCURRENT = 20
 MIN_CONNECTIONS = 10  # to the two `serve` workers
-
-
-@dataclass(frozen=True)
-class Kind:
-    name: str
-    path: str
-    table: str
-    field: str
-
-    def body(self, value: str) -> dict[str, Any]:
-        return {self.field: value}
-
-
-TASKS = Kind("task", "/tasks", "tasks", "title")
-CATEGORIES = Kind("category", "/categories", "categories", "name")
-KINDS = pytest.mark.parametrize("kind", [TASKS, CATEGORIES], ids=["task", "category"])
 
 
 def key_header(key: str | bytes) -> dict[str, Any]:
@@ -342,10 +326,8 @@ async def live(idempotency_url: str) -> AsyncIterator[AsyncClient]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def observer(idempotency_url: str) -> AsyncIterator[AsyncEngine]:
-    """Our own connections: what PostgreSQL really holds."""
-    engine = create_async_engine(idempotency_url, pool_size=2)
-    yield engine
-    await engine.dispose()
+    async with observer_engine(idempotency_url) as engine:
+        yield engine
 
 
 @KINDS
