@@ -19,17 +19,16 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from serve_process import clean_env, serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
@@ -44,13 +43,6 @@ def _chromium() -> str:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     pytest.skip("Chromium is not installed (run scripts/install-system-deps.sh as root)")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _stop(process: subprocess.Popen[Any], *, group: bool = False) -> None:
@@ -73,50 +65,9 @@ def server_url(
 ) -> Iterator[str]:
     """The real `taskmanager serve` on a free port, with its own database."""
     _chromium()  # skip before starting anything when there is no browser
-    # No TASKMANAGER_* setting of the developer's, and a working directory without .env.
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key != "DATABASE_URL" and not key.startswith("TASKMANAGER_")
-    }
-    env["DATABASE_URL"] = make_database("docs_browser")
-    env["TASKMANAGER_LOG_LEVEL"] = "WARNING"
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("docs-server")
-    log_path = workdir / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "taskmanager",
-                "serve",
-                *("--host", "127.0.0.1", "--port", f"{port}"),
-            ],
-            env=env,
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/health/live", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not become live in 30 s:\n{log_path.read_text()}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        _stop(process)
+    env = clean_env(DATABASE_URL=make_database("docs_browser"), TASKMANAGER_LOG_LEVEL="WARNING")
+    with serve(env, tmp_path_factory.mktemp("docs-server")) as server:
+        yield server.base_url
 
 
 def _run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -311,23 +311,9 @@ def translate_database_error(exc: BaseException) -> ProblemResponse | None:
         exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError)
     ):
         return _unavailable("the connection to the database was lost", retry_after=5)
-    if isinstance(exc, (OSError, TimeoutError)) or _is_driver_connection_error(exc):
+    if isinstance(exc, OSError):  # refused, no socket, timed out (TimeoutError is an OSError)
         return _unavailable("the database cannot be reached", retry_after=5)
     return None
-
-
-def _is_driver_connection_error(exc: BaseException) -> bool:
-    import asyncpg
-
-    return isinstance(
-        exc,
-        (
-            asyncpg.PostgresConnectionError,
-            asyncpg.InterfaceError,
-            asyncpg.CannotConnectNowError,
-            asyncpg.TooManyConnectionsError,
-        ),
-    )
 
 
 async def _handle_database_error(request: Request, exc: Exception) -> ProblemResponse:
@@ -354,5 +340,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(sa_exc.SQLAlchemyError, _handle_database_error)
-    app.add_exception_handler(OSError, _handle_database_error)
-    app.add_exception_handler(TimeoutError, _handle_database_error)
+    app.add_exception_handler(OSError, _handle_database_error)  # TimeoutError included

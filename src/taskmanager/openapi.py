@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from taskmanager.errors import PROBLEM_JSON
+from taskmanager.schemas import without_null
 
 DOCS_ASSETS_URL = "/docs-assets"
 
@@ -107,16 +108,6 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return responses
 
 
-def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
-    """A parameter's schema without FastAPI's `anyOf: [..., {"type": "null"}]` for `X | None`:
-    a query or header parameter is either absent (`required: false`) or text, never null."""
-    alternatives = [s for s in schema.get("anyOf", []) if s.get("type") != "null"]
-    if len(alternatives) != 1:
-        return schema
-    rest = {key: value for key, value in schema.items() if key != "anyOf"}
-    return {**alternatives[0], **rest}
-
-
 def build_openapi(app: FastAPI) -> dict[str, Any]:
     """The app's OpenAPI document, with the Problem schemas in its components."""
     if app.openapi_schema is None:
@@ -132,8 +123,9 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         components["Problem"] = definitions
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():
+                # A query or header parameter is absent (required: false) or text, never null.
                 for parameter in operation.get("parameters", []):
-                    parameter["schema"] = _without_null(parameter["schema"])
+                    parameter["schema"] = without_null(parameter["schema"])
                 for response in operation.get("responses", {}).values():
                     response.setdefault("headers", {})["X-Request-ID"] = RESPONSE_HEADERS[
                         "X-Request-ID"

@@ -51,17 +51,25 @@ Description = Annotated[str, Field(max_length=10_000), AfterValidator(_storable_
 DatabaseId = Annotated[int, Field(ge=1, le=INT4_MAX)]
 
 
+def without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` without the `anyOf: [X, {"type": "null"}]` Pydantic writes for `X | None`:
+    for a value that may be left out but never be null."""
+    alternatives = [s for s in schema.get("anyOf", []) if s.get("type") != "null"]
+    if len(alternatives) != 1:
+        return schema
+    rest = {key: value for key, value in schema.items() if key != "anyOf"}
+    return {**alternatives[0], **rest}
+
+
 def _not_nullable(*fields: str) -> Any:
-    """Drop `null` from the JSON schema of fields that accept absence but not null."""
+    """Drop `null` (and the default) from the JSON schema of these body fields."""
 
     def edit(schema: dict[str, Any]) -> None:
+        properties = schema.get("properties", {})
         for name in fields:
-            prop = schema.get("properties", {}).get(name, {})
-            if "anyOf" in prop:
-                prop["anyOf"] = [s for s in prop["anyOf"] if s.get("type") != "null"]
-                if len(prop["anyOf"]) == 1:
-                    prop.update(prop.pop("anyOf")[0])
-            prop.pop("default", None)
+            if name in properties:
+                properties[name] = without_null(properties[name])
+                properties[name].pop("default", None)
 
     return edit
 

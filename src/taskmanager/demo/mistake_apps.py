@@ -91,22 +91,16 @@ def build_shared_session_app(
     app.state.global_session = shared
 
     async def get_async_session() -> AsyncIterator[AsyncSession]:
-        if shared is not None:
-            session = shared
-            try:
-                yield session
-                await session.commit()
-            except Exception:
-                await session.rollback()
-                raise
-            return
-        async with async_session_factory() as session:
-            try:
-                yield session
-                await session.commit()
-            except Exception:
-                await session.rollback()
-                raise
+        session = shared if shared is not None else async_session_factory()
+        try:
+            yield session
+            await session.commit()
+        except Exception:
+            await session.rollback()
+            raise
+        finally:
+            if session is not shared:  # a request's own session is closed; the global one lives
+                await session.close()
 
     session_dependency = Depends(get_async_session, scope="function")
 
