@@ -237,9 +237,10 @@ async def run_burst(base_url: str, *, seed: int) -> Burst:
     burst = Burst(marker=f"burst-{uuid.uuid4().hex[:8]}")
     m = burst.marker
     limit = asyncio.Semaphore(CONCURRENCY)
-    async with httpx.AsyncClient(
-        base_url=base_url, timeout=30, limits=httpx.Limits(max_connections=CONCURRENCY)
-    ) as api:
+    # No keep-alive: every request is a new connection, accepted by whichever worker is free.
+    # Kept-alive connections would all be opened at once and one worker may accept them all.
+    no_keep_alive = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=no_keep_alive) as api:
 
         async def send(method: str, url: str, expected: int, **kw: Any) -> httpx.Response | None:
             async with limit:
@@ -356,6 +357,21 @@ def worker_client_connections(server: ServeProcess, port: int) -> dict[int, int]
     return counts
 
 
+async def until_every_worker_connected(server: ServeProcess, port: int) -> dict[int, int]:
+    """Client connections per process, after extra reads if one worker accepted every request.
+
+    Which worker accepts a connection is the kernel's choice; a few bounded rounds of
+    concurrent reads on fresh connections give the idle worker its turn.
+    """
+    no_keep_alive = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10, limits=no_keep_alive) as api:
+        for _ in range(10):
+            if sum(1 for n in worker_client_connections(server, port).values() if n) >= 2:
+                break
+            await asyncio.gather(*(api.get("/tasks", params={"limit": 1}) for _ in range(40)))
+    return worker_client_connections(server, port)
+
+
 async def test_concurrent_burst_through_pgbouncer(
     server: ServeProcess, pooled: Pooled, reliability: ReliabilityRecorder
 ) -> None:
@@ -372,7 +388,7 @@ async def test_concurrent_burst_through_pgbouncer(
 
     # Both workers talked to PgBouncer, over more client connections than PostgreSQL had
     # server connections: transactions really took turns on shared server connections.
-    clients = worker_client_connections(server, pooled.bouncer.port)
+    clients = await until_every_worker_connected(server, pooled.bouncer.port)
     workers = [pid for pid, n in clients.items() if n]
     (backends,) = await query(
         pooled.direct_url,
