@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Row, Select, bindparam, func, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Bundle, joinedload
+from sqlalchemy.orm import joinedload
 
 from taskmanager.models import Category, Task
+
+_TASKS = Task.__table__
+_CATEGORIES = Category.__table__
 
 # Columns a client may change through TaskRepository.update.
 UPDATABLE_FIELDS = frozenset({"title", "description", "completed", "category_id"})
@@ -32,13 +36,17 @@ def _escape_like(term: str) -> str:
 
 def _apply_filters(stmt: Select[Any], filters: TaskFilters) -> Select[Any]:
     """`stmt` with the WHERE clauses `filters` asks for, as bound parameters (see
-    _filter_parameters), so one statement per combination of filters can be reused."""
+    _filter_parameters), so one statement per combination of filters can be reused.
+
+    The clauses name the table's columns, not the mapped attributes: a view statement
+    that mentions no ORM entity runs as plain Core, without ORM loading (see _VIEW_COLUMNS).
+    """
     if filters.completed is not None:
-        stmt = stmt.where(Task.completed == bindparam("completed"))
+        stmt = stmt.where(_TASKS.c.completed == bindparam("completed"))
     if filters.category_id is not None:
-        stmt = stmt.where(Task.category_id == bindparam("category_id"))
+        stmt = stmt.where(_TASKS.c.category_id == bindparam("category_id"))
     if filters.q:
-        stmt = stmt.where(Task.title.ilike(bindparam("title_pattern"), escape="\\"))
+        stmt = stmt.where(_TASKS.c.title.ilike(bindparam("title_pattern"), escape="\\"))
     return stmt
 
 
@@ -69,49 +77,63 @@ _BY_ID_WITH_CATEGORY = _BY_ID.options(joinedload(Task.category))
 # writers to one task queue up and each one sees the version the previous one left.
 _BY_ID_WITH_CATEGORY_FOR_UPDATE = _BY_ID_WITH_CATEGORY.with_for_update(of=Task)
 
-_NEWEST_FIRST = (Task.created_at.desc(), Task.id.desc())
+_NEWEST_FIRST = (_TASKS.c.created_at.desc(), _TASKS.c.id.desc())
 
 
 @dataclass(frozen=True, slots=True)
 class CategorySummary:
-    """A task's category as a page of tasks shows it: {id, name}."""
+    """A task's category as a task response shows it: {id, name}."""
 
     id: int
     name: str
 
 
-class _CategoryBundle(Bundle[Any]):
-    """`category` of a page row: a CategorySummary, or None for an uncategorised task."""
+@dataclass(frozen=True, slots=True)
+class TaskView:
+    """A task as GET shows it: the response's attributes, read-only (id, ..., category)."""
 
-    def create_row_processor(self, query: Any, procs: Any, labels: Any) -> Any:
-        get_id, get_name = procs
+    id: int
+    title: str
+    description: str | None
+    completed: bool
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    category: CategorySummary | None
 
-        def process(row: Any) -> CategorySummary | None:
-            category_id = get_id(row)
-            return None if category_id is None else CategorySummary(category_id, get_name(row))
 
-        return process
-
-
-# A view reads exactly the columns a response shows: rows, not ORM objects. Nothing that is
-# only shown gets changed, so the identity map and instance state would be pure overhead.
+# A view reads exactly the columns a response shows, as plain Core rows: nothing that is
+# only shown gets changed, so ORM objects, the identity map and the ORM's per-statement
+# loading machinery would be pure overhead (~60 µs of CPU per request for one task).
 _VIEW_COLUMNS = (
-    Task.id,
-    Task.title,
-    Task.description,
-    Task.completed,
-    Task.created_at,
-    Task.updated_at,
-    Task.version,
-    _CategoryBundle("category", Category.id, Category.name),
+    _TASKS.c.id,
+    _TASKS.c.title,
+    _TASKS.c.description,
+    _TASKS.c.completed,
+    _TASKS.c.created_at,
+    _TASKS.c.updated_at,
+    _TASKS.c.version,
+    _CATEGORIES.c.id.label("category_id"),
+    _CATEGORIES.c.name.label("category_name"),
 )
+_WITH_CATEGORY = _TASKS.outerjoin(_CATEGORIES, _CATEGORIES.c.id == _TASKS.c.category_id)
+
+
+def _task_view(row: Sequence[Any]) -> TaskView:
+    """A row of _VIEW_COLUMNS (and maybe more after them) as a TaskView."""
+    (task_id, title, description, completed, created_at, updated_at, version) = row[:7]
+    category_id, category_name = row[7:9]
+    category = None if category_id is None else CategorySummary(category_id, category_name)
+    return TaskView(
+        task_id, title, description, completed, created_at, updated_at, version, category
+    )
 
 
 # One statement per combination of filters, built on first use and then reused: building
 # a SELECT and its cache key costs more CPU than PostgreSQL spends answering a page.
 @lru_cache(maxsize=8)
 def _count_statement(shape: TaskFilters) -> Select[Any]:
-    return _apply_filters(select(func.count()).select_from(Task), shape)
+    return _apply_filters(select(func.count()).select_from(_TASKS), shape)
 
 
 @lru_cache(maxsize=8)
@@ -119,7 +141,7 @@ def _page_statement(shape: TaskFilters) -> Select[Any]:
     total = _count_statement(shape).correlate(None).scalar_subquery()
     return (
         _apply_filters(select(*_VIEW_COLUMNS, total.label("total")), shape)
-        .outerjoin(Task.category)
+        .select_from(_WITH_CATEGORY)
         .order_by(*_NEWEST_FIRST)
         .limit(bindparam("limit"))
         .offset(bindparam("offset"))
@@ -137,15 +159,14 @@ def _all_statement(shape: TaskFilters) -> Select[Any]:
     )
 
 
-_VIEW_BY_ID = select(*_VIEW_COLUMNS).outerjoin(Task.category).where(Task.id == bindparam("task_id"))
-
-# A task as GET shows it: a row with the response's attributes (id, title, ..., category).
-TaskView = Row[Any]
+_VIEW_BY_ID = (
+    select(*_VIEW_COLUMNS).select_from(_WITH_CATEGORY).where(_TASKS.c.id == bindparam("task_id"))
+)
 
 
 @dataclass(frozen=True, slots=True)
 class TaskPage:
-    """One page of tasks (rows with the response's attributes) and how many match in all."""
+    """One page of tasks as GET shows them, and how many match the filters in all."""
 
     items: Sequence[TaskView]
     total: int
@@ -181,9 +202,8 @@ class TaskRepository:
 
     async def get_view(self, task_id: int) -> TaskView | None:
         """A task with its category, read-only, for showing it (one statement)."""
-        result = await self.session.execute(_VIEW_BY_ID, {"task_id": task_id})
-        view: TaskView | None = result.one_or_none()
-        return view
+        row = (await self.session.execute(_VIEW_BY_ID, {"task_id": task_id})).one_or_none()
+        return None if row is None else _task_view(row)
 
     async def get_all(
         self,
@@ -213,8 +233,8 @@ class TaskRepository:
         result = await self.session.execute(_page_statement(_filter_shape(filters)), parameters)
         rows = result.all()
         if rows:
-            return TaskPage(items=rows, total=rows[0].total)
-        return TaskPage(items=rows, total=await self.count(filters) if offset else 0)
+            return TaskPage(items=[_task_view(row) for row in rows], total=rows[0].total)
+        return TaskPage(items=[], total=await self.count(filters) if offset else 0)
 
     async def count(self, filters: TaskFilters | None = None) -> int:
         """How many tasks match `filters` (for X-Total-Count)."""
