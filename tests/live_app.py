@@ -27,7 +27,13 @@ async def live_client(database_url: str, **settings: Any) -> AsyncIterator[Async
     The pool holds 30 connections by default, more than any test sends at once, so
     concurrent requests meet in PostgreSQL, not in the pool's queue.
     """
-    options: dict[str, Any] = {"pool_size": 30, "max_overflow": 0, "log_level": "WARNING"}
+    # gc_threshold=0: the lifespan leaves this (shared) test process's collector alone.
+    options: dict[str, Any] = {
+        "pool_size": 30,
+        "max_overflow": 0,
+        "log_level": "WARNING",
+        "gc_threshold": 0,
+    }
     app = create_app(Settings(database_url=database_url, **(options | settings)))
     async with (
         app.router.lifespan_context(app),

@@ -226,7 +226,9 @@ def app_with_a_default_scope_route(settings: Settings) -> FastAPI:
 @pytest.fixture(scope="module")
 def default_scope_server(probe_url: str) -> Iterator[str]:
     """That app under uvicorn in a background thread on another free port of 127.0.0.1."""
-    app = app_with_a_default_scope_route(Settings(database_url=probe_url, log_level="WARNING"))
+    # gc_threshold=0: this server shares the test process; its collector is left alone.
+    settings = Settings(database_url=probe_url, log_level="WARNING", gc_threshold=0)
+    app = app_with_a_default_scope_route(settings)
     config = uvicorn.Config(
         app, host="127.0.0.1", port=free_port(), log_level="critical", lifespan="on"
     )

@@ -133,6 +133,7 @@ SETTINGS_ENV = [
     "TASKMANAGER_READY_TIMEOUT",
     "TASKMANAGER_SQL_ECHO",
     "TASKMANAGER_LOG_LEVEL",
+    "TASKMANAGER_GC_THRESHOLD",
 ]
 
 
@@ -194,6 +195,7 @@ def test_reads_taskmanager_variables(env: pytest.MonkeyPatch, tmp_path: Path) ->
     env.setenv("TASKMANAGER_READY_TIMEOUT", "0.5")
     env.setenv("TASKMANAGER_SQL_ECHO", "true")
     env.setenv("TASKMANAGER_LOG_LEVEL", "warning")
+    env.setenv("TASKMANAGER_GC_THRESHOLD", "0")
     settings = Settings()
     assert settings.data_dir == tmp_path / "pg"
     assert settings.pool_size == 3
@@ -204,6 +206,7 @@ def test_reads_taskmanager_variables(env: pytest.MonkeyPatch, tmp_path: Path) ->
     assert settings.ready_timeout == 0.5
     assert settings.sql_echo is True
     assert settings.log_level == "WARNING"  # case-insensitive
+    assert settings.gc_threshold == 0
 
 
 @pytest.mark.parametrize(
@@ -214,6 +217,7 @@ def test_reads_taskmanager_variables(env: pytest.MonkeyPatch, tmp_path: Path) ->
         ("TASKMANAGER_MAX_OVERFLOW", "-1"),
         ("TASKMANAGER_POOL_TIMEOUT", "0"),
         ("TASKMANAGER_LOG_LEVEL", "LOUD"),
+        ("TASKMANAGER_GC_THRESHOLD", "-1"),
     ],
 )
 def test_invalid_values_are_refused(env: pytest.MonkeyPatch, name: str, value: str) -> None:

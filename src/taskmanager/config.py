@@ -115,6 +115,12 @@ class Settings(BaseSettings):
         description="DATABASE_URL points at PgBouncer in transaction pooling mode: no "
         "prepared-statement caching, no per-connection startup settings.",
     )
+    gc_threshold: int = Field(
+        default=10_000,
+        ge=0,
+        description="Python's gen-0 garbage collection threshold for the server process, "
+        "with start-up objects frozen; 0 keeps Python's defaults.",
+    )
     sql_echo: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 

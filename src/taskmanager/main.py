@@ -23,6 +23,7 @@ from taskmanager.database import (
     create_session_factory,
 )
 from taskmanager.errors import install_error_handlers
+from taskmanager.garbage_collection import tune_garbage_collection
 from taskmanager.logs import configure_logging
 from taskmanager.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from taskmanager.openapi import build_openapi, install_docs
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.async_session_factory = create_session_factory(engine)
         app.state.read_session_factory = create_read_session_factory(engine)
+        tune_garbage_collection(settings.gc_threshold)  # last: everything above stays
         try:
             yield
         finally:
