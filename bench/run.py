@@ -337,7 +337,16 @@ def run_wrk(wrk: str, base: str, script: Path, connections: int, duration: int) 
     return result.stdout
 
 
-def summarise(measurements: list[Measurement]) -> list[Summary]:
+def chosen_scenarios(only: list[str]) -> list[Scenario]:
+    """The scenarios whose names contain one of `only` (all if empty), with their baselines."""
+    if not only:
+        return SCENARIOS
+    names = {s.name for s in SCENARIOS if any(part.lower() in s.name.lower() for part in only)}
+    names |= {s.baseline for s in SCENARIOS if s.name in names and s.baseline}
+    return [s for s in SCENARIOS if s.name in names]
+
+
+def summarise(measurements: list[Measurement], scenarios: list[Scenario]) -> list[Summary]:
     by_name: dict[str, list[Measurement]] = {}
     for m in measurements:
         by_name.setdefault(m.scenario, []).append(m)
@@ -345,7 +354,7 @@ def summarise(measurements: list[Measurement]) -> list[Summary]:
         name: statistics.median(m.requests_per_second for m in ms) for name, ms in by_name.items()
     }
     summaries = []
-    for scenario in SCENARIOS:
+    for scenario in scenarios:
         ms = by_name[scenario.name]
         baseline = scenario.baseline
         summaries.append(
@@ -400,6 +409,11 @@ def markdown(summaries: list[Summary], meta: dict[str, Any]) -> str:
 
 
 def http_benchmark(args: argparse.Namespace) -> int:
+    scenarios = chosen_scenarios(args.only)
+    if not scenarios:
+        names = ", ".join(s.name for s in SCENARIOS)
+        print(f"--only matched no scenario; the scenarios are: {names}", file=sys.stderr)
+        return 2
     wrk = ensure_wrk()
     with bench_database() as url:
         print(f"seeding {args.tasks:,} tasks ...", file=sys.stderr)
@@ -408,11 +422,11 @@ def http_benchmark(args: argparse.Namespace) -> int:
             measurements: list[Measurement] = []
             with tempfile.TemporaryDirectory() as scripts:
                 scripts_dir = Path(scripts)
-                for scenario in SCENARIOS:  # warm-up: caches, prepared statements, pool
+                for scenario in scenarios:  # warm-up: caches, prepared statements, pool
                     script = lua_script(scenario, args.tasks, scripts_dir)
                     run_wrk(wrk, base, script, args.connections, 1)
                 for round_number in range(1, args.rounds + 1):
-                    order = SCENARIOS if round_number % 2 else list(reversed(SCENARIOS))
+                    order = scenarios if round_number % 2 else list(reversed(scenarios))
                     for scenario in order:
                         script = lua_script(scenario, args.tasks, scripts_dir)
                         server_before, pg_before = cpu_seconds(process), postgres_cpu_seconds()
@@ -441,7 +455,7 @@ def http_benchmark(args: argparse.Namespace) -> int:
                             + (f"  {errors} errors" if errors else ""),
                             file=sys.stderr,
                         )
-    summaries = summarise(measurements)
+    summaries = summarise(measurements, scenarios)
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": (
@@ -457,6 +471,9 @@ def http_benchmark(args: argparse.Namespace) -> int:
     }
     table = markdown(summaries, meta)
     print(table)
+    if args.only:
+        print("(--only: bench/results/ left as it was)", file=sys.stderr)
+        return 0
     RESULTS_DIR.mkdir(exist_ok=True)
     (RESULTS_DIR / "latest.md").write_text(table)
     (RESULTS_DIR / "latest.json").write_text(
@@ -527,6 +544,14 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers")
     parser.add_argument("--tasks", type=int, default=10_000, help="seeded tasks")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="only scenarios whose name contains TEXT (repeatable), with their baselines; "
+        "prints the table without writing bench/results/",
+    )
     parser.add_argument("--deep-offset", action="store_true", help="seed + deep offset bench")
     parser.add_argument("--deep-tasks", type=int, default=1_000_000)
     parser.add_argument("--offset-samples", type=int, default=30)
