@@ -78,6 +78,43 @@ SCENARIOS = [
     ),
 ]
 
+# GET /tasks/{id} built up one layer at a time (`--layers`): what each layer costs.
+LAYERS = [
+    Scenario("raw asyncpg GET one", "GET", "/bench/raw/tasks/{id}"),
+    Scenario(
+        "+ SQLAlchemy Core (AsyncConnection)",
+        "GET",
+        "/bench/layers/connection/tasks/{id}",
+        baseline="raw asyncpg GET one",
+    ),
+    Scenario(
+        "+ AsyncSession",
+        "GET",
+        "/bench/layers/session/tasks/{id}",
+        baseline="raw asyncpg GET one",
+    ),
+    Scenario(
+        "+ session-per-request dependency",
+        "GET",
+        "/bench/layers/dependency/tasks/{id}",
+        baseline="raw asyncpg GET one",
+    ),
+    Scenario(
+        "+ repository dependency = GET /tasks/{id}",
+        "GET",
+        "/tasks/{id}",
+        baseline="raw asyncpg GET one",
+    ),
+]
+LAYER_NOTES = {
+    "raw asyncpg GET one": "asyncpg pool, the same SQL and response model",
+    "+ SQLAlchemy Core (AsyncConnection)": "the repository's statement via engine.connect()",
+    "+ AsyncSession": "the same in an AsyncSession the route opens and closes",
+    "+ session-per-request dependency": 'the session from get_async_session (scope="function")',
+    "+ repository dependency = GET /tasks/{id}": "TaskRepositoryDep, get_view: the real route "
+    "(routed past the bench's 7 routes, which FastAPI tries first)",
+}
+
 # Targets from the project's issue: ratio of req/s to the baseline.
 TARGETS = {"GET /tasks/{id}": 0.6, "GET /tasks?limit=50": 0.5}
 # The list endpoint also counts (X-Total-Count); the raw list does not. This second
@@ -176,6 +213,42 @@ def seed_database(url: str, tasks: int, categories: int) -> dict[str, float]:
 
     elapsed = asyncio.run(run())
     return {"tasks": tasks, "seconds": elapsed, "tasks_per_second": tasks / elapsed}
+
+
+def _autocommit(url: str, *statements: str) -> list[Any]:
+    """Run statements outside a transaction (VACUUM needs that); the first column of each
+    statement's first row, or None."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def run() -> list[Any]:
+        engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as connection:
+                results = []
+                for statement in statements:
+                    result = await connection.execute(text(statement))
+                    results.append(result.scalar() if result.returns_rows else None)
+                return results
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def newest_task_id(url: str) -> int:
+    return int(_autocommit(url, "SELECT coalesce(max(id), 0) FROM tasks")[0])
+
+
+def restore_seeded_tasks(url: str, newest_seeded_id: int) -> None:
+    """Undo what write scenarios did to the table, so every read scenario (and every round)
+    reads the same seeded rows on a vacuumed table: POSTs add rows, which a count must
+    then scan, and PATCHes leave dead row versions that index-only scans must check."""
+    _autocommit(
+        url,
+        f"DELETE FROM tasks WHERE id > {int(newest_seeded_id)}",
+        "VACUUM (ANALYZE) tasks",
+    )
 
 
 @contextmanager
@@ -405,11 +478,32 @@ def markdown(summaries: list[Summary], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ─────────────────────────────────────────────── the two benchmarks
+def layers_markdown(summaries: list[Summary], meta: dict[str, Any]) -> str:
+    lines = [
+        f"Measured {meta['date']} on {meta['machine']}, like the main table (1 worker, "
+        f"wrk -t1 -c{meta['connections']} -d{meta['duration']}s x {meta['rounds']} rounds, "
+        "order alternating). Each row adds one layer to the row above it.",
+        "",
+        "| GET one task | req/s | ratio | server CPU µs/req | this layer µs/req | what it is |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    previous: float | None = None
+    for s in summaries:
+        ratio = f"{s.ratio_to_baseline:.2f}x" if s.ratio_to_baseline is not None else "1.00x"
+        step = "" if previous is None else f"{s.server_cpu_us - previous:+,.0f}"
+        lines.append(
+            f"| {s.scenario} | {s.requests_per_second:,.0f} | {ratio} | "
+            f"{s.server_cpu_us:,.0f} | {step} | {LAYER_NOTES.get(s.scenario, '')} |"
+        )
+        previous = s.server_cpu_us
+    return "\n".join(lines) + "\n"
+
+
+# ─────────────────────────────────────────────── the benchmarks
 
 
 def http_benchmark(args: argparse.Namespace) -> int:
-    scenarios = chosen_scenarios(args.only)
+    scenarios = LAYERS if args.layers else chosen_scenarios(args.only)
     if not scenarios:
         names = ", ".join(s.name for s in SCENARIOS)
         print(f"--only matched no scenario; the scenarios are: {names}", file=sys.stderr)
@@ -418,6 +512,7 @@ def http_benchmark(args: argparse.Namespace) -> int:
     with bench_database() as url:
         print(f"seeding {args.tasks:,} tasks ...", file=sys.stderr)
         seed_rate = seed_database(url, args.tasks, 20)
+        newest_seeded_id = newest_task_id(url)
         with bench_server(url, args.workers) as (base, process), PeakRSS(process) as rss:
             measurements: list[Measurement] = []
             with tempfile.TemporaryDirectory() as scripts:
@@ -425,6 +520,7 @@ def http_benchmark(args: argparse.Namespace) -> int:
                 for scenario in scenarios:  # warm-up: caches, prepared statements, pool
                     script = lua_script(scenario, args.tasks, scripts_dir)
                     run_wrk(wrk, base, script, args.connections, 1)
+                restore_seeded_tasks(url, newest_seeded_id)
                 for round_number in range(1, args.rounds + 1):
                     order = scenarios if round_number % 2 else list(reversed(scenarios))
                     for scenario in order:
@@ -434,6 +530,8 @@ def http_benchmark(args: argparse.Namespace) -> int:
                         server_cpu = cpu_seconds(process) - server_before
                         pg_cpu = postgres_cpu_seconds() - pg_before
                         rps, p50, p99, requests, errors = parse_wrk(output)
+                        if scenario.method != "GET":
+                            restore_seeded_tasks(url, newest_seeded_id)
                         measurements.append(
                             Measurement(
                                 scenario.name,
@@ -469,14 +567,15 @@ def http_benchmark(args: argparse.Namespace) -> int:
         "peak_rss_mib": rss.peak / 2**20,
         "seed": seed_rate,
     }
-    table = markdown(summaries, meta)
+    table = layers_markdown(summaries, meta) if args.layers else markdown(summaries, meta)
     print(table)
     if args.only:
         print("(--only: bench/results/ left as it was)", file=sys.stderr)
         return 0
+    name = "layers" if args.layers else "latest"
     RESULTS_DIR.mkdir(exist_ok=True)
-    (RESULTS_DIR / "latest.md").write_text(table)
-    (RESULTS_DIR / "latest.json").write_text(
+    (RESULTS_DIR / f"{name}.md").write_text(table)
+    (RESULTS_DIR / f"{name}.json").write_text(
         json.dumps(
             {
                 "meta": meta,
@@ -486,7 +585,7 @@ def http_benchmark(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
-    print(f"wrote {RESULTS_DIR / 'latest.md'} and latest.json", file=sys.stderr)
+    print(f"wrote {RESULTS_DIR / name}.md and {name}.json", file=sys.stderr)
     return 0
 
 
@@ -551,6 +650,12 @@ def main() -> int:
         metavar="TEXT",
         help="only scenarios whose name contains TEXT (repeatable), with their baselines; "
         "prints the table without writing bench/results/",
+    )
+    parser.add_argument(
+        "--layers",
+        action="store_true",
+        help="GET /tasks/{id} built up one layer at a time: what each layer costs "
+        "(writes bench/results/layers.md)",
     )
     parser.add_argument("--deep-offset", action="store_true", help="seed + deep offset bench")
     parser.add_argument("--deep-tasks", type=int, default=1_000_000)
