@@ -4,10 +4,9 @@ Baselines, all returning the same response model as the real routes:
 - /bench/raw/tasks/{id}, /bench/raw/tasks: raw asyncpg (no ORM, no session): the floor.
 - /bench/naive/tasks/{id}: the "naive ORM way" of the lecture's Part 3.4 — a plain route
   with `session.get` and the lecture's default-scope session dependency, no repository.
-- /bench/layers/...: GET /tasks/{id} rebuilt one layer at a time, for `run.py --layers`:
-  the repository's statement on an AsyncConnection, then in an AsyncSession, then with the
-  session from the session-per-request dependency. The real route adds the repository's
-  dependency on top; the differences say what each layer costs.
+- /bench/layers/...: GET /tasks/{id} rebuilt one layer at a time (bench_layers.py), for
+  `run.py --layers`. Left out when the service under test predates what they measure
+  (`PYTHONPATH=<older checkout>/src`, see bench/README.md).
 """
 
 from __future__ import annotations
@@ -22,12 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
 from taskmanager.config import get_settings
-from taskmanager.database import SessionDep
 from taskmanager.main import create_app
 from taskmanager.models import Task
-
-# The repository's own view statement and row mapping (private: this is a measurement).
-from taskmanager.repositories.task_repository import _VIEW_BY_ID, TaskView, _task_view
 from taskmanager.schemas import CategoryResponse, TaskWithCategoryResponse
 
 _TASK_COLUMNS = """
@@ -92,40 +87,6 @@ async def raw_get_task(task_id: int, request: Request) -> TaskWithCategoryRespon
     return _task_from_row(row)
 
 
-# ─── GET /tasks/{id}, one layer at a time (same statement, same response as the real route).
-# Declared right after the raw route: each route FastAPI passes on the way costs CPU.
-
-
-def _found(view: TaskView | None, response: Response) -> TaskView:
-    if view is None:
-        raise HTTPException(404, "Task not found")
-    response.headers["ETag"] = f'"{view.version}"'
-    return view
-
-
-@router.get("/layers/connection/tasks/{task_id}", response_model=TaskWithCategoryResponse)
-async def layer_connection(task_id: int, request: Request, response: Response) -> TaskView:
-    """SQLAlchemy Core on an AsyncConnection of the read sessions' (autocommit) engine."""
-    async with request.app.state.read_session_factory.kw["bind"].connect() as connection:
-        row = (await connection.execute(_VIEW_BY_ID, {"task_id": task_id})).one_or_none()
-    return _found(None if row is None else _task_view(row), response)
-
-
-@router.get("/layers/session/tasks/{task_id}", response_model=TaskWithCategoryResponse)
-async def layer_session(task_id: int, request: Request, response: Response) -> TaskView:
-    """The same in an AsyncSession opened and closed by the route itself."""
-    async with request.app.state.read_session_factory() as session:
-        row = (await session.execute(_VIEW_BY_ID, {"task_id": task_id})).one_or_none()
-    return _found(None if row is None else _task_view(row), response)
-
-
-@router.get("/layers/dependency/tasks/{task_id}", response_model=TaskWithCategoryResponse)
-async def layer_dependency(task_id: int, session: SessionDep, response: Response) -> TaskView:
-    """The same with the session from get_async_session (SessionDep, scope="function")."""
-    row = (await session.execute(_VIEW_BY_ID, {"task_id": task_id})).one_or_none()
-    return _found(None if row is None else _task_view(row), response)
-
-
 @router.get("/raw/tasks", response_model=list[TaskWithCategoryResponse])
 async def raw_list_tasks(request: Request, limit: int = 50) -> list[TaskWithCategoryResponse]:
     pool = await _pool(request)
@@ -173,6 +134,14 @@ async def naive_get_task(
 
 def create_bench_app() -> FastAPI:
     app = create_app()
+    try:
+        from bench_layers import router as layers_router
+    except ImportError:  # an older version of the service: no layers to measure
+        pass
+    else:
+        router.include_router(layers_router)
+        # Right after the raw GET one route: each route FastAPI passes on the way costs CPU.
+        router.routes.insert(1, router.routes.pop())
     app.include_router(router)
     # Matched FIRST: FastAPI tries routes in order and every route it passes costs CPU
     # (~45 µs per request for a route behind all of the app's). The baselines must be the
