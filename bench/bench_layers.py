@@ -14,6 +14,7 @@ from taskmanager.database import SessionDep
 
 # The repository's own view statement and row mapping (private: this is a measurement).
 from taskmanager.repositories.task_repository import _VIEW_BY_ID, TaskView, _task_view
+from taskmanager.routes.preconditions import set_etag
 from taskmanager.schemas import TaskWithCategoryResponse
 
 router = APIRouter()
@@ -22,7 +23,7 @@ router = APIRouter()
 def _found(view: TaskView | None, response: Response) -> TaskView:
     if view is None:
         raise HTTPException(404, "Task not found")
-    response.headers["ETag"] = f'"{view.version}"'
+    set_etag(response, view.version)
     return view
 
 

@@ -241,9 +241,10 @@ def newest_task_id(url: str) -> int:
 
 
 def restore_seeded_tasks(url: str, newest_seeded_id: int) -> None:
-    """Undo what write scenarios did to the table, so every read scenario (and every round)
-    reads the same seeded rows on a vacuumed table: POSTs add rows, which a count must
-    then scan, and PATCHes leave dead row versions that index-only scans must check."""
+    """Delete the rows write scenarios added and vacuum, so every read scenario (and every
+    round) reads the same number of rows on a vacuumed table: POSTs add rows, which a count
+    must then scan, and PATCHes leave dead row versions that index-only scans must check.
+    (PATCH's `completed: true` stays: no scenario filters on it.)"""
     _autocommit(
         url,
         f"DELETE FROM tasks WHERE id > {int(newest_seeded_id)}",
@@ -491,8 +492,9 @@ def layers_markdown(summaries: list[Summary], meta: dict[str, Any]) -> str:
     for s in summaries:
         ratio = f"{s.ratio_to_baseline:.2f}x" if s.ratio_to_baseline is not None else "1.00x"
         step = "" if previous is None else f"{s.server_cpu_us - previous:+,.0f}"
+        errors = f" ({s.errors} errors)" if s.errors else ""
         lines.append(
-            f"| {s.scenario} | {s.requests_per_second:,.0f} | {ratio} | "
+            f"| {s.scenario}{errors} | {s.requests_per_second:,.0f} | {ratio} | "
             f"{s.server_cpu_us:,.0f} | {step} | {LAYER_NOTES.get(s.scenario, '')} |"
         )
         previous = s.server_cpu_us

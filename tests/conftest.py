@@ -15,6 +15,7 @@ is tested over a real socket against its own database: see `server_database_url`
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -37,6 +38,16 @@ from taskmanager.main import create_app
 from taskmanager.migrate import upgrade
 
 TEST_DATABASE = "taskmanager_test"
+
+
+@pytest.fixture(autouse=True)
+def collector_left_alone() -> Iterator[None]:
+    """Every test shares this process: none may leave Python's garbage collector tuned or
+    frozen (an app lifespan run in-process needs gc_threshold=0; see live_app.py)."""
+    before = (gc.get_threshold(), gc.get_freeze_count())
+    yield
+    after = (gc.get_threshold(), gc.get_freeze_count())
+    assert after == before, f"the garbage collector was changed: {before} -> {after}"
 
 
 @pytest.fixture(scope="session")

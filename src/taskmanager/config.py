@@ -119,7 +119,7 @@ class Settings(BaseSettings):
         default=10_000,
         ge=0,
         description="Python's gen-0 garbage collection threshold for the server process, "
-        "with start-up objects frozen; 0 keeps Python's defaults.",
+        "with start-up objects frozen; 0 leaves Python's collector untouched.",
     )
     sql_echo: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"

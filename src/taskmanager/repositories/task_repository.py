@@ -116,14 +116,16 @@ _VIEW_COLUMNS = (
     _CATEGORIES.c.id.label("category_id"),
     _CATEGORIES.c.name.label("category_name"),
 )
+# _VIEW_COLUMNS holds TaskView's fields in order, then the category's id and name.
+_TASK_FIELDS = len(TaskView._fields) - 1
 _WITH_CATEGORY = _TASKS.outerjoin(_CATEGORIES, _CATEGORIES.c.id == _TASKS.c.category_id)
 
 
 def _task_view(row: Sequence[Any]) -> TaskView:
     """A row of _VIEW_COLUMNS (and maybe more after them) as a TaskView."""
-    category_id, category_name = row[7:9]
+    category_id, category_name = row[_TASK_FIELDS : _TASK_FIELDS + 2]
     category = None if category_id is None else CategorySummary(category_id, category_name)
-    return TaskView._make((*row[:7], category))
+    return TaskView._make((*row[:_TASK_FIELDS], category))
 
 
 # One statement per combination of filters, built on first use and then reused: building
