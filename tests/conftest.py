@@ -27,6 +27,7 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
+from live_app import live_client, observer_engine
 from taskmanager.config import Settings, normalize_database_url
 from taskmanager.database import (
     create_read_session_factory,
@@ -38,6 +39,29 @@ from taskmanager.main import create_app
 from taskmanager.migrate import upgrade
 
 TEST_DATABASE = "taskmanager_test"
+
+
+# ─── Real commits: a database of the test module's own, the real app on it, an observer
+
+
+@pytest.fixture(scope="module")
+def own_database_url(make_database: Callable[[str], str], request: pytest.FixtureRequest) -> str:
+    """A migrated database for this test module only (named after it), for real commits."""
+    return make_database(request.module.__name__.removeprefix("test_"))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def live(own_database_url: str) -> AsyncIterator[AsyncClient]:
+    """The real app (its own engine and pool of 30) on the module's own database."""
+    async with live_client(own_database_url) as client:
+        yield client
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def observer(own_database_url: str) -> AsyncIterator[AsyncEngine]:
+    """A separate engine that looks at what the live app committed."""
+    async with observer_engine(own_database_url) as engine:
+        yield engine
 
 
 @pytest.fixture(autouse=True)

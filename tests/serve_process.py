@@ -115,13 +115,7 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
-        for child in processes:
-            with suppress(psutil.NoSuchProcess):
-                child.terminate()
-        _, alive = psutil.wait_procs(processes, timeout=5)
-        for child in alive:
-            with suppress(psutil.NoSuchProcess):
-                child.kill()
+        terminate_all(processes)
 
 
 @contextmanager
@@ -188,7 +182,11 @@ def postgres_processes(data_dir: Path) -> list[psutil.Process]:
 
 def stop_postgres(data_dir: Path) -> None:
     """Kill what `postgres_processes(data_dir)` finds: cleanup after a failed test."""
-    processes = postgres_processes(data_dir)
+    terminate_all(postgres_processes(data_dir))
+
+
+def terminate_all(processes: list[psutil.Process]) -> None:
+    """SIGTERM each process, then SIGKILL those still running 5 s later."""
     for process in processes:
         with suppress(psutil.NoSuchProcess):
             process.terminate()

@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from conftest import ReliabilityRecorder
 from kinds import CATEGORIES, KINDS, TASKS, Kind
-from live_app import live_client, observer_engine
 from taskmanager.errors import PROBLEM_JSON
 
 pytestmark = pytest.mark.reliability
@@ -263,24 +260,6 @@ async def test_without_if_match_the_last_writer_wins(
 # ─────────────────────────────────────────────
 # Concurrent transactions (real commits, own database)
 # ─────────────────────────────────────────────
-
-
-@pytest.fixture(scope="module")
-def concurrency_url(make_database: Callable[[str], str]) -> str:
-    return make_database("concurrency")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def live(concurrency_url: str) -> AsyncIterator[AsyncClient]:
-    """The real app (its own engine and pool of 30) on the concurrency database."""
-    async with live_client(concurrency_url) as client:
-        yield client
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def observer(concurrency_url: str) -> AsyncIterator[AsyncEngine]:
-    async with observer_engine(concurrency_url) as engine:
-        yield engine
 
 
 async def test_20_concurrent_patches_with_the_same_if_match_one_wins(

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,14 +26,13 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-import pytest_asyncio
 from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from conftest import ReliabilityRecorder
 from kinds import CATEGORIES, KINDS, TASKS, Kind
-from live_app import live_client, observer_engine
+from live_app import live_client
 from serve_process import ServeProcess, clean_env, serve
 from taskmanager.errors import PROBLEM_JSON
 
@@ -312,24 +310,6 @@ async def test_an_expired_key_is_used_again(
 # ─────────────────────────────────────────────
 
 
-@pytest.fixture(scope="module")
-def idempotency_url(make_database: Callable[[str], str]) -> str:
-    return make_database("idempotency")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def live(idempotency_url: str) -> AsyncIterator[AsyncClient]:
-    """The real app (its own engine and pool of 30) on the idempotency database."""
-    async with live_client(idempotency_url) as client:
-        yield client
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def observer(idempotency_url: str) -> AsyncIterator[AsyncEngine]:
-    async with observer_engine(idempotency_url) as engine:
-        yield engine
-
-
 @KINDS
 async def test_20_concurrent_posts_with_one_key_create_one_row(
     live: AsyncClient, observer: AsyncEngine, kind: Kind, reliability: ReliabilityRecorder
@@ -389,14 +369,14 @@ async def test_concurrent_posts_with_one_key_and_different_bodies(
 
 
 async def test_a_key_expires_after_the_configured_lifetime(
-    idempotency_url: str,
+    own_database_url: str,
     observer: AsyncEngine,
     monkeypatch: pytest.MonkeyPatch,
     reliability: ReliabilityRecorder,
 ) -> None:
     headers = key_header("one-second")
     monkeypatch.setenv("TASKMANAGER_IDEMPOTENCY_TTL_HOURS", str(1 / 3600))
-    async with live_client(idempotency_url) as short_lived:
+    async with live_client(own_database_url) as short_lived:
         first = await short_lived.post("/tasks", json={"title": "lives 1 s"}, headers=headers)
         replayed = await short_lived.post("/tasks", json={"title": "lives 1 s"}, headers=headers)
         assert first.status_code == 201
@@ -420,7 +400,7 @@ async def test_a_key_expires_after_the_configured_lifetime(
 
 
 async def test_purge_keys_deletes_only_expired_keys(
-    idempotency_url: str,
+    own_database_url: str,
     live: AsyncClient,
     observer: AsyncEngine,
     tmp_path: Path,
@@ -445,7 +425,7 @@ async def test_purge_keys_deletes_only_expired_keys(
     completed = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "taskmanager", "db", "purge-keys"],
-        env=clean_env(DATABASE_URL=idempotency_url),
+        env=clean_env(DATABASE_URL=own_database_url),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -494,11 +474,11 @@ def worker_ports(server: ServeProcess) -> dict[int, set[int]]:
 
 
 async def test_a_key_holds_across_two_workers_and_a_restart(
-    idempotency_url: str, observer: AsyncEngine, tmp_path: Path, reliability: ReliabilityRecorder
+    own_database_url: str, observer: AsyncEngine, tmp_path: Path, reliability: ReliabilityRecorder
 ) -> None:
     """Two `serve` worker processes with their own pools share the key through PostgreSQL;
     after the server stopped, a new app instance on the same database still replays it."""
-    env = clean_env(DATABASE_URL=idempotency_url, TASKMANAGER_LOG_LEVEL="WARNING")
+    env = clean_env(DATABASE_URL=own_database_url, TASKMANAGER_LOG_LEVEL="WARNING")
     body = {"title": "across workers"}
     headers = key_header("across-workers")
     clients: list[AsyncClient] = []
@@ -538,7 +518,7 @@ async def test_a_key_holds_across_two_workers_and_a_restart(
 
     # Both workers are gone; a new app instance (another process, a new pool) on the same
     # database still knows the key.
-    async with live_client(idempotency_url) as restarted:
+    async with live_client(own_database_url) as restarted:
         retry = await restarted.post("/tasks", json=body, headers=headers)
     assert_replay_of(retry, original)
     assert await count_rows(observer, TASKS, "across workers") == 1

@@ -143,13 +143,16 @@ class Burst:
         return self.ping.latency_ms
 
     def summary(self) -> dict[str, float]:
-        return {
-            "fastest_ms": round(self.fastest_ms, 2),
-            "median_ms": round(self.median_ms, 2),
-            "slowest_ms": round(self.slowest_ms, 2),
-            "wall_ms": round(self.wall_ms, 2),
-            "ping_ms": round(self.ping_ms, 2),
-        }
+        return rounded_figures(self)
+
+
+# What a burst, and a variant over all its bursts, is summed up by (milliseconds).
+FIGURES = ("fastest_ms", "median_ms", "slowest_ms", "wall_ms", "ping_ms")
+
+
+def rounded_figures(measured: object) -> dict[str, float]:
+    """`measured`'s FIGURES, rounded to hundredths of a millisecond."""
+    return {name: round(getattr(measured, name), 2) for name in FIGURES}
 
 
 async def http_get(host: str, port: int, path: str, within: float) -> Exchange:

@@ -22,11 +22,13 @@ from rich.table import Table
 from rich.text import Text
 
 from taskmanager.demo.sync_trap_measure import (
+    FIGURES,
     TIMES,
     VARIANT_BY_NAME,
     VARIANTS,
     Burst,
     RequestTiming,
+    rounded_figures,
     waves,
 )
 from taskmanager.demo.sync_trap_plot import PING, service_order
@@ -52,11 +54,7 @@ class VariantSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "fastest_ms": round(self.fastest_ms, 2),
-            "median_ms": round(self.median_ms, 2),
-            "slowest_ms": round(self.slowest_ms, 2),
-            "wall_ms": round(self.wall_ms, 2),
-            "ping_ms": round(self.ping_ms, 2),
+            **rounded_figures(self),
             "slowest_range_ms": [round(value, 2) for value in self.slowest_range],
             "repeats": self.repeats,
             "timeline_repeat": self.shown_repeat,
@@ -69,11 +67,7 @@ def summarize(variant: str, runs: Sequence[Burst]) -> VariantSummary:
     shown = by_slowest[(len(by_slowest) - 1) // 2]
     return VariantSummary(
         variant=variant,
-        fastest_ms=statistics.median(burst.fastest_ms for burst in runs),
-        median_ms=statistics.median(burst.median_ms for burst in runs),
-        slowest_ms=statistics.median(burst.slowest_ms for burst in runs),
-        wall_ms=statistics.median(burst.wall_ms for burst in runs),
-        ping_ms=statistics.median(burst.ping_ms for burst in runs),
+        **{name: statistics.median(getattr(burst, name) for burst in runs) for name in FIGURES},
         slowest_range=(by_slowest[0].slowest_ms, by_slowest[-1].slowest_ms),
         repeats=len(runs),
         shown=shown,
