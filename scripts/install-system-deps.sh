@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that some tests drive, when they are missing:
-#   chromium          - the real-browser check of /docs (tests/test_docs_browser.py)
+#   chromium          - the real-browser check of /docs (tests/api/test_docs_browser.py)
 #   fonts-liberation  - a font for it to draw text with: only a Recommends of chromium,
 #                       which --no-install-recommends leaves out
-#   pgbouncer         - the API behind a transaction-pooling PgBouncer (tests/test_pgbouncer.py)
+#   pgbouncer         - the API behind a transaction-pooling PgBouncer (tests/reliability/test_pgbouncer.py)
 #   wrk               - the HTTP load generator of bench/run.py
 # Best effort: without root or apt-get the tests that need a package skip with a reason.
 set -u

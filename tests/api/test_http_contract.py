@@ -10,28 +10,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from httpx import AsyncClient, Response
+from httpx import AsyncClient
 
 from taskmanager.middleware import RequestIdLogFilter, request_id_var
-from taskmanager.openapi import Problem
+from tests.support.problems import assert_problem
 
 PROBLEM_JSON = "application/problem+json"
 # The characters and length the middleware accepts from a client (and must itself produce).
 VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
-
-
-def assert_problem(response: Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0].strip() == PROBLEM_JSON
-    body: dict[str, Any] = response.json()
-    assert {"type", "title", "status", "detail"} <= body.keys()
-    assert body["status"] == status
-    assert isinstance(body["title"], str)
-    assert body["title"]
-    assert isinstance(body["detail"], str)
-    assert body["detail"]
-    Problem.model_validate(body)  # the body matches the schema /openapi.json documents
-    return body
 
 
 # ─────────────────────────────── X-Request-ID

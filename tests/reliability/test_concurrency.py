@@ -23,9 +23,9 @@ from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from conftest import ReliabilityRecorder
-from kinds import CATEGORIES, KINDS, TASKS, Kind
-from taskmanager.errors import PROBLEM_JSON
+from tests.support.kinds import CATEGORIES, KINDS, TASKS, Kind
+from tests.support.problems import assert_problem
+from tests.support.reliability import ReliabilityRecorder
 
 pytestmark = pytest.mark.reliability
 
@@ -55,11 +55,7 @@ async def stored_row(
 
 
 def assert_precondition_failed(response: httpx.Response, current_etag: str) -> None:
-    assert response.status_code == 412, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    problem = response.json()
-    assert problem["type"] == "/problems/precondition-failed"
-    assert problem["status"] == 412
+    problem = assert_problem(response, 412, problem_type="/problems/precondition-failed")
     assert current_etag in problem["detail"]
     assert response.headers["ETag"] == current_etag
 

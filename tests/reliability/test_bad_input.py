@@ -27,7 +27,7 @@ from taskmanager.database import (
 )
 from taskmanager.errors import PROBLEM_JSON
 from taskmanager.main import create_app
-from taskmanager.openapi import Problem
+from tests.support.problems import assert_problem
 
 pytestmark = pytest.mark.reliability
 
@@ -35,19 +35,6 @@ AREA = "Bad input"
 DEFAULT_LIMIT = 1024 * 1024  # Settings.max_body_bytes
 SMALL_LIMIT = 1000
 JSON_HEADERS = {"Content-Type": "application/json"}
-
-
-def assert_problem(response: Response, status: int, field: str) -> dict[str, Any]:
-    """A problem+json response with `status` whose detail, and errors if any, name `field`."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0] == PROBLEM_JSON
-    body: dict[str, Any] = response.json()
-    Problem.model_validate(body)  # the schema /openapi.json documents for errors
-    assert body["status"] == status
-    assert field in body["detail"], body
-    if body.get("errors") is not None:
-        assert field in [error["field"] for error in body["errors"]], body
-    return body
 
 
 def answer(response: Response) -> str:
@@ -247,7 +234,7 @@ async def test_bad_input_is_a_problem_naming_the_field(
 ) -> None:
     response = await bad.send(client)
     reliability.record(AREA, f"{bad.case} ({bad.method} {bad.url[:40]})", answer(response))
-    assert_problem(response, bad.status, bad.field)
+    assert_problem(response, bad.status, field=bad.field)
     # Nothing was stored on the way.
     assert (await client.get("/tasks")).headers["X-Total-Count"] == "0"
     assert (await client.get("/categories")).json() == []
@@ -318,7 +305,7 @@ async def test_body_over_a_small_limit_is_413_by_content_length(
         f"A {SMALL_LIMIT + 1:,}-byte body with max_body_bytes={SMALL_LIMIT:,} (Content-Length)",
         answer(response),
     )
-    body = assert_problem(response, 413, "body")
+    body = assert_problem(response, 413, field="body")
     assert f"{SMALL_LIMIT:,} bytes" in body["detail"]
     assert body["title"] == "Content Too Large"
     assert "x-request-id" in response.headers
@@ -338,7 +325,7 @@ async def test_streamed_body_over_a_small_limit_is_413_before_it_is_all_read(
     )
     assert "content-length" not in response.request.headers
     assert response.request.headers["transfer-encoding"] == "chunked"
-    assert_problem(response, 413, "body")
+    assert_problem(response, 413, field="body")
     # Refused as soon as the limit was passed: the rest was never read.
     assert stream.sent == 3 < len(stream.chunks)
     assert (await small_limit_client.get("/tasks")).headers["X-Total-Count"] == "0"
@@ -372,7 +359,7 @@ async def test_body_one_byte_over_the_default_1_mib_limit_is_413(
         + ("streamed (chunked)" if streamed else "with Content-Length"),
         answer(response),
     )
-    body_problem = assert_problem(response, 413, "body")
+    body_problem = assert_problem(response, 413, field="body")
     assert f"{DEFAULT_LIMIT:,} bytes" in body_problem["detail"]
 
 
@@ -384,7 +371,7 @@ async def test_body_of_exactly_1_mib_is_read(client: AsyncClient, reliability: A
         answer(response),
     )
     # Not 413: the body was read and parsed; its 1 MiB description is too long to store.
-    assert_problem(response, 422, "body.description")
+    assert_problem(response, 422, field="body.description")
 
 
 # ─────────────────────────────────────────────

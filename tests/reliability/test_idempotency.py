@@ -30,11 +30,11 @@ from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from conftest import ReliabilityRecorder
-from kinds import CATEGORIES, KINDS, TASKS, Kind
-from live_app import live_client
-from serve_process import ServeProcess, clean_env, serve
-from taskmanager.errors import PROBLEM_JSON
+from tests.support.kinds import CATEGORIES, KINDS, TASKS, Kind
+from tests.support.live_app import live_client
+from tests.support.problems import assert_problem
+from tests.support.processes import ServeProcess, clean_env, serve
+from tests.support.reliability import ReliabilityRecorder
 
 pytestmark = pytest.mark.reliability
 
@@ -77,15 +77,6 @@ def assert_replay_of(replay: httpx.Response, original: httpx.Response) -> None:
     assert replay.headers["content-type"] == original.headers["content-type"]
     assert replay.headers[REPLAYED] == "true"
     assert REPLAYED not in original.headers
-
-
-def assert_problem(response: httpx.Response, status: int, problem_type: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    problem: dict[str, Any] = response.json()
-    assert problem["type"] == problem_type
-    assert problem["status"] == status
-    return problem
 
 
 # ─────────────────────────────────────────────
@@ -131,7 +122,7 @@ async def test_the_same_key_with_another_body_is_422_and_creates_nothing(
 
     reused = await client.post(kind.path, json=kind.body("second body"), headers=headers)
 
-    problem = assert_problem(reused, 422, "/problems/idempotency-key-reused")
+    problem = assert_problem(reused, 422, problem_type="/problems/idempotency-key-reused")
     assert "Idempotency-Key" in problem["detail"]
     assert REPLAYED not in reused.headers
     assert await count_rows(db_session, kind, "second body") == 0
@@ -191,7 +182,7 @@ async def test_an_invalid_key_is_422_naming_the_header(
             response = await client.post(
                 kind.path, json=kind.body("bad key"), headers=key_header(key)
             )
-            problem = assert_problem(response, 422, "/problems/validation-error")
+            problem = assert_problem(response, 422, problem_type="/problems/validation-error")
             assert problem["detail"].startswith("header.Idempotency-Key:"), name
             assert await count_rows(db_session, kind, "bad key") == 0, name
     # The boundary: 255 printable ASCII characters are a key.
@@ -239,12 +230,12 @@ async def test_a_failed_request_does_not_use_up_its_key(
     missing = {"title": "needs a category", "category_id": 2147483647}
 
     failed = await client.post("/tasks", json=missing, headers=headers)
-    problem = assert_problem(failed, 422, "/problems/validation-error")
+    problem = assert_problem(failed, 422, problem_type="/problems/validation-error")
     assert problem["errors"][0]["field"] == "body.category_id"
     assert await stored_keys(db_session, "first-attempt-failed") == []
 
     same_mistake = await client.post("/tasks", json=missing, headers=headers)
-    assert_problem(same_mistake, 422, "/problems/validation-error")
+    assert_problem(same_mistake, 422, problem_type="/problems/validation-error")
     assert REPLAYED not in same_mistake.headers
 
     corrected = await client.post("/tasks", json={"title": "needs a category"}, headers=headers)
@@ -258,7 +249,7 @@ async def test_a_failed_request_does_not_use_up_its_key(
     assert (await client.post("/categories", json={"name": "taken"})).status_code == 201
     category_key = key_header("first-name-taken")
     conflict = await client.post("/categories", json={"name": "Taken"}, headers=category_key)
-    assert_problem(conflict, 409, "/problems/conflict")
+    assert_problem(conflict, 409, problem_type="/problems/conflict")
     renamed = await client.post("/categories", json={"name": "free"}, headers=category_key)
     assert renamed.status_code == 201
     assert REPLAYED not in renamed.headers
@@ -351,7 +342,7 @@ async def test_concurrent_posts_with_one_key_and_different_bodies(
     assert Counter(r.status_code for r in responses) == {201: 1, 422: CONCURRENT - 1}
     (winner,) = (r for r in responses if r.status_code == 201)
     for loser in (r for r in responses if r.status_code == 422):
-        assert_problem(loser, 422, "/problems/idempotency-key-reused")
+        assert_problem(loser, 422, problem_type="/problems/idempotency-key-reused")
     async with observer.connect() as connection:
         rows = (
             await connection.execute(

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from serve_process import clean_env
 from taskmanager import __version__, migrate
+from tests.support.processes import clean_env
 
 TIMEOUT = 60
 

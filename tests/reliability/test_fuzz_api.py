@@ -9,7 +9,7 @@ headers and body the document promises; schema-violating input must get a 4xx.
 
 Reproducible: a fixed seed, no example database, no schemathesis cache, on a fresh
 database seeded with the same rows. Explore further with
-`FUZZ_SEED=7 FUZZ_MAX_EXAMPLES=300 pytest tests/test_fuzz_api.py`.
+`FUZZ_SEED=7 FUZZ_MAX_EXAMPLES=300 pytest tests/reliability/test_fuzz_api.py`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from schemathesis.engine import Status, events
 from schemathesis.engine.recorder import ScenarioRecorder
 from schemathesis.specs.openapi.checks import ensure_resource_availability
 
-from serve_process import ServeProcess, clean_env, serve
+from tests.support.processes import ServeProcess, clean_env, serve
 
 pytestmark = [pytest.mark.server, pytest.mark.reliability]
 

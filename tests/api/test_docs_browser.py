@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from serve_process import clean_env, serve
+from tests.support.processes import clean_env, serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 

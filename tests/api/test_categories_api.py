@@ -6,11 +6,12 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from httpx import AsyncClient, Response
+from httpx import AsyncClient
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Category, Task
+from tests.support.problems import assert_names_field, assert_problem
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -29,20 +30,6 @@ async def make_category(client: AsyncClient, name: str) -> dict[str, Any]:
     assert response.status_code == 201, response.text
     data: dict[str, Any] = response.json()
     return data
-
-
-def assert_problem(response: Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM_JSON)
-    body: dict[str, Any] = response.json()
-    assert {"type", "title", "status", "detail"} <= body.keys()
-    assert body["status"] == status
-    return body
-
-
-def assert_names_field(body: dict[str, Any], field: str) -> None:
-    assert field in [error["field"] for error in body["errors"]], body
-    assert field in body["detail"]
 
 
 # ─────────────────────────────── POST /categories

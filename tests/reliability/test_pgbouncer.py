@@ -37,11 +37,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from conftest import ReliabilityRecorder
-from pgbouncer_process import PgBouncer, pgbouncer_binary, run_pgbouncer
-from serve_process import ServeProcess, clean_env, serve
 from taskmanager.config import Settings, normalize_database_url
 from taskmanager.database import check_database, create_engine
+from tests.support.pgbouncer import PgBouncer, pgbouncer_binary, run_pgbouncer
+from tests.support.problems import assert_problem
+from tests.support.processes import ServeProcess, clean_env, serve
+from tests.support.reliability import ReliabilityRecorder
 
 pytestmark = [pytest.mark.server, pytest.mark.reliability]
 
@@ -95,12 +96,6 @@ async def query(url: str, sql: str, **params: Any) -> list[Any]:
         await engine.dispose()
 
 
-def is_problem(response: httpx.Response, status: int) -> bool:
-    return response.status_code == status and response.headers.get("content-type", "").startswith(
-        PROBLEM_JSON
-    )
-
-
 # ─────────────────────────────────────────────
 # The API contract, one request at a time
 # ─────────────────────────────────────────────
@@ -118,7 +113,7 @@ async def test_api_contract_through_pgbouncer(
         category_id = r.json()["id"]
 
         duplicate = await api.post("/categories", json={"name": f"{m} WORK"})
-        assert is_problem(duplicate, 409), duplicate.text
+        assert_problem(duplicate, 409)
 
         r = await api.post("/tasks", json={"title": f"{m} one", "category_id": category_id})
         assert r.status_code == 201, r.text
@@ -129,7 +124,7 @@ async def test_api_contract_through_pgbouncer(
         two = r.json()["id"]
 
         missing = await api.post("/tasks", json={"title": f"{m} x", "category_id": UNKNOWN_ID})
-        assert is_problem(missing, 422), missing.text
+        assert_problem(missing, 422)
         assert missing.json()["errors"][0]["field"] == "body.category_id"
 
         r = await api.get(f"/tasks/{one}")
@@ -151,7 +146,7 @@ async def test_api_contract_through_pgbouncer(
         stale = await api.patch(
             f"/tasks/{one}", json={"title": "lost"}, headers={"If-Match": '"1"'}
         )
-        assert is_problem(stale, 412), stale.text
+        assert_problem(stale, 412)
         assert stale.headers["ETag"] == '"2"', stale.text
         r = await api.patch(f"/tasks/{one}", json={"description": "no If-Match"})
         assert r.status_code == 200, r.text
@@ -163,8 +158,8 @@ async def test_api_contract_through_pgbouncer(
         for method in ("GET", "PATCH", "DELETE"):
             body = {"completed": True} if method == "PATCH" else None
             r = await api.request(method, f"/tasks/{UNKNOWN_ID}", json=body)
-            assert is_problem(r, 404), (method, r.text)
-        assert is_problem(await api.get(f"/categories/{UNKNOWN_ID}"), 404)
+            assert_problem(r, 404)
+        assert_problem(await api.get(f"/categories/{UNKNOWN_ID}"), 404)
 
         key = {"Idempotency-Key": f"{m}-key"}
         first = await api.post("/tasks", json={"title": f"{m} once"}, headers=key)
@@ -173,10 +168,10 @@ async def test_api_contract_through_pgbouncer(
         assert again.json() == first.json()
         assert again.headers["Idempotent-Replayed"] == "true"
         reused = await api.post("/tasks", json={"title": f"{m} other"}, headers=key)
-        assert is_problem(reused, 422), reused.text
+        assert_problem(reused, 422)
 
         assert (await api.delete(f"/tasks/{two}")).status_code == 204
-        assert is_problem(await api.get(f"/tasks/{two}"), 404)
+        assert_problem(await api.get(f"/tasks/{two}"), 404)
         names = [c["name"] for c in (await api.get("/categories")).json()]
         assert f"{m} Work" in names
 

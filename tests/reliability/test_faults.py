@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from conftest import ReliabilityRecorder
-from fault_tools import (
+from taskmanager.migrate import upgrade
+from tests.support.faults import (
     ABANDONED_CONNECTION,
     OwnPostgres,
     assert_unavailable,
@@ -44,8 +44,8 @@ from fault_tools import (
     timed,
     wait_for_lock_waiters,
 )
-from serve_process import ServeProcess, clean_env, postgres_processes, serve
-from taskmanager.migrate import upgrade
+from tests.support.processes import ServeProcess, clean_env, postgres_processes, serve
+from tests.support.reliability import ReliabilityRecorder
 
 pytestmark = [pytest.mark.server, pytest.mark.reliability]
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from serve_process import free_port
+from tests.support.processes import free_port
 
 READY_WITHIN = 10.0
 STOP_WITHIN = 5.0

@@ -1,0 +1,1 @@
+"""The test suite: a package, so helpers are imported as `tests.support.*`."""

@@ -1,0 +1,1 @@
+"""The HTTP API: status, headers and bodies of every route, and its OpenAPI document."""

@@ -1,0 +1,1 @@
+"""The demonstrations of the lecture's claims: `taskmanager demo ...`."""

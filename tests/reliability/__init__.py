@@ -1,0 +1,1 @@
+"""Bad input, faults, contention and real commits: nothing acknowledged is lost."""

@@ -1,0 +1,1 @@
+"""Repositories against the real test database: the queries themselves."""

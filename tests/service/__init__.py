@@ -1,0 +1,1 @@
+"""Running the service: CLI, configuration, migrations, packaging, restarts."""

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: server processes, faults, PgBouncer, the live app, problems."""
