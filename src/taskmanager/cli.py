@@ -10,19 +10,17 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from types import FrameType
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from taskmanager import __version__
-from taskmanager.config import Settings, get_settings
+from taskmanager.config import Settings, get_settings, load_settings
 from taskmanager.demo.cli import demo_app
+from taskmanager.postgres import database_url
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -35,34 +33,6 @@ app = typer.Typer(
 db_app = typer.Typer(help="Migrate, inspect and seed the database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(demo_app, name="demo")
-
-
-def load_settings() -> Settings:
-    """The settings, or a clear one-paragraph error and exit code 2."""
-    try:
-        return get_settings()
-    except ValidationError as exc:
-        for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"]) or "settings"
-            message = str(error["msg"]).removeprefix("Value error, ")
-            console.print(f"[bold red]Configuration error[/] ({field}): {message}")
-        raise typer.Exit(2) from None
-
-
-@contextmanager
-def database(settings: Settings) -> Iterator[str]:
-    """The database URL to use: DATABASE_URL, or the embedded server (started if needed)."""
-    if settings.database_url is not None:
-        yield settings.database_url
-        return
-    from taskmanager.embedded import EmbeddedPostgres
-
-    embedded = EmbeddedPostgres(settings.data_dir)
-    url = embedded.start()
-    try:
-        yield url
-    finally:
-        embedded.stop()
 
 
 def _version_callback(value: bool) -> None:
@@ -97,7 +67,7 @@ def serve(
     configure_logging(settings.log_level)
     # SIGTERM (systemd, Docker, Kubernetes) must stop as cleanly as Ctrl-C. uvicorn drains
     # requests on either, then re-raises the signal to the handler it found: Python's default
-    # one for SIGTERM kills the process there, before `database()` stops the embedded
+    # one for SIGTERM kills the process there, before `database_url()` stops the embedded
     # PostgreSQL. As KeyboardInterrupt, uvicorn.run returns and that cleanup runs.
     previous_sigterm = signal.signal(signal.SIGTERM, _terminate_like_ctrl_c)
     try:
@@ -115,7 +85,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int, reload: bool)
 
     from taskmanager.migrate import upgrade
 
-    with database(settings) as url:
+    with database_url(settings) as url:
         upgrade(url)
         # Workers (and the reloader's child) read their settings from the environment:
         # hand them the resolved URL so they share this database instead of starting one.
@@ -152,7 +122,7 @@ def db_upgrade(
     """Migrate the database up to REVISION (default: head)."""
     from taskmanager.migrate import upgrade
 
-    with database(load_settings()) as url:
+    with database_url(load_settings()) as url:
         upgrade(url, revision)
     console.print(f"database upgraded to {revision}")
 
@@ -164,7 +134,7 @@ def db_downgrade(
     """Migrate the database down to REVISION."""
     from taskmanager.migrate import downgrade
 
-    with database(load_settings()) as url:
+    with database_url(load_settings()) as url:
         downgrade(url, revision)
     console.print(f"database downgraded to {revision}")
 
@@ -174,7 +144,7 @@ def db_current() -> None:
     """Print the revision the database is at."""
     from taskmanager.migrate import current, heads
 
-    with database(load_settings()) as url:
+    with database_url(load_settings()) as url:
         revision = current(url)
     head = heads()
     state = "at head" if revision in head else f"head is {', '.join(head)}"
@@ -193,7 +163,7 @@ def db_seed(
     from taskmanager.seed import seed
 
     settings = load_settings()
-    with database(settings) as url:
+    with database_url(settings) as url:
         upgrade(url)
         engine = create_engine(settings, url)
         progress = Progress(
@@ -236,7 +206,7 @@ def db_purge_keys() -> None:
     from taskmanager.repositories.idempotency_repository import IdempotencyRepository
 
     settings = load_settings()
-    with database(settings) as url:
+    with database_url(settings) as url:
 
         async def run() -> int:
             engine = create_engine(settings, url)

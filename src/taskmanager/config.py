@@ -7,11 +7,12 @@ message (the lecture's Mistake 1, caught before the first query instead of after
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -147,3 +148,16 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
+
+
+def load_settings() -> Settings:
+    """The settings for a command: on invalid settings, one line per error on stderr and
+    exit code 2 instead of a traceback."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            print(f"Configuration error ({field}): {message}", file=sys.stderr)
+        raise SystemExit(2) from None

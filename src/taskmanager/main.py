@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -26,7 +26,9 @@ from taskmanager.errors import install_error_handlers
 from taskmanager.garbage_collection import tune_garbage_collection
 from taskmanager.logs import configure_logging
 from taskmanager.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from taskmanager.migrate import upgrade
 from taskmanager.openapi import build_openapi, install_docs
+from taskmanager.postgres import database_url
 from taskmanager.routes import categories, health, tasks
 
 log = logging.getLogger(__name__)
@@ -46,27 +48,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level)  # here, so every worker process gets it
-        embedded = None
-        database_url = settings.database_url
-        if database_url is None:
-            from taskmanager.embedded import EmbeddedPostgres
-            from taskmanager.migrate import upgrade
-
-            embedded = EmbeddedPostgres(settings.data_dir)
-            # Both block (subprocesses, their own event loop): keep them off this loop.
-            database_url = await asyncio.to_thread(embedded.start)
-            await asyncio.to_thread(upgrade, database_url)
-        engine = create_engine(settings, database_url)
-        app.state.engine = engine
-        app.state.async_session_factory = create_session_factory(engine)
-        app.state.read_session_factory = create_read_session_factory(engine)
-        tune_garbage_collection(settings.gc_threshold)  # last: everything above stays
-        try:
-            yield
-        finally:
-            await engine.dispose()
-            if embedded is not None:
-                await asyncio.to_thread(embedded.stop)
+        with ExitStack() as stack:
+            # Starting the embedded server and migrating it block (subprocesses, their own
+            # event loop): keep them off this loop.
+            url = await asyncio.to_thread(stack.enter_context, database_url(settings))
+            if settings.uses_embedded_database:
+                await asyncio.to_thread(upgrade, url)
+            engine = create_engine(settings, url)
+            app.state.engine = engine
+            app.state.async_session_factory = create_session_factory(engine)
+            app.state.read_session_factory = create_read_session_factory(engine)
+            tune_garbage_collection(settings.gc_threshold)  # last: everything above stays
+            try:
+                yield
+            finally:
+                await engine.dispose()
+                await asyncio.to_thread(stack.close)
 
     app = FastAPI(
         title="taskmanager",

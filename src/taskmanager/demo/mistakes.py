@@ -181,13 +181,14 @@ def command(
 
     from rich.console import Console
 
-    from taskmanager.cli import database, load_settings
+    from taskmanager.config import load_settings
     from taskmanager.migrate import upgrade
+    from taskmanager.postgres import database_url
 
     demonstrations = select_demonstrations(only)
     settings = load_settings()
     console = Console()
-    with database(settings) as url:
+    with database_url(settings) as url:
         upgrade(url)
         with console.status("running the mistakes against the database…"):
             observations = asyncio.run(observe(demonstrations, url))

@@ -472,9 +472,10 @@ def command(
     and async def + AsyncSession, under concurrent load, on a real server."""
     from rich.console import Console
 
-    from taskmanager.cli import database, load_settings
+    from taskmanager.config import load_settings
     from taskmanager.demo.sync_trap_measure import DemoHTTPError
     from taskmanager.demo.sync_trap_server import DemoServerError
+    from taskmanager.postgres import database_url
 
     options = SyncTrapOptions(
         concurrency=concurrency,
@@ -493,7 +494,7 @@ def command(
         else "DATABASE_URL"
     )
     try:
-        with database(settings) as url:
+        with database_url(settings) as url:
             run_sync_trap(options, url, console=Console(), database_label=label)
     except (SyncTrapError, DemoServerError, DemoHTTPError) as exc:
         errors.print(f"[bold red]sync-trap failed:[/] {exc}", highlight=False)

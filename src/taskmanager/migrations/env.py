@@ -2,12 +2,15 @@
 
 The database URL comes from the Config attribute `database_url` (set by
 `taskmanager.migrate`), else from the settings (DATABASE_URL); an `alembic` command run
-with neither uses the embedded PostgreSQL.
+with neither asks `taskmanager.postgres`, like the app (the embedded PostgreSQL when
+DATABASE_URL is unset, stopped again afterwards).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from alembic import context
 from sqlalchemy import pool
@@ -21,18 +24,18 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def _database_url() -> str:
+@contextmanager
+def _database_url() -> Iterator[str]:
+    """The URL `taskmanager.migrate` passed in; else the one place that decides for the app."""
     url = config.attributes.get("database_url")
     if url:
-        return str(url)
+        yield str(url)
+        return
     from taskmanager.config import get_settings
+    from taskmanager.postgres import database_url
 
-    settings = get_settings()
-    if settings.database_url:
-        return settings.database_url
-    from taskmanager.embedded import EmbeddedPostgres
-
-    return EmbeddedPostgres(settings.data_dir).start()
+    with database_url(get_settings()) as resolved:
+        yield resolved
 
 
 def _configure(**kwargs: object) -> None:
@@ -47,9 +50,10 @@ def _configure(**kwargs: object) -> None:
 
 def run_migrations_offline() -> None:
     """`alembic upgrade --sql`: print the SQL instead of running it."""
-    _configure(url=_database_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
-    with context.begin_transaction():
-        context.run_migrations()
+    with _database_url() as url:
+        _configure(url=url, literal_binds=True, dialect_opts={"paramstyle": "named"})
+        with context.begin_transaction():
+            context.run_migrations()
 
 
 def _run_sync(connection: Connection) -> None:
@@ -58,11 +62,11 @@ def _run_sync(connection: Connection) -> None:
         context.run_migrations()
 
 
-async def _run_async() -> None:
+async def _run_async(url: str) -> None:
     # `serve` migrates through DATABASE_URL, which may be PgBouncer: no cached or named
     # statements to clash there with another client's (each runs once here anyway).
     engine = create_async_engine(
-        _database_url(), poolclass=pool.NullPool, connect_args=pooler_safe_connect_args()
+        url, poolclass=pool.NullPool, connect_args=pooler_safe_connect_args()
     )
     try:
         async with engine.connect() as connection:
@@ -76,7 +80,8 @@ def run_migrations_online() -> None:
     if connection is not None:  # a caller already holds a (sync-facing) connection
         _run_sync(connection)
     else:
-        asyncio.run(_run_async())
+        with _database_url() as url:
+            asyncio.run(_run_async(url))
 
 
 if context.is_offline_mode():
