@@ -7,11 +7,14 @@ Baselines, all returning the same response model as the real routes:
 - /bench/layers/...: GET /tasks/{id} rebuilt one layer at a time (bench_layers.py), for
   `run.py --layers`. Left out when the service under test predates what they measure
   (`PYTHONPATH=<older checkout>/src`, see bench/README.md).
+- With BENCH_NAIVE=1 (`run.py --naive`) only: variants of the naive route and pool-wait
+  instrumentation (bench_naive.py), to show where its multi-second p99 comes from.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -145,6 +148,10 @@ def create_bench_app() -> FastAPI:
         router.include_router(layers_router)
         # Right after the raw GET one route: each route FastAPI passes on the way costs CPU.
         router.routes.insert(1, router.routes.pop())
+    if os.environ.get("BENCH_NAIVE") == "1":
+        from bench_naive import install
+
+        install(app, router)  # after the routes above: their routing stays as it was
     app.include_router(router)
     # Matched FIRST: FastAPI tries routes in order and every route it passes costs CPU
     # (~45 µs per request for a route behind all of the app's). The baselines must be the

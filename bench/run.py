@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py                 # HTTP benchmark (wrk), ~2 minutes
     .venv/bin/python bench/run.py --deep-offset   # db seed rate + offset 0 vs deep, 1M tasks
+    .venv/bin/python bench/run.py --naive         # why the naive route's p99 is seconds
 
 The HTTP benchmark starts ONE uvicorn server with the real app plus the baseline routes of
 bench_app.py, seeds data, and drives every scenario with wrk, alternating the order over
@@ -48,6 +49,8 @@ class Scenario:
     path: str  # may contain {id}: a random seeded task id per request
     body: str | None = None
     baseline: str | None = None  # the scenario this one is compared against
+    connections: int | None = None  # wrk connections, when not --connections (--naive)
+    pool: str | None = None  # the instrumented pool whose waits are read (--naive)
 
 
 SCENARIOS = [
@@ -113,6 +116,36 @@ LAYER_NOTES = {
     "+ session-per-request dependency": 'the session from get_async_session (scope="function")',
     "+ repository dependency = GET /tasks/{id}": "TaskRepositoryDep, get_view: the real route "
     "(routed past the bench's 7 routes, which FastAPI tries first)",
+}
+
+# Why the naive route's p99 is seconds (`--naive`, routes of bench_naive.py): the lecture's
+# route beside variants that each change one thing, with the pool's waits recorded.
+NAIVE = [
+    Scenario("GET /tasks/{id}", "GET", "/tasks/{id}", pool="app"),
+    Scenario("naive ORM GET one", "GET", "/bench/naive/tasks/{id}", pool="app"),
+    Scenario(
+        'naive, scope="function"', "GET", "/bench/naive-scope-function/tasks/{id}", pool="app"
+    ),
+    Scenario("naive, autocommit", "GET", "/bench/naive-autocommit/tasks/{id}", pool="app"),
+    Scenario("naive, FIFO pool queue", "GET", "/bench/naive-pool/fifo/tasks/{id}", pool="fifo"),
+    Scenario("naive, pool_size 32", "GET", "/bench/naive-pool/pool32/tasks/{id}", pool="pool32"),
+    Scenario("naive, pool_size 40", "GET", "/bench/naive-pool/pool40/tasks/{id}", pool="pool40"),
+    Scenario("naive, wrk -c16", "GET", "/bench/naive/tasks/{id}", connections=16, pool="app"),
+    Scenario("GET /tasks/{id}, wrk -c64", "GET", "/tasks/{id}", connections=64, pool="app"),
+    Scenario("naive, wrk -c64", "GET", "/bench/naive/tasks/{id}", connections=64, pool="app"),
+]
+NAIVE_NOTES = {
+    "GET /tasks/{id}": 'our route: scope="function", autocommit read',
+    "naive ORM GET one": "the lecture's route: default scope, BEGIN ... COMMIT",
+    'naive, scope="function"': "the same dependency, committed and closed before the response",
+    "naive, autocommit": "default scope, no BEGIN/COMMIT (the app's read sessions)",
+    "naive, FIFO pool queue": "default scope, a pool queue that hands a returned connection "
+    "to the longest waiter",
+    "naive, pool_size 32": "default scope, as many pooled connections as wrk connections",
+    "naive, pool_size 40": "default scope, more pooled connections than wrk connections",
+    "naive, wrk -c16": "default scope, fewer wrk connections than pooled ones",
+    "GET /tasks/{id}, wrk -c64": "our route, twice the usual load",
+    "naive, wrk -c64": "the lecture's route, twice the usual load",
 }
 
 # Targets from the project's issue: ratio of req/s to the baseline.
@@ -253,11 +286,14 @@ def restore_seeded_tasks(url: str, newest_seeded_id: int) -> None:
 
 
 @contextmanager
-def bench_server(url: str, workers: int) -> Iterator[tuple[str, psutil.Process]]:
+def bench_server(
+    url: str, workers: int, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[str, psutil.Process]]:
     """uvicorn with the bench app on a free 127.0.0.1 port; stopped by PID afterwards."""
     port = free_port()
     env = {
         **os.environ,
+        **(extra_env or {}),
         "DATABASE_URL": url,
         "TASKMANAGER_LOG_LEVEL": "WARNING",
         # Same pool capacity on both sides: 20 connections kept open. (With overflow, SQLAlchemy
@@ -400,6 +436,101 @@ def parse_wrk(output: str) -> tuple[float, float, float, int, int]:
     return rps, p50, p99, requests, errors
 
 
+def wrk_max_ms(output: str) -> float:
+    """The slowest request of a wrk run (its Latency line's Max column)."""
+    return _ms(re.search(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile (wrk's own kind); 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+
+
+def starved_clients(checkouts_per_client: list[int], connections: int) -> int:
+    """wrk connections that got fewer than a tenth of the mean number of connections from
+    the pool in one run (a wrk connection that never got one is not in the list at all)."""
+    mean = sum(checkouts_per_client) / connections
+    return connections - sum(n >= mean / 10 for n in checkouts_per_client)
+
+
+def corrected_like_wrk(latencies_ms: list[float], interval_ms: float) -> list[float]:
+    """The latencies as wrk 4.1 reports them. wrk corrects for coordinated omission
+    (src/stats.c stats_correct, called in src/wrk.c with interval = run time / (requests
+    per connection)): a request that took L >= 2 * interval adds the samples
+    L - interval, L - 2 * interval, ... down to interval, the requests its connection would
+    have sent meanwhile. A few requests of several seconds thus become many samples."""
+    corrected = list(latencies_ms)
+    for latency in latencies_ms:
+        if latency >= 2 * interval_ms:
+            synthetic = latency - interval_ms
+            while synthetic > interval_ms:
+                corrected.append(synthetic)
+                synthetic -= interval_ms
+    return corrected
+
+
+def run_figures(
+    pool: dict[str, Any], output: str, connections: int, requests: int, duration: int
+) -> dict[str, Any]:
+    """--naive, one wrk run: the requests' own latencies (timed in the app), the same
+    corrected as wrk corrects them, the slowest request wrk saw, starved wrk connections."""
+    own: list[float] = pool["latencies_ms"]
+    interval_ms = duration * 1000 / max(requests // connections, 1)
+    return {
+        "wrk_max_ms": wrk_max_ms(output),
+        "own_requests": len(own),
+        "own_p50_ms": percentile(own, 0.50),
+        "own_p99_ms": percentile(own, 0.99),
+        "own_max_ms": max(own, default=0.0),
+        "own_over_1s": sum(latency > 1000 for latency in own),
+        "wrk_interval_ms": interval_ms,
+        "own_corrected_p99_ms": percentile(corrected_like_wrk(own, interval_ms), 0.99),
+        "starved_clients": starved_clients(pool["checkouts_per_client"], connections),
+    }
+
+
+def summarise_waits(pool: dict[str, Any]) -> dict[str, Any]:
+    """Pool waits of one or more runs (bench_naive's /bench/pools/{name}/stats): how many
+    checkouts waited, how long, how many were re-queued (joined the waiters' line more than
+    once) and what that cost, how many took a connection put back for a woken waiter, and
+    how many were asked for while the same client still held a connection."""
+    waits_ms: list[float] = pool["waits_ms"]
+    joins: list[int] = pool["joins"]
+    waited = [w for w, j in zip(waits_ms, joins, strict=True) if j > 0]
+
+    def bucket(low: int, high: int) -> dict[str, Any]:
+        ws = [w for w, j in zip(waits_ms, joins, strict=True) if low <= j <= high]
+        return {
+            "checkouts": len(ws),
+            "median_ms": statistics.median(ws) if ws else 0.0,
+            "max_ms": max(ws, default=0.0),
+        }
+
+    return {
+        "checkouts": len(waits_ms),
+        "waited": len(waited),
+        "waited_share": len(waited) / max(len(waits_ms), 1),
+        "wait_p50_ms": percentile(waits_ms, 0.50),
+        "wait_p99_ms": percentile(waits_ms, 0.99),
+        "wait_max_ms": max(waits_ms, default=0.0),
+        "waits_over_1s": sum(w > 1000 for w in waits_ms),
+        "requeued": sum(j > 1 for j in joins),
+        "requeues": sum(max(j - 1, 0) for j in joins),
+        "most_requeues": max((max(j - 1, 0) for j in joins), default=0),
+        "steals": pool["steals"],
+        "steals_by_releasing_client": pool["steals_by_releasing_client"],
+        "overlaps": pool["overlaps"],
+        "overlap_share": pool["overlaps"] / max(len(waits_ms), 1),
+        # by times in line: 1 = waited once, 2-5 = re-queued 1-4 times, 6+ = 5 or more
+        "in_line_once": bucket(1, 1),
+        "requeued_1_to_4": bucket(2, 5),
+        "requeued_5_plus": bucket(6, 10**9),
+    }
+
+
 def run_wrk(wrk: str, base: str, script: Path, connections: int, duration: int) -> str:
     command = [
         wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s",
@@ -411,13 +542,13 @@ def run_wrk(wrk: str, base: str, script: Path, connections: int, duration: int) 
     return result.stdout
 
 
-def chosen_scenarios(only: list[str]) -> list[Scenario]:
+def chosen_scenarios(only: list[str], scenarios: list[Scenario] = SCENARIOS) -> list[Scenario]:
     """The scenarios whose names contain one of `only` (all if empty), with their baselines."""
     if not only:
-        return SCENARIOS
-    names = {s.name for s in SCENARIOS if any(part.lower() in s.name.lower() for part in only)}
-    names |= {s.baseline for s in SCENARIOS if s.name in names and s.baseline}
-    return [s for s in SCENARIOS if s.name in names]
+        return scenarios
+    names = {s.name for s in scenarios if any(part.lower() in s.name.lower() for part in only)}
+    names |= {s.baseline for s in scenarios if s.name in names and s.baseline}
+    return [s for s in scenarios if s.name in names]
 
 
 def summarise(measurements: list[Measurement], scenarios: list[Scenario]) -> list[Summary]:
@@ -501,13 +632,123 @@ def layers_markdown(summaries: list[Summary], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def naive_markdown(
+    summaries: list[Summary],
+    runs: list[dict[str, Any]],
+    waits: dict[str, dict[str, Any]],
+    scenarios: list[Scenario],
+    meta: dict[str, Any],
+) -> str:
+    connections = {s.name: s.connections or meta["connections"] for s in scenarios}
+    per_run: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        per_run.setdefault(run["scenario"], []).append(run)
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(run[key] for run in per_run[name])
+
+    def each(name: str, key: str) -> str:
+        return ", ".join(f"{run[key]:,.0f}" for run in per_run[name])
+
+    lines = [
+        f"Measured {meta['date']} on {meta['machine']}: 1 uvicorn worker, "
+        f"wrk -t1 -d{meta['duration']}s x {meta['rounds']} rounds (order alternating), "
+        f"pool_size {POOL_SIZE}, max_overflow 0 unless the row says otherwise. Medians over "
+        "the rounds unless a cell lists each round.",
+        "",
+        "Latency: wrk's figures, then each request's own time in the app, and the same "
+        "corrected for coordinated omission as wrk 4.1 corrects its own:",
+        "",
+        "| scenario | wrk -c | req/s | wrk p50 ms | wrk p99 ms | wrk max ms | own p50 ms "
+        "| own p99 ms | own max ms | requests > 1 s | own p99 corrected like wrk |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        name = s.scenario
+        errors = f" ({s.errors} errors)" if s.errors else ""
+        lines.append(
+            f"| {name}{errors} | {connections[name]} | {s.requests_per_second:,.0f} | "
+            f"{s.p50_ms:.2f} | {s.p99_ms:.2f} | {each(name, 'wrk_max_ms')} | "
+            f"{median(name, 'own_p50_ms'):.2f} | {median(name, 'own_p99_ms'):.2f} | "
+            f"{each(name, 'own_max_ms')} | {each(name, 'own_over_1s')} | "
+            f"{median(name, 'own_corrected_p99_ms'):.2f} |"
+        )
+    lines += [
+        "",
+        "The pool (every checkout of all rounds, timed inside the pool's queue). A steal is a "
+        "checkout that took at once a connection just put back for a waiter that had been "
+        "woken but had not run yet; that waiter then goes to the back of the line:",
+        "",
+        "| scenario | checkouts that waited | wait p99 ms | wait max ms | waits > 1 s "
+        "| re-queued checkouts | most re-queues | steals (by the client that put it back) "
+        "| asked while the same client held one | starved wrk connections |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        w = waits[s.scenario]
+        lines.append(
+            f"| {s.scenario} | {w['waited_share']:.1%} | {w['wait_p99_ms']:.2f} | "
+            f"{w['wait_max_ms']:,.0f} | {w['waits_over_1s']} | "
+            f"{w['requeued']} of {w['checkouts']:,} | {w['most_requeues']} | "
+            f"{w['steals']:,} ({w['steals_by_releasing_client']:,}) | "
+            f"{w['overlap_share']:.0%} | {each(s.scenario, 'starved_clients')} |"
+        )
+    lines += [
+        "",
+        "Pool waits by how many times the checkout joined the waiters' line "
+        "(checkouts, median / max ms):",
+        "",
+        "| scenario | waited once | re-queued 1-4 times | re-queued 5+ times |",
+        "|---|---:|---:|---:|",
+    ]
+
+    def cell(b: dict[str, Any]) -> str:
+        if not b["checkouts"]:
+            return "0"
+        return f"{b['checkouts']:,} ({b['median_ms']:.1f} / {b['max_ms']:,.0f})"
+
+    for s in summaries:
+        w = waits[s.scenario]
+        lines.append(
+            f"| {s.scenario} | {cell(w['in_line_once'])} | {cell(w['requeued_1_to_4'])} | "
+            f"{cell(w['requeued_5_plus'])} |"
+        )
+    lines += ["", "| scenario | what it is |", "|---|---|"]
+    lines += [f"| {s.scenario} | {NAIVE_NOTES.get(s.scenario, '')} |" for s in summaries]
+    return "\n".join(lines) + "\n"
+
+
 # ─────────────────────────────────────────────── the benchmarks
 
 
+def reset_pool(base: str, scenario: Scenario) -> None:
+    """--naive: open the scenario's pool (with all its connections) and forget its waits."""
+    if scenario.pool:
+        httpx.post(f"{base}/bench/pools/{scenario.pool}/reset", timeout=60).raise_for_status()
+
+
+def read_pool(base: str, scenario: Scenario) -> dict[str, Any] | None:
+    """--naive: the waits the scenario's pool recorded; a pool of its own is then closed
+    (PostgreSQL's max_connections is 100)."""
+    if not scenario.pool:
+        return None
+    response = httpx.get(
+        f"{base}/bench/pools/{scenario.pool}/stats",
+        params={"close": str(scenario.pool != "app").lower()},
+        timeout=60,
+    )
+    response.raise_for_status()
+    stats: dict[str, Any] = response.json()
+    return stats
+
+
 def http_benchmark(args: argparse.Namespace) -> int:
-    scenarios = LAYERS if args.layers else chosen_scenarios(args.only)
+    if args.layers:
+        scenarios = LAYERS
+    else:
+        scenarios = chosen_scenarios(args.only, NAIVE if args.naive else SCENARIOS)
     if not scenarios:
-        names = ", ".join(s.name for s in SCENARIOS)
+        names = ", ".join(s.name for s in (NAIVE if args.naive else SCENARIOS))
         print(f"--only matched no scenario; the scenarios are: {names}", file=sys.stderr)
         return 2
     wrk = ensure_wrk()
@@ -515,23 +756,56 @@ def http_benchmark(args: argparse.Namespace) -> int:
         print(f"seeding {args.tasks:,} tasks ...", file=sys.stderr)
         seed_rate = seed_database(url, args.tasks, 20)
         newest_seeded_id = newest_task_id(url)
-        with bench_server(url, args.workers) as (base, process), PeakRSS(process) as rss:
+        extra_env = {"BENCH_NAIVE": "1"} if args.naive else None
+        server = bench_server(url, args.workers, extra_env)
+        with server as (base, process), PeakRSS(process) as rss:
             measurements: list[Measurement] = []
+            # --naive: the pool's figures and the requests' own latencies, per run
+            pool_runs: list[dict[str, Any]] = []
+            pools: dict[str, dict[str, Any]] = {
+                s.name: {
+                    "waits_ms": [],
+                    "joins": [],
+                    "steals": 0,
+                    "steals_by_releasing_client": 0,
+                    "overlaps": 0,
+                }
+                for s in scenarios
+            }
             with tempfile.TemporaryDirectory() as scripts:
                 scripts_dir = Path(scripts)
                 for scenario in scenarios:  # warm-up: caches, prepared statements, pool
                     script = lua_script(scenario, args.tasks, scripts_dir)
-                    run_wrk(wrk, base, script, args.connections, 1)
+                    reset_pool(base, scenario)
+                    run_wrk(wrk, base, script, scenario.connections or args.connections, 1)
+                    read_pool(base, scenario)
                 restore_seeded_tasks(url, newest_seeded_id)
                 for round_number in range(1, args.rounds + 1):
                     order = scenarios if round_number % 2 else list(reversed(scenarios))
                     for scenario in order:
                         script = lua_script(scenario, args.tasks, scripts_dir)
+                        connections = scenario.connections or args.connections
+                        reset_pool(base, scenario)
                         server_before, pg_before = cpu_seconds(process), postgres_cpu_seconds()
-                        output = run_wrk(wrk, base, script, args.connections, args.duration)
+                        output = run_wrk(wrk, base, script, connections, args.duration)
                         server_cpu = cpu_seconds(process) - server_before
                         pg_cpu = postgres_cpu_seconds() - pg_before
                         rps, p50, p99, requests, errors = parse_wrk(output)
+                        pool = read_pool(base, scenario)
+                        if pool is not None:
+                            for key, total in pools[scenario.name].items():
+                                pools[scenario.name][key] = total + pool[key]
+                            figures = run_figures(
+                                pool, output, connections, requests, args.duration
+                            )
+                            pool_runs.append(
+                                {
+                                    "scenario": scenario.name,
+                                    "round": round_number,
+                                    **figures,
+                                    **summarise_waits(pool),
+                                }
+                            )
                         if scenario.method != "GET":
                             restore_seeded_tasks(url, newest_seeded_id)
                         measurements.append(
@@ -569,12 +843,20 @@ def http_benchmark(args: argparse.Namespace) -> int:
         "peak_rss_mib": rss.peak / 2**20,
         "seed": seed_rate,
     }
-    table = layers_markdown(summaries, meta) if args.layers else markdown(summaries, meta)
+    extra: dict[str, Any] = {}
+    if args.naive:
+        pooled = {name: summarise_waits(pool) for name, pool in pools.items()}
+        table = naive_markdown(summaries, pool_runs, pooled, scenarios, meta)
+        extra = {"pool_waits": pooled, "pool_runs": pool_runs}
+    elif args.layers:
+        table = layers_markdown(summaries, meta)
+    else:
+        table = markdown(summaries, meta)
     print(table)
     if args.only:
         print("(--only: bench/results/ left as it was)", file=sys.stderr)
         return 0
-    name = "layers" if args.layers else "latest"
+    name = "naive" if args.naive else "layers" if args.layers else "latest"
     RESULTS_DIR.mkdir(exist_ok=True)
     (RESULTS_DIR / f"{name}.md").write_text(table)
     (RESULTS_DIR / f"{name}.json").write_text(
@@ -583,6 +865,7 @@ def http_benchmark(args: argparse.Namespace) -> int:
                 "meta": meta,
                 "summary": [asdict(s) for s in summaries],
                 "measurements": [asdict(m) for m in measurements],
+                **extra,
             },
             indent=2,
         )
@@ -659,12 +942,21 @@ def main() -> int:
         help="GET /tasks/{id} built up one layer at a time: what each layer costs "
         "(writes bench/results/layers.md)",
     )
+    parser.add_argument(
+        "--naive",
+        action="store_true",
+        help="why the lecture's naive route has a multi-second p99: the route beside "
+        "variants that each change one thing, with the pool's figures "
+        "(writes bench/results/naive.md)",
+    )
     parser.add_argument("--deep-offset", action="store_true", help="seed + deep offset bench")
     parser.add_argument("--deep-tasks", type=int, default=1_000_000)
     parser.add_argument("--offset-samples", type=int, default=30)
     args = parser.parse_args()
     if args.rounds < 2 and not args.deep_offset:
         parser.error("--rounds must be at least 2 (the order alternates between rounds)")
+    if args.naive and (args.layers or args.deep_offset or args.workers != 1):
+        parser.error("--naive runs its own scenarios in one worker (the pools are per process)")
     return deep_offset_benchmark(args) if args.deep_offset else http_benchmark(args)
 
 
