@@ -27,7 +27,7 @@ from taskmanager.garbage_collection import tune_garbage_collection
 from taskmanager.logs import configure_logging
 from taskmanager.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from taskmanager.migrate import upgrade
-from taskmanager.openapi import build_openapi, install_docs
+from taskmanager.openapi import build_openapi, install_docs, operation_id
 from taskmanager.postgres import database_url
 from taskmanager.routes import categories, health, tasks
 
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     # Added last = outermost: even a 413 carries X-Request-ID and gets an access log line.

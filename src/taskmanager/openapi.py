@@ -1,9 +1,11 @@
 """The OpenAPI document and the interactive docs.
 
-Error responses are documented as `application/problem+json` with the Problem schema, the
-response headers a client may rely on (ETag, Location, X-Total-Count, Retry-After,
-X-Request-ID) where they are sent, and Swagger UI / ReDoc are served from assets installed
-with the package (no CDN), so /docs works on a machine without internet access.
+Every operation has a readable operationId (`get_task`, `health_live`), so a client
+generated from the document has readable method names. Error responses are documented as
+`application/problem+json` with the Problem schema, the response headers a client may rely
+on (ETag, Location, X-Total-Count, Retry-After, X-Request-ID) where they are sent, and
+Swagger UI / ReDoc are served from assets installed with the package (no CDN), so /docs
+works on a machine without internet access.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
@@ -108,6 +111,20 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return responses
 
 
+def operation_id(route: APIRoute) -> str:
+    """The route's name (`get_task`), prefixed with its tag when the name does not say which
+    resource it acts on (`live` under `health` -> `health_live`): stable while the route
+    keeps its name, and readable as a generated client's method name."""
+    if not route.tags:
+        return route.name
+    tag = str(route.tags[0])
+    # Tags are plural nouns ("tasks", "categories"); a name may use the singular.
+    singular = tag.removesuffix("ies") + "y" if tag.endswith("ies") else tag.removesuffix("s")
+    if {tag, singular} & set(route.name.split("_")):
+        return route.name
+    return f"{tag}_{route.name}"
+
+
 def build_openapi(app: FastAPI) -> dict[str, Any]:
     """The app's OpenAPI document, with the Problem schemas in its components."""
     if app.openapi_schema is None:
@@ -121,8 +138,16 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         definitions = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(definitions.pop("$defs", {}))
         components["Problem"] = definitions
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
+        operation_ids: set[str] = set()
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                # FastAPI only warns; a generated client would silently lose a method.
+                if operation["operationId"] in operation_ids:
+                    raise RuntimeError(
+                        f"duplicate operationId {operation['operationId']!r}: "
+                        f"{method.upper()} {path}"
+                    )
+                operation_ids.add(operation["operationId"])
                 # A query or header parameter is absent (required: false) or text, never null.
                 for parameter in operation.get("parameters", []):
                     parameter["schema"] = without_null(parameter["schema"])

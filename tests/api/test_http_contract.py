@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fastapi import APIRouter, FastAPI
 from httpx import AsyncClient
 
 from taskmanager.middleware import RequestIdLogFilter, request_id_var
+from taskmanager.openapi import build_openapi, operation_id
 from tests.support.problems import assert_problem
 
 PROBLEM_JSON = "application/problem+json"
@@ -301,6 +303,55 @@ async def test_openapi_problem_schema_and_refs_resolve(client: AsyncClient) -> N
     assert "Problem" in refs
     assert "FieldError" in refs
     assert refs <= set(schemas), refs - set(schemas)
+
+
+# Every operation's id, which a generated client uses as its method name: renaming one
+# breaks client code, so it is a change made here on purpose.
+OPERATION_IDS = {
+    ("POST", "/tasks"): "create_task",
+    ("GET", "/tasks"): "list_tasks",
+    ("GET", "/tasks/{task_id}"): "get_task",
+    ("PATCH", "/tasks/{task_id}"): "update_task",
+    ("PUT", "/tasks/{task_id}"): "replace_task",
+    ("DELETE", "/tasks/{task_id}"): "delete_task",
+    ("POST", "/categories"): "create_category",
+    ("GET", "/categories"): "list_categories",
+    ("GET", "/categories/{category_id}"): "get_category",
+    ("PATCH", "/categories/{category_id}"): "rename_category",
+    ("DELETE", "/categories/{category_id}"): "delete_category",
+    ("GET", "/health/live"): "health_live",
+    ("GET", "/health/ready"): "health_ready",
+}
+
+
+async def test_openapi_operation_ids_are_the_readable_unique_ones(client: AsyncClient) -> None:
+    document = await openapi(client)
+    operation_ids = {
+        (method.upper(), path): operation["operationId"]
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+    }
+    assert operation_ids == OPERATION_IDS
+    assert len(set(operation_ids.values())) == len(operation_ids)
+
+
+def test_openapi_refuses_a_duplicate_operation_id() -> None:
+    app = FastAPI(generate_unique_id_function=operation_id)
+    first, second = APIRouter(prefix="/a", tags=["tasks"]), APIRouter(prefix="/b", tags=["tasks"])
+
+    @first.get("")
+    async def get_task() -> None: ...
+
+    @second.get("", name="get_task")
+    async def get_task_again() -> None: ...
+
+    app.include_router(first)
+    app.include_router(second)
+    with (
+        pytest.warns(UserWarning, match="Duplicate Operation ID get_task"),  # FastAPI's own
+        pytest.raises(RuntimeError, match="duplicate operationId 'get_task': GET /b"),
+    ):
+        build_openapi(app)
 
 
 async def test_docs_are_served_from_local_assets(client: AsyncClient) -> None:

@@ -1,0 +1,201 @@
+"""A Python client generated from /openapi.json, as a new user would make one, drives the
+real app: readable method names, typed models, and problems parsed as the `Problem` model.
+
+openapi-python-client reads the document from a file (no network) and runs ruff on its
+output; the client's async functions are sent through the live app in this event loop
+(httpx ASGITransport), so no server process or port is involved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from httpx import AsyncClient
+
+PACKAGE = "taskmanager_client"
+GENERATE_WITHIN = 60.0  # seconds; about 5 on an idle machine
+
+
+@dataclass
+class GeneratedClient:
+    """The generated package, imported, and its `Client` sending through the live app."""
+
+    client: Any
+
+    @staticmethod
+    def operation(tag: str, name: str) -> ModuleType:
+        return importlib.import_module(f"{PACKAGE}.api.{tag}.{name}")
+
+    @staticmethod
+    def model(name: str) -> Any:
+        return getattr(importlib.import_module(f"{PACKAGE}.models"), name)
+
+
+def generate(document: Path, output: Path) -> None:
+    """Run the generator's CLI on `document`; any warning (a skipped piece, ruff missing) fails."""
+    bin_dir = Path(sys.executable).parent  # ruff, which the generator runs, is installed here
+    env = os.environ | {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "openapi_python_client",
+            "generate",
+            "--path",
+            str(document),
+            "--output-path",
+            str(output),
+            "--meta",
+            "none",
+            "--fail-on-warning",
+        ],
+        env=env,
+        cwd=document.parent,
+        capture_output=True,
+        text=True,
+        timeout=GENERATE_WITHIN,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def generated(
+    live: AsyncClient, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[GeneratedClient]:
+    """A client generated from the live app's /openapi.json, imported from a temporary dir."""
+    directory = tmp_path_factory.mktemp("generated-client")
+    document = directory / "openapi.json"
+    response = await live.get("/openapi.json")
+    assert response.status_code == 200
+    document.write_bytes(response.content)
+    await asyncio.to_thread(generate, document, directory / PACKAGE)
+
+    sys.path.insert(0, str(directory))
+    try:
+        package = importlib.import_module(PACKAGE)
+        # The live app's own httpx client: requests go through its ASGI transport.
+        client = package.Client(base_url=str(live.base_url), raise_on_unexpected_status=True)
+        client.set_async_httpx_client(live)
+        yield GeneratedClient(client)
+    finally:
+        sys.path.remove(str(directory))
+        for name in [name for name in sys.modules if name.partition(".")[0] == PACKAGE]:
+            del sys.modules[name]
+
+
+def test_method_names_are_the_readable_operation_ids(generated: GeneratedClient) -> None:
+    api = Path(importlib.import_module(f"{PACKAGE}.api").__file__ or "").parent
+    methods = {
+        tag.name: sorted(module.stem for module in tag.glob("*.py") if module.stem != "__init__")
+        for tag in api.iterdir()
+        if tag.is_dir() and (tag / "__init__.py").exists()
+    }
+    assert methods == {
+        "tasks": [
+            "create_task",
+            "delete_task",
+            "get_task",
+            "list_tasks",
+            "replace_task",
+            "update_task",
+        ],
+        "categories": [
+            "create_category",
+            "delete_category",
+            "get_category",
+            "list_categories",
+            "rename_category",
+        ],
+        "health": ["health_live", "health_ready"],
+    }
+
+
+async def test_create_get_and_list_tasks(generated: GeneratedClient) -> None:
+    create_task = generated.operation("tasks", "create_task")
+    get_task = generated.operation("tasks", "get_task")
+    list_tasks = generated.operation("tasks", "list_tasks")
+    task_create = generated.model("TaskCreate")
+    task_response = generated.model("TaskWithCategoryResponse")
+
+    created = await create_task.asyncio_detailed(
+        client=generated.client,
+        body=task_create(title="Generated client task", description="typed"),
+    )
+    assert created.status_code == 201
+    assert isinstance(created.parsed, task_response)
+    assert created.parsed.title == "Generated client task"
+    assert created.headers["location"].endswith(f"/tasks/{created.parsed.id}")
+
+    fetched = await get_task.asyncio(client=generated.client, task_id=created.parsed.id)
+    assert isinstance(fetched, task_response)
+    assert (fetched.id, fetched.title, fetched.description) == (
+        created.parsed.id,
+        "Generated client task",
+        "typed",
+    )
+
+    listed = await list_tasks.asyncio_detailed(client=generated.client, q="Generated client")
+    assert listed.status_code == 200
+    assert isinstance(listed.parsed, list)
+    assert [task.id for task in listed.parsed] == [created.parsed.id]
+    assert all(isinstance(task, task_response) for task in listed.parsed)
+    assert listed.headers["x-total-count"] == "1"
+
+
+async def test_invalid_body_parses_as_a_422_problem(generated: GeneratedClient) -> None:
+    create_task = generated.operation("tasks", "create_task")
+    problem = generated.model("Problem")
+
+    # The generated models do not validate: the server does, and says so as a problem.
+    response = await create_task.asyncio_detailed(
+        client=generated.client, body=generated.model("TaskCreate")(title="   ")
+    )
+
+    assert response.status_code == 422
+    assert isinstance(response.parsed, problem)
+    assert response.parsed.status == 422
+    assert [error.field for error in response.parsed.errors] == ["body.title"]
+
+
+async def test_stale_if_match_parses_as_a_412_problem(generated: GeneratedClient) -> None:
+    create_task = generated.operation("tasks", "create_task")
+    update_task = generated.operation("tasks", "update_task")
+    task_update = generated.model("TaskUpdate")
+    created = await create_task.asyncio_detailed(
+        client=generated.client, body=generated.model("TaskCreate")(title="Read once")
+    )
+    assert created.status_code == 201
+    task_id, read_etag = created.parsed.id, created.headers["etag"]
+
+    changed = await update_task.asyncio_detailed(
+        client=generated.client,
+        task_id=task_id,
+        body=task_update(completed=True),
+        if_match=read_etag,
+    )
+    assert changed.status_code == 200
+    assert changed.headers["etag"] != read_etag
+
+    stale = await update_task.asyncio_detailed(
+        client=generated.client,
+        task_id=task_id,
+        body=task_update(title="Lost update"),
+        if_match=read_etag,
+    )
+
+    assert stale.status_code == 412
+    assert isinstance(stale.parsed, generated.model("Problem"))
+    assert stale.parsed.status == 412
+    assert stale.headers["etag"] == changed.headers["etag"]
