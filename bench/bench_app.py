@@ -28,11 +28,17 @@ from taskmanager.main import create_app
 from taskmanager.models import Task
 from taskmanager.schemas import CategoryResponse, TaskWithCategoryResponse
 
-_TASK_COLUMNS = """
-    t.id, t.title, t.description, t.completed, t.created_at, t.updated_at, t.version,
-    c.id AS category_id, c.name AS category_name
-    FROM tasks t LEFT JOIN categories c ON c.id = t.category_id
-"""
+# The columns the response shows, by the response models' field names (declared once, in
+# schemas.py): what every baseline selects.
+_TASK_FIELDS = tuple(name for name in TaskWithCategoryResponse.model_fields if name != "category")
+_CATEGORY_FIELDS = tuple(CategoryResponse.model_fields)
+_TASK_COLUMNS = (
+    ", ".join(
+        [f"t.{name}" for name in _TASK_FIELDS]
+        + [f"c.{name} AS category_{name}" for name in _CATEGORY_FIELDS]
+    )
+    + " FROM tasks t LEFT JOIN categories c ON c.id = t.category_id"
+)
 
 router = APIRouter(prefix="/bench", tags=["bench"])
 
@@ -65,20 +71,11 @@ async def _pool(request: Request) -> asyncpg.Pool:
 
 def _task_from_row(row: Any) -> TaskWithCategoryResponse:
     category = (
-        CategoryResponse(id=row["category_id"], name=row["category_name"])
+        CategoryResponse(**{name: row[f"category_{name}"] for name in _CATEGORY_FIELDS})
         if row["category_id"] is not None
         else None
     )
-    return TaskWithCategoryResponse(
-        id=row["id"],
-        title=row["title"],
-        description=row["description"],
-        completed=row["completed"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        version=row["version"],
-        category=category,
-    )
+    return TaskWithCategoryResponse(**{name: row[name] for name in _TASK_FIELDS}, category=category)
 
 
 @router.get("/raw/tasks/{task_id}", response_model=TaskWithCategoryResponse)

@@ -23,7 +23,7 @@ router = APIRouter()
 def _found(view: TaskView | None, response: Response) -> TaskView:
     if view is None:
         raise HTTPException(404, "Task not found")
-    set_etag(response, view.version)
+    set_etag(response, view["version"])
     return view
 
 

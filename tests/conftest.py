@@ -24,20 +24,18 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
-from httpx import ASGITransport, AsyncClient
+from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from taskmanager.config import Settings, normalize_database_url
 from taskmanager.database import (
     create_engine,
-    create_read_session_factory,
-    create_session_factory,
-    get_async_session,
 )
 from taskmanager.embedded import EmbeddedPostgres
 from taskmanager.main import create_app
 from taskmanager.migrate import upgrade
 from tests.support.live_app import live_client, observer_engine
+from tests.support.rolled_back import rolled_back_client
 
 # The reliability log (the `reliability` fixture and the hooks writing it), as a plugin.
 pytest_plugins = ("tests.support.reliability",)
@@ -172,21 +170,6 @@ async def client(
     app: FastAPI, engine: AsyncEngine, db_session: AsyncSession
 ) -> AsyncIterator[AsyncClient]:
     """Test client whose requests all use the test's rolled-back session."""
-
-    async def override_get_async_session() -> AsyncIterator[AsyncSession]:
-        db_session.expunge_all()  # each request starts with nothing loaded, as in production
-        try:
-            yield db_session
-            await db_session.commit()  # releases the SAVEPOINT; the outer transaction stays
-        except Exception:
-            await db_session.rollback()  # back to the SAVEPOINT, as a real request would
-            raise
-
-    app.dependency_overrides[get_async_session] = override_get_async_session
-    # ASGITransport does not run the lifespan; give /health/ready an engine to ask.
-    app.state.engine = engine
-    app.state.async_session_factory = create_session_factory(engine)
-    app.state.read_session_factory = create_read_session_factory(engine)
-    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as ac:
+    async with rolled_back_client(app, engine, db_session) as ac:
         yield ac
     app.dependency_overrides.clear()

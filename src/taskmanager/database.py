@@ -1,4 +1,4 @@
-"""Engine, session factory and the session-per-request dependency.
+"""Engine, session factories and the session-per-request dependencies.
 
 One AsyncSession per request (one visit, one library card). Routes and repositories
 flush; only `get_async_session` commits, and it does so BEFORE the response is sent:
@@ -6,7 +6,9 @@ flush; only `get_async_session` commits, and it does so BEFORE the response is s
 runs when the route function (and its response serialization) has finished, not after
 the response went out. With FastAPI's default scope a failed commit would still have
 shown the client a 2xx.
-"""
+
+Routes that only read ask for an `AsyncReadSession` (`ReadSessionDep`) instead: the same
+pool, in autocommit, so a read is one round trip with nothing to commit."""
 
 from __future__ import annotations
 
@@ -85,27 +87,24 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
     return async_sessionmaker(bind=engine, class_=AsyncSession, expire_on_commit=False)
 
 
-def create_read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions for requests that only read: the connection runs in autocommit, so a read
-    costs one round trip (the query) instead of three (BEGIN, the query, COMMIT)."""
+class AsyncReadSession(AsyncSession):
+    """A session for requests that only read (polar's AsyncReadSession): its connection
+    runs in autocommit, so a read costs one round trip (the query) instead of three
+    (BEGIN, the query, COMMIT). A route that only reads says so by asking for this type;
+    nothing it does is rolled back, so a route that writes must never take one."""
+
+
+def create_read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncReadSession]:
+    """The factory of AsyncReadSession: the same engine (and pool), in autocommit."""
     return async_sessionmaker(
         bind=engine.execution_options(isolation_level="AUTOCOMMIT"),
-        class_=AsyncSession,
+        class_=AsyncReadSession,
         expire_on_commit=False,
     )
 
 
-# HTTP's safe methods never write (RFC 9110 9.2.1), so they need no transaction.
-READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
 async def get_async_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request: commit when the route succeeded, roll back on any error."""
-    if request.method in READ_ONLY_METHODS:
-        # Autocommit: there is nothing to commit or roll back; closing returns the connection.
-        async with request.app.state.read_session_factory() as read_session:
-            yield read_session
-        return
     async_session_factory: async_sessionmaker[AsyncSession] = (
         request.app.state.async_session_factory
     )
@@ -119,10 +118,24 @@ async def get_async_session(request: Request) -> AsyncIterator[AsyncSession]:
         # session.close() is called by `async with`: the connection goes back to the pool.
 
 
+async def get_read_session(request: Request) -> AsyncIterator[AsyncReadSession]:
+    """One read session per request: nothing to commit or roll back; closing it returns
+    the connection to the pool."""
+    read_session_factory: async_sessionmaker[AsyncReadSession] = (
+        request.app.state.read_session_factory
+    )
+    async with read_session_factory() as session:
+        yield session
+
+
 # The one way to ask for a session. scope="function" makes the commit finish before the
 # response is sent; using this alias everywhere keeps one session (one transaction) per
 # request, since dependencies declared with different scopes would not be shared.
 SessionDep = Annotated[AsyncSession, Depends(get_async_session, scope="function")]
+# The one way for a route that only reads. Tests that swap the session (lecture 6.3)
+# override both dependencies: tests/conftest.py does.
+ReadSessionDep = Annotated[AsyncReadSession, Depends(get_read_session, scope="function")]
+SESSION_DEPENDENCIES = (get_async_session, get_read_session)
 
 
 async def check_database(engine: AsyncEngine, within_seconds: float) -> None:

@@ -1,105 +1,44 @@
-"""Every error response, in one place, as RFC 9457 problem details.
+"""Every error response, in one place, as RFC 9457 problem details (taskmanager.problems).
 
 Database errors are translated here and nowhere else: by SQLSTATE and constraint name,
 a unique violation is 409, a missing foreign key is 422 naming the field, and a database
-that is unreachable, too slow or out of connections is 503 with Retry-After.
+that is unreachable, too slow or out of connections is 503 with Retry-After. Only errors
+that come from the database driver are "database unavailable": any other exception, an
+OSError included, is a bug, logged and answered 500.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
+from types import TracebackType
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from taskmanager.models import FK_TASKS_CATEGORY, UQ_CATEGORIES_NAME
+from taskmanager.problems import (
+    CONFLICT,
+    DATABASE_UNAVAILABLE,
+    INTERNAL_ERROR,
+    VALIDATION_ERROR,
+    FieldError,
+    ProblemError,
+    http_problem,
+)
 
 log = logging.getLogger(__name__)
 
-PROBLEM_JSON = "application/problem+json"
 
-
-class ProblemResponse(JSONResponse):
-    media_type = PROBLEM_JSON
-
-
-# RFC 9110's names where Python's http.HTTPStatus still has the older ones.
-_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
-
-
-def problem_response(
-    status: int,
-    detail: str,
-    *,
-    title: str | None = None,
-    problem_type: str = "about:blank",
-    headers: Mapping[str, str] | None = None,
-    **extensions: Any,
-) -> ProblemResponse:
-    """An `application/problem+json` response (RFC 9457)."""
-    body: dict[str, Any] = {
-        "type": problem_type,
-        "title": title or _TITLES.get(status) or HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-        **extensions,
-    }
-    return ProblemResponse(body, status_code=status, headers=dict(headers or {}))
-
-
-class ProblemError(Exception):
-    """Raised where a route needs a specific problem type, not just a status code."""
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        *,
-        problem_type: str,
-        title: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        field: str | None = None,
-    ) -> None:
-        """`field` (e.g. "header.Idempotency-Key") adds the `errors` list validation
-        problems carry, so clients find the failing field the same way everywhere."""
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.problem_type = problem_type
-        self.title = title
-        self.headers = dict(headers or {})
-        self.field = field
-
-
-async def _handle_problem_error(request: Request, exc: Exception) -> ProblemResponse:
+async def _handle_problem_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProblemError)
-    extensions: dict[str, Any] = {}
-    if exc.field is not None:
-        message = exc.detail.removeprefix(f"{exc.field}: ")
-        extensions["errors"] = [
-            {
-                "field": exc.field,
-                "loc": exc.field.split("."),
-                "message": message,
-                "type": "value_error",
-            }
-        ]
-    return problem_response(
-        exc.status,
-        exc.detail,
-        title=exc.title,
-        problem_type=exc.problem_type,
-        headers=exc.headers,
-        **extensions,
-    )
+    return exc.problem.response(exc.headers)
 
 
 # ─────────────────────────────────────────────
@@ -111,7 +50,7 @@ def _field_name(loc: Iterable[int | str]) -> str:
     return ".".join(str(part) for part in loc)
 
 
-def _validation_errors(errors: Iterable[Any]) -> list[dict[str, Any]]:
+def _validation_errors(errors: Iterable[Any]) -> list[FieldError]:
     out = []
     for error in errors:
         loc = list(error.get("loc", ()))
@@ -123,25 +62,19 @@ def _validation_errors(errors: Iterable[Any]) -> list[dict[str, Any]]:
         # Pydantic prefixes messages of our own validators with "Value error, ".
         message = message.removeprefix("Value error, ")
         out.append(
-            {"field": _field_name(loc), "loc": loc, "message": message, "type": error.get("type")}
+            FieldError(field=_field_name(loc), loc=loc, message=message, type=error.get("type"))
         )
     return out
 
 
-async def _handle_validation_error(request: Request, exc: Exception) -> ProblemResponse:
+async def _handle_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = _validation_errors(exc.errors())
-    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
-    return problem_response(
-        422,
-        detail,
-        title="Request validation failed",
-        problem_type="/problems/validation-error",
-        errors=errors,
-    )
+    detail = "; ".join(f"{e.field}: {e.message}" for e in errors) or "invalid request"
+    return VALIDATION_ERROR.problem(detail, errors).response()
 
 
-def _unparsable_body_problem(cause: BaseException) -> ProblemResponse:
+def _unparsable_body_problem(cause: BaseException) -> Response:
     """422 naming `body`, like any other invalid JSON, for the bodies FastAPI answers with a bare
     400: bytes that are not UTF-8, nesting deeper than the parser allows, an integer with
     thousands of digits."""
@@ -151,14 +84,9 @@ def _unparsable_body_problem(cause: BaseException) -> ProblemResponse:
         reason = "it is nested too deeply"
     else:
         reason = "it cannot be parsed (for example, a number with thousands of digits)"
-    message = f"not valid JSON: {reason}"
-    return problem_response(
-        422,
-        f"body: {message}",
-        title="Request validation failed",
-        problem_type="/problems/validation-error",
-        errors=[{"field": "body", "loc": ["body"], "message": message, "type": "json_invalid"}],
-    )
+    return VALIDATION_ERROR.about_field(
+        "body", f"not valid JSON: {reason}", "json_invalid"
+    ).response()
 
 
 _METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
@@ -176,7 +104,7 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(allowed)
 
 
-async def _handle_http_exception(request: Request, exc: Exception) -> ProblemResponse:
+async def _handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not parse the body
         return _unparsable_body_problem(exc.__cause__)
@@ -184,7 +112,7 @@ async def _handle_http_exception(request: Request, exc: Exception) -> ProblemRes
     if exc.status_code == 405 and "Allow" in headers:  # a 405 from routing, not from a route
         headers["Allow"] = _allowed_methods(request) or headers["Allow"]
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return problem_response(exc.status_code, detail, headers=headers)
+    return http_problem(exc.status_code).problem(detail).response(headers)
 
 
 # ─────────────────────────────────────────────
@@ -243,53 +171,26 @@ def _sqlstate(exc: BaseException) -> str | None:
     return str(state) if state else None
 
 
-def _unavailable(detail: str, retry_after: int = 1) -> ProblemResponse:
-    return problem_response(
-        503,
-        detail,
-        title="Database unavailable",
-        problem_type="/problems/database-unavailable",
-        headers={"Retry-After": str(retry_after)},
-    )
+def _unavailable(detail: str, retry_after: int = 1) -> Response:
+    return DATABASE_UNAVAILABLE.problem(detail).response({"Retry-After": str(retry_after)})
 
 
-def _integrity_problem(exc: sa_exc.IntegrityError, sqlstate: str | None) -> ProblemResponse:
+def _integrity_problem(exc: sa_exc.IntegrityError, sqlstate: str | None) -> Response:
     driver_error = _driver_error(exc)
     constraint = getattr(driver_error, "constraint_name", None)
     known = CONSTRAINT_PROBLEMS.get(str(constraint)) if constraint else None
     if known is not None:
-        return problem_response(
-            known.status,
-            f"{known.field}: {known.message}",
-            title="Conflict" if known.status == 409 else "Request validation failed",
-            problem_type="/problems/conflict"
-            if known.status == 409
-            else "/problems/validation-error",
-            errors=[
-                {
-                    "field": known.field,
-                    "loc": known.field.split("."),
-                    "message": known.message,
-                    "type": "constraint",
-                }
-            ],
-        )
+        problem_type = CONFLICT if known.status == 409 else VALIDATION_ERROR
+        return problem_type.about_field(known.field, known.message, "constraint").response()
     if sqlstate == "23505":
-        return problem_response(
-            409,
-            "the request conflicts with existing data",
-            title="Conflict",
-            problem_type="/problems/conflict",
-        )
+        return CONFLICT.problem("the request conflicts with existing data").response()
     # Any other constraint (FK, NOT NULL, CHECK) is data the request should not have sent.
     column = getattr(driver_error, "column_name", None)
     detail = f"{column}: violates a database constraint" if column else "violates a constraint"
-    return problem_response(
-        422, detail, title="Request validation failed", problem_type="/problems/validation-error"
-    )
+    return VALIDATION_ERROR.problem(detail).response()
 
 
-def translate_database_error(exc: BaseException) -> ProblemResponse | None:
+def translate_database_error(exc: BaseException) -> Response | None:
     """The problem response for a database error, or None if it is not one we understand."""
     if isinstance(exc, sa_exc.TimeoutError):  # the pool had no free connection in time
         return _unavailable("no database connection became free in time; retry shortly")
@@ -301,22 +202,36 @@ def translate_database_error(exc: BaseException) -> ProblemResponse | None:
     if sqlstate and sqlstate.startswith("08"):  # connection exception class
         return _unavailable("the connection to the database failed", retry_after=5)
     if sqlstate and sqlstate.startswith("22"):  # data exception: a value the DB refused
-        return problem_response(
-            422,
-            "a value in the request cannot be stored",
-            title="Request validation failed",
-            problem_type="/problems/validation-error",
-        )
+        return VALIDATION_ERROR.problem("a value in the request cannot be stored").response()
     if isinstance(exc, sa_exc.DBAPIError) and (
         exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError)
     ):
         return _unavailable("the connection to the database was lost", retry_after=5)
-    if isinstance(exc, OSError):  # refused, no socket, timed out (TimeoutError is an OSError)
+    if isinstance(exc, OSError) and raised_by_database_driver(exc):
+        # Refused, no socket, timed out (TimeoutError is an OSError): the driver lets these
+        # through unwrapped while it connects or waits for an answer.
         return _unavailable("the database cannot be reached", retry_after=5)
     return None
 
 
-async def _handle_database_error(request: Request, exc: Exception) -> ProblemResponse:
+# Where a connection failure surfaces unwrapped: asyncpg itself, or SQLAlchemy's pool and
+# its asyncpg adapter calling it.
+_DRIVER_MODULES = ("asyncpg", "sqlalchemy")
+
+
+def raised_by_database_driver(exc: BaseException) -> bool:
+    """Whether `exc` was raised inside the database driver (a frame of asyncpg or
+    SQLAlchemy is on its traceback), rather than by the service's own code."""
+    frame: TracebackType | None = exc.__traceback__
+    while frame is not None:
+        module = str(frame.tb_frame.f_globals.get("__name__", ""))
+        if module.startswith(_DRIVER_MODULES):
+            return True
+        frame = frame.tb_next
+    return False
+
+
+async def _handle_database_error(request: Request, exc: Exception) -> Response:
     response = translate_database_error(exc)
     if response is None:
         raise exc  # not understood: the last-resort handler logs it and answers 500
@@ -325,13 +240,11 @@ async def _handle_database_error(request: Request, exc: Exception) -> ProblemRes
     return response
 
 
-def internal_error_response() -> ProblemResponse:
+def internal_error_response() -> Response:
     """The answer to a bug: no details leak, the request id lets operators find the log."""
-    return problem_response(
-        500,
-        "the server failed to handle this request; it has been logged",
-        problem_type="/problems/internal-error",
-    )
+    return INTERNAL_ERROR.problem(
+        "the server failed to handle this request; it has been logged"
+    ).response()
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -340,4 +253,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(sa_exc.SQLAlchemyError, _handle_database_error)
-    app.add_exception_handler(OSError, _handle_database_error)  # TimeoutError included
+    # The driver raises OSError (TimeoutError included) unwrapped; other OSErrors are bugs.
+    app.add_exception_handler(OSError, _handle_database_error)

@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from taskmanager.database import SessionDep
-from taskmanager.errors import ProblemError
 from taskmanager.models import IDEMPOTENCY_KEY_MAX_LENGTH
+from taskmanager.problems import IDEMPOTENCY_KEY_REUSED, VALIDATION_ERROR, ProblemError
 from taskmanager.repositories.idempotency_repository import IdempotencyRepository
 
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -60,12 +60,11 @@ class IdempotentRequest:
             return None
         if earlier.request_hash != request_hash or earlier.status_code is None:
             raise ProblemError(
-                422,
-                "header.Idempotency-Key: this key was already used with a different request "
-                "body; use a new key for a new request",
-                problem_type="/problems/idempotency-key-reused",
-                title="Idempotency-Key reused",
-                field="header.Idempotency-Key",
+                IDEMPOTENCY_KEY_REUSED.about_field(
+                    "header.Idempotency-Key",
+                    "this key was already used with a different request body; use a new key "
+                    "for a new request",
+                )
             )
         headers = {**(earlier.response_headers or {}), REPLAYED_HEADER: "true"}
         return JSONResponse(earlier.response_body, status_code=earlier.status_code, headers=headers)
@@ -95,12 +94,11 @@ async def get_idempotent_request(
 ) -> IdempotentRequest:
     if idempotency_key is not None and not _VALID_KEY.match(idempotency_key):
         raise ProblemError(
-            422,
-            "header.Idempotency-Key: must be 1 to "
-            f"{IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters without spaces",
-            problem_type="/problems/validation-error",
-            title="Request validation failed",
-            field="header.Idempotency-Key",
+            VALIDATION_ERROR.about_field(
+                "header.Idempotency-Key",
+                f"must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters without "
+                "spaces",
+            )
         )
     route = request.scope.get("route")
     path = getattr(route, "path", request.url.path)

@@ -13,7 +13,8 @@ from fastapi import HTTPException
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from taskmanager.errors import internal_error_response, problem_response
+from taskmanager.errors import internal_error_response
+from taskmanager.problems import http_problem
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Echo a client's id only if it is short and printable, so it is safe in logs and headers.
@@ -119,7 +120,8 @@ class BodySizeLimitMiddleware:
                 except ValueError:
                     break  # the server rejects a malformed Content-Length itself
                 if declared > self.max_bytes:
-                    response = problem_response(413, RequestBodyTooLarge(self.max_bytes).detail)
+                    detail = RequestBodyTooLarge(self.max_bytes).detail
+                    response = http_problem(413).problem(detail).response()
                     await response(scope, receive, send)
                     return
                 break

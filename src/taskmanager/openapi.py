@@ -19,9 +19,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
 
-from taskmanager.errors import PROBLEM_JSON
+from taskmanager.problems import PROBLEM_JSON, Problem
 from taskmanager.schemas import without_null
 
 DOCS_ASSETS_URL = "/docs-assets"
@@ -34,23 +33,6 @@ _DESCRIPTIONS = {
     422: "Validation failed; `errors` names each failing field.",
     503: "The database is unavailable or busy; retry after `Retry-After` seconds.",
 }
-
-
-class FieldError(BaseModel):
-    field: str = Field(examples=["body.title"])
-    loc: list[str | int] = Field(default_factory=list)
-    message: str
-    type: str | None = None
-
-
-class Problem(BaseModel):
-    """RFC 9457 problem details."""
-
-    type: str = Field(examples=["about:blank"])
-    title: str = Field(examples=["Not Found"])
-    status: int = Field(examples=[404])
-    detail: str = Field(examples=["Task not found"])
-    errors: list[FieldError] | None = None
 
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}

@@ -8,11 +8,13 @@ lifespan never runs, so a route that reached for a real session would fail loudl
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
@@ -20,37 +22,48 @@ from httpx import ASGITransport, AsyncClient
 from sqlalchemy import exc as sa_exc
 
 from taskmanager.config import Settings
-from taskmanager.dependencies import get_task_repository
+from taskmanager.dependencies import get_task_reader, get_task_repository
 from taskmanager.idempotency import IdempotentRequest, get_idempotent_request
 from taskmanager.main import create_app
-from taskmanager.repositories.task_repository import TaskFilters, TaskPage
+from taskmanager.models import Category, Task
+from taskmanager.problems import DATABASE_UNAVAILABLE, INTERNAL_ERROR
+from taskmanager.repositories.task_repository import TaskFilters, TaskPage, TaskView, task_view
+from tests.support.problems import assert_problem
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
-@dataclass
-class FakeCategory:
-    id: int
-    name: str
+def make_category(category_id: int, name: str) -> Category:
+    return Category(id=category_id, name=name)
 
 
-@dataclass
-class FakeTask:
-    id: int
-    title: str
-    description: str | None = None
-    completed: bool = False
-    created_at: datetime = NOW
-    updated_at: datetime = NOW
-    category: FakeCategory | None = None
-    version: int = 1
+def make_task(
+    task_id: int,
+    title: str,
+    description: str | None = None,
+    completed: bool = False,
+    *,
+    category: Category | None = None,
+) -> Task:
+    """A task as the repository would return it (the project's own model, never saved)."""
+    return Task(
+        id=task_id,
+        title=title,
+        description=description,
+        completed=completed,
+        category_id=None if category is None else category.id,
+        category=category,
+        created_at=NOW,
+        updated_at=NOW,
+        version=1,
+    )
 
 
 @dataclass
 class FakeTaskRepository:
     """The async methods the task routes call, over a dict, recording every call."""
 
-    tasks: dict[int, FakeTask] = field(default_factory=dict)
+    tasks: dict[int, Task] = field(default_factory=dict)
     total: int | None = None  # what count() answers; None: len(tasks)
     calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
     fail_with: BaseException | None = None
@@ -63,19 +76,20 @@ class FakeTaskRepository:
     def called(self, name: str) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
         return [(args, kwargs) for called, args, kwargs in self.calls if called == name]
 
-    async def get_by_id(self, task_id: int) -> FakeTask | None:
+    async def get_by_id(self, task_id: int) -> Task | None:
         self._record("get_by_id", task_id)
         return self.tasks.get(task_id)
 
     async def get_by_id_with_category(
         self, task_id: int, *, for_update: bool = False
-    ) -> FakeTask | None:
+    ) -> Task | None:
         self._record("get_by_id_with_category", task_id)
         return self.tasks.get(task_id)
 
-    async def get_view(self, task_id: int) -> FakeTask | None:
+    async def get_view(self, task_id: int) -> TaskView | None:
         self._record("get_view", task_id)
-        return self.tasks.get(task_id)
+        task = self.tasks.get(task_id)
+        return None if task is None else task_view(task)
 
     async def get_page(
         self, filters: TaskFilters | None = None, *, limit: int = 50, offset: int = 0
@@ -83,7 +97,7 @@ class FakeTaskRepository:
         self._record("get_page", filters, limit=limit, offset=offset)
         ordered = sorted(self.tasks.values(), key=lambda t: t.id, reverse=True)
         total = len(self.tasks) if self.total is None else self.total
-        return TaskPage(items=ordered[offset : offset + limit], total=total)  # type: ignore[arg-type]
+        return TaskPage(items=[task_view(t) for t in ordered[offset : offset + limit]], total=total)
 
     async def create(
         self,
@@ -91,7 +105,7 @@ class FakeTaskRepository:
         description: str | None = None,
         category_id: int | None = None,
         completed: bool = False,
-    ) -> FakeTask:
+    ) -> Task:
         self._record(
             "create",
             title=title,
@@ -100,21 +114,21 @@ class FakeTaskRepository:
             completed=completed,
         )
         task_id = max(self.tasks, default=0) + 1
-        category = FakeCategory(category_id, f"Category {category_id}") if category_id else None
-        task = FakeTask(task_id, title, description, completed, category=category)
+        category = make_category(category_id, f"Category {category_id}") if category_id else None
+        task = make_task(task_id, title, description, completed, category=category)
         self.tasks[task_id] = task
         return task
 
-    async def update(self, task: FakeTask, changes: Mapping[str, Any]) -> FakeTask:
+    async def update(self, task: Task, changes: Mapping[str, Any]) -> Task:
         self._record("update", task, dict(changes))
         for key, value in changes.items():
             if key == "category_id":
-                task.category = FakeCategory(value, f"Category {value}") if value else None
+                task.category = make_category(value, f"Category {value}") if value else None
             else:
                 setattr(task, key, value)
         return task
 
-    async def delete(self, task: FakeTask) -> None:
+    async def delete(self, task: Task) -> None:
         self._record("delete", task)
         del self.tasks[task.id]
 
@@ -134,7 +148,8 @@ def fake_repo() -> FakeTaskRepository:
 async def fake_client(
     fake_app: FastAPI, fake_repo: FakeTaskRepository
 ) -> AsyncIterator[AsyncClient]:
-    fake_app.dependency_overrides[get_task_repository] = lambda: fake_repo
+    for repository in (get_task_repository, get_task_reader):
+        fake_app.dependency_overrides[repository] = lambda: fake_repo
     # No Idempotency-Key in these requests: the idempotency store is never consulted.
     fake_app.dependency_overrides[get_idempotent_request] = lambda: IdempotentRequest(
         repository=None,  # type: ignore[arg-type]
@@ -167,7 +182,7 @@ async def test_get_maps_missing_task_to_404_problem(
 async def test_get_returns_the_repository_task(
     fake_client: AsyncClient, fake_repo: FakeTaskRepository
 ) -> None:
-    fake_repo.tasks[3] = FakeTask(3, "Read", "a book", True, category=FakeCategory(9, "Home"))
+    fake_repo.tasks[3] = make_task(3, "Read", "a book", True, category=make_category(9, "Home"))
 
     response = await fake_client.get("/tasks/3")
 
@@ -208,7 +223,7 @@ async def test_delete_on_missing_task_is_404_without_delete(
 async def test_delete_passes_the_found_task_to_delete(
     fake_client: AsyncClient, fake_repo: FakeTaskRepository
 ) -> None:
-    task = fake_repo.tasks[4] = FakeTask(4, "Doomed")
+    task = fake_repo.tasks[4] = make_task(4, "Doomed")
 
     response = await fake_client.delete("/tasks/4")
 
@@ -265,7 +280,7 @@ async def test_post_with_invalid_body_never_reaches_the_repository(
 async def test_patch_passes_only_the_sent_fields(
     fake_client: AsyncClient, fake_repo: FakeTaskRepository
 ) -> None:
-    task = fake_repo.tasks[1] = FakeTask(1, "Keep", "drop me", category=FakeCategory(2, "W"))
+    task = fake_repo.tasks[1] = make_task(1, "Keep", "drop me", category=make_category(2, "W"))
 
     response = await fake_client.patch("/tasks/1", json={"description": None, "completed": True})
 
@@ -278,7 +293,7 @@ async def test_patch_passes_only_the_sent_fields(
 async def test_patch_empty_body_passes_no_changes(
     fake_client: AsyncClient, fake_repo: FakeTaskRepository
 ) -> None:
-    task = fake_repo.tasks[1] = FakeTask(1, "Keep")
+    task = fake_repo.tasks[1] = make_task(1, "Keep")
 
     response = await fake_client.patch("/tasks/1", json={})
 
@@ -289,7 +304,7 @@ async def test_patch_empty_body_passes_no_changes(
 async def test_put_behaves_as_patch(
     fake_client: AsyncClient, fake_repo: FakeTaskRepository
 ) -> None:
-    task = fake_repo.tasks[1] = FakeTask(1, "Keep")
+    task = fake_repo.tasks[1] = make_task(1, "Keep")
 
     response = await fake_client.put("/tasks/1", json={"category_id": 5})
 
@@ -304,7 +319,7 @@ async def test_put_behaves_as_patch(
 async def test_list_passes_filters_and_pagination_and_sets_total_from_the_page(
     fake_client: AsyncClient, fake_repo: FakeTaskRepository
 ) -> None:
-    fake_repo.tasks[1] = FakeTask(1, "milk")
+    fake_repo.tasks[1] = make_task(1, "milk")
     fake_repo.total = 42  # the repository's count, not the page's length, is the total
 
     response = await fake_client.get(
@@ -320,7 +335,7 @@ async def test_list_passes_filters_and_pagination_and_sets_total_from_the_page(
 
 async def test_list_defaults(fake_client: AsyncClient, fake_repo: FakeTaskRepository) -> None:
     for task_id in (1, 2, 3):
-        fake_repo.tasks[task_id] = FakeTask(task_id, f"T{task_id}")
+        fake_repo.tasks[task_id] = make_task(task_id, f"T{task_id}")
 
     response = await fake_client.get("/tasks")
 
@@ -368,3 +383,40 @@ async def test_pool_timeout_is_503_with_retry_after(
     assert response.headers["content-type"].startswith("application/problem+json")
     assert int(response.headers["retry-after"]) >= 1
     assert "QueuePool" not in response.text
+
+
+async def test_a_stray_os_error_is_a_logged_500_not_a_database_503(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the database driver's OSErrors mean "database unavailable"; one raised by the
+    service's own code (here: a file it could not read) is a bug like any other."""
+    fake_repo.fail_with = FileNotFoundError("/etc/taskmanager/missing.conf")
+
+    with caplog.at_level(logging.ERROR, logger="taskmanager.errors"):
+        response = await fake_client.get("/tasks/1")
+
+    body = assert_problem(response, 500, problem_type=INTERNAL_ERROR)
+    assert "retry-after" not in response.headers
+    assert "missing.conf" not in response.text
+    assert "database" not in body["detail"]
+    logged = [r for r in caplog.records if r.name == "taskmanager.errors"]
+    assert logged, "the 500 was not logged"
+    assert logged[0].exc_info is not None
+    assert isinstance(logged[0].exc_info[1], FileNotFoundError)
+
+
+async def test_an_os_error_from_the_driver_is_a_503(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository
+) -> None:
+    """The same OSError class, raised inside asyncpg connecting to nothing: unavailable."""
+    try:
+        await asyncpg.connect("postgresql://nobody@127.0.0.1:9/none", timeout=2)
+    except OSError as refused:
+        fake_repo.fail_with = refused
+    else:  # pragma: no cover - something listens on the discard port
+        pytest.skip("127.0.0.1:9 accepted a connection")
+
+    response = await fake_client.get("/tasks/1")
+
+    assert_problem(response, 503, problem_type=DATABASE_UNAVAILABLE)
+    assert int(response.headers["retry-after"]) >= 1

@@ -15,19 +15,14 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from fastapi import FastAPI
-from httpx import ASGITransport, AsyncClient, Response
+from httpx import AsyncClient, Response
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from taskmanager.config import Settings
-from taskmanager.database import (
-    create_read_session_factory,
-    create_session_factory,
-    get_async_session,
-)
-from taskmanager.errors import PROBLEM_JSON
 from taskmanager.main import create_app
+from taskmanager.problems import PROBLEM_JSON
 from tests.support.problems import assert_problem
+from tests.support.rolled_back import rolled_back_client
 
 pytestmark = pytest.mark.reliability
 
@@ -251,25 +246,8 @@ async def small_limit_client(
 ) -> AsyncIterator[AsyncClient]:
     """Like conftest's `client`, on an app refusing bodies over SMALL_LIMIT bytes."""
     app = create_app(Settings(database_url=database_url, max_body_bytes=SMALL_LIMIT))
-    async with _client_on(app, engine, db_session) as http:
+    async with rolled_back_client(app, engine, db_session) as http:
         yield http
-
-
-def _client_on(app: FastAPI, engine: AsyncEngine, db_session: AsyncSession) -> AsyncClient:
-    async def override_get_async_session() -> AsyncIterator[AsyncSession]:
-        db_session.expunge_all()
-        try:
-            yield db_session
-            await db_session.commit()
-        except Exception:
-            await db_session.rollback()
-            raise
-
-    app.dependency_overrides[get_async_session] = override_get_async_session
-    app.state.engine = engine
-    app.state.async_session_factory = create_session_factory(engine)
-    app.state.read_session_factory = create_read_session_factory(engine)
-    return AsyncClient(transport=ASGITransport(app=app), base_url="http://test")
 
 
 def task_body(size: int) -> bytes:

@@ -44,7 +44,12 @@ from tests.support.faults import (
     timed,
     wait_for_lock_waiters,
 )
-from tests.support.processes import ServeProcess, clean_env, postgres_processes, serve
+from tests.support.processes import (
+    ServeProcess,
+    clean_env,
+    serve,
+    wait_for_no_postgres,
+)
 from tests.support.reliability import ReliabilityRecorder
 
 pytestmark = [pytest.mark.server, pytest.mark.reliability]
@@ -72,13 +77,6 @@ async def create_task(client: httpx.AsyncClient, title: str) -> dict[str, Any]:
     assert response.status_code == 201, response.text
     task: dict[str, Any] = response.json()
     return task
-
-
-def wait_for_no_postgres(data_dir: Path, within: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + within
-    while (left := postgres_processes(data_dir)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return [p.pid for p in left]
 
 
 # ─────────────────────────────────────────────

@@ -41,7 +41,7 @@ from taskmanager.config import Settings, normalize_database_url
 from taskmanager.database import check_database, create_engine
 from tests.support.pgbouncer import PgBouncer, pgbouncer_binary, run_pgbouncer
 from tests.support.problems import assert_problem
-from tests.support.processes import ServeProcess, clean_env, serve
+from tests.support.processes import READY_WITHIN, ServeProcess, clean_env, serve
 from tests.support.reliability import ReliabilityRecorder
 
 pytestmark = [pytest.mark.server, pytest.mark.reliability]
@@ -455,7 +455,7 @@ def test_cli_through_pgbouncer(
 # ─────────────────────────────────────────────
 
 
-def wait_live(process: ServeProcess, within: float = 20.0) -> None:
+def wait_live(process: ServeProcess, within: float = READY_WITHIN) -> None:
     """Until the server answers /health/live (it needs no database)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:

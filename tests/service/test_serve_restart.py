@@ -18,21 +18,20 @@ import httpx
 import psutil
 import pytest
 
-from tests.support.processes import STOP_WITHIN, clean_env, postgres_processes, serve, stop_postgres
+from tests.support.processes import (
+    STOP_WITHIN,
+    clean_env,
+    postgres_processes,
+    serve,
+    stop_postgres,
+    wait_for_no_postgres,
+)
 
 pytestmark = pytest.mark.server
 
 
 def embedded_env(data_dir: Path) -> dict[str, str]:
     return clean_env(TASKMANAGER_DATA_DIR=str(data_dir), TASKMANAGER_LOG_LEVEL="WARNING")
-
-
-def wait_for_no_postgres(data_dir: Path, within: float = 10.0) -> list[str]:
-    """The command lines of postgres processes still running on `data_dir` after `within`."""
-    deadline = time.monotonic() + within
-    while (left := postgres_processes(data_dir)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return [" ".join(p.info["cmdline"] or []) for p in left]
 
 
 @pytest.fixture

@@ -7,21 +7,21 @@ from typing import Any
 
 import httpx
 
-from taskmanager.errors import PROBLEM_JSON
-from taskmanager.openapi import Problem
+from taskmanager.problems import PROBLEM_JSON, Problem, ProblemType
 
 
 def assert_problem(
     response: httpx.Response,
     status: int | None = None,
     *,
-    problem_type: str | None = None,
+    problem_type: str | ProblemType | None = None,
     field: str | None = None,
 ) -> dict[str, Any]:
     """Assert `response` is a problem (any 4xx/5xx when `status` is None) and return its body.
 
-    `problem_type` must equal the body's `type`; `field` must be named in `detail` and, when
-    the body lists `errors`, among their fields.
+    `problem_type` must equal the body's `type` (a catalogue entry: its type, title and
+    status); `field` must be named in `detail` and, when the body lists `errors`, among
+    their fields.
     """
     if status is None:
         assert 400 <= response.status_code < 600, (response.status_code, response.text)
@@ -35,7 +35,13 @@ def assert_problem(
     assert body["title"], body
     assert isinstance(body["detail"], str), body
     assert body["detail"], body
-    if problem_type is not None:
+    if isinstance(problem_type, ProblemType):
+        assert (body["type"], body["title"], body["status"]) == (
+            problem_type.type,
+            problem_type.title,
+            problem_type.status,
+        ), body
+    elif problem_type is not None:
         assert body["type"] == problem_type, body
     if field is not None:
         assert field in body["detail"], body

@@ -23,7 +23,9 @@ from pathlib import Path
 import httpx
 import psutil
 
-READY_WITHIN = 30.0  # seconds for migrate + start-up (+ the embedded server's initdb)
+# Seconds for migrate + start-up (+ the embedded server's initdb): generous, since a busy
+# machine makes uvicorn workers slow to import, and a passing test never waits it out.
+READY_WITHIN = 60.0
 STOP_WITHIN = 20.0
 
 
@@ -194,3 +196,11 @@ def terminate_all(processes: list[psutil.Process]) -> None:
     for process in alive:
         with suppress(psutil.NoSuchProcess):
             process.kill()
+
+
+def wait_for_no_postgres(data_dir: Path, within: float = 10.0) -> list[psutil.Process]:
+    """The postgres processes still running on `data_dir` after waiting up to `within`."""
+    deadline = time.monotonic() + within
+    while (left := postgres_processes(data_dir)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left

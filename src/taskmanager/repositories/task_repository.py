@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy import ColumnElement, Select, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
 from taskmanager.models import Category, Task
+from taskmanager.schemas import CategoryResponse, TaskWithCategoryResponse
 
 _TASKS = Task.__table__
 _CATEGORIES = Category.__table__
@@ -34,40 +34,47 @@ def _escape_like(term: str) -> str:
     return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _apply_filters(stmt: Select[Any], filters: TaskFilters) -> Select[Any]:
-    """`stmt` with the WHERE clauses `filters` asks for, as bound parameters (see
-    _filter_parameters), so one statement per combination of filters can be reused.
+def _same(value: Any) -> Any:
+    return value
 
-    The clauses name the table's columns, not the mapped attributes: a view statement
-    that mentions no ORM entity runs as plain Core, without ORM loading (see _VIEW_COLUMNS).
-    """
-    if filters.completed is not None:
-        stmt = stmt.where(_TASKS.c.completed == bindparam("completed"))
-    if filters.category_id is not None:
-        stmt = stmt.where(_TASKS.c.category_id == bindparam("category_id"))
-    if filters.q:
-        stmt = stmt.where(_TASKS.c.title.ilike(bindparam("title_pattern"), escape="\\"))
-    return stmt
+
+# eq=False: compared and hashed by identity (a statement-cache key); `==` on a clause
+# builds SQL instead of comparing.
+@dataclass(frozen=True, slots=True, eq=False)
+class ListFilter:
+    """One filter of the task list: the TaskFilters field it reads, its WHERE clause (with a
+    bound parameter of the same name) and how a value becomes that parameter."""
+
+    name: str
+    clause: ColumnElement[bool]
+    parameter: Callable[[Any], Any] = _same
+
+
+# The clauses name the table's columns, not the mapped attributes: a view statement that
+# mentions no ORM entity runs as plain Core, without ORM loading (see _VIEW_COLUMNS).
+LIST_FILTERS = (
+    ListFilter("completed", _TASKS.c.completed == bindparam("completed")),
+    ListFilter("category_id", _TASKS.c.category_id == bindparam("category_id")),
+    ListFilter(
+        "q",
+        _TASKS.c.title.ilike(bindparam("q"), escape="\\"),
+        lambda q: f"%{_escape_like(q)}%",  # a case-insensitive substring of the title
+    ),
+)
+
+
+def _active_filters(filters: TaskFilters) -> tuple[ListFilter, ...]:
+    """The filters `filters` asks for (an empty `q` asks for nothing): also the key under
+    which the statement for that combination is cached."""
+    return tuple(f for f in LIST_FILTERS if getattr(filters, f.name) not in (None, ""))
 
 
 def _filter_parameters(filters: TaskFilters) -> dict[str, Any]:
-    parameters: dict[str, Any] = {}
-    if filters.completed is not None:
-        parameters["completed"] = filters.completed
-    if filters.category_id is not None:
-        parameters["category_id"] = filters.category_id
-    if filters.q:
-        parameters["title_pattern"] = f"%{_escape_like(filters.q)}%"
-    return parameters
+    return {f.name: f.parameter(getattr(filters, f.name)) for f in _active_filters(filters)}
 
 
-def _filter_shape(filters: TaskFilters) -> TaskFilters:
-    """The filters with every value replaced by a placeholder: a statement-cache key."""
-    return TaskFilters(
-        completed=None if filters.completed is None else True,
-        category_id=None if filters.category_id is None else 1,
-        q="q" if filters.q else None,
-    )
+def _where(stmt: Select[Any], active: tuple[ListFilter, ...]) -> Select[Any]:
+    return stmt.where(*(f.clause for f in active)) if active else stmt
 
 
 # Built once: the hot paths skip statement construction and cache-key generation.
@@ -79,67 +86,65 @@ _BY_ID_WITH_CATEGORY_FOR_UPDATE = _BY_ID_WITH_CATEGORY.with_for_update(of=Task)
 
 _NEWEST_FIRST = (_TASKS.c.created_at.desc(), _TASKS.c.id.desc())
 
+# ─────────────────────────────────────────────
+# Views: a task as GET shows it, read as plain rows
+# ─────────────────────────────────────────────
 
-# Views are named tuples: read-only like a frozen dataclass, but built four times faster
-# (a page builds a hundred of them).
-class CategorySummary(NamedTuple):
-    """A task's category as a task response shows it: {id, name}."""
-
-    id: int
-    name: str
-
-
-class TaskView(NamedTuple):
-    """A task as GET shows it: the response's attributes, read-only (id, ..., category)."""
-
-    id: int
-    title: str
-    description: str | None
-    completed: bool
-    created_at: datetime
-    updated_at: datetime
-    version: int
-    category: CategorySummary | None
-
-
-# A view reads exactly the columns a response shows, as plain Core rows: nothing that is
-# only shown gets changed, so ORM objects, the identity map and the ORM's per-statement
-# loading machinery would be pure overhead (~60 µs of CPU per request for one task).
-_VIEW_COLUMNS = (
-    _TASKS.c.id,
-    _TASKS.c.title,
-    _TASKS.c.description,
-    _TASKS.c.completed,
-    _TASKS.c.created_at,
-    _TASKS.c.updated_at,
-    _TASKS.c.version,
-    _CATEGORIES.c.id.label("category_id"),
-    _CATEGORIES.c.name.label("category_name"),
+# The fields a task answer shows are declared once, by the response models in schemas.py;
+# a view reads exactly those columns, by name, and is a dict of them: {"id": ..., ...,
+# "category": {"id": ..., "name": ...} or None}.
+TASK_VIEW_FIELDS = tuple(
+    name for name in TaskWithCategoryResponse.model_fields if name != "category"
 )
-# _VIEW_COLUMNS holds TaskView's fields in order, then the category's id and name.
-_TASK_FIELDS = len(TaskView._fields) - 1
+CATEGORY_VIEW_FIELDS = tuple(CategoryResponse.model_fields)
+TaskView = dict[str, Any]
+
+# Nothing that is only shown gets changed, so ORM objects, the identity map and the ORM's
+# per-statement loading machinery would be pure overhead (~60 µs of CPU per request for one
+# task): a view statement selects table columns and returns Core rows.
+_VIEW_COLUMNS = (
+    *(_TASKS.c[name] for name in TASK_VIEW_FIELDS),
+    *(_CATEGORIES.c[name].label(f"category_{name}") for name in CATEGORY_VIEW_FIELDS),
+)
 _WITH_CATEGORY = _TASKS.outerjoin(_CATEGORIES, _CATEGORIES.c.id == _TASKS.c.category_id)
+_CATEGORY_AT = len(TASK_VIEW_FIELDS)  # where the category's columns start in a view row
 
 
 def _task_view(row: Sequence[Any]) -> TaskView:
-    """A row of _VIEW_COLUMNS (and maybe more after them) as a TaskView."""
-    category_id, category_name = row[_TASK_FIELDS : _TASK_FIELDS + 2]
-    category = None if category_id is None else CategorySummary(category_id, category_name)
-    return TaskView._make((*row[:_TASK_FIELDS], category))
+    """A row of _VIEW_COLUMNS (and maybe more after them) as a view: the names are the
+    ones the columns were selected by, zipped with the row's values."""
+    view = dict(zip(TASK_VIEW_FIELDS, row, strict=False))
+    category = row[_CATEGORY_AT : _CATEGORY_AT + len(CATEGORY_VIEW_FIELDS)]
+    view["category"] = (
+        None if category[0] is None else dict(zip(CATEGORY_VIEW_FIELDS, category, strict=True))
+    )
+    return view
+
+
+def task_view(task: Task) -> TaskView:
+    """The view of an ORM task (its category loaded): what GET would show for it."""
+    view = {name: getattr(task, name) for name in TASK_VIEW_FIELDS}
+    category = task.category
+    view["category"] = (
+        None
+        if category is None
+        else {name: getattr(category, name) for name in CATEGORY_VIEW_FIELDS}
+    )
+    return view
 
 
 # One statement per combination of filters, built on first use and then reused: building
 # a SELECT and its cache key costs more CPU than PostgreSQL spends answering a page.
 @lru_cache(maxsize=8)
-def _count_statement(shape: TaskFilters) -> Select[Any]:
-    return _apply_filters(select(func.count()).select_from(_TASKS), shape)
+def _count_statement(active: tuple[ListFilter, ...]) -> Select[Any]:
+    return _where(select(func.count()).select_from(_TASKS), active)
 
 
 @lru_cache(maxsize=8)
-def _page_statement(shape: TaskFilters) -> Select[Any]:
-    total = _count_statement(shape).correlate(None).scalar_subquery()
+def _page_statement(active: tuple[ListFilter, ...]) -> Select[Any]:
+    total = _count_statement(active).correlate(None).scalar_subquery()
     return (
-        _apply_filters(select(*_VIEW_COLUMNS, total.label("total")), shape)
+        _where(select(*_VIEW_COLUMNS, total.label("total")), active)
         .select_from(_WITH_CATEGORY)
         .order_by(*_NEWEST_FIRST)
         .limit(bindparam("limit"))
@@ -148,9 +153,9 @@ def _page_statement(shape: TaskFilters) -> Select[Any]:
 
 
 @lru_cache(maxsize=8)
-def _all_statement(shape: TaskFilters) -> Select[Any]:
+def _all_statement(active: tuple[ListFilter, ...]) -> Select[Any]:
     return (
-        _apply_filters(select(Task), shape)
+        _where(select(Task), active)
         .options(joinedload(Task.category))
         .order_by(*_NEWEST_FIRST)
         .limit(bindparam("limit"))
@@ -218,7 +223,7 @@ class TaskRepository:
         """
         filters = filters or TaskFilters(completed=completed)
         parameters = {**_filter_parameters(filters), "limit": limit, "offset": offset}
-        result = await self.session.execute(_all_statement(_filter_shape(filters)), parameters)
+        result = await self.session.execute(_all_statement(_active_filters(filters)), parameters)
         return list(result.scalars().all())
 
     async def get_page(
@@ -229,7 +234,7 @@ class TaskRepository:
         evaluates it once). Only a page past the end needs a second statement."""
         filters = filters or TaskFilters()
         parameters = {**_filter_parameters(filters), "limit": limit, "offset": offset}
-        result = await self.session.execute(_page_statement(_filter_shape(filters)), parameters)
+        result = await self.session.execute(_page_statement(_active_filters(filters)), parameters)
         rows = result.all()
         if rows:
             return TaskPage(items=[_task_view(row) for row in rows], total=rows[0].total)
@@ -239,7 +244,7 @@ class TaskRepository:
         """How many tasks match `filters` (for X-Total-Count)."""
         filters = filters or TaskFilters()
         result = await self.session.execute(
-            _count_statement(_filter_shape(filters)), _filter_parameters(filters)
+            _count_statement(_active_filters(filters)), _filter_parameters(filters)
         )
         return int(result.scalar_one())
 

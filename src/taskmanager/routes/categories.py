@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from taskmanager.dependencies import CategoryRepositoryDep
+from taskmanager.dependencies import CategoryReaderDep, CategoryRepositoryDep
 from taskmanager.idempotency import IdempotencyDep
 from taskmanager.models import Category
 from taskmanager.openapi import problem_responses, response_headers
@@ -65,7 +65,7 @@ async def create_category(
 
 
 @router.get("", response_model=list[CategoryDetailResponse], responses=problem_responses(503))
-async def list_categories(repo: CategoryRepositoryDep) -> list[Category]:
+async def list_categories(repo: CategoryReaderDep) -> list[Category]:
     """All categories, ordered by name."""
     return await repo.get_all()
 
@@ -76,7 +76,7 @@ async def list_categories(repo: CategoryRepositoryDep) -> list[Category]:
     responses={200: {"headers": response_headers("ETag")}, **problem_responses(404, 422, 503)},
 )
 async def get_category(
-    category_id: CategoryId, repo: CategoryRepositoryDep, response: Response
+    category_id: CategoryId, repo: CategoryReaderDep, response: Response
 ) -> Category:
     category = await _get_or_404(repo, category_id)
     set_etag(response, category.version)

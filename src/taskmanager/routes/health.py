@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from taskmanager.database import check_database
-from taskmanager.errors import ProblemError
 from taskmanager.openapi import problem_responses
+from taskmanager.problems import DATABASE_UNAVAILABLE, ProblemError
 from taskmanager.schemas import HealthResponse
 
 router = APIRouter(prefix="/health", tags=["health"])
@@ -26,11 +26,10 @@ async def ready(request: Request) -> HealthResponse:
         await check_database(state.engine, state.settings.ready_timeout)
     except Exception as exc:
         raise ProblemError(
-            503,
-            f"the database did not answer SELECT 1 within {state.settings.ready_timeout} s "
-            f"({exc.__class__.__name__})",
-            problem_type="/problems/database-unavailable",
-            title="Database unavailable",
+            DATABASE_UNAVAILABLE.problem(
+                f"the database did not answer SELECT 1 within {state.settings.ready_timeout} s "
+                f"({exc.__class__.__name__})"
+            ),
             headers={"Retry-After": "5"},
         ) from exc
     return HealthResponse(status="ok")

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import Header, Response
 
-from taskmanager.errors import ProblemError
+from taskmanager.problems import PRECONDITION_FAILED, ProblemError
 
 IfMatch = Annotated[
     str | None,
@@ -44,9 +44,9 @@ def require_match(if_match: str | None, version: int) -> None:
     if "*" in candidates or current in candidates:
         return
     raise ProblemError(
-        412,
-        f"If-Match {if_match.strip()} does not match the current ETag {current}: "
-        "someone changed it since you read it; read it again and retry",
-        problem_type="/problems/precondition-failed",
+        PRECONDITION_FAILED.problem(
+            f"If-Match {if_match.strip()} does not match the current ETag {current}: "
+            "someone changed it since you read it; read it again and retry"
+        ),
         headers={"ETag": current},
     )

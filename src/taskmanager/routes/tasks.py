@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from taskmanager.dependencies import TaskRepositoryDep
+from taskmanager.dependencies import TaskReaderDep, TaskRepositoryDep
 from taskmanager.idempotency import IdempotencyDep
 from taskmanager.models import Task
 from taskmanager.openapi import problem_responses, response_headers
@@ -82,7 +82,7 @@ async def create_task(
     responses={200: {"headers": response_headers("X-Total-Count")}, **problem_responses(422, 503)},
 )
 async def list_tasks(
-    repo: TaskRepositoryDep,
+    repo: TaskReaderDep,
     response: Response,
     completed: Annotated[
         bool | None, Query(description="Only done (true) or open (false) tasks.")
@@ -107,12 +107,12 @@ async def list_tasks(
     response_model=TaskWithCategoryResponse,
     responses={200: {"headers": response_headers("ETag")}, **problem_responses(404, 422, 503)},
 )
-async def get_task(task_id: TaskId, repo: TaskRepositoryDep, response: Response) -> TaskView:
+async def get_task(task_id: TaskId, repo: TaskReaderDep, response: Response) -> TaskView:
     """One task; `ETag` is its version, for If-Match on a later change."""
     task = await repo.get_view(task_id)
     if task is None:
         raise HTTPException(status_code=404, detail=NOT_FOUND)
-    set_etag(response, task.version)
+    set_etag(response, task["version"])
     return task
 
 

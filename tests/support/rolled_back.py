@@ -1,0 +1,39 @@
+"""The app on the test's rolled-back session (lecture 6.3): every request of the client uses
+the test's one session, so nothing it writes outlives the test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from taskmanager.database import (
+    SESSION_DEPENDENCIES,
+    create_read_session_factory,
+    create_session_factory,
+)
+
+
+def rolled_back_client(app: FastAPI, engine: AsyncEngine, db_session: AsyncSession) -> AsyncClient:
+    """A client of `app` whose session dependencies (the writing one and the reading one)
+    both yield `db_session`, committing on success and rolling back on error exactly like
+    the real ones; the caller clears `app.dependency_overrides` afterwards."""
+
+    async def override_get_async_session() -> AsyncIterator[AsyncSession]:
+        db_session.expunge_all()  # each request starts with nothing loaded, as in production
+        try:
+            yield db_session
+            await db_session.commit()  # releases the SAVEPOINT; the outer transaction stays
+        except Exception:
+            await db_session.rollback()  # back to the SAVEPOINT, as a real request would
+            raise
+
+    for dependency in SESSION_DEPENDENCIES:
+        app.dependency_overrides[dependency] = override_get_async_session
+    # ASGITransport does not run the lifespan; give /health/ready an engine to ask.
+    app.state.engine = engine
+    app.state.async_session_factory = create_session_factory(engine)
+    app.state.read_session_factory = create_read_session_factory(engine)
+    return AsyncClient(transport=ASGITransport(app=app), base_url="http://test")
