@@ -147,3 +147,29 @@ async def test_filtering_by_category_also_costs_constant_statements(
     assert len(response.json()) == 12
     assert len(log.queries) == len(reference.queries)
     assert {t["category"]["name"] for t in response.json()} == {seeded[category_id]}
+
+
+async def test_create_reads_generated_fields_back_with_returning_not_refresh(
+    client: AsyncClient, engine: AsyncEngine
+) -> None:
+    """The lecture's create() flushes, then `refresh()`es: a SELECT after the INSERT. With
+    `eager_defaults=True` the INSERT brings id and timestamps back itself (RETURNING), so a
+    task without a category costs ONE statement, and one with a category a second (its
+    category, for the answer)."""
+    with count_statements(engine) as plain:
+        created = await client.post("/tasks", json={"title": "Buy milk"})
+    category = (await client.post("/categories", json={"name": "Errands"})).json()
+    with count_statements(engine) as categorised:
+        answered = await client.post(
+            "/tasks", json={"title": "Post", "category_id": category["id"]}
+        )
+
+    assert created.status_code == answered.status_code == 201
+    for generated in ("id", "created_at", "updated_at"):
+        assert created.json()[generated], generated
+    [insert] = plain.queries
+    assert insert.lstrip().upper().startswith("INSERT INTO TASKS"), insert
+    assert "RETURNING" in insert.upper()
+    assert len(categorised.queries) == 2, categorised.queries
+    assert categorised.queries[1].lstrip().upper().startswith("SELECT CATEGORIES."), categorised
+    assert answered.json()["category"] == {"id": category["id"], "name": "Errands"}

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from taskmanager.models import Category, Task
 from taskmanager.schemas import CategoryResponse, TaskWithCategoryResponse
@@ -201,7 +202,7 @@ class TaskRepository:
         if task is not None and task.category_id != loaded_id:
             # Having waited for the lock, PostgreSQL re-reads only the locked task row, not
             # the joined category: after a concurrent category change the join finds none.
-            await self.session.refresh(task, attribute_names=["category"])
+            await self._load_category(task)
         return task
 
     async def get_view(self, task_id: int) -> TaskView | None:
@@ -264,7 +265,7 @@ class TaskRepository:
         self.session.add(task)
         await self.session.flush()  # INSERT ... RETURNING; a missing category fails here
         if category_id is not None:
-            await self.session.refresh(task, attribute_names=["category"])
+            await self._load_category(task)
         return task
 
     async def update(
@@ -285,8 +286,19 @@ class TaskRepository:
             task.version += 1  # a new state, a new ETag; unchanged values keep the old one
         await self.session.flush()  # UPDATE ... RETURNING updated_at
         if "category_id" in changes:
-            await self.session.refresh(task, attribute_names=["category"])
+            await self._load_category(task)
         return task
+
+    async def _load_category(self, task: Task) -> None:
+        """Put the category `task.category_id` names in place, as loaded (no change to
+        flush): one SELECT by primary key, where `refresh(task, ["category"])` would first
+        select the task's row again. Read afresh, since it may have changed meanwhile."""
+        category = (
+            None
+            if task.category_id is None
+            else await self.session.get(Category, task.category_id, populate_existing=True)
+        )
+        set_committed_value(task, "category", category)
 
     async def delete(self, task: Task) -> None:
         """Delete a task."""
