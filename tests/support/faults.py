@@ -1,6 +1,6 @@
-"""Helpers for the fault tests (tests/reliability/test_faults.py): a PostgreSQL of one's own to stop and
-start, a row lock held from outside the service to make its requests slow for real, a
-look at the service's backends in pg_stat_activity, and the 503 problem contract.
+"""Helpers for the fault tests (tests/reliability/test_faults.py): a PostgreSQL of one's own
+to stop and start, a row lock held from outside the service to make its requests slow for
+real, a look at the service's backends in pg_stat_activity, and the 503 problem contract.
 
 Every process and connection opened here is closed here, also when a test fails.
 """
