@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from taskmanager import __version__
 from taskmanager.config import Settings, get_settings, load_settings
 from taskmanager.extras import missing_requirements
-from taskmanager.postgres import database_url
+from taskmanager.postgres import DatabaseUnreachableError, database_url
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -250,7 +250,13 @@ def db_purge_keys() -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except DatabaseUnreachableError as exc:
+        # Said in one line, without the driver's traceback: it names the server, the
+        # database, the user, the cause and what to check.
+        print(exc, file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
