@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from taskmanager import __version__, migrate
+from taskmanager import __version__, extras, migrate
 from taskmanager.cli import DEMO_EXTRA_NEEDED
 from tests.support.processes import clean_env
 
@@ -139,3 +139,14 @@ def test_demo_without_the_extra_is_one_line(
     assert len(output.splitlines()) == 1, output
     assert output.startswith(DEMO_EXTRA_NEEDED), output
     assert re.fullmatch(r".* \(missing: [\w, .-]+\)", output), output
+
+
+def test_the_demo_extra_is_read_from_one_place() -> None:
+    """The installed metadata and the checkout's pyproject.toml list the same demo extra,
+    the one the CLI's check reads; in this (make install) environment nothing is missing."""
+    installed = extras.extra_requirements("demo")
+    assert installed is not None
+    assert sorted(installed) == sorted(extras._from_pyproject("demo") or [])
+    assert {"psycopg", "matplotlib", "httpx"} <= set(installed)
+    assert extras.missing_requirements("demo") == []
+    assert extras.extra_requirements("no-such-extra") == []
