@@ -21,7 +21,7 @@ $(UV):
 	.uv/bin/python -m pip install --quiet --disable-pip-version-check 'uv>=0.9,<1'
 
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --locked --extra dev --python $(PYTHON)
+	$(UV) sync --locked --extra dev --extra demo --python $(PYTHON)
 	@touch $@
 
 system-deps: ## Debian packages some tests drive (chromium); skipped where apt is unusable

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from types import FrameType
 from typing import Annotated
@@ -19,8 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from taskmanager import __version__
 from taskmanager.config import Settings, get_settings, load_settings
-from taskmanager.demo.cli import demo_app
-from taskmanager.postgres import database_url
+from taskmanager.extras import missing_requirements
+from taskmanager.postgres import DatabaseUnreachableError, database_url
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -32,7 +33,35 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Migrate, inspect and seed the database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-app.add_typer(demo_app, name="demo")
+
+DEMO_EXTRA_NEEDED = "taskmanager demo needs the demo extra: pip install 'taskmanager[demo]'"
+
+
+def _register_demo() -> None:
+    """`demo ...` when the demo extra is installed; else one line saying how to install it.
+
+    The demonstrations import what only the extra brings (psycopg, matplotlib, httpx), so
+    they are not even imported without it: a plain install never shows an ImportError.
+    """
+    missing = missing_requirements("demo")
+    if not missing:
+        from taskmanager.demo.cli import demo_app
+
+        app.add_typer(demo_app, name="demo")
+        return
+
+    @app.command(
+        "demo",
+        help="See the lecture's claims happen (needs the demo extra).",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        add_help_option=False,
+    )
+    def demo_unavailable() -> None:
+        print(f"{DEMO_EXTRA_NEEDED} (missing: {', '.join(missing)})", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+_register_demo()
 
 
 def _version_callback(value: bool) -> None:
@@ -221,7 +250,13 @@ def db_purge_keys() -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except DatabaseUnreachableError as exc:
+        # Said in one line, without the driver's traceback: it names the server, the
+        # database, the user, the cause and what to check.
+        print(exc, file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

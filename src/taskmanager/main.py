@@ -51,7 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with ExitStack() as stack:
             # Starting the embedded server and migrating it block (subprocesses, their own
             # event loop): keep them off this loop.
-            url = await asyncio.to_thread(stack.enter_context, database_url(settings))
+            # No connection check: an app whose database is down still starts, answers 503
+            # and reports it on /health/ready until the database is back.
+            url = await asyncio.to_thread(stack.enter_context, database_url(settings, check=False))
             if settings.uses_embedded_database:
                 await asyncio.to_thread(upgrade, url)
             engine = create_engine(settings, url)
