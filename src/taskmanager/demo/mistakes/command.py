@@ -18,27 +18,18 @@ if TYPE_CHECKING:
 
 
 def all_demonstrations() -> list[Demonstration]:
-    """Every demonstration, in the lecture's order."""
-    from taskmanager.demo.mistakes import (
-        m1_sync_driver,
-        m2_lazy_load,
-        m3_expire_on_commit,
-        m4_shared_session,
-        m5_double_commit,
-        m6_shared_session_http,
-        m7_commit_after_yield,
-    )
+    """Every demonstration: the DEMONSTRATION of each module m1_…, m2_…, in order."""
+    import importlib
+    import pkgutil
 
-    modules = (
-        m1_sync_driver,
-        m2_lazy_load,
-        m3_expire_on_commit,
-        m4_shared_session,
-        m5_double_commit,
-        m6_shared_session_http,
-        m7_commit_after_yield,
-    )
-    return [module.DEMONSTRATION for module in modules]
+    from taskmanager.demo import mistakes
+
+    found = [
+        importlib.import_module(f"{mistakes.__name__}.{module.name}").DEMONSTRATION
+        for module in pkgutil.iter_modules(mistakes.__path__)
+        if module.name[0] == "m" and module.name[1].isdigit()
+    ]
+    return sorted(found, key=lambda demonstration: demonstration.number)
 
 
 def select_demonstrations(only: list[str] | None) -> list[Demonstration]:

@@ -40,7 +40,6 @@ SLOW_QUERY_SECONDS = 0.1
 class Observation:
     """What one demonstration saw: the mistake's real outcome and the fix's."""
 
-    name: str
     mistake_observed: str
     mistake_failed_as_predicted: bool
     fix_observed: str
@@ -82,7 +81,6 @@ async def run_demonstration(demonstration: Demonstration, database_url: str) -> 
         return await demonstration.run(database_url)
     except Exception as exc:
         return Observation(
-            name=demonstration.name,
             mistake_observed=f"the demonstration itself failed: {describe(exc)}",
             mistake_failed_as_predicted=False,
             fix_observed="not run",

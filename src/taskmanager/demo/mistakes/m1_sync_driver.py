@@ -147,7 +147,6 @@ async def observe(database_url: str) -> Observation:
             "project switches a bare postgresql:// to asyncpg itself (normalize_database_url)."
         )
     return Observation(
-        name="sync-driver",
         summary=(
             f"psycopg2: {type(psycopg2.error).__name__} in {psycopg2.raised_at}; "
             f"postgresql:// → {bare.driver or 'no driver'} "

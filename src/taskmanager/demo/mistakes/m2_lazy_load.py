@@ -65,7 +65,6 @@ async def observe(database_url: str) -> Observation:
     (_, mistake), (loaded, fix_error), (_, own_error) = outcomes
     name = loaded.name.removeprefix(marker).strip() if isinstance(loaded, Category) else None
     return Observation(
-        name="lazy-load",
         summary=type(mistake).__name__ if mistake else "no error",
         mistake_observed=(
             f"task.category after select(Task) raised {harness.outcome(mistake)}. The project's "

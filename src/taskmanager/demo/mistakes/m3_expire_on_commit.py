@@ -73,7 +73,6 @@ async def observe(database_url: str) -> Observation:
     title = (title or "").removeprefix(marker).strip()
     project_expires = create_session_factory(engine).kw["expire_on_commit"]
     return Observation(
-        name="expire-on-commit",
         summary=type(mistake).__name__ if mistake else "no error",
         mistake_observed=(
             f"task.title right after await session.commit() raised {harness.outcome(mistake)} "

@@ -131,7 +131,6 @@ async def observe(database_url: str) -> Observation:
             "both tasks, so the rollback undid nothing: task B stays, although its request failed."
         )
     return Observation(
-        name="shared-session",
         summary=(
             f"{type(failures[0]).__name__ if failures else 'no error'}; "
             f"A's commit committed {' + '.join(leaked) or 'nothing'}"

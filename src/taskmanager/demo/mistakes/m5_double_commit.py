@@ -138,7 +138,6 @@ async def observe(database_url: str) -> Observation:
             "commit (3.3's refresh()). What remains is the early commit itself."
         )
     return Observation(
-        name="double-commit",
         summary=(
             f"{wrong.commits_sent} COMMITs; failed request's row "
             f"{'kept' if wrong_failing.row_kept else 'gone'}"

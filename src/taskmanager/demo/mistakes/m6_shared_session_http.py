@@ -152,7 +152,6 @@ async def observe(database_url: str) -> Observation:
         facts[f"{variant}: committed"] = ", ".join(seen.committed) or "nothing"
     error = wrong.read_error
     return Observation(
-        name="shared-session-http",
         summary=(
             f"GETs {'/'.join(map(str, wrong.reads))}; B got {wrong.b} yet committed: "
             f"{' + '.join(wrong.committed) or 'nothing'}"

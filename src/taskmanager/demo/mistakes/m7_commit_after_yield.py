@@ -131,7 +131,6 @@ async def observe(database_url: str) -> Observation:
     wrong, right = results["default"], results["function"]
     error = wrong["commit error"]
     return Observation(
-        name="commit-after-yield",
         summary=(
             f"client got {wrong['status']}, "
             f"{type(error).__name__ + ' at commit' if error else 'no error'}, rows: {wrong['rows']}"

@@ -115,6 +115,7 @@ def write_json(path: Path, pairs: Pairs) -> None:
         "observations": [
             {
                 "number": demonstration.number,
+                "name": demonstration.name,
                 "title": demonstration.title,
                 "code": demonstration.code,
                 **asdict(observation),

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from taskmanager.demo.sync_trap_measure import (
+from taskmanager.demo.sync_trap.measure import (
     TIMES,
     VARIANT_BY_NAME,
     VARIANTS,
     Burst,
     RequestTiming,
+    RunContext,
+    SweepPoint,
 )
 
 if TYPE_CHECKING:
@@ -28,26 +30,6 @@ RESPONSE = "#7f7f7f"  # route finished, response on its way
 PING = "#8e44ad"
 PING_QUEUED = "#dcc6e6"
 MAX_LABELLED_ROWS = 30  # above this, per-bar labels would overlap
-
-
-@dataclass(frozen=True, slots=True)
-class PlotContext:
-    """What the titles say about the run."""
-
-    concurrency: int
-    delay_ms: int
-    pool_total: int
-    thread_tokens: int
-    cpu_count: int
-    shown: str  # which repeat is drawn, e.g. "median of 3 repeats (by slowest request)"
-
-
-def service_order(burst: Burst) -> list[RequestTiming]:
-    """Requests in the order the server started them (the order they were served)."""
-    return sorted(
-        burst.requests,
-        key=lambda r: (r.server.started_ms if r.server else r.end_ms, r.end_ms),
-    )
 
 
 def _bar(axes: Axes, y: float, start: float, end: float, color: str, height: float) -> None:
@@ -70,7 +52,7 @@ def _draw_request(axes: Axes, y: float, request: RequestTiming, color: str, queu
     _bar(axes, y, finished, request.end_ms, RESPONSE, height)
 
 
-def _lesson(burst: Burst, context: PlotContext) -> str:
+def _lesson(burst: Burst, context: RunContext) -> str:
     """One line per panel on what the bars show, in the lecture's words."""
     if burst.variant == "trap":
         return (
@@ -90,10 +72,10 @@ def _lesson(burst: Burst, context: PlotContext) -> str:
     )
 
 
-def _draw_panel(axes: Axes, burst: Burst, x_max: float, context: PlotContext, rows: int) -> None:
+def _draw_panel(axes: Axes, burst: Burst, x_max: float, context: RunContext, rows: int) -> None:
     variant = VARIANT_BY_NAME[burst.variant]
     delay_ms = context.delay_ms
-    ordered = service_order(burst)
+    ordered = burst.service_order()
     label_bars = len(ordered) <= MAX_LABELLED_ROWS
     for y, request in enumerate(ordered):
         _draw_request(axes, y, request, variant.color, QUEUED)
@@ -153,7 +135,7 @@ def _draw_panel(axes: Axes, burst: Burst, x_max: float, context: PlotContext, ro
     )
 
 
-def write_timeline_png(path: Path, bursts: Sequence[Burst], context: PlotContext) -> None:
+def write_timeline_png(path: Path, bursts: Sequence[Burst], context: RunContext) -> None:
     """One Gantt panel per variant: each request a bar from sent to answered, split into
     queued / waiting for a connection / in the route; the /ping sent during the burst last."""
     from matplotlib.figure import Figure
@@ -195,7 +177,7 @@ def write_timeline_png(path: Path, bursts: Sequence[Burst], context: PlotContext
 
 
 @dataclass(frozen=True, slots=True)
-class SweepSeries:
+class Series:
     variant: str
     concurrencies: list[int]
     slowest_ms: list[float]
@@ -204,11 +186,23 @@ class SweepSeries:
     model_ms: list[float]
 
 
-def write_sweep_png(path: Path, series: Sequence[SweepSeries], context: PlotContext) -> None:
+def write_sweep_png(path: Path, points: Sequence[SweepPoint], context: RunContext) -> None:
     """Slowest request against concurrency, measured (solid) and modelled (dashed steps): all
     three variants on the left, the two that keep the loop free zoomed in on the right."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+
+    model_range = list(range(1, points[-1].concurrency + 1))
+    series = [
+        Series(
+            variant=variant.name,
+            concurrencies=[p.concurrency for p in points],
+            slowest_ms=[p.bursts[variant.name].slowest_ms for p in points],
+            model_concurrencies=model_range,
+            model_ms=[context.model_ms(variant.name, c) for c in model_range],
+        )
+        for variant in VARIANTS
+    ]
 
     figure = Figure(figsize=(13, 5.8), dpi=100, layout="constrained")
     left, right = figure.subplots(1, 2)

@@ -26,9 +26,9 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from taskmanager.demo.sync_trap_measure import Burst
-    from taskmanager.demo.sync_trap_report import SweepPoint
-    from taskmanager.demo.sync_trap_server import DemoServer
+    from taskmanager.demo.sync_trap.measure import Burst, RunContext, SweepPoint
+    from taskmanager.demo.sync_trap.report import VariantSummary
+    from taskmanager.demo.sync_trap.server import DemoServer
 
 DEFAULT_OUT = Path("sync-trap-out")
 # With --sweep, one pool for every point: above anyio's 40 threadpool tokens (so the
@@ -189,17 +189,23 @@ async def _measure(
 ) -> tuple[dict[str, Any], dict[str, list[Burst]], list[list[str]], list[SweepPoint]]:
     import asyncio
 
-    from taskmanager.demo.sync_trap_measure import INFO_PATH, VARIANTS, burst, http_get, warm_up
-    from taskmanager.demo.sync_trap_report import SweepPoint
+    from taskmanager.demo.sync_trap.measure import (
+        INFO_PATH,
+        VARIANTS,
+        SweepPoint,
+        burst,
+        client,
+        warm_up,
+    )
 
     await server.wait_ready()
-    info = (await http_get(server.host, server.port, INFO_PATH, within=5.0)).body
-    host, port = server.host, server.port
+    get = client(server.host, server.port)
+    info = (await get(INFO_PATH, 5.0)).body
     n, delay = options.concurrency, options.delay_ms
 
     with console.status("warming up: pools, worker threads, statement cache"):
         for variant in VARIANTS:
-            await warm_up(host, port, variant, n, delay)
+            await warm_up(get, variant, n, delay)
 
     runs: dict[str, list[Burst]] = {variant.name: [] for variant in VARIANTS}
     orders: list[list[str]] = []
@@ -209,7 +215,7 @@ async def _measure(
         orders.append([variant.name for variant in order])
         for position, variant in enumerate(order):
             with console.status(f"repeat {repeat + 1}/{options.repeat}: {variant.name}"):
-                result = await burst(host, port, variant, n, delay)
+                result = await burst(get, variant, n, delay)
             result.repeat, result.position = repeat, position
             runs[variant.name].append(result)
             console.print(
@@ -224,9 +230,9 @@ async def _measure(
         bursts: dict[str, Burst] = {}
         for variant in order:
             with console.status(f"sweep {concurrency} concurrent: {variant.name}"):
-                await warm_up(host, port, variant, concurrency, delay)
+                await warm_up(get, variant, concurrency, delay)
                 await asyncio.sleep(SETTLE_SECONDS)
-                bursts[variant.name] = await burst(host, port, variant, concurrency, delay)
+                bursts[variant.name] = await burst(get, variant, concurrency, delay)
             console.print(
                 f"[grey50]sweep {concurrency:>4} {variant.name:>10}: slowest "
                 f"{bursts[variant.name].slowest_ms:7.0f} ms[/]"
@@ -259,27 +265,9 @@ def run_sync_trap(
 
     from rich.console import Console
 
-    from taskmanager.demo.sync_trap_measure import TIMES, VARIANTS, DemoHTTPError
-    from taskmanager.demo.sync_trap_plot import (
-        PlotContext,
-        SweepSeries,
-        write_sweep_png,
-        write_timeline_png,
-    )
-    from taskmanager.demo.sync_trap_report import (
-        RunContext,
-        burst_dict,
-        explain_run,
-        explain_sweep,
-        model_ms,
-        print_summary,
-        print_sweep,
-        print_timelines,
-        report_markdown,
-        summarize,
-        sweep_dict,
-    )
-    from taskmanager.demo.sync_trap_server import demo_server
+    from taskmanager.demo.sync_trap import report
+    from taskmanager.demo.sync_trap.measure import TIMES, VARIANTS, DemoHTTPError, RunContext
+    from taskmanager.demo.sync_trap.server import demo_server
     from taskmanager.migrate import upgrade
 
     console = console or Console()
@@ -295,13 +283,13 @@ def run_sync_trap(
     pool_size, pool_note = resolve_pool_size(options, facts.available_connections)
     if pool_note:
         console.print(f"[yellow]note:[/] {pool_note}")
-    pool_total = pool_size + options.max_overflow
     console.print(
         f"[bold]sync trap[/]: {options.concurrency} concurrent requests {TIMES} "
         f"{options.delay_ms} ms DB call, {options.repeat} repeat(s)"
         + (f", sweep {','.join(map(str, options.sweep))}" if options.sweep else "")
-        + f"; pool {pool_total} connections per engine (pool_size {pool_size} + max_overflow "
-        f"{options.max_overflow}); about {estimated_seconds(options):.0f} s"
+        + f"; pool {pool_size + options.max_overflow} connections per engine (pool_size "
+        f"{pool_size} + max_overflow {options.max_overflow}); about "
+        f"{estimated_seconds(options):.0f} s"
     )
     # A request may wait for a connection for as long as the whole burst takes.
     pool_timeout = 30.0 + max((options.concurrency, *options.sweep)) * options.delay_ms / 1000
@@ -332,53 +320,19 @@ def run_sync_trap(
         cpu_count=int(machine["cpus_usable"]),
         event_loop=str(info.get("event_loop", "?")),
     )
-    summaries = [summarize(variant.name, runs[variant.name]) for variant in VARIANTS]
+    summaries = [report.summarize(variant.name, runs[variant.name]) for variant in VARIANTS]
 
     console.print()
-    print_timelines(console, summaries, context)
+    report.print_timelines(console, summaries)
     console.print()
-    print_summary(console, summaries, context)
-    for line in explain_run(summaries, context):
+    report.print_summary(console, summaries, context)
+    for line in report.explain_run(summaries, context):
         console.print(f"• {line}", highlight=False)
     if points:
         console.print()
-        print_sweep(console, points, context)
-        for line in explain_sweep(points, context):
+        report.print_sweep(console, points, context)
+        for line in report.explain_sweep(points, context):
             console.print(f"• {line}", highlight=False)
-
-    out = options.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    files = {name: out / name for name in ("results.json", "timeline.png", "report.md")}
-    plot_context = PlotContext(
-        concurrency=options.concurrency,
-        delay_ms=options.delay_ms,
-        pool_total=pool_total,
-        thread_tokens=context.thread_tokens,
-        cpu_count=context.cpu_count,
-        shown=(
-            f"median of {options.repeat} repeats (by slowest request)"
-            if options.repeat > 1
-            else "one burst per variant"
-        ),
-    )
-    write_timeline_png(files["timeline.png"], [s.shown for s in summaries], plot_context)
-    if points:
-        files["sweep.png"] = out / "sweep.png"
-        model_range = range(1, points[-1].concurrency + 1)
-        write_sweep_png(
-            files["sweep.png"],
-            [
-                SweepSeries(
-                    variant=variant.name,
-                    concurrencies=[p.concurrency for p in points],
-                    slowest_ms=[p.bursts[variant.name].slowest_ms for p in points],
-                    model_concurrencies=list(model_range),
-                    model_ms=[model_ms(variant.name, c, context) for c in model_range],
-                )
-                for variant in VARIANTS
-            ],
-            plot_context,
-        )
 
     results: dict[str, Any] = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -388,7 +342,7 @@ def run_sync_trap(
             "repeat": options.repeat,
             "pool_size": pool_size,
             "max_overflow": options.max_overflow,
-            "pool_total": pool_total,
+            "pool_total": context.pool_total,
             "pool_timeout_s": pool_timeout,
             "sweep": list(options.sweep),
             "variant_orders": orders,
@@ -404,36 +358,37 @@ def run_sync_trap(
             "max_connections": facts.max_connections,
         },
         "server": info,
-        "variants": {
-            variant.name: {
-                "path": variant.path,
-                "route": variant.route,
-                "effect": variant.effect,
-                "summary": summary.as_dict(),
-                "runs": [burst_dict(b) for b in runs[variant.name]],
-            }
-            for variant, summary in zip(VARIANTS, summaries, strict=True)
-        },
-        "explanation": explain_run(summaries, context),
+        **report.results_dict(summaries, runs, points, context),
     }
-    if points:
-        results["sweep"] = {
-            **sweep_dict(points, context),
-            "explanation": explain_sweep(points, context),
-        }
-    files["results.json"].write_text(json.dumps(results, indent=2) + "\n")
-    files["report.md"].write_text(
-        report_markdown(
-            summaries,
-            points,
-            context,
-            database=database_label,
-            files=sorted(files),
-        )
-    )
+    files = write_files(options.out_dir, results, summaries, points, context, database_label)
     console.print()
     console.print("wrote " + ", ".join(str(path) for path in files.values()))
     return SyncTrapOutcome(results, files)
+
+
+def write_files(
+    out: Path,
+    results: dict[str, Any],
+    summaries: list[VariantSummary],
+    points: list[SweepPoint],
+    context: RunContext,
+    database_label: str,
+) -> dict[str, Path]:
+    """results.json, timeline.png, report.md and, with a sweep, sweep.png, in `out`."""
+    from taskmanager.demo.sync_trap.plot import write_sweep_png, write_timeline_png
+    from taskmanager.demo.sync_trap.report import report_markdown
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = ["results.json", "timeline.png", "report.md"] + (["sweep.png"] if points else [])
+    files = {name: out / name for name in names}
+    write_timeline_png(files["timeline.png"], [s.shown for s in summaries], context)
+    if points:
+        write_sweep_png(files["sweep.png"], points, context)
+    files["results.json"].write_text(json.dumps(results, indent=2) + "\n")
+    files["report.md"].write_text(
+        report_markdown(summaries, points, context, database=database_label, files=sorted(files))
+    )
+    return files
 
 
 def command(
@@ -473,8 +428,8 @@ def command(
     from rich.console import Console
 
     from taskmanager.config import load_settings
-    from taskmanager.demo.sync_trap_measure import DemoHTTPError
-    from taskmanager.demo.sync_trap_server import DemoServerError
+    from taskmanager.demo.sync_trap.measure import DemoHTTPError
+    from taskmanager.demo.sync_trap.server import DemoServerError
     from taskmanager.postgres import database_url
 
     options = SyncTrapOptions(
