@@ -5,16 +5,16 @@ records when it was sent, when its headers came back and when it ended. The demo
 when its route started, got its database connection and finished, on the same clock
 (`time.monotonic`, CLOCK_MONOTONIC: system-wide, so two processes on one machine can compare).
 
-Why not httpx: its per-request work in this process delays the burst itself. Measured with
-`python docs/sync_trap_clients.py 10 50 6` (one demo server, both clients alternating, 10
-concurrent requests x 50 ms, 6 repeats, medians; three runs on 2 busy cores), hand-written
-client vs httpx 0.28.1 (keep-alive pool, warmed up):
-- the 10 requests of a burst left the client over 1.6-3.3 ms vs 10-26 ms;
-- sent -> route started, median request of the async variant: 12-16 ms vs 34-63 ms, which the
-  timeline would draw as requests queued in the server;
-- the async variant's slowest request: 94-135 ms vs 125-186 ms;
-- the /ping sent during the trap's burst waited 563-586 ms vs 72-524 ms: staggered by the
-  client, the burst no longer always hides the /ping behind every blocking request.
+Why not httpx: its per-request work in this process spreads the burst out. Measured with
+`.venv/bin/python docs/sync_trap_clients.py 10 50 6` (one demo server, the same bursts
+through both clients, alternating; 10 concurrent requests x 50 ms, medians of 6 repeats;
+three runs on 2 shared cores), this client vs httpx 0.28.1 (keep-alive pool, warmed up):
+- the burst's requests left the client within 1.6-3.5 ms vs 14.5-24.2 ms;
+- async variant, sent -> route started (median request): 12-18 ms vs 50-67 ms, time the
+  timeline would draw as queued in the server; its slowest request: 102-118 vs 146-178 ms;
+- the /ping sent during the trap's burst waited 580-587 ms vs 70-72 ms: with the requests
+  arriving one by one, the /ping gets in among the first, and the timeline would no longer
+  show a health check stuck behind the blocked event loop.
 """
 
 from __future__ import annotations
