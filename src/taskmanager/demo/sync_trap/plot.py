@@ -7,7 +7,6 @@ the lecture's timeline diagram (1.2), redrawn from measured timestamps.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -176,60 +175,38 @@ def write_timeline_png(path: Path, bursts: Sequence[Burst], context: RunContext)
     figure.savefig(path)
 
 
-@dataclass(frozen=True, slots=True)
-class Series:
-    variant: str
-    concurrencies: list[int]
-    slowest_ms: list[float]
-    # The model at every concurrency from 1 up: its steps fall between the sweep's points.
-    model_concurrencies: list[int]
-    model_ms: list[float]
-
-
 def write_sweep_png(path: Path, points: Sequence[SweepPoint], context: RunContext) -> None:
     """Slowest request against concurrency, measured (solid) and modelled (dashed steps): all
     three variants on the left, the two that keep the loop free zoomed in on the right."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    model_range = list(range(1, points[-1].concurrency + 1))
-    series = [
-        Series(
-            variant=variant.name,
-            concurrencies=[p.concurrency for p in points],
-            slowest_ms=[p.bursts[variant.name].slowest_ms for p in points],
-            model_concurrencies=model_range,
-            model_ms=[context.model_ms(variant.name, c) for c in model_range],
-        )
-        for variant in VARIANTS
-    ]
-
+    xs = [point.concurrency for point in points]
+    slowest = {v.name: [p.bursts[v.name].slowest_ms for p in points] for v in VARIANTS}
+    # The model at every concurrency from 1 up: its steps fall between the sweep's points.
+    model_xs = list(range(1, xs[-1] + 1))
     figure = Figure(figsize=(13, 5.8), dpi=100, layout="constrained")
     left, right = figure.subplots(1, 2)
-    panels = ((left, series, {"trap"}), (right, [s for s in series if s.variant != "trap"], None))
+    panels = ((left, list(slowest), {"trap"}), (right, ["threadpool", "async"], None))
     for axes, shown, labelled in panels:
-        for item in shown:
-            color = VARIANT_BY_NAME[item.variant].color
+        for name in shown:
+            color = VARIANT_BY_NAME[name].color
             axes.plot(
-                item.model_concurrencies,
-                item.model_ms,
+                model_xs,
+                [context.model_ms(name, x) for x in model_xs],
                 linestyle="--",
                 color=color,
                 alpha=0.5,
                 linewidth=1.2,
                 # The trap's model is a line (one wave per request); the others are steps.
-                drawstyle="default" if item.variant == "trap" else "steps-post",
+                drawstyle="default" if name == "trap" else "steps-post",
             )
-            axes.plot(item.concurrencies, item.slowest_ms, marker="o", color=color, linewidth=2)
-            if labelled is not None and item.variant not in labelled:
+            axes.plot(xs, slowest[name], marker="o", color=color, linewidth=2)
+            if labelled is not None and name not in labelled:
                 continue
-            for x, y in zip(item.concurrencies, item.slowest_ms, strict=True):
+            for i, (x, y) in enumerate(zip(xs, slowest[name], strict=True)):
                 # The lower of two points at one x gets its label below, so they never collide.
-                below = any(
-                    other is not item and y < other.slowest_ms[other.concurrencies.index(x)]
-                    for other in shown
-                    if x in other.concurrencies
-                )
+                below = any(y < slowest[other][i] for other in shown if other != name)
                 axes.annotate(
                     f"{y:,.0f}",
                     (x, y),
@@ -245,7 +222,7 @@ def write_sweep_png(path: Path, points: Sequence[SweepPoint], context: RunContex
         axes.set_xlim(left=0)
         for side in ("top", "right"):
             axes.spines[side].set_visible(False)
-    largest = max(max(item.concurrencies) for item in series)
+    largest = xs[-1]
     marks = sorted(
         (value, text)
         for value, text in {
@@ -267,15 +244,8 @@ def write_sweep_png(path: Path, points: Sequence[SweepPoint], context: RunContex
         )
     # One legend for both panels, below them: inside, it would cover data or the limit marks.
     handles = [
-        Line2D(
-            [],
-            [],
-            color=VARIANT_BY_NAME[item.variant].color,
-            marker="o",
-            linewidth=2,
-            label=f"{item.variant}: {VARIANT_BY_NAME[item.variant].route}",
-        )
-        for item in series
+        Line2D([], [], color=v.color, marker="o", linewidth=2, label=f"{v.name}: {v.route}")
+        for v in VARIANTS
     ]
     handles.append(
         Line2D(

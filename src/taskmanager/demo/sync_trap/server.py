@@ -52,10 +52,6 @@ class DemoServer:
 
     host: str = HOST
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
     def output_tail(self, lines: int = 30) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
