@@ -13,13 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from taskmanager.database import create_session_factory
 from taskmanager.demo.mistakes import harness
-from taskmanager.demo.mistakes.harness import Demonstration, Observation
+from taskmanager.demo.mistakes.harness import Demonstration, Observation, SessionFactory
 from taskmanager.models import Task
 
 
-async def create_and_read_title(
-    session_factory: async_sessionmaker[AsyncSession], title: str
-) -> str:
+async def create_and_read_title(session_factory: SessionFactory, title: str) -> str:
     async with session_factory() as session:
         task = Task(title=title)
         session.add(task)
@@ -28,12 +26,12 @@ async def create_and_read_title(
 
 
 # ❌ DEFAULT: expire_on_commit=True
-def default_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+def default_factory(engine: AsyncEngine) -> SessionFactory:
     return async_sessionmaker(bind=engine, class_=AsyncSession)
 
 
 # ✅ CORRECT: Keep loaded data after commit
-def fixed_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+def fixed_factory(engine: AsyncEngine) -> SessionFactory:
     return async_sessionmaker(
         bind=engine,
         class_=AsyncSession,
