@@ -6,7 +6,7 @@ UV := .uv/bin/uv
 BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test install lint typecheck pytest system-deps bench reliability clean
+.PHONY: run test install lint typecheck pytest system-deps bench reliability lecture-results clean
 
 run: install ## install, start the embedded PostgreSQL, migrate, serve on :8000
 	$(BIN)/taskmanager serve
@@ -44,6 +44,15 @@ reliability: install system-deps ## run the fault and bad-input tests, regenerat
 	rm -f build/reliability-results.json
 	$(BIN)/pytest -m reliability -q
 	$(BIN)/python scripts/reliability_report.py
+
+lecture-results: install ## run the lecture's Common Mistakes, regenerate docs/lecture-results.md (+ .json)
+	@mkdir -p build
+	set -o pipefail; status=0; \
+	COLUMNS=100 $(BIN)/taskmanager demo mistakes --json docs/lecture-results.json \
+		| tee build/lecture-results.txt || status=$$?; \
+	$(BIN)/python -m taskmanager.demo.mistakes.record \
+		docs/lecture-results.json build/lecture-results.txt docs/lecture-results.md; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) .uv .pytest_cache .mypy_cache .ruff_cache

@@ -23,8 +23,16 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, InvalidRequestError, MissingGreenlet
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from taskmanager.demo import mistake_demos as demos
-from taskmanager.demo.mistakes import select_demonstrations
+from taskmanager.demo.mistakes import (
+    m1_sync_driver,
+    m2_lazy_load,
+    m3_expire_on_commit,
+    m4_shared_session,
+    m5_double_commit,
+    m6_shared_session_http,
+    m7_commit_after_yield,
+)
+from taskmanager.demo.mistakes.command import all_demonstrations, select_demonstrations
 
 
 def qualified(cls: type[BaseException]) -> str:
@@ -61,7 +69,7 @@ async def assert_left_clean(url: str) -> None:
 
 
 async def test_sync_driver_with_async_engine(mistakes_url: str) -> None:
-    observation = await demos.sync_driver_with_async_engine(mistakes_url)
+    observation = await m1_sync_driver.observe(mistakes_url)
 
     # psycopg2 is refused when the engine is built: ImportError where it is missing,
     # InvalidRequestError where it is installed (as for sqlite://, whose driver always is).
@@ -69,13 +77,22 @@ async def test_sync_driver_with_async_engine(mistakes_url: str) -> None:
     expected = InvalidRequestError if psycopg2_installed else ModuleNotFoundError
     assert observation.mistake_exception == qualified(expected)
     assert observation.facts["psycopg2 raised at"] == "create_async_engine()"
-    assert str(observation.facts["sync driver installed (sqlite://)"]).startswith(
-        "sqlalchemy.exc.InvalidRequestError: The asyncio extension requires an async driver"
+    refused = "sqlalchemy.exc.InvalidRequestError: The asyncio extension requires an async driver"
+    assert str(observation.facts["sync driver installed (sqlite://)"]).startswith(refused)
+    # psycopg2's own refusal, as create_async_engine gives it where psycopg2 is installed.
+    where_installed = str(
+        observation.facts["psycopg2 where installed (its dialect, is_async=False)"]
     )
+    assert where_installed.startswith(refused)
+    assert "The loaded 'psycopg2' is not async" in where_installed
     # SQLAlchemy 2.1: plain postgresql:// means psycopg 3, whose async mode just works.
     assert observation.facts["postgresql:// driver"] == "psycopg"
     assert observation.facts["postgresql:// is_async"] is True
     assert observation.facts["postgresql:// SELECT 1"] == "1"
+    # ... and the panel says both ways the lecture's wording is out of date.
+    (immediately, bare_url) = observation.corrections
+    assert "create_async_engine() itself" in immediately
+    assert "no longer means psycopg2" in bare_url
 
     assert str(observation.facts["normalize_database_url('postgresql://…')"]).startswith(
         "postgresql+asyncpg://"
@@ -86,7 +103,7 @@ async def test_sync_driver_with_async_engine(mistakes_url: str) -> None:
 
 
 async def test_lazy_loaded_relationship(mistakes_url: str) -> None:
-    observation = await demos.lazy_loaded_relationship(mistakes_url)
+    observation = await m2_lazy_load.observe(mistakes_url)
 
     assert observation.mistake_exception == qualified(MissingGreenlet)
     assert observation.facts["taskmanager.models exception"] == qualified(InvalidRequestError)
@@ -99,7 +116,7 @@ async def test_lazy_loaded_relationship(mistakes_url: str) -> None:
 
 
 async def test_expire_on_commit_default(mistakes_url: str) -> None:
-    observation = await demos.expire_on_commit_default(mistakes_url)
+    observation = await m3_expire_on_commit.observe(mistakes_url)
 
     assert observation.mistake_exception == qualified(MissingGreenlet)
     assert observation.facts["title after commit"] == "Test"
@@ -109,7 +126,7 @@ async def test_expire_on_commit_default(mistakes_url: str) -> None:
 
 
 async def test_shared_session_between_tasks(mistakes_url: str) -> None:
-    observation = await demos.shared_session_between_tasks(mistakes_url)
+    observation = await m4_shared_session.observe(mistakes_url)
 
     assert observation.mistake_exception == qualified(InvalidRequestError)
     assert "This session is provisioning a new connection" in str(
@@ -124,7 +141,7 @@ async def test_shared_session_between_tasks(mistakes_url: str) -> None:
 
 
 async def test_double_commit(mistakes_url: str) -> None:
-    observation = await demos.double_commit(mistakes_url)
+    observation = await m5_double_commit.observe(mistakes_url)
 
     facts = observation.facts
     assert facts["route commits: session commits, COMMITs sent"] == "2, 2"
@@ -139,14 +156,14 @@ async def test_double_commit(mistakes_url: str) -> None:
 
 
 async def test_shared_session_across_requests(mistakes_url: str) -> None:
-    observation = await demos.shared_session_across_requests(mistakes_url)
+    observation = await m6_shared_session_http.observe(mistakes_url)
 
     facts = observation.facts
     assert observation.mistake_exception == qualified(InvalidRequestError)
-    assert facts["global session: two concurrent GET /slow"] == "200, 500"
+    assert facts["global session: two concurrent GET /tasks"] == "200, 500"
     assert facts["global session: POST A, POST B (fails)"] == "201, 422"
     assert facts["global session: committed"] == "A, B"
-    assert facts["session per request: two concurrent GET /slow"] == "200, 200"
+    assert facts["session per request: two concurrent GET /tasks"] == "200, 200"
     assert facts["session per request: committed"] == "A"
     assert observation.as_predicted
     await assert_left_clean(mistakes_url)
@@ -154,7 +171,7 @@ async def test_shared_session_across_requests(mistakes_url: str) -> None:
 
 @pytest.mark.server
 async def test_commit_after_yield_default_scope(mistakes_url: str) -> None:
-    observation = await demos.commit_after_yield_default_scope(mistakes_url)
+    observation = await m7_commit_after_yield.observe(mistakes_url)
 
     facts = observation.facts
     # Default scope: the client is told 201 for a row whose commit failed afterwards.
@@ -199,4 +216,4 @@ def test_command_end_to_end(mistakes_url: str, tmp_path: Path) -> None:
     assert "Summary" in completed.stdout
     document = json.loads(report.read_text(encoding="utf-8"))
     assert document["all_as_predicted"] is True
-    assert [o["name"] for o in document["observations"]] == [d.name for d in demos.DEMONSTRATIONS]
+    assert [o["name"] for o in document["observations"]] == [d.name for d in all_demonstrations()]

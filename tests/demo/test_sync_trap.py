@@ -19,16 +19,17 @@ import pytest
 from rich.console import Console
 from sqlalchemy.engine import make_url
 
-from taskmanager.demo.sync_trap import (
+from taskmanager.demo.sync_trap import app
+from taskmanager.demo.sync_trap.command import (
     SyncTrapError,
     SyncTrapOptions,
     parse_sweep,
     resolve_pool_size,
     run_sync_trap,
 )
-from taskmanager.demo.sync_trap_app import sync_database_url
-from taskmanager.demo.sync_trap_measure import waves
-from taskmanager.demo.sync_trap_server import DemoServerError, demo_server
+from taskmanager.demo.sync_trap.measure import VARIANTS, waves
+from taskmanager.demo.sync_trap.server import DemoServerError, demo_server
+from taskmanager.demo.sync_trap.wiring import sync_database_url
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CONCURRENCY = 10
@@ -161,3 +162,8 @@ def test_sync_url_keeps_the_unix_socket() -> None:
     assert sync.query["host"] == "/tmp/pg"
     with_ssl = make_url(sync_database_url("postgresql+asyncpg://u:p@db/x?ssl=require"))
     assert dict(with_ssl.query) == {"sslmode": "require"}
+
+
+def test_the_driver_calls_the_routes_the_app_declares() -> None:
+    declared = {getattr(route, "path", None) for route in app.router.routes}
+    assert {variant.path for variant in VARIANTS} <= declared

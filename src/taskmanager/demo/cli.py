@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from taskmanager.demo import mistakes, sync_trap
+from taskmanager.demo.mistakes import command as mistakes
+from taskmanager.demo.sync_trap import command as sync_trap
 
 demo_app = typer.Typer(
     help="See the lecture's claims happen: the sync trap and the common mistakes.",

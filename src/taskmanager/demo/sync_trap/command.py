@@ -26,9 +26,9 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from taskmanager.demo.sync_trap_measure import Burst
-    from taskmanager.demo.sync_trap_report import SweepPoint
-    from taskmanager.demo.sync_trap_server import DemoServer
+    from taskmanager.demo.sync_trap.measure import Burst, RunContext, SweepPoint
+    from taskmanager.demo.sync_trap.report import VariantSummary
+    from taskmanager.demo.sync_trap.server import DemoServer
 
 DEFAULT_OUT = Path("sync-trap-out")
 # With --sweep, one pool for every point: above anyio's 40 threadpool tokens (so the
@@ -108,63 +108,55 @@ def resolve_pool_size(options: SyncTrapOptions, available: int) -> tuple[int, st
             )
         return options.pool_size, None
     wanted = DEFAULT_SWEEP_POOL if options.sweep else max(options.concurrency, 10)
-    pool_size = wanted
-    while pool_size > 1 and connections_needed(pool_size + options.max_overflow, largest) > (
-        available
-    ):
-        pool_size -= 1
-    if connections_needed(pool_size + options.max_overflow, largest) > available:
+    fitting = (
+        size
+        for size in range(wanted, 0, -1)
+        if connections_needed(size + options.max_overflow, largest) <= available
+    )
+    pool_size = next(fitting, 0)
+    if not pool_size:
         raise SyncTrapError(
             f"PostgreSQL has only {available} free connections; the demo needs at least "
             f"{connections_needed(1 + options.max_overflow, largest)}"
         )
-    note = None
-    if pool_size < wanted:
-        note = (
-            f"pool_size {pool_size} instead of {wanted}: PostgreSQL has {available} free "
-            "connections and the sync engine may hold up to one per worker thread too"
-        )
-    return pool_size, note
+    if pool_size == wanted:
+        return pool_size, None
+    return pool_size, (
+        f"pool_size {pool_size} instead of {wanted}: PostgreSQL has {available} free "
+        "connections and the sync engine may hold up to one per worker thread too"
+    )
 
 
 async def _prepare_database(database_url: str) -> DatabaseFacts:
     """Seed a few tasks if there are none (so the list query returns rows) and count the
     connections the server can still accept."""
-    from sqlalchemy import func, select, text
+    from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 
-    from taskmanager.models import Task
     from taskmanager.seed import seed
 
     engine = create_async_engine(database_url, poolclass=NullPool)
     try:
         async with engine.connect() as connection:
-            tasks = int(
-                (await connection.execute(select(func.count()).select_from(Task))).scalar_one()
-            )
-        seeded = 0
-        if tasks == 0:
-            seeded = (await seed(engine, SEED_TASKS, SEED_CATEGORIES)).tasks
+            tasks = int((await connection.execute(text("SELECT count(*) FROM tasks"))).scalar_one())
+        seeded = (await seed(engine, SEED_TASKS, SEED_CATEGORIES)).tasks if tasks == 0 else 0
         async with engine.connect() as connection:
-            row = (
-                await connection.execute(
-                    text(
-                        "SELECT current_setting('max_connections')::int,"
-                        " current_setting('superuser_reserved_connections')::int,"
-                        " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),"
-                        " (SELECT count(*) FROM pg_stat_activity"
-                        "   WHERE backend_type = 'client backend')"
-                    )
-                )
+            query = (
+                "SELECT current_setting('max_connections')::int,"
+                " current_setting('superuser_reserved_connections')::int,"
+                " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),"
+                " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+            )
+            max_connections, reserved, superuser, in_use = (
+                await connection.execute(text(query))
             ).one()
     finally:
         await engine.dispose()
-    max_connections, reserved, in_use = int(row[0]), int(row[1]), int(row[3])
-    superuser = bool(row[2])  # superusers may also use the reserved connections
+    # Superusers may also use the reserved connections.
     # `in_use` counts this check's own connection, closed by now: one to spare.
-    available = max_connections - in_use - (0 if superuser else reserved)
-    return DatabaseFacts(tasks + seeded, seeded, max_connections, available)
+    available = int(max_connections) - int(in_use) - (0 if superuser else int(reserved))
+    return DatabaseFacts(tasks + seeded, seeded, int(max_connections), available)
 
 
 def machine_info() -> dict[str, Any]:
@@ -186,54 +178,50 @@ async def _measure(
     server: DemoServer,
     options: SyncTrapOptions,
     console: Console,
-) -> tuple[dict[str, Any], dict[str, list[Burst]], list[list[str]], list[SweepPoint]]:
+) -> tuple[dict[str, Any], dict[str, list[Burst]], list[SweepPoint]]:
+    """The server's /info, each variant's bursts (one a repeat), and the sweep's points."""
     import asyncio
 
-    from taskmanager.demo.sync_trap_measure import INFO_PATH, VARIANTS, burst, http_get, warm_up
-    from taskmanager.demo.sync_trap_report import SweepPoint
+    from taskmanager.demo.sync_trap import measure
+    from taskmanager.demo.sync_trap.measure import VARIANTS, SweepPoint
 
     await server.wait_ready()
-    info = (await http_get(server.host, server.port, INFO_PATH, within=5.0)).body
-    host, port = server.host, server.port
-    n, delay = options.concurrency, options.delay_ms
+    get = measure.client(server.host, server.port)
+    info = (await get(measure.INFO_PATH, 5.0)).body
+    delay = options.delay_ms
+
+    async def one_of_each(label: str, index: int, concurrency: int, sweep: bool) -> list[Burst]:
+        # Alternate the order so no variant always runs first (or right after the trap).
+        order = VARIANTS if index % 2 == 0 else VARIANTS[::-1]
+        bursts = {}
+        for position, variant in enumerate(order):
+            with console.status(f"{label}: {variant.name}"):
+                if sweep:  # each sweep point is warmed up at its own concurrency
+                    await measure.warm_up(get, variant, concurrency, delay)
+                    await asyncio.sleep(SETTLE_SECONDS)
+                burst = await measure.burst(get, variant, concurrency, delay)
+            burst.repeat, burst.position = None if sweep else index, position
+            bursts[variant.name] = burst
+            console.print(
+                f"[grey50]{label} {variant.name:>10}: slowest {burst.slowest_ms:7.0f} ms, "
+                f"/ping {burst.ping_ms:7.1f} ms[/]"
+            )
+            await asyncio.sleep(SETTLE_SECONDS)
+        return [bursts[variant.name] for variant in VARIANTS]
 
     with console.status("warming up: pools, worker threads, statement cache"):
         for variant in VARIANTS:
-            await warm_up(host, port, variant, n, delay)
-
-    runs: dict[str, list[Burst]] = {variant.name: [] for variant in VARIANTS}
-    orders: list[list[str]] = []
-    for repeat in range(options.repeat):
-        # Alternate the order so no variant always runs first (or right after the trap).
-        order = VARIANTS if repeat % 2 == 0 else tuple(reversed(VARIANTS))
-        orders.append([variant.name for variant in order])
-        for position, variant in enumerate(order):
-            with console.status(f"repeat {repeat + 1}/{options.repeat}: {variant.name}"):
-                result = await burst(host, port, variant, n, delay)
-            result.repeat, result.position = repeat, position
-            runs[variant.name].append(result)
-            console.print(
-                f"[grey50]repeat {repeat + 1}/{options.repeat} {variant.name:>10}: slowest "
-                f"{result.slowest_ms:7.0f} ms, /ping {result.ping_ms:7.1f} ms[/]"
-            )
-            await asyncio.sleep(SETTLE_SECONDS)
-
-    points: list[SweepPoint] = []
-    for index, concurrency in enumerate(options.sweep):
-        order = VARIANTS if index % 2 == 0 else tuple(reversed(VARIANTS))
-        bursts: dict[str, Burst] = {}
-        for variant in order:
-            with console.status(f"sweep {concurrency} concurrent: {variant.name}"):
-                await warm_up(host, port, variant, concurrency, delay)
-                await asyncio.sleep(SETTLE_SECONDS)
-                bursts[variant.name] = await burst(host, port, variant, concurrency, delay)
-            console.print(
-                f"[grey50]sweep {concurrency:>4} {variant.name:>10}: slowest "
-                f"{bursts[variant.name].slowest_ms:7.0f} ms[/]"
-            )
-            await asyncio.sleep(SETTLE_SECONDS)
-        points.append(SweepPoint(concurrency, {v.name: bursts[v.name] for v in VARIANTS}))
-    return info, runs, orders, points
+            await measure.warm_up(get, variant, options.concurrency, delay)
+    repeats = [
+        await one_of_each(f"repeat {i + 1}/{options.repeat}", i, options.concurrency, False)
+        for i in range(options.repeat)
+    ]
+    points = [
+        SweepPoint(c, {b.variant: b for b in await one_of_each(f"sweep {c:>4}", i, c, True)})
+        for i, c in enumerate(options.sweep)
+    ]
+    runs = {variant.name: [bursts[v] for bursts in repeats] for v, variant in enumerate(VARIANTS)}
+    return info, runs, points
 
 
 def estimated_seconds(options: SyncTrapOptions) -> float:
@@ -259,27 +247,9 @@ def run_sync_trap(
 
     from rich.console import Console
 
-    from taskmanager.demo.sync_trap_measure import TIMES, VARIANTS, DemoHTTPError
-    from taskmanager.demo.sync_trap_plot import (
-        PlotContext,
-        SweepSeries,
-        write_sweep_png,
-        write_timeline_png,
-    )
-    from taskmanager.demo.sync_trap_report import (
-        RunContext,
-        burst_dict,
-        explain_run,
-        explain_sweep,
-        model_ms,
-        print_summary,
-        print_sweep,
-        print_timelines,
-        report_markdown,
-        summarize,
-        sweep_dict,
-    )
-    from taskmanager.demo.sync_trap_server import demo_server
+    from taskmanager.demo.sync_trap import report
+    from taskmanager.demo.sync_trap.measure import TIMES, VARIANTS, DemoHTTPError, RunContext
+    from taskmanager.demo.sync_trap.server import demo_server
     from taskmanager.migrate import upgrade
 
     console = console or Console()
@@ -295,13 +265,13 @@ def run_sync_trap(
     pool_size, pool_note = resolve_pool_size(options, facts.available_connections)
     if pool_note:
         console.print(f"[yellow]note:[/] {pool_note}")
-    pool_total = pool_size + options.max_overflow
     console.print(
         f"[bold]sync trap[/]: {options.concurrency} concurrent requests {TIMES} "
         f"{options.delay_ms} ms DB call, {options.repeat} repeat(s)"
         + (f", sweep {','.join(map(str, options.sweep))}" if options.sweep else "")
-        + f"; pool {pool_total} connections per engine (pool_size {pool_size} + max_overflow "
-        f"{options.max_overflow}); about {estimated_seconds(options):.0f} s"
+        + f"; pool {pool_size + options.max_overflow} connections per engine (pool_size "
+        f"{pool_size} + max_overflow {options.max_overflow}); about "
+        f"{estimated_seconds(options):.0f} s"
     )
     # A request may wait for a connection for as long as the whole burst takes.
     pool_timeout = 30.0 + max((options.concurrency, *options.sweep)) * options.delay_ms / 1000
@@ -312,7 +282,7 @@ def run_sync_trap(
         pool_timeout=pool_timeout,
     ) as server:
         try:
-            info, runs, orders, points = asyncio.run(_measure(server, options, console))
+            info, runs, points = asyncio.run(_measure(server, options, console))
         except DemoHTTPError as exc:
             if server.process.poll() is None:
                 raise
@@ -332,53 +302,19 @@ def run_sync_trap(
         cpu_count=int(machine["cpus_usable"]),
         event_loop=str(info.get("event_loop", "?")),
     )
-    summaries = [summarize(variant.name, runs[variant.name]) for variant in VARIANTS]
+    summaries = [report.summarize(variant.name, runs[variant.name]) for variant in VARIANTS]
 
     console.print()
-    print_timelines(console, summaries, context)
+    report.print_timelines(console, summaries)
     console.print()
-    print_summary(console, summaries, context)
-    for line in explain_run(summaries, context):
+    report.print_summary(console, summaries, context)
+    for line in report.explain_run(summaries, context):
         console.print(f"• {line}", highlight=False)
     if points:
         console.print()
-        print_sweep(console, points, context)
-        for line in explain_sweep(points, context):
+        report.print_sweep(console, points, context)
+        for line in report.explain_sweep(points, context):
             console.print(f"• {line}", highlight=False)
-
-    out = options.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    files = {name: out / name for name in ("results.json", "timeline.png", "report.md")}
-    plot_context = PlotContext(
-        concurrency=options.concurrency,
-        delay_ms=options.delay_ms,
-        pool_total=pool_total,
-        thread_tokens=context.thread_tokens,
-        cpu_count=context.cpu_count,
-        shown=(
-            f"median of {options.repeat} repeats (by slowest request)"
-            if options.repeat > 1
-            else "one burst per variant"
-        ),
-    )
-    write_timeline_png(files["timeline.png"], [s.shown for s in summaries], plot_context)
-    if points:
-        files["sweep.png"] = out / "sweep.png"
-        model_range = range(1, points[-1].concurrency + 1)
-        write_sweep_png(
-            files["sweep.png"],
-            [
-                SweepSeries(
-                    variant=variant.name,
-                    concurrencies=[p.concurrency for p in points],
-                    slowest_ms=[p.bursts[variant.name].slowest_ms for p in points],
-                    model_concurrencies=list(model_range),
-                    model_ms=[model_ms(variant.name, c, context) for c in model_range],
-                )
-                for variant in VARIANTS
-            ],
-            plot_context,
-        )
 
     results: dict[str, Any] = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -388,10 +324,13 @@ def run_sync_trap(
             "repeat": options.repeat,
             "pool_size": pool_size,
             "max_overflow": options.max_overflow,
-            "pool_total": pool_total,
+            "pool_total": context.pool_total,
             "pool_timeout_s": pool_timeout,
             "sweep": list(options.sweep),
-            "variant_orders": orders,
+            "variant_orders": [
+                [b.variant for b in sorted(bursts, key=lambda b: b.position or 0)]
+                for bursts in zip(*runs.values(), strict=True)
+            ],
             "ping_sent_after_ms": options.delay_ms / 4,
             "warm_up": "per variant before measuring: one burst (the trap: one request)",
         },
@@ -404,36 +343,37 @@ def run_sync_trap(
             "max_connections": facts.max_connections,
         },
         "server": info,
-        "variants": {
-            variant.name: {
-                "path": variant.path,
-                "route": variant.route,
-                "effect": variant.effect,
-                "summary": summary.as_dict(),
-                "runs": [burst_dict(b) for b in runs[variant.name]],
-            }
-            for variant, summary in zip(VARIANTS, summaries, strict=True)
-        },
-        "explanation": explain_run(summaries, context),
+        **report.results_dict(summaries, runs, points, context),
     }
-    if points:
-        results["sweep"] = {
-            **sweep_dict(points, context),
-            "explanation": explain_sweep(points, context),
-        }
-    files["results.json"].write_text(json.dumps(results, indent=2) + "\n")
-    files["report.md"].write_text(
-        report_markdown(
-            summaries,
-            points,
-            context,
-            database=database_label,
-            files=sorted(files),
-        )
-    )
+    files = write_files(options.out_dir, results, summaries, points, context, database_label)
     console.print()
     console.print("wrote " + ", ".join(str(path) for path in files.values()))
     return SyncTrapOutcome(results, files)
+
+
+def write_files(
+    out: Path,
+    results: dict[str, Any],
+    summaries: list[VariantSummary],
+    points: list[SweepPoint],
+    context: RunContext,
+    database_label: str,
+) -> dict[str, Path]:
+    """results.json, timeline.png, report.md and, with a sweep, sweep.png, in `out`."""
+    from taskmanager.demo.sync_trap.plot import write_sweep_png, write_timeline_png
+    from taskmanager.demo.sync_trap.report import report_markdown
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = ["results.json", "timeline.png", "report.md"] + (["sweep.png"] if points else [])
+    files = {name: out / name for name in names}
+    write_timeline_png(files["timeline.png"], [s.shown for s in summaries], context)
+    if points:
+        write_sweep_png(files["sweep.png"], points, context)
+    files["results.json"].write_text(json.dumps(results, indent=2) + "\n")
+    files["report.md"].write_text(
+        report_markdown(summaries, points, context, database=database_label, files=sorted(files))
+    )
+    return files
 
 
 def command(
@@ -473,8 +413,8 @@ def command(
     from rich.console import Console
 
     from taskmanager.config import load_settings
-    from taskmanager.demo.sync_trap_measure import DemoHTTPError
-    from taskmanager.demo.sync_trap_server import DemoServerError
+    from taskmanager.demo.sync_trap.measure import DemoHTTPError
+    from taskmanager.demo.sync_trap.server import DemoServerError
     from taskmanager.postgres import database_url
 
     options = SyncTrapOptions(

@@ -1,11 +1,10 @@
-"""What `taskmanager demo sync-trap` prints and writes to report.md.
+"""What `taskmanager demo sync-trap` prints, and writes to report.md and results.json.
 
 The lecture's timeline diagram (1.2), drawn with measured timestamps: one row per request,
 "·" while it is queued (the lecture's "😴 waiting..."), "▒" while its route waits for a
 pooled connection, "█" while the route runs (pg_sleep + the list query), "─" while the
-finished response is still on its way. Every variant
-uses the same scale, so the trap's staircase and the async variant's short column of bars
-can be compared at a glance.
+finished response is still on its way. Every variant uses the same scale, so the trap's
+staircase and the async variant's short column of bars can be compared at a glance.
 """
 
 from __future__ import annotations
@@ -21,20 +20,25 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from taskmanager.demo.sync_trap_measure import (
+from taskmanager.demo.sync_trap.measure import (
     FIGURES,
     TIMES,
     VARIANT_BY_NAME,
     VARIANTS,
     Burst,
     RequestTiming,
+    RunContext,
+    SweepPoint,
     rounded_figures,
-    waves,
 )
-from taskmanager.demo.sync_trap_plot import PING, service_order
+from taskmanager.demo.sync_trap.plot import PING
 
 MAX_TERMINAL_ROWS = 20
 QUEUED_CHAR, POOL_CHAR, ROUTE_CHAR, RESPONSE_CHAR = "·", "▒", "█", "─"
+LEGEND = (
+    f"{QUEUED_CHAR} queued (route not started) · {POOL_CHAR} waiting for a pooled connection · "
+    f"{ROUTE_CHAR} route running (pg_sleep + list query) · {RESPONSE_CHAR} response on its way"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,22 +79,11 @@ def summarize(variant: str, runs: Sequence[Burst]) -> VariantSummary:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class RunContext:
-    """The parameters every explanation refers to."""
-
-    concurrency: int
-    delay_ms: int
-    repeat: int
-    pool_size: int
-    max_overflow: int
-    thread_tokens: int
-    cpu_count: int
-    event_loop: str
-
-    @property
-    def pool_total(self) -> int:
-        return self.pool_size + self.max_overflow
+def pool_line(context: RunContext) -> str:
+    return (
+        f"pool: {context.pool_total} connections per engine (pool_size {context.pool_size} + "
+        f"max_overflow {context.max_overflow}) · threadpool: {context.thread_tokens} tokens"
+    )
 
 
 # -- the timeline diagram ------------------------------------------------------------------
@@ -135,13 +128,7 @@ def timeline_text(burst: Burst, scale_ms: float, width: int, *, styled: bool) ->
     """The lecture's diagram for one burst: `Req N: ····█████  112 ms` per request."""
     variant = VARIANT_BY_NAME[burst.variant]
     ms_per_column = max(scale_ms, 1.0) / width
-    styles = {
-        QUEUED_CHAR: "grey50",
-        POOL_CHAR: "yellow",
-        ROUTE_CHAR: variant.color,
-        RESPONSE_CHAR: "grey50",
-        " ": "",
-    }
+    styles = {QUEUED_CHAR: "grey50", POOL_CHAR: "yellow", RESPONSE_CHAR: "grey50", " ": ""}
     text = Text()
 
     def add_row(label: str, request: RequestTiming, route_style: str) -> None:
@@ -151,10 +138,8 @@ def timeline_text(burst: Burst, scale_ms: float, width: int, *, styled: bool) ->
             text.append(char, style=style if styled else "")
         text.append(f" {request.latency_ms:6.0f} ms\n")
 
-    ordered = service_order(burst)
-    picked = _pick_rows(ordered)
     previous = -1
-    for rank, request in picked:
+    for rank, request in _pick_rows(burst.service_order()):
         if rank != previous + 1:
             text.append(f"{'⋮':>7}\n", style="grey50" if styled else "")
         add_row(f"Req {rank + 1}", request, variant.color)
@@ -165,71 +150,34 @@ def timeline_text(burst: Burst, scale_ms: float, width: int, *, styled: bool) ->
     return text
 
 
-def print_timelines(
-    console: Console, summaries: Sequence[VariantSummary], context: RunContext
-) -> None:
+def shared_scale(summaries: Sequence[VariantSummary]) -> float:
+    """The latest moment of any drawn burst: every timeline uses it."""
+    return max(max(r.end_ms for r in [*s.shown.requests, s.shown.ping]) for s in summaries)
+
+
+def print_timelines(console: Console, summaries: Sequence[VariantSummary]) -> None:
     """One panel per variant, all on the scale of the slowest request of any of them."""
-    bursts = [summary.shown for summary in summaries]
-    scale = max(max(r.end_ms for r in [*b.requests, b.ping]) for b in bursts)
+    scale = shared_scale(summaries)
     width = max(20, min(100, console.width - 22))
     for summary in summaries:
         variant = VARIANT_BY_NAME[summary.variant]
         burst = summary.shown
-        threads = ", ".join(burst.threads) or "?"
         body = Group(
             timeline_text(burst, scale, width, styled=True),
             Text(
                 f"slowest {burst.slowest_ms:.0f} ms · /ping sent "
                 f"{burst.ping.sent_ms:.0f} ms into the burst waited {burst.ping_ms:.0f} ms"
-                f" · routes ran on: {threads}",
+                f" · routes ran on: {', '.join(burst.threads) or '?'}",
                 style="grey70",
             ),
         )
         title = f"[bold {variant.color}]{variant.name}[/]: {variant.route} — {variant.effect}"
         subtitle = f"repeat {summary.shown_repeat + 1} of {summary.repeats} (median)"
         console.print(Panel(body, title=title, title_align="left", subtitle=subtitle))
-    console.print(
-        f"[grey50]{QUEUED_CHAR}[/] queued   [yellow]{POOL_CHAR}[/] waiting for a pooled "
-        f"connection   {ROUTE_CHAR} route running (pg_sleep + list query)   "
-        f"{RESPONSE_CHAR} response on its way   (one shared scale)"
-    )
+    console.print(f"[grey50]{LEGEND}   (one shared scale)[/]")
 
 
-# -- the summary table -----------------------------------------------------------------------
-
-
-def print_summary(
-    console: Console, summaries: Sequence[VariantSummary], context: RunContext
-) -> None:
-    baseline = next((s.slowest_ms for s in summaries if s.variant == "async"), None)
-    table = Table(
-        title=(
-            f"{context.concurrency} concurrent requests {TIMES} {context.delay_ms} ms DB call, "
-            f"median over {context.repeat} repeat{'s' if context.repeat != 1 else ''}"
-        ),
-        caption=(
-            f"pool: {context.pool_total} connections per engine (pool_size {context.pool_size} "
-            f"+ max_overflow {context.max_overflow}) · threadpool: {context.thread_tokens} "
-            f"tokens · event loop: {context.event_loop} · {context.cpu_count} CPUs"
-        ),
-    )
-    table.add_column("variant", style="bold")
-    for name in ("fastest", "median", "slowest", "burst wall", "/ping in burst"):
-        table.add_column(name, justify="right")
-    table.add_column("slowest ÷ async", justify="right")
-    for summary in summaries:
-        variant = VARIANT_BY_NAME[summary.variant]
-        ratio = f"{summary.slowest_ms / baseline:.1f}{TIMES}" if baseline else "-"
-        table.add_row(
-            f"[{variant.color}]{variant.name}[/]",
-            f"{summary.fastest_ms:.0f} ms",
-            f"{summary.median_ms:.0f} ms",
-            f"{summary.slowest_ms:.0f} ms",
-            f"{summary.wall_ms:.0f} ms",
-            f"{summary.ping_ms:.1f} ms",
-            ratio,
-        )
-    console.print(table)
+# -- what the numbers say ------------------------------------------------------------------
 
 
 def explain_run(summaries: Sequence[VariantSummary], context: RunContext) -> list[str]:
@@ -267,49 +215,6 @@ def explain_run(summaries: Sequence[VariantSummary], context: RunContext) -> lis
     return lines
 
 
-# -- the sweep ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SweepPoint:
-    concurrency: int
-    bursts: dict[str, Burst]
-
-
-def model_ms(variant: str, concurrency: int, context: RunContext) -> float:
-    return float(
-        waves(variant, concurrency, context.pool_total, context.thread_tokens) * context.delay_ms
-    )
-
-
-def print_sweep(console: Console, points: Sequence[SweepPoint], context: RunContext) -> None:
-    table = Table(
-        title=(
-            f"Sweep: slowest request in ms (model: waves {TIMES} {context.delay_ms} ms), and the "
-            "/ping sent during each burst"
-        ),
-        caption=(
-            f"pool: {context.pool_total} connections per engine (pool_size {context.pool_size} "
-            f"+ max_overflow {context.max_overflow}) · threadpool: {context.thread_tokens} "
-            "tokens · one burst per point after a warm-up"
-        ),
-    )
-    table.add_column("concurrency", justify="right")
-    for variant in VARIANTS:
-        table.add_column(f"[{variant.color}]{variant.name}[/] (model)", justify="right")
-    for variant in VARIANTS:
-        table.add_column(f"/ping {variant.name}", justify="right")
-    for point in points:
-        cells = [str(point.concurrency)]
-        for variant in VARIANTS:
-            burst = point.bursts[variant.name]
-            model = model_ms(variant.name, point.concurrency, context)
-            cells.append(f"{burst.slowest_ms:,.0f} ({model:,.0f})")
-        cells += [f"{point.bursts[v.name].ping_ms:,.1f}" for v in VARIANTS]
-        table.add_row(*cells)
-    console.print(table)
-
-
 def explain_sweep(points: Sequence[SweepPoint], context: RunContext) -> list[str]:
     """The steps of the sweep, named: the event loop first, then threads, then connections."""
 
@@ -340,7 +245,7 @@ def explain_sweep(points: Sequence[SweepPoint], context: RunContext) -> list[str
         "a PostgreSQL backend process, and max_connections is shared by every worker.",
     ]
     top = points[-1]
-    excess = top.bursts["async"].slowest_ms - model_ms("async", top.concurrency, context)
+    excess = top.bursts["async"].slowest_ms - context.model_ms("async", top.concurrency)
     if excess > 0.2 * context.delay_ms:
         lines.append(
             "Where a measurement exceeds the model, the rest is CPU: every request also costs "
@@ -364,6 +269,122 @@ def explain_sweep(points: Sequence[SweepPoint], context: RunContext) -> list[str
     return lines
 
 
+# -- the tables (terminal and report.md) ----------------------------------------------------
+
+SUMMARY_HEADER = ("variant", "fastest", "median", "slowest", "burst wall", "/ping in burst")
+
+
+def summary_rows(summaries: Sequence[VariantSummary]) -> list[list[str]]:
+    baseline = next((s.slowest_ms for s in summaries if s.variant == "async"), None)
+    return [
+        [
+            s.variant,
+            *(f"{getattr(s, name):.0f} ms" for name in FIGURES[:4]),
+            f"{s.ping_ms:.1f} ms",
+            f"{s.slowest_ms / baseline:.1f}{TIMES}" if baseline else "-",
+        ]
+        for s in summaries
+    ]
+
+
+def sweep_header() -> list[str]:
+    return [
+        "concurrency",
+        *(f"{v.name} (model)" for v in VARIANTS),
+        *(f"/ping {v.name}" for v in VARIANTS),
+    ]
+
+
+def sweep_rows(points: Sequence[SweepPoint], context: RunContext) -> list[list[str]]:
+    return [
+        [
+            str(point.concurrency),
+            *(
+                f"{point.bursts[v.name].slowest_ms:,.0f} ms "
+                f"({context.model_ms(v.name, point.concurrency):,.0f})"
+                for v in VARIANTS
+            ),
+            *(f"{point.bursts[v.name].ping_ms:,.1f} ms" for v in VARIANTS),
+        ]
+        for point in points
+    ]
+
+
+def terminal_table(title: str, caption: str, header: Sequence[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title, caption=caption)
+    for index, name in enumerate(header):
+        table.add_column(name, justify="left" if index == 0 else "right")
+    for row in rows:
+        color = VARIANT_BY_NAME[row[0]].color if row[0] in VARIANT_BY_NAME else ""
+        table.add_row(f"[bold {color}]{row[0]}[/]" if color else row[0], *row[1:])
+    return table
+
+
+def markdown_table(header: Sequence[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * (len(header) - 1),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def print_summary(
+    console: Console, summaries: Sequence[VariantSummary], context: RunContext
+) -> None:
+    console.print(
+        terminal_table(
+            f"{context.concurrency} concurrent requests {TIMES} {context.delay_ms} ms DB call, "
+            f"median over {context.repeat} repeat{'s' if context.repeat != 1 else ''}",
+            f"{pool_line(context)} · event loop: {context.event_loop} · {context.cpu_count} CPUs",
+            [*SUMMARY_HEADER, "slowest ÷ async"],
+            summary_rows(summaries),
+        )
+    )
+
+
+def print_sweep(console: Console, points: Sequence[SweepPoint], context: RunContext) -> None:
+    console.print(
+        terminal_table(
+            f"Sweep: slowest request (model: waves {TIMES} {context.delay_ms} ms), and the "
+            "/ping sent during each burst",
+            f"{pool_line(context)} · one burst per point after a warm-up",
+            sweep_header(),
+            sweep_rows(points, context),
+        )
+    )
+
+
+# -- results.json and report.md --------------------------------------------------------------
+
+
+def results_dict(
+    summaries: Sequence[VariantSummary],
+    runs: dict[str, list[Burst]],
+    points: Sequence[SweepPoint],
+    context: RunContext,
+) -> dict[str, Any]:
+    """What results.json says about the variants (and the sweep): every raw timing."""
+    results: dict[str, Any] = {
+        "variants": {
+            summary.variant: {
+                "path": VARIANT_BY_NAME[summary.variant].path,
+                "route": VARIANT_BY_NAME[summary.variant].route,
+                "effect": VARIANT_BY_NAME[summary.variant].effect,
+                "summary": summary.as_dict(),
+                "runs": [burst_dict(b) for b in runs[summary.variant]],
+            }
+            for summary in summaries
+        },
+        "explanation": explain_run(summaries, context),
+    }
+    if points:
+        results["sweep"] = {
+            **sweep_dict(points, context),
+            "explanation": explain_sweep(points, context),
+        }
+    return results
+
+
 def sweep_dict(points: Sequence[SweepPoint], context: RunContext) -> dict[str, Any]:
     return {
         "pool_total": context.pool_total,
@@ -373,7 +394,7 @@ def sweep_dict(points: Sequence[SweepPoint], context: RunContext) -> dict[str, A
                 "concurrency": point.concurrency,
                 "variants": {
                     name: {
-                        "model_ms": model_ms(name, point.concurrency, context),
+                        "model_ms": context.model_ms(name, point.concurrency),
                         **burst_dict(burst),
                     }
                     for name, burst in point.bursts.items()
@@ -398,9 +419,6 @@ def burst_dict(burst: Burst) -> dict[str, Any]:
     }
 
 
-# -- report.md --------------------------------------------------------------------------------
-
-
 def report_markdown(
     summaries: Sequence[VariantSummary],
     points: Sequence[SweepPoint],
@@ -417,60 +435,28 @@ def report_markdown(
         f"(newest 50 tasks), {context.repeat} repeat(s) per variant with the variant order "
         f"alternating; database: {database}.",
         "",
-        f"- pool: {context.pool_total} connections per engine (pool_size {context.pool_size} "
-        f"+ max_overflow {context.max_overflow}), the same for psycopg and asyncpg",
-        f"- threadpool: {context.thread_tokens} tokens (anyio's default limiter)",
+        f"- {pool_line(context)} (the same for psycopg and asyncpg)",
         f"- event loop: {context.event_loop}; {context.cpu_count} CPUs",
         "",
-        "| variant | route | fastest | median | slowest | burst wall | /ping in burst |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        *markdown_table([*SUMMARY_HEADER, "slowest ÷ async"], summary_rows(summaries)),
+        "",
+        "(medians over the repeats; every raw timing is in results.json)",
+        "",
+        *(line + "\n" for line in explain_run(summaries, context)),
+        "## Timeline (median repeat, one shared scale)",
+        "",
+        "![timeline](timeline.png)",
+        "",
     ]
-    for s in summaries:
-        route = VARIANT_BY_NAME[s.variant].route
-        out.append(
-            f"| {s.variant} | {route} | {s.fastest_ms:.0f} ms | {s.median_ms:.0f} ms | "
-            f"{s.slowest_ms:.0f} ms | {s.wall_ms:.0f} ms | {s.ping_ms:.1f} ms |"
-        )
-    out += ["", "(medians over the repeats; every raw timing is in results.json)", ""]
-    out += [line + "\n" for line in explain_run(summaries, context)]
-    bursts = [s.shown for s in summaries]
-    scale = max(max(r.end_ms for r in [*b.requests, b.ping]) for b in bursts)
-    out += ["## Timeline (median repeat, one shared scale)", "", "![timeline](timeline.png)", ""]
+    scale = shared_scale(summaries)
     for s in summaries:
         variant = VARIANT_BY_NAME[s.variant]
-        out += [
-            f"{variant.name}: {variant.route}",
-            "```",
-            timeline_text(s.shown, scale, 64, styled=False).plain.rstrip(),
-            "```",
-            "",
-        ]
-    out.append(
-        f"`{QUEUED_CHAR}` queued (route not started) · `{POOL_CHAR}` waiting for a pooled "
-        f"connection · `{ROUTE_CHAR}` route running (pg_sleep + list query) · `{RESPONSE_CHAR}` "
-        "response on its way"
-    )
+        timeline = timeline_text(s.shown, scale, 64, styled=False).plain.rstrip()
+        out += [f"{variant.name}: {variant.route}", "```", timeline, "```", ""]
+    out.append(LEGEND)
     if points:
-        out += [
-            "",
-            "## Sweep: slowest request against concurrency",
-            "",
-            "![sweep](sweep.png)",
-            "",
-            "| concurrency | "
-            + " | ".join(f"{v.name} slowest (model)" for v in VARIANTS)
-            + " | "
-            + " | ".join(f"/ping {v.name}" for v in VARIANTS)
-            + " |",
-            "|---:|" + "---:|" * (2 * len(VARIANTS)),
-        ]
-        for point in points:
-            cells = [
-                f"{point.bursts[v.name].slowest_ms:,.0f} ms "
-                f"({model_ms(v.name, point.concurrency, context):,.0f})"
-                for v in VARIANTS
-            ] + [f"{point.bursts[v.name].ping_ms:,.1f} ms" for v in VARIANTS]
-            out.append(f"| {point.concurrency} | " + " | ".join(cells) + " |")
+        out += ["", "## Sweep: slowest request against concurrency", "", "![sweep](sweep.png)", ""]
+        out += markdown_table(sweep_header(), sweep_rows(points, context))
         out += ["", *(line + "\n" for line in explain_sweep(points, context))]
     out += ["## Files", "", *(f"- `{name}`" for name in files), ""]
     return "\n".join(out)

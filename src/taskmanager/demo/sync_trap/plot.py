@@ -7,16 +7,17 @@ the lecture's timeline diagram (1.2), redrawn from measured timestamps.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from taskmanager.demo.sync_trap_measure import (
+from taskmanager.demo.sync_trap.measure import (
     TIMES,
     VARIANT_BY_NAME,
     VARIANTS,
     Burst,
     RequestTiming,
+    RunContext,
+    SweepPoint,
 )
 
 if TYPE_CHECKING:
@@ -28,26 +29,6 @@ RESPONSE = "#7f7f7f"  # route finished, response on its way
 PING = "#8e44ad"
 PING_QUEUED = "#dcc6e6"
 MAX_LABELLED_ROWS = 30  # above this, per-bar labels would overlap
-
-
-@dataclass(frozen=True, slots=True)
-class PlotContext:
-    """What the titles say about the run."""
-
-    concurrency: int
-    delay_ms: int
-    pool_total: int
-    thread_tokens: int
-    cpu_count: int
-    shown: str  # which repeat is drawn, e.g. "median of 3 repeats (by slowest request)"
-
-
-def service_order(burst: Burst) -> list[RequestTiming]:
-    """Requests in the order the server started them (the order they were served)."""
-    return sorted(
-        burst.requests,
-        key=lambda r: (r.server.started_ms if r.server else r.end_ms, r.end_ms),
-    )
 
 
 def _bar(axes: Axes, y: float, start: float, end: float, color: str, height: float) -> None:
@@ -70,7 +51,7 @@ def _draw_request(axes: Axes, y: float, request: RequestTiming, color: str, queu
     _bar(axes, y, finished, request.end_ms, RESPONSE, height)
 
 
-def _lesson(burst: Burst, context: PlotContext) -> str:
+def _lesson(burst: Burst, context: RunContext) -> str:
     """One line per panel on what the bars show, in the lecture's words."""
     if burst.variant == "trap":
         return (
@@ -90,10 +71,10 @@ def _lesson(burst: Burst, context: PlotContext) -> str:
     )
 
 
-def _draw_panel(axes: Axes, burst: Burst, x_max: float, context: PlotContext, rows: int) -> None:
+def _draw_panel(axes: Axes, burst: Burst, x_max: float, context: RunContext, rows: int) -> None:
     variant = VARIANT_BY_NAME[burst.variant]
     delay_ms = context.delay_ms
-    ordered = service_order(burst)
+    ordered = burst.service_order()
     label_bars = len(ordered) <= MAX_LABELLED_ROWS
     for y, request in enumerate(ordered):
         _draw_request(axes, y, request, variant.color, QUEUED)
@@ -153,7 +134,7 @@ def _draw_panel(axes: Axes, burst: Burst, x_max: float, context: PlotContext, ro
     )
 
 
-def write_timeline_png(path: Path, bursts: Sequence[Burst], context: PlotContext) -> None:
+def write_timeline_png(path: Path, bursts: Sequence[Burst], context: RunContext) -> None:
     """One Gantt panel per variant: each request a bar from sent to answered, split into
     queued / waiting for a connection / in the route; the /ping sent during the burst last."""
     from matplotlib.figure import Figure
@@ -194,48 +175,38 @@ def write_timeline_png(path: Path, bursts: Sequence[Burst], context: PlotContext
     figure.savefig(path)
 
 
-@dataclass(frozen=True, slots=True)
-class SweepSeries:
-    variant: str
-    concurrencies: list[int]
-    slowest_ms: list[float]
-    # The model at every concurrency from 1 up: its steps fall between the sweep's points.
-    model_concurrencies: list[int]
-    model_ms: list[float]
-
-
-def write_sweep_png(path: Path, series: Sequence[SweepSeries], context: PlotContext) -> None:
+def write_sweep_png(path: Path, points: Sequence[SweepPoint], context: RunContext) -> None:
     """Slowest request against concurrency, measured (solid) and modelled (dashed steps): all
     three variants on the left, the two that keep the loop free zoomed in on the right."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
+    xs = [point.concurrency for point in points]
+    slowest = {v.name: [p.bursts[v.name].slowest_ms for p in points] for v in VARIANTS}
+    # The model at every concurrency from 1 up: its steps fall between the sweep's points.
+    model_xs = list(range(1, xs[-1] + 1))
     figure = Figure(figsize=(13, 5.8), dpi=100, layout="constrained")
     left, right = figure.subplots(1, 2)
-    panels = ((left, series, {"trap"}), (right, [s for s in series if s.variant != "trap"], None))
+    panels = ((left, list(slowest), {"trap"}), (right, ["threadpool", "async"], None))
     for axes, shown, labelled in panels:
-        for item in shown:
-            color = VARIANT_BY_NAME[item.variant].color
+        for name in shown:
+            color = VARIANT_BY_NAME[name].color
             axes.plot(
-                item.model_concurrencies,
-                item.model_ms,
+                model_xs,
+                [context.model_ms(name, x) for x in model_xs],
                 linestyle="--",
                 color=color,
                 alpha=0.5,
                 linewidth=1.2,
                 # The trap's model is a line (one wave per request); the others are steps.
-                drawstyle="default" if item.variant == "trap" else "steps-post",
+                drawstyle="default" if name == "trap" else "steps-post",
             )
-            axes.plot(item.concurrencies, item.slowest_ms, marker="o", color=color, linewidth=2)
-            if labelled is not None and item.variant not in labelled:
+            axes.plot(xs, slowest[name], marker="o", color=color, linewidth=2)
+            if labelled is not None and name not in labelled:
                 continue
-            for x, y in zip(item.concurrencies, item.slowest_ms, strict=True):
+            for i, (x, y) in enumerate(zip(xs, slowest[name], strict=True)):
                 # The lower of two points at one x gets its label below, so they never collide.
-                below = any(
-                    other is not item and y < other.slowest_ms[other.concurrencies.index(x)]
-                    for other in shown
-                    if x in other.concurrencies
-                )
+                below = any(y < slowest[other][i] for other in shown if other != name)
                 axes.annotate(
                     f"{y:,.0f}",
                     (x, y),
@@ -251,7 +222,7 @@ def write_sweep_png(path: Path, series: Sequence[SweepSeries], context: PlotCont
         axes.set_xlim(left=0)
         for side in ("top", "right"):
             axes.spines[side].set_visible(False)
-    largest = max(max(item.concurrencies) for item in series)
+    largest = xs[-1]
     marks = sorted(
         (value, text)
         for value, text in {
@@ -273,15 +244,8 @@ def write_sweep_png(path: Path, series: Sequence[SweepSeries], context: PlotCont
         )
     # One legend for both panels, below them: inside, it would cover data or the limit marks.
     handles = [
-        Line2D(
-            [],
-            [],
-            color=VARIANT_BY_NAME[item.variant].color,
-            marker="o",
-            linewidth=2,
-            label=f"{item.variant}: {VARIANT_BY_NAME[item.variant].route}",
-        )
-        for item in series
+        Line2D([], [], color=v.color, marker="o", linewidth=2, label=f"{v.name}: {v.route}")
+        for v in VARIANTS
     ]
     handles.append(
         Line2D(

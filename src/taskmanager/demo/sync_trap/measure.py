@@ -1,19 +1,32 @@
 """The load driver of `taskmanager demo sync-trap`: bursts of concurrent requests, timed.
 
-A deliberately tiny HTTP/1.1 client on raw asyncio sockets (one connection per request,
-`Connection: close`): it needs no dependency, and it records exactly when each request was
-sent, when its first byte came back and when it ended. The demo app reports when its route
-started, got its database connection and finished, on the same clock (`time.monotonic`,
-CLOCK_MONOTONIC: system-wide, so two processes on one machine can compare readings).
+Each request is sent on a new connection by a tiny HTTP/1.1 client on asyncio sockets that
+records when it was sent, when its headers came back and when it ended. The demo app reports
+when its route started, got its database connection and finished, on the same clock
+(`time.monotonic`, CLOCK_MONOTONIC: system-wide, so two processes on one machine can compare).
+
+Why not httpx: its per-request work in this process spreads the burst out. Measured with
+`.venv/bin/python docs/sync_trap_clients.py 10 50 6` (one demo server, the same bursts
+through both clients, alternating; 10 concurrent requests x 50 ms, medians of 6 repeats;
+three runs on 2 shared cores), this client vs httpx 0.28.1 (keep-alive pool, warmed up):
+- the burst's requests left the client within 1.6-3.5 ms vs 14.5-24.2 ms;
+- async variant, sent -> route started (median request): 12-18 ms vs 50-67 ms, time the
+  timeline would draw as queued in the server; its slowest request: 102-118 vs 146-178 ms;
+- the /ping sent during the trap's burst waited 580-587 ms vs 70-72 ms: with the requests
+  arriving one by one, the /ping gets in among the first, and the timeline would no longer
+  show a health check stuck behind the blocked event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
+import re
 import statistics
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,6 +155,13 @@ class Burst:
     def ping_ms(self) -> float:
         return self.ping.latency_ms
 
+    def service_order(self) -> list[RequestTiming]:
+        """Requests in the order the server started them (the order they were served)."""
+        return sorted(
+            self.requests,
+            key=lambda r: (r.server.started_ms if r.server else r.end_ms, r.end_ms),
+        )
+
     def summary(self) -> dict[str, float]:
         return rounded_figures(self)
 
@@ -155,89 +175,50 @@ def rounded_figures(measured: object) -> dict[str, float]:
     return {name: round(getattr(measured, name), 2) for name in FIGURES}
 
 
-async def http_get(host: str, port: int, path: str, within: float) -> Exchange:
-    """GET `path` on a new connection and return the timed exchange (raises on non-200).
+# GET a path within so many seconds: http_get on a server's host and port (or any client's).
+Get = Callable[[str, float], Coroutine[Any, Any, Exchange]]
 
-    The response ends when its body is complete (Content-Length), as for any HTTP client,
-    not when the server closes the connection: a server whose event loop is blocked
+
+def client(host: str, port: int) -> Get:
+    return functools.partial(http_get, host, port)
+
+
+async def http_get(host: str, port: int, path: str, within: float) -> Exchange:
+    """GET `path` on a new connection (`Connection: close`) and return the timed exchange;
+    raise DemoHTTPError unless the answer is a JSON object with status 200.
+
+    The response ends when its body is complete (Content-Length, which the demo app always
+    sends), not when the server closes the connection: a server whose event loop is blocked
     sends the body at once but gets round to closing the socket only later.
     """
     sent = time.monotonic()
-    first_byte = 0.0
-    received = bytearray()
     try:
         async with asyncio.timeout(within):
             reader, writer = await asyncio.open_connection(host, port)
             try:
-                request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
-                writer.write(request.encode("ascii"))
+                writer.write(
+                    f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+                )
                 await writer.drain()
-                while chunk := await reader.read(65536):
-                    if not received:
-                        first_byte = time.monotonic()
-                    received += chunk
-                    if _complete(received):
-                        break
+                head = await reader.readuntil(b"\r\n\r\n")  # the status line and headers
+                first_byte = time.monotonic()
+                length = re.search(rb"(?im)^content-length: *(\d+)", head)
+                payload = await (reader.readexactly(int(length[1])) if length else reader.read())
             finally:
                 writer.close()
     except TimeoutError:
         raise DemoHTTPError(f"GET {path}: no complete answer within {within:.0f}s") from None
-    except OSError as exc:
-        raise DemoHTTPError(f"GET {path}: {exc}") from exc
+    except (OSError, EOFError, ValueError, asyncio.LimitOverrunError) as exc:
+        raise DemoHTTPError(f"GET {path}: {exc!r}") from exc
     end = time.monotonic()
-    status, body = _parse_response(bytes(received), path)
-    return Exchange(path, sent, first_byte or end, end, status, body)
-
-
-def _complete(received: bytearray) -> bool:
-    """Whether `received` holds a whole response (headers and Content-Length bytes of body)."""
-    header_end = received.find(b"\r\n\r\n")
-    if header_end < 0:
-        return False
-    for line in bytes(received[:header_end]).split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return len(received) >= header_end + 4 + int(value.strip())
-    return received.endswith(b"0\r\n\r\n")  # chunked: the last chunk; otherwise EOF
-
-
-def _parse_response(raw: bytes, path: str) -> tuple[int, dict[str, Any]]:
-    head, separator, payload = raw.partition(b"\r\n\r\n")
-    if not separator:
-        raise DemoHTTPError(f"GET {path}: incomplete HTTP response {raw[:200]!r}")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    try:
-        status = int(status_line.split(" ", 2)[1])
-    except (IndexError, ValueError):
-        raise DemoHTTPError(f"GET {path}: bad status line {status_line!r}") from None
-    headers = {
-        name.strip().lower(): value.strip()
-        for name, _, value in (line.partition(":") for line in header_lines)
-    }
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        payload = _dechunk(payload)
-    if status != 200:
-        text = payload.decode("utf-8", "replace")[:500]
-        raise DemoHTTPError(f"GET {path}: HTTP {status}: {text}")
+    status = int(head.split(b" ", 2)[1])
     try:
         body = json.loads(payload)
     except ValueError:
-        raise DemoHTTPError(f"GET {path}: not JSON: {payload[:200]!r}") from None
-    if not isinstance(body, dict):
-        raise DemoHTTPError(f"GET {path}: expected a JSON object, got {body!r}")
-    return status, body
-
-
-def _dechunk(payload: bytes) -> bytes:
-    out = bytearray()
-    while payload:
-        size_line, _, rest = payload.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out += rest[:size]
-        payload = rest[size + 2 :]
-    return bytes(out)
+        body = None
+    if status != 200 or not isinstance(body, dict):
+        raise DemoHTTPError(f"GET {path}: HTTP {status}: {payload[:300]!r}")
+    return Exchange(path, sent, first_byte, end, status, body)
 
 
 def _timing(exchange: Exchange, index: int, origin: float) -> RequestTiming:
@@ -287,15 +268,15 @@ def variant_path(variant: Variant, delay_ms: int) -> str:
     return f"{variant.path}?delay_ms={delay_ms}"
 
 
-async def burst(host: str, port: int, variant: Variant, concurrency: int, delay_ms: int) -> Burst:
+async def burst(get: Get, variant: Variant, concurrency: int, delay_ms: int) -> Burst:
     """Send `concurrency` requests to `variant` at once and a /ping shortly after."""
     within = request_timeout(concurrency, delay_ms)
     path = variant_path(variant, delay_ms)
     origin = time.monotonic()
-    requests = [asyncio.create_task(http_get(host, port, path, within)) for _ in range(concurrency)]
+    requests = [asyncio.create_task(get(path, within)) for _ in range(concurrency)]
     try:
         await asyncio.sleep(delay_ms * PING_AFTER_FRACTION / 1000)
-        ping = await http_get(host, port, PING_PATH, within)
+        ping = await get(PING_PATH, within)
         exchanges = await asyncio.gather(*requests)
     finally:
         for task in requests:
@@ -317,14 +298,51 @@ async def burst(host: str, port: int, variant: Variant, concurrency: int, delay_
     )
 
 
-async def warm_up(host: str, port: int, variant: Variant, concurrency: int, delay_ms: int) -> None:
+async def warm_up(get: Get, variant: Variant, concurrency: int, delay_ms: int) -> None:
     """Open the pool's connections, start the worker threads and fill SQLAlchemy's statement
     cache before measuring. The trap can only run one request at a time, so it needs (and
     gets) a single warm-up request instead of a full, slow burst."""
     within = request_timeout(concurrency, delay_ms)
     count = 1 if variant.name == "trap" else concurrency
     path = variant_path(variant, delay_ms)
-    await asyncio.gather(*(http_get(host, port, path, within) for _ in range(count)))
+    await asyncio.gather(*(get(path, within) for _ in range(count)))
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """The parameters every explanation and picture refers to."""
+
+    concurrency: int
+    delay_ms: int
+    repeat: int
+    pool_size: int
+    max_overflow: int
+    thread_tokens: int
+    cpu_count: int
+    event_loop: str
+
+    @property
+    def pool_total(self) -> int:
+        return self.pool_size + self.max_overflow
+
+    @property
+    def shown(self) -> str:
+        """Which repeat the timelines draw."""
+        if self.repeat > 1:
+            return f"median of {self.repeat} repeats (by slowest request)"
+        return "one burst per variant"
+
+    def model_ms(self, variant: str, concurrency: int) -> float:
+        """The slowest request by the lecture's model: waves of DB calls, back to back."""
+        return float(
+            waves(variant, concurrency, self.pool_total, self.thread_tokens) * self.delay_ms
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SweepPoint:
+    concurrency: int
+    bursts: dict[str, Burst]
 
 
 def waves(variant: str, concurrency: int, pool_total: int, thread_tokens: int) -> int:

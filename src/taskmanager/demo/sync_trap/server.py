@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from taskmanager.demo.sync_trap_measure import PING_PATH, DemoHTTPError, http_get
+from taskmanager.demo.sync_trap.measure import PING_PATH, DemoHTTPError, http_get
 
 HOST = "127.0.0.1"  # only ever the loopback interface
 READY_WITHIN = 30.0
@@ -29,7 +29,7 @@ READY_WITHIN = 30.0
 # requests, even shutting down waits its turn. The demo server holds no data: kill it then.
 TERMINATE_WITHIN = 3.0
 KILL_WITHIN = 5.0
-APP = "taskmanager.demo.sync_trap_app:create_app"
+APP = "taskmanager.demo.sync_trap.wiring:create_app"
 
 
 class DemoServerError(RuntimeError):
@@ -51,10 +51,6 @@ class DemoServer:
     log_path: Path
 
     host: str = HOST
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
 
     def output_tail(self, lines: int = 30) -> str:
         try:
