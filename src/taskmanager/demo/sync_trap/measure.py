@@ -6,7 +6,7 @@ when its route started, got its database connection and finished, on the same cl
 (`time.monotonic`, CLOCK_MONOTONIC: system-wide, so two processes on one machine can compare).
 
 Why not httpx: its per-request work in this process spreads the burst out. Measured with
-`.venv/bin/python docs/sync_trap_clients.py 10 50 6` (one demo server, the same bursts
+`.venv/bin/python bench/sync_trap_clients.py 10 50 6` (one demo server, the same bursts
 through both clients, alternating; 10 concurrent requests x 50 ms, medians of 6 repeats;
 three runs on 2 shared cores), this client vs httpx 0.28.1 (keep-alive pool, warmed up):
 - the burst's requests left the client within 1.6-3.5 ms vs 14.5-24.2 ms;

@@ -11,7 +11,7 @@ prints medians over the repeats of what the timeline is drawn from (milliseconds
 
 Usage (the database as for the demo: DATABASE_URL, or the embedded server):
 
-    .venv/bin/python docs/sync_trap_clients.py [CONCURRENCY] [DELAY_MS] [REPEATS]
+    .venv/bin/python bench/sync_trap_clients.py [CONCURRENCY] [DELAY_MS] [REPEATS]
 """
 
 import asyncio
