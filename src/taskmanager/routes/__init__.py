@@ -1,1 +1,1 @@
-"""HTTP routes: they say WHAT to do and leave HOW to the repositories."""
+"""HTTP routes, the front desk: they say WHAT to do and leave HOW to the repositories."""
