@@ -20,8 +20,11 @@ $(UV):
 	$(PYTHON) -m venv .uv
 	.uv/bin/python -m pip install --quiet --disable-pip-version-check 'uv>=0.9,<1'
 
+# --compile-bytecode: the installed packages' .pyc files are written once, here; where
+# PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile SQLAlchemy, FastAPI
+# and Pydantic anew on import (about 1 s of each CLI start and test subprocess).
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --locked --extra dev --extra demo --python $(PYTHON)
+	$(UV) sync --locked --extra dev --extra demo --compile-bytecode --python $(PYTHON)
 	@touch $@
 
 system-deps: ## Debian packages some tests drive (chromium); skipped where apt is unusable
