@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import joinedload
 
 from taskmanager.config import get_settings
@@ -111,15 +111,31 @@ async def raw_list_tasks_with_total(
     return [_task_from_row(row) for row in rows]
 
 
-async def _lecture_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """The lecture's get_async_session, default dependency scope."""
-    async with request.app.state.async_session_factory() as session:
-        try:
-            yield session
-            await session.commit()
-        except Exception:
-            await session.rollback()
-            raise
+def lecture_session_dependency(
+    factory_of: Callable[[Request], async_sessionmaker[AsyncSession]],
+) -> Callable[[Request], AsyncIterator[AsyncSession]]:
+    """The lecture's get_async_session (Part 3.4), on the session factory `factory_of`
+    picks for the request; declared at FastAPI's default dependency scope by its users."""
+
+    async def get_async_session(request: Request) -> AsyncIterator[AsyncSession]:
+        async with factory_of(request)() as session:
+            try:
+                yield session
+                await session.commit()
+            except Exception:
+                await session.rollback()
+                raise
+
+    return get_async_session
+
+
+def app_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
+    """The app's own session factory (its engine and pool)."""
+    factory: async_sessionmaker[AsyncSession] = request.app.state.async_session_factory
+    return factory
+
+
+_lecture_session = lecture_session_dependency(app_session_factory)
 
 
 @router.get("/naive/tasks/{task_id}", response_model=TaskWithCategoryResponse)

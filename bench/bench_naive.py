@@ -27,11 +27,12 @@ import collections
 import contextlib
 import contextvars
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+from bench_app import app_session_factory, lecture_session_dependency
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import joinedload
@@ -326,30 +327,6 @@ async def pool_stats(name: str, request: Request, close: bool = False) -> dict[s
 # ─────────────────────────────────────────────── the lecture's route, and its variants
 
 
-def _lecture_dependency(
-    factory_of: Callable[[Request], async_sessionmaker[AsyncSession]],
-) -> Callable[[Request], AsyncIterator[AsyncSession]]:
-    """The lecture's get_async_session (Part 3.4), on the session factory `factory_of`
-    picks for the request."""
-
-    async def get_async_session(request: Request) -> AsyncIterator[AsyncSession]:
-        async with factory_of(request)() as session:
-            try:
-                yield session
-                await session.commit()
-            except Exception:
-                await session.rollback()
-                raise
-
-    return get_async_session
-
-
-def _app_factory(request: Request) -> async_sessionmaker[AsyncSession]:
-    """The app's engine: the same sessions as bench_app's naive route."""
-    factory: async_sessionmaker[AsyncSession] = request.app.state.async_session_factory
-    return factory
-
-
 def _autocommit_factory(request: Request) -> async_sessionmaker[AsyncSession]:
     """The app's autocommit read sessions: no BEGIN and no COMMIT."""
     factory: async_sessionmaker[AsyncSession] = request.app.state.read_session_factory
@@ -365,9 +342,9 @@ def _pool_factory(request: Request) -> async_sessionmaker[AsyncSession]:
     return opened.session_factory
 
 
-_session_from_app = _lecture_dependency(_app_factory)
-_autocommit_session = _lecture_dependency(_autocommit_factory)
-_session_from_pool = _lecture_dependency(_pool_factory)
+_session_from_app = lecture_session_dependency(app_session_factory)
+_autocommit_session = lecture_session_dependency(_autocommit_factory)
+_session_from_pool = lecture_session_dependency(_pool_factory)
 
 
 async def _get(session: AsyncSession, task_id: int) -> Task:
