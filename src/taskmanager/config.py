@@ -41,6 +41,13 @@ def normalize_database_url(raw: str) -> str:
             f"DATABASE_URL {raw!r} is not a database URL; "
             "write postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DBNAME"
         ) from None
+    if "@" in (url.host or ""):
+        # `user:p@ss@host`: the URL ends the password at its first "@", so the rest of the
+        # password reads as part of the host. Echoing the host would show that secret.
+        raise DatabaseURLError(
+            'DATABASE_URL has an "@" in its host, so its password probably contains "@": '
+            "write each @ in the password as %40 (percent-encoded)"
+        )
     backend, _, driver = url.drivername.partition("+")
     if backend in _DRIVERLESS_SCHEMES and driver in ("", "asyncpg"):
         url = url.set(drivername=ASYNC_DRIVER)

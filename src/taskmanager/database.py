@@ -133,7 +133,7 @@ async def get_read_session(request: Request) -> AsyncIterator[AsyncReadSession]:
 # request, since dependencies declared with different scopes would not be shared.
 SessionDep = Annotated[AsyncSession, Depends(get_async_session, scope="function")]
 # The one way for a route that only reads. Tests that swap the session (lecture 6.3)
-# override both dependencies: tests/conftest.py does.
+# override both dependencies: tests/support/rolled_back.py does.
 ReadSessionDep = Annotated[AsyncReadSession, Depends(get_read_session, scope="function")]
 SESSION_DEPENDENCIES = (get_async_session, get_read_session)
 

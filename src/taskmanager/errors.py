@@ -214,21 +214,25 @@ def translate_database_error(exc: BaseException) -> Response | None:
     return None
 
 
-# Where a connection failure surfaces unwrapped: asyncpg itself, or SQLAlchemy's pool and
-# its asyncpg adapter calling it.
-_DRIVER_MODULES = ("asyncpg", "sqlalchemy")
+# The database driver: asyncpg, and SQLAlchemy's pool and asyncpg adapter around it.
+_DRIVER_PACKAGES = frozenset({"asyncpg", "sqlalchemy"})
+# What the driver stands on, which raises on its behalf: the event loop, sockets, TLS.
+_PLUMBING_PACKAGES = frozenset({"asyncio", "uvloop", "socket", "ssl", "selectors"})
 
 
 def raised_by_database_driver(exc: BaseException) -> bool:
-    """Whether `exc` was raised inside the database driver (a frame of asyncpg or
-    SQLAlchemy is on its traceback), rather than by the service's own code."""
+    """Whether `exc` was raised inside the database driver: the innermost frame of its
+    traceback that is not the event loop's or the socket layer's belongs to asyncpg or
+    SQLAlchemy. An OSError the service's own code raised, even from a callback SQLAlchemy
+    runs (`run_sync`), has a frame of that code further in, so it is not the driver's."""
+    owner = None
     frame: TracebackType | None = exc.__traceback__
     while frame is not None:
-        module = str(frame.tb_frame.f_globals.get("__name__", ""))
-        if module.startswith(_DRIVER_MODULES):
-            return True
+        package = str(frame.tb_frame.f_globals.get("__name__", "")).partition(".")[0]
+        if package not in _PLUMBING_PACKAGES:
+            owner = package
         frame = frame.tb_next
-    return False
+    return owner in _DRIVER_PACKAGES
 
 
 async def _handle_database_error(request: Request, exc: Exception) -> Response:

@@ -58,7 +58,16 @@ def database_url(settings: Settings, *, check: bool = True) -> Iterator[str]:
 
 def ensure_reachable(url: str, *, timeout: float) -> None:
     """Open one connection to `url` (asyncpg URL) and close it again; on failure raise
-    DatabaseUnreachableError with `explain_connection_error`'s message."""
+    DatabaseUnreachableError with `explain_connection_error`'s message.
+
+    It blocks (its own event loop): call it from synchronous code or a worker thread.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass  # no loop running in this thread: asyncio.run below may start one
+    else:
+        raise RuntimeError("ensure_reachable() blocks; call it from a worker thread")
     try:
         asyncio.run(_connect_once(url, timeout))
     except Exception as exc:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,9 +21,11 @@ import pytest_asyncio
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.util import greenlet_spawn
 
 from taskmanager.config import Settings
 from taskmanager.dependencies import get_task_reader, get_task_repository
+from taskmanager.errors import raised_by_database_driver
 from taskmanager.idempotency import IdempotentRequest, get_idempotent_request
 from taskmanager.main import create_app
 from taskmanager.models import Category, Task
@@ -420,3 +423,20 @@ async def test_an_os_error_from_the_driver_is_a_503(
 
     assert_problem(response, 503, problem_type=DATABASE_UNAVAILABLE)
     assert int(response.headers["retry-after"]) >= 1
+
+
+async def test_an_os_error_from_own_code_run_by_sqlalchemy_is_not_the_drivers() -> None:
+    """Code of the service's own that SQLAlchemy calls back (run_sync runs it through
+    greenlet_spawn) has SQLAlchemy frames around it; the error is still not the driver's."""
+
+    def read_missing_file() -> str:
+        return Path("/nonexistent/taskmanager.conf").read_text()
+
+    with pytest.raises(FileNotFoundError) as raised:
+        await greenlet_spawn(read_missing_file)
+
+    assert any(
+        str(entry.frame.f_globals.get("__name__", "")).startswith("sqlalchemy")
+        for entry in raised.traceback
+    )
+    assert not raised_by_database_driver(raised.value)

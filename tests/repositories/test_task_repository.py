@@ -7,6 +7,7 @@ map would otherwise hand back the very objects the test just changed.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +21,7 @@ from taskmanager.models import Category, Task
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.task_repository import (
     BULK_TASK_COLUMNS,
+    LIST_FILTERS,
     TaskFilters,
     TaskRepository,
 )
@@ -234,6 +236,11 @@ async def seed_filterable(repo: TaskRepository, db_session: AsyncSession) -> dic
         task = await repo.create(title=title, completed=completed, category_id=category_id)
         ids[title] = task.id
     return {"work": work.id, "home": home.id, **ids}
+
+
+def test_every_filter_field_has_its_clause() -> None:
+    """A TaskFilters field without a ListFilter would be silently ignored: unfiltered rows."""
+    assert [f.name for f in LIST_FILTERS] == [f.name for f in dataclasses.fields(TaskFilters)]
 
 
 @pytest.mark.parametrize(

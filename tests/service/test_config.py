@@ -103,6 +103,19 @@ def test_other_databases_are_refused(raw: str) -> None:
     assert "secret" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    ["postgresql://app:pw@secret-part@127.0.0.1:5432/tasks", "postgresql://app:a@b@c@db/tasks"],
+)
+def test_an_unescaped_at_in_the_password_is_refused_without_echoing_it(raw: str) -> None:
+    """The URL ends the password at its first "@": the rest would be shown as the host."""
+    with pytest.raises(DatabaseURLError, match="%40") as raised:
+        normalize_database_url(raw)
+    message = str(raised.value)
+    for secret in ("secret-part", "pw", "b@c"):
+        assert secret not in message
+
+
 def test_unknown_postgres_driver_is_refused() -> None:
     with pytest.raises(DatabaseURLError, match="only through asyncpg"):
         normalize_database_url("postgresql+whatever://u:p@h/db")

@@ -7,18 +7,24 @@ migration that drifts from `models.py` or does not downgrade cleanly fails here 
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from taskmanager import migrate
+from taskmanager.config import get_settings
 from taskmanager.models import FK_TASKS_CATEGORY, UQ_CATEGORIES_NAME, Base
+from tests.support.processes import free_port
 
 APP_TABLES = {"categories", "tasks"}
 
@@ -216,3 +222,18 @@ def test_naming_convention_applied(fresh_url: str) -> None:
     # errors.py maps this name to 409: it must be a UNIQUE index on lower(name).
     assert "UNIQUE" in indexes[UQ_CATEGORIES_NAME]
     assert "lower((name)::text)" in indexes[UQ_CATEGORIES_NAME]
+
+
+def test_printing_the_sql_needs_no_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`alembic upgrade head --sql` (offline mode) renders the migrations for a DATABASE_URL
+    that nothing answers: it needs the dialect, not a connection."""
+    monkeypatch.chdir(tmp_path)  # no .env of the project's
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://app:pw@127.0.0.1:{free_port()}/tasks")
+    get_settings.cache_clear()
+    config = Config(output_buffer=(output := io.StringIO()))
+    config.set_main_option("script_location", migrate.SCRIPT_LOCATION)
+    try:
+        command.upgrade(config, "head", sql=True)
+    finally:
+        get_settings.cache_clear()
+    assert "CREATE TABLE tasks" in output.getvalue()

@@ -25,8 +25,9 @@ target_metadata = Base.metadata
 
 
 @contextmanager
-def _database_url() -> Iterator[str]:
-    """The URL `taskmanager.migrate` passed in; else the one place that decides for the app."""
+def _database_url(*, check: bool = True) -> Iterator[str]:
+    """The URL `taskmanager.migrate` passed in; else the one place that decides for the app
+    (which, with `check`, first connects once to DATABASE_URL)."""
     url = config.attributes.get("database_url")
     if url:
         yield str(url)
@@ -34,7 +35,7 @@ def _database_url() -> Iterator[str]:
     from taskmanager.config import get_settings
     from taskmanager.postgres import database_url
 
-    with database_url(get_settings()) as resolved:
+    with database_url(get_settings(), check=check) as resolved:
         yield resolved
 
 
@@ -50,7 +51,8 @@ def _configure(**kwargs: object) -> None:
 
 def run_migrations_offline() -> None:
     """`alembic upgrade --sql`: print the SQL instead of running it."""
-    with _database_url() as url:
+    # Printing SQL needs no server: only the URL's dialect.
+    with _database_url(check=False) as url:
         _configure(url=url, literal_binds=True, dialect_opts={"paramstyle": "named"})
         with context.begin_transaction():
             context.run_migrations()
