@@ -16,8 +16,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from taskmanager.config import ASYNC_DRIVER
-
 log = logging.getLogger(__name__)
 
 DEFAULT_DATABASE = "taskmanager"
@@ -81,10 +79,6 @@ class EmbeddedPostgres:
         if self._server is None:
             raise RuntimeError("the embedded PostgreSQL is not running")
         return str(self._server.get_uri(database=database or self.database, driver="asyncpg"))
-
-    def sync_url(self, database: str | None = None, driver: str = "psycopg") -> str:
-        """The same server for a synchronous driver (used by the sync-trap demonstration)."""
-        return self.url(database).replace(ASYNC_DRIVER, f"postgresql+{driver}", 1)
 
     def create_database(self, name: str) -> None:
         """Create database `name` on this server if it does not exist yet."""

@@ -26,7 +26,6 @@ from taskmanager.errors import install_error_handlers
 from taskmanager.garbage_collection import tune_garbage_collection
 from taskmanager.logs import configure_logging
 from taskmanager.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from taskmanager.migrate import upgrade
 from taskmanager.openapi import build_openapi, install_docs, operation_id
 from taskmanager.postgres import database_url
 from taskmanager.routes import categories, health, tasks
@@ -55,6 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # and reports it on /health/ready until the database is back.
             url = await asyncio.to_thread(stack.enter_context, database_url(settings, check=False))
             if settings.uses_embedded_database:
+                # Imported here: a server given DATABASE_URL (every `serve` worker) never
+                # migrates, so it need not import Alembic.
+                from taskmanager.migrate import upgrade
+
                 await asyncio.to_thread(upgrade, url)
             engine = create_engine(settings, url)
             app.state.engine = engine

@@ -70,8 +70,9 @@ def _active_filters(filters: TaskFilters) -> tuple[ListFilter, ...]:
     return tuple(f for f in LIST_FILTERS if getattr(filters, f.name) not in (None, ""))
 
 
-def _filter_parameters(filters: TaskFilters) -> dict[str, Any]:
-    return {f.name: f.parameter(getattr(filters, f.name)) for f in _active_filters(filters)}
+def _filter_parameters(filters: TaskFilters, active: tuple[ListFilter, ...]) -> dict[str, Any]:
+    """The bound parameters of the `active` filters (from _active_filters(filters))."""
+    return {f.name: f.parameter(getattr(filters, f.name)) for f in active}
 
 
 def _where(stmt: Select[Any], active: tuple[ListFilter, ...]) -> Select[Any]:
@@ -223,8 +224,9 @@ class TaskRepository:
         `completed=` is the lecture's shorthand for `TaskFilters(completed=...)`.
         """
         filters = filters or TaskFilters(completed=completed)
-        parameters = {**_filter_parameters(filters), "limit": limit, "offset": offset}
-        result = await self.session.execute(_all_statement(_active_filters(filters)), parameters)
+        active = _active_filters(filters)
+        parameters = {**_filter_parameters(filters, active), "limit": limit, "offset": offset}
+        result = await self.session.execute(_all_statement(active), parameters)
         return list(result.scalars().all())
 
     async def get_page(
@@ -234,8 +236,9 @@ class TaskRepository:
         statement: the count rides along as an uncorrelated scalar subquery (PostgreSQL
         evaluates it once). Only a page past the end needs a second statement."""
         filters = filters or TaskFilters()
-        parameters = {**_filter_parameters(filters), "limit": limit, "offset": offset}
-        result = await self.session.execute(_page_statement(_active_filters(filters)), parameters)
+        active = _active_filters(filters)
+        parameters = {**_filter_parameters(filters, active), "limit": limit, "offset": offset}
+        result = await self.session.execute(_page_statement(active), parameters)
         rows = result.all()
         if rows:
             return TaskPage(items=[_task_view(row) for row in rows], total=rows[0].total)
@@ -244,8 +247,9 @@ class TaskRepository:
     async def count(self, filters: TaskFilters | None = None) -> int:
         """How many tasks match `filters` (for X-Total-Count)."""
         filters = filters or TaskFilters()
+        active = _active_filters(filters)
         result = await self.session.execute(
-            _count_statement(_active_filters(filters)), _filter_parameters(filters)
+            _count_statement(active), _filter_parameters(filters, active)
         )
         return int(result.scalar_one())
 
