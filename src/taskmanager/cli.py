@@ -32,7 +32,9 @@ app = typer.Typer(
     add_completion=False,
 )
 db_app = typer.Typer(help="Migrate, inspect and seed the database.", no_args_is_help=True)
+users_app = typer.Typer(help="Manage accounts.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
 
 DEMO_EXTRA_NEEDED = "taskmanager demo needs the demo extra: pip install 'taskmanager[demo]'"
 
@@ -189,7 +191,7 @@ def db_seed(
     """Add TASKS tasks spread over CATEGORIES categories (bulk COPY, with progress)."""
     from taskmanager.database import create_engine
     from taskmanager.migrate import upgrade
-    from taskmanager.seed import seed
+    from taskmanager.seed import DEMO_PASSWORD, SeedResult, seed
 
     settings = load_settings()
     with database_url(settings) as url:
@@ -206,26 +208,83 @@ def db_seed(
         with progress:
             bar = progress.add_task("tasks", total=tasks)
 
-            async def run() -> tuple[int, int]:
+            async def run() -> SeedResult:
                 try:
-                    result = await seed(
+                    return await seed(
                         engine,
                         tasks,
                         categories,
                         seed_value=seed_value,
                         on_progress=lambda n: progress.advance(bar, n),
                     )
-                    return result.tasks, result.categories
                 finally:
                     await engine.dispose()
 
-            inserted, category_count = asyncio.run(run())
+            result = asyncio.run(run())
         elapsed = time.perf_counter() - started
-    rate = inserted / elapsed if elapsed > 0 else float("inf")
+    rate = result.tasks / elapsed if elapsed > 0 else float("inf")
     console.print(
-        f"seeded {inserted:,} tasks over {category_count} categories in {elapsed:.1f}s "
-        f"({rate:,.0f} tasks/s)"
+        f"seeded {result.tasks:,} tasks over {result.categories} categories in {elapsed:.1f}s "
+        f"({rate:,.0f} tasks/s), in the personal workspace of {result.email}"
     )
+    password = DEMO_PASSWORD if result.account_created else f"{DEMO_PASSWORD} (unless changed)"
+    console.print(
+        f"log in as {result.email} with the password {password}:\n"
+        "  in the docs at /docs: Authorize, username = the email\n"
+        f"  curl -s -X POST http://127.0.0.1:8000/auth/token -d username={result.email} "
+        f"-d password={DEMO_PASSWORD}",
+        highlight=False,
+    )
+
+
+@users_app.command("create")
+def users_create(
+    email: Annotated[str, typer.Argument(help="The account's email (the login name).")],
+    display_name: Annotated[
+        str | None, typer.Option("--name", help="Display name (default: the email's local part).")
+    ] = None,
+) -> None:
+    """Create an account with its personal workspace. The password is prompted for (twice),
+    never echoed, never logged, never taken from the command line."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from taskmanager.accounts import register_account
+    from taskmanager.database import create_engine, create_session_factory
+    from taskmanager.schemas import RegisterRequest
+
+    password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        account = TypeAdapter(RegisterRequest).validate_python(
+            {"email": email, "password": password, "display_name": display_name}
+        )
+    except ValidationError as exc:
+        for error in exc.errors(include_input=False):
+            field = ".".join(str(part) for part in error["loc"])
+            console.print(f"[red]{field}: {error['msg']}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    settings = load_settings()
+    with database_url(settings) as url:
+
+        async def run() -> int | None:
+            from sqlalchemy.exc import IntegrityError
+
+            engine = create_engine(settings, url)
+            try:
+                async with create_session_factory(engine)() as session, session.begin():
+                    user = await register_account(
+                        session, account.email, account.password, account.display_name
+                    )
+                    return user.id
+            except IntegrityError:
+                return None
+            finally:
+                await engine.dispose()
+
+        user_id = asyncio.run(run())
+    if user_id is None:
+        console.print(f"[red]an account with the email {account.email} exists already[/red]")
+        raise typer.Exit(1)
+    console.print(f"created account {user_id} for {account.email}", highlight=False)
 
 
 @db_app.command("purge-keys")

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -22,6 +22,10 @@ ASYNC_DRIVER = "postgresql+asyncpg"
 # Spellings that mean "PostgreSQL, driver not chosen": we choose asyncpg for the user.
 _DRIVERLESS_SCHEMES = {"postgresql", "postgres", "pgsql"}
 _SYNC_POSTGRES_DRIVERS = {"psycopg2", "psycopg2cffi", "pg8000", "pygresql", "pypostgresql"}
+
+
+# HS256 keys shorter than the hash output weaken it (RFC 7518 3.2 asks for at least 256 bits).
+MIN_SECRET_BYTES = 32
 
 
 class DatabaseURLError(ValueError):
@@ -104,8 +108,11 @@ class Settings(BaseSettings):
         default=Path(".taskmanager/pgdata"),
         description="Where the embedded PostgreSQL keeps its files (kept across restarts).",
     )
-    pool_size: int = Field(default=10, ge=1, le=1000)
-    max_overflow: int = Field(default=10, ge=0, le=1000)
+    # A fixed pool: overflow connections are closed as soon as they are returned while the
+    # pool is full, so under a steady load above pool_size they are opened and closed again
+    # and again (each with a full login: a SCRAM handshake over TCP). Measured in bench/.
+    pool_size: int = Field(default=20, ge=1, le=1000)
+    max_overflow: int = Field(default=0, ge=0, le=1000)
     pool_timeout: float = Field(default=10.0, gt=0, description="Seconds to wait for a connection.")
     statement_timeout_ms: int = Field(
         default=15_000, ge=0, description="PostgreSQL statement_timeout; 0 disables it."
@@ -129,6 +136,32 @@ class Settings(BaseSettings):
         description="Python's gen-0 garbage collection threshold for the server process, "
         "with start-up objects frozen; 0 leaves Python's collector untouched.",
     )
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="The key access tokens are signed with (at least 32 bytes); unset means "
+        "a random one generated once and kept in secret_file.",
+    )
+    secret_file: Path | None = Field(
+        default=None,
+        description="Where the generated signing key is kept (mode 0600); unset means "
+        "`jwt-secret` beside data_dir.",
+    )
+    access_token_minutes: float = Field(default=15.0, gt=0, le=24 * 60)
+    session_days: float = Field(
+        default=30.0, gt=0, description="A login's refresh tokens work this long at most."
+    )
+    login_failures_per_account: int = Field(
+        default=5, ge=1, description="Failed logins for one email before 429, per window."
+    )
+    login_failures_per_address: int = Field(
+        default=50, ge=1, description="Failed logins from one client address before 429."
+    )
+    login_window_seconds: int = Field(default=900, ge=1)
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='Origins browsers may call the API from, e.g. ["https://app.example"]; '
+        "none by default.",
+    )
     sql_echo: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
@@ -139,6 +172,16 @@ class Settings(BaseSettings):
             return None
         if isinstance(value, str):
             return normalize_database_url(value)
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_enough_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"TASKMANAGER_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes; generate "
+                "one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
         return value
 
     @field_validator("log_level", mode="before")

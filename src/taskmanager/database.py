@@ -8,7 +8,10 @@ the response went out. With FastAPI's default scope a failed commit would still 
 shown the client a 2xx.
 
 Routes that only read ask for an `AsyncReadSession` (`ReadSessionDep`) instead: the same
-pool, in autocommit, so a read is one round trip with nothing to commit."""
+pool, in a READ ONLY transaction, so a route that only reads cannot write by mistake. It is
+a transaction, not autocommit, because the caller's row-level-security settings are
+transaction-local (`set_config(..., true)`), which is what keeps them correct behind
+PgBouncer's transaction pooling."""
 
 from __future__ import annotations
 
@@ -88,16 +91,15 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
 
 
 class AsyncReadSession(AsyncSession):
-    """A session for requests that only read (polar's AsyncReadSession): its connection
-    runs in autocommit, so a read costs one round trip (the query) instead of three
-    (BEGIN, the query, COMMIT). A route that only reads says so by asking for this type;
-    nothing it does is rolled back, so a route that writes must never take one."""
+    """A session for requests that only read (polar's AsyncReadSession): its transaction is
+    READ ONLY, so PostgreSQL refuses any write made through it (SQLSTATE 25006). A route
+    that only reads says so by asking for this type."""
 
 
 def create_read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncReadSession]:
-    """The factory of AsyncReadSession: the same engine (and pool), in autocommit."""
+    """The factory of AsyncReadSession: the same engine (and pool), read-only transactions."""
     return async_sessionmaker(
-        bind=engine.execution_options(isolation_level="AUTOCOMMIT"),
+        bind=engine.execution_options(postgresql_readonly=True),
         class_=AsyncReadSession,
         expire_on_commit=False,
     )
@@ -119,13 +121,18 @@ async def get_async_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 async def get_read_session(request: Request) -> AsyncIterator[AsyncReadSession]:
-    """One read session per request: nothing to commit or roll back; closing it returns
-    the connection to the pool."""
+    """One read session per request: its read-only transaction ends (and the connection
+    goes back to the pool) when the route has finished."""
     read_session_factory: async_sessionmaker[AsyncReadSession] = (
         request.app.state.read_session_factory
     )
     async with read_session_factory() as session:
-        yield session
+        try:
+            yield session
+            await session.commit()  # nothing was written; ends the transaction cleanly
+        except Exception:
+            await session.rollback()
+            raise
 
 
 # The one way to ask for a session. scope="function" makes the commit finish before the

@@ -1,6 +1,7 @@
-"""Dependency factories: a repository per request, wrapping that request's one session.
+"""Dependency factories: a repository per request, wrapping that request's one session and
+the caller's scope (lecture Week 9: session -> repository -> current user -> route).
 
-Routes that only read take a repository on an AsyncReadSession (`...ReaderDep`); routes
+Routes that only read take a repository on a read-only transaction (`...ReaderDep`); routes
 that change data take one on the request's transaction (`...RepositoryDep`).
 """
 
@@ -10,28 +11,42 @@ from typing import Annotated
 
 from fastapi import Depends
 
+from taskmanager.auth import CurrentReaderDep, CurrentUserDep
 from taskmanager.database import ReadSessionDep, SessionDep
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.task_repository import TaskRepository
+from taskmanager.repositories.workspace_repository import WorkspaceRepository
 
 
-async def get_task_repository(session: SessionDep) -> TaskRepository:
-    return TaskRepository(session)
+async def get_task_repository(session: SessionDep, user: CurrentUserDep) -> TaskRepository:
+    return TaskRepository(session, user)
 
 
-async def get_task_reader(session: ReadSessionDep) -> TaskRepository:
-    return TaskRepository(session)
+async def get_task_reader(session: ReadSessionDep, user: CurrentReaderDep) -> TaskRepository:
+    return TaskRepository(session, user)
 
 
-async def get_category_repository(session: SessionDep) -> CategoryRepository:
-    return CategoryRepository(session)
+async def get_category_repository(session: SessionDep, user: CurrentUserDep) -> CategoryRepository:
+    return CategoryRepository(session, user)
 
 
-async def get_category_reader(session: ReadSessionDep) -> CategoryRepository:
-    return CategoryRepository(session)
+async def get_category_reader(
+    session: ReadSessionDep, user: CurrentReaderDep
+) -> CategoryRepository:
+    return CategoryRepository(session, user)
+
+
+async def get_workspace_repository(session: SessionDep) -> WorkspaceRepository:
+    return WorkspaceRepository(session)
+
+
+async def get_workspace_reader(session: ReadSessionDep) -> WorkspaceRepository:
+    return WorkspaceRepository(session)
 
 
 TaskRepositoryDep = Annotated[TaskRepository, Depends(get_task_repository)]
 TaskReaderDep = Annotated[TaskRepository, Depends(get_task_reader)]
 CategoryRepositoryDep = Annotated[CategoryRepository, Depends(get_category_repository)]
 CategoryReaderDep = Annotated[CategoryRepository, Depends(get_category_reader)]
+WorkspaceRepositoryDep = Annotated[WorkspaceRepository, Depends(get_workspace_repository)]
+WorkspaceReaderDep = Annotated[WorkspaceRepository, Depends(get_workspace_reader)]

@@ -22,7 +22,12 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from taskmanager.models import FK_TASKS_CATEGORY, UQ_CATEGORIES_NAME
+from taskmanager.models import (
+    FK_TASKS_CATEGORY,
+    PK_MEMBERSHIPS,
+    UQ_CATEGORIES_NAME,
+    UQ_USERS_EMAIL,
+)
 from taskmanager.problems import (
     CONFLICT,
     DATABASE_UNAVAILABLE,
@@ -129,10 +134,18 @@ class ConstraintProblem:
 
 # Constraint name -> what the client did wrong, in the client's words.
 CONSTRAINT_PROBLEMS: dict[str, ConstraintProblem] = {
-    FK_TASKS_CATEGORY: ConstraintProblem(422, "body.category_id", "no category has this id"),
-    UQ_CATEGORIES_NAME: ConstraintProblem(
-        409, "body.name", "a category with this name already exists (names ignore case)"
+    FK_TASKS_CATEGORY: ConstraintProblem(
+        422, "body.category_id", "no category has this id in the task's workspace"
     ),
+    UQ_CATEGORIES_NAME: ConstraintProblem(
+        409,
+        "body.name",
+        "a category with this name already exists in this workspace (names ignore case)",
+    ),
+    UQ_USERS_EMAIL: ConstraintProblem(
+        409, "body.email", "an account with this email exists already (emails ignore case)"
+    ),
+    PK_MEMBERSHIPS: ConstraintProblem(409, "body.email", "is a member of this workspace already"),
     "ck_tasks_title_not_blank": ConstraintProblem(
         422, "body.title", "must not be empty or only whitespace"
     ),

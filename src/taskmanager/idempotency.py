@@ -18,6 +18,7 @@ from fastapi import Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from taskmanager.auth import CurrentUserDep
 from taskmanager.database import SessionDep
 from taskmanager.models import IDEMPOTENCY_KEY_MAX_LENGTH
 from taskmanager.problems import IDEMPOTENCY_KEY_REUSED, VALIDATION_ERROR, ProblemError
@@ -44,6 +45,7 @@ class IdempotentRequest:
     """One POST's view of its Idempotency-Key (or of its absence)."""
 
     repository: IdempotencyRepository
+    user_id: int
     scope: str
     key: str | None
     ttl: timedelta
@@ -55,7 +57,9 @@ class IdempotentRequest:
             return None
         request_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
         expires_at = datetime.now(UTC) + self.ttl
-        earlier = await self.repository.claim(self.scope, self.key, request_hash, expires_at)
+        earlier = await self.repository.claim(
+            self.user_id, self.scope, self.key, request_hash, expires_at
+        )
         if earlier is None:
             return None
         if earlier.request_hash != request_hash or earlier.status_code is None:
@@ -86,11 +90,16 @@ class IdempotentRequest:
             for name in ("Location", "ETag")
             if (value := response.headers.get(name)) is not None
         }
-        await self.repository.remember(self.scope, self.key, status_code, body, headers)
+        await self.repository.remember(
+            self.user_id, self.scope, self.key, status_code, body, headers
+        )
 
 
 async def get_idempotent_request(
-    request: Request, session: SessionDep, idempotency_key: IdempotencyKeyHeader = None
+    request: Request,
+    session: SessionDep,
+    user: CurrentUserDep,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> IdempotentRequest:
     if idempotency_key is not None and not _VALID_KEY.match(idempotency_key):
         raise ProblemError(
@@ -104,6 +113,7 @@ async def get_idempotent_request(
     path = getattr(route, "path", request.url.path)
     return IdempotentRequest(
         repository=IdempotencyRepository(session),
+        user_id=user.user_id,  # keys are per user: one never replays another's response
         scope=f"{request.method} {path}",
         key=idempotency_key,
         ttl=timedelta(hours=request.app.state.settings.idempotency_ttl_hours),

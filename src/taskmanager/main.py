@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from taskmanager import __version__
 from taskmanager.config import Settings, get_settings
@@ -28,12 +29,17 @@ from taskmanager.logs import configure_logging
 from taskmanager.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from taskmanager.openapi import build_openapi, install_docs, operation_id
 from taskmanager.postgres import database_url
-from taskmanager.routes import categories, health, tasks
+from taskmanager.routes import auth, categories, health, tasks, users, workspaces
+from taskmanager.signing_key import signing_key
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """
-A task manager on PostgreSQL: tasks, categories, health checks.
+A task manager on PostgreSQL: accounts, workspaces, tasks, categories, health checks.
+
+Register (`POST /auth/register`), then press **Authorize** and log in with your email and
+password. Every task and category belongs to a workspace; you see those of the workspaces
+you belong to, and an id that is not yours is 404.
 
 Every error is `application/problem+json` (RFC 9457). Every response carries
 `X-Request-ID`. Writes are committed before the response is sent.
@@ -53,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # No connection check: an app whose database is down still starts, answers 503
             # and reports it on /health/ready until the database is back.
             url = await asyncio.to_thread(stack.enter_context, database_url(settings, check=False))
+            app.state.signing_key = await asyncio.to_thread(signing_key, settings)
             if settings.uses_embedded_database:
                 # Imported here: a server given DATABASE_URL (every `serve` worker) never
                 # migrates, so it need not import Alembic.
@@ -82,8 +89,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     # Added last = outermost: even a 413 carries X-Request-ID and gets an access log line.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:  # none by default: browsers may call only from the same origin
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "If-Match",
+                "Idempotency-Key",
+                "X-Request-ID",
+            ],
+            expose_headers=[
+                "ETag",
+                "Location",
+                "X-Total-Count",
+                "X-Request-ID",
+                "Retry-After",
+                "Idempotent-Replayed",
+            ],
+        )
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
+    app.include_router(auth.router)
+    app.include_router(users.router)
+    app.include_router(workspaces.router)
     app.include_router(tasks.router)
     app.include_router(categories.router)
     app.include_router(health.router)

@@ -1,5 +1,9 @@
-"""Request context: X-Request-ID on every response, one access log line per request,
-and the last-resort 500 problem for bugs (so even that answer carries the request id)."""
+"""Request context: X-Request-ID and the security headers on every response, one access log
+line per request, and the last-resort 500 problem for bugs (so even that answer carries
+the request id).
+
+The access log names the method, the path (never the query string) and the status: no
+header, body or token ever reaches it."""
 
 from __future__ import annotations
 
@@ -44,6 +48,14 @@ def _request_id_from(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+def _is_private(scope: Scope) -> bool:
+    """An answer meant for one caller: any request with credentials, and everything under
+    /auth (tokens: RFC 6749 5.1 asks for no-store)."""
+    if scope["path"].startswith("/auth/"):
+        return True
+    return any(name == b"authorization" for name, _ in scope.get("headers", ()))
+
+
 class RequestContextMiddleware:
     """Pure ASGI middleware (no BaseHTTPMiddleware overhead on the hot path)."""
 
@@ -56,6 +68,7 @@ class RequestContextMiddleware:
             return
 
         request_id = _request_id_from(scope)
+        private = _is_private(scope)
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
@@ -66,7 +79,12 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+                headers = MutableHeaders(scope=message)
+                headers[REQUEST_ID_HEADER] = request_id
+                # The body is what Content-Type says, never sniffed into something else.
+                headers["X-Content-Type-Options"] = "nosniff"
+                if private:  # no shared or browser cache keeps one caller's answer
+                    headers["Cache-Control"] = "no-store"
             await send(message)
 
         try:

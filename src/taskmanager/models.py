@@ -7,6 +7,7 @@ MissingGreenlet in production.
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -14,15 +15,18 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     false,
     func,
     text,
+    true,
 )
-from sqlalchemy.dialects.postgresql import JSON, JSONB
+from sqlalchemy.dialects.postgresql import JSON, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Stable constraint names: errors.py and the migrations refer to them.
@@ -35,23 +39,154 @@ NAMING_CONVENTION = {
 }
 
 TITLE_MAX_LENGTH = 200
+EMAIL_MAX_LENGTH = 320
+DISPLAY_NAME_MAX_LENGTH = 100
+WORKSPACE_NAME_MAX_LENGTH = 100
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
 CATEGORY_NAME_MAX_LENGTH = 100
 
 # Constraint names used by errors.py to say which field a database error is about.
 FK_TASKS_CATEGORY = "fk_tasks_category_id_categories"
-UQ_CATEGORIES_NAME = "uq_categories_name_lower"
+UQ_CATEGORIES_NAME = "uq_categories_workspace_id_name_lower"
+UQ_USERS_EMAIL = "uq_users_email_lower"
+PK_MEMBERSHIPS = "pk_memberships"
+
+# The role every request's statements run as (SET LOCAL ROLE, inside the request's
+# transaction): no BYPASSRLS, not the tables' owner, so row-level security always applies.
+REQUEST_ROLE = "taskmanager_request"
+# The transaction-local setting the policies read the caller from.
+CALLER_SETTING = "taskmanager.user_id"
+MEMBERSHIP_ROLES = ("owner", "member")
 
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Category(Base):
-    __tablename__ = "categories"
+class User(Base):
+    """An account. `email` is unique ignoring case; only a hash of the password is kept."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(EMAIL_MAX_LENGTH))
+    display_name: Mapped[str] = mapped_column(String(DISPLAY_NAME_MAX_LENGTH))
+    password_hash: Mapped[str] = mapped_column(Text)
+    is_active: Mapped[bool] = mapped_column(default=True, server_default=true())
+    # Set at registration, right after the workspace exists (a workspace names its creator).
+    personal_workspace_id: Mapped[int | None] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="SET NULL", use_alter=True), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    password_changed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012
+
+
+Index(UQ_USERS_EMAIL, func.lower(User.email), unique=True)
+
+
+class Workspace(Base):
+    """Where tasks and categories live; people see it through a membership."""
+
+    __tablename__ = "workspaces"
     __table_args__ = (CheckConstraint("char_length(btrim(name)) > 0", name="name_not_blank"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(WORKSPACE_NAME_MAX_LENGTH))
+    # Who created it: the one caller the row-level policy lets insert it.
+    created_by: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None
+    )
+    personal: Mapped[bool] = mapped_column(default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    version: Mapped[int] = mapped_column(default=1, server_default=text("1"))
+
+
+class Membership(Base):
+    """A user's place in a workspace: `owner` (may manage it) or `member`."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (
+        CheckConstraint("role IN ('owner', 'member')", name="role_known"),
+        Index("ix_memberships_user_id", "user_id"),
+    )
+
+    workspace_id: Mapped[int] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    role: Mapped[str] = mapped_column(String(10))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class UnclaimedWorkspace(Base):
+    """A workspace without members (the tasks from before accounts existed): the next
+    account registered becomes its owner."""
+
+    __tablename__ = "unclaimed_workspaces"
+
+    workspace_id: Mapped[int] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class AuthSession(Base):
+    """One login: the family of refresh tokens it rotates through, and what access tokens
+    name as `sid`. Revoking it (logout, reuse of a spent refresh token, a password change
+    elsewhere) ends them all at once."""
+
+    __tablename__ = "auth_sessions"
+    __table_args__ = (Index("ix_auth_sessions_user_id", "user_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    revoked_reason: Mapped[str | None] = mapped_column(String(40), default=None)
+
+
+class RefreshToken(Base):
+    """A refresh token, kept only as its SHA-256: the token itself is 256 random bits, so
+    a fast hash is enough (nothing to guess), and a database leak reveals no usable token."""
+
+    __tablename__ = "refresh_tokens"
+    __table_args__ = (Index("ix_refresh_tokens_session_id", "session_id"),)
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("auth_sessions.id", ondelete="CASCADE")
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class LoginFailure(Base):
+    """Failed logins counted per account and per client address, in a fixed window: in
+    PostgreSQL, so the limit holds across workers and machines."""
+
+    __tablename__ = "login_failures"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)  # "email:…" / "address:…"
+    failures: Mapped[int]
+    window_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Category(Base):
+    __tablename__ = "categories"
+    __table_args__ = (
+        CheckConstraint("char_length(btrim(name)) > 0", name="name_not_blank"),
+        # The target of tasks' composite foreign key (a task's category is in its workspace).
+        UniqueConstraint("id", "workspace_id", name="uq_categories_id_workspace_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(CATEGORY_NAME_MAX_LENGTH))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     # Bumped by every change: the ETag clients send back in If-Match (optimistic locking).
@@ -60,7 +195,11 @@ class Category(Base):
     # passive_deletes: PostgreSQL's ON DELETE SET NULL does the work, so deleting a
     # category never has to load its tasks (which lazy="raise" would forbid anyway).
     tasks: Mapped[list[Task]] = relationship(
-        back_populates="category", lazy="raise", passive_deletes=True
+        back_populates="category",
+        lazy="raise",
+        primaryjoin="and_(Category.id == foreign(Task.category_id), "
+        "Category.workspace_id == Task.workspace_id)",
+        viewonly=True,
     )
 
     __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012  (SQLAlchemy reads it per class)
@@ -75,15 +214,23 @@ class Task(Base):
         Index("ix_tasks_created_at_id", "created_at", "id"),
         Index("ix_tasks_completed_created_at_id", "completed", "created_at", "id"),
         Index("ix_tasks_category_id_created_at_id", "category_id", "created_at", "id"),
+        Index("ix_tasks_workspace_id_created_at_id", "workspace_id", "created_at", "id"),
+        # A task's category is in the task's workspace, or the row is refused. Deleting the
+        # category clears only category_id (PostgreSQL 15+: SET NULL with a column list).
+        ForeignKeyConstraint(
+            ["category_id", "workspace_id"],
+            ["categories.id", "categories.workspace_id"],
+            name=FK_TASKS_CATEGORY,
+            ondelete="SET NULL (category_id)",
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
     title: Mapped[str] = mapped_column(String(TITLE_MAX_LENGTH))
     description: Mapped[str | None] = mapped_column(Text, default=None)
     completed: Mapped[bool] = mapped_column(default=False, server_default=false())
-    category_id: Mapped[int | None] = mapped_column(
-        ForeignKey("categories.id", ondelete="SET NULL"), default=None
-    )
+    category_id: Mapped[int | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -91,15 +238,21 @@ class Task(Base):
     # Bumped by every change: the ETag clients send back in If-Match (optimistic locking).
     version: Mapped[int] = mapped_column(default=1, server_default=text("1"))
 
-    category: Mapped[Category | None] = relationship(back_populates="tasks", lazy="raise")
+    category: Mapped[Category | None] = relationship(
+        back_populates="tasks",
+        lazy="raise",
+        primaryjoin="and_(Category.id == foreign(Task.category_id), "
+        "Category.workspace_id == Task.workspace_id)",
+        viewonly=True,
+    )
 
     # eager_defaults: INSERT/UPDATE ... RETURNING brings back id, created_at and
     # updated_at, so they are readable after flush() without a lazy load.
     __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012  (SQLAlchemy reads it per class)
 
 
-# Unique regardless of case: "Work" and "work" are the same category.
-Index(UQ_CATEGORIES_NAME, func.lower(Category.name), unique=True)
+# Unique in a workspace regardless of case: "Work" and "work" are the same category.
+Index(UQ_CATEGORIES_NAME, Category.workspace_id, func.lower(Category.name), unique=True)
 
 
 class IdempotencyKey(Base):
@@ -112,6 +265,10 @@ class IdempotencyKey(Base):
     __tablename__ = "idempotency_keys"
     __table_args__ = (Index("ix_idempotency_keys_expires_at", "expires_at"),)
 
+    # Keys belong to one user: the same key from two users is two keys.
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
     scope: Mapped[str] = mapped_column(String(100), primary_key=True)  # e.g. "POST /tasks"
     key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_MAX_LENGTH), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))

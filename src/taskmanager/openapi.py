@@ -26,11 +26,14 @@ from taskmanager.schemas import without_null
 DOCS_ASSETS_URL = "/docs-assets"
 
 _DESCRIPTIONS = {
-    404: "Not found: no resource has this id.",
+    401: "No valid access token: missing, expired, tampered with, or its login has ended.",
+    403: "You can see this resource but your role does not allow this change.",
+    404: "Not found: no resource you can see has this id.",
     409: "Conflict with existing data (for example a duplicate category name).",
     412: "If-Match does not match the current ETag: it changed since you read it.",
     413: "The request body is larger than the configured limit.",
     422: "Validation failed; `errors` names each failing field.",
+    429: "Too many failed logins; retry after `Retry-After` seconds.",
     503: "The database is unavailable or busy; retry after `Retry-After` seconds.",
 }
 
@@ -60,6 +63,12 @@ RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
         "required": True,
         "schema": {"type": "integer", "minimum": 0},
     },
+    "WWW-Authenticate": {
+        "description": 'The authentication scheme to use: `Bearer` (RFC 6750), with '
+        '`error="invalid_token"` when the token sent was refused.',
+        "required": True,
+        "schema": {"type": "string"},
+    },
     "Retry-After": {
         "description": "Seconds to wait before retrying.",
         "required": True,
@@ -72,7 +81,12 @@ RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:@/+=-]{1,128}$"},
     },
 }
-_PROBLEM_HEADERS = {412: ("ETag",), 503: ("Retry-After",)}
+_PROBLEM_HEADERS = {
+    401: ("WWW-Authenticate",),
+    412: ("ETag",),
+    429: ("Retry-After",),
+    503: ("Retry-After",),
+}
 
 
 def response_headers(*names: str) -> dict[str, dict[str, Any]]:

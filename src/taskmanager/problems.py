@@ -90,6 +90,11 @@ PRECONDITION_FAILED = ProblemType("/problems/precondition-failed", "Precondition
 IDEMPOTENCY_KEY_REUSED = ProblemType(
     "/problems/idempotency-key-reused", "Idempotency-Key reused", 422
 )
+UNAUTHORIZED = ProblemType("/problems/unauthorized", "Unauthorized", 401)
+FORBIDDEN = ProblemType("/problems/forbidden", "Forbidden", 403)
+TOO_MANY_LOGIN_ATTEMPTS = ProblemType(
+    "/problems/too-many-login-attempts", "Too many failed logins", 429
+)
 DATABASE_UNAVAILABLE = ProblemType("/problems/database-unavailable", "Database unavailable", 503)
 INTERNAL_ERROR = ProblemType("/problems/internal-error", "Internal Server Error", 500)
 
@@ -98,6 +103,9 @@ CATALOGUE: tuple[ProblemType, ...] = (
     CONFLICT,
     PRECONDITION_FAILED,
     IDEMPOTENCY_KEY_REUSED,
+    UNAUTHORIZED,
+    FORBIDDEN,
+    TOO_MANY_LOGIN_ATTEMPTS,
     DATABASE_UNAVAILABLE,
     INTERNAL_ERROR,
 )

@@ -10,11 +10,26 @@ Response models read ORM objects directly (`from_attributes=True`).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    field_validator,
+    model_validator,
+)
 
-from taskmanager.models import CATEGORY_NAME_MAX_LENGTH, TITLE_MAX_LENGTH
+from taskmanager.models import (
+    CATEGORY_NAME_MAX_LENGTH,
+    DISPLAY_NAME_MAX_LENGTH,
+    EMAIL_MAX_LENGTH,
+    TITLE_MAX_LENGTH,
+    WORKSPACE_NAME_MAX_LENGTH,
+)
+from taskmanager.passwords import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH
 
 # PostgreSQL's `integer` range: ids and foreign keys outside it can never exist.
 INT4_MAX = 2_147_483_647
@@ -49,6 +64,42 @@ CategoryName = Annotated[
 ]
 Description = Annotated[str, Field(max_length=10_000), AfterValidator(_storable_text)]
 DatabaseId = Annotated[int, Field(ge=1, le=INT4_MAX)]
+WorkspaceId = Annotated[
+    int,
+    Field(ge=1, le=INT4_MAX, description="A workspace you belong to; default: your personal one."),
+]
+
+
+def _whole_characters(value: str) -> str:
+    if any("\ud800" <= char <= "\udfff" for char in value):
+        raise ValueError("must not contain unpaired surrogate characters")
+    return value
+
+
+Email = Annotated[EmailStr, Field(max_length=EMAIL_MAX_LENGTH, examples=["ada@example.com"])]
+# NIST SP 800-63B: any characters, 8 to 128 of them, never truncated or rewritten.
+Password = Annotated[
+    str,
+    Field(
+        min_length=PASSWORD_MIN_LENGTH,
+        max_length=PASSWORD_MAX_LENGTH,
+        examples=["correct horse battery staple"],
+        json_schema_extra={"format": "password"},
+    ),
+    AfterValidator(_whole_characters),
+]
+DisplayName = Annotated[
+    str,
+    Field(min_length=1, max_length=DISPLAY_NAME_MAX_LENGTH, examples=["Ada"]),
+    AfterValidator(_storable_text),
+    AfterValidator(_not_blank),
+]
+WorkspaceName = Annotated[
+    str,
+    Field(min_length=1, max_length=WORKSPACE_NAME_MAX_LENGTH, examples=["Household"]),
+    AfterValidator(_storable_text),
+    AfterValidator(_not_blank),
+]
 
 
 def without_null(schema: dict[str, Any]) -> dict[str, Any]:
@@ -88,6 +139,7 @@ class TaskCreate(BaseModel):
     description: Description | None = None
     completed: bool = False
     category_id: DatabaseId | None = None
+    workspace_id: WorkspaceId | None = None
 
 
 class TaskUpdate(BaseModel):
@@ -120,6 +172,7 @@ class CategoryCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: CategoryName
+    workspace_id: WorkspaceId | None = None
 
 
 class CategoryUpdate(BaseModel):
@@ -147,6 +200,7 @@ class CategoryResponse(BaseModel):
 class CategoryDetailResponse(CategoryResponse):
     """A category as returned by the /categories endpoints."""
 
+    workspace_id: int
     created_at: datetime
     version: int  # also sent as the ETag header
 
@@ -157,6 +211,7 @@ class TaskResponse(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
+    workspace_id: int
     title: str
     description: str | None
     completed: bool
@@ -169,6 +224,116 @@ class TaskWithCategoryResponse(TaskResponse):
     """Every task response: the task plus its category, eagerly loaded."""
 
     category: CategoryResponse | None
+
+
+# ─────────────────────────────────────────────
+# ACCOUNTS AND WORKSPACES
+# ─────────────────────────────────────────────
+
+
+class RegisterRequest(BaseModel):
+    """For POST /auth/register."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    email: Email
+    password: Password
+    display_name: DisplayName | None = None
+
+
+class UserResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    email: str
+    display_name: str
+    personal_workspace_id: int | None
+    created_at: datetime
+
+
+class UserUpdate(BaseModel):
+    """For PATCH /users/me. A new `password` needs `current_password`, and ends every
+    other login session."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=_not_nullable("display_name", "password")
+    )
+
+    display_name: DisplayName | None = None
+    password: Password | None = None
+    current_password: str | None = Field(
+        default=None, max_length=1024, json_schema_extra={"format": "password"}
+    )
+
+    @model_validator(mode="after")
+    def _current_password_with_new_one(self) -> UserUpdate:
+        if self.password is not None and not self.current_password:
+            raise ValueError("current_password: needed to set a new password")
+        return self
+
+
+class TokenResponse(BaseModel):
+    """RFC 6749 5.1: what POST /auth/token and POST /auth/refresh answer."""
+
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int = Field(description="Seconds until the access token expires.")
+    refresh_token: str = Field(
+        description="Single use: POST it to /auth/refresh for a new pair. Using one twice "
+        "ends the login session."
+    )
+
+
+class RefreshRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    refresh_token: str = Field(min_length=1, max_length=200)
+
+
+class WorkspaceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: WorkspaceName
+
+
+class WorkspaceUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: WorkspaceName
+
+
+class WorkspaceResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    personal: bool
+    role: Literal["owner", "member"] = Field(description="Your role in this workspace.")
+    created_at: datetime
+    version: int
+
+
+class MemberResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    user_id: int
+    email: str
+    display_name: str
+    role: Literal["owner", "member"]
+    joined_at: datetime
+
+
+class WorkspaceDetailResponse(WorkspaceResponse):
+    members: list[MemberResponse]
+
+
+class MemberAdd(BaseModel):
+    """For POST /workspaces/{id}/members."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    email: Email
+    role: Literal["owner", "member"] = "member"
 
 
 class HealthResponse(BaseModel):

@@ -1,4 +1,5 @@
-"""`taskmanager db seed`: fill the database with plausible tasks and categories, fast.
+"""`taskmanager db seed`: a demo account, and plausible tasks and categories in its personal
+workspace, fast.
 
 Tasks go in with COPY in batches (100,000 take seconds), spread over the past year so
 the list endpoint's newest-first order means something.
@@ -13,11 +14,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from taskmanager.accounts import register_account
+from taskmanager.auth import scope_of_account
 from taskmanager.database import create_session_factory
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.task_repository import TaskRepository
+from taskmanager.repositories.user_repository import UserRepository
 
 BATCH_SIZE = 10_000
 
@@ -50,10 +54,26 @@ _CATEGORY_WORDS = (
 )
 
 
+DEMO_EMAIL = "demo@example.com"
+DEMO_PASSWORD = "demo-password"
+
+
 @dataclass(frozen=True, slots=True)
 class SeedResult:
     tasks: int
     categories: int
+    email: str = DEMO_EMAIL
+    account_created: bool = False
+
+
+async def demo_account(session: AsyncSession, email: str = DEMO_EMAIL) -> tuple[int, bool]:
+    """The demo account's id, creating it (password DEMO_PASSWORD) if it does not exist;
+    and whether it was created."""
+    user = await UserRepository(session).get_by_email(email)
+    if user is not None:
+        return user.id, False
+    user = await register_account(session, email, DEMO_PASSWORD, "Demo")
+    return user.id, True
 
 
 def category_names(count: int) -> list[str]:
@@ -67,7 +87,7 @@ def category_names(count: int) -> list[str]:
 
 
 def task_rows(
-    count: int, category_ids: list[int], rng: random.Random, now: datetime
+    count: int, category_ids: list[int], rng: random.Random, now: datetime, workspace_id: int
 ) -> Iterator[tuple[Any, ...]]:
     """`count` task rows in BULK_TASK_COLUMNS order, created over the past year."""
     for i in range(count):
@@ -75,6 +95,7 @@ def task_rows(
         category_id = rng.choice(category_ids) if category_ids and rng.random() < 0.8 else None
         description = f"Seeded task {i + 1}" if rng.random() < 0.5 else None
         yield (
+            workspace_id,
             f"{rng.choice(_VERBS)} {rng.choice(_OBJECTS)} #{i + 1}",
             description,
             rng.random() < 0.3,
@@ -99,22 +120,29 @@ async def seed(
     """
     session_factory = create_session_factory(engine)
     async with session_factory() as session, session.begin():
-        category_ids = await CategoryRepository(session).ensure_names(category_names(categories))
+        user_id, created = await demo_account(session)
+    async with session_factory() as session, session.begin():
+        scope = await scope_of_account(session, user_id)
+        workspace_id = scope.workspace_for_new_row(None)
+        category_ids = await CategoryRepository(session, scope).ensure_names(
+            category_names(categories), workspace_id
+        )
     rng = random.Random(seed_value)
     now = datetime.now(UTC)
-    rows = task_rows(tasks, category_ids, rng, now)
+    rows = task_rows(tasks, category_ids, rng, now, workspace_id)
     inserted = 0
     while inserted < tasks:
         batch = [
             row for _, row in zip(range(min(BATCH_SIZE, tasks - inserted)), rows, strict=False)
         ]
         async with session_factory() as session, session.begin():
-            inserted += await TaskRepository(session).bulk_insert(batch)
+            scope = await scope_of_account(session, user_id)
+            inserted += await TaskRepository(session, scope).bulk_insert(batch)
         if on_progress is not None:
             on_progress(len(batch))
     if inserted:
         await refresh_statistics(engine)
-    return SeedResult(tasks=inserted, categories=len(category_ids))
+    return SeedResult(tasks=inserted, categories=len(category_ids), account_created=created)
 
 
 async def refresh_statistics(engine: AsyncEngine) -> None:

@@ -9,31 +9,42 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Category
+from taskmanager.scope import Scope
 
 
 class CategoryRepository:
-    """Encapsulates all database operations for Categories."""
+    """Encapsulates all database operations for Categories, within the caller's Scope."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, scope: Scope) -> None:
         self.session = session
+        self.scope = scope
 
     async def get_by_id(self, category_id: int, *, for_update: bool = False) -> Category | None:
         """Fetch a category; `for_update=True` locks its row until the transaction ends."""
-        stmt = select(Category).where(Category.id == category_id)
+        stmt = select(Category).where(
+            Category.id == category_id, Category.workspace_id.in_(self.scope.workspace_ids)
+        )
         if for_update:
             stmt = stmt.with_for_update()
         result = await self.session.execute(stmt)
         return result.scalar_one_or_none()
 
-    async def get_all(self) -> list[Category]:
-        """All categories by name, case-insensitively."""
-        stmt = select(Category).order_by(func.lower(Category.name), Category.id)
+    async def get_all(self, workspace_id: int | None = None) -> list[Category]:
+        """The caller's categories (of one workspace, if given) by name, ignoring case."""
+        stmt = (
+            select(Category)
+            .where(Category.workspace_id.in_(self.scope.workspace_ids))
+            .order_by(func.lower(Category.name), Category.id)
+        )
+        if workspace_id is not None:
+            stmt = stmt.where(Category.workspace_id == workspace_id)
         result = await self.session.execute(stmt)
         return list(result.scalars().all())
 
-    async def create(self, name: str) -> Category:
-        """Create a category; a name taken in any case fails the unique index at flush."""
-        category = Category(name=name)
+    async def create(self, name: str, workspace_id: int | None = None) -> Category:
+        """Create a category in `workspace_id` (default: the caller's personal workspace); a
+        name taken there in any case fails the unique index at flush."""
+        category = Category(name=name, workspace_id=self.scope.workspace_for_new_row(workspace_id))
         self.session.add(category)
         await self.session.flush()
         return category
@@ -51,18 +62,20 @@ class CategoryRepository:
         await self.session.delete(category)
         await self.session.flush()
 
-    async def ensure_names(self, names: Sequence[str]) -> list[int]:
-        """Create the categories in `names` that do not exist yet (any case); return the
-        ids of all of them. For seeding."""
+    async def ensure_names(self, names: Sequence[str], workspace_id: int) -> list[int]:
+        """Create the categories in `names` that do not exist yet (any case) in
+        `workspace_id`; return the ids of all of them. For seeding."""
         if names:
             stmt = (
                 insert(Category)
-                .values([{"name": name} for name in names])
-                .on_conflict_do_nothing(index_elements=[text("lower(name)")])
+                .values([{"name": name, "workspace_id": workspace_id} for name in names])
+                .on_conflict_do_nothing(index_elements=[Category.workspace_id, text("lower(name)")])
             )
             await self.session.execute(stmt)
         lowered = [name.lower() for name in names]
         result = await self.session.execute(
-            select(Category.id).where(func.lower(Category.name).in_(lowered)).order_by(Category.id)
+            select(Category.id)
+            .where(Category.workspace_id == workspace_id, func.lower(Category.name).in_(lowered))
+            .order_by(Category.id)
         )
         return list(result.scalars().all())

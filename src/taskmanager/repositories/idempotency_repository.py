@@ -19,7 +19,7 @@ class IdempotencyRepository:
         self.session = session
 
     async def claim(
-        self, scope: str, key: str, request_hash: str, expires_at: datetime
+        self, user_id: int, scope: str, key: str, request_hash: str, expires_at: datetime
     ) -> IdempotencyKey | None:
         """Claim `key` for this request: None if it is ours now (new, or its earlier use
         expired), else the live record of the request that used it first.
@@ -29,10 +29,14 @@ class IdempotencyRepository:
         the first one rolled back.
         """
         insert_key = insert(IdempotencyKey).values(
-            scope=scope, key=key, request_hash=request_hash, expires_at=expires_at
+            user_id=user_id,
+            scope=scope,
+            key=key,
+            request_hash=request_hash,
+            expires_at=expires_at,
         )
         stmt = insert_key.on_conflict_do_update(
-            index_elements=[IdempotencyKey.scope, IdempotencyKey.key],
+            index_elements=[IdempotencyKey.user_id, IdempotencyKey.scope, IdempotencyKey.key],
             set_={
                 "request_hash": insert_key.excluded.request_hash,
                 "expires_at": insert_key.excluded.expires_at,
@@ -47,13 +51,18 @@ class IdempotencyRepository:
             return None
         existing = await self.session.execute(
             select(IdempotencyKey)
-            .where(IdempotencyKey.scope == scope, IdempotencyKey.key == key)
+            .where(
+                IdempotencyKey.user_id == user_id,
+                IdempotencyKey.scope == scope,
+                IdempotencyKey.key == key,
+            )
             .execution_options(populate_existing=True)
         )
         return existing.scalar_one()
 
     async def remember(
         self,
+        user_id: int,
         scope: str,
         key: str,
         status_code: int,
@@ -61,7 +70,7 @@ class IdempotencyRepository:
         headers: dict[str, str],
     ) -> None:
         """Store the response for `key`; it commits with the request's own changes."""
-        record = await self.session.get(IdempotencyKey, (scope, key))
+        record = await self.session.get(IdempotencyKey, (user_id, scope, key))
         if record is None:  # claimed in this transaction, so it exists
             raise LookupError(f"idempotency key {key!r} was not claimed")
         record.status_code = status_code

@@ -7,13 +7,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, func, select
+from sqlalchemy import ColumnElement, Integer, Select, any_, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from taskmanager.models import Category, Task
 from taskmanager.schemas import CategoryResponse, TaskWithCategoryResponse
+from taskmanager.scope import Scope
 
 _TASKS = Task.__table__
 _CATEGORIES = Category.__table__
@@ -29,6 +31,7 @@ class TaskFilters:
     completed: bool | None = None
     category_id: int | None = None
     q: str | None = None
+    workspace_id: int | None = None
 
 
 def _escape_like(term: str) -> str:
@@ -54,6 +57,7 @@ class ListFilter:
 # The clauses name the table's columns, not the mapped attributes: a view statement that
 # mentions no ORM entity runs as plain Core, without ORM loading (see _VIEW_COLUMNS).
 LIST_FILTERS = (
+    ListFilter("workspace_id", _TASKS.c.workspace_id == bindparam("workspace_id")),
     ListFilter("completed", _TASKS.c.completed == bindparam("completed")),
     ListFilter("category_id", _TASKS.c.category_id == bindparam("category_id")),
     ListFilter(
@@ -75,12 +79,17 @@ def _filter_parameters(filters: TaskFilters, active: tuple[ListFilter, ...]) -> 
     return {f.name: f.parameter(getattr(filters, f.name)) for f in active}
 
 
+# Every statement reads only the caller's workspaces (the Scope's ids, bound per request).
+# Row-level security in PostgreSQL would hide the rest anyway; this is the first line.
+_IN_SCOPE = _TASKS.c.workspace_id == any_(bindparam("workspace_ids", type_=ARRAY(Integer)))
+
+
 def _where(stmt: Select[Any], active: tuple[ListFilter, ...]) -> Select[Any]:
-    return stmt.where(*(f.clause for f in active)) if active else stmt
+    return stmt.where(_IN_SCOPE, *(f.clause for f in active))
 
 
 # Built once: the hot paths skip statement construction and cache-key generation.
-_BY_ID = select(Task).where(Task.id == bindparam("task_id"))
+_BY_ID = select(Task).where(Task.id == bindparam("task_id"), _IN_SCOPE)
 _BY_ID_WITH_CATEGORY = _BY_ID.options(joinedload(Task.category))
 # For changes: the row stays locked until the request's transaction ends, so concurrent
 # writers to one task queue up and each one sees the version the previous one left.
@@ -166,7 +175,9 @@ def _all_statement(active: tuple[ListFilter, ...]) -> Select[Any]:
 
 
 _VIEW_BY_ID = (
-    select(*_VIEW_COLUMNS).select_from(_WITH_CATEGORY).where(_TASKS.c.id == bindparam("task_id"))
+    select(*_VIEW_COLUMNS)
+    .select_from(_WITH_CATEGORY)
+    .where(_TASKS.c.id == bindparam("task_id"), _IN_SCOPE)
 )
 
 
@@ -179,14 +190,16 @@ class TaskPage:
 
 
 class TaskRepository:
-    """Encapsulates all database operations for Tasks."""
+    """Encapsulates all database operations for Tasks, within the caller's Scope."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, scope: Scope) -> None:
         self.session = session
+        self.scope = scope
+        self._in_scope = {"workspace_ids": list(scope.workspace_ids)}
 
     async def get_by_id(self, task_id: int) -> Task | None:
         """Fetch a single task by ID (its category is not loaded)."""
-        result = await self.session.execute(_BY_ID, {"task_id": task_id})
+        result = await self.session.execute(_BY_ID, {"task_id": task_id, **self._in_scope})
         return result.scalar_one_or_none()
 
     async def get_by_id_with_category(
@@ -197,7 +210,7 @@ class TaskRepository:
         `for_update=True` locks the task's row until the transaction ends (SELECT ... FOR
         UPDATE): use it to read a task you are about to change."""
         stmt = _BY_ID_WITH_CATEGORY_FOR_UPDATE if for_update else _BY_ID_WITH_CATEGORY
-        result = await self.session.execute(stmt, {"task_id": task_id})
+        result = await self.session.execute(stmt, {"task_id": task_id, **self._in_scope})
         task = result.scalar_one_or_none()
         loaded_id = None if task is None or task.category is None else task.category.id
         if task is not None and task.category_id != loaded_id:
@@ -208,7 +221,8 @@ class TaskRepository:
 
     async def get_view(self, task_id: int) -> TaskView | None:
         """A task with its category, read-only, for showing it (one statement)."""
-        row = (await self.session.execute(_VIEW_BY_ID, {"task_id": task_id})).one_or_none()
+        parameters = {"task_id": task_id, **self._in_scope}
+        row = (await self.session.execute(_VIEW_BY_ID, parameters)).one_or_none()
         return None if row is None else _task_view(row)
 
     async def get_all(
@@ -225,7 +239,12 @@ class TaskRepository:
         """
         filters = filters or TaskFilters(completed=completed)
         active = _active_filters(filters)
-        parameters = {**_filter_parameters(filters, active), "limit": limit, "offset": offset}
+        parameters = {
+            **_filter_parameters(filters, active),
+            **self._in_scope,
+            "limit": limit,
+            "offset": offset,
+        }
         result = await self.session.execute(_all_statement(active), parameters)
         return list(result.scalars().all())
 
@@ -237,7 +256,12 @@ class TaskRepository:
         evaluates it once). Only a page past the end needs a second statement."""
         filters = filters or TaskFilters()
         active = _active_filters(filters)
-        parameters = {**_filter_parameters(filters, active), "limit": limit, "offset": offset}
+        parameters = {
+            **_filter_parameters(filters, active),
+            **self._in_scope,
+            "limit": limit,
+            "offset": offset,
+        }
         result = await self.session.execute(_page_statement(active), parameters)
         rows = result.all()
         if rows:
@@ -249,7 +273,7 @@ class TaskRepository:
         filters = filters or TaskFilters()
         active = _active_filters(filters)
         result = await self.session.execute(
-            _count_statement(active), _filter_parameters(filters, active)
+            _count_statement(active), {**_filter_parameters(filters, active), **self._in_scope}
         )
         return int(result.scalar_one())
 
@@ -259,10 +283,17 @@ class TaskRepository:
         description: str | None = None,
         category_id: int | None = None,
         completed: bool = False,
+        workspace_id: int | None = None,
     ) -> Task:
-        """Create a task; id and timestamps come back with the INSERT (RETURNING)."""
+        """Create a task in `workspace_id` (default: the caller's personal workspace); id and
+        timestamps come back with the INSERT (RETURNING). A category of another workspace
+        fails the composite foreign key (422 naming category_id)."""
         task = Task(
-            title=title, description=description, completed=completed, category_id=category_id
+            title=title,
+            description=description,
+            completed=completed,
+            category_id=category_id,
+            workspace_id=self.scope.workspace_for_new_row(workspace_id),
         )
         if category_id is None:
             task.category = None  # nothing to load: say so instead of leaving it unloaded
@@ -310,19 +341,31 @@ class TaskRepository:
         await self.session.flush()
 
     async def bulk_insert(self, rows: Sequence[tuple[Any, ...]]) -> int:
-        """Insert many tasks at once with COPY (rows in BULK_TASK_COLUMNS order).
-
-        For seeding: about a hundred times faster than ORM inserts. Returns the count.
-        """
+        """Insert many tasks at once (rows in BULK_TASK_COLUMNS order) into the caller's
+        workspaces. For seeding: COPY into a temporary table, then one INSERT ... SELECT,
+        since COPY straight into a table under row-level security is refused; about a
+        hundred times faster than ORM inserts. Returns the count."""
         driver_connection = await _driver_connection(self.session)
-        await driver_connection.copy_records_to_table(
-            Task.__tablename__, records=rows, columns=BULK_TASK_COLUMNS
+        columns = ", ".join(BULK_TASK_COLUMNS)
+        await driver_connection.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS tasks_to_insert "
+            f"ON COMMIT DELETE ROWS AS SELECT {columns} FROM tasks WITH NO DATA"
         )
-        return len(rows)
+        await driver_connection.copy_records_to_table(
+            "tasks_to_insert", records=rows, columns=BULK_TASK_COLUMNS
+        )
+        status = await driver_connection.execute(
+            f"INSERT INTO tasks ({columns}) SELECT {columns} FROM tasks_to_insert "
+            "WHERE workspace_id = ANY($1::integer[])",
+            list(self.scope.workspace_ids),
+        )
+        await driver_connection.execute("TRUNCATE tasks_to_insert")
+        return int(status.rsplit(" ", 1)[-1])
 
 
 # Column order of the rows TaskRepository.bulk_insert takes.
 BULK_TASK_COLUMNS = (
+    "workspace_id",
     "title",
     "description",
     "completed",

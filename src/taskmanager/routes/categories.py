@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Request, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from taskmanager.dependencies import CategoryReaderDep, CategoryRepositoryDep
@@ -44,7 +44,7 @@ async def _get_for_change(
     status_code=status.HTTP_201_CREATED,
     responses={
         201: {"headers": response_headers("Location", "ETag", "Idempotent-Replayed")},
-        **problem_responses(409, 413, 422, 503),
+        **problem_responses(401, 409, 413, 422, 503),
     },
 )
 async def create_category(
@@ -57,23 +57,31 @@ async def create_category(
     """Create a category. With `Idempotency-Key`, a retry gets this response again."""
     if (replayed := await idempotency.replay(body)) is not None:
         return replayed
-    category = await repo.create(body.name)
+    category = await repo.create(body.name, body.workspace_id)
     response.headers["Location"] = str(request.url_for("get_category", category_id=category.id))
     set_etag(response, category.version)
     await idempotency.remember(201, CategoryDetailResponse, category, response)
     return category
 
 
-@router.get("", response_model=list[CategoryDetailResponse], responses=problem_responses(503))
-async def list_categories(repo: CategoryReaderDep) -> list[Category]:
-    """All categories, ordered by name."""
-    return await repo.get_all()
+@router.get(
+    "", response_model=list[CategoryDetailResponse], responses=problem_responses(401, 422, 503)
+)
+async def list_categories(
+    repo: CategoryReaderDep,
+    workspace_id: Annotated[
+        int | None,
+        Query(ge=1, le=INT4_MAX, description="Only this workspace's categories."),
+    ] = None,
+) -> list[Category]:
+    """Your categories (in every workspace you belong to), ordered by name."""
+    return await repo.get_all(workspace_id)
 
 
 @router.get(
     "/{category_id}",
     response_model=CategoryDetailResponse,
-    responses={200: {"headers": response_headers("ETag")}, **problem_responses(404, 422, 503)},
+    responses={200: {"headers": response_headers("ETag")}, **problem_responses(401, 404, 422, 503)},
 )
 async def get_category(
     category_id: CategoryId, repo: CategoryReaderDep, response: Response
@@ -88,7 +96,7 @@ async def get_category(
     response_model=CategoryDetailResponse,
     responses={
         200: {"headers": response_headers("ETag")},
-        **problem_responses(404, 409, 412, 413, 422, 503),
+        **problem_responses(401, 404, 409, 412, 413, 422, 503),
     },
 )
 async def rename_category(
@@ -108,7 +116,7 @@ async def rename_category(
     "/{category_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(404, 412, 422, 503),
+    responses=problem_responses(401, 404, 412, 422, 503),
 )
 async def delete_category(
     category_id: CategoryId, repo: CategoryRepositoryDep, if_match: IfMatch = None

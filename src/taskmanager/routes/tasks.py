@@ -29,7 +29,7 @@ TaskId = Annotated[int, Path(ge=1, le=INT4_MAX, description="The task's id.")]
 NOT_FOUND = "Task not found"
 CHANGED_TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"headers": response_headers("ETag")},
-    **problem_responses(404, 412, 413, 422, 503),
+    **problem_responses(401, 404, 412, 413, 422, 503),
 }
 
 
@@ -48,7 +48,7 @@ async def _get_for_change(repo: TaskRepositoryDep, task_id: int, if_match: str |
     status_code=status.HTTP_201_CREATED,
     responses={
         201: {"headers": response_headers("Location", "ETag", "Idempotent-Replayed")},
-        **problem_responses(413, 422, 503),
+        **problem_responses(401, 413, 422, 503),
     },
 )
 async def create_task(
@@ -69,6 +69,7 @@ async def create_task(
         description=body.description,
         category_id=body.category_id,
         completed=body.completed,
+        workspace_id=body.workspace_id,
     )
     response.headers["Location"] = str(request.url_for("get_task", task_id=task.id))
     set_etag(response, task.version)
@@ -79,7 +80,10 @@ async def create_task(
 @router.get(
     "",
     response_model=list[TaskWithCategoryResponse],
-    responses={200: {"headers": response_headers("X-Total-Count")}, **problem_responses(422, 503)},
+    responses={
+        200: {"headers": response_headers("X-Total-Count")},
+        **problem_responses(401, 422, 503),
+    },
 )
 async def list_tasks(
     repo: TaskReaderDep,
@@ -88,6 +92,10 @@ async def list_tasks(
         bool | None, Query(description="Only done (true) or open (false) tasks.")
     ] = None,
     category_id: Annotated[int | None, Query(ge=1, le=INT4_MAX)] = None,
+    workspace_id: Annotated[
+        int | None,
+        Query(ge=1, le=INT4_MAX, description="Only this workspace's tasks (else all of yours)."),
+    ] = None,
     q: Annotated[
         StorableText | None,
         Query(min_length=1, max_length=200, description="Case-insensitive substring of the title."),
@@ -95,8 +103,11 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     offset: Annotated[int, Query(ge=0, le=INT4_MAX)] = 0,
 ) -> Sequence[TaskView]:
-    """Tasks newest first. `X-Total-Count` holds how many match the filters."""
-    filters = TaskFilters(completed=completed, category_id=category_id, q=q)
+    """Your tasks (in every workspace you belong to) newest first. `X-Total-Count` holds
+    how many match the filters."""
+    filters = TaskFilters(
+        completed=completed, category_id=category_id, q=q, workspace_id=workspace_id
+    )
     page = await repo.get_page(filters, limit=limit, offset=offset)
     response.headers["X-Total-Count"] = str(page.total)
     return page.items
@@ -105,7 +116,7 @@ async def list_tasks(
 @router.get(
     "/{task_id}",
     response_model=TaskWithCategoryResponse,
-    responses={200: {"headers": response_headers("ETag")}, **problem_responses(404, 422, 503)},
+    responses={200: {"headers": response_headers("ETag")}, **problem_responses(401, 404, 422, 503)},
 )
 async def get_task(task_id: TaskId, repo: TaskReaderDep, response: Response) -> TaskView:
     """One task; `ETag` is its version, for If-Match on a later change."""
@@ -158,7 +169,7 @@ async def replace_task(
     "/{task_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(404, 412, 422, 503),
+    responses=problem_responses(401, 404, 412, 422, 503),
 )
 async def delete_task(task_id: TaskId, repo: TaskRepositoryDep, if_match: IfMatch = None) -> None:
     """Delete a task; with `If-Match`, only if it is still at that ETag (else 412)."""

@@ -1,0 +1,37 @@
+"""Opening an account: the user, their personal workspace, and whatever nobody owns yet.
+
+One function for every way in: POST /auth/register, `taskmanager users create` and the demo
+user of `taskmanager db seed`. Flushes in the caller's transaction, never commits."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskmanager.models import User
+from taskmanager.passwords import hash_password
+from taskmanager.repositories.user_repository import UserRepository
+from taskmanager.repositories.workspace_repository import WorkspaceRepository
+
+PERSONAL_WORKSPACE_NAME = "Personal"
+
+
+async def register_account(
+    session: AsyncSession, email: str, password: str, display_name: str | None = None
+) -> User:
+    """Create the account (an email in use fails the unique index: 409) with its personal
+    workspace; the first account also takes over the workspaces nobody owns (the tasks and
+    categories from before accounts existed)."""
+    users = UserRepository(session)
+    user = await users.create(
+        email=email,
+        display_name=display_name or email.split("@", 1)[0],
+        password_hash=await hash_password(password),
+    )
+    # From here on, as the new user under row-level security: the policies let a caller
+    # create a workspace only as its creator, and become the owner of one without members.
+    await users.act_as(user.id)
+    workspaces = WorkspaceRepository(session)
+    personal = await workspaces.create(user.id, PERSONAL_WORKSPACE_NAME, personal=True)
+    await users.set_personal_workspace(user, personal)
+    await workspaces.claim_unclaimed(user.id)
+    return user

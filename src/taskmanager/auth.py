@@ -1,0 +1,99 @@
+"""Who is calling: the current user dependency (lecture Week 9: session -> repository ->
+current user -> route).
+
+A request with a valid access token becomes a `Scope`: the token is verified (signature,
+algorithm, audience, issuer, expiry), then one statement checks that the user is active and
+the login session alive, reads their memberships and switches the transaction to the
+request role under row-level security. Anything wrong is a 401 with
+`WWW-Authenticate: Bearer` and a problem body.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskmanager.database import ReadSessionDep, SessionDep
+from taskmanager.problems import UNAUTHORIZED, Problem, ProblemError
+from taskmanager.repositories.user_repository import UserRepository
+from taskmanager.scope import Scope, mint_scope
+from taskmanager.tokens import InvalidAccessTokenError, read_access_token
+
+TOKEN_URL = "/auth/token"
+
+# auto_error=False: a missing token is answered by _unauthorized, as a problem.
+oauth2_scheme = OAuth2PasswordBearer(
+    tokenUrl=TOKEN_URL,
+    auto_error=False,
+    description="Log in with your email as the username (POST /auth/token).",
+)
+BearerToken = Annotated[str | None, Depends(oauth2_scheme)]
+
+
+def unauthorized_problem(detail: str, *, token_given: bool) -> tuple[Problem, dict[str, str]]:
+    """The 401 problem and its WWW-Authenticate header (RFC 6750 3: `invalid_token` when a
+    token was presented, a bare challenge when none was)."""
+    challenge = 'Bearer error="invalid_token"' if token_given else "Bearer"
+    return UNAUTHORIZED.problem(detail), {"WWW-Authenticate": challenge}
+
+
+def _unauthorized(detail: str, *, token_given: bool) -> ProblemError:
+    problem, headers = unauthorized_problem(detail, token_given=token_given)
+    return ProblemError(problem, headers=headers)
+
+
+async def _scope_of(request: Request, session: AsyncSession, token: str | None) -> Scope:
+    if not token:
+        raise _unauthorized("this request needs an access token", token_given=False)
+    try:
+        claims = read_access_token(request.app.state.signing_key, token)
+    except InvalidAccessTokenError as exc:
+        raise _unauthorized(str(exc), token_given=True) from None
+    caller = await UserRepository(session).enter_request_scope(claims.user_id, claims.session_id)
+    if caller is None:
+        raise _unauthorized(
+            "this login has ended (logged out, password changed, or account disabled)",
+            token_given=True,
+        )
+    return mint_scope(
+        user_id=caller.user_id,
+        session_id=claims.session_id,
+        workspace_ids=tuple(caller.workspace_ids),
+        owned_workspace_ids=frozenset(caller.owned_workspace_ids),
+        personal_workspace_id=caller.personal_workspace_id,
+    )
+
+
+async def get_current_user(request: Request, session: SessionDep, token: BearerToken) -> Scope:
+    """The caller, in the request's transaction (for routes that change data)."""
+    return await _scope_of(request, session, token)
+
+
+async def get_current_reader(
+    request: Request, session: ReadSessionDep, token: BearerToken
+) -> Scope:
+    """The caller, in the request's read-only transaction (for routes that only read)."""
+    return await _scope_of(request, session, token)
+
+
+async def scope_of_account(session: AsyncSession, user_id: int) -> Scope:
+    """The scope of an account for an operator's command (`taskmanager db seed`), which has
+    no token: the rest of the transaction runs as that user under row-level security."""
+    users = UserRepository(session)
+    caller = await users.memberships_of(user_id)
+    await users.act_as(user_id)
+    return mint_scope(
+        user_id=user_id,
+        session_id=uuid.UUID(int=0),
+        workspace_ids=tuple(caller.workspace_ids),
+        owned_workspace_ids=frozenset(caller.owned_workspace_ids),
+        personal_workspace_id=caller.personal_workspace_id,
+    )
+
+
+CurrentUserDep = Annotated[Scope, Depends(get_current_user)]
+CurrentReaderDep = Annotated[Scope, Depends(get_current_reader)]

@@ -1,0 +1,163 @@
+"""Accounts and tokens: register, log in (the OAuth2 password flow), refresh, log out.
+
+Failures that must be remembered (a failed login counted, a reused refresh token's session
+revoked) are answered by returning the 401 rather than raising it: the request's
+transaction then commits what was recorded, instead of rolling it back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi.responses import JSONResponse
+from fastapi.security import OAuth2PasswordRequestForm
+
+from taskmanager.accounts import register_account
+from taskmanager.auth import TOKEN_URL, CurrentUserDep, unauthorized_problem
+from taskmanager.database import SessionDep
+from taskmanager.models import User
+from taskmanager.openapi import problem_responses, response_headers
+from taskmanager.passwords import verify_password
+from taskmanager.problems import TOO_MANY_LOGIN_ATTEMPTS
+from taskmanager.repositories.auth_session_repository import AuthSessionRepository, Rotation
+from taskmanager.repositories.login_limit_repository import LoginLimitRepository
+from taskmanager.repositories.user_repository import UserRepository
+from taskmanager.schemas import RefreshRequest, RegisterRequest, TokenResponse, UserResponse
+from taskmanager.tokens import issue_access_token
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+BAD_CREDENTIALS = "the email or the password is wrong"
+
+
+def _tokens(
+    request: Request, user_id: int, session_id: object, refresh_token: str
+) -> TokenResponse:
+    settings = request.app.state.settings
+    lifetime = timedelta(minutes=settings.access_token_minutes)
+    access = issue_access_token(request.app.state.signing_key, user_id, session_id, lifetime)  # type: ignore[arg-type]
+    return TokenResponse(
+        access_token=access,
+        expires_in=int(lifetime.total_seconds()),
+        refresh_token=refresh_token,
+    )
+
+
+def _unauthorized(detail: str) -> JSONResponse:
+    problem, headers = unauthorized_problem(detail, token_given=False)
+    return problem.response(headers)
+
+
+@router.post(
+    "/register",
+    response_model=UserResponse,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        201: {"headers": response_headers("Location")},
+        **problem_responses(409, 413, 422, 503),
+    },
+)
+async def register(
+    body: RegisterRequest, session: SessionDep, request: Request, response: Response
+) -> User:
+    """Open an account with its personal workspace. An email in use (in any case) is 409."""
+    user = await register_account(session, body.email, body.password, body.display_name)
+    response.headers["Location"] = str(request.url_for("get_me"))
+    return user
+
+
+def _limit_keys(email: str, request: Request) -> dict[str, int]:
+    settings = request.app.state.settings
+    address = request.client.host if request.client else "unknown"
+    return {
+        f"email:{email.strip().lower()}": settings.login_failures_per_account,
+        f"address:{address}": settings.login_failures_per_address,
+    }
+
+
+@router.post(
+    "/token",
+    response_model=TokenResponse,
+    responses={**problem_responses(401, 413, 422, 429, 503)},
+)
+async def login(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    session: SessionDep,
+    request: Request,
+) -> TokenResponse | JSONResponse:
+    """Log in with the OAuth2 password flow: `username` is your email. Answers an access
+    token (a JWT, short-lived) and a refresh token (single use).
+
+    A wrong email and a wrong password get the same 401 after the same work. Too many
+    failures for one email, or from one address, are 429 with `Retry-After`."""
+    settings = request.app.state.settings
+    limits = LoginLimitRepository(session)
+    keys = _limit_keys(form.username, request)
+    wait = await limits.seconds_blocked(keys, settings.login_window_seconds)
+    if wait is not None:
+        problem = TOO_MANY_LOGIN_ATTEMPTS.problem(
+            f"too many failed logins; try again in {wait} seconds"
+        )
+        return problem.response({"Retry-After": str(wait)})
+    users = UserRepository(session)
+    user = await users.get_by_email(form.username)
+    matches, new_hash = await verify_password(
+        form.password, user.password_hash if user is not None else None
+    )
+    if user is None or not matches or not user.is_active:
+        await limits.record_failure(list(keys), settings.login_window_seconds)
+        return _unauthorized(BAD_CREDENTIALS)
+    if new_hash is not None:  # hashed with older parameters: store today's
+        await users.change_password_hash(user.id, new_hash)
+    await limits.clear(next(iter(keys)))
+    expires_at = datetime.now(UTC) + timedelta(days=settings.session_days)
+    session_id, refresh_token = await AuthSessionRepository(session).open(user.id, expires_at)
+    return _tokens(request, user.id, session_id, refresh_token)
+
+
+@router.post(
+    "/refresh",
+    response_model=TokenResponse,
+    responses={**problem_responses(401, 413, 422, 503)},
+)
+async def refresh(
+    body: RefreshRequest, session: SessionDep, request: Request
+) -> TokenResponse | JSONResponse:
+    """Trade a refresh token for a new access token and a new refresh token. Each refresh
+    token works once: presenting a spent one ends its whole login session."""
+    result = await AuthSessionRepository(session).rotate(body.refresh_token)
+    if result.outcome is Rotation.REUSED:
+        return _unauthorized(
+            "this refresh token was already used; its login session has been ended"
+        )
+    if result.outcome is not Rotation.ROTATED:
+        return _unauthorized("the refresh token is not valid")
+    assert result.user_id is not None
+    assert result.refresh_token is not None
+    return _tokens(request, result.user_id, result.session_id, result.refresh_token)
+
+
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(401, 503),
+)
+async def logout(user: CurrentUserDep, session: SessionDep) -> None:
+    """End this login session: its access and refresh tokens stop working at once."""
+    await AuthSessionRepository(session).revoke(user.session_id, "logout")
+
+
+@router.post(
+    "/logout-all",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(401, 503),
+)
+async def logout_all(user: CurrentUserDep, session: SessionDep) -> None:
+    """End every login session of this account, this one included."""
+    await AuthSessionRepository(session).revoke_all(user.user_id, "logout_all")
+
+
+__all__ = ["TOKEN_URL", "router"]

@@ -1,0 +1,215 @@
+"""Workspaces and their members. An id the caller may not see is 404; one they see but
+may not change (a member acting as owner) is 403."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Request, Response, status
+
+from taskmanager.auth import CurrentReaderDep, CurrentUserDep
+from taskmanager.dependencies import WorkspaceReaderDep, WorkspaceRepositoryDep
+from taskmanager.models import Workspace
+from taskmanager.openapi import problem_responses, response_headers
+from taskmanager.problems import CONFLICT, FORBIDDEN, VALIDATION_ERROR, ProblemError
+from taskmanager.repositories.workspace_repository import WorkspaceView
+from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
+from taskmanager.schemas import (
+    INT4_MAX,
+    MemberAdd,
+    WorkspaceCreate,
+    WorkspaceDetailResponse,
+    WorkspaceResponse,
+    WorkspaceUpdate,
+)
+from taskmanager.scope import Scope
+
+router = APIRouter(prefix="/workspaces", tags=["workspaces"])
+
+WorkspaceId = Annotated[int, Path(ge=1, le=INT4_MAX, description="The workspace's id.")]
+UserId = Annotated[int, Path(ge=1, le=INT4_MAX, description="The member's user id.")]
+NOT_FOUND = "Workspace not found"
+
+
+def _owner_only(user: Scope, workspace_id: int) -> None:
+    """404 for a workspace the caller cannot see, 403 for one they only belong to."""
+    if not user.can_see(workspace_id):
+        raise HTTPException(status_code=404, detail=NOT_FOUND)
+    if not user.owns(workspace_id):
+        raise ProblemError(FORBIDDEN.problem("only an owner of this workspace may do this"))
+
+
+async def _detail(
+    repo: WorkspaceReaderDep | WorkspaceRepositoryDep, user: Scope, workspace_id: int
+) -> dict[str, object]:
+    view = await repo.get(user, workspace_id)
+    if view is None:
+        raise HTTPException(status_code=404, detail=NOT_FOUND)
+    members = await repo.members(user, workspace_id)
+    return {**_as_dict(view), "members": members}
+
+
+def _as_dict(view: WorkspaceView) -> dict[str, object]:
+    return {name: getattr(view, name) for name in WorkspaceView.__dataclass_fields__}
+
+
+@router.post(
+    "",
+    response_model=WorkspaceDetailResponse,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        201: {"headers": response_headers("Location", "ETag")},
+        **problem_responses(401, 413, 422, 503),
+    },
+)
+async def create_workspace(
+    body: WorkspaceCreate,
+    repo: WorkspaceRepositoryDep,
+    user: CurrentUserDep,
+    request: Request,
+    response: Response,
+) -> dict[str, object]:
+    """A new workspace; you are its owner."""
+    workspace_id = await repo.create(user.user_id, body.name)
+    # The scope was read at the start of the request; this one now includes the new id.
+    view = await repo.get(user.with_workspace(workspace_id, owner=True), workspace_id)
+    assert view is not None
+    response.headers["Location"] = str(request.url_for("get_workspace", workspace_id=workspace_id))
+    set_etag(response, view.version)
+    members = await repo.members(user.with_workspace(workspace_id, owner=True), workspace_id)
+    return {**_as_dict(view), "members": members}
+
+
+@router.get("", response_model=list[WorkspaceResponse], responses=problem_responses(401, 503))
+async def list_workspaces(repo: WorkspaceReaderDep, user: CurrentReaderDep) -> list[WorkspaceView]:
+    """The workspaces you belong to, your personal one first, with your role in each."""
+    return await repo.list_mine(user)
+
+
+@router.get(
+    "/{workspace_id}",
+    response_model=WorkspaceDetailResponse,
+    responses={200: {"headers": response_headers("ETag")}, **problem_responses(401, 404, 422, 503)},
+)
+async def get_workspace(
+    workspace_id: WorkspaceId, repo: WorkspaceReaderDep, user: CurrentReaderDep, response: Response
+) -> dict[str, object]:
+    """One of your workspaces, with its members."""
+    detail = await _detail(repo, user, workspace_id)
+    set_etag(response, int(str(detail["version"])))
+    return detail
+
+
+async def _for_change(
+    repo: WorkspaceRepositoryDep, user: Scope, workspace_id: int, if_match: str | None
+) -> Workspace:
+    _owner_only(user, workspace_id)
+    workspace = await repo.get_for_change(user, workspace_id)
+    if workspace is None:
+        raise HTTPException(status_code=404, detail=NOT_FOUND)
+    require_match(if_match, workspace.version)
+    return workspace
+
+
+@router.patch(
+    "/{workspace_id}",
+    response_model=WorkspaceDetailResponse,
+    responses={
+        200: {"headers": response_headers("ETag")},
+        **problem_responses(401, 403, 404, 412, 413, 422, 503),
+    },
+)
+async def rename_workspace(
+    workspace_id: WorkspaceId,
+    body: WorkspaceUpdate,
+    repo: WorkspaceRepositoryDep,
+    user: CurrentUserDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> dict[str, object]:
+    """Rename a workspace you own."""
+    workspace = await _for_change(repo, user, workspace_id, if_match)
+    await repo.rename(workspace, body.name)
+    detail = await _detail(repo, user, workspace_id)
+    set_etag(response, workspace.version)
+    return detail
+
+
+@router.delete(
+    "/{workspace_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(401, 403, 404, 409, 412, 422, 503),
+)
+async def delete_workspace(
+    workspace_id: WorkspaceId,
+    repo: WorkspaceRepositoryDep,
+    user: CurrentUserDep,
+    if_match: IfMatch = None,
+) -> None:
+    """Delete a workspace you own, with all its tasks and categories. Your personal
+    workspace cannot be deleted (409)."""
+    workspace = await _for_change(repo, user, workspace_id, if_match)
+    if workspace_id == user.personal_workspace_id:
+        raise ProblemError(CONFLICT.problem("your personal workspace cannot be deleted"))
+    await repo.delete(workspace)
+
+
+@router.post(
+    "/{workspace_id}/members",
+    response_model=WorkspaceDetailResponse,
+    status_code=status.HTTP_201_CREATED,
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
+)
+async def add_member(
+    workspace_id: WorkspaceId,
+    body: MemberAdd,
+    repo: WorkspaceRepositoryDep,
+    user: CurrentUserDep,
+) -> dict[str, object]:
+    """Add the account with this email to a workspace you own (409 if already a member)."""
+    _owner_only(user, workspace_id)
+    view = await repo.get(user, workspace_id)
+    if view is None:
+        raise HTTPException(status_code=404, detail=NOT_FOUND)
+    if view.personal and body.role == "owner":
+        raise ProblemError(
+            CONFLICT.problem("a personal workspace has one owner; add people as members")
+        )
+    member_id = await repo.user_id_by_email(body.email)
+    if member_id is None:
+        raise ProblemError(VALIDATION_ERROR.about_field("body.email", "no account has this email"))
+    await repo.add_member(workspace_id, member_id, body.role)
+    return await _detail(repo, user, workspace_id)
+
+
+@router.delete(
+    "/{workspace_id}/members/{user_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(401, 403, 404, 409, 422, 503),
+)
+async def remove_member(
+    workspace_id: WorkspaceId,
+    user_id: UserId,
+    repo: WorkspaceRepositoryDep,
+    user: CurrentUserDep,
+) -> None:
+    """Remove a member (an owner may remove anyone; anyone may leave). The last owner
+    cannot leave (409): delete the workspace, or make someone else an owner first."""
+    if not user.can_see(workspace_id):
+        raise HTTPException(status_code=404, detail=NOT_FOUND)
+    if user_id != user.user_id and not user.owns(workspace_id):
+        raise ProblemError(FORBIDDEN.problem("only an owner may remove another member"))
+    membership = await repo.membership(workspace_id, user_id)
+    if membership is None:
+        raise HTTPException(status_code=404, detail="Member not found")
+    if membership.role == "owner":
+        owners = await repo.lock_owners(workspace_id)
+        if list(owners) == [user_id]:
+            raise ProblemError(
+                CONFLICT.problem("the last owner cannot leave; delete the workspace instead")
+            )
+    if user_id == user.user_id and workspace_id == user.personal_workspace_id:
+        raise ProblemError(CONFLICT.problem("you cannot leave your personal workspace"))
+    await repo.remove_member(workspace_id, user_id)
