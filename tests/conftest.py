@@ -27,6 +27,7 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from taskmanager.auth import scope_of_account
 from taskmanager.config import Settings, normalize_database_url
 from taskmanager.database import (
     create_engine,
@@ -34,6 +35,8 @@ from taskmanager.database import (
 from taskmanager.embedded import EmbeddedPostgres
 from taskmanager.main import create_app
 from taskmanager.migrate import upgrade
+from taskmanager.scope import Scope
+from tests.support.accounts import TEST_SECRET, Account, create_account, register_and_login
 from tests.support.live_app import live_client, observer_engine
 from tests.support.rolled_back import rolled_back_client
 
@@ -56,8 +59,10 @@ def own_database_url(make_database: Callable[[str], str], request: pytest.Fixtur
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def live(own_database_url: str) -> AsyncIterator[AsyncClient]:
-    """The real app (its own engine and pool of 30) on the module's own database."""
+    """The real app (its own engine and pool of 30) on the module's own database, logged in
+    as an account registered there through the API."""
     async with live_client(own_database_url) as client:
+        client.headers.update(await register_and_login(client, "live@example.com"))
         yield client
 
 
@@ -132,7 +137,7 @@ def make_database(
 
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, pool_size=5, max_overflow=5)
+    return Settings(database_url=database_url, pool_size=5, max_overflow=5, jwt_secret=TEST_SECRET)
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -141,6 +146,27 @@ async def engine(settings: Settings, database_url: str) -> AsyncIterator[AsyncEn
     engine = create_engine(settings, database_url)
     yield engine
     await engine.dispose()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def account(engine: AsyncEngine) -> Account:
+    """The account the `client` fixture is logged in as (committed once per test run)."""
+    return await create_account(engine, "alice@example.com")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def other_account(engine: AsyncEngine) -> Account:
+    """Someone else: shares no workspace with `account`."""
+    return await create_account(engine, "mallory@example.com")
+
+
+@pytest_asyncio.fixture
+async def scope(db_session: AsyncSession, account: Account) -> Scope:
+    """`account`'s scope, entered in `db_session` (its transaction now runs as that user
+    under row-level security), for repository tests."""
+    entered = await scope_of_account(db_session, account.user_id)
+    db_session.info["scope"] = entered
+    return entered
 
 
 @pytest_asyncio.fixture
@@ -167,9 +193,11 @@ def app(settings: Settings) -> FastAPI:
 
 @pytest_asyncio.fixture
 async def client(
-    app: FastAPI, engine: AsyncEngine, db_session: AsyncSession
+    app: FastAPI, engine: AsyncEngine, db_session: AsyncSession, account: Account
 ) -> AsyncIterator[AsyncClient]:
-    """Test client whose requests all use the test's rolled-back session."""
+    """Test client whose requests all use the test's rolled-back session, logged in as
+    `account`."""
     async with rolled_back_client(app, engine, db_session) as ac:
+        ac.headers.update(account.headers)
         yield ac
     app.dependency_overrides.clear()

@@ -7,7 +7,7 @@ import pytest
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskmanager.repositories.task_repository import TaskRepository
+from tests.support.accounts import TaskRepository
 
 # ─────────────────────────────── tests/test_tasks.py
 

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from taskmanager.config import Settings
 from taskmanager.main import create_app
+from tests.support.accounts import TEST_SECRET
 
 
 @asynccontextmanager
@@ -33,6 +34,7 @@ async def live_client(database_url: str, **settings: Any) -> AsyncIterator[Async
         "max_overflow": 0,
         "log_level": "WARNING",
         "gc_threshold": 0,
+        "jwt_secret": TEST_SECRET,
     }
     app = create_app(Settings(database_url=database_url, **(options | settings)))
     async with (

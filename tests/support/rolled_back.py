@@ -7,12 +7,18 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from taskmanager.database import (
     SESSION_DEPENDENCIES,
     create_read_session_factory,
     create_session_factory,
+)
+from tests.support.accounts import TEST_SECRET
+
+_END_REQUEST_SCOPE = text(
+    "SELECT set_config('role', 'none', true), set_config('taskmanager.user_id', '', true)"
 )
 
 
@@ -29,11 +35,16 @@ def rolled_back_client(app: FastAPI, engine: AsyncEngine, db_session: AsyncSessi
         except Exception:
             await db_session.rollback()  # back to the SAVEPOINT, as a real request would
             raise
+        finally:
+            # A real request's COMMIT would end its SET LOCAL ROLE and caller setting; the
+            # released SAVEPOINT keeps them in the outer transaction, so undo them here.
+            await db_session.execute(_END_REQUEST_SCOPE)
 
     for dependency in SESSION_DEPENDENCIES:
         app.dependency_overrides[dependency] = override_get_async_session
     # ASGITransport does not run the lifespan; give /health/ready an engine to ask.
     app.state.engine = engine
+    app.state.signing_key = TEST_SECRET
     app.state.async_session_factory = create_session_factory(engine)
     app.state.read_session_factory = create_read_session_factory(engine)
     return AsyncClient(transport=ASGITransport(app=app), base_url="http://test")

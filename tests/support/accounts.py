@@ -1,0 +1,88 @@
+"""Accounts for tests: made once per database through the real registration code, with
+access tokens signed by the test key, so a test client can send `Authorization` like any
+client does."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from httpx import AsyncClient
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from taskmanager.accounts import register_account
+from taskmanager.database import create_session_factory
+from taskmanager.repositories.auth_session_repository import AuthSessionRepository
+from taskmanager.repositories.task_repository import TaskRepository as _TaskRepository
+from taskmanager.scope import Scope
+from taskmanager.tokens import issue_access_token
+
+# At least 32 bytes, as the settings demand of any signing key.
+TEST_SECRET = "test-signing-key-that-is-long-enough-0123456789"
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Account:
+    """A registered user with a live login session and an access token for it."""
+
+    user_id: int
+    email: str
+    personal_workspace_id: int
+    session_id: uuid.UUID
+    access_token: str
+    refresh_token: str
+    password: str = PASSWORD
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+async def create_account(
+    engine: AsyncEngine, email: str, *, secret: str = TEST_SECRET, password: str = PASSWORD
+) -> Account:
+    """Register `email` (committed) and log it in, without HTTP."""
+    async with create_session_factory(engine)() as session, session.begin():
+        user = await register_account(session, email, password)
+        user_id, personal = user.id, user.personal_workspace_id
+    async with create_session_factory(engine)() as session, session.begin():
+        session_id, refresh_token = await AuthSessionRepository(session).open(
+            user_id, datetime.now(UTC) + timedelta(days=1)
+        )
+    assert personal is not None
+    return Account(
+        user_id=user_id,
+        email=email,
+        personal_workspace_id=personal,
+        session_id=session_id,
+        access_token=issue_access_token(secret, user_id, session_id, timedelta(hours=2)),
+        refresh_token=refresh_token,
+        password=password,
+    )
+
+
+async def register_and_login(
+    client: AsyncClient, email: str, password: str = PASSWORD
+) -> dict[str, str]:
+    """Through the API, as a client would: the Authorization header for the new account."""
+    response = await client.post("/auth/register", json={"email": email, "password": password})
+    assert response.status_code == 201, response.text
+    return await login(client, email, password)
+
+
+async def login(client: AsyncClient, email: str, password: str = PASSWORD) -> dict[str, str]:
+    response = await client.post("/auth/token", data={"username": email, "password": password})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def TaskRepository(session: AsyncSession) -> _TaskRepository:  # noqa: N802 (the lecture's name)
+    """The lecture's `TaskRepository(session)` (Part 6), for a session that has entered a
+    test account's scope (tests/lecture/conftest.py): since Week 9 every repository also
+    takes the caller's Scope."""
+    scope: Scope = session.info["scope"]
+    return _TaskRepository(session, scope)
