@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that some tests drive, when they are missing:
 #   chromium          - the real-browser check of /docs (tests/api/test_docs_browser.py)
+#   chromium-driver   - WebDriver for it: logging in through the Authorize dialog (test_docs_authorize.py)
 #   fonts-liberation  - a font for it to draw text with: only a Recommends of chromium,
 #                       which --no-install-recommends leaves out
 #   pgbouncer         - the API behind a transaction-pooling PgBouncer (tests/reliability/test_pgbouncer.py)
@@ -11,6 +12,7 @@ packages=()
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || packages+=(chromium)
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || packages+=(pgbouncer)
 command -v wrk >/dev/null 2>&1 || packages+=(wrk)
+command -v chromedriver >/dev/null 2>&1 || [ -x /usr/bin/chromedriver ] || packages+=(chromium-driver)
 if command -v dpkg-query >/dev/null 2>&1 \
   && ! dpkg-query -W -f='${Status}' fonts-liberation 2>/dev/null | grep -q 'ok installed'; then
   packages+=(fonts-liberation)
