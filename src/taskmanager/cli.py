@@ -115,7 +115,16 @@ def _serve(settings: Settings, host: str, port: int, workers: int, reload: bool)
     import uvicorn
 
     from taskmanager.migrate import upgrade
+    from taskmanager.signing_key import SigningKeyError, signing_key
 
+    try:
+        # Once here, before any worker: a generated key is written once and then read by
+        # every worker, and a bad one stops start-up with one line instead of a traceback
+        # per worker.
+        signing_key(settings)
+    except (SigningKeyError, OSError) as exc:
+        console.print(f"[red]Configuration error (signing key): {exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
     with database_url(settings) as url:
         upgrade(url)
         # Workers (and the reloader's child) read their settings from the environment:
