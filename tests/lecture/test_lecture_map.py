@@ -24,6 +24,8 @@ SECTIONS = (
     "Quick Reference Card",
     "File Organization Reference",
     "The Week 6 project",
+    "Week 9: Authentication",
+    "Week 13-14: Capstone",
 )
 # A backticked path (a known file type, or a folder ending in /), maybe with ::symbol.
 REFERENCE = re.compile(
