@@ -6,6 +6,7 @@ transaction then commits what was recorded, instead of rolling it back."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -16,7 +17,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 from taskmanager.accounts import register_account
 from taskmanager.auth import TOKEN_URL, CurrentUserDep, unauthorized_problem
 from taskmanager.database import SessionDep
-from taskmanager.models import User
+from taskmanager.models import EMAIL_MAX_LENGTH, User
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.passwords import verify_password
 from taskmanager.problems import TOO_MANY_LOGIN_ATTEMPTS
@@ -32,11 +33,11 @@ BAD_CREDENTIALS = "the email or the password is wrong"
 
 
 def _tokens(
-    request: Request, user_id: int, session_id: object, refresh_token: str
+    request: Request, user_id: int, session_id: uuid.UUID, refresh_token: str
 ) -> TokenResponse:
     settings = request.app.state.settings
     lifetime = timedelta(minutes=settings.access_token_minutes)
-    access = issue_access_token(request.app.state.signing_key, user_id, session_id, lifetime)  # type: ignore[arg-type]
+    access = issue_access_token(request.app.state.signing_key, user_id, session_id, lifetime)
     return TokenResponse(
         access_token=access,
         expires_in=int(lifetime.total_seconds()),
@@ -70,8 +71,9 @@ async def register(
 def _limit_keys(email: str, request: Request) -> dict[str, int]:
     settings = request.app.state.settings
     address = request.client.host if request.client else "unknown"
+    # Cut to the longest email that can exist, so any username can be counted.
     return {
-        f"email:{email.strip().lower()}": settings.login_failures_per_account,
+        f"email:{email.strip().lower()[:EMAIL_MAX_LENGTH]}": settings.login_failures_per_account,
         f"address:{address}": settings.login_failures_per_address,
     }
 
@@ -134,7 +136,7 @@ async def refresh(
     if result.outcome is not Rotation.ROTATED:
         return _unauthorized("the refresh token is not valid")
     assert result.user_id is not None
-    assert result.refresh_token is not None
+    assert result.refresh_token is not None and result.session_id is not None
     return _tokens(request, result.user_id, result.session_id, result.refresh_token)
 
 
