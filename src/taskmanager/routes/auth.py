@@ -136,7 +136,8 @@ async def refresh(
     if result.outcome is not Rotation.ROTATED:
         return _unauthorized("the refresh token is not valid")
     assert result.user_id is not None
-    assert result.refresh_token is not None and result.session_id is not None
+    assert result.refresh_token is not None
+    assert result.session_id is not None
     return _tokens(request, result.user_id, result.session_id, result.refresh_token)
 
 
