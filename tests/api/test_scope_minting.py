@@ -1,0 +1,52 @@
+"""A repository gets the caller's scope; nothing but the authentication step can make one.
+
+The polar-style `AccessibleOrganizationID` guarantee, checked: the tenant repositories cannot
+be built without a `Scope`, a `Scope` cannot be built directly, and only taskmanager.auth (and
+scope.py itself, extending the caller's own scope) calls `mint_scope`.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import uuid
+from pathlib import Path
+
+import pytest
+
+from taskmanager.repositories.category_repository import CategoryRepository
+from taskmanager.repositories.task_repository import TaskRepository
+from taskmanager.scope import Scope
+
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "taskmanager"
+ALLOWED_MINTERS = {"auth.py", "scope.py"}
+
+
+def test_a_scope_cannot_be_built_directly() -> None:
+    with pytest.raises(TypeError, match="authenticated request"):
+        Scope(
+            user_id=1,
+            session_id=uuid.uuid4(),
+            workspace_ids=(1,),
+            owned_workspace_ids=frozenset({1}),
+            personal_workspace_id=1,
+        )
+
+
+def test_only_authentication_mints_scopes() -> None:
+    minters = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            called = node.func if isinstance(node, ast.Call) else None
+            name = getattr(called, "id", None) or getattr(called, "attr", None)
+            if name == "mint_scope":
+                minters.add(str(path.relative_to(PACKAGE)))
+    assert minters <= ALLOWED_MINTERS, minters
+    assert "auth.py" in minters
+
+
+@pytest.mark.parametrize("repository", [TaskRepository, CategoryRepository])
+def test_tenant_repositories_require_a_scope(repository: type) -> None:
+    parameter = inspect.signature(repository).parameters["scope"]
+    assert parameter.default is inspect.Parameter.empty
+    assert parameter.annotation in (Scope, "Scope")
