@@ -11,9 +11,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Category, Task
+from tests.support.accounts import Account
 from tests.support.problems import assert_names_field, assert_problem
 
 PROBLEM_JSON = "application/problem+json"
+CATEGORY_KEYS = {"id", "name", "workspace_id", "created_at", "version"}
 
 
 async def category_names(db_session: AsyncSession) -> list[str]:
@@ -36,14 +38,15 @@ async def make_category(client: AsyncClient, name: str) -> dict[str, Any]:
 
 
 async def test_create_category_returns_201_location_and_body(
-    client: AsyncClient, db_session: AsyncSession
+    client: AsyncClient, db_session: AsyncSession, account: Account
 ) -> None:
     response = await client.post("/categories", json={"name": "Work"})
 
     assert response.status_code == 201
     data = response.json()
-    assert set(data) == {"id", "name", "created_at", "version"}
+    assert set(data) == CATEGORY_KEYS
     assert data["name"] == "Work"
+    assert data["workspace_id"] == account.personal_workspace_id  # none named: personal
     assert datetime.fromisoformat(data["created_at"]).tzinfo is not None
     assert response.headers["location"].endswith(f"/categories/{data['id']}")
     fetched = await client.get(response.headers["location"])
@@ -105,7 +108,31 @@ async def test_list_categories_orders_by_name_ignoring_case(client: AsyncClient)
 
     assert response.status_code == 200
     assert [c["name"] for c in response.json()] == ["Alpha", "alphabet", "beta", "Delta", "gamma"]
-    assert all(set(c) == {"id", "name", "created_at", "version"} for c in response.json())
+    assert all(set(c) == CATEGORY_KEYS for c in response.json())
+
+
+async def test_list_categories_shows_only_the_callers(
+    client: AsyncClient, db_session: AsyncSession, other_account: Account
+) -> None:
+    """Someone else's categories, even one with the same name, are not listed; naming
+    their workspace lists nothing."""
+    mine = await make_category(client, "Work")
+    response = await client.post(
+        "/categories", json={"name": "Work"}, headers=other_account.headers
+    )
+    assert response.status_code == 201, response.text  # names are unique per workspace
+    theirs = response.json()
+    assert await category_count(db_session) == 2
+
+    listed = await client.get("/categories")
+    assert listed.json() == [mine]
+    named = await client.get(
+        "/categories", params={"workspace_id": other_account.personal_workspace_id}
+    )
+    assert named.json() == []
+    assert_problem(await client.get(f"/categories/{theirs['id']}"), 404)
+    their_list = await client.get("/categories", headers=other_account.headers)
+    assert their_list.json() == [theirs]
 
 
 async def test_list_categories_empty(client: AsyncClient) -> None:

@@ -103,6 +103,23 @@ def test_method_names_are_the_readable_operation_ids(generated: GeneratedClient)
         if tag.is_dir() and (tag / "__init__.py").exists()
     }
     assert methods == {
+        "auth": [
+            "auth_login",
+            "auth_logout",
+            "auth_logout_all",
+            "auth_refresh",
+            "auth_register",
+        ],
+        "users": ["users_get_me", "users_update_me"],
+        "workspaces": [
+            "create_workspace",
+            "delete_workspace",
+            "get_workspace",
+            "list_workspaces",
+            "rename_workspace",
+            "workspaces_add_member",
+            "workspaces_remove_member",
+        ],
         "tasks": [
             "create_task",
             "delete_task",

@@ -3,7 +3,9 @@
 These tests check what the ROUTES do: which repository method they call with what, and how
 they turn the answers into HTTP (404, 201 + Location, X-Total-Count, problem responses).
 No database is involved: the app is built with a database URL nothing listens on and its
-lifespan never runs, so a route that reached for a real session would fail loudly.
+lifespan never runs, so a route that reached for a real session would fail loudly. Nor is
+the caller: the current-user dependency is reached only through the repository and
+idempotency dependencies, which are replaced here, so no token is needed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from taskmanager.repositories.task_repository import TaskFilters, TaskPage, Task
 from tests.support.problems import assert_problem
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+PERSONAL_WORKSPACE = 11  # where the fake puts a task when the body names no workspace
 
 
 def make_category(category_id: int, name: str) -> Category:
@@ -47,10 +50,12 @@ def make_task(
     completed: bool = False,
     *,
     category: Category | None = None,
+    workspace_id: int = PERSONAL_WORKSPACE,
 ) -> Task:
     """A task as the repository would return it (the project's own model, never saved)."""
     return Task(
         id=task_id,
+        workspace_id=workspace_id,
         title=title,
         description=description,
         completed=completed,
@@ -108,6 +113,7 @@ class FakeTaskRepository:
         description: str | None = None,
         category_id: int | None = None,
         completed: bool = False,
+        workspace_id: int | None = None,
     ) -> Task:
         self._record(
             "create",
@@ -115,10 +121,18 @@ class FakeTaskRepository:
             description=description,
             category_id=category_id,
             completed=completed,
+            workspace_id=workspace_id,
         )
         task_id = max(self.tasks, default=0) + 1
         category = make_category(category_id, f"Category {category_id}") if category_id else None
-        task = make_task(task_id, title, description, completed, category=category)
+        task = make_task(
+            task_id,
+            title,
+            description,
+            completed,
+            category=category,
+            workspace_id=PERSONAL_WORKSPACE if workspace_id is None else workspace_id,
+        )
         self.tasks[task_id] = task
         return task
 
@@ -156,6 +170,7 @@ async def fake_client(
     # No Idempotency-Key in these requests: the idempotency store is never consulted.
     fake_app.dependency_overrides[get_idempotent_request] = lambda: IdempotentRequest(
         repository=None,  # type: ignore[arg-type]
+        user_id=1,
         scope="POST /tasks",
         key=None,
         ttl=timedelta(hours=1),
@@ -192,6 +207,7 @@ async def test_get_returns_the_repository_task(
     assert response.status_code == 200
     assert response.json() == {
         "id": 3,
+        "workspace_id": PERSONAL_WORKSPACE,
         "title": "Read",
         "description": "a book",
         "completed": True,
@@ -245,23 +261,50 @@ async def test_post_passes_validated_fields_to_create(
 
     assert response.status_code == 201
     assert fake_repo.called("create") == [
-        ((), {"title": "Buy milk", "description": None, "category_id": 3, "completed": False})
+        (
+            (),
+            {
+                "title": "Buy milk",
+                "description": None,
+                "category_id": 3,
+                "completed": False,
+                "workspace_id": None,  # none named: the repository picks the personal one
+            },
+        )
     ]
     data = response.json()
     assert response.headers["location"] == f"http://test/tasks/{data['id']}"
     assert data["category"] == {"id": 3, "name": "Category 3"}
+    assert data["workspace_id"] == PERSONAL_WORKSPACE
 
 
 async def test_post_passes_every_field(
     fake_client: AsyncClient, fake_repo: FakeTaskRepository
 ) -> None:
-    await fake_client.post(
-        "/tasks", json={"title": "T", "description": "D", "completed": True, "category_id": None}
+    response = await fake_client.post(
+        "/tasks",
+        json={
+            "title": "T",
+            "description": "D",
+            "completed": True,
+            "category_id": None,
+            "workspace_id": 5,
+        },
     )
 
     assert fake_repo.called("create") == [
-        ((), {"title": "T", "description": "D", "category_id": None, "completed": True})
+        (
+            (),
+            {
+                "title": "T",
+                "description": "D",
+                "category_id": None,
+                "completed": True,
+                "workspace_id": 5,
+            },
+        )
     ]
+    assert response.json()["workspace_id"] == 5
 
 
 @pytest.mark.parametrize(
@@ -327,12 +370,19 @@ async def test_list_passes_filters_and_pagination_and_sets_total_from_the_page(
 
     response = await fake_client.get(
         "/tasks",
-        params={"completed": "true", "category_id": 2, "q": "milk", "limit": 5, "offset": 10},
+        params={
+            "completed": "true",
+            "category_id": 2,
+            "q": "milk",
+            "workspace_id": 7,
+            "limit": 5,
+            "offset": 10,
+        },
     )
 
     assert response.status_code == 200
     assert response.headers["x-total-count"] == "42"
-    expected = TaskFilters(completed=True, category_id=2, q="milk")
+    expected = TaskFilters(completed=True, category_id=2, q="milk", workspace_id=7)
     assert fake_repo.called("get_page") == [((expected,), {"limit": 5, "offset": 10})]
 
 

@@ -1,28 +1,45 @@
 """The list endpoint costs a constant number of SQL statements, whatever the page size.
 
-No N+1: the categories of a page come with the page (a join), and X-Total-Count is one
-COUNT. Statements are counted with a `before_cursor_execute` listener on the test engine,
-whose connection the `client` fixture's session uses; only what runs during the request
-counts. The test fixture's SAVEPOINT/RELEASE statements (the stand-in for the real
-commit) are tallied separately and must be the only extras.
+No N+1: the categories of a page come with the page (a join), and X-Total-Count rides
+along with it. Statements are counted with a `before_cursor_execute` listener on the test
+engine, whose connection the `client` fixture's session uses; only what runs during the
+request counts. What the test fixture adds is tallied separately and must be the only
+extra: its SAVEPOINT/RELEASE statements (the stand-in for the real transaction) and the
+statement that ends the caller's scope after each request (a real COMMIT would).
+
+Every request that needs a caller also runs ONE statement saying who is calling
+(`enter_request_scope`: the token's user and login session checked, memberships read, the
+transaction switched to the request role), whatever the route: counted apart as `caller`.
+In production a read also begins and commits its READ ONLY transaction (it ran in
+autocommit before the caller's transaction-local settings existed): asyncpg sends those
+itself, not through a cursor, so the last test counts them with the engine's begin and
+commit events on the app's real sessions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from httpx import AsyncClient, Response
+from httpx import ASGITransport, AsyncClient, Response
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from taskmanager.repositories.category_repository import CategoryRepository
-from taskmanager.repositories.task_repository import TaskRepository
+from taskmanager.config import Settings
+from taskmanager.models import REQUEST_ROLE, Category, Task
+from tests.support.accounts import Account
+from tests.support.real_sessions import app_with_real_sessions
 
-MAX_LIST_STATEMENTS = 3
+# The list's own statements: the page (with its total), and a COUNT only for a page past
+# the end (no row to carry the total). The caller's statement comes on top of these.
+MAX_LIST_STATEMENTS = 2
+CALLER_STATEMENTS = 1
 SAVEPOINT_PREFIXES = ("SAVEPOINT ", "RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT ")
+# tests/support/rolled_back.py, after every request: what the real COMMIT would undo.
+END_OF_REQUEST_PREFIX = "SELECT SET_CONFIG('ROLE', 'NONE'"
+CALLER_MARK = f"set_config('role', '{REQUEST_ROLE}', true)"
 
 
 class StatementLog:
@@ -31,15 +48,25 @@ class StatementLog:
 
     @property
     def queries(self) -> list[str]:
-        return [s for s in self.statements if not is_savepoint(s)]
+        """The route's own statements."""
+        return [s for s in self.statements if not is_fixture(s) and not is_caller(s)]
 
     @property
-    def savepoints(self) -> list[str]:
-        return [s for s in self.statements if is_savepoint(s)]
+    def caller(self) -> list[str]:
+        return [s for s in self.statements if is_caller(s)]
+
+    @property
+    def fixture(self) -> list[str]:
+        return [s for s in self.statements if is_fixture(s)]
 
 
-def is_savepoint(statement: str) -> bool:
-    return statement.lstrip().upper().startswith(SAVEPOINT_PREFIXES)
+def is_fixture(statement: str) -> bool:
+    start = statement.lstrip().upper()
+    return start.startswith(SAVEPOINT_PREFIXES) or start.startswith(END_OF_REQUEST_PREFIX)
+
+
+def is_caller(statement: str) -> bool:
+    return CALLER_MARK in statement and "auth_sessions" in statement
 
 
 @contextmanager
@@ -59,17 +86,24 @@ def count_statements(engine: AsyncEngine) -> Iterator[StatementLog]:
 
 
 @pytest.fixture
-async def seeded(db_session: AsyncSession) -> dict[int, str]:
-    """60 tasks spread over 5 categories; returns category id -> name."""
-    categories = CategoryRepository(db_session)
-    tasks = TaskRepository(db_session)
-    names = {}
-    for n in range(5):
-        category = await categories.create(f"Category {n}")
-        names[category.id] = category.name
+async def seeded(db_session: AsyncSession, account: Account) -> dict[int, str]:
+    """60 tasks spread over 5 categories in the `client` account's personal workspace;
+    returns category id -> name."""
+    workspace_id = account.personal_workspace_id
+    categories = [Category(name=f"Category {n}", workspace_id=workspace_id) for n in range(5)]
+    db_session.add_all(categories)
+    await db_session.flush()
+    names = {category.id: category.name for category in categories}
     category_ids = list(names)
-    for n in range(60):
-        await tasks.create(title=f"Task {n}", category_id=category_ids[n % 5], completed=n % 2 == 0)
+    db_session.add_all(
+        Task(
+            title=f"Task {n}",
+            category_id=category_ids[n % 5],
+            completed=n % 2 == 0,
+            workspace_id=workspace_id,
+        )
+        for n in range(60)
+    )
     await db_session.commit()  # releases the seeding savepoint; the outer transaction stays
     return names
 
@@ -92,11 +126,14 @@ async def test_list_costs_a_constant_number_of_statements(
     assert len(big.json()) == 50
     assert len(small.json()) == 5
     assert big.headers["x-total-count"] == small.headers["x-total-count"] == "60"
-    assert 1 <= len(big_log.queries) <= MAX_LIST_STATEMENTS, big_log.queries
+    # One statement for the whole page with its total: no query per task or per category.
+    assert len(big_log.queries) == 1, big_log.queries
     assert len(big_log.queries) == len(small_log.queries), (big_log.queries, small_log.queries)
-    # Every statement is either one of those queries or the fixture's savepoint handling.
     for log in (big_log, small_log):
-        assert len(log.queries) + len(log.savepoints) == len(log.statements)
+        # ... plus the one statement that says who is calling, the same for every request ...
+        assert len(log.caller) == CALLER_STATEMENTS, log.statements
+        # ... and nothing else but the fixture's stand-ins for the real transaction.
+        assert len(log.queries) + len(log.caller) + len(log.fixture) == len(log.statements)
         assert all(q.lstrip().upper().startswith("SELECT") for q in log.queries), log.queries
     assert sum("count(" in q.lower() for q in big_log.queries) == 1
 
@@ -133,7 +170,20 @@ async def test_statement_count_does_not_depend_on_page_or_filters(
     response, log = await list_counting(client, engine, params)
 
     assert len(log.queries) == len(reference.queries) <= MAX_LIST_STATEMENTS
+    assert len(log.caller) == CALLER_STATEMENTS
     assert all(task["category"] is not None for task in response.json())
+
+
+async def test_a_page_past_the_end_costs_one_count_more(
+    client: AsyncClient, engine: AsyncEngine, seeded: dict[int, str]
+) -> None:
+    """No row comes back to carry the total, so it is counted on its own."""
+    response, log = await list_counting(client, engine, {"offset": 500})
+
+    assert response.json() == []
+    assert response.headers["x-total-count"] == "60"
+    assert len(log.queries) == MAX_LIST_STATEMENTS, log.queries
+    assert "count(" in log.queries[-1].lower()
 
 
 async def test_filtering_by_category_also_costs_constant_statements(
@@ -155,7 +205,7 @@ async def test_create_reads_generated_fields_back_with_returning_not_refresh(
     """The lecture's create() flushes, then `refresh()`es: a SELECT after the INSERT. With
     `eager_defaults=True` the INSERT brings id and timestamps back itself (RETURNING), so a
     task without a category costs ONE statement, and one with a category a second (its
-    category, for the answer)."""
+    category, for the answer); each after the caller's statement."""
     with count_statements(engine) as plain:
         created = await client.post("/tasks", json={"title": "Buy milk"})
     category = (await client.post("/categories", json={"name": "Errands"})).json()
@@ -170,6 +220,50 @@ async def test_create_reads_generated_fields_back_with_returning_not_refresh(
     [insert] = plain.queries
     assert insert.lstrip().upper().startswith("INSERT INTO TASKS"), insert
     assert "RETURNING" in insert.upper()
+    assert len(plain.caller) == len(categorised.caller) == CALLER_STATEMENTS
     assert len(categorised.queries) == 2, categorised.queries
     assert categorised.queries[1].lstrip().upper().startswith("SELECT CATEGORIES."), categorised
     assert answered.json()["category"] == {"id": category["id"], "name": "Errands"}
+
+
+async def test_a_real_list_request_is_one_read_only_transaction_of_two_statements(
+    settings: Settings, engine: AsyncEngine, account: Account
+) -> None:
+    """On the app's own read session: BEGIN (READ ONLY), the caller's statement, the page,
+    COMMIT. The transaction (rather than autocommit) is what keeps the caller's settings,
+    which are transaction-local, for the page's statement."""
+    app = app_with_real_sessions(settings, engine)
+    log = StatementLog()
+    transactions: list[str] = []
+
+    def before_cursor_execute(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        log.statements.append(statement)
+
+    def begin(conn: Any) -> None:
+        read_only = conn.get_execution_options().get("postgresql_readonly", False)
+        transactions.append("BEGIN READ ONLY" if read_only else "BEGIN")
+
+    def commit(conn: Any) -> None:
+        transactions.append("COMMIT")
+
+    listeners: dict[str, Callable[..., None]] = {
+        "before_cursor_execute": before_cursor_execute,
+        "begin": begin,
+        "commit": commit,
+    }
+    for name, listener in listeners.items():
+        event.listen(engine.sync_engine, name, listener)
+    try:
+        async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as c:
+            response = await c.get("/tasks", headers=account.headers)
+    finally:
+        for name, listener in listeners.items():
+            event.remove(engine.sync_engine, name, listener)
+
+    assert response.status_code == 200, response.text
+    assert transactions == ["BEGIN READ ONLY", "COMMIT"]
+    assert len(log.caller) == CALLER_STATEMENTS
+    assert len(log.queries) == 1, log.statements
+    assert log.fixture == []

@@ -16,8 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Category, Task
-from taskmanager.repositories.category_repository import CategoryRepository
-from taskmanager.repositories.task_repository import TaskRepository
+from tests.support.accounts import Account
 from tests.support.problems import assert_problem, assert_validation_problem
 
 PROBLEM_JSON = "application/problem+json"
@@ -29,6 +28,7 @@ TASK_KEYS = {
     "created_at",
     "updated_at",
     "version",
+    "workspace_id",
     "category",
 }
 
@@ -46,8 +46,20 @@ async def task_count(db_session: AsyncSession) -> int:
     return int((await db_session.execute(select(func.count()).select_from(Task))).scalar_one())
 
 
-async def make_category(db_session: AsyncSession, name: str) -> Category:
-    return await CategoryRepository(db_session).create(name)
+async def make_category(db_session: AsyncSession, account: Account, name: str) -> Category:
+    """A category in `account`'s personal workspace, inserted directly (not through the API)."""
+    category = Category(name=name, workspace_id=account.personal_workspace_id)
+    db_session.add(category)
+    await db_session.flush()
+    return category
+
+
+async def add_tasks(db_session: AsyncSession, account: Account, *tasks: Task) -> None:
+    """Insert `tasks` directly (not through the API) into `account`'s personal workspace."""
+    for task in tasks:
+        task.workspace_id = account.personal_workspace_id
+    db_session.add_all(tasks)
+    await db_session.flush()
 
 
 async def make_task(client: AsyncClient, **fields: Any) -> dict[str, Any]:
@@ -69,7 +81,7 @@ def assert_aware_iso(value: str) -> datetime:
 
 
 async def test_create_task_returns_201_location_and_full_body(
-    client: AsyncClient, db_session: AsyncSession
+    client: AsyncClient, db_session: AsyncSession, account: Account
 ) -> None:
     response = await client.post("/tasks", json={"title": "Buy milk", "description": "2% milk"})
 
@@ -82,6 +94,7 @@ async def test_create_task_returns_201_location_and_full_body(
     assert data["description"] == "2% milk"
     assert data["completed"] is False
     assert data["category"] is None
+    assert data["workspace_id"] == account.personal_workspace_id  # none named: personal
     created_at = assert_aware_iso(data["created_at"])
     updated_at = assert_aware_iso(data["updated_at"])
     assert updated_at >= created_at
@@ -89,11 +102,12 @@ async def test_create_task_returns_201_location_and_full_body(
 
     row = await task_row(db_session, data["id"])
     assert row is not None
-    assert (row.title, row.description, row.completed, row.category_id) == (
+    assert (row.title, row.description, row.completed, row.category_id, row.workspace_id) == (
         "Buy milk",
         "2% milk",
         False,
         None,
+        account.personal_workspace_id,
     )
     assert row.created_at == created_at
 
@@ -119,9 +133,9 @@ async def test_create_completed_task(client: AsyncClient, db_session: AsyncSessi
 
 
 async def test_create_task_with_category_returns_it_nested(
-    client: AsyncClient, db_session: AsyncSession
+    client: AsyncClient, db_session: AsyncSession, account: Account
 ) -> None:
-    category = await make_category(db_session, "Errands")
+    category = await make_category(db_session, account, "Errands")
 
     data = await make_task(client, title="Buy bread", category_id=category.id)
 
@@ -276,15 +290,14 @@ async def test_list_newest_first_by_id_within_one_transaction(client: AsyncClien
 
 
 async def test_list_orders_by_created_at_before_id(
-    client: AsyncClient, db_session: AsyncSession
+    client: AsyncClient, db_session: AsyncSession, account: Account
 ) -> None:
     base = datetime(2024, 1, 1, tzinfo=UTC)
     # Inserted so that id order and created_at order disagree.
     newest = Task(title="newest", created_at=base + timedelta(days=2), updated_at=base)
     oldest = Task(title="oldest", created_at=base, updated_at=base)
     middle = Task(title="middle", created_at=base + timedelta(days=1), updated_at=base)
-    db_session.add_all([newest, oldest, middle])
-    await db_session.flush()
+    await add_tasks(db_session, account, newest, oldest, middle)
     assert newest.id < oldest.id < middle.id
 
     response = await client.get("/tasks")
@@ -306,9 +319,11 @@ async def test_list_filters_by_completed(client: AsyncClient) -> None:
     assert (await client.get("/tasks")).headers["x-total-count"] == "2"
 
 
-async def test_list_filters_by_category(client: AsyncClient, db_session: AsyncSession) -> None:
-    work = await make_category(db_session, "Work")
-    home = await make_category(db_session, "Home")
+async def test_list_filters_by_category(
+    client: AsyncClient, db_session: AsyncSession, account: Account
+) -> None:
+    work = await make_category(db_session, account, "Work")
+    home = await make_category(db_session, account, "Home")
     w1 = await make_task(client, title="w1", category_id=work.id)
     await make_task(client, title="h1", category_id=home.id)
     w2 = await make_task(client, title="w2", category_id=work.id)
@@ -321,8 +336,10 @@ async def test_list_filters_by_category(client: AsyncClient, db_session: AsyncSe
     assert response.headers["x-total-count"] == "2"
 
 
-async def test_list_filters_combine(client: AsyncClient, db_session: AsyncSession) -> None:
-    work = await make_category(db_session, "Work")
+async def test_list_filters_combine(
+    client: AsyncClient, db_session: AsyncSession, account: Account
+) -> None:
+    work = await make_category(db_session, account, "Work")
     target = await make_task(client, title="Report", category_id=work.id, completed=True)
     await make_task(client, title="Report draft", category_id=work.id, completed=False)
     await make_task(client, title="Report", completed=True)
@@ -376,11 +393,10 @@ async def test_list_q_with_undecodable_bytes_is_not_an_error(client: AsyncClient
 
 
 async def test_list_default_limit_is_50_and_total_counts_all(
-    client: AsyncClient, db_session: AsyncSession
+    client: AsyncClient, db_session: AsyncSession, account: Account
 ) -> None:
-    repo = TaskRepository(db_session)
     for n in range(55):
-        await repo.create(title=f"Task {n}")
+        await add_tasks(db_session, account, Task(title=f"Task {n}"))
 
     response = await client.get("/tasks")
 
@@ -390,11 +406,10 @@ async def test_list_default_limit_is_50_and_total_counts_all(
 
 @pytest.mark.parametrize("limit", [1, 100])
 async def test_list_limit_bounds_are_accepted(
-    client: AsyncClient, db_session: AsyncSession, limit: int
+    client: AsyncClient, db_session: AsyncSession, limit: int, account: Account
 ) -> None:
-    repo = TaskRepository(db_session)
     for n in range(3):
-        await repo.create(title=f"Task {n}")
+        await add_tasks(db_session, account, Task(title=f"Task {n}"))
 
     response = await client.get("/tasks", params={"limit": limit})
 
@@ -427,11 +442,10 @@ async def test_list_invalid_query_is_422_naming_the_parameter(
 
 
 async def test_list_offset_and_limit_page_through_in_order(
-    client: AsyncClient, db_session: AsyncSession
+    client: AsyncClient, db_session: AsyncSession, account: Account
 ) -> None:
-    repo = TaskRepository(db_session)
     for n in range(7):
-        await repo.create(title=f"Task {n}")
+        await add_tasks(db_session, account, Task(title=f"Task {n}"))
     everything = [task["id"] for task in (await client.get("/tasks")).json()]
     assert everything == sorted(everything, reverse=True)
 
@@ -449,11 +463,10 @@ async def test_list_offset_and_limit_page_through_in_order(
 
 
 async def test_list_total_count_respects_filters_not_pagination(
-    client: AsyncClient, db_session: AsyncSession
+    client: AsyncClient, db_session: AsyncSession, account: Account
 ) -> None:
-    repo = TaskRepository(db_session)
     for n in range(6):
-        await repo.create(title=f"Task {n}", completed=n % 2 == 0)
+        await add_tasks(db_session, account, Task(title=f"Task {n}", completed=n % 2 == 0))
 
     response = await client.get("/tasks", params={"completed": "true", "limit": 1, "offset": 1})
 
@@ -462,10 +475,52 @@ async def test_list_total_count_respects_filters_not_pagination(
     assert response.headers["x-total-count"] == "3"
 
 
-async def test_list_items_carry_their_category(
-    client: AsyncClient, db_session: AsyncSession
+async def test_list_and_total_count_only_count_the_callers_rows(
+    client: AsyncClient, db_session: AsyncSession, other_account: Account
 ) -> None:
-    work = await make_category(db_session, "Work")
+    """Someone else's tasks, in the same database, are never listed nor counted: not by
+    the page, not by X-Total-Count (nor its separate COUNT for a page past the end), not
+    under any filter, not even when the filter names their workspace."""
+    before = await task_count(db_session)
+    mine = [(await make_task(client, title=f"Mine {n}"))["id"] for n in range(2)]
+    theirs = []
+    for n in range(3):
+        response = await client.post(
+            "/tasks",
+            json={"title": f"Theirs {n}", "completed": True},
+            headers=other_account.headers,
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["workspace_id"] == other_account.personal_workspace_id
+        theirs.append(response.json()["id"])
+    assert await task_count(db_session) == before + 5  # all five are stored
+
+    listed = await client.get("/tasks")
+    assert [task["id"] for task in listed.json()] == sorted(mine, reverse=True)
+    assert listed.headers["x-total-count"] == "2"
+    for params in (
+        {"completed": "true"},
+        {"q": "theirs"},
+        {"workspace_id": other_account.personal_workspace_id},
+    ):
+        filtered = await client.get("/tasks", params=params)
+        assert filtered.json() == [], params
+        assert filtered.headers["x-total-count"] == "0", params
+    beyond = await client.get("/tasks", params={"offset": 10})
+    assert beyond.json() == []
+    assert beyond.headers["x-total-count"] == "2"
+    assert_problem(await client.get(f"/tasks/{theirs[0]}"), 404)
+
+    # And the other way round.
+    their_list = await client.get("/tasks", headers=other_account.headers)
+    assert [task["id"] for task in their_list.json()] == sorted(theirs, reverse=True)
+    assert their_list.headers["x-total-count"] == "3"
+
+
+async def test_list_items_carry_their_category(
+    client: AsyncClient, db_session: AsyncSession, account: Account
+) -> None:
+    work = await make_category(db_session, account, "Work")
     await make_task(client, title="with", category_id=work.id)
     await make_task(client, title="without")
 
@@ -480,9 +535,9 @@ async def test_list_items_carry_their_category(
 
 
 async def test_get_task_returns_it_with_category(
-    client: AsyncClient, db_session: AsyncSession
+    client: AsyncClient, db_session: AsyncSession, account: Account
 ) -> None:
-    work = await make_category(db_session, "Work")
+    work = await make_category(db_session, account, "Work")
     created = await make_task(client, title="Read", description="a book", category_id=work.id)
 
     response = await client.get(f"/tasks/{created['id']}")
@@ -515,9 +570,9 @@ async def test_get_task_with_max_int4_id_is_404_not_error(client: AsyncClient) -
 
 
 async def test_patch_changes_only_the_fields_sent(
-    client: AsyncClient, db_session: AsyncSession
+    client: AsyncClient, db_session: AsyncSession, account: Account
 ) -> None:
-    work = await make_category(db_session, "Work")
+    work = await make_category(db_session, account, "Work")
     created = await make_task(
         client, title="Original", description="keep me", category_id=work.id, completed=False
     )
@@ -551,9 +606,9 @@ async def test_patch_title_only(client: AsyncClient, db_session: AsyncSession) -
 
 
 async def test_patch_explicit_null_clears_description_and_category(
-    client: AsyncClient, db_session: AsyncSession
+    client: AsyncClient, db_session: AsyncSession, account: Account
 ) -> None:
-    work = await make_category(db_session, "Work")
+    work = await make_category(db_session, account, "Work")
     created = await make_task(client, title="T", description="D", category_id=work.id)
 
     response = await client.patch(
@@ -609,9 +664,9 @@ async def test_patch_invalid_body_is_422(
 
 
 async def test_patch_to_unknown_category_is_422_naming_category_id(
-    client: AsyncClient, db_session: AsyncSession
+    client: AsyncClient, db_session: AsyncSession, account: Account
 ) -> None:
-    work = await make_category(db_session, "Work")
+    work = await make_category(db_session, account, "Work")
     created = await make_task(client, title="Keep", category_id=work.id)
 
     response = await client.patch(f"/tasks/{created['id']}", json={"category_id": 999_999})
@@ -623,10 +678,10 @@ async def test_patch_to_unknown_category_is_422_naming_category_id(
 
 
 async def test_patch_changing_category_returns_the_new_one_nested(
-    client: AsyncClient, db_session: AsyncSession
+    client: AsyncClient, db_session: AsyncSession, account: Account
 ) -> None:
-    work = await make_category(db_session, "Work")
-    home = await make_category(db_session, "Home")
+    work = await make_category(db_session, account, "Work")
+    home = await make_category(db_session, account, "Home")
     created = await make_task(client, title="Move me", category_id=work.id)
 
     response = await client.patch(f"/tasks/{created['id']}", json={"category_id": home.id})
@@ -638,9 +693,9 @@ async def test_patch_changing_category_returns_the_new_one_nested(
 
 
 async def test_patch_sets_category_on_uncategorised_task(
-    client: AsyncClient, db_session: AsyncSession
+    client: AsyncClient, db_session: AsyncSession, account: Account
 ) -> None:
-    home = await make_category(db_session, "Home")
+    home = await make_category(db_session, account, "Home")
     created = await make_task(client, title="No category yet")
 
     response = await client.patch(f"/tasks/{created['id']}", json={"category_id": home.id})
@@ -649,14 +704,13 @@ async def test_patch_sets_category_on_uncategorised_task(
 
 
 async def test_patch_moves_updated_at_forward(
-    client: AsyncClient, db_session: AsyncSession
+    client: AsyncClient, db_session: AsyncSession, account: Account
 ) -> None:
     # Everything in this test shares one transaction, whose now() never moves; so the task
     # starts with timestamps from the past, and the update must replace updated_at.
     past = datetime(2020, 1, 1, tzinfo=UTC)
     task = Task(title="Old", created_at=past, updated_at=past)
-    db_session.add(task)
-    await db_session.flush()
+    await add_tasks(db_session, account, task)
 
     response = await client.patch(f"/tasks/{task.id}", json={"title": "Touched"})
 
@@ -690,12 +744,11 @@ async def test_patch_invalid_id_is_422(client: AsyncClient) -> None:
 
 
 async def test_patch_with_empty_body_changes_nothing(
-    client: AsyncClient, db_session: AsyncSession
+    client: AsyncClient, db_session: AsyncSession, account: Account
 ) -> None:
     past = datetime(2020, 1, 1, tzinfo=UTC)
     task = Task(title="Same", description="D", created_at=past, updated_at=past)
-    db_session.add(task)
-    await db_session.flush()
+    await add_tasks(db_session, account, task)
     before = (await client.get(f"/tasks/{task.id}")).json()
 
     response = await client.patch(f"/tasks/{task.id}", json={})
@@ -711,9 +764,9 @@ async def test_patch_with_empty_body_changes_nothing(
 
 
 async def test_put_has_partial_semantics_like_patch(
-    client: AsyncClient, db_session: AsyncSession
+    client: AsyncClient, db_session: AsyncSession, account: Account
 ) -> None:
-    work = await make_category(db_session, "Work")
+    work = await make_category(db_session, account, "Work")
     created = await make_task(client, title="Keep", description="D", category_id=work.id)
 
     response = await client.put(f"/tasks/{created['id']}", json={"completed": True})
@@ -771,9 +824,9 @@ async def test_delete_task_then_it_is_gone(client: AsyncClient, db_session: Asyn
 
 
 async def test_delete_task_keeps_its_category(
-    client: AsyncClient, db_session: AsyncSession
+    client: AsyncClient, db_session: AsyncSession, account: Account
 ) -> None:
-    work = await make_category(db_session, "Work")
+    work = await make_category(db_session, account, "Work")
     created = await make_task(client, title="Delete me", category_id=work.id)
 
     assert (await client.delete(f"/tasks/{created['id']}")).status_code == 204

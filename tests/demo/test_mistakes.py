@@ -47,7 +47,8 @@ def mistakes_url(make_database: Callable[[str], str]) -> str:
 
 
 async def assert_left_clean(url: str) -> None:
-    """Nothing a demonstration wrote is left behind: no rows, no scratch schema."""
+    """Nothing a demonstration wrote is left behind: no rows, no workspace of its own, no
+    scratch schema."""
     engine = create_async_engine(url)
     try:
         async with engine.connect() as connection:
@@ -57,6 +58,9 @@ async def assert_left_clean(url: str) -> None:
             categories = await connection.scalar(
                 text("SELECT count(*) FROM categories WHERE name LIKE 'demo-mistakes-%'")
             )
+            workspaces = await connection.scalar(
+                text("SELECT count(*) FROM workspaces WHERE name LIKE 'demo-mistakes-%'")
+            )
             schemas = await connection.scalar(
                 text(
                     "SELECT count(*) FROM pg_namespace "
@@ -65,7 +69,7 @@ async def assert_left_clean(url: str) -> None:
             )
     finally:
         await engine.dispose()
-    assert (tasks, categories, schemas) == (0, 0, 0)
+    assert (tasks, categories, workspaces, schemas) == (0, 0, 0, 0)
 
 
 async def test_sync_driver_with_async_engine(mistakes_url: str) -> None:

@@ -6,6 +6,11 @@ test's rolled-back session, and asked the same questions as the service's routes
 say WHAT and leave HOW to `TaskRepository`): the answers agree on what the lecture's routes
 promise. What the refactoring bought is not different behaviour but one place for the query
 (`TaskRepository.get_by_id_with_category`) instead of three.
+
+The lecture's routes know no caller (Week 6 has no accounts): they run as the connecting
+role, which row-level security does not restrict, and show anyone's task. The service's
+routes ask for the caller in that one place, the repository's dependency, and filter by
+their scope in the one query: the last test shows the difference.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from taskmanager.database import get_async_session
 from taskmanager.models import Task
 from taskmanager.schemas import TaskResponse, TaskUpdate
+from tests.support.accounts import Account
 from tests.support.rolled_back import rolled_back_client
 
 # ─────────────────────────────── the lecture's 4.1, line for line (the update logic filled in)
@@ -117,3 +123,20 @@ async def test_both_change_and_delete_alike(client: AsyncClient, spaghetti: Asyn
     assert (await spaghetti.delete(f"/tasks/{second['id']}")).status_code == 204
     for task_id in (first["id"], second["id"]):
         assert (await client.get(f"/tasks/{task_id}")).status_code == 404
+
+
+async def test_only_the_service_routes_keep_to_the_callers_tasks(
+    client: AsyncClient, spaghetti: AsyncClient, other_account: Account
+) -> None:
+    """Someone else's task: the lecture's routes (no caller, no scope) show it; the
+    service's answer 404, as for a task that does not exist."""
+    theirs = await client.post("/tasks", json={"title": "Not yours"}, headers=other_account.headers)
+    assert theirs.status_code == 201, theirs.text
+
+    ours = await client.get(f"/tasks/{theirs.json()['id']}")
+    lectures = await spaghetti.get(f"/tasks/{theirs.json()['id']}")
+
+    assert ours.status_code == 404
+    assert ours.json()["detail"] == "Task not found"
+    assert lectures.status_code == 200
+    assert lectures.json()["title"] == "Not yours"

@@ -16,11 +16,18 @@ from taskmanager.errors import translate_database_error
 from taskmanager.models import Category, Task
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.task_repository import TaskRepository
+from taskmanager.scope import Scope
 
 
 @pytest.fixture
-def repo(db_session: AsyncSession) -> CategoryRepository:
-    return CategoryRepository(db_session)
+def repo(db_session: AsyncSession, scope: Scope) -> CategoryRepository:
+    return CategoryRepository(db_session, scope)
+
+
+def personal(scope: Scope) -> int:
+    """The account's personal workspace: where `create` puts a category by default."""
+    assert scope.personal_workspace_id is not None
+    return scope.personal_workspace_id
 
 
 async def stored_names(db_session: AsyncSession) -> list[str]:
@@ -32,12 +39,13 @@ async def stored_names(db_session: AsyncSession) -> list[str]:
 
 
 async def test_create_returns_category_with_database_fields(
-    repo: CategoryRepository, db_session: AsyncSession
+    repo: CategoryRepository, db_session: AsyncSession, scope: Scope
 ) -> None:
     category = await repo.create("Work")
 
     assert isinstance(category.id, int)
     assert category.name == "Work"
+    assert category.workspace_id == personal(scope)  # no workspace named: the personal one
     assert category.created_at.tzinfo is not None
     assert await stored_names(db_session) == ["Work"]
 
@@ -157,9 +165,9 @@ async def test_rename_to_taken_name_fails_at_flush(
 
 
 async def test_delete_sets_its_tasks_category_to_null(
-    repo: CategoryRepository, db_session: AsyncSession
+    repo: CategoryRepository, db_session: AsyncSession, scope: Scope
 ) -> None:
-    tasks = TaskRepository(db_session)
+    tasks = TaskRepository(db_session, scope)
     work = await repo.create("Work")
     home = await repo.create("Home")
     in_work = await tasks.create(title="W", category_id=work.id)
@@ -195,9 +203,9 @@ async def count_categories(db_session: AsyncSession) -> int:
 
 
 async def test_ensure_names_creates_missing_and_returns_ids(
-    repo: CategoryRepository, db_session: AsyncSession
+    repo: CategoryRepository, db_session: AsyncSession, scope: Scope
 ) -> None:
-    ids = await repo.ensure_names(["Work", "Home"])
+    ids = await repo.ensure_names(["Work", "Home"], personal(scope))
 
     assert len(ids) == 2
     by_id = {c.id: c.name for c in await repo.get_all()}
@@ -205,21 +213,21 @@ async def test_ensure_names_creates_missing_and_returns_ids(
 
 
 async def test_ensure_names_is_idempotent(
-    repo: CategoryRepository, db_session: AsyncSession
+    repo: CategoryRepository, db_session: AsyncSession, scope: Scope
 ) -> None:
-    first = await repo.ensure_names(["Work", "Home"])
-    second = await repo.ensure_names(["Work", "Home"])
+    first = await repo.ensure_names(["Work", "Home"], personal(scope))
+    second = await repo.ensure_names(["Work", "Home"], personal(scope))
 
     assert first == second
     assert await count_categories(db_session) == 2
 
 
 async def test_ensure_names_ignores_case(
-    repo: CategoryRepository, db_session: AsyncSession
+    repo: CategoryRepository, db_session: AsyncSession, scope: Scope
 ) -> None:
     existing = await repo.create("Work")
 
-    ids = await repo.ensure_names(["WORK", "work", "Gym", "GYM"])
+    ids = await repo.ensure_names(["WORK", "work", "Gym", "GYM"], personal(scope))
 
     assert existing.id in ids
     assert len(ids) == 2
@@ -227,6 +235,8 @@ async def test_ensure_names_ignores_case(
     assert sorted(await stored_names(db_session)) == ["Gym", "Work"]
 
 
-async def test_ensure_names_empty(repo: CategoryRepository, db_session: AsyncSession) -> None:
-    assert await repo.ensure_names([]) == []
+async def test_ensure_names_empty(
+    repo: CategoryRepository, db_session: AsyncSession, scope: Scope
+) -> None:
+    assert await repo.ensure_names([], personal(scope)) == []
     assert await count_categories(db_session) == 0

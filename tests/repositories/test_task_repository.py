@@ -25,13 +25,15 @@ from taskmanager.repositories.task_repository import (
     TaskFilters,
     TaskRepository,
 )
+from taskmanager.scope import Scope
+from tests.support.accounts import Account
 
 BASE = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
-def repo(db_session: AsyncSession) -> TaskRepository:
-    return TaskRepository(db_session)
+def repo(db_session: AsyncSession, scope: Scope) -> TaskRepository:
+    return TaskRepository(db_session, scope)
 
 
 async def stored(db_session: AsyncSession, task_id: int) -> Any:
@@ -40,14 +42,24 @@ async def stored(db_session: AsyncSession, task_id: int) -> Any:
 
 
 async def make_category(db_session: AsyncSession, name: str) -> Category:
-    return await CategoryRepository(db_session).create(name)
+    return await CategoryRepository(db_session, db_session.info["scope"]).create(name)
+
+
+def personal(scope: Scope) -> int:
+    """The account's personal workspace: where `create` puts a task by default."""
+    assert scope.personal_workspace_id is not None
+    return scope.personal_workspace_id
 
 
 async def add_task_at(
     db_session: AsyncSession, title: str, created_at: datetime, **kw: Any
 ) -> Task:
-    """A task with explicit timestamps (one transaction's now() never moves)."""
-    task = Task(title=title, created_at=created_at, updated_at=created_at, **kw)
+    """A task with explicit timestamps (one transaction's now() never moves), in the
+    account's personal workspace."""
+    workspace_id = personal(db_session.info["scope"])
+    task = Task(
+        title=title, created_at=created_at, updated_at=created_at, workspace_id=workspace_id, **kw
+    )
     db_session.add(task)
     await db_session.flush()
     return task
@@ -57,7 +69,7 @@ async def add_task_at(
 
 
 async def test_create_returns_task_with_database_generated_fields(
-    repo: TaskRepository, db_session: AsyncSession
+    repo: TaskRepository, db_session: AsyncSession, scope: Scope
 ) -> None:
     task = await repo.create(title="Buy milk", description="2%")
 
@@ -67,11 +79,12 @@ async def test_create_returns_task_with_database_generated_fields(
     assert task.updated_at == task.created_at
     assert task.category is None  # readable: create says "no category" instead of lazy-loading
     row = await stored(db_session, task.id)
-    assert (row.title, row.description, row.completed, row.category_id) == (
+    assert (row.title, row.description, row.completed, row.category_id, row.workspace_id) == (
         "Buy milk",
         "2%",
         False,
         None,
+        personal(scope),  # no workspace named: the caller's personal one
     )
 
 
@@ -239,8 +252,11 @@ async def seed_filterable(repo: TaskRepository, db_session: AsyncSession) -> dic
 
 
 def test_every_filter_field_has_its_clause() -> None:
-    """A TaskFilters field without a ListFilter would be silently ignored: unfiltered rows."""
-    assert [f.name for f in LIST_FILTERS] == [f.name for f in dataclasses.fields(TaskFilters)]
+    """A TaskFilters field without a ListFilter would be silently ignored: unfiltered rows.
+    (Sorted: the clauses' order in the WHERE is free, and workspace_id comes first there.)"""
+    assert sorted(f.name for f in LIST_FILTERS) == sorted(
+        f.name for f in dataclasses.fields(TaskFilters)
+    )
 
 
 @pytest.mark.parametrize(
@@ -435,22 +451,25 @@ async def test_delete_removes_only_that_task(
     assert await repo.count() == 1
 
 
-async def test_delete_keeps_the_category(repo: TaskRepository, db_session: AsyncSession) -> None:
+async def test_delete_keeps_the_category(
+    repo: TaskRepository, db_session: AsyncSession, scope: Scope
+) -> None:
     work = await make_category(db_session, "Work")
     task = await repo.create(title="Doomed", category_id=work.id)
 
     await repo.delete(task)
 
-    assert await CategoryRepository(db_session).get_by_id(work.id) is not None
+    assert await CategoryRepository(db_session, scope).get_by_id(work.id) is not None
 
 
 # ─────────────────────────────── bulk_insert
 
 
 async def test_bulk_insert_stores_rows_in_bulk_task_columns_order(
-    repo: TaskRepository, db_session: AsyncSession
+    repo: TaskRepository, db_session: AsyncSession, scope: Scope, other_account: Account
 ) -> None:
     assert BULK_TASK_COLUMNS == (
+        "workspace_id",
         "title",
         "description",
         "completed",
@@ -459,17 +478,29 @@ async def test_bulk_insert_stores_rows_in_bulk_task_columns_order(
         "updated_at",
     )
     work = await make_category(db_session, "Work")
+    mine = personal(scope)
     rows = [
-        ("first", "one", False, work.id, BASE, BASE),
-        ("second", None, True, None, BASE + timedelta(hours=1), BASE + timedelta(hours=2)),
-        ("third", "three", False, work.id, BASE + timedelta(days=1), BASE + timedelta(days=1)),
+        (mine, "first", "one", False, work.id, BASE, BASE),
+        (mine, "second", None, True, None, BASE + timedelta(hours=1), BASE + timedelta(hours=2)),
+        (
+            mine,
+            "third",
+            "three",
+            False,
+            work.id,
+            BASE + timedelta(days=1),
+            BASE + timedelta(days=1),
+        ),
     ]
+    # A row for a workspace outside the caller's scope is left out, not inserted.
+    foreign = (other_account.personal_workspace_id, "not mine", None, False, None, BASE, BASE)
 
-    inserted = await repo.bulk_insert(rows)
+    inserted = await repo.bulk_insert([*rows, foreign])
 
     assert inserted == 3
     result = await db_session.execute(
         select(
+            Task.workspace_id,
             Task.title,
             Task.description,
             Task.completed,

@@ -4,6 +4,10 @@ its code against the database and clean up afterwards.
 Each demonstration writes only rows whose title (or name) starts with a marker of its own run
 and deletes them again, so a development database is left as it was (only its id sequences
 move on).
+
+Every task and category now lives in a workspace, which the lecture's code (Week 6 has no
+accounts) never names: each engine from `fresh_engine` comes with a workspace of its own,
+which the tasks and categories written through it are put in (`demo_workspace`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -27,6 +32,11 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Mapper
+from sqlalchemy.pool import NullPool
+
+from taskmanager import models
+from taskmanager.demo.mistakes import lecture
 
 Fact = str | int | float | bool | None
 T = TypeVar("T")
@@ -125,10 +135,61 @@ def new_marker() -> str:
 
 @asynccontextmanager
 async def fresh_engine(database_url: str, **options: Any) -> AsyncIterator[AsyncEngine]:
-    """A new engine (an empty pool: the first statement must open a connection)."""
+    """A new engine (an empty pool: the first statement must open a connection), whose new
+    tasks and categories go to a workspace of its own (`demo_workspace`)."""
     engine = create_async_engine(database_url, **options)
     try:
-        yield engine
+        async with demo_workspace(database_url, engine):
+            yield engine
+    finally:
+        await engine.dispose()
+
+
+# The models the demonstrations write: the project's and the lecture's own (lecture.py).
+_WORKSPACE_ROWS = (models.Task, models.Category, lecture.Task, lecture.Category)
+
+
+@asynccontextmanager
+async def demo_workspace(database_url: str, engine: AsyncEngine) -> AsyncIterator[int]:
+    """A workspace for `engine`'s rows while the block runs; deleted afterwards, with
+    whatever is still in it.
+
+    It is inserted (and deleted) by the connecting role, which owns the tables and, on the
+    embedded server, is a superuser that row-level security does not restrict, like the
+    demonstrations' own statements; over a connection of its own, so `engine`'s pool stays
+    empty. A task or category that `engine` inserts without a workspace is put in it.
+    """
+    async with fresh_connection(database_url) as connection:
+        workspace_id = await connection.scalar(
+            text("INSERT INTO workspaces (name) VALUES (:name) RETURNING id"),
+            {"name": f"{new_marker()} (the lecture's demonstrations)"},
+        )
+    assert isinstance(workspace_id, int)
+
+    def into_workspace(mapper: Mapper[Any], connection: Connection, row: Any) -> None:
+        if connection.engine is engine.sync_engine and row.workspace_id is None:
+            row.workspace_id = workspace_id
+
+    for model in _WORKSPACE_ROWS:
+        event.listen(model, "before_insert", into_workspace)
+    try:
+        yield workspace_id
+    finally:
+        for model in _WORKSPACE_ROWS:
+            event.remove(model, "before_insert", into_workspace)
+        async with fresh_connection(database_url) as connection:
+            await connection.execute(
+                text("DELETE FROM workspaces WHERE id = :id"), {"id": workspace_id}
+            )
+
+
+@asynccontextmanager
+async def fresh_connection(database_url: str) -> AsyncIterator[Any]:
+    """One connection of its own, in a transaction committed at the end of the block."""
+    engine = create_async_engine(database_url, poolclass=NullPool)
+    try:
+        async with engine.begin() as connection:
+            yield connection
     finally:
         await engine.dispose()
 

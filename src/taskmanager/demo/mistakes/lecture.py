@@ -4,7 +4,8 @@
   `lazy="select"`. They map the SAME `tasks` and `categories` tables as `taskmanager.models`,
   on a declarative Base of their own, so Mistake 2 shows what the default does whatever the
   project's models choose (they choose `lazy="raise"`). Only the columns the demonstration
-  writes or reads are mapped; the others keep their server defaults.
+  writes or reads are mapped; the others keep their server defaults. `workspace_id` is not
+  the lecture's (Week 6 has no accounts): the harness fills it in (`harness.demo_workspace`).
 - `get_async_session` (lecture 3.2): the session dependency, line for line, except that the
   session factory comes from the app (each demonstration builds its own engine).
 """
@@ -29,6 +30,7 @@ class Task(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(200))
     category_id: Mapped[int | None] = mapped_column(ForeignKey("categories.id"), default=None)
+    workspace_id: Mapped[int | None] = mapped_column(default=None)  # not the lecture's
 
     category: Mapped[Category | None] = relationship(back_populates="tasks")  # lazy="select"
 
@@ -38,6 +40,7 @@ class Category(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
+    workspace_id: Mapped[int | None] = mapped_column(default=None)  # not the lecture's
 
     tasks: Mapped[list[Task]] = relationship(back_populates="category")  # lazy="select"
 
