@@ -16,11 +16,18 @@ PERSONAL_WORKSPACE_NAME = "Personal"
 
 
 async def register_account(
-    session: AsyncSession, email: str, password: str, display_name: str | None = None
+    session: AsyncSession,
+    email: str,
+    password: str,
+    display_name: str | None = None,
+    *,
+    claim_unowned: bool = False,
 ) -> User:
     """Create the account (an email in use fails the unique index: 409) with its personal
-    workspace; the first account also takes over the workspaces nobody owns (the tasks and
-    categories from before accounts existed)."""
+    workspace. With `claim_unowned` (only `taskmanager users create`, an operator's
+    command), it also takes over the workspaces nobody owns: the tasks and categories from
+    before accounts existed. Never through the public registration, where the first
+    stranger to register would get them."""
     users = UserRepository(session)
     user = await users.create(
         email=email,
@@ -33,5 +40,6 @@ async def register_account(
     workspaces = WorkspaceRepository(session)
     personal = await workspaces.create(user.id, PERSONAL_WORKSPACE_NAME, personal=True)
     await users.set_personal_workspace(user, personal)
-    await workspaces.claim_unclaimed(user.id)
+    if claim_unowned:
+        await workspaces.claim_unclaimed(user.id)
     return user

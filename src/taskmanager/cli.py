@@ -254,7 +254,8 @@ def users_create(
     ] = None,
 ) -> None:
     """Create an account with its personal workspace. The password is prompted for (twice),
-    never echoed, never logged, never taken from the command line."""
+    never echoed, never logged, never taken from the command line. The first account made
+    this way also owns the tasks and categories from before accounts existed."""
     from pydantic import TypeAdapter, ValidationError
 
     from taskmanager.accounts import register_account
@@ -281,7 +282,11 @@ def users_create(
             try:
                 async with create_session_factory(engine)() as session, session.begin():
                     user = await register_account(
-                        session, account.email, account.password, account.display_name
+                        session,
+                        account.email,
+                        account.password,
+                        account.display_name,
+                        claim_unowned=True,
                     )
                     return user.id
             except IntegrityError:

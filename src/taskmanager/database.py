@@ -59,6 +59,9 @@ def create_engine(settings: Settings, database_url: str) -> AsyncEngine:
         # No pre-ping (a round trip per checkout): a connection found dead answers one 503,
         # and SQLAlchemy then invalidates the whole pool so the next requests reconnect.
         pool_pre_ping=False,
+        # Errors carry no parameters (an email, a password hash) into the logs; SQL echo,
+        # asked for explicitly while developing, still shows them.
+        hide_parameters=not settings.sql_echo,
         connect_args=connect_args,
     )
 

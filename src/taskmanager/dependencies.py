@@ -36,11 +36,18 @@ async def get_category_reader(
     return CategoryRepository(session, user)
 
 
-async def get_workspace_repository(session: SessionDep) -> WorkspaceRepository:
+# The workspace repository takes the scope per call (creating a workspace changes it), but
+# its dependency still needs the current user: that is what switches the transaction to the
+# request role, so a route cannot reach workspaces outside row-level security.
+async def get_workspace_repository(
+    session: SessionDep, user: CurrentUserDep
+) -> WorkspaceRepository:
     return WorkspaceRepository(session)
 
 
-async def get_workspace_reader(session: ReadSessionDep) -> WorkspaceRepository:
+async def get_workspace_reader(
+    session: ReadSessionDep, user: CurrentReaderDep
+) -> WorkspaceRepository:
     return WorkspaceRepository(session)
 
 

@@ -28,6 +28,7 @@ from taskmanager.garbage_collection import tune_garbage_collection
 from taskmanager.logs import configure_logging
 from taskmanager.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from taskmanager.openapi import build_openapi, install_docs, operation_id
+from taskmanager.passwords import prepare_decoy_hash
 from taskmanager.postgres import database_url
 from taskmanager.routes import auth, categories, health, tasks, users, workspaces
 from taskmanager.signing_key import signing_key
@@ -60,6 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # and reports it on /health/ready until the database is back.
             url = await asyncio.to_thread(stack.enter_context, database_url(settings, check=False))
             app.state.signing_key = await asyncio.to_thread(signing_key, settings)
+            # The decoy hash an unknown email is checked against, made now rather than by
+            # the first such login (on the event loop, and twice as slow as the others).
+            await asyncio.to_thread(prepare_decoy_hash)
             if settings.uses_embedded_database:
                 # Imported here: a server given DATABASE_URL (every `serve` worker) never
                 # migrates, so it need not import Alembic.

@@ -42,14 +42,23 @@ def _decoy_hash() -> str:
     return password_hash().hash("decoy password that is never accepted")
 
 
+def prepare_decoy_hash() -> None:
+    """Make the decoy hash ahead of time (it takes one hashing's time)."""
+    _decoy_hash()
+
+
 async def hash_password(password: str) -> str:
     return await asyncio.to_thread(password_hash().hash, password)
+
+
+def _verify_decoy(password: str) -> None:
+    password_hash().verify(password, _decoy_hash())
 
 
 async def verify_password(password: str, stored_hash: str | None) -> tuple[bool, str | None]:
     """(matches, a new hash to store or None). `stored_hash=None` (no such account) does the
     same work as a real check and never matches."""
     if stored_hash is None:
-        await asyncio.to_thread(password_hash().verify, password, _decoy_hash())
+        await asyncio.to_thread(_verify_decoy, password)
         return False, None
     return await asyncio.to_thread(password_hash().verify_and_update, password, stored_hash)

@@ -8,12 +8,15 @@ worker (and every later start), so tokens survive restarts and work on all worke
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import tempfile
 from pathlib import Path
 
 from taskmanager.config import MIN_SECRET_BYTES, Settings
+
+log = logging.getLogger(__name__)
 
 
 class SigningKeyError(RuntimeError):
@@ -30,6 +33,13 @@ def signing_key(settings: Settings) -> str:
     path = secret_path(settings)
     if not path.exists():
         _create(path)
+    if path.stat().st_mode & 0o077:
+        log.warning(
+            "the signing key file %s can be read by other users of this machine; "
+            "restrict it with: chmod 600 %s",
+            path,
+            path,
+        )
     key = path.read_text(encoding="utf-8").strip()
     if len(key.encode()) < MIN_SECRET_BYTES:
         raise SigningKeyError(

@@ -17,10 +17,10 @@ from fastapi.security import OAuth2PasswordRequestForm
 from taskmanager.accounts import register_account
 from taskmanager.auth import TOKEN_URL, CurrentUserDep, unauthorized_problem
 from taskmanager.database import SessionDep
-from taskmanager.models import EMAIL_MAX_LENGTH, User
+from taskmanager.login_limits import count_password_attempt, limit_keys, too_many_attempts
+from taskmanager.models import User
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.passwords import verify_password
-from taskmanager.problems import TOO_MANY_LOGIN_ATTEMPTS
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository, Rotation
 from taskmanager.repositories.login_limit_repository import LoginLimitRepository
 from taskmanager.repositories.user_repository import UserRepository
@@ -68,16 +68,6 @@ async def register(
     return user
 
 
-def _limit_keys(email: str, request: Request) -> dict[str, int]:
-    settings = request.app.state.settings
-    address = request.client.host if request.client else "unknown"
-    # Cut to the longest email that can exist, so any username can be counted.
-    return {
-        f"email:{email.strip().lower()[:EMAIL_MAX_LENGTH]}": settings.login_failures_per_account,
-        f"address:{address}": settings.login_failures_per_address,
-    }
-
-
 @router.post(
     "/token",
     response_model=TokenResponse,
@@ -94,25 +84,19 @@ async def login(
     A wrong email and a wrong password get the same 401 after the same work. Too many
     failures for one email, or from one address, are 429 with `Retry-After`."""
     settings = request.app.state.settings
-    limits = LoginLimitRepository(session)
-    keys = _limit_keys(form.username, request)
-    wait = await limits.seconds_blocked(keys, settings.login_window_seconds)
-    if wait is not None:
-        problem = TOO_MANY_LOGIN_ATTEMPTS.problem(
-            f"too many failed logins; try again in {wait} seconds"
-        )
-        return problem.response({"Retry-After": str(wait)})
+    account_key, address_key = keys = limit_keys(form.username, request)
+    if (wait := await count_password_attempt(session, request, keys)) is not None:
+        return too_many_attempts(wait)
     users = UserRepository(session)
     user = await users.get_by_email(form.username)
     matches, new_hash = await verify_password(
         form.password, user.password_hash if user is not None else None
     )
     if user is None or not matches or not user.is_active:
-        await limits.record_failure(list(keys), settings.login_window_seconds)
         return _unauthorized(BAD_CREDENTIALS)
     if new_hash is not None:  # hashed with older parameters: store today's
         await users.change_password_hash(user.id, new_hash)
-    await limits.clear(next(iter(keys)))
+    await LoginLimitRepository(session).forget_attempt(account_key, address_key)
     expires_at = datetime.now(UTC) + timedelta(days=settings.session_days)
     session_id, refresh_token = await AuthSessionRepository(session).open(user.id, expires_at)
     return _tokens(request, user.id, session_id, refresh_token)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
-from taskmanager.auth import CurrentReaderDep, CurrentUserDep
+from taskmanager.auth import CurrentReaderDep, CurrentUserDep, unauthorized_problem
 from taskmanager.database import ReadSessionDep, SessionDep
+from taskmanager.login_limits import count_password_attempt, limit_keys, too_many_attempts
 from taskmanager.models import User
 from taskmanager.openapi import problem_responses
 from taskmanager.passwords import hash_password, verify_password
@@ -30,15 +32,32 @@ async def get_me(user: CurrentReaderDep, session: ReadSessionDep) -> User:
     return await _me(UserRepository(session), user.user_id)
 
 
-@router.patch("/me", response_model=UserResponse, responses=problem_responses(401, 413, 422, 503))
-async def update_me(body: UserUpdate, user: CurrentUserDep, session: SessionDep) -> User:
+@router.patch(
+    "/me", response_model=UserResponse, responses=problem_responses(401, 413, 422, 429, 503)
+)
+async def update_me(
+    body: UserUpdate, user: CurrentUserDep, session: SessionDep, request: Request
+) -> User | JSONResponse:
     """Change your display name, or your password (with `current_password`): a new password
-    ends every other login session of this account."""
+    ends every other login session of this account. Wrong current passwords count towards
+    the same limit as failed logins (429 with `Retry-After`)."""
     users = UserRepository(session)
     me = await _me(users, user.user_id)
-    if body.display_name is not None:
-        me.display_name = body.display_name
     if body.password is not None:
+        keys = limit_keys(me.email, request)
+        # The scope lives in this transaction: end it, count the attempt as the service
+        # does at login (committed at once, so a wrong password cannot roll it back), then
+        # enter the scope again for the change itself.
+        await session.commit()
+        if (wait := await count_password_attempt(session, request, keys)) is not None:
+            return too_many_attempts(wait)
+        if await users.enter_request_scope(user.user_id, user.session_id) is None:
+            problem, headers = unauthorized_problem(
+                "this login has ended (logged out, password changed, or account disabled)",
+                token_given=True,
+            )
+            return problem.response(headers)
+        me = await _me(users, user.user_id)
         matches, _ = await verify_password(body.current_password or "", me.password_hash)
         if not matches:
             raise ProblemError(
@@ -48,5 +67,7 @@ async def update_me(body: UserUpdate, user: CurrentUserDep, session: SessionDep)
         await AuthSessionRepository(session).revoke_all(
             user.user_id, "password_changed", keep=user.session_id
         )
+    if body.display_name is not None:
+        me.display_name = body.display_name
     await session.flush()
     return me

@@ -1,7 +1,8 @@
 """users, workspaces and memberships; tasks and categories in workspaces; row-level security
 
 Every existing task and category moves to one workspace, "Shared (from before accounts)",
-which has no members yet: the first account registered becomes its owner.
+which has no members yet: the first account made with `taskmanager users create` (an
+operator's command, not the public registration) becomes its owner.
 Idempotency keys from before accounts cannot be attributed to anyone and are dropped (they
 only live for a day).
 
@@ -226,6 +227,12 @@ def _row_level_security() -> None:
         DO $$ BEGIN
             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{REQUEST_ROLE}') THEN
                 CREATE ROLE {REQUEST_ROLE} NOLOGIN NOINHERIT NOBYPASSRLS;
+            ELSIF EXISTS (SELECT FROM pg_roles WHERE rolname = '{REQUEST_ROLE}'
+                          AND (rolbypassrls OR rolsuper OR rolcanlogin)) THEN
+                -- Roles are shared by the whole cluster: one made elsewhere with these
+                -- powers would silently void every policy.
+                RAISE EXCEPTION 'role {REQUEST_ROLE} exists with BYPASSRLS, SUPERUSER or '
+                    'LOGIN; make it NOLOGIN NOSUPERUSER NOBYPASSRLS and migrate again';
             END IF;
         END $$
         """
@@ -401,7 +408,13 @@ def downgrade() -> None:
     op.drop_constraint("fk_tasks_category_id_categories", "tasks", type_="foreignkey")
     op.drop_constraint("uq_categories_id_workspace_id", "categories", type_="unique")
     op.drop_index("uq_categories_workspace_id_name_lower", table_name="categories")
-    # Names unique per workspace may clash once workspaces are gone: keep the oldest.
+    # Names unique per workspace may clash once workspaces are gone: the oldest of each name
+    # stays, and the tasks of the others move to it.
+    op.execute(
+        "UPDATE tasks t SET category_id = keep.id FROM categories c, LATERAL "
+        "(SELECT min(o.id) AS id FROM categories o WHERE lower(o.name) = lower(c.name)) keep "
+        "WHERE t.category_id = c.id AND keep.id <> c.id"
+    )
     op.execute(
         "DELETE FROM categories c USING categories older "
         "WHERE lower(older.name) = lower(c.name) AND older.id < c.id"
