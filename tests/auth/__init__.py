@@ -1,0 +1,1 @@
+"""Accounts, tokens and authorization: who may call, and what each caller may see."""

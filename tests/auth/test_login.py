@@ -1,0 +1,248 @@
+"""POST /auth/token: no account enumeration (the same answer and the same argon2 work for
+an unknown email and a wrong password), failed logins limited per account and per client
+address in PostgreSQL, and stored hashes upgraded to today's argon2 parameters."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import argon2
+import pytest
+from fastapi import FastAPI
+from httpx import AsyncClient, Response
+from pwdlib.hashers.argon2 import Argon2Hasher
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from taskmanager.config import Settings
+from taskmanager.main import create_app
+from taskmanager.models import LoginFailure, User
+from taskmanager.passwords import MEMORY_COST_KIB, PARALLELISM, TIME_COST, password_hash
+from taskmanager.problems import TOO_MANY_LOGIN_ATTEMPTS
+from tests.support.accounts import Account
+from tests.support.problems import assert_problem
+from tests.support.rolled_back import rolled_back_client
+from tests.support.tokens import assert_unauthorized
+
+# ASGITransport's client address.
+ADDRESS_KEY = "address:127.0.0.1"
+TODAYS_PARAMETERS = f"m={MEMORY_COST_KIB},t={TIME_COST},p={PARALLELISM}"
+
+
+@dataclass
+class Argon2Spy:
+    """The hashes argon2 verified passwords against, in order."""
+
+    hashes: list[str] = field(default_factory=list)
+
+    def parameters(self) -> list[str]:
+        return [_parameters(stored) for stored in self.hashes]
+
+
+def _parameters(stored: str) -> str:
+    match = re.match(r"^\$argon2id\$v=19\$(m=\d+,t=\d+,p=\d+)\$", stored)
+    assert match, stored
+    return match.group(1)
+
+
+@pytest.fixture
+def argon2_spy(monkeypatch: pytest.MonkeyPatch) -> Argon2Spy:
+    spy = Argon2Spy()
+    real_verify = argon2.PasswordHasher.verify
+
+    def verify(self: argon2.PasswordHasher, hash: str | bytes, password: str | bytes) -> bool:
+        spy.hashes.append(hash if isinstance(hash, str) else hash.decode())
+        return real_verify(self, hash, password)
+
+    monkeypatch.setattr(argon2.PasswordHasher, "verify", verify)
+    return spy
+
+
+async def log_in(client: AsyncClient, email: str, password: str) -> Response:
+    return await client.post("/auth/token", data={"username": email, "password": password})
+
+
+async def failures(db_session: AsyncSession, key: str) -> int | None:
+    result = await db_session.execute(select(LoginFailure.failures).where(LoginFailure.key == key))
+    value = result.scalar_one_or_none()
+    return None if value is None else int(value)
+
+
+def assert_too_many(response: Response, window_seconds: int = 900) -> int:
+    assert_problem(response, 429, problem_type=TOO_MANY_LOGIN_ATTEMPTS)
+    retry_after = int(response.headers["Retry-After"])
+    assert 1 <= retry_after <= window_seconds
+    return retry_after
+
+
+def comparable_headers(response: Response) -> dict[str, str]:
+    return {name: value for name, value in response.headers.items() if name != "x-request-id"}
+
+
+# ─────────────────────────────── no account enumeration
+
+
+async def test_unknown_email_and_wrong_password_get_the_same_answer_after_the_same_work(
+    client: AsyncClient, db_session: AsyncSession, account: Account, argon2_spy: Argon2Spy
+) -> None:
+    unknown = await log_in(client, "nobody@example.com", account.password)
+    wrong = await log_in(client, account.email, "not the password")
+    await db_session.execute(update(User).where(User.id == account.user_id).values(is_active=False))
+    await db_session.commit()
+    disabled = await log_in(client, account.email, account.password)
+
+    assert_unauthorized(unknown, token_given=False)
+    assert unknown.content == wrong.content == disabled.content
+    assert comparable_headers(unknown) == comparable_headers(wrong) == comparable_headers(disabled)
+    # One argon2 verification each, at the same parameters: the unknown email is checked
+    # against a decoy hash made like a real one, so it takes as long.
+    assert len(argon2_spy.hashes) == 3
+    assert argon2_spy.parameters() == [TODAYS_PARAMETERS] * 3
+
+
+async def test_a_successful_login_answers_tokens(client: AsyncClient, account: Account) -> None:
+    response = await log_in(client, account.email.upper(), account.password)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"access_token", "token_type", "expires_in", "refresh_token"}
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == 15 * 60
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+# ─────────────────────────────── limits
+
+
+async def test_failures_for_one_account_are_limited(
+    client: AsyncClient,
+    db_session: AsyncSession,
+    account: Account,
+    other_account: Account,
+    argon2_spy: Argon2Spy,
+) -> None:
+    key = f"email:{account.email}"
+    for attempt in range(5):  # login_failures_per_account; the email in any case
+        email = account.email.upper() if attempt % 2 else account.email
+        assert_unauthorized(await log_in(client, email, "wrong"), token_given=False)
+    assert await failures(db_session, key) == 5
+    verified = len(argon2_spy.hashes)
+
+    # Even the right password is refused now, without spending argon2 work on it.
+    blocked = await log_in(client, account.email, account.password)
+
+    assert_too_many(blocked)
+    assert len(argon2_spy.hashes) == verified
+    assert await failures(db_session, key) == 5
+    # Another account from the same address still logs in.
+    assert (await log_in(client, other_account.email, other_account.password)).status_code == 200
+
+
+async def test_an_expired_window_no_longer_blocks(
+    client: AsyncClient, db_session: AsyncSession, account: Account
+) -> None:
+    key = f"email:{account.email}"
+    for _ in range(5):
+        await log_in(client, account.email, "wrong")
+    assert_too_many(await log_in(client, account.email, account.password))
+    await db_session.execute(
+        text(
+            "UPDATE login_failures SET window_started_at = now() - interval '901 seconds' "
+            "WHERE key = :key"
+        ),
+        {"key": key},
+    )
+    await db_session.commit()
+
+    assert (await log_in(client, account.email, account.password)).status_code == 200
+
+
+async def test_a_successful_login_clears_the_accounts_count(
+    client: AsyncClient, db_session: AsyncSession, account: Account
+) -> None:
+    key = f"email:{account.email}"
+    for _ in range(4):
+        await log_in(client, account.email, "wrong")
+    assert await failures(db_session, key) == 4
+
+    assert (await log_in(client, account.email, account.password)).status_code == 200
+
+    assert await failures(db_session, key) is None
+    assert await failures(db_session, ADDRESS_KEY) == 4  # the address's count stays
+    # So four more failures still leave room for a login.
+    for _ in range(4):
+        assert_unauthorized(await log_in(client, account.email, "wrong"), token_given=False)
+    assert (await log_in(client, account.email, account.password)).status_code == 200
+
+
+@pytest.fixture
+async def strict_client(
+    settings: Settings, engine: AsyncEngine, db_session: AsyncSession
+) -> AsyncIterator[AsyncClient]:
+    """The app allowing 3 failed logins per address (and the default 5 per account), on
+    the test's rolled-back session."""
+    app: FastAPI = create_app(settings.model_copy(update={"login_failures_per_address": 3}))
+    async with rolled_back_client(app, engine, db_session) as client:
+        yield client
+
+
+async def test_failures_from_one_address_are_limited(
+    strict_client: AsyncClient, db_session: AsyncSession, account: Account
+) -> None:
+    for number in range(3):  # three accounts tried once each: no account limit is reached
+        response = await log_in(strict_client, f"guess{number}@example.com", "wrong")
+        assert_unauthorized(response, token_given=False)
+    assert await failures(db_session, ADDRESS_KEY) == 3
+
+    blocked = await log_in(strict_client, account.email, account.password)
+
+    assert_too_many(blocked)
+    assert await failures(db_session, f"email:{account.email}") is None
+
+
+async def test_usernames_too_long_to_be_an_email_are_counted_too(
+    strict_client: AsyncClient, db_session: AsyncSession, account: Account, argon2_spy: Argon2Spy
+) -> None:
+    """No account has such an email, so each is an unknown email: the same 401 after the
+    same argon2 work, and counted against the address like any other failure (a key too
+    long for the table must not let failures, and the hashing they cost, go uncounted)."""
+    for number in range(3):
+        username = f"{number}{'x' * 1000}@example.com"
+        response = await log_in(strict_client, username, "wrong")
+        assert_unauthorized(response, token_given=False)
+    assert len(argon2_spy.hashes) == 3
+    assert await failures(db_session, ADDRESS_KEY) == 3
+
+    assert_too_many(await log_in(strict_client, account.email, account.password))
+
+
+# ─────────────────────────────── hash upgrade
+
+
+async def test_a_hash_with_older_parameters_is_upgraded_at_login(
+    client: AsyncClient, db_session: AsyncSession
+) -> None:
+    email, password = "old.hash@example.com", "an old but good password"
+    registered = await client.post("/auth/register", json={"email": email, "password": password})
+    assert registered.status_code == 201, registered.text
+    user_id = registered.json()["id"]
+    old_hash = Argon2Hasher(time_cost=1, memory_cost=8 * 1024, parallelism=1).hash(password)
+    assert _parameters(old_hash) != TODAYS_PARAMETERS
+    await db_session.execute(update(User).where(User.id == user_id).values(password_hash=old_hash))
+    await db_session.commit()
+
+    assert (await log_in(client, email, password)).status_code == 200
+
+    upgraded = (
+        await db_session.execute(select(User.password_hash).where(User.id == user_id))
+    ).scalar_one()
+    assert upgraded != old_hash
+    assert _parameters(upgraded) == TODAYS_PARAMETERS
+    assert password_hash().verify(password, upgraded)
+    # A hash at today's parameters is left as it is.
+    assert (await log_in(client, email, password)).status_code == 200
+    again = (
+        await db_session.execute(select(User.password_hash).where(User.id == user_id))
+    ).scalar_one()
+    assert again == upgraded
