@@ -4,6 +4,7 @@ address in PostgreSQL, and stored hashes upgraded to today's argon2 parameters."
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -134,7 +135,9 @@ async def test_failures_for_one_account_are_limited(
 
     assert_too_many(blocked)
     assert len(argon2_spy.hashes) == verified
-    assert await failures(db_session, key) == 5
+    # Attempts are counted before the password is checked (so a burst cannot slip past the
+    # limit while the first guesses hash): the refused one counts too, the window stays.
+    assert await failures(db_session, key) == 6
     # Another account from the same address still logs in.
     assert (await log_in(client, other_account.email, other_account.password)).status_code == 200
 
@@ -198,7 +201,8 @@ async def test_failures_from_one_address_are_limited(
     blocked = await log_in(strict_client, account.email, account.password)
 
     assert_too_many(blocked)
-    assert await failures(db_session, f"email:{account.email}") is None
+    # Counted like any attempt, and refused before its password was checked.
+    assert await failures(db_session, f"email:{account.email}") == 1
 
 
 async def test_usernames_too_long_to_be_an_email_are_counted_too(
@@ -246,3 +250,18 @@ async def test_a_hash_with_older_parameters_is_upgraded_at_login(
         await db_session.execute(select(User.password_hash).where(User.id == user_id))
     ).scalar_one()
     assert again == upgraded
+
+
+async def test_a_burst_of_guesses_cannot_slip_past_the_limit(live: AsyncClient) -> None:
+    """Twenty wrong passwords sent at the same moment: each attempt is counted (and
+    committed) before its password is checked, so only the first five are checked at all."""
+    email = "burst.target@example.com"
+    registered = await live.post(
+        "/auth/register", json={"email": email, "password": "right password"}
+    )
+    assert registered.status_code == 201, registered.text
+
+    answers = await asyncio.gather(*(log_in(live, email, "wrong password") for _ in range(20)))
+
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [401] * 5 + [429] * 15

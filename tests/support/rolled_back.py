@@ -35,11 +35,18 @@ def rolled_back_client(app: FastAPI, engine: AsyncEngine, db_session: AsyncSessi
         except Exception:
             await db_session.rollback()  # back to the SAVEPOINT, as a real request would
             raise
-        finally:
-            # A real request's COMMIT would end its SET LOCAL ROLE and caller setting; the
-            # released SAVEPOINT keeps them in the outer transaction, so undo them here.
-            await db_session.execute(_END_REQUEST_SCOPE)
 
+    real_commit = db_session.commit
+
+    async def commit_ending_the_request_scope() -> None:
+        # A real COMMIT ends the transaction's SET LOCAL ROLE and caller setting; releasing
+        # the SAVEPOINT keeps them in the outer transaction, so end them first, inside the
+        # SAVEPOINT (a later ROLLBACK TO SAVEPOINT must not bring them back). A route that
+        # commits early (counting a password attempt) relies on it.
+        await db_session.execute(_END_REQUEST_SCOPE)
+        await real_commit()
+
+    db_session.commit = commit_ending_the_request_scope  # type: ignore[method-assign]
     for dependency in SESSION_DEPENDENCIES:
         app.dependency_overrides[dependency] = override_get_async_session
     # ASGITransport does not run the lifespan; give /health/ready an engine to ask.
