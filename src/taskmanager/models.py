@@ -71,7 +71,9 @@ class User(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(EMAIL_MAX_LENGTH))
     display_name: Mapped[str] = mapped_column(String(DISPLAY_NAME_MAX_LENGTH))
-    password_hash: Mapped[str] = mapped_column(Text)
+    # Not loaded with the user (and not readable by the request role at all): only login
+    # and a password change read it, each asking for it explicitly.
+    password_hash: Mapped[str] = mapped_column(Text, deferred=True, deferred_raiseload=True)
     is_active: Mapped[bool] = mapped_column(default=True, server_default=true())
     # Set at registration, right after the workspace exists (a workspace names its creator).
     personal_workspace_id: Mapped[int | None] = mapped_column(

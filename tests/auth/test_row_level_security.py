@@ -318,7 +318,7 @@ async def test_writing_into_another_workspace_is_refused_by_postgresql(
         update(Task).where(Task.id == theirs["id"]).values(title="defaced"),
         delete(Task).where(Task.id == theirs["id"]),
         update(Workspace).where(Workspace.id == mallory_workspace).values(name="defaced"),
-        update(User).where(User.id == other_account.user_id).values(is_active=False),
+        update(User).where(User.id == other_account.user_id).values(display_name="defaced"),
     ):
         result = await db_session.execute(statement)
         assert getattr(result, "rowcount", None) == 0, statement
@@ -363,3 +363,19 @@ async def test_a_bypassed_application_check_is_still_refused(
     assert_problem(response, 500, problem_type=INTERNAL_ERROR)
     planted = await rows(db_session, select(Task.id).where(Task.workspace_id == mallory_workspace))
     assert planted == []
+
+
+async def test_the_request_role_never_reads_a_password_hash(
+    db_session: AsyncSession, scope: Scope, account: Account
+) -> None:
+    """Co-members' rows of `users` are visible to the request role, their password hashes
+    are not (column privileges): not even the caller's own, except through the one
+    function a password change uses."""
+    visible = await db_session.execute(select(User.email).where(User.id == account.user_id))
+    assert visible.scalar_one() == account.email
+    with pytest.raises(DBAPIError, match="permission denied"):
+        async with db_session.begin_nested():
+            await db_session.execute(select(User.password_hash))
+    own = await UserRepository(db_session).own_password_hash()
+    assert own is not None
+    assert own.startswith("$argon2id$")

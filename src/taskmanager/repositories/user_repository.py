@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import undefer
 
 from taskmanager.models import CALLER_SETTING, REQUEST_ROLE, User
 
@@ -51,7 +52,15 @@ _ACT_AS = text(
     f"set_config('role', '{REQUEST_ROLE}', true)"
 )
 
-_BY_EMAIL = select(User).where(func.lower(User.email) == func.lower(bindparam("email")))
+# For login (as the service, before any caller is known): the one read of a stored hash.
+_BY_EMAIL = (
+    select(User)
+    .options(undefer(User.password_hash))
+    .where(func.lower(User.email) == func.lower(bindparam("email")))
+)
+# The caller's own hash, for a password change: the request role may not read the column,
+# so a SECURITY DEFINER function hands over this one value.
+_OWN_PASSWORD_HASH = text("SELECT taskmanager_own_password_hash()")
 
 
 class UserRepository:
@@ -104,6 +113,11 @@ class UserRepository:
     async def get_by_email(self, email: str) -> User | None:
         result = await self.session.execute(_BY_EMAIL, {"email": email})
         return result.scalar_one_or_none()
+
+    async def own_password_hash(self) -> str | None:
+        """The hash of the caller's password (the request scope must have been entered)."""
+        value = (await self.session.execute(_OWN_PASSWORD_HASH)).scalar_one()
+        return None if value is None else str(value)
 
     async def get_by_id(self, user_id: int) -> User | None:
         return await self.session.get(User, user_id)

@@ -57,8 +57,9 @@ async def update_me(
                 token_given=True,
             )
             return problem.response(headers)
-        me = await _me(users, user.user_id)
-        matches, _ = await verify_password(body.current_password or "", me.password_hash)
+        matches, _ = await verify_password(
+            body.current_password or "", await users.own_password_hash()
+        )
         if not matches:
             raise ProblemError(
                 VALIDATION_ERROR.about_field("body.current_password", "is not your password")

@@ -252,7 +252,15 @@ def _row_level_security() -> None:
         "GRANT SELECT, INSERT, UPDATE, DELETE ON tasks, categories, workspaces, memberships, "
         f"idempotency_keys TO {REQUEST_ROLE}"
     )
-    op.execute(f"GRANT SELECT, UPDATE ON users TO {REQUEST_ROLE}")
+    # Column by column: the request role never reads a password hash (not even a
+    # co-member's, whom the policy lets it see); a password change reads the caller's own
+    # through taskmanager_own_password_hash().
+    op.execute(
+        "GRANT SELECT (id, email, display_name, is_active, personal_workspace_id, created_at, "
+        f"password_changed_at), UPDATE (display_name, password_hash, password_changed_at, "
+        "personal_workspace_id) "
+        f"ON users TO {REQUEST_ROLE}"
+    )
     op.execute(f"GRANT SELECT, UPDATE ON auth_sessions, refresh_tokens TO {REQUEST_ROLE}")
     op.execute(f"GRANT SELECT, DELETE ON unclaimed_workspaces TO {REQUEST_ROLE}")
     op.execute(
@@ -294,7 +302,16 @@ def _row_level_security() -> None:
         AS $$ SELECT id FROM {schema}.users WHERE lower(email) = lower(address) $$
         """
     )
+    op.execute(
+        f"""
+        CREATE FUNCTION taskmanager_own_password_hash() RETURNS text
+        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+        AS $$ SELECT password_hash FROM {schema}.users
+              WHERE id = {schema}.taskmanager_user_id() $$
+        """
+    )
     for function in (
+        "taskmanager_own_password_hash()",
         "taskmanager_workspace_ids()",
         "taskmanager_owned_workspace_ids()",
         "taskmanager_workspace_has_members(integer)",
@@ -387,6 +404,7 @@ def downgrade() -> None:
         ):
             op.execute(f"DROP POLICY {policy} ON {table}")
     for function in (
+        "taskmanager_own_password_hash()",
         "taskmanager_user_id_by_email(text)",
         "taskmanager_workspace_has_members(integer)",
         "taskmanager_owned_workspace_ids()",
