@@ -322,6 +322,43 @@ def db_purge_keys() -> None:
     console.print(f"purged {purged} expired idempotency keys")
 
 
+@db_app.command("purge-logins")
+def db_purge_logins(
+    kept_days: Annotated[
+        float, typer.Option(help="Keep ended sessions this many days (for auditing).", min=0)
+    ] = 7.0,
+) -> None:
+    """Delete ended login sessions (logged out, revoked or expired, with their refresh
+    tokens) and the password-attempt counts of windows that have passed."""
+    from datetime import timedelta
+
+    from taskmanager.database import create_engine, create_session_factory
+    from taskmanager.repositories.auth_session_repository import AuthSessionRepository
+    from taskmanager.repositories.login_limit_repository import LoginLimitRepository
+
+    settings = load_settings()
+    with database_url(settings) as url:
+
+        async def run() -> tuple[int, int]:
+            engine = create_engine(settings, url)
+            try:
+                async with create_session_factory(engine)() as session, session.begin():
+                    sessions = await AuthSessionRepository(session).purge_ended(
+                        timedelta(days=kept_days)
+                    )
+                    windows = await LoginLimitRepository(session).purge_expired(
+                        settings.login_window_seconds
+                    )
+                    return sessions, windows
+            finally:
+                await engine.dispose()
+
+        sessions, windows = asyncio.run(run())
+    console.print(
+        f"purged {sessions} ended login sessions and {windows} past password-attempt counts"
+    )
+
+
 def main() -> None:
     try:
         app()

@@ -7,14 +7,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from httpx import AsyncClient
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskmanager.models import AuthSession, User
+from taskmanager.models import AuthSession, LoginFailure, RefreshToken, User
 from taskmanager.passwords import password_hash
+from taskmanager.repositories.auth_session_repository import AuthSessionRepository
+from taskmanager.repositories.login_limit_repository import LoginLimitRepository
 from taskmanager.tokens import read_access_token, refresh_token_hash
 from tests.support.accounts import PASSWORD, TEST_SECRET, Account
 from tests.support.problems import assert_validation_problem
@@ -321,3 +323,55 @@ async def test_a_new_password_needs_the_current_one(client: AsyncClient) -> None
     response = await client.patch("/users/me", json={"password": NEW_PASSWORD})
     body = assert_validation_problem(response, "body")
     assert "current_password" in body["detail"]
+
+
+async def test_ended_sessions_and_past_attempt_counts_are_purged(
+    db_session: AsyncSession, account: Account
+) -> None:
+    """`taskmanager db purge-logins`: sessions that ended long enough ago go, with their
+    refresh tokens; live ones and recently ended ones stay. Past attempt windows go."""
+    sessions = AuthSessionRepository(db_session)
+    later = datetime.now(UTC) + timedelta(days=1)
+    live, _ = await sessions.open(account.user_id, later)
+    logged_out_long_ago, _ = await sessions.open(account.user_id, later)
+    logged_out_today, _ = await sessions.open(account.user_id, later)
+    expired_long_ago, _ = await sessions.open(account.user_id, later)
+    await db_session.execute(
+        update(AuthSession)
+        .where(AuthSession.id == logged_out_long_ago)
+        .values(revoked_at=func.now() - timedelta(days=10), revoked_reason="logout")
+    )
+    await sessions.revoke(logged_out_today, "logout")
+    await db_session.execute(
+        update(AuthSession)
+        .where(AuthSession.id == expired_long_ago)
+        .values(expires_at=func.now() - timedelta(days=10))
+    )
+    await db_session.execute(
+        text(
+            "INSERT INTO login_failures VALUES ('email:old@example.com', 3, "
+            "now() - interval '1 hour'), ('email:new@example.com', 3, now())"
+        )
+    )
+
+    assert await sessions.purge_ended(timedelta(days=7)) == 2
+    assert await LoginLimitRepository(db_session).purge_expired(900) == 1
+
+    remaining = set(
+        (
+            await db_session.execute(
+                select(AuthSession.id).where(AuthSession.user_id == account.user_id)
+            )
+        ).scalars()
+    )
+    assert {live, logged_out_today} <= remaining
+    assert not remaining & {logged_out_long_ago, expired_long_ago}
+    orphans = await db_session.execute(
+        select(RefreshToken.token_hash).where(
+            RefreshToken.session_id.in_([logged_out_long_ago, expired_long_ago])
+        )
+    )
+    assert orphans.first() is None
+    keys = set((await db_session.execute(select(LoginFailure.key))).scalars())
+    assert "email:new@example.com" in keys
+    assert "email:old@example.com" not in keys

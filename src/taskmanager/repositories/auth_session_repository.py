@@ -5,9 +5,9 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import AuthSession, RefreshToken, User
@@ -105,6 +105,17 @@ class AuthSessionRepository:
         if keep is not None:
             stmt = stmt.where(AuthSession.id != keep)
         result = await self.session.execute(stmt)
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    async def purge_ended(self, kept_for: timedelta) -> int:
+        """Delete login sessions revoked or expired more than `kept_for` ago, with their
+        refresh tokens (ON DELETE CASCADE); returns how many sessions."""
+        cutoff = func.now() - kept_for
+        result = await self.session.execute(
+            delete(AuthSession).where(
+                or_(AuthSession.revoked_at < cutoff, AuthSession.expires_at < cutoff)
+            )
+        )
         return int(getattr(result, "rowcount", 0) or 0)
 
     async def _new_token(self, session_id: uuid.UUID) -> str:
