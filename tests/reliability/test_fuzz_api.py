@@ -48,7 +48,7 @@ AREA = "Bad input"
 
 @schemathesis.check
 def created_resource_is_readable(
-    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case[Any]
 ) -> bool | None:
     """schemathesis' ensure_resource_availability (a 201's resource must be readable right
     away), except after an Idempotency-Key replay: a retry of a POST answers the original
@@ -170,14 +170,15 @@ class FuzzRun:
                 meta = case.meta
                 if meta is not None and meta.generation.mode == GenerationMode.NEGATIVE:
                     self.invalid += 1
-        for case_id, node in recorder.cases.items():
+        for case_id, case_node in recorder.cases.items():
             probe = recorder.interactions.get(case_id)
-            parent = recorder.interactions.get(node.parent_id) if node.parent_id else None
+            parent_id = case_node.parent_id
+            parent = recorder.interactions.get(parent_id) if parent_id else None
             if probe is None or parent is None or probe.response is None:
                 continue
             token = _authorization(parent.request.headers)
             if token is not None and _authorization(probe.request.headers) != token:
-                label = node.value.operation.label
+                label = case_node.value.operation.label
                 self.auth_probes[label][probe.response.status_code] += 1
         for nodes in recorder.checks.values():
             for node in nodes:
@@ -257,14 +258,14 @@ def authenticate(
     retry on 401: a token that stopped working must show, not be replaced."""
 
     class BearerTokens:
-        def get(self, case: schemathesis.Case, ctx: Any) -> str | None:
+        def get(self, case: schemathesis.Case[Any], ctx: Any) -> str | None:
             label = case.operation.label
             if label not in secured:
                 return None
             return tokens.get(label, tokens["*"])
 
-        def set(self, case: schemathesis.Case, data: str, ctx: Any) -> None:
-            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+        def set(self, case: schemathesis.Case[Any], data: str, ctx: Any) -> None:
+            case.headers["Authorization"] = f"Bearer {data}"
 
     schema.auth(refresh_interval=None)(BearerTokens)
 
