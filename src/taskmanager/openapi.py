@@ -64,7 +64,7 @@ RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "integer", "minimum": 0},
     },
     "WWW-Authenticate": {
-        "description": 'The authentication scheme to use: `Bearer` (RFC 6750), with '
+        "description": "The authentication scheme to use: `Bearer` (RFC 6750), with "
         '`error="invalid_token"` when the token sent was refused.',
         "required": True,
         "schema": {"type": "string"},

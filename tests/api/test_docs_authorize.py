@@ -85,9 +85,7 @@ class Browser:
         """The first element matching `css` (with `text` in it), waiting for it to appear."""
         deadline = time.monotonic() + WAIT_SECONDS
         while time.monotonic() < deadline:
-            for found in self.command(
-                "POST", "/elements", {"using": "css selector", "value": css}
-            ):
+            for found in self.command("POST", "/elements", {"using": "css selector", "value": css}):
                 element = _reference(found)
                 if text is None or text in self.text(element):
                     return element
