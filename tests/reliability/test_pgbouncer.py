@@ -624,6 +624,11 @@ async def test_two_users_interleaved_through_one_server_connection_see_only_thei
     )
     for tenant in tenants:
         assert tenant.foreign == [], tenant.foreign[:10]
+    # And in the database: each user's tasks, the created ones too, in their own workspace.
+    stored = await query(single_connection.direct_url, "SELECT id, workspace_id FROM tasks")
+    for tenant in tenants:
+        workspace = tenant.login.personal_workspace_id
+        assert {id_ for id_, ws in stored if ws == workspace} == tenant.task_ids
     statuses = sum((tenant.statuses for tenant in tenants), Counter[str]())
     assert sum(statuses.values()) == INTERLEAVED, statuses
     assert set(statuses) == {"GET /tasks 200", "GET own 200", "GET other's 404", "POST 201"}
@@ -637,9 +642,9 @@ async def test_two_users_interleaved_through_one_server_connection_see_only_thei
         "2 workers through PgBouncer with ONE server connection (transaction mode): lists, "
         "reads of their own and of the other's tasks, creates",
         f"{', '.join(f'{n}x {s}' for s, n in sorted(statuses.items()))} in {elapsed:.1f} s; "
-        "no answer held a row of the other user; the server connection afterwards had no "
-        "caller and its own role",
-        lost=None,
+        "no answer held a row of the other user; every task acknowledged is in its user's "
+        "workspace; the server connection afterwards had no caller and its own role",
+        lost=False,
     )
 
 
