@@ -265,6 +265,13 @@ class UserUpdate(BaseModel):
         default=None, max_length=1024, json_schema_extra={"format": "password"}
     )
 
+    @field_validator("display_name", "password")
+    @classmethod
+    def _reject_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("may be left out, but not set to null")
+        return value
+
     @model_validator(mode="after")
     def _current_password_with_new_one(self) -> UserUpdate:
         if self.password is not None and not self.current_password:

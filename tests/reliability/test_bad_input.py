@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from taskmanager.config import Settings
 from taskmanager.main import create_app
 from taskmanager.problems import PROBLEM_JSON
+from tests.support.accounts import TEST_SECRET, Account
 from tests.support.problems import assert_problem
 from tests.support.rolled_back import rolled_back_client
 
@@ -242,11 +243,15 @@ async def test_bad_input_is_a_problem_naming_the_field(
 
 @pytest_asyncio.fixture
 async def small_limit_client(
-    database_url: str, engine: AsyncEngine, db_session: AsyncSession
+    database_url: str, engine: AsyncEngine, db_session: AsyncSession, account: Account
 ) -> AsyncIterator[AsyncClient]:
-    """Like conftest's `client`, on an app refusing bodies over SMALL_LIMIT bytes."""
-    app = create_app(Settings(database_url=database_url, max_body_bytes=SMALL_LIMIT))
+    """Like conftest's `client` (logged in as `account`), on an app refusing bodies over
+    SMALL_LIMIT bytes."""
+    app = create_app(
+        Settings(database_url=database_url, max_body_bytes=SMALL_LIMIT, jwt_secret=TEST_SECRET)
+    )
     async with rolled_back_client(app, engine, db_session) as http:
+        http.headers.update(account.headers)
         yield http
 
 

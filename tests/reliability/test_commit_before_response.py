@@ -29,6 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
+from taskmanager.auth import BearerToken, get_current_user
 from taskmanager.config import Settings
 from taskmanager.database import get_async_session
 from taskmanager.idempotency import IdempotentRequest
@@ -38,6 +39,8 @@ from taskmanager.repositories.idempotency_repository import IdempotencyRepositor
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.routes import tasks as task_routes
 from taskmanager.schemas import TaskCreate, TaskWithCategoryResponse
+from taskmanager.scope import Scope
+from tests.support.accounts import TEST_SECRET, ServedLogin, login, register_over_http
 from tests.support.problems import assert_problem
 from tests.support.processes import ServeProcess, clean_env, free_port, serve
 
@@ -102,9 +105,19 @@ async def probe_engine(probe_url: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture(scope="module")
 def server(probe_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     """`python -m taskmanager serve` on a free port of 127.0.0.1, stopped by PID afterwards."""
-    env = clean_env(DATABASE_URL=probe_url, TASKMANAGER_LOG_LEVEL="WARNING")
+    env = clean_env(
+        DATABASE_URL=probe_url,
+        TASKMANAGER_LOG_LEVEL="WARNING",
+        TASKMANAGER_JWT_SECRET=TEST_SECRET,
+    )
     with serve(env, tmp_path_factory.mktemp("serve-cwd")) as process:
         yield process
+
+
+@pytest.fixture(scope="module")
+def writer(server: ServeProcess) -> ServedLogin:
+    """The account the requests below are made as, registered over HTTP on the server."""
+    return register_over_http(server.base_url, "writer@example.com")
 
 
 async def count_titled(engine: AsyncEngine, title: str) -> int:
@@ -123,11 +136,13 @@ async def title_of(engine: AsyncEngine, task_id: int) -> str | None:
         return result.scalar_one_or_none()
 
 
-async def test_the_constraint_fires_only_at_commit(probe_engine: AsyncEngine) -> None:
+async def test_the_constraint_fires_only_at_commit(
+    probe_engine: AsyncEngine, writer: ServedLogin
+) -> None:
     """The probe itself: INSERT and flush succeed, COMMIT fails. Otherwise the tests below
     would be testing an ordinary constraint, which any scope reports correctly."""
     async with AsyncSession(probe_engine) as session:
-        session.add(Task(title=FAILING_TITLE))
+        session.add(Task(title=FAILING_TITLE, workspace_id=writer.personal_workspace_id))
         await session.flush()  # the INSERT ran: no error yet
         with pytest.raises(IntegrityError, match="rejected at commit"):
             await session.commit()
@@ -135,9 +150,11 @@ async def test_the_constraint_fires_only_at_commit(probe_engine: AsyncEngine) ->
 
 
 async def test_failed_commit_is_an_error_response(
-    server: ServeProcess, probe_engine: AsyncEngine
+    server: ServeProcess, writer: ServedLogin, probe_engine: AsyncEngine
 ) -> None:
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+    async with httpx.AsyncClient(
+        base_url=server.base_url, timeout=10, headers=writer.headers
+    ) as client:
         response = await client.post("/tasks", json={"title": FAILING_TITLE})
     assert response.status_code != status.HTTP_201_CREATED
     assert_problem(response)
@@ -145,14 +162,16 @@ async def test_failed_commit_is_an_error_response(
 
 
 async def test_successful_write_is_visible_when_the_response_arrives(
-    server: ServeProcess, probe_engine: AsyncEngine
+    server: ServeProcess, writer: ServedLogin, probe_engine: AsyncEngine
 ) -> None:
     """201 means committed: another connection sees the row the moment the response is in.
 
     The deferred trigger makes the COMMIT of a "slow commit" title take 0.5 s, so a
     server that committed after responding would lose this race every time.
     """
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+    async with httpx.AsyncClient(
+        base_url=server.base_url, timeout=10, headers=writer.headers
+    ) as client:
         for i in range(2):
             title = f"slow commit #{i}"
             response = await client.post("/tasks", json={"title": title})
@@ -161,9 +180,11 @@ async def test_successful_write_is_visible_when_the_response_arrives(
 
 
 async def test_failed_update_commit_is_an_error_and_changes_nothing(
-    server: ServeProcess, probe_engine: AsyncEngine
+    server: ServeProcess, writer: ServedLogin, probe_engine: AsyncEngine
 ) -> None:
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+    async with httpx.AsyncClient(
+        base_url=server.base_url, timeout=10, headers=writer.headers
+    ) as client:
         created = await client.post("/tasks", json={"title": "keep this title"})
         assert created.status_code == status.HTTP_201_CREATED, created.text
         task_id = created.json()["id"]
@@ -175,9 +196,11 @@ async def test_failed_update_commit_is_an_error_and_changes_nothing(
     assert await title_of(probe_engine, task_id) == "keep this title"
 
 
-async def test_server_survives_a_failed_commit(server: ServeProcess) -> None:
+async def test_server_survives_a_failed_commit(server: ServeProcess, writer: ServedLogin) -> None:
     """The failed commit returned its connection to the pool in a usable state."""
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+    async with httpx.AsyncClient(
+        base_url=server.base_url, timeout=10, headers=writer.headers
+    ) as client:
         for _ in range(3):
             assert_problem(await client.post("/tasks", json={"title": FAILING_TITLE}))
         assert (await client.get("/health/ready")).status_code == 200
@@ -189,6 +212,14 @@ async def test_server_survives_a_failed_commit(server: ServeProcess) -> None:
 
 # The mistake: no scope="function", so the commit after `yield` runs after the response.
 DefaultScopeSessionDep = Annotated[AsyncSession, Depends(get_async_session)]
+
+
+async def default_scope_caller(
+    request: Request, session: DefaultScopeSessionDep, token: BearerToken
+) -> Scope:
+    """The app's own current-user dependency, in the default-scope session's transaction
+    (so the insert runs as the caller under row-level security, as the real route's does)."""
+    return await get_current_user(request, session, token)
 
 
 def app_with_a_default_scope_route(settings: Settings) -> FastAPI:
@@ -203,13 +234,21 @@ def app_with_a_default_scope_route(settings: Settings) -> FastAPI:
         status_code=status.HTTP_201_CREATED,
     )
     async def create_task_default_scope(
-        body: TaskCreate, session: DefaultScopeSessionDep, request: Request, response: Response
+        body: TaskCreate,
+        session: DefaultScopeSessionDep,
+        user: Annotated[Scope, Depends(default_scope_caller)],
+        request: Request,
+        response: Response,
     ) -> Task:
         no_idempotency_key = IdempotentRequest(
-            IdempotencyRepository(session), "POST /default-scope/tasks", None, timedelta(hours=1)
+            IdempotencyRepository(session),
+            user.user_id,
+            "POST /default-scope/tasks",
+            None,
+            timedelta(hours=1),
         )
         created = await task_routes.create_task(
-            body, TaskRepository(session), no_idempotency_key, request, response
+            body, TaskRepository(session, user), no_idempotency_key, request, response
         )
         assert isinstance(created, Task)
         return created
@@ -221,7 +260,9 @@ def app_with_a_default_scope_route(settings: Settings) -> FastAPI:
 def default_scope_server(probe_url: str) -> Iterator[str]:
     """That app under uvicorn in a background thread on another free port of 127.0.0.1."""
     # gc_threshold=0: this server shares the test process; its collector is left alone.
-    settings = Settings(database_url=probe_url, log_level="WARNING", gc_threshold=0)
+    settings = Settings(
+        database_url=probe_url, log_level="WARNING", gc_threshold=0, jwt_secret=TEST_SECRET
+    )
     app = app_with_a_default_scope_route(settings)
     config = uvicorn.Config(
         app, host="127.0.0.1", port=free_port(), log_level="critical", lifespan="on"
@@ -243,10 +284,12 @@ def default_scope_server(probe_url: str) -> Iterator[str]:
 
 
 async def test_default_scope_answers_201_for_a_row_that_never_existed(
-    default_scope_server: str, probe_engine: AsyncEngine
+    default_scope_server: str, writer: ServedLogin, probe_engine: AsyncEngine
 ) -> None:
     """Why SessionDep says scope="function": without it the client is told "created"."""
     async with httpx.AsyncClient(base_url=default_scope_server, timeout=10) as client:
+        # Logged in on this server (the same database and key as `serve`'s).
+        client.headers.update(await login(client, writer.email))
         # Control: the app's own route, in the same process, reports the failed commit.
         assert_problem(await client.post("/tasks", json={"title": FAILING_TITLE}))
 

@@ -31,6 +31,7 @@ import httpx
 import pytest
 
 from taskmanager.migrate import upgrade
+from tests.support.accounts import TEST_SECRET, register_over_http
 from tests.support.faults import (
     ABANDONED_CONNECTION,
     OwnPostgres,
@@ -62,6 +63,7 @@ FAST_TIMEOUTS = {
     "TASKMANAGER_READY_TIMEOUT": "1",
     "TASKMANAGER_POOL_TIMEOUT": "1",
     "TASKMANAGER_LOG_LEVEL": "WARNING",
+    "TASKMANAGER_JWT_SECRET": TEST_SECRET,
 }
 # Generous bounds for "answered at once" / "waited the timeout": a loaded CI box is slow.
 PROMPT = 3.0
@@ -70,6 +72,14 @@ CLIENT_TIMEOUT = 15.0
 
 def served_env(**settings: str) -> dict[str, str]:
     return clean_env(**(FAST_TIMEOUTS | settings))
+
+
+def logged_in_client(server: ServeProcess, email: str) -> httpx.AsyncClient:
+    """A client of `server` with the token of an account registered there over HTTP."""
+    login = register_over_http(server.base_url, email)
+    return httpx.AsyncClient(
+        base_url=server.base_url, timeout=CLIENT_TIMEOUT, headers=login.headers
+    )
 
 
 async def create_task(client: httpx.AsyncClient, title: str) -> dict[str, Any]:
@@ -91,6 +101,12 @@ class Outage:
     postgres: OwnPostgres
     server: ServeProcess
     url: str
+    headers: dict[str, str]
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.server.base_url, timeout=CLIENT_TIMEOUT, headers=self.headers
+        )
 
     async def ensure_running(self) -> None:
         """Each test starts with PostgreSQL up, whatever an earlier test left."""
@@ -109,7 +125,8 @@ def outage() -> Iterator[Outage]:
             # statement_timeout 1 s: the client-side bound on a hung server is 1 s + 1 s.
             env = served_env(DATABASE_URL=url, TASKMANAGER_STATEMENT_TIMEOUT_MS="1000")
             with serve(env, parent) as server:
-                yield Outage(postgres, server, url)
+                login = register_over_http(server.base_url, "outage@example.com")
+                yield Outage(postgres, server, url, login.headers)
         finally:
             postgres.stop()
 
@@ -123,7 +140,7 @@ async def test_database_down_answers_503_and_recovers_without_restart(
     outage: Outage, reliability: ReliabilityRecorder
 ) -> None:
     await outage.ensure_running()
-    async with httpx.AsyncClient(base_url=outage.server.base_url, timeout=CLIENT_TIMEOUT) as c:
+    async with outage.client() as c:
         await _database_down(c, outage.postgres, reliability)
 
 
@@ -232,7 +249,7 @@ async def test_database_frozen_answers_503_within_the_timeouts(
     """A hung server (stuck host, cut network) closes nothing: only timeouts end the wait,
     also for a request already holding a pooled connection."""
     await outage.ensure_running()
-    async with httpx.AsyncClient(base_url=outage.server.base_url, timeout=CLIENT_TIMEOUT) as c:
+    async with outage.client() as c:
         await _database_frozen(c, outage.url, outage.postgres, reliability)
 
 
@@ -312,7 +329,7 @@ async def test_pool_exhausted_answers_503_after_pool_timeout(
         TASKMANAGER_POOL_TIMEOUT="1",
     )
     with serve(env, tmp_path) as server:
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=CLIENT_TIMEOUT) as client:
+        async with logged_in_client(server, "pool@example.com") as client:
             task = await create_task(client, "contended")
             task_id = task["id"]
             async with row_lock(url, task_id) as lock:
@@ -390,7 +407,7 @@ async def test_statement_timeout_answers_503_and_keeps_the_connection(
         TASKMANAGER_MAX_OVERFLOW="0",
     )
     with serve(env, tmp_path) as server:
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=CLIENT_TIMEOUT) as client:
+        async with logged_in_client(server, "timeout@example.com") as client:
             task = await create_task(client, "slow to change")
             task_id = task["id"]
             [backend] = await service_backends(url)  # pool_size 1: one connection
@@ -432,10 +449,15 @@ async def test_sigterm_completes_in_flight_requests_and_stops_postgres(
 ) -> None:
     with scratch_dir() as parent:
         data_dir = parent / "pgdata"
-        env = clean_env(TASKMANAGER_DATA_DIR=str(data_dir), TASKMANAGER_LOG_LEVEL="WARNING")
+        env = clean_env(
+            TASKMANAGER_DATA_DIR=str(data_dir),
+            TASKMANAGER_LOG_LEVEL="WARNING",
+            TASKMANAGER_JWT_SECRET=TEST_SECRET,
+        )
         with serve(env, parent) as server:
+            login = register_over_http(server.base_url, "sigterm@example.com")
             async with httpx.AsyncClient(
-                base_url=server.base_url, timeout=CLIENT_TIMEOUT
+                base_url=server.base_url, timeout=CLIENT_TIMEOUT, headers=login.headers
             ) as client:
                 task = await create_task(client, "in flight at SIGTERM")
                 task_id = task["id"]
@@ -483,7 +505,10 @@ async def test_sigterm_completes_in_flight_requests_and_stops_postgres(
 
         # Nothing committed is lost: the change made during shutdown is there.
         with serve(env, parent) as again:
-            async with httpx.AsyncClient(base_url=again.base_url, timeout=CLIENT_TIMEOUT) as c:
+            async with httpx.AsyncClient(
+                base_url=again.base_url, timeout=CLIENT_TIMEOUT, headers=login.headers
+            ) as c:
+                # The token from before the restart still works (same key, same session).
                 fetched = await c.get(f"/tasks/{task_id}")
             assert fetched.status_code == 200, fetched.text
             assert fetched.json() == finished

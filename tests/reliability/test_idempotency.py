@@ -30,6 +30,7 @@ from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from tests.support.accounts import TEST_SECRET, register_over_http
 from tests.support.kinds import CATEGORIES, KINDS, TASKS, Kind
 from tests.support.live_app import live_client
 from tests.support.problems import assert_problem
@@ -361,6 +362,7 @@ async def test_concurrent_posts_with_one_key_and_different_bodies(
 
 async def test_a_key_expires_after_the_configured_lifetime(
     own_database_url: str,
+    live: AsyncClient,
     observer: AsyncEngine,
     monkeypatch: pytest.MonkeyPatch,
     reliability: ReliabilityRecorder,
@@ -368,6 +370,7 @@ async def test_a_key_expires_after_the_configured_lifetime(
     headers = key_header("one-second")
     monkeypatch.setenv("TASKMANAGER_IDEMPOTENCY_TTL_HOURS", str(1 / 3600))
     async with live_client(own_database_url) as short_lived:
+        short_lived.headers.update(live.headers)  # the same account, on this other app
         first = await short_lived.post("/tasks", json={"title": "lives 1 s"}, headers=headers)
         replayed = await short_lived.post("/tasks", json={"title": "lives 1 s"}, headers=headers)
         assert first.status_code == 201
@@ -469,17 +472,24 @@ async def test_a_key_holds_across_two_workers_and_a_restart(
 ) -> None:
     """Two `serve` worker processes with their own pools share the key through PostgreSQL;
     after the server stopped, a new app instance on the same database still replays it."""
-    env = clean_env(DATABASE_URL=own_database_url, TASKMANAGER_LOG_LEVEL="WARNING")
+    env = clean_env(
+        DATABASE_URL=own_database_url,
+        TASKMANAGER_LOG_LEVEL="WARNING",
+        TASKMANAGER_JWT_SECRET=TEST_SECRET,
+    )
     body = {"title": "across workers"}
     headers = key_header("across-workers")
     clients: list[AsyncClient] = []
     try:
         with serve(env, tmp_path, "--workers", "2") as server:
+            login = register_over_http(server.base_url, "across-workers@example.com")
             # One kept-alive connection per client; open them until both workers hold some,
             # so the POSTs below reach both processes.
             for _ in range(40):
                 client = AsyncClient(
-                    base_url=server.base_url, limits=httpx.Limits(max_connections=1)
+                    base_url=server.base_url,
+                    limits=httpx.Limits(max_connections=1),
+                    headers=login.headers,
                 )
                 clients.append(client)
                 assert (await client.get("/health/live")).status_code == 200
@@ -510,6 +520,7 @@ async def test_a_key_holds_across_two_workers_and_a_restart(
     # Both workers are gone; a new app instance (another process, a new pool) on the same
     # database still knows the key.
     async with live_client(own_database_url) as restarted:
+        restarted.headers.update(login.headers)  # the same user: keys are per user
         retry = await restarted.post("/tasks", json=body, headers=headers)
     assert_replay_of(retry, original)
     assert await count_rows(observer, TASKS, "across workers") == 1

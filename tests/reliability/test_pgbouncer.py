@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from taskmanager.config import Settings, normalize_database_url
 from taskmanager.database import check_database, create_engine
+from tests.support.accounts import TEST_SECRET, ServedLogin, register_over_http
 from tests.support.pgbouncer import PgBouncer, pgbouncer_binary, run_pgbouncer
 from tests.support.problems import assert_problem
 from tests.support.processes import READY_WITHIN, ServeProcess, clean_env, serve
@@ -74,7 +75,10 @@ def pooled(make_database: Callable[[str], str]) -> Iterator[Pooled]:
 
 def pooled_env(pooled: Pooled, **overrides: str | None) -> dict[str, str]:
     return clean_env(
-        DATABASE_URL=pooled.bouncer.url(), TASKMANAGER_LOG_LEVEL="WARNING", **overrides
+        DATABASE_URL=pooled.bouncer.url(),
+        TASKMANAGER_LOG_LEVEL="WARNING",
+        TASKMANAGER_JWT_SECRET=TEST_SECRET,
+        **overrides,
     )
 
 
@@ -84,6 +88,12 @@ def server(pooled: Pooled, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     env = pooled_env(pooled, TASKMANAGER_PGBOUNCER="true")
     with serve(env, tmp_path_factory.mktemp("serve-cwd"), "--workers", "2") as process:
         yield process
+
+
+@pytest.fixture(scope="module")
+def user(server: ServeProcess) -> ServedLogin:
+    """The account the requests below are made as, registered through PgBouncer."""
+    return register_over_http(server.base_url, "pooled@example.com")
 
 
 async def query(url: str, sql: str, **params: Any) -> list[Any]:
@@ -102,10 +112,10 @@ async def query(url: str, sql: str, **params: Any) -> list[Any]:
 
 
 async def test_api_contract_through_pgbouncer(
-    server: ServeProcess, pooled: Pooled, reliability: ReliabilityRecorder
+    server: ServeProcess, user: ServedLogin, pooled: Pooled, reliability: ReliabilityRecorder
 ) -> None:
     m = f"seq-{uuid.uuid4().hex[:8]}"
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as api:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10, headers=user.headers) as api:
         r = await api.post("/categories", json={"name": f"{m} Work"})
         assert r.status_code == 201, r.text
         assert r.headers["ETag"] == '"1"'
@@ -227,7 +237,7 @@ class Burst:
         return ", ".join(f"{n}x {s or 'no answer'}" for s, n in sorted(self.statuses.items()))
 
 
-async def run_burst(base_url: str, *, seed: int) -> Burst:
+async def run_burst(base_url: str, headers: dict[str, str], *, seed: int) -> Burst:
     """40 tasks created concurrently, then 100 mixed requests, CONCURRENCY at a time."""
     burst = Burst(marker=f"burst-{uuid.uuid4().hex[:8]}")
     m = burst.marker
@@ -235,7 +245,9 @@ async def run_burst(base_url: str, *, seed: int) -> Burst:
     # No keep-alive: every request is a new connection, accepted by whichever worker is free.
     # Kept-alive connections would all be opened at once and one worker may accept them all.
     no_keep_alive = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=no_keep_alive) as api:
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=30, limits=no_keep_alive, headers=headers
+    ) as api:
 
         async def send(method: str, url: str, expected: int, **kw: Any) -> httpx.Response | None:
             async with limit:
@@ -352,14 +364,18 @@ def worker_client_connections(server: ServeProcess, port: int) -> dict[int, int]
     return counts
 
 
-async def until_every_worker_connected(server: ServeProcess, port: int) -> dict[int, int]:
+async def until_every_worker_connected(
+    server: ServeProcess, port: int, headers: dict[str, str]
+) -> dict[int, int]:
     """Client connections per process, after extra reads if one worker accepted every request.
 
     Which worker accepts a connection is the kernel's choice; a few bounded rounds of
     concurrent reads on fresh connections give the idle worker its turn.
     """
     no_keep_alive = httpx.Limits(max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=10, limits=no_keep_alive) as api:
+    async with httpx.AsyncClient(
+        base_url=server.base_url, timeout=10, limits=no_keep_alive, headers=headers
+    ) as api:
         for _ in range(10):
             if sum(1 for n in worker_client_connections(server, port).values() if n) >= 2:
                 break
@@ -368,9 +384,9 @@ async def until_every_worker_connected(server: ServeProcess, port: int) -> dict[
 
 
 async def test_concurrent_burst_through_pgbouncer(
-    server: ServeProcess, pooled: Pooled, reliability: ReliabilityRecorder
+    server: ServeProcess, user: ServedLogin, pooled: Pooled, reliability: ReliabilityRecorder
 ) -> None:
-    burst = await run_burst(server.base_url, seed=1)
+    burst = await run_burst(server.base_url, user.headers, seed=1)
 
     assert burst.unexpected == [], "\n".join(burst.unexpected[:20])
     assert burst.server_errors == 0
@@ -383,7 +399,7 @@ async def test_concurrent_burst_through_pgbouncer(
 
     # Both workers talked to PgBouncer, over more client connections than PostgreSQL had
     # server connections: transactions really took turns on shared server connections.
-    clients = await until_every_worker_connected(server, pooled.bouncer.port)
+    clients = await until_every_worker_connected(server, pooled.bouncer.port, user.headers)
     workers = [pid for pid, n in clients.items() if n]
     (backends,) = await query(
         pooled.direct_url,
@@ -497,7 +513,7 @@ async def test_default_engine_is_refused_by_pgbouncer(
 
 
 def test_default_mode_breaks_on_prepared_statements(
-    pooled: Pooled, tmp_path: Path, reliability: ReliabilityRecorder
+    pooled: Pooled, user: ServedLogin, tmp_path: Path, reliability: ReliabilityRecorder
 ) -> None:
     """Without statement_timeout PgBouncer lets it in, and the statement cache breaks.
 
@@ -509,7 +525,9 @@ def test_default_mode_breaks_on_prepared_statements(
         wait_live(process)
         bursts = []
         for seed in range(3):  # a burst nearly always shows it; bounded if it does not
-            bursts.append(asyncio.run(run_burst(process.base_url, seed=seed)))
+            # The account registered through the pgbouncer-mode server: same database, same
+            # signing key, so its token works here too.
+            bursts.append(asyncio.run(run_burst(process.base_url, user.headers, seed=seed)))
             if bursts[-1].server_errors:
                 break
         log = process.output()
@@ -532,3 +550,138 @@ def test_default_mode_breaks_on_prepared_statements(
         f"{' / '.join(symptoms)}; no acknowledged write lost",
         lost=False,
     )
+
+
+# ─────────────────────────────────────────────
+# Two users through one server connection: no foreign row in any answer
+# ─────────────────────────────────────────────
+
+INTERLEAVED = 1000
+OWN_TASKS = 12
+
+
+@dataclass
+class Tenant:
+    """A user, the tasks they own, and what came back to them."""
+
+    login: ServedLogin
+    prefix: str
+    task_ids: set[int] = field(default_factory=set)
+    statuses: Counter[str] = field(default_factory=Counter)
+    foreign: list[str] = field(default_factory=list)  # answers holding a row not theirs
+
+
+@pytest.fixture(scope="module")
+def single_connection(make_database: Callable[[str], str]) -> Iterator[Pooled]:
+    """A database of its own behind a PgBouncer in transaction mode with ONE server
+    connection: every transaction of every request of every user takes turns on it."""
+    if pgbouncer_binary() is None:
+        pytest.skip("pgbouncer is not installed")
+    direct_url = make_database("behind_pgbouncer_one")
+    with run_pgbouncer(direct_url, pool_size=1) as bouncer:
+        yield Pooled(bouncer, direct_url)
+
+
+@pytest.mark.timeout(240)
+async def test_two_users_interleaved_through_one_server_connection_see_only_their_rows(
+    single_connection: Pooled, tmp_path: Path, reliability: ReliabilityRecorder
+) -> None:
+    """1,000 requests of two users, alternating, CONCURRENCY at a time, all through one
+    PostgreSQL connection: each request's caller is set with set_config(..., true) inside
+    its own transaction, so it ends with the transaction and never reaches the next one
+    (the other user's) on that connection. Every list and every read shows only the
+    caller's own tasks; the other user's ids are 404."""
+    env = pooled_env(single_connection, TASKMANAGER_PGBOUNCER="true")
+    with serve(env, tmp_path, "--workers", "2") as server:
+        tenants = [
+            Tenant(register_over_http(server.base_url, f"{name}@example.com"), f"{name} task")
+            for name in ("alice", "bob")
+        ]
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as api:
+            for tenant in tenants:
+                for i in range(OWN_TASKS):
+                    r = await api.post(
+                        "/tasks",
+                        json={"title": f"{tenant.prefix} {i}"},
+                        headers=tenant.login.headers,
+                    )
+                    assert r.status_code == 201, r.text
+                    tenant.task_ids.add(r.json()["id"])
+            started = time.monotonic()
+            await interleave(api, tenants, seed=8)
+            elapsed = time.monotonic() - started
+        output = server.output()
+
+    # The one server connection, after all of it, carries no caller and no role switch.
+    (leftover,) = await query(
+        normalize_database_url(single_connection.bouncer.url()),
+        "SELECT current_user AS role, current_setting('taskmanager.user_id', true) AS caller",
+    )
+    (backends,) = await query(
+        single_connection.direct_url,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    )
+    for tenant in tenants:
+        assert tenant.foreign == [], tenant.foreign[:10]
+    # And in the database: each user's tasks, the created ones too, in their own workspace.
+    stored = await query(single_connection.direct_url, "SELECT id, workspace_id FROM tasks")
+    for tenant in tenants:
+        workspace = tenant.login.personal_workspace_id
+        assert {id_ for id_, ws in stored if ws == workspace} == tenant.task_ids
+    statuses = sum((tenant.statuses for tenant in tenants), Counter[str]())
+    assert sum(statuses.values()) == INTERLEAVED, statuses
+    assert set(statuses) == {"GET /tasks 200", "GET own 200", "GET other's 404", "POST 201"}
+    assert leftover.role == single_connection.bouncer.user
+    assert leftover.caller in ("", None), leftover
+    assert backends[0] <= 1, backends
+    assert "Traceback" not in output, output
+    reliability.record(
+        AREA,
+        f"{INTERLEAVED:,} requests of two users, alternating, {CONCURRENCY} at a time, from "
+        "2 workers through PgBouncer with ONE server connection (transaction mode): lists, "
+        "reads of their own and of the other's tasks, creates",
+        f"{', '.join(f'{n}x {s}' for s, n in sorted(statuses.items()))} in {elapsed:.1f} s; "
+        "no answer held a row of the other user; every task acknowledged is in its user's "
+        "workspace; the server connection afterwards had no caller and its own role",
+        lost=False,
+    )
+
+
+READ_LABELS = {"own": "own", "other": "other's"}
+
+
+async def interleave(api: httpx.AsyncClient, tenants: list[Tenant], *, seed: int) -> None:
+    """INTERLEAVED requests, alternating between the tenants, CONCURRENCY in flight."""
+    rng = random.Random(seed)
+    limit = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(i: int) -> None:
+        me, other = tenants[i % 2], tenants[1 - i % 2]
+        kind = rng.choice(["list", "own", "other", "list", "own", "create"])
+        async with limit:
+            if kind == "list":
+                r = await api.get("/tasks", params={"limit": 100}, headers=me.login.headers)
+                label = f"GET /tasks {r.status_code}"
+                rows = r.json() if r.status_code == 200 else []
+            elif kind == "create":
+                body = {"title": f"{me.prefix} created {i}"}
+                r = await api.post("/tasks", json=body, headers=me.login.headers)
+                label = f"POST {r.status_code}"
+                rows = [r.json()] if r.status_code == 201 else []
+                if r.status_code == 201:
+                    me.task_ids.add(r.json()["id"])
+            else:
+                ids = sorted(me.task_ids if kind == "own" else other.task_ids)
+                task_id = rng.choice(ids)
+                r = await api.get(f"/tasks/{task_id}", headers=me.login.headers)
+                label = f"GET {READ_LABELS[kind]} {r.status_code}"
+                rows = [r.json()] if r.status_code == 200 else []
+        me.statuses[label] += 1
+        if kind == "list" and rows and int(r.headers["X-Total-Count"]) < len(rows):
+            me.foreign.append(f"#{i}: X-Total-Count {r.headers['X-Total-Count']} < rows")
+        for row in rows:
+            if not row["title"].startswith(me.prefix) or row["id"] in other.task_ids:
+                me.foreign.append(f"#{i} {label}: {row}")
+
+    await asyncio.gather(*(one(i) for i in range(INTERLEAVED)))

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from taskmanager import __version__, migrate
+from tests.support.live_app import live_client
 from tests.support.processes import clean_env
 
 TIMEOUT = 60
@@ -78,12 +79,16 @@ def test_help_lists_the_commands(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     commands = listed_commands(result.stdout)
-    assert {"serve", "db"} <= commands, result.stdout
+    assert {"serve", "db", "users"} <= commands, result.stdout
 
     db_help = run_cli("db", "--help", cwd=tmp_path)
     assert db_help.returncode == 0, db_help.stderr
     db_commands = listed_commands(db_help.stdout)
     assert {"upgrade", "downgrade", "current", "seed"} <= db_commands, db_help.stdout
+
+    users_help = run_cli("users", "--help", cwd=tmp_path)
+    assert users_help.returncode == 0, users_help.stderr
+    assert "create" in listed_commands(users_help.stdout), users_help.stdout
 
 
 @pytest.mark.parametrize(
@@ -152,3 +157,127 @@ def test_current_downgrade_upgrade(tmp_path: Path, make_database: Callable[[str]
     assert migrate.current(url) == head
     again = run_cli("db", "current", cwd=tmp_path, database_url=url)
     assert again.stdout.strip() == f"{head} (at head)"
+
+
+# ─────────────────────────────────────────────
+# Accounts from the command line
+# ─────────────────────────────────────────────
+
+NEW_PASSWORD = "a long and secret passphrase"
+
+
+def run_with_input(
+    *args: str, stdin: str, cwd: Path, database_url: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m taskmanager ARGS` answering its prompts from `stdin`.
+
+    In a session of its own, so it has no controlling terminal: a hidden prompt (getpass)
+    then reads stdin instead of this terminal, as it does under a pipe or in CI."""
+    return subprocess.run(
+        [sys.executable, "-m", "taskmanager", *args],
+        env=clean_env(DATABASE_URL=database_url),
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+        start_new_session=True,
+    )
+
+
+async def log_in(url: str, email: str, password: str) -> dict[str, Any]:
+    """POST /auth/token on the app, then GET /users/me and GET /tasks with the token."""
+    async with live_client(url) as http:
+        token = await http.post("/auth/token", data={"username": email, "password": password})
+        if token.status_code != 200:
+            return {"status": token.status_code, "body": token.text}
+        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        me = await http.get("/users/me", headers=headers)
+        tasks = await http.get("/tasks", headers=headers)
+        return {
+            "status": 200,
+            "me": me.json(),
+            "tasks": int(tasks.headers["X-Total-Count"]),
+        }
+
+
+def test_users_create_makes_an_account_that_can_log_in(
+    tmp_path: Path, make_database: Callable[[str], str]
+) -> None:
+    url = make_database("cli_users")
+    answers = f"{NEW_PASSWORD}\n{NEW_PASSWORD}\n"  # the password, then its confirmation
+    args = ("users", "create", "New.Person@example.com", "--name", "New Person")
+    result = run_with_input(*args, stdin=answers, cwd=tmp_path, database_url=url)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "created account" in output
+    assert "New.Person@example.com" in output
+    assert NEW_PASSWORD not in output  # prompted for, never echoed
+    stored = scalar(url, "SELECT password_hash FROM users WHERE email = 'New.Person@example.com'")
+    assert stored.startswith("$argon2id$")
+    assert NEW_PASSWORD not in stored
+
+    # The email is the login name, in any case.
+    logged_in = asyncio.run(log_in(url, "new.person@example.com", NEW_PASSWORD))
+    assert logged_in["status"] == 200, logged_in
+    assert logged_in["me"]["email"] == "New.Person@example.com"
+    assert logged_in["me"]["display_name"] == "New Person"
+    assert logged_in["me"]["personal_workspace_id"] is not None
+    assert asyncio.run(log_in(url, "new.person@example.com", "not the password"))["status"] == 401
+
+    # The same email again (in another case): refused, nothing created.
+    again = run_with_input(
+        "users", "create", "new.person@EXAMPLE.com", stdin=answers, cwd=tmp_path, database_url=url
+    )
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "exists already" in again.stderr
+    assert NEW_PASSWORD not in again.stdout + again.stderr
+    assert scalar(url, "SELECT count(*) FROM users") == 1
+
+
+def test_users_create_refuses_a_short_password_without_showing_it(
+    tmp_path: Path, make_database: Callable[[str], str]
+) -> None:
+    url = make_database("cli_users_short")
+    short = "7chars!"
+    result = run_with_input(
+        "users",
+        "create",
+        "short@example.com",
+        stdin=f"{short}\n{short}\n",
+        cwd=tmp_path,
+        database_url=url,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "password" in output
+    assert short not in output
+    assert "Traceback" not in output
+    assert scalar(url, "SELECT count(*) FROM users") == 0
+
+
+def test_seed_prints_how_to_log_in_with_the_demo_account(
+    tmp_path: Path, make_database: Callable[[str], str]
+) -> None:
+    url = make_database("cli_seed_login")
+    result = run_cli(
+        "db", "seed", "--tasks", "25", "--categories", "2", cwd=tmp_path, database_url=url
+    )
+    assert result.returncode == 0, result.stderr
+    assert "log in as demo@example.com with the password demo-password" in result.stderr
+    # The curl command it prints, and the credentials in it, are what logs in.
+    curl = re.search(r"curl .*/auth/token -d username=(\S+) -d password=(\S+)", result.stderr)
+    assert curl is not None, result.stderr
+    email, password = curl.groups()
+    logged_in = asyncio.run(log_in(url, email, password))
+    assert logged_in["status"] == 200, logged_in
+    assert logged_in["me"]["email"] == "demo@example.com"
+    assert logged_in["tasks"] == 25  # the seeded tasks are the demo account's
+
+    # Seeding again reuses the account, and says the password may have been changed since.
+    again = run_cli("db", "seed", "--tasks", "5", cwd=tmp_path, database_url=url)
+    assert again.returncode == 0, again.stderr
+    assert "demo-password (unless changed)" in again.stderr
+    assert scalar(url, "SELECT count(*) FROM users") == 1
+    assert asyncio.run(log_in(url, email, password))["tasks"] == 30

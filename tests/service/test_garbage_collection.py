@@ -13,6 +13,7 @@ import pytest
 from taskmanager.config import Settings
 from taskmanager.garbage_collection import tune_garbage_collection
 from taskmanager.main import create_app
+from tests.support.accounts import TEST_SECRET
 
 
 @pytest.fixture
@@ -45,7 +46,11 @@ def test_zero_keeps_pythons_defaults(restored_gc: tuple[int, int, int]) -> None:
 async def test_the_app_tunes_its_process_when_it_starts(
     restored_gc: tuple[int, int, int], database_url: str
 ) -> None:
-    app = create_app(Settings(database_url=database_url, gc_threshold=7_000, log_level="WARNING"))
+    # The test key: with none set, the lifespan would write one into the working directory.
+    settings = Settings(
+        database_url=database_url, gc_threshold=7_000, log_level="WARNING", jwt_secret=TEST_SECRET
+    )
+    app = create_app(settings)
     assert gc.get_threshold() == restored_gc  # building the app changes nothing
     async with app.router.lifespan_context(app):
         assert gc.get_threshold()[0] == 7_000

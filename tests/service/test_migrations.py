@@ -22,8 +22,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from taskmanager import migrate
-from taskmanager.config import get_settings
+from taskmanager.accounts import register_account
+from taskmanager.config import Settings, get_settings
+from taskmanager.database import create_engine, create_session_factory
+from taskmanager.embedded import EmbeddedPostgres
 from taskmanager.models import FK_TASKS_CATEGORY, UQ_CATEGORIES_NAME, Base
+from tests.support.accounts import PASSWORD, login
+from tests.support.live_app import live_client
 from tests.support.processes import free_port
 
 APP_TABLES = {"categories", "tasks"}
@@ -99,6 +104,18 @@ def test_upgrade_downgrade_upgrade_round_trip(make_database: Callable[[str], str
         "AND c.relname NOT LIKE 'alembic_version%'",
     )
     assert leftovers == []
+    # Nor a function or a row-level policy of the accounts migration (the request role is
+    # the cluster's, shared with other databases: it stays, without grants here).
+    assert _query(url, "SELECT proname FROM pg_proc WHERE proname LIKE 'taskmanager%'") == []
+    assert _query(url, "SELECT policyname FROM pg_policies") == []
+    assert (
+        _query(
+            url,
+            "SELECT table_name FROM information_schema.role_table_grants "
+            "WHERE grantee = 'taskmanager_request' AND table_catalog = current_database()",
+        )
+        == []
+    )
 
     migrate.upgrade(url)
     assert migrate.current(url) == head
@@ -131,7 +148,7 @@ def test_models_and_migrations_agree(fresh_url: str) -> None:
         ),
         pytest.param(
             f"DROP INDEX {UQ_CATEGORIES_NAME}",
-            f"CREATE UNIQUE INDEX {UQ_CATEGORIES_NAME} ON categories (lower(name))",
+            f"CREATE UNIQUE INDEX {UQ_CATEGORIES_NAME} ON categories (workspace_id, lower(name))",
             ("add_index", UQ_CATEGORIES_NAME),
             id="missing-functional-unique-index",
         ),
@@ -199,10 +216,30 @@ def test_naming_convention_applied(fresh_url: str) -> None:
         "pk_tasks": "p",
         "pk_categories": "p",
         FK_TASKS_CATEGORY: "f",
+        "fk_tasks_workspace_id_workspaces": "f",
+        "fk_categories_workspace_id_workspaces": "f",
+        "uq_categories_id_workspace_id": "u",
         "ck_tasks_title_not_blank": "c",
         "ck_categories_name_not_blank": "c",
     }
     assert FK_TASKS_CATEGORY == "fk_tasks_category_id_categories"
+    # Every other table's constraints follow the same convention: <kind>_<table>_...
+    prefixes = {"p": "pk", "f": "fk", "c": "ck", "u": "uq", "x": "ex"}
+    everywhere = _query(
+        fresh_url,
+        "SELECT t.relname, c.conname, c.contype::text FROM pg_constraint c "
+        "JOIN pg_class t ON t.oid = c.conrelid "
+        "JOIN pg_namespace n ON n.oid = t.relnamespace "
+        "WHERE n.nspname = 'public' AND c.contype IN ('p', 'f', 'c', 'u', 'x') "
+        "AND t.relname <> 'alembic_version'",
+    )
+    assert len(everywhere) > 20, everywhere  # every table of the accounts migration too
+    misnamed = [
+        (table, name)
+        for table, name, kind in everywhere
+        if not name.startswith(f"{prefixes[kind]}_{table}_") and name != f"pk_{table}"
+    ]
+    assert misnamed == []
 
     indexes = dict(
         _query(
@@ -215,13 +252,15 @@ def test_naming_convention_applied(fresh_url: str) -> None:
         "pk_tasks",
         "pk_categories",
         UQ_CATEGORIES_NAME,
+        "uq_categories_id_workspace_id",
         "ix_tasks_created_at_id",
         "ix_tasks_completed_created_at_id",
         "ix_tasks_category_id_created_at_id",
+        "ix_tasks_workspace_id_created_at_id",
     }
-    # errors.py maps this name to 409: it must be a UNIQUE index on lower(name).
+    # errors.py maps this name to 409: it must be a UNIQUE index on (workspace, lower(name)).
     assert "UNIQUE" in indexes[UQ_CATEGORIES_NAME]
-    assert "lower((name)::text)" in indexes[UQ_CATEGORIES_NAME]
+    assert "(workspace_id, lower((name)::text))" in indexes[UQ_CATEGORIES_NAME]
 
 
 def test_printing_the_sql_needs_no_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -237,3 +276,194 @@ def test_printing_the_sql_needs_no_server(monkeypatch: pytest.MonkeyPatch, tmp_p
     finally:
         get_settings.cache_clear()
     assert "CREATE TABLE tasks" in output.getvalue()
+
+
+# ─────────────────────────────────────────────
+# The accounts migration (0003) with data in place
+# ─────────────────────────────────────────────
+
+BEFORE_ACCOUNTS = "0002"
+SHARED_WORKSPACE = "Shared (from before accounts)"
+TASK_COLUMNS = "id, title, description, completed, category_id, version, created_at, updated_at"
+
+
+@pytest.fixture
+def database_at(embedded_server: EmbeddedPostgres | None) -> Callable[[str, str], str]:
+    """A new database on the test server, migrated to the revision given."""
+
+    def make(name: str, revision: str) -> str:
+        if embedded_server is None:
+            pytest.skip("needs the embedded test server to create extra databases")
+        embedded_server.drop_database(name)
+        embedded_server.create_database(name)
+        url = embedded_server.url(name)
+        migrate.upgrade(url, revision)
+        return url
+
+    return make
+
+
+def _execute(url: str, *statements: str) -> None:
+    async def run() -> None:
+        engine = create_async_engine(url)
+        try:
+            async with engine.begin() as connection:
+                for statement in statements:
+                    await connection.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def _rows_from_before_accounts(url: str) -> None:
+    """Categories and tasks as a database without accounts held them (one with a
+    category, one done, one with a description), and an idempotency key."""
+    _execute(
+        url,
+        "INSERT INTO categories (id, name) VALUES (7, 'Home'), (8, 'Work')",
+        "INSERT INTO tasks (id, title, description, completed, category_id) VALUES "
+        "(11, 'Buy milk', NULL, false, 7), (12, 'Write report', 'Q3', false, 8), "
+        "(13, 'Water plants', NULL, true, NULL)",
+        "UPDATE tasks SET version = 3 WHERE id = 12",
+        "SELECT setval('tasks_id_seq', 13), setval('categories_id_seq', 8)",
+        "INSERT INTO idempotency_keys (scope, key, request_hash, expires_at) "
+        "VALUES ('POST /tasks', 'before', 'x', now() + interval '1 day')",
+    )
+
+
+def test_the_accounts_migration_keeps_every_row_in_one_unclaimed_workspace(
+    database_at: Callable[[str, str], str],
+) -> None:
+    url = database_at("migrations_existing_rows", BEFORE_ACCOUNTS)
+    _rows_from_before_accounts(url)
+    tasks_before = _query(url, f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY id")
+    categories_before = _query(url, "SELECT id, name, version FROM categories ORDER BY id")
+
+    migrate.upgrade(url)
+
+    assert _query(url, f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY id") == tasks_before
+    assert _query(url, "SELECT id, name, version FROM categories ORDER BY id") == (
+        categories_before
+    )
+    workspaces = _query(url, "SELECT id, name, created_by, personal FROM workspaces")
+    assert len(workspaces) == 1, workspaces
+    ((shared, name, created_by, personal),) = workspaces
+    assert (name, created_by, personal) == (SHARED_WORKSPACE, None, False)
+    assert _query(url, "SELECT DISTINCT workspace_id FROM tasks") == [(shared,)]
+    assert _query(url, "SELECT DISTINCT workspace_id FROM categories") == [(shared,)]
+    assert _query(url, "SELECT workspace_id FROM unclaimed_workspaces") == [(shared,)]
+    assert _query(url, "SELECT count(*) FROM memberships") == [(0,)]
+    # Keys from before accounts belong to no one: dropped, as the migration says.
+    assert _query(url, "SELECT count(*) FROM idempotency_keys") == [(0,)]
+
+
+def test_the_accounts_migration_on_an_empty_database_makes_no_workspace(
+    database_at: Callable[[str, str], str],
+) -> None:
+    url = database_at("migrations_no_rows", BEFORE_ACCOUNTS)
+    migrate.upgrade(url)
+    assert _query(url, "SELECT count(*) FROM workspaces") == [(0,)]
+    assert _query(url, "SELECT count(*) FROM unclaimed_workspaces") == [(0,)]
+
+
+async def _operator_creates_account(url: str, email: str) -> int:
+    """What `taskmanager users create EMAIL` does (tests/service/test_cli.py runs the real
+    command): register_account with claim_unowned=True, committed."""
+    engine = create_engine(Settings(database_url=url), url)
+    try:
+        async with create_session_factory(engine)() as session, session.begin():
+            user = await register_account(session, email, PASSWORD, claim_unowned=True)
+            return user.id
+    finally:
+        await engine.dispose()
+
+
+async def test_the_first_operator_made_account_takes_over_the_rows_from_before_accounts(
+    database_at: Callable[[str, str], str],
+) -> None:
+    """A stranger registering through the API gets nothing of the old rows (on a server the
+    internet reaches, the first registration could be anyone's); the first account made by
+    the operator (`taskmanager users create`) becomes the owner of the shared workspace and
+    its GET /tasks lists the old tasks; the next account sees none."""
+    url = await asyncio.to_thread(database_at, "migrations_first_account", BEFORE_ACCOUNTS)
+    await asyncio.to_thread(_rows_from_before_accounts, url)
+    await asyncio.to_thread(migrate.upgrade, url)
+
+    async with live_client(url) as http:
+        stranger = await http.post(
+            "/auth/register", json={"email": "stranger@example.com", "password": PASSWORD}
+        )
+        assert stranger.status_code == 201, stranger.text
+        strangers = await login(http, "stranger@example.com")
+        assert (await http.get("/tasks", headers=strangers)).json() == []
+        assert await asyncio.to_thread(_query, url, "SELECT * FROM unclaimed_workspaces") != []
+
+        first_id = await _operator_creates_account(url, "first@example.com")
+        headers = await login(http, "first@example.com")
+        me = (await http.get("/users/me", headers=headers)).json()
+
+        listed = await http.get("/tasks", headers=headers)
+        assert listed.status_code == 200, listed.text
+        assert listed.headers["X-Total-Count"] == "3"
+        by_id = {task["id"]: task for task in listed.json()}
+        assert set(by_id) == {11, 12, 13}
+        assert by_id[11]["category"] == {"id": 7, "name": "Home"}
+        assert (by_id[12]["description"], by_id[12]["version"]) == ("Q3", 3)
+        assert by_id[13]["completed"] is True
+        shared = by_id[11]["workspace_id"]
+        categories = await http.get("/categories", headers=headers)
+        assert {c["name"] for c in categories.json()} == {"Home", "Work"}
+        workspaces = {w["id"]: w for w in (await http.get("/workspaces", headers=headers)).json()}
+        assert workspaces[shared]["name"] == SHARED_WORKSPACE
+        assert workspaces[shared]["role"] == "owner"
+        assert workspaces[me["personal_workspace_id"]]["personal"] is True
+        # A new task still goes to the personal workspace, not the shared one.
+        created = await http.post("/tasks", json={"title": "after accounts"}, headers=headers)
+        assert created.status_code == 201, created.text
+        assert created.json()["workspace_id"] == me["personal_workspace_id"]
+
+        await _operator_creates_account(url, "second@example.com")
+        for email in ("second@example.com", "stranger@example.com"):
+            others = await login(http, email)
+            nothing = await http.get("/tasks", headers=others)
+            assert nothing.status_code == 200, nothing.text
+            assert (nothing.json(), nothing.headers["X-Total-Count"]) == ([], "0")
+            assert (await http.get("/categories", headers=others)).json() == []
+            assert (await http.get("/tasks/11", headers=others)).status_code == 404
+            assert (await http.get(f"/workspaces/{shared}", headers=others)).status_code == 404
+
+    owners = await asyncio.to_thread(
+        _query, url, "SELECT workspace_id, user_id, role FROM memberships ORDER BY 1"
+    )
+    assert [row for row in owners if row[0] == shared] == [(shared, first_id, "owner")]
+    assert await asyncio.to_thread(_query, url, "SELECT * FROM unclaimed_workspaces") == []
+
+
+def test_downgrading_the_accounts_migration_keeps_every_task(
+    database_at: Callable[[str, str], str],
+) -> None:
+    """Back to one pool of tasks: every task stays. Two workspaces may each have a
+    category named alike; one name survives (the oldest category), and the tasks of the
+    other follow it instead of pointing at a category that is gone."""
+    url = database_at("migrations_downgrade_rows", "head")
+    _execute(
+        url,
+        "INSERT INTO workspaces (id, name) VALUES (1, 'one'), (2, 'two')",
+        "INSERT INTO categories (id, name, workspace_id) VALUES "
+        "(1, 'Home', 1), (2, 'home', 2), (3, 'Work', 2)",
+        "INSERT INTO tasks (id, title, category_id, workspace_id) VALUES "
+        "(1, 'in one', 1, 1), (2, 'in two', 2, 2), (3, 'work in two', 3, 2), (4, 'none', NULL, 1)",
+    )
+
+    migrate.downgrade(url, BEFORE_ACCOUNTS)
+
+    assert _query(url, "SELECT id, title, category_id FROM tasks ORDER BY id") == [
+        (1, "in one", 1),
+        (2, "in two", 1),
+        (3, "work in two", 3),
+        (4, "none", None),
+    ]
+    assert _query(url, "SELECT id, name FROM categories ORDER BY id") == [(1, "Home"), (3, "Work")]
+    migrate.upgrade(url)  # and up again, the rows going to the shared workspace
+    assert _query(url, "SELECT count(*) FROM tasks") == [(4,)]

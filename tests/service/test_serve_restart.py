@@ -3,6 +3,10 @@
 With DATABASE_URL unset, `serve` starts PostgreSQL in TASKMANAGER_DATA_DIR, and Ctrl-C
 must stop both the API and that PostgreSQL cleanly (exit code 0, no server left running
 on the data directory), keeping the committed data for the next start.
+
+These run as `make run` does, with no signing key configured: `serve` generates one beside
+the data directory (a temporary one here, never the working directory), every worker reads
+it, and it is kept across restarts, so a token issued before a restart still works.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.support.accounts import register_over_http
 from tests.support.processes import (
     STOP_WITHIN,
     clean_env,
@@ -57,9 +62,11 @@ def test_data_survives_ctrl_c_and_restart(data_dir: Path, tmp_path: Path) -> Non
 
     with serve(env, tmp_path) as first:
         assert postgres_processes(data_dir), "serve did not start PostgreSQL in the data dir"
+        headers = register_over_http(first.base_url, "restart@example.com").headers
         created = httpx.post(
             f"{first.base_url}/tasks",
             json={"title": "survive the restart", "description": "committed before 201"},
+            headers=headers,
             timeout=10,
         )
         assert created.status_code == 201, created.text
@@ -73,12 +80,18 @@ def test_data_survives_ctrl_c_and_restart(data_dir: Path, tmp_path: Path) -> Non
     assert wait_for_no_postgres(data_dir) == [], "embedded PostgreSQL still running after Ctrl-C"
     assert "Traceback" not in output, output
     assert (data_dir / "PG_VERSION").exists(), "the data directory is gone"
+    # The generated signing key: beside the data directory, readable by its owner only;
+    # nothing written to the working directory.
+    key_file = data_dir.parent / "jwt-secret"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert list(tmp_path.iterdir()) == []
 
     with serve(env, tmp_path) as second:
-        fetched = httpx.get(f"{second.base_url}/tasks/{task['id']}", timeout=10)
+        # The token from before the restart: the same kept key verifies it.
+        fetched = httpx.get(f"{second.base_url}/tasks/{task['id']}", headers=headers, timeout=10)
         assert fetched.status_code == 200, fetched.text
         assert fetched.json() == task
-        listed = httpx.get(f"{second.base_url}/tasks", timeout=10).json()
+        listed = httpx.get(f"{second.base_url}/tasks", headers=headers, timeout=10).json()
         assert [t["id"] for t in listed] == [task["id"]]
         assert second.interrupt() == 0, second.output()
     assert wait_for_no_postgres(data_dir) == []
@@ -89,13 +102,15 @@ def test_two_workers_share_one_embedded_server(data_dir: Path, tmp_path: Path) -
     the workers, then that PostgreSQL."""
     with serve(embedded_env(data_dir), tmp_path, "--workers", "2") as server:
         assert len(postgres_processes(data_dir)) == 1
+        # Both workers verify tokens with the one key `serve` generated before starting them.
+        headers = register_over_http(server.base_url, "workers@example.com").headers
         ids = set()
-        with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        with httpx.Client(base_url=server.base_url, timeout=10, headers=headers) as client:
             for i in range(6):
                 response = client.post("/tasks", json={"title": f"worker task {i}"})
                 assert response.status_code == 201, response.text
                 ids.add(response.json()["id"])
-        with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        with httpx.Client(base_url=server.base_url, timeout=10, headers=headers) as client:
             # A new connection may land on either worker; both see every committed row.
             for _ in range(4):
                 listed = client.get("/tasks", params={"limit": 100}).json()

@@ -33,6 +33,7 @@ from taskmanager.postgres import (
     DatabaseUnreachableError,
     explain_connection_error,
 )
+from tests.support.accounts import TEST_SECRET
 from tests.support.faults import connect, scratch_dir
 from tests.support.processes import clean_env, free_port
 
@@ -82,7 +83,9 @@ def password_server() -> Iterator[PasswordServer]:
 async def require_passwords(admin_url: str, pg_hba: Path) -> None:
     connection = await connect(admin_url)
     try:
-        await connection.execute(f"CREATE ROLE app LOGIN PASSWORD '{RIGHT_PASSWORD}'")
+        # CREATEROLE: the accounts migration creates the request role once (README, "Using
+        # your own PostgreSQL"); owning the database is enough for everything else.
+        await connection.execute(f"CREATE ROLE app LOGIN CREATEROLE PASSWORD '{RIGHT_PASSWORD}'")
         await connection.execute("CREATE DATABASE tasks OWNER app")
         # In place: the file keeps its owner, the server's user.
         await asyncio.to_thread(pg_hba.write_text, PG_HBA)
@@ -111,7 +114,8 @@ def run(
     """`python -m taskmanager COMMAND` with this DATABASE_URL and no other settings."""
     return subprocess.run(
         [sys.executable, "-m", "taskmanager", *COMMANDS[command]()],
-        env=clean_env(DATABASE_URL=database_url, **settings),
+        # The signing key from the environment: no key file is written for `serve`.
+        env=clean_env(DATABASE_URL=database_url, TASKMANAGER_JWT_SECRET=TEST_SECRET, **settings),
         cwd=cwd,  # not the project root: its .env must not leak into the test
         capture_output=True,
         text=True,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -86,3 +87,43 @@ def TaskRepository(session: AsyncSession) -> _TaskRepository:  # noqa: N802 (the
     takes the caller's Scope."""
     scope: Scope = session.info["scope"]
     return _TaskRepository(session, scope)
+
+
+@dataclass(frozen=True)
+class ServedLogin:
+    """An account registered and logged in over HTTP on a served process."""
+
+    user_id: int
+    email: str
+    personal_workspace_id: int
+    access_token: str
+    refresh_token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+def register_over_http(base_url: str, email: str, password: str = PASSWORD) -> ServedLogin:
+    """POST /auth/register then /auth/token on a running server (a real socket), as any
+    client would: for the tests that start `taskmanager serve`."""
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        registered = http.post("/auth/register", json={"email": email, "password": password})
+        assert registered.status_code == 201, registered.text
+        tokens = login_over_http(http, email, password)
+    user = registered.json()
+    return ServedLogin(
+        user_id=user["id"],
+        email=email,
+        personal_workspace_id=user["personal_workspace_id"],
+        access_token=tokens["access_token"],
+        refresh_token=tokens["refresh_token"],
+    )
+
+
+def login_over_http(http: httpx.Client, email: str, password: str = PASSWORD) -> dict[str, Any]:
+    """POST /auth/token (the OAuth2 password flow's form): the token response's body."""
+    response = http.post("/auth/token", data={"username": email, "password": password})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body

@@ -247,7 +247,7 @@ def _row_level_security() -> None:
         END $$
         """
     )
-    op.execute(f"GRANT USAGE ON SCHEMA {_schema()} TO {REQUEST_ROLE}")
+    _in_current_schema(f"GRANT USAGE ON SCHEMA {{schema}} TO {REQUEST_ROLE}")
     op.execute(
         "GRANT SELECT, INSERT, UPDATE, DELETE ON tasks, categories, workspaces, memberships, "
         f"idempotency_keys TO {REQUEST_ROLE}"
@@ -268,7 +268,6 @@ def _row_level_security() -> None:
         f"TO {REQUEST_ROLE}"
     )
 
-    schema = _schema()
     op.execute(
         """
         CREATE FUNCTION taskmanager_user_id() RETURNS integer
@@ -280,30 +279,30 @@ def _row_level_security() -> None:
         ("taskmanager_workspace_ids", "true"),
         ("taskmanager_owned_workspace_ids", "role = 'owner'"),
     ):
-        op.execute(
+        _in_current_schema(
             f"""
             CREATE FUNCTION {name}() RETURNS integer[]
             LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-            AS $$ SELECT coalesce(array_agg(workspace_id), '{{}}') FROM {schema}.memberships
-                  WHERE user_id = {schema}.taskmanager_user_id() AND {condition} $$
+            AS $$ SELECT coalesce(array_agg(workspace_id), '{{}}') FROM {{schema}}.memberships
+                  WHERE user_id = {{schema}}.taskmanager_user_id() AND {condition} $$
             """
         )
-    op.execute(
-        f"""
+    _in_current_schema(
+        """
         CREATE FUNCTION taskmanager_workspace_has_members(workspace integer) RETURNS boolean
         LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
         AS $$ SELECT EXISTS (SELECT FROM {schema}.memberships WHERE workspace_id = workspace) $$
         """
     )
-    op.execute(
-        f"""
+    _in_current_schema(
+        """
         CREATE FUNCTION taskmanager_user_id_by_email(address text) RETURNS integer
         LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
         AS $$ SELECT id FROM {schema}.users WHERE lower(email) = lower(address) $$
         """
     )
-    op.execute(
-        f"""
+    _in_current_schema(
+        """
         CREATE FUNCTION taskmanager_own_password_hash() RETURNS text
         LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
         AS $$ SELECT password_hash FROM {schema}.users
@@ -380,12 +379,21 @@ def _row_level_security() -> None:
             op.execute(f"CREATE POLICY {policy}")
 
 
-def _schema() -> str:
-    return str(op.get_bind().exec_driver_sql("SELECT current_schema()").scalar_one())
+def _in_current_schema(statement: str) -> None:
+    """Run `statement` with `{schema}` standing for the schema the migration runs in, as
+    PostgreSQL names it (current_schema()) when the statement runs: nothing is asked of the
+    server here, so `alembic upgrade head --sql` prints the same SQL without one."""
+    assert "%" not in statement, statement  # format() would read it as a placeholder
+    assert "$statement$" not in statement, statement
+    template = statement.replace("{schema}", "%1$I")
+    op.execute(
+        f"DO $do$ BEGIN EXECUTE format($statement${template}$statement$, current_schema()); "
+        "END $do$"
+    )
 
 
 def downgrade() -> None:
-    for table in (
+    tables = (
         "workspaces",
         "tasks",
         "categories",
@@ -395,14 +403,23 @@ def downgrade() -> None:
         "auth_sessions",
         "refresh_tokens",
         "unclaimed_workspaces",
-    ):
+    )
+    for table in tables:
         op.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
         op.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
-        for (policy,) in op.get_bind().exec_driver_sql(
-            f"SELECT policyname FROM pg_policies WHERE tablename = '{table}' "
-            "AND schemaname = current_schema()"
-        ):
-            op.execute(f"DROP POLICY {policy} ON {table}")
+    # Every policy on these tables, looked up when the statement runs (also in --sql output).
+    names = ", ".join(f"'{table}'" for table in tables)
+    op.execute(
+        f"""
+        DO $do$ DECLARE p record; BEGIN
+            FOR p IN SELECT policyname, tablename FROM pg_policies
+                          WHERE schemaname = current_schema() AND tablename IN ({names})
+            LOOP
+                EXECUTE format('DROP POLICY %I ON %I', p.policyname, p.tablename);
+            END LOOP;
+        END $do$
+        """
+    )
     for function in (
         "taskmanager_own_password_hash()",
         "taskmanager_user_id_by_email(text)",
@@ -413,9 +430,9 @@ def downgrade() -> None:
     ):
         op.execute(f"DROP FUNCTION {function}")
     # The role is shared by every database of the cluster: only this database's grants go.
-    op.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA {_schema()} FROM {REQUEST_ROLE}")
-    op.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {_schema()} FROM {REQUEST_ROLE}")
-    op.execute(f"REVOKE USAGE ON SCHEMA {_schema()} FROM {REQUEST_ROLE}")
+    _in_current_schema(f"REVOKE ALL ON ALL TABLES IN SCHEMA {{schema}} FROM {REQUEST_ROLE}")
+    _in_current_schema(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {{schema}} FROM {REQUEST_ROLE}")
+    _in_current_schema(f"REVOKE USAGE ON SCHEMA {{schema}} FROM {REQUEST_ROLE}")
 
     # Back to one pool of tasks: every workspace's rows stay, their owners are forgotten.
     op.drop_constraint("pk_idempotency_keys", "idempotency_keys", type_="primary")
@@ -426,12 +443,11 @@ def downgrade() -> None:
     op.drop_constraint("fk_tasks_category_id_categories", "tasks", type_="foreignkey")
     op.drop_constraint("uq_categories_id_workspace_id", "categories", type_="unique")
     op.drop_index("uq_categories_workspace_id_name_lower", table_name="categories")
-    # Names unique per workspace may clash once workspaces are gone: the oldest of each name
-    # stays, and the tasks of the others move to it.
+    # Names unique per workspace may clash once workspaces are gone: keep the oldest, and
+    # move the tasks of the others to it (the foreign key is restored below).
     op.execute(
-        "UPDATE tasks t SET category_id = keep.id FROM categories c, LATERAL "
-        "(SELECT min(o.id) AS id FROM categories o WHERE lower(o.name) = lower(c.name)) keep "
-        "WHERE t.category_id = c.id AND keep.id <> c.id"
+        "UPDATE tasks t SET category_id = (SELECT min(k.id) FROM categories k "
+        "WHERE lower(k.name) = lower(c.name)) FROM categories c WHERE c.id = t.category_id"
     )
     op.execute(
         "DELETE FROM categories c USING categories older "
