@@ -796,17 +796,20 @@ def mode_markdown(mode: str, summaries: list[Summary], meta: dict[str, Any]) -> 
         f"asyncpg pool of {meta['pool_size'] + meta['max_overflow']}.",
         "",
         "| scenario | req/s | p50 ms | p99 ms | server CPU µs/req | PostgreSQL CPU µs/req "
-        "| new conns / 1k req | ratio | vs | target |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| new conns / 1k req | ratio | CPU ratio | vs | target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
+    cpu = {s.scenario: s.server_cpu_us + s.postgres_cpu_us for s in summaries}
     for s in summaries:
         if s.scenario.startswith("login:"):
             continue
+        cpu_ratio = f"{cpu[s.baseline] / cpu[s.scenario]:.2f}x" if s.baseline else "1.00x"
         errors = f" ({s.errors} errors)" if s.errors else ""
         lines.append(
             f"| {s.scenario}{errors} | {s.requests_per_second:,.0f} | {s.p50_ms:.2f} | "
             f"{s.p99_ms:.2f} | {s.server_cpu_us:,.0f} | {s.postgres_cpu_us:,.0f} | "
-            f"{_connections(s)} | {_ratio(s)} | {s.baseline or 'itself'} | {_verdict(s)} |"
+            f"{_connections(s)} | {_ratio(s)} | {cpu_ratio} | {s.baseline or 'itself'} | "
+            f"{_verdict(s)} |"
         )
     by_name = {s.scenario: s for s in summaries}
     steps = [step for step in COST_STEPS if step[2] in by_name and step[3] in by_name]
@@ -1211,6 +1214,38 @@ def argon2_timings(samples: int) -> dict[str, dict[str, float]]:
     }
 
 
+def main_tables(
+    meta: dict[str, Any],
+    results: dict[str, dict[str, Any]],
+    argon2: dict[str, dict[str, float]] | None,
+) -> str:
+    """The main run's markdown: every mode's tables, then argon2's."""
+    return (
+        f"Measured {meta['date']} on {meta['machine']} with `{meta['command']}`: "
+        f"1 uvicorn worker (uvloop, httptools), wrk -t1 -c{meta['connections']} "
+        f"-d{meta['duration']}s x {meta['rounds']} rounds (order alternating), "
+        f"{meta['tasks']:,} seeded tasks in the demo account's workspace, every request "
+        "with its access token (login: wrk -c1 and -c4, no token). Ratios: of req/s, and of "
+        "CPU per request (server + PostgreSQL, the steadier figure on a shared machine).\n\n"
+        + "\n".join(
+            mode_markdown(mode, r["summaries"], {**meta, **r["meta"]})
+            for mode, r in results.items()
+        )
+        + ("\n" + argon2_markdown(argon2) if argon2 else "")
+    )
+
+
+def render_saved(path: Path) -> int:
+    """Print the tables of a saved main run (bench/results/latest.json) again."""
+    saved = json.loads(path.read_text())
+    results = {
+        mode: {**r, "summaries": [Summary(**s) for s in r["summary"]]}
+        for mode, r in saved["modes"].items()
+    }
+    print(main_tables(saved["meta"], results, saved["argon2"]))
+    return 0
+
+
 def http_benchmark(args: argparse.Namespace) -> int:
     if args.layers:
         scenarios = LAYERS
@@ -1255,18 +1290,7 @@ def http_benchmark(args: argparse.Namespace) -> int:
         mode = modes[0]
         table = layers_markdown(results[mode]["summaries"], {**meta, "mode": mode})
     else:
-        table = (
-            f"Measured {meta['date']} on {meta['machine']} with `{meta['command']}`: "
-            f"1 uvicorn worker (uvloop, httptools), wrk -t1 -c{args.connections} "
-            f"-d{args.duration}s x {args.rounds} rounds (order alternating), "
-            f"{args.tasks:,} seeded tasks in the demo account's workspace, every request "
-            "with its access token (login: wrk -c1 and -c4, no token).\n\n"
-            + "\n".join(
-                mode_markdown(mode, r["summaries"], {**meta, **r["meta"]})
-                for mode, r in results.items()
-            )
-            + ("\n" + argon2_markdown(argon2) if argon2 else "")
-        )
+        table = main_tables(meta, results, argon2)
     print(table)
     if args.only:
         print("(--only: bench/results/ left as it was)", file=sys.stderr)
@@ -1371,10 +1395,18 @@ def main() -> int:
         "(embedded; writes bench/results/naive.md)",
     )
     parser.add_argument("--argon2-samples", type=int, default=20)
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="print the tables of a saved run (bench/results/latest.json) again, run nothing",
+    )
     parser.add_argument("--deep-offset", action="store_true", help="seed + deep offset bench")
     parser.add_argument("--deep-tasks", type=int, default=1_000_000)
     parser.add_argument("--offset-samples", type=int, default=30)
     args = parser.parse_args()
+    if args.render:
+        return render_saved(args.render)
     if args.rounds < 2 and not args.deep_offset:
         parser.error("--rounds must be at least 2 (the order alternates between rounds)")
     if args.naive and (args.layers or args.deep_offset or args.workers != 1 or args.tcp):
