@@ -353,6 +353,7 @@ def bench_database(mode: str) -> Iterator[Database]:
         yield Database(url, url, info.pid if info is not None else None)
     finally:
         embedded.stop()
+        shutil.rmtree(data_dir.parent, ignore_errors=True)  # the mkdtemp around pgdata
 
 
 def seed_database(url: str, tasks: int, categories: int) -> dict[str, float]:
