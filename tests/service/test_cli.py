@@ -281,3 +281,23 @@ def test_seed_prints_how_to_log_in_with_the_demo_account(
     assert "demo-password (unless changed)" in again.stderr
     assert scalar(url, "SELECT count(*) FROM users") == 1
     assert asyncio.run(log_in(url, email, password))["tasks"] == 30
+
+
+def test_a_short_signing_key_stops_serve_with_one_clear_line(tmp_path: Path) -> None:
+    """A signing key under 32 bytes would make every token guessable offline: `serve` stops
+    before starting anything, naming the setting, without echoing the key."""
+    result = subprocess.run(
+        [sys.executable, "-m", "taskmanager", "serve", "--port", "1"],
+        env=clean_env(TASKMANAGER_JWT_SECRET="too-short-secret"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Configuration error (jwt_secret)" in result.stderr
+    assert "at least 32 bytes" in result.stderr
+    assert "too-short-secret" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / ".taskmanager").exists()  # no database was started
