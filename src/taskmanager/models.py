@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     CheckConstraint,
     DateTime,
+    Enum,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
@@ -57,6 +58,9 @@ REQUEST_ROLE = "taskmanager_request"
 # The transaction-local setting the policies read the caller from.
 CALLER_SETTING = "taskmanager.user_id"
 MEMBERSHIP_ROLES = ("owner", "member")
+# A task's priority, lowest first: a PostgreSQL enum sorts in this order.
+PRIORITIES = ("low", "normal", "high", "urgent")
+PRIORITY_TYPE = "task_priority"
 
 
 class Base(DeclarativeBase):
@@ -217,6 +221,8 @@ class Task(Base):
         Index("ix_tasks_completed_created_at_id", "completed", "created_at", "id"),
         Index("ix_tasks_category_id_created_at_id", "category_id", "created_at", "id"),
         Index("ix_tasks_workspace_id_created_at_id", "workspace_id", "created_at", "id"),
+        # Due-date order and the overdue filter.
+        Index("ix_tasks_due_at_id", "due_at", "id"),
         # A task's category is in the task's workspace, or the row is refused. Deleting the
         # category clears only category_id (PostgreSQL 15+: SET NULL with a column list).
         ForeignKeyConstraint(
@@ -233,6 +239,14 @@ class Task(Base):
     description: Mapped[str | None] = mapped_column(Text, default=None)
     completed: Mapped[bool] = mapped_column(default=False, server_default=false())
     category_id: Mapped[int | None] = mapped_column(default=None)
+    due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    priority: Mapped[str] = mapped_column(
+        Enum(*PRIORITIES, name=PRIORITY_TYPE),
+        default=PRIORITIES[0],
+        server_default=PRIORITIES[0],
+    )
+    # Set when the task becomes completed, cleared when it is reopened (TaskRepository).
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     EmailStr,
@@ -64,6 +65,17 @@ CategoryName = Annotated[
 ]
 Description = Annotated[str, Field(max_length=10_000), AfterValidator(_storable_text)]
 DatabaseId = Annotated[int, Field(ge=1, le=INT4_MAX)]
+Priority = Literal["low", "normal", "high", "urgent"]
+TaskSort = Literal["newest", "oldest", "due", "priority", "title"]
+DueAt = Annotated[
+    AwareDatetime,
+    Field(
+        # Not strict: a JSON body carries a moment as an ISO 8601 string.
+        strict=False,
+        description="When the task is due, with its time zone (ISO 8601).",
+        examples=["2026-12-24T18:00:00+01:00"],
+    ),
+]
 WorkspaceId = Annotated[
     int,
     Field(ge=1, le=INT4_MAX, description="A workspace you belong to; default: your personal one."),
@@ -140,25 +152,31 @@ class TaskCreate(BaseModel):
     completed: bool = False
     category_id: DatabaseId | None = None
     workspace_id: WorkspaceId | None = None
+    due_at: DueAt | None = None
+    priority: Priority = Field(default="low", description="low < normal < high < urgent.")
 
 
 class TaskUpdate(BaseModel):
     """For PATCH (and PUT) /tasks/{id}: only the fields sent change.
 
-    An explicit null clears `description` or `category_id`; `title` and `completed`
-    cannot be null.
+    An explicit null clears `description`, `category_id` or `due_at`; `title`,
+    `completed` and `priority` cannot be null.
     """
 
     model_config = ConfigDict(
-        extra="forbid", strict=True, json_schema_extra=_not_nullable("title", "completed")
+        extra="forbid",
+        strict=True,
+        json_schema_extra=_not_nullable("title", "completed", "priority"),
     )
 
     title: Title | None = None
     description: Description | None = None
     completed: bool | None = None
     category_id: DatabaseId | None = None
+    due_at: DueAt | None = None
+    priority: Priority | None = None
 
-    @field_validator("title", "completed")
+    @field_validator("title", "completed", "priority")
     @classmethod
     def _reject_null(cls, value: object) -> object:
         if value is None:
@@ -215,6 +233,11 @@ class TaskResponse(BaseModel):
     title: str
     description: str | None
     completed: bool
+    due_at: datetime | None
+    priority: Priority
+    completed_at: datetime | None = Field(
+        description="When the task was last completed; null while it is open."
+    )
     created_at: datetime
     updated_at: datetime
     version: int  # also sent as the ETag header

@@ -61,6 +61,9 @@ def make_task(
         completed=completed,
         category_id=None if category is None else category.id,
         category=category,
+        due_at=None,
+        priority="low",
+        completed_at=NOW if completed else None,
         created_at=NOW,
         updated_at=NOW,
         version=1,
@@ -100,9 +103,14 @@ class FakeTaskRepository:
         return None if task is None else task_view(task)
 
     async def get_page(
-        self, filters: TaskFilters | None = None, *, limit: int = 50, offset: int = 0
+        self,
+        filters: TaskFilters | None = None,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        sort: str = "newest",
     ) -> TaskPage:
-        self._record("get_page", filters, limit=limit, offset=offset)
+        self._record("get_page", filters, limit=limit, offset=offset, sort=sort)
         ordered = sorted(self.tasks.values(), key=lambda t: t.id, reverse=True)
         total = len(self.tasks) if self.total is None else self.total
         return TaskPage(items=[task_view(t) for t in ordered[offset : offset + limit]], total=total)
@@ -114,6 +122,8 @@ class FakeTaskRepository:
         category_id: int | None = None,
         completed: bool = False,
         workspace_id: int | None = None,
+        due_at: datetime | None = None,
+        priority: str = "low",
     ) -> Task:
         self._record(
             "create",
@@ -122,6 +132,8 @@ class FakeTaskRepository:
             category_id=category_id,
             completed=completed,
             workspace_id=workspace_id,
+            due_at=due_at,
+            priority=priority,
         )
         task_id = max(self.tasks, default=0) + 1
         category = make_category(category_id, f"Category {category_id}") if category_id else None
@@ -211,6 +223,9 @@ async def test_get_returns_the_repository_task(
         "title": "Read",
         "description": "a book",
         "completed": True,
+        "due_at": None,
+        "priority": "low",
+        "completed_at": "2024-05-01T12:00:00Z",
         "created_at": "2024-05-01T12:00:00Z",
         "updated_at": "2024-05-01T12:00:00Z",
         "version": 1,
@@ -269,6 +284,8 @@ async def test_post_passes_validated_fields_to_create(
                 "category_id": 3,
                 "completed": False,
                 "workspace_id": None,  # none named: the repository picks the personal one
+                "due_at": None,
+                "priority": "low",
             },
         )
     ]
@@ -289,6 +306,8 @@ async def test_post_passes_every_field(
             "completed": True,
             "category_id": None,
             "workspace_id": 5,
+            "due_at": "2026-12-24T18:00:00+01:00",
+            "priority": "urgent",
         },
     )
 
@@ -301,6 +320,8 @@ async def test_post_passes_every_field(
                 "category_id": None,
                 "completed": True,
                 "workspace_id": 5,
+                "due_at": datetime(2026, 12, 24, 17, 0, tzinfo=UTC),
+                "priority": "urgent",
             },
         )
     ]
@@ -383,7 +404,9 @@ async def test_list_passes_filters_and_pagination_and_sets_total_from_the_page(
     assert response.status_code == 200
     assert response.headers["x-total-count"] == "42"
     expected = TaskFilters(completed=True, category_id=2, q="milk", workspace_id=7)
-    assert fake_repo.called("get_page") == [((expected,), {"limit": 5, "offset": 10})]
+    assert fake_repo.called("get_page") == [
+        ((expected,), {"limit": 5, "offset": 10, "sort": "newest"})
+    ]
 
 
 async def test_list_defaults(fake_client: AsyncClient, fake_repo: FakeTaskRepository) -> None:
@@ -394,7 +417,9 @@ async def test_list_defaults(fake_client: AsyncClient, fake_repo: FakeTaskReposi
 
     assert [t["id"] for t in response.json()] == [3, 2, 1]
     assert response.headers["x-total-count"] == "3"
-    assert fake_repo.called("get_page") == [((TaskFilters(),), {"limit": 50, "offset": 0})]
+    assert fake_repo.called("get_page") == [
+        ((TaskFilters(),), {"limit": 50, "offset": 0, "sort": "newest"})
+    ]
 
 
 async def test_list_with_invalid_limit_never_reaches_the_repository(

@@ -29,6 +29,9 @@ TASK_KEYS = {
     "updated_at",
     "version",
     "workspace_id",
+    "due_at",
+    "priority",
+    "completed_at",
     "category",
 }
 

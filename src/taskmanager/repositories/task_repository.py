@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, Select, any_, bindparam, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    and_,
+    any_,
+    bindparam,
+    false,
+    func,
+    select,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
@@ -21,7 +32,20 @@ _TASKS = Task.__table__
 _CATEGORIES = Category.__table__
 
 # Columns a client may change through TaskRepository.update.
-UPDATABLE_FIELDS = frozenset({"title", "description", "completed", "category_id"})
+UPDATABLE_FIELDS = frozenset(
+    {"title", "description", "completed", "category_id", "due_at", "priority"}
+)
+
+# The orders GET /tasks offers, by name; each ends with the id, so every order is total
+# (stable across pages). "due": tasks without a due date last.
+SORTS: dict[str, tuple[ColumnElement[Any], ...]] = {
+    "newest": (_TASKS.c.created_at.desc(), _TASKS.c.id.desc()),
+    "oldest": (_TASKS.c.created_at.asc(), _TASKS.c.id.asc()),
+    "due": (_TASKS.c.due_at.asc().nulls_last(), _TASKS.c.id.asc()),
+    "priority": (_TASKS.c.priority.desc(), _TASKS.c.created_at.desc(), _TASKS.c.id.desc()),
+    "title": (_TASKS.c.title.asc(), _TASKS.c.id.asc()),
+}
+DEFAULT_SORT = "newest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +56,10 @@ class TaskFilters:
     category_id: int | None = None
     q: str | None = None
     workspace_id: int | None = None
+    due_before: datetime | None = None
+    due_after: datetime | None = None
+    overdue: bool | None = None
+    priority: str | None = None
 
 
 def _escape_like(term: str) -> str:
@@ -60,6 +88,15 @@ LIST_FILTERS = (
     ListFilter("workspace_id", _TASKS.c.workspace_id == bindparam("workspace_id")),
     ListFilter("completed", _TASKS.c.completed == bindparam("completed")),
     ListFilter("category_id", _TASKS.c.category_id == bindparam("category_id")),
+    ListFilter("due_before", _TASKS.c.due_at < bindparam("due_before")),
+    ListFilter("due_after", _TASKS.c.due_at >= bindparam("due_after")),
+    # Overdue: due in the past and still open (a task without a due date never is).
+    ListFilter(
+        "overdue",
+        and_(func.coalesce(_TASKS.c.due_at < func.now(), false()), ~_TASKS.c.completed)
+        == bindparam("overdue"),
+    ),
+    ListFilter("priority", _TASKS.c.priority == bindparam("priority")),
     ListFilter(
         "q",
         _TASKS.c.title.ilike(bindparam("q"), escape="\\"),
@@ -95,7 +132,7 @@ _BY_ID_WITH_CATEGORY = _BY_ID.options(joinedload(Task.category))
 # writers to one task queue up and each one sees the version the previous one left.
 _BY_ID_WITH_CATEGORY_FOR_UPDATE = _BY_ID_WITH_CATEGORY.with_for_update(of=Task)
 
-_NEWEST_FIRST = (_TASKS.c.created_at.desc(), _TASKS.c.id.desc())
+_NEWEST_FIRST = SORTS[DEFAULT_SORT]
 
 # ─────────────────────────────────────────────
 # Views: a task as GET shows it, read as plain rows
@@ -151,13 +188,13 @@ def _count_statement(active: tuple[ListFilter, ...]) -> Select[Any]:
     return _where(select(func.count()).select_from(_TASKS), active)
 
 
-@lru_cache(maxsize=8)
-def _page_statement(active: tuple[ListFilter, ...]) -> Select[Any]:
+@lru_cache(maxsize=64)
+def _page_statement(active: tuple[ListFilter, ...], sort: str = DEFAULT_SORT) -> Select[Any]:
     total = _count_statement(active).correlate(None).scalar_subquery()
     return (
         _where(select(*_VIEW_COLUMNS, total.label("total")), active)
         .select_from(_WITH_CATEGORY)
-        .order_by(*_NEWEST_FIRST)
+        .order_by(*SORTS[sort])
         .limit(bindparam("limit"))
         .offset(bindparam("offset"))
     )
@@ -249,7 +286,12 @@ class TaskRepository:
         return list(result.scalars().all())
 
     async def get_page(
-        self, filters: TaskFilters | None = None, *, limit: int = 50, offset: int = 0
+        self,
+        filters: TaskFilters | None = None,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        sort: str = DEFAULT_SORT,
     ) -> TaskPage:
         """A page of tasks newest first with their categories, and the total count, in ONE
         statement: the count rides along as an uncorrelated scalar subquery (PostgreSQL
@@ -262,7 +304,7 @@ class TaskRepository:
             "limit": limit,
             "offset": offset,
         }
-        result = await self.session.execute(_page_statement(active), parameters)
+        result = await self.session.execute(_page_statement(active, sort), parameters)
         rows = result.all()
         if rows:
             return TaskPage(items=[_task_view(row) for row in rows], total=rows[0].total)
@@ -284,6 +326,8 @@ class TaskRepository:
         category_id: int | None = None,
         completed: bool = False,
         workspace_id: int | None = None,
+        due_at: datetime | None = None,
+        priority: str = "low",
     ) -> Task:
         """Create a task in `workspace_id` (default: the caller's personal workspace); id and
         timestamps come back with the INSERT (RETURNING). A category of another workspace
@@ -294,6 +338,9 @@ class TaskRepository:
             completed=completed,
             category_id=category_id,
             workspace_id=self.scope.workspace_for_new_row(workspace_id),
+            due_at=due_at,
+            priority=priority,
+            completed_at=datetime.now(UTC) if completed else None,
         )
         if category_id is None:
             task.category = None  # nothing to load: say so instead of leaving it unloaded
@@ -315,8 +362,11 @@ class TaskRepository:
         unknown = set(changes) - UPDATABLE_FIELDS
         if unknown:
             raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
+        reopened_or_done = "completed" in changes and changes["completed"] != task.completed
         for key, value in changes.items():
             setattr(task, key, value)
+        if reopened_or_done:  # done now: when; reopened: not done any more
+            task.completed_at = datetime.now(UTC) if task.completed else None
         if self.session.is_modified(task):
             task.version += 1  # a new state, a new ETag; unchanged values keep the old one
         await self.session.flush()  # UPDATE ... RETURNING updated_at

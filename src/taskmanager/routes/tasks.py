@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime
 
 from taskmanager.dependencies import TaskReaderDep, TaskRepositoryDep
 from taskmanager.idempotency import IdempotencyDep
@@ -17,8 +18,10 @@ from taskmanager.repositories.task_repository import TaskFilters, TaskView
 from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
 from taskmanager.schemas import (
     INT4_MAX,
+    Priority,
     StorableText,
     TaskCreate,
+    TaskSort,
     TaskUpdate,
     TaskWithCategoryResponse,
 )
@@ -70,6 +73,8 @@ async def create_task(
         category_id=body.category_id,
         completed=body.completed,
         workspace_id=body.workspace_id,
+        due_at=body.due_at,
+        priority=body.priority,
     )
     response.headers["Location"] = str(request.url_for("get_task", task_id=task.id))
     set_etag(response, task.version)
@@ -100,15 +105,40 @@ async def list_tasks(
         StorableText | None,
         Query(min_length=1, max_length=200, description="Case-insensitive substring of the title."),
     ] = None,
+    due_before: Annotated[
+        AwareDatetime | None, Query(description="Only tasks due before this moment.")
+    ] = None,
+    due_after: Annotated[
+        AwareDatetime | None, Query(description="Only tasks due at or after this moment.")
+    ] = None,
+    overdue: Annotated[
+        bool | None,
+        Query(description="Only tasks due in the past and still open (true), or all others."),
+    ] = None,
+    priority: Annotated[Priority | None, Query(description="Only tasks of this priority.")] = None,
+    sort: Annotated[
+        TaskSort,
+        Query(
+            description="newest (default) or oldest first; due: soonest due first, no due "
+            "date last; priority: most urgent first; title: alphabetical. Ties: by id."
+        ),
+    ] = "newest",
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     offset: Annotated[int, Query(ge=0, le=INT4_MAX)] = 0,
 ) -> Sequence[TaskView]:
     """Your tasks (in every workspace you belong to) newest first. `X-Total-Count` holds
     how many match the filters."""
     filters = TaskFilters(
-        completed=completed, category_id=category_id, q=q, workspace_id=workspace_id
+        completed=completed,
+        category_id=category_id,
+        q=q,
+        workspace_id=workspace_id,
+        due_before=due_before,
+        due_after=due_after,
+        overdue=overdue,
+        priority=priority,
     )
-    page = await repo.get_page(filters, limit=limit, offset=offset)
+    page = await repo.get_page(filters, limit=limit, offset=offset, sort=sort)
     response.headers["X-Total-Count"] = str(page.total)
     return page.items
 
