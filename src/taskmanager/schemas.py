@@ -9,7 +9,7 @@ Response models read ORM objects directly (`from_attributes=True`).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -67,8 +67,20 @@ Description = Annotated[str, Field(max_length=10_000), AfterValidator(_storable_
 DatabaseId = Annotated[int, Field(ge=1, le=INT4_MAX)]
 Priority = Literal["low", "normal", "high", "urgent"]
 TaskSort = Literal["newest", "oldest", "due", "priority", "title"]
+
+
+def _storable_moment(value: datetime) -> datetime:
+    """A moment that exists in UTC too: 0001-01-01T00:00+14:00 would be in year 0."""
+    try:
+        value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("is outside the range of dates that can be stored") from None
+    return value
+
+
 DueAt = Annotated[
     AwareDatetime,
+    AfterValidator(_storable_moment),
     Field(
         # Not strict: a JSON body carries a moment as an ISO 8601 string.
         strict=False,

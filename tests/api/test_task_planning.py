@@ -161,3 +161,13 @@ async def test_every_order_is_stable_with_the_id_as_last_key(client: AsyncClient
 
 async def test_an_unknown_sort_is_422(client: AsyncClient) -> None:
     assert_validation_problem(await client.get("/tasks", params={"sort": "random"}), "query.sort")
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+async def test_a_moment_outside_the_storable_range_is_422(client: AsyncClient, moment: str) -> None:
+    assert_validation_problem(
+        await client.post("/tasks", json={"title": "x", "due_at": moment}), "body.due_at"
+    )
+    assert_validation_problem(
+        await client.get("/tasks", params={"due_before": moment}), "query.due_before"
+    )

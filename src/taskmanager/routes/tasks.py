@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime
 
 from taskmanager.dependencies import TaskReaderDep, TaskRepositoryDep
 from taskmanager.idempotency import IdempotencyDep
@@ -18,6 +17,7 @@ from taskmanager.repositories.task_repository import TaskFilters, TaskView
 from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
 from taskmanager.schemas import (
     INT4_MAX,
+    DueAt,
     Priority,
     StorableText,
     TaskCreate,
@@ -106,10 +106,10 @@ async def list_tasks(
         Query(min_length=1, max_length=200, description="Case-insensitive substring of the title."),
     ] = None,
     due_before: Annotated[
-        AwareDatetime | None, Query(description="Only tasks due before this moment.")
+        DueAt | None, Query(description="Only tasks due before this moment.")
     ] = None,
     due_after: Annotated[
-        AwareDatetime | None, Query(description="Only tasks due at or after this moment.")
+        DueAt | None, Query(description="Only tasks due at or after this moment.")
     ] = None,
     overdue: Annotated[
         bool | None,
