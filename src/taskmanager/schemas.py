@@ -16,6 +16,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
@@ -78,8 +79,22 @@ def _storable_moment(value: datetime) -> datetime:
     return value
 
 
+def _iso_8601(value: object) -> object:
+    """Only what the schema documents (an ISO 8601 string): not a number, nor a numeric
+    string, which Pydantic's lax mode would read as seconds since 1970."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ValueError("must be an ISO 8601 date-time with a time zone, like 2026-12-24T18:00:00Z")
+
+
 DueAt = Annotated[
     AwareDatetime,
+    BeforeValidator(_iso_8601),
     AfterValidator(_storable_moment),
     Field(
         # Not strict: a JSON body carries a moment as an ISO 8601 string.

@@ -171,3 +171,16 @@ async def test_a_moment_outside_the_storable_range_is_422(client: AsyncClient, m
     assert_validation_problem(
         await client.get("/tasks", params={"due_before": moment}), "query.due_before"
     )
+
+
+@pytest.mark.parametrize("moment", [0, 1.5, "0.5", "1700000000", True])
+async def test_a_due_date_is_an_iso_8601_string_not_a_number(
+    client: AsyncClient, moment: object
+) -> None:
+    assert_validation_problem(
+        await client.post("/tasks", json={"title": "x", "due_at": moment}), "body.due_at"
+    )
+    if isinstance(moment, str):
+        assert_validation_problem(
+            await client.get("/tasks", params={"due_after": moment}), "query.due_after"
+        )
