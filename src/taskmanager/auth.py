@@ -18,6 +18,7 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.database import ReadSessionDep, SessionDep
+from taskmanager.middleware import user_id_var
 from taskmanager.problems import UNAUTHORIZED, Problem, ProblemError
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.scope import Scope, mint_scope
@@ -59,6 +60,7 @@ async def _scope_of(request: Request, session: AsyncSession, token: str | None) 
             "this login has ended (logged out, password changed, or account disabled)",
             token_given=True,
         )
+    user_id_var.set(caller.user_id)  # the request's log lines name the caller from here on
     return mint_scope(
         user_id=caller.user_id,
         session_id=claims.session_id,

@@ -7,9 +7,12 @@ directory, starting it if needed (and stopping it afterwards if it started it).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from types import FrameType
 from typing import Annotated
@@ -92,19 +95,28 @@ def serve(
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
 ) -> None:
     """Migrate the database to head, then serve the API (Ctrl-C or SIGTERM stops it cleanly)."""
-    from taskmanager.logs import configure_logging
-
-    settings = load_settings()
-    configure_logging(settings.log_level)
-    # SIGTERM (systemd, Docker, Kubernetes) must stop as cleanly as Ctrl-C. uvicorn drains
-    # requests on either, then re-raises the signal to the handler it found: Python's default
-    # one for SIGTERM kills the process there, before `database_url()` stops the embedded
-    # PostgreSQL. As KeyboardInterrupt, uvicorn.run returns and that cleanup runs.
-    previous_sigterm = signal.signal(signal.SIGTERM, _terminate_like_ctrl_c)
+    # Before anything imports prometheus_client (taskmanager.logs does, through the
+    # middleware): the workers write their metrics into this private, empty directory and
+    # /metrics adds them up. It is removed when serve stops.
+    metrics_dir = tempfile.mkdtemp(prefix="taskmanager-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        _serve(settings, host, port, workers, reload)
+        from taskmanager.logs import configure_logging
+
+        settings = load_settings()
+        configure_logging(settings.log_level, settings.log_format)
+        # SIGTERM (systemd, Docker, Kubernetes) must stop as cleanly as Ctrl-C. uvicorn drains
+        # requests on either, then re-raises the signal to the handler it found: Python's
+        # default one for SIGTERM kills the process there, before `database_url()` stops the
+        # embedded PostgreSQL. As KeyboardInterrupt, uvicorn.run returns and that cleanup runs.
+        previous_sigterm = signal.signal(signal.SIGTERM, _terminate_like_ctrl_c)
+        try:
+            _serve(settings, host, port, workers, reload)
+        finally:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 
 def _terminate_like_ctrl_c(signum: int, frame: FrameType | None) -> None:
@@ -131,15 +143,20 @@ def _serve(settings: Settings, host: str, port: int, workers: int, reload: bool)
         # hand them the resolved URL so they share this database instead of starting one.
         os.environ["DATABASE_URL"] = url
         get_settings.cache_clear()  # the in-process worker must read it too
-        console.print(
-            f"[bold green]taskmanager[/] on http://{host}:{port}  "
-            f"(docs: http://{host}:{port}/docs)  database: "
-            + (
-                "embedded, " + str(settings.data_dir)
-                if settings.uses_embedded_database
-                else "DATABASE_URL"
-            )
+        database = (
+            "embedded, " + str(settings.data_dir)
+            if settings.uses_embedded_database
+            else "DATABASE_URL"
         )
+        if settings.log_format == "json":  # every line of the output is a JSON object
+            logging.getLogger("taskmanager.cli").info(
+                "taskmanager on http://%s:%s (docs: /docs), database: %s", host, port, database
+            )
+        else:
+            console.print(
+                f"[bold green]taskmanager[/] on http://{host}:{port}  "
+                f"(docs: http://{host}:{port}/docs)  database: {database}"
+            )
         uvicorn.run(
             "taskmanager.main:create_app",
             factory=True,

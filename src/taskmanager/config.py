@@ -12,7 +12,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -164,6 +171,22 @@ class Settings(BaseSettings):
     )
     sql_echo: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`json`: one JSON object per log line (request id, user id, route, "
+        "status, duration); `text`: one readable line.",
+    )
+    slow_statement_ms: float = Field(
+        default=500.0,
+        ge=0,
+        description="SQL statements slower than this are logged (the statement, never its "
+        "parameters) with the request id that ran them; 0 disables it.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Unset: no /metrics (404). Set: /metrics answers to "
+        "`Authorization: Bearer <this token>` only.",
+    )
 
     @field_validator("database_url", mode="before")
     @classmethod
@@ -184,10 +207,17 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("metrics_token", mode="before")
     @classmethod
-    def _upper_log_level(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
+    def _blank_token_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _log_level_and_format_case(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        return value.upper() if info.field_name == "log_level" else value.lower()
 
     @property
     def uses_embedded_database(self) -> bool:

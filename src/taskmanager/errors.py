@@ -22,6 +22,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from taskmanager.metrics import count_database_error
 from taskmanager.models import (
     FK_TASKS_CATEGORY,
     PK_MEMBERSHIPS,
@@ -203,27 +204,55 @@ def _integrity_problem(exc: sa_exc.IntegrityError, sqlstate: str | None) -> Resp
     return VALIDATION_ERROR.problem(detail).response()
 
 
+# SQLSTATE -> the kind a database error is counted under in the metrics.
+_SQLSTATE_KINDS = {
+    "57014": "statement_timeout",
+    "26000": "prepared_statement",
+    "42P05": "prepared_statement",
+    "40001": "serialization",
+    "40P01": "deadlock",
+}
+
+
 def translate_database_error(exc: BaseException) -> Response | None:
-    """The problem response for a database error, or None if it is not one we understand."""
+    """The problem response for a database error, or None if it is not one we understand.
+
+    Each one is counted in the metrics by kind (taskmanager_database_errors_total)."""
+    translated = _translate(exc)
+    if translated is None:
+        if isinstance(exc, sa_exc.SQLAlchemyError):
+            count_database_error("other")
+        return None
+    kind, response = translated
+    count_database_error(kind)
+    return response
+
+
+def _translate(exc: BaseException) -> tuple[str, Response] | None:
     if isinstance(exc, sa_exc.TimeoutError):  # the pool had no free connection in time
-        return _unavailable("no database connection became free in time; retry shortly")
+        return "pool_timeout", _unavailable(
+            "no database connection became free in time; retry shortly"
+        )
     sqlstate = _sqlstate(exc)
     if isinstance(exc, sa_exc.IntegrityError):
-        return _integrity_problem(exc, sqlstate)
+        return "integrity", _integrity_problem(exc, sqlstate)
     if sqlstate in _UNAVAILABLE_SQLSTATES:
-        return _unavailable(_UNAVAILABLE_SQLSTATES[sqlstate])
+        kind = _SQLSTATE_KINDS.get(sqlstate, "unavailable")
+        return kind, _unavailable(_UNAVAILABLE_SQLSTATES[sqlstate])
     if sqlstate and sqlstate.startswith("08"):  # connection exception class
-        return _unavailable("the connection to the database failed", retry_after=5)
+        return "connection", _unavailable("the connection to the database failed", retry_after=5)
     if sqlstate and sqlstate.startswith("22"):  # data exception: a value the DB refused
-        return VALIDATION_ERROR.problem("a value in the request cannot be stored").response()
+        return "data", VALIDATION_ERROR.problem(
+            "a value in the request cannot be stored"
+        ).response()
     if isinstance(exc, sa_exc.DBAPIError) and (
         exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError)
     ):
-        return _unavailable("the connection to the database was lost", retry_after=5)
+        return "connection", _unavailable("the connection to the database was lost", retry_after=5)
     if isinstance(exc, OSError) and raised_by_database_driver(exc):
         # Refused, no socket, timed out (TimeoutError is an OSError): the driver lets these
         # through unwrapped while it connects or waits for an answer.
-        return _unavailable("the database cannot be reached", retry_after=5)
+        return "unreachable", _unavailable("the database cannot be reached", retry_after=5)
     return None
 
 

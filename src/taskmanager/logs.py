@@ -1,19 +1,68 @@
-"""Logging set-up: every line carries the request id of the request that wrote it."""
+"""Logging set-up: every line carries the request id of the request that wrote it.
+
+Two formats (TASKMANAGER_LOG_FORMAT): `text`, one readable line, and `json`, one JSON object
+per line with the timestamp, level, logger, message, request id and, once the request is
+authenticated, the user id; access lines add method, path, route template, status and
+duration. Statements slower than TASKMANAGER_SLOW_STATEMENT_MS are logged with the request
+id that ran them: the statement's text, never its parameters.
+
+What reaches a log line is chosen here and in the middleware, never a header: no password,
+token or Authorization header is ever written.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskmanager.middleware import RequestIdLogFilter
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"
 
+slow_statement_log = logging.getLogger("taskmanager.sql")
 
-def configure_logging(level: str) -> None:
+_STARTED = "taskmanager_statement_started"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        request_id = getattr(record, "request_id", "-")
+        entry: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": None if request_id == "-" else request_id,
+        }
+        user_id = getattr(record, "user_id", None)
+        if user_id is not None:
+            entry["user_id"] = user_id
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):
+            entry.update(access)
+        duration_ms = getattr(record, "duration_ms", None)
+        if duration_ms is not None:
+            entry["duration_ms"] = duration_ms
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(level: str, log_format: Literal["text", "json"] = "text") -> None:
     """Send taskmanager's and uvicorn's logs to stderr in one format, at `level`."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(LOG_FORMAT))
     handler.addFilter(RequestIdLogFilter())
     for name in ("taskmanager", "uvicorn", "uvicorn.error", "sqlalchemy.engine"):
         logger = logging.getLogger(name)
@@ -23,3 +72,33 @@ def configure_logging(level: str) -> None:
     logging.getLogger("uvicorn").setLevel(level)
     # uvicorn's own access log lacks the request id; ours (taskmanager.access) has it.
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def log_slow_statements(engine: AsyncEngine, threshold_ms: float) -> None:
+    """Log each statement `engine` runs that takes longer than `threshold_ms` (0: none).
+
+    The events run in the request's context (SQLAlchemy's greenlets carry it), so the line
+    has the request id. The parameters are never logged: they hold emails, password
+    hashes and refresh-token digests."""
+    if threshold_ms <= 0:
+        return
+    threshold = threshold_ms / 1000
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        conn.info[_STARTED] = time.perf_counter()
+
+    def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        started = conn.info.pop(_STARTED, None)
+        if started is None:
+            return
+        elapsed = time.perf_counter() - started
+        if elapsed >= threshold:
+            slow_statement_log.warning(
+                "slow statement (%.1f ms): %s",
+                elapsed * 1000,
+                " ".join(statement.split()),
+                extra={"duration_ms": round(elapsed * 1000, 3)},
+            )
+
+    event.listen(engine.sync_engine, "before_cursor_execute", before)
+    event.listen(engine.sync_engine, "after_cursor_execute", after)

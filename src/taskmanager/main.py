@@ -25,7 +25,8 @@ from taskmanager.database import (
 )
 from taskmanager.errors import install_error_handlers
 from taskmanager.garbage_collection import tune_garbage_collection
-from taskmanager.logs import configure_logging
+from taskmanager.logs import configure_logging, log_slow_statements
+from taskmanager.metrics import check_mode, forget_pool, install_metrics_route, instrument_pool
 from taskmanager.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from taskmanager.openapi import build_openapi, install_docs, operation_id
 from taskmanager.passwords import prepare_decoy_hash
@@ -50,10 +51,12 @@ Every error is `application/problem+json` (RFC 9457). Every response carries
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application. Nothing connects to the database until the app starts."""
     settings = settings or get_settings()
+    check_mode()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging(settings.log_level)  # here, so every worker process gets it
+        # Here, so every worker process gets it.
+        configure_logging(settings.log_level, settings.log_format)
         with ExitStack() as stack:
             # Starting the embedded server and migrating it block (subprocesses, their own
             # event loop): keep them off this loop.
@@ -71,6 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
                 await asyncio.to_thread(upgrade, url)
             engine = create_engine(settings, url)
+            instrument_pool(engine, settings.pool_size)
+            stack.callback(forget_pool, engine, settings.pool_size)
+            log_slow_statements(engine, settings.slow_statement_ms)
             app.state.engine = engine
             app.state.async_session_factory = create_session_factory(engine)
             app.state.read_session_factory = create_read_session_factory(engine)
@@ -122,6 +128,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(categories.router)
     app.include_router(health.router)
+    token = settings.metrics_token
+    install_metrics_route(app, token.get_secret_value() if token else None)
     install_docs(app)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     return app

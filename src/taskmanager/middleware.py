@@ -2,8 +2,9 @@
 line per request, and the last-resort 500 problem for bugs (so even that answer carries
 the request id).
 
-The access log names the method, the path (never the query string) and the status: no
-header, body or token ever reaches it."""
+The access log names the method, the path (never the query string), the route template and the
+status: no header, body or token ever reaches it. The same place counts the request in the
+metrics (taskmanager.metrics), by route template."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskmanager.errors import internal_error_response
+from taskmanager.metrics import record_request, route_template
 from taskmanager.problems import http_problem
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -25,6 +27,11 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# The authenticated caller's id, set by taskmanager.auth when it mints the request's scope.
+user_id_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("user_id", default=None)
+
+# Any other method a client makes up is counted as OTHER: label values stay a fixed set.
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 access_log = logging.getLogger("taskmanager.access")
 error_log = logging.getLogger("taskmanager.errors")
@@ -35,6 +42,7 @@ class RequestIdLogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
+        record.user_id = user_id_var.get()
         return True
 
 
@@ -70,6 +78,7 @@ class RequestContextMiddleware:
         request_id = _request_id_from(scope)
         private = _is_private(scope)
         token = request_id_var.set(request_id)
+        user_token = user_id_var.set(None)
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -95,17 +104,31 @@ class RequestContextMiddleware:
                 raise  # too late for a clean answer; the server closes the connection
             await internal_error_response()(scope, receive, send_with_request_id)
         finally:
+            seconds = time.perf_counter() - started
+            method = scope["method"]
+            route = route_template(scope)
+            record_request(method if method in _KNOWN_METHODS else "OTHER", route, status, seconds)
             if access_log.isEnabledFor(logging.INFO):
                 client = scope.get("client")
                 access_log.info(
                     '%s - "%s %s HTTP/%s" %d %.1fms',
                     f"{client[0]}:{client[1]}" if client else "-",
-                    scope["method"],
+                    method,
                     scope["path"],
                     scope.get("http_version", "1.1"),
                     status,
-                    (time.perf_counter() - started) * 1000,
+                    seconds * 1000,
+                    extra={
+                        "access": {
+                            "method": method,
+                            "path": scope["path"],
+                            "route": route,
+                            "status": status,
+                            "duration_ms": round(seconds * 1000, 3),
+                        }
+                    },
                 )
+            user_id_var.reset(user_token)
             request_id_var.reset(token)
 
 

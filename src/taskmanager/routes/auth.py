@@ -18,6 +18,7 @@ from taskmanager.accounts import register_account
 from taskmanager.auth import TOKEN_URL, CurrentUserDep, unauthorized_problem
 from taskmanager.database import SessionDep
 from taskmanager.login_limits import count_password_attempt, limit_keys, too_many_attempts
+from taskmanager.metrics import count_login_failure
 from taskmanager.models import User
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.passwords import verify_password
@@ -86,6 +87,7 @@ async def login(
     settings = request.app.state.settings
     account_key, address_key = keys = limit_keys(form.username, request)
     if (wait := await count_password_attempt(session, request, keys)) is not None:
+        count_login_failure("too_many_attempts")
         return too_many_attempts(wait)
     users = UserRepository(session)
     user = await users.get_by_email(form.username)
@@ -93,6 +95,7 @@ async def login(
         form.password, user.password_hash if user is not None else None
     )
     if user is None or not matches or not user.is_active:
+        count_login_failure("bad_credentials")
         return _unauthorized(BAD_CREDENTIALS)
     if new_hash is not None:  # hashed with older parameters: store today's
         await users.change_password_hash(user.id, new_hash)
