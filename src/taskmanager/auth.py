@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.database import ReadSessionDep, SessionDep
 from taskmanager.middleware import user_id_var
-from taskmanager.problems import UNAUTHORIZED, Problem, ProblemError
-from taskmanager.repositories.user_repository import UserRepository
+from taskmanager.problems import ProblemError, unauthorized_problem
+from taskmanager.repositories.user_repository import CallerRow, UserRepository
 from taskmanager.scope import Scope, mint_scope
 from taskmanager.tokens import InvalidAccessTokenError, read_access_token
 
@@ -35,35 +35,33 @@ oauth2_scheme = OAuth2PasswordBearer(
 BearerToken = Annotated[str | None, Depends(oauth2_scheme)]
 
 
-def unauthorized_problem(detail: str, *, token_given: bool) -> tuple[Problem, dict[str, str]]:
-    """The 401 problem and its WWW-Authenticate header (RFC 6750 3: `invalid_token` when a
-    token was presented, a bare challenge when none was)."""
-    challenge = 'Bearer error="invalid_token"' if token_given else "Bearer"
-    return UNAUTHORIZED.problem(detail), {"WWW-Authenticate": challenge}
+SESSION_ENDED = "this login has ended (logged out, password changed, or account disabled)"
 
 
-def _unauthorized(detail: str, *, token_given: bool) -> ProblemError:
+def unauthorized_error(detail: str, *, token_given: bool) -> ProblemError:
+    """The 401 to raise (see problems.unauthorized_problem)."""
     problem, headers = unauthorized_problem(detail, token_given=token_given)
     return ProblemError(problem, headers=headers)
 
 
 async def _scope_of(request: Request, session: AsyncSession, token: str | None) -> Scope:
     if not token:
-        raise _unauthorized("this request needs an access token", token_given=False)
+        raise unauthorized_error("this request needs an access token", token_given=False)
     try:
         claims = read_access_token(request.app.state.signing_key, token)
     except InvalidAccessTokenError as exc:
-        raise _unauthorized(str(exc), token_given=True) from None
+        raise unauthorized_error(str(exc), token_given=True) from None
     caller = await UserRepository(session).enter_request_scope(claims.user_id, claims.session_id)
     if caller is None:
-        raise _unauthorized(
-            "this login has ended (logged out, password changed, or account disabled)",
-            token_given=True,
-        )
+        raise unauthorized_error(SESSION_ENDED, token_given=True)
     user_id_var.set(caller.user_id)  # the request's log lines name the caller from here on
+    return _scope(caller, claims.session_id)
+
+
+def _scope(caller: CallerRow, session_id: uuid.UUID) -> Scope:
     return mint_scope(
         user_id=caller.user_id,
-        session_id=claims.session_id,
+        session_id=session_id,
         workspace_ids=tuple(caller.workspace_ids),
         owned_workspace_ids=frozenset(caller.owned_workspace_ids),
         personal_workspace_id=caller.personal_workspace_id,
@@ -88,13 +86,7 @@ async def scope_of_account(session: AsyncSession, user_id: int) -> Scope:
     users = UserRepository(session)
     caller = await users.memberships_of(user_id)
     await users.act_as(user_id)
-    return mint_scope(
-        user_id=user_id,
-        session_id=uuid.UUID(int=0),
-        workspace_ids=tuple(caller.workspace_ids),
-        owned_workspace_ids=frozenset(caller.owned_workspace_ids),
-        personal_workspace_id=caller.personal_workspace_id,
-    )
+    return _scope(caller, uuid.UUID(int=0))
 
 
 CurrentUserDep = Annotated[Scope, Depends(get_current_user)]

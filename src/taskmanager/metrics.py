@@ -36,7 +36,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import Scope
 
-from taskmanager.problems import UNAUTHORIZED
+from taskmanager.problems import unauthorized_problem
 
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 UNMATCHED = "<unmatched>"
@@ -195,9 +195,10 @@ def install_metrics_route(app: FastAPI, token: str | None) -> None:
     async def metrics(request: Request) -> Response:
         given = request.headers.get("authorization", "").encode()
         if not hmac.compare_digest(given, expected):
-            challenge = 'Bearer error="invalid_token"' if given else "Bearer"
-            problem = UNAUTHORIZED.problem("/metrics needs the metrics token as a bearer token")
-            return problem.response({"WWW-Authenticate": challenge})
+            problem, headers = unauthorized_problem(
+                "/metrics needs the metrics token as a bearer token", token_given=bool(given)
+            )
+            return problem.response(headers)
         return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)

@@ -111,6 +111,13 @@ CATALOGUE: tuple[ProblemType, ...] = (
 )
 
 
+def unauthorized_problem(detail: str, *, token_given: bool) -> tuple[Problem, dict[str, str]]:
+    """The 401 problem and its WWW-Authenticate header (RFC 6750 3: `invalid_token` when a
+    token was presented, a bare challenge when none was)."""
+    challenge = 'Bearer error="invalid_token"' if token_given else "Bearer"
+    return UNAUTHORIZED.problem(detail), {"WWW-Authenticate": challenge}
+
+
 class ProblemError(Exception):
     """Raised where code needs a specific problem answered, not just a status code."""
 

@@ -64,21 +64,21 @@ class AuthSessionRepository:
         """Spend `refresh_token` and hand out its successor in the same session. A token
         spent before revokes its session (RFC 9700 4.14.2: one of the two holders is not
         the client)."""
-        row = (
-            await self.session.execute(
-                _TOKEN_FOR_UPDATE, {"token_hash": refresh_token_hash(refresh_token)}
-            )
-        ).first()
-        if row is None or row.revoked_at is not None or not row.session_current:
-            return RotationResult(Rotation.UNKNOWN)
-        if not row.is_active:
+        token_hash = refresh_token_hash(refresh_token)
+        row = (await self.session.execute(_TOKEN_FOR_UPDATE, {"token_hash": token_hash})).first()
+        if (
+            row is None
+            or row.revoked_at is not None
+            or not row.session_current
+            or not row.is_active
+        ):
             return RotationResult(Rotation.UNKNOWN)
         if row.used_at is not None:
             await self.revoke(row.session_id, "refresh_token_reused")
             return RotationResult(Rotation.REUSED)
         await self.session.execute(
             update(RefreshToken)
-            .where(RefreshToken.token_hash == refresh_token_hash(refresh_token))
+            .where(RefreshToken.token_hash == token_hash)
             .values(used_at=func.now())
         )
         return RotationResult(

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,13 +33,17 @@ class CallerRow:
 # transaction pooling and never leak to the next user of the connection). The memberships
 # are read as the connecting role, before the switch: the table's owner, whom the policy on
 # memberships does not restrict.
+# What a scope is made of: the personal workspace and the memberships of user `u`.
+_CALLER_COLUMNS = """
+    u.personal_workspace_id,
+    ARRAY(SELECT m.workspace_id FROM memberships m
+          WHERE m.user_id = u.id ORDER BY m.workspace_id) AS workspace_ids,
+    ARRAY(SELECT m.workspace_id FROM memberships m
+          WHERE m.user_id = u.id AND m.role = 'owner') AS owned_workspace_ids
+"""
 _ENTER_REQUEST_SCOPE = text(
     f"""
-    SELECT u.personal_workspace_id,
-           ARRAY(SELECT m.workspace_id FROM memberships m
-                 WHERE m.user_id = u.id ORDER BY m.workspace_id) AS workspace_ids,
-           ARRAY(SELECT m.workspace_id FROM memberships m
-                 WHERE m.user_id = u.id AND m.role = 'owner') AS owned_workspace_ids,
+    SELECT {_CALLER_COLUMNS},
            set_config('{CALLER_SETTING}', u.id::text, true) AS caller,
            set_config('role', '{REQUEST_ROLE}', true) AS role
     FROM users u JOIN auth_sessions s ON s.user_id = u.id
@@ -46,6 +51,7 @@ _ENTER_REQUEST_SCOPE = text(
       AND s.id = :session_id AND s.revoked_at IS NULL AND s.expires_at > now()
     """
 ).bindparams(bindparam("user_id"), bindparam("session_id"))
+_MEMBERSHIPS_OF = text(f"SELECT {_CALLER_COLUMNS} FROM users u WHERE u.id = :user_id")
 
 _ACT_AS = text(
     f"SELECT set_config('{CALLER_SETTING}', CAST(CAST(:user_id AS integer) AS text), true), "
@@ -76,34 +82,12 @@ class UserRepository:
             _ENTER_REQUEST_SCOPE, {"user_id": user_id, "session_id": session_id}
         )
         row = result.first()
-        if row is None:
-            return None
-        return CallerRow(
-            user_id=user_id,
-            personal_workspace_id=row.personal_workspace_id,
-            workspace_ids=row.workspace_ids,
-            owned_workspace_ids=row.owned_workspace_ids,
-        )
+        return None if row is None else _caller(user_id, row)
 
     async def memberships_of(self, user_id: int) -> CallerRow:
         """`user_id`'s memberships, read as the connecting role (for the CLI)."""
-        row = (
-            await self.session.execute(
-                text(
-                    "SELECT u.personal_workspace_id, ARRAY(SELECT m.workspace_id FROM memberships m"
-                    " WHERE m.user_id = u.id ORDER BY 1) AS workspace_ids, ARRAY(SELECT"
-                    " m.workspace_id FROM memberships m WHERE m.user_id = u.id AND m.role ="
-                    " 'owner') AS owned_workspace_ids FROM users u WHERE u.id = :user_id"
-                ),
-                {"user_id": user_id},
-            )
-        ).one()
-        return CallerRow(
-            user_id=user_id,
-            personal_workspace_id=row.personal_workspace_id,
-            workspace_ids=row.workspace_ids,
-            owned_workspace_ids=row.owned_workspace_ids,
-        )
+        row = (await self.session.execute(_MEMBERSHIPS_OF, {"user_id": user_id})).one()
+        return _caller(user_id, row)
 
     async def act_as(self, user_id: int) -> None:
         """Run the rest of this transaction as `user_id` under row-level security (for
@@ -140,7 +124,20 @@ class UserRepository:
             update(User).where(User.id == user_id).values(password_hash=password_hash)
         )
 
+    async def rename(self, user: User, display_name: str) -> None:
+        user.display_name = display_name
+        await self.session.flush()
+
     async def record_password_change(self, user: User, password_hash: str) -> None:
         user.password_hash = password_hash
         user.password_changed_at = datetime.now(UTC)
         await self.session.flush()
+
+
+def _caller(user_id: int, row: Any) -> CallerRow:
+    return CallerRow(
+        user_id=user_id,
+        personal_workspace_id=row.personal_workspace_id,
+        workspace_ids=row.workspace_ids,
+        owned_workspace_ids=row.owned_workspace_ids,
+    )

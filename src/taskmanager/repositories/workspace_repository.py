@@ -156,18 +156,26 @@ class WorkspaceRepository:
         value = result.scalar_one()
         return None if value is None else int(value)
 
-    async def membership(self, workspace_id: int, user_id: int) -> Membership | None:
+    async def membership(self, scope: Scope, workspace_id: int, user_id: int) -> Membership | None:
+        """`user_id`'s membership of a workspace the caller belongs to."""
+        if not scope.can_see(workspace_id):
+            return None
         return await self.session.get(Membership, (workspace_id, user_id))
 
-    async def add_member(self, workspace_id: int, user_id: int, role: str) -> None:
-        """A new membership; one that exists already fails the primary key (409)."""
+    async def add_member(self, scope: Scope, workspace_id: int, user_id: int, role: str) -> None:
+        """A new membership of a workspace the caller owns; one that exists already fails
+        the primary key (409)."""
+        if not scope.owns(workspace_id):
+            raise PermissionError(f"user {scope.user_id} does not own workspace {workspace_id}")
         await self.session.execute(
             insert(Membership).values(workspace_id=workspace_id, user_id=user_id, role=role)
         )
 
-    async def lock_owners(self, workspace_id: int) -> Sequence[int]:
+    async def lock_owners(self, scope: Scope, workspace_id: int) -> Sequence[int]:
         """The owners' ids, their memberships locked until the transaction ends: two owners
         leaving at once queue here, and the second sees that it would be the last."""
+        if not scope.can_see(workspace_id):
+            return []
         result = await self.session.execute(
             select(Membership.user_id)
             .where(Membership.workspace_id == workspace_id, Membership.role == "owner")
@@ -176,7 +184,10 @@ class WorkspaceRepository:
         )
         return list(result.scalars())
 
-    async def remove_member(self, workspace_id: int, user_id: int) -> bool:
+    async def remove_member(self, scope: Scope, workspace_id: int, user_id: int) -> bool:
+        """Remove a membership: any of an owned workspace, or the caller's own."""
+        if not (scope.owns(workspace_id) or user_id == scope.user_id):
+            return False
         result = await self.session.execute(
             delete(Membership).where(
                 Membership.workspace_id == workspace_id, Membership.user_id == user_id

@@ -15,13 +15,14 @@ from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordRequestForm
 
 from taskmanager.accounts import register_account
-from taskmanager.auth import TOKEN_URL, CurrentUserDep, unauthorized_problem
+from taskmanager.auth import TOKEN_URL, CurrentUserDep
 from taskmanager.database import SessionDep
 from taskmanager.login_limits import count_password_attempt, limit_keys, too_many_attempts
 from taskmanager.metrics import count_login_failure
 from taskmanager.models import User
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.passwords import verify_password
+from taskmanager.problems import unauthorized_problem
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository, Rotation
 from taskmanager.repositories.login_limit_repository import LoginLimitRepository
 from taskmanager.repositories.user_repository import UserRepository

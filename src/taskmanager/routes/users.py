@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from taskmanager.auth import CurrentReaderDep, CurrentUserDep, unauthorized_problem
+from taskmanager.auth import SESSION_ENDED, CurrentReaderDep, CurrentUserDep, unauthorized_error
 from taskmanager.database import ReadSessionDep, SessionDep
 from taskmanager.login_limits import count_password_attempt, limit_keys, too_many_attempts
 from taskmanager.models import User
@@ -52,11 +52,7 @@ async def update_me(
         if (wait := await count_password_attempt(session, request, keys)) is not None:
             return too_many_attempts(wait)
         if await users.enter_request_scope(user.user_id, user.session_id) is None:
-            problem, headers = unauthorized_problem(
-                "this login has ended (logged out, password changed, or account disabled)",
-                token_given=True,
-            )
-            return problem.response(headers)
+            raise unauthorized_error(SESSION_ENDED, token_given=True)
         matches, _ = await verify_password(
             body.current_password or "", await users.own_password_hash()
         )
@@ -69,6 +65,5 @@ async def update_me(
             user.user_id, "password_changed", keep=user.session_id
         )
     if body.display_name is not None:
-        me.display_name = body.display_name
-    await session.flush()
+        await users.rename(me, body.display_name)
     return me

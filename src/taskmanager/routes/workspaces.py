@@ -3,6 +3,7 @@ may not change (a member acting as owner) is 403."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
@@ -46,11 +47,7 @@ async def _detail(
     if view is None:
         raise HTTPException(status_code=404, detail=NOT_FOUND)
     members = await repo.members(user, workspace_id)
-    return {**_as_dict(view), "members": members}
-
-
-def _as_dict(view: WorkspaceView) -> dict[str, object]:
-    return {name: getattr(view, name) for name in WorkspaceView.__dataclass_fields__}
+    return {**asdict(view), "members": members}
 
 
 @router.post(
@@ -72,12 +69,13 @@ async def create_workspace(
     """A new workspace; you are its owner."""
     workspace_id = await repo.create(user.user_id, body.name)
     # The scope was read at the start of the request; this one now includes the new id.
-    view = await repo.get(user.with_workspace(workspace_id, owner=True), workspace_id)
+    joined = user.with_workspace(workspace_id, owner=True)
+    view = await repo.get(joined, workspace_id)
     assert view is not None
     response.headers["Location"] = str(request.url_for("get_workspace", workspace_id=workspace_id))
     set_etag(response, view.version)
-    members = await repo.members(user.with_workspace(workspace_id, owner=True), workspace_id)
-    return {**_as_dict(view), "members": members}
+    members = await repo.members(joined, workspace_id)
+    return {**asdict(view), "members": members}
 
 
 @router.get("", response_model=list[WorkspaceResponse], responses=problem_responses(401, 503))
@@ -179,7 +177,7 @@ async def add_member(
     member_id = await repo.user_id_by_email(body.email)
     if member_id is None:
         raise ProblemError(VALIDATION_ERROR.about_field("body.email", "no account has this email"))
-    await repo.add_member(workspace_id, member_id, body.role)
+    await repo.add_member(user, workspace_id, member_id, body.role)
     return await _detail(repo, user, workspace_id)
 
 
@@ -201,15 +199,14 @@ async def remove_member(
         raise HTTPException(status_code=404, detail=NOT_FOUND)
     if user_id != user.user_id and not user.owns(workspace_id):
         raise ProblemError(FORBIDDEN.problem("only an owner may remove another member"))
-    membership = await repo.membership(workspace_id, user_id)
+    membership = await repo.membership(user, workspace_id, user_id)
     if membership is None:
         raise HTTPException(status_code=404, detail="Member not found")
     if membership.role == "owner":
-        owners = await repo.lock_owners(workspace_id)
+        owners = await repo.lock_owners(user, workspace_id)
         if list(owners) == [user_id]:
             raise ProblemError(
                 CONFLICT.problem("the last owner cannot leave; delete the workspace instead")
             )
-    if user_id == user.user_id and workspace_id == user.personal_workspace_id:
-        raise ProblemError(CONFLICT.problem("you cannot leave your personal workspace"))
-    await repo.remove_member(workspace_id, user_id)
+    # A personal workspace has one owner (add_member), so the check above keeps its owner.
+    await repo.remove_member(user, workspace_id, user_id)
