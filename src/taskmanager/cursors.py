@@ -121,8 +121,19 @@ class CursorCodec:
         return mac.digest()[:_TAG_BYTES]
 
 
+# asyncpg reads PostgreSQL's infinite timestamps as these naive datetimes, and binds them
+# back as infinite (the "due" order sorts a task without a due date at 'infinity'). As an
+# ISO string with a zone they would come back finite, before every task without a due date.
+_INFINITE_MOMENTS = {"infinity": datetime.max, "-infinity": datetime.min}
+
+
 def _json_value(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
+    if not isinstance(value, datetime):
+        return value
+    for name, moment in _INFINITE_MOMENTS.items():
+        if value.tzinfo is None and value == moment:
+            return name
+    return value.isoformat()
 
 
 def _typed(value: Any, key_type: TypeEngine[Any]) -> Any:
@@ -161,6 +172,8 @@ def _moment(value: Any) -> datetime | None:
     """An ISO 8601 moment with a time zone, or None."""
     if not isinstance(value, str):
         return None
+    if value in _INFINITE_MOMENTS:
+        return _INFINITE_MOMENTS[value]
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -178,4 +191,9 @@ def _b64encode(data: bytes) -> str:
 
 
 def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """The bytes `text` encodes; a ValueError unless it is their one canonical encoding
+    (the last character's unused bits could otherwise make several cursors of one)."""
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64encode(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
