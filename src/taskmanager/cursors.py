@@ -152,7 +152,9 @@ def _read_as(value: Any, key_type: TypeEngine[Any]) -> Any:
         return None
     try:
         python_type: type | None = key_type.python_type
-    except NotImplementedError:  # an expression whose type SQLAlchemy does not know
+    except NotImplementedError:
+        python_type = None
+    if python_type is object:  # an expression whose type SQLAlchemy does not know (NullType)
         python_type = None
     if isinstance(key_type, Enum):
         return value if isinstance(value, str) and value in key_type.enums else None

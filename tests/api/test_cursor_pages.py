@@ -6,20 +6,27 @@ from __future__ import annotations
 import base64
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from httpx import AsyncClient, Response
-from sqlalchemy import delete, insert, select
+from sqlalchemy import REAL, bindparam, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.cursors import CursorCodec, fingerprint
 from taskmanager.models import PRIORITIES, Task
-from taskmanager.repositories.task_repository import SORTS, TaskFilters, keyset
+from taskmanager.repositories.task_repository import (
+    SORTS,
+    TaskFilters,
+    TaskRepository,
+    _page_statement,
+    keyset,
+)
 from taskmanager.schemas import TaskSort
+from taskmanager.scope import Scope
 from tests.support.accounts import TEST_SECRET, Account
 from tests.support.problems import assert_validation_problem
 
@@ -426,6 +433,73 @@ def test_every_sort_is_a_keyset() -> None:
     """Keys all one way and never NULL: what the one-row-comparison continuation needs."""
     for sort in SORTS:
         assert keyset(sort).keys, sort
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        (TASKS.c.due_at.asc().nulls_last(), TASKS.c.id.asc()),  # NULLS LAST: not one key
+        (TASKS.c.due_at.asc(), TASKS.c.id.asc()),  # may be NULL
+        (TASKS.c.priority.desc(), TASKS.c.id.asc()),  # two directions
+        (TASKS.c.id,),  # no direction
+    ],
+)
+def test_an_order_that_is_no_keyset_is_refused(
+    monkeypatch: pytest.MonkeyPatch, order: tuple[Any, ...]
+) -> None:
+    monkeypatch.setitem(SORTS, "broken", order)
+    with pytest.raises(ValueError, match="broken"):
+        keyset.__wrapped__("broken")
+
+
+@pytest.fixture
+def rank_sort(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A sort like a search's relevance: a float computed with a bound parameter (q's)."""
+    rank = func.ts_rank(
+        func.to_tsvector("simple", TASKS.c.title),
+        func.plainto_tsquery("simple", bindparam("q")),
+        type_=request.param,
+    )
+    monkeypatch.setitem(SORTS, "rank", (rank.desc(), TASKS.c.id.desc()))
+    keyset.cache_clear()
+    _page_statement.cache_clear()
+    yield "rank"
+    keyset.cache_clear()
+    _page_statement.cache_clear()
+
+
+@pytest.mark.parametrize("rank_sort", [None, REAL()], indirect=True, ids=["untyped", "real"])
+async def test_an_order_on_a_float_with_a_bound_parameter_pages_too(
+    db_session: AsyncSession, scope: Scope, account: Account, rank_sort: str
+) -> None:
+    rng = random.Random(5)
+    titles = ["milk", "milk milk", "oat milk", "milk and honey", "please buy milk now", "tea"]
+    rows = [
+        {**random_row(rng, account.personal_workspace_id), "title": rng.choice(titles)}
+        for _ in range(30)
+    ]
+    await insert_tasks(db_session, rows)
+    repo = TaskRepository(db_session, scope)
+    filters = TaskFilters(q="milk")
+    everything = await repo.get_page(filters, sort=rank_sort, limit=100)
+    codec = CursorCodec(TEST_SECRET, account.user_id)
+    shown: list[int] = []
+    after: tuple[Any, ...] | None = None
+    while True:
+        page = await repo.get_page(filters, sort=rank_sort, limit=4, after=after, counted=False)
+        shown += [task["id"] for task in page.items]
+        if page.next_after is None:
+            break
+        assert any(isinstance(key, float) for key in page.next_after)
+        cursor = codec.issue(rank_sort, fingerprint(filters), page.next_after)
+        after = codec.read(
+            cursor,
+            sort=rank_sort,
+            filters_fingerprint=fingerprint(filters),
+            key_types=keyset(rank_sort).types,
+        )
+    assert shown == [task["id"] for task in everything.items]
+    assert len(shown) == sum("milk" in row["title"] for row in rows)
 
 
 async def test_a_signed_cursor_at_the_end_of_time_continues_among_tasks_without_due_date(
