@@ -44,12 +44,12 @@ UPDATABLE_FIELDS = frozenset(
 
 # Tasks without a due date sort as due at the end of time: the same order as NULLS LAST,
 # but a key that is never NULL, so a cursor page can continue after it with one row
-# comparison (see _keyset). The API cannot store infinity.
+# comparison (see keyset()). The API cannot store infinity.
 _DUE_OR_NEVER = func.coalesce(_TASKS.c.due_at, literal_column("'infinity'::timestamptz"))
 
 # The orders GET /tasks offers, by name; each ends with the id, so every order is total
 # (stable across pages). "due": tasks without a due date last.
-# Every key of one order goes the same direction and is never NULL: _keyset relies on it.
+# Every key of one order goes the same direction and is never NULL: keyset() relies on it.
 SORTS: dict[str, tuple[ColumnElement[Any], ...]] = {
     "newest": (_TASKS.c.created_at.desc(), _TASKS.c.id.desc()),
     "oldest": (_TASKS.c.created_at.asc(), _TASKS.c.id.asc()),
