@@ -12,6 +12,7 @@ from typing import Any, get_args
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from fastapi import FastAPI
 from httpx import AsyncClient, Response
 from sqlalchemy import REAL, bindparam, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -247,6 +248,18 @@ async def test_a_counted_cursor_page_past_the_end_still_counts(
     assert rest.status_code == counted.status_code == 200
     assert counted.json() == rest.json()
     assert counted.headers["x-total-count"] == "1"
+
+
+def test_the_document_says_which_headers_a_page_may_carry_and_the_new_parameters(
+    app: FastAPI,
+) -> None:
+    operation = app.openapi()["paths"]["/tasks"]["get"]
+    headers = operation["responses"]["200"]["headers"]
+    assert headers["Link"]["required"] is False
+    assert headers["X-Total-Count"]["required"] is False  # not on cursor pages
+    parameters = {p["name"]: p for p in operation["parameters"]}
+    assert parameters["cursor"]["schema"]["type"] == "string"
+    assert parameters["count"]["schema"]["type"] == "boolean"
 
 
 # ─────────────────────────────── cursors that must not be used
