@@ -46,8 +46,16 @@ def fingerprint(filters: object) -> str:
     was not made for."""
     if not dataclasses.is_dataclass(filters) or isinstance(filters, type):
         raise TypeError("fingerprint() takes a dataclass instance")
-    canonical = json.dumps(dataclasses.asdict(filters), sort_keys=True, default=str)
+    canonical = json.dumps(dataclasses.asdict(filters), sort_keys=True, default=_canonical)
     return _b64encode(hashlib.sha256(canonical.encode()).digest()[:9])
+
+
+def _canonical(value: object) -> object:
+    """A filter value JSON cannot hold, as one that always reads the same: a set in order
+    (its iteration order is not), anything else (a moment) as text."""
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    return str(value)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

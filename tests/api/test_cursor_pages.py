@@ -7,6 +7,7 @@ import base64
 import json
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 from urllib.parse import parse_qs, urlsplit
@@ -357,6 +358,22 @@ async def test_a_tampered_cursor_is_422(
 )
 async def test_a_malformed_cursor_is_422(client: AsyncClient, cursor: str) -> None:
     assert_validation_problem(await client.get("/tasks", params={"cursor": cursor}), "query.cursor")
+
+
+def test_the_fingerprint_of_filters_tells_them_apart_and_only_them() -> None:
+    moment = datetime(2026, 3, 1, tzinfo=UTC)
+    assert fingerprint(TaskFilters(due_before=moment)) == fingerprint(
+        TaskFilters(due_before=moment)
+    )
+    assert fingerprint(TaskFilters(due_before=moment)) != fingerprint(TaskFilters(due_after=moment))
+    assert fingerprint(TaskFilters(q="milk")) != fingerprint(TaskFilters(q="Milk"))
+    assert fingerprint(TaskFilters()) != fingerprint(TaskFilters(completed=False))
+
+    @dataclass(frozen=True)
+    class WithSet:
+        ids: frozenset[int]
+
+    assert fingerprint(WithSet(frozenset({3, 1, 2}))) == fingerprint(WithSet(frozenset({2, 3, 1})))
 
 
 def signed(account: Account, content: Any) -> str:
