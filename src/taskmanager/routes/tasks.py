@@ -13,7 +13,13 @@ from taskmanager.dependencies import TaskReaderDep, TaskRepositoryDep
 from taskmanager.idempotency import IdempotencyDep
 from taskmanager.models import Task
 from taskmanager.openapi import problem_responses, response_headers
-from taskmanager.repositories.task_repository import TaskFilters, TaskView
+from taskmanager.problems import VALIDATION_ERROR, ProblemError
+from taskmanager.repositories.task_repository import (
+    SORTS_NEEDING_Q,
+    SearchWordsMissingError,
+    TaskFilters,
+    TaskView,
+)
 from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
 from taskmanager.schemas import (
     INT4_MAX,
@@ -103,7 +109,14 @@ async def list_tasks(
     ] = None,
     q: Annotated[
         StorableText | None,
-        Query(min_length=1, max_length=200, description="Case-insensitive substring of the title."),
+        Query(
+            min_length=1,
+            max_length=200,
+            description="Words to search for in the title and the description: each word "
+            'must begin a word of the task\'s ("mil" finds "Buy milk"), in any order, '
+            'ignoring case. Not a substring match: "ilk" does not find "milk". A q '
+            "without any word (only punctuation) is a 422.",
+        ),
     ] = None,
     due_before: Annotated[
         DueAt | None, Query(description="Only tasks due before this moment.")
@@ -120,7 +133,8 @@ async def list_tasks(
         TaskSort,
         Query(
             description="newest (default) or oldest first; due: soonest due first, no due "
-            "date last; priority: most urgent first; title: alphabetical. Ties: by id."
+            "date last; priority: most urgent first; title: alphabetical; relevance: best "
+            "match for q first (needs q). Ties: by id."
         ),
     ] = "newest",
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
@@ -138,7 +152,16 @@ async def list_tasks(
         overdue=overdue,
         priority=priority,
     )
-    page = await repo.get_page(filters, limit=limit, offset=offset, sort=sort)
+    if sort in SORTS_NEEDING_Q and not q:
+        raise ProblemError(VALIDATION_ERROR.about_field("query.sort", f"{sort} needs q"))
+    try:
+        page = await repo.get_page(filters, limit=limit, offset=offset, sort=sort)
+    except SearchWordsMissingError:
+        raise ProblemError(
+            VALIDATION_ERROR.about_field(
+                "query.q", "has no words to search for (only punctuation or spaces)"
+            )
+        ) from None
     response.headers["X-Total-Count"] = str(page.total)
     return page.items
 
