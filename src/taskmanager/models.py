@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     CheckConstraint,
+    Column,
+    Computed,
     DateTime,
     Enum,
     ForeignKey,
@@ -20,6 +22,7 @@ from sqlalchemy import (
     Index,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     false,
@@ -27,7 +30,7 @@ from sqlalchemy import (
     text,
     true,
 )
-from sqlalchemy.dialects.postgresql import JSON, JSONB, UUID
+from sqlalchemy.dialects.postgresql import JSON, JSONB, TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Stable constraint names: errors.py and the migrations refer to them.
@@ -61,6 +64,17 @@ MEMBERSHIP_ROLES = ("owner", "member")
 # A task's priority, lowest first: a PostgreSQL enum sorts in this order.
 PRIORITIES = ("low", "normal", "high", "urgent")
 PRIORITY_TYPE = "task_priority"
+# What full-text search reads of a task: its title and description as words. The 'simple'
+# configuration lower-cases words and does nothing else: no stemming and no stop words, in
+# any language, so a prefix the client types matches the words as written ("mil" finds
+# "milk"; an English stemmer would store "studies" as "studi" and "the" not at all). A query
+# parses its words with the same configuration (a regconfig constant), or they would not be
+# the words stored.
+SEARCH_CONFIG = "simple"
+SEARCH_DOCUMENT = (
+    f"to_tsvector('{SEARCH_CONFIG}'::regconfig, "
+    "((title)::text || ' ' || coalesce(description, '')))"
+)
 
 
 class Base(DeclarativeBase):
@@ -265,6 +279,16 @@ class Task(Base):
     # eager_defaults: INSERT/UPDATE ... RETURNING brings back id, created_at and
     # updated_at, so they are readable after flush() without a lazy load.
     __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012  (SQLAlchemy reads it per class)
+
+
+# Kept by PostgreSQL from title and description (never written, never shown): only the
+# search's WHERE and ORDER BY read it, as a column of the table. Added to the table after
+# the mapping, so the ORM does not map it: eager_defaults would otherwise bring the whole
+# tsvector back with every INSERT and UPDATE (RETURNING), deferred or not.
+SEARCH_VECTOR = Column("search_vector", TSVECTOR, Computed(SEARCH_DOCUMENT, persisted=True))
+cast(Table, Task.__table__).append_column(SEARCH_VECTOR)
+# Full-text search (`q`): which tasks hold a word, without reading every row.
+Index("ix_tasks_search_vector", SEARCH_VECTOR, postgresql_using="gin")
 
 
 # Unique in a workspace regardless of case: "Work" and "work" are the same category.

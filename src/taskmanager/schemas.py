@@ -67,7 +67,7 @@ CategoryName = Annotated[
 Description = Annotated[str, Field(max_length=10_000), AfterValidator(_storable_text)]
 DatabaseId = Annotated[int, Field(ge=1, le=INT4_MAX)]
 Priority = Literal["low", "normal", "high", "urgent"]
-TaskSort = Literal["newest", "oldest", "due", "priority", "title"]
+TaskSort = Literal["newest", "oldest", "due", "priority", "title", "relevance"]
 
 
 def _storable_moment(value: datetime) -> datetime:

@@ -355,7 +355,7 @@ async def test_list_filters_combine(
     assert response.headers["x-total-count"] == "1"
 
 
-async def test_list_q_is_case_insensitive_substring(client: AsyncClient) -> None:
+async def test_list_q_finds_words_ignoring_case(client: AsyncClient) -> None:
     milk = await make_task(client, title="Buy MILK today")
     oat = await make_task(client, title="oat milk")
     await make_task(client, title="Walk the dog")
@@ -366,17 +366,17 @@ async def test_list_q_is_case_insensitive_substring(client: AsyncClient) -> None
     assert response.headers["x-total-count"] == "2"
 
 
+# q used to be an ILIKE substring in which % and _ had to be matched literally; now it is a
+# word search, and LIKE's wildcards, like any punctuation, only separate words.
 @pytest.mark.parametrize(
     ("q", "expected"),
     [
-        ("100%", ["100% done"]),
-        ("%", ["100% done"]),
-        ("a_b", ["a_b"]),
-        ("_", ["a_b"]),
-        ("\\", ["back\\slash"]),
+        ("100%", ["1000 done", "100% done"]),  # the word prefix "100"
+        ("a_b", ["a_b"]),  # the words "a" and "b"
+        ("back\\slash", ["back\\slash"]),
     ],
 )
-async def test_list_q_matches_like_wildcards_literally(
+async def test_list_q_reads_like_wildcards_as_punctuation(
     client: AsyncClient, q: str, expected: list[str]
 ) -> None:
     for title in ("100% done", "1000 done", "a_b", "axb", "back\\slash", "plain"):
@@ -388,11 +388,17 @@ async def test_list_q_matches_like_wildcards_literally(
     assert response.headers["x-total-count"] == str(len(expected))
 
 
-async def test_list_q_with_undecodable_bytes_is_not_an_error(client: AsyncClient) -> None:
+@pytest.mark.parametrize("q", ["%", "_", "\\"])
+async def test_list_q_of_only_wildcards_has_no_words_to_search(client: AsyncClient, q: str) -> None:
+    await make_task(client, title="100% a_b back\\slash")
+    assert_validation_problem(await client.get("/tasks", params={"q": q}), "query.q")
+
+
+async def test_list_q_with_undecodable_bytes_is_not_a_server_error(client: AsyncClient) -> None:
     await make_task(client, title="plain")
     response = await client.get("/tasks?q=%FF%FE")
-    assert response.status_code == 200
-    assert response.json() == []
+    # Decoded as two U+FFFD replacement characters: no word in them.
+    assert_validation_problem(response, "query.q")
 
 
 async def test_list_default_limit_is_50_and_total_counts_all(

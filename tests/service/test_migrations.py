@@ -258,7 +258,9 @@ def test_naming_convention_applied(fresh_url: str) -> None:
         "ix_tasks_category_id_created_at_id",
         "ix_tasks_workspace_id_created_at_id",
         "ix_tasks_due_at_id",
+        "ix_tasks_search_vector",
     }
+    assert "USING gin (search_vector)" in indexes["ix_tasks_search_vector"]
     # errors.py maps this name to 409: it must be a UNIQUE index on (workspace, lower(name)).
     assert "UNIQUE" in indexes[UQ_CATEGORIES_NAME]
     assert "(workspace_id, lower((name)::text))" in indexes[UQ_CATEGORIES_NAME]

@@ -16,6 +16,8 @@ from taskmanager.models import Task
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.problems import VALIDATION_ERROR, ProblemError
 from taskmanager.repositories.task_repository import (
+    SORTS_NEEDING_Q,
+    SearchWordsMissingError,
     TaskFilters,
     TaskRepository,
     TaskView,
@@ -111,7 +113,14 @@ async def list_tasks(
     ] = None,
     q: Annotated[
         StorableText | None,
-        Query(min_length=1, max_length=200, description="Case-insensitive substring of the title."),
+        Query(
+            min_length=1,
+            max_length=200,
+            description="Words to search for in the title and the description: each word "
+            'must begin a word of the task\'s ("mil" finds "Buy milk"), in any order, '
+            'ignoring case. Not a substring match: "ilk" does not find "milk". A q '
+            "without any word (only punctuation) is a 422.",
+        ),
     ] = None,
     due_before: Annotated[
         DueAt | None, Query(description="Only tasks due before this moment.")
@@ -128,7 +137,8 @@ async def list_tasks(
         TaskSort,
         Query(
             description="newest (default) or oldest first; due: soonest due first, no due "
-            "date last; priority: most urgent first; title: alphabetical. Ties: by id."
+            "date last; priority: most urgent first; title: alphabetical; relevance: best "
+            "match for q first (needs q). Ties: by id."
         ),
     ] = "newest",
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
@@ -163,14 +173,23 @@ async def list_tasks(
         overdue=overdue,
         priority=priority,
     )
+    if sort in SORTS_NEEDING_Q and not q:
+        raise ProblemError(VALIDATION_ERROR.about_field("query.sort", f"{sort} needs q"))
     filters_fingerprint = fingerprint(filters)
     after = None
     if cursor is not None:
         after = _read_cursor(request, repo, cursor, offset, sort, filters_fingerprint)
     counted = cursor is None if count is None else count
-    page = await repo.get_page(
-        filters, limit=limit, offset=offset, sort=sort, after=after, counted=counted
-    )
+    try:
+        page = await repo.get_page(
+            filters, limit=limit, offset=offset, sort=sort, after=after, counted=counted
+        )
+    except SearchWordsMissingError:
+        raise ProblemError(
+            VALIDATION_ERROR.about_field(
+                "query.q", "has no words to search for (only punctuation or spaces)"
+            )
+        ) from None
     if page.total is not None:
         response.headers["X-Total-Count"] = str(page.total)
     if page.next_after is not None:

@@ -1,0 +1,300 @@
+"""Full-text search: `q` finds tasks whose title or description holds every word of it as a
+word prefix, ignoring case; `sort=relevance` puts the best matches first; the GIN index
+serves the search, under row-level security too."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from httpx import AsyncClient
+from sqlalchemy import Select, inspect, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from taskmanager.auth import scope_of_account
+from taskmanager.config import Settings
+from taskmanager.database import create_engine, create_session_factory
+from taskmanager.models import Task
+from taskmanager.repositories.task_repository import (
+    SORTS,
+    TaskFilters,
+    _active_filters,
+    _filter_parameters,
+    _page_statement,
+)
+from taskmanager.seed import demo_account, seed
+from tests.support.accounts import Account
+from tests.support.problems import assert_validation_problem
+
+
+async def create(client: AsyncClient, title: str, **fields: Any) -> dict[str, Any]:
+    response = await client.post("/tasks", json={"title": title, **fields})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def search(client: AsyncClient, q: str, **params: Any) -> list[str]:
+    """The titles `q` finds (newest first unless `sort` says otherwise)."""
+    response = await client.get("/tasks", params={"q": q, **params})
+    assert response.status_code == 200, response.text
+    titles = [task["title"] for task in response.json()]
+    assert response.headers["x-total-count"] == str(len(titles))
+    return titles
+
+
+# ─────────────────────────────────────────────
+# What matches
+# ─────────────────────────────────────────────
+
+
+async def test_a_word_prefix_matches(client: AsyncClient) -> None:
+    await create(client, "Buy milk")
+    await create(client, "Call mum")
+    assert await search(client, "mil") == ["Buy milk"]
+    assert await search(client, "milk") == ["Buy milk"]
+
+
+async def test_not_a_substring_any_more(client: AsyncClient) -> None:
+    """The ILIKE '%…%' this replaces found "ilk" in "milk"; a word search does not."""
+    await create(client, "Buy milk")
+    assert await search(client, "ilk") == []
+    assert await search(client, "milky") == []  # longer than the word: not a prefix of it
+
+
+async def test_case_is_ignored_both_ways(client: AsyncClient) -> None:
+    await create(client, "Buy MILK")
+    await create(client, "Über Straße")
+    assert await search(client, "Milk") == ["Buy MILK"]
+    assert await search(client, "mIL") == ["Buy MILK"]
+    assert await search(client, "über STRASSE") == []  # no stemming, no folding of ß
+    assert await search(client, "ÜBER straße") == ["Über Straße"]
+
+
+async def test_the_description_is_searched_too(client: AsyncClient) -> None:
+    await create(client, "Shopping", description="oat milk and bread")
+    await create(client, "Errands", description=None)
+    assert await search(client, "bread") == ["Shopping"]
+    assert await search(client, "shop bre") == ["Shopping"]  # one word in each
+
+
+async def test_every_word_is_needed_in_any_order(client: AsyncClient) -> None:
+    await create(client, "Buy oat milk")
+    await create(client, "Buy bread")
+    await create(client, "milk the cow")
+    assert await search(client, "milk buy") == ["Buy oat milk"]
+    assert await search(client, "bu mi oa") == ["Buy oat milk"]
+    assert await search(client, "milk bread") == []
+    assert await search(client, "milk") == ["milk the cow", "Buy oat milk"]
+
+
+async def test_a_changed_title_is_searched_as_changed(client: AsyncClient) -> None:
+    task = await create(client, "Buy milk")
+    response = await client.patch(f"/tasks/{task['id']}", json={"title": "Buy bread"})
+    assert response.status_code == 200, response.text
+    assert await search(client, "milk") == []
+    assert await search(client, "bread") == ["Buy bread"]
+
+
+def test_the_orm_never_reads_the_search_document() -> None:
+    """Not mapped: neither loading a Task nor INSERT/UPDATE ... RETURNING carries it."""
+    assert "search_vector" in Task.__table__.c
+    assert "search_vector" not in inspect(Task).attrs
+
+
+async def test_the_search_document_is_never_shown(client: AsyncClient) -> None:
+    task = await create(client, "Buy milk")
+    shown = [
+        task,
+        (await client.get(f"/tasks/{task['id']}")).json(),
+        (await client.get("/tasks", params={"q": "milk"})).json()[0],
+        (await client.patch(f"/tasks/{task['id']}", json={"completed": True})).json(),
+    ]
+    assert all("search_vector" not in body for body in shown)
+
+
+# Whatever a client types, q is words: tsquery's operators, quotes, backslashes and LIKE's
+# wildcards are punctuation between them, never syntax (and never a 500).
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("a & b", ["a b c"]),
+        ("a | zzz", []),  # not "or": every word is needed
+        ("!milk", ["Buy milk"]),  # not "not"
+        ("milk:*", ["Buy milk"]),
+        ("milk:A", []),  # "milk" and "a": no "a" word in "Buy milk"
+        ("buy <-> milk", ["Buy milk"]),
+        ("(milk", ["Buy milk"]),
+        ("'milk'", ["Buy milk"]),
+        ('"milk"', ["Buy milk"]),
+        ("it's", ["it's done"]),
+        ("O'Brien", ["Call O'Brien"]),
+        ("back\\slash", ["back\\slash"]),
+        ("milk\\", ["Buy milk"]),
+        ("%milk_", ["Buy milk"]),
+        ("x.com/a'b\\c", ["see x.com/a'b\\c"]),  # a URL: a word with a quote and a backslash
+    ],
+)
+async def test_query_syntax_in_q_is_only_punctuation(
+    client: AsyncClient, q: str, expected: list[str]
+) -> None:
+    for title in ("a b c", "Buy milk", "it's done", "Call O'Brien", "back\\slash"):
+        await create(client, title)
+    await create(client, "see x.com/a'b\\c")
+    assert await search(client, q) == expected
+
+
+@pytest.mark.parametrize("q", ["!!!", "&", "'", ":*", "<->", "\\", "%", "-", "  ", "<b></b>"])
+async def test_a_q_without_words_is_422_naming_q(client: AsyncClient, q: str) -> None:
+    await create(client, "Buy milk")
+    body = assert_validation_problem(await client.get("/tasks", params={"q": q}), "query.q")
+    assert "no words" in body["detail"]
+
+
+async def test_a_q_without_words_is_422_past_the_end_too(client: AsyncClient) -> None:
+    response = await client.get("/tasks", params={"q": "!!!", "offset": 100})
+    assert_validation_problem(response, "query.q")
+
+
+async def test_a_search_past_the_end_still_counts_the_matches(client: AsyncClient) -> None:
+    await create(client, "Buy milk")
+    response = await client.get("/tasks", params={"q": "milk", "offset": 5})
+    assert response.status_code == 200
+    assert (response.json(), response.headers["x-total-count"]) == ([], "1")
+
+
+async def test_the_search_combines_with_other_filters(client: AsyncClient) -> None:
+    await create(client, "Report draft", priority="high")
+    await create(client, "Report taxes", priority="high", completed=True)
+    await create(client, "Report lunch", priority="low")
+    assert await search(client, "rep", priority="high", completed="false") == ["Report draft"]
+    assert await search(client, "rep", completed="true") == ["Report taxes"]
+    assert await search(client, "rep tax", priority="low") == []
+
+
+async def test_another_accounts_tasks_are_not_found(
+    client: AsyncClient, other_account: Account
+) -> None:
+    await create(client, "Buy milk")
+    response = await client.post(
+        "/tasks", json={"title": "Buy milk, Mallory's"}, headers=other_account.headers
+    )
+    assert response.status_code == 201, response.text
+    assert await search(client, "milk") == ["Buy milk"]
+    assert await search(client, "mallory") == []
+
+
+# ─────────────────────────────────────────────
+# Relevance
+# ─────────────────────────────────────────────
+
+
+async def test_relevance_puts_the_best_matches_first_ties_by_newest_id(
+    client: AsyncClient,
+) -> None:
+    once = await create(client, "Buy milk")
+    twice = await create(client, "milk, more milk")
+    also_described = await create(client, "Buy milk", description="the milk for the cake")
+    other_once = await create(client, "milk shake")
+
+    response = await client.get("/tasks", params={"q": "milk", "sort": "relevance"})
+
+    assert response.status_code == 200, response.text
+    ranked = [task["id"] for task in response.json()]
+    assert set(ranked[:2]) == {twice["id"], also_described["id"]}
+    assert ranked[2:] == [other_once["id"], once["id"]]  # equal rank: the higher id first
+
+
+async def test_relevance_pages_are_stable(client: AsyncClient) -> None:
+    ids = [(await create(client, f"milk {n}"))["id"] for n in range(5)]
+    pages = [
+        (
+            await client.get(
+                "/tasks", params={"q": "milk", "sort": "relevance", "limit": 2, "offset": offset}
+            )
+        ).json()
+        for offset in (0, 2, 4)
+    ]
+    assert [task["id"] for page in pages for task in page] == sorted(ids, reverse=True)
+
+
+async def test_relevance_without_q_is_422_naming_sort(client: AsyncClient) -> None:
+    body = assert_validation_problem(
+        await client.get("/tasks", params={"sort": "relevance"}), "query.sort"
+    )
+    assert "needs q" in body["detail"]
+
+
+# ─────────────────────────────────────────────
+# The GIN index serves the search (EXPLAIN, as a request runs it)
+# ─────────────────────────────────────────────
+
+SEEDED_TASKS = 5_000
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def seeded_engine(own_database_url: str) -> AsyncIterator[AsyncEngine]:
+    """The module's own database with a few thousand seeded tasks and fresh statistics."""
+    engine = create_engine(Settings(database_url=own_database_url), own_database_url)
+    try:
+        await seed(engine, SEEDED_TASKS, 5)  # ends with VACUUM (ANALYZE)
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", ()):
+        yield from _nodes(child)
+
+
+async def _plan(session: AsyncSession, statement: Select[Any], parameters: dict[str, Any]) -> Any:
+    """EXPLAIN (FORMAT JSON) of `statement`, in `session` (as its caller, under row-level
+    security), with `parameters` bound as the repository would bind them."""
+    connection = await session.connection()
+    compiled = statement.compile(dialect=connection.dialect)
+    values = compiled.construct_params(parameters)
+    order = compiled.positiontup or []
+    result = await connection.exec_driver_sql(
+        f"EXPLAIN (FORMAT JSON) {compiled}", tuple(values[name] for name in order)
+    )
+    return result.scalar_one()[0]["Plan"]
+
+
+@pytest.mark.parametrize("sort", sorted(SORTS))
+@pytest.mark.parametrize("q", ["milk", "lecture notes 12"])
+async def test_the_search_reads_tasks_through_the_gin_index(
+    seeded_engine: AsyncEngine, sort: str, q: str
+) -> None:
+    async with create_session_factory(seeded_engine)() as session, session.begin():
+        user_id, _ = await demo_account(session)
+        scope = await scope_of_account(session, user_id)  # as a request: under the policies
+        assert (await session.execute(text("SELECT count(*) FROM tasks"))).scalar_one() == (
+            SEEDED_TASKS
+        )
+        filters = TaskFilters(q=q)
+        active = _active_filters(filters)
+        parameters = {
+            **_filter_parameters(filters, active),
+            "workspace_ids": list(scope.workspace_ids),
+            "limit": 50,
+            "offset": 0,
+        }
+        plan = await _plan(session, _page_statement(active, sort), parameters)
+
+    scans = [node for node in _nodes(plan) if node.get("Relation Name") == "tasks"]
+    # The page and its count (X-Total-Count) each read tasks once, by the search index.
+    assert [node["Node Type"] for node in scans] == ["Bitmap Heap Scan"] * 2, plan
+    for scan in scans:
+        (index_scan,) = scan["Plans"]
+        assert index_scan["Node Type"] == "Bitmap Index Scan", plan
+        assert index_scan["Index Name"] == "ix_tasks_search_vector", plan
+    # The planner is told the search is selective (task_repository._MATCHES_Q_FOR_THE_PLANNER):
+    # with its default guess, 0.5% of the table, it walks ix_tasks_created_at_id instead once
+    # the table is large (200,000 tasks), reading all of it for a rare word.
+    assert all(scan["Plan Rows"] < SEEDED_TASKS / 1000 for scan in scans), plan
+    # The tsquery is built once per statement (an InitPlan), not once per row.
+    assert not any(node.get("Subplan Name", "").startswith("SubPlan") for node in _nodes(plan))
