@@ -22,6 +22,7 @@ from taskmanager.cursors import CursorCodec, fingerprint
 from taskmanager.models import PRIORITIES, Task
 from taskmanager.repositories.task_repository import (
     SORTS,
+    SORTS_NEEDING_Q,
     TaskFilters,
     TaskRepository,
     _page_statement,
@@ -95,6 +96,8 @@ async def matching(session: AsyncSession, workspace_id: int, params: dict[str, A
         query = query.where(TASKS.c.completed == (params["completed"] == "true"))
     if "priority" in params:
         query = query.where(TASKS.c.priority == params["priority"])
+    if "q" in params:  # the walks search for a word that only starts titles
+        query = query.where(TASKS.c.title.startswith(params["q"]))
     return set((await session.execute(query)).scalars())
 
 
@@ -123,7 +126,9 @@ FILTERED_WALKS = [
 
 @pytest.mark.parametrize(
     "params",
-    [{"sort": sort} for sort in get_args(TaskSort)] + FILTERED_WALKS,
+    [{"sort": sort} for sort in get_args(TaskSort) if sort not in SORTS_NEEDING_Q]
+    + [{"sort": sort, "q": "gamma"} for sort in SORTS_NEEDING_Q]
+    + FILTERED_WALKS,
     ids=lambda params: "&".join(f"{k}={v}" for k, v in params.items()),
 )
 @pytest.mark.parametrize("seed", [1, 2, 3])
