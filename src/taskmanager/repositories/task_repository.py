@@ -89,15 +89,13 @@ SEARCH_QUERY = (
     .select_from(_Q_WORDS)
     .scalar_subquery()
 )
-_MATCHES_Q = _TASKS.c.search_vector.bool_op("@@")(SEARCH_QUERY)
-# The planner cannot know how many tasks a query known only at run time matches, and guesses
-# 0.5% of the table: then, for the newest-first page, walking ix_tasks_created_at_id and
-# testing each task looks cheaper than the index. For a rare word that walk reads the whole
-# table (0.4 s at 200,000 tasks, instead of 0.5 ms). Stating the condition twice squares the
-# guess (0.0025%), so the GIN index finds the matches and only they are sorted, whatever the
-# order: a page costs about what counting its matches (X-Total-Count) costs anyway. The price:
-# a word in 8% of the tasks sorts them all (35 ms at 200,000, where the walk took 2 ms).
-_MATCHES_Q_FOR_THE_PLANNER = and_(_MATCHES_Q, _TASKS.c.search_vector.bool_op("@@")(SEARCH_QUERY))
+# The tasks matching q, found through the GIN index by a SECURITY DEFINER function (migration
+# 0006 says why: under row-level security an index serves no `@@`), which keeps only those
+# in the caller's workspaces; then read by id, under the policy, like any other task.
+_MATCHING_TASKS = func.taskmanager_matching_tasks(SEARCH_QUERY, type_=Integer).column_valued(
+    "task_id"
+)
+_MATCHES_Q = _TASKS.c.id.in_(select(_MATCHING_TASKS))
 # How well a task matches q (more of q's words, more often: higher); never NULL for a task
 # that matched.
 RELEVANCE = func.ts_rank(_TASKS.c.search_vector, SEARCH_QUERY)
@@ -171,7 +169,7 @@ LIST_FILTERS = (
     ListFilter("priority", _TASKS.c.priority == bindparam("priority")),
     # Every word of q is the prefix of a word in the title or the description, in any
     # order, ignoring case (the GIN index ix_tasks_search_vector finds them).
-    ListFilter("q", _MATCHES_Q_FOR_THE_PLANNER),
+    ListFilter("q", _MATCHES_Q),
 )
 
 

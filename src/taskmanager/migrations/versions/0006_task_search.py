@@ -6,16 +6,19 @@ row. Adding a stored generated column rewrites the table (an ACCESS EXCLUSIVE lo
 long as that takes); PostgreSQL computes the column itself, so no UPDATE runs and FORCE ROW
 LEVEL SECURITY needs no lifting (unlike 0004's).
 
-Under row-level security PostgreSQL lets an index serve only a condition whose function is
+Under row-level security PostgreSQL lets an index serve only a condition whose operator is
 LEAKPROOF (else the condition could run on rows the policy hides, before the policy), and
-`tsvector @@ tsquery` (ts_match_vq) is not marked so: the GIN index would never be used by
-a request. ts_match_vq raises no error that depends on the row's tsvector, and returns only
-whether it matched: marked LEAKPROOF here, which only a superuser may do. Migrated by
-another role, the search still works, by reading every row the policy allows (a WARNING
-says so; a superuser can run the ALTER FUNCTION below later).
+`tsvector @@ tsquery` is not (only a superuser could mark it so): for the request role the
+GIN index would never be used, every search would read every row the policy allows. So the
+match runs in `taskmanager_matching_tasks(query)`, a SECURITY DEFINER function owned by the
+tables' owner: the owner is not subject to the policy (tasks no longer FORCE row-level
+security on it; every request still runs as the request role, under the policy), so inside
+the function the GIN index finds the matches, and the function keeps only those in the
+caller's workspaces (taskmanager_workspace_ids(), as the policy does). The request's own
+statement then reads those tasks by id, under the policy: enforced twice, as everywhere.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-11-30 14:00:00
 """
 
@@ -28,7 +31,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0006"
-down_revision: str | None = "0004"  # lead: becomes "0005" at merge
+down_revision: str | None = "0004"  # "0005" once labels are merged
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -38,21 +41,18 @@ SEARCH_DOCUMENT = (
 )
 
 
-MATCH_FUNCTION = "ts_match_vq(tsvector, tsquery)"
+REQUEST_ROLE = "taskmanager_request"
+MATCHING_TASKS = "taskmanager_matching_tasks(tsquery)"
 
 
-def _if_superuser(statement: str, otherwise: str) -> None:
+def _in_current_schema(statement: str) -> None:
+    """Run `statement` with `{schema}` standing for the schema the migration runs in (as
+    0003's helper of the same name does: `alembic upgrade head --sql` needs no server)."""
+    assert "%" not in statement, statement
+    template = statement.replace("{schema}", "%1$I")
     op.execute(
-        f"""
-        DO $$
-        BEGIN
-            IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
-                {statement};
-            ELSE
-                RAISE WARNING '%', '{otherwise.replace("'", "''")}';
-            END IF;
-        END
-        $$"""
+        f"DO $do$ BEGIN EXECUTE format($statement${template}$statement$, current_schema()); "
+        "END $do$"
     )
 
 
@@ -67,17 +67,31 @@ def upgrade() -> None:
         ),
     )
     op.create_index("ix_tasks_search_vector", "tasks", ["search_vector"], postgresql_using="gin")
-    _if_superuser(
-        f"ALTER FUNCTION {MATCH_FUNCTION} LEAKPROOF",
-        f"not a superuser: ALTER FUNCTION {MATCH_FUNCTION} LEAKPROOF must be run by one, "
-        "or searches read every row instead of using ix_tasks_search_vector",
+    # The owner reads tasks without the policy (only inside the function below: requests
+    # run as the request role, which the policy always applies to).
+    op.execute("ALTER TABLE tasks NO FORCE ROW LEVEL SECURITY")
+    # MATERIALIZED: the matches are found first, by the GIN index, and only then kept to the
+    # caller's workspaces (else the planner may read a workspace's every task through
+    # ix_tasks_workspace_id_created_at_id and test each one). ROWS 100: what the planner
+    # expects a search to match, so that it reads the matches by id rather than walking an
+    # order's index hoping to meet them soon (for a rare word, a walk through every task).
+    _in_current_schema(
+        """
+        CREATE FUNCTION taskmanager_matching_tasks(query tsquery) RETURNS SETOF integer
+        LANGUAGE sql STABLE SECURITY DEFINER ROWS 100 SET search_path = pg_catalog, pg_temp
+        AS $$ WITH matches AS MATERIALIZED (
+                  SELECT id, workspace_id FROM {schema}.tasks WHERE search_vector @@ query
+              )
+              SELECT id FROM matches
+              WHERE workspace_id = ANY ({schema}.taskmanager_workspace_ids()) $$
+        """
     )
+    op.execute(f"REVOKE ALL ON FUNCTION {MATCHING_TASKS} FROM PUBLIC")
+    op.execute(f"GRANT EXECUTE ON FUNCTION {MATCHING_TASKS} TO {REQUEST_ROLE}")
 
 
 def downgrade() -> None:
-    _if_superuser(
-        f"ALTER FUNCTION {MATCH_FUNCTION} NOT LEAKPROOF",
-        f"not a superuser: {MATCH_FUNCTION} stays as it was",
-    )
+    op.execute(f"DROP FUNCTION {MATCHING_TASKS}")
+    op.execute("ALTER TABLE tasks FORCE ROW LEVEL SECURITY")
     op.drop_index("ix_tasks_search_vector", table_name="tasks")
     op.drop_column("tasks", "search_vector")
