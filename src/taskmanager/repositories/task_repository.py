@@ -96,7 +96,11 @@ def _label_missing() -> ColumnElement[bool]:
     """Relational division, in one shape for any number of labels: "some wanted label is
     not on the task". Negated, the task has ALL of them; each check is one probe of
     task_labels' primary key. An id of no label (or of someone else's) matches no task."""
-    wanted = func.unnest(bindparam("label_ids", type_=ARRAY(Integer))).table_valued("id")
+    wanted = (
+        func.unnest(bindparam("label_ids", type_=ARRAY(Integer)))
+        .table_valued("id")
+        .render_derived("wanted")
+    )
     on_task = (
         exists()
         .where(_TASK_LABELS.c.task_id == _TASKS.c.id, _TASK_LABELS.c.label_id == wanted.c.id)
