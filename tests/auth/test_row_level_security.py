@@ -43,7 +43,14 @@ from taskmanager.scope import Scope
 from tests.support.accounts import Account
 from tests.support.problems import assert_problem
 
-TENANT_TABLES = {"tasks", "categories", "workspaces", "idempotency_keys"}
+TENANT_TABLES = {
+    "tasks",
+    "categories",
+    "workspaces",
+    "idempotency_keys",
+    "labels",
+    "task_labels",
+}
 _LEAVE_REQUEST_SCOPE = text(
     "SELECT set_config('role', 'none', true), set_config('taskmanager.user_id', '', true)"
 )
