@@ -528,11 +528,16 @@ class TaskRepository:
         await self.session.delete(task)
         await self.session.flush()
 
-    async def bulk_insert(self, rows: Sequence[tuple[Any, ...]]) -> int:
+    async def bulk_insert(
+        self, rows: Sequence[tuple[Any, ...]], label_ids: Sequence[int] = ()
+    ) -> int:
         """Insert many tasks at once (rows in BULK_TASK_COLUMNS order) into the caller's
         workspaces. For seeding: COPY into a temporary table, then one INSERT ... SELECT,
         since COPY straight into a table under row-level security is refused; about a
-        hundred times faster than ORM inserts. Returns the count."""
+        hundred times faster than ORM inserts. Returns the count.
+
+        With `label_ids` (labels of the rows' workspace), each task also gets 0 to 3 of
+        them, picked in SQL from its id (see _BULK_LABELS): nothing more crosses the wire."""
         driver_connection = await _driver_connection(self.session)
         columns = ", ".join(BULK_TASK_COLUMNS)
         await driver_connection.execute(
@@ -542,13 +547,47 @@ class TaskRepository:
         await driver_connection.copy_records_to_table(
             "tasks_to_insert", records=rows, columns=BULK_TASK_COLUMNS
         )
-        status = await driver_connection.execute(
+        insert_tasks = (
             f"INSERT INTO tasks ({columns}) SELECT {columns} FROM tasks_to_insert "
-            "WHERE workspace_id = ANY($1::integer[])",
-            list(self.scope.workspace_ids),
+            "WHERE workspace_id = ANY($1::integer[])"
         )
+        workspace_ids = list(self.scope.workspace_ids)
+        if label_ids:
+            inserted = await driver_connection.fetchval(
+                f"WITH inserted AS ({insert_tasks} RETURNING id, workspace_id), "
+                f"labelled AS ({_BULK_LABELS}) SELECT count(*) FROM inserted",
+                workspace_ids,
+                list(label_ids),
+            )
+        else:
+            status = await driver_connection.execute(insert_tasks, workspace_ids)
+            inserted = status.rsplit(" ", 1)[-1]
         await driver_connection.execute("TRUNCATE tasks_to_insert")
-        return int(status.rsplit(" ", 1)[-1])
+        return int(inserted)
+
+
+# The labels of tasks inserted in bulk (the CTE `inserted`), from the labels $2: a task
+# gets 0 to 3 of them, distinct, picked by a hash of its id (deterministic, and spread
+# unlike the ids themselves). The k-th pick is first + k * stride (mod n), with stride
+# small enough that the picks never wrap onto each other.
+_BULK_LABELS = """
+    INSERT INTO task_labels (task_id, label_id, workspace_id)
+    SELECT i.id, ($2::integer[])[1 + (pick.first + k * pick.stride) % pick.n], i.workspace_id
+    FROM inserted i
+    CROSS JOIN LATERAL (
+        SELECT hashint4(i.id)::bigint + 2147483648 AS h, cardinality($2::integer[]) AS n
+    ) hashed
+    CROSS JOIN LATERAL (
+        SELECT hashed.n, hashed.h % (least(3, hashed.n) + 1) AS count,
+               (hashed.h / 4) % hashed.n AS first, hashed.h / 64 AS spread
+    ) base
+    CROSS JOIN LATERAL (
+        SELECT base.n, base.count, base.first,
+               1 + base.spread % greatest((base.n - 1) / greatest(base.count - 1, 1), 1)
+                   AS stride
+    ) pick
+    CROSS JOIN LATERAL generate_series(0, pick.count - 1) AS k
+"""
 
 
 # Column order of the rows TaskRepository.bulk_insert takes.
