@@ -100,6 +100,7 @@ LabelIds = Annotated[
         description="The task's labels (ids of labels in the task's workspace), at most "
         f"{MAX_LABELS_PER_TASK}, each once.",
         examples=[[1, 2]],
+        json_schema_extra={"uniqueItems": True},
     ),
     AfterValidator(_unique_ids),
 ]
