@@ -250,7 +250,8 @@ def db_seed(
         elapsed = time.perf_counter() - started
     rate = result.tasks / elapsed if elapsed > 0 else float("inf")
     console.print(
-        f"seeded {result.tasks:,} tasks over {result.categories} categories in {elapsed:.1f}s "
+        f"seeded {result.tasks:,} tasks over {result.categories} categories "
+        f"(with up to 3 of {result.labels} labels each) in {elapsed:.1f}s "
         f"({rate:,.0f} tasks/s), in the personal workspace of {result.email}"
     )
     password = DEMO_PASSWORD if result.account_created else f"{DEMO_PASSWORD} (unless changed)"

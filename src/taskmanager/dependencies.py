@@ -14,6 +14,7 @@ from fastapi import Depends
 from taskmanager.auth import CurrentReaderDep, CurrentUserDep
 from taskmanager.database import ReadSessionDep, SessionDep
 from taskmanager.repositories.category_repository import CategoryRepository
+from taskmanager.repositories.label_repository import LabelRepository
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.repositories.workspace_repository import WorkspaceRepository
 
@@ -36,6 +37,14 @@ async def get_category_reader(
     return CategoryRepository(session, user)
 
 
+async def get_label_repository(session: SessionDep, user: CurrentUserDep) -> LabelRepository:
+    return LabelRepository(session, user)
+
+
+async def get_label_reader(session: ReadSessionDep, user: CurrentReaderDep) -> LabelRepository:
+    return LabelRepository(session, user)
+
+
 # The workspace repository takes the scope per call (creating a workspace changes it), but
 # its dependency still needs the current user: that is what switches the transaction to the
 # request role, so a route cannot reach workspaces outside row-level security.
@@ -55,5 +64,7 @@ TaskRepositoryDep = Annotated[TaskRepository, Depends(get_task_repository)]
 TaskReaderDep = Annotated[TaskRepository, Depends(get_task_reader)]
 CategoryRepositoryDep = Annotated[CategoryRepository, Depends(get_category_repository)]
 CategoryReaderDep = Annotated[CategoryRepository, Depends(get_category_reader)]
+LabelRepositoryDep = Annotated[LabelRepository, Depends(get_label_repository)]
+LabelReaderDep = Annotated[LabelRepository, Depends(get_label_reader)]
 WorkspaceRepositoryDep = Annotated[WorkspaceRepository, Depends(get_workspace_repository)]
 WorkspaceReaderDep = Annotated[WorkspaceRepository, Depends(get_workspace_reader)]

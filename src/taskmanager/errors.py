@@ -24,9 +24,11 @@ from starlette.routing import Match
 
 from taskmanager.metrics import count_database_error
 from taskmanager.models import (
+    FK_TASK_LABELS_LABEL,
     FK_TASKS_CATEGORY,
     PK_MEMBERSHIPS,
     UQ_CATEGORIES_NAME,
+    UQ_LABELS_NAME,
     UQ_USERS_EMAIL,
 )
 from taskmanager.problems import (
@@ -38,6 +40,7 @@ from taskmanager.problems import (
     ProblemError,
     http_problem,
 )
+from taskmanager.repositories.label_repository import LabelsNotInWorkspaceError
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,14 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(allowed)
 
 
+async def _handle_foreign_labels(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LabelsNotInWorkspaceError)
+    ids = ", ".join(str(label_id) for label_id in exc.label_ids)
+    return VALIDATION_ERROR.about_field(
+        "body.label_ids", f"{LABELS_NOT_IN_WORKSPACE}: {ids}", "label_not_in_workspace"
+    ).response()
+
+
 async def _handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not parse the body
@@ -133,6 +144,8 @@ class ConstraintProblem:
     message: str
 
 
+LABELS_NOT_IN_WORKSPACE = "no label of the task's workspace has this id"
+
 # Constraint name -> what the client did wrong, in the client's words.
 CONSTRAINT_PROBLEMS: dict[str, ConstraintProblem] = {
     FK_TASKS_CATEGORY: ConstraintProblem(
@@ -147,6 +160,16 @@ CONSTRAINT_PROBLEMS: dict[str, ConstraintProblem] = {
         409, "body.email", "an account with this email exists already (emails ignore case)"
     ),
     PK_MEMBERSHIPS: ConstraintProblem(409, "body.email", "is a member of this workspace already"),
+    UQ_LABELS_NAME: ConstraintProblem(
+        409,
+        "body.name",
+        "a label with this name already exists in this workspace (names ignore case)",
+    ),
+    # The backstop of LabelRepository.in_workspace's check (a label deleted meanwhile).
+    FK_TASK_LABELS_LABEL: ConstraintProblem(422, "body.label_ids", LABELS_NOT_IN_WORKSPACE),
+    "ck_labels_name_not_blank": ConstraintProblem(
+        422, "body.name", "must not be empty or only whitespace"
+    ),
     "ck_tasks_title_not_blank": ConstraintProblem(
         422, "body.title", "must not be empty or only whitespace"
     ),
@@ -297,6 +320,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above; the last-resort 500 lives in the request middleware."""
     app.add_exception_handler(ProblemError, _handle_problem_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    app.add_exception_handler(LabelsNotInWorkspaceError, _handle_foreign_labels)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(sa_exc.SQLAlchemyError, _handle_database_error)
     # The driver raises OSError (TimeoutError included) unwrapped; other OSErrors are bugs.

@@ -31,7 +31,7 @@ from taskmanager.middleware import BodySizeLimitMiddleware, RequestContextMiddle
 from taskmanager.openapi import build_openapi, install_docs, operation_id
 from taskmanager.passwords import prepare_decoy_hash
 from taskmanager.postgres import database_url
-from taskmanager.routes import auth, categories, health, tasks, users, workspaces
+from taskmanager.routes import auth, categories, health, labels, tasks, users, workspaces
 from taskmanager.signing_key import signing_key
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(workspaces.router)
     app.include_router(tasks.router)
     app.include_router(categories.router)
+    app.include_router(labels.router)
     app.include_router(health.router)
     token = settings.metrics_token
     install_metrics_route(app, token.get_secret_value() if token else None)

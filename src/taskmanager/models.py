@@ -48,12 +48,18 @@ DISPLAY_NAME_MAX_LENGTH = 100
 WORKSPACE_NAME_MAX_LENGTH = 100
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
 CATEGORY_NAME_MAX_LENGTH = 100
+LABEL_NAME_MAX_LENGTH = 50
+# A label's colour as stored: "#rrggbb", lower case (the API accepts any case).
+LABEL_COLOUR_PATTERN = "^#[0-9a-f]{6}$"
 
 # Constraint names used by errors.py to say which field a database error is about.
 FK_TASKS_CATEGORY = "fk_tasks_category_id_categories"
 UQ_CATEGORIES_NAME = "uq_categories_workspace_id_name_lower"
 UQ_USERS_EMAIL = "uq_users_email_lower"
 PK_MEMBERSHIPS = "pk_memberships"
+UQ_LABELS_NAME = "uq_labels_workspace_id_name_lower"
+FK_TASK_LABELS_LABEL = "fk_task_labels_label_id_labels"
+FK_TASK_LABELS_TASK = "fk_task_labels_task_id_tasks"
 
 # The role every request's statements run as (SET LOCAL ROLE, inside the request's
 # transaction): no BYPASSRLS, not the tables' owner, so row-level security always applies.
@@ -237,6 +243,9 @@ class Task(Base):
         Index("ix_tasks_workspace_id_created_at_id", "workspace_id", "created_at", "id"),
         # Due-date order and the overdue filter.
         Index("ix_tasks_due_at_id", "due_at", "id"),
+        # The target of task_labels' composite foreign key (a label joins only tasks of its
+        # own workspace).
+        UniqueConstraint("id", "workspace_id", name="uq_tasks_id_workspace_id"),
         # A task's category is in the task's workspace, or the row is refused. Deleting the
         # category clears only category_id (PostgreSQL 15+: SET NULL with a column list).
         ForeignKeyConstraint(
@@ -275,6 +284,9 @@ class Task(Base):
         "Category.workspace_id == Task.workspace_id)",
         viewonly=True,
     )
+    # Read only: TaskRepository changes a task's labels through task_labels rows and puts
+    # the labels a response shows in place itself (one statement, by lower(name), id).
+    labels: Mapped[list[Label]] = relationship(secondary="task_labels", lazy="raise", viewonly=True)
 
     # eager_defaults: INSERT/UPDATE ... RETURNING brings back id, created_at and
     # updated_at, so they are readable after flush() without a lazy load.
@@ -293,6 +305,61 @@ Index("ix_tasks_search_vector", SEARCH_VECTOR, postgresql_using="gin")
 
 # Unique in a workspace regardless of case: "Work" and "work" are the same category.
 Index(UQ_CATEGORIES_NAME, Category.workspace_id, func.lower(Category.name), unique=True)
+
+
+class Label(Base):
+    """A tag of a workspace's tasks (many per task): a name unique ignoring case in the
+    workspace, and an optional colour."""
+
+    __tablename__ = "labels"
+    __table_args__ = (
+        CheckConstraint("char_length(btrim(name)) > 0", name="name_not_blank"),
+        CheckConstraint(f"colour ~ '{LABEL_COLOUR_PATTERN}'", name="colour_hex"),
+        # The target of task_labels' composite foreign key.
+        UniqueConstraint("id", "workspace_id", name="uq_labels_id_workspace_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(LABEL_NAME_MAX_LENGTH))
+    colour: Mapped[str | None] = mapped_column(String(7), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Bumped by every change: the ETag clients send back in If-Match (optimistic locking).
+    version: Mapped[int] = mapped_column(default=1, server_default=text("1"))
+
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012  (SQLAlchemy reads it per class)
+
+
+Index(UQ_LABELS_NAME, Label.workspace_id, func.lower(Label.name), unique=True)
+
+
+class TaskLabel(Base):
+    """A label on a task. Both composite foreign keys carry the workspace, so a label can
+    only ever be on a task of its own workspace, whatever code writes the row; deleting
+    either side deletes the row."""
+
+    __tablename__ = "task_labels"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["task_id", "workspace_id"],
+            ["tasks.id", "tasks.workspace_id"],
+            name=FK_TASK_LABELS_TASK,
+            ondelete="CASCADE",
+        ),
+        ForeignKeyConstraint(
+            ["label_id", "workspace_id"],
+            ["labels.id", "labels.workspace_id"],
+            name=FK_TASK_LABELS_LABEL,
+            ondelete="CASCADE",
+        ),
+        # The label_id filter and deleting a label look rows up by label; the primary
+        # key serves "the labels of a task".
+        Index("ix_task_labels_label_id_task_id", "label_id", "task_id"),
+    )
+
+    task_id: Mapped[int] = mapped_column(primary_key=True)
+    label_id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int]
 
 
 class IdempotencyKey(Base):

@@ -28,6 +28,7 @@ from taskmanager.models import (
     CATEGORY_NAME_MAX_LENGTH,
     DISPLAY_NAME_MAX_LENGTH,
     EMAIL_MAX_LENGTH,
+    LABEL_NAME_MAX_LENGTH,
     TITLE_MAX_LENGTH,
     WORKSPACE_NAME_MAX_LENGTH,
 )
@@ -64,9 +65,45 @@ CategoryName = Annotated[
     AfterValidator(_storable_text),
     AfterValidator(_not_blank),
 ]
+LabelName = Annotated[
+    str,
+    Field(min_length=1, max_length=LABEL_NAME_MAX_LENGTH, examples=["urgent"]),
+    AfterValidator(_storable_text),
+    AfterValidator(_not_blank),
+]
+# Any case in, lower case stored and shown: "#FFAA00" and "#ffaa00" are one colour.
+Colour = Annotated[
+    str,
+    Field(
+        pattern="^#[0-9a-fA-F]{6}$",
+        description="#RRGGBB (hexadecimal, any case; answered in lower case).",
+        examples=["#ff8800"],
+    ),
+    AfterValidator(str.lower),
+]
 Description = Annotated[str, Field(max_length=10_000), AfterValidator(_storable_text)]
 DatabaseId = Annotated[int, Field(ge=1, le=INT4_MAX)]
 Priority = Literal["low", "normal", "high", "urgent"]
+MAX_LABELS_PER_TASK = 20
+
+
+def _unique_ids(value: list[int] | None) -> list[int] | None:
+    if value is not None and len(set(value)) != len(value):
+        raise ValueError("must not name a label twice")
+    return value
+
+
+LabelIds = Annotated[
+    list[DatabaseId],
+    Field(
+        max_length=MAX_LABELS_PER_TASK,
+        description="The task's labels (ids of labels in the task's workspace), at most "
+        f"{MAX_LABELS_PER_TASK}, each once.",
+        examples=[[1, 2]],
+        json_schema_extra={"uniqueItems": True},
+    ),
+    AfterValidator(_unique_ids),
+]
 TaskSort = Literal["newest", "oldest", "due", "priority", "title", "relevance"]
 
 
@@ -181,19 +218,21 @@ class TaskCreate(BaseModel):
     workspace_id: WorkspaceId | None = None
     due_at: DueAt | None = None
     priority: Priority = Field(default="low", description="low < normal < high < urgent.")
+    label_ids: LabelIds = Field(default_factory=list)
 
 
 class TaskUpdate(BaseModel):
     """For PATCH (and PUT) /tasks/{id}: only the fields sent change.
 
     An explicit null clears `description`, `category_id` or `due_at`; `title`,
-    `completed` and `priority` cannot be null.
+    `completed`, `priority` and `label_ids` cannot be null. `label_ids` replaces the
+    task's labels (`[]`: none).
     """
 
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
-        json_schema_extra=_not_nullable("title", "completed", "priority"),
+        json_schema_extra=_not_nullable("title", "completed", "priority", "label_ids"),
     )
 
     title: Title | None = None
@@ -202,8 +241,9 @@ class TaskUpdate(BaseModel):
     category_id: DatabaseId | None = None
     due_at: DueAt | None = None
     priority: Priority | None = None
+    label_ids: LabelIds | None = None
 
-    @field_validator("title", "completed", "priority")
+    @field_validator("title", "completed", "priority", "label_ids")
     @classmethod
     def _reject_null(cls, value: object) -> object:
         if value is None:
@@ -228,6 +268,32 @@ class CategoryUpdate(BaseModel):
     name: CategoryName
 
 
+class LabelCreate(BaseModel):
+    """For POST /labels."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: LabelName
+    colour: Colour | None = None
+    workspace_id: WorkspaceId | None = None
+
+
+class LabelUpdate(BaseModel):
+    """For PATCH /labels/{id}: only the fields sent change; a null colour clears it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_not_nullable("name"))
+
+    name: LabelName | None = None
+    colour: Colour | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _reject_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("may be left out, but not set to null")
+        return value
+
+
 # ─────────────────────────────────────────────
 # RESPONSE MODELS (what the client RECEIVES)
 # ─────────────────────────────────────────────
@@ -244,6 +310,24 @@ class CategoryResponse(BaseModel):
 
 class CategoryDetailResponse(CategoryResponse):
     """A category as returned by the /categories endpoints."""
+
+    workspace_id: int
+    created_at: datetime
+    version: int  # also sent as the ETag header
+
+
+class LabelResponse(BaseModel):
+    """A label as nested in a task."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    colour: str | None
+
+
+class LabelDetailResponse(LabelResponse):
+    """A label as returned by the /labels endpoints."""
 
     workspace_id: int
     created_at: datetime
@@ -274,6 +358,7 @@ class TaskWithCategoryResponse(TaskResponse):
     """Every task response: the task plus its category, eagerly loaded."""
 
     category: CategoryResponse | None
+    labels: list[LabelResponse] = Field(description="By name (ignoring case), then id.")
 
 
 # ─────────────────────────────────────────────

@@ -11,7 +11,7 @@ idempotency dependencies, which are replaced here, so no token is needed.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -67,6 +67,7 @@ def make_task(
         created_at=NOW,
         updated_at=NOW,
         version=1,
+        labels=[],
     )
 
 
@@ -129,6 +130,7 @@ class FakeTaskRepository:
         workspace_id: int | None = None,
         due_at: datetime | None = None,
         priority: str = "low",
+        label_ids: Sequence[int] = (),
     ) -> Task:
         self._record(
             "create",
@@ -139,6 +141,7 @@ class FakeTaskRepository:
             workspace_id=workspace_id,
             due_at=due_at,
             priority=priority,
+            label_ids=list(label_ids),
         )
         task_id = max(self.tasks, default=0) + 1
         category = make_category(category_id, f"Category {category_id}") if category_id else None
@@ -291,6 +294,7 @@ async def test_post_passes_validated_fields_to_create(
                 "workspace_id": None,  # none named: the repository picks the personal one
                 "due_at": None,
                 "priority": "low",
+                "label_ids": [],
             },
         )
     ]
@@ -313,6 +317,7 @@ async def test_post_passes_every_field(
             "workspace_id": 5,
             "due_at": "2026-12-24T18:00:00+01:00",
             "priority": "urgent",
+            "label_ids": [4, 2],
         },
     )
 
@@ -327,6 +332,7 @@ async def test_post_passes_every_field(
                 "workspace_id": 5,
                 "due_at": datetime(2026, 12, 24, 17, 0, tzinfo=UTC),
                 "priority": "urgent",
+                "label_ids": [4, 2],
             },
         )
     ]

@@ -28,7 +28,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from taskmanager.config import Settings
-from taskmanager.models import REQUEST_ROLE, Category, Task
+from taskmanager.models import REQUEST_ROLE, Category, Label, Task, TaskLabel
 from tests.support.accounts import Account
 from tests.support.real_sessions import app_with_real_sessions
 
@@ -284,3 +284,96 @@ async def test_a_real_list_request_is_one_read_only_transaction_of_two_statement
     assert len(log.caller) == CALLER_STATEMENTS
     assert len(log.queries) == 1, log.statements
     assert log.fixture == []
+
+
+# ─────────────────────────────── labels: still constant
+
+
+@pytest.fixture
+async def labelled(db_session: AsyncSession, account: Account) -> dict[int, list[str]]:
+    """60 tasks carrying 0 to 11 of 12 labels (task n carries the first n % 12, so pages
+    differ in how many labels their tasks carry); returns task id -> its label names in
+    answer order."""
+    workspace_id = account.personal_workspace_id
+    labels = [Label(name=f"Label {n:02}", workspace_id=workspace_id) for n in range(12)]
+    tasks = [Task(title=f"Task {n}", workspace_id=workspace_id) for n in range(60)]
+    db_session.add_all([*labels, *tasks])
+    await db_session.flush()
+    db_session.add_all(
+        TaskLabel(task_id=task.id, label_id=label.id, workspace_id=workspace_id)
+        for n, task in enumerate(tasks)
+        for label in labels[: n % 12]
+    )
+    await db_session.commit()
+    return {task.id: [label.name for label in labels[: n % 12]] for n, task in enumerate(tasks)}
+
+
+@pytest.mark.parametrize("params", [{"limit": 50}, {"limit": 5}, {"limit": 100, "offset": 7}])
+async def test_a_page_with_its_labels_is_still_one_statement(
+    client: AsyncClient,
+    engine: AsyncEngine,
+    labelled: dict[int, list[str]],
+    params: dict[str, Any],
+) -> None:
+    response, log = await list_counting(client, engine, params)
+
+    assert len(log.queries) == 1, log.queries
+    assert len(log.caller) == CALLER_STATEMENTS
+    tasks = response.json()
+    assert tasks
+    for task in tasks:
+        assert [label["name"] for label in task["labels"]] == labelled[task["id"]]
+    assert sum(len(task["labels"]) for task in tasks) > len(tasks)  # many labels per task
+
+
+async def test_the_label_filter_costs_the_same_statements(
+    client: AsyncClient, engine: AsyncEngine, labelled: dict[int, list[str]]
+) -> None:
+    _, reference = await list_counting(client, engine, {"limit": 50})
+    labels = (await client.get("/labels")).json()
+    wanted = [labels[0]["id"], labels[5]["id"]]
+
+    response, log = await list_counting(client, engine, {"label_id": wanted})
+
+    assert len(log.queries) == len(reference.queries) == 1
+    expected = {task_id for task_id, names in labelled.items() if len(names) > 5}
+    assert {task["id"] for task in response.json()} == expected
+
+
+async def test_get_one_is_one_statement_however_many_labels(
+    client: AsyncClient, engine: AsyncEngine, labelled: dict[int, list[str]]
+) -> None:
+    for task_id in (
+        min(labelled, key=lambda i: len(labelled[i])),
+        max(labelled, key=lambda i: len(labelled[i])),
+    ):
+        with count_statements(engine) as log:
+            response = await client.get(f"/tasks/{task_id}")
+        assert response.status_code == 200, response.text
+        assert [label["name"] for label in response.json()["labels"]] == labelled[task_id]
+        assert len(log.queries) == 1, log.queries
+
+
+async def test_writing_labels_costs_the_same_statements_for_one_label_or_many(
+    client: AsyncClient, engine: AsyncEngine, labelled: dict[int, list[str]]
+) -> None:
+    """Create: the labels checked (and read for the answer), the INSERT, the task_labels
+    rows in one statement. Change: the locked task, the labels checked, the set replaced
+    in one statement, the UPDATE."""
+    label_ids = [label["id"] for label in (await client.get("/labels")).json()]
+    counts = {}
+    for how_many in (1, 11):
+        with count_statements(engine) as log:
+            created = await client.post(
+                "/tasks", json={"title": "t", "label_ids": label_ids[:how_many]}
+            )
+        assert created.status_code == 201, created.text
+        assert len(created.json()["labels"]) == how_many
+        with count_statements(engine) as changed_log:
+            changed = await client.patch(
+                f"/tasks/{created.json()['id']}", json={"label_ids": label_ids[-how_many:]}
+            )
+        assert changed.status_code == 200, changed.text
+        assert [label["id"] for label in changed.json()["labels"]] == label_ids[-how_many:]
+        counts[how_many] = (len(log.queries), len(changed_log.queries))
+    assert counts[1] == counts[11] == (3, 4), counts

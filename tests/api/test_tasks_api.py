@@ -33,6 +33,7 @@ TASK_KEYS = {
     "priority",
     "completed_at",
     "category",
+    "labels",
 }
 
 

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskmanager import schemas
 from taskmanager.config import Settings
 from taskmanager.main import create_app
-from taskmanager.models import Category, Membership, Task, Workspace
+from taskmanager.models import Category, Label, Membership, Task, TaskLabel, Workspace
 from taskmanager.problems import FORBIDDEN
 from tests.support.accounts import TEST_SECRET, Account
 from tests.support.problems import assert_problem
@@ -43,7 +43,7 @@ from tests.support.tokens import (
 )
 
 # The path parameters that name a resource, and the world's value for each.
-ID_PARAMETERS = ("task_id", "category_id", "workspace_id", "user_id")
+ID_PARAMETERS = ("task_id", "category_id", "label_id", "workspace_id", "user_id")
 # An id no row has (inside PostgreSQL's integer range, so it is looked up, not refused).
 MISSING_ID = 2_147_483_000
 
@@ -64,6 +64,9 @@ EXPECTED: dict[str, tuple[int, int]] = {
     "get_category": (200, 200),
     "rename_category": (200, 200),
     "delete_category": (204, 204),
+    "get_label": (200, 200),
+    "update_label": (200, 200),
+    "delete_label": (204, 204),
 }
 
 
@@ -80,11 +83,13 @@ class World:
     shared_workspace_id: int
     task_id: int
     category_id: int
+    label_id: int
 
     def ids(self) -> dict[str, int]:
         return {
             "task_id": self.task_id,
             "category_id": self.category_id,
+            "label_id": self.label_id,
             "workspace_id": self.workspace_id,
             "user_id": self.target.user_id,
         }
@@ -97,6 +102,7 @@ BODIES: dict[str, Callable[[World], dict[str, Any]]] = {
     "update_task": lambda world: {"title": "Changed by the matrix"},
     "replace_task": lambda world: {"title": "Replaced by the matrix"},
     "rename_category": lambda world: {"name": "Renamed by the matrix"},
+    "update_label": lambda world: {"name": "Renamed by the matrix"},
 }
 
 
@@ -200,6 +206,7 @@ def test_every_body_is_valid_for_its_documented_schema(
         shared_workspace_id=2,
         task_id=1,
         category_id=1,
+        label_id=1,
     )
     for operation in OPERATIONS:
         if operation.body_schema is None:
@@ -243,9 +250,15 @@ async def world(
     await post(f"/workspaces/{workspace_id}/members", {"email": member_account.email})
     await post(f"/workspaces/{workspace_id}/members", {"email": target_account.email})
     category = await post("/categories", {"name": "Matrix", "workspace_id": workspace_id})
+    label = await post("/labels", {"name": "Matrix", "workspace_id": workspace_id})
     task = await post(
         "/tasks",
-        {"title": "Matrix task", "workspace_id": workspace_id, "category_id": category["id"]},
+        {
+            "title": "Matrix task",
+            "workspace_id": workspace_id,
+            "category_id": category["id"],
+            "label_ids": [label["id"]],
+        },
     )
     return World(
         owner=account,
@@ -257,6 +270,7 @@ async def world(
         shared_workspace_id=shared_id,
         task_id=task["id"],
         category_id=category["id"],
+        label_id=label["id"],
     )
 
 
@@ -275,6 +289,12 @@ async def snapshot(db_session: AsyncSession, world: World) -> dict[str, list[tup
         ),
         "tasks": select(Task.id, Task.title, Task.version, Task.category_id).where(
             Task.workspace_id.in_(workspaces)
+        ),
+        "labels": select(Label.id, Label.name, Label.colour, Label.version).where(
+            Label.workspace_id.in_(workspaces)
+        ),
+        "task_labels": select(TaskLabel.task_id, TaskLabel.label_id).where(
+            TaskLabel.workspace_id.in_(workspaces)
         ),
     }
     return {

@@ -44,7 +44,13 @@ from taskmanager.scope import Scope
 from tests.support.accounts import Account
 from tests.support.problems import assert_problem
 
-TENANT_TABLES = {"categories", "workspaces", "idempotency_keys"}
+TENANT_TABLES = {
+    "categories",
+    "workspaces",
+    "idempotency_keys",
+    "labels",
+    "task_labels",
+}
 _LEAVE_REQUEST_SCOPE = text(
     "SELECT set_config('role', 'none', true), set_config('taskmanager.user_id', '', true)"
 )

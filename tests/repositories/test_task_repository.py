@@ -12,13 +12,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import distinct, func, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.errors import translate_database_error
-from taskmanager.models import Category, Task
+from taskmanager.models import Category, Task, TaskLabel
 from taskmanager.repositories.category_repository import CategoryRepository
+from taskmanager.repositories.label_repository import LabelRepository
 from taskmanager.repositories.task_repository import (
     BULK_TASK_COLUMNS,
     LIST_FILTERS,
@@ -524,3 +525,34 @@ async def test_bulk_insert_stores_rows_in_bulk_task_columns_order(
 async def test_bulk_insert_nothing(repo: TaskRepository) -> None:
     assert await repo.bulk_insert([]) == 0
     assert await repo.count() == 0
+
+
+async def test_bulk_insert_with_labels_gives_each_task_0_to_3_distinct_ones(
+    repo: TaskRepository, db_session: AsyncSession, scope: Scope, other_account: Account
+) -> None:
+    mine = personal(scope)
+    label_ids = await LabelRepository(db_session, scope).ensure_names(
+        [f"label {n}" for n in range(5)], [None] * 5, mine
+    )
+    rows = [(mine, f"task {n}", None, False, None, BASE, BASE) for n in range(400)]
+    foreign = (other_account.personal_workspace_id, "not mine", None, False, None, BASE, BASE)
+
+    assert await repo.bulk_insert([*rows, foreign], label_ids) == 400
+
+    result = await db_session.execute(
+        select(Task.id, func.count(TaskLabel.label_id), func.count(distinct(TaskLabel.label_id)))
+        .outerjoin(TaskLabel, TaskLabel.task_id == Task.id)
+        .group_by(Task.id)
+    )
+    per_task = {task_id: (count, unique) for task_id, count, unique in result.all()}
+    assert len(per_task) == 400
+    assert all(count == unique for count, unique in per_task.values())  # never twice
+    assert {count for count, _ in per_task.values()} == {0, 1, 2, 3}
+    used = await db_session.execute(select(distinct(TaskLabel.label_id), TaskLabel.workspace_id))
+    assert {(label_id, mine) for label_id in label_ids} == set(used.all())
+    # The label filter finds exactly the tasks the rows say carry the label.
+    first = label_ids[0]
+    carrying = await db_session.execute(
+        select(func.count()).select_from(TaskLabel).where(TaskLabel.label_id == first)
+    )
+    assert (await repo.get_page(TaskFilters(label_ids=(first,)))).total == carrying.scalar_one()

@@ -121,17 +121,33 @@ def test_seed_inserts_exactly_what_was_asked(
     assert result.returncode == 0, result.stderr
     assert scalar(url, "SELECT count(*) FROM tasks") == 2500
     assert scalar(url, "SELECT count(*) FROM categories") == 3
-    rate = r"seeded 2,500 tasks over 3 categories in [\d.]+s \([\d,]+ tasks/s\)"
+    rate = (
+        r"seeded 2,500 tasks over 3 categories \(with up to 3 of 12 labels each\) "
+        r"in [\d.]+s \([\d,]+ tasks/s\)"
+    )
     assert re.search(rate, result.stderr), result.stderr
     # The tasks are spread over the seeded categories.
     assert scalar(url, "SELECT count(*) FROM tasks WHERE category_id IS NOT NULL") > 0
     assert scalar(url, "SELECT count(DISTINCT category_id) FROM tasks") == 3
+    # Every task carries 0 to 3 of the 12 labels, all of each number occurring, every
+    # label used.
+    assert scalar(url, "SELECT count(*) FROM labels") == 12
+    per_task = (
+        "SELECT count(DISTINCT n) FILTER (WHERE n BETWEEN 0 AND 3) || '/' || count(DISTINCT n)"
+        " FROM (SELECT count(tl.label_id) AS n FROM tasks t"
+        " LEFT JOIN task_labels tl ON tl.task_id = t.id GROUP BY t.id) counts"
+    )
+    assert scalar(url, per_task) == "4/4"
+    assert scalar(url, "SELECT count(DISTINCT label_id) FROM task_labels") == 12
+    labelled = scalar(url, "SELECT count(*) FROM task_labels")
+    assert 1500 < labelled < 2300, labelled  # 0.75 per task on average
 
-    # A second seed adds tasks but reuses the existing category names.
+    # A second seed adds tasks but reuses the existing category and label names.
     again = run_cli(*seed, "--tasks", "10", cwd=tmp_path, database_url=url)
     assert again.returncode == 0, again.stderr
     assert scalar(url, "SELECT count(*) FROM tasks") == 2510
     assert scalar(url, "SELECT count(*) FROM categories") == 3
+    assert scalar(url, "SELECT count(*) FROM labels") == 12
 
 
 def test_current_downgrade_upgrade(tmp_path: Path, make_database: Callable[[str], str]) -> None:

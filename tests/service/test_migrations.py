@@ -219,6 +219,7 @@ def test_naming_convention_applied(fresh_url: str) -> None:
         "fk_tasks_workspace_id_workspaces": "f",
         "fk_categories_workspace_id_workspaces": "f",
         "uq_categories_id_workspace_id": "u",
+        "uq_tasks_id_workspace_id": "u",  # the target of task_labels' composite key
         "ck_tasks_title_not_blank": "c",
         "ck_categories_name_not_blank": "c",
     }
@@ -253,6 +254,7 @@ def test_naming_convention_applied(fresh_url: str) -> None:
         "pk_categories",
         UQ_CATEGORIES_NAME,
         "uq_categories_id_workspace_id",
+        "uq_tasks_id_workspace_id",
         "ix_tasks_created_at_id",
         "ix_tasks_completed_created_at_id",
         "ix_tasks_category_id_created_at_id",

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from pydantic import Field
 
 from taskmanager.cursors import MAX_CURSOR_LENGTH, CursorCodec, InvalidCursorError, fingerprint
 from taskmanager.dependencies import TaskReaderDep, TaskRepositoryDep
@@ -26,6 +27,7 @@ from taskmanager.repositories.task_repository import (
 from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
 from taskmanager.schemas import (
     INT4_MAX,
+    MAX_LABELS_PER_TASK,
     DueAt,
     Priority,
     StorableText,
@@ -84,6 +86,7 @@ async def create_task(
         workspace_id=body.workspace_id,
         due_at=body.due_at,
         priority=body.priority,
+        label_ids=body.label_ids,
     )
     response.headers["Location"] = str(request.url_for("get_task", task_id=task.id))
     set_etag(response, task.version)
@@ -133,6 +136,14 @@ async def list_tasks(
         Query(description="Only tasks due in the past and still open (true), or all others."),
     ] = None,
     priority: Annotated[Priority | None, Query(description="Only tasks of this priority.")] = None,
+    label_id: Annotated[
+        list[Annotated[int, Field(ge=1, le=INT4_MAX)]] | None,
+        Query(
+            max_length=MAX_LABELS_PER_TASK,
+            description="Only tasks that carry this label; repeat it for tasks that carry "
+            "ALL of the labels named.",
+        ),
+    ] = None,
     sort: Annotated[
         TaskSort,
         Query(
@@ -172,6 +183,7 @@ async def list_tasks(
         due_after=due_after,
         overdue=overdue,
         priority=priority,
+        label_ids=tuple(label_id or ()),
     )
     if sort in SORTS_NEEDING_Q and not q:
         raise ProblemError(VALIDATION_ERROR.about_field("query.sort", f"{sort} needs q"))

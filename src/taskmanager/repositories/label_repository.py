@@ -1,0 +1,147 @@
+"""LabelRepository: how labels are found, stored and changed, and which labels a task
+may carry. Flushes, never commits."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Integer, any_, bindparam, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskmanager.models import Label
+from taskmanager.scope import Scope
+
+# Columns a client may change through LabelRepository.update.
+UPDATABLE_FIELDS = frozenset({"name", "colour"})
+
+# A label's order wherever labels are listed: by name ignoring case, then by id.
+LABEL_ORDER = (func.lower(Label.name), Label.id)
+
+
+class LabelsNotInWorkspaceError(LookupError):
+    """Some label ids name no label of the task's workspace (another workspace's, one the
+    caller cannot see, or none at all): answered as a 422 naming `body.label_ids`."""
+
+    def __init__(self, label_ids: Sequence[int]) -> None:
+        super().__init__(f"no label of the task's workspace has id {list(label_ids)}")
+        self.label_ids = list(label_ids)
+
+
+# The labels among some ids that belong to one workspace, in label order: what a task in
+# that workspace may carry, and what its answer shows.
+_IN_WORKSPACE = (
+    select(Label)
+    .where(
+        Label.id == any_(bindparam("label_ids", type_=ARRAY(Integer))),
+        Label.workspace_id == bindparam("workspace_id"),
+        # The caller's workspaces only (row-level security would hide the rest anyway).
+        Label.workspace_id == any_(bindparam("workspace_ids", type_=ARRAY(Integer))),
+    )
+    .order_by(*LABEL_ORDER)
+)
+
+
+class LabelRepository:
+    """Encapsulates all database operations for Labels, within the caller's Scope."""
+
+    def __init__(self, session: AsyncSession, scope: Scope) -> None:
+        self.session = session
+        self.scope = scope
+
+    async def get_by_id(self, label_id: int, *, for_update: bool = False) -> Label | None:
+        """Fetch a label; `for_update=True` locks its row until the transaction ends."""
+        stmt = select(Label).where(
+            Label.id == label_id, Label.workspace_id.in_(self.scope.workspace_ids)
+        )
+        if for_update:
+            stmt = stmt.with_for_update()
+        result = await self.session.execute(stmt)
+        return result.scalar_one_or_none()
+
+    async def get_all(self, workspace_id: int | None = None) -> list[Label]:
+        """The caller's labels (of one workspace, if given) by name, ignoring case."""
+        stmt = (
+            select(Label)
+            .where(Label.workspace_id.in_(self.scope.workspace_ids))
+            .order_by(*LABEL_ORDER)
+        )
+        if workspace_id is not None:
+            stmt = stmt.where(Label.workspace_id == workspace_id)
+        result = await self.session.execute(stmt)
+        return list(result.scalars().all())
+
+    async def create(
+        self, name: str, colour: str | None = None, workspace_id: int | None = None
+    ) -> Label:
+        """Create a label in `workspace_id` (default: the caller's personal workspace); a
+        name taken there in any case fails the unique index at flush."""
+        label = Label(
+            name=name, colour=colour, workspace_id=self.scope.workspace_for_new_row(workspace_id)
+        )
+        self.session.add(label)
+        await self.session.flush()
+        return label
+
+    async def update(self, label: Label, changes: Mapping[str, Any]) -> Label:
+        """Apply `changes` (field -> new value); a name taken by another label of the
+        workspace (any case) fails the unique index."""
+        unknown = set(changes) - UPDATABLE_FIELDS
+        if unknown:
+            raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
+        for key, value in changes.items():
+            setattr(label, key, value)
+        if self.session.is_modified(label):
+            label.version += 1  # a new state, a new ETag
+        await self.session.flush()
+        return label
+
+    async def delete(self, label: Label) -> None:
+        """Delete a label; PostgreSQL takes it off every task (ON DELETE CASCADE)."""
+        await self.session.delete(label)
+        await self.session.flush()
+
+    async def in_workspace(self, label_ids: Sequence[int], workspace_id: int) -> list[Label]:
+        """The labels `label_ids` name, in label order, if every one is a label of
+        `workspace_id` the caller can see (one statement); else LabelsNotInWorkspaceError."""
+        if not label_ids:
+            return []
+        result = await self.session.execute(
+            _IN_WORKSPACE,
+            {
+                "label_ids": list(label_ids),
+                "workspace_id": workspace_id,
+                "workspace_ids": list(self.scope.workspace_ids),
+            },
+        )
+        labels = list(result.scalars().all())
+        if len(labels) != len(set(label_ids)):
+            found = {label.id for label in labels}
+            raise LabelsNotInWorkspaceError([i for i in label_ids if i not in found])
+        return labels
+
+    async def ensure_names(
+        self, names: Sequence[str], colours: Sequence[str | None], workspace_id: int
+    ) -> list[int]:
+        """Create the labels in `names` (with `colours`, pairwise) that do not exist yet
+        (any case) in `workspace_id`; return the ids of all of them. For seeding."""
+        if names:
+            stmt = (
+                insert(Label)
+                .values(
+                    [
+                        {"name": name, "colour": colour, "workspace_id": workspace_id}
+                        for name, colour in zip(names, colours, strict=True)
+                    ]
+                )
+                .on_conflict_do_nothing(index_elements=[Label.workspace_id, text("lower(name)")])
+            )
+            await self.session.execute(stmt)
+        lowered = [name.lower() for name in names]
+        result = await self.session.execute(
+            select(Label.id)
+            .where(Label.workspace_id == workspace_id, func.lower(Label.name).in_(lowered))
+            .order_by(Label.id)
+        )
+        return list(result.scalars().all())

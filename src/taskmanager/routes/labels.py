@@ -1,0 +1,124 @@
+"""Label routes: HTTP only; duplicate names are answered 409 by errors.py."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+
+from taskmanager.dependencies import LabelReaderDep, LabelRepositoryDep
+from taskmanager.idempotency import IdempotencyDep
+from taskmanager.models import Label
+from taskmanager.openapi import problem_responses, response_headers
+from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
+from taskmanager.schemas import INT4_MAX, LabelCreate, LabelDetailResponse, LabelUpdate
+
+router = APIRouter(prefix="/labels", tags=["labels"])
+
+LabelId = Annotated[int, Path(ge=1, le=INT4_MAX, description="The label's id.")]
+NOT_FOUND = "Label not found"
+
+
+async def _get_or_404(
+    repo: LabelRepositoryDep, label_id: int, *, for_update: bool = False
+) -> Label:
+    label = await repo.get_by_id(label_id, for_update=for_update)
+    if label is None:
+        raise HTTPException(status_code=404, detail=NOT_FOUND)
+    return label
+
+
+async def _get_for_change(repo: LabelRepositoryDep, label_id: int, if_match: str | None) -> Label:
+    """The label, locked for this transaction, if If-Match allows the change."""
+    label = await _get_or_404(repo, label_id, for_update=True)
+    require_match(if_match, label.version)
+    return label
+
+
+@router.post(
+    "",
+    response_model=LabelDetailResponse,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        201: {"headers": response_headers("Location", "ETag", "Idempotent-Replayed")},
+        **problem_responses(401, 409, 413, 422, 503),
+    },
+)
+async def create_label(
+    body: LabelCreate,
+    repo: LabelRepositoryDep,
+    idempotency: IdempotencyDep,
+    request: Request,
+    response: Response,
+) -> Label | JSONResponse:
+    """Create a label (its name unique in the workspace, ignoring case). With
+    `Idempotency-Key`, a retry gets this response again."""
+    if (replayed := await idempotency.replay(body)) is not None:
+        return replayed
+    label = await repo.create(body.name, body.colour, body.workspace_id)
+    response.headers["Location"] = str(request.url_for("get_label", label_id=label.id))
+    set_etag(response, label.version)
+    await idempotency.remember(201, LabelDetailResponse, label, response)
+    return label
+
+
+@router.get(
+    "", response_model=list[LabelDetailResponse], responses=problem_responses(401, 422, 503)
+)
+async def list_labels(
+    repo: LabelReaderDep,
+    workspace_id: Annotated[
+        int | None,
+        Query(ge=1, le=INT4_MAX, description="Only this workspace's labels."),
+    ] = None,
+) -> list[Label]:
+    """Your labels (in every workspace you belong to), ordered by name ignoring case."""
+    return await repo.get_all(workspace_id)
+
+
+@router.get(
+    "/{label_id}",
+    response_model=LabelDetailResponse,
+    responses={200: {"headers": response_headers("ETag")}, **problem_responses(401, 404, 422, 503)},
+)
+async def get_label(label_id: LabelId, repo: LabelReaderDep, response: Response) -> Label:
+    label = await _get_or_404(repo, label_id)
+    set_etag(response, label.version)
+    return label
+
+
+@router.patch(
+    "/{label_id}",
+    response_model=LabelDetailResponse,
+    responses={
+        200: {"headers": response_headers("ETag")},
+        **problem_responses(401, 404, 409, 412, 413, 422, 503),
+    },
+)
+async def update_label(
+    label_id: LabelId,
+    body: LabelUpdate,
+    repo: LabelRepositoryDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> Label:
+    """Rename or recolour (only the fields sent; a null colour clears it); with `If-Match`,
+    only if the label is still at that ETag (else 412)."""
+    label = await _get_for_change(repo, label_id, if_match)
+    label = await repo.update(label, body.model_dump(exclude_unset=True))
+    set_etag(response, label.version)
+    return label
+
+
+@router.delete(
+    "/{label_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(401, 404, 412, 422, 503),
+)
+async def delete_label(
+    label_id: LabelId, repo: LabelRepositoryDep, if_match: IfMatch = None
+) -> None:
+    """Delete a label; it comes off every task that carried it."""
+    await repo.delete(await _get_for_change(repo, label_id, if_match))
