@@ -24,6 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     func,
+    literal_column,
     text,
     true,
 )
@@ -221,8 +222,10 @@ class Task(Base):
         Index("ix_tasks_completed_created_at_id", "completed", "created_at", "id"),
         Index("ix_tasks_category_id_created_at_id", "category_id", "created_at", "id"),
         Index("ix_tasks_workspace_id_created_at_id", "workspace_id", "created_at", "id"),
-        # Due-date order and the overdue filter.
-        Index("ix_tasks_due_at_id", "due_at", "id"),
+        # The other orders of GET /tasks (and their keyset pages): each index is the order's
+        # keys, id last, so a page is a range of the index read in order (migration 0007).
+        Index("ix_tasks_priority_created_at_id", "priority", "created_at", "id"),
+        Index("ix_tasks_title_id", "title", "id"),
         # A task's category is in the task's workspace, or the row is refused. Deleting the
         # category clears only category_id (PostgreSQL 15+: SET NULL with a column list).
         ForeignKeyConstraint(
@@ -265,6 +268,16 @@ class Task(Base):
     # eager_defaults: INSERT/UPDATE ... RETURNING brings back id, created_at and
     # updated_at, so they are readable after flush() without a lazy load.
     __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012  (SQLAlchemy reads it per class)
+
+
+# Soonest due first, tasks without a due date last: NULL read as +infinity, so the order is
+# one never-NULL key a btree serves in both directions and a keyset page can compare with
+# `>` (an API client cannot store infinity). The due-date filters and overdue use the same
+# expression, so this one index serves them too.
+DUE_ORDER = func.coalesce(
+    Task.__table__.c.due_at, literal_column("'infinity'::timestamptz", DateTime(timezone=True))
+)
+Index("ix_tasks_due_order_id", DUE_ORDER, Task.__table__.c.id)
 
 
 # Unique in a workspace regardless of case: "Work" and "work" are the same category.

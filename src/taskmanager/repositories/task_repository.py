@@ -10,13 +10,15 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    DateTime,
     Integer,
     Select,
     and_,
     any_,
     bindparam,
-    false,
     func,
+    literal_column,
+    or_,
     select,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -24,11 +26,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
-from taskmanager.models import Category, Task
+from taskmanager.models import DUE_ORDER, Category, Task
 from taskmanager.schemas import CategoryResponse, TaskWithCategoryResponse
 from taskmanager.scope import Scope
 
 _TASKS = Task.__table__
+_INFINITY = literal_column("'infinity'::timestamptz", DateTime(timezone=True))
 _CATEGORIES = Category.__table__
 
 # Columns a client may change through TaskRepository.update.
@@ -36,12 +39,15 @@ UPDATABLE_FIELDS = frozenset(
     {"title", "description", "completed", "category_id", "due_at", "priority"}
 )
 
+# The due-date order's key (models.DUE_ORDER), under a name ruff does not take for a constant.
+_due_order = DUE_ORDER
+
 # The orders GET /tasks offers, by name; each ends with the id, so every order is total
 # (stable across pages). "due": tasks without a due date last.
 SORTS: dict[str, tuple[ColumnElement[Any], ...]] = {
     "newest": (_TASKS.c.created_at.desc(), _TASKS.c.id.desc()),
     "oldest": (_TASKS.c.created_at.asc(), _TASKS.c.id.asc()),
-    "due": (_TASKS.c.due_at.asc().nulls_last(), _TASKS.c.id.asc()),
+    "due": (_due_order.asc(), _TASKS.c.id.asc()),
     "priority": (_TASKS.c.priority.desc(), _TASKS.c.created_at.desc(), _TASKS.c.id.desc()),
     "title": (_TASKS.c.title.asc(), _TASKS.c.id.asc()),
 }
@@ -80,6 +86,9 @@ class ListFilter:
     name: str
     clause: ColumnElement[bool]
     parameter: Callable[[Any], Any] = _same
+    # A filter whose clause depends on the value (not only binds it): active only for this
+    # value, and it binds nothing.
+    when: Any = None
 
 
 # The clauses name the table's columns, not the mapped attributes: a view statement that
@@ -88,14 +97,19 @@ LIST_FILTERS = (
     ListFilter("workspace_id", _TASKS.c.workspace_id == bindparam("workspace_id")),
     ListFilter("completed", _TASKS.c.completed == bindparam("completed")),
     ListFilter("category_id", _TASKS.c.category_id == bindparam("category_id")),
-    ListFilter("due_before", _TASKS.c.due_at < bindparam("due_before")),
-    ListFilter("due_after", _TASKS.c.due_at >= bindparam("due_after")),
-    # Overdue: due in the past and still open (a task without a due date never is).
+    # The due-date filters and overdue compare DUE_ORDER (no due date = +infinity), the
+    # expression the due-date index is built on, so that index serves them: `< :due_before`
+    # never matches a task without a due date, and `< infinity` keeps those out of
+    # `>= :due_after` without a second condition.
+    ListFilter("due_before", _due_order < bindparam("due_before")),
     ListFilter(
-        "overdue",
-        and_(func.coalesce(_TASKS.c.due_at < func.now(), false()), ~_TASKS.c.completed)
-        == bindparam("overdue"),
+        "due_after",
+        and_(_due_order >= bindparam("due_after"), _due_order < _INFINITY),
     ),
+    # Overdue: due in the past and still open (a task without a due date never is). Two
+    # statements, one per answer, so that overdue=true is a range of the due-date index.
+    ListFilter("overdue", and_(_due_order < func.now(), ~_TASKS.c.completed), when=True),
+    ListFilter("overdue", or_(_due_order >= func.now(), _TASKS.c.completed), when=False),
     ListFilter("priority", _TASKS.c.priority == bindparam("priority")),
     ListFilter(
         "q",
@@ -108,12 +122,18 @@ LIST_FILTERS = (
 def _active_filters(filters: TaskFilters) -> tuple[ListFilter, ...]:
     """The filters `filters` asks for (an empty `q` asks for nothing): also the key under
     which the statement for that combination is cached."""
-    return tuple(f for f in LIST_FILTERS if getattr(filters, f.name) not in (None, ""))
+    return tuple(f for f in LIST_FILTERS if _asks_for(f, getattr(filters, f.name)))
+
+
+def _asks_for(list_filter: ListFilter, value: Any) -> bool:
+    if list_filter.when is not None:
+        return bool(value == list_filter.when)
+    return value not in (None, "")
 
 
 def _filter_parameters(filters: TaskFilters, active: tuple[ListFilter, ...]) -> dict[str, Any]:
     """The bound parameters of the `active` filters (from _active_filters(filters))."""
-    return {f.name: f.parameter(getattr(filters, f.name)) for f in active}
+    return {f.name: f.parameter(getattr(filters, f.name)) for f in active if f.when is None}
 
 
 # Every statement reads only the caller's workspaces (the Scope's ids, bound per request).
@@ -395,21 +415,21 @@ class TaskRepository:
         workspaces. For seeding: COPY into a temporary table, then one INSERT ... SELECT,
         since COPY straight into a table under row-level security is refused; about a
         hundred times faster than ORM inserts. Returns the count."""
-        driver_connection = await _driver_connection(self.session)
+        driver = await driver_connection(self.session)
         columns = ", ".join(BULK_TASK_COLUMNS)
-        await driver_connection.execute(
+        await driver.execute(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS tasks_to_insert "
             f"ON COMMIT DELETE ROWS AS SELECT {columns} FROM tasks WITH NO DATA"
         )
-        await driver_connection.copy_records_to_table(
+        await driver.copy_records_to_table(
             "tasks_to_insert", records=rows, columns=BULK_TASK_COLUMNS
         )
-        status = await driver_connection.execute(
+        status = await driver.execute(
             f"INSERT INTO tasks ({columns}) SELECT {columns} FROM tasks_to_insert "
             "WHERE workspace_id = ANY($1::integer[])",
             list(self.scope.workspace_ids),
         )
-        await driver_connection.execute("TRUNCATE tasks_to_insert")
+        await driver.execute("TRUNCATE tasks_to_insert")
         return int(status.rsplit(" ", 1)[-1])
 
 
@@ -422,10 +442,12 @@ BULK_TASK_COLUMNS = (
     "category_id",
     "created_at",
     "updated_at",
+    "due_at",
+    "priority",
 )
 
 
-async def _driver_connection(session: AsyncSession) -> Any:
+async def driver_connection(session: AsyncSession) -> Any:
     """The asyncpg connection under `session` (for COPY, which the ORM does not speak)."""
     connection = await session.connection()
     raw = await connection.get_raw_connection()
