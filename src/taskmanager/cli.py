@@ -346,7 +346,8 @@ def db_explain(
                 "and its tasks, or pass --email[/red]"
             )
             raise typer.Exit(1) from None
-    console.print(table, width=max(console.width, 160))
+    # Wide enough for index names even when printed to a file or a pipe (80 columns there).
+    Console(width=max(console.width, 160)).print(table)
     sequential = sum(plan.sequential for plan in plans)
     console.print(
         f"{len(plans)} plans; {sequential} read tasks sequentially (red)"
