@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "ETag",
                 "Location",
                 "X-Total-Count",
+                "Link",
                 "X-Request-ID",
                 "Retry-After",
                 "Idempotent-Replayed",

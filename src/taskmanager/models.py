@@ -13,18 +13,19 @@ from typing import Any
 
 from sqlalchemy import (
     CheckConstraint,
+    Computed,
     DateTime,
     Enum,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
     MetaData,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
     false,
     func,
-    literal_column,
     text,
     true,
 )
@@ -61,6 +62,12 @@ CALLER_SETTING = "taskmanager.user_id"
 MEMBERSHIP_ROLES = ("owner", "member")
 # A task's priority, lowest first: a PostgreSQL enum sorts in this order.
 PRIORITIES = ("low", "normal", "high", "urgent")
+# A priority as its place in PRIORITIES (tasks.priority_rank, generated from tasks.priority).
+PRIORITY_RANK_SQL = (
+    "CASE priority "
+    + " ".join(f"WHEN '{name}' THEN {rank}" for rank, name in enumerate(PRIORITIES))
+    + " END"
+)
 PRIORITY_TYPE = "task_priority"
 
 
@@ -224,8 +231,9 @@ class Task(Base):
         Index("ix_tasks_workspace_id_created_at_id", "workspace_id", "created_at", "id"),
         # The other orders of GET /tasks (and their keyset pages): each index is the order's
         # keys, id last, so a page is a range of the index read in order (migration 0007).
-        Index("ix_tasks_priority_created_at_id", "priority", "created_at", "id"),
+        Index("ix_tasks_priority_rank_created_at_id", "priority_rank", "created_at", "id"),
         Index("ix_tasks_title_id", "title", "id"),
+        Index("ix_tasks_due_key_id", "due_key", "id"),
         # A task's category is in the task's workspace, or the row is refused. Deleting the
         # category clears only category_id (PostgreSQL 15+: SET NULL with a column list).
         ForeignKeyConstraint(
@@ -248,6 +256,23 @@ class Task(Base):
         default=PRIORITIES[0],
         server_default=PRIORITIES[0],
     )
+    # The keys the list sorts and filters by, kept by PostgreSQL (stored generated columns).
+    # Under row-level security an index serves only conditions whose operators are
+    # LEAKPROOF: comparing timestamps or integers is, comparing enums or a coalesce(...)
+    # expression is not, and such a condition is checked row by row after the policy,
+    # however deep the page. So the due-date order is due_key (due_at, or +infinity without
+    # one: soonest first, none last, never NULL) and the priority order is priority_rank
+    # (0 = low ... 3 = urgent).
+    due_key: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True),
+        Computed("coalesce(due_at, 'infinity'::timestamptz)", persisted=True),
+        deferred=True,
+    )
+    priority_rank: Mapped[int] = mapped_column(
+        SmallInteger,
+        Computed(PRIORITY_RANK_SQL, persisted=True),
+        deferred=True,
+    )
     # Set when the task becomes completed, cleared when it is reopened (TaskRepository).
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -268,16 +293,6 @@ class Task(Base):
     # eager_defaults: INSERT/UPDATE ... RETURNING brings back id, created_at and
     # updated_at, so they are readable after flush() without a lazy load.
     __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012  (SQLAlchemy reads it per class)
-
-
-# Soonest due first, tasks without a due date last: NULL read as +infinity, so the order is
-# one never-NULL key a btree serves in both directions and a keyset page can compare with
-# `>` (an API client cannot store infinity). The due-date filters and overdue use the same
-# expression, so this one index serves them too.
-DUE_ORDER = func.coalesce(
-    Task.__table__.c.due_at, literal_column("'infinity'::timestamptz", DateTime(timezone=True))
-)
-Index("ix_tasks_due_order_id", DUE_ORDER, Task.__table__.c.id)
 
 
 # Unique in a workspace regardless of case: "Work" and "work" are the same category.

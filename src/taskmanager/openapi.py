@@ -3,7 +3,7 @@
 Every operation has a readable operationId (`get_task`, `health_live`), so a client
 generated from the document has readable method names. Error responses are documented as
 `application/problem+json` with the Problem schema, the response headers a client may rely
-on (ETag, Location, X-Total-Count, Retry-After, X-Request-ID) where they are sent, and
+on (ETag, Location, X-Total-Count, Link, Retry-After, X-Request-ID) where they are sent, and
 Swagger UI / ReDoc are served from assets installed with the package (no CDN), so /docs
 works on a machine without internet access.
 """
@@ -59,9 +59,16 @@ RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string", "enum": ["true"]},
     },
     "X-Total-Count": {
-        "description": "How many tasks match the filters, on all pages together.",
-        "required": True,
+        "description": "How many tasks match the filters, on all pages together. Sent on "
+        "pages without `cursor` unless `count=false`, on cursor pages only with `count=true`.",
+        "required": False,
         "schema": {"type": "integer", "minimum": 0},
+    },
+    "Link": {
+        "description": 'RFC 8288: `<URL>; rel="next"`, the absolute URL of the next page '
+        "(this request with its `cursor`, without `offset`); absent on the last page.",
+        "required": False,
+        "schema": {"type": "string"},
     },
     "WWW-Authenticate": {
         "description": "The authentication scheme to use: `Bearer` (RFC 6750), with "

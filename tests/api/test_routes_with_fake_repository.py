@@ -109,11 +109,16 @@ class FakeTaskRepository:
         limit: int = 50,
         offset: int = 0,
         sort: str = "newest",
+        after: Any = None,
+        counted: bool = True,
     ) -> TaskPage:
-        self._record("get_page", filters, limit=limit, offset=offset, sort=sort)
+        self._record(
+            "get_page", filters, limit=limit, offset=offset, sort=sort, after=after, counted=counted
+        )
         ordered = sorted(self.tasks.values(), key=lambda t: t.id, reverse=True)
         total = len(self.tasks) if self.total is None else self.total
-        return TaskPage(items=[task_view(t) for t in ordered[offset : offset + limit]], total=total)
+        items = [task_view(t) for t in ordered[offset : offset + limit]]
+        return TaskPage(items=items, total=total if counted else None)
 
     async def create(
         self,
@@ -405,7 +410,7 @@ async def test_list_passes_filters_and_pagination_and_sets_total_from_the_page(
     assert response.headers["x-total-count"] == "42"
     expected = TaskFilters(completed=True, category_id=2, q="milk", workspace_id=7)
     assert fake_repo.called("get_page") == [
-        ((expected,), {"limit": 5, "offset": 10, "sort": "newest"})
+        ((expected,), {"limit": 5, "offset": 10, "sort": "newest", "after": None, "counted": True})
     ]
 
 
@@ -418,8 +423,32 @@ async def test_list_defaults(fake_client: AsyncClient, fake_repo: FakeTaskReposi
     assert [t["id"] for t in response.json()] == [3, 2, 1]
     assert response.headers["x-total-count"] == "3"
     assert fake_repo.called("get_page") == [
-        ((TaskFilters(),), {"limit": 50, "offset": 0, "sort": "newest"})
+        (
+            (TaskFilters(),),
+            {"limit": 50, "offset": 0, "sort": "newest", "after": None, "counted": True},
+        )
     ]
+
+
+async def test_count_false_asks_the_repository_not_to_count_and_sends_no_total(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository
+) -> None:
+    fake_repo.tasks[1] = make_task(1, "milk")
+
+    response = await fake_client.get("/tasks", params={"count": "false"})
+
+    assert response.status_code == 200
+    assert "x-total-count" not in response.headers
+    assert [call[1]["counted"] for call in fake_repo.called("get_page")] == [False]
+
+
+async def test_a_cursor_with_an_offset_is_422_without_reaching_the_repository(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository
+) -> None:
+    response = await fake_client.get("/tasks", params={"cursor": "abc.def", "offset": 5})
+
+    assert_problem(response, 422, field="query.cursor")
+    assert fake_repo.called("get_page") == []
 
 
 async def test_list_with_invalid_limit_never_reaches_the_repository(

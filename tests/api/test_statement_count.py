@@ -186,6 +186,23 @@ async def test_a_page_past_the_end_costs_one_count_more(
     assert "count(" in log.queries[-1].lower()
 
 
+@pytest.mark.parametrize("sort", ["newest", "due", "priority", "title"])
+async def test_a_cursor_page_is_one_statement_too_and_counts_nothing(
+    client: AsyncClient, engine: AsyncEngine, seeded: dict[int, str], sort: str
+) -> None:
+    first, _ = await list_counting(client, engine, {"limit": 5, "sort": sort})
+    link = first.headers["link"]
+    with count_statements(engine) as log:
+        response = await client.get(link[1 : link.index(">")])
+
+    assert response.status_code == 200, response.text
+    assert len(response.json()) == 5
+    assert "x-total-count" not in response.headers
+    assert len(log.queries) == 1, log.queries
+    assert len(log.caller) == CALLER_STATEMENTS
+    assert "count(" not in log.queries[0].lower()
+
+
 async def test_filtering_by_category_also_costs_constant_statements(
     client: AsyncClient, engine: AsyncEngine, seeded: dict[int, str]
 ) -> None:

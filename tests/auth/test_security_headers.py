@@ -170,6 +170,7 @@ async def test_a_configured_origin_may_call(cors_client: AsyncClient) -> None:
     assert response.headers["Access-Control-Allow-Origin"] == ALLOWED
     exposed = response.headers["Access-Control-Expose-Headers"].lower()
     assert "x-total-count" in exposed
+    assert "link" in exposed  # a browser client can follow cursor pages
     assert "etag" in exposed
 
 

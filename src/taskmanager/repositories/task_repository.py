@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from sqlalchemy import (
+    Column,
     ColumnElement,
     DateTime,
     Integer,
@@ -20,13 +21,17 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    tuple_,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.types import TypeEngine
 
-from taskmanager.models import DUE_ORDER, Category, Task
+from taskmanager.models import PRIORITIES, Category, Task
 from taskmanager.schemas import CategoryResponse, TaskWithCategoryResponse
 from taskmanager.scope import Scope
 
@@ -39,16 +44,22 @@ UPDATABLE_FIELDS = frozenset(
     {"title", "description", "completed", "category_id", "due_at", "priority"}
 )
 
-# The due-date order's key (models.DUE_ORDER), under a name ruff does not take for a constant.
-_due_order = DUE_ORDER
 
 # The orders GET /tasks offers, by name; each ends with the id, so every order is total
 # (stable across pages). "due": tasks without a due date last.
+# Every key of one order goes the same direction and is never NULL: keyset() relies on it.
 SORTS: dict[str, tuple[ColumnElement[Any], ...]] = {
     "newest": (_TASKS.c.created_at.desc(), _TASKS.c.id.desc()),
     "oldest": (_TASKS.c.created_at.asc(), _TASKS.c.id.asc()),
-    "due": (_due_order.asc(), _TASKS.c.id.asc()),
-    "priority": (_TASKS.c.priority.desc(), _TASKS.c.created_at.desc(), _TASKS.c.id.desc()),
+    # Tasks without a due date last: due_key is due_at, or +infinity without one (a stored
+    # generated column, never NULL, so one row comparison continues a cursor page).
+    "due": (_TASKS.c.due_key.asc(), _TASKS.c.id.asc()),
+    # priority_rank is the priority as a number (a stored generated column): see models.py.
+    "priority": (
+        _TASKS.c.priority_rank.desc(),
+        _TASKS.c.created_at.desc(),
+        _TASKS.c.id.desc(),
+    ),
     "title": (_TASKS.c.title.asc(), _TASKS.c.id.asc()),
 }
 DEFAULT_SORT = "newest"
@@ -97,20 +108,19 @@ LIST_FILTERS = (
     ListFilter("workspace_id", _TASKS.c.workspace_id == bindparam("workspace_id")),
     ListFilter("completed", _TASKS.c.completed == bindparam("completed")),
     ListFilter("category_id", _TASKS.c.category_id == bindparam("category_id")),
-    # The due-date filters and overdue compare DUE_ORDER (no due date = +infinity), the
-    # expression the due-date index is built on, so that index serves them: `< :due_before`
-    # never matches a task without a due date, and `< infinity` keeps those out of
-    # `>= :due_after` without a second condition.
-    ListFilter("due_before", _due_order < bindparam("due_before")),
+    # The due-date filters and overdue compare due_key (no due date = +infinity), which the
+    # due-date index is built on: `< :due_before` never matches a task without a due date,
+    # and `< infinity` keeps those out of `>= :due_after` without a second column.
+    ListFilter("due_before", _TASKS.c.due_key < bindparam("due_before")),
     ListFilter(
         "due_after",
-        and_(_due_order >= bindparam("due_after"), _due_order < _INFINITY),
+        and_(_TASKS.c.due_key >= bindparam("due_after"), _TASKS.c.due_key < _INFINITY),
     ),
     # Overdue: due in the past and still open (a task without a due date never is). Two
     # statements, one per answer, so that overdue=true is a range of the due-date index.
-    ListFilter("overdue", and_(_due_order < func.now(), ~_TASKS.c.completed), when=True),
-    ListFilter("overdue", or_(_due_order >= func.now(), _TASKS.c.completed), when=False),
-    ListFilter("priority", _TASKS.c.priority == bindparam("priority")),
+    ListFilter("overdue", and_(_TASKS.c.due_key < func.now(), ~_TASKS.c.completed), when=True),
+    ListFilter("overdue", or_(_TASKS.c.due_key >= func.now(), _TASKS.c.completed), when=False),
+    ListFilter("priority", _TASKS.c.priority_rank == bindparam("priority"), PRIORITIES.index),
     ListFilter(
         "q",
         _TASKS.c.title.ilike(bindparam("q"), escape="\\"),
@@ -208,16 +218,88 @@ def _count_statement(active: tuple[ListFilter, ...]) -> Select[Any]:
     return _where(select(func.count()).select_from(_TASKS), active)
 
 
-@lru_cache(maxsize=64)
-def _page_statement(active: tuple[ListFilter, ...], sort: str = DEFAULT_SORT) -> Select[Any]:
-    total = _count_statement(active).correlate(None).scalar_subquery()
-    return (
-        _where(select(*_VIEW_COLUMNS, total.label("total")), active)
-        .select_from(_WITH_CATEGORY)
-        .order_by(*SORTS[sort])
-        .limit(bindparam("limit"))
-        .offset(bindparam("offset"))
-    )
+# ─────────────────────────────────────────────
+# Keyset pages: continuing after the last row shown
+# ─────────────────────────────────────────────
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Keyset:
+    """An order of SORTS as keyset pagination reads it: its key expressions (the ORDER BY
+    terms without their direction), which all go one way and are never NULL. So the rows
+    after one whose keys are (k1, ..., id) are those with (key1, ..., id) > (k1, ..., id)
+    (< when descending): ONE row comparison, which a btree index on the same keys serves
+    as a range, however deep the page."""
+
+    keys: tuple[ColumnElement[Any], ...]
+    descending: bool
+
+    @property
+    def types(self) -> tuple[TypeEngine[Any], ...]:
+        """The SQL type of each key: what a cursor's values must be read back as."""
+        return tuple(key.type for key in self.keys)
+
+    def after(self) -> ColumnElement[bool]:
+        """The rows after the one whose keys are bound as after_0, after_1, ..."""
+        row = tuple_(*self.keys)
+        last = tuple_(*(bindparam(f"after_{i}", type_=key.type) for i, key in enumerate(self.keys)))
+        return row < last if self.descending else row > last
+
+
+@cache
+def keyset(sort: str) -> Keyset:
+    """The keyset of SORTS[sort]; a ValueError if that order cannot be one (mixed
+    directions, NULLS FIRST/LAST, a nullable column): a new sort must be written as keys
+    that all go one way, like "due" is."""
+    keys: list[ColumnElement[Any]] = []
+    directions: set[bool] = set()
+    for term in SORTS[sort]:
+        if not (
+            isinstance(term, UnaryExpression)
+            and term.modifier in (operators.asc_op, operators.desc_op)
+            and not isinstance(term.element, UnaryExpression)
+        ):
+            raise ValueError(f"sort {sort!r}: {term} is not a plain ASC or DESC key")
+        key = term.element
+        if isinstance(key, Column) and key.nullable:
+            raise ValueError(f"sort {sort!r}: {key} may be NULL (coalesce it)")
+        keys.append(key)
+        directions.add(term.modifier is operators.desc_op)
+    if len(directions) != 1:
+        raise ValueError(f"sort {sort!r}: its keys go different directions")
+    return Keyset(keys=tuple(keys), descending=directions.pop())
+
+
+# ─────────────────────────────────────────────
+# The list statements
+# ─────────────────────────────────────────────
+
+
+# One statement per combination of filters, sort, counting and continuing, built on first
+# use and then reused: building a SELECT and its cache key costs more CPU than PostgreSQL
+# spends answering a page. A page selects the sort's keys after the view's columns, so the
+# cursor of the next page is read, typed, from the last row instead of recomputed.
+@lru_cache(maxsize=256)
+def _page_statement(
+    active: tuple[ListFilter, ...],
+    sort: str = DEFAULT_SORT,
+    *,
+    counted: bool = True,
+    after: bool = False,
+) -> Select[Any]:
+    order = keyset(sort)
+    columns = [*_VIEW_COLUMNS, *(key.label(f"key_{i}") for i, key in enumerate(order.keys))]
+    if counted:
+        columns.append(_count_statement(active).correlate(None).scalar_subquery().label("total"))
+    statement = _where(select(*columns), active).select_from(_WITH_CATEGORY)
+    if after:
+        statement = statement.where(order.after())
+    return statement.order_by(*SORTS[sort]).limit(bindparam("limit")).offset(bindparam("offset"))
+
+
+def _keys(row: Sequence[Any], sort: str) -> tuple[Any, ...]:
+    """The sort keys a page row carries after the view's columns."""
+    return tuple(row[len(_VIEW_COLUMNS) : len(_VIEW_COLUMNS) + len(keyset(sort).keys)])
 
 
 @lru_cache(maxsize=8)
@@ -240,10 +322,13 @@ _VIEW_BY_ID = (
 
 @dataclass(frozen=True, slots=True)
 class TaskPage:
-    """One page of tasks as GET shows them, and how many match the filters in all."""
+    """One page of tasks as GET shows them; how many match the filters in all (None when
+    not counted); and, if more follow, the sort keys of the last task shown, after which
+    the next page starts."""
 
     items: Sequence[TaskView]
-    total: int
+    total: int | None
+    next_after: tuple[Any, ...] | None = None
 
 
 class TaskRepository:
@@ -312,23 +397,40 @@ class TaskRepository:
         limit: int = 50,
         offset: int = 0,
         sort: str = DEFAULT_SORT,
+        after: Sequence[Any] | None = None,
+        counted: bool = True,
     ) -> TaskPage:
-        """A page of tasks newest first with their categories, and the total count, in ONE
-        statement: the count rides along as an uncorrelated scalar subquery (PostgreSQL
-        evaluates it once). Only a page past the end needs a second statement."""
+        """A page of tasks in `sort` order with their categories, in ONE statement.
+
+        `after`: the sort keys of the last task of the previous page (a cursor's); the page
+        starts after it, by a row comparison an index serves, instead of skipping `offset`
+        rows. `counted`: the total rides along as an uncorrelated scalar subquery (PostgreSQL
+        evaluates it once, but it reads every matching row); only a page past the end then
+        needs a second statement. One row more than `limit` is read, to know whether
+        another page follows."""
         filters = filters or TaskFilters()
         active = _active_filters(filters)
         parameters = {
             **_filter_parameters(filters, active),
             **self._in_scope,
-            "limit": limit,
+            "limit": limit + 1,
             "offset": offset,
         }
-        result = await self.session.execute(_page_statement(active, sort), parameters)
-        rows = result.all()
-        if rows:
-            return TaskPage(items=[_task_view(row) for row in rows], total=rows[0].total)
-        return TaskPage(items=[], total=await self.count(filters) if offset else 0)
+        if after is not None:
+            parameters.update({f"after_{i}": value for i, value in enumerate(after)})
+        statement = _page_statement(active, sort, counted=counted, after=after is not None)
+        rows = (await self.session.execute(statement, parameters)).all()
+        shown = rows[:limit]
+        total: int | None = None
+        if counted and rows:
+            total = rows[0].total
+        elif counted:  # no row carries the total: past the end, or nothing matches
+            total = await self.count(filters) if offset or after is not None else 0
+        return TaskPage(
+            items=[_task_view(row) for row in shown],
+            total=total,
+            next_after=_keys(shown[-1], sort) if len(rows) > limit else None,
+        )
 
     async def count(self, filters: TaskFilters | None = None) -> int:
         """How many tasks match `filters` (for X-Total-Count)."""

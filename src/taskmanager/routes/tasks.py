@@ -9,11 +9,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
+from taskmanager.cursors import MAX_CURSOR_LENGTH, CursorCodec, InvalidCursorError, fingerprint
 from taskmanager.dependencies import TaskReaderDep, TaskRepositoryDep
 from taskmanager.idempotency import IdempotencyDep
 from taskmanager.models import Task
 from taskmanager.openapi import problem_responses, response_headers
-from taskmanager.repositories.task_repository import TaskFilters, TaskView
+from taskmanager.problems import VALIDATION_ERROR, ProblemError
+from taskmanager.repositories.task_repository import (
+    TaskFilters,
+    TaskRepository,
+    TaskView,
+    keyset,
+)
 from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
 from taskmanager.schemas import (
     INT4_MAX,
@@ -86,12 +93,13 @@ async def create_task(
     "",
     response_model=list[TaskWithCategoryResponse],
     responses={
-        200: {"headers": response_headers("X-Total-Count")},
+        200: {"headers": response_headers("X-Total-Count", "Link")},
         **problem_responses(401, 422, 503),
     },
 )
 async def list_tasks(
     repo: TaskReaderDep,
+    request: Request,
     response: Response,
     completed: Annotated[
         bool | None, Query(description="Only done (true) or open (false) tasks.")
@@ -124,10 +132,27 @@ async def list_tasks(
         ),
     ] = "newest",
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
-    offset: Annotated[int, Query(ge=0, le=INT4_MAX)] = 0,
+    offset: Annotated[
+        int, Query(ge=0, le=INT4_MAX, description="Skip this many tasks (not with `cursor`).")
+    ] = 0,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_CURSOR_LENGTH,
+            description="Continue after the page this came from: take it, unchanged, from "
+            'the `Link: <...>; rel="next"` header. Only with the same sort and filters.',
+        ),
+    ] = None,
+    count: Annotated[
+        bool | None,
+        Query(
+            description="Send `X-Total-Count` (it reads every matching task). Default: "
+            "on pages without `cursor`, not on pages with one.",
+        ),
+    ] = None,
 ) -> Sequence[TaskView]:
     """Your tasks (in every workspace you belong to) newest first. `X-Total-Count` holds
-    how many match the filters."""
+    how many match the filters; `Link` (rel="next") the URL of the next page, if any."""
     filters = TaskFilters(
         completed=completed,
         category_id=category_id,
@@ -138,9 +163,54 @@ async def list_tasks(
         overdue=overdue,
         priority=priority,
     )
-    page = await repo.get_page(filters, limit=limit, offset=offset, sort=sort)
-    response.headers["X-Total-Count"] = str(page.total)
+    filters_fingerprint = fingerprint(filters)
+    after = None
+    if cursor is not None:
+        after = _read_cursor(request, repo, cursor, offset, sort, filters_fingerprint)
+    counted = cursor is None if count is None else count
+    page = await repo.get_page(
+        filters, limit=limit, offset=offset, sort=sort, after=after, counted=counted
+    )
+    if page.total is not None:
+        response.headers["X-Total-Count"] = str(page.total)
+    if page.next_after is not None:
+        next_cursor = _cursors(request, repo).issue(sort, filters_fingerprint, page.next_after)
+        response.headers["Link"] = _next_link(request, next_cursor)
     return page.items
+
+
+def _cursors(request: Request, repo: TaskRepository) -> CursorCodec:
+    """The caller's cursors, signed with the app's key."""
+    return CursorCodec(request.app.state.signing_key, repo.scope.user_id)
+
+
+def _read_cursor(
+    request: Request,
+    repo: TaskRepository,
+    cursor: str,
+    offset: int,
+    sort: str,
+    filters_fingerprint: str,
+) -> tuple[object, ...]:
+    """The sort keys the page continues after; a 422 naming `query.cursor` if it cannot."""
+    if offset:
+        message = "cannot be combined with offset: a cursor says where the page starts"
+        raise ProblemError(VALIDATION_ERROR.about_field("query.cursor", message))
+    try:
+        return _cursors(request, repo).read(
+            cursor,
+            sort=sort,
+            filters_fingerprint=filters_fingerprint,
+            key_types=keyset(sort).types,
+        )
+    except InvalidCursorError as error:
+        raise ProblemError(VALIDATION_ERROR.about_field("query.cursor", str(error))) from None
+
+
+def _next_link(request: Request, next_cursor: str) -> str:
+    """RFC 8288: this request's absolute URL with the next page's cursor (and no offset)."""
+    url = request.url.remove_query_params("offset").include_query_params(cursor=next_cursor)
+    return f'<{url}>; rel="next"'
 
 
 @router.get(
