@@ -5,7 +5,7 @@
     .venv/bin/python bench/run.py --embedded      # the embedded server (Unix socket) only
     .venv/bin/python bench/run.py --only login    # POST /auth/token and argon2 alone
     .venv/bin/python bench/run.py --layers        # GET /tasks/{id} one layer at a time
-    .venv/bin/python bench/run.py --deep-offset   # db seed rate + offset 0 vs deep, 1M tasks
+    .venv/bin/python bench/run.py --scale 1000000  # the list at 1M tasks against 10k, seed time
     .venv/bin/python bench/run.py --naive         # why the naive route's p99 is seconds
 
 The HTTP benchmark seeds the demo account's workspace, starts ONE uvicorn server with the
@@ -1309,53 +1309,209 @@ def http_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def deep_offset_benchmark(args: argparse.Namespace) -> int:
-    """`db seed` rate on 1,000,000 tasks, then the list endpoint at offset 0 vs deep."""
-    tasks = args.deep_tasks
-    with bench_database("embedded") as database:
-        print(f"seeding {tasks:,} tasks ...", file=sys.stderr)
-        seed_rate = seed_database(database.app_url, tasks, 50)
-        print(f"seed: {seed_rate['tasks_per_second']:,.0f} tasks/s", file=sys.stderr)
-        env = {"TASKMANAGER_JWT_SECRET": secrets.token_urlsafe(48)}
-        with bench_server(database.app_url, 1, env) as (base, _):
-            results = {}
-            headers = {"Authorization": f"Bearer {log_in(base)}"}
-            with httpx.Client(base_url=base, timeout=60, headers=headers) as client:
-                for label, offset in (("offset 0", 0), ("offset deep", tasks - 50)):
-                    path = f"/tasks?limit=50&offset={offset}"
-                    client.get(path).raise_for_status()  # warm-up
-                    timings = []
-                    for _ in range(args.offset_samples):
-                        started = time.perf_counter()
-                        response = client.get(path)
-                        timings.append((time.perf_counter() - started) * 1000)
-                        response.raise_for_status()
-                    results[label] = {
-                        "offset": offset,
-                        "median_ms": statistics.median(timings),
-                        "min_ms": min(timings),
-                        "max_ms": max(timings),
-                        "samples": len(timings),
-                    }
-    deep, shallow = results["offset deep"], results["offset 0"]
-    table = (
-        f"`db seed`: {tasks:,} tasks in {seed_rate['seconds']:.1f} s "
-        f"({seed_rate['tasks_per_second']:,.0f} tasks/s)\n\n"
-        "| GET /tasks?limit=50 | median ms | min ms | max ms |\n|---|---:|---:|---:|\n"
-        + "".join(
-            f"| {label} ({r['offset']:,}) | {r['median_ms']:.1f} | {r['min_ms']:.1f} | "
-            f"{r['max_ms']:.1f} |\n"
-            for label, r in results.items()
-        )
-        + f"\nDeep offset costs {deep['median_ms'] / shallow['median_ms']:.1f}x offset 0.\n"
+# ─────────────────────────────────────────────
+# --scale: the list at a million tasks against the same list at 10,000
+# ─────────────────────────────────────────────
+
+SMALL_SCALE = 10_000
+PAGE = 50
+DEEP_PAGES = 10_000
+RARE_WORD = "4242"  # in titles "... #4242", "#42420".."#42429", ...: a handful of tasks
+COMMON_WORD = "dentist"  # in one seeded title in twelve
+
+
+@dataclass
+class ScaleSide:
+    """One seeded database and the server on it, at one scale."""
+
+    tasks: int
+    base: str
+    admin_url: str
+    client: httpx.Client
+    seed: dict[str, float]
+    paths: dict[str, str] = field(default_factory=dict)
+
+
+def _scale_paths(side: ScaleSide) -> dict[str, str]:
+    """The list requests measured, as this side's data makes them: the deep pages are
+    DEEP_PAGES pages in (or the last page, where there are fewer)."""
+    depth = min(DEEP_PAGES, side.tasks // PAGE - 1)
+    offset = depth * PAGE
+    before = side.client.get(f"/tasks?limit={PAGE}&offset={offset - PAGE}&count=false")
+    before.raise_for_status()
+    cursor = before.links["next"]["url"].split("cursor=", 1)[1].split("&", 1)[0]
+    labels = side.client.get("/labels?limit=100")
+    labels.raise_for_status()
+    label_id = labels.json()[0]["id"]
+    return {
+        "first page": f"/tasks?limit={PAGE}",
+        "first page, count=false": f"/tasks?limit={PAGE}&count=false",
+        f"cursor page, {depth:,} pages in": f"/tasks?limit={PAGE}&cursor={cursor}",
+        f"offset page, {depth:,} pages in": f"/tasks?limit={PAGE}&offset={offset}",
+        f"search q={RARE_WORD}": f"/tasks?limit={PAGE}&q={RARE_WORD}",
+        f"search q={COMMON_WORD}": f"/tasks?limit={PAGE}&q={COMMON_WORD}",
+        "label filter": f"/tasks?limit={PAGE}&label_id={label_id}",
+        "overdue": f"/tasks?limit={PAGE}&overdue=true",
+    }
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def _measure_interleaved(
+    sides: list[ScaleSide], scenario_index: int, samples: int, budget_s: float
+) -> list[list[float]]:
+    """Latencies (ms) of one scenario on every side, requests alternating between the
+    sides so that noise on a shared machine hits both alike."""
+    timings: list[list[float]] = [[] for _ in sides]
+    for side in sides:  # warm-up
+        side.client.get(list(side.paths.values())[scenario_index]).raise_for_status()
+    deadline = time.monotonic() + budget_s
+    while len(timings[0]) < samples and (len(timings[0]) < 5 or time.monotonic() < deadline):
+        for side, measured in zip(sides, timings, strict=True):
+            path = list(side.paths.values())[scenario_index]
+            started = time.perf_counter()
+            response = side.client.get(path)
+            measured.append((time.perf_counter() - started) * 1000)
+            response.raise_for_status()
+    return timings
+
+
+def _search_versus_ilike(admin_url: str, repeats: int) -> list[dict[str, Any]]:
+    """Full-text search against the ILIKE scan it replaced, on the same rows, in SQL (the
+    API offers only the first now): all the matches (what X-Total-Count counts) and a
+    newest-first page of them. Median ms of `repeats` runs after a warm-up."""
+    import asyncpg
+
+    from taskmanager.config import normalize_database_url
+
+    dsn = normalize_database_url(admin_url).replace("postgresql+asyncpg", "postgresql")
+    page = "ORDER BY created_at DESC, id DESC LIMIT 50"
+
+    async def timed(connection: Any, sql: str, *args: Any) -> float:
+        await connection.fetch(sql, *args)
+        runs = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            await connection.fetch(sql, *args)
+            runs.append((time.perf_counter() - started) * 1000)
+        return statistics.median(runs)
+
+    async def run() -> list[dict[str, Any]]:
+        connection = await asyncpg.connect(dsn)
+        try:
+            rows = []
+            for word in (RARE_WORD, COMMON_WORD):
+                fts = "search_vector @@ to_tsquery('simple', $1 || ':*')"
+                ilike = "title ILIKE '%' || $1 || '%'"
+                for what, shape in (
+                    ("all matches", "SELECT count(*) FROM tasks WHERE {}"),
+                    ("first page", f"SELECT id FROM tasks WHERE {{}} {page}"),
+                ):
+                    fts_ms = await timed(connection, shape.format(fts), word)
+                    ilike_ms = await timed(connection, shape.format(ilike), word)
+                    matches = await connection.fetchval(
+                        f"SELECT count(*) FROM tasks WHERE {fts}", word
+                    )
+                    rows.append(
+                        {"word": word, "what": what, "matches": matches,
+                         "fts_ms": fts_ms, "ilike_ms": ilike_ms}
+                    )  # fmt: skip
+            return rows
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
+
+
+def _seeded_side(stack: ExitStack, tasks: int, env: dict[str, str]) -> ScaleSide:
+    database = stack.enter_context(bench_database("embedded"))
+    print(f"seeding {tasks:,} tasks with labels ...", file=sys.stderr)
+    seed_rate = seed_database(database.app_url, tasks, 50)
+    print(
+        f"  {seed_rate['seconds']:.1f} s ({seed_rate['tasks_per_second']:,.0f} tasks/s)",
+        file=sys.stderr,
     )
+    base, _ = stack.enter_context(bench_server(database.app_url, 1, env))
+    client = stack.enter_context(
+        httpx.Client(
+            base_url=base, timeout=120, headers={"Authorization": f"Bearer {log_in(base)}"}
+        )
+    )
+    return ScaleSide(tasks, base, database.admin_url, client, seed_rate)
+
+
+def scale_benchmark(args: argparse.Namespace) -> int:
+    """The list at `--scale` tasks against the same list at 10,000: seed time, p50/p99 of
+    each list request measured side by side, full-text search against ILIKE."""
+    env = {"TASKMANAGER_JWT_SECRET": secrets.token_urlsafe(48)}
+    with ExitStack() as stack:
+        sides = [_seeded_side(stack, n, env) for n in (SMALL_SCALE, args.scale)]
+        for side in sides:
+            side.paths = _scale_paths(side)
+        names = list(sides[1].paths)
+        results: dict[str, Any] = {}
+        for index, name in enumerate(names):
+            print(f"measuring {name} ...", file=sys.stderr)
+            small, large = _measure_interleaved(sides, index, args.scale_samples, 20.0)
+            results[name] = {
+                "small": {"p50": statistics.median(small), "p99": _percentile(small, 0.99),
+                          "samples": len(small), "path": list(sides[0].paths.values())[index]},
+                "large": {"p50": statistics.median(large), "p99": _percentile(large, 0.99),
+                          "samples": len(large), "path": list(sides[1].paths.values())[index]},
+            }  # fmt: skip
+        print("search against ILIKE ...", file=sys.stderr)
+        search = _search_versus_ilike(sides[1].admin_url, 10)
+        seeds = {side.tasks: side.seed for side in sides}
+    table = _scale_table(args.scale, seeds, results, search)
     print(table)
     RESULTS_DIR.mkdir(exist_ok=True)
-    (RESULTS_DIR / "deep-offset.md").write_text(table)
-    (RESULTS_DIR / "deep-offset.json").write_text(
-        json.dumps({"seed": seed_rate, "list": results}, indent=2)
+    (RESULTS_DIR / "scale.md").write_text(table)
+    (RESULTS_DIR / "scale.json").write_text(
+        json.dumps({"seed": seeds, "list": results, "search": search}, indent=2)
     )
     return 0
+
+
+def _scale_table(
+    scale: int,
+    seeds: dict[int, dict[str, float]],
+    results: dict[str, Any],
+    search: list[dict[str, Any]],
+) -> str:
+    large_seed = seeds[scale]
+    first = results["first page, count=false"]["large"]["p50"]
+    lines = [
+        f"`db seed` (tasks with due dates, priorities and labels): {scale:,} tasks in "
+        f"{large_seed['seconds']:.1f} s ({large_seed['tasks_per_second']:,.0f} tasks/s)",
+        "",
+        f"| GET /tasks, limit {PAGE} | p50 ms at {scale:,} | p99 | p50 ms at {SMALL_SCALE:,} "
+        f"| p99 | {scale:,} / {SMALL_SCALE:,} (p50) | / first page (p50, {scale:,}) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        large, small = r["large"], r["small"]
+        lines.append(
+            f"| {name} | {large['p50']:.1f} | {large['p99']:.1f} | {small['p50']:.1f} | "
+            f"{small['p99']:.1f} | {large['p50'] / small['p50']:.1f}x | "
+            f"{large['p50'] / first:.1f}x |"
+        )
+    lines += [
+        "",
+        f"Full-text search against the ILIKE scan it replaced, {scale:,} tasks, in SQL "
+        "(median of 10):",
+        "",
+        "| word | matches | what | full-text ms | ILIKE ms | ILIKE / full-text |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for row in search:
+        lines.append(
+            f"| {row['word']} | {row['matches']:,} | {row['what']} | {row['fts_ms']:.2f} | "
+            f"{row['ilike_ms']:.1f} | {row['ilike_ms'] / row['fts_ms']:.0f}x |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
@@ -1402,17 +1558,22 @@ def main() -> int:
         metavar="JSON",
         help="print the tables of a saved run (bench/results/latest.json) again, run nothing",
     )
-    parser.add_argument("--deep-offset", action="store_true", help="seed + deep offset bench")
-    parser.add_argument("--deep-tasks", type=int, default=1_000_000)
-    parser.add_argument("--offset-samples", type=int, default=30)
+    parser.add_argument(
+        "--scale",
+        type=int,
+        metavar="TASKS",
+        help="seed TASKS tasks (and 10,000 beside them) and measure the list at both "
+        "scales (writes bench/results/scale.md)",
+    )
+    parser.add_argument("--scale-samples", type=int, default=100, help="requests per scenario")
     args = parser.parse_args()
     if args.render:
         return render_saved(args.render)
-    if args.rounds < 2 and not args.deep_offset:
+    if args.rounds < 2 and not args.scale:
         parser.error("--rounds must be at least 2 (the order alternates between rounds)")
-    if args.naive and (args.layers or args.deep_offset or args.workers != 1 or args.tcp):
+    if args.naive and (args.layers or args.scale or args.workers != 1 or args.tcp):
         parser.error("--naive runs its own scenarios in one worker (the pools are per process)")
-    return deep_offset_benchmark(args) if args.deep_offset else http_benchmark(args)
+    return scale_benchmark(args) if args.scale else http_benchmark(args)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Enum
+from sqlalchemy import BigInteger, Enum, SmallInteger
 from sqlalchemy.types import TypeEngine
 
 # Enough for the longest key there is (a 200-character title) with room to spare; longer
@@ -169,7 +169,13 @@ def _read_as(value: Any, key_type: TypeEngine[Any]) -> Any:
     if python_type is datetime:
         return _moment(value)
     if python_type is int:
-        bound = 2**63 if isinstance(key_type, BigInteger) else 2**31
+        bound = (
+            2**63
+            if isinstance(key_type, BigInteger)
+            else 2**15
+            if isinstance(key_type, SmallInteger)
+            else 2**31
+        )
         return value if isinstance(value, int) and -bound <= value < bound else None
     if python_type is float:
         return float(value) if isinstance(value, int | float) else None

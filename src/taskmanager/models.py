@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -69,6 +70,12 @@ CALLER_SETTING = "taskmanager.user_id"
 MEMBERSHIP_ROLES = ("owner", "member")
 # A task's priority, lowest first: a PostgreSQL enum sorts in this order.
 PRIORITIES = ("low", "normal", "high", "urgent")
+# A priority as its place in PRIORITIES (tasks.priority_rank, generated from tasks.priority).
+PRIORITY_RANK_SQL = (
+    "CASE priority "
+    + " ".join(f"WHEN '{name}' THEN {rank}" for rank, name in enumerate(PRIORITIES))
+    + " END"
+)
 PRIORITY_TYPE = "task_priority"
 # What full-text search reads of a task: its title and description as words. The 'simple'
 # configuration lower-cases words and does nothing else: no stemming and no stop words, in
@@ -241,8 +248,11 @@ class Task(Base):
         Index("ix_tasks_completed_created_at_id", "completed", "created_at", "id"),
         Index("ix_tasks_category_id_created_at_id", "category_id", "created_at", "id"),
         Index("ix_tasks_workspace_id_created_at_id", "workspace_id", "created_at", "id"),
-        # Due-date order and the overdue filter.
-        Index("ix_tasks_due_at_id", "due_at", "id"),
+        # The other orders of GET /tasks (and their keyset pages): each index is the order's
+        # keys, id last, so a page is a range of the index read in order (migration 0007).
+        Index("ix_tasks_priority_rank_created_at_id", "priority_rank", "created_at", "id"),
+        Index("ix_tasks_title_id", "title", "id"),
+        Index("ix_tasks_due_key_id", "due_key", "id"),
         # The target of task_labels' composite foreign key (a label joins only tasks of its
         # own workspace).
         UniqueConstraint("id", "workspace_id", name="uq_tasks_id_workspace_id"),
@@ -267,6 +277,23 @@ class Task(Base):
         Enum(*PRIORITIES, name=PRIORITY_TYPE),
         default=PRIORITIES[0],
         server_default=PRIORITIES[0],
+    )
+    # The keys the list sorts and filters by, kept by PostgreSQL (stored generated columns).
+    # Under row-level security an index serves only conditions whose operators are
+    # LEAKPROOF: comparing timestamps or integers is, comparing enums or a coalesce(...)
+    # expression is not, and such a condition is checked row by row after the policy,
+    # however deep the page. So the due-date order is due_key (due_at, or +infinity without
+    # one: soonest first, none last, never NULL) and the priority order is priority_rank
+    # (0 = low ... 3 = urgent).
+    due_key: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True),
+        Computed("coalesce(due_at, 'infinity'::timestamptz)", persisted=True),
+        deferred=True,
+    )
+    priority_rank: Mapped[int] = mapped_column(
+        SmallInteger,
+        Computed(PRIORITY_RANK_SQL, persisted=True),
+        deferred=True,
     )
     # Set when the task becomes completed, cleared when it is reopened (TaskRepository).
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

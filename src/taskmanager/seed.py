@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from taskmanager.accounts import register_account
 from taskmanager.auth import scope_of_account
 from taskmanager.database import create_session_factory
+from taskmanager.models import PRIORITIES
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.label_repository import LabelRepository
 from taskmanager.repositories.task_repository import TaskRepository
@@ -70,6 +71,9 @@ LABELS = (
     ("low energy", "#757575"),
 )
 
+# How often each priority (models.PRIORITIES, lowest first) is seeded.
+_PRIORITY_WEIGHTS = (50, 30, 15, 5)
+
 DEMO_EMAIL = "demo@example.com"
 DEMO_PASSWORD = "demo-password"
 
@@ -106,11 +110,14 @@ def category_names(count: int) -> list[str]:
 def task_rows(
     count: int, category_ids: list[int], rng: random.Random, now: datetime, workspace_id: int
 ) -> Iterator[tuple[Any, ...]]:
-    """`count` task rows in BULK_TASK_COLUMNS order, created over the past year."""
+    """`count` task rows in BULK_TASK_COLUMNS order, created over the past year; half of
+    them due within 90 days of their creation (so some are overdue), most of low priority."""
+    priorities = rng.choices(PRIORITIES, weights=_PRIORITY_WEIGHTS, k=count)
     for i in range(count):
         created = now - timedelta(seconds=rng.randrange(365 * 24 * 3600))
         category_id = rng.choice(category_ids) if category_ids and rng.random() < 0.8 else None
         description = f"Seeded task {i + 1}" if rng.random() < 0.5 else None
+        due = created + timedelta(seconds=rng.randrange(90 * 24 * 3600))
         yield (
             workspace_id,
             f"{rng.choice(_VERBS)} {rng.choice(_OBJECTS)} #{i + 1}",
@@ -119,6 +126,8 @@ def task_rows(
             category_id,
             created,
             created,
+            due if rng.random() < 0.5 else None,
+            priorities[i],
         )
 
 

@@ -423,7 +423,11 @@ NO_FILTERS = fingerprint(TaskFilters())
             "priority",
             {"s": "priority", "f": NO_FILTERS, "k": ["critical", "2026-03-01T09:00:00Z", 1]},
         ),
-        ("priority", {"s": "priority", "f": NO_FILTERS, "k": [3, "2026-03-01T09:00:00Z", 1]}),
+        (
+            "priority",
+            {"s": "priority", "f": NO_FILTERS, "k": ["urgent", "2026-03-01T09:00:00Z", 1]},
+        ),
+        ("priority", {"s": "priority", "f": NO_FILTERS, "k": [2**15, "2026-03-01T09:00:00Z", 1]}),
     ],
 )
 async def test_a_signed_cursor_with_bad_content_is_422_never_500(

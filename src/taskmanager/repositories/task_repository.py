@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     Column,
     ColumnElement,
+    DateTime,
     Integer,
     Select,
     Text,
@@ -20,10 +21,10 @@ from sqlalchemy import (
     bindparam,
     delete,
     exists,
-    false,
     func,
     literal,
     literal_column,
+    or_,
     select,
     tuple_,
 )
@@ -36,12 +37,13 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.types import TypeEngine
 
-from taskmanager.models import SEARCH_CONFIG, Category, Label, Task, TaskLabel
+from taskmanager.models import PRIORITIES, SEARCH_CONFIG, Category, Label, Task, TaskLabel
 from taskmanager.repositories.label_repository import LABEL_ORDER, LabelRepository
 from taskmanager.schemas import CategoryResponse, LabelResponse, TaskWithCategoryResponse
 from taskmanager.scope import Scope
 
 _TASKS = Task.__table__
+_INFINITY = literal_column("'infinity'::timestamptz", DateTime(timezone=True))
 _CATEGORIES = Category.__table__
 _LABELS = Label.__table__
 _TASK_LABELS = TaskLabel.__table__
@@ -51,10 +53,6 @@ UPDATABLE_FIELDS = frozenset(
     {"title", "description", "completed", "category_id", "due_at", "priority", "label_ids"}
 )
 
-# Tasks without a due date sort as due at the end of time: the same order as NULLS LAST,
-# but a key that is never NULL, so a cursor page can continue after it with one row
-# comparison (see keyset()). The API cannot store infinity.
-_DUE_OR_NEVER = func.coalesce(_TASKS.c.due_at, literal_column("'infinity'::timestamptz"))
 
 # ─────────────────────────────────────────────
 # Full-text search: what `q` asks for, as a tsquery
@@ -119,8 +117,15 @@ class SearchWordsMissingError(ValueError):
 SORTS: dict[str, tuple[ColumnElement[Any], ...]] = {
     "newest": (_TASKS.c.created_at.desc(), _TASKS.c.id.desc()),
     "oldest": (_TASKS.c.created_at.asc(), _TASKS.c.id.asc()),
-    "due": (_DUE_OR_NEVER.asc(), _TASKS.c.id.asc()),
-    "priority": (_TASKS.c.priority.desc(), _TASKS.c.created_at.desc(), _TASKS.c.id.desc()),
+    # Tasks without a due date last: due_key is due_at, or +infinity without one (a stored
+    # generated column, never NULL, so one row comparison continues a cursor page).
+    "due": (_TASKS.c.due_key.asc(), _TASKS.c.id.asc()),
+    # priority_rank is the priority as a number (a stored generated column): see models.py.
+    "priority": (
+        _TASKS.c.priority_rank.desc(),
+        _TASKS.c.created_at.desc(),
+        _TASKS.c.id.desc(),
+    ),
     "title": (_TASKS.c.title.asc(), _TASKS.c.id.asc()),
     # Best match first; needs the q filter (its bound parameter "q").
     "relevance": (RELEVANCE.desc(), _TASKS.c.id.desc()),
@@ -159,6 +164,9 @@ class ListFilter:
     name: str
     clause: ColumnElement[bool]
     parameter: Callable[[Any], Any] = _same
+    # A filter whose clause depends on the value (not only binds it): active only for this
+    # value, and it binds nothing.
+    when: Any = None
 
 
 def _label_missing() -> ColumnElement[bool]:
@@ -184,15 +192,19 @@ LIST_FILTERS = (
     ListFilter("workspace_id", _TASKS.c.workspace_id == bindparam("workspace_id")),
     ListFilter("completed", _TASKS.c.completed == bindparam("completed")),
     ListFilter("category_id", _TASKS.c.category_id == bindparam("category_id")),
-    ListFilter("due_before", _TASKS.c.due_at < bindparam("due_before")),
-    ListFilter("due_after", _TASKS.c.due_at >= bindparam("due_after")),
-    # Overdue: due in the past and still open (a task without a due date never is).
+    # The due-date filters and overdue compare due_key (no due date = +infinity), which the
+    # due-date index is built on: `< :due_before` never matches a task without a due date,
+    # and `< infinity` keeps those out of `>= :due_after` without a second column.
+    ListFilter("due_before", _TASKS.c.due_key < bindparam("due_before")),
     ListFilter(
-        "overdue",
-        and_(func.coalesce(_TASKS.c.due_at < func.now(), false()), ~_TASKS.c.completed)
-        == bindparam("overdue"),
+        "due_after",
+        and_(_TASKS.c.due_key >= bindparam("due_after"), _TASKS.c.due_key < _INFINITY),
     ),
-    ListFilter("priority", _TASKS.c.priority == bindparam("priority")),
+    # Overdue: due in the past and still open (a task without a due date never is). Two
+    # statements, one per answer, so that overdue=true is a range of the due-date index.
+    ListFilter("overdue", and_(_TASKS.c.due_key < func.now(), ~_TASKS.c.completed), when=True),
+    ListFilter("overdue", or_(_TASKS.c.due_key >= func.now(), _TASKS.c.completed), when=False),
+    ListFilter("priority", _TASKS.c.priority_rank == bindparam("priority"), PRIORITIES.index),
     # Every word of q is the prefix of a word in the title or the description, in any
     # order, ignoring case (the GIN index ix_tasks_search_vector finds them).
     ListFilter("q", _MATCHES_Q),
@@ -203,12 +215,18 @@ LIST_FILTERS = (
 def _active_filters(filters: TaskFilters) -> tuple[ListFilter, ...]:
     """The filters `filters` asks for (an empty `q` asks for nothing): also the key under
     which the statement for that combination is cached."""
-    return tuple(f for f in LIST_FILTERS if getattr(filters, f.name) not in (None, "", ()))
+    return tuple(f for f in LIST_FILTERS if _asks_for(f, getattr(filters, f.name)))
+
+
+def _asks_for(list_filter: ListFilter, value: Any) -> bool:
+    if list_filter.when is not None:
+        return bool(value == list_filter.when)
+    return value not in (None, "", ())
 
 
 def _filter_parameters(filters: TaskFilters, active: tuple[ListFilter, ...]) -> dict[str, Any]:
     """The bound parameters of the `active` filters (from _active_filters(filters))."""
-    return {f.name: f.parameter(getattr(filters, f.name)) for f in active}
+    return {f.name: f.parameter(getattr(filters, f.name)) for f in active if f.when is None}
 
 
 # Every statement reads only the caller's workspaces (the Scope's ids, bound per request).
@@ -729,13 +747,13 @@ class TaskRepository:
 
         With `label_ids` (labels of the rows' workspace), each task also gets 0 to 3 of
         them, picked in SQL from its id (see _BULK_LABELS): nothing more crosses the wire."""
-        driver_connection = await _driver_connection(self.session)
+        driver = await driver_connection(self.session)
         columns = ", ".join(BULK_TASK_COLUMNS)
-        await driver_connection.execute(
+        await driver.execute(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS tasks_to_insert "
             f"ON COMMIT DELETE ROWS AS SELECT {columns} FROM tasks WITH NO DATA"
         )
-        await driver_connection.copy_records_to_table(
+        await driver.copy_records_to_table(
             "tasks_to_insert", records=rows, columns=BULK_TASK_COLUMNS
         )
         insert_tasks = (
@@ -744,16 +762,16 @@ class TaskRepository:
         )
         workspace_ids = list(self.scope.workspace_ids)
         if label_ids:
-            inserted = await driver_connection.fetchval(
+            inserted = await driver.fetchval(
                 f"WITH inserted AS ({insert_tasks} RETURNING id, workspace_id), "
                 f"labelled AS ({_BULK_LABELS}) SELECT count(*) FROM inserted",
                 workspace_ids,
                 list(label_ids),
             )
         else:
-            status = await driver_connection.execute(insert_tasks, workspace_ids)
+            status = await driver.execute(insert_tasks, workspace_ids)
             inserted = status.rsplit(" ", 1)[-1]
-        await driver_connection.execute("TRUNCATE tasks_to_insert")
+        await driver.execute("TRUNCATE tasks_to_insert")
         return int(inserted)
 
 
@@ -794,10 +812,12 @@ BULK_TASK_COLUMNS = (
     "category_id",
     "created_at",
     "updated_at",
+    "due_at",
+    "priority",
 )
 
 
-async def _driver_connection(session: AsyncSession) -> Any:
+async def driver_connection(session: AsyncSession) -> Any:
     """The asyncpg connection under `session` (for COPY, which the ORM does not speak)."""
     connection = await session.connection()
     raw = await connection.get_raw_connection()

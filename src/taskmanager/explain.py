@@ -1,0 +1,297 @@
+"""The plans PostgreSQL chooses for the task list: the lecture's Week 7 ("query optimization
+with EXPLAIN; your repository methods are where you'll optimize") made visible.
+
+Nothing here writes SQL of its own for the list: each combination of filters and sort order
+the API offers is run through `TaskRepository.get_page` itself, and the statement it sends
+is caught on its way to the driver (and not sent); then PostgreSQL is asked how it would run
+exactly that statement, with exactly those parameters, as the same caller under row-level
+security (`EXPLAIN (FORMAT JSON)`, or `EXPLAIN (ANALYZE, ...)` to run it and count rows).
+Used by `taskmanager db explain` and by the test that checks every plan reads `tasks`
+through an index.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from taskmanager.auth import scope_of_account
+from taskmanager.database import create_session_factory
+from taskmanager.models import Category, Task
+from taskmanager.repositories.task_repository import (
+    SORTS,
+    TaskFilters,
+    TaskRepository,
+    driver_connection,
+)
+from taskmanager.repositories.user_repository import UserRepository
+
+# The node types that read a table, and the ones that read an index on the way.
+SEQUENTIAL_SCAN = "Seq Scan"
+
+
+class _CaughtError(Exception):
+    """Raised by the listener to stop a statement from being sent once it is caught."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """One request the list endpoint can be sent: filters, sort order, and where the page
+    starts (offset 0, a deep offset, or after a cursor)."""
+
+    filters: TaskFilters
+    sort: str
+    page: str = "first"  # "first" | "cursor" | "offset"
+
+    @property
+    def label(self) -> str:
+        parts = [f"sort={self.sort}"]
+        for f in fields(TaskFilters):
+            value = getattr(self.filters, f.name)
+            if value not in (None, "", ()):
+                parts.append(f"{f.name}={_shown(value)}")
+        return "&".join(parts) + ("" if self.page == "first" else f" ({self.page} page)")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d")
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class TableRead:
+    """One plan node that reads `tasks`: how (node type), through which index, how many rows
+    it was expected to return (estimated) or did (with ANALYZE: rows x loops), and for what:
+    the page itself, or the total of X-Total-Count (the count rides along in a subquery that
+    PostgreSQL runs once, an InitPlan)."""
+
+    node: str
+    index: str | None
+    rows: float
+    part: str  # "page" | "count"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    query: ListQuery
+    statement: str
+    cost: float  # PostgreSQL's estimate for the whole statement, in its cost units
+    reads: tuple[TableRead, ...]  # every node reading `tasks`
+    milliseconds: float | None  # with ANALYZE: the execution time PostgreSQL measured
+    raw: dict[str, Any] = field(repr=False)
+
+    def part(self, part: str) -> tuple[TableRead, ...]:
+        return tuple(read for read in self.reads if read.part == part)
+
+    @property
+    def sequential(self) -> bool:
+        return any(read.node == SEQUENTIAL_SCAN for read in self.reads)
+
+    def indexes(self, part: str = "page") -> tuple[str, ...]:
+        return tuple(dict.fromkeys(r.index for r in self.part(part) if r.index is not None))
+
+    def rows_read(self, part: str = "page") -> float:
+        return sum(read.rows for read in self.part(part))
+
+
+def table_reads(
+    node: dict[str, Any], table: str = "tasks", part: str = "page"
+) -> Iterator[TableRead]:
+    """The nodes of a JSON plan (and its subplans) that read `table`. A bitmap heap scan
+    names its index in the Bitmap Index Scan under it; what an InitPlan reads is the count."""
+    if node.get("Parent Relationship") == "InitPlan":
+        part = "count"
+    if node.get("Relation Name") == table:
+        index = node.get("Index Name")
+        if index is None and node["Node Type"] == "Bitmap Heap Scan":
+            index = ", ".join(_bitmap_indexes(node)) or None
+        rows = node.get("Actual Rows", node.get("Plan Rows", 0.0))
+        loops = node.get("Actual Loops", 1)
+        yield TableRead(node["Node Type"], index, float(rows) * loops, part)
+    for child in node.get("Plans", ()):
+        yield from table_reads(child, table, part)
+
+
+def _bitmap_indexes(node: dict[str, Any]) -> Iterator[str]:
+    for child in node.get("Plans", ()):
+        if "Index Name" in child:
+            yield child["Index Name"]
+        yield from _bitmap_indexes(child)
+
+
+async def caught_statement(
+    session: AsyncSession, run: Callable[[], Awaitable[Any]]
+) -> tuple[str, Sequence[Any]]:
+    """The first statement reading `tasks` that `run()` sends on `session`, with its
+    parameters as the driver would get them; the statement is not sent."""
+    connection = (await session.connection()).sync_connection
+    assert connection is not None
+    caught: list[tuple[str, Sequence[Any]]] = []
+
+    def catch(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "tasks" in statement:
+            caught.append((statement, parameters))
+            raise _CaughtError
+
+    event.listen(connection, "before_cursor_execute", catch)
+    try:
+        await run()
+    except _CaughtError:
+        pass
+    finally:
+        event.remove(connection, "before_cursor_execute", catch)
+    if not caught:
+        raise LookupError("the call sent no statement reading tasks")
+    return caught[0]
+
+
+async def explain(
+    session: AsyncSession,
+    repository: TaskRepository,
+    query: ListQuery,
+    *,
+    analyze: bool = False,
+    limit: int = 50,
+) -> Plan:
+    """PostgreSQL's plan for the page `query` asks for, as `repository` would ask for it."""
+    statement, parameters = await caught_statement(
+        session, lambda: fetch_page(repository, query, limit)
+    )
+    options = "ANALYZE, BUFFERS, FORMAT JSON" if analyze else "FORMAT JSON"
+    driver = await driver_connection(session)
+    document = await driver.fetchval(f"EXPLAIN ({options}) {statement}", *parameters)
+    if isinstance(document, str):  # the engine's json codec decodes it; a bare driver not
+        document = json.loads(document)
+    top = document[0]
+    root = top["Plan"]
+    return Plan(
+        query=query,
+        statement=statement,
+        cost=float(root["Total Cost"]),
+        reads=tuple(table_reads(root)),
+        milliseconds=top.get("Execution Time"),
+        raw=top,
+    )
+
+
+# The kinds of page explained: the first, and one deep in the list by offset.
+PAGES = ("first", "offset")
+
+# How deep the deep pages of `fetch_page` start: far enough that reading the rows before
+# them would show in the row counts.
+DEEP_ROWS = 10_000
+
+
+async def fetch_page(repository: TaskRepository, query: ListQuery, limit: int) -> Any:
+    """Ask `repository` for the page `query` names."""
+    if query.page == "offset":
+        return await repository.get_page(
+            query.filters, limit=limit, offset=DEEP_ROWS, sort=query.sort
+        )
+    return await repository.get_page(query.filters, limit=limit, sort=query.sort)
+
+
+@dataclass(frozen=True, slots=True)
+class Samples:
+    """Filter values taken from the data, so that each filter selects real rows."""
+
+    values: dict[str, Any]
+
+    def filters(self, *names: str) -> TaskFilters:
+        return TaskFilters(**{name: self.values[name] for name in names})
+
+
+async def samples(session: AsyncSession, repository: TaskRepository) -> Samples:
+    """A value for every filter of TaskFilters, from the caller's data. A filter without a
+    sample is an error: a new filter must say here how it is exercised."""
+    scope_ids = list(repository.scope.workspace_ids)
+    category_id = await session.scalar(
+        select(Category.id).where(Category.workspace_id.in_(scope_ids)).order_by(Category.id)
+    )
+    workspace_id = await session.scalar(
+        select(Task.workspace_id).where(Task.workspace_id.in_(scope_ids)).limit(1)
+    )
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {
+        "completed": False,
+        "category_id": category_id or 1,
+        "q": "milk",
+        "workspace_id": workspace_id or scope_ids[0],
+        "due_before": now + timedelta(days=7),
+        "due_after": now - timedelta(days=7),
+        "overdue": True,
+        "priority": "urgent",
+    }
+    missing = {f.name for f in fields(TaskFilters)} - set(values)
+    if missing:
+        raise LookupError(f"no sample value for the filter(s) {', '.join(sorted(missing))}")
+    return Samples(values)
+
+
+def list_queries(
+    samples: Samples,
+    *,
+    pairs: bool = True,
+    pages: Sequence[str] = PAGES,
+    sorts: Sequence[str] | None = None,
+) -> Iterator[ListQuery]:
+    """Every sort order (or those of `sorts`) with no filter, each filter alone and (with
+    `pairs`) every two filters together, for each kind of page of `pages`."""
+    names = [f.name for f in fields(TaskFilters)]
+    combinations: list[tuple[str, ...]] = [(), *((name,) for name in names)]
+    if pairs:
+        combinations += [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    for sort in sorts or SORTS:
+        for combination in combinations:
+            filters = samples.filters(*combination)
+            for page in pages:
+                yield ListQuery(filters, sort, page)
+
+
+def with_filters(query: ListQuery, **changes: Any) -> ListQuery:
+    return replace(query, filters=replace(query.filters, **changes))
+
+
+class NoSuchAccountError(LookupError):
+    """`db explain` was asked to explain as an account that does not exist."""
+
+
+async def explain_list_queries(
+    engine: AsyncEngine,
+    email: str,
+    *,
+    analyze: bool = False,
+    pairs: bool = False,
+    pages: Sequence[str] = ("first",),
+    sorts: Sequence[str] | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+) -> list[Plan]:
+    """The plan of every list query (each sort with no filter, each filter alone, and with
+    `pairs` every two filters) as the account `email` would send it, on the current data.
+    Nothing is changed: the transaction is rolled back."""
+    session_factory = create_session_factory(engine)
+    async with session_factory() as session, session.begin():
+        user = await UserRepository(session).get_by_email(email)
+        if user is None:
+            raise NoSuchAccountError(email)
+        repository = TaskRepository(session, await scope_of_account(session, user.id))
+        values = await samples(session, repository)
+        plans = []
+        for query in list_queries(values, pairs=pairs, pages=pages, sorts=sorts):
+            plan = await explain(session, repository, query, analyze=analyze)
+            plans.append(plan)
+            if on_plan is not None:
+                on_plan(plan)
+        await session.rollback()
+    return plans
