@@ -23,9 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from taskmanager.auth import scope_of_account
 from taskmanager.database import create_session_factory
-from taskmanager.models import Category, Task
+from taskmanager.models import Category, Label, Task
 from taskmanager.repositories.task_repository import (
     SORTS,
+    SORTS_NEEDING_Q,
     TaskFilters,
     TaskRepository,
     driver_connection,
@@ -114,9 +115,13 @@ def table_reads(
         index = node.get("Index Name")
         if index is None and node["Node Type"] == "Bitmap Heap Scan":
             index = ", ".join(_bitmap_indexes(node)) or None
-        rows = node.get("Actual Rows", node.get("Plan Rows", 0.0))
-        loops = node.get("Actual Loops", 1)
-        yield TableRead(node["Node Type"], index, float(rows) * loops, part)
+        if "Actual Rows" in node:  # what it returned, and what it read and threw away
+            rows = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
+            rows += node.get("Rows Removed by Index Recheck", 0)
+            rows *= node.get("Actual Loops", 1)
+        else:
+            rows = node.get("Plan Rows", 0.0)
+        yield TableRead(node["Node Type"], index, float(rows), part)
     for child in node.get("Plans", ()):
         yield from table_reads(child, table, part)
 
@@ -163,11 +168,12 @@ async def explain(
     *,
     analyze: bool = False,
     limit: int = 50,
+    deep_rows: int | None = None,
 ) -> Plan:
-    """PostgreSQL's plan for the page `query` asks for, as `repository` would ask for it."""
-    statement, parameters = await caught_statement(
-        session, lambda: fetch_page(repository, query, limit)
-    )
+    """PostgreSQL's plan for the page `query` asks for, as `repository` would ask for it;
+    a deep page starts `deep_rows` tasks in (default DEEP_ROWS)."""
+    call = await page_call(repository, query, limit, DEEP_ROWS if deep_rows is None else deep_rows)
+    statement, parameters = await caught_statement(session, call)
     options = "ANALYZE, BUFFERS, FORMAT JSON" if analyze else "FORMAT JSON"
     driver = await driver_connection(session)
     document = await driver.fetchval(f"EXPLAIN ({options}) {statement}", *parameters)
@@ -185,21 +191,39 @@ async def explain(
     )
 
 
-# The kinds of page explained: the first, and one deep in the list by offset.
-PAGES = ("first", "offset")
+# The kinds of page explained: the first (as a client gets it without asking: counted), one
+# deep in the list after a cursor (not counted, as cursor pages are), and the same depth by
+# offset (counted).
+PAGES = ("first", "cursor", "offset")
 
-# How deep the deep pages of `fetch_page` start: far enough that reading the rows before
-# them would show in the row counts.
+# How deep the deep pages start: far enough that reading the rows before them would show.
 DEEP_ROWS = 10_000
 
 
-async def fetch_page(repository: TaskRepository, query: ListQuery, limit: int) -> Any:
-    """Ask `repository` for the page `query` names."""
+async def page_call(
+    repository: TaskRepository, query: ListQuery, limit: int, deep_rows: int = DEEP_ROWS
+) -> Callable[[], Awaitable[Any]]:
+    """The call asking `repository` for the page `query` names. For a cursor page, the
+    cursor's keys are those of the task `deep_rows` in (or nearer the start, for a list
+    shorter than that), read first, here."""
+    filters, sort = query.filters, query.sort
     if query.page == "offset":
-        return await repository.get_page(
-            query.filters, limit=limit, offset=DEEP_ROWS, sort=query.sort
+        return lambda: repository.get_page(filters, limit=limit, offset=deep_rows, sort=sort)
+    if query.page == "cursor":
+        after = None
+        for depth in dict.fromkeys((deep_rows, limit, 0)):
+            before = await repository.get_page(
+                filters, limit=1, offset=depth, sort=sort, counted=False
+            )
+            if before.next_after is not None:
+                after = before.next_after
+                break
+        if after is None:  # one task or none: a cursor after anything reads nothing anyway
+            return lambda: repository.get_page(filters, limit=limit, sort=sort, counted=False)
+        return lambda: repository.get_page(
+            filters, limit=limit, sort=sort, after=after, counted=False
         )
-    return await repository.get_page(query.filters, limit=limit, sort=query.sort)
+    return lambda: repository.get_page(filters, limit=limit, sort=sort)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +246,9 @@ async def samples(session: AsyncSession, repository: TaskRepository) -> Samples:
     workspace_id = await session.scalar(
         select(Task.workspace_id).where(Task.workspace_id.in_(scope_ids)).limit(1)
     )
+    label_id = await session.scalar(
+        select(Label.id).where(Label.workspace_id.in_(scope_ids)).order_by(Label.id)
+    )
     now = datetime.now(UTC)
     values: dict[str, Any] = {
         "completed": False,
@@ -232,6 +259,7 @@ async def samples(session: AsyncSession, repository: TaskRepository) -> Samples:
         "due_after": now - timedelta(days=7),
         "overdue": True,
         "priority": "urgent",
+        "label_ids": (label_id or 1,),
     }
     missing = {f.name for f in fields(TaskFilters)} - set(values)
     if missing:
@@ -253,10 +281,21 @@ def list_queries(
     if pairs:
         combinations += [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     for sort in sorts or SORTS:
+        asked: set[frozenset[str]] = set()
         for combination in combinations:
+            if sort in SORTS_NEEDING_Q:  # relevance ranks matches of q: always with one
+                combination = tuple(dict.fromkeys(("q", *combination)))
+            if frozenset(combination) in asked:
+                continue
+            asked.add(frozenset(combination))
             filters = samples.filters(*combination)
             for page in pages:
                 yield ListQuery(filters, sort, page)
+
+
+def _least_filters(sort: str, samples: Samples) -> TaskFilters:
+    """The filters an order cannot go without: none, or q for relevance."""
+    return samples.filters("q") if sort in SORTS_NEEDING_Q else TaskFilters()
 
 
 def with_filters(query: ListQuery, **changes: Any) -> ListQuery:
@@ -275,11 +314,14 @@ async def explain_list_queries(
     pairs: bool = False,
     pages: Sequence[str] = ("first",),
     sorts: Sequence[str] | None = None,
+    filtered: bool = True,
+    deep_rows: int = DEEP_ROWS,
     on_plan: Callable[[Plan], None] | None = None,
 ) -> list[Plan]:
     """The plan of every list query (each sort with no filter, each filter alone, and with
-    `pairs` every two filters) as the account `email` would send it, on the current data.
-    Nothing is changed: the transaction is rolled back."""
+    `pairs` every two filters; with `filtered=False` only the unfiltered ones) as the
+    account `email` would send it, on the current data. Nothing is changed: the transaction
+    is rolled back."""
     session_factory = create_session_factory(engine)
     async with session_factory() as session, session.begin():
         user = await UserRepository(session).get_by_email(email)
@@ -289,7 +331,9 @@ async def explain_list_queries(
         values = await samples(session, repository)
         plans = []
         for query in list_queries(values, pairs=pairs, pages=pages, sorts=sorts):
-            plan = await explain(session, repository, query, analyze=analyze)
+            if not filtered and query.filters != _least_filters(query.sort, values):
+                continue
+            plan = await explain(session, repository, query, analyze=analyze, deep_rows=deep_rows)
             plans.append(plan)
             if on_plan is not None:
                 on_plan(plan)

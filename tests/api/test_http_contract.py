@@ -333,6 +333,11 @@ OPERATION_IDS = {
     ("GET", "/categories/{category_id}"): "get_category",
     ("PATCH", "/categories/{category_id}"): "rename_category",
     ("DELETE", "/categories/{category_id}"): "delete_category",
+    ("GET", "/labels"): "list_labels",
+    ("POST", "/labels"): "create_label",
+    ("GET", "/labels/{label_id}"): "get_label",
+    ("PATCH", "/labels/{label_id}"): "update_label",
+    ("DELETE", "/labels/{label_id}"): "delete_label",
     ("GET", "/health/live"): "health_live",
     ("GET", "/health/ready"): "health_ready",
 }

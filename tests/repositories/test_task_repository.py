@@ -544,8 +544,10 @@ async def test_bulk_insert_with_labels_gives_each_task_0_to_3_distinct_ones(
     label_ids = await LabelRepository(db_session, scope).ensure_names(
         [f"label {n}" for n in range(5)], [None] * 5, mine
     )
-    rows = [(mine, f"task {n}", None, False, None, BASE, BASE) for n in range(400)]
-    foreign = (other_account.personal_workspace_id, "not mine", None, False, None, BASE, BASE)
+    rows = [(mine, f"task {n}", None, False, None, BASE, BASE, None, "low") for n in range(400)]
+    foreign = (
+        other_account.personal_workspace_id, "not mine", None, False, None, BASE, BASE, None, "low"
+    )  # fmt: skip
 
     assert await repo.bulk_insert([*rows, foreign], label_ids) == 400
 
