@@ -83,7 +83,7 @@ def upgrade() -> None:
                   SELECT id, workspace_id FROM {schema}.tasks WHERE search_vector @@ query
               )
               SELECT id FROM matches
-              WHERE workspace_id = ANY ({schema}.taskmanager_workspace_ids()) $$
+              WHERE workspace_id = ANY ((SELECT {schema}.taskmanager_workspace_ids())::integer[]) $$
         """
     )
     op.execute(f"REVOKE ALL ON FUNCTION {MATCHING_TASKS} FROM PUBLIC")
