@@ -24,6 +24,7 @@ SECTIONS = (
     "Quick Reference Card",
     "File Organization Reference",
     "The Week 6 project",
+    "Week 7: Query optimization",
     "Week 9: Authentication",
     "Week 13-14: Capstone",
 )
