@@ -266,6 +266,11 @@ def schema_refs(node: Any) -> Iterator[str]:
         ("/categories/{category_id}", "get", "404"),
         ("/categories/{category_id}", "patch", "409"),
         ("/categories/{category_id}", "delete", "404"),
+        ("/labels", "post", "409"),
+        ("/labels", "post", "422"),
+        ("/labels/{label_id}", "get", "404"),
+        ("/labels/{label_id}", "patch", "409"),
+        ("/labels/{label_id}", "delete", "404"),
         ("/health/ready", "get", "503"),
     ],
 )
@@ -333,6 +338,11 @@ OPERATION_IDS = {
     ("GET", "/categories/{category_id}"): "get_category",
     ("PATCH", "/categories/{category_id}"): "rename_category",
     ("DELETE", "/categories/{category_id}"): "delete_category",
+    ("POST", "/labels"): "create_label",
+    ("GET", "/labels"): "list_labels",
+    ("GET", "/labels/{label_id}"): "get_label",
+    ("PATCH", "/labels/{label_id}"): "update_label",
+    ("DELETE", "/labels/{label_id}"): "delete_label",
     ("GET", "/health/live"): "health_live",
     ("GET", "/health/ready"): "health_ready",
 }

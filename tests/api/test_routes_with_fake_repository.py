@@ -233,6 +233,7 @@ async def test_get_returns_the_repository_task(
         "updated_at": "2024-05-01T12:00:00Z",
         "version": 1,
         "category": {"id": 9, "name": "Home"},
+        "labels": [],
     }
     assert response.headers["etag"] == '"1"'
 
