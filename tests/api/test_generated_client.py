@@ -135,7 +135,13 @@ def test_method_names_are_the_readable_operation_ids(generated: GeneratedClient)
             "list_categories",
             "rename_category",
         ],
-        "labels": ["create_label", "delete_label", "get_label", "list_labels", "update_label"],
+        "labels": [
+            "create_label",
+            "delete_label",
+            "get_label",
+            "list_labels",
+            "update_label",
+        ],
         "health": ["health_live", "health_ready"],
     }
 

@@ -403,6 +403,7 @@ async def test_label_id_filter_finds_tasks_carrying_all_the_labels(client: Async
     assert await found(home["id"]) == ([only_home["id"], both["id"]], "2")
     assert await found(home["id"], urgent["id"]) == ([both["id"]], "1")
     assert await found(urgent["id"], home["id"]) == ([both["id"]], "1")
+    assert await found(home["id"], home["id"]) == ([only_home["id"], both["id"]], "2")
     # With other filters, sorts and pages.
     response = await client.get(
         "/tasks", params={"label_id": home["id"], "sort": "title", "q": "only", "limit": 1}

@@ -289,6 +289,7 @@ def secured_operations(base_url: str) -> set[str]:
 @dataclass
 class Seeded:
     category_ids: list[int]
+    label_ids: list[int]
     task_ids: list[int]
     workspace_ids: list[int]
     member_ids: list[int]
@@ -343,18 +344,23 @@ def seed(base_url: str) -> Seeded:
             http.post("/categories", json={"name": name}).raise_for_status().json()["id"]
             for name in ("Home", "Work", "Errands")
         ]
+        labels = [
+            http.post("/labels", json={"name": name}).raise_for_status().json()["id"]
+            for name in ("urgent", "someday")
+        ]
         tasks = [
             http.post("/tasks", json=body).raise_for_status().json()["id"]
             for body in (
                 {"title": "Buy milk", "category_id": categories[2]},
                 {"title": "Write report", "description": "Q3", "category_id": categories[1]},
                 {"title": "Water plants", "completed": True, "category_id": categories[0]},
-                {"title": "Call mum"},
+                {"title": "Call mum", "label_ids": labels},
                 {"title": "File taxes", "completed": True},
             )
         ]
     return Seeded(
         category_ids=categories,
+        label_ids=labels,
         task_ids=tasks,
         workspace_ids=[fuzzer.personal_workspace_id, team],
         member_ids=[member.user_id for member in members],
@@ -377,6 +383,7 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
         "dictionaries": {
             "task_ids": {"values": seeded.task_ids},
             "category_ids": {"values": seeded.category_ids},
+            "label_ids": {"values": seeded.label_ids},
             "workspace_ids": {"values": seeded.workspace_ids},
             "member_ids": {"values": seeded.member_ids},
             "member_emails": {"values": seeded.member_emails},
@@ -389,6 +396,8 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
             "path.category_id": {"dictionary": "category_ids", "probability": half},
             "query.category_id": {"dictionary": "category_ids", "probability": half},
             "body.category_id": {"dictionary": "category_ids", "probability": half},
+            "path.label_id": {"dictionary": "label_ids", "probability": half},
+            "body.label_ids[*]": {"dictionary": "label_ids", "probability": half},
             "path.workspace_id": {"dictionary": "workspace_ids", "probability": half},
             "query.workspace_id": {"dictionary": "workspace_ids", "probability": half},
             "body.workspace_id": {"dictionary": "workspace_ids", "probability": half},
@@ -406,6 +415,7 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
 CREATED_HEADERS = {
     "POST /tasks": {"Location", "ETag"},
     "POST /categories": {"Location", "ETag"},
+    "POST /labels": {"Location", "ETag"},
     "POST /workspaces": {"Location", "ETag"},
     "POST /auth/register": {"Location"},
 }

@@ -560,7 +560,7 @@ async def test_bulk_insert_with_labels_gives_each_task_0_to_3_distinct_ones(
     assert len(per_task) == 400
     assert all(count == unique for count, unique in per_task.values())  # never twice
     assert {count for count, _ in per_task.values()} == {0, 1, 2, 3}
-    used = await db_session.execute(select(distinct(TaskLabel.label_id), TaskLabel.workspace_id))
+    used = await db_session.execute(select(TaskLabel.label_id, TaskLabel.workspace_id).distinct())
     assert {(label_id, mine) for label_id in label_ids} == set(used.all())
     # The label filter finds exactly the tasks the rows say carry the label.
     first = label_ids[0]
