@@ -145,7 +145,7 @@ async def caught_statement(
     def catch(
         conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
     ) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "tasks" in statement:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM tasks" in statement:
             caught.append((statement, parameters))
             raise _CaughtError
 

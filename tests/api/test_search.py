@@ -17,6 +17,7 @@ from taskmanager.auth import scope_of_account
 from taskmanager.config import Settings
 from taskmanager.database import create_engine, create_session_factory
 from taskmanager.models import Task
+from taskmanager.repositories import task_repository
 from taskmanager.repositories.task_repository import (
     SORTS,
     TaskFilters,
@@ -330,3 +331,34 @@ async def test_the_search_function_finds_matches_through_the_gin_index(
     nodes = list(_nodes(plan[0]["Plan"]))
     assert "Seq Scan" not in [node["Node Type"] for node in nodes], plan
     assert "ix_tasks_search_vector" in [node.get("Index Name") for node in nodes], plan
+
+
+# ─────────────────────────────────────────────
+# Two ways to find a search's page, one answer
+# ─────────────────────────────────────────────
+
+
+@pytest.mark.parametrize("sort", ["newest", "oldest", "due", "priority", "title"])
+async def test_both_ways_of_finding_a_search_page_answer_alike(
+    client: AsyncClient, monkeypatch: pytest.MonkeyPatch, sort: str
+) -> None:
+    """By the matches' ids (a rare word) or by walking the order's index testing each task
+    (a common word, task_repository._search_way): the same tasks, in the same order, on every
+    page, whichever way PostgreSQL's estimate picks."""
+    for n in range(12):
+        await create(client, f"{'Buy milk' if n % 3 else 'Call mum'} {n}", description=None)
+
+    async def walk(walking: bool) -> list[list[int]]:
+        monkeypatch.setattr(task_repository, "_walk_finds_the_page_sooner", lambda *_: walking)
+        pages = []
+        url: str | None = f"/tasks?q=mil&sort={sort}&limit=3"
+        while url is not None:
+            response = await client.get(url)
+            assert response.status_code == 200, response.text
+            pages.append([task["id"] for task in response.json()])
+            url = response.links.get("next", {}).get("url")
+        return pages
+
+    by_id, by_walking = await walk(False), await walk(True)
+    assert by_id == by_walking
+    assert sum(len(page) for page in by_id) == 8  # n % 3 != 0: 8 of the 12

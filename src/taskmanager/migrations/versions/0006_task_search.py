@@ -43,13 +43,13 @@ SEARCH_DOCUMENT = (
 
 REQUEST_ROLE = "taskmanager_request"
 MATCHING_TASKS = "taskmanager_matching_tasks(tsquery)"
+ESTIMATED_MATCHES = "taskmanager_estimated_matches(tsquery)"
 
 
 def _in_current_schema(statement: str) -> None:
     """Run `statement` with `{schema}` standing for the schema the migration runs in (as
     0003's helper of the same name does: `alembic upgrade head --sql` needs no server)."""
-    assert "%" not in statement, statement
-    template = statement.replace("{schema}", "%1$I")
+    template = statement.replace("%", "%%").replace("{schema}", "%1$I")
     op.execute(
         f"DO $do$ BEGIN EXECUTE format($statement${template}$statement$, current_schema()); "
         "END $do$"
@@ -86,11 +86,41 @@ def upgrade() -> None:
               WHERE workspace_id = ANY ((SELECT {schema}.taskmanager_workspace_ids())::integer[]) $$
         """
     )
-    op.execute(f"REVOKE ALL ON FUNCTION {MATCHING_TASKS} FROM PUBLIC")
-    op.execute(f"GRANT EXECUTE ON FUNCTION {MATCHING_TASKS} TO {REQUEST_ROLE}")
+    # How many tasks PostgreSQL expects `query` to match (its statistics of the words, from
+    # ANALYZE), and how many tasks there are: planning only, nothing is read. The repository
+    # asks before a search to choose how to find the page: by the matches' ids (a rare word)
+    # or by walking the order's index testing each task (a common one), since the planner
+    # cannot choose for a query it only learns at run time. VOLATILE: PostgreSQL allows
+    # EXPLAIN in no other function (it reads nothing, and is allowed in a READ ONLY one).
+    _in_current_schema(
+        """
+        CREATE FUNCTION taskmanager_estimated_matches(query tsquery)
+        RETURNS TABLE (matches double precision, tasks double precision)
+        LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+        AS $fn$
+        DECLARE
+            plan json;
+        BEGIN
+            tasks := (SELECT reltuples FROM pg_class WHERE oid = '{schema}.tasks'::regclass);
+            matches := 0;
+            IF query IS NOT NULL THEN
+                EXECUTE format(
+                    'EXPLAIN (FORMAT JSON) SELECT FROM {schema}.tasks WHERE search_vector @@ %L',
+                    query
+                ) INTO plan;
+                matches := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
+            END IF;
+            RETURN NEXT;
+        END $fn$
+        """
+    )
+    for function in (MATCHING_TASKS, ESTIMATED_MATCHES):
+        op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
+        op.execute(f"GRANT EXECUTE ON FUNCTION {function} TO {REQUEST_ROLE}")
 
 
 def downgrade() -> None:
+    op.execute(f"DROP FUNCTION {ESTIMATED_MATCHES}")
     op.execute(f"DROP FUNCTION {MATCHING_TASKS}")
     op.execute("ALTER TABLE tasks FORCE ROW LEVEL SECURITY")
     op.drop_index("ix_tasks_search_vector", table_name="tasks")
