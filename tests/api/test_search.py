@@ -17,10 +17,10 @@ from taskmanager.auth import scope_of_account
 from taskmanager.config import Settings
 from taskmanager.database import create_engine, create_session_factory
 from taskmanager.models import Task
-from taskmanager.repositories import task_repository
 from taskmanager.repositories.task_repository import (
     SORTS,
     TaskFilters,
+    TaskRepository,
     _active_filters,
     _filter_parameters,
     _page_statement,
@@ -343,13 +343,16 @@ async def test_both_ways_of_finding_a_search_page_answer_alike(
     client: AsyncClient, monkeypatch: pytest.MonkeyPatch, sort: str
 ) -> None:
     """By the matches' ids (a rare word) or by walking the order's index testing each task
-    (a common word, task_repository._search_way): the same tasks, in the same order, on every
+    (a common word, TaskRepository._search_way): the same tasks, in the same order, on every
     page, whichever way PostgreSQL's estimate picks."""
     for n in range(12):
         await create(client, f"{'Buy milk' if n % 3 else 'Call mum'} {n}", description=None)
 
     async def walk(walking: bool) -> list[list[int]]:
-        monkeypatch.setattr(task_repository, "_walk_finds_the_page_sooner", lambda *_: walking)
+        async def decided(*_: Any) -> bool:
+            return walking
+
+        monkeypatch.setattr(TaskRepository, "_walk_finds_the_page_sooner", decided)
         pages = []
         url: str | None = f"/tasks?q=mil&sort={sort}&limit=3"
         while url is not None:

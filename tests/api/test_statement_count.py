@@ -177,14 +177,14 @@ async def test_statement_count_does_not_depend_on_page_or_filters(
 async def test_a_search_asks_first_how_many_tasks_it_may_match(
     client: AsyncClient, engine: AsyncEngine, seeded: dict[int, str], limit: int
 ) -> None:
-    """One statement more than a list, whatever the page: PostgreSQL's estimate of the
-    matches (planning only), which picks how the page is found (TaskRepository._search_way)."""
+    """One statement more than a list, whatever the page: whether to walk the order's index
+    or read the matches by id (TaskRepository._search_way)."""
     _, reference = await list_counting(client, engine, {"limit": 50})
     response, log = await list_counting(client, engine, {"q": "task 1", "limit": limit})
 
     assert response.status_code == 200
     assert len(log.queries) == len(reference.queries) + 1
-    assert "taskmanager_estimated_matches" in log.queries[0]
+    assert "taskmanager_search_walks" in log.queries[0]
     assert all(task["category"] is not None for task in response.json())
 
 

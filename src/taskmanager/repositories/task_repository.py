@@ -104,17 +104,9 @@ _MATCHES_Q = _TASKS.c.id.in_(select(_MATCHING_TASKS))
 # seconds). Then walking the order's index and testing each task reads about
 # limit x tasks / matches rows (600 there) and stops at the page: the other way to find it.
 _WALKING_SEARCH = _TASKS.c.search_vector.bool_op("@@")(SEARCH_QUERY)
-_ESTIMATE = func.taskmanager_estimated_matches(SEARCH_QUERY).table_valued("matches", "tasks")
-_ESTIMATED_MATCHES = select(_ESTIMATE.c.matches, _ESTIMATE.c.tasks)
-# A walked task costs about a fifth of a match read by id (a heap fetch in the function and
-# an index probe here): measured with bench/run.py --scale.
-_WALK_COST = 0.2
-
-
-def _walk_finds_the_page_sooner(matches: float, tasks: float, limit: int) -> bool:
-    """Whether walking the order's index (about limit x tasks / matches rows read) costs
-    less than reading every match by id (about `matches`, each dearer)."""
-    return matches > 0 and _WALK_COST * (limit + 1) * tasks / matches < matches
+# Which way finds the page sooner: asked of PostgreSQL before each search (migration 0006,
+# taskmanager_search_walks: it counts the caller's matches only as far as the answer needs).
+_SEARCH_WALKS = select(func.taskmanager_search_walks(SEARCH_QUERY, bindparam("page_rows")))
 
 
 # How well a task matches q (more of q's words, more often: higher); never NULL for a task
@@ -630,12 +622,15 @@ class TaskRepository:
     async def _search_way(
         self, q: str, active: tuple[ListFilter, ...], limit: int
     ) -> tuple[ListFilter, ...]:
-        """`active` with the search done the way that finds the page sooner, by PostgreSQL's
-        estimate of how many tasks q matches (planning only: about 0.2 ms)."""
-        row = (await self.session.execute(_ESTIMATED_MATCHES, {"q": q})).one()
-        if not _walk_finds_the_page_sooner(row.matches, row.tasks, limit):
+        """`active` with the search done the way that finds the page sooner (one statement:
+        a count of q's matches through the GIN index, as far as the answer needs)."""
+        parameters = {"q": q, "page_rows": limit + 1}
+        if not await self._walk_finds_the_page_sooner(parameters):
             return active
         return tuple(_SEARCH_BY_WALKING if f is _SEARCH_BY_ID else f for f in active)
+
+    async def _walk_finds_the_page_sooner(self, parameters: dict[str, Any]) -> bool:
+        return bool((await self.session.execute(_SEARCH_WALKS, parameters)).scalar_one())
 
     async def _empty_search_page(
         self,
