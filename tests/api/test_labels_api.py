@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Label, Task, TaskLabel
+from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.schemas import MAX_LABELS_PER_TASK
 from tests.support.accounts import Account
 from tests.support.problems import assert_problem, assert_validation_problem
@@ -438,3 +439,38 @@ async def test_bad_label_id_filters_are_422_naming_the_query(
 ) -> None:
     body = assert_problem(await client.get("/tasks", params=params), 422)
     assert "query.label_id" in body["detail"], body
+
+
+@pytest.mark.parametrize("sort", ["newest", "oldest", "due", "priority", "title"])
+async def test_both_ways_of_finding_a_labelled_page_answer_alike(
+    client: AsyncClient, monkeypatch: pytest.MonkeyPatch, sort: str
+) -> None:
+    """By the carriers' ids (a rare label) or by walking the order's index asking each task
+    (a common one, TaskRepository._labels_way): the same tasks, in the same order, on every
+    page, whichever way the count of carriers picks; with one label and with two."""
+    red, blue = await label(client, "red"), await label(client, "blue")
+    for n in range(12):
+        wanted = [red["id"]] if n % 3 else [red["id"], blue["id"]] if n % 2 else []
+        await task(client, f"task {n}", label_ids=wanted)
+
+    async def pages(walking: bool, query: str) -> list[list[int]]:
+        async def decided(*_: Any) -> bool:
+            return walking
+
+        monkeypatch.setattr(TaskRepository, "_walk_finds_the_page_sooner", decided)
+        found = []
+        url: str | None = f"/tasks?{query}&sort={sort}&limit=3"
+        while url is not None:
+            response = await client.get(url)
+            assert response.status_code == 200, response.text
+            found.append([t["id"] for t in response.json()])
+            url = response.links.get("next", {}).get("url")
+        return found
+
+    for query, expected in (
+        (f"label_id={red['id']}", 10),
+        (f"label_id={red['id']}&label_id={blue['id']}", 2),
+    ):
+        by_id, by_walking = await pages(False, query), await pages(True, query)
+        assert by_id == by_walking
+        assert sum(len(page) for page in by_id) == expected
