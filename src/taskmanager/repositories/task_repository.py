@@ -466,11 +466,15 @@ def _page_statement(
     *,
     counted: bool = True,
     after: bool = False,
+    counted_by: tuple[ListFilter, ...] | None = None,
 ) -> Select[Any]:
+    """`counted_by`: the filters the total counts with, when the page's differ (a walking
+    search or label filter: tested task by task, which suits a page, not a count of all)."""
     order = keyset(sort)
     columns = [*_VIEW_COLUMNS, *(key.label(f"key_{i}") for i, key in enumerate(order.keys))]
     if counted:
-        columns.append(_count_statement(active).correlate(None).scalar_subquery().label("total"))
+        total = _count_statement(counted_by or active).correlate(None).scalar_subquery()
+        columns.append(total.label("total"))
     statement = _where(select(*columns), active).select_from(_WITH_CATEGORY)
     if after:
         statement = statement.where(order.after())
@@ -635,7 +639,7 @@ class TaskRepository:
         needs a second statement. One row more than `limit` is read, to know whether
         another page follows."""
         filters = filters or TaskFilters()
-        active = _active_filters(filters)
+        active = listed = _active_filters(filters)
         if sort in SORTS_NEEDING_Q and not filters.q:
             raise ValueError(f"sort={sort} needs q")
         if filters.q and sort not in SORTS_NEEDING_Q:  # relevance ranks every match anyway
@@ -650,13 +654,19 @@ class TaskRepository:
         }
         if after is not None:
             parameters.update({f"after_{i}": value for i, value in enumerate(after)})
-        statement = _page_statement(active, sort, counted=counted, after=after is not None)
+        statement = _page_statement(
+            active,
+            sort,
+            counted=counted,
+            after=after is not None,
+            counted_by=None if active is listed else listed,
+        )
         rows = (await self.session.execute(statement, parameters)).all()
         shown = rows[:limit]
         past_the_start = bool(offset) or after is not None
         if not rows and filters.q:
             return await self._empty_search_page(
-                filters, active, counted=counted, past_the_start=past_the_start
+                filters, listed, counted=counted, past_the_start=past_the_start
             )
         total: int | None = None
         if counted and rows:
