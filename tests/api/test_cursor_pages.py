@@ -131,7 +131,7 @@ FILTERED_WALKS = [
     + FILTERED_WALKS,
     ids=lambda params: "&".join(f"{k}={v}" for k, v in params.items()),
 )
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2])
 async def test_a_cursor_walk_never_repeats_nor_skips_a_task_while_others_come_and_go(
     client: AsyncClient,
     db_session: AsyncSession,
