@@ -184,7 +184,7 @@ async def test_a_search_asks_first_how_many_tasks_it_may_match(
 
     assert response.status_code == 200
     assert len(log.queries) == len(reference.queries) + 1
-    assert "taskmanager_search_walks" in log.queries[0]
+    assert "taskmanager_matches_at_least" in log.queries[0]
     assert all(task["category"] is not None for task in response.json())
 
 

@@ -106,10 +106,6 @@ _MATCHES_Q = _TASKS.c.id.in_(select(_MATCHING_TASKS))
 # seconds). Then walking the order's index and testing each task reads about
 # limit x tasks / matches rows (600 there) and stops at the page: the other way to find it.
 _WALKING_SEARCH = _TASKS.c.search_vector.bool_op("@@")(SEARCH_QUERY)
-# Which way finds the page sooner: asked of PostgreSQL before each search (migration 0006,
-# taskmanager_search_walks: it counts the caller's matches only as far as the answer needs).
-_SEARCH_WALKS = select(func.taskmanager_search_walks(SEARCH_QUERY, bindparam("page_rows")))
-
 
 # How well a task matches q (more of q's words, more often: higher); never NULL for a task
 # that matched.
@@ -218,9 +214,9 @@ def _distinct_ids(ids: Sequence[int]) -> list[int]:
 
 # Whether walking an order's index finds a page sooner than reading every match by id: when
 # the matches are at least sqrt(0.2 x page rows x tasks) (a walk reads about page rows x
-# tasks / matches tasks; a match read by id costs about five walked ones). For labels the
-# tasks carrying the first label asked for are counted, only as far as that (the search
-# asks the same of migration 0006's taskmanager_search_walks).
+# tasks / matches tasks; a match read by id costs about five walked ones). The caller's
+# matches are counted only as far as that: for a search through the GIN index (migration
+# 0006's taskmanager_matches_at_least), for labels the tasks carrying the first one asked.
 _PG_CLASS = table("pg_class", column("reltuples"), column("oid"))  # its row estimate
 _ENOUGH_TO_WALK = func.ceil(
     func.sqrt(
@@ -233,10 +229,14 @@ _ENOUGH_TO_WALK = func.ceil(
             1,
         )
     )
-)
+).cast(Integer)
+_SEARCH_WALKS = select(func.taskmanager_matches_at_least(SEARCH_QUERY, _ENOUGH_TO_WALK))
 _FIRST_LABEL_CARRIERS = (
     select(_TASK_LABELS.c.task_id)
-    .where(_TASK_LABELS.c.label_id == bindparam("first_label", type_=Integer))
+    .where(
+        _TASK_LABELS.c.label_id == bindparam("first_label", type_=Integer),
+        _TASK_LABELS.c.workspace_id == any_(bindparam("workspace_ids", type_=ARRAY(Integer))),
+    )
     .limit(_ENOUGH_TO_WALK)
     .subquery()
 )
@@ -685,7 +685,7 @@ class TaskRepository:
         """`active` with the search done the way that finds the page sooner (one statement:
         a count of q's matches through the GIN index, as far as the answer needs)."""
         parameters = {"q": q, "page_rows": limit + 1}
-        if not await self._walk_finds_the_page_sooner(parameters):
+        if not await self._walk_finds_the_page_sooner(_SEARCH_WALKS, parameters):
             return active
         return tuple(_SEARCH_BY_WALKING if f is _SEARCH_BY_ID else f for f in active)
 
@@ -694,13 +694,13 @@ class TaskRepository:
     ) -> tuple[ListFilter, ...]:
         """`active` with the label filter done the way that finds the page sooner (one
         statement: the carriers of the first label counted, as far as the answer needs)."""
-        parameters = {"first_label": label_ids[0], "page_rows": limit + 1}
-        if not await self._walk_finds_the_page_sooner(parameters, _LABELS_WALK):
+        parameters = {"first_label": label_ids[0], "page_rows": limit + 1, **self._in_scope}
+        if not await self._walk_finds_the_page_sooner(_LABELS_WALK, parameters):
             return active
         return tuple(_LABELS_BY_WALKING if f is _LABELS_BY_ID else f for f in active)
 
     async def _walk_finds_the_page_sooner(
-        self, parameters: dict[str, Any], question: Select[Any] = _SEARCH_WALKS
+        self, question: Select[Any], parameters: dict[str, Any]
     ) -> bool:
         return bool((await self.session.execute(question, parameters)).scalar_one())
 

@@ -43,7 +43,7 @@ SEARCH_DOCUMENT = (
 
 REQUEST_ROLE = "taskmanager_request"
 MATCHING_TASKS = "taskmanager_matching_tasks(tsquery)"
-SEARCH_WALKS = "taskmanager_search_walks(tsquery, integer)"
+MATCHES_AT_LEAST = "taskmanager_matches_at_least(tsquery, integer)"
 
 
 def _in_current_schema(statement: str) -> None:
@@ -86,45 +86,32 @@ def upgrade() -> None:
               WHERE workspace_id = ANY ((SELECT {schema}.taskmanager_workspace_ids())::integer[]) $$
         """
     )
-    # Whether a search's page is found sooner by walking the order's index and testing each
-    # task (reading about page_rows x tasks / matches of them) than by reading every match
-    # by id (each about five times dearer: a heap fetch here and an index probe after). The
-    # repository asks before each search, since the planner cannot choose for a query it
-    # only learns at run time, and its estimate for word prefixes is a guess. The matches of
-    # the caller's are counted through the GIN index (enable_seqscan off: never a scan of
-    # the table) only as far as the answer needs: sqrt(0.2 x page_rows x tasks) of them.
+    # Whether the caller has at least `enough` tasks matching `query`, counted through the
+    # GIN index (enable_seqscan off: never a scan of the table) and only that far. The
+    # repository asks it before a search, with `enough` its rule for when walking an
+    # order's index finds the page sooner than reading every match by id
+    # (task_repository._ENOUGH_TO_WALK): the planner cannot choose for a query it only
+    # learns at run time, and its estimate for word prefixes is a guess.
     _in_current_schema(
         """
-        CREATE FUNCTION taskmanager_search_walks(query tsquery, page_rows integer)
+        CREATE FUNCTION taskmanager_matches_at_least(query tsquery, enough integer)
         RETURNS boolean
-        LANGUAGE plpgsql STABLE SECURITY DEFINER
+        LANGUAGE sql STABLE SECURITY DEFINER
         SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
-        AS $fn$
-        DECLARE
-            tasks double precision := greatest(
-                (SELECT reltuples FROM pg_class WHERE oid = '{schema}.tasks'::regclass), 1);
-            enough integer := ceil(sqrt(0.2 * page_rows * tasks));
-            matches integer;
-        BEGIN
-            IF query IS NULL THEN
-                RETURN false;
-            END IF;
-            SELECT count(*) INTO matches FROM (
-                SELECT FROM {schema}.tasks WHERE search_vector @@ query
-                AND workspace_id = ANY ((SELECT {schema}.taskmanager_workspace_ids())::integer[])
-                LIMIT enough
-            ) found;
-            RETURN matches >= enough;
-        END $fn$
+        AS $$ SELECT count(*) >= enough FROM (
+                  SELECT FROM {schema}.tasks WHERE search_vector @@ query
+                  AND workspace_id = ANY ((SELECT {schema}.taskmanager_workspace_ids())::integer[])
+                  LIMIT enough
+              ) found $$
         """
     )
-    for function in (MATCHING_TASKS, SEARCH_WALKS):
+    for function in (MATCHING_TASKS, MATCHES_AT_LEAST):
         op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
         op.execute(f"GRANT EXECUTE ON FUNCTION {function} TO {REQUEST_ROLE}")
 
 
 def downgrade() -> None:
-    op.execute(f"DROP FUNCTION {SEARCH_WALKS}")
+    op.execute(f"DROP FUNCTION {MATCHES_AT_LEAST}")
     op.execute(f"DROP FUNCTION {MATCHING_TASKS}")
     op.execute("ALTER TABLE tasks FORCE ROW LEVEL SECURITY")
     op.drop_index("ix_tasks_search_vector", table_name="tasks")
