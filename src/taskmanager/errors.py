@@ -179,20 +179,28 @@ CONSTRAINT_PROBLEMS: dict[str, ConstraintProblem] = {
 }
 
 # SQLSTATE classes/codes meaning "the database cannot serve this now; try again".
+# SQLSTATE -> the kind a database error is counted under in the metrics, and what the 503
+# says.
 _UNAVAILABLE_SQLSTATES = {
-    "57014": "the database took too long to answer (statement timeout)",
-    "57P01": "the database is shutting down",
-    "57P02": "the database is shutting down",
-    "57P03": "the database is starting up",
-    "53300": "the database has no free connections",
+    "57014": ("statement_timeout", "the database took too long to answer (statement timeout)"),
+    "57P01": ("unavailable", "the database is shutting down"),
+    "57P02": ("unavailable", "the database is shutting down"),
+    "57P03": ("unavailable", "the database is starting up"),
+    "53300": ("unavailable", "the database has no free connections"),
     # A prepared statement missing or clashing: the signature of a transaction-pooling
     # PgBouncer in front of a server reached without TASKMANAGER_PGBOUNCER=true.
-    "26000": "the database connection lost a prepared statement (behind PgBouncer? set "
-    "TASKMANAGER_PGBOUNCER=true)",
-    "42P05": "the database connection has a clashing prepared statement (behind PgBouncer? "
-    "set TASKMANAGER_PGBOUNCER=true)",
-    "40001": "the transaction conflicted with another one",
-    "40P01": "the transaction deadlocked with another one",
+    "26000": (
+        "prepared_statement",
+        "the database connection lost a prepared statement (behind PgBouncer? set "
+        "TASKMANAGER_PGBOUNCER=true)",
+    ),
+    "42P05": (
+        "prepared_statement",
+        "the database connection has a clashing prepared statement (behind PgBouncer? "
+        "set TASKMANAGER_PGBOUNCER=true)",
+    ),
+    "40001": ("serialization", "the transaction conflicted with another one"),
+    "40P01": ("deadlock", "the transaction deadlocked with another one"),
 }
 
 
@@ -227,16 +235,6 @@ def _integrity_problem(exc: sa_exc.IntegrityError, sqlstate: str | None) -> Resp
     return VALIDATION_ERROR.problem(detail).response()
 
 
-# SQLSTATE -> the kind a database error is counted under in the metrics.
-_SQLSTATE_KINDS = {
-    "57014": "statement_timeout",
-    "26000": "prepared_statement",
-    "42P05": "prepared_statement",
-    "40001": "serialization",
-    "40P01": "deadlock",
-}
-
-
 def translate_database_error(exc: BaseException) -> Response | None:
     """The problem response for a database error, or None if it is not one we understand.
 
@@ -260,8 +258,8 @@ def _translate(exc: BaseException) -> tuple[str, Response] | None:
     if isinstance(exc, sa_exc.IntegrityError):
         return "integrity", _integrity_problem(exc, sqlstate)
     if sqlstate in _UNAVAILABLE_SQLSTATES:
-        kind = _SQLSTATE_KINDS.get(sqlstate, "unavailable")
-        return kind, _unavailable(_UNAVAILABLE_SQLSTATES[sqlstate])
+        kind, detail = _UNAVAILABLE_SQLSTATES[sqlstate]
+        return kind, _unavailable(detail)
     if sqlstate and sqlstate.startswith("08"):  # connection exception class
         return "connection", _unavailable("the connection to the database failed", retry_after=5)
     if sqlstate and sqlstate.startswith("22"):  # data exception: a value the DB refused

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,7 +33,7 @@ from taskmanager.repositories.task_repository import (
 )
 from taskmanager.repositories.user_repository import UserRepository
 
-# The node types that read a table, and the ones that read an index on the way.
+# The node type that reads a whole table.
 SEQUENTIAL_SCAN = "Seq Scan"
 
 
@@ -84,11 +84,9 @@ class TableRead:
 @dataclass(frozen=True, slots=True)
 class Plan:
     query: ListQuery
-    statement: str
     cost: float  # PostgreSQL's estimate for the whole statement, in its cost units
     reads: tuple[TableRead, ...]  # every node reading `tasks`
     milliseconds: float | None  # with ANALYZE: the execution time PostgreSQL measured
-    raw: dict[str, Any] = field(repr=False)
 
     def part(self, part: str) -> tuple[TableRead, ...]:
         return tuple(read for read in self.reads if read.part == part)
@@ -183,11 +181,9 @@ async def explain(
     root = top["Plan"]
     return Plan(
         query=query,
-        statement=statement,
         cost=float(root["Total Cost"]),
         reads=tuple(table_reads(root)),
         milliseconds=top.get("Execution Time"),
-        raw=top,
     )
 
 
@@ -296,10 +292,6 @@ def list_queries(
 def _least_filters(sort: str, samples: Samples) -> TaskFilters:
     """The filters an order cannot go without: none, or q for relevance."""
     return samples.filters("q") if sort in SORTS_NEEDING_Q else TaskFilters()
-
-
-def with_filters(query: ListQuery, **changes: Any) -> ListQuery:
-    return replace(query, filters=replace(query.filters, **changes))
 
 
 class NoSuchAccountError(LookupError):

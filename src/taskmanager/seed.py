@@ -154,9 +154,7 @@ async def seed(
         category_ids = await CategoryRepository(session, scope).ensure_names(
             category_names(categories), workspace_id
         )
-        label_ids = await LabelRepository(session, scope).ensure_names(
-            [name for name, _ in LABELS], [colour for _, colour in LABELS], workspace_id
-        )
+        label_ids = await LabelRepository(session, scope).ensure_names(LABELS, workspace_id)
     rng = random.Random(seed_value)
     now = datetime.now(UTC)
     rows = task_rows(tasks, category_ids, rng, now, workspace_id)

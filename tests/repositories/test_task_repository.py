@@ -542,7 +542,7 @@ async def test_bulk_insert_with_labels_gives_each_task_0_to_3_distinct_ones(
 ) -> None:
     mine = personal(scope)
     label_ids = await LabelRepository(db_session, scope).ensure_names(
-        [f"label {n}" for n in range(5)], [None] * 5, mine
+        [(f"label {n}", None) for n in range(5)], mine
     )
     rows = [(mine, f"task {n}", None, False, None, BASE, BASE, None, "low") for n in range(400)]
     foreign = (

@@ -64,7 +64,8 @@ class CategoryRepository:
 
     async def ensure_names(self, names: Sequence[str], workspace_id: int) -> list[int]:
         """Create the categories in `names` that do not exist yet (any case) in
-        `workspace_id`; return the ids of all of them. For seeding."""
+        `workspace_id`, one of the caller's; return the ids of all of them. For seeding."""
+        workspace_id = self.scope.workspace_for_new_row(workspace_id)
         if names:
             stmt = (
                 insert(Category)

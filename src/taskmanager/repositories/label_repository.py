@@ -122,23 +122,24 @@ class LabelRepository:
         return labels
 
     async def ensure_names(
-        self, names: Sequence[str], colours: Sequence[str | None], workspace_id: int
+        self, labels: Sequence[tuple[str, str | None]], workspace_id: int
     ) -> list[int]:
-        """Create the labels in `names` (with `colours`, pairwise) that do not exist yet
-        (any case) in `workspace_id`; return the ids of all of them. For seeding."""
-        if names:
+        """Create the labels (name, colour) that do not exist yet (any case) in
+        `workspace_id`, one of the caller's; return the ids of all of them. For seeding."""
+        workspace_id = self.scope.workspace_for_new_row(workspace_id)
+        if labels:
             stmt = (
                 insert(Label)
                 .values(
                     [
                         {"name": name, "colour": colour, "workspace_id": workspace_id}
-                        for name, colour in zip(names, colours, strict=True)
+                        for name, colour in labels
                     ]
                 )
                 .on_conflict_do_nothing(index_elements=[Label.workspace_id, text("lower(name)")])
             )
             await self.session.execute(stmt)
-        lowered = [name.lower() for name in names]
+        lowered = [name.lower() for name, _ in labels]
         result = await self.session.execute(
             select(Label.id)
             .where(Label.workspace_id == workspace_id, func.lower(Label.name).in_(lowered))
