@@ -20,13 +20,13 @@ from taskmanager.models import Task
 from taskmanager.repositories.task_repository import (
     SORTS,
     TaskFilters,
-    TaskRepository,
     _active_filters,
     _filter_parameters,
     _page_statement,
 )
 from taskmanager.seed import demo_account, seed
 from tests.support.accounts import Account
+from tests.support.pages import walk_both_ways
 from tests.support.problems import assert_validation_problem
 
 
@@ -348,23 +348,9 @@ async def test_both_ways_of_finding_a_search_page_answer_alike(
     for n in range(12):
         await create(client, f"{'Buy milk' if n % 3 else 'Call mum'} {n}", description=None)
 
-    async def walk(walking: bool) -> list[list[int]]:
-        async def decided(*_: Any) -> bool:
-            return walking
-
-        monkeypatch.setattr(TaskRepository, "_walk_finds_the_page_sooner", decided)
-        pages = []
-        url: str | None = f"/tasks?q=mil&sort={sort}&limit=3"
-        while url is not None:
-            response = await client.get(url)
-            assert response.status_code == 200, response.text
-            if not pages:  # the first page counts: with the matches' ids, whichever the way
-                pages.append([int(response.headers["x-total-count"])])
-            pages.append([task["id"] for task in response.json()])
-            url = response.links.get("next", {}).get("url")
-        return pages
-
-    by_id, by_walking = await walk(False), await walk(True)
+    by_id, by_walking = await walk_both_ways(
+        client, monkeypatch, f"/tasks?q=mil&sort={sort}&limit=3"
+    )
     assert by_id == by_walking
-    assert by_id[0] == [8]  # X-Total-Count: n % 3 != 0, 8 of the 12
-    assert sum(len(page) for page in by_id[1:]) == 8
+    assert by_id.total == 8  # X-Total-Count: n % 3 != 0, 8 of the 12
+    assert len(by_id.ids) == 8
