@@ -24,12 +24,13 @@ from typing import Any
 
 import httpx
 
+from taskmanager.caller_key import CallerKey
 from taskmanager.config import load_settings
 from taskmanager.demo.sync_trap import measure
-from taskmanager.demo.sync_trap.command import _prepare_database
+from taskmanager.demo.sync_trap.command import _prepare_database, demo_url
 from taskmanager.demo.sync_trap.server import demo_server
-from taskmanager.migrate import upgrade
-from taskmanager.postgres import database_url
+from taskmanager.migrate import migrated
+from taskmanager.signing_key import signing_key
 
 
 async def httpx_get(client: httpx.AsyncClient, path: str, within: float) -> measure.Exchange:
@@ -91,9 +92,11 @@ async def compare(host: str, port: int, concurrency: int, delay_ms: int, repeats
 
 def main(argv: list[str]) -> None:
     concurrency, delay_ms, repeats = (int(a) for a in (argv + ["10", "50", "6"][len(argv) :]))
-    with database_url(load_settings()) as url:
-        upgrade(url)
-        asyncio.run(_prepare_database(url))  # seeds a few tasks into an empty table
+    settings = load_settings()
+    key = CallerKey(signing_key(settings))
+    with migrated(settings) as logins:
+        asyncio.run(_prepare_database(logins, key))  # seeds a few tasks into an empty table
+        url = demo_url(logins)
         pool: dict[str, Any] = {"pool_size": concurrency, "max_overflow": 0, "pool_timeout": 60}
         with demo_server(url, **pool) as server:
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskmanager.caller_key import CallerKey
 from taskmanager.models import User
 from taskmanager.passwords import hash_password
 from taskmanager.repositories.user_repository import UserRepository
@@ -17,6 +18,7 @@ PERSONAL_WORKSPACE_NAME = "Personal"
 
 async def register_account(
     session: AsyncSession,
+    key: CallerKey,
     email: str,
     password: str,
     display_name: str | None = None,
@@ -27,19 +29,28 @@ async def register_account(
     workspace. With `claim_unowned` (only `taskmanager users create`, an operator's
     command), it also takes over the workspaces nobody owns: the tasks and categories from
     before accounts existed. Never through the public registration, where the first
-    stranger to register would get them."""
+    stranger to register would get them.
+
+    The transaction must not have entered a caller yet: it enters as the account about to
+    be made (the database allocates its id), under row-level security from the start."""
+    password_hash = await hash_password(password)
     users = UserRepository(session)
+    entered = await users.enter(key.entry("register"))
+    if entered is None or entered.user_id is None:
+        raise RuntimeError("the database allocated no id for a registration")
     user = await users.create(
+        entered.user_id,
         email=email,
         display_name=display_name or email.split("@", 1)[0],
-        password_hash=await hash_password(password),
+        password_hash=password_hash,
     )
-    # From here on, as the new user under row-level security: the policies let a caller
-    # create a workspace only as its creator, and become the owner of one without members.
-    await users.act_as(user.id)
+    # The policies let a caller create a workspace only as its creator, and become the
+    # first owner of a workspace it created.
     workspaces = WorkspaceRepository(session)
     personal = await workspaces.create(user.id, PERSONAL_WORKSPACE_NAME, personal=True)
     await users.set_personal_workspace(user, personal)
     if claim_unowned:
+        # Only an operator's caller may take over the workspaces nobody owns.
+        await users.enter(key.entry("operator", user.id))
         await workspaces.claim_unclaimed(user.id)
     return user

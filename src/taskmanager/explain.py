@@ -21,7 +21,8 @@ from typing import Any
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from taskmanager.auth import scope_of_account
+from taskmanager.auth import account_id, scope_of_account
+from taskmanager.caller_key import CallerKey
 from taskmanager.database import create_session_factory
 from taskmanager.models import Category, Label, Task
 from taskmanager.repositories.task_repository import (
@@ -31,7 +32,6 @@ from taskmanager.repositories.task_repository import (
     TaskRepository,
     driver_connection,
 )
-from taskmanager.repositories.user_repository import UserRepository
 
 # The node type that reads a whole table.
 SEQUENTIAL_SCAN = "Seq Scan"
@@ -300,6 +300,7 @@ class NoSuchAccountError(LookupError):
 
 async def explain_list_queries(
     engine: AsyncEngine,
+    key: CallerKey,
     email: str,
     *,
     analyze: bool = False,
@@ -316,10 +317,10 @@ async def explain_list_queries(
     is rolled back."""
     session_factory = create_session_factory(engine)
     async with session_factory() as session, session.begin():
-        user = await UserRepository(session).get_by_email(email)
-        if user is None:
+        user_id = await account_id(session, key, email)
+        if user_id is None:
             raise NoSuchAccountError(email)
-        repository = TaskRepository(session, await scope_of_account(session, user.id))
+        repository = TaskRepository(session, await scope_of_account(session, key, user_id))
         values = await samples(session, repository)
         plans = []
         for query in list_queries(values, pairs=pairs, pages=pages, sorts=sorts):

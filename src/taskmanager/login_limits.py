@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskmanager.models import EMAIL_MAX_LENGTH
 from taskmanager.problems import TOO_MANY_LOGIN_ATTEMPTS
 from taskmanager.repositories.login_limit_repository import LoginLimitRepository
+from taskmanager.repositories.user_repository import UserRepository
 
 
 def limit_keys(email: str, request: Request) -> tuple[str, str]:
@@ -27,6 +28,8 @@ async def count_password_attempt(
     for one short transaction, not for the 40 ms of hashing. Seconds to wait, or None."""
     settings = request.app.state.settings
     account_key, address_key = keys
+    # In a transaction of its own, entered to count (the route enters its caller again).
+    await UserRepository(session).enter(request.app.state.caller_key.entry("login"))
     limits = {
         account_key: settings.login_failures_per_account,
         address_key: settings.login_failures_per_address,

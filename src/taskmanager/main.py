@@ -3,7 +3,9 @@
 The lifespan builds the engine when the app starts and disposes of it when it stops.
 With DATABASE_URL unset (running `uvicorn taskmanager.main:app` directly) it also starts
 the embedded PostgreSQL and migrates it; `taskmanager serve` does that once, before
-starting its workers, and hands them DATABASE_URL.
+starting its workers, and hands them DATABASE_URL. Either way the service's login is
+checked before the first request (taskmanager.deployment): a login that could step around
+the row-level policies stops start-up.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from taskmanager import __version__
+from taskmanager.caller_key import CallerKey
 from taskmanager.config import Settings, get_settings
 from taskmanager.database import (
     create_engine,
     create_read_session_factory,
     create_session_factory,
 )
+from taskmanager.deployment import check_service_login_when_reachable
 from taskmanager.errors import install_error_handlers
 from taskmanager.garbage_collection import tune_garbage_collection
 from taskmanager.logs import configure_logging, log_slow_statements
@@ -30,7 +34,7 @@ from taskmanager.metrics import check_mode, forget_pool, install_metrics_route, 
 from taskmanager.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from taskmanager.openapi import build_openapi, install_docs, operation_id
 from taskmanager.passwords import prepare_decoy_hash
-from taskmanager.postgres import database_url
+from taskmanager.postgres import database_logins
 from taskmanager.routes import auth, categories, health, labels, tasks, users, workspaces
 from taskmanager.signing_key import signing_key
 
@@ -62,18 +66,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # event loop): keep them off this loop.
             # No connection check: an app whose database is down still starts, answers 503
             # and reports it on /health/ready until the database is back.
-            url = await asyncio.to_thread(stack.enter_context, database_url(settings, check=False))
+            logins = await asyncio.to_thread(
+                stack.enter_context, database_logins(settings, check=False)
+            )
             app.state.signing_key = await asyncio.to_thread(signing_key, settings)
+            app.state.caller_key = key = CallerKey(app.state.signing_key)
             # The decoy hash an unknown email is checked against, made now rather than by
             # the first such login (on the event loop, and twice as slow as the others).
             await asyncio.to_thread(prepare_decoy_hash)
             if settings.uses_embedded_database:
                 # Imported here: a server given DATABASE_URL (every `serve` worker) never
                 # migrates, so it need not import Alembic.
-                from taskmanager.migrate import upgrade
+                from taskmanager.migrate import upgrade_deployment
 
-                await asyncio.to_thread(upgrade, url)
-            engine = create_engine(settings, url)
+                await asyncio.to_thread(upgrade_deployment, logins, key)
+            engine = create_engine(settings, logins.service)
+            await check_service_login_when_reachable(engine, key)
             instrument_pool(engine, settings.pool_size)
             stack.callback(forget_pool, engine, settings.pool_size)
             log_slow_statements(engine, settings.slow_statement_ms)

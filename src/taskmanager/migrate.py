@@ -6,12 +6,20 @@ The migration scripts ship inside the package (`taskmanager/migrations`), so an 
 
 from __future__ import annotations
 
-from typing import TextIO
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TextIO
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+
+if TYPE_CHECKING:
+    from taskmanager.caller_key import CallerKey
+    from taskmanager.config import Settings
+    from taskmanager.postgres import DatabaseLogins
 
 SCRIPT_LOCATION = "taskmanager:migrations"
 
@@ -29,6 +37,60 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
+def upgrade_deployment(logins: DatabaseLogins, key: CallerKey) -> None:
+    """Migrate to head as the owner, then prepare the deployment for its service login
+    (taskmanager.deployment.prepare_deployment): what `serve` and `db upgrade` do."""
+    if logins.owner is None:
+        raise ValueError("migrating needs the owner's login")
+    upgrade(logins.owner)
+    prepare(logins, key)
+
+
+@contextmanager
+def migrated(settings: Settings) -> Iterator[DatabaseLogins]:
+    """The deployment's logins (taskmanager.postgres.database_logins), its database migrated
+    to head and prepared with the caller key of `settings`' signing key: for the commands
+    that migrate before they work (`db seed`, the demonstrations). Needs the owner's login
+    (OwnerLoginMissingError without one)."""
+    from taskmanager.caller_key import CallerKey
+    from taskmanager.postgres import OwnerLoginMissingError, database_logins
+    from taskmanager.signing_key import signing_key
+
+    with database_logins(settings) as logins:
+        if logins.owner is None:
+            raise OwnerLoginMissingError(
+                "this command migrates the database first, as the owner of the tables: set "
+                "OWNER_DATABASE_URL to the owner's login"
+            )
+        upgrade_deployment(logins, CallerKey(signing_key(settings)))
+        yield logins
+
+
+def prepare(logins: DatabaseLogins, key: CallerKey) -> None:
+    """taskmanager.deployment.prepare_deployment, as the owner, committed."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    from taskmanager.database import pooler_safe_connect_args
+    from taskmanager.deployment import login_of, prepare_deployment
+
+    if logins.owner is None:
+        raise ValueError("preparing a deployment needs the owner's login")
+    owner_url = logins.owner
+
+    async def run() -> None:
+        engine = create_async_engine(
+            owner_url, poolclass=NullPool, connect_args=pooler_safe_connect_args()
+        )
+        try:
+            async with engine.begin() as connection:
+                await prepare_deployment(connection, login_of(logins.service), key)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
 def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
 
@@ -41,8 +103,6 @@ def heads() -> tuple[str, ...]:
 
 def current(database_url: str) -> str | None:
     """The revision `database_url` is at (None for an empty database)."""
-    import asyncio
-
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from taskmanager.database import pooler_safe_connect_args

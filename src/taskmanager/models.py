@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     ForeignKeyConstraint,
     Index,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -62,11 +63,9 @@ UQ_LABELS_NAME = "uq_labels_workspace_id_name_lower"
 FK_TASK_LABELS_LABEL = "fk_task_labels_label_id_labels"
 FK_TASK_LABELS_TASK = "fk_task_labels_task_id_tasks"
 
-# The role every request's statements run as (SET LOCAL ROLE, inside the request's
-# transaction): no BYPASSRLS, not the tables' owner, so row-level security always applies.
-REQUEST_ROLE = "taskmanager_request"
-# The transaction-local setting the policies read the caller from.
-CALLER_SETTING = "taskmanager.user_id"
+# The transaction-local setting taskmanager_enter seals the caller in (migration 0008); the
+# policies read it through taskmanager_caller(), which refuses one set any other way.
+CALLER_SETTING = "taskmanager.caller"
 MEMBERSHIP_ROLES = ("owner", "member")
 # A task's priority, lowest first: a PostgreSQL enum sorts in this order.
 PRIORITIES = ("low", "normal", "high", "urgent")
@@ -105,10 +104,12 @@ class User(Base):
     # Not loaded with the user (and not readable by the request role at all): only login
     # and a password change read it, each asking for it explicitly.
     password_hash: Mapped[str] = mapped_column(Text, deferred=True, deferred_raiseload=True)
-    is_active: Mapped[bool] = mapped_column(default=True, server_default=true())
+    # Neither is sent on INSERT: a registration may write only id, email, display name and
+    # hash (the caller role's column grant), and the database's defaults do the rest.
+    is_active: Mapped[bool] = mapped_column(server_default=true())
     # Set at registration, right after the workspace exists (a workspace names its creator).
     personal_workspace_id: Mapped[int | None] = mapped_column(
-        ForeignKey("workspaces.id", ondelete="SET NULL", use_alter=True), default=None
+        ForeignKey("workspaces.id", ondelete="SET NULL", use_alter=True)
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     password_changed_at: Mapped[datetime] = mapped_column(
@@ -155,6 +156,27 @@ class Membership(Base):
     )
     role: Mapped[str] = mapped_column(String(10))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class CallerKeyRecord(Base):
+    """The key the database checks callers' proofs with (taskmanager.caller_key), as HMAC's
+    padded keys. Only the tables' owner may read it: the service installs it through
+    `taskmanager db upgrade` and never reads it back."""
+
+    __tablename__ = "caller_key"
+    __table_args__ = (
+        CheckConstraint("singleton", name="singleton"),
+        CheckConstraint(
+            "octet_length(inner_pad) = 64 AND octet_length(outer_pad) = 64", name="pads"
+        ),
+    )
+
+    singleton: Mapped[bool] = mapped_column(primary_key=True, server_default=true())
+    inner_pad: Mapped[bytes] = mapped_column(LargeBinary)
+    outer_pad: Mapped[bytes] = mapped_column(LargeBinary)
+    installed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
 
 
 class UnclaimedWorkspace(Base):

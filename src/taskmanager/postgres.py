@@ -1,12 +1,15 @@
-"""Which PostgreSQL the service talks to: the one place that decides, and says why it can't.
+"""Which PostgreSQL the service talks to, as whom: the one place that decides, and says why
+it can't.
 
-`DATABASE_URL` set: that server, checked with one connection before the caller uses it; a
-server that cannot be reached raises `DatabaseUnreachableError`, whose message names the
-server (host and port, or the Unix socket), the database and the user - never the
-password - the cause in plain words and what to check. Unset: the embedded PostgreSQL under
-the data directory, started for as long as the caller needs it (and stopped afterwards if
-the caller started it). The app's lifespan, every CLI command, Alembic's env.py and the
-demonstrations all ask here, so they can never disagree about which database they mean.
+`DATABASE_URL` set: that server, as that login (the service's, which owns nothing), and
+`OWNER_DATABASE_URL` for what only the tables' owner may do (migrations); each is checked
+with one connection before the caller uses it; a server that cannot be reached raises
+`DatabaseUnreachableError`, whose message names the server (host and port, or the Unix
+socket), the database and the user - never the password - the cause in plain words and what
+to check. Unset: the embedded PostgreSQL under the data directory, started for as long as
+the caller needs it (and stopped afterwards if the caller started it), with both logins made
+for it. The app's lifespan, every CLI command, Alembic's env.py and the demonstrations all
+ask here, so they can never disagree about which database they mean.
 """
 
 from __future__ import annotations
@@ -28,35 +31,76 @@ from taskmanager.config import Settings
 _SSL_REQUIRED = {"require", "verify-ca", "verify-full", "true"}
 
 
+@dataclass(frozen=True, slots=True)
+class DatabaseLogins:
+    """The two ways into a deployment's database (see taskmanager.deployment)."""
+
+    service: str  # requests (DATABASE_URL): a login that owns nothing
+    owner: str | None  # migrations (OWNER_DATABASE_URL); None when not given
+    # The embedded server's superuser (the lecture's demonstrations, which run the
+    # lecture's own code beside the policies); None for a server given by URL.
+    superuser: str | None = None
+
+
+class OwnerLoginMissingError(Exception):
+    """A command must run as the tables' owner, and OWNER_DATABASE_URL is unset."""
+
+
 class DatabaseUnreachableError(Exception):
     """No connection to PostgreSQL could be opened. The message is meant for the person who
     set DATABASE_URL: where, why, and what to check (never the password)."""
 
 
 @contextmanager
-def database_url(settings: Settings, *, check: bool = True) -> Iterator[str]:
-    """The asyncpg URL to use: DATABASE_URL, or the embedded server's (started if needed).
+def database_logins(settings: Settings, *, check: bool = True) -> Iterator[DatabaseLogins]:
+    """The asyncpg URLs to use: DATABASE_URL and OWNER_DATABASE_URL, or the embedded
+    server's logins (the server started if needed).
 
-    With `check`, DATABASE_URL is first connected to once, so a wrong password, an unknown
+    With `check`, each given URL is first connected to once, so a wrong password, an unknown
     database or a server that is down is one `DatabaseUnreachableError` here instead of a
     driver traceback from deep inside whatever the caller does next.
     """
     if settings.database_url is not None:
+        owner = settings.owner_database_url
         if check:
             ensure_reachable(settings.database_url, timeout=settings.connect_timeout)
-        yield settings.database_url
+            if owner is not None:
+                ensure_reachable(
+                    owner, timeout=settings.connect_timeout, setting="OWNER_DATABASE_URL"
+                )
+        yield DatabaseLogins(service=settings.database_url, owner=owner)
         return
     from taskmanager.embedded import EmbeddedPostgres
 
     embedded = EmbeddedPostgres(settings.data_dir)
-    url = embedded.start()
+    logins = embedded.start()
     try:
-        yield url
+        yield logins
     finally:
         embedded.stop()
 
 
-def ensure_reachable(url: str, *, timeout: float) -> None:
+@contextmanager
+def database_url(settings: Settings, *, check: bool = True) -> Iterator[str]:
+    """The service's URL (see database_logins)."""
+    with database_logins(settings, check=check) as logins:
+        yield logins.service
+
+
+@contextmanager
+def owner_database_url(settings: Settings, *, check: bool = True) -> Iterator[str]:
+    """The owner's URL, for what only the tables' owner may do; OwnerLoginMissingError when
+    DATABASE_URL is set without OWNER_DATABASE_URL."""
+    with database_logins(settings, check=check) as logins:
+        if logins.owner is None:
+            raise OwnerLoginMissingError(
+                "this command runs as the owner of the tables: set OWNER_DATABASE_URL to the "
+                "owner's login (DATABASE_URL is the service's, which owns nothing)"
+            )
+        yield logins.owner
+
+
+def ensure_reachable(url: str, *, timeout: float, setting: str = "DATABASE_URL") -> None:
     """Open one connection to `url` (asyncpg URL) and close it again; on failure raise
     DatabaseUnreachableError with `explain_connection_error`'s message.
 
@@ -71,7 +115,10 @@ def ensure_reachable(url: str, *, timeout: float) -> None:
     try:
         asyncio.run(_connect_once(url, timeout))
     except Exception as exc:
-        raise DatabaseUnreachableError(explain_connection_error(url, exc, timeout)) from exc
+        message = explain_connection_error(url, exc, timeout)
+        if setting != "DATABASE_URL":
+            message = message.replace("DATABASE_URL", setting)
+        raise DatabaseUnreachableError(message) from exc
 
 
 async def _connect_once(url: str, within: float) -> None:

@@ -27,6 +27,9 @@ class Scope:
     workspace_ids: tuple[int, ...]
     owned_workspace_ids: frozenset[int]
     personal_workspace_id: int | None
+    # Until when the database lets this caller act (the access token's expiry): a route
+    # that ends its transaction early enters again with it (PATCH /users/me).
+    valid_until: int = 0
     _minted_by: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -49,6 +52,7 @@ class Scope:
             if owner
             else self.owned_workspace_ids,
             personal_workspace_id=self.personal_workspace_id,
+            valid_until=self.valid_until,
         )
 
     def workspace_for_new_row(self, workspace_id: int | None) -> int:
@@ -71,6 +75,7 @@ def mint_scope(
     workspace_ids: tuple[int, ...],
     owned_workspace_ids: frozenset[int],
     personal_workspace_id: int | None,
+    valid_until: int = 0,
 ) -> Scope:
     """For taskmanager.auth only (a test checks no other module calls it)."""
     return Scope(
@@ -79,5 +84,6 @@ def mint_scope(
         workspace_ids=workspace_ids,
         owned_workspace_ids=owned_workspace_ids,
         personal_workspace_id=personal_workspace_id,
+        valid_until=valid_until,
         _minted_by=_MINT,
     )

@@ -18,13 +18,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from taskmanager.accounts import register_account
-from taskmanager.auth import scope_of_account
+from taskmanager.auth import account_id, scope_of_account
+from taskmanager.caller_key import CallerKey
 from taskmanager.database import create_session_factory
 from taskmanager.models import PRIORITIES
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.label_repository import LabelRepository
 from taskmanager.repositories.task_repository import TaskRepository
-from taskmanager.repositories.user_repository import UserRepository
 
 BATCH_SIZE = 10_000
 
@@ -87,13 +87,15 @@ class SeedResult:
     account_created: bool = False
 
 
-async def demo_account(session: AsyncSession, email: str = DEMO_EMAIL) -> tuple[int, bool]:
+async def demo_account(
+    session: AsyncSession, key: CallerKey, email: str = DEMO_EMAIL
+) -> tuple[int, bool]:
     """The demo account's id, creating it (password DEMO_PASSWORD) if it does not exist;
     and whether it was created."""
-    user = await UserRepository(session).get_by_email(email)
-    if user is not None:
-        return user.id, False
-    user = await register_account(session, email, DEMO_PASSWORD, "Demo")
+    user_id = await account_id(session, key, email)
+    if user_id is not None:
+        return user_id, False
+    user = await register_account(session, key, email, DEMO_PASSWORD, "Demo")
     return user.id, True
 
 
@@ -133,23 +135,27 @@ def task_rows(
 
 async def seed(
     engine: AsyncEngine,
+    key: CallerKey,
     tasks: int,
     categories: int,
     *,
     seed_value: int = 42,
     on_progress: Callable[[int], None] | None = None,
+    owner_engine: AsyncEngine | None = None,
 ) -> SeedResult:
     """Insert `categories` categories and the LABELS (existing names are reused) and
     `tasks` tasks, each with 0 to 3 of the labels.
 
     Each batch is its own transaction, so a long seed shows progress and an interrupted
     one keeps what was done. `on_progress(n)` is called after each batch of n tasks.
+    With `owner_engine` (the tables' owner: only the owner may VACUUM them), the planner's
+    statistics are refreshed at the end; without, autovacuum does it later.
     """
     session_factory = create_session_factory(engine)
     async with session_factory() as session, session.begin():
-        user_id, created = await demo_account(session)
+        user_id, created = await demo_account(session, key)
     async with session_factory() as session, session.begin():
-        scope = await scope_of_account(session, user_id)
+        scope = await scope_of_account(session, key, user_id)
         workspace_id = scope.workspace_for_new_row(None)
         category_ids = await CategoryRepository(session, scope).ensure_names(
             category_names(categories), workspace_id
@@ -164,12 +170,12 @@ async def seed(
             row for _, row in zip(range(min(BATCH_SIZE, tasks - inserted)), rows, strict=False)
         ]
         async with session_factory() as session, session.begin():
-            scope = await scope_of_account(session, user_id)
+            scope = await scope_of_account(session, key, user_id)
             inserted += await TaskRepository(session, scope).bulk_insert(batch, label_ids)
         if on_progress is not None:
             on_progress(len(batch))
-    if inserted:
-        await refresh_statistics(engine)
+    if inserted and owner_engine is not None:
+        await refresh_statistics(owner_engine)
     return SeedResult(
         tasks=inserted,
         categories=len(category_ids),
@@ -180,7 +186,8 @@ async def seed(
 
 async def refresh_statistics(engine: AsyncEngine) -> None:
     """VACUUM (ANALYZE) after a bulk load: fresh planner statistics, and a visibility map
-    that lets COUNT(*) and the list's index scans skip the table's pages."""
+    that lets COUNT(*) and the list's index scans skip the table's pages. `engine` must log
+    in as the tables' owner."""
     async with engine.connect() as connection:
         autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
         await autocommit.execute(text("VACUUM (ANALYZE) tasks, categories, labels, task_labels"))

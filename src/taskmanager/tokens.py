@@ -34,6 +34,7 @@ class InvalidAccessTokenError(Exception):
 class AccessClaims:
     user_id: int
     session_id: uuid.UUID
+    expires_at: int  # the token's `exp`, in seconds since the epoch
 
 
 def issue_access_token(
@@ -63,7 +64,11 @@ def read_access_token(secret: str, token: str) -> AccessClaims:
             leeway=LEEWAY_SECONDS,
             options={"require": list(REQUIRED_CLAIMS)},
         )
-        return AccessClaims(user_id=int(claims["sub"]), session_id=uuid.UUID(claims["sid"]))
+        return AccessClaims(
+            user_id=int(claims["sub"]),
+            session_id=uuid.UUID(claims["sid"]),
+            expires_at=int(claims["exp"]),
+        )
     except jwt.ExpiredSignatureError:
         raise InvalidAccessTokenError("the access token has expired") from None
     except (jwt.InvalidTokenError, ValueError, TypeError):

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import AuthSession, RefreshToken, User
@@ -46,6 +46,11 @@ _TOKEN_FOR_UPDATE = (
 )
 
 
+# Which login session a refresh token belongs to, found by the token's hash (the secret)
+# through a database function: a transaction entered to refresh has no user yet.
+_OWNER_OF = text("SELECT user_id, session_id FROM taskmanager_refresh_token_session(:token_hash)")
+
+
 class AuthSessionRepository:
     """Encapsulates all database operations for login sessions and refresh tokens."""
 
@@ -59,6 +64,14 @@ class AuthSessionRepository:
             insert(AuthSession).values(id=session_id, user_id=user_id, expires_at=expires_at)
         )
         return session_id, await self._new_token(session_id)
+
+    async def owner_of(self, refresh_token: str) -> tuple[int, uuid.UUID] | None:
+        """(user id, login session id) of `refresh_token`, whatever its state; None if no
+        such token exists."""
+        row = (
+            await self.session.execute(_OWNER_OF, {"token_hash": refresh_token_hash(refresh_token)})
+        ).first()
+        return None if row is None else (int(row.user_id), row.session_id)
 
     async def rotate(self, refresh_token: str) -> RotationResult:
         """Spend `refresh_token` and hand out its successor in the same session. A token

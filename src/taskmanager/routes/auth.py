@@ -16,6 +16,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 from taskmanager.accounts import register_account
 from taskmanager.auth import TOKEN_URL, CurrentUserDep
+from taskmanager.caller_key import CallerKey
 from taskmanager.database import SessionDep
 from taskmanager.login_limits import count_password_attempt, limit_keys, too_many_attempts
 from taskmanager.metrics import count_login_failure
@@ -65,7 +66,9 @@ async def register(
     body: RegisterRequest, session: SessionDep, request: Request, response: Response
 ) -> User:
     """Open an account with its personal workspace. An email in use (in any case) is 409."""
-    user = await register_account(session, body.email, body.password, body.display_name)
+    user = await register_account(
+        session, request.app.state.caller_key, body.email, body.password, body.display_name
+    )
     response.headers["Location"] = str(request.url_for("get_me"))
     return user
 
@@ -86,24 +89,30 @@ async def login(
     A wrong email and a wrong password get the same 401 after the same work. Too many
     failures for one email, or from one address, are 429 with `Retry-After`."""
     settings = request.app.state.settings
+    key: CallerKey = request.app.state.caller_key
     account_key, address_key = keys = limit_keys(form.username, request)
     if (wait := await count_password_attempt(session, request, keys)) is not None:
         count_login_failure("too_many_attempts")
         return too_many_attempts(wait)
     users = UserRepository(session)
-    user = await users.get_by_email(form.username)
+    await users.enter(key.entry("login"))
+    account = await users.password_hash_of(form.username, key)
     matches, new_hash = await verify_password(
-        form.password, user.password_hash if user is not None else None
+        form.password, account.password_hash if account is not None else None
     )
-    if user is None or not matches or not user.is_active:
+    if account is None or not matches or not account.is_active:
         count_login_failure("bad_credentials")
         return _unauthorized(BAD_CREDENTIALS)
+    # From here on as the account whose password this is: what follows is its own.
+    await users.enter(key.entry("login", account.user_id))
     if new_hash is not None:  # hashed with older parameters: store today's
-        await users.change_password_hash(user.id, new_hash)
+        await users.change_password_hash(account.user_id, new_hash)
     await LoginLimitRepository(session).forget_attempt(account_key, address_key)
     expires_at = datetime.now(UTC) + timedelta(days=settings.session_days)
-    session_id, refresh_token = await AuthSessionRepository(session).open(user.id, expires_at)
-    return _tokens(request, user.id, session_id, refresh_token)
+    session_id, refresh_token = await AuthSessionRepository(session).open(
+        account.user_id, expires_at
+    )
+    return _tokens(request, account.user_id, session_id, refresh_token)
 
 
 @router.post(
@@ -116,7 +125,15 @@ async def refresh(
 ) -> TokenResponse | JSONResponse:
     """Trade a refresh token for a new access token and a new refresh token. Each refresh
     token works once: presenting a spent one ends its whole login session."""
-    result = await AuthSessionRepository(session).rotate(body.refresh_token)
+    key: CallerKey = request.app.state.caller_key
+    users = UserRepository(session)
+    sessions = AuthSessionRepository(session)
+    await users.enter(key.entry("refresh"))
+    owner = await sessions.owner_of(body.refresh_token)
+    # From here on as the user whose login session the token belongs to.
+    if owner is None or await users.enter(key.entry("refresh", *owner)) is None:
+        return _unauthorized("the refresh token is not valid")
+    result = await sessions.rotate(body.refresh_token)
     if result.outcome is Rotation.REUSED:
         return _unauthorized(
             "this refresh token was already used; its login session has been ended"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from taskmanager.auth import SESSION_ENDED, CurrentReaderDep, CurrentUserDep, unauthorized_error
+from taskmanager.auth import CurrentReaderDep, CurrentUserDep, enter_again
 from taskmanager.database import ReadSessionDep, SessionDep
 from taskmanager.login_limits import count_password_attempt, limit_keys, too_many_attempts
 from taskmanager.models import User
@@ -51,10 +51,10 @@ async def update_me(
         await session.commit()
         if (wait := await count_password_attempt(session, request, keys)) is not None:
             return too_many_attempts(wait)
-        if await users.enter_request_scope(user.user_id, user.session_id) is None:
-            raise unauthorized_error(SESSION_ENDED, token_given=True)
+        await enter_again(request, session, user)
+        account = await users.password_hash_of(me.email, request.app.state.caller_key)
         matches, _ = await verify_password(
-            body.current_password or "", await users.own_password_hash()
+            body.current_password or "", account.password_hash if account is not None else None
         )
         if not matches:
             raise ProblemError(

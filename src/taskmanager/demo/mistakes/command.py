@@ -77,8 +77,8 @@ def command(
     from taskmanager.config import load_settings
     from taskmanager.demo.mistakes.harness import run_demonstration
     from taskmanager.demo.mistakes.report import print_report, write_json
-    from taskmanager.migrate import upgrade
-    from taskmanager.postgres import database_url
+    from taskmanager.demo.sync_trap.command import demo_url
+    from taskmanager.migrate import migrated
 
     demonstrations = select_demonstrations(only)
 
@@ -87,8 +87,8 @@ def command(
         return [await run_demonstration(d, url) for d in demonstrations]
 
     console = Console()
-    with database_url(load_settings()) as url:
-        upgrade(url)
+    with migrated(load_settings()) as logins:
+        url = demo_url(logins)
         with console.status("running the mistakes against the database…"):
             observations = asyncio.run(observe_all(url))
     pairs = list(zip(demonstrations, observations, strict=True))

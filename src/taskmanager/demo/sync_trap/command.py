@@ -26,9 +26,11 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from taskmanager.caller_key import CallerKey
     from taskmanager.demo.sync_trap.measure import Burst, RunContext, SweepPoint
     from taskmanager.demo.sync_trap.report import VariantSummary
     from taskmanager.demo.sync_trap.server import DemoServer
+    from taskmanager.postgres import DatabaseLogins
 
 DEFAULT_OUT = Path("sync-trap-out")
 # With --sweep, one pool for every point: above anyio's 40 threadpool tokens (so the
@@ -127,7 +129,7 @@ def resolve_pool_size(options: SyncTrapOptions, available: int) -> tuple[int, st
     )
 
 
-async def _prepare_database(database_url: str) -> DatabaseFacts:
+async def _prepare_database(logins: DatabaseLogins, key: CallerKey) -> DatabaseFacts:
     """Seed a few tasks if there are none (so the list query returns rows) and count the
     connections the server can still accept."""
     from sqlalchemy import text
@@ -136,11 +138,12 @@ async def _prepare_database(database_url: str) -> DatabaseFacts:
 
     from taskmanager.seed import seed
 
-    engine = create_async_engine(database_url, poolclass=NullPool)
+    engine = create_async_engine(demo_url(logins), poolclass=NullPool)
+    service = create_async_engine(logins.service, poolclass=NullPool)
     try:
         async with engine.connect() as connection:
             tasks = int((await connection.execute(text("SELECT count(*) FROM tasks"))).scalar_one())
-        seeded = (await seed(engine, SEED_TASKS, SEED_CATEGORIES)).tasks if tasks == 0 else 0
+        seeded = (await seed(service, key, SEED_TASKS, SEED_CATEGORIES)).tasks if tasks == 0 else 0
         async with engine.connect() as connection:
             query = (
                 "SELECT current_setting('max_connections')::int,"
@@ -153,6 +156,7 @@ async def _prepare_database(database_url: str) -> DatabaseFacts:
             ).one()
     finally:
         await engine.dispose()
+        await service.dispose()
     # Superusers may also use the reserved connections.
     # `in_use` counts this check's own connection, closed by now: one to spare.
     available = int(max_connections) - int(in_use) - (0 if superuser else int(reserved))
@@ -233,14 +237,24 @@ def estimated_seconds(options: SyncTrapOptions) -> float:
     return trap + bursts * (4 * delay + 2 * SETTLE_SECONDS)
 
 
+def demo_url(logins: DatabaseLogins) -> str:
+    """The login the lecture's own code runs as: the embedded server's superuser (row-level
+    security does not restrict it, and the lecture has no accounts), else the owner's."""
+    url = logins.superuser or logins.owner
+    if url is None:
+        raise SyncTrapError("the demonstration needs OWNER_DATABASE_URL with DATABASE_URL")
+    return url
+
+
 def run_sync_trap(
     options: SyncTrapOptions,
-    database_url: str,
+    logins: DatabaseLogins,
+    key: CallerKey,
     *,
     console: Console | None = None,
     database_label: str = "DATABASE_URL",
 ) -> SyncTrapOutcome:
-    """Migrate and seed `database_url` (an asyncpg URL), start the demo server, measure the
+    """Migrate and seed the database of `logins`, start the demo server, measure the
     three variants, print the report and write results.json, timeline.png, report.md (and
     sweep.png with a sweep) into `options.out_dir`. The server is stopped on every path."""
     import asyncio
@@ -250,7 +264,7 @@ def run_sync_trap(
     from taskmanager.demo.sync_trap import report
     from taskmanager.demo.sync_trap.measure import TIMES, VARIANTS, DemoHTTPError, RunContext
     from taskmanager.demo.sync_trap.server import demo_server
-    from taskmanager.migrate import upgrade
+    from taskmanager.migrate import upgrade_deployment
 
     console = console or Console()
     if not 1 <= options.concurrency <= MAX_CONCURRENCY:
@@ -258,8 +272,8 @@ def run_sync_trap(
     if options.repeat < 1:
         raise SyncTrapError("--repeat must be at least 1")
 
-    upgrade(database_url)
-    facts = asyncio.run(_prepare_database(database_url))
+    upgrade_deployment(logins, key)
+    facts = asyncio.run(_prepare_database(logins, key))
     if facts.seeded:
         console.print(f"seeded {facts.seeded} tasks so the list query returns rows")
     pool_size, pool_note = resolve_pool_size(options, facts.available_connections)
@@ -276,7 +290,7 @@ def run_sync_trap(
     # A request may wait for a connection for as long as the whole burst takes.
     pool_timeout = 30.0 + max((options.concurrency, *options.sweep)) * options.delay_ms / 1000
     with demo_server(
-        database_url,
+        demo_url(logins),
         pool_size=pool_size,
         max_overflow=options.max_overflow,
         pool_timeout=pool_timeout,
@@ -412,10 +426,12 @@ def command(
     and async def + AsyncSession, under concurrent load, on a real server."""
     from rich.console import Console
 
+    from taskmanager.caller_key import CallerKey
     from taskmanager.config import load_settings
     from taskmanager.demo.sync_trap.measure import DemoHTTPError
     from taskmanager.demo.sync_trap.server import DemoServerError
-    from taskmanager.postgres import database_url
+    from taskmanager.postgres import database_logins
+    from taskmanager.signing_key import signing_key
 
     options = SyncTrapOptions(
         concurrency=concurrency,
@@ -434,8 +450,9 @@ def command(
         else "DATABASE_URL"
     )
     try:
-        with database_url(settings) as url:
-            run_sync_trap(options, url, console=Console(), database_label=label)
+        key = CallerKey(signing_key(settings))
+        with database_logins(settings) as logins:
+            run_sync_trap(options, logins, key, console=Console(), database_label=label)
     except (SyncTrapError, DemoServerError, DemoHTTPError) as exc:
         errors.print(f"[bold red]sync-trap failed:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None

@@ -222,48 +222,26 @@ def _row_level_security() -> None:
     owned by the tables' owner: its policies apply to the request role, but it does not
     FORCE them on its owner, or a policy would consult itself without end.
     """
-    op.execute(
-        f"""
-        DO $$ BEGIN
-            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{REQUEST_ROLE}') THEN
-                CREATE ROLE {REQUEST_ROLE} NOLOGIN NOINHERIT NOBYPASSRLS;
-            ELSIF EXISTS (SELECT FROM pg_roles WHERE rolname = '{REQUEST_ROLE}'
-                          AND (rolbypassrls OR rolsuper OR rolcanlogin)) THEN
-                -- Roles are shared by the whole cluster: one made elsewhere with these
-                -- powers would silently void every policy.
-                RAISE EXCEPTION 'role {REQUEST_ROLE} exists with BYPASSRLS, SUPERUSER or '
-                    'LOGIN; make it NOLOGIN NOSUPERUSER NOBYPASSRLS and migrate again';
-            END IF;
-        END $$
-        """
-    )
-    # The connecting role may switch to the request role (a superuser always may).
-    op.execute(
-        f"""
-        DO $$ BEGIN
-            IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
-                EXECUTE format('GRANT {REQUEST_ROLE} TO %I', current_user);
-            END IF;
-        END $$
-        """
-    )
-    _in_current_schema(f"GRANT USAGE ON SCHEMA {{schema}} TO {REQUEST_ROLE}")
-    op.execute(
+    # The request role of this revision was one role for the whole cluster; since 0008
+    # every deployment has a caller role of its own, so a database migrated today grants
+    # the shared role nothing unless it exists already (from a deployment migrated before).
+    _for_request_role("GRANT USAGE ON SCHEMA {schema} TO " + REQUEST_ROLE)
+    _for_request_role(
         "GRANT SELECT, INSERT, UPDATE, DELETE ON tasks, categories, workspaces, memberships, "
         f"idempotency_keys TO {REQUEST_ROLE}"
     )
     # Column by column: the request role never reads a password hash (not even a
     # co-member's, whom the policy lets it see); a password change reads the caller's own
     # through taskmanager_own_password_hash().
-    op.execute(
+    _for_request_role(
         "GRANT SELECT (id, email, display_name, is_active, personal_workspace_id, created_at, "
         f"password_changed_at), UPDATE (display_name, password_hash, password_changed_at, "
         "personal_workspace_id) "
         f"ON users TO {REQUEST_ROLE}"
     )
-    op.execute(f"GRANT SELECT, UPDATE ON auth_sessions, refresh_tokens TO {REQUEST_ROLE}")
-    op.execute(f"GRANT SELECT, DELETE ON unclaimed_workspaces TO {REQUEST_ROLE}")
-    op.execute(
+    _for_request_role(f"GRANT SELECT, UPDATE ON auth_sessions, refresh_tokens TO {REQUEST_ROLE}")
+    _for_request_role(f"GRANT SELECT, DELETE ON unclaimed_workspaces TO {REQUEST_ROLE}")
+    _for_request_role(
         "GRANT USAGE ON SEQUENCE tasks_id_seq, categories_id_seq, workspaces_id_seq "
         f"TO {REQUEST_ROLE}"
     )
@@ -317,7 +295,7 @@ def _row_level_security() -> None:
         "taskmanager_user_id_by_email(text)",
     ):
         op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
-        op.execute(f"GRANT EXECUTE ON FUNCTION {function} TO {REQUEST_ROLE}")
+        _for_request_role(f"GRANT EXECUTE ON FUNCTION {function} TO {REQUEST_ROLE}")
 
     mine = "= ANY ((SELECT taskmanager_workspace_ids())::integer[])"
     owned = "= ANY ((SELECT taskmanager_owned_workspace_ids())::integer[])"
@@ -392,6 +370,18 @@ def _in_current_schema(statement: str) -> None:
     )
 
 
+def _for_request_role(statement: str) -> None:
+    """Run `statement` (`{schema}` standing for the current schema) if the shared request
+    role exists: see _row_level_security."""
+    assert "$sql$" not in statement, statement
+    assert "%" not in statement, statement
+    template = statement.replace("{schema}", "%1$I")
+    op.execute(
+        f"DO $do$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{REQUEST_ROLE}') "
+        f"THEN EXECUTE format($sql${template}$sql$, current_schema()); END IF; END $do$"
+    )
+
+
 def downgrade() -> None:
     tables = (
         "workspaces",
@@ -430,9 +420,9 @@ def downgrade() -> None:
     ):
         op.execute(f"DROP FUNCTION {function}")
     # The role is shared by every database of the cluster: only this database's grants go.
-    _in_current_schema(f"REVOKE ALL ON ALL TABLES IN SCHEMA {{schema}} FROM {REQUEST_ROLE}")
-    _in_current_schema(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {{schema}} FROM {REQUEST_ROLE}")
-    _in_current_schema(f"REVOKE USAGE ON SCHEMA {{schema}} FROM {REQUEST_ROLE}")
+    _for_request_role(f"REVOKE ALL ON ALL TABLES IN SCHEMA {{schema}} FROM {REQUEST_ROLE}")
+    _for_request_role(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {{schema}} FROM {REQUEST_ROLE}")
+    _for_request_role(f"REVOKE USAGE ON SCHEMA {{schema}} FROM {REQUEST_ROLE}")
 
     # Back to one pool of tasks: every workspace's rows stay, their owners are forgotten.
     op.drop_constraint("pk_idempotency_keys", "idempotency_keys", type_="primary")

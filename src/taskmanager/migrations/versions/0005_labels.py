@@ -78,8 +78,11 @@ def upgrade() -> None:
     )
     op.create_index("ix_task_labels_label_id_task_id", "task_labels", ["label_id", "task_id"])
 
-    op.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON labels, task_labels TO {REQUEST_ROLE}")
-    op.execute(f"GRANT USAGE ON SEQUENCE labels_id_seq TO {REQUEST_ROLE}")
+    # The shared role of 0003, only where it exists (see 0003 and 0008).
+    _for_request_role(
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON labels, task_labels TO {REQUEST_ROLE}"
+    )
+    _for_request_role(f"GRANT USAGE ON SEQUENCE labels_id_seq TO {REQUEST_ROLE}")
     for table in ("labels", "task_labels"):
         op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
         op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
@@ -87,6 +90,14 @@ def upgrade() -> None:
             f"CREATE POLICY {table}_in_my_workspaces ON {table} USING (workspace_id {MINE}) "
             f"WITH CHECK (workspace_id {MINE})"
         )
+
+
+def _for_request_role(statement: str) -> None:
+    """Run `statement` if the shared request role of 0003 exists (see 0003 and 0008)."""
+    op.execute(
+        f"DO $do$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{REQUEST_ROLE}') "
+        f"THEN EXECUTE $sql${statement}$sql$; END IF; END $do$"
+    )
 
 
 def downgrade() -> None:

@@ -107,7 +107,15 @@ def upgrade() -> None:
     )
     for function in (MATCHING_TASKS, MATCHES_AT_LEAST):
         op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
-        op.execute(f"GRANT EXECUTE ON FUNCTION {function} TO {REQUEST_ROLE}")
+        _for_request_role(f"GRANT EXECUTE ON FUNCTION {function} TO {REQUEST_ROLE}")
+
+
+def _for_request_role(statement: str) -> None:
+    """Run `statement` if the shared request role of 0003 exists (see 0003 and 0008)."""
+    op.execute(
+        f"DO $do$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{REQUEST_ROLE}') "
+        f"THEN EXECUTE $sql${statement}$sql$; END IF; END $do$"
+    )
 
 
 def downgrade() -> None:

@@ -1,0 +1,115 @@
+"""The key the database checks callers with, and the proofs the service makes with it.
+
+Every transaction of the service starts with `taskmanager_enter(user, session, purpose,
+valid_until, proof)` (migration 0008): the database lets a transaction act as a caller only
+with a proof, an HMAC-SHA256 over exactly those values with this key, and seals the caller
+so that no later `set_config` can change it. SQL running in a request (say, injected) knows
+neither the key nor a way to read it (the table holding it is the owner's alone), so it can
+neither become another user nor read a password hash.
+
+The key is derived from the signing key (settings, or the generated key file), so every
+worker and every machine has it without another secret to deploy; `taskmanager db upgrade`
+installs it in the database (`install_caller_key`). A new signing key needs a new
+`db upgrade`, which also ends every issued token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+# What the caller of a transaction is there for (the policies of migration 0008 read it):
+# request     - an API request with an access token (a user and their login session)
+# login       - logging in, and counting password attempts
+# register    - opening an account (the database allocates its id)
+# refresh     - trading a refresh token
+# operator    - an operator's command acting as an account (`users create`, `db seed`)
+# maintenance - purging what has expired; checking the key
+Purpose = Literal["request", "login", "register", "refresh", "operator", "maintenance"]
+
+# How long a proof for the service's own transactions is good for (the database accepts
+# at most 15 minutes ahead of its own clock).
+SERVICE_PROOF_SECONDS = 300
+_CONTEXT = b"taskmanager: the key the database checks the caller of a transaction with"
+_BLOCK = 64  # SHA-256's block size: HMAC pads its key to it
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """The arguments of one `taskmanager_enter` call."""
+
+    user_id: int | None
+    session_id: uuid.UUID | None
+    purpose: Purpose
+    valid_until: int
+    proof: str
+
+
+class CallerKey:
+    """Makes proofs; never shows the key itself (not even in repr)."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, signing_key: str) -> None:
+        self._key = hmac.new(signing_key.encode(), _CONTEXT, hashlib.sha256).digest()
+
+    def __repr__(self) -> str:
+        return "CallerKey(...)"
+
+    def entry(
+        self,
+        purpose: Purpose,
+        user_id: int | None = None,
+        session_id: uuid.UUID | None = None,
+        *,
+        valid_until: int | None = None,
+    ) -> Entry:
+        """A proof that lets a transaction act as (user_id, session_id) for `purpose`.
+        A request's proof lives as long as its access token (`valid_until`); the service's
+        own, SERVICE_PROOF_SECONDS."""
+        if valid_until is None:
+            valid_until = int(time.time()) + SERVICE_PROOF_SECONDS
+        message = f"enter|{_text(user_id)}|{_text(session_id)}|{purpose}|{valid_until}"
+        return Entry(user_id, session_id, purpose, valid_until, self._mac(message))
+
+    def password_hash_proof(self, email: str) -> tuple[int, str]:
+        """(valid_until, proof) for reading the password hash of the account `email`."""
+        valid_until = int(time.time()) + SERVICE_PROOF_SECONDS
+        return valid_until, self._mac(f"password-hash|{email}|{valid_until}")
+
+    def pads(self) -> tuple[bytes, bytes]:
+        """The key as the database keeps it: HMAC's inner and outer padded keys."""
+        padded = self._key.ljust(_BLOCK, b"\0")
+        return bytes(b ^ 0x36 for b in padded), bytes(b ^ 0x5C for b in padded)
+
+    def _mac(self, message: str) -> str:
+        return hmac.new(self._key, message.encode(), hashlib.sha256).hexdigest()
+
+
+def _text(value: object) -> str:
+    """A value as PostgreSQL's format('%s') writes it: NULL as nothing."""
+    return "" if value is None else str(value)
+
+
+_INSTALL = text(
+    """
+    INSERT INTO caller_key (inner_pad, outer_pad) VALUES (:inner_pad, :outer_pad)
+    ON CONFLICT (singleton) DO UPDATE
+    SET inner_pad = excluded.inner_pad, outer_pad = excluded.outer_pad, installed_at = now()
+    WHERE (caller_key.inner_pad, caller_key.outer_pad)
+          IS DISTINCT FROM (excluded.inner_pad, excluded.outer_pad)
+    """
+)
+
+
+async def install_caller_key(owner: AsyncConnection, key: CallerKey) -> None:
+    """Store `key` in the database (as the tables' owner; a no-op if it is there already)."""
+    inner_pad, outer_pad = key.pads()
+    await owner.execute(_INSTALL, {"inner_pad": inner_pad, "outer_pad": outer_pad})

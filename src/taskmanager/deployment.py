@@ -1,0 +1,325 @@
+"""The logins of a deployment, and whether they are safe to serve requests with.
+
+A deployment uses three roles of its PostgreSQL cluster, all its own (roles are shared by
+the whole cluster, so none is shared between two deployments):
+
+- the owner (OWNER_DATABASE_URL): owns the database and its tables, runs the migrations;
+- the service login (DATABASE_URL), the authenticator: owns nothing and has no privilege
+  of its own, only membership in the caller role, which each transaction switches to;
+- the caller role, `<database>_caller`: NOLOGIN, owning nothing, under every policy.
+
+`taskmanager db upgrade` migrates as the owner, then `prepare_deployment` does what depends
+on the deployment rather than the schema (the caller key, the service login's membership,
+the database's CONNECT and TEMPORARY privileges). `check_service_login` says, in one line,
+what makes a service login unsafe; the service refuses to start on one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from taskmanager.caller_key import CallerKey, install_caller_key
+
+log = logging.getLogger(__name__)
+
+# The migration this version of the service needs the database at (a test keeps it equal to
+# the scripts' head; the service checks it at start-up without loading Alembic).
+SCHEMA_REVISION = "0008"
+_MAX_BASE_BYTES = 48  # room for "_authenticator" within PostgreSQL's 63-byte names
+SEE_README = "see README, Security: your own PostgreSQL"
+
+
+class DeploymentError(RuntimeError):
+    """A login or a privilege is not as the service needs it; the message says what to do,
+    in one line."""
+
+
+def role_base(database: str, schema: str = "public") -> str:
+    """What this deployment's role names start with (as migration 0008 computes it)."""
+    base = database if schema == "public" else f"{database}_{schema}"
+    if len(base.encode()) > _MAX_BASE_BYTES:
+        base = "taskmanager_" + hashlib.md5(base.encode()).hexdigest()[:16]
+    return base
+
+
+def caller_role_name(database: str, schema: str = "public") -> str:
+    return f"{role_base(database, schema)}_caller"
+
+
+@dataclass(frozen=True, slots=True)
+class RoleNames:
+    """The names the embedded server gives a database's roles (and the README suggests)."""
+
+    owner: str
+    service: str
+    caller: str
+
+    @classmethod
+    def of(cls, database: str) -> RoleNames:
+        base = role_base(database)
+        return cls(owner=f"{base}_owner", service=f"{base}_authenticator", caller=f"{base}_caller")
+
+
+def login_of(url: str) -> str:
+    """The user name a URL logs in as."""
+    name = make_url(url).username
+    if not name:
+        raise DeploymentError(f"the database URL names no user; {SEE_README}")
+    return name
+
+
+# ─── checking the service's login
+
+
+# Everything is read from the catalogs, which any login may read: the check needs no
+# privilege, and runs before the login is trusted with anything.
+_SERVICE_FACTS = text(
+    """
+    SELECT r.rolname AS login, r.rolsuper AS superuser, r.rolbypassrls AS bypassrls,
+           r.rolcreaterole AS createrole,
+           d.datdba = r.oid AS owns_database,
+           EXISTS (SELECT FROM pg_class c WHERE c.relowner = r.oid
+                   AND c.relnamespace = current_schema()::regnamespace) AS owns_tables,
+           EXISTS (SELECT FROM pg_proc p WHERE p.proowner = r.oid
+                   AND p.pronamespace = current_schema()::regnamespace) AS owns_functions,
+           has_schema_privilege(r.oid, current_schema(), 'CREATE') AS may_create,
+           has_database_privilege('public', current_database(), 'CONNECT') AS public_connect,
+           has_database_privilege(r.oid, current_database(), 'TEMPORARY') AS may_temp,
+           to_regprocedure('taskmanager_caller_role()') IS NOT NULL AS migrated,
+           ARRAY(SELECT g.rolname FROM pg_roles g
+                 WHERE g.oid <> r.oid AND pg_has_role(r.oid, g.oid, 'MEMBER')
+                 ORDER BY g.rolname) AS reachable
+    FROM pg_roles r, pg_database d
+    WHERE r.rolname = session_user AND d.datname = current_database()
+    """
+)
+_CALLER_ROLE = text("SELECT taskmanager_caller_role()")
+_INHERITS = text("SELECT pg_has_role(session_user, CAST(:caller AS name), 'USAGE')")
+_CALLER_TEMP = text(
+    "SELECT has_database_privilege(CAST(:caller AS name), current_database(), 'TEMPORARY')"
+)
+_ENTER = text(
+    "SELECT e.caller_role, set_config('role', e.caller_role, true) AS role "
+    "FROM taskmanager_enter(:user_id, :session_id, :purpose, :valid_until, :proof) e"
+)
+_REVISION = text("SELECT version_num FROM alembic_version")
+
+
+def check_service(url: str, key: CallerKey) -> str:
+    """check_service_login on a connection of its own to `url` (blocking: for commands)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    from taskmanager.database import pooler_safe_connect_args
+
+    async def run() -> str:
+        engine = create_async_engine(
+            url, poolclass=NullPool, connect_args=pooler_safe_connect_args()
+        )
+        try:
+            async with engine.connect() as connection:
+                return await check_service_login(connection, key)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+async def check_service_login_when_reachable(engine: AsyncEngine, key: CallerKey) -> None:
+    """check_service_login at start-up; a database that cannot be reached now is not an
+    error (the service answers 503 until it is back), a login that is not safe is."""
+    try:
+        async with engine.connect() as connection:
+            await check_service_login(connection, key)
+    except DeploymentError:
+        raise
+    except (OSError, TimeoutError, DBAPIError) as exc:
+        if isinstance(exc, DBAPIError) and not exc.connection_invalidated and _answered(exc):
+            raise
+        log.warning("the service's login could not be checked: the database is not reachable")
+
+
+def _answered(exc: DBAPIError) -> bool:
+    """Whether PostgreSQL answered (an error about the statement), rather than the
+    connection failing."""
+    import asyncpg
+
+    cause: BaseException | None = exc.orig
+    while cause is not None:
+        if isinstance(cause, asyncpg.PostgresError) and not isinstance(
+            cause, asyncpg.CannotConnectNowError | asyncpg.InvalidAuthorizationSpecificationError
+        ):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+async def check_service_login(
+    connection: AsyncConnection, key: CallerKey, head: str | None = SCHEMA_REVISION
+) -> str:
+    """Raise DeploymentError naming everything that makes this connection's login unsafe
+    or unusable for requests; else return the caller role's name. Runs in a transaction
+    of its own, rolled back (it enters once, to check the key)."""
+    facts = (await connection.execute(_SERVICE_FACTS)).one()
+    login = facts.login
+    if not facts.migrated:
+        await connection.rollback()
+        raise DeploymentError(
+            f'the database has not been migrated for this version (the service logs in as "'
+            f'{login}"): run `taskmanager db upgrade` with OWNER_DATABASE_URL set'
+        )
+    caller = str((await connection.execute(_CALLER_ROLE)).scalar_one())
+    problems = []
+    if facts.superuser:
+        problems.append("it is a superuser")
+    if facts.bypassrls:
+        problems.append("it has BYPASSRLS")
+    if facts.createrole:
+        problems.append("it may create roles (CREATEROLE)")
+    if facts.owns_database or facts.owns_tables or facts.owns_functions:
+        problems.append(
+            "it owns the database or its tables (migrate as the owner; serve as a login "
+            "that owns nothing)"
+        )
+    if facts.may_create:
+        problems.append("it may create objects in the schema")
+    reachable = [name for name in facts.reachable if name != caller]
+    if caller not in facts.reachable:
+        problems.append(
+            f'it is not a member of the caller role "{caller}" (GRANT "{caller}" TO "{login}")'
+        )
+    elif (await connection.execute(_INHERITS, {"caller": caller})).scalar_one():
+        problems.append(
+            f'it inherits the privileges of "{caller}" (ALTER ROLE "{login}" '
+            "NOINHERIT, or grant the role WITH INHERIT FALSE)"
+        )
+    if reachable:
+        problems.append(f"it may act as other roles: {', '.join(reachable)}")
+    if facts.public_connect:
+        problems.append(
+            "any login of the cluster may connect to this database (REVOKE CONNECT "
+            "ON DATABASE ... FROM PUBLIC: `taskmanager db upgrade` does it)"
+        )
+    if facts.may_temp or (await connection.execute(_CALLER_TEMP, {"caller": caller})).scalar_one():
+        problems.append(
+            "it may create temporary tables (REVOKE TEMPORARY ON DATABASE ... FROM "
+            "PUBLIC: `taskmanager db upgrade` does it)"
+        )
+    if problems:
+        await connection.rollback()
+        raise DeploymentError(
+            f'the service\'s login "{login}" (DATABASE_URL) cannot serve requests: '
+            + "; ".join(problems)
+            + f"; {SEE_README}"
+        )
+    await _check_key(connection, key, login)
+    if head is not None:
+        revision = (await connection.execute(_REVISION)).scalar_one_or_none()
+        if revision != head:
+            await connection.rollback()
+            raise DeploymentError(
+                f"the database is at revision {revision}, this version needs {head}: run "
+                "`taskmanager db upgrade` with OWNER_DATABASE_URL set"
+            )
+    await connection.rollback()
+    return caller
+
+
+async def _check_key(connection: AsyncConnection, key: CallerKey, login: str) -> None:
+    entry = key.entry("maintenance")
+    try:
+        await connection.execute(
+            _ENTER,
+            {
+                "user_id": None,
+                "session_id": None,
+                "purpose": entry.purpose,
+                "valid_until": entry.valid_until,
+                "proof": entry.proof,
+            },
+        )
+    except DBAPIError as exc:
+        await connection.rollback()
+        if "proof" not in str(exc.orig):
+            raise
+        raise DeploymentError(
+            f'the database does not know this service\'s key (logged in as "{login}"): the '
+            "signing key (TASKMANAGER_JWT_SECRET, or the generated key file) differs from the "
+            "one `taskmanager db upgrade` installed; run it again with this service's "
+            "settings (OWNER_DATABASE_URL set), or check the database clock if it is off by "
+            "minutes"
+        ) from None
+
+
+# ─── preparing a deployment, as the owner, after the migrations
+
+
+_OWNER_FACTS = text(
+    """
+    SELECT current_user AS owner, r.rolsuper AS superuser,
+           d.datdba = r.oid OR r.rolsuper AS owns_database,
+           taskmanager_caller_role() AS caller,
+           has_database_privilege('public', current_database(), 'CONNECT') AS public_connect,
+           has_database_privilege('public', current_database(), 'TEMPORARY') AS public_temp
+    FROM pg_roles r, pg_database d
+    WHERE r.rolname = current_user AND d.datname = current_database()
+    """
+)
+_SERVICE_ROLE = text(
+    "SELECT oid, pg_has_role(oid, CAST(:caller AS name), 'MEMBER') AS member, "
+    "has_database_privilege(oid, current_database(), 'CONNECT') AS may_connect "
+    "FROM pg_roles WHERE rolname = :login"
+)
+
+
+async def prepare_deployment(owner: AsyncConnection, service_login: str, key: CallerKey) -> None:
+    """After migrating, as the owner: install the caller key, make `service_login` a member
+    of the caller role if it is not, and keep every other login out of the database (no
+    CONNECT, no TEMPORARY for PUBLIC; CONNECT for the service login). Idempotent. Raises
+    DeploymentError saying what a superuser must run where the owner may not do it."""
+    facts = (await owner.execute(_OWNER_FACTS)).one()
+    if service_login == facts.owner:
+        raise DeploymentError(
+            f'DATABASE_URL logs in as "{service_login}", the owner of the tables: requests must '
+            "run as a login that owns nothing; create one and set DATABASE_URL to it "
+            f"({SEE_README})"
+        )
+    database = (await owner.execute(text("SELECT current_database()"))).scalar_one()
+    service = (
+        await owner.execute(_SERVICE_ROLE, {"login": service_login, "caller": facts.caller})
+    ).one_or_none()
+    if service is None:
+        raise DeploymentError(
+            f'there is no login "{service_login}" (the user of DATABASE_URL): as a superuser '
+            f"run CREATE ROLE \"{service_login}\" LOGIN NOINHERIT PASSWORD '...'; GRANT "
+            f'"{facts.caller}" TO "{service_login}" ({SEE_README})'
+        )
+    await install_caller_key(owner, key)
+    needed = []
+    if not service.member:
+        needed.append(f'GRANT "{facts.caller}" TO "{service_login}"')
+    if facts.public_connect or facts.public_temp:
+        needed.append(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{database}" FROM PUBLIC')
+    if not service.may_connect or facts.public_connect:
+        needed.append(f'GRANT CONNECT ON DATABASE "{database}" TO "{service_login}"')
+    failed = []
+    for statement in needed:
+        try:
+            async with owner.begin_nested():
+                await owner.execute(text(statement))
+        except DBAPIError:
+            failed.append(statement)
+    if failed:
+        raise DeploymentError(
+            f'"{facts.owner}" may not do what the service needs here: as a superuser run '
+            + "; ".join(failed)
+            + f"; then run `taskmanager db upgrade` again ({SEE_README})"
+        )

@@ -1,0 +1,636 @@
+"""a caller role per deployment, and a caller that SQL in a request cannot forge
+
+Before: every database of a cluster shared one request role, `taskmanager_request`, which
+each migration granted to its own login; requests ran on the owner's own connection with
+`SET LOCAL ROLE`; and the caller was an ordinary setting (`taskmanager.user_id`). So SQL
+running in a request could `RESET ROLE` back to the owner (who bypasses the policies of
+tasks, users, memberships and auth_sessions), set the caller to anyone, and the login of
+another deployment in the cluster could switch to the shared role.
+
+After:
+- The caller role is this deployment's own: `<database>_caller` (see `caller_role_name`),
+  NOLOGIN, owning nothing. The service connects as a login that owns nothing either (the
+  authenticator, a member of the caller role) and every transaction starts by entering
+  through `taskmanager_enter`, which switches to the caller role; `RESET ROLE` leads back
+  to the authenticator, which can do nothing but enter again. The legacy shared role loses
+  every grant of this database.
+- The caller is sealed: `taskmanager_enter(user, session, purpose, valid_until, proof)`
+  checks `proof`, an HMAC-SHA256 the service makes with a key derived from its signing
+  key, and stores the caller with a seal (an HMAC over the caller, the backend and the
+  transaction's start). `taskmanager_caller()`, which every policy goes through, checks the
+  seal and raises 42501 if the setting was changed by anything else. The key lives in
+  `caller_key`, readable by the owner only; `taskmanager db upgrade` installs it (see
+  taskmanager/caller_key.py), since migrations do not know the service's signing key.
+- A password hash is returned only by `taskmanager_password_hash(email, valid_until,
+  proof)`, with a proof of its own: the caller role cannot read one under any caller.
+- Purposes narrow what an identity may do beyond a user's own rows: 'register' inserts
+  the user it allocated, 'operator' (a command of the operator) takes over unclaimed
+  workspaces, 'login'/'register'/'maintenance' keep the password-attempt counts,
+  'refresh' finds the session of a refresh token, 'maintenance' deletes ended sessions.
+- Every function a policy calls pins its search_path, so no search_path of the request's
+  own can redirect one; the database's TEMPORARY and CONNECT privileges are taken from
+  PUBLIC (by `taskmanager db upgrade`, which owns the database), so request SQL cannot shadow
+  a table with a temporary one for the next user of its pooled connection, and no login of
+  another deployment can connect here at all.
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-07 13:00:00
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0008"
+down_revision: str | None = "0007"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+LEGACY_ROLE = "taskmanager_request"
+PIN = "SET search_path = pg_catalog, pg_temp"
+
+# Granted to the caller role (column lists where a table holds what it must not read).
+GRANTS = (
+    "SELECT, INSERT, UPDATE, DELETE ON {schema}.tasks, {schema}.categories, "
+    "{schema}.workspaces, {schema}.memberships, {schema}.idempotency_keys, {schema}.labels, "
+    "{schema}.task_labels, {schema}.auth_sessions, {schema}.login_failures",
+    "SELECT, INSERT, UPDATE ON {schema}.refresh_tokens",
+    "SELECT, DELETE ON {schema}.unclaimed_workspaces",
+    "SELECT (id, email, display_name, is_active, personal_workspace_id, created_at, "
+    "password_changed_at), INSERT (id, email, display_name, password_hash), "
+    "UPDATE (display_name, password_hash, password_changed_at, personal_workspace_id) "
+    "ON {schema}.users",
+    "USAGE ON SEQUENCE {schema}.tasks_id_seq, {schema}.categories_id_seq, "
+    "{schema}.workspaces_id_seq, {schema}.labels_id_seq",
+    "USAGE ON SCHEMA {schema}",
+)
+# Functions the caller role runs (policies call most of them); EXECUTE is taken from PUBLIC.
+CALLER_FUNCTIONS = (
+    "taskmanager_caller()",
+    "taskmanager_user_id()",
+    "taskmanager_purpose()",
+    "taskmanager_workspace_ids()",
+    "taskmanager_owned_workspace_ids()",
+    "taskmanager_may_own_first(integer)",
+    "taskmanager_user_id_by_email(text)",
+    "taskmanager_password_hash(text, bigint, text)",
+    "taskmanager_refresh_token_session(text)",
+    "taskmanager_matching_tasks(tsquery)",
+    "taskmanager_matches_at_least(tsquery, integer)",
+)
+# Only the owner's (the functions above run them as the owner, being SECURITY DEFINER).
+OWNER_FUNCTIONS = ("taskmanager_hmac(text)", "taskmanager_seal(text)")
+
+ME = "(SELECT taskmanager_user_id())"
+PURPOSE = "(SELECT taskmanager_purpose())"
+MINE = "= ANY ((SELECT taskmanager_workspace_ids())::integer[])"
+OWNED = "= ANY ((SELECT taskmanager_owned_workspace_ids())::integer[])"
+# Policies this migration replaces, and what replaces them.
+POLICIES: dict[str, dict[str, str | None]] = {
+    "users": {
+        "users_read": f"FOR SELECT USING (id = {ME} OR id IN (SELECT user_id FROM memberships))",
+        "users_change": f"FOR UPDATE USING (id = {ME}) WITH CHECK (id = {ME})",
+        # A registration inserts the account whose id taskmanager_enter allocated for it.
+        "users_register": f"FOR INSERT WITH CHECK (id = {ME} AND {PURPOSE} = 'register')",
+    },
+    "auth_sessions": {
+        "auth_sessions_mine": f"USING (user_id = {ME}) WITH CHECK (user_id = {ME})",
+        "auth_sessions_purge": f"FOR DELETE USING ({PURPOSE} = 'maintenance')",
+    },
+    "idempotency_keys": {
+        "idempotency_keys_mine": f"USING (user_id = {ME}) WITH CHECK (user_id = {ME})",
+    },
+    "memberships": {
+        "memberships_read": f"FOR SELECT USING (workspace_id {MINE})",
+        # Owners add people; the creator of a workspace without members becomes its first
+        # owner; an operator's command takes over the workspaces nobody owns.
+        "memberships_create": f"FOR INSERT WITH CHECK (workspace_id {OWNED} "
+        f"OR (user_id = {ME} AND role = 'owner' AND taskmanager_may_own_first(workspace_id)) "
+        f"OR (user_id = {ME} AND role = 'owner' AND {PURPOSE} = 'operator' "
+        "AND workspace_id IN (SELECT workspace_id FROM unclaimed_workspaces)))",
+        "memberships_delete": f"FOR DELETE USING (workspace_id {OWNED} OR user_id = {ME})",
+    },
+    "workspaces": {
+        "workspaces_create": f"FOR INSERT WITH CHECK (created_by = {ME})",
+    },
+    "unclaimed_workspaces": {
+        "unclaimed_workspaces_any": None,
+        "unclaimed_workspaces_operator": f"USING ({PURPOSE} = 'operator')",
+    },
+    "login_failures": {
+        "login_failures_counted": f"USING ({PURPOSE} IN ('login', 'register', 'maintenance'))",
+    },
+}
+# What 0003 had (for the downgrade).
+OLD_ME = "= taskmanager_user_id()"
+OLD_POLICIES: dict[str, dict[str, str]] = {
+    "users": {
+        "users_read": f"FOR SELECT USING (id {OLD_ME} OR id IN (SELECT user_id FROM memberships))",
+        "users_change": f"FOR UPDATE USING (id {OLD_ME}) WITH CHECK (id {OLD_ME})",
+    },
+    "auth_sessions": {
+        "auth_sessions_mine": f"USING (user_id {OLD_ME}) WITH CHECK (user_id {OLD_ME})",
+    },
+    "idempotency_keys": {
+        "idempotency_keys_mine": f"USING (user_id {OLD_ME}) WITH CHECK (user_id {OLD_ME})",
+    },
+    "memberships": {
+        "memberships_read": f"FOR SELECT USING (workspace_id {MINE})",
+        "memberships_create": f"FOR INSERT WITH CHECK (workspace_id {OWNED} "
+        f"OR (user_id {OLD_ME} AND role = 'owner' "
+        "AND NOT taskmanager_workspace_has_members(workspace_id)))",
+        "memberships_delete": f"FOR DELETE USING (workspace_id {OWNED} OR user_id {OLD_ME})",
+    },
+    "workspaces": {"workspaces_create": f"FOR INSERT WITH CHECK (created_by {OLD_ME})"},
+    "unclaimed_workspaces": {"unclaimed_workspaces_any": "USING (true)"},
+}
+
+
+def _in_current_schema(statement: str) -> None:
+    """Run `statement` with `{schema}` standing for the schema the migration runs in, as
+    0003's helper of the same name does (`alembic upgrade head --sql` needs no server)."""
+    template = statement.replace("%", "%%").replace("{schema}", "%1$I")
+    assert "$statement$" not in template, statement
+    op.execute(
+        f"DO $do$ BEGIN EXECUTE format($statement${template}$statement$, current_schema()); "
+        "END $do$"
+    )
+
+
+def _caller_role_function() -> None:
+    """taskmanager_caller_role(): this deployment's caller role, named once, here, from the
+    database (and the schema, if not public): renaming the database later keeps it.
+    taskmanager.deployment.caller_role_name says the same in Python."""
+    op.execute(
+        """
+        DO $do$ DECLARE
+            base text := current_database()
+                || CASE WHEN current_schema() = 'public' THEN '' ELSE '_' || current_schema() END;
+        BEGIN
+            IF octet_length(base) > 48 THEN
+                base := 'taskmanager_' || left(md5(base), 16);
+            END IF;
+            EXECUTE format(
+                'CREATE FUNCTION %I.taskmanager_caller_role() RETURNS name '
+                'LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS %L',
+                current_schema(), format('SELECT %L::name', base || '_caller'));
+        END $do$
+        """
+    )
+
+
+def _caller_role() -> None:
+    """The caller role exists (made here if the owner may create roles), and has no power
+    that would void the policies."""
+    op.execute(
+        """
+        DO $do$ DECLARE
+            caller name := taskmanager_caller_role();
+            me record;
+        BEGIN
+            SELECT rolsuper, rolcreaterole INTO me FROM pg_roles WHERE rolname = current_user;
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = caller) THEN
+                IF NOT (me.rolsuper OR me.rolcreaterole) THEN
+                    RAISE EXCEPTION 'role "%" does not exist and "%" may not create roles: as a '
+                        'superuser run CREATE ROLE "%" NOLOGIN; GRANT "%" TO <the service''s '
+                        'login>; then migrate again', caller, current_user, caller, caller
+                        USING ERRCODE = '42501';
+                END IF;
+                EXECUTE format('CREATE ROLE %I NOLOGIN NOINHERIT NOBYPASSRLS', caller);
+            ELSIF EXISTS (SELECT FROM pg_roles WHERE rolname = caller
+                          AND (rolsuper OR rolbypassrls OR rolcanlogin OR rolcreaterole)) THEN
+                RAISE EXCEPTION 'role "%" exists with SUPERUSER, BYPASSRLS, LOGIN or CREATEROLE: '
+                    'as a superuser run ALTER ROLE "%" NOSUPERUSER NOBYPASSRLS NOLOGIN '
+                    'NOCREATEROLE; then migrate again', caller, caller
+                    USING ERRCODE = '42501';
+            END IF;
+            IF pg_has_role(caller, current_user, 'MEMBER') THEN
+                RAISE EXCEPTION 'role "%" is a member of "%", the owner of the tables: revoke '
+                    'it (REVOKE "%" FROM "%") and migrate again',
+                    caller, current_user, current_user, caller USING ERRCODE = '42501';
+            END IF;
+        END $do$
+        """
+    )
+
+
+def _grant(privileges: str, grantee: str) -> None:
+    _in_current_schema(f"GRANT {privileges} TO {grantee}")
+
+
+def _leave_legacy_role() -> None:
+    """The role shared by the cluster keeps nothing of this database: no grant, and the
+    owner's own membership (given by 0003) goes if the owner may revoke it."""
+    op.execute(
+        f"""
+        DO $do$ BEGIN
+            IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{LEGACY_ROLE}') THEN
+                EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM {LEGACY_ROLE}',
+                               current_schema());
+                EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA %I FROM {LEGACY_ROLE}',
+                               current_schema());
+                EXECUTE format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA %I FROM {LEGACY_ROLE}',
+                               current_schema());
+                EXECUTE format('REVOKE ALL ON SCHEMA %I FROM {LEGACY_ROLE}', current_schema());
+                IF pg_has_role(current_user, '{LEGACY_ROLE}', 'MEMBER')
+                   AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                    BEGIN
+                        EXECUTE format('REVOKE {LEGACY_ROLE} FROM %I', current_user);
+                    EXCEPTION WHEN insufficient_privilege OR invalid_grant_operation THEN
+                        RAISE NOTICE 'the legacy role {LEGACY_ROLE} keeps "%" as a member '
+                            '(a superuser may REVOKE it, or DROP ROLE it once no database '
+                            'of the cluster uses it)', current_user;
+                    END;
+                END IF;
+            END IF;
+        END $do$
+        """
+    )
+
+
+def _key_and_seal() -> None:
+    op.execute(
+        """
+        CREATE TABLE caller_key (
+            singleton boolean DEFAULT true NOT NULL,
+            inner_pad bytea NOT NULL,
+            outer_pad bytea NOT NULL,
+            installed_at timestamp with time zone DEFAULT now() NOT NULL,
+            CONSTRAINT pk_caller_key PRIMARY KEY (singleton),
+            CONSTRAINT ck_caller_key_singleton CHECK (singleton),
+            CONSTRAINT ck_caller_key_pads CHECK
+                (octet_length(inner_pad) = 64 AND octet_length(outer_pad) = 64)
+        )
+        """
+    )
+    op.execute("REVOKE ALL ON caller_key FROM PUBLIC")
+    # HMAC-SHA256 (RFC 2104) with the installed key, whose pads are kept precomputed:
+    # PostgreSQL has sha256() but no XOR of byte strings. No key installed: NULL, and
+    # every check against it fails.
+    _in_current_schema(
+        f"""
+        CREATE FUNCTION {{schema}}.taskmanager_hmac(message text) RETURNS bytea
+        LANGUAGE sql STABLE {PIN}
+        AS $$ SELECT sha256(k.outer_pad || sha256(k.inner_pad || convert_to(message, 'UTF8')))
+              FROM {{schema}}.caller_key k $$
+        """
+    )
+    # The seal binds a caller to this backend and this transaction (its start, in
+    # microseconds): a sealed setting copied anywhere else does not verify.
+    _in_current_schema(
+        f"""
+        CREATE FUNCTION {{schema}}.taskmanager_seal(caller text) RETURNS text
+        LANGUAGE sql STABLE {PIN}
+        AS $$ SELECT encode({{schema}}.taskmanager_hmac(format('seal|%s|%s|%s', caller,
+                  pg_backend_pid(), (extract(epoch FROM transaction_timestamp()) * 1000000)::bigint
+              )), 'hex') $$
+        """
+    )
+    _in_current_schema(
+        f"""
+        CREATE FUNCTION {{schema}}.taskmanager_enter(
+            entered_user integer, entered_session uuid, purpose text, valid_until bigint,
+            proof text)
+        RETURNS TABLE (user_id integer, personal_workspace_id integer,
+                       workspace_ids integer[], owned_workspace_ids integer[], caller_role name)
+        LANGUAGE plpgsql VOLATILE SECURITY DEFINER {PIN}
+        AS $$
+        #variable_conflict use_column
+        DECLARE
+            now_epoch numeric := extract(epoch FROM now());
+            caller text;
+        BEGIN
+            IF proof IS NULL OR proof IS DISTINCT FROM encode({{schema}}.taskmanager_hmac(
+                    format('enter|%s|%s|%s|%s', entered_user, entered_session, purpose,
+                           valid_until)), 'hex') THEN
+                RAISE EXCEPTION 'taskmanager_enter: the proof is not valid'
+                    USING ERRCODE = '42501';
+            END IF;
+            IF purpose = 'request' THEN
+                -- A login's proof lives as long as its access token: past it, no caller.
+                IF valid_until < now_epoch OR entered_user IS NULL OR entered_session IS NULL
+                   OR NOT EXISTS (
+                        SELECT FROM {{schema}}.users u
+                        JOIN {{schema}}.auth_sessions s ON s.user_id = u.id
+                        WHERE u.id = entered_user AND u.is_active AND s.id = entered_session
+                          AND s.revoked_at IS NULL AND s.expires_at > now()) THEN
+                    RETURN;
+                END IF;
+            ELSE
+                -- The service's own transactions: proofs made for the moment.
+                IF valid_until < now_epoch OR valid_until > now_epoch + 900 THEN
+                    RAISE EXCEPTION 'taskmanager_enter: the proof has expired (or the clocks '
+                        'of the service and the database differ by minutes)'
+                        USING ERRCODE = '42501';
+                END IF;
+                IF purpose = 'register' THEN
+                    IF entered_user IS NOT NULL OR entered_session IS NOT NULL THEN
+                        RAISE EXCEPTION 'taskmanager_enter: a registration names no user'
+                            USING ERRCODE = '22023';
+                    END IF;
+                    entered_user := nextval('{{schema}}.users_id_seq');
+                ELSIF purpose IN ('login', 'refresh', 'operator') THEN
+                    IF entered_user IS NOT NULL AND NOT EXISTS (
+                            SELECT FROM {{schema}}.users u WHERE u.id = entered_user) THEN
+                        RETURN;
+                    END IF;
+                ELSIF purpose = 'maintenance' THEN
+                    IF entered_user IS NOT NULL OR entered_session IS NOT NULL THEN
+                        RAISE EXCEPTION 'taskmanager_enter: maintenance names no user'
+                            USING ERRCODE = '22023';
+                    END IF;
+                ELSE
+                    RAISE EXCEPTION 'taskmanager_enter: unknown purpose %', purpose
+                        USING ERRCODE = '22023';
+                END IF;
+            END IF;
+            caller := format('%s|%s|%s', entered_user, entered_session, purpose);
+            PERFORM set_config('taskmanager.caller',
+                               caller || '|' || {{schema}}.taskmanager_seal(caller), true);
+            RETURN QUERY
+                SELECT entered_user,
+                       (SELECT u.personal_workspace_id FROM {{schema}}.users u
+                        WHERE u.id = entered_user),
+                       ARRAY(SELECT m.workspace_id FROM {{schema}}.memberships m
+                             WHERE m.user_id = entered_user ORDER BY m.workspace_id),
+                       ARRAY(SELECT m.workspace_id FROM {{schema}}.memberships m
+                             WHERE m.user_id = entered_user AND m.role = 'owner'
+                             ORDER BY m.workspace_id),
+                       {{schema}}.taskmanager_caller_role();
+        END $$
+        """
+    )
+    # The caller every policy sees: (user id, session id, purpose) as text, '' for none;
+    # NULL when no caller was entered; 42501 when the setting is not what
+    # taskmanager_enter sealed in this transaction.
+    _in_current_schema(
+        f"""
+        CREATE FUNCTION {{schema}}.taskmanager_caller() RETURNS text[]
+        LANGUAGE plpgsql STABLE SECURITY DEFINER {PIN}
+        AS $$
+        DECLARE
+            setting text := current_setting('taskmanager.caller', true);
+            parts text[];
+        BEGIN
+            IF setting IS NULL OR setting = '' THEN
+                RETURN NULL;
+            END IF;
+            parts := string_to_array(setting, '|');
+            IF cardinality(parts) = 4 AND parts[4] = {{schema}}.taskmanager_seal(
+                    array_to_string(parts[1:3], '|')) THEN
+                RETURN parts[1:3];
+            END IF;
+            RAISE EXCEPTION 'the caller of this transaction was not entered through '
+                'taskmanager_enter' USING ERRCODE = '42501';
+        END $$
+        """
+    )
+    _in_current_schema(
+        f"""
+        CREATE OR REPLACE FUNCTION {{schema}}.taskmanager_user_id() RETURNS integer
+        LANGUAGE sql STABLE PARALLEL UNSAFE {PIN}
+        AS $$ SELECT NULLIF(({{schema}}.taskmanager_caller())[1], '')::integer $$
+        """
+    )
+    _in_current_schema(
+        f"""
+        CREATE FUNCTION {{schema}}.taskmanager_purpose() RETURNS text
+        LANGUAGE sql STABLE {PIN}
+        AS $$ SELECT ({{schema}}.taskmanager_caller())[3] $$
+        """
+    )
+
+
+def _functions() -> None:
+    """The SECURITY DEFINER functions besides the door itself."""
+    # Whether the caller may become the first owner of `workspace`: they created it, and
+    # it has no member yet (registration, POST /workspaces). Nothing about anyone else's.
+    _in_current_schema(
+        f"""
+        CREATE FUNCTION {{schema}}.taskmanager_may_own_first(workspace integer) RETURNS boolean
+        LANGUAGE sql STABLE SECURITY DEFINER {PIN}
+        AS $$ SELECT EXISTS (SELECT FROM {{schema}}.workspaces w
+                             WHERE w.id = workspace
+                               AND w.created_by = {{schema}}.taskmanager_user_id())
+                 AND NOT EXISTS (SELECT FROM {{schema}}.memberships m
+                                 WHERE m.workspace_id = workspace) $$
+        """
+    )
+    # Adding a member by email: only for a caller who is someone.
+    _in_current_schema(
+        f"""
+        CREATE OR REPLACE FUNCTION {{schema}}.taskmanager_user_id_by_email(address text)
+        RETURNS integer
+        LANGUAGE sql STABLE SECURITY DEFINER {PIN}
+        AS $$ SELECT u.id FROM {{schema}}.users u
+              WHERE lower(u.email) = lower(address)
+                AND {{schema}}.taskmanager_user_id() IS NOT NULL $$
+        """
+    )
+    # The one way to a password hash: with a proof made by the service for this email,
+    # for the moment (a login, or a password change naming the current password).
+    _in_current_schema(
+        f"""
+        CREATE FUNCTION {{schema}}.taskmanager_password_hash(
+            email text, valid_until bigint, proof text)
+        RETURNS TABLE (user_id integer, password_hash text, is_active boolean)
+        LANGUAGE plpgsql STABLE SECURITY DEFINER {PIN}
+        AS $$
+        #variable_conflict use_column
+        BEGIN
+            IF proof IS NULL OR proof IS DISTINCT FROM encode({{schema}}.taskmanager_hmac(
+                    format('password-hash|%s|%s', email, valid_until)), 'hex')
+               OR valid_until < extract(epoch FROM now())
+               OR valid_until > extract(epoch FROM now()) + 900 THEN
+                RAISE EXCEPTION 'taskmanager_password_hash: the proof is not valid'
+                    USING ERRCODE = '42501';
+            END IF;
+            RETURN QUERY SELECT u.id, u.password_hash, u.is_active FROM {{schema}}.users u
+                         WHERE lower(u.email) = lower(taskmanager_password_hash.email);
+        END $$
+        """
+    )
+    # A refresh: which login session a refresh token belongs to (its hash is the secret),
+    # for a transaction entered to refresh.
+    _in_current_schema(
+        f"""
+        CREATE FUNCTION {{schema}}.taskmanager_refresh_token_session(token text)
+        RETURNS TABLE (user_id integer, session_id uuid)
+        LANGUAGE sql STABLE SECURITY DEFINER {PIN}
+        AS $$ SELECT s.user_id, s.id FROM {{schema}}.refresh_tokens t
+              JOIN {{schema}}.auth_sessions s ON s.id = t.session_id
+              WHERE t.token_hash = token
+                AND {{schema}}.taskmanager_purpose() = 'refresh' $$
+        """
+    )
+
+
+def _policies(policies: dict[str, dict[str, str | None]] | dict[str, dict[str, str]]) -> None:
+    for table, table_policies in policies.items():
+        for name, definition in table_policies.items():
+            op.execute(f"DROP POLICY IF EXISTS {name} ON {table}")
+            if definition is not None:
+                op.execute(f"CREATE POLICY {name} ON {table} {definition}")
+
+
+def upgrade() -> None:
+    _caller_role_function()
+    _caller_role()
+    _leave_legacy_role()
+    _key_and_seal()
+    _functions()
+    op.execute("ALTER TABLE login_failures ENABLE ROW LEVEL SECURITY")
+    # taskmanager_may_own_first reads a workspace its caller cannot see yet (no membership
+    # before the first one), as the owner: FORCE would hide it from the owner too. It
+    # guards nothing any more: the owner never serves a request (the service refuses to
+    # start as a login that owns tables), as tasks (0006) already showed.
+    op.execute("ALTER TABLE workspaces NO FORCE ROW LEVEL SECURITY")
+    _policies(POLICIES)
+    op.execute("DROP FUNCTION taskmanager_own_password_hash()")
+    op.execute("DROP FUNCTION taskmanager_workspace_has_members(integer)")
+    # Pinned as well: these were SECURITY DEFINER already; taskmanager_user_id() was not.
+    for function in CALLER_FUNCTIONS + OWNER_FUNCTIONS:
+        op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
+    op.execute(
+        "REVOKE ALL ON FUNCTION taskmanager_enter(integer, uuid, text, bigint, text) FROM PUBLIC"
+    )
+    for privileges in GRANTS:
+        _grant_to_caller(privileges)
+    for function in CALLER_FUNCTIONS:
+        _grant_to_caller(f"EXECUTE ON FUNCTION {{schema}}.{function}")
+    # The door: every connection that may connect here may knock (CONNECT is the service's
+    # login's only, once `taskmanager db upgrade` has run); a proof opens it.
+    op.execute(
+        "GRANT EXECUTE ON FUNCTION taskmanager_enter(integer, uuid, text, bigint, text) TO PUBLIC"
+    )
+    # The service checks at start-up that the database is at the revision it needs.
+    op.execute("GRANT SELECT ON alembic_version TO PUBLIC")
+
+
+def _grant_to_caller(privileges: str) -> None:
+    template = privileges.replace("{schema}", "%1$I")
+    op.execute(
+        "DO $do$ BEGIN EXECUTE format("
+        f"$grant$GRANT {template} TO %2$I$grant$, current_schema(), taskmanager_caller_role()); "
+        "END $do$"
+    )
+
+
+def downgrade() -> None:
+    _in_current_schema(
+        """
+        CREATE FUNCTION {schema}.taskmanager_workspace_has_members(workspace integer)
+        RETURNS boolean
+        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+        AS $$ SELECT EXISTS (SELECT FROM {schema}.memberships WHERE workspace_id = workspace) $$
+        """
+    )
+    _in_current_schema(
+        """
+        CREATE FUNCTION {schema}.taskmanager_own_password_hash() RETURNS text
+        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+        AS $$ SELECT password_hash FROM {schema}.users
+              WHERE id = {schema}.taskmanager_user_id() $$
+        """
+    )
+    _in_current_schema(
+        """
+        CREATE OR REPLACE FUNCTION {schema}.taskmanager_user_id_by_email(address text)
+        RETURNS integer
+        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+        AS $$ SELECT id FROM {schema}.users WHERE lower(email) = lower(address) $$
+        """
+    )
+    op.execute("ALTER TABLE workspaces FORCE ROW LEVEL SECURITY")
+    op.execute("DROP POLICY login_failures_counted ON login_failures")
+    op.execute("ALTER TABLE login_failures DISABLE ROW LEVEL SECURITY")
+    for table, table_policies in POLICIES.items():
+        for name in table_policies:
+            op.execute(f"DROP POLICY IF EXISTS {name} ON {table}")
+    _policies(OLD_POLICIES)
+    # Before taskmanager_caller goes: 0003's body, an ordinary setting again.
+    op.execute(
+        """
+        CREATE OR REPLACE FUNCTION taskmanager_user_id() RETURNS integer
+        LANGUAGE sql STABLE PARALLEL SAFE
+        AS $$ SELECT NULLIF(current_setting('taskmanager.user_id', true), '')::integer $$
+        """
+    )
+    op.execute("ALTER FUNCTION taskmanager_user_id() RESET ALL")
+    op.execute("GRANT EXECUTE ON FUNCTION taskmanager_user_id() TO PUBLIC")
+    for function in (
+        "taskmanager_refresh_token_session(text)",
+        "taskmanager_password_hash(text, bigint, text)",
+        "taskmanager_may_own_first(integer)",
+        "taskmanager_purpose()",
+        "taskmanager_caller()",
+        "taskmanager_enter(integer, uuid, text, bigint, text)",
+        "taskmanager_seal(text)",
+        "taskmanager_hmac(text)",
+    ):
+        op.execute(f"DROP FUNCTION {function}")
+    op.execute("DROP TABLE caller_key")
+    op.execute("REVOKE SELECT ON alembic_version FROM PUBLIC")
+    # The caller role is the cluster's: it stays, without anything of this database.
+    op.execute(
+        """
+        DO $do$ DECLARE caller name := taskmanager_caller_role(); BEGIN
+            IF EXISTS (SELECT FROM pg_roles WHERE rolname = caller) THEN
+                EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM %I',
+                               current_schema(), caller);
+                EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA %I FROM %I',
+                               current_schema(), caller);
+                EXECUTE format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA %I FROM %I',
+                               current_schema(), caller);
+                EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %I', current_schema(), caller);
+                EXECUTE format('REVOKE ALL ON DATABASE %I FROM %I', current_database(), caller);
+            END IF;
+        END $do$
+        """
+    )
+    op.execute("DROP FUNCTION taskmanager_caller_role()")
+    # 0003's and 0005's grants to the legacy role, where it exists (revision 0007's code
+    # runs requests as it); a fresh cluster never had it, and this does not make it.
+    _for_legacy_role(f"GRANT USAGE ON SCHEMA {{schema}} TO {LEGACY_ROLE}")
+    _for_legacy_role(
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.tasks, {schema}.categories, "
+        "{schema}.workspaces, {schema}.memberships, {schema}.idempotency_keys, "
+        f"{{schema}}.labels, {{schema}}.task_labels TO {LEGACY_ROLE}"
+    )
+    _for_legacy_role(
+        "GRANT SELECT (id, email, display_name, is_active, personal_workspace_id, created_at, "
+        "password_changed_at), UPDATE (display_name, password_hash, password_changed_at, "
+        f"personal_workspace_id) ON {{schema}}.users TO {LEGACY_ROLE}"
+    )
+    _for_legacy_role(
+        f"GRANT SELECT, UPDATE ON {{schema}}.auth_sessions, {{schema}}.refresh_tokens "
+        f"TO {LEGACY_ROLE}"
+    )
+    _for_legacy_role(f"GRANT SELECT, DELETE ON {{schema}}.unclaimed_workspaces TO {LEGACY_ROLE}")
+    _for_legacy_role(
+        "GRANT USAGE ON SEQUENCE {schema}.tasks_id_seq, {schema}.categories_id_seq, "
+        f"{{schema}}.workspaces_id_seq, {{schema}}.labels_id_seq TO {LEGACY_ROLE}"
+    )
+    for function in (
+        "taskmanager_own_password_hash()",
+        "taskmanager_workspace_ids()",
+        "taskmanager_owned_workspace_ids()",
+        "taskmanager_workspace_has_members(integer)",
+        "taskmanager_user_id_by_email(text)",
+        "taskmanager_matching_tasks(tsquery)",
+        "taskmanager_matches_at_least(tsquery, integer)",
+    ):
+        op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
+        _for_legacy_role(f"GRANT EXECUTE ON FUNCTION {{schema}}.{function} TO {LEGACY_ROLE}")
+
+
+def _for_legacy_role(statement: str) -> None:
+    """Run `statement` (`{schema}`: the current schema) if the legacy shared role exists."""
+    template = statement.replace("{schema}", "%1$I")
+    op.execute(
+        f"DO $do$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{LEGACY_ROLE}') "
+        f"THEN EXECUTE format($sql${template}$sql$, current_schema()); END IF; END $do$"
+    )
