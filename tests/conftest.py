@@ -15,6 +15,7 @@ is tested over a real socket against its own database: see `server_database_url`
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import tempfile
@@ -25,7 +26,8 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 from httpx import AsyncClient
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from taskmanager.auth import scope_of_account
 from taskmanager.config import Settings, normalize_database_url
@@ -34,16 +36,23 @@ from taskmanager.database import (
 )
 from taskmanager.embedded import EmbeddedPostgres
 from taskmanager.main import create_app
-from taskmanager.migrate import upgrade
+from taskmanager.postgres import DatabaseLogins
 from taskmanager.scope import Scope
 from tests.support.accounts import TEST_SECRET, Account, create_account, register_and_login
+from tests.support.databases import (
+    SUPERUSER,
+    TEST_DATABASE,
+    TEST_KEY,
+    database_of,
+    logins_of,
+    migrate,
+    provision,
+)
 from tests.support.live_app import live_client, observer_engine
 from tests.support.rolled_back import rolled_back_client
 
 # The reliability log (the `reliability` fixture and the hooks writing it), as a plugin.
 pytest_plugins = ("tests.support.reliability",)
-
-TEST_DATABASE = "taskmanager_test"
 
 
 # ─── Real commits: a database of the test module's own, the real app on it, an observer
@@ -99,26 +108,48 @@ def embedded_server() -> Iterator[EmbeddedPostgres | None]:
 
 
 @pytest.fixture(scope="session")
-def database_url(embedded_server: EmbeddedPostgres | None) -> str:
-    """The migrated test database's URL."""
+def test_logins(embedded_server: EmbeddedPostgres | None) -> DatabaseLogins:
+    """The migrated test database's logins: the service's, the owner's, the superuser's.
+
+    TEST_DATABASE_URL, when set, names that database as a superuser of its server (the
+    tests make the deployment's roles there, and look past the policies as it)."""
     explicit = os.environ.get("TEST_DATABASE_URL")
     if explicit:
         url = normalize_database_url(explicit)
         development = os.environ.get("DATABASE_URL")
         if development and normalize_database_url(development) == url:
             pytest.exit("TEST_DATABASE_URL must not be the development DATABASE_URL", 2)
+        SUPERUSER["name"] = make_url(url).username or "postgres"
+
+        async def provision_explicit() -> None:
+            engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+            try:
+                async with engine.connect() as connection:
+                    await provision(connection, database_of(url))
+            finally:
+                await engine.dispose()
+
+        asyncio.run(provision_explicit())
+        logins = logins_of(url)
     else:
         assert embedded_server is not None
-        url = embedded_server.url()
-    upgrade(url)
-    return url
+        logins = embedded_server.logins(TEST_DATABASE)
+    migrate(logins)
+    return logins
+
+
+@pytest.fixture(scope="session")
+def database_url(test_logins: DatabaseLogins) -> str:
+    """The migrated test database, as the service logs in to it."""
+    return test_logins.service
 
 
 @pytest.fixture(scope="session")
 def make_database(
     embedded_server: EmbeddedPostgres | None, database_url: str
 ) -> Callable[[str], str]:
-    """Create (or recreate) another migrated database on the test server; return its URL.
+    """Create (or recreate) another migrated database on the test server, with its roles;
+    return its service URL (tests.support.databases has the others).
 
     For tests that need the real commit, outside the rollback fixture.
     """
@@ -127,10 +158,9 @@ def make_database(
         if embedded_server is None:
             pytest.skip("needs the embedded test server to create extra databases")
         embedded_server.drop_database(name)
-        embedded_server.create_database(name)
-        url = embedded_server.url(name)
-        upgrade(url)
-        return url
+        logins = embedded_server.logins(name)
+        migrate(logins)
+        return logins.service
 
     return make
 
@@ -141,8 +171,20 @@ def settings(database_url: str) -> Settings:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def engine(settings: Settings, database_url: str) -> AsyncIterator[AsyncEngine]:
-    """Built by the project's own create_engine: the production connection settings."""
+async def engine(settings: Settings, test_logins: DatabaseLogins) -> AsyncIterator[AsyncEngine]:
+    """The rolled-back tests' connections, built by the project's own create_engine (the
+    production connection settings), as the test server's superuser: the app enters every
+    transaction as its caller, under the policies, exactly as on the service's login, and
+    a test may set up or look past the policies before it does (see also `service_engine`)."""
+    assert test_logins.superuser is not None
+    engine = create_engine(settings, test_logins.superuser)
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def service_engine(settings: Settings, database_url: str) -> AsyncIterator[AsyncEngine]:
+    """Connections as the service's own login: what a request's SQL can reach."""
     engine = create_engine(settings, database_url)
     yield engine
     await engine.dispose()
@@ -164,7 +206,7 @@ async def other_account(engine: AsyncEngine) -> Account:
 async def scope(db_session: AsyncSession, account: Account) -> Scope:
     """`account`'s scope, entered in `db_session` (its transaction now runs as that user
     under row-level security), for repository tests."""
-    entered = await scope_of_account(db_session, account.user_id)
+    entered = await scope_of_account(db_session, TEST_KEY, account.user_id)
     db_session.info["scope"] = entered
     return entered
 

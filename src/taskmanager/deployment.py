@@ -55,6 +55,17 @@ def caller_role_name(database: str, schema: str = "public") -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class DatabaseLogins:
+    """The ways into a deployment's database (taskmanager.postgres.database_logins)."""
+
+    service: str  # requests (DATABASE_URL): a login that owns nothing
+    owner: str | None  # migrations (OWNER_DATABASE_URL); None when not given
+    # The embedded server's superuser (the lecture's demonstrations, which run the
+    # lecture's own code beside the policies); None for a server given by URL.
+    superuser: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RoleNames:
     """The names the embedded server gives a database's roles (and the README suggests)."""
 

@@ -24,8 +24,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from taskmanager.deployment import RoleNames
-from taskmanager.postgres import DatabaseLogins
+from taskmanager.deployment import DatabaseLogins, RoleNames
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +101,9 @@ class EmbeddedPostgres:
         versions did) is handed to the owner, objects and all."""
         self.create_database(database)
         roles = RoleNames.of(database)
-        provision = _PROVISION.format(
-            database=database, owner=roles.owner, service=roles.service, caller=roles.caller
-        )
+        provision = ";\n".join(provision_statements(database))
         hand_over = _HAND_OVER.format(owner=roles.owner)
-        self._psql(f'{provision}\n\\connect "{database}"\n{hand_over}')
+        self._psql(f'{provision};\n\\connect "{database}"\n{hand_over}')
         return DatabaseLogins(
             service=self.url(database, user=roles.service),
             owner=self.url(database, user=roles.owner),
@@ -172,9 +169,18 @@ class EmbeddedPostgres:
         self.stop()
 
 
-# The roles of one database (names from RoleNames), made once; the service login is a
-# member of the caller role without inheriting its privileges (NOINHERIT).
-_PROVISION = """
+def provision_statements(database: str) -> list[str]:
+    """The superuser's statements that give `database` its roles (names from RoleNames),
+    made once, and make the owner its owner; idempotent."""
+    roles = RoleNames.of(database)
+    return [
+        _ROLES.format(owner=roles.owner, service=roles.service, caller=roles.caller),
+        f'ALTER DATABASE "{database}" OWNER TO "{roles.owner}"',
+    ]
+
+
+# The service login is a member of the caller role without inheriting its privileges.
+_ROLES = """
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{owner}') THEN
         CREATE ROLE "{owner}" LOGIN;
@@ -188,8 +194,7 @@ DO $$ BEGIN
     IF NOT pg_has_role('{service}', '{caller}', 'MEMBER') THEN
         GRANT "{caller}" TO "{service}";
     END IF;
-END $$;
-ALTER DATABASE "{database}" OWNER TO "{owner}";
+END $$
 """
 # Inside the database: what the superuser owns in the public schema becomes the owner's
 # (tables carry their indexes and owned sequences with them).

@@ -26,20 +26,12 @@ from dataclasses import dataclass
 from sqlalchemy.engine import make_url
 
 from taskmanager.config import Settings
+from taskmanager.deployment import DatabaseLogins
+
+__all__ = ["DatabaseLogins", "DatabaseUnreachableError", "OwnerLoginMissingError"]
 
 # asyncpg's `ssl=` values (libpq's sslmode, normalised by config) that refuse a plain connection.
 _SSL_REQUIRED = {"require", "verify-ca", "verify-full", "true"}
-
-
-@dataclass(frozen=True, slots=True)
-class DatabaseLogins:
-    """The two ways into a deployment's database (see taskmanager.deployment)."""
-
-    service: str  # requests (DATABASE_URL): a login that owns nothing
-    owner: str | None  # migrations (OWNER_DATABASE_URL); None when not given
-    # The embedded server's superuser (the lecture's demonstrations, which run the
-    # lecture's own code beside the policies); None for a server given by URL.
-    superuser: str | None = None
 
 
 class OwnerLoginMissingError(Exception):

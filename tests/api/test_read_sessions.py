@@ -114,10 +114,10 @@ async def test_a_read_session_is_one_read_only_transaction(engine: AsyncEngine) 
         # (set_config(..., true)), which row-level security reads in every statement.
         first = (await session.execute(text("SELECT now()"))).scalar_one()
         await session.execute(text("SELECT pg_sleep(0.01)"))
-        await session.execute(text("SELECT set_config('taskmanager.user_id', '42', true)"))
+        await session.execute(text("SELECT set_config('taskmanager.probe', '42', true)"))
         second = (await session.execute(text("SELECT now()"))).scalar_one()
         assert second == first
-        setting = await session.execute(text("SELECT current_setting('taskmanager.user_id')"))
+        setting = await session.execute(text("SELECT current_setting('taskmanager.probe')"))
         assert setting.scalar_one() == "42"
         # Any write is refused by PostgreSQL itself.
         with pytest.raises(sa_exc.DBAPIError) as refused:

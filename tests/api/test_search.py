@@ -11,7 +11,8 @@ import pytest
 import pytest_asyncio
 from httpx import AsyncClient
 from sqlalchemy import Select, inspect, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from taskmanager.auth import scope_of_account
 from taskmanager.config import Settings
@@ -26,6 +27,7 @@ from taskmanager.repositories.task_repository import (
 )
 from taskmanager.seed import demo_account, seed
 from tests.support.accounts import Account
+from tests.support.databases import TEST_KEY, owner_url
 from tests.support.pages import walk_both_ways
 from tests.support.problems import assert_validation_problem
 
@@ -239,11 +241,13 @@ SEEDED_TASKS = 5_000
 async def seeded_engine(own_database_url: str) -> AsyncIterator[AsyncEngine]:
     """The module's own database with a few thousand seeded tasks and fresh statistics."""
     engine = create_engine(Settings(database_url=own_database_url), own_database_url)
+    owner = create_engine(Settings(database_url=own_database_url), owner_url(own_database_url))
     try:
-        await seed(engine, SEEDED_TASKS, 5)  # ends with VACUUM (ANALYZE)
+        await seed(engine, TEST_KEY, SEEDED_TASKS, 5, owner_engine=owner)  # and VACUUM (ANALYZE)
         yield engine
     finally:
         await engine.dispose()
+        await owner.dispose()
 
 
 def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -281,8 +285,10 @@ async def test_the_search_reads_tasks_through_the_gin_index(
     seeded_engine: AsyncEngine, sort: str, q: str
 ) -> None:
     async with create_session_factory(seeded_engine)() as session, session.begin():
-        user_id, _ = await demo_account(session)
-        scope = await scope_of_account(session, user_id)  # as a request: under the policies
+        user_id, _ = await demo_account(session, TEST_KEY)
+        scope = await scope_of_account(
+            session, TEST_KEY, user_id
+        )  # as a request: under the policies
         assert (await session.execute(text("SELECT count(*) FROM tasks"))).scalar_one() == (
             SEEDED_TASKS
         )
@@ -314,11 +320,12 @@ async def test_the_search_reads_tasks_through_the_gin_index(
 
 @pytest.mark.parametrize("q", ["milk", "lecture notes 12"])
 async def test_the_search_function_finds_matches_through_the_gin_index(
-    seeded_engine: AsyncEngine, q: str
+    seeded_engine: AsyncEngine, own_database_url: str, q: str
 ) -> None:
     """taskmanager_matching_tasks runs as the tables' owner, whom the policy does not bind, so
     the GIN index serves its `@@` (for the request role it could not: `@@` is not LEAKPROOF)."""
-    async with seeded_engine.connect() as connection:
+    owner = create_async_engine(owner_url(own_database_url), poolclass=NullPool)
+    async with owner.connect() as connection:
         body = (
             await connection.execute(
                 text("SELECT prosrc FROM pg_proc WHERE proname = 'taskmanager_matching_tasks'")
@@ -328,6 +335,7 @@ async def test_the_search_function_finds_matches_through_the_gin_index(
         assert "@@ query" in body
         statement = body.replace("@@ query", f"@@ to_tsquery('simple', '{words}')")
         plan = (await connection.execute(text(f"EXPLAIN (FORMAT JSON) {statement}"))).scalar_one()
+    await owner.dispose()
     nodes = list(_nodes(plan[0]["Plan"]))
     assert "Seq Scan" not in [node["Node Type"] for node in nodes], plan
     assert "ix_tasks_search_vector" in [node.get("Index Name") for node in nodes], plan

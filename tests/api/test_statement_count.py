@@ -8,8 +8,9 @@ extra: its SAVEPOINT/RELEASE statements (the stand-in for the real transaction) 
 statement that ends the caller's scope after each request (a real COMMIT would).
 
 Every request that needs a caller also runs ONE statement saying who is calling
-(`enter_request_scope`: the token's user and login session checked, memberships read, the
-transaction switched to the request role), whatever the route: counted apart as `caller`.
+(`UserRepository.enter`: the service's proof checked, the token's user and login session
+checked, memberships read, the transaction switched to the caller role), whatever the route:
+counted apart as `caller`.
 In production a read also begins and commits its READ ONLY transaction (it ran in
 autocommit before the caller's transaction-local settings existed): asyncpg sends those
 itself, not through a cursor, so the last test counts them with the engine's begin and
@@ -28,7 +29,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from taskmanager.config import Settings
-from taskmanager.models import REQUEST_ROLE, Category, Label, Task, TaskLabel
+from taskmanager.models import Category, Label, Task, TaskLabel
 from tests.support.accounts import Account
 from tests.support.real_sessions import app_with_real_sessions
 
@@ -39,7 +40,7 @@ CALLER_STATEMENTS = 1
 SAVEPOINT_PREFIXES = ("SAVEPOINT ", "RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT ")
 # tests/support/rolled_back.py, after every request: what the real COMMIT would undo.
 END_OF_REQUEST_PREFIX = "SELECT SET_CONFIG('ROLE', 'NONE'"
-CALLER_MARK = f"set_config('role', '{REQUEST_ROLE}', true)"
+CALLER_MARK = "FROM taskmanager_enter("
 
 
 class StatementLog:
@@ -66,7 +67,7 @@ def is_fixture(statement: str) -> bool:
 
 
 def is_caller(statement: str) -> bool:
-    return CALLER_MARK in statement and "auth_sessions" in statement
+    return CALLER_MARK in statement
 
 
 @contextmanager

@@ -4,7 +4,7 @@ rows even from code that forgot the scope.
 (a) A query without any scope, run in a transaction that entered alice's request scope
     (the one statement every request starts with), returns none of mallory's rows; so does
     a route whose repository lost its scope filter.
-(b) Inside a request, statements run as `taskmanager_request`: no BYPASSRLS, no superuser,
+(b) Inside a request, statements run as the deployment's caller role: no BYPASSRLS, no superuser,
     not the tables' owner.
 (c) Every table with a workspace or user column has row-level security enabled, the tenant
     tables FORCE it (tasks apart: see migration 0006), and the request role can touch no
@@ -25,8 +25,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Executable
 
+from taskmanager.deployment import caller_role_name
 from taskmanager.models import (
-    REQUEST_ROLE,
     AuthSession,
     Category,
     IdempotencyKey,
@@ -41,19 +41,20 @@ from taskmanager.repositories import task_repository
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.scope import Scope
-from tests.support.accounts import Account
+from tests.support.accounts import Account, request_entry
+from tests.support.databases import TEST_DATABASE, TEST_KEY
 from tests.support.problems import assert_problem
 
 TENANT_TABLES = {
     "categories",
-    "workspaces",
     "idempotency_keys",
     "labels",
     "task_labels",
 }
 _LEAVE_REQUEST_SCOPE = text(
-    "SELECT set_config('role', 'none', true), set_config('taskmanager.user_id', '', true)"
+    "SELECT set_config('role', 'none', true), set_config('taskmanager.caller', '', true)"
 )
+REQUEST_ROLE = caller_role_name(TEST_DATABASE)
 
 
 async def post(client: AsyncClient, account: Account, url: str, body: dict[str, Any]) -> Any:
@@ -67,9 +68,7 @@ async def post(client: AsyncClient, account: Account, url: str, body: dict[str, 
 async def enter_scope(db_session: AsyncSession, account: Account) -> None:
     """What every request does first: from here on, this transaction runs as `account`
     under row-level security."""
-    entered = await UserRepository(db_session).enter_request_scope(
-        account.user_id, account.session_id
-    )
+    entered = await UserRepository(db_session).enter(request_entry(account))
     assert entered is not None
 
 
@@ -161,7 +160,7 @@ async def test_requests_run_as_the_request_role_under_row_level_security(
     seen: list[dict[str, Any]] = []
     probe = text(
         "SELECT current_user AS role, r.rolbypassrls AS bypassrls, r.rolsuper AS superuser,"
-        " current_setting('taskmanager.user_id') AS caller"
+        " taskmanager_user_id()::text AS caller"
         " FROM pg_roles r WHERE r.rolname = current_user"
     )
 
@@ -236,7 +235,7 @@ async def _tables(db_session: AsyncSession) -> dict[str, Any]:
                            AND NOT a.attisdropped) AS has_owner_column,
                    (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid) AS policies,
                    has_table_privilege(:role, c.oid, 'SELECT, INSERT, UPDATE, DELETE')
-                       AS request_role_may_touch
+                       AND c.relname <> 'alembic_version' AS request_role_may_touch
             FROM pg_class c
             WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'
             """
@@ -260,9 +259,11 @@ async def test_every_table_with_a_workspace_or_user_column_has_row_level_securit
         assert tables[name].policies > 0, f"{name}: no policy"
     for name in sorted(TENANT_TABLES):
         assert tables[name].relforcerowsecurity, f"{name}: row-level security is not forced"
-    # tasks do not force it on their owner, on purpose (migration 0006): the search function
-    # runs as the owner so that an index serves `@@`, and keeps to the caller's workspaces.
+    # tasks and workspaces do not force it on their owner, on purpose: the search function
+    # (0006) runs as the owner so that an index serves `@@`, and the first-owner check
+    # (0008) reads a workspace its creator cannot see yet; the owner serves no request.
     assert not tables["tasks"].relforcerowsecurity
+    assert not tables["workspaces"].relforcerowsecurity
 
 
 async def test_the_request_role_touches_no_table_without_row_level_security(
@@ -271,8 +272,10 @@ async def test_the_request_role_touches_no_table_without_row_level_security(
     tables = await _tables(db_session)
     reachable = {name for name, row in tables.items() if row.request_role_may_touch}
     assert "tasks" in reachable
+    # alembic_version (the schema's revision, read by every service at start-up) is the
+    # only table without a policy it may read, and it holds nothing of anyone's.
     assert {name for name in reachable if not tables[name].relrowsecurity} == set()
-    assert "login_failures" not in reachable
+    assert "login_failures" in reachable
 
 
 # ─────────────────────────────── (d) WITH CHECK
@@ -380,12 +383,18 @@ async def test_the_request_role_never_reads_a_password_hash(
 ) -> None:
     """Co-members' rows of `users` are visible to the request role, their password hashes
     are not (column privileges): not even the caller's own, except through the one
-    function a password change uses."""
+    function a login and a password change use, with a proof of the service's."""
     visible = await db_session.execute(select(User.email).where(User.id == account.user_id))
     assert visible.scalar_one() == account.email
     with pytest.raises(DBAPIError, match="permission denied"):
         async with db_session.begin_nested():
             await db_session.execute(select(User.password_hash))
-    own = await UserRepository(db_session).own_password_hash()
+    with pytest.raises(DBAPIError, match="proof is not valid"):
+        async with db_session.begin_nested():
+            await db_session.execute(
+                text("SELECT * FROM taskmanager_password_hash(:email, 4102444800, 'made-up')"),
+                {"email": account.email},
+            )
+    own = await UserRepository(db_session).password_hash_of(account.email, TEST_KEY)
     assert own is not None
-    assert own.startswith("$argon2id$")
+    assert own.password_hash.startswith("$argon2id$")

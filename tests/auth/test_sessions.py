@@ -17,8 +17,10 @@ from taskmanager.models import AuthSession, LoginFailure, RefreshToken, User
 from taskmanager.passwords import password_hash
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository
 from taskmanager.repositories.login_limit_repository import LoginLimitRepository
+from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.tokens import read_access_token, refresh_token_hash
 from tests.support.accounts import PASSWORD, TEST_SECRET, Account
+from tests.support.databases import TEST_KEY
 from tests.support.problems import assert_validation_problem
 from tests.support.tokens import assert_unauthorized, bearer
 
@@ -354,8 +356,11 @@ async def test_ended_sessions_and_past_attempt_counts_are_purged(
         )
     )
 
+    # As the command runs them: entered for maintenance, under the policies.
+    await UserRepository(db_session).enter(TEST_KEY.entry("maintenance"))
     assert await sessions.purge_ended(timedelta(days=7)) == 2
     assert await LoginLimitRepository(db_session).purge_expired(900) == 1
+    await db_session.execute(text("RESET ROLE"))
 
     remaining = set(
         (

@@ -33,6 +33,7 @@ from taskmanager.demo.mistakes import (
     m7_commit_after_yield,
 )
 from taskmanager.demo.mistakes.command import all_demonstrations, select_demonstrations
+from tests.support.databases import database_env, superuser_url
 
 
 def qualified(cls: type[BaseException]) -> str:
@@ -43,13 +44,15 @@ def qualified(cls: type[BaseException]) -> str:
 
 @pytest.fixture(scope="module")
 def mistakes_url(make_database: Callable[[str], str]) -> str:
-    return make_database("mistakes")
+    """The lecture's code runs as the superuser (no accounts in Week 6), as `demo mistakes`
+    runs it on the embedded server."""
+    return superuser_url(make_database("mistakes"))
 
 
 async def assert_left_clean(url: str) -> None:
     """Nothing a demonstration wrote is left behind: no rows, no workspace of its own, no
     scratch schema."""
-    engine = create_async_engine(url)
+    engine = create_async_engine(superuser_url(url))
     try:
         async with engine.connect() as connection:
             tasks = await connection.scalar(
@@ -205,7 +208,10 @@ def test_only_selects_by_number_and_name() -> None:
 @pytest.mark.server
 def test_command_end_to_end(mistakes_url: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMANAGER_")}
-    env |= {"DATABASE_URL": mistakes_url, "COLUMNS": "120", "XDG_RUNTIME_DIR": "/tmp"}
+    env |= database_env(mistakes_url) | {"COLUMNS": "120", "XDG_RUNTIME_DIR": "/tmp"}
+    # The lecture's code runs as the owner given: here the superuser, as on the embedded
+    # server (row-level security binds neither).
+    env["OWNER_DATABASE_URL"] = mistakes_url
     report = tmp_path / "mistakes.json"
     completed = subprocess.run(
         [sys.executable, "-m", "taskmanager", "demo", "mistakes", "--json", str(report)],

@@ -30,6 +30,7 @@ from taskmanager.demo.sync_trap.command import (
 from taskmanager.demo.sync_trap.measure import VARIANTS, waves
 from taskmanager.demo.sync_trap.server import DemoServerError, demo_server
 from taskmanager.demo.sync_trap.wiring import sync_database_url
+from tests.support.databases import TEST_KEY, logins_of
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CONCURRENCY = 10
@@ -46,7 +47,9 @@ def demo_run(
     options = SyncTrapOptions(
         concurrency=CONCURRENCY, delay_ms=100, repeat=1, out_dir=out, sweep=(1, 5)
     )
-    outcome = run_sync_trap(options, url, console=Console(file=terminal, width=120))
+    outcome = run_sync_trap(
+        options, logins_of(url), TEST_KEY, console=Console(file=terminal, width=120)
+    )
     results = json.loads((out / "results.json").read_text())
     assert results == json.loads(json.dumps(outcome.results))
     return results, out, terminal.getvalue()

@@ -41,6 +41,7 @@ from taskmanager.routes import tasks as task_routes
 from taskmanager.schemas import TaskCreate, TaskWithCategoryResponse
 from taskmanager.scope import Scope
 from tests.support.accounts import TEST_SECRET, ServedLogin, login, register_over_http
+from tests.support.databases import owner_url, superuser_url
 from tests.support.problems import assert_problem
 from tests.support.processes import ServeProcess, clean_env, free_port, serve
 
@@ -82,7 +83,7 @@ def probe_url(make_database: Callable[[str], str]) -> str:
     url = make_database("commit_probe")
 
     async def install() -> None:
-        engine = create_async_engine(url)
+        engine = create_async_engine(owner_url(url))
         try:
             async with engine.begin() as connection:
                 for statement in DEFERRED_CONSTRAINT:
@@ -97,7 +98,7 @@ def probe_url(make_database: Callable[[str], str]) -> str:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def probe_engine(probe_url: str) -> AsyncIterator[AsyncEngine]:
     """Our own connections to the probe database: the test's view, not the server's."""
-    engine = create_async_engine(probe_url, pool_size=2)
+    engine = create_async_engine(superuser_url(probe_url), pool_size=2)
     yield engine
     await engine.dispose()
 

@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from taskmanager.migrate import upgrade
 from tests.support.accounts import TEST_SECRET, register_over_http
+from tests.support.databases import migrate
 from tests.support.faults import (
     ABANDONED_CONNECTION,
     OwnPostgres,
@@ -120,8 +120,9 @@ def outage() -> Iterator[Outage]:
     with scratch_dir() as parent:
         postgres = OwnPostgres(parent / "pgdata")
         try:
-            url = postgres.start()
-            upgrade(url)
+            logins = postgres.start()
+            migrate(logins)
+            url = logins.service
             # statement_timeout 1 s: the client-side bound on a hung server is 1 s + 1 s.
             env = served_env(DATABASE_URL=url, TASKMANAGER_STATEMENT_TIMEOUT_MS="1000")
             with serve(env, parent) as server:

@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from taskmanager.config import Settings, normalize_database_url
 from taskmanager.database import check_database, create_engine
 from tests.support.accounts import TEST_SECRET, ServedLogin, register_over_http
+from tests.support.databases import owner_url, superuser_url
 from tests.support.pgbouncer import PgBouncer, pgbouncer_binary, run_pgbouncer
 from tests.support.problems import assert_problem
 from tests.support.processes import READY_WITHIN, ServeProcess, clean_env, serve
@@ -76,6 +77,8 @@ def pooled(make_database: Callable[[str], str]) -> Iterator[Pooled]:
 def pooled_env(pooled: Pooled, **overrides: str | None) -> dict[str, str]:
     return clean_env(
         DATABASE_URL=pooled.bouncer.url(),
+        # Migrations straight to PostgreSQL, as the owner: PgBouncer pools the service's login.
+        OWNER_DATABASE_URL=owner_url(pooled.direct_url),
         TASKMANAGER_LOG_LEVEL="WARNING",
         TASKMANAGER_JWT_SECRET=TEST_SECRET,
         **overrides,
@@ -98,7 +101,7 @@ def user(server: ServeProcess) -> ServedLogin:
 
 async def query(url: str, sql: str, **params: Any) -> list[Any]:
     """Rows of `sql` on a direct (not pooled) connection: the database's own view."""
-    engine = create_async_engine(url)
+    engine = create_async_engine(superuser_url(url) if "@/" in url else url)
     try:
         async with engine.connect() as connection:
             return list((await connection.execute(text(sql), params)).all())
@@ -615,7 +618,7 @@ async def test_two_users_interleaved_through_one_server_connection_see_only_thei
     # The one server connection, after all of it, carries no caller and no role switch.
     (leftover,) = await query(
         normalize_database_url(single_connection.bouncer.url()),
-        "SELECT current_user AS role, current_setting('taskmanager.user_id', true) AS caller",
+        "SELECT current_user AS role, current_setting('taskmanager.caller', true) AS caller",
     )
     (backends,) = await query(
         single_connection.direct_url,

@@ -25,8 +25,10 @@ from taskmanager.database import create_engine
 from taskmanager.explain import Plan, explain_list_queries
 from taskmanager.repositories.task_repository import SORTS, TaskFilters
 from taskmanager.seed import DEMO_EMAIL, seed
+from tests.support.databases import TEST_KEY, owner_url
 
 SEEDED_TASKS = 100_000
+
 LIMIT = 50
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -40,11 +42,13 @@ def plans_url(make_database: pytest.FixtureRequest) -> str:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def seeded(plans_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(Settings(database_url=plans_url), plans_url)
+    owner = create_engine(Settings(database_url=plans_url), owner_url(plans_url))
     try:
-        await seed(engine, SEEDED_TASKS, 50)
+        await seed(engine, TEST_KEY, SEEDED_TASKS, 50, owner_engine=owner)
         yield engine
     finally:
         await engine.dispose()
+        await owner.dispose()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -52,8 +56,10 @@ async def plans(seeded: AsyncEngine) -> list[Plan]:
     """Every sort order with no filter, each filter and every two filters: first pages; and
     with no filter and each filter: cursor pages (after the first page: where the plan
     could differ from the first's)."""
-    first = await explain_list_queries(seeded, DEMO_EMAIL, pairs=True, pages=("first",))
-    after = await explain_list_queries(seeded, DEMO_EMAIL, pages=("cursor",), deep_rows=LIMIT)
+    first = await explain_list_queries(seeded, TEST_KEY, DEMO_EMAIL, pairs=True, pages=("first",))
+    after = await explain_list_queries(
+        seeded, TEST_KEY, DEMO_EMAIL, pages=("cursor",), deep_rows=LIMIT
+    )
     return first + after
 
 
@@ -62,7 +68,13 @@ async def deep_plans(seeded: AsyncEngine) -> list[Plan]:
     """Every sort order unfiltered (relevance: with q only), a cursor page 10,000 tasks in,
     run (ANALYZE) to count the rows it reads."""
     return await explain_list_queries(
-        seeded, DEMO_EMAIL, analyze=True, pages=("cursor",), filtered=False, deep_rows=10_000
+        seeded,
+        TEST_KEY,
+        DEMO_EMAIL,
+        analyze=True,
+        pages=("cursor",),
+        filtered=False,
+        deep_rows=10_000,
     )
 
 

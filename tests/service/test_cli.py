@@ -12,22 +12,32 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from taskmanager import __version__, migrate
+from tests.support.databases import database_env, superuser_url
 from tests.support.live_app import live_client
 from tests.support.processes import clean_env
 
 TIMEOUT = 60
 
 
+def database_settings(url: str | None) -> dict[str, str | None]:
+    """The settings naming `url`: a test database's logins, or the URL as it is."""
+    if url is not None and str(make_url(url).query.get("host", "")).startswith("/"):
+        return dict(database_env(url))
+    return {"DATABASE_URL": url}
+
+
 def run_cli(
     *args: str, cwd: Path, database_url: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m taskmanager ARGS` with DATABASE_URL (or none) and no other settings."""
+    """`python -m taskmanager ARGS` with DATABASE_URL (or none) and no other settings; a
+    test database is given as an operator gives theirs (database_env: the owner's login too)."""
     return subprocess.run(
         [sys.executable, "-m", "taskmanager", *args],
-        env=clean_env(DATABASE_URL=database_url),
+        env=clean_env(**database_settings(database_url)),
         cwd=cwd,  # not the project root: its .env must not leak into the test
         capture_output=True,
         text=True,
@@ -38,7 +48,7 @@ def run_cli(
 
 def scalar(url: str, sql: str) -> Any:
     async def run() -> Any:
-        engine = create_async_engine(url)
+        engine = create_async_engine(superuser_url(url))
         try:
             async with engine.connect() as connection:
                 return (await connection.execute(text(sql))).scalar_one()
@@ -191,7 +201,7 @@ def run_with_input(
     then reads stdin instead of this terminal, as it does under a pipe or in CI."""
     return subprocess.run(
         [sys.executable, "-m", "taskmanager", *args],
-        env=clean_env(DATABASE_URL=database_url),
+        env=clean_env(**database_settings(database_url)),
         cwd=cwd,
         input=stdin,
         capture_output=True,

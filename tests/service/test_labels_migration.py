@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from taskmanager import migrate
 from tests.service.test_migrations import _execute, _public_tables, _query, database_at
+from tests.support.databases import owner_url
 
 __all__ = ["database_at"]  # the fixture, imported for the tests below
 
@@ -45,9 +46,9 @@ def test_labels_migrate_down_and_up_keeping_tasks(
     )
     assert forced == [("labels",), ("task_labels",)]
 
-    migrate.downgrade(url, BEFORE_LABELS)
+    migrate.downgrade(owner_url(url), BEFORE_LABELS)
 
-    assert migrate.current(url) == BEFORE_LABELS
+    assert migrate.current(owner_url(url)) == BEFORE_LABELS
     assert _public_tables(url) & LABEL_TABLES == set()
     assert _query(url, "SELECT conname FROM pg_constraint WHERE conname LIKE '%labels%'") == []
     assert (
@@ -59,6 +60,6 @@ def test_labels_migrate_down_and_up_keeping_tasks(
     assert _query(url, "SELECT id, title FROM tasks ORDER BY id") == [(1, "labelled"), (2, "plain")]
     _execute(url, "ALTER TABLE tasks FORCE ROW LEVEL SECURITY")
 
-    migrate.upgrade(url)
+    migrate.upgrade(owner_url(url))
     assert _public_tables(url) >= LABEL_TABLES
     assert _query(url, "SELECT count(*) FROM labels") == [(0,)]

@@ -28,6 +28,8 @@ from taskmanager.database import create_engine, create_session_factory
 from taskmanager.embedded import EmbeddedPostgres
 from taskmanager.models import FK_TASKS_CATEGORY, UQ_CATEGORIES_NAME, Base
 from tests.support.accounts import PASSWORD, login
+from tests.support.databases import TEST_KEY, caller_role_of, logins_of, owner_url, superuser_url
+from tests.support.databases import migrate as migrate_deployment
 from tests.support.live_app import live_client
 from tests.support.processes import free_port
 
@@ -38,7 +40,7 @@ def _query(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
     """Run one query on a fresh connection (sync wrapper: these tests are plain `def`)."""
 
     async def run() -> list[tuple[Any, ...]]:
-        engine = create_async_engine(url)
+        engine = create_async_engine(superuser_url(url))
         try:
             async with engine.connect() as connection:
                 result = await connection.execute(text(sql), params)
@@ -65,7 +67,7 @@ def _compare(url: str) -> list[Any]:
         return list(compare_metadata(context, Base.metadata))
 
     async def run() -> list[Any]:
-        engine = create_async_engine(url)
+        engine = create_async_engine(superuser_url(url))
         try:
             async with engine.connect() as connection:
                 return await connection.run_sync(diff)
@@ -92,8 +94,8 @@ def test_upgrade_downgrade_upgrade_round_trip(make_database: Callable[[str], str
     assert migrate.current(url) == head
     assert _public_tables(url) >= APP_TABLES
 
-    migrate.downgrade(url, "base")
-    assert migrate.current(url) is None
+    migrate.downgrade(owner_url(url), "base")
+    assert migrate.current(owner_url(url)) is None
     # Only Alembic's bookkeeping table may remain once everything is downgraded.
     assert _public_tables(url) <= {"alembic_version"}
     # And no type, sequence or index was left behind by the downgrade.
@@ -104,20 +106,21 @@ def test_upgrade_downgrade_upgrade_round_trip(make_database: Callable[[str], str
         "AND c.relname NOT LIKE 'alembic_version%'",
     )
     assert leftovers == []
-    # Nor a function or a row-level policy of the accounts migration (the request role is
-    # the cluster's, shared with other databases: it stays, without grants here).
+    # Nor a function or a row-level policy of the accounts migration (the caller role is
+    # the cluster's: it stays, without grants here).
     assert _query(url, "SELECT proname FROM pg_proc WHERE proname LIKE 'taskmanager%'") == []
     assert _query(url, "SELECT policyname FROM pg_policies") == []
     assert (
         _query(
             url,
             "SELECT table_name FROM information_schema.role_table_grants "
-            "WHERE grantee = 'taskmanager_request' AND table_catalog = current_database()",
+            "WHERE grantee = :caller AND table_catalog = current_database()",
+            caller=caller_role_of(url),
         )
         == []
     )
 
-    migrate.upgrade(url)
+    migrate.upgrade(owner_url(url))
     assert migrate.current(url) == head
     assert _public_tables(url) >= APP_TABLES
     # The re-created schema works: a row goes in through the constraints.
@@ -166,7 +169,7 @@ def test_compare_detects_drift(
     """The comparison above can fail: a schema the models do not describe is reported."""
 
     async def execute(statement: str) -> None:
-        engine = create_async_engine(fresh_url)
+        engine = create_async_engine(owner_url(fresh_url))
         try:
             async with engine.begin() as connection:
                 await connection.execute(text(statement))
@@ -302,17 +305,17 @@ def database_at(embedded_server: EmbeddedPostgres | None) -> Callable[[str, str]
         if embedded_server is None:
             pytest.skip("needs the embedded test server to create extra databases")
         embedded_server.drop_database(name)
-        embedded_server.create_database(name)
-        url = embedded_server.url(name)
-        migrate.upgrade(url, revision)
-        return url
+        logins = embedded_server.logins(name)
+        assert logins.owner is not None
+        migrate.upgrade(logins.owner, revision)
+        return logins.service
 
     return make
 
 
 def _execute(url: str, *statements: str) -> None:
     async def run() -> None:
-        engine = create_async_engine(url)
+        engine = create_async_engine(superuser_url(url))
         try:
             async with engine.begin() as connection:
                 for statement in statements:
@@ -347,7 +350,7 @@ def test_the_accounts_migration_keeps_every_row_in_one_unclaimed_workspace(
     tasks_before = _query(url, f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY id")
     categories_before = _query(url, "SELECT id, name, version FROM categories ORDER BY id")
 
-    migrate.upgrade(url)
+    migrate.upgrade(owner_url(url))
 
     assert _query(url, f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY id") == tasks_before
     assert _query(url, "SELECT id, name, version FROM categories ORDER BY id") == (
@@ -369,7 +372,7 @@ def test_the_accounts_migration_on_an_empty_database_makes_no_workspace(
     database_at: Callable[[str, str], str],
 ) -> None:
     url = database_at("migrations_no_rows", BEFORE_ACCOUNTS)
-    migrate.upgrade(url)
+    migrate.upgrade(owner_url(url))
     assert _query(url, "SELECT count(*) FROM workspaces") == [(0,)]
     assert _query(url, "SELECT count(*) FROM unclaimed_workspaces") == [(0,)]
 
@@ -380,7 +383,7 @@ async def _operator_creates_account(url: str, email: str) -> int:
     engine = create_engine(Settings(database_url=url), url)
     try:
         async with create_session_factory(engine)() as session, session.begin():
-            user = await register_account(session, email, PASSWORD, claim_unowned=True)
+            user = await register_account(session, TEST_KEY, email, PASSWORD, claim_unowned=True)
             return user.id
     finally:
         await engine.dispose()
@@ -395,7 +398,7 @@ async def test_the_first_operator_made_account_takes_over_the_rows_from_before_a
     its GET /tasks lists the old tasks; the next account sees none."""
     url = await asyncio.to_thread(database_at, "migrations_first_account", BEFORE_ACCOUNTS)
     await asyncio.to_thread(_rows_from_before_accounts, url)
-    await asyncio.to_thread(migrate.upgrade, url)
+    await asyncio.to_thread(migrate_deployment, logins_of(url))
 
     async with live_client(url) as http:
         stranger = await http.post(
@@ -463,7 +466,7 @@ def test_downgrading_the_accounts_migration_keeps_every_task(
         "(1, 'in one', 1, 1), (2, 'in two', 2, 2), (3, 'work in two', 3, 2), (4, 'none', NULL, 1)",
     )
 
-    migrate.downgrade(url, BEFORE_ACCOUNTS)
+    migrate.downgrade(owner_url(url), BEFORE_ACCOUNTS)
 
     assert _query(url, "SELECT id, title, category_id FROM tasks ORDER BY id") == [
         (1, "in one", 1),
@@ -472,5 +475,5 @@ def test_downgrading_the_accounts_migration_keeps_every_task(
         (4, "none", None),
     ]
     assert _query(url, "SELECT id, name FROM categories ORDER BY id") == [(1, "Home"), (3, "Work")]
-    migrate.upgrade(url)  # and up again, the rows going to the shared workspace
+    migrate.upgrade(owner_url(url))  # and up again, the rows going to the shared workspace
     assert _query(url, "SELECT count(*) FROM tasks") == [(4,)]

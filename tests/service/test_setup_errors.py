@@ -60,8 +60,8 @@ class PasswordServer:
 
     socket_dir: str
 
-    def url(self, password: str, database: str = "tasks") -> str:
-        return f"postgresql://app:{password}@/{database}?host={self.socket_dir}"
+    def url(self, password: str, database: str = "tasks", user: str = "app") -> str:
+        return f"postgresql://{user}:{password}@/{database}?host={self.socket_dir}"
 
     @property
     def socket(self) -> str:
@@ -72,7 +72,8 @@ class PasswordServer:
 def password_server() -> Iterator[PasswordServer]:
     with scratch_dir("taskmanager-setup-errors-") as parent:
         server = EmbeddedPostgres(parent / "pgdata", delete=True)
-        admin_url = server.start()
+        admin_url = server.start().superuser
+        assert admin_url is not None
         try:
             asyncio.run(require_passwords(admin_url, parent / "pgdata" / "pg_hba.conf"))
             yield PasswordServer(str(make_url(admin_url).query["host"]))
@@ -83,10 +84,13 @@ def password_server() -> Iterator[PasswordServer]:
 async def require_passwords(admin_url: str, pg_hba: Path) -> None:
     connection = await connect(admin_url)
     try:
-        # CREATEROLE: the accounts migration creates the request role once (README, "Using
-        # your own PostgreSQL"); owning the database is enough for everything else.
-        await connection.execute(f"CREATE ROLE app LOGIN CREATEROLE PASSWORD '{RIGHT_PASSWORD}'")
-        await connection.execute("CREATE DATABASE tasks OWNER app")
+        # As README, "Security: your own PostgreSQL", says: an owner that runs the
+        # migrations, the service's login "app" that owns nothing, the caller role.
+        await connection.execute(f"CREATE ROLE tasks_owner LOGIN PASSWORD '{RIGHT_PASSWORD}'")
+        await connection.execute(f"CREATE ROLE app LOGIN NOINHERIT PASSWORD '{RIGHT_PASSWORD}'")
+        await connection.execute("CREATE ROLE tasks_caller NOLOGIN")
+        await connection.execute("GRANT tasks_caller TO app")
+        await connection.execute("CREATE DATABASE tasks OWNER tasks_owner")
         # In place: the file keeps its owner, the server's user.
         await asyncio.to_thread(pg_hba.write_text, PG_HBA)
         await connection.execute("SELECT pg_reload_conf()")
@@ -154,8 +158,12 @@ def test_wrong_password(password_server: PasswordServer, tmp_path: Path, command
 
 
 def test_right_password_migrates(password_server: PasswordServer, tmp_path: Path) -> None:
-    """The control: the same server and URL with the right password work."""
-    result = run("db upgrade", password_server.url(RIGHT_PASSWORD), tmp_path)
+    """The control: the same server and URL with the right password work (and the owner's
+    login, which migrations run as)."""
+    owner = password_server.url(RIGHT_PASSWORD, user="tasks_owner")
+    result = run(
+        "db upgrade", password_server.url(RIGHT_PASSWORD), tmp_path, OWNER_DATABASE_URL=owner
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

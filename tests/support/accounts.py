@@ -14,9 +14,11 @@ from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from taskmanager.accounts import register_account
+from taskmanager.caller_key import CallerKey, Entry
 from taskmanager.database import create_session_factory
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository
 from taskmanager.repositories.task_repository import TaskRepository as _TaskRepository
+from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.scope import Scope
 from taskmanager.tokens import issue_access_token
 
@@ -47,10 +49,12 @@ async def create_account(
     engine: AsyncEngine, email: str, *, secret: str = TEST_SECRET, password: str = PASSWORD
 ) -> Account:
     """Register `email` (committed) and log it in, without HTTP."""
+    key = CallerKey(secret)
     async with create_session_factory(engine)() as session, session.begin():
-        user = await register_account(session, email, password)
+        user = await register_account(session, key, email, password)
         user_id, personal = user.id, user.personal_workspace_id
     async with create_session_factory(engine)() as session, session.begin():
+        await UserRepository(session).enter(key.entry("login", user_id))
         session_id, refresh_token = await AuthSessionRepository(session).open(
             user_id, datetime.now(UTC) + timedelta(days=1)
         )
@@ -79,6 +83,14 @@ async def login(client: AsyncClient, email: str, password: str = PASSWORD) -> di
     response = await client.post("/auth/token", data={"username": email, "password": password})
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def request_entry(account: Account, secret: str = TEST_SECRET) -> Entry:
+    """What a request with `account`'s access token enters its transaction with."""
+    valid_until = int((datetime.now(UTC) + timedelta(hours=2)).timestamp())
+    return CallerKey(secret).entry(
+        "request", account.user_id, account.session_id, valid_until=valid_until
+    )
 
 
 def TaskRepository(session: AsyncSession) -> _TaskRepository:  # noqa: N802 (the lecture's name)

@@ -21,7 +21,9 @@ import asyncpg
 import httpx
 import psutil
 
+from taskmanager.deployment import DatabaseLogins
 from taskmanager.embedded import EmbeddedPostgres
+from tests.support.databases import superuser_url
 from tests.support.problems import assert_problem
 from tests.support.processes import postgres_processes, stop_postgres
 
@@ -54,8 +56,9 @@ class OwnPostgres:
         self.data_dir = data_dir
         self._server: EmbeddedPostgres | None = None
 
-    def start(self) -> str:
-        """Start the server (a new handle each time, as a restarted host would) -> its URL."""
+    def start(self) -> DatabaseLogins:
+        """Start the server (a new handle each time, as a restarted host would) -> the
+        logins of its database."""
         self._server = EmbeddedPostgres(self.data_dir)
         return self._server.start()
 
@@ -94,7 +97,7 @@ def embedded_url(data_dir: Path) -> str:
     process's to stop (EmbeddedPostgres.stop() leaves a server it attached to running).
     """
     attached = EmbeddedPostgres(data_dir)
-    url = attached.start()
+    url = attached.start().service
     attached.stop()
     return url
 
@@ -105,9 +108,12 @@ def asyncpg_dsn(url: str) -> str:
 
 
 async def connect(url: str) -> asyncpg.Connection:
-    """A connection of the test's own, named so it is never mistaken for the service's."""
+    """A connection of the test's own (as the superuser, past every policy), named so it is
+    never mistaken for the service's."""
     return await asyncpg.connect(
-        asyncpg_dsn(url), timeout=5, server_settings={"application_name": "fault-test"}
+        asyncpg_dsn(superuser_url(url)),
+        timeout=5,
+        server_settings={"application_name": "fault-test"},
     )
 
 

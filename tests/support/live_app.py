@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from taskmanager.config import Settings
 from taskmanager.main import create_app
 from tests.support.accounts import TEST_SECRET
+from tests.support.databases import superuser_url
 
 
 @asynccontextmanager
@@ -46,8 +47,9 @@ async def live_client(database_url: str, **settings: Any) -> AsyncIterator[Async
 
 @asynccontextmanager
 async def observer_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    """Connections of the test's own: what PostgreSQL really holds, not what the app says."""
-    engine = create_async_engine(database_url, pool_size=2)
+    """Connections of the test's own: what PostgreSQL really holds, not what the app says
+    (as the superuser, past every policy)."""
+    engine = create_async_engine(superuser_url(database_url), pool_size=2)
     try:
         yield engine
     finally:

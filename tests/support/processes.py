@@ -38,12 +38,19 @@ def free_port() -> int:
 
 
 def clean_env(**overrides: str | None) -> dict[str, str]:
-    """This environment without any taskmanager setting, plus `overrides` (None unsets)."""
+    """This environment without any taskmanager setting, plus `overrides` (None unsets).
+
+    Given a DATABASE_URL (a test database's), the signing key is the one that database's
+    caller key was installed from, unless `overrides` says otherwise."""
     env = {
         key: value
         for key, value in os.environ.items()
-        if key != "DATABASE_URL" and not key.startswith("TASKMANAGER_")
+        if key not in ("DATABASE_URL", "OWNER_DATABASE_URL") and not key.startswith("TASKMANAGER_")
     }
+    if overrides.get("DATABASE_URL") and "TASKMANAGER_JWT_SECRET" not in overrides:
+        from tests.support.accounts import TEST_SECRET
+
+        env["TASKMANAGER_JWT_SECRET"] = TEST_SECRET
     env.setdefault("XDG_RUNTIME_DIR", "/tmp")
     for key, value in overrides.items():
         if value is None:

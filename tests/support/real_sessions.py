@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from taskmanager.caller_key import CallerKey
 from taskmanager.config import Settings
 from taskmanager.database import create_read_session_factory, create_session_factory
 from taskmanager.main import create_app
@@ -18,6 +19,7 @@ def app_with_real_sessions(settings: Settings, engine: AsyncEngine) -> FastAPI:
     app = create_app(settings)
     app.state.engine = engine
     app.state.signing_key = TEST_SECRET
+    app.state.caller_key = CallerKey(TEST_SECRET)
     app.state.async_session_factory = create_session_factory(engine)
     app.state.read_session_factory = create_read_session_factory(engine)
     return app

@@ -10,6 +10,7 @@ from httpx import ASGITransport, AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from taskmanager.caller_key import CallerKey
 from taskmanager.database import (
     SESSION_DEPENDENCIES,
     create_read_session_factory,
@@ -18,7 +19,7 @@ from taskmanager.database import (
 from tests.support.accounts import TEST_SECRET
 
 _END_REQUEST_SCOPE = text(
-    "SELECT set_config('role', 'none', true), set_config('taskmanager.user_id', '', true)"
+    "SELECT set_config('role', 'none', true), set_config('taskmanager.caller', '', true)"
 )
 
 
@@ -52,6 +53,7 @@ def rolled_back_client(app: FastAPI, engine: AsyncEngine, db_session: AsyncSessi
     # ASGITransport does not run the lifespan; give /health/ready an engine to ask.
     app.state.engine = engine
     app.state.signing_key = TEST_SECRET
+    app.state.caller_key = CallerKey(TEST_SECRET)
     app.state.async_session_factory = create_session_factory(engine)
     app.state.read_session_factory = create_read_session_factory(engine)
     return AsyncClient(transport=ASGITransport(app=app), base_url="http://test")

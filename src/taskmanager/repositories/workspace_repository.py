@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import bindparam, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Membership, UnclaimedWorkspace, User, Workspace
@@ -73,14 +73,20 @@ class WorkspaceRepository:
     async def claim_unclaimed(self, user_id: int) -> list[int]:
         """Make `user_id` the owner of every workspace left without members (the data from
         before accounts existed); returns their ids."""
-        result = await self.session.execute(
-            delete(UnclaimedWorkspace).returning(UnclaimedWorkspace.workspace_id)
-        )
+        # Memberships first: the policy lets an operator's caller own a workspace only
+        # while it is still listed as unclaimed.
+        result = await self.session.execute(select(UnclaimedWorkspace.workspace_id))
         claimed = [int(workspace_id) for workspace_id in result.scalars()]
         for workspace_id in claimed:
             await self.session.execute(
                 insert(Membership).values(workspace_id=workspace_id, user_id=user_id, role="owner")
             )
+        await self.session.execute(
+            delete(UnclaimedWorkspace).where(
+                UnclaimedWorkspace.workspace_id == func.any(bindparam("claimed"))
+            ),
+            {"claimed": claimed},
+        )
         return claimed
 
     # ── reading, within the scope ──

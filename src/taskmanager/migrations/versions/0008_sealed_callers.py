@@ -98,10 +98,16 @@ POLICIES: dict[str, dict[str, str | None]] = {
     },
     "auth_sessions": {
         "auth_sessions_mine": f"USING (user_id = {ME}) WITH CHECK (user_id = {ME})",
+        # Maintenance deletes ended sessions: it sees those, and only those.
+        "auth_sessions_ended": f"FOR SELECT USING ({PURPOSE} = 'maintenance' "
+        "AND (revoked_at IS NOT NULL OR expires_at < now()))",
         "auth_sessions_purge": f"FOR DELETE USING ({PURPOSE} = 'maintenance')",
     },
     "idempotency_keys": {
         "idempotency_keys_mine": f"USING (user_id = {ME}) WITH CHECK (user_id = {ME})",
+        # A DELETE's WHERE reads the rows, so the purge must see the expired ones.
+        "idempotency_keys_expired_visible": f"FOR SELECT USING ({PURPOSE} = 'maintenance' "
+        "AND expires_at <= now())",
     },
     "memberships": {
         "memberships_read": f"FOR SELECT USING (workspace_id {MINE})",
