@@ -8,12 +8,17 @@ id that ran them: the statement's text, never its parameters.
 
 What reaches a log line is chosen here and in the middleware, never a header: no password,
 token or Authorization header is ever written.
+
+One record is one physical line in either format, whatever it carries (a request's path, an
+exception's text, a traceback): control characters (C0, DEL, C1 with NEL) and the Unicode
+line and paragraph separators are escaped, so no client can forge a line or cut one in two.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -30,9 +35,46 @@ slow_statement_log = logging.getLogger("taskmanager.sql")
 
 _STARTED = "taskmanager_statement_started"
 
+# Everything a terminal, `grep`, `str.splitlines` or a log shipper may take for a line break
+# or a terminal command: C0 controls, DEL, C1 controls (NEL is U+0085), LS and PS.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# What json.dumps(ensure_ascii=False) leaves raw of them (it escapes C0 itself).
+_RAW_IN_JSON = re.compile(r"[\x7f-\x9f\u2028\u2029]")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character and line separator written as a Python-style
+    escape (`\\n`, `\\x85`, `\\u2028`): printable, and on one line."""
+    return _CONTROL.sub(_escape, text)
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+class TextFormatter(logging.Formatter):
+    """LOG_FORMAT, on one line: the whole formatted record escaped, a traceback included
+    (its line breaks become `\\n`), so everything about one event stays on its line."""
+
+    def __init__(self) -> None:
+        super().__init__(LOG_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().format(record))
+
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record, on one line."""
+    """One JSON object per record, on one line. Readers decoding the JSON get every value
+    exactly as logged; readers splitting lines see no separator inside one."""
 
     def format(self, record: logging.LogRecord) -> str:
         request_id = getattr(record, "request_id", "-")
@@ -56,13 +98,16 @@ class JsonFormatter(logging.Formatter):
             entry["duration_ms"] = duration_ms
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        line = json.dumps(entry, default=str, ensure_ascii=False)
+        # Outside strings JSON is plain ASCII, so these are inside one: \uXXXX is the same
+        # character to a JSON reader, and no line break to anything reading lines.
+        return _RAW_IN_JSON.sub(_json_escape, line)
 
 
 def configure_logging(level: str, log_format: Literal["text", "json"] = "text") -> None:
     """Send taskmanager's and uvicorn's logs to stderr in one format, at `level`."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(RequestIdLogFilter())
     for name in ("taskmanager", "uvicorn", "uvicorn.error", "sqlalchemy.engine"):
         logger = logging.getLogger(name)

@@ -3,8 +3,10 @@ line per request, and the last-resort 500 problem for bugs (so even that answer 
 the request id).
 
 The access log names the method, the path (never the query string), the route template and the
-status: no header, body or token ever reaches it. The same place counts the request in the
-metrics (taskmanager.metrics), by route template."""
+status: no header, body or token ever reaches it. The path is logged as decoded, so it may hold
+a newline or U+2028: the formatters in taskmanager.logs escape those, keeping one request one
+line. The same place counts the request in the metrics (taskmanager.metrics), by route
+template."""
 
 from __future__ import annotations
 

@@ -5,11 +5,15 @@ generated from the document has readable method names. Error responses are docum
 `application/problem+json` with the Problem schema, the response headers a client may rely
 on (ETag, Location, X-Total-Count, Link, Retry-After, X-Request-ID) where they are sent, and
 Swagger UI / ReDoc are served from assets installed with the package (no CDN), so /docs
-works on a machine without internet access.
+works on a machine without internet access. The two pages carry a Content-Security-Policy
+that allows exactly those assets (their inline bootstrap by its hash), and may not be framed.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from importlib.resources import files
 from typing import Any
 
@@ -162,6 +166,53 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+# Both pages fetch /openapi.json (Swagger UI's "Try it out" calls the API too), style with
+# their own CSS and draw icons from data: URLs; anything else on the page is refused.
+_PAGE_POLICY = {
+    "default-src": "'none'",
+    "script-src": "'self'",
+    "style-src": "'self'",
+    "img-src": "'self' data:",
+    "font-src": "'self'",
+    "connect-src": "'self'",
+    "base-uri": "'none'",
+    "object-src": "'none'",
+    "form-action": "'none'",
+    "frame-ancestors": "'none'",
+}
+_INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
+
+
+def _sha256_source(text: str) -> str:
+    return f"'sha256-{base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()}'"
+
+
+def with_page_headers(
+    page: HTMLResponse, *, worker_src: str | None = None, inline_styles: bool = False
+) -> HTMLResponse:
+    """`page` with its Content-Security-Policy and the anti-framing headers.
+
+    The inline blocks of the page as served (its openapi URL, hence root_path, is part of
+    the text) are allowed by their SHA-256, never scripts by 'unsafe-inline'. `inline_styles`
+    allows styles a script writes into <style> elements it makes at run time (their text is
+    not known here), `worker_src` the workers the page may start."""
+    policy = dict(_PAGE_POLICY)
+    if worker_src is not None:
+        policy["worker-src"] = worker_src
+    if inline_styles:
+        policy["style-src"] += " 'unsafe-inline'"
+    for kind, text in _INLINE.findall(bytes(page.body).decode()):
+        # Beside a hash, a browser ignores 'unsafe-inline': the two must not meet.
+        if not (kind == "style" and inline_styles):
+            policy[f"{kind}-src"] += f" {_sha256_source(text)}"
+    page.headers["Content-Security-Policy"] = "; ".join(
+        f"{name} {sources}" for name, sources in policy.items()
+    )
+    page.headers["X-Frame-Options"] = "DENY"  # for browsers older than frame-ancestors
+    page.headers["Referrer-Policy"] = "no-referrer"
+    return page
+
+
 def install_docs(app: FastAPI) -> None:
     """Serve /docs (Swagger UI) and /redoc from local assets."""
     assets = files("fastapi_offline") / "static"
@@ -170,21 +221,29 @@ def install_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=f"{root}{app.openapi_url}",
             title=f"{app.title} - Swagger UI",
             swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
             swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            # Else, on any host but localhost, a badge image from validator.swagger.io (told
+            # the document's URL): offline it fails, and the policy refuses it anyway.
+            swagger_ui_parameters={"validatorUrl": None},
         )
+        return with_page_headers(page)
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_redoc_html(
+        page = get_redoc_html(
             openapi_url=f"{root}{app.openapi_url}",
             title=f"{app.title} - ReDoc",
             redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
             redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
             with_google_fonts=False,
         )
+        # ReDoc runs its search index in a worker made from a blob: URL, and styles itself
+        # with styled-components, which writes <style> elements as it renders. Its script
+        # is only the one file from 'self': no inline script runs on this page.
+        return with_page_headers(page, worker_src="blob:", inline_styles=True)

@@ -108,6 +108,11 @@ class Browser:
     def text(self, element: str) -> str:
         return str(self.command("GET", f"/element/{element}/text"))
 
+    def console(self) -> list[str]:
+        """The page's console messages since the last call (ChromeDriver's log endpoint)."""
+        entries = self.command("POST", "/se/log", {"type": "browser"})
+        return [str(entry["message"]) for entry in entries]
+
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Browser]:
@@ -140,7 +145,15 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
         }
         created = httpx.post(
             f"{driver_url}/session",
-            json={"capabilities": {"alwaysMatch": {"goog:chromeOptions": options}}},
+            json={
+                "capabilities": {
+                    "alwaysMatch": {
+                        "goog:chromeOptions": options,
+                        # The page's console, read by `console()`.
+                        "goog:loggingPrefs": {"browser": "ALL"},
+                    }
+                }
+            },
             timeout=60,
         ).json()["value"]
         session_id = created["sessionId"]
@@ -179,3 +192,6 @@ def test_authorize_then_get_tasks_answers_200(server_url: str, browser: Browser)
     # The request Swagger UI sent carried the token it was given at login.
     curl = browser.text(browser.wait_for("#operations-tasks-list_tasks .curl-command"))
     assert "Authorization: Bearer " in curl
+    # The page's Content-Security-Policy refused nothing the dialog or the call needed.
+    console = browser.console()
+    assert not [line for line in console if "Content Security Policy" in line], console

@@ -5,6 +5,8 @@ The HTML of /docs loading proves little: Swagger UI builds the page in JavaScrip
 OpenAPI 3.1 document with a Swagger UI too old for it) or nothing when an asset is missing.
 So Chromium runs the page's scripts (`--virtual-time-budget`) and the test reads the DOM
 it rendered: the operation blocks must be there, the deprecated PUT shown as deprecated.
+The page's console (`--enable-logging=stderr`) must report no Content-Security-Policy
+violation: the policy allows what the page needs, and nothing it needs is refused.
 
 No Python dependency: the Debian `chromium` package (scripts/install-system-deps.sh
 installs it for `make test`) with `--dump-dom` and `--screenshot`. The network flags keep
@@ -90,6 +92,8 @@ def _run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str
         "--hide-scrollbars",
         f"--user-data-dir={profile}",
         f"--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}",
+        "--enable-logging=stderr",  # the page's console, CSP violations included
+        "--v=0",
         *args,
     ]
     process = subprocess.Popen(
@@ -110,6 +114,21 @@ def _run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str
         shutil.rmtree(profile, ignore_errors=True)
     assert process.returncode == 0, f"Chromium failed ({process.returncode}):\n{stderr}"
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+# ReDoc's "API docs by Redocly" link shows a logo from its CDN, with no option to turn it
+# off, and hides it when it does not load (as offline): the policy's one expected refusal.
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+def csp_violations(console: str, *expected: str) -> list[str]:
+    """The console lines in which the browser refused something by the page's policy, but
+    for the refusals of the `expected` URLs."""
+    return [
+        line
+        for line in console.splitlines()
+        if "Content Security Policy" in line and not any(f"'{url}'" in line for url in expected)
+    ]
 
 
 class _Operations(HTMLParser):
@@ -163,8 +182,11 @@ def _operations(dom: str) -> list[tuple[str, str, bool]]:
 
 
 def test_swagger_ui_renders_the_operations(server_url: str, tmp_path: Path) -> None:
-    dom = _run_chromium(tmp_path, "--dump-dom", f"{server_url}/docs").stdout
+    run = _run_chromium(tmp_path, "--dump-dom", f"{server_url}/docs")
+    dom = run.stdout
     (tmp_path / "docs.html").write_text(dom)  # to look at when an assertion fails
+
+    assert not csp_violations(run.stderr), csp_violations(run.stderr)
 
     assert "Unable to render this definition" not in dom, dom[:2000]
     assert 'class="swagger-ui"' in dom, "Swagger UI did not mount:\n" + dom[:2000]
@@ -204,8 +226,11 @@ def test_swagger_ui_screenshot_is_not_blank(server_url: str, tmp_path: Path) -> 
 
 
 def test_redoc_renders_the_operations(server_url: str, tmp_path: Path) -> None:
-    dom = _run_chromium(tmp_path, "--dump-dom", f"{server_url}/redoc").stdout
+    run = _run_chromium(tmp_path, "--dump-dom", f"{server_url}/redoc")
+    dom = run.stdout
     (tmp_path / "redoc.html").write_text(dom)
+
+    assert not csp_violations(run.stderr, REDOC_LOGO), csp_violations(run.stderr, REDOC_LOGO)
 
     assert "Something went wrong" not in dom, dom[:2000]
     # The side menu lists every operation of the served document with its method badge ...

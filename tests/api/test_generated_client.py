@@ -23,6 +23,8 @@ import pytest
 import pytest_asyncio
 from httpx import AsyncClient
 
+from tests.support.accounts import PASSWORD
+
 PACKAGE = "taskmanager_client"
 GENERATE_WITHIN = 60.0  # seconds; about 5 on an idle machine
 
@@ -118,6 +120,7 @@ def test_method_names_are_the_readable_operation_ids(generated: GeneratedClient)
             "list_workspaces",
             "rename_workspace",
             "workspaces_add_member",
+            "workspaces_get_member",
             "workspaces_remove_member",
         ],
         "tasks": [
@@ -176,6 +179,40 @@ async def test_create_get_and_list_tasks(generated: GeneratedClient) -> None:
     assert [task.id for task in listed.parsed] == [created.parsed.id]
     assert all(isinstance(task, task_response) for task in listed.parsed)
     assert listed.headers["x-total-count"] == "1"
+
+
+async def test_add_a_member_then_read_it_at_its_location(
+    generated: GeneratedClient, live: AsyncClient
+) -> None:
+    email = "generated.member@example.com"
+    registered = await live.post("/auth/register", json={"email": email, "password": PASSWORD})
+    assert registered.status_code == 201, registered.text
+    create_workspace = generated.operation("workspaces", "create_workspace")
+    add_member = generated.operation("workspaces", "workspaces_add_member")
+    get_member = generated.operation("workspaces", "workspaces_get_member")
+    member_response = generated.model("MemberResponse")
+    workspace = await create_workspace.asyncio(
+        client=generated.client, body=generated.model("WorkspaceCreate")(name="Generated")
+    )
+
+    added = await add_member.asyncio_detailed(
+        client=generated.client,
+        workspace_id=workspace.id,
+        body=generated.model("MemberAdd")(email=email),
+    )
+
+    assert added.status_code == 201
+    assert isinstance(added.parsed, member_response)
+    assert (added.parsed.user_id, added.parsed.email) == (registered.json()["id"], email)
+    assert str(added.parsed.role) == "member"
+    assert added.headers["location"].endswith(
+        f"/workspaces/{workspace.id}/members/{added.parsed.user_id}"
+    )
+    fetched = await get_member.asyncio(
+        client=generated.client, workspace_id=workspace.id, user_id=added.parsed.user_id
+    )
+    assert isinstance(fetched, member_response)
+    assert fetched.to_dict() == added.parsed.to_dict()
 
 
 async def test_invalid_body_parses_as_a_422_problem(generated: GeneratedClient) -> None:

@@ -271,6 +271,8 @@ def schema_refs(node: Any) -> Iterator[str]:
         ("/labels/{label_id}", "get", "404"),
         ("/labels/{label_id}", "patch", "409"),
         ("/labels/{label_id}", "delete", "404"),
+        ("/workspaces/{workspace_id}/members", "post", "409"),
+        ("/workspaces/{workspace_id}/members/{user_id}", "get", "404"),
         ("/health/ready", "get", "503"),
     ],
 )
@@ -280,6 +282,22 @@ async def test_openapi_documents_problem_responses(
     responses = (await openapi(client))["paths"][path][method]["responses"]
     assert status in responses
     assert responses[status]["content"][PROBLEM_JSON]["schema"] == {"$ref": PROBLEM_REF}
+
+
+async def test_openapi_adding_a_member_answers_the_membership_at_its_url(
+    client: AsyncClient,
+) -> None:
+    """A 201 answers what it created, with its Location; that URL is a documented GET
+    answering the same schema, an item of the workspace's `members`."""
+    document = await openapi(client)
+    member = {"$ref": "#/components/schemas/MemberResponse"}
+    created = document["paths"]["/workspaces/{workspace_id}/members"]["post"]["responses"]["201"]
+    assert created["content"]["application/json"]["schema"] == member
+    assert created["headers"]["Location"]["required"] is True
+    read = document["paths"]["/workspaces/{workspace_id}/members/{user_id}"]["get"]["responses"]
+    assert read["200"]["content"]["application/json"]["schema"] == member
+    detail = document["components"]["schemas"]["WorkspaceDetailResponse"]
+    assert detail["properties"]["members"]["items"] == member
 
 
 async def test_openapi_every_error_response_is_problem_json(client: AsyncClient) -> None:
@@ -326,6 +344,7 @@ OPERATION_IDS = {
     ("PATCH", "/workspaces/{workspace_id}"): "rename_workspace",
     ("DELETE", "/workspaces/{workspace_id}"): "delete_workspace",
     ("POST", "/workspaces/{workspace_id}/members"): "workspaces_add_member",
+    ("GET", "/workspaces/{workspace_id}/members/{user_id}"): "workspaces_get_member",
     ("DELETE", "/workspaces/{workspace_id}/members/{user_id}"): "workspaces_remove_member",
     ("POST", "/tasks"): "create_task",
     ("GET", "/tasks"): "list_tasks",

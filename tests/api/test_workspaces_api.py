@@ -227,7 +227,7 @@ async def test_the_personal_workspace_cannot_be_deleted(
 # ─────────────────────────────── members
 
 
-async def test_add_member(
+async def test_add_member_answers_the_new_membership_and_its_url(
     client: AsyncClient, db_session: AsyncSession, account: Account, bob: Account
 ) -> None:
     workspace = await new_workspace(client)
@@ -237,14 +237,81 @@ async def test_add_member(
     )
 
     body = created(response)
-    assert {m["user_id"]: m["role"] for m in body["members"]} == {
-        account.user_id: "owner",
-        bob.user_id: "member",
-    }
+    assert body.keys() == {"user_id", "email", "display_name", "role", "joined_at"}
+    assert (body["user_id"], body["email"], body["role"]) == (bob.user_id, bob.email, "member")
+    location = response.headers["Location"]
+    assert location.endswith(f"/workspaces/{workspace['id']}/members/{bob.user_id}")
+    # The Location resolves, to what the 201 answered and what the workspace lists.
+    read = await client.get(location)
+    assert read.status_code == 200, read.text
+    assert read.json() == body
+    listed = (await client.get(f"/workspaces/{workspace['id']}")).json()["members"]
+    assert [m for m in listed if m["user_id"] == bob.user_id] == [body]
     assert await memberships(db_session, workspace["id"]) == {
         account.user_id: "owner",
         bob.user_id: "member",
     }
+
+
+async def test_add_an_owner_answers_the_owner(
+    client: AsyncClient, db_session: AsyncSession, bob: Account
+) -> None:
+    workspace = await new_workspace(client)
+
+    body = await add_member(client, workspace["id"], bob, role="owner")
+
+    assert (body["user_id"], body["role"]) == (bob.user_id, "owner")
+    assert (await memberships(db_session, workspace["id"]))[bob.user_id] == "owner"
+
+
+async def test_a_member_reads_another_member(
+    client: AsyncClient, account: Account, bob: Account
+) -> None:
+    workspace = await new_workspace(client)
+    await add_member(client, workspace["id"], bob)
+
+    response = await client.get(
+        f"/workspaces/{workspace['id']}/members/{account.user_id}", headers=bob.headers
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["user_id"], body["email"], body["role"]) == (
+        account.user_id,
+        account.email,
+        "owner",
+    )
+
+
+async def test_reading_someone_who_is_not_a_member_is_404(
+    client: AsyncClient, bob: Account, other_account: Account
+) -> None:
+    """Not a member of this workspace, even an account the caller shares another one with:
+    the same 404 as for an id no account has."""
+    workspace = await new_workspace(client)
+    shared = await new_workspace(client, "Shared elsewhere")
+    await add_member(client, shared["id"], bob)
+
+    for user_id in (bob.user_id, other_account.user_id, 2_147_483_000):
+        response = await client.get(f"/workspaces/{workspace['id']}/members/{user_id}")
+        assert_problem(response, 404)
+        assert response.json()["detail"] == "Member not found"
+
+
+async def test_reading_a_member_of_a_workspace_you_cannot_see_is_404(
+    client: AsyncClient, account: Account, other_account: Account
+) -> None:
+    workspace = await new_workspace(client)
+
+    response = await client.get(
+        f"/workspaces/{workspace['id']}/members/{account.user_id}", headers=other_account.headers
+    )
+
+    assert_problem(response, 404)
+    missing = await client.get(
+        f"/workspaces/2147483000/members/{account.user_id}", headers=other_account.headers
+    )
+    assert response.content == missing.content
 
 
 async def test_adding_an_unknown_email_is_422(

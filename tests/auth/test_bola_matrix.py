@@ -56,6 +56,7 @@ EXPECTED: dict[str, tuple[int, int]] = {
     "rename_workspace": (200, 403),
     "delete_workspace": (204, 403),
     "workspaces_add_member": (201, 403),
+    "workspaces_get_member": (200, 200),
     "workspaces_remove_member": (204, 403),
     "get_task": (200, 200),
     "update_task": (200, 200),
@@ -369,7 +370,10 @@ async def test_bola_matrix(
         assert_problem(response, 403, problem_type=FORBIDDEN)
         assert after == before
     elif operation.method == "GET":
-        assert response.json()["id"] in world.ids().values(), response.json()
+        body = response.json()
+        # The resource the path's last id names: a member by its user id, others by id.
+        asked = operation.path_parameters[-1]
+        assert body["user_id" if asked == "user_id" else "id"] == world.ids()[asked], body
         assert after == before
     else:  # a change the caller may make: it happened
         assert after != before

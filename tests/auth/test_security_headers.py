@@ -1,9 +1,14 @@
 """Security headers on every answer, errors included: `X-Content-Type-Options: nosniff`
 always, `Cache-Control: no-store` on every answer to a request with credentials and on
-everything under /auth/. CORS: no origin allowed unless configured, and then only those."""
+everything under /auth/. The HTML pages (/docs, /redoc) also forbid framing, send no referrer
+and carry a Content-Security-Policy allowing only their own assets. CORS: no origin allowed
+unless configured, and then only those."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,6 +119,78 @@ async def test_a_server_error_has_the_security_headers(
     assert response.status_code == 500
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Cache-Control"] == "no-store"
+
+
+# ─────────────────────────────── The docs pages
+
+_INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
+
+
+def content_security_policy(header: str) -> dict[str, list[str]]:
+    """The policy's directives, each with its sources."""
+    directives = [part.split() for part in header.split(";") if part.strip()]
+    return {name: sources for name, *sources in directives}
+
+
+def sha256_source(text: str) -> str:
+    return f"'sha256-{base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()}'"
+
+
+# ReDoc's styled-components writes <style> elements while it renders: their text is not
+# known to the server, so that page alone allows inline styles (never inline scripts).
+INLINE_STYLES = {"/docs": False, "/redoc": True}
+
+
+@pytest.mark.parametrize("page", INLINE_STYLES)
+async def test_the_docs_pages_forbid_framing_and_anything_not_their_own(
+    client: AsyncClient, page: str
+) -> None:
+    response = await send_without_token(client, "GET", page)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    policy = content_security_policy(response.headers["Content-Security-Policy"])
+    assert policy["default-src"] == ["'none'"]  # whatever is not named below is refused
+    assert policy["frame-ancestors"] == ["'none'"]
+    assert policy["base-uri"] == ["'none'"]
+    assert policy["object-src"] == ["'none'"]
+    # This origin only: no other host, no scheme but data: icons and blob: workers, no eval.
+    for name, sources in policy.items():
+        for source in sources:
+            allowed = {"'self'", "'none'", "data:", "blob:"}
+            if name == "style-src" and INLINE_STYLES[page]:
+                allowed.add("'unsafe-inline'")
+            assert source in allowed or source.startswith("'sha256-"), (name, source)
+    assert "'self'" in policy["script-src"]
+    # Every inline script the page carries, and every inline style unless inline styles are
+    # allowed, is allowed by its hash, one by one: nothing else inline runs.
+    inline = _INLINE.findall(response.text)
+    for kind, text in inline:
+        if kind == "script" or not INLINE_STYLES[page]:
+            assert sha256_source(text) in policy[f"{kind}-src"], (kind, text)
+    hashed = [s for s in policy["script-src"] if s.startswith("'sha256-")]
+    assert len(hashed) == len([text for kind, text in inline if kind == "script"])
+    if INLINE_STYLES[page]:  # a hash beside it would make browsers ignore 'unsafe-inline'
+        assert not [s for s in policy["style-src"] if s.startswith("'sha256-")]
+
+
+async def test_swagger_ui_asks_no_online_validator(client: AsyncClient) -> None:
+    """Swagger UI would show a badge loaded from validator.swagger.io (sending it the
+    document's URL) on any host but localhost: the policy refuses it, so it is turned off."""
+    response = await send_without_token(client, "GET", "/docs")
+
+    assert response.status_code == 200
+    assert '"validatorUrl": null' in response.text
+
+
+async def test_the_api_answers_are_not_html_pages(client: AsyncClient) -> None:
+    """The page policy stays on the pages: a JSON answer carries none of it."""
+    response = await client.get("/tasks")
+
+    assert response.status_code == 200
+    assert "Content-Security-Policy" not in response.headers
 
 
 # ─────────────────────────────── CORS

@@ -40,7 +40,7 @@ from tests.support.processes import ServeProcess, clean_env, serve
 pytestmark = [pytest.mark.server, pytest.mark.reliability]
 
 SEED = int(os.environ.get("FUZZ_SEED", "20251126"))
-# Per operation and phase. 32 operations, each authenticated (and registrations and logins
+# Per operation and phase. 33 operations, each authenticated (and registrations and logins
 # hash passwords with argon2id): 50 took 65 s on 2 shared cores, 25 keeps `make test`
 # within its 10 minutes; FUZZ_MAX_EXAMPLES=300 for a longer run.
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "25"))
@@ -54,7 +54,7 @@ def created_resource_is_readable(
     """schemathesis' ensure_resource_availability (a 201's resource must be readable right
     away), except after an Idempotency-Key replay: a retry of a POST answers the original
     201 even when that row has been deleted since, which is the promise, not a lost write;
-    and except a 404 that names another resource than the one created: DELETE
+    and except a 404 that names another resource than the one created: GET or DELETE
     /workspaces/{id}/members/{user_id} right after POST /workspaces, with a user id that
     schemathesis guessed, finds the workspace but no such member ("Member not found")."""
     if response.status_code == 404 and _problem_detail(response) == "Member not found":
@@ -411,13 +411,14 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
     }
 
 
-# What a 201 promises: the new resource's URL, and its version where it can be changed.
-# POST /workspaces/{id}/members answers the workspace itself (no new URL).
+# What a 201 promises: the new resource's URL, and its version where it can be changed
+# (a membership has none: it is added and removed, never edited).
 CREATED_HEADERS = {
     "POST /tasks": {"Location", "ETag"},
     "POST /categories": {"Location", "ETag"},
     "POST /labels": {"Location", "ETag"},
     "POST /workspaces": {"Location", "ETag"},
+    "POST /workspaces/{workspace_id}/members": {"Location"},
     "POST /auth/register": {"Location"},
 }
 

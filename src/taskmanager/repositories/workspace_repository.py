@@ -45,6 +45,14 @@ _MY_WORKSPACES = select(
     Workspace.version,
 ).join(Membership, Membership.workspace_id == Workspace.id)
 
+_MEMBERS = select(
+    Membership.user_id,
+    User.email,
+    User.display_name,
+    Membership.role,
+    Membership.created_at,
+).join(User, User.id == Membership.user_id)
+
 
 class WorkspaceRepository:
     """Encapsulates all database operations for workspaces and memberships."""
@@ -139,18 +147,25 @@ class WorkspaceRepository:
         if not scope.can_see(workspace_id):
             return []
         rows = await self.session.execute(
-            select(
-                Membership.user_id,
-                User.email,
-                User.display_name,
-                Membership.role,
-                Membership.created_at,
+            _MEMBERS.where(Membership.workspace_id == workspace_id).order_by(
+                Membership.created_at, Membership.user_id
             )
-            .join(User, User.id == Membership.user_id)
-            .where(Membership.workspace_id == workspace_id)
-            .order_by(Membership.created_at, Membership.user_id)
         )
         return [MemberView(*row) for row in rows]
+
+    async def member(self, scope: Scope, workspace_id: int, user_id: int) -> MemberView | None:
+        """`user_id` as a member of a workspace the caller belongs to; None if they are
+        not one, or the caller cannot see the workspace."""
+        if not scope.can_see(workspace_id):
+            return None
+        row = (
+            await self.session.execute(
+                _MEMBERS.where(
+                    Membership.workspace_id == workspace_id, Membership.user_id == user_id
+                )
+            )
+        ).first()
+        return None if row is None else MemberView(*row)
 
     async def user_id_by_email(self, email: str) -> int | None:
         """The id of the account with `email` (any case): the one thing a caller may learn

@@ -13,11 +13,12 @@ from taskmanager.dependencies import WorkspaceReaderDep, WorkspaceRepositoryDep
 from taskmanager.models import Workspace
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.problems import CONFLICT, FORBIDDEN, VALIDATION_ERROR, ProblemError
-from taskmanager.repositories.workspace_repository import WorkspaceView
+from taskmanager.repositories.workspace_repository import MemberView, WorkspaceView
 from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
 from taskmanager.schemas import (
     INT4_MAX,
     MemberAdd,
+    MemberResponse,
     WorkspaceCreate,
     WorkspaceDetailResponse,
     WorkspaceResponse,
@@ -30,6 +31,7 @@ router = APIRouter(prefix="/workspaces", tags=["workspaces"])
 WorkspaceId = Annotated[int, Path(ge=1, le=INT4_MAX, description="The workspace's id.")]
 UserId = Annotated[int, Path(ge=1, le=INT4_MAX, description="The member's user id.")]
 NOT_FOUND = "Workspace not found"
+MEMBER_NOT_FOUND = "Member not found"
 
 
 def _owner_only(user: Scope, workspace_id: int) -> None:
@@ -155,17 +157,23 @@ async def delete_workspace(
 
 @router.post(
     "/{workspace_id}/members",
-    response_model=WorkspaceDetailResponse,
+    response_model=MemberResponse,
     status_code=status.HTTP_201_CREATED,
-    responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
+    responses={
+        201: {"headers": response_headers("Location")},
+        **problem_responses(401, 403, 404, 409, 413, 422, 503),
+    },
 )
 async def add_member(
     workspace_id: WorkspaceId,
     body: MemberAdd,
     repo: WorkspaceRepositoryDep,
     user: CurrentUserDep,
-) -> dict[str, object]:
-    """Add the account with this email to a workspace you own (409 if already a member)."""
+    request: Request,
+    response: Response,
+) -> MemberView:
+    """Add the account with this email to a workspace you own (409 if already a member);
+    answers the new membership, at its own URL."""
     _owner_only(user, workspace_id)
     view = await repo.get(user, workspace_id)
     if view is None:
@@ -178,7 +186,29 @@ async def add_member(
     if member_id is None:
         raise ProblemError(VALIDATION_ERROR.about_field("body.email", "no account has this email"))
     await repo.add_member(user, workspace_id, member_id, body.role)
-    return await _detail(repo, user, workspace_id)
+    member = await repo.member(user, workspace_id, member_id)
+    assert member is not None  # just inserted, in a workspace the caller owns
+    response.headers["Location"] = str(
+        request.url_for("get_member", workspace_id=workspace_id, user_id=member_id)
+    )
+    return member
+
+
+@router.get(
+    "/{workspace_id}/members/{user_id}",
+    response_model=MemberResponse,
+    responses=problem_responses(401, 404, 422, 503),
+)
+async def get_member(
+    workspace_id: WorkspaceId, user_id: UserId, repo: WorkspaceReaderDep, user: CurrentReaderDep
+) -> MemberView:
+    """One member of a workspace you belong to."""
+    if not user.can_see(workspace_id):
+        raise HTTPException(status_code=404, detail=NOT_FOUND)
+    member = await repo.member(user, workspace_id, user_id)
+    if member is None:
+        raise HTTPException(status_code=404, detail=MEMBER_NOT_FOUND)
+    return member
 
 
 @router.delete(
@@ -201,7 +231,7 @@ async def remove_member(
         raise ProblemError(FORBIDDEN.problem("only an owner may remove another member"))
     membership = await repo.membership(user, workspace_id, user_id)
     if membership is None:
-        raise HTTPException(status_code=404, detail="Member not found")
+        raise HTTPException(status_code=404, detail=MEMBER_NOT_FOUND)
     if membership.role == "owner":
         owners = await repo.lock_owners(user, workspace_id)
         if list(owners) == [user_id]:
