@@ -194,12 +194,14 @@ class Settings(BaseSettings):
         default=10, ge=1, description="Registrations from one client address per window."
     )
     registration_window_seconds: int = Field(default=3600, ge=1)
+    # A short window: a fixed window lets its whole allowance come in one burst, and 10
+    # hashings at once are under half a second of CPU (60 at once held a login up for 3 s).
     registrations_total: int = Field(
-        default=60,
+        default=10,
         ge=1,
         description="Registrations from all clients together per registrations_total_window.",
     )
-    registrations_total_window_seconds: int = Field(default=60, ge=1)
+    registrations_total_window_seconds: int = Field(default=10, ge=1)
     cors_origins: list[str] = Field(
         default_factory=list,
         description='Origins browsers may call the API from, e.g. ["https://app.example"]; '
