@@ -1,6 +1,7 @@
 """Limits on password attempts (logins, and password changes that must name the current
 password) and on registrations: counted in PostgreSQL before any password is checked or
-hashed, 429 with Retry-After. The policy, with its numbers, is in README.md ("Accounts").
+hashed, 429 with Retry-After. The policy, with its numbers, is in README.md ("Password
+attempts").
 
 Each count is COMMITTED at once, before the password is checked: a 401, 409 or 422 after
 it cannot roll the count back, and the row locks are held for one short transaction, not
@@ -29,8 +30,9 @@ from taskmanager.repositories.login_limit_repository import (
 # 2^64 addresses in it at will, so counting per /128 would give them as many budgets.
 IPV6_PREFIX = 64
 # Longest key part a client "address" that is not an IP address (a test client's name)
-# may take up.
-_OTHER_ADDRESS_LENGTH = 64
+# may take up: the longest key, "account-address:" + address + " " + a 320-character
+# account, must fit the table's 400 characters (an IPv6 /64 takes 24 at most).
+_OTHER_ADDRESS_LENGTH = 48
 
 
 def client_network(host: str | None) -> str:

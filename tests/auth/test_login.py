@@ -440,3 +440,12 @@ async def test_a_botnet_burst_cannot_slip_past_the_account_limit(live: AsyncClie
 
     statuses = sorted(answer.status_code for answer in answers)
     assert statuses == [401] * 10 + [429] * 20
+
+
+async def test_the_longest_keys_fit_the_table(client_at: ClientAt, account: Account) -> None:
+    """The longest client name a key takes and the longest account (320 characters): still
+    a 401 or 200, never a key too long for the table (a 500 would count nothing)."""
+    longest = client_at("x" * 1000)
+    response = await log_in(longest, f"{'x' * 1000}@example.com", "wrong")
+    assert_unauthorized(response, token_given=False)
+    assert (await log_in(longest, account.email, account.password)).status_code == 200
