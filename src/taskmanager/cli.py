@@ -496,8 +496,8 @@ def db_purge_logins(
     from datetime import timedelta
 
     from taskmanager.database import create_engine, create_session_factory
+    from taskmanager.login_limits import purge_expired_counts
     from taskmanager.repositories.auth_session_repository import AuthSessionRepository
-    from taskmanager.repositories.login_limit_repository import LoginLimitRepository
     from taskmanager.repositories.user_repository import UserRepository
 
     settings = load_settings()
@@ -512,9 +512,7 @@ def db_purge_logins(
                     sessions = await AuthSessionRepository(session).purge_ended(
                         timedelta(days=kept_days)
                     )
-                    windows = await LoginLimitRepository(session).purge_expired(
-                        settings.login_window_seconds
-                    )
+                    windows = await purge_expired_counts(session, settings)
                     return sessions, windows
             finally:
                 await engine.dispose()

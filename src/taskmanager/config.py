@@ -165,13 +165,51 @@ class Settings(BaseSettings):
     session_days: float = Field(
         default=30.0, gt=0, description="A login's refresh tokens work this long at most."
     )
-    login_failures_per_account: int = Field(
-        default=5, ge=1, description="Failed logins for one email before 429, per window."
+    # Password attempts (logins, and password changes naming the current password), each
+    # counted before the password is checked; the policy is in README.md ("Accounts").
+    login_failures_per_account_and_address: int = Field(
+        default=5,
+        ge=1,
+        description="Password attempts at one account from one client address per window.",
     )
     login_failures_per_address: int = Field(
-        default=50, ge=1, description="Failed logins from one client address before 429."
+        default=50,
+        ge=1,
+        description="Password attempts from one client address (an IPv6 /64) per window, at "
+        "any accounts.",
+    )
+    login_failures_per_account: int = Field(
+        default=10,
+        ge=1,
+        description="Password attempts at one account per window from all the addresses it "
+        "has not logged in from lately, together (a botnet's guesses).",
+    )
+    login_failures_per_account_per_day: int = Field(
+        default=100,
+        ge=1,
+        description="The same, per 24 hours: bounds a slow, long guessing campaign.",
     )
     login_window_seconds: int = Field(default=900, ge=1)
+    login_known_address_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="After a successful login, attempts at that account from that address "
+        "are exempt from the two account-wide limits for this long; 0 turns it off.",
+    )
+    # Registration hashes a password (argon2: tens of ms of CPU), so a flood of it slows
+    # every other request; counted before hashing.
+    registrations_per_address: int = Field(
+        default=10, ge=1, description="Registrations from one client address per window."
+    )
+    registration_window_seconds: int = Field(default=3600, ge=1)
+    # A short window: a fixed window lets its whole allowance come in one burst, and 10
+    # hashings at once are under half a second of CPU (60 at once held a login up for 3 s).
+    registrations_total: int = Field(
+        default=10,
+        ge=1,
+        description="Registrations from all clients together per registrations_total_window.",
+    )
+    registrations_total_window_seconds: int = Field(default=10, ge=1)
     cors_origins: list[str] = Field(
         default_factory=list,
         description='Origins browsers may call the API from, e.g. ["https://app.example"]; '

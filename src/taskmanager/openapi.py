@@ -37,7 +37,7 @@ _DESCRIPTIONS = {
     412: "If-Match does not match the current ETag: it changed since you read it.",
     413: "The request body is larger than the configured limit.",
     422: "Validation failed; `errors` names each failing field.",
-    429: "Too many failed logins; retry after `Retry-After` seconds.",
+    429: "Too many attempts (see the operation); retry after `Retry-After` seconds.",
     503: "The database is unavailable or busy; retry after `Retry-After` seconds.",
 }
 

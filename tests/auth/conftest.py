@@ -1,12 +1,21 @@
 """More accounts for the authentication and authorization tests, committed once per test
-run like `account` (alice) and `other_account` (mallory)."""
+run like `account` (alice) and `other_account` (mallory), and clients from chosen client
+addresses."""
 
 from __future__ import annotations
 
-import pytest_asyncio
-from sqlalchemy.ext.asyncio import AsyncEngine
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import pytest_asyncio
+from fastapi import FastAPI
+from httpx import AsyncClient
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from taskmanager.config import Settings
+from taskmanager.main import create_app
 from tests.support.accounts import Account, create_account
+from tests.support.rolled_back import DEFAULT_CLIENT_ADDRESS, rolled_back_client
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -25,3 +34,30 @@ async def neighbour_account(engine: AsyncEngine) -> Account:
 async def target_account(engine: AsyncEngine) -> Account:
     """A second member of alice's workspace: the one a matrix call tries to remove."""
     return await create_account(engine, "erin.target@example.com")
+
+
+ClientAt = Callable[..., AsyncClient]
+
+
+@pytest_asyncio.fixture
+async def client_at(
+    app: FastAPI, settings: Settings, engine: AsyncEngine, db_session: AsyncSession
+) -> AsyncIterator[ClientAt]:
+    """`client_at(address, **settings)`: a client without a token, on the test's rolled-back
+    session, connecting from `address`, of the app with the test settings changed by
+    `settings` (one app per distinct change)."""
+    apps: dict[tuple[tuple[str, Any], ...], FastAPI] = {(): app}
+    clients: list[AsyncClient] = []
+
+    def client(address: str = DEFAULT_CLIENT_ADDRESS, **overrides: Any) -> AsyncClient:
+        changed = tuple(sorted(overrides.items()))
+        if changed not in apps:
+            apps[changed] = create_app(settings.model_copy(update=overrides))
+        clients.append(rolled_back_client(apps[changed], engine, db_session, address))
+        return clients[-1]
+
+    yield client
+    for opened in clients:
+        await opened.aclose()
+    for used in apps.values():
+        used.dependency_overrides.clear()

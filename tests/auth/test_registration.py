@@ -1,10 +1,12 @@
 """POST /auth/register: the account and its personal workspace, emails unique in any case,
-and passwords as NIST SP 800-63B asks: 8 to 128 characters of any kind, never truncated."""
+passwords as NIST SP 800-63B asks (8 to 128 characters of any kind, never truncated), and
+registrations limited per client address and from everywhere, counted before hashing."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import argon2
 import pytest
 from httpx import AsyncClient
 from sqlalchemy import select
@@ -12,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Membership, User, Workspace
 from taskmanager.passwords import password_hash
+from tests.auth.conftest import ClientAt
 from tests.support.accounts import Account
 from tests.support.problems import assert_problem, assert_validation_problem
 from tests.support.tokens import assert_unauthorized, send_without_token
@@ -156,3 +159,68 @@ async def test_the_stored_hash_is_of_the_whole_password(
     ).scalar_one()
     assert password_hash().verify(password, stored)
     assert not password_hash().verify(password[:-1], stored)
+
+
+# ─────────────────────────────── limits
+
+
+@pytest.fixture
+def hashings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The passwords argon2 hashed, in order."""
+    hashed: list[str] = []
+    real_hash = argon2.PasswordHasher.hash
+
+    def spy(self: argon2.PasswordHasher, password: str | bytes, **kwargs: Any) -> str:
+        hashed.append(password if isinstance(password, str) else password.decode())
+        return real_hash(self, password, **kwargs)
+
+    monkeypatch.setattr(argon2.PasswordHasher, "hash", spy)
+    return hashed
+
+
+def assert_too_many_registrations(response: Any, window_seconds: int) -> None:
+    assert_problem(response, 429, problem_type="/problems/too-many-registrations")
+    assert 1 <= int(response.headers["Retry-After"]) <= window_seconds
+
+
+async def test_registrations_from_one_address_are_limited(
+    client_at: ClientAt, account: Account, hashings: list[str]
+) -> None:
+    only_per_address = {"registrations_total": 1000}  # the total has a test of its own
+    flooding = client_at("198.51.100.20", **only_per_address)
+    # An email in use is refused only after its password was hashed: it counts too.
+    assert_problem(await register(flooding, account.email, "a fine password"), 409)
+    for number in range(9):  # registrations_per_address: 10 per hour
+        response = await register(flooding, f"flood{number}@example.com", "a fine password")
+        assert response.status_code == 201, response.text
+    assert len(hashings) == 10
+
+    refused = await register(flooding, "flood.more@example.com", "a fine password")
+
+    assert_too_many_registrations(refused, 3600)
+    assert len(hashings) == 10  # refused before its password was hashed
+    # Someone at another address is not held back.
+    elsewhere = await register(
+        client_at("198.51.100.21", **only_per_address), "other@example.com", "a password"
+    )
+    assert elsewhere.status_code == 201, elsewhere.text
+
+
+async def test_registrations_from_everywhere_are_limited(client_at: ClientAt) -> None:
+    limits = {"registrations_per_address": 2, "registrations_total": 4}
+
+    async def from_host(host: int, count: int = 1) -> list[int]:
+        client = client_at(f"192.0.2.{host}", **limits)
+        return [
+            (await register(client, f"user{n}.of.{host}@example.com", "a password")).status_code
+            for n in range(count)
+        ]
+
+    # One client past its own limit is refused by it alone: it uses up two of the four.
+    assert await from_host(1, 5) == [201, 201, 429, 429, 429]
+    assert await from_host(2) == [201]
+    assert await from_host(3) == [201]
+
+    refused = await register(client_at("192.0.2.4", **limits), "late@example.com", "a password")
+
+    assert_too_many_registrations(refused, 10)

@@ -9,19 +9,20 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from httpx import AsyncClient
-from sqlalchemy import func, select, text, update
+from httpx import AsyncClient, Response
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskmanager.config import Settings
+from taskmanager.login_limits import purge_expired_counts
 from taskmanager.models import AuthSession, LoginFailure, RefreshToken, User
 from taskmanager.passwords import password_hash
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository
-from taskmanager.repositories.login_limit_repository import LoginLimitRepository
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.tokens import read_access_token, refresh_token_hash
 from tests.support.accounts import PASSWORD, TEST_SECRET, Account
 from tests.support.databases import TEST_KEY
-from tests.support.problems import assert_validation_problem
+from tests.support.problems import assert_problem, assert_validation_problem
 from tests.support.tokens import assert_unauthorized, bearer
 
 NEW_PASSWORD = "a completely new passphrase"
@@ -327,11 +328,42 @@ async def test_a_new_password_needs_the_current_one(client: AsyncClient) -> None
     assert "current_password" in body["detail"]
 
 
+async def test_wrong_current_passwords_count_like_failed_logins(
+    client: AsyncClient, db_session: AsyncSession, account: Account
+) -> None:
+    """Under the same keys as logins: a stolen access token is no way around the limits."""
+    current = await log_in(client, account.email, account.password)  # 127.0.0.1 is known now
+    for _ in range(2):
+        wrong = {"username": account.email, "password": "not my password"}
+        assert_unauthorized(await client.post("/auth/token", data=wrong), token_given=False)
+
+    async def change(current_password: str) -> Response:
+        body = {"password": NEW_PASSWORD, "current_password": current_password}
+        return await client.patch("/users/me", json=body, headers=current.headers)
+
+    for _ in range(3):  # login_failures_per_account_and_address: 5
+        assert_validation_problem(await change("not my password"), "body.current_password")
+    refused = await change(account.password)
+
+    assert_problem(refused, 429, problem_type="/problems/too-many-login-attempts")
+    assert 1 <= int(refused.headers["Retry-After"]) <= 900
+    stored = (
+        await db_session.execute(select(User.password_hash).where(User.id == account.user_id))
+    ).scalar_one()
+    assert password_hash().verify(account.password, stored)
+    counts = dict((await db_session.execute(select(LoginFailure.key, LoginFailure.failures))).all())
+    assert counts[f"account-address:127.0.0.1 {account.email}"] == 6
+    # From an address the account logged in from: not counted against the account as a
+    # whole (the one success there was counted, then not charged).
+    assert counts[f"account:{account.email}"] == 0
+
+
 async def test_ended_sessions_and_past_attempt_counts_are_purged(
-    db_session: AsyncSession, account: Account
+    db_session: AsyncSession, account: Account, settings: Settings
 ) -> None:
     """`taskmanager db purge-logins`: sessions that ended long enough ago go, with their
-    refresh tokens; live ones and recently ended ones stay. Past attempt windows go."""
+    refresh tokens; live ones and recently ended ones stay. Attempt counts go once their
+    windows have passed, remembered addresses after login_known_address_days."""
     sessions = AuthSessionRepository(db_session)
     later = datetime.now(UTC) + timedelta(days=1)
     live, _ = await sessions.open(account.user_id, later)
@@ -349,17 +381,37 @@ async def test_ended_sessions_and_past_attempt_counts_are_purged(
         .where(AuthSession.id == expired_long_ago)
         .values(expires_at=func.now() - timedelta(days=10))
     )
+    counts = {  # key -> age; the 15-minute window unless the key says otherwise
+        "account:old@example.com": timedelta(hours=1),
+        "account:new@example.com": timedelta(minutes=1),
+        "email:from-an-older-version@example.com": timedelta(hours=1),
+        "account-day:old@example.com": timedelta(hours=1),  # a day's window
+        "account-day:older@example.com": timedelta(hours=25),
+        "known-address:192.0.2.1 old@example.com": timedelta(days=10),  # 30 days
+        "known-address:192.0.2.1 older@example.com": timedelta(days=31),
+        "registration-address:192.0.2.1": timedelta(minutes=30),  # an hour's window
+        "registrations:all": timedelta(minutes=2),  # a minute's window
+    }
     await db_session.execute(
-        text(
-            "INSERT INTO login_failures VALUES ('email:old@example.com', 3, "
-            "now() - interval '1 hour'), ('email:new@example.com', 3, now())"
+        insert(LoginFailure).values(
+            [
+                {"key": key, "failures": 3, "window_started_at": func.now() - past}
+                for key, past in counts.items()
+            ]
         )
     )
+    purged = {
+        "account:old@example.com",
+        "email:from-an-older-version@example.com",
+        "account-day:older@example.com",
+        "known-address:192.0.2.1 older@example.com",
+        "registrations:all",
+    }
 
     # As the command runs them: entered for maintenance, under the policies.
     await UserRepository(db_session).enter(TEST_KEY.entry("maintenance"))
     assert await sessions.purge_ended(timedelta(days=7)) == 2
-    assert await LoginLimitRepository(db_session).purge_expired(900) == 1
+    assert await purge_expired_counts(db_session, settings) == len(purged)
     await db_session.execute(text("RESET ROLE"))
 
     remaining = set(
@@ -378,5 +430,4 @@ async def test_ended_sessions_and_past_attempt_counts_are_purged(
     )
     assert orphans.first() is None
     keys = set((await db_session.execute(select(LoginFailure.key))).scalars())
-    assert "email:new@example.com" in keys
-    assert "email:old@example.com" not in keys
+    assert keys & set(counts) == set(counts) - purged

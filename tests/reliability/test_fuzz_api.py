@@ -311,7 +311,12 @@ def fuzz_server(
         # Generated logins fail by the hundred, all from 127.0.0.1: without a higher limit
         # the address would be blocked (429) before a login with the right password came.
         TASKMANAGER_LOGIN_FAILURES_PER_ADDRESS="100000",
+        TASKMANAGER_LOGIN_FAILURES_PER_ACCOUNT_AND_ADDRESS="100000",
         TASKMANAGER_LOGIN_FAILURES_PER_ACCOUNT="100000",
+        TASKMANAGER_LOGIN_FAILURES_PER_ACCOUNT_PER_DAY="100000",
+        # And registrations by the dozen, from the same address.
+        TASKMANAGER_REGISTRATIONS_PER_ADDRESS="100000",
+        TASKMANAGER_REGISTRATIONS_TOTAL="100000",
     )
     with serve(env, tmp_path_factory.mktemp("fuzz-cwd")) as server:
         yield server

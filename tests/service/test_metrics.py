@@ -124,7 +124,7 @@ async def test_failed_logins_are_counted_by_reason(
     bad_before = in_memory(failures, reason="bad_credentials")
     limited_before = in_memory(failures, reason="too_many_attempts")
     wrong = {"username": "counted@example.com", "password": "not the password"}
-    for _ in range(settings.login_failures_per_account):
+    for _ in range(settings.login_failures_per_account_and_address):
         assert_problem(await client.post("/auth/token", data=wrong), 401)
     assert_problem(await client.post("/auth/token", data=wrong), 429)
     # A good login is not a failure.
@@ -132,7 +132,7 @@ async def test_failed_logins_are_counted_by_reason(
     assert (await client.post("/auth/token", data=good)).status_code == 200
 
     assert in_memory(failures, reason="bad_credentials") - bad_before == (
-        settings.login_failures_per_account
+        settings.login_failures_per_account_and_address
     )
     assert in_memory(failures, reason="too_many_attempts") - limited_before == 1
 
@@ -296,7 +296,7 @@ def test_metrics_refuse_a_wrong_token_and_count_failed_logins(
     failures = "taskmanager_login_failures_total"
     before = value(scrape(base_url), failures, reason="bad_credentials")
     attempt = {"username": two_workers.user.email, "password": "not the password"}
-    for _ in range(3):  # under the per-account limit of 5: 401 each time
+    for _ in range(3):  # under the limit of 5 per account and address: 401 each time
         assert_problem(httpx.post(f"{base_url}/auth/token", data=attempt, timeout=30), 401)
     after = value(scrape(base_url), failures, reason="bad_credentials")
     assert after - before == 3

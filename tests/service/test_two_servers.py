@@ -5,7 +5,7 @@ the same TASKMANAGER_JWT_SECRET: two machines behind a load balancer. Everything
 depends on lives in the database, so it holds across both: a token issued by one is
 accepted by the other, a refresh token spent on one is spent on the other (and presenting
 it again ends the login everywhere), and failed logins count toward one limit whichever
-server they reach.
+server they reach, while the owner, at an address they logged in from, still gets in on both.
 """
 
 from __future__ import annotations
@@ -24,7 +24,11 @@ from tests.support.processes import ServeProcess, clean_env, serve
 
 pytestmark = pytest.mark.server
 
-FAILURES_PER_ACCOUNT = Settings.model_fields["login_failures_per_account"].default
+FAILURES_PER_ACCOUNT_AND_ADDRESS = Settings.model_fields[
+    "login_failures_per_account_and_address"
+].default
+# Another loopback address of this machine: a second client address over real sockets.
+ATTACKER_ADDRESS = "127.0.0.2"
 
 
 @dataclass(frozen=True)
@@ -32,8 +36,10 @@ class TwoServers:
     a: ServeProcess
     b: ServeProcess
 
-    def client(self, server: ServeProcess) -> httpx.Client:
-        return httpx.Client(base_url=server.base_url, timeout=30)
+    def client(self, server: ServeProcess, address: str | None = None) -> httpx.Client:
+        """A client of `server`, connecting from `address` (default: 127.0.0.1)."""
+        transport = httpx.HTTPTransport(local_address=address) if address else None
+        return httpx.Client(base_url=server.base_url, timeout=30, transport=transport)
 
 
 @pytest.fixture(scope="module")
@@ -106,23 +112,36 @@ def test_a_refresh_token_spent_on_one_server_is_spent_on_the_other(servers: TwoS
 
 
 def test_failed_logins_count_across_both_servers(servers: TwoServers) -> None:
-    assert FAILURES_PER_ACCOUNT == 5  # split 3 + 2: neither server alone reaches it
+    assert FAILURES_PER_ACCOUNT_AND_ADDRESS == 5  # split 3 + 2: neither server alone reaches it
     email = "limited@example.com"
-    register_over_http(servers.b.base_url, email)
+    register_over_http(servers.b.base_url, email)  # and logged in, from 127.0.0.1
     wrong = {"username": email, "password": "not the password"}
-    with servers.client(servers.a) as a, servers.client(servers.b) as b:
+    right = {"username": email, "password": PASSWORD}
+    with (
+        servers.client(servers.a) as a,
+        servers.client(servers.b) as b,
+        servers.client(servers.a, ATTACKER_ADDRESS) as attacker_a,
+        servers.client(servers.b, ATTACKER_ADDRESS) as attacker_b,
+    ):
         # The limit's failures, split between the servers: neither saw enough on its own.
-        for attempt in range(FAILURES_PER_ACCOUNT):
-            failed = (a, b)[attempt % 2].post("/auth/token", data=wrong)
+        for attempt in range(FAILURES_PER_ACCOUNT_AND_ADDRESS):
+            failed = (attacker_a, attacker_b)[attempt % 2].post("/auth/token", data=wrong)
             assert_problem(failed, 401)
 
-        # Now both refuse even the right password, and say for how long.
-        for server in (b, a):
-            blocked = server.post("/auth/token", data={"username": email, "password": PASSWORD})
+        # Now both refuse even the right password from there, and say for how long.
+        for attacker in (attacker_b, attacker_a):
+            blocked = attacker.post("/auth/token", data=right)
             assert_problem(blocked, 429)
             retry_after = int(blocked.headers["Retry-After"])
             assert 0 < retry_after <= 900, retry_after  # within the default 15-minute window
 
+        # The owner, at the address they logged in from, is not held back on either.
+        for server in (a, b):
+            assert server.post("/auth/token", data=right).status_code == 200
+
         # Another account is not blocked by this one's failures (the address limit is 50).
         register_over_http(servers.a.base_url, "unlimited@example.com")
-        assert login_over_http(b, "unlimited@example.com")["token_type"] == "bearer"
+        on_a = attacker_a.post(
+            "/auth/token", data={"username": "unlimited@example.com", "password": PASSWORD}
+        )
+        assert on_a.status_code == 200, on_a.text

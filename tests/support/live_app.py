@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from weakref import WeakKeyDictionary
 
+from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -20,6 +22,9 @@ from taskmanager.config import Settings
 from taskmanager.main import create_app
 from tests.support.accounts import TEST_SECRET
 from tests.support.databases import superuser_url
+
+# The app behind each live client, for clients of it from other addresses.
+_APPS: WeakKeyDictionary[AsyncClient, FastAPI] = WeakKeyDictionary()
 
 
 @asynccontextmanager
@@ -42,7 +47,15 @@ async def live_client(database_url: str, **settings: Any) -> AsyncIterator[Async
         app.router.lifespan_context(app),
         AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client,
     ):
+        _APPS[client] = app
         yield client
+
+
+def from_address(client: AsyncClient, address: str) -> AsyncClient:
+    """A client of the same live app as `client` (sharing its engine), connecting from
+    `address`, without `client`'s headers; the caller closes it."""
+    transport = ASGITransport(app=_APPS[client], client=(address, 123))
+    return AsyncClient(transport=transport, base_url="http://test")
 
 
 @asynccontextmanager

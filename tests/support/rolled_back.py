@@ -23,10 +23,20 @@ _END_REQUEST_SCOPE = text(
 )
 
 
-def rolled_back_client(app: FastAPI, engine: AsyncEngine, db_session: AsyncSession) -> AsyncClient:
-    """A client of `app` whose session dependencies (the writing one and the reading one)
-    both yield `db_session`, committing on success and rolling back on error exactly like
-    the real ones; the caller clears `app.dependency_overrides` afterwards."""
+# ASGITransport's client address unless a test gives another.
+DEFAULT_CLIENT_ADDRESS = "127.0.0.1"
+
+
+def rolled_back_client(
+    app: FastAPI,
+    engine: AsyncEngine,
+    db_session: AsyncSession,
+    client_address: str = DEFAULT_CLIENT_ADDRESS,
+) -> AsyncClient:
+    """A client of `app`, connecting from `client_address`, whose session dependencies (the
+    writing one and the reading one) both yield `db_session`, committing on success and
+    rolling back on error exactly like the real ones; the caller clears
+    `app.dependency_overrides` afterwards."""
 
     async def override_get_async_session() -> AsyncIterator[AsyncSession]:
         db_session.expunge_all()  # each request starts with nothing loaded, as in production
@@ -56,4 +66,5 @@ def rolled_back_client(app: FastAPI, engine: AsyncEngine, db_session: AsyncSessi
     app.state.caller_key = CallerKey(TEST_SECRET)
     app.state.async_session_factory = create_session_factory(engine)
     app.state.read_session_factory = create_read_session_factory(engine)
-    return AsyncClient(transport=ASGITransport(app=app), base_url="http://test")
+    transport = ASGITransport(app=app, client=(client_address, 123))
+    return AsyncClient(transport=transport, base_url="http://test")

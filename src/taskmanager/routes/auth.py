@@ -18,14 +18,19 @@ from taskmanager.accounts import register_account
 from taskmanager.auth import TOKEN_URL, CurrentUserDep
 from taskmanager.caller_key import CallerKey
 from taskmanager.database import SessionDep
-from taskmanager.login_limits import count_password_attempt, limit_keys, too_many_attempts
+from taskmanager.login_limits import (
+    count_password_attempt,
+    count_registration,
+    remember_login,
+    too_many_attempts,
+    too_many_registrations,
+)
 from taskmanager.metrics import count_login_failure
 from taskmanager.models import User
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.passwords import verify_password
 from taskmanager.problems import unauthorized_problem
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository, Rotation
-from taskmanager.repositories.login_limit_repository import LoginLimitRepository
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.schemas import RefreshRequest, RegisterRequest, TokenResponse, UserResponse
 from taskmanager.tokens import issue_access_token
@@ -59,13 +64,17 @@ def _unauthorized(detail: str) -> JSONResponse:
     status_code=status.HTTP_201_CREATED,
     responses={
         201: {"headers": response_headers("Location")},
-        **problem_responses(409, 413, 422, 503),
+        **problem_responses(409, 413, 422, 429, 503),
     },
 )
 async def register(
     body: RegisterRequest, session: SessionDep, request: Request, response: Response
-) -> User:
-    """Open an account with its personal workspace. An email in use (in any case) is 409."""
+) -> User | JSONResponse:
+    """Open an account with its personal workspace. An email in use (in any case) is 409.
+    Too many registrations from one address, or from everywhere, are 429 with
+    `Retry-After`."""
+    if (wait := await count_registration(session, request)) is not None:
+        return too_many_registrations(wait)
     user = await register_account(
         session, request.app.state.caller_key, body.email, body.password, body.display_name
     )
@@ -87,13 +96,14 @@ async def login(
     token (a JWT, short-lived) and a refresh token (single use).
 
     A wrong email and a wrong password get the same 401 after the same work. Too many
-    failures for one email, or from one address, are 429 with `Retry-After`."""
+    attempts at one account, or from one address, are 429 with `Retry-After`; failures
+    from elsewhere do not hold back an address the account logged in from lately."""
     settings = request.app.state.settings
     key: CallerKey = request.app.state.caller_key
-    account_key, address_key = keys = limit_keys(form.username, request)
-    if (wait := await count_password_attempt(session, request, keys)) is not None:
+    attempt = await count_password_attempt(session, request, form.username)
+    if attempt.wait is not None:
         count_login_failure("too_many_attempts")
-        return too_many_attempts(wait)
+        return too_many_attempts(attempt.wait)
     users = UserRepository(session)
     await users.enter(key.entry("login"))
     account = await users.password_hash_of(form.username, key)
@@ -107,7 +117,7 @@ async def login(
     await users.enter(key.entry("login", account.user_id))
     if new_hash is not None:  # hashed with older parameters: store today's
         await users.change_password_hash(account.user_id, new_hash)
-    await LoginLimitRepository(session).forget_attempt(account_key, address_key)
+    await remember_login(session, attempt)
     expires_at = datetime.now(UTC) + timedelta(days=settings.session_days)
     session_id, refresh_token = await AuthSessionRepository(session).open(
         account.user_id, expires_at

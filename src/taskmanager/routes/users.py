@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from taskmanager.auth import CurrentReaderDep, CurrentUserDep, enter_again
 from taskmanager.database import ReadSessionDep, SessionDep
-from taskmanager.login_limits import count_password_attempt, limit_keys, too_many_attempts
+from taskmanager.login_limits import count_password_attempt, too_many_attempts
 from taskmanager.models import User
 from taskmanager.openapi import problem_responses
 from taskmanager.passwords import hash_password, verify_password
@@ -40,17 +40,17 @@ async def update_me(
 ) -> User | JSONResponse:
     """Change your display name, or your password (with `current_password`): a new password
     ends every other login session of this account. Wrong current passwords count towards
-    the same limit as failed logins (429 with `Retry-After`)."""
+    the same limits as failed logins (429 with `Retry-After`)."""
     users = UserRepository(session)
     me = await _me(users, user.user_id)
     if body.password is not None:
-        keys = limit_keys(me.email, request)
         # The scope lives in this transaction: end it, count the attempt as the service
         # does at login (committed at once, so a wrong password cannot roll it back), then
         # enter the scope again for the change itself.
         await session.commit()
-        if (wait := await count_password_attempt(session, request, keys)) is not None:
-            return too_many_attempts(wait)
+        attempt = await count_password_attempt(session, request, me.email)
+        if attempt.wait is not None:
+            return too_many_attempts(attempt.wait)
         await enter_again(request, session, user)
         account = await users.password_hash_of(me.email, request.app.state.caller_key)
         matches, _ = await verify_password(
