@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Integer, any_, bindparam, func, select, text
+from sqlalchemy import Integer, Text, any_, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Label
+from taskmanager.repositories.array_parameters import any_of, in_scope
 from taskmanager.scope import Scope
 
 # Columns a client may change through LabelRepository.update.
@@ -52,9 +53,7 @@ class LabelRepository:
 
     async def get_by_id(self, label_id: int, *, for_update: bool = False) -> Label | None:
         """Fetch a label; `for_update=True` locks its row until the transaction ends."""
-        stmt = select(Label).where(
-            Label.id == label_id, Label.workspace_id.in_(self.scope.workspace_ids)
-        )
+        stmt = select(Label).where(Label.id == label_id, in_scope(Label.workspace_id, self.scope))
         if for_update:
             stmt = stmt.with_for_update()
         result = await self.session.execute(stmt)
@@ -62,11 +61,7 @@ class LabelRepository:
 
     async def get_all(self, workspace_id: int | None = None) -> list[Label]:
         """The caller's labels (of one workspace, if given) by name, ignoring case."""
-        stmt = (
-            select(Label)
-            .where(Label.workspace_id.in_(self.scope.workspace_ids))
-            .order_by(*LABEL_ORDER)
-        )
+        stmt = select(Label).where(in_scope(Label.workspace_id, self.scope)).order_by(*LABEL_ORDER)
         if workspace_id is not None:
             stmt = stmt.where(Label.workspace_id == workspace_id)
         result = await self.session.execute(stmt)
@@ -142,7 +137,9 @@ class LabelRepository:
         lowered = [name.lower() for name, _ in labels]
         result = await self.session.execute(
             select(Label.id)
-            .where(Label.workspace_id == workspace_id, func.lower(Label.name).in_(lowered))
+            .where(
+                Label.workspace_id == workspace_id, any_of(func.lower(Label.name), lowered, Text)
+            )
             .order_by(Label.id)
         )
         return list(result.scalars().all())

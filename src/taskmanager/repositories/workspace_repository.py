@@ -14,6 +14,7 @@ from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Membership, UnclaimedWorkspace, User, Workspace
+from taskmanager.repositories.array_parameters import in_scope
 from taskmanager.scope import Scope
 
 
@@ -89,7 +90,7 @@ class WorkspaceRepository:
         rows = await self.session.execute(
             _MY_WORKSPACES.where(
                 Membership.user_id == scope.user_id,
-                Workspace.id.in_(scope.workspace_ids),
+                in_scope(Workspace.id, scope),
             ).order_by(Workspace.personal.desc(), func.lower(Workspace.name), Workspace.id)
         )
         return [WorkspaceView(*row) for row in rows]
