@@ -38,7 +38,7 @@ async def register_account(
     # create a workspace only as its creator, and become the owner of one without members.
     await users.act_as(user.id)
     workspaces = WorkspaceRepository(session)
-    personal = await workspaces.create(user.id, PERSONAL_WORKSPACE_NAME, personal=True)
+    personal = await workspaces.create_personal(user.id, PERSONAL_WORKSPACE_NAME)
     await users.set_personal_workspace(user, personal)
     if claim_unowned:
         await workspaces.claim_unclaimed(user.id)

@@ -95,6 +95,9 @@ FORBIDDEN = ProblemType("/problems/forbidden", "Forbidden", 403)
 TOO_MANY_LOGIN_ATTEMPTS = ProblemType(
     "/problems/too-many-login-attempts", "Too many failed logins", 429
 )
+# A cap on how many of something may exist (workspaces per account, members per
+# workspace): `detail` names the cap and its value.
+LIMIT_REACHED = ProblemType("/problems/limit-reached", "Limit reached", 409)
 DATABASE_UNAVAILABLE = ProblemType("/problems/database-unavailable", "Database unavailable", 503)
 INTERNAL_ERROR = ProblemType("/problems/internal-error", "Internal Server Error", 500)
 
@@ -106,6 +109,7 @@ CATALOGUE: tuple[ProblemType, ...] = (
     UNAUTHORIZED,
     FORBIDDEN,
     TOO_MANY_LOGIN_ATTEMPTS,
+    LIMIT_REACHED,
     DATABASE_UNAVAILABLE,
     INTERNAL_ERROR,
 )
