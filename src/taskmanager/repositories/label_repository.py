@@ -44,6 +44,18 @@ _IN_WORKSPACE = (
 )
 
 
+# How many of some (distinct) label ids name a label in the caller's workspaces: probes of
+# the labels' primary key, nothing else read.
+_COUNT_IN_SCOPE = (
+    select(func.count())
+    .select_from(Label.__table__)
+    .where(
+        Label.__table__.c.id == any_(bindparam("label_ids", type_=ARRAY(Integer))),
+        Label.__table__.c.workspace_id == any_(bindparam("workspace_ids", type_=ARRAY(Integer))),
+    )
+)
+
+
 class LabelRepository:
     """Encapsulates all database operations for Labels, within the caller's Scope."""
 
@@ -115,6 +127,14 @@ class LabelRepository:
             found = {label.id for label in labels}
             raise LabelsNotInWorkspaceError([i for i in label_ids if i not in found])
         return labels
+
+    async def all_in_scope(self, label_ids: Sequence[int]) -> bool:
+        """Whether every id names a label in one of the caller's workspaces (one statement,
+        reading labels only)."""
+        distinct = sorted(set(label_ids))
+        parameters = {"label_ids": distinct, "workspace_ids": list(self.scope.workspace_ids)}
+        found = (await self.session.execute(_COUNT_IN_SCOPE, parameters)).scalar_one()
+        return bool(found == len(distinct))
 
     async def ensure_names(
         self, labels: Sequence[tuple[str, str | None]], workspace_id: int
