@@ -125,10 +125,10 @@ async def _handle_foreign_labels(request: Request, exc: Exception) -> Response:
 
 async def _handle_membership_limit(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, MembershipLimitError)
-    return LIMIT_REACHED.problem(membership_limit_detail(exc)).response()
+    return LIMIT_REACHED.problem(_membership_limit_detail(exc)).response()
 
 
-def membership_limit_detail(exc: MembershipLimitError) -> str:
+def _membership_limit_detail(exc: MembershipLimitError) -> str:
     """Which cap was reached and what it is. Of another account only that it is at its
     cap, not how many workspaces it belongs to: the caller cannot see those."""
     most = exc.maximum
