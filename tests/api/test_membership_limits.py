@@ -227,10 +227,9 @@ async def new_workspace(client: AsyncClient, name: str = "Household") -> int:
     return workspace_id
 
 
-def add(client: AsyncClient, workspace_id: int, who: Account | str) -> Awaitable[Response]:
-    email = who if isinstance(who, str) else who.email
+def add(client: AsyncClient, workspace_id: int, who: Account) -> Awaitable[Response]:
     return client.post(
-        f"/workspaces/{workspace_id}/members", json={"email": email, "role": "member"}
+        f"/workspaces/{workspace_id}/members", json={"email": who.email, "role": "member"}
     )
 
 
