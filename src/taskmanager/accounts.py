@@ -47,7 +47,7 @@ async def register_account(
     # The policies let a caller create a workspace only as its creator, and become the
     # first owner of a workspace it created.
     workspaces = WorkspaceRepository(session)
-    personal = await workspaces.create(user.id, PERSONAL_WORKSPACE_NAME, personal=True)
+    personal = await workspaces.create_personal(user.id, PERSONAL_WORKSPACE_NAME)
     await users.set_personal_workspace(user, personal)
     if claim_unowned:
         # Only an operator's caller may take over the workspaces nobody owns.

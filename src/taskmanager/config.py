@@ -210,6 +210,19 @@ class Settings(BaseSettings):
         description="Registrations from all clients together per registrations_total_window.",
     )
     registrations_total_window_seconds: int = Field(default=10, ge=1)
+    # Anyone may add an account to a workspace they own, so without a cap one person could
+    # put another in tens of thousands: every request of that account then carries them all
+    # (its scope, each row-level policy's array). 100 is far more than a person works in;
+    # 500 keeps a workspace's member list, which GET /workspaces/{id} answers whole, small.
+    max_workspaces_per_user: int = Field(
+        default=100,
+        ge=1,
+        description="Workspaces an account may belong to (its personal one included); "
+        "creating or joining one more is 409.",
+    )
+    max_members_per_workspace: int = Field(
+        default=500, ge=1, description="Members a workspace may have; adding one more is 409."
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description='Origins browsers may call the API from, e.g. ["https://app.example"]; '

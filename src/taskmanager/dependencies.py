@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 
 from taskmanager.auth import CurrentReaderDep, CurrentUserDep
 from taskmanager.database import ReadSessionDep, SessionDep
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.label_repository import LabelRepository
 from taskmanager.repositories.task_repository import TaskRepository
-from taskmanager.repositories.workspace_repository import WorkspaceRepository
+from taskmanager.repositories.workspace_repository import MembershipLimits, WorkspaceRepository
 
 
 async def get_task_repository(session: SessionDep, user: CurrentUserDep) -> TaskRepository:
@@ -60,6 +60,15 @@ async def get_workspace_reader(
     return WorkspaceRepository(session)
 
 
+def get_membership_limits(request: Request) -> MembershipLimits:
+    """The caps on new memberships, from the app's settings."""
+    settings = request.app.state.settings
+    return MembershipLimits(
+        workspaces_per_user=settings.max_workspaces_per_user,
+        members_per_workspace=settings.max_members_per_workspace,
+    )
+
+
 TaskRepositoryDep = Annotated[TaskRepository, Depends(get_task_repository)]
 TaskReaderDep = Annotated[TaskRepository, Depends(get_task_reader)]
 CategoryRepositoryDep = Annotated[CategoryRepository, Depends(get_category_repository)]
@@ -68,3 +77,4 @@ LabelRepositoryDep = Annotated[LabelRepository, Depends(get_label_repository)]
 LabelReaderDep = Annotated[LabelRepository, Depends(get_label_reader)]
 WorkspaceRepositoryDep = Annotated[WorkspaceRepository, Depends(get_workspace_repository)]
 WorkspaceReaderDep = Annotated[WorkspaceRepository, Depends(get_workspace_reader)]
+MembershipLimitsDep = Annotated[MembershipLimits, Depends(get_membership_limits)]

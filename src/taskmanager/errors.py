@@ -35,12 +35,14 @@ from taskmanager.problems import (
     CONFLICT,
     DATABASE_UNAVAILABLE,
     INTERNAL_ERROR,
+    LIMIT_REACHED,
     VALIDATION_ERROR,
     FieldError,
     ProblemError,
     http_problem,
 )
 from taskmanager.repositories.label_repository import LabelsNotInWorkspaceError
+from taskmanager.repositories.workspace_repository import Limit, MembershipLimitError
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,28 @@ async def _handle_foreign_labels(request: Request, exc: Exception) -> Response:
     return VALIDATION_ERROR.about_field(
         "body.label_ids", f"{LABELS_NOT_IN_WORKSPACE}: {ids}", "label_not_in_workspace"
     ).response()
+
+
+async def _handle_membership_limit(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MembershipLimitError)
+    return LIMIT_REACHED.problem(_membership_limit_detail(exc)).response()
+
+
+def _membership_limit_detail(exc: MembershipLimitError) -> str:
+    """Which cap was reached and what it is. Of another account only that it is at its
+    cap, not how many workspaces it belongs to: the caller cannot see those."""
+    most = exc.maximum
+    if exc.limit is Limit.CALLERS_WORKSPACES:
+        return (
+            f"you belong to {exc.count} workspaces; an account may belong to at most {most} "
+            "(leave or delete one first)"
+        )
+    if exc.limit is Limit.MEMBERS_WORKSPACES:
+        return (
+            "the account with this email belongs to as many workspaces as an account may: "
+            f"at most {most}"
+        )
+    return f"this workspace has {exc.count} members; a workspace may have at most {most}"
 
 
 async def _handle_http_exception(request: Request, exc: Exception) -> Response:
@@ -319,6 +343,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _handle_problem_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(LabelsNotInWorkspaceError, _handle_foreign_labels)
+    app.add_exception_handler(MembershipLimitError, _handle_membership_limit)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(sa_exc.SQLAlchemyError, _handle_database_error)
     # The driver raises OSError (TimeoutError included) unwrapped; other OSErrors are bugs.

@@ -25,6 +25,7 @@ from taskmanager.auth import account_id, scope_of_account
 from taskmanager.caller_key import CallerKey
 from taskmanager.database import create_session_factory
 from taskmanager.models import Category, Label, Task
+from taskmanager.repositories.array_parameters import in_scope
 from taskmanager.repositories.task_repository import (
     SORTS,
     SORTS_NEEDING_Q,
@@ -235,22 +236,22 @@ class Samples:
 async def samples(session: AsyncSession, repository: TaskRepository) -> Samples:
     """A value for every filter of TaskFilters, from the caller's data. A filter without a
     sample is an error: a new filter must say here how it is exercised."""
-    scope_ids = list(repository.scope.workspace_ids)
+    scope = repository.scope
     category_id = await session.scalar(
-        select(Category.id).where(Category.workspace_id.in_(scope_ids)).order_by(Category.id)
+        select(Category.id).where(in_scope(Category.workspace_id, scope)).order_by(Category.id)
     )
     workspace_id = await session.scalar(
-        select(Task.workspace_id).where(Task.workspace_id.in_(scope_ids)).limit(1)
+        select(Task.workspace_id).where(in_scope(Task.workspace_id, scope)).limit(1)
     )
     label_id = await session.scalar(
-        select(Label.id).where(Label.workspace_id.in_(scope_ids)).order_by(Label.id)
+        select(Label.id).where(in_scope(Label.workspace_id, scope)).order_by(Label.id)
     )
     now = datetime.now(UTC)
     values: dict[str, Any] = {
         "completed": False,
         "category_id": category_id or 1,
         "q": "milk",
-        "workspace_id": workspace_id or scope_ids[0],
+        "workspace_id": workspace_id or scope.workspace_ids[0],
         "due_before": now + timedelta(days=7),
         "due_after": now - timedelta(days=7),
         "overdue": True,

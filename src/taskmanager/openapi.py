@@ -33,7 +33,8 @@ _DESCRIPTIONS = {
     401: "No valid access token: missing, expired, tampered with, or its login has ended.",
     403: "You can see this resource but your role does not allow this change.",
     404: "Not found: no resource you can see has this id.",
-    409: "Conflict with existing data (for example a duplicate category name).",
+    409: "Conflict with existing data (for example a duplicate category name), or a cap "
+    "reached (workspaces per account, members per workspace).",
     412: "If-Match does not match the current ETag: it changed since you read it.",
     413: "The request body is larger than the configured limit.",
     422: "Validation failed; `errors` names each failing field.",

@@ -98,6 +98,9 @@ TOO_MANY_LOGIN_ATTEMPTS = ProblemType(
 TOO_MANY_REGISTRATIONS = ProblemType(
     "/problems/too-many-registrations", "Too many registrations", 429
 )
+# A cap on how many of something may exist (workspaces per account, members per
+# workspace): `detail` names the cap and its value.
+LIMIT_REACHED = ProblemType("/problems/limit-reached", "Limit reached", 409)
 DATABASE_UNAVAILABLE = ProblemType("/problems/database-unavailable", "Database unavailable", 503)
 INTERNAL_ERROR = ProblemType("/problems/internal-error", "Internal Server Error", 500)
 
@@ -110,6 +113,7 @@ CATALOGUE: tuple[ProblemType, ...] = (
     FORBIDDEN,
     TOO_MANY_LOGIN_ATTEMPTS,
     TOO_MANY_REGISTRATIONS,
+    LIMIT_REACHED,
     DATABASE_UNAVAILABLE,
     INTERNAL_ERROR,
 )

@@ -3,15 +3,17 @@ answer, and the label_id filter (tasks carrying ALL the labels named)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from httpx import AsyncClient
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from taskmanager.models import Label, Task, TaskLabel
 from taskmanager.schemas import MAX_LABELS_PER_TASK
+from tests.api.test_statement_count import count_statements
 from tests.support.accounts import Account
 from tests.support.pages import walk_both_ways
 from tests.support.problems import assert_problem, assert_validation_problem
@@ -424,6 +426,63 @@ async def test_label_id_filter_with_an_unknown_or_foreign_label_finds_nothing(
         response = await client.get("/tasks", params={"label_id": label_ids})
         assert response.status_code == 200, response.text
         assert (response.json(), response.headers["x-total-count"]) == ([], "0")
+
+
+def tables_read(statement: str) -> set[str]:
+    return set(re.findall(r"\b(?:FROM|JOIN)\s+(\w+)", statement, flags=re.IGNORECASE))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"q": "task"},
+        {"q": "task", "sort": "relevance"},
+        {"q": "!!!"},
+        {"count": "false"},
+        {"sort": "due", "limit": 1},
+    ],
+)
+async def test_another_tenants_label_is_answered_without_reading_its_tasks(
+    client: AsyncClient, engine: AsyncEngine, other_account: Account, extra: dict[str, Any]
+) -> None:
+    """A timing oracle: how long a label filter takes must not tell how many of another
+    tenant's tasks carry their label. Whether every label asked for is the caller's is
+    checked first, reading only labels; a foreign one is then answered at once, exactly
+    like an id of no label, and no statement reads tasks or task_labels."""
+    home = await label(client, "home")
+    await task(client, "my task", label_ids=[home["id"]])
+    theirs = await label(client, "theirs", headers=other_account.headers)
+    for n in range(3):
+        await task(
+            client, f"their task {n}", label_ids=[theirs["id"]], headers=other_account.headers
+        )
+
+    answers = []
+    for label_ids in ([theirs["id"]], [MISSING_ID], [home["id"], theirs["id"]]):
+        with count_statements(engine) as log:
+            response = await client.get("/tasks", params={"label_id": label_ids, **extra})
+        answers.append(
+            (
+                response.status_code,
+                response.json(),
+                response.headers.get("x-total-count"),
+                response.headers.get("link"),
+            )
+        )
+        assert log.queries, log.statements
+        assert tables_read(log.queries[0]) == {"labels"}, log.queries
+        for statement in log.queries:
+            assert "task_labels" not in statement, log.queries
+            assert "tasks" not in tables_read(statement), log.queries
+
+    assert answers[0] == answers[1] == answers[2]
+    status, body, total, link = answers[0]
+    if "!!!" in extra.values():  # q without a word is refused whatever the labels
+        assert status == 422, body
+    else:
+        assert (status, body, link) == (200, [], None)
+        assert total == (None if extra.get("count") == "false" else "0")
 
 
 @pytest.mark.parametrize(

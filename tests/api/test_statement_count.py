@@ -341,11 +341,13 @@ async def test_a_page_with_its_labels_is_still_one_statement(
     assert sum(len(task["labels"]) for task in tasks) > len(tasks)  # many labels per task
 
 
-async def test_the_label_filter_costs_one_statement_more(
+async def test_the_label_filter_costs_two_statements_more(
     client: AsyncClient, engine: AsyncEngine, labelled: dict[int, list[str]]
 ) -> None:
-    """The page, and before it one statement choosing how to find it (by the carriers' ids,
-    or by walking the order's index: TaskRepository._labels_way), whatever the labels."""
+    """The page, and before it two statements, whatever the labels: one checking that the
+    labels are the caller's (reading labels only, so that another tenant's label is
+    answered without reading its tasks), one choosing how to find the page (by the
+    carriers' ids, or by walking the order's index: TaskRepository._labels_way)."""
     _, reference = await list_counting(client, engine, {"limit": 50})
     labels = (await client.get("/labels")).json()
     wanted = [labels[0]["id"], labels[5]["id"]]
@@ -353,8 +355,10 @@ async def test_the_label_filter_costs_one_statement_more(
     response, log = await list_counting(client, engine, {"label_id": wanted})
 
     assert len(reference.queries) == 1
-    assert len(log.queries) == 2
-    assert "pg_class" in log.queries[0]
+    assert len(log.queries) == 3
+    assert "FROM labels" in log.queries[0]
+    assert "task_labels" not in log.queries[0]
+    assert "pg_class" in log.queries[1]
     expected = {task_id for task_id, names in labelled.items() if len(names) > 5}
     assert {task["id"] for task in response.json()} == expected
 

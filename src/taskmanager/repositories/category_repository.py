@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Text, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Category
+from taskmanager.repositories.array_parameters import any_of, in_scope
 from taskmanager.scope import Scope
 
 
@@ -22,7 +23,7 @@ class CategoryRepository:
     async def get_by_id(self, category_id: int, *, for_update: bool = False) -> Category | None:
         """Fetch a category; `for_update=True` locks its row until the transaction ends."""
         stmt = select(Category).where(
-            Category.id == category_id, Category.workspace_id.in_(self.scope.workspace_ids)
+            Category.id == category_id, in_scope(Category.workspace_id, self.scope)
         )
         if for_update:
             stmt = stmt.with_for_update()
@@ -33,7 +34,7 @@ class CategoryRepository:
         """The caller's categories (of one workspace, if given) by name, ignoring case."""
         stmt = (
             select(Category)
-            .where(Category.workspace_id.in_(self.scope.workspace_ids))
+            .where(in_scope(Category.workspace_id, self.scope))
             .order_by(func.lower(Category.name), Category.id)
         )
         if workspace_id is not None:
@@ -76,7 +77,10 @@ class CategoryRepository:
         lowered = [name.lower() for name in names]
         result = await self.session.execute(
             select(Category.id)
-            .where(Category.workspace_id == workspace_id, func.lower(Category.name).in_(lowered))
+            .where(
+                Category.workspace_id == workspace_id,
+                any_of(func.lower(Category.name), lowered, Text),
+            )
             .order_by(Category.id)
         )
         return list(result.scalars().all())

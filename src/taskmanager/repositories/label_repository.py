@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Integer, any_, bindparam, func, select, text
+from sqlalchemy import Integer, Text, any_, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Label
+from taskmanager.repositories.array_parameters import any_of, in_scope
 from taskmanager.scope import Scope
 
 # Columns a client may change through LabelRepository.update.
@@ -43,6 +44,18 @@ _IN_WORKSPACE = (
 )
 
 
+# How many of some (distinct) label ids name a label in the caller's workspaces: probes of
+# the labels' primary key, nothing else read.
+_COUNT_IN_SCOPE = (
+    select(func.count())
+    .select_from(Label.__table__)
+    .where(
+        Label.__table__.c.id == any_(bindparam("label_ids", type_=ARRAY(Integer))),
+        Label.__table__.c.workspace_id == any_(bindparam("workspace_ids", type_=ARRAY(Integer))),
+    )
+)
+
+
 class LabelRepository:
     """Encapsulates all database operations for Labels, within the caller's Scope."""
 
@@ -52,9 +65,7 @@ class LabelRepository:
 
     async def get_by_id(self, label_id: int, *, for_update: bool = False) -> Label | None:
         """Fetch a label; `for_update=True` locks its row until the transaction ends."""
-        stmt = select(Label).where(
-            Label.id == label_id, Label.workspace_id.in_(self.scope.workspace_ids)
-        )
+        stmt = select(Label).where(Label.id == label_id, in_scope(Label.workspace_id, self.scope))
         if for_update:
             stmt = stmt.with_for_update()
         result = await self.session.execute(stmt)
@@ -62,11 +73,7 @@ class LabelRepository:
 
     async def get_all(self, workspace_id: int | None = None) -> list[Label]:
         """The caller's labels (of one workspace, if given) by name, ignoring case."""
-        stmt = (
-            select(Label)
-            .where(Label.workspace_id.in_(self.scope.workspace_ids))
-            .order_by(*LABEL_ORDER)
-        )
+        stmt = select(Label).where(in_scope(Label.workspace_id, self.scope)).order_by(*LABEL_ORDER)
         if workspace_id is not None:
             stmt = stmt.where(Label.workspace_id == workspace_id)
         result = await self.session.execute(stmt)
@@ -121,6 +128,14 @@ class LabelRepository:
             raise LabelsNotInWorkspaceError([i for i in label_ids if i not in found])
         return labels
 
+    async def all_in_scope(self, label_ids: Sequence[int]) -> bool:
+        """Whether every id names a label in one of the caller's workspaces (one statement,
+        reading labels only)."""
+        distinct = sorted(set(label_ids))
+        parameters = {"label_ids": distinct, "workspace_ids": list(self.scope.workspace_ids)}
+        found = (await self.session.execute(_COUNT_IN_SCOPE, parameters)).scalar_one()
+        return bool(found == len(distinct))
+
     async def ensure_names(
         self, labels: Sequence[tuple[str, str | None]], workspace_id: int
     ) -> list[int]:
@@ -142,7 +157,9 @@ class LabelRepository:
         lowered = [name.lower() for name, _ in labels]
         result = await self.session.execute(
             select(Label.id)
-            .where(Label.workspace_id == workspace_id, func.lower(Label.name).in_(lowered))
+            .where(
+                Label.workspace_id == workspace_id, any_of(func.lower(Label.name), lowered, Text)
+            )
             .order_by(Label.id)
         )
         return list(result.scalars().all())

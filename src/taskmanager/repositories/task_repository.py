@@ -637,11 +637,19 @@ class TaskRepository:
         rows. `counted`: the total rides along as an uncorrelated scalar subquery (PostgreSQL
         evaluates it once, but it reads every matching row); only a page past the end then
         needs a second statement. One row more than `limit` is read, to know whether
-        another page follows."""
+        another page follows. Label ids that are not all the caller's labels match no task,
+        which is answered from the labels alone."""
         filters = filters or TaskFilters()
         active = listed = _active_filters(filters)
         if sort in SORTS_NEEDING_Q and not filters.q:
             raise ValueError(f"sort={sort} needs q")
+        labels = LabelRepository(self.session, self.scope)
+        if filters.label_ids and not await labels.all_in_scope(filters.label_ids):
+            # Answered like an id of no label, before anything reads task_labels: how long
+            # it takes must not tell how many of someone else's tasks carry their label.
+            if filters.q:  # a q without words is still refused (a statement reading no table)
+                await self._empty_search_page(filters, listed, counted=False, past_the_start=False)
+            return TaskPage(items=[], total=0 if counted else None)
         if filters.q and sort not in SORTS_NEEDING_Q:  # relevance ranks every match anyway
             active = await self._search_way(filters.q, active, limit)
         elif filters.label_ids:

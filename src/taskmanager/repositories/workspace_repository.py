@@ -2,18 +2,24 @@
 
 Flushes, never commits. Inserts name no RETURNING: the row-level policy lets a caller see a
 workspace only through a membership, which does not exist yet while the workspace is being
-inserted, so the new id is taken from the sequence first."""
+inserted, so the new id is taken from the sequence first.
+
+A new membership is counted first against MembershipLimits (workspaces per account, members
+per workspace), with the rows it depends on locked, so that concurrent requests queue and
+each one counts what the one before it committed."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 
-from sqlalchemy import bindparam, delete, func, insert, select, text
+from sqlalchemy import Integer, bindparam, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Membership, UnclaimedWorkspace, User, Workspace
+from taskmanager.repositories.array_parameters import in_scope
 from taskmanager.scope import Scope
 
 
@@ -54,6 +60,62 @@ _MEMBERS = select(
 ).join(User, User.id == Membership.user_id)
 
 
+@dataclass(frozen=True, slots=True)
+class MembershipLimits:
+    """How many workspaces an account may belong to, and how many members a workspace may
+    have (Settings.max_workspaces_per_user, Settings.max_members_per_workspace)."""
+
+    workspaces_per_user: int
+    members_per_workspace: int
+
+
+class Limit(Enum):
+    """Which cap a new membership would pass."""
+
+    CALLERS_WORKSPACES = "workspaces per account (the caller's)"
+    MEMBERS_WORKSPACES = "workspaces per account (the added member's)"
+    WORKSPACE_MEMBERS = "members per workspace"
+
+
+class MembershipLimitError(Exception):
+    """A new membership would pass `limit`: `count` rows are there already, `maximum` may
+    be. Answered as a 409 (errors.py)."""
+
+    def __init__(self, limit: Limit, count: int, maximum: int) -> None:
+        super().__init__(f"{limit.value}: {count} of at most {maximum}")
+        self.limit = limit
+        self.count = count
+        self.maximum = maximum
+
+
+# Locks taken before counting, each in a statement of its own: under READ COMMITTED the
+# count that follows then sees whatever the transaction that held the lock committed (a
+# count in the locking statement would use the snapshot taken before the wait).
+# FOR NO KEY UPDATE: it queues the counters, but not the foreign-key checks of rows
+# inserted meanwhile (a task in the workspace, a login of the account).
+_LOCK_USER = select(User.id).where(User.id == bindparam("user_id")).with_for_update(key_share=True)
+_LOCK_WORKSPACE = (
+    select(Workspace.id)
+    .where(Workspace.id == bindparam("workspace_id"))
+    .with_for_update(key_share=True)
+)
+_WORKSPACES_OF_USER = (
+    select(func.count()).select_from(Membership).where(Membership.user_id == bindparam("user_id"))
+)
+# A workspace's members, and whether the account about to be added is one of them already
+# (then the primary key answers, not a cap).
+_MEMBER_COUNT = select(
+    func.count(), func.coalesce(func.bool_or(Membership.user_id == bindparam("user_id")), False)
+).where(Membership.workspace_id == bindparam("workspace_id"))
+
+# Another account's memberships are hidden from the caller by row-level security: a
+# database function (migration 0008) locks that account's row and says whether it belongs
+# to `cap` workspaces or more, and nothing else about it.
+_ACCOUNT_AT_CAP = text("SELECT taskmanager_account_at_cap(:user_id, :cap)").bindparams(
+    bindparam("user_id", type_=Integer), bindparam("cap", type_=Integer)
+)
+
+
 class WorkspaceRepository:
     """Encapsulates all database operations for workspaces and memberships."""
 
@@ -62,9 +124,25 @@ class WorkspaceRepository:
 
     # ── creating (registration and POST /workspaces) ──
 
-    async def create(self, creator_id: int, name: str, *, personal: bool = False) -> int:
+    async def create(self, creator_id: int, name: str, limits: MembershipLimits) -> int:
         """A workspace owned by `creator_id`, who must be the caller the transaction acts
-        as (the row-level policies check it). Returns its id."""
+        as (the row-level policies check it); MembershipLimitError if they belong to as
+        many workspaces as an account may. Returns its id."""
+        # The caller's own row and memberships: row-level security shows them all.
+        await self.session.execute(_LOCK_USER, {"user_id": creator_id})
+        joined = (
+            await self.session.execute(_WORKSPACES_OF_USER, {"user_id": creator_id})
+        ).scalar_one()
+        if joined >= limits.workspaces_per_user:
+            raise MembershipLimitError(Limit.CALLERS_WORKSPACES, joined, limits.workspaces_per_user)
+        return await self._insert(creator_id, name, personal=False)
+
+    async def create_personal(self, creator_id: int, name: str) -> int:
+        """The personal workspace of an account being opened: its first membership, so
+        no cap is counted."""
+        return await self._insert(creator_id, name, personal=True)
+
+    async def _insert(self, creator_id: int, name: str, *, personal: bool) -> int:
         workspace_id = int(
             (await self.session.execute(text("SELECT nextval('workspaces_id_seq')"))).scalar_one()
         )
@@ -80,7 +158,9 @@ class WorkspaceRepository:
 
     async def claim_unclaimed(self, user_id: int) -> list[int]:
         """Make `user_id` the owner of every workspace left without members (the data from
-        before accounts existed); returns their ids."""
+        before accounts existed); returns their ids. Not counted against a cap: only an
+        operator's `taskmanager users create` claims, for an account being opened, and the
+        only such workspace is the one migration 0003 made."""
         # Memberships first: the policy lets an operator's caller own a workspace only
         # while it is still listed as unclaimed.
         result = await self.session.execute(select(UnclaimedWorkspace.workspace_id))
@@ -103,7 +183,7 @@ class WorkspaceRepository:
         rows = await self.session.execute(
             _MY_WORKSPACES.where(
                 Membership.user_id == scope.user_id,
-                Workspace.id.in_(scope.workspace_ids),
+                in_scope(Workspace.id, scope),
             ).order_by(Workspace.personal.desc(), func.lower(Workspace.name), Workspace.id)
         )
         return [WorkspaceView(*row) for row in rows]
@@ -183,11 +263,35 @@ class WorkspaceRepository:
             return None
         return await self.session.get(Membership, (workspace_id, user_id))
 
-    async def add_member(self, scope: Scope, workspace_id: int, user_id: int, role: str) -> None:
+    async def add_member(
+        self, scope: Scope, workspace_id: int, user_id: int, role: str, limits: MembershipLimits
+    ) -> None:
         """A new membership of a workspace the caller owns; one that exists already fails
-        the primary key (409)."""
+        the primary key (409). MembershipLimitError if the workspace has as many members as
+        it may, or the account belongs to as many workspaces as it may."""
         if not scope.owns(workspace_id):
             raise PermissionError(f"user {scope.user_id} does not own workspace {workspace_id}")
+        # Owners adding people to one workspace at once queue on its row.
+        await self.session.execute(_LOCK_WORKSPACE, {"workspace_id": workspace_id})
+        members, already = (
+            await self.session.execute(
+                _MEMBER_COUNT, {"workspace_id": workspace_id, "user_id": user_id}
+            )
+        ).one()
+        if not already:
+            if members >= limits.members_per_workspace:
+                raise MembershipLimitError(
+                    Limit.WORKSPACE_MEMBERS, members, limits.members_per_workspace
+                )
+            at_cap = (
+                await self.session.execute(
+                    _ACCOUNT_AT_CAP, {"user_id": user_id, "cap": limits.workspaces_per_user}
+                )
+            ).scalar_one()
+            if at_cap:
+                raise MembershipLimitError(
+                    Limit.MEMBERS_WORKSPACES, limits.workspaces_per_user, limits.workspaces_per_user
+                )
         await self.session.execute(
             insert(Membership).values(workspace_id=workspace_id, user_id=user_id, role=role)
         )
@@ -217,4 +321,11 @@ class WorkspaceRepository:
         return bool(getattr(result, "rowcount", 0))
 
 
-__all__ = ["MemberView", "WorkspaceRepository", "WorkspaceView"]
+__all__ = [
+    "Limit",
+    "MemberView",
+    "MembershipLimitError",
+    "MembershipLimits",
+    "WorkspaceRepository",
+    "WorkspaceView",
+]

@@ -9,7 +9,11 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 
 from taskmanager.auth import CurrentReaderDep, CurrentUserDep
-from taskmanager.dependencies import WorkspaceReaderDep, WorkspaceRepositoryDep
+from taskmanager.dependencies import (
+    MembershipLimitsDep,
+    WorkspaceReaderDep,
+    WorkspaceRepositoryDep,
+)
 from taskmanager.models import Workspace
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.problems import CONFLICT, FORBIDDEN, VALIDATION_ERROR, ProblemError
@@ -58,18 +62,20 @@ async def _detail(
     status_code=status.HTTP_201_CREATED,
     responses={
         201: {"headers": response_headers("Location", "ETag")},
-        **problem_responses(401, 413, 422, 503),
+        **problem_responses(401, 409, 413, 422, 503),
     },
 )
 async def create_workspace(
     body: WorkspaceCreate,
     repo: WorkspaceRepositoryDep,
     user: CurrentUserDep,
+    limits: MembershipLimitsDep,
     request: Request,
     response: Response,
 ) -> dict[str, object]:
-    """A new workspace; you are its owner."""
-    workspace_id = await repo.create(user.user_id, body.name)
+    """A new workspace; you are its owner. 409 if you belong to as many workspaces as an
+    account may already."""
+    workspace_id = await repo.create(user.user_id, body.name, limits)
     # The scope was read at the start of the request; this one now includes the new id.
     joined = user.with_workspace(workspace_id, owner=True)
     view = await repo.get(joined, workspace_id)
@@ -171,9 +177,11 @@ async def add_member(
     user: CurrentUserDep,
     request: Request,
     response: Response,
+    limits: MembershipLimitsDep,
 ) -> MemberView:
-    """Add the account with this email to a workspace you own (409 if already a member);
-    answers the new membership, at its own URL."""
+    """Add the account with this email to a workspace you own; answers the new membership,
+    at its own URL. 409 if it is a member already, if the workspace has as many members as
+    it may, or if the account belongs to as many workspaces as an account may."""
     _owner_only(user, workspace_id)
     view = await repo.get(user, workspace_id)
     if view is None:
@@ -185,7 +193,7 @@ async def add_member(
     member_id = await repo.user_id_by_email(body.email)
     if member_id is None:
         raise ProblemError(VALIDATION_ERROR.about_field("body.email", "no account has this email"))
-    await repo.add_member(user, workspace_id, member_id, body.role)
+    await repo.add_member(user, workspace_id, member_id, body.role, limits)
     member = await repo.member(user, workspace_id, member_id)
     assert member is not None  # just inserted, in a workspace the caller owns
     response.headers["Location"] = str(

@@ -78,6 +78,7 @@ CALLER_FUNCTIONS = (
     "taskmanager_user_id_by_email(text)",
     "taskmanager_password_hash(text, bigint, text)",
     "taskmanager_refresh_token_session(text)",
+    "taskmanager_account_at_cap(integer, integer)",
     "taskmanager_matching_tasks(tsquery)",
     "taskmanager_matches_at_least(tsquery, integer)",
 )
@@ -474,6 +475,30 @@ def _functions() -> None:
     )
 
 
+def _account_at_cap() -> None:
+    # Adding a member: whether that account already belongs to `cap` workspaces, its row
+    # locked until the transaction ends (additions of one account at once queue there).
+    # Nothing else about an account the caller may not see; only for a caller who owns a
+    # workspace (the only one who may add members).
+    _in_current_schema(
+        f"""
+        CREATE FUNCTION {{schema}}.taskmanager_account_at_cap(account integer, cap integer)
+        RETURNS boolean
+        LANGUAGE plpgsql VOLATILE SECURITY DEFINER {PIN}
+        AS $$
+        BEGIN
+            IF cardinality({{schema}}.taskmanager_owned_workspace_ids()) = 0 THEN
+                RAISE EXCEPTION 'taskmanager_account_at_cap: the caller owns no workspace'
+                    USING ERRCODE = '42501';
+            END IF;
+            PERFORM FROM {{schema}}.users u WHERE u.id = account FOR NO KEY UPDATE;
+            RETURN (SELECT count(*) >= cap FROM {{schema}}.memberships m
+                    WHERE m.user_id = account);
+        END $$
+        """
+    )
+
+
 def _policies(policies: dict[str, dict[str, str | None]] | dict[str, dict[str, str]]) -> None:
     for table, table_policies in policies.items():
         for name, definition in table_policies.items():
@@ -488,6 +513,7 @@ def upgrade() -> None:
     _leave_legacy_role()
     _key_and_seal()
     _functions()
+    _account_at_cap()
     op.execute("ALTER TABLE login_failures ENABLE ROW LEVEL SECURITY")
     # taskmanager_may_own_first reads a workspace its caller cannot see yet (no membership
     # before the first one), as the owner: FORCE would hide it from the owner too. It
@@ -568,6 +594,7 @@ def downgrade() -> None:
     op.execute("ALTER FUNCTION taskmanager_user_id() RESET ALL")
     op.execute("GRANT EXECUTE ON FUNCTION taskmanager_user_id() TO PUBLIC")
     for function in (
+        "taskmanager_account_at_cap(integer, integer)",
         "taskmanager_refresh_token_session(text)",
         "taskmanager_password_hash(text, bigint, text)",
         "taskmanager_may_own_first(integer)",
