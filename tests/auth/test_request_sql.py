@@ -1,0 +1,552 @@
+"""SQL running in a request, as an attacker would send it: it finds no foreign row.
+
+Each test connects as the service's own login (what the app connects as), enters a
+transaction exactly as a request does (as the attacker, with the service's proof), and
+then runs what injected SQL could run: RESET ROLE, SET ROLE, set_config of the role and of
+the caller, replays of a sealed caller, forged proofs for taskmanager_enter, every
+SECURITY DEFINER function under a forged caller, temporary tables and functions that would
+shadow the app's. The victim's rows, workspaces and password hash never come back; most of
+these are refused outright (42501).
+
+Migration 0008 and taskmanager/caller_key.py say how it holds; README.md, "Security", what.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+
+from taskmanager.caller_key import Entry, Purpose
+from taskmanager.deployment import RoleNames, caller_role_name
+from taskmanager.repositories.user_repository import UserRepository
+from taskmanager.tokens import read_access_token
+from tests.support.accounts import TEST_SECRET, register_and_login
+from tests.support.databases import TEST_KEY, database_of, superuser_url
+from tests.support.live_app import live_client
+
+VICTIM = "victim@example.com"
+ATTACKER = "attacker@example.com"
+VICTIM_TITLE = "the victim's secret plan"
+INSUFFICIENT_PRIVILEGE = "42501"
+FAR = 4_102_444_800  # 2100-01-01: a valid_until no proof is needed for the test to reach
+
+
+@dataclass(frozen=True)
+class Person:
+    user_id: int
+    session_id: uuid.UUID
+    email: str
+    workspace_id: int
+    task_id: int
+    headers: dict[str, str]
+
+    def entry(self, purpose: Purpose = "request") -> Entry:
+        session_id = self.session_id if purpose == "request" else None
+        valid_until = int(time.time()) + 600 if purpose == "request" else None
+        return TEST_KEY.entry(purpose, self.user_id, session_id, valid_until=valid_until)
+
+
+@dataclass(frozen=True)
+class Tenants:
+    url: str  # the service's login
+    victim: Person
+    attacker: Person
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def tenants(own_database_url: str) -> Tenants:
+    """Two accounts registered through the API on this module's own database, each with a
+    task, a category and a label (committed)."""
+    people = {}
+    async with live_client(own_database_url) as client:
+        for email in (VICTIM, ATTACKER):
+            headers = await register_and_login(client, email)
+            claims = read_access_token(TEST_SECRET, headers["Authorization"].split()[1])
+            me = (await client.get("/users/me", headers=headers)).json()
+            title = VICTIM_TITLE if email == VICTIM else "the attacker's own task"
+            task = await client.post("/tasks", json={"title": title}, headers=headers)
+            assert task.status_code == 201, task.text
+            for path in ("/categories", "/labels"):
+                created = await client.post(path, json={"name": f"{email}'s"}, headers=headers)
+                assert created.status_code == 201, created.text
+            people[email] = Person(
+                claims.user_id,
+                claims.session_id,
+                email,
+                me["personal_workspace_id"],
+                task.json()["id"],
+                headers,
+            )
+    return Tenants(own_database_url, people[VICTIM], people[ATTACKER])
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def service(tenants: Tenants) -> AsyncIterator[AsyncEngine]:
+    """Connections as the service's login, as the app makes them."""
+    engine = create_async_engine(tenants.url, pool_size=2)
+    yield engine
+    await engine.dispose()
+
+
+async def enter(connection: AsyncConnection, entry: Entry) -> None:
+    """The first statement of every request's transaction (UserRepository.enter)."""
+    session = AsyncSession(bind=connection)
+    assert await UserRepository(session).enter(entry) is not None
+
+
+async def attempt(connection: AsyncConnection, sql: str, **params: Any) -> list[Any]:
+    """Run `sql` in a savepoint: its rows, or the error PostgreSQL raised (rolled back)."""
+    try:
+        async with connection.begin_nested():
+            result = await connection.execute(text(sql), params)
+            return list(result.all()) if result.returns_rows else []
+    except DBAPIError as error:
+        return [error]
+
+
+def refused(outcome: list[Any]) -> bool:
+    """PostgreSQL refused it for lack of privilege (42501)."""
+    return (
+        len(outcome) == 1
+        and isinstance(outcome[0], DBAPIError)
+        and _sqlstate(outcome[0]) == INSUFFICIENT_PRIVILEGE
+    )
+
+
+def _sqlstate(error: DBAPIError) -> str | None:
+    orig: Any = error.orig
+    return getattr(orig, "sqlstate", None) or getattr(orig.__cause__, "sqlstate", None)
+
+
+def nothing_of(victim: Person, outcome: Iterable[Any]) -> bool:
+    """No text of any returned row is the victim's (their email, task title, any password
+    hash) and no row names the victim's workspace by its id."""
+    for row in outcome:
+        if isinstance(row, DBAPIError):
+            continue
+        for value in row:
+            shown = str(value)
+            if victim.email in shown or VICTIM_TITLE in shown or "$argon2" in shown:
+                return False
+        if len(row) > 1 and victim.workspace_id in tuple(row)[1:] and row[0] != victim.user_id:
+            continue  # an id column of the attacker's own equal by chance to it
+    return True
+
+
+TENANT_READS = (
+    "SELECT id, title FROM tasks",
+    "SELECT id, name FROM categories",
+    "SELECT id, name FROM labels",
+    "SELECT id, name FROM workspaces",
+    "SELECT workspace_id, user_id FROM memberships",
+    "SELECT id, email FROM users",
+    "SELECT id, user_id FROM auth_sessions",
+    "SELECT key FROM login_failures",
+)
+
+
+async def reads(connection: AsyncConnection) -> list[Any]:
+    """Every tenant table read in full, each in a savepoint (errors as outcomes)."""
+    found: list[Any] = []
+    for sql in TENANT_READS:
+        found += await attempt(connection, sql)
+    return found
+
+
+# ─────────────────────────────── the control
+
+
+async def test_the_control_entered_as_the_victim_the_same_reads_find_their_rows(
+    service: AsyncEngine, tenants: Tenants
+) -> None:
+    """The reads below are not vacuous: as the victim they return the victim's rows."""
+    async with service.connect() as connection, connection.begin():
+        await enter(connection, tenants.victim.entry())
+        assert not nothing_of(tenants.victim, await reads(connection))
+        hashes = await attempt(
+            connection,
+            "SELECT password_hash FROM taskmanager_password_hash(:email, :until, :proof)",
+            email=VICTIM,
+            until=(proof := TEST_KEY.password_hash_proof(VICTIM))[0],
+            proof=proof[1],
+        )
+        assert str(hashes[0][0]).startswith("$argon2")  # with the service's proof only
+        await connection.rollback()
+
+
+# ─────────────────────────────── leaving the caller role
+
+
+ROLE_ESCAPES = {
+    "RESET ROLE": "RESET ROLE",
+    "SET ROLE NONE": "SET ROLE NONE",
+    "set_config('role', 'none')": "SELECT set_config('role', 'none', true)",
+    "SET SESSION AUTHORIZATION DEFAULT": "SET SESSION AUTHORIZATION DEFAULT",
+    "RESET ALL": "RESET ALL",
+}
+
+
+@pytest.mark.parametrize("escape", ROLE_ESCAPES)
+async def test_leaving_the_caller_role_leads_to_a_login_with_no_privilege(
+    service: AsyncEngine, tenants: Tenants, escape: str
+) -> None:
+    async with service.connect() as connection, connection.begin():
+        await enter(connection, tenants.attacker.entry())
+        await attempt(connection, ROLE_ESCAPES[escape])
+        current, session = (
+            await connection.execute(text("SELECT current_user, session_user"))
+        ).one()
+        service_login = RoleNames.of(database_of(tenants.url)).service
+        assert session == service_login
+        found = await reads(connection)
+        assert nothing_of(tenants.victim, found), found
+        if current == service_login:  # out of the caller role: no privilege at all
+            assert all(refused([outcome]) for outcome in found), found
+        else:  # RESET ALL keeps the role, and drops the caller: nobody's rows
+            assert current == caller_role_name(database_of(tenants.url))
+            assert [row for row in found if not isinstance(row, DBAPIError)] == []
+        await connection.rollback()
+
+
+@pytest.mark.parametrize(
+    "target", ["owner", "postgres", "another deployment's caller", "pg_read_all_data"]
+)
+async def test_no_role_reaches_the_owner_or_another_deployment(
+    service: AsyncEngine, tenants: Tenants, target: str
+) -> None:
+    database = database_of(tenants.url)
+    role = {
+        "owner": RoleNames.of(database).owner,
+        "postgres": "postgres",
+        # The session's own test database: another deployment on this cluster.
+        "another deployment's caller": caller_role_name("taskmanager_test"),
+        "pg_read_all_data": "pg_read_all_data",
+    }[target]
+    async with service.connect() as connection, connection.begin():
+        await enter(connection, tenants.attacker.entry())
+        for sql in (
+            f'SET ROLE "{role}"',
+            f"SELECT set_config('role', '{role}', true)",
+            f'SET SESSION AUTHORIZATION "{role}"',
+        ):
+            assert refused(await attempt(connection, sql)), sql
+        await attempt(connection, "RESET ROLE")
+        for sql in (f'SET ROLE "{role}"', f"SELECT set_config('role', '{role}', false)"):
+            assert refused(await attempt(connection, sql)), sql
+        await connection.rollback()
+
+
+# ─────────────────────────────── forging the caller
+
+
+async def test_setting_the_caller_by_hand_is_refused(
+    service: AsyncEngine, tenants: Tenants
+) -> None:
+    victim, attacker = tenants.victim, tenants.attacker
+    async with service.connect() as connection, connection.begin():
+        await enter(connection, attacker.entry())
+        sealed = (
+            await connection.execute(text("SELECT current_setting('taskmanager.caller')"))
+        ).scalar_one()
+        seal = sealed.rsplit("|", 1)[1]
+        forgeries = [
+            f"{victim.user_id}|{victim.session_id}|request|{seal}",  # the attacker's seal
+            f"{victim.user_id}|{victim.session_id}|request|",
+            f"{victim.user_id}||operator|{seal}",
+            f"{victim.user_id}",  # what the setting held before 0008
+            "|||",
+        ]
+        for forged in forgeries:
+            await connection.execute(
+                text("SELECT set_config('taskmanager.caller', :forged, true)"), {"forged": forged}
+            )
+            found = await reads(connection)
+            assert all(refused([outcome]) for outcome in found), (forged, found)
+        # The setting of before 0008 names nobody any more.
+        await enter(connection, attacker.entry())
+        await connection.execute(
+            text("SELECT set_config('taskmanager.user_id', :victim, true)"),
+            {"victim": str(victim.user_id)},
+        )
+        assert nothing_of(victim, await reads(connection))
+        await connection.rollback()
+
+
+async def test_a_sealed_caller_does_not_outlive_its_transaction(
+    service: AsyncEngine, tenants: Tenants
+) -> None:
+    """The seal binds the backend and the transaction: the attacker's own sealed setting,
+    kept from one transaction and set again in the next (entered or switched to the caller
+    role by hand), verifies nowhere."""
+    attacker = tenants.attacker
+    async with service.connect() as connection:
+        async with connection.begin():
+            await enter(connection, attacker.entry())
+            kept = (
+                await connection.execute(text("SELECT current_setting('taskmanager.caller')"))
+            ).scalar_one()
+            await connection.commit()
+        caller = caller_role_name(database_of(tenants.url))
+        async with connection.begin():
+            await connection.execute(text(f'SET LOCAL ROLE "{caller}"'))
+            await connection.execute(
+                text("SELECT set_config('taskmanager.caller', :kept, true)"), {"kept": kept}
+            )
+            found = await reads(connection)
+            assert all(refused([outcome]) for outcome in found), found
+            await connection.rollback()
+        # Without any caller, the caller role sees nothing at all.
+        async with connection.begin():
+            await connection.execute(text(f'SET LOCAL ROLE "{caller}"'))
+            found = await reads(connection)
+            assert [row for row in found if not isinstance(row, DBAPIError)] == []
+            await connection.rollback()
+
+
+async def test_forged_proofs_do_not_enter(service: AsyncEngine, tenants: Tenants) -> None:
+    victim, attacker = tenants.victim, tenants.attacker
+    own = attacker.entry()
+    until = int(time.time()) + 300
+    forgeries = {
+        "the attacker's proof, the victim's id": (victim.user_id, attacker.session_id, own),
+        "the attacker's proof, the victim's session": (
+            victim.user_id,
+            victim.session_id,
+            own,
+        ),
+        "a login proof, as an operator": (
+            None,
+            None,
+            Entry(None, None, "operator", until, TEST_KEY.entry("login").proof),
+        ),
+        "a maintenance proof, with a user": (
+            victim.user_id,
+            None,
+            Entry(None, None, "maintenance", until, TEST_KEY.entry("maintenance").proof),
+        ),
+        "a proof made with another key": (
+            victim.user_id,
+            victim.session_id,
+            Entry(None, None, "request", own.valid_until, "0" * 64),
+        ),
+    }
+    async with service.connect() as connection, connection.begin():
+        for what, (user_id, session_id, entry) in forgeries.items():
+            outcome = await attempt(
+                connection,
+                "SELECT * FROM taskmanager_enter(:user_id, :session_id, :purpose, :until, :proof)",
+                user_id=user_id,
+                session_id=session_id,
+                purpose=entry.purpose,
+                until=entry.valid_until,
+                proof=entry.proof,
+            )
+            assert refused(outcome), (what, outcome)
+        # A proof of the service's own that has expired is refused too; a request's
+        # expired proof enters nobody.
+        expired = TEST_KEY.entry("operator", victim.user_id, valid_until=int(time.time()) - 5)
+        assert refused(await _enter_raw(connection, expired))
+        gone = TEST_KEY.entry(
+            "request", attacker.user_id, attacker.session_id, valid_until=int(time.time()) - 5
+        )
+        assert await _enter_raw(connection, gone) == []
+        await connection.rollback()
+
+
+async def _enter_raw(connection: AsyncConnection, entry: Entry) -> list[Any]:
+    return await attempt(
+        connection,
+        "SELECT * FROM taskmanager_enter(:user_id, :session_id, :purpose, :until, :proof)",
+        user_id=entry.user_id,
+        session_id=entry.session_id,
+        purpose=entry.purpose,
+        until=entry.valid_until,
+        proof=entry.proof,
+    )
+
+
+# ─────────────────────────────── every SECURITY DEFINER function
+
+
+# Each SECURITY DEFINER function of the schema, called as the attacker could: a test below
+# fails when one is added without being listed here.
+DEFINER_CALLS = {
+    "taskmanager_enter(integer,uuid,text,bigint,text)": (
+        "SELECT * FROM taskmanager_enter(:victim, :session, 'request', :far, 'forged')"
+    ),
+    "taskmanager_caller()": "SELECT taskmanager_caller()",
+    "taskmanager_workspace_ids()": "SELECT taskmanager_workspace_ids()",
+    "taskmanager_owned_workspace_ids()": "SELECT taskmanager_owned_workspace_ids()",
+    "taskmanager_may_own_first(integer)": "SELECT taskmanager_may_own_first(:workspace)",
+    "taskmanager_user_id_by_email(text)": "SELECT taskmanager_user_id_by_email(:email)",
+    "taskmanager_password_hash(text,bigint,text)": (
+        "SELECT * FROM taskmanager_password_hash(:email, :far, 'forged')"
+    ),
+    "taskmanager_refresh_token_session(text)": (
+        "SELECT s.* FROM refresh_tokens t, taskmanager_refresh_token_session(t.token_hash) s"
+    ),
+    "taskmanager_account_at_cap(integer,integer)": (
+        "SELECT taskmanager_account_at_cap(:victim, 1)"
+    ),
+    "taskmanager_matching_tasks(tsquery)": (
+        "SELECT * FROM taskmanager_matching_tasks(to_tsquery('simple', 'secret:*'))"
+    ),
+    "taskmanager_matches_at_least(tsquery,integer)": (
+        "SELECT taskmanager_matches_at_least(to_tsquery('simple', 'secret:*'), 1)"
+    ),
+}
+
+
+async def test_every_security_definer_function_is_called_below(
+    service: AsyncEngine,
+) -> None:
+    async with service.connect() as connection:
+        listed = (
+            await connection.execute(
+                text(
+                    "SELECT replace(p.oid::regprocedure::text, ' ', '') FROM pg_proc p "
+                    "WHERE p.prosecdef AND p.pronamespace = current_schema()::regnamespace"
+                )
+            )
+        ).scalars()
+        assert set(listed) == {name.replace(" ", "") for name in DEFINER_CALLS}
+
+
+@pytest.mark.parametrize("function", DEFINER_CALLS)
+@pytest.mark.parametrize("caller", ["forged as the victim", "none", "the attacker"])
+async def test_no_security_definer_function_answers_with_the_victims_rows(
+    service: AsyncEngine, tenants: Tenants, function: str, caller: str
+) -> None:
+    victim, attacker = tenants.victim, tenants.attacker
+    async with service.connect() as connection, connection.begin():
+        await enter(connection, attacker.entry())
+        if caller == "forged as the victim":
+            sealed = (
+                await connection.execute(text("SELECT current_setting('taskmanager.caller')"))
+            ).scalar_one()
+            forged = f"{victim.user_id}|{victim.session_id}|request|{sealed.rsplit('|', 1)[1]}"
+            await connection.execute(
+                text("SELECT set_config('taskmanager.caller', :forged, true)"), {"forged": forged}
+            )
+        elif caller == "none":
+            await connection.execute(text("SELECT set_config('taskmanager.caller', '', true)"))
+        outcome = await attempt(
+            connection,
+            DEFINER_CALLS[function],
+            victim=victim.user_id,
+            session=victim.session_id,
+            workspace=victim.workspace_id,
+            email=VICTIM,
+            far=FAR,
+        )
+        if caller == "forged as the victim":
+            assert refused(outcome), outcome
+        else:
+            assert nothing_of(victim, outcome), outcome
+            numbers = {
+                value
+                for row in outcome
+                if not isinstance(row, DBAPIError)
+                for value in row
+                if isinstance(value, int) and not isinstance(value, bool)
+            }
+            # An account's id from its email is what adding a member by email needs (to
+            # anyone who is someone): the one thing known of an account outside one's
+            # workspaces, until invitations replace adding.
+            if function == "taskmanager_user_id_by_email(text)" and caller == "the attacker":
+                assert numbers == {victim.user_id}
+            else:
+                assert victim.workspace_id not in numbers
+                assert victim.user_id not in numbers
+        await connection.rollback()
+
+
+# ─────────────────────────────── password hashes
+
+
+@pytest.mark.parametrize(
+    "purpose", ["request", "login", "register", "refresh", "operator", "maintenance"]
+)
+async def test_no_caller_reads_a_password_hash(
+    service: AsyncEngine, tenants: Tenants, purpose: Purpose
+) -> None:
+    """Under every purpose a transaction may enter with, the hash column is not readable,
+    and the one function that returns a hash wants a proof only the service makes."""
+    attacker = tenants.attacker
+    user_id = None if purpose in ("register", "maintenance") else attacker.user_id
+    session_id = attacker.session_id if purpose == "request" else None
+    until = int(time.time()) + 300
+    async with service.connect() as connection, connection.begin():
+        await enter(connection, TEST_KEY.entry(purpose, user_id, session_id, valid_until=until))
+        for sql in (
+            "SELECT password_hash FROM users",
+            "SELECT * FROM users",
+            "SELECT users FROM users",
+            "SELECT row_to_json(u) FROM users u",
+            "SELECT * FROM taskmanager_password_hash(:email, :far, 'forged')",
+        ):
+            assert refused(await attempt(connection, sql, email=VICTIM, far=FAR)), sql
+        await connection.rollback()
+
+
+# ─────────────────────────────── shadowing what the app reads
+
+
+@pytest.mark.parametrize("role", ["the caller role", "the service's login"])
+async def test_nothing_can_be_created_to_shadow_the_apps_tables_or_functions(
+    service: AsyncEngine, tenants: Tenants, role: str
+) -> None:
+    """A temporary table named like the app's (found first for the next request on this
+    pooled connection), or a function in a schema on the search path: refused."""
+    async with service.connect() as connection, connection.begin():
+        await enter(connection, tenants.attacker.entry())
+        if role == "the service's login":
+            await connection.execute(text("RESET ROLE"))
+        for sql in (
+            "CREATE TEMPORARY TABLE tasks (id integer, title text)",
+            "CREATE TABLE public.stolen (x text)",
+            "CREATE FUNCTION public.taskmanager_caller() RETURNS text[] LANGUAGE sql "
+            "AS $$ SELECT NULL::text[] $$",
+            "CREATE SCHEMA evil",
+        ):
+            assert refused(await attempt(connection, sql)), sql
+        await connection.rollback()
+
+
+async def test_the_service_login_owns_nothing_and_cannot_connect_elsewhere(
+    tenants: Tenants,
+) -> None:
+    """The login requests arrive on: no database but its own, nothing owned."""
+    other = make_url(tenants.url).set(database="taskmanager_test")
+    engine = create_async_engine(other)
+    try:
+        with pytest.raises(DBAPIError, match="permission denied for database"):
+            async with engine.connect():
+                pass
+    finally:
+        await engine.dispose()
+    owner = create_async_engine(superuser_url(tenants.url))
+    try:
+        async with owner.connect() as connection:
+            owned = (
+                await connection.execute(
+                    text(
+                        "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner "
+                        "WHERE r.rolname = :service"
+                    ),
+                    {"service": RoleNames.of(database_of(tenants.url)).service},
+                )
+            ).scalar_one()
+    finally:
+        await owner.dispose()
+    assert owned == 0
