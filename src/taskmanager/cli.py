@@ -205,12 +205,13 @@ def db_upgrade(
     (OWNER_DATABASE_URL; the embedded server's owner when DATABASE_URL is unset); at head,
     also install the caller key and check the service's login (DATABASE_URL)."""
     from taskmanager.deployment import check_service
-    from taskmanager.migrate import heads, prepare, upgrade
+    from taskmanager.migrate import heads, preflight, prepare, upgrade
 
     settings = load_settings()
     key = _caller_key(settings)
     with owner_logins(settings) as logins:
         assert logins.owner is not None
+        preflight(logins)
         upgrade(logins.owner, revision)
         if revision in ("head", *heads()):
             prepare(logins, key)

@@ -270,6 +270,77 @@ async def _check_key(connection: AsyncConnection, key: CallerKey, login: str) ->
         ) from None
 
 
+# ─── checking the owner's login, before the migrations
+
+
+_OWNER_BEFORE = text(
+    """
+    SELECT current_user AS owner, current_database() AS database, current_schema() AS schema,
+           r.rolsuper AS superuser, r.rolcreaterole AS createrole,
+           r.rolsuper OR d.datdba = r.oid AS owns_database,
+           has_database_privilege('public', current_database(), 'CONNECT')
+               OR has_database_privilege('public', current_database(), 'TEMPORARY')
+               AS public_may_connect,
+           current_setting('server_version_num')::integer AS version,
+           to_regprocedure('taskmanager_caller_role()') IS NOT NULL AS migrated
+    FROM pg_roles r, pg_database d
+    WHERE r.rolname = current_user AND d.datname = current_database()
+    """
+)
+_ROLE_EXISTS = text("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = :name)")
+_GRANTED = text(
+    "SELECT pg_has_role(CAST(:service AS name), CAST(:caller AS name), 'MEMBER') AS member, "
+    "pg_has_role(current_user, CAST(:caller AS name), 'MEMBER WITH ADMIN OPTION') AS admin"
+)
+
+
+async def check_owner_login(owner: AsyncConnection, service_login: str) -> None:
+    """Before migrating: raise DeploymentError naming, in one line, everything a superuser
+    must do first for this owner and service login (so that no migration starts that
+    could not finish), or return."""
+    facts = (await owner.execute(_OWNER_BEFORE)).one()
+    if facts.migrated:  # named once, by migration 0008 (a renamed database keeps it)
+        caller = str((await owner.execute(_CALLER_ROLE)).scalar_one())
+    else:
+        caller = caller_role_name(facts.database, facts.schema)
+    if service_login == facts.owner:
+        raise DeploymentError(
+            f'DATABASE_URL and OWNER_DATABASE_URL both log in as "{service_login}": requests '
+            "must run as a login that owns nothing; create one and set DATABASE_URL to it "
+            f"({SEE_README})"
+        )
+    needed = []
+    service_exists = (await owner.execute(_ROLE_EXISTS, {"name": service_login})).scalar_one()
+    if not service_exists:
+        needed.append(f"CREATE ROLE \"{service_login}\" LOGIN NOINHERIT PASSWORD '...'")
+    # PostgreSQL 15 lets CREATEROLE grant any role; 16 and later, the roles one administers
+    # (those one created, among others).
+    may_grant_any = facts.superuser or (facts.createrole and facts.version < 160000)
+    if not (await owner.execute(_ROLE_EXISTS, {"name": caller})).scalar_one():
+        if not (facts.superuser or facts.createrole):
+            needed.append(f'CREATE ROLE "{caller}" NOLOGIN')
+            needed.append(f'GRANT "{caller}" TO "{service_login}"')
+        elif not service_exists:
+            needed.append(f'GRANT "{caller}" TO "{service_login}" (after migrating)')
+    elif service_exists:
+        granted = (
+            await owner.execute(_GRANTED, {"service": service_login, "caller": caller})
+        ).one()
+        if not granted.member and not (granted.admin or may_grant_any):
+            needed.append(f'GRANT "{caller}" TO "{service_login}"')
+    if facts.public_may_connect and not facts.owns_database:
+        needed.append(
+            f'REVOKE CONNECT, TEMPORARY ON DATABASE "{facts.database}" FROM PUBLIC; '
+            f'GRANT CONNECT ON DATABASE "{facts.database}" TO "{service_login}"'
+        )
+    if needed:
+        raise DeploymentError(
+            f'"{facts.owner}" cannot set up this deployment on its own: as a superuser run '
+            + "; ".join(needed)
+            + f"; then run `taskmanager db upgrade` again ({SEE_README})"
+        )
+
+
 # ─── preparing a deployment, as the owner, after the migrations
 
 

@@ -7,7 +7,7 @@ The migration scripts ship inside the package (`taskmanager/migrations`), so an 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TextIO
 
@@ -16,7 +16,11 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from taskmanager.deployment import login_of
+
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
     from taskmanager.caller_key import CallerKey
     from taskmanager.config import Settings
     from taskmanager.postgres import DatabaseLogins
@@ -42,8 +46,20 @@ def upgrade_deployment(logins: DatabaseLogins, key: CallerKey) -> None:
     (taskmanager.deployment.prepare_deployment): what `serve` and `db upgrade` do."""
     if logins.owner is None:
         raise ValueError("migrating needs the owner's login")
+    preflight(logins)
     upgrade(logins.owner)
     prepare(logins, key)
+
+
+def preflight(logins: DatabaseLogins) -> None:
+    """taskmanager.deployment.check_owner_login, before any migration runs: what the owner
+    cannot do is said in one line, and the database stays as it was."""
+    from taskmanager.deployment import check_owner_login
+
+    async def check(connection: AsyncConnection) -> None:
+        await check_owner_login(connection, login_of(logins.service))
+
+    _as_owner(logins, check)
 
 
 @contextmanager
@@ -68,14 +84,23 @@ def migrated(settings: Settings) -> Iterator[DatabaseLogins]:
 
 def prepare(logins: DatabaseLogins, key: CallerKey) -> None:
     """taskmanager.deployment.prepare_deployment, as the owner, committed."""
+    from taskmanager.deployment import prepare_deployment
+
+    async def run(connection: AsyncConnection) -> None:
+        await prepare_deployment(connection, login_of(logins.service), key)
+
+    _as_owner(logins, run)
+
+
+def _as_owner(logins: DatabaseLogins, work: Callable[[AsyncConnection], Awaitable[None]]) -> None:
+    """`work` in one committed transaction as the owner (blocking: its own event loop)."""
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 
     from taskmanager.database import pooler_safe_connect_args
-    from taskmanager.deployment import login_of, prepare_deployment
 
     if logins.owner is None:
-        raise ValueError("preparing a deployment needs the owner's login")
+        raise ValueError("this needs the owner's login")
     owner_url = logins.owner
 
     async def run() -> None:
@@ -84,7 +109,7 @@ def prepare(logins: DatabaseLogins, key: CallerKey) -> None:
         )
         try:
             async with engine.begin() as connection:
-                await prepare_deployment(connection, login_of(logins.service), key)
+                await work(connection)
         finally:
             await engine.dispose()
 
