@@ -7,13 +7,15 @@ same response model as the real route, at five levels of the work a request does
 - `plain`: the statement alone (no transaction, no token): the floor before accounts.
 - `tx`: the same in a transaction (BEGIN READ ONLY ... COMMIT for reads).
 - `jwt`: + the access token verified (PyJWT, HS256, the claims taskmanager.tokens requires).
-- `scope`: + the user and login session checked and the memberships read in ONE statement,
-  the caller set with set_config (taskmanager's own statement, _ENTER_REQUEST_SCOPE, minus
-  its switch to the request role), and the statement limited to the caller's workspaces.
-  The floors log in as a superuser, so row-level security does not apply yet.
-- `rls`: + the switch to the request role in that same statement, exactly as the app
-  enters a request's scope: every statement after it goes through the policies. This is
-  the work the real route does, and the floor it is measured against.
+- `scope`: + the caller entered in ONE statement, taskmanager_enter with the service's
+  proof (an HMAC the floor makes, as the app does): the proof checked, the user and login
+  session checked, the memberships read, the caller sealed (taskmanager's own statement,
+  UserRepository._ENTER, minus its switch to the caller role), and the statement limited
+  to the caller's workspaces. The floors log in as a superuser, so row-level security does
+  not apply yet.
+- `rls`: + the switch to the caller role in that same statement, exactly as the app
+  enters a request's transaction: every statement after it goes through the policies. This
+  is the work the real route does, and the floor it is measured against.
 
 Also: `GET /bench/connections`, the connections the app's SQLAlchemy pools and the floors'
 asyncpg pool have opened so far (run.py reads it before and after each load run); the
@@ -43,10 +45,11 @@ from sqlalchemy.orm import joinedload
 from sqlalchemy.pool import Pool
 
 from taskmanager import tokens
+from taskmanager.caller_key import CallerKey
 from taskmanager.config import get_settings
 from taskmanager.main import create_app
 from taskmanager.models import Task
-from taskmanager.repositories.user_repository import _ENTER_REQUEST_SCOPE
+from taskmanager.repositories.user_repository import _ENTER
 from taskmanager.routes.preconditions import set_etag
 from taskmanager.schemas import (
     CategoryResponse,
@@ -86,10 +89,18 @@ _UPDATE_TITLE = (
     "RETURNING updated_at"
 )
 
-# The app's own statement for entering a request's scope, with asyncpg's placeholders; and
-# the same without its switch to the request role (the `scope` floor).
-_SCOPE_WITH_ROLE = _ENTER_REQUEST_SCOPE.text.replace(":user_id", "$1").replace(":session_id", "$2")
-_SCOPE_WITHOUT_ROLE = re.sub(r",\s*set_config\('role', '\w+', true\) AS role", "", _SCOPE_WITH_ROLE)
+# The app's own statement for entering a request's transaction, with asyncpg's
+# placeholders; and the same without its switch to the caller role (the `scope` floor).
+_SCOPE_WITH_ROLE = (
+    _ENTER.text.replace(":user_id", "$1")
+    .replace(":session_id", "$2")
+    .replace(":purpose", "$3")
+    .replace(":valid_until", "$4")
+    .replace(":proof", "$5")
+)
+_SCOPE_WITHOUT_ROLE = re.sub(
+    r",\s*set_config\('role', e.caller_role, true\) AS role", "", _SCOPE_WITH_ROLE
+)
 assert _SCOPE_WITHOUT_ROLE != _SCOPE_WITH_ROLE, "the scope statement changed: update the bench"
 
 
@@ -162,6 +173,11 @@ async def _pool(request: Request) -> asyncpg.Pool:
     return pool
 
 
+def _caller_key(request: Request) -> CallerKey:
+    key: CallerKey = request.app.state.caller_key
+    return key
+
+
 def _floor(name: str) -> Floor:
     floor = FLOORS.get(name)
     if floor is None:
@@ -173,7 +189,7 @@ def _unauthorized() -> HTTPException:
     return HTTPException(401, "not authenticated", headers={"WWW-Authenticate": "Bearer"})
 
 
-def _claims(request: Request) -> tuple[int, uuid.UUID]:
+def _claims(request: Request) -> tuple[int, uuid.UUID, int]:
     """The access token verified as taskmanager.tokens.read_access_token verifies it."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -188,7 +204,7 @@ def _claims(request: Request) -> tuple[int, uuid.UUID]:
             leeway=tokens.LEEWAY_SECONDS,
             options={"require": list(tokens.REQUIRED_CLAIMS)},
         )
-        return int(claims["sub"]), uuid.UUID(claims["sid"])
+        return int(claims["sub"]), uuid.UUID(claims["sid"]), int(claims["exp"])
     except (jwt.InvalidTokenError, ValueError, TypeError):
         raise _unauthorized() from None
 
@@ -204,12 +220,18 @@ def _bench_workspace_id() -> int:
     return int(os.environ["BENCH_WORKSPACE_ID"])
 
 
-async def _enter(connection: Any, floor: Floor, claims: tuple[int, uuid.UUID] | None) -> _Caller:
+async def _enter(
+    connection: Any, floor: Floor, claims: tuple[int, uuid.UUID, int] | None, key: CallerKey
+) -> _Caller:
     if not floor.scope:
         return _Caller(None, _bench_workspace_id())
     assert claims is not None
     statement = _SCOPE_WITH_ROLE if floor.role else _SCOPE_WITHOUT_ROLE
-    row = await connection.fetchrow(statement, *claims)
+    user_id, session_id, expires = claims
+    entry = key.entry("request", user_id, session_id, valid_until=expires + tokens.LEEWAY_SECONDS)
+    row = await connection.fetchrow(
+        statement, user_id, session_id, entry.purpose, entry.valid_until, entry.proof
+    )
     if row is None:
         raise _unauthorized()
     return _Caller(list(row["workspace_ids"]), row["personal_workspace_id"])
@@ -230,7 +252,7 @@ async def _connection(
             else contextlib.nullcontext()
         )
         async with transaction:
-            yield connection, await _enter(connection, floor, claims)
+            yield connection, await _enter(connection, floor, claims, _caller_key(request))
 
 
 def _scoped(statement: str, scoped_statement: str, caller: _Caller) -> tuple[str, list[Any]]:

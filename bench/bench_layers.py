@@ -1,12 +1,12 @@
 """GET /tasks/{id} rebuilt one layer at a time, for `bench/run.py --layers`.
 
 Every route does the whole work of the real route: it verifies the access token, enters
-the caller's scope with the app's own statement (user and login session checked,
-memberships read, caller set, request role switched to) and runs the repository's own view
-statement in a READ ONLY transaction; it answers the same response. Each adds one layer to
-the one before it: SQLAlchemy Core on an AsyncConnection, then an AsyncSession, then the
-session from the read-session dependency, then the current-reader dependency (auth.py). The
-real route adds the repository's dependency on top. The differences say what each layer
+the caller with the app's own statement (the service's proof, user and login session
+checked, memberships read, caller sealed, caller role switched to) and runs the
+repository's own view statement in a READ ONLY transaction; it answers the same response.
+Each adds one layer to the one before it: SQLAlchemy Core on an AsyncConnection, then an
+AsyncSession, then the session from the read-session dependency, then the current-reader
+dependency (auth.py). The real route adds the repository's dependency on top. The differences say what each layer
 costs.
 """
 
@@ -23,11 +23,11 @@ from taskmanager.database import ReadSessionDep
 
 # The repository's own statements and row mapping (private: this is a measurement).
 from taskmanager.repositories.task_repository import _VIEW_BY_ID, TaskView, _task_view
-from taskmanager.repositories.user_repository import _ENTER_REQUEST_SCOPE
+from taskmanager.repositories.user_repository import _ENTER
 from taskmanager.routes.preconditions import set_etag
 from taskmanager.routes.tasks import TaskId
 from taskmanager.schemas import TaskWithCategoryResponse
-from taskmanager.tokens import InvalidAccessTokenError, read_access_token
+from taskmanager.tokens import LEEWAY_SECONDS, InvalidAccessTokenError, read_access_token
 
 router = APIRouter(prefix="/bench")
 
@@ -47,13 +47,22 @@ def _claims(request: Request) -> dict[str, Any]:
         claims = read_access_token(request.app.state.signing_key, token)
     except InvalidAccessTokenError:
         raise HTTPException(401, "not authenticated") from None
-    return {"user_id": claims.user_id, "session_id": claims.session_id}
+    entry = request.app.state.caller_key.entry(
+        "request", claims.user_id, claims.session_id, valid_until=claims.expires_at + LEEWAY_SECONDS
+    )
+    return {
+        "user_id": entry.user_id,
+        "session_id": entry.session_id,
+        "purpose": entry.purpose,
+        "valid_until": entry.valid_until,
+        "proof": entry.proof,
+    }
 
 
 async def _view(
     executor: AsyncConnection | AsyncSession, claims: dict[str, Any], task_id: int
 ) -> TaskView | None:
-    caller = (await executor.execute(_ENTER_REQUEST_SCOPE, claims)).first()
+    caller = (await executor.execute(_ENTER, claims)).first()
     if caller is None:
         raise HTTPException(401, "not authenticated")
     parameters = {"task_id": task_id, "workspace_ids": list(caller.workspace_ids)}
@@ -104,7 +113,13 @@ async def layer_reader(
 
 # The app's statements rendered for asyncpg: the scope statement (the same text) and the
 # repository's view statement compiled by SQLAlchemy's PostgreSQL dialect, once.
-_SCOPE_SQL = _ENTER_REQUEST_SCOPE.text.replace(":user_id", "$1").replace(":session_id", "$2")
+_SCOPE_SQL = (
+    _ENTER.text.replace(":user_id", "$1")
+    .replace(":session_id", "$2")
+    .replace(":purpose", "$3")
+    .replace(":valid_until", "$4")
+    .replace(":proof", "$5")
+)
 _VIEW_SQL = str(_VIEW_BY_ID.compile(dialect=postgresql_asyncpg.dialect()))  # type: ignore[no-untyped-call]
 
 
@@ -129,7 +144,12 @@ async def layer_driver(
     adapted: Any = (await connection.get_raw_connection()).dbapi_connection
     await adapted._start_transaction()  # BEGIN READ ONLY, as the first statement would
     driver = adapted.driver_connection
-    caller = await driver.fetchrow(_SCOPE_SQL, claims.user_id, claims.session_id)
+    entry = request.app.state.caller_key.entry(
+        "request", claims.user_id, claims.session_id, valid_until=claims.expires_at + LEEWAY_SECONDS
+    )
+    caller = await driver.fetchrow(
+        _SCOPE_SQL, entry.user_id, entry.session_id, entry.purpose, entry.valid_until, entry.proof
+    )
     if caller is None:
         raise HTTPException(401, "not authenticated")
     row = await driver.fetchrow(_VIEW_SQL, task_id, list(caller["workspace_ids"]))

@@ -13,7 +13,7 @@ real app plus the floors of bench_app.py, logs in, and drives every scenario wit
 every request carrying the access token, alternating the order over at least two rounds
 so drift on a noisy machine hits every scenario alike. Each mode has its own PostgreSQL:
 the embedded server (Unix socket, no password) or a throwaway server reached over TCP with
-a SCRAM password (tcp_postgres.py); in the TCP mode a second server runs the app with the
+a SCRAM password (tests/support/clusters.py); in the TCP mode a second server runs the app with the
 old pool defaults (10 + 10 overflow) for comparison. It prints markdown tables and writes
 bench/results/latest.{md,json}. Only 127.0.0.1 is targeted and every run is bounded in time.
 """
@@ -47,6 +47,8 @@ import httpx
 import psutil  # type: ignore[import-untyped]
 
 BENCH_DIR = Path(__file__).resolve().parent
+# The checkout's root: tests.support.clusters makes the TCP server (as for the tests).
+sys.path.insert(1, str(BENCH_DIR.parent))
 RESULTS_DIR = BENCH_DIR / "results"
 MODES = ("embedded", "tcp")
 MODE_NOTES = {
@@ -320,7 +322,8 @@ def ensure_wrk() -> str:
 
 @dataclass(frozen=True)
 class Database:
-    app_url: str  # what the service logs in with
+    app_url: str  # what the service logs in with: a login that owns nothing
+    owner_url: str  # the tables' owner: migrations, VACUUM after seeding
     admin_url: str  # a superuser: floors (row-level security does not apply) and housekeeping
     postmaster_pid: int | None  # whose CPU time is PostgreSQL's (None: not on this machine)
     log: Path | None = None  # with log_connections on (--tcp)
@@ -328,51 +331,72 @@ class Database:
 
 @contextmanager
 def bench_database(mode: str) -> Iterator[Database]:
-    """BENCH_DATABASE_URL; else a throwaway embedded PostgreSQL or, for "tcp", a throwaway
-    PostgreSQL over TCP with a password; deleted afterwards."""
+    """BENCH_DATABASE_URL (the service's login) with BENCH_OWNER_DATABASE_URL and
+    BENCH_ADMIN_DATABASE_URL (a superuser); else a throwaway embedded PostgreSQL or, for
+    "tcp", a throwaway PostgreSQL over TCP with passwords; deleted afterwards."""
     explicit = os.environ.get("BENCH_DATABASE_URL")
     if explicit:
         from taskmanager.config import normalize_database_url
 
-        url = normalize_database_url(explicit)
-        yield Database(url, url, None)
+        owner, admin = (os.environ.get(name) for name in (
+            "BENCH_OWNER_DATABASE_URL", "BENCH_ADMIN_DATABASE_URL"))  # fmt: skip
+        if not owner or not admin:
+            sys.exit(
+                "BENCH_DATABASE_URL needs BENCH_OWNER_DATABASE_URL and BENCH_ADMIN_DATABASE_URL"
+            )
+        yield Database(*(normalize_database_url(u) for u in (explicit, owner, admin)), None)
         return
     if mode == "tcp":
-        from tcp_postgres import tcp_postgres
+        from tests.support.clusters import tcp_cluster
 
-        with tcp_postgres() as server:
-            yield Database(server.app_url, server.admin_url, server.pid, server.log)
+        with tcp_cluster() as cluster:
+            deployment = cluster.deployment("taskmanager_bench")
+            yield Database(
+                deployment.service_url, deployment.owner_url, deployment.superuser_url,
+                cluster.pid, cluster.log,
+            )  # fmt: skip
         return
     from taskmanager.embedded import EmbeddedPostgres, _pgserver
 
     data_dir = Path(tempfile.mkdtemp(prefix="taskmanager-bench-")) / "pgdata"
     embedded = EmbeddedPostgres(data_dir, database="taskmanager_bench", delete=True)
     try:
-        url = embedded.start()
+        logins = embedded.start()
+        assert logins.owner is not None
+        assert logins.superuser is not None
         info = _pgserver().utils.PostmasterInfo.read_from_pgdata(embedded.data_dir)
-        yield Database(url, url, info.pid if info is not None else None)
+        yield Database(
+            logins.service, logins.owner, logins.superuser, info.pid if info is not None else None
+        )
     finally:
         embedded.stop()
         shutil.rmtree(data_dir.parent, ignore_errors=True)  # the mkdtemp around pgdata
 
 
-def seed_database(url: str, tasks: int, categories: int) -> dict[str, float]:
-    """Migrate, then seed the demo account's workspace; returns the seed rate."""
+def seed_database(database: Database, secret: str, tasks: int, categories: int) -> dict[str, float]:
+    """Migrate (as the owner, with the caller key of the server's signing key `secret`),
+    then seed the demo account's workspace; returns the seed rate."""
+    from taskmanager.caller_key import CallerKey
     from taskmanager.config import Settings
     from taskmanager.database import create_engine
-    from taskmanager.migrate import upgrade
+    from taskmanager.deployment import DatabaseLogins
+    from taskmanager.migrate import upgrade_deployment
     from taskmanager.seed import seed
 
-    upgrade(url)
+    key = CallerKey(secret)
+    upgrade_deployment(DatabaseLogins(database.app_url, database.owner_url), key)
 
     async def run() -> float:
-        engine = create_engine(Settings(database_url=url), url)
+        settings = Settings(database_url=database.app_url)
+        engine = create_engine(settings, database.app_url)
+        owner = create_engine(settings, database.owner_url)
         try:
             started = time.perf_counter()
-            await seed(engine, tasks, categories)
+            await seed(engine, key, tasks, categories, owner_engine=owner)
             return time.perf_counter() - started
         finally:
             await engine.dispose()
+            await owner.dispose()
 
     elapsed = asyncio.run(run())
     return {"tasks": tasks, "seconds": elapsed, "tasks_per_second": tasks / elapsed}
@@ -1041,7 +1065,7 @@ def read_pool(base: str, scenario: Scenario) -> dict[str, Any] | None:
 def server_logins(database: Database) -> int | None:
     if database.log is None:
         return None
-    from tcp_postgres import connections_authorized
+    from tests.support.clusters import connections_authorized
 
     return connections_authorized(database.log)
 
@@ -1056,10 +1080,11 @@ def run_mode(
     settings = Settings()
     with bench_database(mode) as database:
         print(f"[{mode}] seeding {args.tasks:,} tasks ...", file=sys.stderr)
-        seed_rate = seed_database(database.app_url, args.tasks, 20)
+        secret = secrets.token_urlsafe(48)
+        seed_rate = seed_database(database, secret, args.tasks, 20)
         ids = seeded(database.admin_url)
         env = {
-            "TASKMANAGER_JWT_SECRET": secrets.token_urlsafe(48),
+            "TASKMANAGER_JWT_SECRET": secret,
             "BENCH_WORKSPACE_ID": str(ids.workspace_id),
             "BENCH_FLOOR_DATABASE_URL": database.admin_url,
         }
@@ -1381,7 +1406,7 @@ def _measure_interleaved(
     return timings
 
 
-def _search_versus_ilike(admin_url: str, repeats: int) -> list[dict[str, Any]]:
+def _search_versus_ilike(admin_url: str, secret: str, repeats: int) -> list[dict[str, Any]]:
     """Full-text search against the ILIKE scan it replaced, on the same rows, in SQL (the
     API offers only the first now), as the demo account sees them: all the matches (what
     X-Total-Count counts) and a newest-first page of them. The search is the API's own,
@@ -1389,8 +1414,8 @@ def _search_versus_ilike(admin_url: str, repeats: int) -> list[dict[str, Any]]:
     Median ms of `repeats` runs after a warm-up."""
     import asyncpg
 
+    from taskmanager.caller_key import CallerKey
     from taskmanager.config import normalize_database_url
-    from taskmanager.models import CALLER_SETTING
     from taskmanager.seed import DEMO_EMAIL
 
     dsn = normalize_database_url(admin_url).replace("postgresql+asyncpg", "postgresql")
@@ -1411,8 +1436,15 @@ def _search_versus_ilike(admin_url: str, repeats: int) -> list[dict[str, Any]]:
         connection = await asyncpg.connect(dsn)
         try:
             user_id = await connection.fetchval("SELECT id FROM users WHERE email = $1", DEMO_EMAIL)
-            # The caller the search function keeps to (as a request's scope statement sets).
-            await connection.execute(f"SELECT set_config('{CALLER_SETTING}', '{user_id}', false)")
+            # The caller the search function keeps to, entered as a request is (a sealed
+            # caller lives as long as its transaction: everything below runs in this one).
+            entry = CallerKey(secret).entry("operator", user_id)
+            transaction = connection.transaction(readonly=True)
+            await transaction.start()
+            await connection.execute(
+                "SELECT * FROM taskmanager_enter($1, NULL, 'operator', $2, $3)",
+                user_id, entry.valid_until, entry.proof,
+            )  # fmt: skip
             rows = []
             for word in (RARE_WORD, COMMON_WORD):
                 for what, shape in (
@@ -1428,6 +1460,7 @@ def _search_versus_ilike(admin_url: str, repeats: int) -> list[dict[str, Any]]:
                         {"word": word, "what": what, "matches": matches,
                          "fts_ms": fts_ms, "ilike_ms": ilike_ms}
                     )  # fmt: skip
+            await transaction.rollback()
             return rows
         finally:
             await connection.close()
@@ -1435,9 +1468,10 @@ def _search_versus_ilike(admin_url: str, repeats: int) -> list[dict[str, Any]]:
     return asyncio.run(run())
 
 
-def _list_plans(url: str, deep_rows: int) -> list[str]:
+def _list_plans(url: str, secret: str, deep_rows: int) -> list[str]:
     """`taskmanager db explain`'s plans (ANALYZE) of the newest-first list with each filter:
     the first page as clients get it (counted) and a cursor page `deep_rows` tasks in."""
+    from taskmanager.caller_key import CallerKey
     from taskmanager.config import Settings
     from taskmanager.database import create_engine
     from taskmanager.explain import Plan, explain_list_queries
@@ -1451,7 +1485,7 @@ def _list_plans(url: str, deep_rows: int) -> list[str]:
         engine = create_engine(Settings(database_url=url), url)
         try:
             plans = await explain_list_queries(
-                engine, DEMO_EMAIL, analyze=True, pages=("first", "cursor"),
+                engine, CallerKey(secret), DEMO_EMAIL, analyze=True, pages=("first", "cursor"),
                 sorts=["newest"], pairs=False, deep_rows=deep_rows,
             )  # fmt: skip
         finally:
@@ -1468,7 +1502,7 @@ def _list_plans(url: str, deep_rows: int) -> list[str]:
 def _seeded_side(stack: ExitStack, tasks: int, env: dict[str, str]) -> ScaleSide:
     database = stack.enter_context(bench_database("embedded"))
     print(f"seeding {tasks:,} tasks with labels ...", file=sys.stderr)
-    seed_rate = seed_database(database.app_url, tasks, 50)
+    seed_rate = seed_database(database, env["TASKMANAGER_JWT_SECRET"], tasks, 50)
     print(
         f"  {seed_rate['seconds']:.1f} s ({seed_rate['tasks_per_second']:,.0f} tasks/s)",
         file=sys.stderr,
@@ -1502,9 +1536,12 @@ def scale_benchmark(args: argparse.Namespace) -> int:
                           "samples": len(large), "path": list(sides[1].paths.values())[index]},
             }  # fmt: skip
         print("search against ILIKE ...", file=sys.stderr)
-        search = _search_versus_ilike(sides[1].admin_url, 10)
+        secret = env["TASKMANAGER_JWT_SECRET"]
+        search = _search_versus_ilike(sides[1].admin_url, secret, 10)
         print("plans ...", file=sys.stderr)
-        plans = _list_plans(sides[1].admin_url, min(DEEP_PAGES, args.scale // PAGE - 1) * PAGE)
+        plans = _list_plans(
+            sides[1].admin_url, secret, min(DEEP_PAGES, args.scale // PAGE - 1) * PAGE
+        )
         seeds = {side.tasks: side.seed for side in sides}
     table = _scale_table(args.scale, seeds, results, search, plans)
     print(table)

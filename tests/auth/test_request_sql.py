@@ -385,6 +385,8 @@ DEFINER_CALLS = {
         "SELECT * FROM taskmanager_enter(:victim, :session, 'request', :far, 'forged')"
     ),
     "taskmanager_caller()": "SELECT taskmanager_caller()",
+    "taskmanager_user_id()": "SELECT taskmanager_user_id()",
+    "taskmanager_purpose()": "SELECT taskmanager_purpose()",
     "taskmanager_workspace_ids()": "SELECT taskmanager_workspace_ids()",
     "taskmanager_owned_workspace_ids()": "SELECT taskmanager_owned_workspace_ids()",
     "taskmanager_may_own_first(integer)": "SELECT taskmanager_may_own_first(:workspace)",

@@ -131,7 +131,8 @@ def test_two_deployments_migrated_by_two_owners_both_work(
     for deployment in (production, staging):
         (head,) = heads()
         assert current(deployment.owner_url) == head
-        asyncio.run(_register_and_add_a_task(deployment, f"someone@{deployment.database}.example.com"))
+        email = f"someone@{deployment.database}.example.com"
+        asyncio.run(_register_and_add_a_task(deployment, email))
 
 
 @pytest.mark.parametrize("login", ["service", "owner"])

@@ -83,7 +83,7 @@ CALLER_FUNCTIONS = (
     "taskmanager_matches_at_least(tsquery, integer)",
 )
 # Only the owner's (the functions above run them as the owner, being SECURITY DEFINER).
-OWNER_FUNCTIONS = ("taskmanager_hmac(text)", "taskmanager_seal(text)")
+OWNER_FUNCTIONS: tuple[str, ...] = ()
 
 ME = "(SELECT taskmanager_user_id())"
 PURPOSE = "(SELECT taskmanager_purpose())"
@@ -154,6 +154,24 @@ OLD_POLICIES: dict[str, dict[str, str]] = {
     "workspaces": {"workspaces_create": f"FOR INSERT WITH CHECK (created_by {OLD_ME})"},
     "unclaimed_workspaces": {"unclaimed_workspaces_any": "USING (true)"},
 }
+
+
+# The seal of a caller (a text of that name, in a function that checks or makes one): an
+# HMAC over the caller, this backend and this transaction's start (in microseconds), so a
+# sealed setting copied anywhere else does not verify.
+SEAL = (
+    "format('seal|%s|%s|%s', caller, pg_backend_pid(), "
+    "(extract(epoch FROM transaction_timestamp()) * 1000000)::bigint)"
+)
+
+
+def hmac(message: str) -> str:
+    """HMAC-SHA256 of the SQL text expression `message`, hex, with the key read into the
+    PL/pgSQL record `key` (the installed caller_key's pads)."""
+    return (
+        f"encode(sha256(key.outer_pad || sha256(key.inner_pad || convert_to({message}, "
+        "'UTF8'))), 'hex')"
+    )
 
 
 def _in_current_schema(statement: str) -> None:
@@ -276,26 +294,8 @@ def _key_and_seal() -> None:
     op.execute("REVOKE ALL ON caller_key FROM PUBLIC")
     # HMAC-SHA256 (RFC 2104) with the installed key, whose pads are kept precomputed:
     # PostgreSQL has sha256() but no XOR of byte strings. No key installed: NULL, and
-    # every check against it fails.
-    _in_current_schema(
-        f"""
-        CREATE FUNCTION {{schema}}.taskmanager_hmac(message text) RETURNS bytea
-        LANGUAGE sql STABLE {PIN}
-        AS $$ SELECT sha256(k.outer_pad || sha256(k.inner_pad || convert_to(message, 'UTF8')))
-              FROM {{schema}}.caller_key k $$
-        """
-    )
-    # The seal binds a caller to this backend and this transaction (its start, in
-    # microseconds): a sealed setting copied anywhere else does not verify.
-    _in_current_schema(
-        f"""
-        CREATE FUNCTION {{schema}}.taskmanager_seal(caller text) RETURNS text
-        LANGUAGE sql STABLE {PIN}
-        AS $$ SELECT encode({{schema}}.taskmanager_hmac(format('seal|%s|%s|%s', caller,
-                  pg_backend_pid(), (extract(epoch FROM transaction_timestamp()) * 1000000)::bigint
-              )), 'hex') $$
-        """
-    )
+    # every check against it fails. Written out in each function that checks (HMAC below):
+    # every policy runs one, and a call of a helper function costs as much as the hash.
     _in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_enter(
@@ -309,10 +309,12 @@ def _key_and_seal() -> None:
         DECLARE
             now_epoch numeric := extract(epoch FROM now());
             caller text;
+            key record;
         BEGIN
-            IF proof IS NULL OR proof IS DISTINCT FROM encode({{schema}}.taskmanager_hmac(
-                    format('enter|%s|%s|%s|%s', entered_user, entered_session, purpose,
-                           valid_until)), 'hex') THEN
+            SELECT k.inner_pad, k.outer_pad INTO key FROM {{schema}}.caller_key k;
+            IF proof IS NULL OR proof IS DISTINCT FROM {
+            hmac("format('enter|%s|%s|%s|%s', entered_user, entered_session, purpose, valid_until)")
+        } THEN
                 RAISE EXCEPTION 'taskmanager_enter: the proof is not valid'
                     USING ERRCODE = '42501';
             END IF;
@@ -355,8 +357,7 @@ def _key_and_seal() -> None:
                 END IF;
             END IF;
             caller := format('%s|%s|%s', entered_user, entered_session, purpose);
-            PERFORM set_config('taskmanager.caller',
-                               caller || '|' || {{schema}}.taskmanager_seal(caller), true);
+            PERFORM set_config('taskmanager.caller', caller || '|' || {hmac(SEAL)}, true);
             RETURN QUERY
                 SELECT entered_user,
                        (SELECT u.personal_workspace_id FROM {{schema}}.users u
@@ -372,43 +373,39 @@ def _key_and_seal() -> None:
     )
     # The caller every policy sees: (user id, session id, purpose) as text, '' for none;
     # NULL when no caller was entered; 42501 when the setting is not what
-    # taskmanager_enter sealed in this transaction.
-    _in_current_schema(
-        f"""
-        CREATE FUNCTION {{schema}}.taskmanager_caller() RETURNS text[]
-        LANGUAGE plpgsql STABLE SECURITY DEFINER {PIN}
-        AS $$
-        DECLARE
-            setting text := current_setting('taskmanager.caller', true);
-            parts text[];
-        BEGIN
-            IF setting IS NULL OR setting = '' THEN
-                RETURN NULL;
-            END IF;
-            parts := string_to_array(setting, '|');
-            IF cardinality(parts) = 4 AND parts[4] = {{schema}}.taskmanager_seal(
-                    array_to_string(parts[1:3], '|')) THEN
-                RETURN parts[1:3];
-            END IF;
-            RAISE EXCEPTION 'the caller of this transaction was not entered through '
-                'taskmanager_enter' USING ERRCODE = '42501';
-        END $$
-        """
-    )
-    _in_current_schema(
-        f"""
-        CREATE OR REPLACE FUNCTION {{schema}}.taskmanager_user_id() RETURNS integer
-        LANGUAGE sql STABLE PARALLEL UNSAFE {PIN}
-        AS $$ SELECT NULLIF(({{schema}}.taskmanager_caller())[1], '')::integer $$
-        """
-    )
-    _in_current_schema(
-        f"""
-        CREATE FUNCTION {{schema}}.taskmanager_purpose() RETURNS text
-        LANGUAGE sql STABLE {PIN}
-        AS $$ SELECT ({{schema}}.taskmanager_caller())[3] $$
-        """
-    )
+    # taskmanager_enter sealed in this transaction. taskmanager_user_id() and
+    # taskmanager_purpose() check the seal themselves (one call each: the policies' cost).
+    for name, returns, result in (
+        ("taskmanager_caller", "text[]", "parts[1:3]"),
+        ("taskmanager_user_id", "integer", "NULLIF(parts[1], '')::integer"),
+        ("taskmanager_purpose", "text", "parts[3]"),
+    ):
+        replace = "OR REPLACE " if name == "taskmanager_user_id" else ""
+        _in_current_schema(
+            f"""
+            CREATE {replace}FUNCTION {{schema}}.{name}() RETURNS {returns}
+            LANGUAGE plpgsql STABLE SECURITY DEFINER {PIN}
+            AS $$
+            DECLARE
+                setting text := current_setting('taskmanager.caller', true);
+                parts text[];
+                key record;
+            BEGIN
+                IF setting IS NULL OR setting = '' THEN
+                    RETURN NULL;
+                END IF;
+                parts := string_to_array(setting, '|');
+                SELECT k.inner_pad, k.outer_pad INTO key FROM {{schema}}.caller_key k;
+                IF cardinality(parts) = 4
+                   AND parts[4] = {hmac(SEAL.replace("caller", "array_to_string(parts[1:3], '|')"))}
+                THEN
+                    RETURN {result};
+                END IF;
+                RAISE EXCEPTION 'the caller of this transaction was not entered through '
+                    'taskmanager_enter' USING ERRCODE = '42501';
+            END $$
+            """
+        )
 
 
 def _functions() -> None:
@@ -447,9 +444,13 @@ def _functions() -> None:
         LANGUAGE plpgsql STABLE SECURITY DEFINER {PIN}
         AS $$
         #variable_conflict use_column
+        DECLARE
+            key record;
         BEGIN
-            IF proof IS NULL OR proof IS DISTINCT FROM encode({{schema}}.taskmanager_hmac(
-                    format('password-hash|%s|%s', email, valid_until)), 'hex')
+            SELECT k.inner_pad, k.outer_pad INTO key FROM {{schema}}.caller_key k;
+            IF proof IS NULL OR proof IS DISTINCT FROM {
+            hmac("format('password-hash|%s|%s', email, valid_until)")
+        }
                OR valid_until < extract(epoch FROM now())
                OR valid_until > extract(epoch FROM now()) + 900 THEN
                 RAISE EXCEPTION 'taskmanager_password_hash: the proof is not valid'
@@ -601,8 +602,6 @@ def downgrade() -> None:
         "taskmanager_purpose()",
         "taskmanager_caller()",
         "taskmanager_enter(integer, uuid, text, bigint, text)",
-        "taskmanager_seal(text)",
-        "taskmanager_hmac(text)",
     ):
         op.execute(f"DROP FUNCTION {function}")
     op.execute("DROP TABLE caller_key")
