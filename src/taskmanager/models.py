@@ -326,8 +326,21 @@ class Task(Base):
 # tsvector back with every INSERT and UPDATE (RETURNING), deferred or not.
 SEARCH_VECTOR = Column("search_vector", TSVECTOR, Computed(SEARCH_DOCUMENT, persisted=True))
 cast(Table, Task.__table__).append_column(SEARCH_VECTOR)
-# Full-text search (`q`): which tasks hold a word, without reading every row.
-Index("ix_tasks_search_vector", SEARCH_VECTOR, postgresql_using="gin")
+# The same words, each as '<workspace id>/<word>' (migration 0008's IMMUTABLE function): what
+# the search's GIN index holds, so that a search reads the entries of the caller's
+# workspaces only, whatever other tenants' tasks hold. Not mapped either.
+WORKSPACE_WORDS_SQL = "taskmanager_workspace_words(workspace_id, (title)::text, description)"
+WORKSPACE_WORDS = Column("workspace_words", TSVECTOR, Computed(WORKSPACE_WORDS_SQL, persisted=True))
+cast(Table, Task.__table__).append_column(WORKSPACE_WORDS)
+# Full-text search (`q`): which of the caller's tasks hold a word, without reading every row
+# (fastupdate off: a pending list of new entries, every tenant's, would be read by every
+# search).
+Index(
+    "ix_tasks_workspace_words",
+    WORKSPACE_WORDS,
+    postgresql_using="gin",
+    postgresql_with={"fastupdate": "off"},
+)
 
 
 # Unique in a workspace regardless of case: "Work" and "work" are the same category.
