@@ -1395,7 +1395,7 @@ def _search_versus_ilike(admin_url: str, repeats: int) -> list[dict[str, Any]]:
 
     dsn = normalize_database_url(admin_url).replace("postgresql+asyncpg", "postgresql")
     page = "ORDER BY created_at DESC, id DESC LIMIT 50"
-    fts = "id IN (SELECT taskmanager_matching_tasks(to_tsquery('simple', $1 || ':*')))"
+    fts = "id IN (SELECT taskmanager_matching_tasks(ARRAY[$1], to_tsquery('simple', $1 || ':*')))"
     ilike = "title ILIKE '%' || $1 || '%'"
 
     async def timed(connection: Any, sql: str, *args: Any) -> float:
