@@ -3,37 +3,42 @@
 0006's GIN index holds every tenant's words in one set of entries: a prefix search ('s:*')
 collected every task of every tenant holding a word that starts with it, and only then kept
 the caller's (taskmanager_matching_tasks, taskmanager_matches_at_least). What a search cost
-followed everybody's matches: at a million tasks of others, an account with no task at all
-waited 200 ms for `q=s`, a timing that tells how much the others' tasks hold a word.
-ANDing a workspace lexeme into the same query does not help: GIN collects a prefix's
-entries in full before it combines them with anything.
+followed everybody's matches: with a million tasks of others, an account without a task
+waited 270 ms for `q=s` (bench/README.md), a timing that tells how many of the others'
+tasks hold such a word. ANDing a workspace lexeme into the same query would not help: GIN
+collects a prefix's entries in full before it combines them with anything.
 
 So the words are indexed per workspace: `workspace_words` holds each word w of a task in
 workspace 17 as the lexeme '17/w' (a stored generated column, built by the IMMUTABLE
 taskmanager_workspace_words from the same document as search_vector), and the search asks for
-'17/w:* | 42/w:*' for each word of q, over the caller's workspaces only
+('17/w:* | 42/w:*') for each word of q, over the caller's workspaces only
 (taskmanager_workspace_query with taskmanager_workspace_ids()). The GIN partial match then
 walks the entries of those workspaces and no others: what a search reads follows the caller's
-own tasks. Both SECURITY DEFINER functions now take q's words (the lexemes, as the
-repository parses them) instead of a tsquery, from which no words could be read back.
+own tasks (5 ms for that account now). Both SECURITY DEFINER functions take q's words (the
+lexemes, as the repository parses them) instead of a tsquery, from which no words could be
+read back.
 
 search_vector stays, unindexed: ts_rank reads its positions (relevance and its cursor), and
-a search that walks an order's index tests each task with it, as before.
+a search that walks an order's index tests each task with it, as before. The cost: the table
+is 28% bigger (197 to 252 MB at a million tasks), and reading a caller's many matches by id
+reads up to that much more (4-9% slower through HTTP). An expression index would spare the
+column, but a bitmap bigger than work_mem is rechecked row by row on its lossy pages, which
+would build every such row's words again (6.4 s against 0.35 s for 500,000 matches at
+work_mem 256 kB).
 
-A lexeme is at most 2,046 bytes and one with its workspace in front must fit the same
-limit, so a word is indexed by its first 500 characters (2,000 bytes at most, plus the
-workspace's digits): a word of q longer than that finds a superset through the index, and
-only then do the found tasks get tested against the whole words (search_vector @@ query).
+to_tsvector keeps words shorter than 2,047 bytes, and a lexeme with its workspace in front
+must fit the same limit: a word is indexed by its first 500 characters (2,000 bytes at most,
+plus the workspace's digits). A word of q longer than that finds a superset through the
+index, and only then are the found tasks tested against the whole words (search_vector @@
+query).
 
-The index is built with fastupdate off: GIN's pending list of new entries (up to 4 MB,
-until a vacuum or an insert moves them into the index) is read whole by every search, every
-tenant's new tasks included; bulk inserts are about a tenth slower without it (measured in
-bench/README.md).
+The index has fastupdate off: GIN's pending list of new entries (up to 4 MB, until a vacuum
+or an insert moves them into the index) is read whole by every search, every tenant's new
+tasks included. Bulk loads take 5-12% longer without it.
 
 Adding the column rewrites the table and building the index reads every task, under an
-ACCESS EXCLUSIVE lock meanwhile (about a minute at a million tasks). An app of before this
-revision cannot search once it has run (the functions' arguments changed): deploy both
-together.
+ACCESS EXCLUSIVE lock meanwhile (17-19 s at a million tasks). An app of before this revision
+cannot search once it has run (the functions' arguments changed): deploy both together.
 
 Revision ID: 0008
 Revises: 0007
