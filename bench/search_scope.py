@@ -1,9 +1,9 @@
 """What a search costs an account with no tasks and the demo account, before and after the
 search read only the caller's workspaces' index entries (migration 0008), side by side.
 
-    .venv/bin/python bench/search_scope.py                    # 1,000,000 tasks (~15 min)
+    .venv/bin/python bench/search_scope.py                    # 1,000,000 tasks (~10 min)
     .venv/bin/python bench/search_scope.py --tasks 200000     # a quicker look
-    .venv/bin/python bench/search_scope.py --before 9792f4f^  # "before" = that commit's code
+    .venv/bin/python bench/search_scope.py --before REF       # "before" = the code at REF
 
 Two throwaway embedded servers, each seeded with the same `--tasks` tasks in the demo
 account's workspace (`db seed`'s code) and an account without tasks registered beside it:
