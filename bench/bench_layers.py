@@ -6,8 +6,8 @@ checked, memberships read, caller sealed, caller role switched to) and runs the
 repository's own view statement in a READ ONLY transaction; it answers the same response.
 Each adds one layer to the one before it: SQLAlchemy Core on an AsyncConnection, then an
 AsyncSession, then the session from the read-session dependency, then the current-reader
-dependency (auth.py). The real route adds the repository's dependency on top. The differences say what each layer
-costs.
+dependency (auth.py). The real route adds the repository's dependency on top. The
+differences say what each layer costs.
 """
 
 from __future__ import annotations

@@ -469,9 +469,13 @@ def log_in(base: str) -> str:
 
 @contextmanager
 def bench_server(
-    url: str, workers: int, extra_env: dict[str, str] | None = None
+    url: str,
+    workers: int,
+    extra_env: dict[str, str] | None = None,
+    app: str = "bench_app:create_bench_app",
 ) -> Iterator[tuple[str, psutil.Process]]:
-    """uvicorn with the bench app on a free 127.0.0.1 port; stopped by PID afterwards."""
+    """uvicorn with the bench app (or `app`, a factory) on a free 127.0.0.1 port; stopped by
+    PID afterwards."""
     port = free_port()
     env = {
         **os.environ,
@@ -486,7 +490,7 @@ def bench_server(
         **(extra_env or {}),
     }
     command = [
-        sys.executable, "-m", "uvicorn", "bench_app:create_bench_app", "--factory",
+        sys.executable, "-m", "uvicorn", app, "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
@@ -1420,7 +1424,7 @@ def _search_versus_ilike(admin_url: str, secret: str, repeats: int) -> list[dict
 
     dsn = normalize_database_url(admin_url).replace("postgresql+asyncpg", "postgresql")
     page = "ORDER BY created_at DESC, id DESC LIMIT 50"
-    fts = "id IN (SELECT taskmanager_matching_tasks(to_tsquery('simple', $1 || ':*')))"
+    fts = "id IN (SELECT taskmanager_matching_tasks(ARRAY[$1], to_tsquery('simple', $1 || ':*')))"
     ilike = "title ILIKE '%' || $1 || '%'"
 
     async def timed(connection: Any, sql: str, *args: Any) -> float:

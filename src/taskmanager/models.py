@@ -63,7 +63,7 @@ UQ_LABELS_NAME = "uq_labels_workspace_id_name_lower"
 FK_TASK_LABELS_LABEL = "fk_task_labels_label_id_labels"
 FK_TASK_LABELS_TASK = "fk_task_labels_task_id_tasks"
 
-# The transaction-local setting taskmanager_enter seals the caller in (migration 0008); the
+# The transaction-local setting taskmanager_enter seals the caller in (migration 0009); the
 # policies read it through taskmanager_caller(), which refuses one set any other way.
 CALLER_SETTING = "taskmanager.caller"
 MEMBERSHIP_ROLES = ("owner", "member")
@@ -348,8 +348,21 @@ class Task(Base):
 # tsvector back with every INSERT and UPDATE (RETURNING), deferred or not.
 SEARCH_VECTOR = Column("search_vector", TSVECTOR, Computed(SEARCH_DOCUMENT, persisted=True))
 cast(Table, Task.__table__).append_column(SEARCH_VECTOR)
-# Full-text search (`q`): which tasks hold a word, without reading every row.
-Index("ix_tasks_search_vector", SEARCH_VECTOR, postgresql_using="gin")
+# The same words, each as '<workspace id>/<word>' (migration 0009's IMMUTABLE function): what
+# the search's GIN index holds, so that a search reads the entries of the caller's
+# workspaces only, whatever other tenants' tasks hold. Not mapped either.
+WORKSPACE_WORDS_SQL = "taskmanager_workspace_words(workspace_id, (title)::text, description)"
+WORKSPACE_WORDS = Column("workspace_words", TSVECTOR, Computed(WORKSPACE_WORDS_SQL, persisted=True))
+cast(Table, Task.__table__).append_column(WORKSPACE_WORDS)
+# Full-text search (`q`): which of the caller's tasks hold a word, without reading every row
+# (fastupdate off: a pending list of new entries, every tenant's, would be read by every
+# search).
+Index(
+    "ix_tasks_workspace_words",
+    WORKSPACE_WORDS,
+    postgresql_using="gin",
+    postgresql_with={"fastupdate": "off"},
+)
 
 
 # Unique in a workspace regardless of case: "Work" and "work" are the same category.

@@ -4,7 +4,9 @@ serves the search, under row-level security too."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,12 +23,14 @@ from taskmanager.models import Task
 from taskmanager.repositories.task_repository import (
     SORTS,
     TaskFilters,
+    TaskRepository,
     _active_filters,
     _filter_parameters,
     _page_statement,
 )
+from taskmanager.scope import Scope
 from taskmanager.seed import demo_account, seed
-from tests.support.accounts import Account
+from tests.support.accounts import Account, create_account
 from tests.support.databases import TEST_KEY, owner_url
 from tests.support.pages import walk_both_ways
 from tests.support.problems import assert_validation_problem
@@ -118,6 +122,38 @@ async def test_the_search_document_is_never_shown(client: AsyncClient) -> None:
     assert all("search_vector" not in body for body in shown)
 
 
+@pytest.mark.parametrize("walking", [False, True])
+async def test_a_word_longer_than_the_index_keeps_is_still_matched_whole(
+    db_session: AsyncSession, scope: Scope, monkeypatch: pytest.MonkeyPatch, walking: bool
+) -> None:
+    """The search's index keeps a word's first 500 characters (migration 0009: with the
+    workspace in front, a lexeme must stay within PostgreSQL's 2,047 bytes). The longest
+    word PostgreSQL indexes (2,046 bytes) is stored and found; a word of q longer than the
+    index keeps (below the API, which takes at most 200 characters of q) still matches only
+    the words it is a prefix of, by the matches' ids and walking alike, page and count."""
+
+    async def decided(*_: object) -> bool:
+        return walking
+
+    monkeypatch.setattr(TaskRepository, "_walk_finds_the_page_sooner", decided)
+    repository = TaskRepository(db_session, scope)
+    for title, description in (
+        ("one", "a" * 600),
+        ("other", "a" * 550 + "b" * 50),
+        ("widest", "é" * 1023),
+    ):
+        await repository.create(title, description=description)
+
+    async def found(q: str) -> tuple[list[str], int | None]:
+        page = await repository.get_page(TaskFilters(q=q))
+        return sorted(task["title"] for task in page.items), page.total
+
+    assert await found("a" * 600) == (["one"], 1)
+    assert await found("a" * 550 + "b") == (["other"], 1)
+    assert await found("a" * 520) == (["one", "other"], 2)
+    assert await found("é" * 1023) == (["widest"], 1)
+
+
 # Whatever a client types, q is words: tsquery's operators, quotes, backslashes and LIKE's
 # wildcards are punctuation between them, never syntax (and never a 500).
 @pytest.mark.parametrize(
@@ -187,6 +223,30 @@ async def test_another_accounts_tasks_are_not_found(
     assert response.status_code == 201, response.text
     assert await search(client, "milk") == ["Buy milk"]
     assert await search(client, "mallory") == []
+
+
+@pytest.mark.parametrize("walking", [False, True])
+async def test_each_of_the_callers_workspaces_is_searched_on_its_own(
+    client: AsyncClient, monkeypatch: pytest.MonkeyPatch, walking: bool
+) -> None:
+    """The index holds a task's words under its workspace (migration 0009) and a search asks
+    for q's words in each of the caller's workspaces: tasks of all of them are found, and a
+    word in one workspace's task with another in another's makes no match."""
+
+    async def decided(*_: object) -> bool:
+        return walking
+
+    monkeypatch.setattr(TaskRepository, "_walk_finds_the_page_sooner", decided)
+    created = await client.post("/workspaces", json={"name": "Team"})
+    assert created.status_code == 201, created.text
+    team = created.json()["id"]
+    await create(client, "Buy milk")
+    await create(client, "Buy milk for the team", workspace_id=team)
+    await create(client, "Buy bread")
+    await create(client, "Milk shake", workspace_id=team)
+    assert await search(client, "buy mil") == ["Buy milk for the team", "Buy milk"]
+    assert await search(client, "bread shake") == []
+    assert await search(client, "mil", workspace_id=team) == ["Milk shake", "Buy milk for the team"]
 
 
 # ─────────────────────────────────────────────
@@ -318,27 +378,45 @@ async def test_the_search_reads_tasks_through_the_gin_index(
         assert "SubPlan" not in relations, plan
 
 
+# A search function's parameters, as constants: the words of q, the same as a tsquery, and
+# how many matches are enough.
+_FUNCTION_ARGUMENTS = {
+    "words": lambda q: "ARRAY[" + ", ".join(f"'{word}'" for word in q.split()) + "]::text[]",
+    "query": lambda q: "to_tsquery('simple', '" + " & ".join(f"{w}:*" for w in q.split()) + "')",
+    "enough": lambda q: "100",
+}
+
+
+@pytest.mark.parametrize("function", ["taskmanager_matching_tasks", "taskmanager_matches_at_least"])
 @pytest.mark.parametrize("q", ["milk", "lecture notes 12"])
-async def test_the_search_function_finds_matches_through_the_gin_index(
-    seeded_engine: AsyncEngine, own_database_url: str, q: str
+async def test_the_search_functions_find_matches_through_the_gin_index(
+    seeded_engine: AsyncEngine, own_database_url: str, function: str, q: str
 ) -> None:
-    """taskmanager_matching_tasks runs as the tables' owner, whom the policy does not bind, so
-    the GIN index serves its `@@` (for the request role it could not: `@@` is not LEAKPROOF)."""
+    """The search functions run as the tables' owner, whom the policy does not bind, so the
+    GIN index serves their `@@` (for the request role it could not: `@@` is not LEAKPROOF):
+    the index of the words qualified by workspace (migration 0009), never a scan of tasks."""
     owner = create_async_engine(owner_url(own_database_url), poolclass=NullPool)
     async with owner.connect() as connection:
         body = (
             await connection.execute(
-                text("SELECT prosrc FROM pg_proc WHERE proname = 'taskmanager_matching_tasks'")
+                text("SELECT prosrc FROM pg_proc WHERE proname = :function"),
+                {"function": function},
             )
         ).scalar_one()
-        words = " & ".join(f"{word}:*" for word in q.split())
-        assert "@@ query" in body
-        statement = body.replace("@@ query", f"@@ to_tsquery('simple', '{words}')")
+        statement = body
+        for name, argument in _FUNCTION_ARGUMENTS.items():
+            statement = re.sub(rf"\b{name}\b", argument(q), statement)
+        assert statement != body
         plan = (await connection.execute(text(f"EXPLAIN (FORMAT JSON) {statement}"))).scalar_one()
     await owner.dispose()
     nodes = list(_nodes(plan[0]["Plan"]))
     assert "Seq Scan" not in [node["Node Type"] for node in nodes], plan
-    assert "ix_tasks_search_vector" in [node.get("Index Name") for node in nodes], plan
+    assert "ix_tasks_workspace_words" in [node.get("Index Name") for node in nodes], plan
+    # The query the index is searched with is built once (an InitPlan), not for each row a
+    # lossy page of a bitmap bigger than work_mem makes PostgreSQL test again.
+    rechecks = [node["Recheck Cond"] for node in nodes if "Recheck Cond" in node]
+    assert rechecks, plan
+    assert not any("taskmanager_workspace_query" in recheck for recheck in rechecks), rechecks
 
 
 # ─────────────────────────────────────────────
@@ -362,3 +440,91 @@ async def test_both_ways_of_finding_a_search_page_answer_alike(
     assert by_id == by_walking
     assert by_id.total == 8  # X-Total-Count: n % 3 != 0, 8 of the 12
     assert len(by_id.ids) == 8
+
+
+# ─────────────────────────────────────────────
+# What a search reads follows the caller's own tasks
+# ─────────────────────────────────────────────
+
+# Blocks of `tasks` and of its indexes this transaction has asked for so far (found in shared
+# buffers or read): PostgreSQL's own per-transaction counters, which include what the
+# SECURITY DEFINER search functions read for the caller.
+_TASK_BLOCKS = text(
+    "SELECT sum(pg_stat_get_xact_blocks_fetched(oid))::bigint FROM pg_class "
+    "WHERE oid = 'tasks'::regclass "
+    "OR oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = 'tasks'::regclass)"
+)
+
+
+async def _search_as(engine: AsyncEngine, user_id: int, q: str) -> tuple[list[str], int]:
+    """The titles a first page of `q` shows `user_id`, found as GET /tasks?q= finds them (the
+    question of how to find the page, then the page with its count), and the blocks of tasks
+    and its indexes that took."""
+    async with create_session_factory(engine)() as session, session.begin():
+        scope = await scope_of_account(session, TEST_KEY, user_id)
+        before = (await session.execute(_TASK_BLOCKS)).scalar_one()
+        page = await TaskRepository(session, scope).get_page(TaskFilters(q=q))
+        after = (await session.execute(_TASK_BLOCKS)).scalar_one()
+    return sorted(task["title"] for task in page.items), after - before
+
+
+OTHERS_TASKS = 20_000
+
+
+async def test_what_a_search_reads_does_not_follow_other_tenants_matches(
+    make_database: Callable[[str], str],
+) -> None:
+    """The issue "timing oracles": the GIN index found every tenant's matches and only then
+    were the caller's kept, so what a search cost told anyone how many of everyone else's
+    tasks held a word (q=s took 200 ms for an account without tasks, at a million tasks of
+    others). Here another tenant's 20,000 tasks all hold words starting with s (none with m):
+    for an account with four tasks, and for one with none, searching s reads exactly the
+    blocks searching m does, for a prefix and for a whole word alike. (Two words at one
+    moment, not one word at two table sizes: a bigger table can add a level to the index
+    trees each lookup descends, whoever's rows made it bigger.)"""
+    url = await asyncio.to_thread(make_database, "search_others_matches")  # it migrates
+    engine = create_engine(Settings(database_url=url), url)
+    owner = create_async_engine(owner_url(url), poolclass=NullPool)
+    try:
+        reader = await create_account(engine, "reader@example.com")
+        newcomer = await create_account(engine, "newcomer@example.com")
+        other = await create_account(engine, "other@example.com")
+        async with owner.begin() as connection:  # as the tables' owner: in bulk
+            await connection.execute(
+                text(
+                    "INSERT INTO tasks (workspace_id, title) VALUES (:reader, 'Sort the socks'), "
+                    "(:reader, 'Something small'), (:reader, 'Make muffins'), "
+                    "(:reader, 'Mend the mitten')"
+                ),
+                {"reader": reader.personal_workspace_id},
+            )
+            await connection.execute(
+                text(
+                    "INSERT INTO tasks (workspace_id, title, description) "
+                    "SELECT :other, 'Something seeded ' || n, 'see the summary' "
+                    "FROM generate_series(1, CAST(:tasks AS integer)) n"
+                ),
+                {"other": other.personal_workspace_id, "tasks": OTHERS_TASKS},
+            )
+        async with owner.connect() as connection:  # as autovacuum would after a bulk load
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await autocommit.execute(text("VACUUM (ANALYZE) tasks"))
+
+        read: dict[tuple[str, str], int] = {}
+        # The last of six rounds counts: in a session PostgreSQL plans a statement (the
+        # search functions' too) afresh for its first five runs, then may keep one plan, and
+        # planning reads index metapages; by the sixth every search is planned alike.
+        for _ in range(6):
+            for account, found in (
+                (reader, {"s": 2, "m": 2, "something": 1, "muffins": 1}),
+                (newcomer, {"s": 0, "m": 0, "something": 0, "muffins": 0}),
+            ):
+                for q, count in found.items():
+                    titles, read[account.email, q] = await _search_as(engine, account.user_id, q)
+                    assert len(titles) == count, (account.email, q, titles)
+    finally:
+        await engine.dispose()
+        await owner.dispose()
+    for email in (reader.email, newcomer.email):
+        for others, none_of_theirs in (("s", "m"), ("something", "muffins")):
+            assert read[email, others] == read[email, none_of_theirs], read

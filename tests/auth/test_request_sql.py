@@ -400,11 +400,12 @@ DEFINER_CALLS = {
     "taskmanager_account_at_cap(integer,integer)": (
         "SELECT taskmanager_account_at_cap(:victim, 1)"
     ),
-    "taskmanager_matching_tasks(tsquery)": (
-        "SELECT * FROM taskmanager_matching_tasks(to_tsquery('simple', 'secret:*'))"
+    "taskmanager_matching_tasks(text[],tsquery)": (
+        "SELECT * FROM taskmanager_matching_tasks(ARRAY['secret'], "
+        "to_tsquery('simple', 'secret:*'))"
     ),
-    "taskmanager_matches_at_least(tsquery,integer)": (
-        "SELECT taskmanager_matches_at_least(to_tsquery('simple', 'secret:*'), 1)"
+    "taskmanager_matches_at_least(text[],integer)": (
+        "SELECT taskmanager_matches_at_least(ARRAY['secret'], 1)"
     ),
 }
 

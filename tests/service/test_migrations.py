@@ -19,14 +19,17 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from taskmanager import migrate
 from taskmanager.accounts import register_account
+from taskmanager.auth import scope_of_account
 from taskmanager.config import Settings, get_settings
 from taskmanager.database import create_engine, create_session_factory
 from taskmanager.embedded import EmbeddedPostgres
 from taskmanager.models import FK_TASKS_CATEGORY, UQ_CATEGORIES_NAME, Base
+from taskmanager.repositories.task_repository import TaskFilters, TaskRepository
+from taskmanager.repositories.user_repository import UserRepository
 from tests.support.accounts import PASSWORD, login
 from tests.support.databases import TEST_KEY, caller_role_of, logins_of, owner_url, superuser_url
 from tests.support.databases import migrate as migrate_deployment
@@ -262,12 +265,15 @@ def test_naming_convention_applied(fresh_url: str) -> None:
         "ix_tasks_completed_created_at_id",
         "ix_tasks_category_id_created_at_id",
         "ix_tasks_workspace_id_created_at_id",
-        "ix_tasks_search_vector",
+        "ix_tasks_workspace_words",
         "ix_tasks_due_key_id",
         "ix_tasks_priority_rank_created_at_id",
         "ix_tasks_title_id",
     }
-    assert "USING gin (search_vector)" in indexes["ix_tasks_search_vector"]
+    # Full-text search: the words qualified by workspace, without a pending list (0009).
+    assert (
+        "USING gin (workspace_words) WITH (fastupdate=off)" in (indexes["ix_tasks_workspace_words"])
+    )
     # errors.py maps this name to 409: it must be a UNIQUE index on (workspace, lower(name)).
     assert "UNIQUE" in indexes[UQ_CATEGORIES_NAME]
     assert "(workspace_id, lower((name)::text))" in indexes[UQ_CATEGORIES_NAME]
@@ -477,3 +483,84 @@ def test_downgrading_the_accounts_migration_keeps_every_task(
     assert _query(url, "SELECT id, name FROM categories ORDER BY id") == [(1, "Home"), (3, "Work")]
     migrate.upgrade(owner_url(url))  # and up again, the rows going to the shared workspace
     assert _query(url, "SELECT count(*) FROM tasks") == [(4,)]
+
+
+# ─────────────────────────────────────────────
+# The search within workspaces (0009) with data in place
+# ─────────────────────────────────────────────
+
+BEFORE_SEARCH_WITHIN_WORKSPACES = "0008"
+
+
+async def _found_by_0006s_function(url: str, user_id: int, words: str) -> list[str]:
+    """What migration 0006's taskmanager_matching_tasks(tsquery) finds for `user_id`, as the
+    caller role (the repository of then sent that)."""
+    engine = create_engine(Settings(database_url=url), url)
+    try:
+        async with engine.begin() as connection:
+            session = AsyncSession(bind=connection)
+            await UserRepository(session).enter(TEST_KEY.entry("operator", user_id))
+            rows = await connection.execute(
+                text(
+                    "SELECT title FROM tasks WHERE id IN "
+                    "(SELECT taskmanager_matching_tasks(to_tsquery('simple', :words)))"
+                ),
+                {"words": words},
+            )
+            return sorted(title for (title,) in rows)
+    finally:
+        await engine.dispose()
+
+
+async def _found_by_the_repository(url: str, user_id: int, q: str) -> list[str]:
+    engine = create_engine(Settings(database_url=url), url)
+    try:
+        async with create_session_factory(engine)() as session, session.begin():
+            scope = await scope_of_account(session, TEST_KEY, user_id)
+            page = await TaskRepository(session, scope).get_page(TaskFilters(q=q))
+            return sorted(task["title"] for task in page.items)
+    finally:
+        await engine.dispose()
+
+
+async def test_the_search_within_workspaces_migrates_both_ways_with_tasks_in_place(
+    database_at: Callable[[str, str], str],
+) -> None:
+    """Upgrading indexes the tasks already there by workspace; downgrading gives back 0006's
+    index and function, which find the same tasks; the tasks added meanwhile are found
+    after upgrading again."""
+    url = await asyncio.to_thread(
+        database_at, "migrations_search_within_workspaces", BEFORE_SEARCH_WITHIN_WORKSPACES
+    )
+    await asyncio.to_thread(migrate.prepare, logins_of(url), TEST_KEY)  # the caller key
+    mine = await _operator_creates_account(url, "mine@example.com")
+    theirs = await _operator_creates_account(url, "theirs@example.com")
+    insert = (
+        "INSERT INTO tasks (workspace_id, title) SELECT personal_workspace_id, title "
+        "FROM users, (VALUES {}) AS titles(title) WHERE users.id = {}"
+    )
+    await asyncio.to_thread(
+        _execute,
+        url,
+        insert.format("('Buy milk'), ('Call mum')", mine),
+        insert.format("('Milk the cow'), ('Mill the corn')", theirs),
+    )
+
+    await asyncio.to_thread(migrate.upgrade, owner_url(url))
+    assert await _found_by_the_repository(url, mine, "mil") == ["Buy milk"]
+    assert await _found_by_the_repository(url, theirs, "mil") == ["Milk the cow", "Mill the corn"]
+
+    await asyncio.to_thread(migrate.downgrade, owner_url(url), BEFORE_SEARCH_WITHIN_WORKSPACES)
+    await asyncio.to_thread(_execute, url, insert.format("('Millet for the birds')", mine))
+    assert await _found_by_0006s_function(url, mine, "mil:*") == [
+        "Buy milk",
+        "Millet for the birds",
+    ]
+    assert await _found_by_0006s_function(url, theirs, "mil:*") == [
+        "Milk the cow",
+        "Mill the corn",
+    ]
+
+    await asyncio.to_thread(migrate.upgrade, owner_url(url))
+    assert await _found_by_the_repository(url, mine, "mil") == ["Buy milk", "Millet for the birds"]
+    assert await _found_by_the_repository(url, theirs, "mill") == ["Mill the corn"]

@@ -95,12 +95,16 @@ SEARCH_QUERY = (
     .select_from(_Q_WORDS)
     .scalar_subquery()
 )
+# The same words as an array (NULL when q has none), also computed once per statement: what
+# the search functions look up in the caller's workspaces' index entries (migration 0009).
+SEARCH_WORDS = select(func.array_agg(_Q_WORDS.c.lexeme)).select_from(_Q_WORDS).scalar_subquery()
 # The tasks matching q, found through the GIN index by a SECURITY DEFINER function (migration
-# 0006 says why: under row-level security an index serves no `@@`), which keeps only those
-# in the caller's workspaces; then read by id, under the policy, like any other task.
-_MATCHING_TASKS = func.taskmanager_matching_tasks(SEARCH_QUERY, type_=Integer).column_valued(
-    "task_id"
-)
+# 0006 says why: under row-level security an index serves no `@@`), which looks only at the
+# entries of the caller's workspaces (0009: what it reads follows the caller's tasks, not
+# every tenant's); then read by id, under the policy, like any other task.
+_MATCHING_TASKS = func.taskmanager_matching_tasks(
+    SEARCH_WORDS, SEARCH_QUERY, type_=Integer
+).column_valued("task_id")
 _MATCHES_Q = _TASKS.c.id.in_(select(_MATCHING_TASKS))
 # A word most tasks hold costs that way a read of every match (83,000 of a million tasks:
 # seconds). Then walking the order's index and testing each task reads about
@@ -216,7 +220,7 @@ def _distinct_ids(ids: Sequence[int]) -> list[int]:
 # the matches are at least sqrt(0.2 x page rows x tasks) (a walk reads about page rows x
 # tasks / matches tasks; a match read by id costs about five walked ones). The caller's
 # matches are counted only as far as that: for a search through the GIN index (migration
-# 0006's taskmanager_matches_at_least), for labels the tasks carrying the first one asked.
+# 0009's taskmanager_matches_at_least), for labels the tasks carrying the first one asked.
 _PG_CLASS = table("pg_class", column("reltuples"), column("oid"))  # its row estimate
 _ENOUGH_TO_WALK = func.ceil(
     func.sqrt(
@@ -230,7 +234,7 @@ _ENOUGH_TO_WALK = func.ceil(
         )
     )
 ).cast(Integer)
-_SEARCH_WALKS = select(func.taskmanager_matches_at_least(SEARCH_QUERY, _ENOUGH_TO_WALK))
+_SEARCH_WALKS = select(func.taskmanager_matches_at_least(SEARCH_WORDS, _ENOUGH_TO_WALK))
 _FIRST_LABEL_CARRIERS = (
     select(_TASK_LABELS.c.task_id)
     .where(
@@ -265,7 +269,7 @@ LIST_FILTERS = (
     ListFilter("overdue", or_(_TASKS.c.due_key >= func.now(), _TASKS.c.completed), when=False),
     ListFilter("priority", _TASKS.c.priority_rank == bindparam("priority"), PRIORITIES.index),
     # Every word of q is the prefix of a word in the title or the description, in any
-    # order, ignoring case (the GIN index ix_tasks_search_vector finds them).
+    # order, ignoring case (the GIN index ix_tasks_workspace_words finds them).
     ListFilter("q", _MATCHES_Q),
     ListFilter("label_ids", _has_all_labels(), _distinct_ids),
 )
