@@ -26,6 +26,7 @@ from taskmanager.accounts import register_account
 from taskmanager.auth import scope_of_account
 from taskmanager.config import Settings, get_settings
 from taskmanager.database import create_engine, create_session_factory
+from taskmanager.deployment import SCHEMA_REVISION
 from taskmanager.embedded import EmbeddedPostgres
 from taskmanager.models import FK_TASKS_CATEGORY, UQ_CATEGORIES_NAME, Base
 from taskmanager.repositories.task_repository import TaskFilters, TaskRepository
@@ -564,3 +565,8 @@ async def test_the_search_within_workspaces_migrates_both_ways_with_tasks_in_pla
     await asyncio.to_thread(migrate.upgrade, owner_url(url))
     assert await _found_by_the_repository(url, mine, "mil") == ["Buy milk", "Millet for the birds"]
     assert await _found_by_the_repository(url, theirs, "mill") == ["Mill the corn"]
+
+
+def test_the_service_checks_for_the_scripts_head() -> None:
+    """The revision the service checks at start-up (without loading Alembic) is the head."""
+    assert migrate.heads() == (SCHEMA_REVISION,)
