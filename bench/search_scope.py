@@ -39,7 +39,10 @@ from typing import Any
 import httpx
 from run import BENCH_DIR, RESULTS_DIR, bench_database, bench_server, log_in
 
+from taskmanager.caller_key import CallerKey
+
 ROOT = BENCH_DIR.parent
+SECRET = "search-scope-bench-" + "x" * 40
 BEFORE_REVISION = "0007"
 MIGRATION = "src/taskmanager/migrations/versions/*_search_within_workspaces.py"
 EMPTY_EMAIL = "nobody@example.com"
@@ -186,11 +189,19 @@ def function_reads(side: Side) -> list[dict[str, Any]]:
                 user_id = await connection.fetchval("SELECT id FROM users WHERE email = $1", email)
                 for q in QUERIES:
                     async with connection.transaction():
-                        await connection.execute(
-                            "SELECT set_config('taskmanager.user_id', $1, true), "
-                            "set_config('role', 'taskmanager_request', true)",
-                            str(user_id),
-                        )
+                        if side.name == "before":  # the caller as the code before set it
+                            await connection.execute(
+                                "SELECT set_config('taskmanager.user_id', $1, true), "
+                                "set_config('role', 'taskmanager_request', true)",
+                                str(user_id),
+                            )
+                        else:  # entered, as a request is now
+                            entry = CallerKey(SECRET).entry("operator", user_id)
+                            await connection.execute(
+                                "SELECT set_config('role', e.caller_role, true) FROM "
+                                "taskmanager_enter($1, NULL, 'operator', $2, $3) e",
+                                user_id, entry.valid_until, entry.proof,
+                            )  # fmt: skip
                         matches = await connection.fetchval(statement, q)
                         runs = []
                         for _ in range(5):
@@ -247,7 +258,7 @@ def main() -> int:
             database = stack.enter_context(bench_database("embedded"))
             side = Side(name, database.admin_url)
             print(f"{name}: seeding {args.tasks:,} tasks at {revision} ...", file=sys.stderr)
-            secret = "search-scope-bench-" + "x" * 40
+            secret = SECRET
             before = name == "before"
             side.seed_seconds = seed(database, old_src if before else None, secret, args.tasks)
             print(f"  {side.seed_seconds:.1f} s", file=sys.stderr)

@@ -31,7 +31,7 @@ from taskmanager.embedded import EmbeddedPostgres
 from taskmanager.models import FK_TASKS_CATEGORY, UQ_CATEGORIES_NAME, Base
 from taskmanager.repositories.task_repository import TaskFilters, TaskRepository
 from taskmanager.repositories.user_repository import UserRepository
-from tests.support.accounts import PASSWORD, login
+from tests.support.accounts import PASSWORD, login, register_and_login
 from tests.support.databases import TEST_KEY, caller_role_of, logins_of, owner_url, superuser_url
 from tests.support.databases import migrate as migrate_deployment
 from tests.support.live_app import live_client
@@ -570,3 +570,41 @@ async def test_the_search_within_workspaces_migrates_both_ways_with_tasks_in_pla
 def test_the_service_checks_for_the_scripts_head() -> None:
     """The revision the service checks at start-up (without loading Alembic) is the head."""
     assert migrate.heads() == (SCHEMA_REVISION,)
+
+
+async def test_a_database_the_superuser_migrated_is_taken_over_by_its_owner(
+    embedded_server: EmbeddedPostgres | None,
+) -> None:
+    """Before caller roles, `make run` migrated the embedded database as the superuser,
+    which owned every table. The next start hands them to the database's owner, migrates on
+    and serves through the service's login, the rows kept."""
+    if embedded_server is None:
+        pytest.skip("needs the embedded test server to create extra databases")
+    name = "migrations_taken_over"
+    await asyncio.to_thread(embedded_server.drop_database, name)
+    await asyncio.to_thread(embedded_server.create_database, name)
+    superuser = embedded_server.url(name)
+    await asyncio.to_thread(migrate.upgrade, superuser, "0007")
+    await asyncio.to_thread(
+        _execute,
+        superuser,
+        "INSERT INTO workspaces (name) VALUES ('from before')",
+        "INSERT INTO tasks (workspace_id, title) VALUES (currval('workspaces_id_seq'), 'kept')",
+    )
+
+    logins = await asyncio.to_thread(embedded_server.logins, name)
+    await asyncio.to_thread(migrate_deployment, logins)
+
+    owners = await asyncio.to_thread(
+        _query,
+        superuser,
+        "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class "
+        "WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'S', 'i')",
+    )
+    assert owners == [(f"{name}_owner",)]
+    assert await asyncio.to_thread(_query, superuser, "SELECT title FROM tasks") == [("kept",)]
+    async with live_client(logins.service) as http:
+        headers = await register_and_login(http, "after@example.com")
+        created = await http.post("/tasks", json={"title": "new"}, headers=headers)
+        assert created.status_code == 201, created.text
+        assert [t["title"] for t in (await http.get("/tasks", headers=headers)).json()] == ["new"]

@@ -1,9 +1,9 @@
 """Alembic environment, async: migrations run over asyncpg like the application does.
 
 The database URL comes from the Config attribute `database_url` (set by
-`taskmanager.migrate`), else from the settings (DATABASE_URL); an `alembic` command run
-with neither asks `taskmanager.postgres`, like the app (the embedded PostgreSQL when
-DATABASE_URL is unset, stopped again afterwards).
+`taskmanager.migrate`), else from the settings: migrations run as the owner of the tables
+(OWNER_DATABASE_URL; the embedded server's owner when DATABASE_URL is unset, the server
+stopped again afterwards). Printing SQL (`--sql`) needs only a URL's dialect.
 """
 
 from __future__ import annotations
@@ -33,9 +33,13 @@ def _database_url(*, check: bool = True) -> Iterator[str]:
         yield str(url)
         return
     from taskmanager.config import get_settings
-    from taskmanager.postgres import database_url
+    from taskmanager.postgres import database_logins, owner_database_url
 
-    with database_url(get_settings(), check=check) as resolved:
+    if not check:  # the dialect is all `--sql` needs
+        with database_logins(get_settings(), check=False) as logins:
+            yield logins.owner or logins.service
+        return
+    with owner_database_url(get_settings(), check=check) as resolved:
         yield resolved
 
 
