@@ -608,3 +608,41 @@ async def test_a_database_the_superuser_migrated_is_taken_over_by_its_owner(
         created = await http.post("/tasks", json={"title": "new"}, headers=headers)
         assert created.status_code == 201, created.text
         assert [t["title"] for t in (await http.get("/tasks", headers=headers)).json()] == ["new"]
+
+
+def test_the_role_deployments_used_to_share_keeps_nothing_of_this_database(
+    embedded_server: EmbeddedPostgres | None,
+) -> None:
+    """A database migrated before 0008 granted the cluster's one request role its tables
+    and functions (any deployment's login could switch to it); after 0008 it holds no
+    privilege here. (The owner stays its member where only a superuser may revoke that:
+    README says to drop the role once no database uses it.)"""
+    if embedded_server is None:
+        pytest.skip("needs the embedded test server to create extra databases")
+    name = "migrations_legacy_role"
+    embedded_server.drop_database(name)
+    logins = embedded_server.logins(name)
+    assert logins.owner is not None
+    superuser = embedded_server.url(name)
+    _execute(superuser, "CREATE ROLE taskmanager_request NOLOGIN NOINHERIT")
+    try:
+        _execute(superuser, f"GRANT taskmanager_request TO {name}_owner")
+        migrate.upgrade(logins.owner, "0007")
+        granted = (
+            "SELECT count(*) FROM information_schema.role_table_grants "
+            "WHERE grantee = 'taskmanager_request' AND table_catalog = current_database()"
+        )
+        assert _query(superuser, granted)[0][0] > 0  # the control: 0003's grants
+
+        migrate_deployment(logins)
+
+        assert _query(superuser, granted) == [(0,)]
+        assert _query(
+            superuser,
+            "SELECT count(*) FROM pg_proc WHERE has_function_privilege("
+            "'taskmanager_request', oid, 'EXECUTE') AND pronamespace = 'public'::regnamespace "
+            "AND NOT has_function_privilege('public', oid, 'EXECUTE')",
+        ) == [(0,)]
+    finally:
+        embedded_server.drop_database(name)
+        _execute(embedded_server.url(), "DROP ROLE IF EXISTS taskmanager_request")
