@@ -39,6 +39,7 @@ from typing import Annotated, Any
 
 import asyncpg
 import jwt
+from driver_sql import ENTER_SQL
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -50,7 +51,6 @@ from taskmanager.caller_key import CallerKey
 from taskmanager.config import get_settings
 from taskmanager.main import create_app
 from taskmanager.models import Task
-from taskmanager.repositories.user_repository import _ENTER
 from taskmanager.routes.preconditions import set_etag
 from taskmanager.schemas import (
     CategoryResponse,
@@ -103,13 +103,7 @@ _UPDATE_TITLE = (
 
 # The app's own statement for entering a request's transaction, with asyncpg's
 # placeholders; and the same without its switch to the caller role (the `scope` floor).
-_SCOPE_WITH_ROLE = (
-    _ENTER.text.replace(":user_id", "$1")
-    .replace(":session_id", "$2")
-    .replace(":purpose", "$3")
-    .replace(":valid_until", "$4")
-    .replace(":proof", "$5")
-)
+_SCOPE_WITH_ROLE = ENTER_SQL
 _SCOPE_WITHOUT_ROLE = re.sub(
     r",\s*set_config\('role', e.caller_role, true\) AS role", "", _SCOPE_WITH_ROLE
 )

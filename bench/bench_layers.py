@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from driver_sql import ENTER_SQL
 from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -113,13 +114,7 @@ async def layer_reader(
 
 # The app's statements rendered for asyncpg: the scope statement (the same text) and the
 # repository's view statement compiled by SQLAlchemy's PostgreSQL dialect, once.
-_SCOPE_SQL = (
-    _ENTER.text.replace(":user_id", "$1")
-    .replace(":session_id", "$2")
-    .replace(":purpose", "$3")
-    .replace(":valid_until", "$4")
-    .replace(":proof", "$5")
-)
+_SCOPE_SQL = ENTER_SQL
 _VIEW_SQL = str(_VIEW_BY_ID.compile(dialect=postgresql_asyncpg.dialect()))  # type: ignore[no-untyped-call]
 
 

@@ -41,6 +41,7 @@ import asyncpg
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(1, str(BENCH_DIR.parent))  # tests.support.clusters, as run.py
 
+from driver_sql import ENTER_SQL  # noqa: E402
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg  # noqa: E402
 from tests.support.clusters import Cluster, tcp_cluster  # noqa: E402
 
@@ -48,7 +49,6 @@ from taskmanager.caller_key import CallerKey  # noqa: E402
 from taskmanager.deployment import DatabaseLogins  # noqa: E402
 from taskmanager.migrate import upgrade, upgrade_deployment  # noqa: E402
 from taskmanager.repositories.task_repository import _VIEW_BY_ID  # noqa: E402
-from taskmanager.repositories.user_repository import _ENTER  # noqa: E402
 
 SECRET = "bench-signing-key-that-is-long-enough-0123456789"
 LEGACY_ROLE = "taskmanager_request"
@@ -65,13 +65,7 @@ BEFORE_SCOPE = f"""
     WHERE u.id = $1 AND u.is_active
       AND s.id = $2 AND s.revoked_at IS NULL AND s.expires_at > now()
 """
-AFTER_SCOPE = (
-    _ENTER.text.replace(":user_id", "$1")
-    .replace(":session_id", "$2")
-    .replace(":purpose", "$3")
-    .replace(":valid_until", "$4")
-    .replace(":proof", "$5")
-)
+AFTER_SCOPE = ENTER_SQL
 _VIEW = _VIEW_BY_ID.compile(dialect=postgresql_asyncpg.dialect())  # type: ignore[no-untyped-call]
 VIEW = str(_VIEW)
 
