@@ -20,7 +20,8 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -50,7 +51,7 @@ def create_engine(settings: Settings, database_url: str) -> AsyncEngine:
         if settings.statement_timeout_ms:
             server_settings["statement_timeout"] = str(settings.statement_timeout_ms)
         connect_args["server_settings"] = server_settings
-    return create_async_engine(
+    engine = create_async_engine(
         database_url,
         echo=settings.sql_echo,
         pool_size=settings.pool_size,
@@ -64,6 +65,26 @@ def create_engine(settings: Settings, database_url: str) -> AsyncEngine:
         hide_parameters=not settings.sql_echo,
         connect_args=connect_args,
     )
+    event.listen(engine.sync_engine, "handle_error", _drop_a_tampered_connection)
+    return engine
+
+
+# What makes a pooled connection unfit for the next request: taskmanager_enter refused it
+# because SQL prepared a statement on it (migration 0008), or one of the statements cached
+# on it was deallocated by SQL. Either way the session is not the service's own any more.
+TAMPERED_SQLSTATES = frozenset({"42T01", "26000"})  # 26000: invalid_sql_statement_name
+
+
+def _drop_a_tampered_connection(context: ExceptionContext) -> None:
+    """Close that connection instead of returning it to the pool (only it: the others are
+    fine). The request answers 503 with Retry-After; a retry gets a clean connection."""
+    error: Any = context.original_exception
+    sqlstate = getattr(error, "sqlstate", None) or getattr(
+        getattr(error, "__cause__", None), "sqlstate", None
+    )
+    if sqlstate in TAMPERED_SQLSTATES:
+        context.is_disconnect = True
+        context.invalidate_pool_on_disconnect = False
 
 
 def pooler_safe_connect_args() -> dict[str, Any]:

@@ -101,7 +101,8 @@ _SERVICE_FACTS = text(
                    AND c.relnamespace = current_schema()::regnamespace) AS owns_tables,
            EXISTS (SELECT FROM pg_proc p WHERE p.proowner = r.oid
                    AND p.pronamespace = current_schema()::regnamespace) AS owns_functions,
-           has_schema_privilege(r.oid, current_schema(), 'CREATE') AS may_create,
+           has_schema_privilege(r.oid, current_schema(), 'CREATE')
+               OR has_database_privilege(r.oid, current_database(), 'CREATE') AS may_create,
            has_database_privilege('public', current_database(), 'CONNECT') AS public_connect,
            has_database_privilege(r.oid, current_database(), 'TEMPORARY') AS may_temp,
            to_regprocedure('taskmanager_caller_role()') IS NOT NULL AS migrated,
@@ -113,6 +114,17 @@ _SERVICE_FACTS = text(
     """
 )
 _CALLER_ROLE = text("SELECT taskmanager_caller_role()")
+# What the caller role, which every request runs as, may do beyond the policies.
+_CALLER_FACTS = text(
+    """
+    SELECT r.rolsuper OR r.rolbypassrls OR r.rolcreaterole OR r.rolcanlogin AS powerful,
+           has_database_privilege(r.oid, current_database(), 'CREATE')
+               OR has_schema_privilege(r.oid, current_schema(), 'CREATE') AS may_create,
+           EXISTS (SELECT FROM pg_class c WHERE c.relowner = r.oid
+                   AND c.relnamespace = current_schema()::regnamespace) AS owns_tables
+    FROM pg_roles r WHERE r.rolname = CAST(:caller AS name)
+    """
+)
 _INHERITS = text("SELECT pg_has_role(session_user, CAST(:caller AS name), 'USAGE')")
 _CALLER_TEMP = text(
     "SELECT has_database_privilege(CAST(:caller AS name), current_database(), 'TEMPORARY')"
@@ -201,7 +213,16 @@ async def check_service_login(
             "that owns nothing)"
         )
     if facts.may_create:
-        problems.append("it may create objects in the schema")
+        problems.append("it may create objects (a schema, or in the schema)")
+    caller_facts = (await connection.execute(_CALLER_FACTS, {"caller": caller})).one_or_none()
+    if caller_facts is None:
+        problems.append(f'the caller role "{caller}" does not exist')
+    elif caller_facts.powerful or caller_facts.may_create or caller_facts.owns_tables:
+        problems.append(
+            f'the caller role "{caller}" may do more than the policies let it (LOGIN, '
+            "SUPERUSER, BYPASSRLS, CREATEROLE, CREATE on the database or schema, or owning "
+            "a table)"
+        )
     reachable = [name for name in facts.reachable if name != caller]
     if caller not in facts.reachable:
         problems.append(

@@ -33,7 +33,6 @@ from taskmanager.config import Settings
 from taskmanager.deployment import caller_role_name
 from taskmanager.models import Membership, Workspace
 from taskmanager.problems import CONFLICT, LIMIT_REACHED
-from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.repositories.workspace_repository import (
     MembershipLimitError,
     MembershipLimits,
@@ -42,7 +41,7 @@ from taskmanager.repositories.workspace_repository import (
 from taskmanager.scope import Scope
 from tests.api.test_statement_count import is_caller, is_fixture
 from tests.support.accounts import Account, create_account, register_and_login
-from tests.support.databases import TEST_DATABASE, TEST_KEY
+from tests.support.databases import TEST_DATABASE
 from tests.support.live_app import live_client
 from tests.support.problems import assert_problem
 
@@ -355,14 +354,24 @@ async def test_counting_another_accounts_workspaces_ends_in_the_request_role(
     assert await current_role(db_session) == REQUEST_ROLE
 
 
-async def test_nobody_without_a_workspace_of_their_own_asks_who_is_at_the_cap(
-    db_session: AsyncSession, bob: Account
+async def test_only_an_owner_adding_someone_new_asks_who_is_at_the_cap(
+    db_session: AsyncSession, scope: Scope, bob: Account, other_account: Account
 ) -> None:
-    await UserRepository(db_session).enter(TEST_KEY.entry("login"))  # a caller with no user
-    with pytest.raises(DBAPIError, match="owns no workspace"):
-        await db_session.execute(
-            text("SELECT taskmanager_account_at_cap(:bob, 1)"), {"bob": bob.user_id}
-        )
+    """Not for a workspace of someone else's, nor for a member already in it: the function
+    tells nothing about accounts beyond what adding one needs."""
+    asks = text("SELECT taskmanager_account_at_cap(:account, :workspace, 1)")
+    for account, workspace in (
+        (bob.user_id, other_account.personal_workspace_id),  # not alice's
+        (scope.user_id, scope.personal_workspace_id),  # alice is in it already
+    ):
+        with pytest.raises(DBAPIError, match="only for an owner adding someone new"):
+            async with db_session.begin_nested():
+                await db_session.execute(asks, {"account": account, "workspace": workspace})
+    # The control: bob, new to alice's workspace, is at a cap of 1 (his personal one).
+    allowed = await db_session.execute(
+        asks, {"account": bob.user_id, "workspace": scope.personal_workspace_id}
+    )
+    assert allowed.scalar_one() is True
 
 
 async def current_role(db_session: AsyncSession) -> str:

@@ -21,13 +21,16 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from httpx import ASGITransport, AsyncClient
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from taskmanager.caller_key import Entry, Purpose
+from taskmanager.config import Settings
 from taskmanager.deployment import RoleNames, caller_role_name
+from taskmanager.main import create_app
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.tokens import read_access_token
 from tests.support.accounts import TEST_SECRET, register_and_login
@@ -397,8 +400,8 @@ DEFINER_CALLS = {
     "taskmanager_refresh_token_session(text)": (
         "SELECT s.* FROM refresh_tokens t, taskmanager_refresh_token_session(t.token_hash) s"
     ),
-    "taskmanager_account_at_cap(integer,integer)": (
-        "SELECT taskmanager_account_at_cap(:victim, 1)"
+    "taskmanager_account_at_cap(integer,integer,integer)": (
+        "SELECT taskmanager_account_at_cap(:victim, :workspace, 1)"
     ),
     "taskmanager_matching_tasks(text[],tsquery)": (
         "SELECT * FROM taskmanager_matching_tasks(ARRAY['secret'], "
@@ -487,7 +490,7 @@ async def test_no_caller_reads_a_password_hash(
     and the one function that returns a hash wants a proof only the service makes."""
     attacker = tenants.attacker
     user_id = None if purpose in ("register", "maintenance") else attacker.user_id
-    session_id = attacker.session_id if purpose == "request" else None
+    session_id = attacker.session_id if purpose in ("request", "refresh") else None
     until = int(time.time()) + 300
     async with service.connect() as connection, connection.begin():
         await enter(connection, TEST_KEY.entry(purpose, user_id, session_id, valid_until=until))
@@ -553,3 +556,144 @@ async def test_the_service_login_owns_nothing_and_cannot_connect_elsewhere(
     finally:
         await owner.dispose()
     assert owned == 0
+
+
+# ─────────────────────────────── what a pooled connection carries to the next request
+
+
+@pytest_asyncio.fixture
+async def one_connection_app(tenants: Tenants) -> AsyncIterator[tuple[AsyncClient, AsyncEngine]]:
+    """The real app with a pool of ONE connection, and its engine: SQL run on that engine
+    runs on the connection the next request gets, as SQL in a request would."""
+    app = create_app(
+        Settings(
+            database_url=tenants.url,
+            pool_size=1,
+            max_overflow=0,
+            jwt_secret=TEST_SECRET,
+            log_level="WARNING",
+            gc_threshold=0,
+        )
+    )
+    async with (
+        app.router.lifespan_context(app),
+        AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client,
+    ):
+        yield client, app.state.engine
+
+
+LEAK = "SELECT current_setting('attacker.leak', true)"
+
+
+@pytest.mark.parametrize("tampering", ["replace the first statement", "only deallocate it"])
+async def test_a_statement_prepared_by_sql_serves_no_later_request(
+    one_connection_app: tuple[AsyncClient, AsyncEngine], tenants: Tenants, tampering: str
+) -> None:
+    """Named prepared statements outlive the transaction on a pooled connection. SQL in the
+    attacker's request replaces the one every request starts with (taskmanager_enter) by
+    one that also keeps its arguments, the next user's proof among them, in a setting of
+    the session; or just deallocates it. The victim's next request on that connection is
+    answered 503 without running anything of the attacker's, the connection is dropped,
+    and the retry is served on a clean one."""
+    client, engine = one_connection_app
+    victim = tenants.victim
+    warm = await client.get(f"/tasks/{victim.task_id}", headers=victim.headers)
+    assert warm.status_code == 200, warm.text  # the first statement is prepared and cached
+
+    async with engine.connect() as connection, connection.begin():  # the pool's one
+        await enter(connection, tenants.attacker.entry())
+        found = (
+            await connection.execute(
+                text(
+                    "SELECT name, array_to_string(parameter_types, ',') "
+                    "FROM pg_prepared_statements WHERE statement LIKE '%taskmanager_enter(%' "
+                    "AND statement NOT LIKE '%pg_prepared_statements%'"
+                )
+            )
+        ).all()
+        assert found  # the app's first statement, cached on this connection
+        for name, types in found:
+            await connection.execute(text(f'DEALLOCATE "{name}"'))
+            if tampering == "replace the first statement":
+                await connection.execute(
+                    text(
+                        f'PREPARE "{name}"({types}) AS SELECT e.user_id, '
+                        "e.personal_workspace_id, e.workspace_ids, e.owned_workspace_ids, "
+                        "set_config('role', e.caller_role, true) AS role "
+                        "FROM taskmanager_enter($1, $2, $3, $4, $5) e WHERE set_config("
+                        "'attacker.leak', concat_ws('|', $1, $2, $3, $4, $5), false) "
+                        "IS NOT NULL"
+                    )
+                )
+        await connection.commit()
+
+    refused = await client.get(f"/tasks/{victim.task_id}", headers=victim.headers)
+    assert refused.status_code == 503, refused.text
+    async with engine.connect() as connection:  # a new connection: nothing was kept
+        assert (await connection.execute(text(LEAK))).scalar_one() in (None, "")
+    again = await client.get(f"/tasks/{victim.task_id}", headers=victim.headers)
+    assert again.status_code == 200, again.text
+    assert again.json()["title"] == VICTIM_TITLE
+
+
+# ─────────────────────────────── what an identity may make last
+
+
+async def test_a_refresh_enters_only_a_live_login_session(
+    service: AsyncEngine, tenants: Tenants
+) -> None:
+    """A refresh enters as the owner of a refresh token's login session only while that
+    session lives: one that was revoked (say after a password change), or made up, enters
+    nobody."""
+    victim = tenants.victim
+    async with service.connect() as connection, connection.begin():
+        for session_id in (uuid.uuid4(), None):
+            entry = TEST_KEY.entry("refresh", victim.user_id, session_id)
+            assert await _enter_raw(connection, entry) == []
+        live = TEST_KEY.entry("refresh", victim.user_id, victim.session_id)
+        assert len(await _enter_raw(connection, live)) == 1  # the control
+        await connection.rollback()
+
+
+@pytest.mark.parametrize(
+    ("purpose", "sql"),
+    [
+        ("request", "INSERT INTO auth_sessions (id, user_id, expires_at) "
+                    "VALUES (gen_random_uuid(), :me, '2099-01-01')"),
+        ("refresh", "INSERT INTO auth_sessions (id, user_id, expires_at) "
+                    "VALUES (gen_random_uuid(), :me, '2099-01-01')"),
+        ("request", "INSERT INTO refresh_tokens (token_hash, session_id) "
+                    "SELECT 'chosen', id FROM auth_sessions LIMIT 1"),
+        ("request", "INSERT INTO tasks (id, workspace_id, title) "
+                    "VALUES (nextval('tasks_id_seq') + 1000, :workspace, 'squatter')"),
+        ("request", "INSERT INTO workspaces (id, name, created_by) "
+                    "VALUES (nextval('workspaces_id_seq') + 1000, 'squatter', :me)"),
+    ],
+    ids=[
+        "a login session, by a request",
+        "a login session, by a refresh",
+        "a refresh token, by a request",
+        "a task with an id of the sequence's future",
+        "a workspace with an id of the sequence's future",
+    ],
+)  # fmt: skip
+async def test_no_identity_makes_what_outlives_it_or_takes_others_ids(
+    service: AsyncEngine, tenants: Tenants, purpose: Purpose, sql: str
+) -> None:
+    """Only a login opens a login session and only a login or a refresh issues a refresh
+    token (else SQL in any request could make its own caller last for years); no caller
+    inserts ids the sequences will hand to others next (their inserts would fail)."""
+    attacker = tenants.attacker
+    session_id = attacker.session_id if purpose in ("request", "refresh") else None
+    async with service.connect() as connection, connection.begin():
+        await enter(
+            connection,
+            TEST_KEY.entry(
+                purpose, attacker.user_id, session_id, valid_until=int(time.time()) + 300
+            ),
+        )
+        outcome = await attempt(
+            connection, sql, me=attacker.user_id, workspace=attacker.workspace_id
+        )
+        assert refused(outcome), outcome
+        await connection.rollback()

@@ -195,3 +195,28 @@ def test_serve_refuses_a_database_that_does_not_know_its_key(production: Deploym
     }
     result = taskmanager(["serve", "--port", str(free_port())], env)
     one_line(result, "does not know this service's key")
+
+
+@pytest.mark.parametrize(
+    ("grant", "undo"),
+    [
+        ("ALTER ROLE production_caller BYPASSRLS", "ALTER ROLE production_caller NOBYPASSRLS"),
+        (
+            "GRANT CREATE ON DATABASE production TO production_caller",
+            "REVOKE CREATE ON DATABASE production FROM production_caller",
+        ),
+    ],
+    ids=["bypassrls", "create-on-database"],
+)
+def test_serve_refuses_a_caller_role_that_may_step_around_the_policies(
+    cluster: Cluster, production: Deployment, grant: str, undo: str
+) -> None:
+    """What every request runs as may not bypass the policies nor create a schema to
+    shadow the app's tables (a superuser's mistake, caught at start-up)."""
+    cluster.admin(grant)
+    try:
+        env = {"DATABASE_URL": production.service_url, "TASKMANAGER_JWT_SECRET": production.secret}
+        result = taskmanager(["serve", "--port", str(free_port())], env)
+        one_line(result, 'the caller role "production_caller" may do more than the policies')
+    finally:
+        cluster.admin(undo)

@@ -111,8 +111,12 @@ _MEMBER_COUNT = select(
 # Another account's memberships are hidden from the caller by row-level security: a
 # database function (migration 0008) locks that account's row and says whether it belongs
 # to `cap` workspaces or more, and nothing else about it.
-_ACCOUNT_AT_CAP = text("SELECT taskmanager_account_at_cap(:user_id, :cap)").bindparams(
-    bindparam("user_id", type_=Integer), bindparam("cap", type_=Integer)
+_ACCOUNT_AT_CAP = text(
+    "SELECT taskmanager_account_at_cap(:user_id, :workspace_id, :cap)"
+).bindparams(
+    bindparam("user_id", type_=Integer),
+    bindparam("workspace_id", type_=Integer),
+    bindparam("cap", type_=Integer),
 )
 
 
@@ -285,7 +289,12 @@ class WorkspaceRepository:
                 )
             at_cap = (
                 await self.session.execute(
-                    _ACCOUNT_AT_CAP, {"user_id": user_id, "cap": limits.workspaces_per_user}
+                    _ACCOUNT_AT_CAP,
+                    {
+                        "user_id": user_id,
+                        "workspace_id": workspace_id,
+                        "cap": limits.workspaces_per_user,
+                    },
                 )
             ).scalar_one()
             if at_cap:

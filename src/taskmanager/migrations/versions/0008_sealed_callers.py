@@ -50,13 +50,19 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 LEGACY_ROLE = "taskmanager_request"
+# The SQLSTATE taskmanager_enter refuses a tampered connection with (taskmanager.database
+# drops such a connection from the pool).
+TAMPERED = "42T01"
 PIN = "SET search_path = pg_catalog, pg_temp"
 
 # Granted to the caller role (column lists where a table holds what it must not read).
 GRANTS = (
-    "SELECT, INSERT, UPDATE, DELETE ON {schema}.tasks, {schema}.categories, "
-    "{schema}.workspaces, {schema}.memberships, {schema}.idempotency_keys, {schema}.labels, "
-    "{schema}.task_labels, {schema}.auth_sessions, {schema}.login_failures",
+    # tasks, categories and labels: INSERT of every column but the id (below), so no caller
+    # takes the ids the sequence will hand to others next.
+    "SELECT, UPDATE, DELETE ON {schema}.tasks, {schema}.categories, {schema}.labels",
+    "SELECT, INSERT, UPDATE, DELETE ON {schema}.workspaces, {schema}.memberships, "
+    "{schema}.idempotency_keys, {schema}.task_labels, {schema}.auth_sessions, "
+    "{schema}.login_failures",
     "SELECT, INSERT, UPDATE ON {schema}.refresh_tokens",
     "SELECT, DELETE ON {schema}.unclaimed_workspaces",
     "SELECT (id, email, display_name, is_active, personal_workspace_id, created_at, "
@@ -78,7 +84,7 @@ CALLER_FUNCTIONS = (
     "taskmanager_user_id_by_email(text)",
     "taskmanager_password_hash(text, bigint, text)",
     "taskmanager_refresh_token_session(text)",
-    "taskmanager_account_at_cap(integer, integer)",
+    "taskmanager_account_at_cap(integer, integer, integer)",
     "taskmanager_matching_tasks(tsquery)",
     "taskmanager_matches_at_least(tsquery, integer)",
 )
@@ -98,7 +104,10 @@ POLICIES: dict[str, dict[str, str | None]] = {
         "users_register": f"FOR INSERT WITH CHECK (id = {ME} AND {PURPOSE} = 'register')",
     },
     "auth_sessions": {
-        "auth_sessions_mine": f"USING (user_id = {ME}) WITH CHECK (user_id = {ME})",
+        "auth_sessions_mine": f"FOR SELECT USING (user_id = {ME})",
+        "auth_sessions_revoke": f"FOR UPDATE USING (user_id = {ME}) WITH CHECK (user_id = {ME})",
+        # A login session is opened by a login only (never by a request or a refresh).
+        "auth_sessions_open": f"FOR INSERT WITH CHECK (user_id = {ME} AND {PURPOSE} = 'login')",
         # Maintenance deletes ended sessions: it sees those, and only those.
         "auth_sessions_ended": f"FOR SELECT USING ({PURPOSE} = 'maintenance' "
         "AND (revoked_at IS NOT NULL OR expires_at < now()))",
@@ -121,7 +130,18 @@ POLICIES: dict[str, dict[str, str | None]] = {
         "memberships_delete": f"FOR DELETE USING (workspace_id {OWNED} OR user_id = {ME})",
     },
     "workspaces": {
-        "workspaces_create": f"FOR INSERT WITH CHECK (created_by = {ME})",
+        # The id the creator's own session just drew from the sequence (the repository
+        # inserts it explicitly): no caller takes the ids others will be handed next.
+        "workspaces_create": f"FOR INSERT WITH CHECK (created_by = {ME} "
+        "AND id = currval('workspaces_id_seq'::regclass))",
+    },
+    "refresh_tokens": {
+        "refresh_tokens_mine": "FOR SELECT USING (session_id IN (SELECT id FROM auth_sessions))",
+        "refresh_tokens_spend": "FOR UPDATE USING (session_id IN (SELECT id FROM auth_sessions)) "
+        "WITH CHECK (session_id IN (SELECT id FROM auth_sessions))",
+        # A refresh token is issued by a login or a refresh only.
+        "refresh_tokens_issue": "FOR INSERT WITH CHECK (session_id IN "
+        f"(SELECT id FROM auth_sessions) AND {PURPOSE} IN ('login', 'refresh'))",
     },
     "unclaimed_workspaces": {
         "unclaimed_workspaces_any": None,
@@ -140,6 +160,9 @@ OLD_POLICIES: dict[str, dict[str, str]] = {
     },
     "auth_sessions": {
         "auth_sessions_mine": f"USING (user_id {OLD_ME}) WITH CHECK (user_id {OLD_ME})",
+    },
+    "refresh_tokens": {
+        "refresh_tokens_mine": "USING (session_id IN (SELECT id FROM auth_sessions))",
     },
     "idempotency_keys": {
         "idempotency_keys_mine": f"USING (user_id {OLD_ME}) WITH CHECK (user_id {OLD_ME})",
@@ -311,6 +334,17 @@ def _key_and_seal() -> None:
             caller text;
             key record;
         BEGIN
+            -- A pooled connection carries named prepared statements from one transaction to
+            -- the next. SQL in a request may PREPARE (or replace with PREPARE) one that a
+            -- later user's request then runs: it would run in that user's transaction, as
+            -- that user, and see their proof. The service prepares only through the
+            -- protocol: a statement prepared with SQL means this session is not the
+            -- service's own any more, and no caller enters it (the service then drops the
+            -- connection: taskmanager.database).
+            IF EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql) THEN
+                RAISE EXCEPTION 'taskmanager_enter: a statement was prepared with SQL on '
+                    'this connection; it serves no caller any more' USING ERRCODE = '{TAMPERED}';
+            END IF;
             SELECT k.inner_pad, k.outer_pad INTO key FROM {{schema}}.caller_key k;
             IF proof IS NULL OR proof IS DISTINCT FROM {
             hmac("format('enter|%s|%s|%s|%s', entered_user, entered_session, purpose, valid_until)")
@@ -341,9 +375,19 @@ def _key_and_seal() -> None:
                             USING ERRCODE = '22023';
                     END IF;
                     entered_user := nextval('{{schema}}.users_id_seq');
+                ELSIF purpose = 'refresh' AND entered_user IS NOT NULL THEN
+                    -- As the owner of a refresh token's login session, which must be alive.
+                    IF entered_session IS NULL OR NOT EXISTS (
+                        SELECT FROM {{schema}}.users u
+                        JOIN {{schema}}.auth_sessions s ON s.user_id = u.id
+                        WHERE u.id = entered_user AND u.is_active AND s.id = entered_session
+                          AND s.revoked_at IS NULL AND s.expires_at > now()) THEN
+                        RETURN;
+                    END IF;
                 ELSIF purpose IN ('login', 'refresh', 'operator') THEN
-                    IF entered_user IS NOT NULL AND NOT EXISTS (
-                            SELECT FROM {{schema}}.users u WHERE u.id = entered_user) THEN
+                    IF entered_session IS NOT NULL OR (entered_user IS NOT NULL AND NOT EXISTS (
+                            SELECT FROM {{schema}}.users u WHERE u.id = entered_user
+                            AND (u.is_active OR purpose = 'operator'))) THEN
                         RETURN;
                     END IF;
                 ELSIF purpose = 'maintenance' THEN
@@ -447,6 +491,17 @@ def _functions() -> None:
         DECLARE
             key record;
         BEGIN
+            -- A pooled connection carries named prepared statements from one transaction to
+            -- the next. SQL in a request may PREPARE (or replace with PREPARE) one that a
+            -- later user's request then runs: it would run in that user's transaction, as
+            -- that user, and see their proof. The service prepares only through the
+            -- protocol: a statement prepared with SQL means this session is not the
+            -- service's own any more, and no caller enters it (the service then drops the
+            -- connection: taskmanager.database).
+            IF EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql) THEN
+                RAISE EXCEPTION 'taskmanager_enter: a statement was prepared with SQL on '
+                    'this connection; it serves no caller any more' USING ERRCODE = '{TAMPERED}';
+            END IF;
             SELECT k.inner_pad, k.outer_pad INTO key FROM {{schema}}.caller_key k;
             IF proof IS NULL OR proof IS DISTINCT FROM {
             hmac("format('password-hash|%s|%s', email, valid_until)")
@@ -477,20 +532,23 @@ def _functions() -> None:
 
 
 def _account_at_cap() -> None:
-    # Adding a member: whether that account already belongs to `cap` workspaces, its row
-    # locked until the transaction ends (additions of one account at once queue there).
-    # Nothing else about an account the caller may not see; only for a caller who owns a
-    # workspace (the only one who may add members).
+    # Adding a member to `workspace`: whether that account already belongs to `cap`
+    # workspaces, its row locked until the transaction ends (additions of one account at
+    # once queue there). Only for an owner of `workspace` adding someone not in it yet (the
+    # only one who may add members); nothing else about an account the caller may not see.
     _in_current_schema(
         f"""
-        CREATE FUNCTION {{schema}}.taskmanager_account_at_cap(account integer, cap integer)
+        CREATE FUNCTION {{schema}}.taskmanager_account_at_cap(
+            account integer, workspace integer, cap integer)
         RETURNS boolean
         LANGUAGE plpgsql VOLATILE SECURITY DEFINER {PIN}
         AS $$
         BEGIN
-            IF cardinality({{schema}}.taskmanager_owned_workspace_ids()) = 0 THEN
-                RAISE EXCEPTION 'taskmanager_account_at_cap: the caller owns no workspace'
-                    USING ERRCODE = '42501';
+            IF NOT workspace = ANY ({{schema}}.taskmanager_owned_workspace_ids())
+               OR EXISTS (SELECT FROM {{schema}}.memberships m
+                          WHERE m.workspace_id = workspace AND m.user_id = account) THEN
+                RAISE EXCEPTION 'taskmanager_account_at_cap: only for an owner adding '
+                    'someone new to their workspace' USING ERRCODE = '42501';
             END IF;
             PERFORM FROM {{schema}}.users u WHERE u.id = account FOR NO KEY UPDATE;
             RETURN (SELECT count(*) >= cap FROM {{schema}}.memberships m
@@ -532,6 +590,7 @@ def upgrade() -> None:
     )
     for privileges in GRANTS:
         _grant_to_caller(privileges)
+    _grant_inserts_without_id("tasks", "categories", "labels")
     for function in CALLER_FUNCTIONS:
         _grant_to_caller(f"EXECUTE ON FUNCTION {{schema}}.{function}")
     # The door: every connection that may connect here may knock (CONNECT is the service's
@@ -541,6 +600,25 @@ def upgrade() -> None:
     )
     # The service checks at start-up that the database is at the revision it needs.
     op.execute("GRANT SELECT ON alembic_version TO PUBLIC")
+
+
+def _grant_inserts_without_id(*tables: str) -> None:
+    """INSERT on each of `tables`' columns but the id and the generated ones, for the caller
+    role. (A column a later migration adds needs its own grant, or inserts naming it fail.)"""
+    for table in tables:
+        op.execute(
+            f"""
+            DO $do$ BEGIN
+                EXECUTE format('GRANT INSERT (%s) ON %I.%I TO %I',
+                    (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
+                     FROM pg_attribute
+                     WHERE attrelid = format('%I.%I', current_schema(), '{table}')::regclass
+                       AND attnum > 0 AND NOT attisdropped AND attname <> 'id'
+                       AND attgenerated = ''),
+                    current_schema(), '{table}', taskmanager_caller_role());
+            END $do$
+            """
+        )
 
 
 def _grant_to_caller(privileges: str) -> None:
@@ -595,7 +673,7 @@ def downgrade() -> None:
     op.execute("ALTER FUNCTION taskmanager_user_id() RESET ALL")
     op.execute("GRANT EXECUTE ON FUNCTION taskmanager_user_id() TO PUBLIC")
     for function in (
-        "taskmanager_account_at_cap(integer, integer)",
+        "taskmanager_account_at_cap(integer, integer, integer)",
         "taskmanager_refresh_token_session(text)",
         "taskmanager_password_hash(text, bigint, text)",
         "taskmanager_may_own_first(integer)",
