@@ -57,6 +57,7 @@ def _claims(request: Request) -> dict[str, Any]:
         "purpose": entry.purpose,
         "valid_until": entry.valid_until,
         "proof": entry.proof,
+        "subject": None,
     }
 
 
@@ -143,7 +144,13 @@ async def layer_driver(
         "request", claims.user_id, claims.session_id, valid_until=claims.expires_at + LEEWAY_SECONDS
     )
     caller = await driver.fetchrow(
-        _SCOPE_SQL, entry.user_id, entry.session_id, entry.purpose, entry.valid_until, entry.proof
+        _SCOPE_SQL,
+        entry.user_id,
+        entry.session_id,
+        entry.purpose,
+        entry.valid_until,
+        entry.proof,
+        None,
     )
     if caller is None:
         raise HTTPException(401, "not authenticated")

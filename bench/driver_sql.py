@@ -6,7 +6,7 @@ from __future__ import annotations
 from taskmanager.repositories.user_repository import _ENTER
 
 # taskmanager_enter's arguments, in the order the placeholders number them.
-ENTER_PARAMETERS = ("user_id", "session_id", "purpose", "valid_until", "proof")
+ENTER_PARAMETERS = ("user_id", "session_id", "purpose", "valid_until", "proof", "subject")
 
 
 def _positional(sql: str) -> str:

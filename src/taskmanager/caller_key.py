@@ -50,6 +50,9 @@ class Entry:
     purpose: Purpose
     valid_until: int
     proof: str
+    # What a login or a registration counts attempts at ("<network>\n<username>"): the
+    # only password-attempt counts its transaction may touch (migration 0008).
+    subject: str | None = None
 
 
 class CallerKey:
@@ -70,14 +73,17 @@ class CallerKey:
         session_id: uuid.UUID | None = None,
         *,
         valid_until: int | None = None,
+        subject: str | None = None,
     ) -> Entry:
-        """A proof that lets a transaction act as (user_id, session_id) for `purpose`.
-        A request's proof lives as long as its access token (`valid_until`); the service's
-        own, SERVICE_PROOF_SECONDS."""
+        """A proof that lets a transaction act as (user_id, session_id) for `purpose`
+        (and, counting attempts, at `subject`). A request's proof lives as long as its
+        access token (`valid_until`); the service's own, SERVICE_PROOF_SECONDS."""
         if valid_until is None:
             valid_until = int(time.time()) + SERVICE_PROOF_SECONDS
-        message = f"enter|{_text(user_id)}|{_text(session_id)}|{purpose}|{valid_until}"
-        return Entry(user_id, session_id, purpose, valid_until, self._mac(message))
+        message = (
+            f"enter|{_text(user_id)}|{_text(session_id)}|{purpose}|{valid_until}|{_text(subject)}"
+        )
+        return Entry(user_id, session_id, purpose, valid_until, self._mac(message), subject)
 
     def password_hash_proof(self, email: str) -> tuple[int, str]:
         """(valid_until, proof) for reading the password hash of the account `email`."""
@@ -91,6 +97,11 @@ class CallerKey:
 
     def _mac(self, message: str) -> str:
         return hmac.new(self._key, message.encode(), hashlib.sha256).hexdigest()
+
+
+def attempt_subject(network: str, username: str = "") -> str:
+    """The subject of a login's or a registration's attempt counts (Entry.subject)."""
+    return f"{network}\n{username}"
 
 
 def _text(value: object) -> str:

@@ -16,6 +16,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskmanager.caller_key import CallerKey, attempt_subject
 from taskmanager.config import Settings
 from taskmanager.problems import TOO_MANY_LOGIN_ATTEMPTS, TOO_MANY_REGISTRATIONS
 from taskmanager.repositories.login_limit_repository import (
@@ -100,8 +101,12 @@ async def count_password_attempt(
     """Count a password attempt at the account `username` names and COMMIT it at once,
     before the password is checked."""
     network = request_network(request)
-    # In a transaction of its own, entered to count (the route enters its caller again).
-    await UserRepository(session).enter(request.app.state.caller_key.entry("login"))
+    # In a transaction of its own, entered to count at this subject only (the route
+    # enters its caller again).
+    key: CallerKey = request.app.state.caller_key
+    await UserRepository(session).enter(
+        key.entry("login", subject=attempt_subject(network, username))
+    )
     counted = await LoginLimitRepository(session).count_password_attempt(
         username, network, password_limits(request.app.state.settings)
     )
@@ -121,10 +126,13 @@ async def remember_login(session: AsyncSession, attempt: PasswordAttempt) -> Non
 async def count_registration(session: AsyncSession, request: Request) -> int | None:
     """Count a registration and COMMIT it at once, before its password is hashed. Seconds
     to wait, or None (go ahead)."""
-    # In a transaction of its own, entered to count (registration enters again after).
-    await UserRepository(session).enter(request.app.state.caller_key.entry("login"))
+    # In a transaction of its own, entered to count at this network only (registration
+    # enters again after).
+    key: CallerKey = request.app.state.caller_key
+    network = request_network(request)
+    await UserRepository(session).enter(key.entry("login", subject=attempt_subject(network)))
     counted = await LoginLimitRepository(session).count_registration(
-        request_network(request), registration_limits(request.app.state.settings)
+        network, registration_limits(request.app.state.settings)
     )
     # Committed whatever follows (a 409 has cost its hashing too), and the row every
     # registration counts under is not held locked while the password is hashed.

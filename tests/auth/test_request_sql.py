@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
-from taskmanager.caller_key import Entry, Purpose
+from taskmanager.caller_key import Entry, Purpose, attempt_subject
 from taskmanager.config import Settings
 from taskmanager.deployment import RoleNames, caller_role_name
 from taskmanager.main import create_app
@@ -263,11 +263,11 @@ async def test_setting_the_caller_by_hand_is_refused(
         ).scalar_one()
         seal = sealed.rsplit("|", 1)[1]
         forgeries = [
-            f"{victim.user_id}|{victim.session_id}|request|{seal}",  # the attacker's seal
+            f"{victim.user_id}|{victim.session_id}|request||{seal}",  # the attacker's seal
             f"{victim.user_id}|{victim.session_id}|request|",
-            f"{victim.user_id}||operator|{seal}",
+            f"{victim.user_id}||operator||{seal}",
             f"{victim.user_id}",  # what the setting held before 0008
-            "|||",
+            "||||",
         ]
         for forged in forgeries:
             await connection.execute(
@@ -384,7 +384,8 @@ async def _enter_raw(connection: AsyncConnection, entry: Entry) -> list[Any]:
 # Each SECURITY DEFINER function of the schema, called as the attacker could: a test below
 # fails when one is added without being listed here.
 DEFINER_CALLS = {
-    "taskmanager_enter(integer,uuid,text,bigint,text)": (
+    "taskmanager_attempt_keys()": "SELECT taskmanager_attempt_keys()",
+    "taskmanager_enter(integer,uuid,text,bigint,text,text)": (
         "SELECT * FROM taskmanager_enter(:victim, :session, 'request', :far, 'forged')"
     ),
     "taskmanager_caller()": "SELECT taskmanager_caller()",
@@ -440,7 +441,8 @@ async def test_no_security_definer_function_answers_with_the_victims_rows(
             sealed = (
                 await connection.execute(text("SELECT current_setting('taskmanager.caller')"))
             ).scalar_one()
-            forged = f"{victim.user_id}|{victim.session_id}|request|{sealed.rsplit('|', 1)[1]}"
+            seal = sealed.rsplit("|", 1)[1]
+            forged = f"{victim.user_id}|{victim.session_id}|request||{seal}"
             await connection.execute(
                 text("SELECT set_config('taskmanager.caller', :forged, true)"), {"forged": forged}
             )
@@ -697,3 +699,51 @@ async def test_no_identity_makes_what_outlives_it_or_takes_others_ids(
         )
         assert refused(outcome), outcome
         await connection.rollback()
+
+
+async def test_a_login_sees_and_changes_only_its_own_attempt_counts(
+    service: AsyncEngine, tenants: Tenants
+) -> None:
+    """A login (or a registration) counts attempts at the subject it was entered with, the
+    client's network and the username typed, and nothing else: not the victim's counts (an
+    email and an address each), nor a key of its own making to lock the victim out or to
+    pass as the victim's known address."""
+    victim_keys = [f"account-address:192.0.2.7 {VICTIM}", f"known-address:192.0.2.7 {VICTIM}"]
+    superuser = create_async_engine(superuser_url(tenants.url))
+    try:
+        async with superuser.begin() as connection:
+            for key in victim_keys:
+                await connection.execute(
+                    text("INSERT INTO login_failures VALUES (:key, 1, now())"), {"key": key}
+                )
+        async with service.connect() as connection, connection.begin():
+            subject = attempt_subject("203.0.113.9", ATTACKER)
+            await enter(connection, TEST_KEY.entry("login", subject=subject))
+            mine = f"account-address:203.0.113.9 {ATTACKER}"
+            await connection.execute(
+                text("INSERT INTO login_failures VALUES (:key, 1, now())"), {"key": mine}
+            )
+            seen = {row[0] for row in await attempt(connection, "SELECT key FROM login_failures")}
+            assert mine in seen
+            assert not [key for key in seen if VICTIM in key], seen
+            for sql in (
+                f"INSERT INTO login_failures VALUES ('account-day:{VICTIM}', 1000000, now())",
+                "INSERT INTO login_failures VALUES "
+                f"('known-address:203.0.113.9 {VICTIM}', 0, now())",
+                f"UPDATE login_failures SET key = 'account:{VICTIM}x' WHERE key = '{mine}'",
+            ):
+                assert refused(await attempt(connection, sql)), sql
+            deleted = await attempt(connection, "DELETE FROM login_failures RETURNING key")
+            assert {row[0] for row in deleted} == seen
+            await connection.rollback()
+        async with superuser.connect() as connection:
+            left = await connection.execute(
+                text("SELECT key FROM login_failures WHERE key = ANY(:keys)"), {"keys": victim_keys}
+            )
+            assert sorted(row[0] for row in left) == sorted(victim_keys)
+    finally:
+        async with superuser.begin() as connection:
+            await connection.execute(
+                text("DELETE FROM login_failures WHERE key = ANY(:keys)"), {"keys": victim_keys}
+            )
+        await superuser.dispose()

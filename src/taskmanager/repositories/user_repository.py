@@ -37,7 +37,7 @@ _ENTER = text(
     """
     SELECT e.user_id, e.personal_workspace_id, e.workspace_ids, e.owned_workspace_ids,
            set_config('role', e.caller_role, true) AS role
-    FROM taskmanager_enter(:user_id, :session_id, :purpose, :valid_until, :proof) e
+    FROM taskmanager_enter(:user_id, :session_id, :purpose, :valid_until, :proof, :subject) e
     """
 ).bindparams(
     bindparam("user_id", type_=Integer),
@@ -45,6 +45,7 @@ _ENTER = text(
     bindparam("purpose", type_=Text),
     bindparam("valid_until", type_=BigInteger),
     bindparam("proof", type_=Text),
+    bindparam("subject", type_=Text),
 )
 # The one read of a stored hash (a login, a password change), with a proof of its own.
 _PASSWORD_HASH = text(
@@ -85,6 +86,7 @@ class UserRepository:
                     "purpose": entry.purpose,
                     "valid_until": entry.valid_until,
                     "proof": entry.proof,
+                    "subject": entry.subject,
                 },
             )
         ).first()

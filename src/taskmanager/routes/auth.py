@@ -16,7 +16,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 from taskmanager.accounts import register_account
 from taskmanager.auth import TOKEN_URL, CurrentUserDep
-from taskmanager.caller_key import CallerKey
+from taskmanager.caller_key import CallerKey, attempt_subject
 from taskmanager.database import SessionDep
 from taskmanager.login_limits import (
     count_password_attempt,
@@ -113,8 +113,10 @@ async def login(
     if account is None or not matches or not account.is_active:
         count_login_failure("bad_credentials")
         return _unauthorized(BAD_CREDENTIALS)
-    # From here on as the account whose password this is: what follows is its own.
-    await users.enter(key.entry("login", account.user_id))
+    # From here on as the account whose password this is: what follows is its own (and
+    # the attempt counts of this login's subject).
+    subject = attempt_subject(attempt.network, attempt.username)
+    await users.enter(key.entry("login", account.user_id, subject=subject))
     if new_hash is not None:  # hashed with older parameters: store today's
         await users.change_password_hash(account.user_id, new_hash)
     await remember_login(session, attempt)

@@ -50,6 +50,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 LEGACY_ROLE = "taskmanager_request"
+ENTER = "taskmanager_enter(integer, uuid, text, bigint, text, text)"
 # The SQLSTATE taskmanager_enter refuses a tampered connection with (taskmanager.database
 # drops such a connection from the pool).
 TAMPERED = "42T01"
@@ -78,6 +79,7 @@ CALLER_FUNCTIONS = (
     "taskmanager_caller()",
     "taskmanager_user_id()",
     "taskmanager_purpose()",
+    "taskmanager_attempt_keys()",
     "taskmanager_workspace_ids()",
     "taskmanager_owned_workspace_ids()",
     "taskmanager_may_own_first(integer)",
@@ -148,7 +150,10 @@ POLICIES: dict[str, dict[str, str | None]] = {
         "unclaimed_workspaces_operator": f"USING ({PURPOSE} = 'operator')",
     },
     "login_failures": {
-        "login_failures_counted": f"USING ({PURPOSE} IN ('login', 'register', 'maintenance'))",
+        # A login or a registration counts attempts at what it was entered for (the client's
+        # network and the username), and sees no other count; maintenance purges them all.
+        "login_failures_counted": f"USING ({PURPOSE} = 'maintenance' OR "
+        "key = ANY ((SELECT taskmanager_attempt_keys())::text[]))",
     },
 }
 # What 0003 had (for the downgrade).
@@ -186,6 +191,26 @@ SEAL = (
     "format('seal|%s|%s|%s', caller, pg_backend_pid(), "
     "(extract(epoch FROM transaction_timestamp()) * 1000000)::bigint)"
 )
+
+
+# The keys of login_failures a login or registration may count under: those of the subject
+# it was entered with, "<network>\n<username>" (login_limit_repository's keys, the account
+# as PostgreSQL lowers it); none without a subject or outside those purposes.
+ATTEMPT_KEYS = """(SELECT CASE WHEN parts[3] IN ('login', 'register') AND parts[4] <> '' THEN
+        ARRAY['address:' || s.network,
+              'account-address:' || s.network || ' ' || s.account,
+              'account:' || s.account,
+              'account-day:' || s.account,
+              'known-address:' || s.network || ' ' || s.account,
+              'registration-address:' || s.network,
+              'registrations:all']
+        ELSE '{}'::text[] END
+    FROM (SELECT split_part(t.subject, E'\n', 1) AS network,
+                 left(lower(substr(t.subject, strpos(t.subject, E'\n') + 1)), 320) AS account
+          -- convert_from's text has no collation, under which lower() would leave 'İ' as
+          -- it is: the database's own, as the repository's keys are lowered with.
+          FROM (SELECT convert_from(decode(parts[4], 'hex'), 'UTF8') COLLATE "default"
+                AS subject) t) s)"""
 
 
 def hmac(message: str) -> str:
@@ -323,7 +348,7 @@ def _key_and_seal() -> None:
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_enter(
             entered_user integer, entered_session uuid, purpose text, valid_until bigint,
-            proof text)
+            proof text, subject text DEFAULT NULL)
         RETURNS TABLE (user_id integer, personal_workspace_id integer,
                        workspace_ids integer[], owned_workspace_ids integer[], caller_role name)
         LANGUAGE plpgsql VOLATILE SECURITY DEFINER {PIN}
@@ -347,7 +372,10 @@ def _key_and_seal() -> None:
             END IF;
             SELECT k.inner_pad, k.outer_pad INTO key FROM {{schema}}.caller_key k;
             IF proof IS NULL OR proof IS DISTINCT FROM {
-            hmac("format('enter|%s|%s|%s|%s', entered_user, entered_session, purpose, valid_until)")
+            hmac(
+                "format('enter|%s|%s|%s|%s|%s', entered_user, entered_session, purpose, "
+                "valid_until, subject)"
+            )
         } THEN
                 RAISE EXCEPTION 'taskmanager_enter: the proof is not valid'
                     USING ERRCODE = '42501';
@@ -400,7 +428,10 @@ def _key_and_seal() -> None:
                         USING ERRCODE = '22023';
                 END IF;
             END IF;
-            caller := format('%s|%s|%s', entered_user, entered_session, purpose);
+            -- The subject (what a login or a registration counts attempts at) in hex: it is
+            -- the client's text, and may hold '|'.
+            caller := format('%s|%s|%s|%s', entered_user, entered_session, purpose,
+                             encode(convert_to(subject, 'UTF8'), 'hex'));
             PERFORM set_config('taskmanager.caller', caller || '|' || {hmac(SEAL)}, true);
             RETURN QUERY
                 SELECT entered_user,
@@ -423,6 +454,7 @@ def _key_and_seal() -> None:
         ("taskmanager_caller", "text[]", "parts[1:3]"),
         ("taskmanager_user_id", "integer", "NULLIF(parts[1], '')::integer"),
         ("taskmanager_purpose", "text", "parts[3]"),
+        ("taskmanager_attempt_keys", "text[]", ATTEMPT_KEYS),
     ):
         replace = "OR REPLACE " if name == "taskmanager_user_id" else ""
         _in_current_schema(
@@ -440,8 +472,8 @@ def _key_and_seal() -> None:
                 END IF;
                 parts := string_to_array(setting, '|');
                 SELECT k.inner_pad, k.outer_pad INTO key FROM {{schema}}.caller_key k;
-                IF cardinality(parts) = 4
-                   AND parts[4] = {hmac(SEAL.replace("caller", "array_to_string(parts[1:3], '|')"))}
+                IF cardinality(parts) = 5
+                   AND parts[5] = {hmac(SEAL.replace("caller", "array_to_string(parts[1:4], '|')"))}
                 THEN
                     RETURN {result};
                 END IF;
@@ -585,9 +617,7 @@ def upgrade() -> None:
     # Pinned as well: these were SECURITY DEFINER already; taskmanager_user_id() was not.
     for function in CALLER_FUNCTIONS + OWNER_FUNCTIONS:
         op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
-    op.execute(
-        "REVOKE ALL ON FUNCTION taskmanager_enter(integer, uuid, text, bigint, text) FROM PUBLIC"
-    )
+    op.execute(f"REVOKE ALL ON FUNCTION {ENTER} FROM PUBLIC")
     for privileges in GRANTS:
         _grant_to_caller(privileges)
     _grant_inserts_without_id("tasks", "categories", "labels")
@@ -595,9 +625,7 @@ def upgrade() -> None:
         _grant_to_caller(f"EXECUTE ON FUNCTION {{schema}}.{function}")
     # The door: every connection that may connect here may knock (CONNECT is the service's
     # login's only, once `taskmanager db upgrade` has run); a proof opens it.
-    op.execute(
-        "GRANT EXECUTE ON FUNCTION taskmanager_enter(integer, uuid, text, bigint, text) TO PUBLIC"
-    )
+    op.execute(f"GRANT EXECUTE ON FUNCTION {ENTER} TO PUBLIC")
     # The service checks at start-up that the database is at the revision it needs.
     op.execute("GRANT SELECT ON alembic_version TO PUBLIC")
 
@@ -677,9 +705,10 @@ def downgrade() -> None:
         "taskmanager_refresh_token_session(text)",
         "taskmanager_password_hash(text, bigint, text)",
         "taskmanager_may_own_first(integer)",
+        "taskmanager_attempt_keys()",
         "taskmanager_purpose()",
         "taskmanager_caller()",
-        "taskmanager_enter(integer, uuid, text, bigint, text)",
+        ENTER,
     ):
         op.execute(f"DROP FUNCTION {function}")
     op.execute("DROP TABLE caller_key")
