@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from run import BENCH_DIR, RESULTS_DIR, bench_database, bench_server, log_in
+from harness import BENCH_DIR, RESULTS_DIR, bench_database, bench_server, log_in
 
 from taskmanager.caller_key import CallerKey
 
@@ -100,8 +100,8 @@ def exported_source(commit: str) -> Iterator[Path]:
 def seed(database: Any, old_src: Path | None, secret: str, tasks: int) -> float:
     """Migrate and seed `tasks` tasks; the seconds the seed took. The code before seeds with
     its own `taskmanager db seed` (as the superuser, as it served on the embedded server);
-    this checkout, through the deployment's logins (run.seed_database)."""
-    from run import seed_database
+    this checkout, through the deployment's logins (harness.seed_database)."""
+    from harness import seed_database
 
     if old_src is None:
         return seed_database(database, secret, tasks, 50)["seconds"]
@@ -225,9 +225,9 @@ def function_reads(side: Side) -> list[dict[str, Any]]:
 
 
 def sizes(side: Side, index: str) -> dict[str, int]:
-    from run import _autocommit
+    from harness import autocommit
 
-    table, search_index = _autocommit(
+    table, search_index = autocommit(
         side.admin_url,
         "SELECT pg_table_size('tasks')",
         f"SELECT pg_relation_size('{index}')",

@@ -1,0 +1,270 @@
+"""The markdown tables the benchmarks print and write to bench/results/."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from figures import Summary
+from harness import MODE_NOTES
+from scenarios import COST_STEPS, LAYER_NOTES, NAIVE_NOTES, OLD, TARGETS, Scenario
+
+
+def _ratio(s: Summary) -> str:
+    return f"{s.ratio_to_baseline:.2f}x" if s.ratio_to_baseline is not None else "1.00x"
+
+
+def _verdict(s: Summary) -> str:
+    target = TARGETS.get(s.scenario)
+    if target is None or s.ratio_to_baseline is None:
+        return ""
+    return f"≥ {target}x {'✅' if s.ratio_to_baseline >= target else '❌'}"
+
+
+def _connections(s: Summary) -> str:
+    return f"{s.connections_per_1000:,.1f}"
+
+
+def mode_markdown(mode: str, summaries: list[Summary], meta: dict[str, Any]) -> str:
+    """One mode's tables: every scenario; what auth and RLS cost; the pools compared."""
+    lines = [
+        f"### {mode}: {MODE_NOTES[mode]}",
+        "",
+        f"Server peak RSS {meta['peak_rss_mib']:.0f} MiB; app pool: pool_size "
+        f"{meta['pool_size']}, max_overflow {meta['max_overflow']} (the defaults); floors: an "
+        f"asyncpg pool of {meta['pool_size'] + meta['max_overflow']}.",
+        "",
+        "| scenario | req/s | p50 ms | p99 ms | server CPU µs/req | PostgreSQL CPU µs/req "
+        "| new conns / 1k req | ratio | CPU ratio | vs | target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    cpu = {s.scenario: s.server_cpu_us + s.postgres_cpu_us for s in summaries}
+    for s in summaries:
+        if s.scenario.startswith("login:"):
+            continue
+        cpu_ratio = f"{cpu[s.baseline] / cpu[s.scenario]:.2f}x" if s.baseline else "1.00x"
+        errors = f" ({s.errors} errors)" if s.errors else ""
+        lines.append(
+            f"| {s.scenario}{errors} | {s.requests_per_second:,.0f} | {s.p50_ms:.2f} | "
+            f"{s.p99_ms:.2f} | {s.server_cpu_us:,.0f} | {s.postgres_cpu_us:,.0f} | "
+            f"{_connections(s)} | {_ratio(s)} | {cpu_ratio} | {s.baseline or 'itself'} | "
+            f"{_verdict(s)} |"
+        )
+    by_name = {s.scenario: s for s in summaries}
+    steps = [step for step in COST_STEPS if step[2] in by_name and step[3] in by_name]
+    if steps:
+        lines += [
+            "",
+            "What each step costs per request (differences between the rows above; CPU µs "
+            "per request, and 1/throughput: µs of the whole machine's capacity):",
+            "",
+            "| request | step | server CPU µs | PostgreSQL CPU µs | CPU µs in all "
+            "| 1/throughput µs |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for request, step, name, before in steps:
+            a, b = by_name[name], by_name[before]
+            server = a.server_cpu_us - b.server_cpu_us
+            postgres = a.postgres_cpu_us - b.postgres_cpu_us
+            wall = 1e6 / a.requests_per_second - 1e6 / b.requests_per_second
+            lines.append(
+                f"| {request} | {step} | {server:+,.0f} | {postgres:+,.0f} | "
+                f"{server + postgres:+,.0f} | {wall:+,.0f} |"
+            )
+    pairs = [
+        (by_name[s.scenario.removesuffix(OLD)], s)
+        for s in summaries
+        if s.scenario.endswith(OLD) and s.scenario.removesuffix(OLD) in by_name
+    ]
+    if pairs:
+        lines += [
+            "",
+            f"Pool defaults compared, {meta['connections']} clients: today's (pool_size "
+            f"{meta['pool_size']}, max_overflow {meta['max_overflow']}) against the old ones "
+            "(10 + 10 overflow), each on a server of its own, alternating in the same rounds. "
+            "New connections counted by the app's pool (and, in brackets, the logins "
+            "PostgreSQL's log recorded):",
+            "",
+            "| scenario | pool | req/s | ratio to floor | new conns / 1k req "
+            "| new conns per 5 s run | p99 ms |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for new, old in pairs:
+            for label, s in (("today's", new), ("old 10+10", old)):
+                recorded: list[int | None] = [*s.server_logins_per_run] or [None] * len(
+                    s.connections_per_run
+                )
+                runs = ", ".join(
+                    f"{c:,}" + (f" ({g:,})" if g is not None else "")
+                    for c, g in zip(s.connections_per_run, recorded, strict=True)
+                )
+                lines.append(
+                    f"| {new.scenario} | {label} | {s.requests_per_second:,.0f} | {_ratio(s)} | "
+                    f"{_connections(s)} | {runs} | {s.p99_ms:.2f} |"
+                )
+    logins = [s for s in summaries if s.scenario.startswith("login:")]
+    if logins:
+        lines += [
+            "",
+            "Login (`POST /auth/token`: limits checked, user read, argon2id verified in a "
+            "worker thread, session and refresh token stored, JWT signed):",
+            "",
+            "| scenario | req/s | p50 ms | p99 ms | server CPU ms/login | PostgreSQL CPU "
+            "µs/login | logins/s per core (server) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for s in logins:
+            errors = f" ({s.errors} errors)" if s.errors else ""
+            lines.append(
+                f"| {s.scenario}{errors} | {s.requests_per_second:,.1f} | {s.p50_ms:.1f} | "
+                f"{s.p99_ms:.1f} | {s.server_cpu_us / 1000:.1f} | {s.postgres_cpu_us:,.0f} | "
+                f"{1e6 / max(s.server_cpu_us, 1):.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def argon2_markdown(figures: dict[str, dict[str, float]]) -> str:
+    lines = [
+        "argon2id alone, in one process (the bench's), one verification at a time: CPU time "
+        "of the whole process (argon2 runs its lanes in threads of its own), median of "
+        f"{next(iter(figures.values()))['samples']:.0f}, the two parameter sets alternating:",
+        "",
+        "| parameters | verify ms (wall) | verify ms (CPU) | verifications/s per core |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, f in figures.items():
+        lines.append(
+            f"| {name} | {f['wall_ms']:.1f} | {f['cpu_ms']:.1f} | {1000 / f['cpu_ms']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def layers_markdown(summaries: list[Summary], meta: dict[str, Any]) -> str:
+    lines = [
+        f"Measured {meta['date']} on {meta['machine']}, {meta['mode']} "
+        f"(1 worker, wrk -t1 -c{meta['connections']} -d{meta['duration']}s x "
+        f"{meta['rounds']} rounds, order alternating). Each row adds one layer to the row "
+        "above it.",
+        "",
+        "| GET one task | req/s | ratio | server CPU µs/req | this layer µs/req "
+        "| new conns / 1k req | what it is |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    previous: float | None = None
+    for s in summaries:
+        step = "" if previous is None else f"{s.server_cpu_us - previous:+,.0f}"
+        errors = f" ({s.errors} errors)" if s.errors else ""
+        lines.append(
+            f"| {s.scenario}{errors} | {s.requests_per_second:,.0f} | {_ratio(s)} | "
+            f"{s.server_cpu_us:,.0f} | {step} | {_connections(s)} | "
+            f"{LAYER_NOTES.get(s.scenario, '')} |"
+        )
+        previous = s.server_cpu_us
+    return "\n".join(lines) + "\n"
+
+
+def naive_markdown(
+    summaries: list[Summary],
+    runs: list[dict[str, Any]],
+    waits: dict[str, dict[str, Any]],
+    scenarios: list[Scenario],
+    meta: dict[str, Any],
+) -> str:
+    connections = {s.name: s.connections or meta["connections"] for s in scenarios}
+    per_run: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        per_run.setdefault(run["scenario"], []).append(run)
+
+    def median(name: str, key: str) -> float:
+        return float(statistics.median(run[key] for run in per_run[name]))
+
+    def each(name: str, key: str) -> str:
+        return ", ".join(f"{run[key]:,.0f}" for run in per_run[name])
+
+    lines = [
+        f"Measured {meta['date']} on {meta['machine']}: 1 uvicorn worker, "
+        f"wrk -t1 -d{meta['duration']}s x {meta['rounds']} rounds (order alternating), "
+        f"pool_size {meta['pool_size']}, max_overflow {meta['max_overflow']} unless the row "
+        "says otherwise. Medians over the rounds unless a cell lists each round.",
+        "",
+        "Latency: wrk's figures, then each request's own time in the app, and the same "
+        "corrected for coordinated omission as wrk 4.1 corrects its own:",
+        "",
+        "| scenario | wrk -c | req/s | wrk p50 ms | wrk p99 ms | wrk max ms | own p50 ms "
+        "| own p99 ms | own max ms | requests > 1 s | own p99 corrected like wrk |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        name = s.scenario
+        errors = f" ({s.errors} errors)" if s.errors else ""
+        lines.append(
+            f"| {name}{errors} | {connections[name]} | {s.requests_per_second:,.0f} | "
+            f"{s.p50_ms:.2f} | {s.p99_ms:.2f} | {each(name, 'wrk_max_ms')} | "
+            f"{median(name, 'own_p50_ms'):.2f} | {median(name, 'own_p99_ms'):.2f} | "
+            f"{each(name, 'own_max_ms')} | {each(name, 'own_over_1s')} | "
+            f"{median(name, 'own_corrected_p99_ms'):.2f} |"
+        )
+    lines += [
+        "",
+        "The pool (every checkout of all rounds, timed inside the pool's queue). A steal is a "
+        "checkout that took at once a connection just put back for a waiter that had been "
+        "woken but had not run yet; that waiter then goes to the back of the line:",
+        "",
+        "| scenario | checkouts that waited | wait p99 ms | wait max ms | waits > 1 s "
+        "| re-queued checkouts | most re-queues | steals (by the client that put it back) "
+        "| asked while the same client held one | starved wrk connections |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        w = waits[s.scenario]
+        lines.append(
+            f"| {s.scenario} | {w['waited_share']:.1%} | {w['wait_p99_ms']:.2f} | "
+            f"{w['wait_max_ms']:,.0f} | {w['waits_over_1s']} | "
+            f"{w['requeued']} of {w['checkouts']:,} | {w['most_requeues']} | "
+            f"{w['steals']:,} ({w['steals_by_releasing_client']:,}) | "
+            f"{w['overlap_share']:.0%} | {each(s.scenario, 'starved_clients')} |"
+        )
+    lines += [
+        "",
+        "Pool waits by how many times the checkout joined the waiters' line "
+        "(checkouts, median / max ms):",
+        "",
+        "| scenario | waited once | re-queued 1-4 times | re-queued 5+ times |",
+        "|---|---:|---:|---:|",
+    ]
+
+    def cell(b: dict[str, Any]) -> str:
+        if not b["checkouts"]:
+            return "0"
+        return f"{b['checkouts']:,} ({b['median_ms']:.1f} / {b['max_ms']:,.0f})"
+
+    for s in summaries:
+        w = waits[s.scenario]
+        lines.append(
+            f"| {s.scenario} | {cell(w['in_line_once'])} | {cell(w['requeued_1_to_4'])} | "
+            f"{cell(w['requeued_5_plus'])} |"
+        )
+    lines += ["", "| scenario | what it is |", "|---|---|"]
+    lines += [f"| {s.scenario} | {NAIVE_NOTES.get(s.scenario, '')} |" for s in summaries]
+    return "\n".join(lines) + "\n"
+
+
+def main_tables(
+    meta: dict[str, Any],
+    results: dict[str, dict[str, Any]],
+    argon2: dict[str, dict[str, float]] | None,
+) -> str:
+    """The main run's markdown: every mode's tables, then argon2's."""
+    return (
+        f"Measured {meta['date']} on {meta['machine']} with `{meta['command']}`: "
+        f"1 uvicorn worker (uvloop, httptools), wrk -t1 -c{meta['connections']} "
+        f"-d{meta['duration']}s x {meta['rounds']} rounds (order alternating), "
+        f"{meta['tasks']:,} seeded tasks in the demo account's workspace, every request "
+        "with its access token (login: wrk -c1 and -c4, no token). Ratios: of req/s, and of "
+        "CPU per request (server + PostgreSQL, the steadier figure on a shared machine).\n\n"
+        + "\n".join(
+            mode_markdown(mode, r["summaries"], {**meta, **r["meta"]})
+            for mode, r in results.items()
+        )
+        + ("\n" + argon2_markdown(argon2) if argon2 else "")
+    )

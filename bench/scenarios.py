@@ -1,0 +1,222 @@
+"""The scenarios the HTTP benchmark drives, and the floors each is compared against.
+
+A floor does the same work as a route without what the app adds (bench_app.py); a scenario's
+`baseline` names its floor. `--layers` and `--naive` have lists of their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The pool defaults before this release (10 + 10 overflow), run beside today's in --tcp.
+OLD_POOL = {"TASKMANAGER_POOL_SIZE": "10", "TASKMANAGER_MAX_OVERFLOW": "10"}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    method: str
+    path: str  # may contain {id}: a random seeded task id per request
+    body: str | None = None  # may contain {n}: a random number per request
+    baseline: str | None = None  # the scenario this one is compared against
+    connections: int | None = None  # wrk connections, when not --connections
+    pool: str | None = None  # the instrumented pool whose waits are read (--naive)
+    server: str = "app"  # "app" (today's defaults) or "old-pool" (10 + 10 overflow)
+    form: bool = False  # the body is a form (POST /auth/token), not JSON
+    tcp_only: bool = False
+
+
+FLOOR_ONE = "floor GET one: + RLS (full floor)"
+FLOOR_LIST = "floor list 50: + RLS (full floor)"
+FLOOR_POST = "floor POST: + JWT + scope + RLS (full floor)"
+FLOOR_PATCH = "floor PATCH: + JWT + scope + RLS (full floor)"
+POST_BODY = '{"title": "bench task {n}", "description": "created by bench/run.py"}'
+PATCH_BODY = '{"title": "bench patch {n}"}'  # always a change: an UPDATE every time
+OLD = ", old pool 10+10"
+
+SCENARIOS = [
+    Scenario("floor GET one: statement", "GET", "/bench/raw/plain/tasks/{id}", baseline=FLOOR_ONE),
+    Scenario("floor GET one: + transaction", "GET", "/bench/raw/tx/tasks/{id}", baseline=FLOOR_ONE),
+    Scenario("floor GET one: + JWT", "GET", "/bench/raw/jwt/tasks/{id}", baseline=FLOOR_ONE),
+    Scenario(
+        "floor GET one: + scope statement", "GET", "/bench/raw/scope/tasks/{id}", baseline=FLOOR_ONE
+    ),
+    Scenario(FLOOR_ONE, "GET", "/bench/raw/rls/tasks/{id}"),
+    Scenario("GET /tasks/{id}", "GET", "/tasks/{id}", baseline=FLOOR_ONE),
+    Scenario(
+        f"GET /tasks/{{id}}{OLD}",
+        "GET",
+        "/tasks/{id}",
+        baseline=FLOOR_ONE,
+        server="old-pool",
+        tcp_only=True,
+    ),
+    Scenario(
+        "floor list 50: page + total", "GET", "/bench/raw/tx/tasks?limit=50", baseline=FLOOR_LIST
+    ),
+    Scenario(
+        "floor list 50: + JWT + scope statement",
+        "GET",
+        "/bench/raw/scope/tasks?limit=50",
+        baseline=FLOOR_LIST,
+    ),
+    Scenario(FLOOR_LIST, "GET", "/bench/raw/rls/tasks?limit=50"),
+    Scenario("GET /tasks?limit=50", "GET", "/tasks?limit=50", baseline=FLOOR_LIST),
+    Scenario(
+        f"GET /tasks?limit=50{OLD}",
+        "GET",
+        "/tasks?limit=50",
+        baseline=FLOOR_LIST,
+        server="old-pool",
+        tcp_only=True,
+    ),
+    Scenario(
+        "floor POST: INSERT in a transaction",
+        "POST",
+        "/bench/raw/tx/tasks",
+        POST_BODY,
+        baseline=FLOOR_POST,
+    ),
+    Scenario(FLOOR_POST, "POST", "/bench/raw/rls/tasks", POST_BODY),
+    Scenario("POST /tasks", "POST", "/tasks", POST_BODY, baseline=FLOOR_POST),
+    Scenario(
+        f"POST /tasks{OLD}",
+        "POST",
+        "/tasks",
+        POST_BODY,
+        baseline=FLOOR_POST,
+        server="old-pool",
+        tcp_only=True,
+    ),
+    Scenario(
+        "floor PATCH: SELECT FOR UPDATE + UPDATE in a transaction",
+        "PATCH",
+        "/bench/raw/tx/tasks/{id}",
+        PATCH_BODY,
+        baseline=FLOOR_PATCH,
+    ),
+    Scenario(FLOOR_PATCH, "PATCH", "/bench/raw/rls/tasks/{id}", PATCH_BODY),
+    Scenario("PATCH /tasks/{id}", "PATCH", "/tasks/{id}", PATCH_BODY, baseline=FLOOR_PATCH),
+    Scenario(
+        f"PATCH /tasks/{{id}}{OLD}",
+        "PATCH",
+        "/tasks/{id}",
+        PATCH_BODY,
+        baseline=FLOOR_PATCH,
+        server="old-pool",
+        tcp_only=True,
+    ),
+    Scenario("login: POST /auth/token, 1 client", "POST", "/auth/token", connections=1, form=True),
+    Scenario("login: POST /auth/token, 4 clients", "POST", "/auth/token", connections=4, form=True),
+]
+
+# What each step of the floors adds, read off the table: (step, scenario, the one before).
+COST_STEPS = [
+    ("GET one", "READ ONLY transaction (BEGIN, COMMIT)", "floor GET one: + transaction",
+     "floor GET one: statement"),
+    ("GET one", "JWT verified", "floor GET one: + JWT", "floor GET one: + transaction"),
+    ("GET one", "user + session + memberships, caller set (one statement)",
+     "floor GET one: + scope statement", "floor GET one: + JWT"),
+    ("GET one", "request role: row-level security on", FLOOR_ONE,
+     "floor GET one: + scope statement"),
+    ("GET one", "the app over its floor (FastAPI, SQLAlchemy, the dependencies)",
+     "GET /tasks/{id}", FLOOR_ONE),
+    ("list 50", "JWT + scope statement", "floor list 50: + JWT + scope statement",
+     "floor list 50: page + total"),
+    ("list 50", "request role: row-level security on", FLOOR_LIST,
+     "floor list 50: + JWT + scope statement"),
+    ("list 50", "the app over its floor", "GET /tasks?limit=50", FLOOR_LIST),
+    ("POST", "JWT + scope statement + RLS", FLOOR_POST, "floor POST: INSERT in a transaction"),
+    ("POST", "the app over its floor", "POST /tasks", FLOOR_POST),
+    ("PATCH", "JWT + scope statement + RLS", FLOOR_PATCH,
+     "floor PATCH: SELECT FOR UPDATE + UPDATE in a transaction"),
+    ("PATCH", "the app over its floor", "PATCH /tasks/{id}", FLOOR_PATCH),
+]  # fmt: skip
+
+# GET /tasks/{id} built up one layer at a time (`--layers`): what each layer costs. Every
+# layer does the route's whole work (token, scope statement, view, READ ONLY transaction).
+LAYERS = [
+    Scenario(FLOOR_ONE, "GET", "/bench/raw/rls/tasks/{id}"),
+    Scenario(
+        "+ SQLAlchemy Core (AsyncConnection)",
+        "GET",
+        "/bench/layers/connection/tasks/{id}",
+        baseline=FLOOR_ONE,
+    ),
+    Scenario("+ AsyncSession", "GET", "/bench/layers/session/tasks/{id}", baseline=FLOOR_ONE),
+    Scenario(
+        "+ read-session dependency",
+        "GET",
+        "/bench/layers/dependency/tasks/{id}",
+        baseline=FLOOR_ONE,
+    ),
+    Scenario(
+        "+ current-reader dependency",
+        "GET",
+        "/bench/layers/reader/tasks/{id}",
+        baseline=FLOOR_ONE,
+    ),
+    Scenario("+ repository dependency = GET /tasks/{id}", "GET", "/tasks/{id}", baseline=FLOOR_ONE),
+    Scenario(
+        "alternative: the statements on the driver connection",
+        "GET",
+        "/bench/layers/driver/tasks/{id}",
+        baseline=FLOOR_ONE,
+    ),
+]
+LAYER_NOTES = {
+    FLOOR_ONE: "asyncpg: token, scope statement, the same SQL and response model",
+    "+ SQLAlchemy Core (AsyncConnection)": "the app's statements via engine.connect(), "
+    "READ ONLY transaction",
+    "+ AsyncSession": "the same in a read session the route opens, commits and closes",
+    "+ read-session dependency": 'the session from get_read_session (scope="function")',
+    "+ current-reader dependency": "the caller from get_current_reader (OAuth2 bearer "
+    "scheme, UserRepository, mint_scope); the view statement run directly",
+    "alternative: the statements on the driver connection": "not a layer: the read-session "
+    "dependency and the bearer token as the real route has them, both statements sent with "
+    "asyncpg on the connection under the session (a design measured, not adopted)",
+    "+ repository dependency = GET /tasks/{id}": "TaskReaderDep, get_view: the real route "
+    "(routed past the bench's routes, which FastAPI tries first)",
+}
+# Why the naive route's p99 is seconds (`--naive`, routes of bench_naive.py): the lecture's
+# route beside variants that each change one thing, with the pool's waits recorded.
+NAIVE = [
+    Scenario("GET /tasks/{id}", "GET", "/tasks/{id}", pool="app"),
+    Scenario("naive ORM GET one", "GET", "/bench/naive/tasks/{id}", pool="app"),
+    Scenario(
+        'naive, scope="function"', "GET", "/bench/naive-scope-function/tasks/{id}", pool="app"
+    ),
+    Scenario("naive, autocommit", "GET", "/bench/naive-autocommit/tasks/{id}", pool="app"),
+    Scenario("naive, FIFO pool queue", "GET", "/bench/naive-pool/fifo/tasks/{id}", pool="fifo"),
+    Scenario("naive, pool_size 32", "GET", "/bench/naive-pool/pool32/tasks/{id}", pool="pool32"),
+    Scenario("naive, pool_size 40", "GET", "/bench/naive-pool/pool40/tasks/{id}", pool="pool40"),
+    Scenario("naive, wrk -c16", "GET", "/bench/naive/tasks/{id}", connections=16, pool="app"),
+    Scenario("GET /tasks/{id}, wrk -c64", "GET", "/tasks/{id}", connections=64, pool="app"),
+    Scenario("naive, wrk -c64", "GET", "/bench/naive/tasks/{id}", connections=64, pool="app"),
+]
+NAIVE_NOTES = {
+    "GET /tasks/{id}": 'our route: scope="function", autocommit read',
+    "naive ORM GET one": "the lecture's route: default scope, BEGIN ... COMMIT",
+    'naive, scope="function"': "the same dependency, committed and closed before the response",
+    "naive, autocommit": "default scope, no BEGIN/COMMIT (the app's read sessions)",
+    "naive, FIFO pool queue": "default scope, a pool queue that hands a returned connection "
+    "to the longest waiter",
+    "naive, pool_size 32": "default scope, as many pooled connections as wrk connections",
+    "naive, pool_size 40": "default scope, more pooled connections than wrk connections",
+    "naive, wrk -c16": "default scope, fewer wrk connections than pooled ones",
+    "GET /tasks/{id}, wrk -c64": "our route, twice the usual load",
+    "naive, wrk -c64": "the lecture's route, twice the usual load",
+}
+
+
+# Targets from the project's issue: ratio of req/s to the floor doing the same work.
+TARGETS = {"GET /tasks/{id}": 0.5, "GET /tasks?limit=50": 0.6}
+
+
+def chosen_scenarios(only: list[str], scenarios: list[Scenario] = SCENARIOS) -> list[Scenario]:
+    """The scenarios whose names contain one of `only` (all if empty), with their baselines."""
+    if not only:
+        return scenarios
+    names = {s.name for s in scenarios if any(part.lower() in s.name.lower() for part in only)}
+    names |= {s.baseline for s in scenarios if s.name in names and s.baseline}
+    return [s for s in scenarios if s.name in names]
