@@ -43,12 +43,13 @@ from driver_sql import ENTER_SQL
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import joinedload, selectinload
 from sqlalchemy.pool import Pool
 
 from taskmanager import tokens
 from taskmanager.caller_key import CallerKey
 from taskmanager.config import get_settings
+from taskmanager.database import create_engine, create_read_session_factory, create_session_factory
 from taskmanager.main import create_app
 from taskmanager.models import Task
 from taskmanager.routes.preconditions import set_etag
@@ -164,9 +165,7 @@ async def _pool(request: Request) -> asyncpg.Pool:
         if created_meanwhile is not None:
             return created_meanwhile
         settings = get_settings()
-        # BENCH_FLOOR_DATABASE_URL: a superuser's login where the app's is not one (--tcp).
-        url = os.environ.get("BENCH_FLOOR_DATABASE_URL") or settings.database_url
-        assert url is not None
+        url = floor_database_url()
         size = settings.pool_size + settings.max_overflow
         created: asyncpg.Pool = await asyncpg.create_pool(
             _asyncpg_dsn(url),
@@ -397,20 +396,55 @@ def lecture_session_dependency(
     return get_async_session
 
 
-def app_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
-    """The app's own session factory (its engine and pool)."""
-    factory: async_sessionmaker[AsyncSession] = request.app.state.async_session_factory
+def floor_database_url() -> str:
+    """BENCH_FLOOR_DATABASE_URL: a superuser's login where the app's is not one (--tcp)."""
+    url = os.environ.get("BENCH_FLOOR_DATABASE_URL") or get_settings().database_url
+    assert url is not None
+    return url
+
+
+def add_lecture_engine(app: FastAPI) -> None:
+    """An engine as the app builds its own (settings, pool), on the lecture's setup: one
+    login that reads every table, without callers or row-level security. The service's own
+    login reads nothing until a request's caller is entered, which Part 3.4's route does not
+    do; this is the login that route runs on (the floors' superuser)."""
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[Any]:
+        async with inner(app) as state:
+            engine = create_engine(get_settings(), floor_database_url())
+            app.state.lecture_engine = engine
+            app.state.lecture_session_factory = create_session_factory(engine)
+            app.state.lecture_read_session_factory = create_read_session_factory(engine)
+            try:
+                yield state
+            finally:
+                await engine.dispose()
+
+    app.router.lifespan_context = lifespan
+
+
+def lecture_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
+    """The lecture engine's session factory (add_lecture_engine)."""
+    factory: async_sessionmaker[AsyncSession] = request.app.state.lecture_session_factory
     return factory
 
 
-_lecture_session = lecture_session_dependency(app_session_factory)
+_lecture_session = lecture_session_dependency(lecture_session_factory)
 
 
 @router.get("/naive/tasks/{task_id}", response_model=TaskWithCategoryResponse)
 async def naive_get_task(
     task_id: int, session: Annotated[AsyncSession, Depends(_lecture_session)]
 ) -> Task:
-    task = await session.get(Task, task_id, options=[joinedload(Task.category)])
+    return await naive_read(session, task_id)
+
+
+async def naive_read(session: AsyncSession, task_id: int) -> Task:
+    """Part 3.4's read, with the labels today's response model carries too."""
+    options = [joinedload(Task.category), selectinload(Task.labels)]
+    task = await session.get(Task, task_id, options=options)
     if task is None:
         raise HTTPException(404, "Task not found")
     return task
@@ -418,6 +452,7 @@ async def naive_get_task(
 
 def create_bench_app() -> FastAPI:
     app = create_app()
+    add_lecture_engine(app)
     front: list[APIRouter] = [floors]
     if os.environ.get("BENCH_LAYERS") == "1":
         from bench_layers import router as layers_router

@@ -116,7 +116,14 @@ async def layer_reader(
 # The app's statements rendered for asyncpg: the scope statement (the same text) and the
 # repository's view statement compiled by SQLAlchemy's PostgreSQL dialect, once.
 _SCOPE_SQL = ENTER_SQL
-_VIEW_SQL = str(_VIEW_BY_ID.compile(dialect=postgresql_asyncpg.dialect()))  # type: ignore[no-untyped-call]
+_VIEW = _VIEW_BY_ID.compile(dialect=postgresql_asyncpg.dialect())  # type: ignore[no-untyped-call]
+_VIEW_SQL = str(_VIEW)
+
+
+def _view_arguments(**values: Any) -> list[Any]:
+    """The view statement's positional arguments: `values` by name, the statement's own
+    constants (the labels' JSON keys) where it has them."""
+    return [{**_VIEW.params, **values}[name] for name in _VIEW.positiontup or ()]
 
 
 @router.get("/layers/driver/tasks/{task_id}", response_model=TaskWithCategoryResponse)
@@ -154,5 +161,6 @@ async def layer_driver(
     )
     if caller is None:
         raise HTTPException(401, "not authenticated")
-    row = await driver.fetchrow(_VIEW_SQL, task_id, list(caller["workspace_ids"]))
+    arguments = _view_arguments(task_id=task_id, workspace_ids=list(caller["workspace_ids"]))
+    row = await driver.fetchrow(_VIEW_SQL, *arguments)
     return _found(None if row is None else _task_view(row), response)

@@ -32,10 +32,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from bench_app import app_session_factory, lecture_session_dependency
+from bench_app import (
+    floor_database_url,
+    lecture_session_dependency,
+    lecture_session_factory,
+    naive_read,
+)
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import joinedload
 from sqlalchemy.util import memoized_property
 from sqlalchemy.util.queue import AsyncAdaptedQueue
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -239,11 +243,14 @@ class PoolSpec:
     fair: bool = False
 
 
-# name -> pool. "app" is the app's own engine; the others are engines of their own, made by
-# the app's create_engine with the app's settings, opened before their run and disposed of
-# after it (PostgreSQL's max_connections is 100).
+# name -> pool. "app" is the app's own engine (our route's); "lecture" the lecture engine
+# (bench_app.add_lecture_engine: the naive routes'); the others are engines of their own on
+# the lecture's login, made by the app's create_engine with the app's settings, opened
+# before their run and disposed of after it (PostgreSQL's max_connections is 100).
+KEPT = ("app", "lecture")
 POOLS = {
     "app": PoolSpec(None),
+    "lecture": PoolSpec(None),
     "fifo": PoolSpec(None, fair=True),
     "pool32": PoolSpec(32),
     "pool40": PoolSpec(40),
@@ -268,8 +275,7 @@ async def _open_pool(app: FastAPI, name: str) -> _Pool:
         return pools[name]
     spec = POOLS[name]
     settings = get_settings()
-    url = settings.database_url
-    assert url is not None
+    url = floor_database_url()
     if spec.pool_size is not None:
         settings = settings.model_copy(update={"pool_size": spec.pool_size})
     engine = create_engine(settings, url)
@@ -310,7 +316,7 @@ async def pool_stats(name: str, request: Request, close: bool = False) -> dict[s
     pool.queue.stats = PoolStats()
     latencies = list(LATENCIES)
     LATENCIES.clear()
-    if close and name != "app":
+    if close and name not in KEPT:
         del _pools(request.app)[name]
         await pool.engine.dispose()
     return {
@@ -329,8 +335,8 @@ async def pool_stats(name: str, request: Request, close: bool = False) -> dict[s
 
 
 def _autocommit_factory(request: Request) -> async_sessionmaker[AsyncSession]:
-    """The app's autocommit read sessions: no BEGIN and no COMMIT."""
-    factory: async_sessionmaker[AsyncSession] = request.app.state.read_session_factory
+    """Read sessions as the app makes them, on the lecture engine."""
+    factory: async_sessionmaker[AsyncSession] = request.app.state.lecture_read_session_factory
     return factory
 
 
@@ -343,16 +349,9 @@ def _pool_factory(request: Request) -> async_sessionmaker[AsyncSession]:
     return opened.session_factory
 
 
-_session_from_app = lecture_session_dependency(app_session_factory)
+_session_from_app = lecture_session_dependency(lecture_session_factory)
 _autocommit_session = lecture_session_dependency(_autocommit_factory)
 _session_from_pool = lecture_session_dependency(_pool_factory)
-
-
-async def _get(session: AsyncSession, task_id: int) -> Task:
-    task = await session.get(Task, task_id, options=[joinedload(Task.category)])
-    if task is None:
-        raise HTTPException(404, "Task not found")
-    return task
 
 
 @router.get("/naive-scope-function/tasks/{task_id}", response_model=TaskWithCategoryResponse)
@@ -361,7 +360,7 @@ async def naive_scope_function(
     session: Annotated[AsyncSession, Depends(_session_from_app, scope="function")],
 ) -> Task:
     """The naive route with the dependency's exit (commit, close) before the response."""
-    return await _get(session, task_id)
+    return await naive_read(session, task_id)
 
 
 @router.get("/naive-autocommit/tasks/{task_id}", response_model=TaskWithCategoryResponse)
@@ -369,7 +368,7 @@ async def naive_autocommit(
     task_id: int, session: Annotated[AsyncSession, Depends(_autocommit_session)]
 ) -> Task:
     """The naive route, default scope, on an autocommit connection (one round trip)."""
-    return await _get(session, task_id)
+    return await naive_read(session, task_id)
 
 
 @router.get("/naive-pool/{pool}/tasks/{task_id}", response_model=TaskWithCategoryResponse)
@@ -377,7 +376,7 @@ async def naive_on_pool(
     pool: str, task_id: int, session: Annotated[AsyncSession, Depends(_session_from_pool)]
 ) -> Task:
     """The naive route, default scope, on one of POOLS' engines."""
-    return await _get(session, task_id)
+    return await naive_read(session, task_id)
 
 
 def install(app: FastAPI, bench_router: APIRouter) -> None:
@@ -391,12 +390,19 @@ def install(app: FastAPI, bench_router: APIRouter) -> None:
         async with inner(app) as state:
             app.state.bench_pools = {}
             engine: AsyncEngine = app.state.engine
+            # The app's start-up checks its login on a pooled connection: a fresh pool (same
+            # settings and listeners), so every checkout the run counts meets the queue.
+            await engine.dispose()
             _pools(app)["app"] = _Pool(engine, instrument(engine), app.state.async_session_factory)
+            lecture: AsyncEngine = app.state.lecture_engine
+            _pools(app)["lecture"] = _Pool(
+                lecture, instrument(lecture), app.state.lecture_session_factory
+            )
             try:
                 yield state
             finally:
                 for name, pool in list(_pools(app).items()):
-                    if name != "app":
+                    if name not in KEPT:
                         await pool.engine.dispose()
 
     app.router.lifespan_context = lifespan

@@ -182,17 +182,17 @@ LAYER_NOTES = {
 # route beside variants that each change one thing, with the pool's waits recorded.
 NAIVE = [
     Scenario("GET /tasks/{id}", "GET", "/tasks/{id}", pool="app"),
-    Scenario("naive ORM GET one", "GET", "/bench/naive/tasks/{id}", pool="app"),
+    Scenario("naive ORM GET one", "GET", "/bench/naive/tasks/{id}", pool="lecture"),
     Scenario(
-        'naive, scope="function"', "GET", "/bench/naive-scope-function/tasks/{id}", pool="app"
+        'naive, scope="function"', "GET", "/bench/naive-scope-function/tasks/{id}", pool="lecture"
     ),
-    Scenario("naive, autocommit", "GET", "/bench/naive-autocommit/tasks/{id}", pool="app"),
+    Scenario("naive, autocommit", "GET", "/bench/naive-autocommit/tasks/{id}", pool="lecture"),
     Scenario("naive, FIFO pool queue", "GET", "/bench/naive-pool/fifo/tasks/{id}", pool="fifo"),
     Scenario("naive, pool_size 32", "GET", "/bench/naive-pool/pool32/tasks/{id}", pool="pool32"),
     Scenario("naive, pool_size 40", "GET", "/bench/naive-pool/pool40/tasks/{id}", pool="pool40"),
-    Scenario("naive, wrk -c16", "GET", "/bench/naive/tasks/{id}", connections=16, pool="app"),
+    Scenario("naive, wrk -c16", "GET", "/bench/naive/tasks/{id}", connections=16, pool="lecture"),
     Scenario("GET /tasks/{id}, wrk -c64", "GET", "/tasks/{id}", connections=64, pool="app"),
-    Scenario("naive, wrk -c64", "GET", "/bench/naive/tasks/{id}", connections=64, pool="app"),
+    Scenario("naive, wrk -c64", "GET", "/bench/naive/tasks/{id}", connections=64, pool="lecture"),
 ]
 NAIVE_NOTES = {
     "GET /tasks/{id}": 'our route: scope="function", autocommit read',
