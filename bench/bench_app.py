@@ -33,7 +33,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -41,15 +41,20 @@ import asyncpg
 import jwt
 from driver_sql import ENTER_SQL
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from lecture_setup import (
+    add_lecture_engine,
+    floor_database_url,
+    lecture_session_dependency,
+    lecture_session_factory,
+    naive_read,
+)
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import joinedload, selectinload
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.pool import Pool
 
 from taskmanager import tokens
 from taskmanager.caller_key import CallerKey
 from taskmanager.config import get_settings
-from taskmanager.database import create_engine, create_read_session_factory, create_session_factory
 from taskmanager.main import create_app
 from taskmanager.models import Task
 from taskmanager.routes.preconditions import set_etag
@@ -378,59 +383,6 @@ async def connections() -> dict[str, int]:
     return dict(CONNECTIONS)
 
 
-def lecture_session_dependency(
-    factory_of: Callable[[Request], async_sessionmaker[AsyncSession]],
-) -> Callable[[Request], AsyncIterator[AsyncSession]]:
-    """The lecture's get_async_session (Part 3.4), on the session factory `factory_of`
-    picks for the request; declared at FastAPI's default dependency scope by its users."""
-
-    async def get_async_session(request: Request) -> AsyncIterator[AsyncSession]:
-        async with factory_of(request)() as session:
-            try:
-                yield session
-                await session.commit()
-            except Exception:
-                await session.rollback()
-                raise
-
-    return get_async_session
-
-
-def floor_database_url() -> str:
-    """BENCH_FLOOR_DATABASE_URL: a superuser's login where the app's is not one (--tcp)."""
-    url = os.environ.get("BENCH_FLOOR_DATABASE_URL") or get_settings().database_url
-    assert url is not None
-    return url
-
-
-def add_lecture_engine(app: FastAPI) -> None:
-    """An engine as the app builds its own (settings, pool), on the lecture's setup: one
-    login that reads every table, without callers or row-level security. The service's own
-    login reads nothing until a request's caller is entered, which Part 3.4's route does not
-    do; this is the login that route runs on (the floors' superuser)."""
-    inner = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[Any]:
-        async with inner(app) as state:
-            engine = create_engine(get_settings(), floor_database_url())
-            app.state.lecture_engine = engine
-            app.state.lecture_session_factory = create_session_factory(engine)
-            app.state.lecture_read_session_factory = create_read_session_factory(engine)
-            try:
-                yield state
-            finally:
-                await engine.dispose()
-
-    app.router.lifespan_context = lifespan
-
-
-def lecture_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
-    """The lecture engine's session factory (add_lecture_engine)."""
-    factory: async_sessionmaker[AsyncSession] = request.app.state.lecture_session_factory
-    return factory
-
-
 _lecture_session = lecture_session_dependency(lecture_session_factory)
 
 
@@ -439,15 +391,6 @@ async def naive_get_task(
     task_id: int, session: Annotated[AsyncSession, Depends(_lecture_session)]
 ) -> Task:
     return await naive_read(session, task_id)
-
-
-async def naive_read(session: AsyncSession, task_id: int) -> Task:
-    """Part 3.4's read, with the labels today's response model carries too."""
-    options = [joinedload(Task.category), selectinload(Task.labels)]
-    task = await session.get(Task, task_id, options=options)
-    if task is None:
-        raise HTTPException(404, "Task not found")
-    return task
 
 
 def create_bench_app() -> FastAPI:

@@ -32,13 +32,13 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from bench_app import (
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from lecture_setup import (
     floor_database_url,
     lecture_session_dependency,
     lecture_session_factory,
     naive_read,
 )
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.util import memoized_property
 from sqlalchemy.util.queue import AsyncAdaptedQueue
@@ -244,7 +244,7 @@ class PoolSpec:
 
 
 # name -> pool. "app" is the app's own engine (our route's); "lecture" the lecture engine
-# (bench_app.add_lecture_engine: the naive routes'); the others are engines of their own on
+# (lecture_setup.add_lecture_engine: the naive routes'); the others are engines of their own on
 # the lecture's login, made by the app's create_engine with the app's settings, opened
 # before their run and disposed of after it (PostgreSQL's max_connections is 100).
 KEPT = ("app", "lecture")
