@@ -166,7 +166,7 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="A login's refresh tokens work this long at most."
     )
     # Password attempts (logins, and password changes naming the current password), each
-    # counted before the password is checked; the policy is in README.md ("Accounts").
+    # counted before the password is checked; the policy is in docs/security.md.
     login_failures_per_account_and_address: int = Field(
         default=5,
         ge=1,

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # the scripts' head; the service checks it at start-up without loading Alembic).
 SCHEMA_REVISION = "0009"
 _MAX_BASE_BYTES = 48  # room for "_authenticator" within PostgreSQL's 63-byte names
-SEE_README = "see README, Security: your own PostgreSQL"
+SEE_README = "see docs/security.md, Your own PostgreSQL"
 
 
 class DeploymentError(RuntimeError):
@@ -67,7 +67,7 @@ class DatabaseLogins:
 
 @dataclass(frozen=True, slots=True)
 class RoleNames:
-    """The names the embedded server gives a database's roles (and the README suggests)."""
+    """The names the embedded server gives a database's roles (and docs/security.md suggests)."""
 
     owner: str
     service: str

@@ -1,6 +1,6 @@
 """Limits on password attempts (logins, and password changes that must name the current
 password) and on registrations: counted in PostgreSQL before any password is checked or
-hashed, 429 with Retry-After. The policy, with its numbers, is in README.md ("Password
+hashed, 429 with Retry-After. The policy, with its numbers, is in docs/security.md ("Password
 attempts").
 
 Each count is COMMITTED at once, before the password is checked: a 401, 409 or 422 after

@@ -8,7 +8,7 @@ SECURITY DEFINER function under a forged caller, temporary tables and functions 
 shadow the app's. The victim's rows, workspaces and password hash never come back; most of
 these are refused outright (42501).
 
-Migration 0008 and taskmanager/caller_key.py say how it holds; README.md, "Security", what.
+Migration 0008 and taskmanager/caller_key.py say how it holds; docs/security.md, "What holds", what.
 """
 
 from __future__ import annotations

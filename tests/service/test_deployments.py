@@ -1,6 +1,6 @@
 """Deployments as they run: a PostgreSQL cluster reached over TCP with passwords, two
 deployments in it (staging and production, each with its own owner, service login and
-caller role), set up the way the README says, with `taskmanager db upgrade`.
+caller role), set up the way docs/security.md says, with `taskmanager db upgrade`.
 
 - Both migrate and serve, whichever way their caller role came to be: made by a superuser
   beforehand (production, whose owner may not create roles), or by the migration

@@ -616,7 +616,7 @@ def test_the_role_deployments_used_to_share_keeps_nothing_of_this_database(
     """A database migrated before 0008 granted the cluster's one request role its tables
     and functions (any deployment's login could switch to it); after 0008 it holds no
     privilege here. (The owner stays its member where only a superuser may revoke that:
-    README says to drop the role once no database uses it.)"""
+    docs/security.md says to drop the role once no database uses it.)"""
     if embedded_server is None:
         pytest.skip("needs the embedded test server to create extra databases")
     name = "migrations_legacy_role"

@@ -84,7 +84,7 @@ def password_server() -> Iterator[PasswordServer]:
 async def require_passwords(admin_url: str, pg_hba: Path) -> None:
     connection = await connect(admin_url)
     try:
-        # As README, "Security: your own PostgreSQL", says: an owner that runs the
+        # As docs/security.md, "Your own PostgreSQL", says: an owner that runs the
         # migrations, the service's login "app" that owns nothing, the caller role.
         await connection.execute(f"CREATE ROLE tasks_owner LOGIN PASSWORD '{RIGHT_PASSWORD}'")
         await connection.execute(f"CREATE ROLE app LOGIN NOINHERIT PASSWORD '{RIGHT_PASSWORD}'")

@@ -65,7 +65,7 @@ def url(user: str, password: str, port: int, database: str) -> str:
 
 @dataclass(frozen=True)
 class Deployment:
-    """One deployment's database and logins on a cluster (README, "Security")."""
+    """One deployment's database and logins on a cluster (docs/security.md)."""
 
     database: str
     owner_url: str
@@ -126,7 +126,7 @@ class Cluster:
     ) -> Deployment:
         """A database owned by `<database>_owner`, and the service's login
         `<database>_authenticator` that owns nothing; with `caller_role`, the superuser also
-        makes `<database>_caller` and grants it to the service (README's way), else the
+        makes `<database>_caller` and grants it to the service (docs/security.md's way), else the
         migration must (an owner that may create roles)."""
         owner, service, caller = (
             f"{database}_owner",

@@ -44,7 +44,7 @@ DAY_SECONDS = 24 * 60 * 60
 
 @dataclass(frozen=True, slots=True)
 class PasswordLimits:
-    """Password attempts allowed per window, per key; see README.md for the policy."""
+    """Password attempts allowed per window, per key; see docs/security.md for the policy."""
 
     per_account_and_address: int
     per_address: int
