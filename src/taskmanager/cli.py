@@ -39,9 +39,17 @@ if TYPE_CHECKING:
 
 console = Console(stderr=True, soft_wrap=True)
 
+# Where the data lives, said by every help that starts or changes something.
+DATABASE_HELP = (
+    "The database: DATABASE_URL, the service's login (unset: an embedded PostgreSQL in "
+    ".taskmanager/pgdata, started and stopped as needed); OWNER_DATABASE_URL, the login that owns "
+    "the tables and migrates them (with DATABASE_URL; the embedded server has both)."
+)
+
 app = typer.Typer(
     name="taskmanager",
-    help="An async Task Manager REST API on FastAPI, SQLAlchemy 2 and PostgreSQL.",
+    help="An async Task Manager REST API on FastAPI, SQLAlchemy 2 and PostgreSQL.\n\n"
+    + DATABASE_HELP,
     no_args_is_help=True,
     add_completion=False,
 )
@@ -98,14 +106,18 @@ def _root(
     """Serve the API (`serve`) or work on its database (`db ...`)."""
 
 
-@app.command()
+@app.command(
+    short_help="Migrate the database to head, then serve the API.",
+    help="Migrate the database to head (as OWNER_DATABASE_URL, when it is set or the "
+    "server is the embedded one), then serve the API on HOST:PORT (Ctrl-C or SIGTERM stops "
+    "it cleanly).\n\n" + DATABASE_HELP,
+)
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
 ) -> None:
-    """Migrate the database to head, then serve the API (Ctrl-C or SIGTERM stops it cleanly)."""
     # Before anything imports prometheus_client (taskmanager.logs does, through the
     # middleware): the workers write their metrics into this private, empty directory and
     # /metrics adds them up. It is removed when serve stops.
@@ -146,12 +158,47 @@ def _caller_key(settings: Settings) -> CallerKey:
         raise typer.Exit(2) from None
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Stop with one line, exit code 1, when `host:port` cannot be listened on: before the
+    database is started and migrated, not after (uvicorn would only log it, then stop)."""
+    import errno
+    import socket
+
+    if port == 0:  # any free port
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        console.print(f"[red]cannot listen on {host}: {exc.strerror}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            # As uvicorn binds: a port whose old connections linger (TIME_WAIT) is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    message = (
+                        f"port {port} on {host} is in use (another server is listening "
+                        f"there): pick another with `make run PORT={port + 1}` or "
+                        f"`taskmanager serve --port {port + 1}`"
+                    )
+                else:
+                    message = f"cannot listen on {host} port {port}: {exc.strerror}"
+                console.print(f"[red]{message}[/red]", highlight=False)
+                raise typer.Exit(1) from None
+
+
 def _serve(settings: Settings, host: str, port: int, workers: int, reload: bool) -> None:
     import uvicorn
 
     from taskmanager.deployment import check_service
     from taskmanager.migrate import upgrade_deployment
 
+    _check_port_free(host, port)
     # Once here, before any worker: a generated key is written once and then read by
     # every worker, and a bad one stops start-up with one line instead of a traceback
     # per worker.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -326,4 +327,30 @@ def test_a_short_signing_key_stops_serve_with_one_clear_line(tmp_path: Path) -> 
     assert "at least 32 bytes" in result.stderr
     assert "too-short-secret" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / ".taskmanager").exists()  # no database was started
+
+
+@pytest.mark.parametrize("args", [("--help",), ("serve", "--help")])
+def test_help_names_the_database_settings(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Where the data lives is the first thing to know: both helps name the two settings."""
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "DATABASE_URL" in result.stdout, result.stdout
+    assert "OWNER_DATABASE_URL" in result.stdout, result.stdout
+
+
+def test_a_port_in_use_stops_serve_with_one_line_naming_it(tmp_path: Path) -> None:
+    """Before any database is started: one line naming the port and how to choose another."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "--port", str(port), cwd=tmp_path)
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 1, output
+    assert len(output.splitlines()) == 1, output
+    assert f"port {port}" in output
+    assert "--port" in output
+    assert f"PORT={port + 1}" in output  # the make run spelling too
+    assert "Traceback" not in output
     assert not (tmp_path / ".taskmanager").exists()  # no database was started
