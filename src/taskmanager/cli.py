@@ -587,17 +587,22 @@ def main() -> None:
     from sqlalchemy.exc import DBAPIError
 
     from taskmanager.deployment import DeploymentError
+    from taskmanager.migrate import MigrationError
 
     try:
         app()
-    except (DatabaseUnreachableError, OwnerLoginMissingError, DeploymentError) as exc:
+    except (
+        DatabaseUnreachableError,
+        OwnerLoginMissingError,
+        DeploymentError,
+        MigrationError,
+    ) as exc:
         # Said in one line, without the driver's traceback: it names the server, the
         # database, the user, the cause and what to check.
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None
     except DBAPIError as exc:
-        # A migration that failed (its transaction rolled back: the database stays at the
-        # revision before it), in PostgreSQL's own words.
+        # A statement PostgreSQL refused, in its own words.
         print(f"the database refused: {_first_line(exc.orig)}", file=sys.stderr)
         raise SystemExit(1) from None
 
