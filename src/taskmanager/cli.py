@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -301,8 +301,18 @@ def db_seed(
     tasks: Annotated[int, typer.Option(help="How many tasks to add.", min=0)] = 1000,
     categories: Annotated[int, typer.Option(help="How many categories to ensure.", min=0)] = 10,
     seed_value: Annotated[int, typer.Option("--seed", help="Random seed (repeatable data).")] = 42,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Delete the demo account's tasks first (its categories and labels stay); "
+            "other accounts are not touched.",
+        ),
+    ] = False,
 ) -> None:
-    """Add TASKS tasks spread over CATEGORIES categories (bulk COPY, with progress)."""
+    """Add TASKS tasks spread over CATEGORIES categories to the demo account's personal
+    workspace (bulk insert, with progress). Each run adds to the tasks already there;
+    --fresh starts from none."""
     from taskmanager.database import create_engine
     from taskmanager.migrate import migrated
     from taskmanager.seed import DEMO_PASSWORD, SeedResult, seed
@@ -334,6 +344,7 @@ def db_seed(
                         seed_value=seed_value,
                         on_progress=lambda n: progress.advance(bar, n),
                         owner_engine=owner,
+                        fresh=fresh,
                     )
                 finally:
                     await engine.dispose()
@@ -347,6 +358,18 @@ def db_seed(
         f"(with up to 3 of {result.labels} labels each) in {elapsed:.1f}s "
         f"({rate:,.0f} tasks/s), in the personal workspace of {result.email}"
     )
+    if fresh:
+        console.print(
+            f"deleted the demo account's {result.deleted:,} tasks first (--fresh); "
+            f"its workspace now holds {result.total:,} tasks",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"its workspace now holds {result.total:,} tasks: each db seed adds to the tasks "
+            "already there (--fresh deletes the demo account's tasks first)",
+            highlight=False,
+        )
     password = DEMO_PASSWORD if result.account_created else f"{DEMO_PASSWORD} (unless changed)"
     console.print(
         f"log in as {result.email} with the password {password}:\n"
@@ -459,28 +482,54 @@ def users_create(
         str | None, typer.Option("--name", help="Display name (default: the email's local part).")
     ] = None,
 ) -> None:
-    """Create an account with its personal workspace. The password is prompted for (twice),
-    never echoed, never logged, never taken from the command line. The first account made
-    this way also owns the tasks and categories from before accounts existed."""
+    """Create an account with its personal workspace. The email is checked first (valid,
+    not taken); then the password is prompted for (twice), never echoed, never logged,
+    never taken from the command line. The first account made this way also owns the tasks
+    and categories from before accounts existed."""
     from pydantic import TypeAdapter, ValidationError
 
     from taskmanager.accounts import register_account
+    from taskmanager.auth import account_id
     from taskmanager.database import create_engine, create_session_factory
-    from taskmanager.schemas import RegisterRequest
+    from taskmanager.schemas import DisplayName, Email, RegisterRequest
 
-    password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    try:
-        account = TypeAdapter(RegisterRequest).validate_python(
-            {"email": email, "password": password, "display_name": display_name}
-        )
-    except ValidationError as exc:
+    def refuse(exc: ValidationError, field: str | None = None) -> NoReturn:
         for error in exc.errors(include_input=False):
-            field = ".".join(str(part) for part in error["loc"])
-            console.print(f"[red]{field}: {error['msg']}[/red]", highlight=False)
-        raise typer.Exit(2) from None
+            where = ".".join(str(part) for part in error["loc"]) or field
+            console.print(f"[red]{where}: {error['msg']}[/red]", highlight=False)
+        raise typer.Exit(2)
+
+    # Before the password is asked for: an email that cannot be an account's.
+    try:
+        TypeAdapter(Email).validate_python(email)
+    except ValidationError as exc:
+        refuse(exc, "email")
+    if display_name is not None:
+        try:
+            TypeAdapter(DisplayName).validate_python(display_name)
+        except ValidationError as exc:
+            refuse(exc, "display_name")
     settings = load_settings()
     key = _caller_key(settings)
     with database_url(settings) as url:
+
+        async def taken() -> bool:
+            engine = create_engine(settings, url)
+            try:
+                async with create_session_factory(engine)() as session, session.begin():
+                    return await account_id(session, key, email) is not None
+            finally:
+                await engine.dispose()
+
+        if asyncio.run(taken()):
+            _account_exists(email)
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+        try:
+            account = TypeAdapter(RegisterRequest).validate_python(
+                {"email": email, "password": password, "display_name": display_name}
+            )
+        except ValidationError as exc:
+            refuse(exc)
 
         async def run() -> int | None:
             from sqlalchemy.exc import IntegrityError
@@ -497,16 +546,20 @@ def users_create(
                         claim_unowned=True,
                     )
                     return user.id
-            except IntegrityError:
+            except IntegrityError:  # made meanwhile, by someone else
                 return None
             finally:
                 await engine.dispose()
 
         user_id = asyncio.run(run())
     if user_id is None:
-        console.print(f"[red]an account with the email {account.email} exists already[/red]")
-        raise typer.Exit(1)
+        _account_exists(account.email)
     console.print(f"created account {user_id} for {account.email}", highlight=False)
+
+
+def _account_exists(email: str) -> NoReturn:
+    console.print(f"[red]an account with the email {email} exists already[/red]")
+    raise typer.Exit(1)
 
 
 @db_app.command("purge-keys")
