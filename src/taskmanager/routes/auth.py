@@ -112,7 +112,10 @@ async def login(
     )
     if account is None or not matches or not account.is_active:
         count_login_failure("bad_credentials")
-        return _unauthorized(BAD_CREDENTIALS)
+        problem, headers = unauthorized_problem(BAD_CREDENTIALS, token_given=False)
+        # Also in OAuth 2's words (RFC 6749 5.2), which OAuth 2 clients show their user.
+        problem.error, problem.error_description = "invalid_grant", BAD_CREDENTIALS
+        return problem.response(headers)
     # From here on as the account whose password this is: what follows is its own (and
     # the attempt counts of this login's subject).
     subject = attempt_subject(attempt.network, attempt.username)
