@@ -377,6 +377,18 @@ class RegisterRequest(BaseModel):
     display_name: DisplayName | None = None
 
 
+class LoginForm(BaseModel):
+    """For POST /auth/token: OAuth 2's password grant (RFC 6749 4.3.2), as a form. Fields an
+    OAuth 2 client may add (scope, client_id, client_secret) are ignored: this service has
+    no scopes and no clients."""
+
+    grant_type: str | None = Field(
+        default=None, pattern="^password$", description="`password`, if sent."
+    )
+    username: str = Field(description="Your email.", examples=["ada@example.com"])
+    password: str = Field(json_schema_extra={"format": "password"})
+
+
 class UserResponse(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

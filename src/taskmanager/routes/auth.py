@@ -10,9 +10,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Form, Request, Response, status
 from fastapi.responses import JSONResponse
-from fastapi.security import OAuth2PasswordRequestForm
 
 from taskmanager.accounts import register_account
 from taskmanager.auth import TOKEN_URL, CurrentUserDep
@@ -32,7 +31,13 @@ from taskmanager.passwords import verify_password
 from taskmanager.problems import unauthorized_problem
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository, Rotation
 from taskmanager.repositories.user_repository import UserRepository
-from taskmanager.schemas import RefreshRequest, RegisterRequest, TokenResponse, UserResponse
+from taskmanager.schemas import (
+    LoginForm,
+    RefreshRequest,
+    RegisterRequest,
+    TokenResponse,
+    UserResponse,
+)
 from taskmanager.tokens import issue_access_token
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -88,7 +93,7 @@ async def register(
     responses={**problem_responses(401, 413, 422, 429, 503)},
 )
 async def login(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    form: Annotated[LoginForm, Form()],
     session: SessionDep,
     request: Request,
 ) -> TokenResponse | JSONResponse:
