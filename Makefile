@@ -5,15 +5,25 @@ VENV := .venv
 UV := .uv/bin/uv
 BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
+# Where `make run` listens: `make run PORT=8001 HOST=0.0.0.0`. Set here, not with ?=, so that
+# only the command line moves it (some shells export HOST as the machine's name).
+HOST := 127.0.0.1
+PORT := 8000
 
-.PHONY: run test install lint typecheck pytest system-deps bench reliability lecture-results clean
+.PHONY: run test install install-run install-demo lint typecheck pytest system-deps bench reliability lecture-results clean
 
-run: install ## install, start the embedded PostgreSQL, migrate, serve on :8000
-	$(BIN)/taskmanager serve
+run: install-run ## install what serving needs, start the embedded PostgreSQL, migrate, serve on $(HOST):$(PORT)
+	$(BIN)/taskmanager serve --host $(HOST) --port $(PORT)
 
 test: install system-deps lint typecheck pytest ## install, lint, type-check, run every test
 
 install: $(VENV)/.installed
+
+# What serving needs (the project and its dependencies, no extra). --inexact: the tools of
+# `make test`, if installed, stay; `make run` after `make test` then installs nothing.
+install-run: $(VENV)/.installed-run
+
+install-demo: $(VENV)/.installed-demo ## the demo extra, for `taskmanager demo ...`
 
 $(UV):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "taskmanager needs Python 3.11+; set PYTHON=/path/to/python3.11")'
@@ -25,7 +35,15 @@ $(UV):
 # and Pydantic anew on import (about 1 s of each CLI start and test subprocess).
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --locked --extra dev --extra demo --compile-bytecode --python $(PYTHON)
+	@touch $@ $(VENV)/.installed-run $(VENV)/.installed-demo
+
+$(VENV)/.installed-run: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --inexact --compile-bytecode --python $(PYTHON)
 	@touch $@
+
+$(VENV)/.installed-demo: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --inexact --extra demo --compile-bytecode --python $(PYTHON)
+	@touch $@ $(VENV)/.installed-run
 
 system-deps: ## Debian packages some tests drive (chromium); skipped where apt is unusable
 	@bash scripts/install-system-deps.sh

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -39,9 +39,17 @@ if TYPE_CHECKING:
 
 console = Console(stderr=True, soft_wrap=True)
 
+# Where the data lives, said by every help that starts or changes something.
+DATABASE_HELP = (
+    "The database: DATABASE_URL, the service's login (unset: an embedded PostgreSQL in "
+    ".taskmanager/pgdata, started and stopped as needed); OWNER_DATABASE_URL, the login that owns "
+    "the tables and migrates them (with DATABASE_URL; the embedded server has both)."
+)
+
 app = typer.Typer(
     name="taskmanager",
-    help="An async Task Manager REST API on FastAPI, SQLAlchemy 2 and PostgreSQL.",
+    help="An async Task Manager REST API on FastAPI, SQLAlchemy 2 and PostgreSQL.\n\n"
+    + DATABASE_HELP,
     no_args_is_help=True,
     add_completion=False,
 )
@@ -98,14 +106,18 @@ def _root(
     """Serve the API (`serve`) or work on its database (`db ...`)."""
 
 
-@app.command()
+@app.command(
+    short_help="Migrate the database to head, then serve the API.",
+    help="Migrate the database to head (as OWNER_DATABASE_URL, when it is set or the "
+    "server is the embedded one), then serve the API on HOST:PORT (Ctrl-C or SIGTERM stops "
+    "it cleanly).\n\n" + DATABASE_HELP,
+)
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
 ) -> None:
-    """Migrate the database to head, then serve the API (Ctrl-C or SIGTERM stops it cleanly)."""
     # Before anything imports prometheus_client (taskmanager.logs does, through the
     # middleware): the workers write their metrics into this private, empty directory and
     # /metrics adds them up. It is removed when serve stops.
@@ -146,12 +158,47 @@ def _caller_key(settings: Settings) -> CallerKey:
         raise typer.Exit(2) from None
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Stop with one line, exit code 1, when `host:port` cannot be listened on: before the
+    database is started and migrated, not after (uvicorn would only log it, then stop)."""
+    import errno
+    import socket
+
+    if port == 0:  # any free port
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        console.print(f"[red]cannot listen on {host}: {exc.strerror}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            # As uvicorn binds: a port whose old connections linger (TIME_WAIT) is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    message = (
+                        f"port {port} on {host} is in use (another server is listening "
+                        f"there): pick another with `make run PORT={port + 1}` or "
+                        f"`taskmanager serve --port {port + 1}`"
+                    )
+                else:
+                    message = f"cannot listen on {host} port {port}: {exc.strerror}"
+                console.print(f"[red]{message}[/red]", highlight=False)
+                raise typer.Exit(1) from None
+
+
 def _serve(settings: Settings, host: str, port: int, workers: int, reload: bool) -> None:
     import uvicorn
 
     from taskmanager.deployment import check_service
     from taskmanager.migrate import upgrade_deployment
 
+    _check_port_free(host, port)
     # Once here, before any worker: a generated key is written once and then read by
     # every worker, and a bad one stops start-up with one line instead of a traceback
     # per worker.
@@ -254,8 +301,18 @@ def db_seed(
     tasks: Annotated[int, typer.Option(help="How many tasks to add.", min=0)] = 1000,
     categories: Annotated[int, typer.Option(help="How many categories to ensure.", min=0)] = 10,
     seed_value: Annotated[int, typer.Option("--seed", help="Random seed (repeatable data).")] = 42,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Delete the demo account's tasks first (its categories and labels stay); "
+            "other accounts are not touched.",
+        ),
+    ] = False,
 ) -> None:
-    """Add TASKS tasks spread over CATEGORIES categories (bulk COPY, with progress)."""
+    """Add TASKS tasks spread over CATEGORIES categories to the demo account's personal
+    workspace (bulk insert, with progress). Each run adds to the tasks already there;
+    --fresh starts from none."""
     from taskmanager.database import create_engine
     from taskmanager.migrate import migrated
     from taskmanager.seed import DEMO_PASSWORD, SeedResult, seed
@@ -287,6 +344,7 @@ def db_seed(
                         seed_value=seed_value,
                         on_progress=lambda n: progress.advance(bar, n),
                         owner_engine=owner,
+                        fresh=fresh,
                     )
                 finally:
                     await engine.dispose()
@@ -300,6 +358,18 @@ def db_seed(
         f"(with up to 3 of {result.labels} labels each) in {elapsed:.1f}s "
         f"({rate:,.0f} tasks/s), in the personal workspace of {result.email}"
     )
+    if fresh:
+        console.print(
+            f"deleted the demo account's {result.deleted:,} tasks first (--fresh); "
+            f"its workspace now holds {result.total:,} tasks",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"its workspace now holds {result.total:,} tasks: each db seed adds to the tasks "
+            "already there (--fresh deletes the demo account's tasks first)",
+            highlight=False,
+        )
     password = DEMO_PASSWORD if result.account_created else f"{DEMO_PASSWORD} (unless changed)"
     console.print(
         f"log in as {result.email} with the password {password}:\n"
@@ -412,28 +482,54 @@ def users_create(
         str | None, typer.Option("--name", help="Display name (default: the email's local part).")
     ] = None,
 ) -> None:
-    """Create an account with its personal workspace. The password is prompted for (twice),
-    never echoed, never logged, never taken from the command line. The first account made
-    this way also owns the tasks and categories from before accounts existed."""
+    """Create an account with its personal workspace. The email is checked first (valid,
+    not taken); then the password is prompted for (twice), never echoed, never logged,
+    never taken from the command line. The first account made this way also owns the tasks
+    and categories from before accounts existed."""
     from pydantic import TypeAdapter, ValidationError
 
     from taskmanager.accounts import register_account
+    from taskmanager.auth import account_id
     from taskmanager.database import create_engine, create_session_factory
-    from taskmanager.schemas import RegisterRequest
+    from taskmanager.schemas import DisplayName, Email, RegisterRequest
 
-    password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    try:
-        account = TypeAdapter(RegisterRequest).validate_python(
-            {"email": email, "password": password, "display_name": display_name}
-        )
-    except ValidationError as exc:
+    def refuse(exc: ValidationError, field: str | None = None) -> NoReturn:
         for error in exc.errors(include_input=False):
-            field = ".".join(str(part) for part in error["loc"])
-            console.print(f"[red]{field}: {error['msg']}[/red]", highlight=False)
-        raise typer.Exit(2) from None
+            where = ".".join(str(part) for part in error["loc"]) or field
+            console.print(f"[red]{where}: {error['msg']}[/red]", highlight=False)
+        raise typer.Exit(2)
+
+    # Before the password is asked for: an email that cannot be an account's.
+    try:
+        TypeAdapter(Email).validate_python(email)
+    except ValidationError as exc:
+        refuse(exc, "email")
+    if display_name is not None:
+        try:
+            TypeAdapter(DisplayName).validate_python(display_name)
+        except ValidationError as exc:
+            refuse(exc, "display_name")
     settings = load_settings()
     key = _caller_key(settings)
     with database_url(settings) as url:
+
+        async def taken() -> bool:
+            engine = create_engine(settings, url)
+            try:
+                async with create_session_factory(engine)() as session, session.begin():
+                    return await account_id(session, key, email) is not None
+            finally:
+                await engine.dispose()
+
+        if asyncio.run(taken()):
+            _account_exists(email)
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+        try:
+            account = TypeAdapter(RegisterRequest).validate_python(
+                {"email": email, "password": password, "display_name": display_name}
+            )
+        except ValidationError as exc:
+            refuse(exc)
 
         async def run() -> int | None:
             from sqlalchemy.exc import IntegrityError
@@ -450,16 +546,20 @@ def users_create(
                         claim_unowned=True,
                     )
                     return user.id
-            except IntegrityError:
+            except IntegrityError:  # made meanwhile, by someone else
                 return None
             finally:
                 await engine.dispose()
 
         user_id = asyncio.run(run())
     if user_id is None:
-        console.print(f"[red]an account with the email {account.email} exists already[/red]")
-        raise typer.Exit(1)
+        _account_exists(account.email)
     console.print(f"created account {user_id} for {account.email}", highlight=False)
+
+
+def _account_exists(email: str) -> NoReturn:
+    console.print(f"[red]an account with the email {email} exists already[/red]")
+    raise typer.Exit(1)
 
 
 @db_app.command("purge-keys")
@@ -540,17 +640,22 @@ def main() -> None:
     from sqlalchemy.exc import DBAPIError
 
     from taskmanager.deployment import DeploymentError
+    from taskmanager.migrate import MigrationError
 
     try:
         app()
-    except (DatabaseUnreachableError, OwnerLoginMissingError, DeploymentError) as exc:
+    except (
+        DatabaseUnreachableError,
+        OwnerLoginMissingError,
+        DeploymentError,
+        MigrationError,
+    ) as exc:
         # Said in one line, without the driver's traceback: it names the server, the
         # database, the user, the cause and what to check.
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None
     except DBAPIError as exc:
-        # A migration that failed (its transaction rolled back: the database stays at the
-        # revision before it), in PostgreSQL's own words.
+        # A statement PostgreSQL refused, in its own words.
         print(f"the database refused: {_first_line(exc.orig)}", file=sys.stderr)
         raise SystemExit(1) from None
 

@@ -53,19 +53,25 @@ class ListQuery:
 
     @property
     def label(self) -> str:
+        """The query as GET /tasks is sent it (`label_id=1&label_id=2`), dates shortened."""
         parts = [f"sort={self.sort}"]
         for f in fields(TaskFilters):
             value = getattr(self.filters, f.name)
-            if value not in (None, "", ()):
-                parts.append(f"{f.name}={_shown(value)}")
+            if value in (None, "", ()):
+                continue
+            name = _QUERY_PARAMETERS.get(f.name, f.name)
+            values = value if isinstance(value, tuple | list) else (value,)
+            parts += [f"{name}={_shown(v)}" for v in values]
         return "&".join(parts) + ("" if self.page == "first" else f" ({self.page} page)")
+
+
+# TaskFilters' fields the API's query parameters name otherwise: one `label_id` per label.
+_QUERY_PARAMETERS = {"label_ids": "label_id"}
 
 
 def _shown(value: Any) -> str:
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d")
-    if isinstance(value, tuple | list):
-        return ",".join(str(v) for v in value)
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 

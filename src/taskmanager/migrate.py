@@ -37,8 +37,16 @@ def alembic_config(database_url: str, *, stdout: TextIO | None = None) -> Config
     return config
 
 
+class MigrationError(Exception):
+    """A migration failed and everything the command had applied was rolled back; the
+    message says, in one line, where the database stays and PostgreSQL's reason."""
+
+
 def upgrade(database_url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(database_url), revision)
+    """Migrate `database_url` up to `revision`, every pending migration in one transaction
+    (migrations/env.py): on failure MigrationError, the database where it was."""
+    with _rolled_back_as_one(database_url, f"upgrading to {revision}"):
+        command.upgrade(alembic_config(database_url), revision)
 
 
 def upgrade_deployment(logins: DatabaseLogins, key: CallerKey) -> None:
@@ -117,7 +125,48 @@ def _as_owner(logins: DatabaseLogins, work: Callable[[AsyncConnection], Awaitabl
 
 
 def downgrade(database_url: str, revision: str) -> None:
-    command.downgrade(alembic_config(database_url), revision)
+    """Migrate `database_url` down to `revision`, in one transaction, like `upgrade`."""
+    with _rolled_back_as_one(database_url, f"downgrading to {revision}"):
+        command.downgrade(alembic_config(database_url), revision)
+
+
+@contextmanager
+def _rolled_back_as_one(database_url: str, doing: str) -> Iterator[None]:
+    """A DBAPIError PostgreSQL answered with, inside, becomes MigrationError: the one
+    transaction was rolled back, so the revision read afterwards is the one before."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        yield
+    except DBAPIError as exc:
+        refusal = _refusal(exc)
+        if refusal is None:  # the connection failed: where the database is, is not known
+            raise
+        try:
+            before = current(database_url)
+        except DBAPIError:
+            raise exc from None
+        stays = "stays empty" if before is None else f"stays at {before}"
+        raise MigrationError(
+            f"{doing} failed and was rolled back, the database {stays}: {refusal}"
+        ) from exc
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """PostgreSQL's reason for refusing a statement, with its hint, in one line; None when
+    the error did not come from PostgreSQL (a connection that failed)."""
+    import asyncpg
+
+    cause: BaseException | None = getattr(exc, "orig", None)
+    while cause is not None and not isinstance(cause, asyncpg.PostgresError):
+        cause = cause.__cause__
+    if cause is None or isinstance(cause, asyncpg.PostgresConnectionError):
+        return None
+    parts = [getattr(cause, "message", None) or str(cause)]
+    parts += [
+        f"{name}: {text}" for name in ("detail", "hint") if (text := getattr(cause, name, None))
+    ]
+    return " ".join(" ".join(parts).split())
 
 
 def heads() -> tuple[str, ...]:

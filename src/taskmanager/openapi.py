@@ -214,6 +214,26 @@ def with_page_headers(
     return page
 
 
+# Swagger UI's Authorize dialog, for the password flow of POST /auth/token: only the email
+# (OAuth 2's `username`) and the password. The client id and secret, where to send them,
+# and the paragraph on scopes are for OAuth 2 clients this service has none of.
+_AUTHORIZE_DIALOG_STYLE = """
+.auth-container .scope-def,
+.auth-container h4 ~ p,
+.auth-container .wrapper:has(> label[for="password_type"]),
+.auth-container .wrapper:has(> label[for^="client_id"]),
+.auth-container .wrapper:has(> label[for^="client_secret"]) { display: none; }
+.auth-container label[for="oauth_username"] { font-size: 0; }
+.auth-container label[for="oauth_username"]::before { content: "email:"; font-size: 12px; }
+"""
+
+
+def _with_style(page: HTMLResponse, style: str) -> HTMLResponse:
+    """`page` with `style` in a <style> element of its <head> (allowed by its hash)."""
+    html = bytes(page.body).decode().replace("</head>", f"<style>{style}</style>\n</head>", 1)
+    return HTMLResponse(html, status_code=page.status_code)
+
+
 def install_docs(app: FastAPI) -> None:
     """Serve /docs (Swagger UI) and /redoc from local assets."""
     assets = files("fastapi_offline") / "static"
@@ -232,7 +252,7 @@ def install_docs(app: FastAPI) -> None:
             # the document's URL): offline it fails, and the policy refuses it anyway.
             swagger_ui_parameters={"validatorUrl": None},
         )
-        return with_page_headers(page)
+        return with_page_headers(_with_style(page, _AUTHORIZE_DIALOG_STYLE))
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:

@@ -44,12 +44,25 @@ class Problem(BaseModel):
     status: int = Field(examples=[404])
     detail: str = Field(examples=["Task not found"])
     errors: list[FieldError] | None = None
+    # RFC 6749 5.2's members, on the answers of the token endpoint (POST /auth/token), which
+    # OAuth 2 clients read: Swagger UI's Authorize dialog shows them.
+    error: str | None = Field(
+        default=None,
+        description="POST /auth/token only: the OAuth 2 error code (RFC 6749 5.2).",
+        examples=["invalid_grant"],
+    )
+    error_description: str | None = Field(
+        default=None,
+        description="POST /auth/token only: what went wrong, in words (RFC 6749 5.2).",
+        examples=["the email or the password is wrong"],
+    )
 
     def response(self, headers: Mapping[str, str] | None = None) -> JSONResponse:
         """This problem as an `application/problem+json` response with its status."""
         body: dict[str, Any] = self.model_dump(mode="json")
-        if body["errors"] is None:
-            del body["errors"]
+        for optional in ("errors", "error", "error_description"):
+            if body[optional] is None:
+                del body[optional]
         return JSONResponse(
             body, status_code=self.status, headers=dict(headers or {}), media_type=PROBLEM_JSON
         )

@@ -108,12 +108,13 @@ TaskSort = Literal["newest", "oldest", "due", "priority", "title", "relevance"]
 
 
 def _storable_moment(value: datetime) -> datetime:
-    """A moment that exists in UTC too: 0001-01-01T00:00+14:00 would be in year 0."""
+    """The moment in UTC, as PostgreSQL gives it back: what a create or an update answers
+    is then what a GET answers (`Z`, not the offset it was sent with). It must exist in UTC
+    too: 0001-01-01T00:00+14:00 would be in year 0."""
     try:
-        value.astimezone(UTC)
+        return value.astimezone(UTC)
     except (OverflowError, ValueError):
         raise ValueError("is outside the range of dates that can be stored") from None
-    return value
 
 
 def _iso_8601(value: object) -> object:
@@ -374,6 +375,18 @@ class RegisterRequest(BaseModel):
     email: Email
     password: Password
     display_name: DisplayName | None = None
+
+
+class LoginForm(BaseModel):
+    """For POST /auth/token: OAuth 2's password grant (RFC 6749 4.3.2), as a form. Fields an
+    OAuth 2 client may add (scope, client_id, client_secret) are ignored: this service has
+    no scopes and no clients."""
+
+    grant_type: str | None = Field(
+        default=None, pattern="^password$", description="`password`, if sent."
+    )
+    username: str = Field(description="Your email.", examples=["ada@example.com"])
+    password: str = Field(json_schema_extra={"format": "password"})
 
 
 class UserResponse(BaseModel):

@@ -24,7 +24,7 @@ from taskmanager.database import create_session_factory
 from taskmanager.models import PRIORITIES
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.label_repository import LabelRepository
-from taskmanager.repositories.task_repository import TaskRepository
+from taskmanager.repositories.task_repository import TaskFilters, TaskRepository
 
 BATCH_SIZE = 10_000
 
@@ -85,6 +85,8 @@ class SeedResult:
     labels: int = 0
     email: str = DEMO_EMAIL
     account_created: bool = False
+    deleted: int = 0  # the demo account's tasks deleted first (`fresh`)
+    total: int = 0  # the tasks in its personal workspace afterwards
 
 
 async def demo_account(
@@ -113,22 +115,30 @@ def task_rows(
     count: int, category_ids: list[int], rng: random.Random, now: datetime, workspace_id: int
 ) -> Iterator[tuple[Any, ...]]:
     """`count` task rows in BULK_TASK_COLUMNS order, created over the past year; half of
-    them due within 90 days of their creation (so some are overdue), most of low priority."""
+    them due within 90 days of their creation (so some are overdue), most of low priority.
+    About 30% are done: last changed (their updated_at, which bulk_insert makes their
+    completed_at) within 30 days of their creation, and not after `now`."""
     priorities = rng.choices(PRIORITIES, weights=_PRIORITY_WEIGHTS, k=count)
     for i in range(count):
         created = now - timedelta(seconds=rng.randrange(365 * 24 * 3600))
         category_id = rng.choice(category_ids) if category_ids and rng.random() < 0.8 else None
         description = f"Seeded task {i + 1}" if rng.random() < 0.5 else None
         due = created + timedelta(seconds=rng.randrange(90 * 24 * 3600))
+        title = f"{rng.choice(_VERBS)} {rng.choice(_OBJECTS)} #{i + 1}"
+        completed = rng.random() < 0.3
+        due_at = due if rng.random() < 0.5 else None
+        updated = created
+        if completed:
+            updated = min(now, created + timedelta(seconds=rng.randrange(30 * 24 * 3600)))
         yield (
             workspace_id,
-            f"{rng.choice(_VERBS)} {rng.choice(_OBJECTS)} #{i + 1}",
+            title,
             description,
-            rng.random() < 0.3,
+            completed,
             category_id,
             created,
-            created,
-            due if rng.random() < 0.5 else None,
+            updated,
+            due_at,
             priorities[i],
         )
 
@@ -142,9 +152,12 @@ async def seed(
     seed_value: int = 42,
     on_progress: Callable[[int], None] | None = None,
     owner_engine: AsyncEngine | None = None,
+    fresh: bool = False,
 ) -> SeedResult:
     """Insert `categories` categories and the LABELS (existing names are reused) and
-    `tasks` tasks, each with 0 to 3 of the labels.
+    `tasks` tasks, each with 0 to 3 of the labels, in the demo account's personal workspace:
+    added to the tasks already there, or, with `fresh`, in place of them (they are deleted
+    first; its categories and labels stay, and are reused).
 
     Each batch is its own transaction, so a long seed shows progress and an interrupted
     one keeps what was done. `on_progress(n)` is called after each batch of n tasks.
@@ -161,6 +174,11 @@ async def seed(
             category_names(categories), workspace_id
         )
         label_ids = await LabelRepository(session, scope).ensure_names(LABELS, workspace_id)
+        deleted = (
+            await TaskRepository(session, scope).delete_all_in_workspace(workspace_id)
+            if fresh
+            else 0
+        )
     rng = random.Random(seed_value)
     now = datetime.now(UTC)
     rows = task_rows(tasks, category_ids, rng, now, workspace_id)
@@ -174,13 +192,18 @@ async def seed(
             inserted += await TaskRepository(session, scope).bulk_insert(batch, label_ids)
         if on_progress is not None:
             on_progress(len(batch))
-    if inserted and owner_engine is not None:
+    if (inserted or deleted) and owner_engine is not None:
         await refresh_statistics(owner_engine)
+    async with session_factory() as session, session.begin():
+        scope = await scope_of_account(session, key, user_id)
+        total = await TaskRepository(session, scope).count(TaskFilters(workspace_id=workspace_id))
     return SeedResult(
         tasks=inserted,
         categories=len(category_ids),
         labels=len(label_ids),
         account_created=created,
+        deleted=deleted,
+        total=total,
     )
 
 

@@ -108,6 +108,10 @@ class Browser:
     def text(self, element: str) -> str:
         return str(self.command("GET", f"/element/{element}/text"))
 
+    def script(self, source: str, *args: Any) -> Any:
+        """Run `source` (a function body) in the page; its return value."""
+        return self.command("POST", "/execute/sync", {"script": source, "args": list(args)})
+
     def console(self) -> list[str]:
         """The page's console messages since the last call (ChromeDriver's log endpoint)."""
         entries = self.command("POST", "/se/log", {"type": "browser"})
@@ -193,5 +197,49 @@ def test_authorize_then_get_tasks_answers_200(server_url: str, browser: Browser)
     curl = browser.text(browser.wait_for("#operations-tasks-list_tasks .curl-command"))
     assert "Authorization: Bearer " in curl
     # The page's Content-Security-Policy refused nothing the dialog or the call needed.
+    console = browser.console()
+    assert not [line for line in console if "Content Security Policy" in line], console
+
+
+# The ids of the inputs and selects of the Authorize dialog a person can see.
+_VISIBLE_FIELDS = """
+return [...document.querySelectorAll('.auth-container input, .auth-container select')]
+    .filter(field => field.checkVisibility())
+    .map(field => field.id);
+"""
+_LABEL_SHOWN = """
+const label = document.querySelector(`label[for="${arguments[0]}"]`);
+return getComputedStyle(label, '::before').content;
+"""
+
+
+def test_the_authorize_dialog_asks_only_for_the_email_and_the_password(
+    server_url: str, browser: Browser
+) -> None:
+    browser.command("POST", "/url", {"url": f"{server_url}/docs"})
+    browser.click(browser.wait_for("button.authorize"))
+    browser.wait_for("#oauth_username")
+
+    assert browser.script(_VISIBLE_FIELDS) == ["oauth_username", "oauth_password"]
+    assert browser.script(_LABEL_SHOWN, "oauth_username") == '"email:"'
+    dialog = browser.text(browser.wait_for(".auth-container"))
+    for noise in ("client_id", "client_secret", "Client credentials", "scopes", "Flow"):
+        assert noise.lower() not in dialog.lower(), dialog
+
+    # A wrong password: the dialog says so, in words.
+    browser.type(browser.wait_for("#oauth_username"), EMAIL)
+    browser.type(browser.wait_for("#oauth_password"), "not the password")
+    browser.click(browser.wait_for(".auth-btn-wrapper button.authorize"))
+    browser.wait_for(".auth-container .errors", text="the email or the password is wrong")
+
+    # The right one: authorized, and what it shows is the email and the password.
+    password = browser.wait_for("#oauth_password")
+    browser.command("POST", f"/element/{password}/clear", {})
+    browser.type(password, PASSWORD)
+    browser.click(browser.wait_for(".auth-btn-wrapper button.authorize"))
+    authorized = browser.text(browser.wait_for(".auth-container", text="Authorized"))
+    assert EMAIL in authorized
+    for noise in ("client_secret", "Client credentials", "basic"):
+        assert noise not in authorized, authorized
     console = browser.console()
     assert not [line for line in console if "Content Security Policy" in line], console

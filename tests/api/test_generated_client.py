@@ -260,3 +260,26 @@ async def test_stale_if_match_parses_as_a_412_problem(generated: GeneratedClient
     assert isinstance(stale.parsed, generated.model("Problem"))
     assert stale.parsed.status == 412
     assert stale.headers["etag"] == changed.headers["etag"]
+
+
+async def test_log_in_with_the_readably_named_login_form(generated: GeneratedClient) -> None:
+    """The form of POST /auth/token is the model `LoginForm`, not a name made up from the
+    route (`BodyAuthLoginAuthTokenPost`)."""
+    models = importlib.import_module(f"{PACKAGE}.models")
+    assert [name for name in models.__all__ if name.startswith("Body")] == []
+    auth_login = generated.operation("auth", "auth_login")
+
+    answer = await auth_login.asyncio_detailed(
+        client=generated.client,
+        body=generated.model("LoginForm")(username="live@example.com", password=PASSWORD),
+    )
+
+    assert answer.status_code == 200
+    assert isinstance(answer.parsed, generated.model("TokenResponse"))
+    assert answer.parsed.token_type.lower() == "bearer"
+    wrong = await auth_login.asyncio_detailed(
+        client=generated.client,
+        body=generated.model("LoginForm")(username="live@example.com", password="not it"),
+    )
+    assert wrong.status_code == 401
+    assert wrong.parsed.error == "invalid_grant"

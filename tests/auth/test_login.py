@@ -106,6 +106,20 @@ async def test_unknown_email_and_wrong_password_get_the_same_answer_after_the_sa
     assert argon2_spy.parameters() == [TODAYS_PARAMETERS] * 3
 
 
+async def test_a_wrong_password_is_also_said_in_oauth_2s_words(
+    client: AsyncClient, account: Account
+) -> None:
+    """RFC 6749 5.2's `error` and `error_description` beside the problem's own members: what
+    an OAuth 2 client (Swagger UI's Authorize dialog) shows its user."""
+    body = assert_problem(await log_in(client, account.email, "not the password"), 401)
+    assert body["error"] == "invalid_grant"
+    assert body["error_description"] == body["detail"] == "the email or the password is wrong"
+    # Other problems carry neither.
+    other = assert_problem(await client.get("/tasks/999999"), 404)
+    assert "error" not in other
+    assert "error_description" not in other
+
+
 async def test_a_successful_login_answers_tokens(client: AsyncClient, account: Account) -> None:
     response = await log_in(client, account.email.upper(), account.password)
     assert response.status_code == 200, response.text

@@ -532,6 +532,48 @@ async def test_bulk_insert_stores_rows_in_bulk_task_columns_order(
     assert await repo.count(TaskFilters(category_id=work.id)) == 2
 
 
+async def test_bulk_insert_gives_completed_tasks_their_completed_at(
+    repo: TaskRepository, db_session: AsyncSession, scope: Scope
+) -> None:
+    """The API's rule, kept in bulk too: a completed task has completed_at (the moment it
+    was last changed, its updated_at), an open one none."""
+    mine = personal(scope)
+    done_at = BASE + timedelta(days=3)
+    rows = [
+        (mine, "open", None, False, None, BASE, BASE + timedelta(days=1), None, "low"),
+        (mine, "done", None, True, None, BASE, done_at, None, "low"),
+    ]
+
+    assert await repo.bulk_insert(rows) == 2
+
+    result = await db_session.execute(
+        select(Task.title, Task.completed, Task.completed_at).order_by(Task.id)
+    )
+    assert [tuple(row) for row in result.all()] == [
+        ("open", False, None),
+        ("done", True, done_at),
+    ]
+
+
+async def test_delete_all_in_workspace_deletes_its_tasks_and_their_labels(
+    repo: TaskRepository, db_session: AsyncSession, scope: Scope, other_account: Account
+) -> None:
+    mine = personal(scope)
+    labels = await LabelRepository(db_session, scope).ensure_names([("seeded", None)], mine)
+    rows = [(mine, f"task {n}", None, False, None, BASE, BASE, None, "low") for n in range(40)]
+    await repo.bulk_insert(rows, labels)
+    assert await db_session.scalar(select(func.count()).select_from(TaskLabel))
+
+    # A workspace outside the caller's scope: nothing to delete there.
+    assert await repo.delete_all_in_workspace(other_account.personal_workspace_id) == 0
+    assert await repo.count() == 40
+
+    assert await repo.delete_all_in_workspace(mine) == 40
+
+    assert await repo.count() == 0
+    assert await db_session.scalar(select(func.count()).select_from(TaskLabel)) == 0
+
+
 async def test_bulk_insert_nothing(repo: TaskRepository) -> None:
     assert await repo.bulk_insert([]) == 0
     assert await repo.count() == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -151,13 +152,33 @@ def test_seed_inserts_exactly_what_was_asked(
     assert scalar(url, "SELECT count(DISTINCT label_id) FROM task_labels") == 12
     labelled = scalar(url, "SELECT count(*) FROM task_labels")
     assert 1500 < labelled < 2300, labelled  # 0.75 per task on average
+    # The API's rule: a completed task has completed_at (after it was made), an open one not.
+    assert 500 < scalar(url, "SELECT count(*) FROM tasks WHERE completed") < 1000
+    assert (
+        scalar(url, "SELECT count(*) FROM tasks WHERE completed <> (completed_at IS NOT NULL)") == 0
+    )
+    assert scalar(url, "SELECT count(*) FROM tasks WHERE completed_at < created_at") == 0
+    assert scalar(url, "SELECT count(*) FROM tasks WHERE completed_at > now()") == 0
+    assert "now holds 2,500 tasks" in result.stderr, result.stderr
 
-    # A second seed adds tasks but reuses the existing category and label names.
+    # A second seed adds tasks but reuses the existing category and label names, and says so.
     again = run_cli(*seed, "--tasks", "10", cwd=tmp_path, database_url=url)
     assert again.returncode == 0, again.stderr
     assert scalar(url, "SELECT count(*) FROM tasks") == 2510
     assert scalar(url, "SELECT count(*) FROM categories") == 3
     assert scalar(url, "SELECT count(*) FROM labels") == 12
+    assert "now holds 2,510 tasks" in again.stderr, again.stderr
+    assert "adds to" in again.stderr, again.stderr
+    assert "--fresh" in again.stderr, again.stderr
+
+    # --fresh: the demo account's tasks are deleted first; its categories and labels stay.
+    fresh = run_cli(*seed, "--tasks", "20", "--fresh", cwd=tmp_path, database_url=url)
+    assert fresh.returncode == 0, fresh.stderr
+    assert scalar(url, "SELECT count(*) FROM tasks") == 20
+    assert scalar(url, "SELECT count(*) FROM categories") == 3
+    assert scalar(url, "SELECT count(*) FROM labels") == 12
+    assert "deleted the demo account's 2,510 tasks first" in fresh.stderr, fresh.stderr
+    assert "now holds 20 tasks" in fresh.stderr, fresh.stderr
 
 
 def test_current_downgrade_upgrade(tmp_path: Path, make_database: Callable[[str], str]) -> None:
@@ -283,6 +304,35 @@ def test_users_create_refuses_a_short_password_without_showing_it(
     assert scalar(url, "SELECT count(*) FROM users") == 0
 
 
+@pytest.mark.parametrize(
+    ("email", "status", "says"),
+    [
+        pytest.param("not-an-email", 2, "email", id="invalid"),
+        pytest.param("Taken@Example.com", 1, "exists already", id="taken"),
+    ],
+)
+def test_users_create_checks_the_email_before_asking_for_a_password(
+    tmp_path: Path, make_database: Callable[[str], str], email: str, status: int, says: str
+) -> None:
+    url = make_database("cli_users_email")
+    answers = f"{NEW_PASSWORD}\n{NEW_PASSWORD}\n"
+    first = run_with_input(
+        "users", "create", "taken@example.com", stdin=answers, cwd=tmp_path, database_url=url
+    )
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    # No answer on stdin: a password prompt would read nothing and abort.
+    result = run_with_input("users", "create", email, stdin="", cwd=tmp_path, database_url=url)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == status, output
+    assert says in output
+    assert "Password" not in output  # never asked
+    assert "Aborted" not in output
+    assert "Traceback" not in output
+    assert scalar(url, "SELECT count(*) FROM users") == 1
+
+
 def test_seed_prints_how_to_log_in_with_the_demo_account(
     tmp_path: Path, make_database: Callable[[str], str]
 ) -> None:
@@ -326,4 +376,30 @@ def test_a_short_signing_key_stops_serve_with_one_clear_line(tmp_path: Path) -> 
     assert "at least 32 bytes" in result.stderr
     assert "too-short-secret" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / ".taskmanager").exists()  # no database was started
+
+
+@pytest.mark.parametrize("args", [("--help",), ("serve", "--help")])
+def test_help_names_the_database_settings(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Where the data lives is the first thing to know: both helps name the two settings."""
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "DATABASE_URL" in result.stdout, result.stdout
+    assert "OWNER_DATABASE_URL" in result.stdout, result.stdout
+
+
+def test_a_port_in_use_stops_serve_with_one_line_naming_it(tmp_path: Path) -> None:
+    """Before any database is started: one line naming the port and how to choose another."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "--port", str(port), cwd=tmp_path)
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 1, output
+    assert len(output.splitlines()) == 1, output
+    assert f"port {port}" in output
+    assert "--port" in output
+    assert f"PORT={port + 1}" in output  # the make run spelling too
+    assert "Traceback" not in output
     assert not (tmp_path / ".taskmanager").exists()  # no database was started

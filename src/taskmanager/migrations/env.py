@@ -48,7 +48,11 @@ def _configure(**kwargs: object) -> None:
         target_metadata=target_metadata,
         compare_type=True,
         compare_server_default=True,
-        transaction_per_migration=True,
+        # Every pending migration in ONE transaction: one that fails (a privilege missing,
+        # say) rolls back all of them, so the database stays at the revision it was at
+        # before the command, never part-way. Hence no migration may need its own
+        # transaction (CREATE INDEX CONCURRENTLY, an enum value used where it is added).
+        transaction_per_migration=False,
         **kwargs,  # type: ignore[arg-type]
     )
 

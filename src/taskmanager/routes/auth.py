@@ -10,9 +10,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Form, Request, Response, status
 from fastapi.responses import JSONResponse
-from fastapi.security import OAuth2PasswordRequestForm
 
 from taskmanager.accounts import register_account
 from taskmanager.auth import TOKEN_URL, CurrentUserDep
@@ -32,7 +31,13 @@ from taskmanager.passwords import verify_password
 from taskmanager.problems import unauthorized_problem
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository, Rotation
 from taskmanager.repositories.user_repository import UserRepository
-from taskmanager.schemas import RefreshRequest, RegisterRequest, TokenResponse, UserResponse
+from taskmanager.schemas import (
+    LoginForm,
+    RefreshRequest,
+    RegisterRequest,
+    TokenResponse,
+    UserResponse,
+)
 from taskmanager.tokens import issue_access_token
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -88,7 +93,7 @@ async def register(
     responses={**problem_responses(401, 413, 422, 429, 503)},
 )
 async def login(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    form: Annotated[LoginForm, Form()],
     session: SessionDep,
     request: Request,
 ) -> TokenResponse | JSONResponse:
@@ -112,7 +117,10 @@ async def login(
     )
     if account is None or not matches or not account.is_active:
         count_login_failure("bad_credentials")
-        return _unauthorized(BAD_CREDENTIALS)
+        problem, headers = unauthorized_problem(BAD_CREDENTIALS, token_given=False)
+        # Also in OAuth 2's words (RFC 6749 5.2), which OAuth 2 clients show their user.
+        problem.error, problem.error_description = "invalid_grant", BAD_CREDENTIALS
+        return problem.response(headers)
     # From here on as the account whose password this is: what follows is its own (and
     # the attempt counts of this login's subject).
     subject = attempt_subject(attempt.network, attempt.username)

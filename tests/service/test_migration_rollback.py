@@ -1,0 +1,171 @@
+"""A migration that fails leaves the database at the revision it was at before the command.
+
+`taskmanager db upgrade` (and `serve`, which migrates the same way) applies every pending
+migration in ONE transaction: when one of them fails, PostgreSQL rolls back all of them, and
+the command says why in one line. The failing migration here is a copy of the packaged
+scripts with one more revision on top, which needs a privilege the owner lacks (only a
+superuser may create an event trigger), after changing the schema. Upgrading from nothing
+through 0001-0009 and into it also shows that every packaged migration runs inside one
+transaction (CREATE INDEX CONCURRENTLY, say, would refuse to).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from importlib.resources import as_file, files
+from pathlib import Path
+
+import pytest
+
+from taskmanager import migrate
+from taskmanager.embedded import EmbeddedPostgres
+from tests.support.databases import database_env, owner_url, run_as_sync, superuser_url
+from tests.support.processes import clean_env
+
+TIMEOUT = 120
+FAILING = "0010"
+
+FAILING_REVISION = f'''"""Changes the schema, then needs a privilege the owner lacks."""
+
+from alembic import op
+
+revision = "{FAILING}"
+down_revision = "{{head}}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("CREATE TABLE half_done (id integer)")
+    op.execute("ALTER TABLE tasks ADD COLUMN half_done integer")
+    op.execute(
+        "CREATE EVENT TRIGGER half_done ON ddl_command_start "
+        "EXECUTE FUNCTION pg_catalog.pg_event_trigger_ddl_commands()"
+    )
+
+
+def downgrade() -> None:
+    pass
+'''
+
+# The CLI, with its migrations taken from SCRIPTS (the first argument) instead of the package.
+CLI_WITH_SCRIPTS = (
+    "import sys, taskmanager.migrate as m; m.SCRIPT_LOCATION = sys.argv.pop(1); "
+    "from taskmanager.cli import main; main()"
+)
+
+
+@pytest.fixture(scope="module")
+def failing_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The packaged migration scripts, and on top of them one that fails part-way."""
+    directory = tmp_path_factory.mktemp("failing-migrations") / "migrations"
+    with as_file(files("taskmanager") / "migrations") as packaged:
+        shutil.copytree(packaged, directory, ignore=shutil.ignore_patterns("__pycache__"))
+    (head,) = migrate.heads()
+    revision = FAILING_REVISION.replace("{head}", head)
+    (directory / "versions" / f"{FAILING}_fails.py").write_text(revision, encoding="utf-8")
+    return directory
+
+
+@pytest.fixture
+def database_at(
+    embedded_server: EmbeddedPostgres | None,
+) -> Callable[[str, str | None], str]:
+    """A new database with its logins, migrated to the revision given (None: not at all)."""
+
+    def make(name: str, revision: str | None) -> str:
+        if embedded_server is None:
+            pytest.skip("needs the embedded test server to create extra databases")
+        embedded_server.drop_database(name)
+        logins = embedded_server.logins(name)
+        assert logins.owner is not None
+        if revision is not None:
+            migrate.upgrade(logins.owner, revision)
+        return logins.service
+
+    return make
+
+
+def cli(*args: str, url: str, scripts: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`taskmanager ARGS` as an operator runs it on `url`'s database (with `scripts`, the
+    migrations of that directory)."""
+    command = [sys.executable, "-m", "taskmanager", *args]
+    if scripts is not None:
+        command = [sys.executable, "-c", CLI_WITH_SCRIPTS, str(scripts), *args]
+    return subprocess.run(
+        command,
+        env=clean_env(**database_env(url)),
+        cwd=scripts.parent if scripts is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+def table_exists(url: str, name: str) -> bool:
+    rows = run_as_sync(superuser_url(url), f"SELECT to_regclass('public.{name}') IS NOT NULL")
+    return bool(rows[0][0])
+
+
+def column_exists(url: str, table: str, column: str) -> bool:
+    rows = run_as_sync(
+        superuser_url(url),
+        "SELECT count(*) FROM information_schema.columns "
+        "WHERE table_name = :table AND column_name = :column",
+        table=table,
+        column=column,
+    )
+    return bool(rows[0][0])
+
+
+def assert_refused_in_one_line(result: subprocess.CompletedProcess[str], stays_at: str) -> None:
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 1, output
+    assert len(output.splitlines()) == 1, output
+    assert "Traceback" not in output
+    # What is missing, in PostgreSQL's words, and where the database stays.
+    assert "permission denied to create event trigger" in output, output
+    assert stays_at in output, output
+
+
+def test_a_failing_upgrade_from_nothing_leaves_an_empty_database(
+    database_at: Callable[[str, str | None], str], failing_scripts: Path
+) -> None:
+    url = database_at("rollback_from_nothing", None)
+
+    result = cli("db", "upgrade", url=url, scripts=failing_scripts)
+
+    assert_refused_in_one_line(result, "stays empty")
+    current = cli("db", "current", url=url)
+    assert current.returncode == 0, current.stderr
+    assert current.stdout.startswith("empty (no migrations applied)"), current.stdout
+    assert migrate.current(owner_url(url)) is None
+    # Nothing of 0001-0009 either: they were all in the transaction that was rolled back.
+    assert not table_exists(url, "tasks")
+    assert not table_exists(url, "half_done")
+
+
+def test_a_failing_upgrade_leaves_the_database_at_the_revision_it_was_at(
+    database_at: Callable[[str, str | None], str], failing_scripts: Path
+) -> None:
+    url = database_at("rollback_from_0007", "0007")
+    assert not table_exists(url, "caller_key")  # made by 0008
+
+    result = cli("db", "upgrade", url=url, scripts=failing_scripts)
+
+    assert_refused_in_one_line(result, "stays at 0007")
+    current = cli("db", "current", url=url)
+    assert current.returncode == 0, current.stderr
+    assert current.stdout.startswith("0007"), current.stdout
+    assert not table_exists(url, "caller_key")  # 0008 was rolled back with the rest
+    assert not table_exists(url, "half_done")
+    assert not column_exists(url, "tasks", "half_done")
+
+    # Without the failing revision, the same database migrates to head.
+    up = cli("db", "upgrade", url=url)
+    assert up.returncode == 0, up.stderr
+    assert migrate.current(owner_url(url)) == migrate.heads()[0]
