@@ -6,7 +6,8 @@ same response model as the real route, at five levels of the work a request does
 
 - `plain`: the statement alone (no transaction, no token): the floor before accounts.
 - `tx`: the same in a transaction (BEGIN READ ONLY ... COMMIT for reads).
-- `jwt`: + the access token verified (PyJWT, HS256, the claims taskmanager.tokens requires).
+- `jwt`: + the access token verified (PyJWT, HS256, the claims that
+  taskmanager.security.tokens requires).
 - `scope`: + the caller entered in ONE statement, taskmanager_enter with the service's
   proof (an HMAC the floor makes, as the app does): the proof checked, the user and login
   session checked, the memberships read, the caller sealed (taskmanager's own statement,
@@ -52,8 +53,6 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.pool import Pool
 
-from taskmanager import tokens
-from taskmanager.caller_key import CallerKey
 from taskmanager.config import get_settings
 from taskmanager.main import create_app
 from taskmanager.models import Task
@@ -64,6 +63,8 @@ from taskmanager.schemas import (
     TaskUpdate,
     TaskWithCategoryResponse,
 )
+from taskmanager.security import tokens
+from taskmanager.security.caller_key import CallerKey
 
 # The columns the response shows, by the response models' field names (declared once, in
 # schemas.py): what every floor selects.
@@ -200,7 +201,7 @@ def _unauthorized() -> HTTPException:
 
 
 def _claims(request: Request) -> tuple[int, uuid.UUID, int]:
-    """The access token verified as taskmanager.tokens.read_access_token verifies it."""
+    """The access token verified as taskmanager.security.tokens.read_access_token verifies it."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise _unauthorized()

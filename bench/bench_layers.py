@@ -28,7 +28,7 @@ from taskmanager.repositories.user_repository import _ENTER
 from taskmanager.routes.preconditions import set_etag
 from taskmanager.routes.tasks import TaskId
 from taskmanager.schemas import TaskWithCategoryResponse
-from taskmanager.tokens import LEEWAY_SECONDS, InvalidAccessTokenError, read_access_token
+from taskmanager.security.tokens import LEEWAY_SECONDS, InvalidAccessTokenError, read_access_token
 
 router = APIRouter(prefix="/bench")
 

@@ -103,7 +103,7 @@ def bench_database(mode: str) -> Iterator[Database]:
                 cluster.pid, cluster.log,
             )  # fmt: skip
         return
-    from taskmanager.embedded import EmbeddedPostgres, _pgserver
+    from taskmanager.postgres.embedded import EmbeddedPostgres, _pgserver
 
     data_dir = Path(tempfile.mkdtemp(prefix="taskmanager-bench-")) / "pgdata"
     embedded = EmbeddedPostgres(data_dir, database="taskmanager_bench", delete=True)
@@ -123,11 +123,11 @@ def bench_database(mode: str) -> Iterator[Database]:
 def seed_database(database: Database, secret: str, tasks: int, categories: int) -> dict[str, float]:
     """Migrate (as the owner, with the caller key of the server's signing key `secret`),
     then seed the demo account's workspace; returns the seed rate."""
-    from taskmanager.caller_key import CallerKey
     from taskmanager.config import Settings
     from taskmanager.database import create_engine
-    from taskmanager.deployment import DatabaseLogins
-    from taskmanager.migrate import upgrade_deployment
+    from taskmanager.postgres.deployment import DatabaseLogins
+    from taskmanager.postgres.migrate import upgrade_deployment
+    from taskmanager.security.caller_key import CallerKey
     from taskmanager.seed import seed
 
     key = CallerKey(secret)

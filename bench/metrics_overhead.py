@@ -32,8 +32,9 @@ def measure(requests: int) -> None:
 
     from starlette.routing import Route
 
-    from taskmanager import metrics, middleware
+    from taskmanager import middleware
     from taskmanager.middleware import RequestContextMiddleware
+    from taskmanager.observability import metrics
 
     logging.getLogger("taskmanager.access").setLevel(logging.WARNING)  # time metrics, not logs
     route = Route("/tasks/{task_id}", endpoint=lambda request: None)

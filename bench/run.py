@@ -206,11 +206,11 @@ def argon2_timings(samples: int) -> dict[str, dict[str, float]]:
     from pwdlib import PasswordHash
     from pwdlib.hashers.argon2 import Argon2Hasher
 
-    from taskmanager import passwords
+    from taskmanager.security import passwords
 
     hashers = {
         f"chosen: m={passwords.MEMORY_COST_KIB // 1024} MiB, t={passwords.TIME_COST}, "
-        f"p={passwords.PARALLELISM} (taskmanager/passwords.py)": passwords.password_hash(),
+        f"p={passwords.PARALLELISM} (taskmanager/security/passwords.py)": passwords.password_hash(),
     }
     default = Argon2Hasher()._hasher
     hashers[

@@ -97,8 +97,8 @@ def _search_versus_ilike(admin_url: str, secret: str, repeats: int) -> list[dict
     Median ms of `repeats` runs after a warm-up."""
     import asyncpg
 
-    from taskmanager.caller_key import CallerKey
     from taskmanager.config import normalize_database_url
+    from taskmanager.security.caller_key import CallerKey
     from taskmanager.seed import DEMO_EMAIL
 
     dsn = normalize_database_url(admin_url).replace("postgresql+asyncpg", "postgresql")
@@ -154,10 +154,10 @@ def _search_versus_ilike(admin_url: str, secret: str, repeats: int) -> list[dict
 def _list_plans(url: str, secret: str, deep_rows: int) -> list[str]:
     """`taskmanager db explain`'s plans (ANALYZE) of the newest-first list with each filter:
     the first page as clients get it (counted) and a cursor page `deep_rows` tasks in."""
-    from taskmanager.caller_key import CallerKey
     from taskmanager.config import Settings
     from taskmanager.database import create_engine
     from taskmanager.explain import Plan, explain_list_queries
+    from taskmanager.security.caller_key import CallerKey
     from taskmanager.seed import DEMO_EMAIL
 
     def shown(plan: Plan, part: str) -> str:

@@ -45,10 +45,10 @@ from driver_sql import ENTER_SQL  # noqa: E402
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg  # noqa: E402
 from tests.support.clusters import Cluster, tcp_cluster  # noqa: E402
 
-from taskmanager.caller_key import CallerKey  # noqa: E402
-from taskmanager.deployment import DatabaseLogins  # noqa: E402
-from taskmanager.migrate import upgrade, upgrade_deployment  # noqa: E402
+from taskmanager.postgres.deployment import DatabaseLogins  # noqa: E402
+from taskmanager.postgres.migrate import upgrade, upgrade_deployment  # noqa: E402
 from taskmanager.repositories.task_repository import _VIEW_BY_ID  # noqa: E402
+from taskmanager.security.caller_key import CallerKey  # noqa: E402
 
 SECRET = "bench-signing-key-that-is-long-enough-0123456789"
 LEGACY_ROLE = "taskmanager_request"

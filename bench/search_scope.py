@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 from harness import BENCH_DIR, RESULTS_DIR, bench_database, bench_server, log_in
 
-from taskmanager.caller_key import CallerKey
+from taskmanager.security.caller_key import CallerKey
 
 ROOT = BENCH_DIR.parent
 SECRET = "search-scope-bench-" + "x" * 40
@@ -236,7 +236,7 @@ def sizes(side: Side, index: str) -> dict[str, int]:
 
 
 def upgrade_timed(url: str) -> float:
-    from taskmanager.migrate import upgrade
+    from taskmanager.postgres.migrate import upgrade
 
     started = time.perf_counter()
     upgrade(url)

@@ -24,13 +24,13 @@ from typing import Any
 
 import httpx
 
-from taskmanager.caller_key import CallerKey
 from taskmanager.config import load_settings
 from taskmanager.demo.sync_trap import measure
 from taskmanager.demo.sync_trap.command import _prepare_database, demo_url
 from taskmanager.demo.sync_trap.server import demo_server
-from taskmanager.migrate import migrated
-from taskmanager.signing_key import signing_key
+from taskmanager.postgres.migrate import migrated
+from taskmanager.security.caller_key import CallerKey
+from taskmanager.security.signing_key import signing_key
 
 
 async def httpx_get(client: httpx.AsyncClient, path: str, within: float) -> measure.Exchange:

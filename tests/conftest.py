@@ -34,10 +34,10 @@ from taskmanager.config import Settings, normalize_database_url
 from taskmanager.database import (
     create_engine,
 )
-from taskmanager.embedded import EmbeddedPostgres
 from taskmanager.main import create_app
-from taskmanager.postgres import DatabaseLogins
-from taskmanager.scope import Scope
+from taskmanager.postgres.embedded import EmbeddedPostgres
+from taskmanager.postgres.logins import DatabaseLogins
+from taskmanager.security.scope import Scope
 from tests.support.accounts import TEST_SECRET, Account, create_account, register_and_login
 from tests.support.databases import (
     SUPERUSER,

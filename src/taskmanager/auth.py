@@ -18,13 +18,13 @@ from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskmanager.caller_key import CallerKey
 from taskmanager.database import ReadSessionDep, SessionDep
 from taskmanager.middleware import user_id_var
 from taskmanager.problems import ProblemError, unauthorized_problem
 from taskmanager.repositories.user_repository import CallerRow, UserRepository
-from taskmanager.scope import Scope, mint_scope
-from taskmanager.tokens import LEEWAY_SECONDS, InvalidAccessTokenError, read_access_token
+from taskmanager.security.caller_key import CallerKey
+from taskmanager.security.scope import Scope, mint_scope
+from taskmanager.security.tokens import LEEWAY_SECONDS, InvalidAccessTokenError, read_access_token
 
 TOKEN_URL = "/auth/token"
 

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from taskmanager import __version__
 from taskmanager.config import Settings, get_settings, load_settings
 from taskmanager.extras import missing_requirements
-from taskmanager.postgres import (
+from taskmanager.postgres.logins import (
     DatabaseUnreachableError,
     OwnerLoginMissingError,
     database_logins,
@@ -34,8 +34,8 @@ from taskmanager.postgres import (
 )
 
 if TYPE_CHECKING:
-    from taskmanager.caller_key import CallerKey
-    from taskmanager.postgres import DatabaseLogins
+    from taskmanager.postgres.logins import DatabaseLogins
+    from taskmanager.security.caller_key import CallerKey
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -118,13 +118,13 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
 ) -> None:
-    # Before anything imports prometheus_client (taskmanager.logs does, through the
+    # Before anything imports prometheus_client (taskmanager.observability.logs does, through the
     # middleware): the workers write their metrics into this private, empty directory and
     # /metrics adds them up. It is removed when serve stops.
     metrics_dir = tempfile.mkdtemp(prefix="taskmanager-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        from taskmanager.logs import configure_logging
+        from taskmanager.observability.logs import configure_logging
 
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
@@ -148,8 +148,8 @@ def _terminate_like_ctrl_c(signum: int, frame: FrameType | None) -> None:
 
 def _caller_key(settings: Settings) -> CallerKey:
     """The caller key of the signing key; a bad signing key is one line and exit code 2."""
-    from taskmanager.caller_key import CallerKey
-    from taskmanager.signing_key import SigningKeyError, signing_key
+    from taskmanager.security.caller_key import CallerKey
+    from taskmanager.security.signing_key import SigningKeyError, signing_key
 
     try:
         return CallerKey(signing_key(settings))
@@ -195,8 +195,8 @@ def _check_port_free(host: str, port: int) -> None:
 def _serve(settings: Settings, host: str, port: int, workers: int, reload: bool) -> None:
     import uvicorn
 
-    from taskmanager.deployment import check_service
-    from taskmanager.migrate import upgrade_deployment
+    from taskmanager.postgres.deployment import check_service
+    from taskmanager.postgres.migrate import upgrade_deployment
 
     _check_port_free(host, port)
     # Once here, before any worker: a generated key is written once and then read by
@@ -251,8 +251,8 @@ def db_upgrade(
     """Migrate the database up to REVISION (default: head), as the owner of the tables
     (OWNER_DATABASE_URL; the embedded server's owner when DATABASE_URL is unset); at head,
     also install the caller key and check the service's login (DATABASE_URL)."""
-    from taskmanager.deployment import check_service
-    from taskmanager.migrate import heads, preflight, prepare, upgrade
+    from taskmanager.postgres.deployment import check_service
+    from taskmanager.postgres.migrate import heads, preflight, prepare, upgrade
 
     settings = load_settings()
     key = _caller_key(settings)
@@ -276,7 +276,7 @@ def db_downgrade(
     revision: Annotated[str, typer.Argument(help="Target revision, e.g. -1 or base.")],
 ) -> None:
     """Migrate the database down to REVISION, as the owner of the tables."""
-    from taskmanager.migrate import downgrade
+    from taskmanager.postgres.migrate import downgrade
 
     with owner_logins(load_settings()) as logins:
         assert logins.owner is not None
@@ -287,7 +287,7 @@ def db_downgrade(
 @db_app.command("current")
 def db_current() -> None:
     """Print the revision the database is at."""
-    from taskmanager.migrate import current, heads
+    from taskmanager.postgres.migrate import current, heads
 
     with database_logins(load_settings()) as logins:
         revision = current(logins.owner or logins.service)
@@ -314,7 +314,7 @@ def db_seed(
     workspace (bulk insert, with progress). Each run adds to the tasks already there;
     --fresh starts from none."""
     from taskmanager.database import create_engine
-    from taskmanager.migrate import migrated
+    from taskmanager.postgres.migrate import migrated
     from taskmanager.seed import DEMO_PASSWORD, SeedResult, seed
 
     settings = load_settings()
@@ -488,7 +488,7 @@ def users_create(
     and categories from before accounts existed."""
     from pydantic import TypeAdapter, ValidationError
 
-    from taskmanager.accounts import register_account
+    from taskmanager.accounts.registration import register_account
     from taskmanager.auth import account_id
     from taskmanager.database import create_engine, create_session_factory
     from taskmanager.schemas import DisplayName, Email, RegisterRequest
@@ -596,8 +596,8 @@ def db_purge_logins(
     tokens) and the password-attempt counts of windows that have passed."""
     from datetime import timedelta
 
+    from taskmanager.accounts.login_limits import purge_expired_counts
     from taskmanager.database import create_engine, create_session_factory
-    from taskmanager.login_limits import purge_expired_counts
     from taskmanager.repositories.auth_session_repository import AuthSessionRepository
     from taskmanager.repositories.user_repository import UserRepository
 
@@ -639,8 +639,8 @@ def owner_logins(settings: Settings) -> Iterator[DatabaseLogins]:
 def main() -> None:
     from sqlalchemy.exc import DBAPIError
 
-    from taskmanager.deployment import DeploymentError
-    from taskmanager.migrate import MigrationError
+    from taskmanager.postgres.deployment import DeploymentError
+    from taskmanager.postgres.migrate import MigrationError
 
     try:
         app()

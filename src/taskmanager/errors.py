@@ -22,7 +22,6 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from taskmanager.metrics import count_database_error
 from taskmanager.models import (
     FK_TASK_LABELS_LABEL,
     FK_TASKS_CATEGORY,
@@ -31,6 +30,7 @@ from taskmanager.models import (
     UQ_LABELS_NAME,
     UQ_USERS_EMAIL,
 )
+from taskmanager.observability.metrics import count_database_error
 from taskmanager.problems import (
     CONFLICT,
     DATABASE_UNAVAILABLE,

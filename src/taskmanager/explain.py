@@ -22,7 +22,6 @@ from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from taskmanager.auth import account_id, scope_of_account
-from taskmanager.caller_key import CallerKey
 from taskmanager.database import create_session_factory
 from taskmanager.models import Category, Label, Task
 from taskmanager.repositories.array_parameters import in_scope
@@ -33,6 +32,7 @@ from taskmanager.repositories.task_repository import (
     TaskRepository,
     driver_connection,
 )
+from taskmanager.security.caller_key import CallerKey
 
 # The node type that reads a whole table.
 SEQUENTIAL_SCAN = "Seq Scan"

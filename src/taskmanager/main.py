@@ -4,7 +4,7 @@ The lifespan builds the engine when the app starts and disposes of it when it st
 With DATABASE_URL unset (running `uvicorn taskmanager.main:app` directly) it also starts
 the embedded PostgreSQL and migrates it; `taskmanager serve` does that once, before
 starting its workers, and hands them DATABASE_URL. Either way the service's login is
-checked before the first request (taskmanager.deployment): a login that could step around
+checked before the first request (taskmanager.postgres.deployment): a login that could step around
 the row-level policies stops start-up.
 """
 
@@ -19,24 +19,29 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from taskmanager import __version__
-from taskmanager.caller_key import CallerKey
 from taskmanager.config import Settings, get_settings
 from taskmanager.database import (
     create_engine,
     create_read_session_factory,
     create_session_factory,
 )
-from taskmanager.deployment import check_service_login_when_reachable
 from taskmanager.errors import install_error_handlers
 from taskmanager.garbage_collection import tune_garbage_collection
-from taskmanager.logs import configure_logging, log_slow_statements
-from taskmanager.metrics import check_mode, forget_pool, install_metrics_route, instrument_pool
 from taskmanager.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from taskmanager.observability.logs import configure_logging, log_slow_statements
+from taskmanager.observability.metrics import (
+    check_mode,
+    forget_pool,
+    install_metrics_route,
+    instrument_pool,
+)
 from taskmanager.openapi import build_openapi, install_docs, operation_id
-from taskmanager.passwords import prepare_decoy_hash
-from taskmanager.postgres import database_logins
+from taskmanager.postgres.deployment import check_service_login_when_reachable
+from taskmanager.postgres.logins import database_logins
 from taskmanager.routes import auth, categories, health, labels, tasks, users, workspaces
-from taskmanager.signing_key import signing_key
+from taskmanager.security.caller_key import CallerKey
+from taskmanager.security.passwords import prepare_decoy_hash
+from taskmanager.security.signing_key import signing_key
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.uses_embedded_database:
                 # Imported here: a server given DATABASE_URL (every `serve` worker) never
                 # migrates, so it need not import Alembic.
-                from taskmanager.migrate import upgrade_deployment
+                from taskmanager.postgres.migrate import upgrade_deployment
 
                 await asyncio.to_thread(upgrade_deployment, logins, key)
             engine = create_engine(settings, logins.service)

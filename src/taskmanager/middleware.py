@@ -4,9 +4,9 @@ the request id).
 
 The access log names the method, the path (never the query string), the route template and the
 status: no header, body or token ever reaches it. The path is logged as decoded, so it may hold
-a newline or U+2028: the formatters in taskmanager.logs escape those, keeping one request one
-line. The same place counts the request in the metrics (taskmanager.metrics), by route
-template."""
+a newline or U+2028: the formatters in taskmanager.observability.logs escape those, keeping one
+request one line. The same place counts the request in the metrics
+(taskmanager.observability.metrics), by route template."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskmanager.errors import internal_error_response
-from taskmanager.metrics import record_request, route_template
+from taskmanager.observability.metrics import record_request, route_template
 from taskmanager.problems import http_problem
 
 REQUEST_ID_HEADER = "X-Request-ID"

@@ -159,7 +159,7 @@ class Membership(Base):
 
 
 class CallerKeyRecord(Base):
-    """The key the database checks callers' proofs with (taskmanager.caller_key), as HMAC's
+    """The key the database checks callers' proofs with (taskmanager.security.caller_key), as HMAC's
     padded keys. Only the tables' owner may read it: the service installs it through
     `taskmanager db upgrade` and never reads it back."""
 

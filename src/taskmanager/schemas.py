@@ -32,7 +32,7 @@ from taskmanager.models import (
     TITLE_MAX_LENGTH,
     WORKSPACE_NAME_MAX_LENGTH,
 )
-from taskmanager.passwords import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH
+from taskmanager.security.passwords import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH
 
 # PostgreSQL's `integer` range: ids and foreign keys outside it can never exist.
 INT4_MAX = 2_147_483_647

@@ -17,14 +17,14 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from taskmanager.accounts import register_account
+from taskmanager.accounts.registration import register_account
 from taskmanager.auth import account_id, scope_of_account
-from taskmanager.caller_key import CallerKey
 from taskmanager.database import create_session_factory
 from taskmanager.models import PRIORITIES
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.label_repository import LabelRepository
 from taskmanager.repositories.task_repository import TaskFilters, TaskRepository
+from taskmanager.security.caller_key import CallerKey
 
 BATCH_SIZE = 10_000
 

@@ -29,7 +29,7 @@ from taskmanager.repositories.task_repository import (
     keyset,
 )
 from taskmanager.schemas import TaskSort
-from taskmanager.scope import Scope
+from taskmanager.security.scope import Scope
 from tests.support.accounts import TEST_SECRET, Account
 from tests.support.problems import assert_validation_problem
 

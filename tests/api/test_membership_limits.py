@@ -30,15 +30,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from taskmanager.config import Settings
-from taskmanager.deployment import caller_role_name
 from taskmanager.models import Membership, Workspace
+from taskmanager.postgres.deployment import caller_role_name
 from taskmanager.problems import CONFLICT, LIMIT_REACHED
 from taskmanager.repositories.workspace_repository import (
     MembershipLimitError,
     MembershipLimits,
     WorkspaceRepository,
 )
-from taskmanager.scope import Scope
+from taskmanager.security.scope import Scope
 from tests.api.test_statement_count import is_caller, is_fixture
 from tests.support.accounts import Account, create_account, register_and_login
 from tests.support.databases import TEST_DATABASE

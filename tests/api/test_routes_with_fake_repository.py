@@ -28,11 +28,11 @@ from sqlalchemy.util import greenlet_spawn
 from taskmanager.config import Settings
 from taskmanager.dependencies import get_task_reader, get_task_repository
 from taskmanager.errors import raised_by_database_driver
-from taskmanager.idempotency import IdempotentRequest, get_idempotent_request
 from taskmanager.main import create_app
 from taskmanager.models import Category, Task
 from taskmanager.problems import DATABASE_UNAVAILABLE, INTERNAL_ERROR
 from taskmanager.repositories.task_repository import TaskFilters, TaskPage, TaskView, task_view
+from taskmanager.routes.idempotency import IdempotentRequest, get_idempotent_request
 from tests.support.problems import assert_problem
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

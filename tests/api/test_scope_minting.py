@@ -2,7 +2,7 @@
 
 The polar-style `AccessibleOrganizationID` guarantee, checked: the tenant repositories cannot
 be built without a `Scope`, a `Scope` cannot be built directly, and only taskmanager.auth (and
-scope.py itself, extending the caller's own scope) calls `mint_scope`.
+security/scope.py itself, extending the caller's own scope) calls `mint_scope`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import pytest
 
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.task_repository import TaskRepository
-from taskmanager.scope import Scope
+from taskmanager.security.scope import Scope
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "taskmanager"
-ALLOWED_MINTERS = {"auth.py", "scope.py"}
+ALLOWED_MINTERS = {"auth.py", "security/scope.py"}
 
 
 def test_a_scope_cannot_be_built_directly() -> None:

@@ -28,7 +28,7 @@ from taskmanager.repositories.task_repository import (
     _filter_parameters,
     _page_statement,
 )
-from taskmanager.scope import Scope
+from taskmanager.security.scope import Scope
 from taskmanager.seed import demo_account, seed
 from tests.support.accounts import Account, create_account
 from tests.support.databases import TEST_KEY, owner_url

@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Task, User
-from taskmanager.tokens import REQUIRED_CLAIMS
+from taskmanager.security.tokens import REQUIRED_CLAIMS
 from tests.support.accounts import Account
 from tests.support.tokens import (
     assert_unauthorized,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from taskmanager.login_limits import client_network
+from taskmanager.accounts.login_limits import client_network
 
 
 @pytest.mark.parametrize(

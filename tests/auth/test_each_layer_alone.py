@@ -32,7 +32,7 @@ from taskmanager.repositories.label_repository import LabelRepository, LabelsNot
 from taskmanager.repositories.task_repository import TaskFilters, TaskRepository
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.repositories.workspace_repository import WorkspaceRepository
-from taskmanager.scope import Scope, mint_scope
+from taskmanager.security.scope import Scope, mint_scope
 from tests.support.accounts import Account, request_entry
 
 IDEMPOTENCY_SCOPE = "POST /tasks"

@@ -8,9 +8,9 @@ from httpx import AsyncClient
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskmanager.idempotency import REPLAYED_HEADER
 from taskmanager.models import Category, IdempotencyKey, Task
 from taskmanager.problems import IDEMPOTENCY_KEY_REUSED
+from taskmanager.routes.idempotency import REPLAYED_HEADER
 from tests.support.accounts import Account
 from tests.support.problems import assert_problem
 

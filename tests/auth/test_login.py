@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from taskmanager.config import Settings
 from taskmanager.main import create_app
 from taskmanager.models import LoginFailure, User
-from taskmanager.passwords import MEMORY_COST_KIB, PARALLELISM, TIME_COST, password_hash
 from taskmanager.problems import TOO_MANY_LOGIN_ATTEMPTS
+from taskmanager.security.passwords import MEMORY_COST_KIB, PARALLELISM, TIME_COST, password_hash
 from tests.auth.conftest import ClientAt
 from tests.support.accounts import Account
 from tests.support.live_app import from_address

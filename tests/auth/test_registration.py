@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Membership, User, Workspace
-from taskmanager.passwords import password_hash
+from taskmanager.security.passwords import password_hash
 from tests.auth.conftest import ClientAt
 from tests.support.accounts import Account
 from tests.support.problems import assert_problem, assert_validation_problem

@@ -8,7 +8,8 @@ SECURITY DEFINER function under a forged caller, temporary tables and functions 
 shadow the app's. The victim's rows, workspaces and password hash never come back; most of
 these are refused outright (42501).
 
-Migration 0008 and taskmanager/caller_key.py say how it holds; docs/security.md, "What holds", what.
+Migration 0008 and taskmanager/security/caller_key.py say how it holds; docs/security.md,
+"What holds", what.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
-from taskmanager.caller_key import Entry, Purpose, attempt_subject
 from taskmanager.config import Settings
-from taskmanager.deployment import RoleNames, caller_role_name
 from taskmanager.main import create_app
+from taskmanager.postgres.deployment import RoleNames, caller_role_name
 from taskmanager.repositories.user_repository import UserRepository
-from taskmanager.tokens import read_access_token
+from taskmanager.security.caller_key import Entry, Purpose, attempt_subject
+from taskmanager.security.tokens import read_access_token
 from tests.support.accounts import TEST_SECRET, register_and_login
 from tests.support.databases import TEST_KEY, database_of, superuser_url
 from tests.support.live_app import live_client

@@ -25,7 +25,6 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Executable
 
-from taskmanager.deployment import caller_role_name
 from taskmanager.models import (
     AuthSession,
     Category,
@@ -36,11 +35,12 @@ from taskmanager.models import (
     User,
     Workspace,
 )
+from taskmanager.postgres.deployment import caller_role_name
 from taskmanager.problems import INTERNAL_ERROR
 from taskmanager.repositories import task_repository
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.repositories.user_repository import UserRepository
-from taskmanager.scope import Scope
+from taskmanager.security.scope import Scope
 from tests.support.accounts import Account, request_entry
 from tests.support.databases import TEST_DATABASE, TEST_KEY
 from tests.support.problems import assert_problem

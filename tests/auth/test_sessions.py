@@ -13,13 +13,13 @@ from httpx import AsyncClient, Response
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskmanager.accounts.login_limits import purge_expired_counts
 from taskmanager.config import Settings
-from taskmanager.login_limits import purge_expired_counts
 from taskmanager.models import AuthSession, LoginFailure, RefreshToken, User
-from taskmanager.passwords import password_hash
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository
 from taskmanager.repositories.user_repository import UserRepository
-from taskmanager.tokens import read_access_token, refresh_token_hash
+from taskmanager.security.passwords import password_hash
+from taskmanager.security.tokens import read_access_token, refresh_token_hash
 from tests.support.accounts import PASSWORD, TEST_SECRET, Account
 from tests.support.databases import TEST_KEY
 from tests.support.problems import assert_problem, assert_validation_problem

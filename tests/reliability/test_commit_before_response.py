@@ -32,14 +32,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from taskmanager.auth import BearerToken, get_current_user
 from taskmanager.config import Settings
 from taskmanager.database import get_async_session
-from taskmanager.idempotency import IdempotentRequest
 from taskmanager.main import create_app
 from taskmanager.models import Task
 from taskmanager.repositories.idempotency_repository import IdempotencyRepository
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.routes import tasks as task_routes
+from taskmanager.routes.idempotency import IdempotentRequest
 from taskmanager.schemas import TaskCreate, TaskWithCategoryResponse
-from taskmanager.scope import Scope
+from taskmanager.security.scope import Scope
 from tests.support.accounts import TEST_SECRET, ServedLogin, login, register_over_http
 from tests.support.databases import owner_url, superuser_url
 from tests.support.problems import assert_problem

@@ -16,7 +16,7 @@ from taskmanager.errors import translate_database_error
 from taskmanager.models import Category, Task
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.task_repository import TaskRepository
-from taskmanager.scope import Scope
+from taskmanager.security.scope import Scope
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from taskmanager.repositories.task_repository import (
     TaskFilters,
     TaskRepository,
 )
-from taskmanager.scope import Scope
+from taskmanager.security.scope import Scope
 from tests.support.accounts import Account
 
 BASE = datetime(2024, 1, 1, tzinfo=UTC)

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from taskmanager.embedded import EmbeddedPostgres
+from taskmanager.postgres.embedded import EmbeddedPostgres
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))

@@ -16,7 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from taskmanager import __version__, migrate
+from taskmanager import __version__
+from taskmanager.postgres import migrate
 from tests.support.databases import database_env, superuser_url
 from tests.support.live_app import live_client
 from tests.support.processes import clean_env

@@ -30,8 +30,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from taskmanager.caller_key import CallerKey
-from taskmanager.migrate import current, heads
+from taskmanager.postgres.migrate import current, heads
+from taskmanager.security.caller_key import CallerKey
 from tests.support.accounts import register_and_login
 from tests.support.clusters import Cluster, Deployment, debian_postgres_15, tcp_cluster
 from tests.support.live_app import live_client

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from taskmanager import migrate
+from taskmanager.postgres import migrate
 from tests.service.test_migrations import _execute, _public_tables, _query, database_at
 from tests.support.databases import owner_url
 

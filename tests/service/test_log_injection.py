@@ -19,7 +19,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from taskmanager import logs
+from taskmanager.observability import logs
 from tests.support.accounts import TEST_SECRET
 from tests.support.processes import clean_env, serve
 

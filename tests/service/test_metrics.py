@@ -25,7 +25,7 @@ from pydantic import SecretStr
 
 from taskmanager.config import Settings
 from taskmanager.main import create_app
-from taskmanager.metrics import REGISTRY, UNMATCHED
+from taskmanager.observability.metrics import REGISTRY, UNMATCHED
 from tests.support.accounts import (
     PASSWORD,
     TEST_SECRET,

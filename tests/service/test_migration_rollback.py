@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from taskmanager import migrate
-from taskmanager.embedded import EmbeddedPostgres
+from taskmanager.postgres import migrate
+from taskmanager.postgres.embedded import EmbeddedPostgres
 from tests.support.databases import database_env, owner_url, run_as_sync, superuser_url
 from tests.support.processes import clean_env
 
@@ -53,7 +53,7 @@ def downgrade() -> None:
 
 # The CLI, with its migrations taken from SCRIPTS (the first argument) instead of the package.
 CLI_WITH_SCRIPTS = (
-    "import sys, taskmanager.migrate as m; m.SCRIPT_LOCATION = sys.argv.pop(1); "
+    "import sys, taskmanager.postgres.migrate as m; m.SCRIPT_LOCATION = sys.argv.pop(1); "
     "from taskmanager.cli import main; main()"
 )
 

@@ -21,14 +21,14 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from taskmanager import migrate
-from taskmanager.accounts import register_account
+from taskmanager.accounts.registration import register_account
 from taskmanager.auth import scope_of_account
 from taskmanager.config import Settings, get_settings
 from taskmanager.database import create_engine, create_session_factory
-from taskmanager.deployment import SCHEMA_REVISION
-from taskmanager.embedded import EmbeddedPostgres
 from taskmanager.models import FK_TASKS_CATEGORY, UQ_CATEGORIES_NAME, Base
+from taskmanager.postgres import migrate
+from taskmanager.postgres.deployment import SCHEMA_REVISION
+from taskmanager.postgres.embedded import EmbeddedPostgres
 from taskmanager.repositories.task_repository import TaskFilters, TaskRepository
 from taskmanager.repositories.user_repository import UserRepository
 from tests.support.accounts import PASSWORD, login, register_and_login

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from taskmanager import __version__, extras, migrate
+from taskmanager import __version__, extras
 from taskmanager.cli import DEMO_EXTRA_NEEDED
+from taskmanager.postgres import migrate
 from tests.support.processes import clean_env
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -46,7 +47,7 @@ skip = ("taskmanager.demo.", "taskmanager.__main__", "taskmanager.migrations.env
 for module in pkgutil.walk_packages(taskmanager.__path__, "taskmanager."):
     if not (module.name + ".").startswith(skip):
         importlib.import_module(module.name)
-from taskmanager.migrate import heads
+from taskmanager.postgres.migrate import heads
 print(" ".join(heads()))
 """
 

@@ -27,8 +27,8 @@ from typer.testing import CliRunner
 
 from taskmanager.cli import app
 from taskmanager.config import get_settings
-from taskmanager.embedded import EmbeddedPostgres
-from taskmanager.postgres import (
+from taskmanager.postgres.embedded import EmbeddedPostgres
+from taskmanager.postgres.logins import (
     ConnectionTarget,
     DatabaseUnreachableError,
     explain_connection_error,

@@ -13,14 +13,14 @@ import httpx
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from taskmanager.accounts import register_account
-from taskmanager.caller_key import CallerKey, Entry
+from taskmanager.accounts.registration import register_account
 from taskmanager.database import create_session_factory
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository
 from taskmanager.repositories.task_repository import TaskRepository as _TaskRepository
 from taskmanager.repositories.user_repository import UserRepository
-from taskmanager.scope import Scope
-from taskmanager.tokens import issue_access_token
+from taskmanager.security.caller_key import CallerKey, Entry
+from taskmanager.security.scope import Scope
+from taskmanager.security.tokens import issue_access_token
 
 # At least 32 bytes, as the settings demand of any signing key.
 TEST_SECRET = "test-signing-key-that-is-long-enough-0123456789"

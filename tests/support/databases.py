@@ -1,5 +1,5 @@
 """The test databases' logins: each database has the deployment's three (an owner, the
-service login, the caller role; see taskmanager.deployment) beside the test server's
+service login, the caller role; see taskmanager.postgres.deployment) beside the test server's
 superuser, and tests name the one they mean.
 
 - The service's URL is what an app under test connects as (`make_database` returns it).
@@ -18,10 +18,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from taskmanager.caller_key import CallerKey
-from taskmanager.deployment import RoleNames, caller_role_name
-from taskmanager.migrate import upgrade_deployment
-from taskmanager.postgres import DatabaseLogins
+from taskmanager.postgres.deployment import RoleNames, caller_role_name
+from taskmanager.postgres.logins import DatabaseLogins
+from taskmanager.postgres.migrate import upgrade_deployment
+from taskmanager.security.caller_key import CallerKey
 from tests.support.accounts import TEST_SECRET
 
 # The test run's own database (on a throwaway server, or TEST_DATABASE_URL's).
@@ -95,7 +95,7 @@ def run_as_sync(url: str, sql: str, **params: Any) -> list[Any]:
 async def provision(superuser: AsyncConnection, database: str) -> None:
     """Make `database`'s roles on a server given by URL (TEST_DATABASE_URL), as the
     embedded server does for its own databases."""
-    from taskmanager.embedded import provision_statements
+    from taskmanager.postgres.embedded import provision_statements
 
     for statement in provision_statements(database):
         await superuser.execute(text(statement))

@@ -21,8 +21,8 @@ import asyncpg
 import httpx
 import psutil
 
-from taskmanager.deployment import DatabaseLogins
-from taskmanager.embedded import EmbeddedPostgres
+from taskmanager.postgres.deployment import DatabaseLogins
+from taskmanager.postgres.embedded import EmbeddedPostgres
 from tests.support.databases import superuser_url
 from tests.support.problems import assert_problem
 from tests.support.processes import postgres_processes, stop_postgres

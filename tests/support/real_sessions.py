@@ -8,10 +8,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskmanager.caller_key import CallerKey
 from taskmanager.config import Settings
 from taskmanager.database import create_read_session_factory, create_session_factory
 from taskmanager.main import create_app
+from taskmanager.security.caller_key import CallerKey
 from tests.support.accounts import TEST_SECRET
 
 

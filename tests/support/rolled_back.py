@@ -10,12 +10,12 @@ from httpx import ASGITransport, AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from taskmanager.caller_key import CallerKey
 from taskmanager.database import (
     SESSION_DEPENDENCIES,
     create_read_session_factory,
     create_session_factory,
 )
+from taskmanager.security.caller_key import CallerKey
 from tests.support.accounts import TEST_SECRET
 
 _END_REQUEST_SCOPE = text(

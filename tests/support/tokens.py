@@ -13,7 +13,7 @@ import httpx
 import jwt
 
 from taskmanager.problems import UNAUTHORIZED
-from taskmanager.tokens import AUDIENCE, ISSUER, issue_access_token
+from taskmanager.security.tokens import AUDIENCE, ISSUER, issue_access_token
 from tests.support.accounts import TEST_SECRET, Account
 from tests.support.problems import assert_problem
 

@@ -1,7 +1,7 @@
 """Alembic environment, async: migrations run over asyncpg like the application does.
 
 The database URL comes from the Config attribute `database_url` (set by
-`taskmanager.migrate`), else from the settings: migrations run as the owner of the tables
+`taskmanager.postgres.migrate`), else from the settings: migrations run as the owner of the tables
 (OWNER_DATABASE_URL; the embedded server's owner when DATABASE_URL is unset, the server
 stopped again afterwards). Printing SQL (`--sql`) needs only a URL's dialect.
 """
@@ -26,14 +26,14 @@ target_metadata = Base.metadata
 
 @contextmanager
 def _database_url(*, check: bool = True) -> Iterator[str]:
-    """The URL `taskmanager.migrate` passed in; else the one place that decides for the app
+    """The URL `taskmanager.postgres.migrate` passed in; else the one place that decides for the app
     (which, with `check`, first connects once to DATABASE_URL)."""
     url = config.attributes.get("database_url")
     if url:
         yield str(url)
         return
     from taskmanager.config import get_settings
-    from taskmanager.postgres import database_logins, owner_database_url
+    from taskmanager.postgres.logins import database_logins, owner_database_url
 
     if not check:  # the dialect is all `--sql` needs
         with database_logins(get_settings(), check=False) as logins:

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.types import TypeEngine
 
-from taskmanager.scope import Scope
+from taskmanager.security.scope import Scope
 
 # A table's column, or a mapped class's attribute.
 Column = ColumnElement[Any] | QueryableAttribute[Any]

@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, delete, func, insert, or_, select, text, updat
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import AuthSession, RefreshToken, User
-from taskmanager.tokens import new_refresh_token, refresh_token_hash
+from taskmanager.security.tokens import new_refresh_token, refresh_token_hash
 
 
 class Rotation(enum.Enum):

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Category
 from taskmanager.repositories.array_parameters import any_of, in_scope
-from taskmanager.scope import Scope
+from taskmanager.security.scope import Scope
 
 
 class CategoryRepository:

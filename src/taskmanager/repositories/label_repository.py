@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Label
 from taskmanager.repositories.array_parameters import any_of, in_scope
-from taskmanager.scope import Scope
+from taskmanager.security.scope import Scope
 
 # Columns a client may change through LabelRepository.update.
 UPDATABLE_FIELDS = frozenset({"name", "colour"})

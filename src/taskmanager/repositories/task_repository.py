@@ -41,7 +41,7 @@ from sqlalchemy.types import TypeEngine
 from taskmanager.models import PRIORITIES, SEARCH_CONFIG, Category, Label, Task, TaskLabel
 from taskmanager.repositories.label_repository import LABEL_ORDER, LabelRepository
 from taskmanager.schemas import CategoryResponse, LabelResponse, TaskWithCategoryResponse
-from taskmanager.scope import Scope
+from taskmanager.security.scope import Scope
 
 _TASKS = Task.__table__
 _INFINITY = literal_column("'infinity'::timestamptz", DateTime(timezone=True))

@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import BigInteger, Integer, Text, Uuid, bindparam, insert, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskmanager.caller_key import CallerKey, Entry
 from taskmanager.models import User
+from taskmanager.security.caller_key import CallerKey, Entry
 
 
 @dataclass(frozen=True, slots=True)

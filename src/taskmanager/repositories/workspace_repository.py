@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Membership, UnclaimedWorkspace, User, Workspace
 from taskmanager.repositories.array_parameters import in_scope
-from taskmanager.scope import Scope
+from taskmanager.security.scope import Scope
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,21 +13,19 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from taskmanager.accounts import register_account
-from taskmanager.auth import TOKEN_URL, CurrentUserDep
-from taskmanager.caller_key import CallerKey, attempt_subject
-from taskmanager.database import SessionDep
-from taskmanager.login_limits import (
+from taskmanager.accounts.login_limits import (
     count_password_attempt,
     count_registration,
     remember_login,
     too_many_attempts,
     too_many_registrations,
 )
-from taskmanager.metrics import count_login_failure
+from taskmanager.accounts.registration import register_account
+from taskmanager.auth import TOKEN_URL, CurrentUserDep
+from taskmanager.database import SessionDep
 from taskmanager.models import User
+from taskmanager.observability.metrics import count_login_failure
 from taskmanager.openapi import problem_responses, response_headers
-from taskmanager.passwords import verify_password
 from taskmanager.problems import unauthorized_problem
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository, Rotation
 from taskmanager.repositories.user_repository import UserRepository
@@ -38,7 +36,9 @@ from taskmanager.schemas import (
     TokenResponse,
     UserResponse,
 )
-from taskmanager.tokens import issue_access_token
+from taskmanager.security.caller_key import CallerKey, attempt_subject
+from taskmanager.security.passwords import verify_password
+from taskmanager.security.tokens import issue_access_token
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 

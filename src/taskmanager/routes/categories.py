@@ -8,9 +8,9 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, st
 from fastapi.responses import JSONResponse
 
 from taskmanager.dependencies import CategoryReaderDep, CategoryRepositoryDep
-from taskmanager.idempotency import IdempotencyDep
 from taskmanager.models import Category
 from taskmanager.openapi import problem_responses, response_headers
+from taskmanager.routes.idempotency import IdempotencyDep
 from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
 from taskmanager.schemas import INT4_MAX, CategoryCreate, CategoryDetailResponse, CategoryUpdate
 

@@ -12,7 +12,6 @@ from pydantic import Field
 
 from taskmanager.cursors import MAX_CURSOR_LENGTH, CursorCodec, InvalidCursorError, fingerprint
 from taskmanager.dependencies import TaskReaderDep, TaskRepositoryDep
-from taskmanager.idempotency import IdempotencyDep
 from taskmanager.models import Task
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.problems import VALIDATION_ERROR, ProblemError
@@ -24,6 +23,7 @@ from taskmanager.repositories.task_repository import (
     TaskView,
     keyset,
 )
+from taskmanager.routes.idempotency import IdempotencyDep
 from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
 from taskmanager.schemas import (
     INT4_MAX,

@@ -5,16 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from taskmanager.accounts.login_limits import count_password_attempt, too_many_attempts
 from taskmanager.auth import CurrentReaderDep, CurrentUserDep, enter_again
 from taskmanager.database import ReadSessionDep, SessionDep
-from taskmanager.login_limits import count_password_attempt, too_many_attempts
 from taskmanager.models import User
 from taskmanager.openapi import problem_responses
-from taskmanager.passwords import hash_password, verify_password
 from taskmanager.problems import VALIDATION_ERROR, ProblemError
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.schemas import UserResponse, UserUpdate
+from taskmanager.security.passwords import hash_password, verify_password
 
 router = APIRouter(prefix="/users", tags=["users"])
 

@@ -28,7 +28,7 @@ from taskmanager.schemas import (
     WorkspaceResponse,
     WorkspaceUpdate,
 )
-from taskmanager.scope import Scope
+from taskmanager.security.scope import Scope
 
 router = APIRouter(prefix="/workspaces", tags=["workspaces"])
 

@@ -78,7 +78,7 @@ def command(
     from taskmanager.demo.mistakes.harness import run_demonstration
     from taskmanager.demo.mistakes.report import print_report, write_json
     from taskmanager.demo.sync_trap.command import demo_url
-    from taskmanager.migrate import migrated
+    from taskmanager.postgres.migrate import migrated
 
     demonstrations = select_demonstrations(only)
 

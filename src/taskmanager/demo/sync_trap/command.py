@@ -26,11 +26,11 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from taskmanager.caller_key import CallerKey
     from taskmanager.demo.sync_trap.measure import Burst, RunContext, SweepPoint
     from taskmanager.demo.sync_trap.report import VariantSummary
     from taskmanager.demo.sync_trap.server import DemoServer
-    from taskmanager.postgres import DatabaseLogins
+    from taskmanager.postgres.logins import DatabaseLogins
+    from taskmanager.security.caller_key import CallerKey
 
 DEFAULT_OUT = Path("sync-trap-out")
 # With --sweep, one pool for every point: above anyio's 40 threadpool tokens (so the
@@ -264,7 +264,7 @@ def run_sync_trap(
     from taskmanager.demo.sync_trap import report
     from taskmanager.demo.sync_trap.measure import TIMES, VARIANTS, DemoHTTPError, RunContext
     from taskmanager.demo.sync_trap.server import demo_server
-    from taskmanager.migrate import upgrade_deployment
+    from taskmanager.postgres.migrate import upgrade_deployment
 
     console = console or Console()
     if not 1 <= options.concurrency <= MAX_CONCURRENCY:
@@ -426,12 +426,12 @@ def command(
     and async def + AsyncSession, under concurrent load, on a real server."""
     from rich.console import Console
 
-    from taskmanager.caller_key import CallerKey
     from taskmanager.config import load_settings
     from taskmanager.demo.sync_trap.measure import DemoHTTPError
     from taskmanager.demo.sync_trap.server import DemoServerError
-    from taskmanager.postgres import database_logins
-    from taskmanager.signing_key import signing_key
+    from taskmanager.postgres.logins import database_logins
+    from taskmanager.security.caller_key import CallerKey
+    from taskmanager.security.signing_key import signing_key
 
     options = SyncTrapOptions(
         concurrency=concurrency,

@@ -20,7 +20,7 @@ After:
   transaction's start). `taskmanager_caller()`, which every policy goes through, checks the
   seal and raises 42501 if the setting was changed by anything else. The key lives in
   `caller_key`, readable by the owner only; `taskmanager db upgrade` installs it (see
-  taskmanager/caller_key.py), since migrations do not know the service's signing key.
+  taskmanager/security/caller_key.py), since migrations do not know the service's signing key.
 - A password hash is returned only by `taskmanager_password_hash(email, valid_until,
   proof)`, with a proof of its own: the caller role cannot read one under any caller.
 - Purposes narrow what an identity may do beyond a user's own rows: 'register' inserts

@@ -16,14 +16,14 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from taskmanager.deployment import login_of
+from taskmanager.postgres.deployment import login_of
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-    from taskmanager.caller_key import CallerKey
     from taskmanager.config import Settings
-    from taskmanager.postgres import DatabaseLogins
+    from taskmanager.postgres.logins import DatabaseLogins
+    from taskmanager.security.caller_key import CallerKey
 
 SCRIPT_LOCATION = "taskmanager:migrations"
 
@@ -51,7 +51,7 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def upgrade_deployment(logins: DatabaseLogins, key: CallerKey) -> None:
     """Migrate to head as the owner, then prepare the deployment for its service login
-    (taskmanager.deployment.prepare_deployment): what `serve` and `db upgrade` do."""
+    (taskmanager.postgres.deployment.prepare_deployment): what `serve` and `db upgrade` do."""
     if logins.owner is None:
         raise ValueError("migrating needs the owner's login")
     preflight(logins)
@@ -60,9 +60,9 @@ def upgrade_deployment(logins: DatabaseLogins, key: CallerKey) -> None:
 
 
 def preflight(logins: DatabaseLogins) -> None:
-    """taskmanager.deployment.check_owner_login, before any migration runs: what the owner
+    """taskmanager.postgres.deployment.check_owner_login, before any migration runs: what the owner
     cannot do is said in one line, and the database stays as it was."""
-    from taskmanager.deployment import check_owner_login
+    from taskmanager.postgres.deployment import check_owner_login
 
     async def check(connection: AsyncConnection) -> None:
         await check_owner_login(connection, login_of(logins.service))
@@ -72,13 +72,13 @@ def preflight(logins: DatabaseLogins) -> None:
 
 @contextmanager
 def migrated(settings: Settings) -> Iterator[DatabaseLogins]:
-    """The deployment's logins (taskmanager.postgres.database_logins), its database migrated
+    """The deployment's logins (taskmanager.postgres.logins.database_logins), its database migrated
     to head and prepared with the caller key of `settings`' signing key: for the commands
     that migrate before they work (`db seed`, the demonstrations). Needs the owner's login
     (OwnerLoginMissingError without one)."""
-    from taskmanager.caller_key import CallerKey
-    from taskmanager.postgres import OwnerLoginMissingError, database_logins
-    from taskmanager.signing_key import signing_key
+    from taskmanager.postgres.logins import OwnerLoginMissingError, database_logins
+    from taskmanager.security.caller_key import CallerKey
+    from taskmanager.security.signing_key import signing_key
 
     with database_logins(settings) as logins:
         if logins.owner is None:
@@ -91,8 +91,8 @@ def migrated(settings: Settings) -> Iterator[DatabaseLogins]:
 
 
 def prepare(logins: DatabaseLogins, key: CallerKey) -> None:
-    """taskmanager.deployment.prepare_deployment, as the owner, committed."""
-    from taskmanager.deployment import prepare_deployment
+    """taskmanager.postgres.deployment.prepare_deployment, as the owner, committed."""
+    from taskmanager.postgres.deployment import prepare_deployment
 
     async def run(connection: AsyncConnection) -> None:
         await prepare_deployment(connection, login_of(logins.service), key)

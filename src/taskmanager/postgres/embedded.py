@@ -4,7 +4,7 @@
 Unix socket inside its data directory only (no TCP port to collide with), keeps its
 files across restarts, and is stopped by whoever started it.
 
-Each database gets the logins a deployment on any PostgreSQL has (taskmanager.deployment):
+Each database gets the logins a deployment on any PostgreSQL has (taskmanager.postgres.deployment):
 an owner that runs the migrations, a service login that owns nothing, and the caller role
 it switches to. The server trusts local connections, so none needs a password; the
 superuser is left to the operator's commands and the tests.
@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from taskmanager.deployment import DatabaseLogins, RoleNames
+from taskmanager.postgres.deployment import DatabaseLogins, RoleNames
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class EmbeddedPostgres:
 
     def logins(self, database: str) -> DatabaseLogins:
         """Create database `name` if it does not exist, give it its owner, service login and
-        caller role (see taskmanager.deployment), and return the owner's and the service's
+        caller role (see taskmanager.postgres.deployment), and return the owner's and the service's
         URLs. Idempotent; a database the superuser made and migrated before (as earlier
         versions did) is handed to the owner, objects and all."""
         self.create_database(database)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskmanager.caller_key import CallerKey
 from taskmanager.models import User
-from taskmanager.passwords import hash_password
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.repositories.workspace_repository import WorkspaceRepository
+from taskmanager.security.caller_key import CallerKey
+from taskmanager.security.passwords import hash_password
 
 PERSONAL_WORKSPACE_NAME = "Personal"
 

@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from taskmanager.caller_key import CallerKey, install_caller_key
+from taskmanager.security.caller_key import CallerKey, install_caller_key
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def caller_role_name(database: str, schema: str = "public") -> str:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseLogins:
-    """The ways into a deployment's database (taskmanager.postgres.database_logins)."""
+    """The ways into a deployment's database (taskmanager.postgres.logins.database_logins)."""
 
     service: str  # requests (DATABASE_URL): a login that owns nothing
     owner: str | None  # migrations (OWNER_DATABASE_URL); None when not given

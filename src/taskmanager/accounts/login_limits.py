@@ -16,7 +16,6 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskmanager.caller_key import CallerKey, attempt_subject
 from taskmanager.config import Settings
 from taskmanager.problems import TOO_MANY_LOGIN_ATTEMPTS, TOO_MANY_REGISTRATIONS
 from taskmanager.repositories.login_limit_repository import (
@@ -27,6 +26,7 @@ from taskmanager.repositories.login_limit_repository import (
     RegistrationLimits,
 )
 from taskmanager.repositories.user_repository import UserRepository
+from taskmanager.security.caller_key import CallerKey, attempt_subject
 
 # One customer's IPv6 allocation is a /64 at least (RFC 6177): its holder picks any of the
 # 2^64 addresses in it at will, so counting per /128 would give them as many budgets.

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import make_url
 
 from taskmanager.config import Settings
-from taskmanager.deployment import DatabaseLogins
+from taskmanager.postgres.deployment import DatabaseLogins
 
 __all__ = ["DatabaseLogins", "DatabaseUnreachableError", "OwnerLoginMissingError"]
 
@@ -62,7 +62,7 @@ def database_logins(settings: Settings, *, check: bool = True) -> Iterator[Datab
                 )
         yield DatabaseLogins(service=settings.database_url, owner=owner)
         return
-    from taskmanager.embedded import EmbeddedPostgres
+    from taskmanager.postgres.embedded import EmbeddedPostgres
 
     embedded = EmbeddedPostgres(settings.data_dir)
     logins = embedded.start()
