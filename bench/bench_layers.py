@@ -6,7 +6,7 @@ checked, memberships read, caller sealed, caller role switched to) and runs the
 repository's own view statement in a READ ONLY transaction; it answers the same response.
 Each adds one layer to the one before it: SQLAlchemy Core on an AsyncConnection, then an
 AsyncSession, then the session from the read-session dependency, then the current-reader
-dependency (auth.py). The real route adds the repository's dependency on top. The
+dependency (dependencies.py). The real route adds the repository's dependency on top. The
 differences say what each layer costs.
 """
 
@@ -19,8 +19,8 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from taskmanager.auth import BearerToken, CurrentReaderDep
 from taskmanager.database import ReadSessionDep
+from taskmanager.dependencies import BearerToken, CurrentReaderDep
 
 # The repository's own statements and row mapping (private: this is a measurement).
 from taskmanager.repositories.task_repository import _VIEW_BY_ID, TaskView, _task_view

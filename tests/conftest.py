@@ -29,7 +29,7 @@ from httpx import AsyncClient
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from taskmanager.auth import scope_of_account
+from taskmanager.accounts.callers import scope_of_account
 from taskmanager.config import Settings, normalize_database_url
 from taskmanager.database import (
     create_engine,

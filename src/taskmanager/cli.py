@@ -488,8 +488,8 @@ def users_create(
     and categories from before accounts existed."""
     from pydantic import TypeAdapter, ValidationError
 
+    from taskmanager.accounts.callers import account_id
     from taskmanager.accounts.registration import register_account
-    from taskmanager.auth import account_id
     from taskmanager.database import create_engine, create_session_factory
     from taskmanager.schemas import DisplayName, Email, RegisterRequest
 

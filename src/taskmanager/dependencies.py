@@ -1,22 +1,113 @@
-"""Dependency factories: a repository per request, wrapping that request's one session and
-the caller's scope (lecture Week 9: session -> repository -> current user -> route).
+"""Dependency factories: the lecture's chain, session -> repository -> current user -> route
+(Week 9: "get_current_user will be another Depends() in the chain").
 
-Routes that only read take a repository on a read-only transaction (`...ReaderDep`); routes
-that change data take one on the request's transaction (`...RepositoryDep`).
+The current user: a request with a valid access token becomes a `Scope`. The token is
+verified (signature, algorithm, audience, issuer, expiry), then one statement enters the
+transaction as that caller (taskmanager.accounts.callers). Anything wrong is a 401 with
+`WWW-Authenticate: Bearer` and a problem body.
+
+A repository per request wraps that request's one session and the caller's scope. Routes
+that only read take a repository on a read-only transaction (`...ReaderDep`); routes that
+change data take one on the request's transaction (`...RepositoryDep`).
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskmanager.auth import CurrentReaderDep, CurrentUserDep
+from taskmanager.accounts.callers import enter_as_user
 from taskmanager.database import ReadSessionDep, SessionDep
+from taskmanager.middleware import user_id_var
+from taskmanager.problems import ProblemError, unauthorized_problem
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.label_repository import LabelRepository
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.repositories.workspace_repository import MembershipLimits, WorkspaceRepository
+from taskmanager.security.scope import Scope
+from taskmanager.security.tokens import LEEWAY_SECONDS, InvalidAccessTokenError, read_access_token
+
+# ─────────────────────────────────────────────
+# The current user
+# ─────────────────────────────────────────────
+
+TOKEN_URL = "/auth/token"
+
+# auto_error=False: a missing token is answered by unauthorized_error, as a problem.
+oauth2_scheme = OAuth2PasswordBearer(
+    tokenUrl=TOKEN_URL,
+    auto_error=False,
+    description="Log in with your email as the username (POST /auth/token).",
+)
+BearerToken = Annotated[str | None, Depends(oauth2_scheme)]
+
+
+SESSION_ENDED = "this login has ended (logged out, password changed, or account disabled)"
+
+
+def unauthorized_error(detail: str, *, token_given: bool) -> ProblemError:
+    """The 401 to raise (see problems.unauthorized_problem)."""
+    problem, headers = unauthorized_problem(detail, token_given=token_given)
+    return ProblemError(problem, headers=headers)
+
+
+async def _scope_of(request: Request, session: AsyncSession, token: str | None) -> Scope:
+    if not token:
+        raise unauthorized_error("this request needs an access token", token_given=False)
+    try:
+        claims = read_access_token(request.app.state.signing_key, token)
+    except InvalidAccessTokenError as exc:
+        raise unauthorized_error(str(exc), token_given=True) from None
+    # The database accepts the proof as long as the token (and its leeway) lasts.
+    valid_until = claims.expires_at + LEEWAY_SECONDS
+    user = await _enter(request, session, claims.user_id, claims.session_id, valid_until)
+    user_id_var.set(claims.user_id)  # the request's log lines name the caller from here on
+    return user
+
+
+async def _enter(
+    request: Request,
+    session: AsyncSession,
+    user_id: int,
+    session_id: uuid.UUID,
+    valid_until: int,
+) -> Scope:
+    user = await enter_as_user(
+        session, request.app.state.caller_key, user_id, session_id, valid_until
+    )
+    if user is None:
+        raise unauthorized_error(SESSION_ENDED, token_given=True)
+    return user
+
+
+async def enter_again(request: Request, session: AsyncSession, user: Scope) -> None:
+    """Enter the caller of `user` again, in a transaction begun after the request's first
+    one ended (a route that committed early); 401 if their login ended meanwhile."""
+    await _enter(request, session, user.user_id, user.session_id, user.valid_until)
+
+
+async def get_current_user(request: Request, session: SessionDep, token: BearerToken) -> Scope:
+    """The caller, in the request's transaction (for routes that change data)."""
+    return await _scope_of(request, session, token)
+
+
+async def get_current_reader(
+    request: Request, session: ReadSessionDep, token: BearerToken
+) -> Scope:
+    """The caller, in the request's read-only transaction (for routes that only read)."""
+    return await _scope_of(request, session, token)
+
+
+CurrentUserDep = Annotated[Scope, Depends(get_current_user)]
+CurrentReaderDep = Annotated[Scope, Depends(get_current_reader)]
+
+# ─────────────────────────────────────────────
+# Repositories
+# ─────────────────────────────────────────────
 
 
 async def get_task_repository(session: SessionDep, user: CurrentUserDep) -> TaskRepository:

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from taskmanager.auth import account_id, scope_of_account
+from taskmanager.accounts.callers import account_id, scope_of_account
 from taskmanager.database import create_session_factory
 from taskmanager.models import Category, Label, Task
 from taskmanager.repositories.array_parameters import in_scope

@@ -29,7 +29,8 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-# The authenticated caller's id, set by taskmanager.auth when it mints the request's scope.
+# The authenticated caller's id, set by taskmanager.dependencies once the request's scope is
+# known.
 user_id_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("user_id", default=None)
 
 # Any other method a client makes up is counted as OTHER: label values stay a fixed set.

@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from taskmanager.accounts.callers import account_id, scope_of_account
 from taskmanager.accounts.registration import register_account
-from taskmanager.auth import account_id, scope_of_account
 from taskmanager.database import create_session_factory
 from taskmanager.models import PRIORITIES
 from taskmanager.repositories.category_repository import CategoryRepository

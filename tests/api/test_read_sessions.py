@@ -21,7 +21,6 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from starlette.routing import BaseRoute
 
-from taskmanager.auth import CurrentReaderDep, CurrentUserDep
 from taskmanager.config import Settings
 from taskmanager.database import (
     AsyncReadSession,
@@ -31,7 +30,12 @@ from taskmanager.database import (
     get_async_session,
     get_read_session,
 )
-from taskmanager.dependencies import get_task_reader, get_task_repository
+from taskmanager.dependencies import (
+    CurrentReaderDep,
+    CurrentUserDep,
+    get_task_reader,
+    get_task_repository,
+)
 from taskmanager.models import Task
 from taskmanager.repositories.task_repository import TaskRepository
 from tests.support.accounts import Account

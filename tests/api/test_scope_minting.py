@@ -1,8 +1,9 @@
 """A repository gets the caller's scope; nothing but the authentication step can make one.
 
 The polar-style `AccessibleOrganizationID` guarantee, checked: the tenant repositories cannot
-be built without a `Scope`, a `Scope` cannot be built directly, and only taskmanager.auth (and
-security/scope.py itself, extending the caller's own scope) calls `mint_scope`.
+be built without a `Scope`, a `Scope` cannot be built directly, and only
+taskmanager.accounts.callers (and security/scope.py itself, extending the caller's own scope)
+calls `mint_scope`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.security.scope import Scope
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "taskmanager"
-ALLOWED_MINTERS = {"auth.py", "security/scope.py"}
+ALLOWED_MINTERS = {"accounts/callers.py", "security/scope.py"}
 
 
 def test_a_scope_cannot_be_built_directly() -> None:
@@ -42,7 +43,7 @@ def test_only_authentication_mints_scopes() -> None:
             if name == "mint_scope":
                 minters.add(str(path.relative_to(PACKAGE)))
     assert minters <= ALLOWED_MINTERS, minters
-    assert "auth.py" in minters
+    assert "accounts/callers.py" in minters
 
 
 @pytest.mark.parametrize("repository", [TaskRepository, CategoryRepository])

@@ -16,7 +16,7 @@ from sqlalchemy import Select, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from taskmanager.auth import scope_of_account
+from taskmanager.accounts.callers import scope_of_account
 from taskmanager.config import Settings
 from taskmanager.database import create_engine, create_session_factory
 from taskmanager.models import Task

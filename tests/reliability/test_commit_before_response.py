@@ -29,9 +29,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from taskmanager.auth import BearerToken, get_current_user
 from taskmanager.config import Settings
 from taskmanager.database import get_async_session
+from taskmanager.dependencies import BearerToken, get_current_user
 from taskmanager.main import create_app
 from taskmanager.models import Task
 from taskmanager.repositories.idempotency_repository import IdempotencyRepository

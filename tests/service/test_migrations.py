@@ -21,8 +21,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
+from taskmanager.accounts.callers import scope_of_account
 from taskmanager.accounts.registration import register_account
-from taskmanager.auth import scope_of_account
 from taskmanager.config import Settings, get_settings
 from taskmanager.database import create_engine, create_session_factory
 from taskmanager.models import FK_TASKS_CATEGORY, UQ_CATEGORIES_NAME, Base

@@ -21,8 +21,8 @@ from taskmanager.accounts.login_limits import (
     too_many_registrations,
 )
 from taskmanager.accounts.registration import register_account
-from taskmanager.auth import TOKEN_URL, CurrentUserDep
 from taskmanager.database import SessionDep
+from taskmanager.dependencies import TOKEN_URL, CurrentUserDep
 from taskmanager.models import User
 from taskmanager.observability.metrics import count_login_failure
 from taskmanager.openapi import problem_responses, response_headers

@@ -18,8 +18,8 @@ from fastapi import Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from taskmanager.auth import CurrentUserDep
 from taskmanager.database import SessionDep
+from taskmanager.dependencies import CurrentUserDep
 from taskmanager.models import IDEMPOTENCY_KEY_MAX_LENGTH
 from taskmanager.problems import IDEMPOTENCY_KEY_REUSED, VALIDATION_ERROR, ProblemError
 from taskmanager.repositories.idempotency_repository import IdempotencyRepository

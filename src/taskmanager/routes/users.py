@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from taskmanager.accounts.login_limits import count_password_attempt, too_many_attempts
-from taskmanager.auth import CurrentReaderDep, CurrentUserDep, enter_again
 from taskmanager.database import ReadSessionDep, SessionDep
+from taskmanager.dependencies import CurrentReaderDep, CurrentUserDep, enter_again
 from taskmanager.models import User
 from taskmanager.openapi import problem_responses
 from taskmanager.problems import VALIDATION_ERROR, ProblemError

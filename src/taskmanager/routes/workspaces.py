@@ -8,8 +8,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 
-from taskmanager.auth import CurrentReaderDep, CurrentUserDep
 from taskmanager.dependencies import (
+    CurrentReaderDep,
+    CurrentUserDep,
     MembershipLimitsDep,
     WorkspaceReaderDep,
     WorkspaceRepositoryDep,

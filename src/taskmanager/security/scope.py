@@ -2,10 +2,11 @@
 and cannot build themselves (the `AccessibleWorkspaces` idea of polar's
 `AccessibleOrganizationID`).
 
-Only `taskmanager.auth` mints one, from a verified access token and the memberships the
-database holds at the start of the request. A repository that lists or fetches tenant rows
-takes a `Scope` and filters by it; code that forgot one would not type-check, and a query
-that forgot the filter still meets PostgreSQL's row-level security.
+Only `taskmanager.accounts.callers` mints one, from the memberships the database answers
+when a transaction enters as the caller (for a request, once its access token is verified).
+A repository that lists or fetches tenant rows takes a `Scope` and filters by it; code that
+forgot one would not type-check, and a query that forgot the filter still meets
+PostgreSQL's row-level security.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def mint_scope(
     personal_workspace_id: int | None,
     valid_until: int = 0,
 ) -> Scope:
-    """For taskmanager.auth only (a test checks no other module calls it)."""
+    """For taskmanager.accounts.callers only (a test checks no other module calls it)."""
     return Scope(
         user_id=user_id,
         session_id=session_id,

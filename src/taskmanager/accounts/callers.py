@@ -1,0 +1,66 @@
+"""Entering a transaction as a caller, and the `Scope` that comes out of it.
+
+Every transaction that acts for someone starts with one statement (`UserRepository.enter`):
+the database checks the service's proof, that the user is active and the login session
+alive, answers their memberships, and switches to the caller role under row-level security.
+What it answered becomes the caller's `Scope`, minted here and nowhere else: for a request,
+from a verified access token (`taskmanager.dependencies.get_current_user`), or for an
+operator's command, which has no token (`taskmanager db seed`, `db explain`).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskmanager.repositories.user_repository import CallerRow, UserRepository
+from taskmanager.security.caller_key import CallerKey
+from taskmanager.security.scope import Scope, mint_scope
+
+
+async def enter_as_user(
+    session: AsyncSession,
+    key: CallerKey,
+    user_id: int,
+    session_id: uuid.UUID,
+    valid_until: int,
+) -> Scope | None:
+    """Enter the transaction as the user of a login session, for as long as their access
+    token lasts (`valid_until`); their scope, or None when the database refuses (the login
+    has ended: logged out, password changed, or account disabled)."""
+    entry = key.entry("request", user_id, session_id, valid_until=valid_until)
+    caller = await UserRepository(session).enter(entry)
+    return None if caller is None else _scope(caller, session_id, valid_until)
+
+
+def _scope(caller: CallerRow, session_id: uuid.UUID, valid_until: int) -> Scope:
+    if caller.user_id is None:
+        raise ValueError("a scope is a user's")
+    return mint_scope(
+        user_id=caller.user_id,
+        session_id=session_id,
+        workspace_ids=tuple(caller.workspace_ids),
+        owned_workspace_ids=frozenset(caller.owned_workspace_ids),
+        personal_workspace_id=caller.personal_workspace_id,
+        valid_until=valid_until,
+    )
+
+
+async def scope_of_account(session: AsyncSession, key: CallerKey, user_id: int) -> Scope:
+    """The scope of an account for an operator's command (`taskmanager db seed`), which has
+    no token: the rest of the transaction runs as that user under row-level security."""
+    entry = key.entry("operator", user_id)
+    caller = await UserRepository(session).enter(entry)
+    if caller is None:
+        raise LookupError(f"there is no account {user_id}")
+    return _scope(caller, uuid.UUID(int=0), entry.valid_until)
+
+
+async def account_id(session: AsyncSession, key: CallerKey, email: str) -> int | None:
+    """The id of the account with `email` (any case), for an operator's command; the
+    transaction is left entered as the operator, with no account."""
+    users = UserRepository(session)
+    await users.enter(key.entry("operator"))
+    account = await users.password_hash_of(email, key)
+    return None if account is None else account.user_id
