@@ -118,9 +118,9 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
 ) -> None:
-    # Before anything imports prometheus_client (taskmanager.observability.logs does, through the
-    # middleware): the workers write their metrics into this private, empty directory and
-    # /metrics adds them up. It is removed when serve stops.
+    # Before anything imports prometheus_client (taskmanager.observability.metrics does, and
+    # the app imports that): the workers write their metrics into this private, empty
+    # directory and /metrics adds them up. It is removed when serve stops.
     metrics_dir = tempfile.mkdtemp(prefix="taskmanager-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.accounts.callers import enter_as_user
 from taskmanager.database import ReadSessionDep, SessionDep
-from taskmanager.middleware import user_id_var
+from taskmanager.observability.logs import user_id_var
 from taskmanager.problems import ProblemError, unauthorized_problem
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.label_repository import LabelRepository

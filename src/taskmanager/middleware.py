@@ -10,7 +10,6 @@ request one line. The same place counts the request in the metrics
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import re
 import time
@@ -21,6 +20,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskmanager.errors import internal_error_response
+from taskmanager.observability.logs import request_id_var, user_id_var
 from taskmanager.observability.metrics import record_request, route_template
 from taskmanager.problems import http_problem
 
@@ -28,25 +28,11 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # Echo a client's id only if it is short and printable, so it is safe in logs and headers.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-# The authenticated caller's id, set by taskmanager.dependencies once the request's scope is
-# known.
-user_id_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("user_id", default=None)
-
 # Any other method a client makes up is counted as OTHER: label values stay a fixed set.
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 access_log = logging.getLogger("taskmanager.access")
 error_log = logging.getLogger("taskmanager.errors")
-
-
-class RequestIdLogFilter(logging.Filter):
-    """Adds `request_id` to every log record, for formats that print it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
-        record.user_id = user_id_var.get()
-        return True
 
 
 def _request_id_from(scope: Scope) -> str:

@@ -13,7 +13,7 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from httpx import AsyncClient
 
-from taskmanager.middleware import RequestIdLogFilter, request_id_var
+from taskmanager.observability.logs import RequestIdLogFilter, request_id_var
 from taskmanager.openapi import build_openapi, operation_id
 from tests.support.problems import assert_problem
 

@@ -16,6 +16,7 @@ line and paragraph separators are escaped, so no client can forge a line or cut 
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
@@ -27,11 +28,25 @@ from typing import Any, Literal
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskmanager.middleware import RequestIdLogFilter
-
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"
 
 slow_statement_log = logging.getLogger("taskmanager.sql")
+
+# The request a line is written for, set by the request middleware (taskmanager.middleware).
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# The authenticated caller's id, set by taskmanager.dependencies once the request's scope is
+# known.
+user_id_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("user_id", default=None)
+
+
+class RequestIdLogFilter(logging.Filter):
+    """Adds `request_id` to every log record, for formats that print it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        record.user_id = user_id_var.get()
+        return True
+
 
 _STARTED = "taskmanager_statement_started"
 
