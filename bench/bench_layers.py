@@ -23,7 +23,7 @@ from taskmanager.database import ReadSessionDep
 from taskmanager.dependencies import BearerToken, CurrentReaderDep
 
 # The repository's own statements and row mapping (private: this is a measurement).
-from taskmanager.repositories.task_repository import _VIEW_BY_ID, TaskView, _task_view
+from taskmanager.repositories.task_queries.views import VIEW_BY_ID, TaskView, row_view
 from taskmanager.repositories.user_repository import _ENTER
 from taskmanager.routes.preconditions import set_etag
 from taskmanager.routes.tasks import TaskId
@@ -68,8 +68,8 @@ async def _view(
     if caller is None:
         raise HTTPException(401, "not authenticated")
     parameters = {"task_id": task_id, "workspace_ids": list(caller.workspace_ids)}
-    row = (await executor.execute(_VIEW_BY_ID, parameters)).one_or_none()
-    return None if row is None else _task_view(row)
+    row = (await executor.execute(VIEW_BY_ID, parameters)).one_or_none()
+    return None if row is None else row_view(row)
 
 
 @router.get("/layers/connection/tasks/{task_id}", response_model=TaskWithCategoryResponse)
@@ -107,8 +107,8 @@ async def layer_reader(
     """The same with the caller from get_current_reader (the bearer scheme, the token read,
     the scope entered through UserRepository and minted): the view statement run directly."""
     parameters = {"task_id": task_id, "workspace_ids": list(caller.workspace_ids)}
-    row = (await session.execute(_VIEW_BY_ID, parameters)).one_or_none()
-    return _found(None if row is None else _task_view(row), response)
+    row = (await session.execute(VIEW_BY_ID, parameters)).one_or_none()
+    return _found(None if row is None else row_view(row), response)
 
 
 # ─────────────────────────────────────────────── a cheaper design, measured
@@ -116,7 +116,7 @@ async def layer_reader(
 # The app's statements rendered for asyncpg: the scope statement (the same text) and the
 # repository's view statement compiled by SQLAlchemy's PostgreSQL dialect, once.
 _SCOPE_SQL = ENTER_SQL
-_VIEW = _VIEW_BY_ID.compile(dialect=postgresql_asyncpg.dialect())  # type: ignore[no-untyped-call]
+_VIEW = VIEW_BY_ID.compile(dialect=postgresql_asyncpg.dialect())  # type: ignore[no-untyped-call]
 _VIEW_SQL = str(_VIEW)
 
 
@@ -163,4 +163,4 @@ async def layer_driver(
         raise HTTPException(401, "not authenticated")
     arguments = _view_arguments(task_id=task_id, workspace_ids=list(caller["workspace_ids"]))
     row = await driver.fetchrow(_VIEW_SQL, *arguments)
-    return _found(None if row is None else _task_view(row), response)
+    return _found(None if row is None else row_view(row), response)

@@ -47,7 +47,7 @@ from tests.support.clusters import Cluster, tcp_cluster  # noqa: E402
 
 from taskmanager.postgres.deployment import DatabaseLogins  # noqa: E402
 from taskmanager.postgres.migrate import upgrade, upgrade_deployment  # noqa: E402
-from taskmanager.repositories.task_repository import _VIEW_BY_ID  # noqa: E402
+from taskmanager.repositories.task_queries.views import VIEW_BY_ID  # noqa: E402
 from taskmanager.security.caller_key import CallerKey  # noqa: E402
 
 SECRET = "bench-signing-key-that-is-long-enough-0123456789"
@@ -66,7 +66,7 @@ BEFORE_SCOPE = f"""
       AND s.id = $2 AND s.revoked_at IS NULL AND s.expires_at > now()
 """
 AFTER_SCOPE = ENTER_SQL
-_VIEW = _VIEW_BY_ID.compile(dialect=postgresql_asyncpg.dialect())  # type: ignore[no-untyped-call]
+_VIEW = VIEW_BY_ID.compile(dialect=postgresql_asyncpg.dialect())  # type: ignore[no-untyped-call]
 VIEW = str(_VIEW)
 
 

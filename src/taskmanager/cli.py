@@ -407,7 +407,7 @@ def db_explain(
 
     from taskmanager.database import create_engine
     from taskmanager.explain import PAGES, NoSuchAccountError, Plan, explain_list_queries
-    from taskmanager.repositories.task_repository import SORTS
+    from taskmanager.repositories.task_queries.sorts import SORTS
 
     unknown = sorted(set(sort or ()) - set(SORTS))
     if unknown:

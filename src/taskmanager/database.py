@@ -169,6 +169,13 @@ ReadSessionDep = Annotated[AsyncReadSession, Depends(get_read_session, scope="fu
 SESSION_DEPENDENCIES = (get_async_session, get_read_session)
 
 
+async def driver_connection(session: AsyncSession) -> Any:
+    """The asyncpg connection under `session` (for arrays of many rows, sent as they are)."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    return raw.driver_connection
+
+
 async def check_database(engine: AsyncEngine, within_seconds: float) -> None:
     """Raise if the database cannot answer `SELECT 1` within `within_seconds`.
 

@@ -22,16 +22,12 @@ from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from taskmanager.accounts.callers import account_id, scope_of_account
-from taskmanager.database import create_session_factory
+from taskmanager.database import create_session_factory, driver_connection
 from taskmanager.models import Category, Label, Task
 from taskmanager.repositories.array_parameters import in_scope
-from taskmanager.repositories.task_repository import (
-    SORTS,
-    SORTS_NEEDING_Q,
-    TaskFilters,
-    TaskRepository,
-    driver_connection,
-)
+from taskmanager.repositories.task_queries.filters import TaskFilters
+from taskmanager.repositories.task_queries.sorts import SORTS, SORTS_NEEDING_Q
+from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.security.caller_key import CallerKey
 
 # The node type that reads a whole table.

@@ -23,7 +23,8 @@ from taskmanager.database import create_session_factory
 from taskmanager.models import PRIORITIES
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.label_repository import LabelRepository
-from taskmanager.repositories.task_repository import TaskFilters, TaskRepository
+from taskmanager.repositories.task_queries.filters import TaskFilters
+from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.security.caller_key import CallerKey
 
 BATCH_SIZE = 10_000

@@ -20,14 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.cursors import CursorCodec, fingerprint
 from taskmanager.models import PRIORITIES, Task
-from taskmanager.repositories.task_repository import (
-    SORTS,
-    SORTS_NEEDING_Q,
-    TaskFilters,
-    TaskRepository,
-    _page_statement,
-    keyset,
-)
+from taskmanager.repositories.task_queries.filters import TaskFilters
+from taskmanager.repositories.task_queries.sorts import SORTS, SORTS_NEEDING_Q, keyset
+from taskmanager.repositories.task_queries.statements import page_statement
+from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.schemas import TaskSort
 from taskmanager.security.scope import Scope
 from tests.support.accounts import TEST_SECRET, Account
@@ -501,10 +497,10 @@ def rank_sort(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -
     )
     monkeypatch.setitem(SORTS, "rank", (rank.desc(), TASKS.c.id.desc()))
     keyset.cache_clear()
-    _page_statement.cache_clear()
+    page_statement.cache_clear()
     yield "rank"
     keyset.cache_clear()
-    _page_statement.cache_clear()
+    page_statement.cache_clear()
 
 
 @pytest.mark.parametrize("rank_sort", [None, REAL()], indirect=True, ids=["untyped", "real"])

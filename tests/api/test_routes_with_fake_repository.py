@@ -31,7 +31,9 @@ from taskmanager.errors import raised_by_database_driver
 from taskmanager.main import create_app
 from taskmanager.models import Category, Task
 from taskmanager.problems import DATABASE_UNAVAILABLE, INTERNAL_ERROR
-from taskmanager.repositories.task_repository import TaskFilters, TaskPage, TaskView, task_view
+from taskmanager.repositories.task_queries.filters import TaskFilters
+from taskmanager.repositories.task_queries.views import TaskView, task_view
+from taskmanager.repositories.task_repository import TaskPage
 from taskmanager.routes.idempotency import IdempotentRequest, get_idempotent_request
 from tests.support.problems import assert_problem
 

@@ -20,14 +20,14 @@ from taskmanager.accounts.callers import scope_of_account
 from taskmanager.config import Settings
 from taskmanager.database import create_engine, create_session_factory
 from taskmanager.models import Task
-from taskmanager.repositories.task_repository import (
-    SORTS,
+from taskmanager.repositories.task_queries.filters import (
     TaskFilters,
-    TaskRepository,
-    _active_filters,
-    _filter_parameters,
-    _page_statement,
+    active_filters,
+    filter_parameters,
 )
+from taskmanager.repositories.task_queries.sorts import SORTS
+from taskmanager.repositories.task_queries.statements import page_statement
+from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.security.scope import Scope
 from taskmanager.seed import demo_account, seed
 from tests.support.accounts import Account, create_account
@@ -353,14 +353,14 @@ async def test_the_search_reads_tasks_through_the_gin_index(
             SEEDED_TASKS
         )
         filters = TaskFilters(q=q)
-        active = _active_filters(filters)
+        active = active_filters(filters)
         parameters = {
-            **_filter_parameters(filters, active),
+            **filter_parameters(filters, active),
             "workspace_ids": list(scope.workspace_ids),
             "limit": 50,
             "offset": 0,
         }
-        plan = await _plan(session, _page_statement(active, sort), parameters)
+        plan = await _plan(session, page_statement(active, sort), parameters)
 
     # The page and its count (X-Total-Count) each take the matches from the search function
     # (its own plan is checked below) and read those tasks under the policy. How they read

@@ -9,7 +9,7 @@ import pytest
 from httpx import AsyncClient
 
 from taskmanager.models import PRIORITIES
-from taskmanager.repositories.task_repository import SORTS
+from taskmanager.repositories.task_queries.sorts import SORTS
 from taskmanager.schemas import Priority, TaskSort
 from tests.support.problems import assert_validation_problem
 

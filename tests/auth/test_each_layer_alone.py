@@ -29,7 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.idempotency_repository import IdempotencyRepository
 from taskmanager.repositories.label_repository import LabelRepository, LabelsNotInWorkspaceError
-from taskmanager.repositories.task_repository import TaskFilters, TaskRepository
+from taskmanager.repositories.task_queries.filters import TaskFilters
+from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.repositories.workspace_repository import WorkspaceRepository
 from taskmanager.security.scope import Scope, mint_scope

@@ -38,6 +38,7 @@ from taskmanager.models import (
 from taskmanager.postgres.deployment import caller_role_name
 from taskmanager.problems import INTERNAL_ERROR
 from taskmanager.repositories import task_repository
+from taskmanager.repositories.task_queries import views
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.security.scope import Scope
@@ -138,11 +139,11 @@ async def test_a_route_whose_repository_forgot_the_scope_still_answers_404(
     hides mallory's task from alice."""
     theirs = await post(client, other_account, "/tasks", {"title": "mallory's"})
     unscoped = (
-        select(*task_repository._VIEW_COLUMNS)
-        .select_from(task_repository._WITH_CATEGORY)
-        .where(task_repository._TASKS.c.id == bindparam("task_id"))
+        select(*views.VIEW_COLUMNS)
+        .select_from(views.WITH_CATEGORY)
+        .where(Task.__table__.c.id == bindparam("task_id"))
     )
-    monkeypatch.setattr(task_repository, "_VIEW_BY_ID", unscoped)
+    monkeypatch.setattr(task_repository, "VIEW_BY_ID", unscoped)
 
     # The control: the stripped statement works (mallory reads her task through it).
     assert (

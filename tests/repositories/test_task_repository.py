@@ -20,12 +20,9 @@ from taskmanager.errors import translate_database_error
 from taskmanager.models import Category, Task, TaskLabel
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.label_repository import LabelRepository
-from taskmanager.repositories.task_repository import (
-    BULK_TASK_COLUMNS,
-    LIST_FILTERS,
-    TaskFilters,
-    TaskRepository,
-)
+from taskmanager.repositories.task_queries.bulk import BULK_TASK_COLUMNS
+from taskmanager.repositories.task_queries.filters import LIST_FILTERS, TaskFilters
+from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.security.scope import Scope
 from tests.support.accounts import Account
 

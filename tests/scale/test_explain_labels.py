@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI
 
 from taskmanager.explain import ListQuery, Samples
-from taskmanager.repositories.task_repository import TaskFilters
+from taskmanager.repositories.task_queries.filters import TaskFilters
 
 SAMPLES = Samples(
     {

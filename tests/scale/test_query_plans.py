@@ -23,7 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from taskmanager.config import Settings
 from taskmanager.database import create_engine
 from taskmanager.explain import Plan, explain_list_queries
-from taskmanager.repositories.task_repository import SORTS, TaskFilters
+from taskmanager.repositories.task_queries.filters import TaskFilters
+from taskmanager.repositories.task_queries.sorts import SORTS
 from taskmanager.seed import DEMO_EMAIL, seed
 from tests.support.databases import TEST_KEY, owner_url
 

@@ -29,7 +29,8 @@ from taskmanager.models import FK_TASKS_CATEGORY, UQ_CATEGORIES_NAME, Base
 from taskmanager.postgres import migrate
 from taskmanager.postgres.deployment import SCHEMA_REVISION
 from taskmanager.postgres.embedded import EmbeddedPostgres
-from taskmanager.repositories.task_repository import TaskFilters, TaskRepository
+from taskmanager.repositories.task_queries.filters import TaskFilters
+from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.repositories.user_repository import UserRepository
 from tests.support.accounts import PASSWORD, login, register_and_login
 from tests.support.databases import TEST_KEY, caller_role_of, logins_of, owner_url, superuser_url

@@ -15,14 +15,11 @@ from taskmanager.dependencies import TaskReaderDep, TaskRepositoryDep
 from taskmanager.models import Task
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.problems import VALIDATION_ERROR, ProblemError
-from taskmanager.repositories.task_repository import (
-    SORTS_NEEDING_Q,
-    SearchWordsMissingError,
-    TaskFilters,
-    TaskRepository,
-    TaskView,
-    keyset,
-)
+from taskmanager.repositories.task_queries.filters import TaskFilters
+from taskmanager.repositories.task_queries.search import SearchWordsMissingError
+from taskmanager.repositories.task_queries.sorts import SORTS_NEEDING_Q, keyset
+from taskmanager.repositories.task_queries.views import TaskView
+from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.routes.idempotency import IdempotencyDep
 from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
 from taskmanager.schemas import (

@@ -90,7 +90,7 @@ def upgrade() -> None:
     # GIN index (enable_seqscan off: never a scan of the table) and only that far. The
     # repository asks it before a search, with `enough` its rule for when walking an
     # order's index finds the page sooner than reading every match by id
-    # (task_repository._ENOUGH_TO_WALK): the planner cannot choose for a query it only
+    # (task_queries/walk_or_index.py): the planner cannot choose for a query it only
     # learns at run time, and its estimate for word prefixes is a guess.
     _in_current_schema(
         """

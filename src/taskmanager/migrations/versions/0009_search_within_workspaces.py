@@ -189,7 +189,7 @@ def upgrade() -> None:
     )
     # Whether the caller has at least `enough` tasks matching `words`, counted through the
     # caller's workspaces' entries and only that far (the repository's rule for walking an
-    # order's index, task_repository._ENOUGH_TO_WALK). A word longer than the index keeps
+    # order's index, task_queries/walk_or_index.py). A word longer than the index keeps
     # may count a few tasks too many: it only picks how the page is found.
     _in_current_schema(
         f"""
