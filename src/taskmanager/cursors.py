@@ -7,8 +7,8 @@ to the user it was issued to: a cursor cannot be forged or altered, and another 
 refused (it would reveal nothing they cannot see, but it is not theirs to replay). It is not
 encrypted: it holds the sort keys of a row its holder has already seen.
 
-Nothing here knows HTTP: a cursor that cannot be used raises InvalidCursorError, whose message
-says why; the route answers it as a 422 naming `query.cursor`.
+Nothing here knows HTTP: a cursor that cannot be used raises InvalidCursorError, a
+BadInputError about `query.cursor` whose message says why (errors.py answers it, a 422).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from typing import Any
 from sqlalchemy import BigInteger, Enum, SmallInteger
 from sqlalchemy.types import TypeEngine
 
+from taskmanager.bad_input import BadInputError
+
 # Enough for the longest key there is (a 200-character title) with room to spare; longer
 # input is refused before any decoding work.
 MAX_CURSOR_LENGTH = 2048
@@ -36,8 +38,11 @@ _SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _PURPOSE = b"taskmanager task-list cursor\x00"
 
 
-class InvalidCursorError(ValueError):
+class InvalidCursorError(BadInputError):
     """This cursor cannot continue this list; the message says why, for the client."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("query.cursor", message)
 
 
 def fingerprint(filters: object) -> str:

@@ -1,5 +1,9 @@
 """Every error response, in one place, as RFC 9457 problem details (taskmanager.problems).
 
+Bad client input is a 422 naming the field, by one path whoever finds it: Pydantic's
+validation before the route runs, and a `BadInputError` (taskmanager.bad_input) raised
+past it, by the caller's scope, a repository or the cursor reader.
+
 Database errors are translated here and nowhere else: by SQLSTATE and constraint name,
 a unique violation is 409, a missing foreign key is 422 naming the field, and a database
 that is unreachable, too slow or out of connections is 503 with Retry-After. Only errors
@@ -22,6 +26,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from taskmanager.bad_input import BadInputError
 from taskmanager.models import (
     FK_TASK_LABELS_LABEL,
     FK_TASKS_CATEGORY,
@@ -41,7 +46,7 @@ from taskmanager.problems import (
     ProblemError,
     http_problem,
 )
-from taskmanager.repositories.label_repository import LabelsNotInWorkspaceError
+from taskmanager.repositories.label_repository import LABELS_NOT_IN_WORKSPACE
 from taskmanager.repositories.workspace_repository import Limit, MembershipLimitError
 
 log = logging.getLogger(__name__)
@@ -85,6 +90,12 @@ async def _handle_validation_error(request: Request, exc: Exception) -> Response
     return VALIDATION_ERROR.problem(detail, errors).response()
 
 
+async def _handle_bad_input(request: Request, exc: Exception) -> Response:
+    """Bad input found past validation (taskmanager.bad_input): a 422 naming the field."""
+    assert isinstance(exc, BadInputError)
+    return VALIDATION_ERROR.about_field(exc.field, exc.message, exc.error_type).response()
+
+
 def _unparsable_body_problem(cause: BaseException) -> Response:
     """422 naming `body`, like any other invalid JSON, for the bodies FastAPI answers with a bare
     400: bytes that are not UTF-8, nesting deeper than the parser allows, an integer with
@@ -113,14 +124,6 @@ def _allowed_methods(request: Request) -> str:
         if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
             allowed.append(method)
     return ", ".join(allowed)
-
-
-async def _handle_foreign_labels(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, LabelsNotInWorkspaceError)
-    ids = ", ".join(str(label_id) for label_id in exc.label_ids)
-    return VALIDATION_ERROR.about_field(
-        "body.label_ids", f"{LABELS_NOT_IN_WORKSPACE}: {ids}", "label_not_in_workspace"
-    ).response()
 
 
 async def _handle_membership_limit(request: Request, exc: Exception) -> Response:
@@ -167,8 +170,6 @@ class ConstraintProblem:
     field: str
     message: str
 
-
-LABELS_NOT_IN_WORKSPACE = "no label of the task's workspace has this id"
 
 # Constraint name -> what the client did wrong, in the client's words.
 CONSTRAINT_PROBLEMS: dict[str, ConstraintProblem] = {
@@ -342,7 +343,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above; the last-resort 500 lives in the request middleware."""
     app.add_exception_handler(ProblemError, _handle_problem_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
-    app.add_exception_handler(LabelsNotInWorkspaceError, _handle_foreign_labels)
+    app.add_exception_handler(BadInputError, _handle_bad_input)
     app.add_exception_handler(MembershipLimitError, _handle_membership_limit)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(sa_exc.SQLAlchemyError, _handle_database_error)

@@ -4,6 +4,8 @@ Every error this service answers is a `Problem` (the body, and the schema /opena
 documents for it), of a type from the catalogue below or `about:blank` for a plain HTTP
 status (404, 405, 413, ...). Code that must answer a specific problem raises
 `ProblemError(SOME_TYPE.problem(detail))`; errors.py renders it, and everything else.
+Bad input found past validation is not a problem of its own: code below the routes raises
+a `BadInputError` (taskmanager.bad_input), which errors.py answers as a validation problem.
 """
 
 from __future__ import annotations

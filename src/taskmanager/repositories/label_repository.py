@@ -10,6 +10,7 @@ from sqlalchemy import Integer, Text, any_, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskmanager.bad_input import BadInputError
 from taskmanager.models import Label
 from taskmanager.repositories.array_parameters import any_of, in_scope
 from taskmanager.security.scope import Scope
@@ -21,12 +22,18 @@ UPDATABLE_FIELDS = frozenset({"name", "colour"})
 LABEL_ORDER = (func.lower(Label.name), Label.id)
 
 
-class LabelsNotInWorkspaceError(LookupError):
+LABELS_NOT_IN_WORKSPACE = "no label of the task's workspace has this id"
+
+
+class LabelsNotInWorkspaceError(BadInputError):
     """Some label ids name no label of the task's workspace (another workspace's, one the
-    caller cannot see, or none at all): answered as a 422 naming `body.label_ids`."""
+    caller cannot see, or none at all): bad input about `body.label_ids`."""
 
     def __init__(self, label_ids: Sequence[int]) -> None:
-        super().__init__(f"no label of the task's workspace has id {list(label_ids)}")
+        ids = ", ".join(str(label_id) for label_id in label_ids)
+        super().__init__(
+            "body.label_ids", f"{LABELS_NOT_IN_WORKSPACE}: {ids}", "label_not_in_workspace"
+        )
         self.label_ids = list(label_ids)
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
+from taskmanager.bad_input import BadInputError
 from taskmanager.database import driver_connection
 from taskmanager.models import Category, Label, Task
 from taskmanager.repositories.label_repository import LabelRepository
@@ -152,7 +153,7 @@ class TaskRepository:
         filters = filters or TaskFilters()
         active = listed = active_filters(filters)
         if sort in SORTS_NEEDING_Q and not filters.q:
-            raise ValueError(f"sort={sort} needs q")
+            raise BadInputError("query.sort", f"{sort} needs q")
         labels = LabelRepository(self.session, self.scope)
         if filters.label_ids and not await labels.all_in_scope(filters.label_ids):
             # Answered like an id of no label, before anything reads task_labels: how long
@@ -237,7 +238,7 @@ class TaskRepository:
         statement = empty_search_statement(active, counted and past_the_start)
         row = (await self.session.execute(statement, parameters)).one()
         if row.no_words:
-            raise SearchWordsMissingError(filters.q)
+            raise SearchWordsMissingError
         return TaskPage(items=[], total=row.total if counted else None)
 
     async def count(self, filters: TaskFilters | None = None) -> int:

@@ -18,10 +18,11 @@ from fastapi import Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from taskmanager.bad_input import BadInputError
 from taskmanager.database import SessionDep
 from taskmanager.dependencies import CurrentUserDep
 from taskmanager.models import IDEMPOTENCY_KEY_MAX_LENGTH
-from taskmanager.problems import IDEMPOTENCY_KEY_REUSED, VALIDATION_ERROR, ProblemError
+from taskmanager.problems import IDEMPOTENCY_KEY_REUSED, ProblemError
 from taskmanager.repositories.idempotency_repository import IdempotencyRepository
 
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -102,12 +103,9 @@ async def get_idempotent_request(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> IdempotentRequest:
     if idempotency_key is not None and not _VALID_KEY.match(idempotency_key):
-        raise ProblemError(
-            VALIDATION_ERROR.about_field(
-                "header.Idempotency-Key",
-                f"must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters without "
-                "spaces",
-            )
+        raise BadInputError(
+            "header.Idempotency-Key",
+            f"must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters without spaces",
         )
     route = request.scope.get("route")
     path = getattr(route, "path", request.url.path)

@@ -14,10 +14,8 @@ from taskmanager.cursors import MAX_CURSOR_LENGTH, CursorCodec, InvalidCursorErr
 from taskmanager.dependencies import TaskReaderDep, TaskRepositoryDep
 from taskmanager.models import Task
 from taskmanager.openapi import problem_responses, response_headers
-from taskmanager.problems import VALIDATION_ERROR, ProblemError
 from taskmanager.repositories.task_queries.filters import TaskFilters
-from taskmanager.repositories.task_queries.search import SearchWordsMissingError
-from taskmanager.repositories.task_queries.sorts import SORTS_NEEDING_Q, keyset
+from taskmanager.repositories.task_queries.sorts import keyset
 from taskmanager.repositories.task_queries.views import TaskView
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.routes.idempotency import IdempotencyDep
@@ -182,23 +180,14 @@ async def list_tasks(
         priority=priority,
         label_ids=tuple(label_id or ()),
     )
-    if sort in SORTS_NEEDING_Q and not q:
-        raise ProblemError(VALIDATION_ERROR.about_field("query.sort", f"{sort} needs q"))
     filters_fingerprint = fingerprint(filters)
     after = None
     if cursor is not None:
         after = _read_cursor(request, repo, cursor, offset, sort, filters_fingerprint)
     counted = cursor is None if count is None else count
-    try:
-        page = await repo.get_page(
-            filters, limit=limit, offset=offset, sort=sort, after=after, counted=counted
-        )
-    except SearchWordsMissingError:
-        raise ProblemError(
-            VALIDATION_ERROR.about_field(
-                "query.q", "has no words to search for (only punctuation or spaces)"
-            )
-        ) from None
+    page = await repo.get_page(
+        filters, limit=limit, offset=offset, sort=sort, after=after, counted=counted
+    )
     if page.total is not None:
         response.headers["X-Total-Count"] = str(page.total)
     if page.next_after is not None:
@@ -220,19 +209,16 @@ def _read_cursor(
     sort: str,
     filters_fingerprint: str,
 ) -> tuple[object, ...]:
-    """The sort keys the page continues after; a 422 naming `query.cursor` if it cannot."""
+    """The sort keys the page continues after (InvalidCursorError if it cannot)."""
     if offset:
         message = "cannot be combined with offset: a cursor says where the page starts"
-        raise ProblemError(VALIDATION_ERROR.about_field("query.cursor", message))
-    try:
-        return _cursors(request, repo).read(
-            cursor,
-            sort=sort,
-            filters_fingerprint=filters_fingerprint,
-            key_types=keyset(sort).types,
-        )
-    except InvalidCursorError as error:
-        raise ProblemError(VALIDATION_ERROR.about_field("query.cursor", str(error))) from None
+        raise InvalidCursorError(message)
+    return _cursors(request, repo).read(
+        cursor,
+        sort=sort,
+        filters_fingerprint=filters_fingerprint,
+        key_types=keyset(sort).types,
+    )
 
 
 def _next_link(request: Request, next_cursor: str) -> str:

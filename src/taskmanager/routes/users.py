@@ -6,11 +6,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from taskmanager.accounts.login_limits import count_password_attempt, too_many_attempts
+from taskmanager.bad_input import BadInputError
 from taskmanager.database import ReadSessionDep, SessionDep
 from taskmanager.dependencies import CurrentReaderDep, CurrentUserDep, enter_again
 from taskmanager.models import User
 from taskmanager.openapi import problem_responses
-from taskmanager.problems import VALIDATION_ERROR, ProblemError
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.schemas import UserResponse, UserUpdate
@@ -57,9 +57,7 @@ async def update_me(
             body.current_password or "", account.password_hash if account is not None else None
         )
         if not matches:
-            raise ProblemError(
-                VALIDATION_ERROR.about_field("body.current_password", "is not your password")
-            )
+            raise BadInputError("body.current_password", "is not your password")
         await users.record_password_change(me, await hash_password(body.password))
         await AuthSessionRepository(session).revoke_all(
             user.user_id, "password_changed", keep=user.session_id

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 
+from taskmanager.bad_input import BadInputError
 from taskmanager.dependencies import (
     CurrentReaderDep,
     CurrentUserDep,
@@ -17,7 +18,7 @@ from taskmanager.dependencies import (
 )
 from taskmanager.models import Workspace
 from taskmanager.openapi import problem_responses, response_headers
-from taskmanager.problems import CONFLICT, FORBIDDEN, VALIDATION_ERROR, ProblemError
+from taskmanager.problems import CONFLICT, FORBIDDEN, ProblemError
 from taskmanager.repositories.workspace_repository import MemberView, WorkspaceView
 from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
 from taskmanager.schemas import (
@@ -193,7 +194,7 @@ async def add_member(
         )
     member_id = await repo.user_id_by_email(body.email)
     if member_id is None:
-        raise ProblemError(VALIDATION_ERROR.about_field("body.email", "no account has this email"))
+        raise BadInputError("body.email", "no account has this email")
     await repo.add_member(user, workspace_id, member_id, body.role, limits)
     member = await repo.member(user, workspace_id, member_id)
     assert member is not None  # just inserted, in a workspace the caller owns

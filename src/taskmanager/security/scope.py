@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from taskmanager.problems import VALIDATION_ERROR, ProblemError
+from taskmanager.bad_input import BadInputError
 
 _MINT = object()
 
@@ -58,13 +58,11 @@ class Scope:
 
     def workspace_for_new_row(self, workspace_id: int | None) -> int:
         """Where a new task or category goes: the workspace named, if the caller belongs to
-        it (else a 422 naming the field), or the caller's personal workspace."""
+        it (else a BadInputError naming the field), or the caller's personal workspace."""
         chosen = self.personal_workspace_id if workspace_id is None else workspace_id
         if chosen is None or not self.can_see(chosen):
-            raise ProblemError(
-                VALIDATION_ERROR.about_field(
-                    "body.workspace_id", "you are not a member of a workspace with this id"
-                )
+            raise BadInputError(
+                "body.workspace_id", "you are not a member of a workspace with this id"
             )
         return chosen
 

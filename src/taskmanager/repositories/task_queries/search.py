@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Integer, Text, bindparam, func, literal_column, select
 from sqlalchemy.dialects.postgresql import TSQUERY
 
+from taskmanager.bad_input import BadInputError
 from taskmanager.models import SEARCH_CONFIG, Task
 
 _TASKS = Task.__table__
@@ -70,5 +71,8 @@ RELEVANCE = func.ts_rank(_TASKS.c.search_vector, SEARCH_QUERY)
 Q_HAS_NO_WORDS = func.length(func.to_tsvector(_SEARCH_CONFIG, _Q)) == 0
 
 
-class SearchWordsMissingError(ValueError):
+class SearchWordsMissingError(BadInputError):
     """`q` holds nothing PostgreSQL's parser sees as a word ("!!!", "-"): nothing to search for."""
+
+    def __init__(self) -> None:
+        super().__init__("query.q", "has no words to search for (only punctuation or spaces)")
