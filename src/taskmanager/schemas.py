@@ -300,6 +300,17 @@ class LabelUpdate(BaseModel):
 # ─────────────────────────────────────────────
 
 
+class InWorkspaceFields(BaseModel):
+    """What the answer of a row a workspace owns (a category, a label) adds to its nested
+    form: its workspace, when it was made, and its version."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    workspace_id: int
+    created_at: datetime
+    version: int  # also sent as the ETag header
+
+
 class CategoryResponse(BaseModel):
     """A category as nested in a task."""
 
@@ -309,12 +320,8 @@ class CategoryResponse(BaseModel):
     name: str
 
 
-class CategoryDetailResponse(CategoryResponse):
+class CategoryDetailResponse(InWorkspaceFields, CategoryResponse):
     """A category as returned by the /categories endpoints."""
-
-    workspace_id: int
-    created_at: datetime
-    version: int  # also sent as the ETag header
 
 
 class LabelResponse(BaseModel):
@@ -327,12 +334,8 @@ class LabelResponse(BaseModel):
     colour: str | None
 
 
-class LabelDetailResponse(LabelResponse):
+class LabelDetailResponse(InWorkspaceFields, LabelResponse):
     """A label as returned by the /labels endpoints."""
-
-    workspace_id: int
-    created_at: datetime
-    version: int  # also sent as the ETag header
 
 
 class TaskResponse(BaseModel):

@@ -3,20 +3,14 @@ may carry. Flushes, never commits."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from sqlalchemy import Integer, Text, any_, bindparam, func, select, text
-from sqlalchemy.dialects.postgresql import ARRAY, insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Integer, any_, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from taskmanager.bad_input import BadInputError
 from taskmanager.models import Label
-from taskmanager.repositories.array_parameters import any_of, in_scope
-from taskmanager.security.scope import Scope
-
-# Columns a client may change through LabelRepository.update.
-UPDATABLE_FIELDS = frozenset({"name", "colour"})
+from taskmanager.repositories.workspace_owned import WorkspaceOwnedRepository
 
 # A label's order wherever labels are listed: by name ignoring case, then by id.
 LABEL_ORDER = (func.lower(Label.name), Label.id)
@@ -63,58 +57,20 @@ _COUNT_IN_SCOPE = (
 )
 
 
-class LabelRepository:
-    """Encapsulates all database operations for Labels, within the caller's Scope."""
+class LabelRepository(WorkspaceOwnedRepository[Label]):
+    """Encapsulates all database operations for Labels, within the caller's Scope, and
+    which labels a task may carry. Deleting a label takes it off every task that carried
+    it (ON DELETE CASCADE)."""
 
-    def __init__(self, session: AsyncSession, scope: Scope) -> None:
-        self.session = session
-        self.scope = scope
-
-    async def get_by_id(self, label_id: int, *, for_update: bool = False) -> Label | None:
-        """Fetch a label; `for_update=True` locks its row until the transaction ends."""
-        stmt = select(Label).where(Label.id == label_id, in_scope(Label.workspace_id, self.scope))
-        if for_update:
-            stmt = stmt.with_for_update()
-        result = await self.session.execute(stmt)
-        return result.scalar_one_or_none()
-
-    async def get_all(self, workspace_id: int | None = None) -> list[Label]:
-        """The caller's labels (of one workspace, if given) by name, ignoring case."""
-        stmt = select(Label).where(in_scope(Label.workspace_id, self.scope)).order_by(*LABEL_ORDER)
-        if workspace_id is not None:
-            stmt = stmt.where(Label.workspace_id == workspace_id)
-        result = await self.session.execute(stmt)
-        return list(result.scalars().all())
+    model = Label
+    updatable_fields = frozenset({"name", "colour"})
 
     async def create(
         self, name: str, colour: str | None = None, workspace_id: int | None = None
     ) -> Label:
         """Create a label in `workspace_id` (default: the caller's personal workspace); a
         name taken there in any case fails the unique index at flush."""
-        label = Label(
-            name=name, colour=colour, workspace_id=self.scope.workspace_for_new_row(workspace_id)
-        )
-        self.session.add(label)
-        await self.session.flush()
-        return label
-
-    async def update(self, label: Label, changes: Mapping[str, Any]) -> Label:
-        """Apply `changes` (field -> new value); a name taken by another label of the
-        workspace (any case) fails the unique index."""
-        unknown = set(changes) - UPDATABLE_FIELDS
-        if unknown:
-            raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
-        for key, value in changes.items():
-            setattr(label, key, value)
-        if self.session.is_modified(label):
-            label.version += 1  # a new state, a new ETag
-        await self.session.flush()
-        return label
-
-    async def delete(self, label: Label) -> None:
-        """Delete a label; PostgreSQL takes it off every task (ON DELETE CASCADE)."""
-        await self.session.delete(label)
-        await self.session.flush()
+        return await self._add(workspace_id, name=name, colour=colour)
 
     async def in_workspace(self, label_ids: Sequence[int], workspace_id: int) -> list[Label]:
         """The labels `label_ids` name, in label order, if every one is a label of
@@ -148,25 +104,6 @@ class LabelRepository:
     ) -> list[int]:
         """Create the labels (name, colour) that do not exist yet (any case) in
         `workspace_id`, one of the caller's; return the ids of all of them. For seeding."""
-        workspace_id = self.scope.workspace_for_new_row(workspace_id)
-        if labels:
-            stmt = (
-                insert(Label)
-                .values(
-                    [
-                        {"name": name, "colour": colour, "workspace_id": workspace_id}
-                        for name, colour in labels
-                    ]
-                )
-                .on_conflict_do_nothing(index_elements=[Label.workspace_id, text("lower(name)")])
-            )
-            await self.session.execute(stmt)
-        lowered = [name.lower() for name, _ in labels]
-        result = await self.session.execute(
-            select(Label.id)
-            .where(
-                Label.workspace_id == workspace_id, any_of(func.lower(Label.name), lowered, Text)
-            )
-            .order_by(Label.id)
+        return await self._ensure_named(
+            [{"name": name, "colour": colour} for name, colour in labels], workspace_id
         )
-        return list(result.scalars().all())

@@ -4,38 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from taskmanager.dependencies import CategoryReaderDep, CategoryRepositoryDep
 from taskmanager.models import Category
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.routes.idempotency import IdempotencyDep
-from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
+from taskmanager.routes.preconditions import IfMatch, get_for_change, get_or_404, set_etag
 from taskmanager.schemas import INT4_MAX, CategoryCreate, CategoryDetailResponse, CategoryUpdate
 
 router = APIRouter(prefix="/categories", tags=["categories"])
 
 CategoryId = Annotated[int, Path(ge=1, le=INT4_MAX, description="The category's id.")]
 NOT_FOUND = "Category not found"
-
-
-async def _get_or_404(
-    repo: CategoryRepositoryDep, category_id: int, *, for_update: bool = False
-) -> Category:
-    category = await repo.get_by_id(category_id, for_update=for_update)
-    if category is None:
-        raise HTTPException(status_code=404, detail=NOT_FOUND)
-    return category
-
-
-async def _get_for_change(
-    repo: CategoryRepositoryDep, category_id: int, if_match: str | None
-) -> Category:
-    """The category, locked for this transaction, if If-Match allows the change."""
-    category = await _get_or_404(repo, category_id, for_update=True)
-    require_match(if_match, category.version)
-    return category
 
 
 @router.post(
@@ -58,9 +40,8 @@ async def create_category(
     if (replayed := await idempotency.replay(body)) is not None:
         return replayed
     category = await repo.create(body.name, body.workspace_id)
-    response.headers["Location"] = str(request.url_for("get_category", category_id=category.id))
-    set_etag(response, category.version)
-    await idempotency.remember(201, CategoryDetailResponse, category, response)
+    location = str(request.url_for("get_category", category_id=category.id))
+    await idempotency.created(response, CategoryDetailResponse, category, location)
     return category
 
 
@@ -86,7 +67,7 @@ async def list_categories(
 async def get_category(
     category_id: CategoryId, repo: CategoryReaderDep, response: Response
 ) -> Category:
-    category = await _get_or_404(repo, category_id)
+    category = await get_or_404(repo.get_by_id(category_id), NOT_FOUND)
     set_etag(response, category.version)
     return category
 
@@ -107,7 +88,8 @@ async def rename_category(
     if_match: IfMatch = None,
 ) -> Category:
     """Rename; with `If-Match`, only if the category is still at that ETag (else 412)."""
-    category = await repo.rename(await _get_for_change(repo, category_id, if_match), body.name)
+    found = repo.get_by_id(category_id, for_update=True)
+    category = await repo.rename(await get_for_change(found, NOT_FOUND, if_match), body.name)
     set_etag(response, category.version)
     return category
 
@@ -122,4 +104,5 @@ async def delete_category(
     category_id: CategoryId, repo: CategoryRepositoryDep, if_match: IfMatch = None
 ) -> None:
     """Delete a category; its tasks stay, uncategorised."""
-    await repo.delete(await _get_for_change(repo, category_id, if_match))
+    found = repo.get_by_id(category_id, for_update=True)
+    await repo.delete(await get_for_change(found, NOT_FOUND, if_match))

@@ -24,6 +24,7 @@ from taskmanager.dependencies import CurrentUserDep
 from taskmanager.models import IDEMPOTENCY_KEY_MAX_LENGTH
 from taskmanager.problems import IDEMPOTENCY_KEY_REUSED, ProblemError
 from taskmanager.repositories.idempotency_repository import IdempotencyRepository
+from taskmanager.routes.preconditions import Versioned, set_etag
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 # Printable ASCII without spaces: safe to store, log and echo.
@@ -94,6 +95,16 @@ class IdempotentRequest:
         await self.repository.remember(
             self.user_id, self.scope, self.key, status_code, body, headers
         )
+
+    async def created(
+        self, response: Response, response_model: type[BaseModel], row: Versioned, location: str
+    ) -> None:
+        """Answer 201 with `row`, new at `location`: its URL in Location, its version in ETag,
+        and the whole answer remembered for retries (the headers first: they are part of
+        it)."""
+        response.headers["Location"] = location
+        set_etag(response, row.version)
+        await self.remember(201, response_model, row, response)
 
 
 async def get_idempotent_request(

@@ -4,36 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from taskmanager.dependencies import LabelReaderDep, LabelRepositoryDep
 from taskmanager.models import Label
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.routes.idempotency import IdempotencyDep
-from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
+from taskmanager.routes.preconditions import IfMatch, get_for_change, get_or_404, set_etag
 from taskmanager.schemas import INT4_MAX, LabelCreate, LabelDetailResponse, LabelUpdate
 
 router = APIRouter(prefix="/labels", tags=["labels"])
 
 LabelId = Annotated[int, Path(ge=1, le=INT4_MAX, description="The label's id.")]
 NOT_FOUND = "Label not found"
-
-
-async def _get_or_404(
-    repo: LabelRepositoryDep, label_id: int, *, for_update: bool = False
-) -> Label:
-    label = await repo.get_by_id(label_id, for_update=for_update)
-    if label is None:
-        raise HTTPException(status_code=404, detail=NOT_FOUND)
-    return label
-
-
-async def _get_for_change(repo: LabelRepositoryDep, label_id: int, if_match: str | None) -> Label:
-    """The label, locked for this transaction, if If-Match allows the change."""
-    label = await _get_or_404(repo, label_id, for_update=True)
-    require_match(if_match, label.version)
-    return label
 
 
 @router.post(
@@ -57,9 +41,8 @@ async def create_label(
     if (replayed := await idempotency.replay(body)) is not None:
         return replayed
     label = await repo.create(body.name, body.colour, body.workspace_id)
-    response.headers["Location"] = str(request.url_for("get_label", label_id=label.id))
-    set_etag(response, label.version)
-    await idempotency.remember(201, LabelDetailResponse, label, response)
+    location = str(request.url_for("get_label", label_id=label.id))
+    await idempotency.created(response, LabelDetailResponse, label, location)
     return label
 
 
@@ -83,7 +66,7 @@ async def list_labels(
     responses={200: {"headers": response_headers("ETag")}, **problem_responses(401, 404, 422, 503)},
 )
 async def get_label(label_id: LabelId, repo: LabelReaderDep, response: Response) -> Label:
-    label = await _get_or_404(repo, label_id)
+    label = await get_or_404(repo.get_by_id(label_id), NOT_FOUND)
     set_etag(response, label.version)
     return label
 
@@ -105,7 +88,8 @@ async def update_label(
 ) -> Label:
     """Rename or recolour (only the fields sent; a null colour clears it); with `If-Match`,
     only if the label is still at that ETag (else 412)."""
-    label = await _get_for_change(repo, label_id, if_match)
+    found = repo.get_by_id(label_id, for_update=True)
+    label = await get_for_change(found, NOT_FOUND, if_match)
     label = await repo.update(label, body.model_dump(exclude_unset=True))
     set_etag(response, label.version)
     return label
@@ -121,4 +105,5 @@ async def delete_label(
     label_id: LabelId, repo: LabelRepositoryDep, if_match: IfMatch = None
 ) -> None:
     """Delete a label; it comes off every task that carried it."""
-    await repo.delete(await _get_for_change(repo, label_id, if_match))
+    found = repo.get_by_id(label_id, for_update=True)
+    await repo.delete(await get_for_change(found, NOT_FOUND, if_match))

@@ -2,14 +2,16 @@
 
 The ETag is the row's version, bumped by every change. A PATCH, PUT or DELETE that sends
 If-Match changes the row only if nobody changed it since the client read it; without
-If-Match it behaves as before (last writer wins).
+If-Match it behaves as before (last writer wins). Every such route reads its row with
+`get_for_change`: 404 if the caller cannot see it, 412 if If-Match does not allow it.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable
+from typing import Annotated, Protocol, TypeVar
 
-from fastapi import Header, Response
+from fastapi import Header, HTTPException, Response
 
 from taskmanager.problems import PRECONDITION_FAILED, ProblemError
 
@@ -20,6 +22,17 @@ IfMatch = Annotated[
         description='Change only if the current ETag is one of these, e.g. `"3"` (or `*`).',
     ),
 ]
+
+
+class Versioned(Protocol):
+    """A row with a version (its ETag)."""
+
+    @property
+    def version(self) -> int: ...
+
+
+Found = TypeVar("Found")
+Row = TypeVar("Row", bound=Versioned)
 
 
 def etag(version: int) -> str:
@@ -50,3 +63,20 @@ def require_match(if_match: str | None, version: int) -> None:
         ),
         headers={"ETag": current},
     )
+
+
+async def get_or_404(found: Awaitable[Found | None], not_found: str) -> Found:
+    """What a repository `found`, or a 404 saying `not_found` (not the caller's is the same
+    answer as not there)."""
+    row = await found
+    if row is None:
+        raise HTTPException(status_code=404, detail=not_found)
+    return row
+
+
+async def get_for_change(found: Awaitable[Row | None], not_found: str, if_match: str | None) -> Row:
+    """The row a repository `found` for a change (read locked, for this transaction), if it
+    exists (else 404 saying `not_found`) and If-Match allows the change (else 412)."""
+    row = await get_or_404(found, not_found)
+    require_match(if_match, row.version)
+    return row

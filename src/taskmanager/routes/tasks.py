@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
@@ -19,7 +19,7 @@ from taskmanager.repositories.task_queries.sorts import keyset
 from taskmanager.repositories.task_queries.views import TaskView
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.routes.idempotency import IdempotencyDep
-from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
+from taskmanager.routes.preconditions import IfMatch, get_for_change, get_or_404, set_etag
 from taskmanager.schemas import (
     INT4_MAX,
     MAX_LABELS_PER_TASK,
@@ -40,15 +40,6 @@ CHANGED_TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"headers": response_headers("ETag")},
     **problem_responses(401, 404, 412, 413, 422, 503),
 }
-
-
-async def _get_for_change(repo: TaskRepositoryDep, task_id: int, if_match: str | None) -> Task:
-    """The task, locked for this transaction, if it exists and If-Match allows the change."""
-    task = await repo.get_by_id_with_category(task_id, for_update=True)
-    if task is None:
-        raise HTTPException(status_code=404, detail=NOT_FOUND)
-    require_match(if_match, task.version)
-    return task
 
 
 @router.post(
@@ -83,9 +74,8 @@ async def create_task(
         priority=body.priority,
         label_ids=body.label_ids,
     )
-    response.headers["Location"] = str(request.url_for("get_task", task_id=task.id))
-    set_etag(response, task.version)
-    await idempotency.remember(201, TaskWithCategoryResponse, task, response)
+    location = str(request.url_for("get_task", task_id=task.id))
+    await idempotency.created(response, TaskWithCategoryResponse, task, location)
     return task
 
 
@@ -234,9 +224,7 @@ def _next_link(request: Request, next_cursor: str) -> str:
 )
 async def get_task(task_id: TaskId, repo: TaskReaderDep, response: Response) -> TaskView:
     """One task; `ETag` is its version, for If-Match on a later change."""
-    task = await repo.get_view(task_id)
-    if task is None:
-        raise HTTPException(status_code=404, detail=NOT_FOUND)
+    task = await get_or_404(repo.get_view(task_id), NOT_FOUND)
     set_etag(response, task["version"])
     return task
 
@@ -256,7 +244,8 @@ async def update_task(
     """Change only the fields sent; an explicit null clears description or category_id.
 
     With `If-Match`, only if the task is still at that ETag (else 412)."""
-    task = await _get_for_change(repo, task_id, if_match)
+    found = repo.get_by_id_with_category(task_id, for_update=True)
+    task = await get_for_change(found, NOT_FOUND, if_match)
     task = await repo.update(task, body.model_dump(exclude_unset=True))
     set_etag(response, task.version)
     return task
@@ -287,4 +276,5 @@ async def replace_task(
 )
 async def delete_task(task_id: TaskId, repo: TaskRepositoryDep, if_match: IfMatch = None) -> None:
     """Delete a task; with `If-Match`, only if it is still at that ETag (else 412)."""
-    await repo.delete(await _get_for_change(repo, task_id, if_match))
+    found = repo.get_by_id_with_category(task_id, for_update=True)
+    await repo.delete(await get_for_change(found, NOT_FOUND, if_match))

@@ -20,7 +20,7 @@ from taskmanager.models import Workspace
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.problems import CONFLICT, FORBIDDEN, ProblemError
 from taskmanager.repositories.workspace_repository import MemberView, WorkspaceView
-from taskmanager.routes.preconditions import IfMatch, require_match, set_etag
+from taskmanager.routes.preconditions import IfMatch, get_for_change, get_or_404, set_etag
 from taskmanager.schemas import (
     INT4_MAX,
     MemberAdd,
@@ -51,9 +51,7 @@ def _owner_only(user: Scope, workspace_id: int) -> None:
 async def _detail(
     repo: WorkspaceReaderDep | WorkspaceRepositoryDep, user: Scope, workspace_id: int
 ) -> dict[str, object]:
-    view = await repo.get(user, workspace_id)
-    if view is None:
-        raise HTTPException(status_code=404, detail=NOT_FOUND)
+    view = await get_or_404(repo.get(user, workspace_id), NOT_FOUND)
     members = await repo.members(user, workspace_id)
     return {**asdict(view), "members": members}
 
@@ -112,11 +110,7 @@ async def _for_change(
     repo: WorkspaceRepositoryDep, user: Scope, workspace_id: int, if_match: str | None
 ) -> Workspace:
     _owner_only(user, workspace_id)
-    workspace = await repo.get_for_change(user, workspace_id)
-    if workspace is None:
-        raise HTTPException(status_code=404, detail=NOT_FOUND)
-    require_match(if_match, workspace.version)
-    return workspace
+    return await get_for_change(repo.get_for_change(user, workspace_id), NOT_FOUND, if_match)
 
 
 @router.patch(
@@ -185,9 +179,7 @@ async def add_member(
     at its own URL. 409 if it is a member already, if the workspace has as many members as
     it may, or if the account belongs to as many workspaces as an account may."""
     _owner_only(user, workspace_id)
-    view = await repo.get(user, workspace_id)
-    if view is None:
-        raise HTTPException(status_code=404, detail=NOT_FOUND)
+    view = await get_or_404(repo.get(user, workspace_id), NOT_FOUND)
     if view.personal and body.role == "owner":
         raise ProblemError(
             CONFLICT.problem("a personal workspace has one owner; add people as members")
@@ -215,10 +207,7 @@ async def get_member(
     """One member of a workspace you belong to."""
     if not user.can_see(workspace_id):
         raise HTTPException(status_code=404, detail=NOT_FOUND)
-    member = await repo.member(user, workspace_id, user_id)
-    if member is None:
-        raise HTTPException(status_code=404, detail=MEMBER_NOT_FOUND)
-    return member
+    return await get_or_404(repo.member(user, workspace_id, user_id), MEMBER_NOT_FOUND)
 
 
 @router.delete(
@@ -239,9 +228,7 @@ async def remove_member(
         raise HTTPException(status_code=404, detail=NOT_FOUND)
     if user_id != user.user_id and not user.owns(workspace_id):
         raise ProblemError(FORBIDDEN.problem("only an owner may remove another member"))
-    membership = await repo.membership(user, workspace_id, user_id)
-    if membership is None:
-        raise HTTPException(status_code=404, detail=MEMBER_NOT_FOUND)
+    membership = await get_or_404(repo.membership(user, workspace_id, user_id), MEMBER_NOT_FOUND)
     if membership.role == "owner":
         owners = await repo.lock_owners(user, workspace_id)
         if list(owners) == [user_id]:
