@@ -40,6 +40,7 @@ from taskmanager.models import Task
 from taskmanager.repositories.task_repository import TaskRepository
 from tests.support.accounts import Account
 from tests.support.real_sessions import app_with_real_sessions
+from tests.support.row_level_security import sqlstate
 
 READ_ONLY_TRANSACTION = "25006"  # SQLSTATE read_only_sql_transaction
 
@@ -92,10 +93,6 @@ def test_reading_routes_take_a_read_session_and_writing_routes_a_transaction(
     assert reading[("GET", "/categories/{category_id}")] == {"read"}
 
 
-def _sqlstate(error: sa_exc.DBAPIError) -> str | None:
-    return getattr(error.orig, "sqlstate", None)
-
-
 async def _write_attempt(session: AsyncSession, workspace_id: int | None) -> str | None:
     """Try to insert a task through `session` (in a savepoint, so the transaction goes on):
     the SQLSTATE it failed with, or None if the write went through."""
@@ -105,7 +102,7 @@ async def _write_attempt(session: AsyncSession, workspace_id: int | None) -> str
                 insert(Task).values(title="written by a reader", workspace_id=workspace_id)
             )
     except sa_exc.DBAPIError as refused:
-        return _sqlstate(refused)
+        return sqlstate(refused)
     return None
 
 
@@ -126,7 +123,7 @@ async def test_a_read_session_is_one_read_only_transaction(engine: AsyncEngine) 
         # Any write is refused by PostgreSQL itself.
         with pytest.raises(sa_exc.DBAPIError) as refused:
             await session.execute(text("CREATE TEMPORARY TABLE written_by_a_reader (x int)"))
-        assert _sqlstate(refused.value) == READ_ONLY_TRANSACTION
+        assert sqlstate(refused.value) == READ_ONLY_TRANSACTION
 
 
 @pytest_asyncio.fixture

@@ -31,10 +31,10 @@ from taskmanager.repositories.idempotency_repository import IdempotencyRepositor
 from taskmanager.repositories.label_repository import LabelRepository, LabelsNotInWorkspaceError
 from taskmanager.repositories.task_queries.filters import TaskFilters
 from taskmanager.repositories.task_repository import TaskRepository
-from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.repositories.workspace_repository import WorkspaceRepository
 from taskmanager.security.scope import Scope, mint_scope
-from tests.support.accounts import Account, request_entry
+from tests.support.accounts import Account, created_by
+from tests.support.row_level_security import enter_scope, is_policy_violation
 
 IDEMPOTENCY_SCOPE = "POST /tasks"
 
@@ -52,9 +52,7 @@ class Rows:
 
 
 async def _post(client: AsyncClient, account: Account, path: str, body: dict[str, Any]) -> int:
-    response = await client.post(path, json=body, headers=account.headers)
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
+    return int((await created_by(client, account, path, body))["id"])
 
 
 @pytest_asyncio.fixture
@@ -199,12 +197,6 @@ async def test_the_idempotency_key_lookup_alone_keeps_to_its_user(
 # ─────────────────────────────── (b) the policies alone
 
 
-def _refused_by_a_policy(error: DBAPIError) -> bool:
-    orig: Any = error.orig
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig.__cause__, "sqlstate", None)
-    return sqlstate == "42501" and "row-level security" in str(orig)
-
-
 # Raw writes into mallory's workspace (or as mallory), none with RETURNING: only a policy's
 # WITH CHECK can refuse them. {mine}: alice's task; {theirs}: mallory's workspace.
 RAW_WRITES = {
@@ -238,10 +230,6 @@ RAW_WRITES = {
 }
 
 
-async def _as_alice(db_session: AsyncSession, account: Account) -> None:
-    assert await UserRepository(db_session).enter(request_entry(account)) is not None
-
-
 def _statement(what: str, rows: Rows, account: Account, other_account: Account) -> str:
     return RAW_WRITES[what].format(
         theirs=rows.their_workspace,
@@ -259,12 +247,12 @@ def _statement(what: str, rows: Rows, account: Account, other_account: Account) 
 async def test_the_policies_alone_refuse_writes_into_another_workspace(
     db_session: AsyncSession, rows: Rows, account: Account, other_account: Account, what: str
 ) -> None:
-    await _as_alice(db_session, account)
+    await enter_scope(db_session, account)
     connection = await db_session.connection()
     with pytest.raises(DBAPIError) as raised:
         async with connection.begin_nested():
             await connection.exec_driver_sql(_statement(what, rows, account, other_account))
-    assert _refused_by_a_policy(raised.value), raised.value
+    assert is_policy_violation(raised.value), raised.value
 
 
 @pytest.mark.parametrize(
@@ -289,6 +277,6 @@ async def test_with_a_policy_checking_nothing_the_same_write_goes_through(
     refused even then: its WHERE reads the row, so PostgreSQL also holds the new row to the
     policy's USING; only an INSERT without RETURNING meets WITH CHECK alone.)"""
     await db_session.execute(text(f"ALTER POLICY {policy} ON {table} WITH CHECK (true)"))
-    await _as_alice(db_session, account)
+    await enter_scope(db_session, account)
     connection = await db_session.connection()
     await connection.exec_driver_sql(_statement(what, rows, account, other_account))

@@ -37,11 +37,11 @@ from taskmanager.security.tokens import read_access_token
 from tests.support.accounts import TEST_SECRET, register_and_login
 from tests.support.databases import TEST_KEY, database_of, superuser_url
 from tests.support.live_app import live_client
+from tests.support.row_level_security import INSUFFICIENT_PRIVILEGE, sqlstate
 
 VICTIM = "victim@example.com"
 ATTACKER = "attacker@example.com"
 VICTIM_TITLE = "the victim's secret plan"
-INSUFFICIENT_PRIVILEGE = "42501"
 FAR = 4_102_444_800  # 2100-01-01: a valid_until no proof is needed for the test to reach
 
 
@@ -123,13 +123,8 @@ def refused(outcome: list[Any]) -> bool:
     return (
         len(outcome) == 1
         and isinstance(outcome[0], DBAPIError)
-        and _sqlstate(outcome[0]) == INSUFFICIENT_PRIVILEGE
+        and sqlstate(outcome[0]) == INSUFFICIENT_PRIVILEGE
     )
-
-
-def _sqlstate(error: DBAPIError) -> str | None:
-    orig: Any = error.orig
-    return getattr(orig, "sqlstate", None) or getattr(orig.__cause__, "sqlstate", None)
 
 
 def nothing_of(victim: Person, outcome: Iterable[Any]) -> bool:

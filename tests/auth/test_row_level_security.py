@@ -23,7 +23,6 @@ from httpx import AsyncClient
 from sqlalchemy import bindparam, delete, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql import Executable
 
 from taskmanager.models import (
     AuthSession,
@@ -42,9 +41,16 @@ from taskmanager.repositories.task_queries import views
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.security.scope import Scope
-from tests.support.accounts import Account, request_entry
+from tests.support.accounts import Account, created_by
 from tests.support.databases import TEST_DATABASE, TEST_KEY
 from tests.support.problems import assert_problem
+from tests.support.row_level_security import (
+    assert_nothing_matches,
+    assert_refused_by_the_policies,
+    enter_scope,
+    leave_scope,
+    rows,
+)
 
 TENANT_TABLES = {
     "categories",
@@ -52,33 +58,12 @@ TENANT_TABLES = {
     "labels",
     "task_labels",
 }
-_LEAVE_REQUEST_SCOPE = text(
-    "SELECT set_config('role', 'none', true), set_config('taskmanager.caller', '', true)"
-)
 REQUEST_ROLE = caller_role_name(TEST_DATABASE)
 
 
 async def post(client: AsyncClient, account: Account, url: str, body: dict[str, Any]) -> Any:
-    response = await client.post(
-        url, json=body, headers={**account.headers, "Idempotency-Key": f"rls-{url}"}
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-async def enter_scope(db_session: AsyncSession, account: Account) -> None:
-    """What every request does first: from here on, this transaction runs as `account`
-    under row-level security."""
-    entered = await UserRepository(db_session).enter(request_entry(account))
-    assert entered is not None
-
-
-async def leave_scope(db_session: AsyncSession) -> None:
-    await db_session.execute(_LEAVE_REQUEST_SCOPE)
-
-
-async def rows(db_session: AsyncSession, statement: Executable) -> list[Any]:
-    return list((await db_session.execute(statement)).all())
+    """Created as `account`, with an Idempotency-Key: each account has keys to hide."""
+    return await created_by(client, account, url, body, {"Idempotency-Key": f"rls-{url}"})
 
 
 # ─────────────────────────────── (a) a query that forgets the scope
@@ -282,13 +267,6 @@ async def test_the_request_role_touches_no_table_without_row_level_security(
 # ─────────────────────────────── (d) WITH CHECK
 
 
-def _is_policy_violation(error: DBAPIError) -> bool:
-    sqlstate = getattr(error.orig, "sqlstate", None) or getattr(
-        getattr(error.orig, "__cause__", None), "sqlstate", None
-    )
-    return sqlstate == "42501" and "row-level security" in str(error.orig)
-
-
 async def test_writing_into_another_workspace_is_refused_by_postgresql(
     client: AsyncClient, db_session: AsyncSession, account: Account, other_account: Account
 ) -> None:
@@ -297,7 +275,7 @@ async def test_writing_into_another_workspace_is_refused_by_postgresql(
     mallory_workspace = other_account.personal_workspace_id
     await enter_scope(db_session, account)
 
-    refused: dict[str, Executable] = {
+    refused = {
         "task in mallory's workspace": insert(Task).values(
             workspace_id=mallory_workspace, title="planted"
         ),
@@ -321,21 +299,18 @@ async def test_writing_into_another_workspace_is_refused_by_postgresql(
         .where(Task.id == mine["id"])
         .values(workspace_id=mallory_workspace),
     }
-    for what, statement in refused.items():
-        with pytest.raises(DBAPIError) as raised:
-            async with db_session.begin_nested():
-                await db_session.execute(statement)
-        assert _is_policy_violation(raised.value), (what, raised.value)
+    await assert_refused_by_the_policies(db_session, refused)
 
     # Rows the policies hide cannot be changed or deleted either: nothing matches.
-    for statement in (
-        update(Task).where(Task.id == theirs["id"]).values(title="defaced"),
-        delete(Task).where(Task.id == theirs["id"]),
-        update(Workspace).where(Workspace.id == mallory_workspace).values(name="defaced"),
-        update(User).where(User.id == other_account.user_id).values(display_name="defaced"),
-    ):
-        result = await db_session.execute(statement)
-        assert getattr(result, "rowcount", None) == 0, statement
+    await assert_nothing_matches(
+        db_session,
+        (
+            update(Task).where(Task.id == theirs["id"]).values(title="defaced"),
+            delete(Task).where(Task.id == theirs["id"]),
+            update(Workspace).where(Workspace.id == mallory_workspace).values(name="defaced"),
+            update(User).where(User.id == other_account.user_id).values(display_name="defaced"),
+        ),
+    )
 
     await leave_scope(db_session)
     await enter_scope(db_session, other_account)

@@ -85,6 +85,19 @@ async def login(client: AsyncClient, email: str, password: str = PASSWORD) -> di
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
+async def created_by(
+    client: AsyncClient,
+    account: Account,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+) -> Any:
+    """POST `body` to `url` as `account`: the 201's body."""
+    response = await client.post(url, json=body, headers={**account.headers, **(headers or {})})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
 def request_entry(account: Account, secret: str = TEST_SECRET) -> Entry:
     """What a request with `account`'s access token enters its transaction with."""
     valid_until = int((datetime.now(UTC) + timedelta(hours=2)).timestamp())

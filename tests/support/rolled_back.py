@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from taskmanager.database import (
@@ -17,11 +16,7 @@ from taskmanager.database import (
 )
 from taskmanager.security.caller_key import CallerKey
 from tests.support.accounts import TEST_SECRET
-
-_END_REQUEST_SCOPE = text(
-    "SELECT set_config('role', 'none', true), set_config('taskmanager.caller', '', true)"
-)
-
+from tests.support.row_level_security import LEAVE_REQUEST_SCOPE
 
 # ASGITransport's client address unless a test gives another.
 DEFAULT_CLIENT_ADDRESS = "127.0.0.1"
@@ -54,7 +49,7 @@ def rolled_back_client(
         # the SAVEPOINT keeps them in the outer transaction, so end them first, inside the
         # SAVEPOINT (a later ROLLBACK TO SAVEPOINT must not bring them back). A route that
         # commits early (counting a password attempt) relies on it.
-        await db_session.execute(_END_REQUEST_SCOPE)
+        await db_session.execute(LEAVE_REQUEST_SCOPE)
         await real_commit()
 
     db_session.commit = commit_ending_the_request_scope  # type: ignore[method-assign]
