@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from taskmanager.repositories.category_repository import CategoryRepository
+from taskmanager.repositories.label_repository import LabelRepository
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.security.scope import Scope
 
@@ -46,7 +47,7 @@ def test_only_authentication_mints_scopes() -> None:
     assert "accounts/callers.py" in minters
 
 
-@pytest.mark.parametrize("repository", [TaskRepository, CategoryRepository])
+@pytest.mark.parametrize("repository", [TaskRepository, CategoryRepository, LabelRepository])
 def test_tenant_repositories_require_a_scope(repository: type) -> None:
     parameter = inspect.signature(repository).parameters["scope"]
     assert parameter.default is inspect.Parameter.empty
