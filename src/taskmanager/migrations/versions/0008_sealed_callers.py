@@ -236,7 +236,7 @@ def _in_current_schema(statement: str) -> None:
 def _caller_role_function() -> None:
     """taskmanager_caller_role(): this deployment's caller role, named once, here, from the
     database (and the schema, if not public): renaming the database later keeps it.
-    taskmanager.deployment.caller_role_name says the same in Python."""
+    taskmanager.postgres.deployment.caller_role_name says the same in Python."""
     op.execute(
         """
         DO $do$ DECLARE
