@@ -1,0 +1,53 @@
+"""What every command shares: the console, the database help, the caller key, the owner."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+
+from taskmanager.config import Settings
+from taskmanager.postgres.logins import (
+    OwnerLoginMissingError,
+    database_logins,
+)
+
+if TYPE_CHECKING:
+    from taskmanager.postgres.logins import DatabaseLogins
+    from taskmanager.security.caller_key import CallerKey
+
+console = Console(stderr=True, soft_wrap=True)
+
+# Where the data lives, said by every help that starts or changes something.
+DATABASE_HELP = (
+    "The database: DATABASE_URL, the service's login (unset: an embedded PostgreSQL in "
+    ".taskmanager/pgdata, started and stopped as needed); OWNER_DATABASE_URL, the login that owns "
+    "the tables and migrates them (with DATABASE_URL; the embedded server has both)."
+)
+
+
+def caller_key(settings: Settings) -> CallerKey:
+    """The caller key of the signing key; a bad signing key is one line and exit code 2."""
+    from taskmanager.security.caller_key import CallerKey
+    from taskmanager.security.signing_key import SigningKeyError, signing_key
+
+    try:
+        return CallerKey(signing_key(settings))
+    except (SigningKeyError, OSError) as exc:
+        console.print(f"[red]Configuration error (signing key): {exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def owner_logins(settings: Settings) -> Iterator[DatabaseLogins]:
+    """database_logins, for a command that must run as the owner of the tables."""
+    with database_logins(settings) as logins:
+        if logins.owner is None:
+            raise OwnerLoginMissingError(
+                "this command runs as the owner of the tables: set OWNER_DATABASE_URL to the "
+                "owner's login (DATABASE_URL is the service's, which owns nothing)"
+            )
+        yield logins
