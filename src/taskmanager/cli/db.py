@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from taskmanager.config import load_settings
-from taskmanager.postgres.logins import (
-    database_logins,
-    database_url,
-)
-
-if TYPE_CHECKING:
-    pass
-
 from taskmanager.cli.shared import caller_key, console, owner_logins
+from taskmanager.config import load_settings
+from taskmanager.postgres.logins import database_logins, database_url
 
 db_app = typer.Typer(help="Migrate, inspect and seed the database.", no_args_is_help=True)
 

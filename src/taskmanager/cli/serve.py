@@ -8,19 +8,13 @@ import shutil
 import signal
 import tempfile
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from taskmanager.config import Settings, get_settings, load_settings
-from taskmanager.postgres.logins import (
-    database_logins,
-)
-
-if TYPE_CHECKING:
-    pass
-
 from taskmanager.cli.shared import DATABASE_HELP, caller_key, console
+from taskmanager.config import Settings, get_settings, load_settings
+from taskmanager.postgres.logins import database_logins
 
 SERVE_SHORT_HELP = "Migrate the database to head, then serve the API."
 SERVE_HELP = (

@@ -10,10 +10,7 @@ import typer
 from rich.console import Console
 
 from taskmanager.config import Settings
-from taskmanager.postgres.logins import (
-    OwnerLoginMissingError,
-    database_logins,
-)
+from taskmanager.postgres.logins import OwnerLoginMissingError, database_logins
 
 if TYPE_CHECKING:
     from taskmanager.postgres.logins import DatabaseLogins

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 
-from taskmanager.config import load_settings
-from taskmanager.postgres.logins import (
-    database_url,
-)
-
-if TYPE_CHECKING:
-    pass
-
 from taskmanager.cli.shared import caller_key, console
+from taskmanager.config import load_settings
+from taskmanager.postgres.logins import database_url
 
 users_app = typer.Typer(help="Manage accounts.", no_args_is_help=True)
 
