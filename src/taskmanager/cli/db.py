@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from taskmanager.cli.shared import caller_key, console, owner_logins
+from taskmanager.cli.shared import caller_key, console, in_one_transaction, owner_logins
 from taskmanager.config import load_settings
 from taskmanager.postgres.logins import database_logins, database_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 db_app = typer.Typer(help="Migrate, inspect and seed the database.", no_args_is_help=True)
 
@@ -251,7 +254,6 @@ def db_explain(
 @db_app.command("purge-keys")
 def db_purge_keys() -> None:
     """Delete expired Idempotency-Keys (expired ones are also reused in place)."""
-    from taskmanager.database import create_engine, create_session_factory
     from taskmanager.repositories.idempotency_repository import IdempotencyRepository
     from taskmanager.repositories.user_repository import UserRepository
 
@@ -259,16 +261,11 @@ def db_purge_keys() -> None:
     key = caller_key(settings)
     with database_url(settings) as url:
 
-        async def run() -> int:
-            engine = create_engine(settings, url)
-            try:
-                async with create_session_factory(engine)() as session, session.begin():
-                    await UserRepository(session).enter(key.entry("maintenance"))
-                    return await IdempotencyRepository(session).purge_expired()
-            finally:
-                await engine.dispose()
+        async def purge(session: AsyncSession) -> int:
+            await UserRepository(session).enter(key.entry("maintenance"))
+            return await IdempotencyRepository(session).purge_expired()
 
-        purged = asyncio.run(run())
+        purged = in_one_transaction(settings, url, purge)
     console.print(f"purged {purged} expired idempotency keys")
 
 
@@ -283,7 +280,6 @@ def db_purge_logins(
     from datetime import timedelta
 
     from taskmanager.accounts.login_limits import purge_expired_counts
-    from taskmanager.database import create_engine, create_session_factory
     from taskmanager.repositories.auth_session_repository import AuthSessionRepository
     from taskmanager.repositories.user_repository import UserRepository
 
@@ -291,20 +287,12 @@ def db_purge_logins(
     key = caller_key(settings)
     with database_url(settings) as url:
 
-        async def run() -> tuple[int, int]:
-            engine = create_engine(settings, url)
-            try:
-                async with create_session_factory(engine)() as session, session.begin():
-                    await UserRepository(session).enter(key.entry("maintenance"))
-                    sessions = await AuthSessionRepository(session).purge_ended(
-                        timedelta(days=kept_days)
-                    )
-                    windows = await purge_expired_counts(session, settings)
-                    return sessions, windows
-            finally:
-                await engine.dispose()
+        async def purge(session: AsyncSession) -> tuple[int, int]:
+            await UserRepository(session).enter(key.entry("maintenance"))
+            sessions = await AuthSessionRepository(session).purge_ended(timedelta(days=kept_days))
+            return sessions, await purge_expired_counts(session, settings)
 
-        sessions, windows = asyncio.run(run())
+        sessions, windows = in_one_transaction(settings, url, purge)
     console.print(
         f"purged {sessions} ended login sessions and {windows} past password-attempt counts"
     )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.console import Console
@@ -13,8 +14,12 @@ from taskmanager.config import Settings
 from taskmanager.postgres.logins import OwnerLoginMissingError, database_logins
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from taskmanager.postgres.logins import DatabaseLogins
     from taskmanager.security.caller_key import CallerKey
+
+T = TypeVar("T")
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -48,3 +53,21 @@ def owner_logins(settings: Settings) -> Iterator[DatabaseLogins]:
                 "owner's login (DATABASE_URL is the service's, which owns nothing)"
             )
         yield logins
+
+
+def in_one_transaction(
+    settings: Settings, url: str, work: Callable[[AsyncSession], Awaitable[T]]
+) -> T:
+    """Run `work` in one transaction of a session on `url` (committed when it returns,
+    rolled back when it raises), on an engine made for it and disposed of afterwards."""
+    from taskmanager.database import create_engine, create_session_factory
+
+    async def run() -> T:
+        engine = create_engine(settings, url)
+        try:
+            async with create_session_factory(engine)() as session, session.begin():
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())

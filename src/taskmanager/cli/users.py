@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from taskmanager.cli.shared import caller_key, console
+from taskmanager.cli.shared import caller_key, console, in_one_transaction
 from taskmanager.config import load_settings
 from taskmanager.postgres.logins import database_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 users_app = typer.Typer(help="Manage accounts.", no_args_is_help=True)
 
@@ -26,10 +28,10 @@ def users_create(
     never taken from the command line. The first account made this way also owns the tasks
     and categories from before accounts existed."""
     from pydantic import TypeAdapter, ValidationError
+    from sqlalchemy.exc import IntegrityError
 
     from taskmanager.accounts.callers import account_id
     from taskmanager.accounts.registration import register_account
-    from taskmanager.database import create_engine, create_session_factory
     from taskmanager.schemas import DisplayName, Email, RegisterRequest
 
     def refuse(exc: ValidationError, field: str | None = None) -> NoReturn:
@@ -52,15 +54,10 @@ def users_create(
     key = caller_key(settings)
     with database_url(settings) as url:
 
-        async def taken() -> bool:
-            engine = create_engine(settings, url)
-            try:
-                async with create_session_factory(engine)() as session, session.begin():
-                    return await account_id(session, key, email) is not None
-            finally:
-                await engine.dispose()
+        async def taken(session: AsyncSession) -> bool:
+            return await account_id(session, key, email) is not None
 
-        if asyncio.run(taken()):
+        if in_one_transaction(settings, url, taken):
             _account_exists(email)
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
         try:
@@ -70,29 +67,21 @@ def users_create(
         except ValidationError as exc:
             refuse(exc)
 
-        async def run() -> int | None:
-            from sqlalchemy.exc import IntegrityError
+        async def register(session: AsyncSession) -> int:
+            user = await register_account(
+                session,
+                key,
+                account.email,
+                account.password,
+                account.display_name,
+                claim_unowned=True,
+            )
+            return user.id
 
-            engine = create_engine(settings, url)
-            try:
-                async with create_session_factory(engine)() as session, session.begin():
-                    user = await register_account(
-                        session,
-                        key,
-                        account.email,
-                        account.password,
-                        account.display_name,
-                        claim_unowned=True,
-                    )
-                    return user.id
-            except IntegrityError:  # made meanwhile, by someone else
-                return None
-            finally:
-                await engine.dispose()
-
-        user_id = asyncio.run(run())
-    if user_id is None:
-        _account_exists(account.email)
+        try:
+            user_id = in_one_transaction(settings, url, register)
+        except IntegrityError:  # made meanwhile, by someone else
+            _account_exists(account.email)
     console.print(f"created account {user_id} for {account.email}", highlight=False)
 
 
