@@ -58,7 +58,7 @@ typecheck: install
 pytest: install
 	$(BIN)/pytest; status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
 
-bench: install system-deps ## what the stack costs against raw asyncpg (wrk), ~3 minutes
+bench: install system-deps ## what the stack costs against raw asyncpg (wrk), ~10 minutes
 	$(BIN)/python bench/run.py
 
 reliability: install system-deps ## run the fault and bad-input tests, regenerate docs/reliability.md

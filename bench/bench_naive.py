@@ -335,8 +335,8 @@ async def pool_stats(name: str, request: Request, close: bool = False) -> dict[s
 
 
 def _autocommit_factory(request: Request) -> async_sessionmaker[AsyncSession]:
-    """Read sessions as the app makes them, on the lecture engine."""
-    factory: async_sessionmaker[AsyncSession] = request.app.state.lecture_read_session_factory
+    """Sessions on an autocommit connection of the lecture engine: no BEGIN, no COMMIT."""
+    factory: async_sessionmaker[AsyncSession] = request.app.state.lecture_autocommit_session_factory
     return factory
 
 

@@ -1,4 +1,4 @@
-"""The app's own first statement of a transaction, as asyncpg takes it ($1 ... $5), for the
+"""The app's own first statement of a transaction, as asyncpg takes it ($1 ... $6), for the
 bench's floors and layers and scope_step.py, which talk to the driver themselves."""
 
 from __future__ import annotations

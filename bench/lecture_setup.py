@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import joinedload, selectinload
 
 from taskmanager.config import get_settings
-from taskmanager.database import create_engine, create_read_session_factory, create_session_factory
+from taskmanager.database import create_engine, create_session_factory
 from taskmanager.models import Task
 
 
@@ -60,7 +60,12 @@ def add_lecture_engine(app: FastAPI) -> None:
             engine = create_engine(get_settings(), floor_database_url())
             app.state.lecture_engine = engine
             app.state.lecture_session_factory = create_session_factory(engine)
-            app.state.lecture_read_session_factory = create_read_session_factory(engine)
+            # Autocommit: no BEGIN and no COMMIT, so the teardown after the response has
+            # nothing to await (bench/README.md, the naive route's point (c)).
+            app.state.lecture_autocommit_session_factory = async_sessionmaker(
+                bind=engine.execution_options(isolation_level="AUTOCOMMIT"),
+                expire_on_commit=False,
+            )
             try:
                 yield state
             finally:

@@ -195,10 +195,10 @@ NAIVE = [
     Scenario("naive, wrk -c64", "GET", "/bench/naive/tasks/{id}", connections=64, pool="lecture"),
 ]
 NAIVE_NOTES = {
-    "GET /tasks/{id}": 'our route: scope="function", autocommit read',
+    "GET /tasks/{id}": 'our route: scope="function", a READ ONLY transaction',
     "naive ORM GET one": "the lecture's route: default scope, BEGIN ... COMMIT",
     'naive, scope="function"': "the same dependency, committed and closed before the response",
-    "naive, autocommit": "default scope, no BEGIN/COMMIT (the app's read sessions)",
+    "naive, autocommit": "default scope, an autocommit connection: no BEGIN, no COMMIT",
     "naive, FIFO pool queue": "default scope, a pool queue that hands a returned connection "
     "to the longest waiter",
     "naive, pool_size 32": "default scope, as many pooled connections as wrk connections",

@@ -32,7 +32,10 @@ app.command(short_help=SERVE_SHORT_HELP, help=SERVE_HELP)(serve)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 
-DEMO_EXTRA_NEEDED = "taskmanager demo needs the demo extra: pip install 'taskmanager[demo]'"
+DEMO_EXTRA_NEEDED = (
+    "taskmanager demo needs the demo extra: `make install-demo` in a checkout, "
+    "or pip install 'taskmanager[demo]'"
+)
 
 
 def _register_demo() -> None:
