@@ -28,6 +28,7 @@ from taskmanager.repositories.user_repository import _ENTER
 from taskmanager.routes.preconditions import set_etag
 from taskmanager.routes.tasks import TaskId
 from taskmanager.schemas import TaskWithCategoryResponse
+from taskmanager.security.caller_key import Entry
 from taskmanager.security.tokens import LEEWAY_SECONDS, InvalidAccessTokenError, read_access_token
 
 router = APIRouter(prefix="/bench")
@@ -40,17 +41,23 @@ def _found(view: TaskView | None, response: Response) -> TaskView:
     return view
 
 
-def _claims(request: Request) -> dict[str, Any]:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def _entry(request: Request, token: str | None) -> Entry:
+    """The caller's entry for the access token, as the app makes it; 401 without one."""
     try:
-        if scheme.lower() != "bearer":
+        if not token:
             raise InvalidAccessTokenError("no token")
         claims = read_access_token(request.app.state.signing_key, token)
     except InvalidAccessTokenError:
         raise HTTPException(401, "not authenticated") from None
-    entry = request.app.state.caller_key.entry(
+    entry: Entry = request.app.state.caller_key.entry(
         "request", claims.user_id, claims.session_id, valid_until=claims.expires_at + LEEWAY_SECONDS
     )
+    return entry
+
+
+def _claims(request: Request) -> dict[str, Any]:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    entry = _entry(request, token if scheme.lower() == "bearer" else None)
     return {
         "user_id": entry.user_id,
         "session_id": entry.session_id,
@@ -137,19 +144,11 @@ async def layer_driver(
     """The real route's work and transaction with the read session from its dependency, but
     both statements sent on the asyncpg connection under the session: what the app would
     cost if its read path gave SQLAlchemy's execution up (a design measured, not adopted)."""
-    if not token:
-        raise HTTPException(401, "not authenticated")
-    try:
-        claims = read_access_token(request.app.state.signing_key, token)
-    except InvalidAccessTokenError:
-        raise HTTPException(401, "not authenticated") from None
+    entry = _entry(request, token)
     connection = await session.connection()
     adapted: Any = (await connection.get_raw_connection()).dbapi_connection
     await adapted._start_transaction()  # BEGIN READ ONLY, as the first statement would
     driver = adapted.driver_connection
-    entry = request.app.state.caller_key.entry(
-        "request", claims.user_id, claims.session_id, valid_until=claims.expires_at + LEEWAY_SECONDS
-    )
     caller = await driver.fetchrow(
         _SCOPE_SQL,
         entry.user_id,

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,12 +42,6 @@ MODE_NOTES = {
 }
 # Every request of a run carries one access token; it must outlive the whole run.
 TOKEN_MINUTES = 600
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ensure_wrk() -> str:
@@ -200,13 +193,13 @@ def restore_seeded_tasks(admin_url: str, newest_seeded_id: int) -> None:
     )
 
 
-def log_in(base: str) -> str:
-    """An access token of the seeded demo account, through POST /auth/token."""
+def log_in(base: str, email: str | None = None, password: str | None = None) -> str:
+    """An access token through POST /auth/token: of the seeded demo account by default."""
     from taskmanager.seed import DEMO_EMAIL, DEMO_PASSWORD
 
     response = httpx.post(
         f"{base}/auth/token",
-        data={"username": DEMO_EMAIL, "password": DEMO_PASSWORD},
+        data={"username": email or DEMO_EMAIL, "password": password or DEMO_PASSWORD},
         timeout=30,
     )
     response.raise_for_status()
@@ -223,6 +216,8 @@ def bench_server(
 ) -> Iterator[tuple[str, psutil.Process]]:
     """uvicorn with the bench app (or `app`, a factory) on a free 127.0.0.1 port; stopped by
     PID afterwards."""
+    from tests.support.processes import free_port
+
     port = free_port()
     env = {
         **os.environ,
@@ -273,16 +268,21 @@ def bench_server(
         Path(log.name).unlink(missing_ok=True)
 
 
-def cpu_seconds(process: psutil.Process) -> float:
-    """User + system CPU time of `process` and its children (workers)."""
+def _cpu(processes: list[psutil.Process]) -> float:
+    """User + system CPU time of live processes (one that exited meanwhile counts 0)."""
     total = 0.0
-    for proc in (process, *process.children(recursive=True)):
+    for process in processes:
         try:
-            times = proc.cpu_times()
+            times = process.cpu_times()
             total += times.user + times.system
         except psutil.Error:
             pass
     return total
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU time of `process` and its children (workers)."""
+    return _cpu([process, *process.children(recursive=True)])
 
 
 def postgres_cpu_seconds(postmaster_pid: int | None) -> float:
@@ -298,13 +298,7 @@ def postgres_cpu_seconds(postmaster_pid: int | None) -> float:
         children = postmaster.children()
     except psutil.Error:
         return 0.0
-    for child in children:
-        try:
-            times = child.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
+    return total + _cpu(children)
 
 
 def connections_opened(base: str) -> int:
@@ -442,3 +436,22 @@ def server_logins(database: Database) -> int | None:
     from tests.support.clusters import connections_authorized
 
     return connections_authorized(database.log)
+
+
+def measure_interleaved(
+    requests: list[tuple[httpx.Client, str]], samples: int, budget_s: float
+) -> list[list[float]]:
+    """Latencies (ms) of one GET per (client, path), the requests alternating so that noise
+    on a shared machine hits every side alike: `samples` rounds, or fewer (at least 5) once
+    `budget_s` has passed. Each is sent once first, to warm up."""
+    timings: list[list[float]] = [[] for _ in requests]
+    for client, path in requests:
+        client.get(path).raise_for_status()
+    deadline = time.monotonic() + budget_s
+    while len(timings[0]) < samples and (len(timings[0]) < 5 or time.monotonic() < deadline):
+        for (client, path), measured in zip(requests, timings, strict=True):
+            started = time.perf_counter()
+            response = client.get(path)
+            measured.append((time.perf_counter() - started) * 1000)
+            response.raise_for_status()
+    return timings

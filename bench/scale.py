@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from harness import RESULTS_DIR, bench_database, bench_server, log_in, seed_database
+from figures import percentile
+from harness import (
+    RESULTS_DIR,
+    bench_database,
+    bench_server,
+    log_in,
+    measure_interleaved,
+    seed_database,
+)
 
 SMALL_SCALE = 10_000
 PAGE = 50
@@ -63,30 +71,6 @@ def _scale_paths(side: ScaleSide) -> dict[str, str]:
         "label filter": f"/tasks?limit={PAGE}&label_id={label_id}&count=false",
         "overdue": f"/tasks?limit={PAGE}&overdue=true&count=false",
     }
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
-def _measure_interleaved(
-    sides: list[ScaleSide], scenario_index: int, samples: int, budget_s: float
-) -> list[list[float]]:
-    """Latencies (ms) of one scenario on every side, requests alternating between the
-    sides so that noise on a shared machine hits both alike."""
-    timings: list[list[float]] = [[] for _ in sides]
-    for side in sides:  # warm-up
-        side.client.get(list(side.paths.values())[scenario_index]).raise_for_status()
-    deadline = time.monotonic() + budget_s
-    while len(timings[0]) < samples and (len(timings[0]) < 5 or time.monotonic() < deadline):
-        for side, measured in zip(sides, timings, strict=True):
-            path = list(side.paths.values())[scenario_index]
-            started = time.perf_counter()
-            response = side.client.get(path)
-            measured.append((time.perf_counter() - started) * 1000)
-            response.raise_for_status()
-    return timings
 
 
 def _search_versus_ilike(admin_url: str, secret: str, repeats: int) -> list[dict[str, Any]]:
@@ -211,11 +195,12 @@ def scale_benchmark(args: argparse.Namespace) -> int:
         results: dict[str, Any] = {}
         for index, name in enumerate(names):
             print(f"measuring {name} ...", file=sys.stderr)
-            small, large = _measure_interleaved(sides, index, args.scale_samples, 20.0)
+            requests = [(side.client, list(side.paths.values())[index]) for side in sides]
+            small, large = measure_interleaved(requests, args.scale_samples, 20.0)
             results[name] = {
-                "small": {"p50": statistics.median(small), "p99": _percentile(small, 0.99),
+                "small": {"p50": statistics.median(small), "p99": percentile(small, 0.99),
                           "samples": len(small), "path": list(sides[0].paths.values())[index]},
-                "large": {"p50": statistics.median(large), "p99": _percentile(large, 0.99),
+                "large": {"p50": statistics.median(large), "p99": percentile(large, 0.99),
                           "samples": len(large), "path": list(sides[1].paths.values())[index]},
             }  # fmt: skip
         print("search against ILIKE ...", file=sys.stderr)

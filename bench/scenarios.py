@@ -6,7 +6,7 @@ A floor does the same work as a route without what the app adds (bench_app.py); 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # The pool defaults before this release (10 + 10 overflow), run beside today's in --tcp.
 OLD_POOL = {"TASKMANAGER_POOL_SIZE": "10", "TASKMANAGER_MAX_OVERFLOW": "10"}
@@ -34,6 +34,16 @@ POST_BODY = '{"title": "bench task {n}", "description": "created by bench/run.py
 PATCH_BODY = '{"title": "bench patch {n}"}'  # always a change: an UPDATE every time
 OLD = ", old pool 10+10"
 
+
+def with_old_pool(scenario: Scenario) -> Scenario:
+    """The same request on the server with the old pool defaults (10 + 10 overflow), --tcp."""
+    return replace(scenario, name=scenario.name + OLD, server="old-pool", tcp_only=True)
+
+
+GET_ONE = Scenario("GET /tasks/{id}", "GET", "/tasks/{id}", baseline=FLOOR_ONE)
+LIST_50 = Scenario("GET /tasks?limit=50", "GET", "/tasks?limit=50", baseline=FLOOR_LIST)
+POST_ONE = Scenario("POST /tasks", "POST", "/tasks", POST_BODY, baseline=FLOOR_POST)
+PATCH_ONE = Scenario("PATCH /tasks/{id}", "PATCH", "/tasks/{id}", PATCH_BODY, baseline=FLOOR_PATCH)
 SCENARIOS = [
     Scenario("floor GET one: statement", "GET", "/bench/raw/plain/tasks/{id}", baseline=FLOOR_ONE),
     Scenario("floor GET one: + transaction", "GET", "/bench/raw/tx/tasks/{id}", baseline=FLOOR_ONE),
@@ -42,15 +52,8 @@ SCENARIOS = [
         "floor GET one: + scope statement", "GET", "/bench/raw/scope/tasks/{id}", baseline=FLOOR_ONE
     ),
     Scenario(FLOOR_ONE, "GET", "/bench/raw/rls/tasks/{id}"),
-    Scenario("GET /tasks/{id}", "GET", "/tasks/{id}", baseline=FLOOR_ONE),
-    Scenario(
-        f"GET /tasks/{{id}}{OLD}",
-        "GET",
-        "/tasks/{id}",
-        baseline=FLOOR_ONE,
-        server="old-pool",
-        tcp_only=True,
-    ),
+    GET_ONE,
+    with_old_pool(GET_ONE),
     Scenario(
         "floor list 50: page + total", "GET", "/bench/raw/tx/tasks?limit=50", baseline=FLOOR_LIST
     ),
@@ -61,15 +64,8 @@ SCENARIOS = [
         baseline=FLOOR_LIST,
     ),
     Scenario(FLOOR_LIST, "GET", "/bench/raw/rls/tasks?limit=50"),
-    Scenario("GET /tasks?limit=50", "GET", "/tasks?limit=50", baseline=FLOOR_LIST),
-    Scenario(
-        f"GET /tasks?limit=50{OLD}",
-        "GET",
-        "/tasks?limit=50",
-        baseline=FLOOR_LIST,
-        server="old-pool",
-        tcp_only=True,
-    ),
+    LIST_50,
+    with_old_pool(LIST_50),
     Scenario(
         "floor POST: INSERT in a transaction",
         "POST",
@@ -78,16 +74,8 @@ SCENARIOS = [
         baseline=FLOOR_POST,
     ),
     Scenario(FLOOR_POST, "POST", "/bench/raw/rls/tasks", POST_BODY),
-    Scenario("POST /tasks", "POST", "/tasks", POST_BODY, baseline=FLOOR_POST),
-    Scenario(
-        f"POST /tasks{OLD}",
-        "POST",
-        "/tasks",
-        POST_BODY,
-        baseline=FLOOR_POST,
-        server="old-pool",
-        tcp_only=True,
-    ),
+    POST_ONE,
+    with_old_pool(POST_ONE),
     Scenario(
         "floor PATCH: SELECT FOR UPDATE + UPDATE in a transaction",
         "PATCH",
@@ -96,16 +84,8 @@ SCENARIOS = [
         baseline=FLOOR_PATCH,
     ),
     Scenario(FLOOR_PATCH, "PATCH", "/bench/raw/rls/tasks/{id}", PATCH_BODY),
-    Scenario("PATCH /tasks/{id}", "PATCH", "/tasks/{id}", PATCH_BODY, baseline=FLOOR_PATCH),
-    Scenario(
-        f"PATCH /tasks/{{id}}{OLD}",
-        "PATCH",
-        "/tasks/{id}",
-        PATCH_BODY,
-        baseline=FLOOR_PATCH,
-        server="old-pool",
-        tcp_only=True,
-    ),
+    PATCH_ONE,
+    with_old_pool(PATCH_ONE),
     Scenario("login: POST /auth/token, 1 client", "POST", "/auth/token", connections=1, form=True),
     Scenario("login: POST /auth/token, 4 clients", "POST", "/auth/token", connections=4, form=True),
 ]
@@ -133,35 +113,22 @@ COST_STEPS = [
     ("PATCH", "the app over its floor", "PATCH /tasks/{id}", FLOOR_PATCH),
 ]  # fmt: skip
 
+
 # GET /tasks/{id} built up one layer at a time (`--layers`): what each layer costs. Every
 # layer does the route's whole work (token, scope statement, view, READ ONLY transaction).
+def _layer(name: str, path: str) -> Scenario:
+    return Scenario(name, "GET", path, baseline=FLOOR_ONE)
+
+
 LAYERS = [
     Scenario(FLOOR_ONE, "GET", "/bench/raw/rls/tasks/{id}"),
-    Scenario(
-        "+ SQLAlchemy Core (AsyncConnection)",
-        "GET",
-        "/bench/layers/connection/tasks/{id}",
-        baseline=FLOOR_ONE,
-    ),
-    Scenario("+ AsyncSession", "GET", "/bench/layers/session/tasks/{id}", baseline=FLOOR_ONE),
-    Scenario(
-        "+ read-session dependency",
-        "GET",
-        "/bench/layers/dependency/tasks/{id}",
-        baseline=FLOOR_ONE,
-    ),
-    Scenario(
-        "+ current-reader dependency",
-        "GET",
-        "/bench/layers/reader/tasks/{id}",
-        baseline=FLOOR_ONE,
-    ),
-    Scenario("+ repository dependency = GET /tasks/{id}", "GET", "/tasks/{id}", baseline=FLOOR_ONE),
-    Scenario(
-        "alternative: the statements on the driver connection",
-        "GET",
-        "/bench/layers/driver/tasks/{id}",
-        baseline=FLOOR_ONE,
+    _layer("+ SQLAlchemy Core (AsyncConnection)", "/bench/layers/connection/tasks/{id}"),
+    _layer("+ AsyncSession", "/bench/layers/session/tasks/{id}"),
+    _layer("+ read-session dependency", "/bench/layers/dependency/tasks/{id}"),
+    _layer("+ current-reader dependency", "/bench/layers/reader/tasks/{id}"),
+    _layer("+ repository dependency = GET /tasks/{id}", "/tasks/{id}"),
+    _layer(
+        "alternative: the statements on the driver connection", "/bench/layers/driver/tasks/{id}"
     ),
 ]
 LAYER_NOTES = {

@@ -37,7 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from harness import BENCH_DIR, RESULTS_DIR, bench_database, bench_server, log_in
+from figures import percentile
+from harness import (
+    BENCH_DIR,
+    RESULTS_DIR,
+    bench_database,
+    bench_server,
+    log_in,
+    measure_interleaved,
+)
 
 from taskmanager.security.caller_key import CallerKey
 
@@ -122,13 +130,7 @@ def empty_account_token(base: str) -> str:
         timeout=30,
     )  # fmt: skip
     registered.raise_for_status()
-    response = httpx.post(
-        f"{base}/auth/token", data={"username": EMPTY_EMAIL, "password": EMPTY_PASSWORD},
-        timeout=30,
-    )  # fmt: skip
-    response.raise_for_status()
-    token: str = response.json()["access_token"]
-    return token
+    return log_in(base, EMPTY_EMAIL, EMPTY_PASSWORD)
 
 
 def scenarios() -> list[tuple[str, str, str]]:
@@ -143,26 +145,6 @@ def scenarios() -> list[tuple[str, str, str]]:
             (f"demo, q={q}, count=false", "demo", f"/tasks?limit={PAGE}&q={q}&count=false")
         )
     return found
-
-
-def measure(sides: list[Side], account: str, path: str, samples: int) -> list[list[float]]:
-    """Latencies (ms) of one request on every side, alternating between the sides."""
-    timings: list[list[float]] = [[] for _ in sides]
-    for side in sides:  # warm-up
-        side.clients[account].get(path).raise_for_status()
-    deadline = time.monotonic() + BUDGET_S
-    while len(timings[0]) < samples and (len(timings[0]) < 5 or time.monotonic() < deadline):
-        for side, measured in zip(sides, timings, strict=True):
-            started = time.perf_counter()
-            response = side.clients[account].get(path)
-            measured.append((time.perf_counter() - started) * 1000)
-            response.raise_for_status()
-    return timings
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def function_reads(side: Side) -> list[dict[str, Any]]:
@@ -283,7 +265,8 @@ def main() -> int:
             sides.append(side)
         for name, account, path in scenarios():
             print(f"measuring {name} ...", file=sys.stderr)
-            before, after = measure(sides, account, path, args.samples)
+            requests = [(side.clients[account], path) for side in sides]
+            before, after = measure_interleaved(requests, args.samples, BUDGET_S)
             results["requests"][name] = {
                 side.name: {"p50": statistics.median(ms), "p99": percentile(ms, 0.99),
                             "samples": len(ms)}
