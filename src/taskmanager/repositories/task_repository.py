@@ -19,6 +19,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from taskmanager.bad_input import BadInputError
 from taskmanager.database import driver_connection
 from taskmanager.models import Category, Label, Task
+from taskmanager.repositories.array_parameters import WORKSPACE_IDS, scope_parameters
 from taskmanager.repositories.label_repository import LabelRepository
 from taskmanager.repositories.task_queries.bulk import BULK_INSERT
 from taskmanager.repositories.task_queries.filters import (
@@ -78,7 +79,7 @@ class TaskRepository:
     def __init__(self, session: AsyncSession, scope: Scope) -> None:
         self.session = session
         self.scope = scope
-        self._in_scope = {"workspace_ids": list(scope.workspace_ids)}
+        self._in_scope = scope_parameters(scope)
 
     async def get_by_id(self, task_id: int) -> Task | None:
         """Fetch a single task by ID (its category is not loaded)."""
@@ -389,6 +390,6 @@ class TaskRepository:
             return 0
         driver = await driver_connection(self.session)
         values = [list(column) for column in zip(*rows, strict=True)]
-        workspace_ids = list(self.scope.workspace_ids)
+        workspace_ids = self._in_scope[WORKSPACE_IDS.key]  # $1, as the statements bind it
         inserted = await driver.fetchval(BULK_INSERT, workspace_ids, list(label_ids), *values)
         return int(inserted)

@@ -19,7 +19,7 @@ from sqlalchemy import Integer, bindparam, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Membership, UnclaimedWorkspace, User, Workspace
-from taskmanager.repositories.array_parameters import in_scope
+from taskmanager.repositories.array_parameters import any_of, in_scope
 from taskmanager.security.scope import Scope
 
 
@@ -174,10 +174,7 @@ class WorkspaceRepository:
                 insert(Membership).values(workspace_id=workspace_id, user_id=user_id, role="owner")
             )
         await self.session.execute(
-            delete(UnclaimedWorkspace).where(
-                UnclaimedWorkspace.workspace_id == func.any(bindparam("claimed"))
-            ),
-            {"claimed": claimed},
+            delete(UnclaimedWorkspace).where(any_of(UnclaimedWorkspace.workspace_id, claimed))
         )
         return claimed
 
