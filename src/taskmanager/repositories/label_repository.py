@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from taskmanager.bad_input import BadInputError
 from taskmanager.models import Label
-from taskmanager.repositories.array_parameters import distinct_ids, scope_parameters, scoped
+from taskmanager.repositories.array_parameters import distinct_ids, scoped
 from taskmanager.repositories.workspace_owned import WorkspaceOwnedRepository
 
 # A label's order wherever labels are listed: by name ignoring case, then by id.
@@ -83,7 +83,7 @@ class LabelRepository(WorkspaceOwnedRepository[Label]):
             {
                 "label_ids": list(label_ids),
                 "workspace_id": workspace_id,
-                **scope_parameters(self.scope),
+                **self._in_scope,
             },
         )
         labels = list(result.scalars().all())
@@ -96,7 +96,7 @@ class LabelRepository(WorkspaceOwnedRepository[Label]):
         """Whether every id names a label in one of the caller's workspaces (one statement,
         reading labels only)."""
         distinct = distinct_ids(label_ids)
-        parameters = {"label_ids": distinct, **scope_parameters(self.scope)}
+        parameters = {"label_ids": distinct, **self._in_scope}
         found = (await self.session.execute(_COUNT_IN_SCOPE, parameters)).scalar_one()
         return bool(found == len(distinct))
 
