@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
-from taskmanager.bad_input import BadInputError
 from taskmanager.database import driver_connection
 from taskmanager.models import Category, Label, Task
 from taskmanager.repositories.array_parameters import WORKSPACE_IDS, scope_parameters
@@ -150,11 +149,12 @@ class TaskRepository:
         evaluates it once, but it reads every matching row); only a page past the end then
         needs a second statement. One row more than `limit` is read, to know whether
         another page follows. Label ids that are not all the caller's labels match no task,
-        which is answered from the labels alone."""
+        which is answered from the labels alone. A sort in SORTS_NEEDING_Q without
+        `filters.q` is a ValueError (the caller checks its input first)."""
         filters = filters or TaskFilters()
         active = listed = active_filters(filters)
         if sort in SORTS_NEEDING_Q and not filters.q:
-            raise BadInputError("query.sort", f"{sort} needs q")
+            raise ValueError(f"sort {sort!r} needs filters.q")
         labels = LabelRepository(self.session, self.scope)
         if filters.label_ids and not await labels.all_in_scope(filters.label_ids):
             # Answered like an id of no label, before anything reads task_labels: how long
