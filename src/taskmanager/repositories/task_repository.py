@@ -141,7 +141,9 @@ class TaskRepository:
         after: Sequence[Any] | None = None,
         counted: bool = True,
     ) -> TaskPage:
-        """A page of tasks in `sort` order with their categories, in ONE statement.
+        """A page of tasks in `sort` order with their categories: one statement for the page
+        itself, after at most two small ones: whether the labels filtered by are all the
+        caller's, and which way finds the page of a search or a label filter sooner.
 
         `after`: the sort keys of the last task of the previous page (a cursor's); the page
         starts after it, by a row comparison an index serves, instead of skipping `offset`
