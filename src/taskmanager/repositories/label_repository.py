@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from taskmanager.bad_input import BadInputError
 from taskmanager.models import Label
+from taskmanager.repositories.array_parameters import distinct_ids, scoped
 from taskmanager.repositories.workspace_owned import WorkspaceOwnedRepository
 
 # A label's order wherever labels are listed: by name ignoring case, then by id.
@@ -39,7 +40,7 @@ _IN_WORKSPACE = (
         Label.id == any_(bindparam("label_ids", type_=ARRAY(Integer))),
         Label.workspace_id == bindparam("workspace_id"),
         # The caller's workspaces only (row-level security would hide the rest anyway).
-        Label.workspace_id == any_(bindparam("workspace_ids", type_=ARRAY(Integer))),
+        scoped(Label.workspace_id),
     )
     .order_by(*LABEL_ORDER)
 )
@@ -52,7 +53,7 @@ _COUNT_IN_SCOPE = (
     .select_from(Label.__table__)
     .where(
         Label.__table__.c.id == any_(bindparam("label_ids", type_=ARRAY(Integer))),
-        Label.__table__.c.workspace_id == any_(bindparam("workspace_ids", type_=ARRAY(Integer))),
+        scoped(Label.__table__.c.workspace_id),
     )
 )
 
@@ -82,7 +83,7 @@ class LabelRepository(WorkspaceOwnedRepository[Label]):
             {
                 "label_ids": list(label_ids),
                 "workspace_id": workspace_id,
-                "workspace_ids": list(self.scope.workspace_ids),
+                **self._in_scope,
             },
         )
         labels = list(result.scalars().all())
@@ -94,8 +95,8 @@ class LabelRepository(WorkspaceOwnedRepository[Label]):
     async def all_in_scope(self, label_ids: Sequence[int]) -> bool:
         """Whether every id names a label in one of the caller's workspaces (one statement,
         reading labels only)."""
-        distinct = sorted(set(label_ids))
-        parameters = {"label_ids": distinct, "workspace_ids": list(self.scope.workspace_ids)}
+        distinct = distinct_ids(label_ids)
+        parameters = {"label_ids": distinct, **self._in_scope}
         found = (await self.session.execute(_COUNT_IN_SCOPE, parameters)).scalar_one()
         return bool(found == len(distinct))
 

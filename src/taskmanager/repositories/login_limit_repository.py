@@ -129,11 +129,14 @@ def _counting_statement(prelude: str, *tiers: _Tier) -> TextClause:
     )
 
 
-# The account as PostgreSQL's lookup sees it, and the client's network, once.
+# The account :username names, as PostgreSQL's lookup sees it (the module's docstring).
+_ACCOUNT_OF_USERNAME = f"left(lower(CAST(:username AS text)), {EMAIL_MAX_LENGTH})"
+
+# The account and the client's network, once.
 _ATTEMPT = f"""
     attempt AS (
         SELECT CAST(:network AS text) AS network,
-               left(lower(CAST(:username AS text)), {EMAIL_MAX_LENGTH}) AS account
+               {_ACCOUNT_OF_USERNAME} AS account
     ),"""
 _AT_ADDRESS = "a.network || ' ' || a.account"
 
@@ -190,13 +193,13 @@ _FORGIVE_ACCOUNT_AT_ADDRESS = text(
     f"""
     DELETE FROM login_failures
     WHERE key = '{ACCOUNT_AT_ADDRESS}' || CAST(:network AS text) || ' '
-                || left(lower(CAST(:username AS text)), {EMAIL_MAX_LENGTH})
+                || {_ACCOUNT_OF_USERNAME}
     """
 )
 _UNCHARGE_ACCOUNT = text(
     f"""
     UPDATE login_failures SET failures = failures - 1
-    WHERE key = CAST(:prefix AS text) || left(lower(CAST(:username AS text)), {EMAIL_MAX_LENGTH})
+    WHERE key = CAST(:prefix AS text) || {_ACCOUNT_OF_USERNAME}
       AND failures > 0
     """
 )
@@ -204,7 +207,7 @@ _REMEMBER_ADDRESS = text(
     f"""
     INSERT INTO login_failures (key, failures, window_started_at)
     VALUES ('{KNOWN_ADDRESS}' || CAST(:network AS text) || ' '
-            || left(lower(CAST(:username AS text)), {EMAIL_MAX_LENGTH}), 0, now())
+            || {_ACCOUNT_OF_USERNAME}, 0, now())
     ON CONFLICT (key) DO UPDATE SET window_started_at = now()
     """
 )

@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
-from taskmanager.bad_input import BadInputError
 from taskmanager.database import driver_connection
 from taskmanager.models import Category, Label, Task
+from taskmanager.repositories.array_parameters import WORKSPACE_IDS, scope_parameters
 from taskmanager.repositories.label_repository import LabelRepository
 from taskmanager.repositories.task_queries.bulk import BULK_INSERT
 from taskmanager.repositories.task_queries.filters import (
@@ -78,7 +78,7 @@ class TaskRepository:
     def __init__(self, session: AsyncSession, scope: Scope) -> None:
         self.session = session
         self.scope = scope
-        self._in_scope = {"workspace_ids": list(scope.workspace_ids)}
+        self._in_scope = scope_parameters(scope)
 
     async def get_by_id(self, task_id: int) -> Task | None:
         """Fetch a single task by ID (its category is not loaded)."""
@@ -141,7 +141,9 @@ class TaskRepository:
         after: Sequence[Any] | None = None,
         counted: bool = True,
     ) -> TaskPage:
-        """A page of tasks in `sort` order with their categories, in ONE statement.
+        """A page of tasks in `sort` order with their categories: one statement for the page
+        itself, after at most two small ones: whether the labels filtered by are all the
+        caller's, and which way finds the page of a search or a label filter sooner.
 
         `after`: the sort keys of the last task of the previous page (a cursor's); the page
         starts after it, by a row comparison an index serves, instead of skipping `offset`
@@ -149,11 +151,12 @@ class TaskRepository:
         evaluates it once, but it reads every matching row); only a page past the end then
         needs a second statement. One row more than `limit` is read, to know whether
         another page follows. Label ids that are not all the caller's labels match no task,
-        which is answered from the labels alone."""
+        which is answered from the labels alone. A sort in SORTS_NEEDING_Q without
+        `filters.q` is a ValueError (the caller checks its input first)."""
         filters = filters or TaskFilters()
         active = listed = active_filters(filters)
         if sort in SORTS_NEEDING_Q and not filters.q:
-            raise BadInputError("query.sort", f"{sort} needs q")
+            raise ValueError(f"sort {sort!r} needs filters.q")
         labels = LabelRepository(self.session, self.scope)
         if filters.label_ids and not await labels.all_in_scope(filters.label_ids):
             # Answered like an id of no label, before anything reads task_labels: how long
@@ -389,6 +392,6 @@ class TaskRepository:
             return 0
         driver = await driver_connection(self.session)
         values = [list(column) for column in zip(*rows, strict=True)]
-        workspace_ids = list(self.scope.workspace_ids)
+        workspace_ids = self._in_scope[WORKSPACE_IDS.key]  # $1, as the statements bind it
         inserted = await driver.fetchval(BULK_INSERT, workspace_ids, list(label_ids), *values)
         return int(inserted)

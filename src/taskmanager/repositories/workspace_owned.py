@@ -11,19 +11,45 @@ shows it. Flushes, never commits.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
-from sqlalchemy import Text, func, select, text
+from sqlalchemy import Select, Text, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Category, Label
-from taskmanager.repositories.array_parameters import any_of, in_scope
+from taskmanager.repositories.array_parameters import any_of, scope_parameters, scoped
 from taskmanager.security.scope import Scope
 
 # The models whose rows a workspace owns, each with an id, a workspace_id, a name unique in
 # its workspace ignoring case, and a version: the next such model joins this list.
 Row = TypeVar("Row", Category, Label)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reads:
+    """One model's reads, built once (so a request skips statement construction and
+    cache-key generation): :row_id, :workspace_id and the Scope's ids bound per call."""
+
+    by_id: Select[Any]
+    by_id_for_update: Select[Any]
+    # The caller's rows by name ignoring case, then by id; of one workspace.
+    all: Select[Any]
+    all_in_workspace: Select[Any]
+
+
+def _build_reads(model: type[Category] | type[Label]) -> _Reads:
+    by_id = select(model).where(model.id == bindparam("row_id"), scoped(model.workspace_id))
+    listed = (
+        select(model).where(scoped(model.workspace_id)).order_by(func.lower(model.name), model.id)
+    )
+    return _Reads(
+        by_id=by_id,
+        by_id_for_update=by_id.with_for_update(),
+        all=listed,
+        all_in_workspace=listed.where(model.workspace_id == bindparam("workspace_id")),
+    )
 
 
 class WorkspaceOwnedRepository(Generic[Row]):
@@ -33,31 +59,34 @@ class WorkspaceOwnedRepository(Generic[Row]):
     model: type[Row]
     # Columns a client may change through update().
     updatable_fields: ClassVar[frozenset[str]] = frozenset({"name"})
+    # The model's reads, built once per subclass (when it is defined).
+    _reads: ClassVar[_Reads]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "model" in cls.__dict__:
+            cls._reads = _build_reads(cls.model)
 
     def __init__(self, session: AsyncSession, scope: Scope) -> None:
         self.session = session
         self.scope = scope
+        self._in_scope = scope_parameters(scope)
 
     async def get_by_id(self, row_id: int, *, for_update: bool = False) -> Row | None:
         """Fetch one; `for_update=True` locks its row until the transaction ends."""
-        stmt = select(self.model).where(
-            self.model.id == row_id, in_scope(self.model.workspace_id, self.scope)
-        )
-        if for_update:
-            stmt = stmt.with_for_update()
-        result = await self.session.execute(stmt)
-        return result.scalar_one_or_none()
+        reads = self._reads
+        stmt = reads.by_id_for_update if for_update else reads.by_id
+        result = await self.session.execute(stmt, {"row_id": row_id, **self._in_scope})
+        row: Row | None = result.scalar_one_or_none()
+        return row
 
     async def get_all(self, workspace_id: int | None = None) -> list[Row]:
         """The caller's rows (of one workspace, if given) by name, ignoring case."""
-        stmt = (
-            select(self.model)
-            .where(in_scope(self.model.workspace_id, self.scope))
-            .order_by(func.lower(self.model.name), self.model.id)
-        )
-        if workspace_id is not None:
-            stmt = stmt.where(self.model.workspace_id == workspace_id)
-        result = await self.session.execute(stmt)
+        if workspace_id is None:
+            result = await self.session.execute(self._reads.all, self._in_scope)
+        else:
+            parameters = {"workspace_id": workspace_id, **self._in_scope}
+            result = await self.session.execute(self._reads.all_in_workspace, parameters)
         return list(result.scalars().all())
 
     async def _add(self, workspace_id: int | None, **values: Any) -> Row:

@@ -14,8 +14,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from typing import cast
 
-from sqlalchemy import Integer, bindparam, delete, func, insert, select, text
+from sqlalchemy import (
+    Integer,
+    String,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Membership, UnclaimedWorkspace, User, Workspace
@@ -120,6 +132,34 @@ _ACCOUNT_AT_CAP = text(
 )
 
 
+# Claiming the workspaces nobody owns, for :claimant, in two statements: memberships first
+# (the policy lets an operator's caller own a workspace only while it is still listed as
+# unclaimed), then the list loses the workspaces the account now owns, their ids returned.
+# The INSERT returns nothing: RETURNING would have to show the new memberships through the
+# policy on reading them, which sees the caller's workspaces as they were before it ran.
+# (The table, not the mapped class: an ORM INSERT would take the parameters as a row.)
+_MEMBERSHIPS = cast(Table, Membership.__table__)
+_OWN_UNCLAIMED = insert(_MEMBERSHIPS).from_select(
+    [_MEMBERSHIPS.c.workspace_id, _MEMBERSHIPS.c.user_id, _MEMBERSHIPS.c.role],
+    select(
+        UnclaimedWorkspace.workspace_id,
+        bindparam("claimant", type_=Integer),
+        literal("owner", String),
+    ),
+)
+_UNLIST_CLAIMED = (
+    delete(UnclaimedWorkspace)
+    .where(
+        UnclaimedWorkspace.workspace_id.in_(
+            select(Membership.workspace_id).where(
+                Membership.user_id == bindparam("claimant", type_=Integer)
+            )
+        )
+    )
+    .returning(UnclaimedWorkspace.workspace_id)
+)
+
+
 class WorkspaceRepository:
     """Encapsulates all database operations for workspaces and memberships."""
 
@@ -164,22 +204,10 @@ class WorkspaceRepository:
         """Make `user_id` the owner of every workspace left without members (the data from
         before accounts existed); returns their ids. Not counted against a cap: only an
         operator's `taskmanager users create` claims, for an account being opened, and the
-        only such workspace is the one migration 0003 made."""
-        # Memberships first: the policy lets an operator's caller own a workspace only
-        # while it is still listed as unclaimed.
-        result = await self.session.execute(select(UnclaimedWorkspace.workspace_id))
-        claimed = [int(workspace_id) for workspace_id in result.scalars()]
-        for workspace_id in claimed:
-            await self.session.execute(
-                insert(Membership).values(workspace_id=workspace_id, user_id=user_id, role="owner")
-            )
-        await self.session.execute(
-            delete(UnclaimedWorkspace).where(
-                UnclaimedWorkspace.workspace_id == func.any(bindparam("claimed"))
-            ),
-            {"claimed": claimed},
-        )
-        return claimed
+        only such workspace is the one migration 0003 made. Two statements."""
+        await self.session.execute(_OWN_UNCLAIMED, {"claimant": user_id})
+        result = await self.session.execute(_UNLIST_CLAIMED, {"claimant": user_id})
+        return sorted(int(workspace_id) for workspace_id in result.scalars())
 
     # ── reading, within the scope ──
 

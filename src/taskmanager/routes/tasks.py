@@ -10,12 +10,13 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
+from taskmanager.bad_input import BadInputError
 from taskmanager.cursors import MAX_CURSOR_LENGTH, CursorCodec, InvalidCursorError, fingerprint
 from taskmanager.dependencies import TaskReaderDep, TaskRepositoryDep
 from taskmanager.models import Task
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.repositories.task_queries.filters import TaskFilters
-from taskmanager.repositories.task_queries.sorts import keyset
+from taskmanager.repositories.task_queries.sorts import SORTS_NEEDING_Q, keyset
 from taskmanager.repositories.task_queries.views import TaskView
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.routes.idempotency import IdempotencyDep
@@ -159,6 +160,8 @@ async def list_tasks(
 ) -> Sequence[TaskView]:
     """Your tasks (in every workspace you belong to) newest first. `X-Total-Count` holds
     how many match the filters; `Link` (rel="next") the URL of the next page, if any."""
+    if sort in SORTS_NEEDING_Q and not q:
+        raise BadInputError("query.sort", f"{sort} needs q")
     filters = TaskFilters(
         completed=completed,
         category_id=category_id,

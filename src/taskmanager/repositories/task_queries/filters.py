@@ -6,7 +6,7 @@ request asks for (`active_filters`) are also the key its statement is cached und
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from taskmanager.models import PRIORITIES, Task, TaskLabel
+from taskmanager.repositories.array_parameters import distinct_ids, scoped
 from taskmanager.repositories.task_queries.search import MATCHES_Q
 
 _TASKS = Task.__table__
@@ -87,10 +88,6 @@ def has_all_labels() -> ColumnElement[bool]:
     return _TASKS.c.id.in_(carrying)
 
 
-def distinct_ids(ids: Sequence[int]) -> list[int]:
-    return sorted(set(ids))
-
-
 # The clauses name the table's columns, not the mapped attributes: a view statement that
 # mentions no ORM entity runs as plain Core, without ORM loading (see views.VIEW_COLUMNS).
 LIST_FILTERS = (
@@ -135,8 +132,7 @@ def filter_parameters(filters: TaskFilters, active: tuple[ListFilter, ...]) -> d
 
 
 # Every statement reads only the caller's workspaces (the Scope's ids, bound per request).
-# Row-level security in PostgreSQL would hide the rest anyway; this is the first line.
-IN_SCOPE = _TASKS.c.workspace_id == any_(bindparam("workspace_ids", type_=ARRAY(Integer)))
+IN_SCOPE = scoped(_TASKS.c.workspace_id)
 
 
 def where(stmt: Select[Any], active: tuple[ListFilter, ...]) -> Select[Any]:

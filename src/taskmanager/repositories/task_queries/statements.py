@@ -26,10 +26,6 @@ def count_statement(active: tuple[ListFilter, ...]) -> Select[Any]:
     return where(select(func.count()).select_from(_TASKS), active)
 
 
-# One statement per combination of filters, sort, counting and continuing, built on first
-# use and then reused: building a SELECT and its cache key costs more CPU than PostgreSQL
-# spends answering a page. A page selects the sort's keys after the view's columns, so the
-# cursor of the next page is read, typed, from the last row instead of recomputed.
 @lru_cache(maxsize=256)
 def page_statement(
     active: tuple[ListFilter, ...],
@@ -39,8 +35,10 @@ def page_statement(
     after: bool = False,
     counted_by: tuple[ListFilter, ...] | None = None,
 ) -> Select[Any]:
-    """`counted_by`: the filters the total counts with, when the page's differ (a walking
-    search or label filter: tested task by task, which suits a page, not a count of all)."""
+    """A page selects the sort's keys after the view's columns, so the cursor of the next
+    page is read, typed, from the last row instead of recomputed. `counted_by`: the filters
+    the total counts with, when the page's differ (a walking search or label filter: tested
+    task by task, which suits a page, not a count of all)."""
     order = keyset(sort)
     columns = [*VIEW_COLUMNS, *(key.label(f"key_{i}") for i, key in enumerate(order.keys))]
     if counted:

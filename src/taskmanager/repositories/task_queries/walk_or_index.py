@@ -22,7 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from taskmanager.models import Task, TaskLabel
-from taskmanager.repositories.task_queries.filters import LIST_FILTERS, ListFilter, distinct_ids
+from taskmanager.repositories.array_parameters import distinct_ids, scoped
+from taskmanager.repositories.task_queries.filters import LIST_FILTERS, ListFilter
 from taskmanager.repositories.task_queries.search import SEARCH_QUERY, SEARCH_WORDS
 
 _TASKS = Task.__table__
@@ -75,7 +76,7 @@ _FIRST_LABEL_CARRIERS = (
     select(_TASK_LABELS.c.task_id)
     .where(
         _TASK_LABELS.c.label_id == bindparam("first_label", type_=Integer),
-        _TASK_LABELS.c.workspace_id == any_(bindparam("workspace_ids", type_=ARRAY(Integer))),
+        scoped(_TASK_LABELS.c.workspace_id),
     )
     .limit(_ENOUGH_TO_WALK)
     .subquery()
