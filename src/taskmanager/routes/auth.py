@@ -14,11 +14,12 @@ from fastapi import APIRouter, Form, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from taskmanager.accounts.login_limits import (
+    client_network,
     count_password_attempt,
     count_registration,
+    password_limits,
+    registration_limits,
     remember_login,
-    too_many_attempts,
-    too_many_registrations,
 )
 from taskmanager.accounts.registration import register_account
 from taskmanager.database import SessionDep
@@ -26,7 +27,12 @@ from taskmanager.dependencies import TOKEN_URL, CurrentUserDep
 from taskmanager.models import User
 from taskmanager.observability.metrics import count_login_failure
 from taskmanager.openapi import problem_responses, response_headers
-from taskmanager.problems import unauthorized_problem
+from taskmanager.problems import (
+    TOO_MANY_LOGIN_ATTEMPTS,
+    TOO_MANY_REGISTRATIONS,
+    ProblemType,
+    unauthorized_problem,
+)
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository, Rotation
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.schemas import (
@@ -43,6 +49,19 @@ from taskmanager.security.tokens import issue_access_token
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 BAD_CREDENTIALS = "the email or the password is wrong"
+TOO_MANY_PASSWORD_ATTEMPTS = "too many password attempts"
+
+
+def request_network(request: Request) -> str:
+    """The network of the client that sent `request`, as attempts are counted under it
+    (see taskmanager.accounts.login_limits.client_network)."""
+    return client_network(request.client.host if request.client else None)
+
+
+def retry_later(problem_type: ProblemType, detail: str, wait: int) -> JSONResponse:
+    """A 429 of `problem_type`: `detail`, and how long to wait (also in Retry-After)."""
+    problem = problem_type.problem(f"{detail}; try again in {wait} seconds")
+    return problem.response({"Retry-After": str(wait)})
 
 
 def _tokens(
@@ -78,8 +97,15 @@ async def register(
     """Open an account with its personal workspace. An email in use (in any case) is 409.
     Too many registrations from one address, or from everywhere, are 429 with
     `Retry-After`."""
-    if (wait := await count_registration(session, request)) is not None:
-        return too_many_registrations(wait)
+    settings = request.app.state.settings
+    wait = await count_registration(
+        session,
+        request.app.state.caller_key,
+        registration_limits(settings),
+        request_network(request),
+    )
+    if wait is not None:
+        return retry_later(TOO_MANY_REGISTRATIONS, "too many registrations", wait)
     user = await register_account(
         session, request.app.state.caller_key, body.email, body.password, body.display_name
     )
@@ -105,10 +131,12 @@ async def login(
     from elsewhere do not hold back an address the account logged in from lately."""
     settings = request.app.state.settings
     key: CallerKey = request.app.state.caller_key
-    attempt = await count_password_attempt(session, request, form.username)
+    attempt = await count_password_attempt(
+        session, key, password_limits(settings), request_network(request), form.username
+    )
     if attempt.wait is not None:
         count_login_failure("too_many_attempts")
-        return too_many_attempts(attempt.wait)
+        return retry_later(TOO_MANY_LOGIN_ATTEMPTS, TOO_MANY_PASSWORD_ATTEMPTS, attempt.wait)
     users = UserRepository(session)
     await users.enter(key.entry("login"))
     account = await users.password_hash_of(form.username, key)

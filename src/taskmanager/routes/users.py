@@ -5,14 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from taskmanager.accounts.login_limits import count_password_attempt, too_many_attempts
+from taskmanager.accounts.login_limits import count_password_attempt, password_limits
 from taskmanager.bad_input import BadInputError
 from taskmanager.database import ReadSessionDep, SessionDep
 from taskmanager.dependencies import CurrentReaderDep, CurrentUserDep, enter_again
 from taskmanager.models import User
 from taskmanager.openapi import problem_responses
+from taskmanager.problems import TOO_MANY_LOGIN_ATTEMPTS
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository
 from taskmanager.repositories.user_repository import UserRepository
+from taskmanager.routes.auth import TOO_MANY_PASSWORD_ATTEMPTS, request_network, retry_later
 from taskmanager.schemas import UserResponse, UserUpdate
 from taskmanager.security.passwords import hash_password, verify_password
 
@@ -48,9 +50,15 @@ async def update_me(
         # does at login (committed at once, so a wrong password cannot roll it back), then
         # enter the scope again for the change itself.
         await session.commit()
-        attempt = await count_password_attempt(session, request, me.email)
+        attempt = await count_password_attempt(
+            session,
+            request.app.state.caller_key,
+            password_limits(request.app.state.settings),
+            request_network(request),
+            me.email,
+        )
         if attempt.wait is not None:
-            return too_many_attempts(attempt.wait)
+            return retry_later(TOO_MANY_LOGIN_ATTEMPTS, TOO_MANY_PASSWORD_ATTEMPTS, attempt.wait)
         await enter_again(request, session, user)
         account = await users.password_hash_of(me.email, request.app.state.caller_key)
         matches, _ = await verify_password(
