@@ -13,7 +13,6 @@ change data take one on the request's transaction (`...RepositoryDep`).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -65,30 +64,13 @@ async def _scope_of(request: Request, session: AsyncSession, token: str | None) 
         raise unauthorized_error(str(exc), token_given=True) from None
     # The database accepts the proof as long as the token (and its leeway) lasts.
     valid_until = claims.expires_at + LEEWAY_SECONDS
-    user = await _enter(request, session, claims.user_id, claims.session_id, valid_until)
-    user_id_var.set(claims.user_id)  # the request's log lines name the caller from here on
-    return user
-
-
-async def _enter(
-    request: Request,
-    session: AsyncSession,
-    user_id: int,
-    session_id: uuid.UUID,
-    valid_until: int,
-) -> Scope:
     user = await enter_as_user(
-        session, request.app.state.caller_key, user_id, session_id, valid_until
+        session, request.app.state.caller_key, claims.user_id, claims.session_id, valid_until
     )
     if user is None:
         raise unauthorized_error(SESSION_ENDED, token_given=True)
+    user_id_var.set(claims.user_id)  # the request's log lines name the caller from here on
     return user
-
-
-async def enter_again(request: Request, session: AsyncSession, user: Scope) -> None:
-    """Enter the caller of `user` again, in a transaction begun after the request's first
-    one ended (a route that committed early); 401 if their login ended meanwhile."""
-    await _enter(request, session, user.user_id, user.session_id, user.valid_until)
 
 
 async def get_current_user(request: Request, session: SessionDep, token: BearerToken) -> Scope:

@@ -165,6 +165,15 @@ def test_routes_never_import_sqlalchemy() -> None:
             assert not any(m.split(".")[0] == "sqlalchemy" for m in modules), path.name
 
 
+def test_routes_never_commit() -> None:
+    """The session dependency owns the transaction: a route never ends it (a flow that must
+    commit early says why, in taskmanager.accounts)."""
+    for path in sorted((PACKAGE / "routes").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                assert node.func.attr not in {"commit", "rollback"}, path.name
+
+
 @pytest.mark.parametrize("package", ["accounts", "security"])
 def test_accounts_and_security_never_import_the_web_framework(package: str) -> None:
     """Below the routes, nothing speaks HTTP: the flows and the security they use take plain

@@ -28,8 +28,9 @@ class Scope:
     workspace_ids: tuple[int, ...]
     owned_workspace_ids: frozenset[int]
     personal_workspace_id: int | None
-    # Until when the database lets this caller act (the access token's expiry): a route
-    # that ends its transaction early enters again with it (PATCH /users/me).
+    # Until when the database lets this caller act (the access token's expiry): a flow
+    # that ends its transaction early enters again with it (accounts.sessions'
+    # change_password).
     valid_until: int
     _minted_by: object = field(default=None, repr=False, compare=False)
 
