@@ -1,27 +1,27 @@
 """Accounts and tokens: register, log in (the OAuth2 password flow), refresh, log out.
 
-Failures that must be remembered (a failed login counted, a reused refresh token's session
-revoked) are answered by returning the 401 rather than raising it: the request's
-transaction then commits what was recorded, instead of rolling it back."""
+The flows themselves are taskmanager.accounts' (registration, sessions); here their
+outcomes become responses. Failures that must be remembered (a failed login counted, a
+reused refresh token's session revoked) are answered by returning the 401 rather than
+raising it: the request's transaction then commits what was recorded, instead of rolling
+it back."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, Response, status
 from fastapi.responses import JSONResponse
 
+from taskmanager.accounts import sessions
 from taskmanager.accounts.login_limits import (
     client_network,
-    count_password_attempt,
     count_registration,
-    password_limits,
     registration_limits,
-    remember_login,
 )
 from taskmanager.accounts.registration import register_account
+from taskmanager.accounts.sessions import Opened, Refused, TooManyAttempts
 from taskmanager.database import SessionDep
 from taskmanager.dependencies import TOKEN_URL, CurrentUserDep
 from taskmanager.models import User
@@ -33,8 +33,7 @@ from taskmanager.problems import (
     ProblemType,
     unauthorized_problem,
 )
-from taskmanager.repositories.auth_session_repository import AuthSessionRepository, Rotation
-from taskmanager.repositories.user_repository import UserRepository
+from taskmanager.repositories.auth_session_repository import AuthSessionRepository
 from taskmanager.schemas import (
     LoginForm,
     RefreshRequest,
@@ -42,8 +41,6 @@ from taskmanager.schemas import (
     TokenResponse,
     UserResponse,
 )
-from taskmanager.security.caller_key import CallerKey, attempt_subject
-from taskmanager.security.passwords import verify_password
 from taskmanager.security.tokens import issue_access_token
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -64,16 +61,16 @@ def retry_later(problem_type: ProblemType, detail: str, wait: int) -> JSONRespon
     return problem.response({"Retry-After": str(wait)})
 
 
-def _tokens(
-    request: Request, user_id: int, session_id: uuid.UUID, refresh_token: str
-) -> TokenResponse:
+def _tokens(request: Request, opened: Opened) -> TokenResponse:
     settings = request.app.state.settings
     lifetime = timedelta(minutes=settings.access_token_minutes)
-    access = issue_access_token(request.app.state.signing_key, user_id, session_id, lifetime)
+    access = issue_access_token(
+        request.app.state.signing_key, opened.user_id, opened.session_id, lifetime
+    )
     return TokenResponse(
         access_token=access,
         expires_in=int(lifetime.total_seconds()),
-        refresh_token=refresh_token,
+        refresh_token=opened.refresh_token,
     )
 
 
@@ -129,38 +126,24 @@ async def login(
     A wrong email and a wrong password get the same 401 after the same work. Too many
     attempts at one account, or from one address, are 429 with `Retry-After`; failures
     from elsewhere do not hold back an address the account logged in from lately."""
-    settings = request.app.state.settings
-    key: CallerKey = request.app.state.caller_key
-    attempt = await count_password_attempt(
-        session, key, password_limits(settings), request_network(request), form.username
+    outcome = await sessions.log_in(
+        session,
+        request.app.state.caller_key,
+        request.app.state.settings,
+        request_network(request),
+        form.username,
+        form.password,
     )
-    if attempt.wait is not None:
+    if isinstance(outcome, TooManyAttempts):
         count_login_failure("too_many_attempts")
-        return retry_later(TOO_MANY_LOGIN_ATTEMPTS, TOO_MANY_PASSWORD_ATTEMPTS, attempt.wait)
-    users = UserRepository(session)
-    await users.enter(key.entry("login"))
-    account = await users.password_hash_of(form.username, key)
-    matches, new_hash = await verify_password(
-        form.password, account.password_hash if account is not None else None
-    )
-    if account is None or not matches or not account.is_active:
+        return retry_later(TOO_MANY_LOGIN_ATTEMPTS, TOO_MANY_PASSWORD_ATTEMPTS, outcome.wait)
+    if isinstance(outcome, Refused):
         count_login_failure("bad_credentials")
         problem, headers = unauthorized_problem(BAD_CREDENTIALS, token_given=False)
         # Also in OAuth 2's words (RFC 6749 5.2), which OAuth 2 clients show their user.
         problem.error, problem.error_description = "invalid_grant", BAD_CREDENTIALS
         return problem.response(headers)
-    # From here on as the account whose password this is: what follows is its own (and
-    # the attempt counts of this login's subject).
-    subject = attempt_subject(attempt.network, attempt.username)
-    await users.enter(key.entry("login", account.user_id, subject=subject))
-    if new_hash is not None:  # hashed with older parameters: store today's
-        await users.change_password_hash(account.user_id, new_hash)
-    await remember_login(session, attempt)
-    expires_at = datetime.now(UTC) + timedelta(days=settings.session_days)
-    session_id, refresh_token = await AuthSessionRepository(session).open(
-        account.user_id, expires_at
-    )
-    return _tokens(request, account.user_id, session_id, refresh_token)
+    return _tokens(request, outcome)
 
 
 @router.post(
@@ -173,25 +156,14 @@ async def refresh(
 ) -> TokenResponse | JSONResponse:
     """Trade a refresh token for a new access token and a new refresh token. Each refresh
     token works once: presenting a spent one ends its whole login session."""
-    key: CallerKey = request.app.state.caller_key
-    users = UserRepository(session)
-    sessions = AuthSessionRepository(session)
-    await users.enter(key.entry("refresh"))
-    owner = await sessions.owner_of(body.refresh_token)
-    # From here on as the user whose login session the token belongs to.
-    if owner is None or await users.enter(key.entry("refresh", *owner)) is None:
-        return _unauthorized("the refresh token is not valid")
-    result = await sessions.rotate(body.refresh_token)
-    if result.outcome is Rotation.REUSED:
+    outcome = await sessions.refresh(session, request.app.state.caller_key, body.refresh_token)
+    if outcome is Refused.REFRESH_TOKEN_REUSED:
         return _unauthorized(
             "this refresh token was already used; its login session has been ended"
         )
-    if result.outcome is not Rotation.ROTATED:
+    if isinstance(outcome, Refused):
         return _unauthorized("the refresh token is not valid")
-    assert result.user_id is not None
-    assert result.refresh_token is not None
-    assert result.session_id is not None
-    return _tokens(request, result.user_id, result.session_id, result.refresh_token)
+    return _tokens(request, outcome)
 
 
 @router.post(
