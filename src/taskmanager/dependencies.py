@@ -13,15 +13,14 @@ change data take one on the request's transaction (`...RepositoryDep`).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.accounts.callers import enter_as_user
-from taskmanager.database import AsyncReadSession, ReadSessionDep, SessionDep
+from taskmanager.database import ReadSessionDep, SessionDep
 from taskmanager.observability.logs import user_id_var
 from taskmanager.problems import ProblemError, unauthorized_problem
 from taskmanager.repositories.category_repository import CategoryRepository
@@ -92,8 +91,6 @@ CurrentReaderDep = Annotated[Scope, Depends(get_current_reader)]
 # Repositories
 # ─────────────────────────────────────────────
 
-Repository = TypeVar("Repository")
-
 
 async def get_task_repository(session: SessionDep, user: CurrentUserDep) -> TaskRepository:
     return TaskRepository(session, user)
@@ -103,28 +100,22 @@ async def get_task_reader(session: ReadSessionDep, user: CurrentReaderDep) -> Ta
     return TaskRepository(session, user)
 
 
-def scoped_repository_dependencies(
-    repository: Callable[[AsyncSession, Scope], Repository],
-) -> tuple[
-    Callable[[AsyncSession, Scope], Awaitable[Repository]],
-    Callable[[AsyncReadSession, Scope], Awaitable[Repository]],
-]:
-    """The two dependencies of a repository made like TaskRepository(session, scope): on
-    the request's transaction (like get_task_repository) and on a read-only one (like
-    get_task_reader), each for the current user."""
-
-    async def on_transaction(session: SessionDep, user: CurrentUserDep) -> Repository:
-        return repository(session, user)
-
-    async def on_read_session(session: ReadSessionDep, user: CurrentReaderDep) -> Repository:
-        return repository(session, user)
-
-    return on_transaction, on_read_session
+async def get_category_repository(session: SessionDep, user: CurrentUserDep) -> CategoryRepository:
+    return CategoryRepository(session, user)
 
 
-# The rows a workspace owns: their repositories are made alike.
-get_category_repository, get_category_reader = scoped_repository_dependencies(CategoryRepository)
-get_label_repository, get_label_reader = scoped_repository_dependencies(LabelRepository)
+async def get_category_reader(
+    session: ReadSessionDep, user: CurrentReaderDep
+) -> CategoryRepository:
+    return CategoryRepository(session, user)
+
+
+async def get_label_repository(session: SessionDep, user: CurrentUserDep) -> LabelRepository:
+    return LabelRepository(session, user)
+
+
+async def get_label_reader(session: ReadSessionDep, user: CurrentReaderDep) -> LabelRepository:
+    return LabelRepository(session, user)
 
 
 # The workspace repository takes the scope per call (creating a workspace changes it), but
