@@ -26,11 +26,12 @@ from taskmanager.database import SessionDep
 from taskmanager.dependencies import TOKEN_URL, CurrentUserDep
 from taskmanager.models import User
 from taskmanager.observability.metrics import count_login_failure
-from taskmanager.openapi import problem_responses, response_headers
+from taskmanager.openapi import problem_responses, response_headers, token_problem_responses
 from taskmanager.problems import (
     TOO_MANY_LOGIN_ATTEMPTS,
     TOO_MANY_REGISTRATIONS,
     ProblemType,
+    TokenProblem,
     unauthorized_problem,
 )
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository
@@ -113,7 +114,7 @@ async def register(
 @router.post(
     "/token",
     response_model=TokenResponse,
-    responses={**problem_responses(401, 413, 422, 429, 503)},
+    responses=token_problem_responses(401, 413, 422, 429, 503),
 )
 async def login(
     form: Annotated[LoginForm, Form()],
@@ -141,8 +142,7 @@ async def login(
         count_login_failure("bad_credentials")
         problem, headers = unauthorized_problem(BAD_CREDENTIALS, token_given=False)
         # Also in OAuth 2's words (RFC 6749 5.2), which OAuth 2 clients show their user.
-        problem.error, problem.error_description = "invalid_grant", BAD_CREDENTIALS
-        return problem.response(headers)
+        return TokenProblem.of(problem, "invalid_grant").response(headers)
     return _tokens(request, outcome)
 
 
