@@ -111,8 +111,9 @@ async def register(
     return user
 
 
+# At TOKEN_URL, where the OAuth2 scheme sends clients to log in (/docs' Authorize dialog).
 @router.post(
-    "/token",
+    TOKEN_URL.removeprefix(router.prefix),
     response_model=TokenResponse,
     responses=token_problem_responses(401, 413, 422, 429, 503),
 )
@@ -186,6 +187,3 @@ async def logout(user: CurrentUserDep, session: SessionDep) -> None:
 async def logout_all(user: CurrentUserDep, session: SessionDep) -> None:
     """End every login session of this account, this one included."""
     await AuthSessionRepository(session).revoke_all(user.user_id, "logout_all")
-
-
-__all__ = ["TOKEN_URL", "router"]
