@@ -13,16 +13,14 @@ change data take one on the request's transaction (`...RepositoryDep`).
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.accounts.callers import enter_as_user
-from taskmanager.database import AsyncReadSession, ReadSessionDep, SessionDep
+from taskmanager.database import ReadSessionDep, SessionDep
 from taskmanager.observability.logs import user_id_var
 from taskmanager.problems import ProblemError, unauthorized_problem
 from taskmanager.repositories.category_repository import CategoryRepository
@@ -65,30 +63,13 @@ async def _scope_of(request: Request, session: AsyncSession, token: str | None) 
         raise unauthorized_error(str(exc), token_given=True) from None
     # The database accepts the proof as long as the token (and its leeway) lasts.
     valid_until = claims.expires_at + LEEWAY_SECONDS
-    user = await _enter(request, session, claims.user_id, claims.session_id, valid_until)
-    user_id_var.set(claims.user_id)  # the request's log lines name the caller from here on
-    return user
-
-
-async def _enter(
-    request: Request,
-    session: AsyncSession,
-    user_id: int,
-    session_id: uuid.UUID,
-    valid_until: int,
-) -> Scope:
     user = await enter_as_user(
-        session, request.app.state.caller_key, user_id, session_id, valid_until
+        session, request.app.state.caller_key, claims.user_id, claims.session_id, valid_until
     )
     if user is None:
         raise unauthorized_error(SESSION_ENDED, token_given=True)
+    user_id_var.set(claims.user_id)  # the request's log lines name the caller from here on
     return user
-
-
-async def enter_again(request: Request, session: AsyncSession, user: Scope) -> None:
-    """Enter the caller of `user` again, in a transaction begun after the request's first
-    one ended (a route that committed early); 401 if their login ended meanwhile."""
-    await _enter(request, session, user.user_id, user.session_id, user.valid_until)
 
 
 async def get_current_user(request: Request, session: SessionDep, token: BearerToken) -> Scope:
@@ -110,8 +91,6 @@ CurrentReaderDep = Annotated[Scope, Depends(get_current_reader)]
 # Repositories
 # ─────────────────────────────────────────────
 
-Repository = TypeVar("Repository")
-
 
 async def get_task_repository(session: SessionDep, user: CurrentUserDep) -> TaskRepository:
     return TaskRepository(session, user)
@@ -121,28 +100,22 @@ async def get_task_reader(session: ReadSessionDep, user: CurrentReaderDep) -> Ta
     return TaskRepository(session, user)
 
 
-def scoped_repository_dependencies(
-    repository: Callable[[AsyncSession, Scope], Repository],
-) -> tuple[
-    Callable[[AsyncSession, Scope], Awaitable[Repository]],
-    Callable[[AsyncReadSession, Scope], Awaitable[Repository]],
-]:
-    """The two dependencies of a repository made like TaskRepository(session, scope): on
-    the request's transaction (like get_task_repository) and on a read-only one (like
-    get_task_reader), each for the current user."""
-
-    async def on_transaction(session: SessionDep, user: CurrentUserDep) -> Repository:
-        return repository(session, user)
-
-    async def on_read_session(session: ReadSessionDep, user: CurrentReaderDep) -> Repository:
-        return repository(session, user)
-
-    return on_transaction, on_read_session
+async def get_category_repository(session: SessionDep, user: CurrentUserDep) -> CategoryRepository:
+    return CategoryRepository(session, user)
 
 
-# The rows a workspace owns: their repositories are made alike.
-get_category_repository, get_category_reader = scoped_repository_dependencies(CategoryRepository)
-get_label_repository, get_label_reader = scoped_repository_dependencies(LabelRepository)
+async def get_category_reader(
+    session: ReadSessionDep, user: CurrentReaderDep
+) -> CategoryRepository:
+    return CategoryRepository(session, user)
+
+
+async def get_label_repository(session: SessionDep, user: CurrentUserDep) -> LabelRepository:
+    return LabelRepository(session, user)
+
+
+async def get_label_reader(session: ReadSessionDep, user: CurrentReaderDep) -> LabelRepository:
+    return LabelRepository(session, user)
 
 
 # The workspace repository takes the scope per call (creating a workspace changes it), but

@@ -2,10 +2,11 @@
 
 Every operation has a readable operationId (`get_task`, `health_live`), so a client
 generated from the document has readable method names. Error responses are documented as
-`application/problem+json` with the Problem schema, the response headers a client may rely
-on (ETag, Location, X-Total-Count, Link, Retry-After, X-Request-ID) where they are sent, and
-Swagger UI / ReDoc are served from assets installed with the package (no CDN), so /docs
-works on a machine without internet access. The two pages carry a Content-Security-Policy
+`application/problem+json` with the Problem schema (a refused login with TokenProblem,
+which adds OAuth 2's members), the response headers a client may rely on (ETag, Location,
+X-Total-Count, Link, Retry-After, X-Request-ID) where they are sent, and Swagger UI / ReDoc
+are served from assets installed with the package (no CDN), so /docs works on a machine
+without internet access. The two pages carry a Content-Security-Policy
 that allows exactly those assets (their inline bootstrap by its hash), and may not be framed.
 """
 
@@ -24,7 +25,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
-from taskmanager.problems import PROBLEM_JSON, Problem
+from taskmanager.problems import PROBLEM_JSON, Problem, TokenProblem
 from taskmanager.schemas import without_null
 
 DOCS_ASSETS_URL = "/docs-assets"
@@ -44,6 +45,7 @@ _DESCRIPTIONS = {
 
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_TOKEN_PROBLEM_REF = {"$ref": "#/components/schemas/TokenProblem"}
 
 # The response headers a client may rely on, documented where they are sent.
 RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
@@ -119,6 +121,19 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return responses
 
 
+def token_problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """problem_responses for the token endpoint (POST /auth/token), whose 401 is a refused
+    login, a TokenProblem (the problem in OAuth 2's words too)."""
+    responses = problem_responses(*statuses)
+    if 401 in responses:
+        responses[401] = {
+            **responses[401],
+            "description": "The email or the password is wrong, or the account is disabled.",
+            "content": {PROBLEM_JSON: {"schema": _TOKEN_PROBLEM_REF}},
+        }
+    return responses
+
+
 def operation_id(route: APIRoute) -> str:
     """The route's name (`get_task`), prefixed with its tag when the name does not say which
     resource it acts on (`live` under `health` -> `health_live`): stable while the route
@@ -134,7 +149,8 @@ def operation_id(route: APIRoute) -> str:
 
 
 def build_openapi(app: FastAPI) -> dict[str, Any]:
-    """The app's OpenAPI document, with the Problem schemas in its components."""
+    """The app's OpenAPI document, with the Problem schemas (and TokenProblem's) in its
+    components."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title,
@@ -143,9 +159,10 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             routes=app.routes,
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        definitions = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(definitions.pop("$defs", {}))
-        components["Problem"] = definitions
+        for model in (Problem, TokenProblem):
+            definitions = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(definitions.pop("$defs", {}))
+            components[model.__name__] = definitions
         operation_ids: set[str] = set()
         for path, operations in schema.get("paths", {}).items():
             for method, operation in operations.items():

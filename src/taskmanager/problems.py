@@ -2,7 +2,8 @@
 
 Every error this service answers is a `Problem` (the body, and the schema /openapi.json
 documents for it), of a type from the catalogue below or `about:blank` for a plain HTTP
-status (404, 405, 413, ...). Code that must answer a specific problem raises
+status (404, 405, 413, ...); a refused login is a `TokenProblem`, a Problem that also says it
+in OAuth 2's words. Code that must answer a specific problem raises
 `ProblemError(SOME_TYPE.problem(detail))`; errors.py renders it, and everything else.
 Bad input found past validation is not a problem of its own: code below the routes raises
 a `BadInputError` (taskmanager.bad_input), which errors.py answers as a validation problem.
@@ -46,28 +47,35 @@ class Problem(BaseModel):
     status: int = Field(examples=[404])
     detail: str = Field(examples=["Task not found"])
     errors: list[FieldError] | None = None
-    # RFC 6749 5.2's members, on the answers of the token endpoint (POST /auth/token), which
-    # OAuth 2 clients read: Swagger UI's Authorize dialog shows them.
-    error: str | None = Field(
-        default=None,
-        description="POST /auth/token only: the OAuth 2 error code (RFC 6749 5.2).",
-        examples=["invalid_grant"],
-    )
-    error_description: str | None = Field(
-        default=None,
-        description="POST /auth/token only: what went wrong, in words (RFC 6749 5.2).",
-        examples=["the email or the password is wrong"],
-    )
 
     def response(self, headers: Mapping[str, str] | None = None) -> JSONResponse:
         """This problem as an `application/problem+json` response with its status."""
         body: dict[str, Any] = self.model_dump(mode="json")
-        for optional in ("errors", "error", "error_description"):
-            if body[optional] is None:
-                del body[optional]
+        if body["errors"] is None:
+            del body["errors"]
         return JSONResponse(
             body, status_code=self.status, headers=dict(headers or {}), media_type=PROBLEM_JSON
         )
+
+
+class TokenProblem(Problem):
+    """A refused login at the token endpoint (POST /auth/token): the problem, also said in
+    RFC 6749 5.2's members, which OAuth 2 clients read (Swagger UI's Authorize dialog shows
+    them)."""
+
+    error: str = Field(
+        description="The OAuth 2 error code (RFC 6749 5.2).", examples=["invalid_grant"]
+    )
+    error_description: str = Field(
+        description="What went wrong, in words (RFC 6749 5.2).",
+        examples=["the email or the password is wrong"],
+    )
+
+    @classmethod
+    def of(cls, problem: Problem, error: str) -> TokenProblem:
+        """`problem`, with `error` as its OAuth 2 error code and its detail as the
+        error_description."""
+        return cls(**problem.model_dump(), error=error, error_description=problem.detail)
 
 
 @dataclass(frozen=True, slots=True)

@@ -236,6 +236,7 @@ async def openapi(client: AsyncClient) -> dict[str, Any]:
 
 
 PROBLEM_REF = "#/components/schemas/Problem"
+TOKEN_PROBLEM_REF = "#/components/schemas/TokenProblem"
 
 
 def schema_refs(node: Any) -> Iterator[str]:
@@ -310,9 +311,25 @@ async def test_openapi_every_error_response_is_problem_json(client: AsyncClient)
                     continue
                 content = response.get("content", {})
                 assert list(content) == [PROBLEM_JSON], (path, method, status)
-                assert content[PROBLEM_JSON]["schema"] == {"$ref": PROBLEM_REF}
+                # A refused login is a TokenProblem: a Problem with OAuth 2's members too.
+                ref = TOKEN_PROBLEM_REF if (path, status) == ("/auth/token", "401") else PROBLEM_REF
+                assert content[PROBLEM_JSON]["schema"] == {"$ref": ref}
                 checked += 1
     assert checked >= 20
+
+
+async def test_openapi_a_token_problem_is_a_problem_with_oauth_2s_members(
+    client: AsyncClient,
+) -> None:
+    schemas = (await openapi(client))["components"]["schemas"]
+    problem, token_problem = schemas["Problem"], schemas["TokenProblem"]
+    assert "error" not in problem["properties"]
+    assert token_problem["properties"] == {
+        **problem["properties"],
+        "error": token_problem["properties"]["error"],
+        "error_description": token_problem["properties"]["error_description"],
+    }
+    assert set(token_problem["required"]) == {*problem["required"], "error", "error_description"}
 
 
 async def test_openapi_problem_schema_and_refs_resolve(client: AsyncClient) -> None:

@@ -32,6 +32,7 @@ def test_a_scope_cannot_be_built_directly() -> None:
             workspace_ids=(1,),
             owned_workspace_ids=frozenset({1}),
             personal_workspace_id=1,
+            valid_until=2_000_000_000,
         )
 
 

@@ -85,6 +85,7 @@ def alices_scope(account: Account) -> Scope:
         workspace_ids=(account.personal_workspace_id,),
         owned_workspace_ids=frozenset({account.personal_workspace_id}),
         personal_workspace_id=account.personal_workspace_id,
+        valid_until=int((datetime.now(UTC) + timedelta(hours=1)).timestamp()),
     )
 
 

@@ -12,6 +12,8 @@ import pytest
 from httpx import AsyncClient
 
 from taskmanager.repositories.task_repository import TaskRepository
+from taskmanager.repositories.user_repository import AccountSecret
+from taskmanager.security.caller_key import CallerKey
 from tests.support.tokens import bearer, send_without_token
 
 PASSWORD = "the first secret password"
@@ -116,3 +118,14 @@ async def test_no_password_or_token_is_ever_logged(
     assert "Bearer " not in logged
     for record in caplog.records:
         assert "authorization" not in record.getMessage().lower()
+
+
+def test_a_proof_and_a_password_hash_stay_out_of_reprs() -> None:
+    """A caller's proof (a credential as long as the token lasts) and a stored password hash
+    never show in a repr: a log line or a traceback's locals cannot leak them."""
+    entry = CallerKey("k" * 48).entry("login", 1)
+    assert entry.proof not in repr(entry)
+    assert "user_id=1" in repr(entry)
+    secret = AccountSecret(user_id=1, password_hash="$argon2id$v=19$secret", is_active=True)
+    assert "argon2id" not in repr(secret)
+    assert "is_active=True" in repr(secret)

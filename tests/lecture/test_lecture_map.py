@@ -165,6 +165,31 @@ def test_routes_never_import_sqlalchemy() -> None:
             assert not any(m.split(".")[0] == "sqlalchemy" for m in modules), path.name
 
 
+def test_routes_never_commit() -> None:
+    """The session dependency owns the transaction: a route never ends it (a flow that must
+    commit early says why, in taskmanager.accounts)."""
+    for path in sorted((PACKAGE / "routes").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                assert node.func.attr not in {"commit", "rollback"}, path.name
+
+
+@pytest.mark.parametrize("package", ["accounts", "security"])
+def test_accounts_and_security_never_import_the_web_framework(package: str) -> None:
+    """Below the routes, nothing speaks HTTP: the flows and the security they use take plain
+    values and answer outcomes, which the routes turn into responses."""
+    for path in sorted((PACKAGE / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            web = {"fastapi", "starlette"} & {m.split(".")[0] for m in modules}
+            assert not web, f"{package}/{path.name} imports {web}"
+
+
 def test_the_lecture_layout_is_in_the_package() -> None:
     """The File Organization Reference ("WHERE EVERYTHING LIVES"), inside src/taskmanager."""
     for name in (

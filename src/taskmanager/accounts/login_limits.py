@@ -10,14 +10,12 @@ for the 40 ms of hashing."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from fastapi import Request
-from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.config import Settings
-from taskmanager.problems import TOO_MANY_LOGIN_ATTEMPTS, TOO_MANY_REGISTRATIONS
 from taskmanager.repositories.login_limit_repository import (
     DAY_SECONDS,
     Counted,
@@ -53,11 +51,6 @@ def client_network(host: str | None) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((int(address), IPV6_PREFIX), strict=False))
     return str(address)
-
-
-def request_network(request: Request) -> str:
-    """The network of the client that sent `request` (see client_network)."""
-    return client_network(request.client.host if request.client else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,22 +89,21 @@ def registration_limits(settings: Settings) -> RegistrationLimits:
 
 
 async def count_password_attempt(
-    session: AsyncSession, request: Request, username: str
+    session: AsyncSession,
+    key: CallerKey,
+    limits: PasswordLimits,
+    network: str,
+    username: str,
 ) -> PasswordAttempt:
-    """Count a password attempt at the account `username` names and COMMIT it at once,
-    before the password is checked."""
-    network = request_network(request)
-    # In a transaction of its own, entered to count at this subject only (the route
-    # enters its caller again).
-    key: CallerKey = request.app.state.caller_key
-    await UserRepository(session).enter(
-        key.entry("login", subject=attempt_subject(network, username))
+    """Count a password attempt from `network` at the account `username` names and COMMIT
+    it at once, before the password is checked."""
+    counted = await _count_committed(
+        session,
+        key,
+        lambda counts: counts.count_password_attempt(username, network, limits),
+        network,
+        username,
     )
-    counted = await LoginLimitRepository(session).count_password_attempt(
-        username, network, password_limits(request.app.state.settings)
-    )
-    # One of the commits outside get_async_session: the count must stand whatever follows.
-    await session.commit()
     return PasswordAttempt(username, network, counted)
 
 
@@ -123,21 +115,34 @@ async def remember_login(session: AsyncSession, attempt: PasswordAttempt) -> Non
     )
 
 
-async def count_registration(session: AsyncSession, request: Request) -> int | None:
-    """Count a registration and COMMIT it at once, before its password is hashed. Seconds
-    to wait, or None (go ahead)."""
-    # In a transaction of its own, entered to count at this network only (registration
-    # enters again after).
-    key: CallerKey = request.app.state.caller_key
-    network = request_network(request)
-    await UserRepository(session).enter(key.entry("login", subject=attempt_subject(network)))
-    counted = await LoginLimitRepository(session).count_registration(
-        network, registration_limits(request.app.state.settings)
+async def count_registration(
+    session: AsyncSession, key: CallerKey, limits: RegistrationLimits, network: str
+) -> int | None:
+    """Count a registration from `network` and COMMIT it at once, before its password is
+    hashed (a 409 has cost its hashing too, and the row every registration counts under is
+    not held locked meanwhile). Seconds to wait, or None (go ahead)."""
+    counted = await _count_committed(
+        session, key, lambda counts: counts.count_registration(network, limits), network
     )
-    # Committed whatever follows (a 409 has cost its hashing too), and the row every
-    # registration counts under is not held locked while the password is hashed.
-    await session.commit()
     return counted.wait
+
+
+async def _count_committed(
+    session: AsyncSession,
+    key: CallerKey,
+    count: Callable[[LoginLimitRepository], Awaitable[Counted]],
+    network: str,
+    username: str = "",
+) -> Counted:
+    """`count` in a transaction of its own, entered to count at this subject only (the
+    flow enters its caller again after), committed whatever follows."""
+    await UserRepository(session).enter(
+        key.entry("login", subject=attempt_subject(network, username))
+    )
+    counted = await count(LoginLimitRepository(session))
+    # One of the commits outside get_async_session: the count must stand whatever follows.
+    await session.commit()
+    return counted
 
 
 async def purge_expired_counts(session: AsyncSession, settings: Settings) -> int:
@@ -145,15 +150,3 @@ async def purge_expired_counts(session: AsyncSession, settings: Settings) -> int
     return await LoginLimitRepository(session).purge_expired(
         password_limits(settings), registration_limits(settings)
     )
-
-
-def too_many_attempts(wait: int) -> JSONResponse:
-    problem = TOO_MANY_LOGIN_ATTEMPTS.problem(
-        f"too many password attempts; try again in {wait} seconds"
-    )
-    return problem.response({"Retry-After": str(wait)})
-
-
-def too_many_registrations(wait: int) -> JSONResponse:
-    problem = TOO_MANY_REGISTRATIONS.problem(f"too many registrations; try again in {wait} seconds")
-    return problem.response({"Retry-After": str(wait)})

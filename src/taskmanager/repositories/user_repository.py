@@ -5,7 +5,7 @@ Flushes, never commits."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,7 +63,7 @@ class AccountSecret:
     """What a login checks: the account's id, its password hash, whether it is active."""
 
     user_id: int
-    password_hash: str
+    password_hash: str = field(repr=False)
     is_active: bool
 
 

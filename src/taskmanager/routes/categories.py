@@ -67,7 +67,7 @@ async def list_categories(
 async def get_category(
     category_id: CategoryId, repo: CategoryReaderDep, response: Response
 ) -> Category:
-    category = await get_or_404(repo.get_by_id(category_id), NOT_FOUND)
+    category = get_or_404(await repo.get_by_id(category_id), NOT_FOUND)
     set_etag(response, category.version)
     return category
 
@@ -88,8 +88,8 @@ async def rename_category(
     if_match: IfMatch = None,
 ) -> Category:
     """Rename; with `If-Match`, only if the category is still at that ETag (else 412)."""
-    found = repo.get_by_id(category_id, for_update=True)
-    category = await repo.rename(await get_for_change(found, NOT_FOUND, if_match), body.name)
+    found = await repo.get_by_id(category_id, for_update=True)
+    category = await repo.rename(get_for_change(found, NOT_FOUND, if_match), body.name)
     set_etag(response, category.version)
     return category
 
@@ -104,5 +104,5 @@ async def delete_category(
     category_id: CategoryId, repo: CategoryRepositoryDep, if_match: IfMatch = None
 ) -> None:
     """Delete a category; its tasks stay, uncategorised."""
-    found = repo.get_by_id(category_id, for_update=True)
-    await repo.delete(await get_for_change(found, NOT_FOUND, if_match))
+    found = await repo.get_by_id(category_id, for_update=True)
+    await repo.delete(get_for_change(found, NOT_FOUND, if_match))

@@ -66,7 +66,7 @@ async def list_labels(
     responses={200: {"headers": response_headers("ETag")}, **problem_responses(401, 404, 422, 503)},
 )
 async def get_label(label_id: LabelId, repo: LabelReaderDep, response: Response) -> Label:
-    label = await get_or_404(repo.get_by_id(label_id), NOT_FOUND)
+    label = get_or_404(await repo.get_by_id(label_id), NOT_FOUND)
     set_etag(response, label.version)
     return label
 
@@ -88,8 +88,8 @@ async def update_label(
 ) -> Label:
     """Rename or recolour (only the fields sent; a null colour clears it); with `If-Match`,
     only if the label is still at that ETag (else 412)."""
-    found = repo.get_by_id(label_id, for_update=True)
-    label = await get_for_change(found, NOT_FOUND, if_match)
+    found = await repo.get_by_id(label_id, for_update=True)
+    label = get_for_change(found, NOT_FOUND, if_match)
     label = await repo.update(label, body.model_dump(exclude_unset=True))
     set_etag(response, label.version)
     return label
@@ -105,5 +105,5 @@ async def delete_label(
     label_id: LabelId, repo: LabelRepositoryDep, if_match: IfMatch = None
 ) -> None:
     """Delete a label; it comes off every task that carried it."""
-    found = repo.get_by_id(label_id, for_update=True)
-    await repo.delete(await get_for_change(found, NOT_FOUND, if_match))
+    found = await repo.get_by_id(label_id, for_update=True)
+    await repo.delete(get_for_change(found, NOT_FOUND, if_match))

@@ -8,7 +8,6 @@ If-Match it behaves as before (last writer wins). Every such route reads its row
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from typing import Annotated, Protocol, TypeVar
 
 from fastapi import Header, HTTPException, Response
@@ -65,18 +64,17 @@ def require_match(if_match: str | None, version: int) -> None:
     )
 
 
-async def get_or_404(found: Awaitable[Found | None], not_found: str) -> Found:
+def get_or_404(found: Found | None, not_found: str) -> Found:
     """What a repository `found`, or a 404 saying `not_found` (not the caller's is the same
     answer as not there)."""
-    row = await found
-    if row is None:
+    if found is None:
         raise HTTPException(status_code=404, detail=not_found)
-    return row
+    return found
 
 
-async def get_for_change(found: Awaitable[Row | None], not_found: str, if_match: str | None) -> Row:
+def get_for_change(found: Row | None, not_found: str, if_match: str | None) -> Row:
     """The row a repository `found` for a change (read locked, for this transaction), if it
     exists (else 404 saying `not_found`) and If-Match allows the change (else 412)."""
-    row = await get_or_404(found, not_found)
+    row = get_or_404(found, not_found)
     require_match(if_match, row.version)
     return row

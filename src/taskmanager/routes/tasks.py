@@ -227,7 +227,7 @@ def _next_link(request: Request, next_cursor: str) -> str:
 )
 async def get_task(task_id: TaskId, repo: TaskReaderDep, response: Response) -> TaskView:
     """One task; `ETag` is its version, for If-Match on a later change."""
-    task = await get_or_404(repo.get_view(task_id), NOT_FOUND)
+    task = get_or_404(await repo.get_view(task_id), NOT_FOUND)
     set_etag(response, task["version"])
     return task
 
@@ -247,8 +247,8 @@ async def update_task(
     """Change only the fields sent; an explicit null clears description or category_id.
 
     With `If-Match`, only if the task is still at that ETag (else 412)."""
-    found = repo.get_by_id_with_category(task_id, for_update=True)
-    task = await get_for_change(found, NOT_FOUND, if_match)
+    found = await repo.get_by_id_with_category(task_id, for_update=True)
+    task = get_for_change(found, NOT_FOUND, if_match)
     task = await repo.update(task, body.model_dump(exclude_unset=True))
     set_etag(response, task.version)
     return task
@@ -279,5 +279,5 @@ async def replace_task(
 )
 async def delete_task(task_id: TaskId, repo: TaskRepositoryDep, if_match: IfMatch = None) -> None:
     """Delete a task; with `If-Match`, only if it is still at that ETag (else 412)."""
-    found = repo.get_by_id_with_category(task_id, for_update=True)
-    await repo.delete(await get_for_change(found, NOT_FOUND, if_match))
+    found = await repo.get_by_id_with_category(task_id, for_update=True)
+    await repo.delete(get_for_change(found, NOT_FOUND, if_match))

@@ -5,16 +5,20 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from taskmanager.accounts.login_limits import count_password_attempt, too_many_attempts
-from taskmanager.bad_input import BadInputError
+from taskmanager.accounts.sessions import Refused, TooManyAttempts, change_password
 from taskmanager.database import ReadSessionDep, SessionDep
-from taskmanager.dependencies import CurrentReaderDep, CurrentUserDep, enter_again
+from taskmanager.dependencies import (
+    SESSION_ENDED,
+    CurrentReaderDep,
+    CurrentUserDep,
+    unauthorized_error,
+)
 from taskmanager.models import User
 from taskmanager.openapi import problem_responses
-from taskmanager.repositories.auth_session_repository import AuthSessionRepository
+from taskmanager.problems import TOO_MANY_LOGIN_ATTEMPTS
 from taskmanager.repositories.user_repository import UserRepository
+from taskmanager.routes.auth import TOO_MANY_PASSWORD_ATTEMPTS, request_network, retry_later
 from taskmanager.schemas import UserResponse, UserUpdate
-from taskmanager.security.passwords import hash_password, verify_password
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -44,24 +48,20 @@ async def update_me(
     users = UserRepository(session)
     me = await _me(users, user.user_id)
     if body.password is not None:
-        # The scope lives in this transaction: end it, count the attempt as the service
-        # does at login (committed at once, so a wrong password cannot roll it back), then
-        # enter the scope again for the change itself.
-        await session.commit()
-        attempt = await count_password_attempt(session, request, me.email)
-        if attempt.wait is not None:
-            return too_many_attempts(attempt.wait)
-        await enter_again(request, session, user)
-        account = await users.password_hash_of(me.email, request.app.state.caller_key)
-        matches, _ = await verify_password(
-            body.current_password or "", account.password_hash if account is not None else None
+        outcome = await change_password(
+            session,
+            request.app.state.caller_key,
+            request.app.state.settings,
+            request_network(request),
+            user,
+            me,
+            body.current_password or "",
+            body.password,
         )
-        if not matches:
-            raise BadInputError("body.current_password", "is not your password")
-        await users.record_password_change(me, await hash_password(body.password))
-        await AuthSessionRepository(session).revoke_all(
-            user.user_id, "password_changed", keep=user.session_id
-        )
+        if isinstance(outcome, TooManyAttempts):
+            return retry_later(TOO_MANY_LOGIN_ATTEMPTS, TOO_MANY_PASSWORD_ATTEMPTS, outcome.wait)
+        if outcome is Refused.LOGIN_ENDED:
+            raise unauthorized_error(SESSION_ENDED, token_given=True)
     if body.display_name is not None:
         await users.rename(me, body.display_name)
     return me

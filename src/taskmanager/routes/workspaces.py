@@ -51,7 +51,7 @@ def _owner_only(user: Scope, workspace_id: int) -> None:
 async def _detail(
     repo: WorkspaceReaderDep | WorkspaceRepositoryDep, user: Scope, workspace_id: int
 ) -> dict[str, object]:
-    view = await get_or_404(repo.get(user, workspace_id), NOT_FOUND)
+    view = get_or_404(await repo.get(user, workspace_id), NOT_FOUND)
     members = await repo.members(user, workspace_id)
     return {**asdict(view), "members": members}
 
@@ -110,7 +110,7 @@ async def _for_change(
     repo: WorkspaceRepositoryDep, user: Scope, workspace_id: int, if_match: str | None
 ) -> Workspace:
     _owner_only(user, workspace_id)
-    return await get_for_change(repo.get_for_change(user, workspace_id), NOT_FOUND, if_match)
+    return get_for_change(await repo.get_for_change(user, workspace_id), NOT_FOUND, if_match)
 
 
 @router.patch(
@@ -179,7 +179,7 @@ async def add_member(
     at its own URL. 409 if it is a member already, if the workspace has as many members as
     it may, or if the account belongs to as many workspaces as an account may."""
     _owner_only(user, workspace_id)
-    view = await get_or_404(repo.get(user, workspace_id), NOT_FOUND)
+    view = get_or_404(await repo.get(user, workspace_id), NOT_FOUND)
     if view.personal and body.role == "owner":
         raise ProblemError(
             CONFLICT.problem("a personal workspace has one owner; add people as members")
@@ -207,7 +207,7 @@ async def get_member(
     """One member of a workspace you belong to."""
     if not user.can_see(workspace_id):
         raise HTTPException(status_code=404, detail=NOT_FOUND)
-    return await get_or_404(repo.member(user, workspace_id, user_id), MEMBER_NOT_FOUND)
+    return get_or_404(await repo.member(user, workspace_id, user_id), MEMBER_NOT_FOUND)
 
 
 @router.delete(
@@ -228,7 +228,7 @@ async def remove_member(
         raise HTTPException(status_code=404, detail=NOT_FOUND)
     if user_id != user.user_id and not user.owns(workspace_id):
         raise ProblemError(FORBIDDEN.problem("only an owner may remove another member"))
-    membership = await get_or_404(repo.membership(user, workspace_id, user_id), MEMBER_NOT_FOUND)
+    membership = get_or_404(await repo.membership(user, workspace_id, user_id), MEMBER_NOT_FOUND)
     if membership.role == "owner":
         owners = await repo.lock_owners(user, workspace_id)
         if list(owners) == [user_id]:

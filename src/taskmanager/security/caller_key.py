@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from sqlalchemy import text
@@ -49,7 +49,8 @@ class Entry:
     session_id: uuid.UUID | None
     purpose: Purpose
     valid_until: int
-    proof: str
+    # A credential for as long as valid_until: never in a repr (a log line, a traceback).
+    proof: str = field(repr=False)
     # What a login or a registration counts attempts at ("<network>\n<username>"): the
     # only password-attempt counts its transaction may touch (migration 0008).
     subject: str | None = None

@@ -28,9 +28,10 @@ class Scope:
     workspace_ids: tuple[int, ...]
     owned_workspace_ids: frozenset[int]
     personal_workspace_id: int | None
-    # Until when the database lets this caller act (the access token's expiry): a route
-    # that ends its transaction early enters again with it (PATCH /users/me).
-    valid_until: int = 0
+    # Until when the database lets this caller act (the access token's expiry): a flow
+    # that ends its transaction early enters again with it (accounts.sessions'
+    # change_password).
+    valid_until: int
     _minted_by: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -74,7 +75,7 @@ def mint_scope(
     workspace_ids: tuple[int, ...],
     owned_workspace_ids: frozenset[int],
     personal_workspace_id: int | None,
-    valid_until: int = 0,
+    valid_until: int,
 ) -> Scope:
     """For taskmanager.accounts.callers only (a test checks no other module calls it)."""
     return Scope(
