@@ -37,7 +37,7 @@ from taskmanager.repositories.workspace_repository import (
     WorkspaceRepository,
 )
 from taskmanager.security.scope import Scope
-from tests.support.accounts import Account, create_account, register_and_login
+from tests.support.accounts import Account, register_and_login
 from tests.support.databases import TEST_DATABASE
 from tests.support.live_app import live_client
 from tests.support.problems import assert_problem
@@ -149,16 +149,6 @@ async def test_the_callers_workspace_ids_are_bound_as_one_array(
 
 
 # ─────────────────────────────── caps on workspaces per account and members per workspace
-
-
-@pytest_asyncio.fixture(scope="session")
-async def bob(engine: AsyncEngine) -> Account:
-    return await create_account(engine, "bob.limits@example.com")
-
-
-@pytest_asyncio.fixture(scope="session")
-async def carol(engine: AsyncEngine) -> Account:
-    return await create_account(engine, "carol.limits@example.com")
 
 
 @pytest.fixture
