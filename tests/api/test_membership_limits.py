@@ -66,12 +66,6 @@ async def join_workspaces(db_session: AsyncSession, user_id: int, how_many: int)
             )
         ).scalars()
     )
-    # workspaces forces row-level security on its owner too: a row names its creator, who
-    # must be the caller the transaction acts for.
-    await db_session.execute(
-        text("SELECT set_config('taskmanager.user_id', :user_id, true)"),
-        {"user_id": str(user_id)},
-    )
     await db_session.execute(
         text(
             "INSERT INTO workspaces (id, name, created_by) "
@@ -86,7 +80,6 @@ async def join_workspaces(db_session: AsyncSession, user_id: int, how_many: int)
         ),
         {"ids": ids, "user_id": user_id},
     )
-    await db_session.execute(text("SELECT set_config('taskmanager.user_id', '', true)"))
     await db_session.commit()  # releases the seeding savepoint; the outer transaction stays
     return ids
 
