@@ -14,15 +14,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from importlib.resources import as_file, files
 from pathlib import Path
 
 import pytest
 
 from taskmanager.postgres import migrate
-from taskmanager.postgres.embedded import EmbeddedPostgres
-from tests.support.databases import database_env, owner_url, run_as_sync, superuser_url
+from tests.support.databases import DatabaseAt, database_env, owner_url, scalar, table_exists
 from tests.support.processes import clean_env
 
 TIMEOUT = 120
@@ -70,25 +68,6 @@ def failing_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-@pytest.fixture
-def database_at(
-    embedded_server: EmbeddedPostgres | None,
-) -> Callable[[str, str | None], str]:
-    """A new database with its logins, migrated to the revision given (None: not at all)."""
-
-    def make(name: str, revision: str | None) -> str:
-        if embedded_server is None:
-            pytest.skip("needs the embedded test server to create extra databases")
-        embedded_server.drop_database(name)
-        logins = embedded_server.logins(name)
-        assert logins.owner is not None
-        if revision is not None:
-            migrate.upgrade(logins.owner, revision)
-        return logins.service
-
-    return make
-
-
 def cli(*args: str, url: str, scripts: Path | None = None) -> subprocess.CompletedProcess[str]:
     """`taskmanager ARGS` as an operator runs it on `url`'s database (with `scripts`, the
     migrations of that directory)."""
@@ -106,20 +85,15 @@ def cli(*args: str, url: str, scripts: Path | None = None) -> subprocess.Complet
     )
 
 
-def table_exists(url: str, name: str) -> bool:
-    rows = run_as_sync(superuser_url(url), f"SELECT to_regclass('public.{name}') IS NOT NULL")
-    return bool(rows[0][0])
-
-
 def column_exists(url: str, table: str, column: str) -> bool:
-    rows = run_as_sync(
-        superuser_url(url),
+    count = scalar(
+        url,
         "SELECT count(*) FROM information_schema.columns "
         "WHERE table_name = :table AND column_name = :column",
         table=table,
         column=column,
     )
-    return bool(rows[0][0])
+    return bool(count)
 
 
 def assert_refused_in_one_line(result: subprocess.CompletedProcess[str], stays_at: str) -> None:
@@ -133,7 +107,7 @@ def assert_refused_in_one_line(result: subprocess.CompletedProcess[str], stays_a
 
 
 def test_a_failing_upgrade_from_nothing_leaves_an_empty_database(
-    database_at: Callable[[str, str | None], str], failing_scripts: Path
+    database_at: DatabaseAt, failing_scripts: Path
 ) -> None:
     url = database_at("rollback_from_nothing", None)
 
@@ -150,7 +124,7 @@ def test_a_failing_upgrade_from_nothing_leaves_an_empty_database(
 
 
 def test_a_failing_upgrade_leaves_the_database_at_the_revision_it_was_at(
-    database_at: Callable[[str, str | None], str], failing_scripts: Path
+    database_at: DatabaseAt, failing_scripts: Path
 ) -> None:
     url = database_at("rollback_from_0007", "0007")
     assert not table_exists(url, "caller_key")  # made by 0008
