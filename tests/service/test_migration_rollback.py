@@ -68,16 +68,19 @@ def failing_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def cli(*args: str, url: str, scripts: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, url: str, cwd: Path, scripts: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """`taskmanager ARGS` as an operator runs it on `url`'s database (with `scripts`, the
-    migrations of that directory)."""
+    migrations of that directory), from `cwd`: not the project root, whose .env must not
+    leak into the test."""
     command = [sys.executable, "-m", "taskmanager", *args]
     if scripts is not None:
         command = [sys.executable, "-c", CLI_WITH_SCRIPTS, str(scripts), *args]
     return subprocess.run(
         command,
         env=clean_env(**database_env(url)),
-        cwd=scripts.parent if scripts is not None else None,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -107,14 +110,14 @@ def assert_refused_in_one_line(result: subprocess.CompletedProcess[str], stays_a
 
 
 def test_a_failing_upgrade_from_nothing_leaves_an_empty_database(
-    database_at: DatabaseAt, failing_scripts: Path
+    database_at: DatabaseAt, failing_scripts: Path, tmp_path: Path
 ) -> None:
     url = database_at("rollback_from_nothing", None)
 
-    result = cli("db", "upgrade", url=url, scripts=failing_scripts)
+    result = cli("db", "upgrade", url=url, cwd=tmp_path, scripts=failing_scripts)
 
     assert_refused_in_one_line(result, "stays empty")
-    current = cli("db", "current", url=url)
+    current = cli("db", "current", url=url, cwd=tmp_path)
     assert current.returncode == 0, current.stderr
     assert current.stdout.startswith("empty (no migrations applied)"), current.stdout
     assert migrate.current(owner_url(url)) is None
@@ -124,15 +127,15 @@ def test_a_failing_upgrade_from_nothing_leaves_an_empty_database(
 
 
 def test_a_failing_upgrade_leaves_the_database_at_the_revision_it_was_at(
-    database_at: DatabaseAt, failing_scripts: Path
+    database_at: DatabaseAt, failing_scripts: Path, tmp_path: Path
 ) -> None:
     url = database_at("rollback_from_0007", "0007")
     assert not table_exists(url, "caller_key")  # made by 0008
 
-    result = cli("db", "upgrade", url=url, scripts=failing_scripts)
+    result = cli("db", "upgrade", url=url, cwd=tmp_path, scripts=failing_scripts)
 
     assert_refused_in_one_line(result, "stays at 0007")
-    current = cli("db", "current", url=url)
+    current = cli("db", "current", url=url, cwd=tmp_path)
     assert current.returncode == 0, current.stderr
     assert current.stdout.startswith("0007"), current.stdout
     assert not table_exists(url, "caller_key")  # 0008 was rolled back with the rest
@@ -140,6 +143,6 @@ def test_a_failing_upgrade_leaves_the_database_at_the_revision_it_was_at(
     assert not column_exists(url, "tasks", "half_done")
 
     # Without the failing revision, the same database migrates to head.
-    up = cli("db", "upgrade", url=url)
+    up = cli("db", "upgrade", url=url, cwd=tmp_path)
     assert up.returncode == 0, up.stderr
     assert migrate.current(owner_url(url)) == migrate.heads()[0]
