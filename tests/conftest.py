@@ -37,12 +37,14 @@ from taskmanager.database import (
 from taskmanager.main import create_app
 from taskmanager.postgres.embedded import EmbeddedPostgres
 from taskmanager.postgres.logins import DatabaseLogins
+from taskmanager.postgres.migrate import upgrade
 from taskmanager.security.scope import Scope
 from tests.support.accounts import TEST_SECRET, Account, create_account, register_and_login
 from tests.support.databases import (
     SUPERUSER,
     TEST_DATABASE,
     TEST_KEY,
+    DatabaseAt,
     database_of,
     logins_of,
     migrate,
@@ -160,6 +162,25 @@ def make_database(
         embedded_server.drop_database(name)
         logins = embedded_server.logins(name)
         migrate(logins)
+        return logins.service
+
+    return make
+
+
+@pytest.fixture
+def database_at(embedded_server: EmbeddedPostgres | None) -> DatabaseAt:
+    """`database_at(name, revision)`: (re)create a database on the test server with its
+    roles, migrated by its owner to `revision` (None: not at all) and not prepared for the
+    service any further; return its service URL. For the migrations' own tests."""
+
+    def make(name: str, revision: str | None) -> str:
+        if embedded_server is None:
+            pytest.skip("needs the embedded test server to create extra databases")
+        embedded_server.drop_database(name)
+        logins = embedded_server.logins(name)
+        assert logins.owner is not None
+        if revision is not None:
+            upgrade(logins.owner, revision)
         return logins.service
 
     return make

@@ -13,10 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from taskmanager.models import Label, Task, TaskLabel
 from taskmanager.schemas import MAX_LABELS_PER_TASK
-from tests.api.test_statement_count import count_statements
 from tests.support.accounts import Account
 from tests.support.pages import walk_both_ways
 from tests.support.problems import assert_problem, assert_validation_problem
+from tests.support.statements import count_statements
 
 MISSING_ID = 2_147_483_000
 

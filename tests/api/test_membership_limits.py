@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pytest
@@ -25,7 +23,7 @@ import pytest_asyncio
 from fastapi import FastAPI
 from httpx import AsyncClient, Response
 from pydantic import ValidationError
-from sqlalchemy import event, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -39,11 +37,11 @@ from taskmanager.repositories.workspace_repository import (
     WorkspaceRepository,
 )
 from taskmanager.security.scope import Scope
-from tests.api.test_statement_count import is_caller, is_fixture
-from tests.support.accounts import Account, create_account, register_and_login
+from tests.support.accounts import Account, register_and_login
 from tests.support.databases import TEST_DATABASE
 from tests.support.live_app import live_client
 from tests.support.problems import assert_problem
+from tests.support.statements import count_statements
 
 REQUEST_ROLE = caller_role_name(TEST_DATABASE)
 
@@ -57,34 +55,6 @@ FEW = 8
 # ─────────────────────────────── helpers
 
 
-@dataclass
-class Sent:
-    """The statements a request sent, each with the values bound to it."""
-
-    statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
-
-    @property
-    def queries(self) -> list[tuple[str, tuple[Any, ...]]]:
-        """The route's own statements (not the caller's, not the test fixture's)."""
-        return [(s, p) for s, p in self.statements if not is_fixture(s) and not is_caller(s)]
-
-
-@contextmanager
-def capture(engine: AsyncEngine) -> Iterator[Sent]:
-    sent = Sent()
-
-    def before_cursor_execute(
-        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
-    ) -> None:
-        sent.statements.append((statement, tuple(parameters or ())))
-
-    event.listen(engine.sync_engine, "before_cursor_execute", before_cursor_execute)
-    try:
-        yield sent
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", before_cursor_execute)
-
-
 async def join_workspaces(db_session: AsyncSession, user_id: int, how_many: int) -> list[int]:
     """Make `user_id` a member of `how_many` new workspaces in three statements, as an
     operator's bulk SQL would (rolled back with the test)."""
@@ -95,12 +65,6 @@ async def join_workspaces(db_session: AsyncSession, user_id: int, how_many: int)
                 {"n": how_many},
             )
         ).scalars()
-    )
-    # workspaces forces row-level security on its owner too: a row names its creator, who
-    # must be the caller the transaction acts for.
-    await db_session.execute(
-        text("SELECT set_config('taskmanager.user_id', :user_id, true)"),
-        {"user_id": str(user_id)},
     )
     await db_session.execute(
         text(
@@ -116,7 +80,6 @@ async def join_workspaces(db_session: AsyncSession, user_id: int, how_many: int)
         ),
         {"ids": ids, "user_id": user_id},
     )
-    await db_session.execute(text("SELECT set_config('taskmanager.user_id', '', true)"))
     await db_session.commit()  # releases the seeding savepoint; the outer transaction stays
     return ids
 
@@ -168,27 +131,17 @@ async def test_the_callers_workspace_ids_are_bound_as_one_array(
         f"/categories/{category['id']}",
         f"/labels/{label['id']}",
     ):
-        with capture(engine) as sent:
+        with count_statements(engine) as log:
             await ok(client, url)
-        assert sent.queries, url
-        for statement, parameters in sent.queries:
+        assert log.queries_sent, url
+        for statement, parameters in log.queries_sent:
             assert len(parameters) <= FEW, (url, statement, len(parameters))
-        arrays = [p for _, ps in sent.queries for p in ps if isinstance(p, list | tuple)]
+        arrays = [p for _, ps in log.queries_sent for p in ps if isinstance(p, list | tuple)]
         assert [sorted(array) for array in arrays] == [mine] * len(arrays), url
-        assert arrays, (url, sent.queries)
+        assert arrays, (url, log.queries_sent)
 
 
 # ─────────────────────────────── caps on workspaces per account and members per workspace
-
-
-@pytest_asyncio.fixture(scope="session")
-async def bob(engine: AsyncEngine) -> Account:
-    return await create_account(engine, "bob.limits@example.com")
-
-
-@pytest_asyncio.fixture(scope="session")
-async def carol(engine: AsyncEngine) -> Account:
-    return await create_account(engine, "carol.limits@example.com")
 
 
 @pytest.fixture

@@ -2,10 +2,11 @@
 
 No N+1: the categories of a page come with the page (a join), and X-Total-Count rides
 along with it. Statements are counted with a `before_cursor_execute` listener on the test
-engine, whose connection the `client` fixture's session uses; only what runs during the
-request counts. What the test fixture adds is tallied separately and must be the only
-extra: its SAVEPOINT/RELEASE statements (the stand-in for the real transaction) and the
-statement that ends the caller's scope after each request (a real COMMIT would).
+engine (tests/support/statements.py), whose connection the `client` fixture's session
+uses; only what runs during the request counts. What the test fixture adds is tallied
+separately and must be the only extra: its SAVEPOINT/RELEASE statements (the stand-in for
+the real transaction) and the statement that ends the caller's scope after each request (a
+real COMMIT would).
 
 Every request that needs a caller also runs ONE statement saying who is calling
 (`UserRepository.enter`: the service's proof checked, the token's user and login session
@@ -19,8 +20,7 @@ commit events on the app's real sessions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -32,58 +32,12 @@ from taskmanager.config import Settings
 from taskmanager.models import Category, Label, Task, TaskLabel
 from tests.support.accounts import Account
 from tests.support.real_sessions import app_with_real_sessions
+from tests.support.statements import StatementLog, count_statements
 
 # The list's own statements: the page (with its total), and a COUNT only for a page past
 # the end (no row to carry the total). The caller's statement comes on top of these.
 MAX_LIST_STATEMENTS = 2
 CALLER_STATEMENTS = 1
-SAVEPOINT_PREFIXES = ("SAVEPOINT ", "RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT ")
-# tests/support/rolled_back.py, after every request: what the real COMMIT would undo.
-END_OF_REQUEST_PREFIX = "SELECT SET_CONFIG('ROLE', 'NONE'"
-CALLER_MARK = "FROM taskmanager_enter("
-
-
-class StatementLog:
-    def __init__(self) -> None:
-        self.statements: list[str] = []
-
-    @property
-    def queries(self) -> list[str]:
-        """The route's own statements."""
-        return [s for s in self.statements if not is_fixture(s) and not is_caller(s)]
-
-    @property
-    def caller(self) -> list[str]:
-        return [s for s in self.statements if is_caller(s)]
-
-    @property
-    def fixture(self) -> list[str]:
-        return [s for s in self.statements if is_fixture(s)]
-
-
-def is_fixture(statement: str) -> bool:
-    start = statement.lstrip().upper()
-    return start.startswith(SAVEPOINT_PREFIXES) or start.startswith(END_OF_REQUEST_PREFIX)
-
-
-def is_caller(statement: str) -> bool:
-    return CALLER_MARK in statement
-
-
-@contextmanager
-def count_statements(engine: AsyncEngine) -> Iterator[StatementLog]:
-    log = StatementLog()
-
-    def before_cursor_execute(
-        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
-    ) -> None:
-        log.statements.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", before_cursor_execute)
-    try:
-        yield log
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", before_cursor_execute)
 
 
 @pytest.fixture
@@ -271,7 +225,7 @@ async def test_a_real_list_request_is_one_read_only_transaction_of_two_statement
     def before_cursor_execute(
         conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
     ) -> None:
-        log.statements.append(statement)
+        log.record(statement, parameters)
 
     def begin(conn: Any) -> None:
         read_only = conn.get_execution_options().get("postgresql_readonly", False)

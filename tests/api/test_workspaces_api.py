@@ -2,7 +2,7 @@
 checked in the database.
 
 alice (`account`, the client's default caller) owns the workspaces made here; bob and
-carol are accounts of this module, made members where a test needs them; mallory
+carol (tests/api/conftest.py) are made members where a test needs them; mallory
 (`other_account`) shares nothing with anyone.
 """
 
@@ -12,26 +12,14 @@ import asyncio
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from httpx import AsyncClient, Response
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Category, Membership, Task, Workspace
 from taskmanager.problems import CONFLICT, FORBIDDEN, PRECONDITION_FAILED
-from tests.support.accounts import Account, create_account, register_and_login
+from tests.support.accounts import Account, register_and_login
 from tests.support.problems import assert_problem, assert_validation_problem
-
-
-@pytest_asyncio.fixture(scope="session")
-async def bob(engine: AsyncEngine) -> Account:
-    return await create_account(engine, "bob.workspaces@example.com")
-
-
-@pytest_asyncio.fixture(scope="session")
-async def carol(engine: AsyncEngine) -> Account:
-    return await create_account(engine, "carol.workspaces@example.com")
-
 
 # ─────────────────────────────── helpers
 

@@ -13,12 +13,19 @@ operation:
 
 An operation with an id that has no row in EXPECTED fails the test: a new route is in the
 matrix the moment it is in the document.
+
+A second table, generated from the same document, holds every id a request names in its
+body or its query (a workspace, category or label: `workspace_id`, `label_ids`, `?label_id=`).
+dan and mallory, each with a workspace, task, category and label of their own, send alice's
+id there: the answer is the one for an id that does not exist (a 422 naming the field for
+a body, an empty list for a query), and nothing changes; the same request naming their own
+resource succeeds. A field of that kind without a row in REFERENCE_EXPECTED fails the test.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +41,7 @@ from taskmanager.main import create_app
 from taskmanager.models import Category, Label, Membership, Task, TaskLabel, Workspace
 from taskmanager.problems import FORBIDDEN
 from tests.support.accounts import TEST_SECRET, Account
-from tests.support.problems import assert_problem
+from tests.support.problems import assert_problem, assert_validation_problem
 from tests.support.tokens import (
     assert_unauthorized,
     bearer,
@@ -275,9 +282,12 @@ async def world(
     )
 
 
-async def snapshot(db_session: AsyncSession, world: World) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row the matrix could touch, as stored now (Core selects, fresh from the DB)."""
-    workspaces = [world.workspace_id, world.shared_workspace_id]
+async def snapshot(
+    db_session: AsyncSession, world: World, *more_workspaces: int
+) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row the matrix could touch (in the world's workspaces and `more_workspaces`),
+    as stored now (Core selects, fresh from the DB)."""
+    workspaces = [world.workspace_id, world.shared_workspace_id, *more_workspaces]
     statements = {
         "workspaces": select(Workspace.id, Workspace.name, Workspace.version).where(
             Workspace.id.in_(workspaces)
@@ -377,3 +387,269 @@ async def test_bola_matrix(
         assert after == before
     else:  # a change the caller may make: it happened
         assert after != before
+
+
+# ─────────────────────────────── another tenant's id in a body or a query
+
+# A body's or a query's field that names a resource (by its id, or a list of ids), and the
+# world's id it is given by an attacker (World.ids()).
+REFERENCE_FIELD = re.compile(r"_ids?$")
+NAMES = {
+    "workspace_id": "workspace_id",
+    "category_id": "category_id",
+    "label_id": "label_id",
+    "label_ids": "label_id",
+}
+ATTACKERS = ("member_of_other", "stranger")
+
+# (operationId, field) -> what an attacker who sends the victim's id there gets, the same
+# as for an id no row has: 422 (naming the field) for a body, 200 with an empty list for
+# a query.
+REFERENCE_EXPECTED: dict[tuple[str, str], int] = {
+    ("create_task", "workspace_id"): 422,
+    ("create_task", "category_id"): 422,
+    ("create_task", "label_ids"): 422,
+    ("update_task", "category_id"): 422,
+    ("update_task", "label_ids"): 422,
+    ("replace_task", "category_id"): 422,
+    ("replace_task", "label_ids"): 422,
+    ("create_category", "workspace_id"): 422,
+    ("create_label", "workspace_id"): 422,
+    ("list_tasks", "workspace_id"): 200,
+    ("list_tasks", "category_id"): 200,
+    ("list_tasks", "label_id"): 200,
+    ("list_categories", "workspace_id"): 200,
+    ("list_labels", "workspace_id"): 200,
+}
+
+# operationId -> the minimal valid body, for the operations of the table without an id in
+# their path (the others' are in BODIES); the field under test is added to it.
+REFERENCE_BODIES: dict[str, dict[str, Any]] = {
+    "create_task": {"title": "Made by the matrix"},
+    "create_category": {"name": "Made by the matrix"},
+    "create_label": {"name": "Made by the matrix"},
+}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One field of one operation's body or query that names a resource by its id."""
+
+    operation_id: str
+    method: str
+    path: str
+    where: str  # "body" or "query"
+    field: str
+    many: bool  # the field takes a list of ids
+    counted: bool  # the 200 answer carries X-Total-Count
+    documented: frozenset[int]
+    body_schema: str | None
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path} {self.where}.{self.field} ({self.operation_id})"
+
+
+def _takes_a_list(schema: dict[str, Any]) -> bool:
+    return schema.get("type") == "array" or any(
+        option.get("type") == "array" for option in schema.get("anyOf", [])
+    )
+
+
+def _references(document: dict[str, Any]) -> Iterator[Reference]:
+    schemas_of = document["components"]["schemas"]
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method not in ("get", "put", "post", "patch", "delete", "head", "options"):
+                continue
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            reference = body["schema"]["$ref"] if body else None
+            body_schema = reference.rsplit("/", 1)[-1] if reference else None
+            fields = [
+                ("query", parameter["name"], parameter["schema"])
+                for parameter in operation.get("parameters", [])
+                if parameter["in"] == "query"
+            ]
+            if body_schema is not None:
+                properties = schemas_of[body_schema]["properties"]
+                fields += [("body", name, schema) for name, schema in properties.items()]
+            success = operation["responses"].get("200", {})
+            for where, name, schema in fields:
+                if REFERENCE_FIELD.search(name):
+                    yield Reference(
+                        operation_id=operation["operationId"],
+                        method=method.upper(),
+                        path=path,
+                        where=where,
+                        field=name,
+                        many=_takes_a_list(schema),
+                        counted="X-Total-Count" in success.get("headers", {}),
+                        documented=frozenset(
+                            int(code) for code in operation["responses"] if code.isdigit()
+                        ),
+                        body_schema=body_schema,
+                    )
+
+
+REFERENCES = list(_references(DOCUMENT))
+
+
+def _body_of(reference: Reference, world: World) -> dict[str, Any]:
+    if reference.operation_id in BODIES:
+        return BODIES[reference.operation_id](world)
+    return dict(REFERENCE_BODIES[reference.operation_id])
+
+
+def test_the_document_has_ids_in_bodies_and_queries() -> None:
+    """The generator finds the fields it should (it would pass vacuously on none)."""
+    found = {(reference.operation_id, reference.field) for reference in REFERENCES}
+    assert {("create_task", "label_ids"), ("list_tasks", "label_id")} <= found, found
+
+
+def test_every_id_in_a_body_or_a_query_has_a_row_and_every_row_a_field() -> None:
+    found = {(reference.operation_id, reference.field) for reference in REFERENCES}
+    assert found - set(REFERENCE_EXPECTED) == set(), "ids in bodies or queries missing"
+    assert set(REFERENCE_EXPECTED) - found == set(), "rows for fields that are gone"
+
+
+def test_every_id_in_a_body_or_a_query_names_a_resource_the_matrix_has() -> None:
+    unknown = {str(reference) for reference in REFERENCES if reference.field not in NAMES}
+    assert unknown == set(), "fields the matrix has no value for"
+
+
+def test_a_body_answers_422_and_a_query_an_empty_list_as_documented() -> None:
+    for reference in REFERENCES:
+        status = REFERENCE_EXPECTED[(reference.operation_id, reference.field)]
+        assert status == (422 if reference.where == "body" else 200), str(reference)
+        assert status in reference.documented, str(reference)
+
+
+def test_every_reference_body_is_valid_for_its_documented_schema(
+    account: Account, other_account: Account
+) -> None:
+    """Each body, with the field under test set, passes the request model the document
+    names: a 422 in the table is about the id, never about a bad body."""
+    world = World(
+        owner=account,
+        member=account,
+        neighbour=other_account,
+        stranger=other_account,
+        target=other_account,
+        workspace_id=1,
+        shared_workspace_id=2,
+        task_id=1,
+        category_id=1,
+        label_id=1,
+    )
+    for reference in REFERENCES:
+        if reference.where != "body":
+            continue
+        assert reference.body_schema is not None
+        body = {**_body_of(reference, world), reference.field: [1] if reference.many else 1}
+        getattr(schemas, reference.body_schema).model_validate(body, strict=False)
+
+
+@dataclass(frozen=True)
+class Attacker:
+    """dan or mallory, and what they have of their own: a workspace, a category, a label
+    and a task carrying both."""
+
+    account: Account
+    own: dict[str, int]
+
+
+@pytest.fixture
+async def attackers(
+    client: AsyncClient, neighbour_account: Account, other_account: Account
+) -> dict[str, Attacker]:
+    """dan's and mallory's own rows, made through the API as each of them."""
+    made = {}
+    for caller, account in (("member_of_other", neighbour_account), ("stranger", other_account)):
+
+        async def post(url: str, body: dict[str, Any], account: Account = account) -> int:
+            response = await client.post(url, json=body, headers=account.headers)
+            assert response.status_code == 201, response.text
+            made_id: int = response.json()["id"]
+            return made_id
+
+        category_id = await post("/categories", {"name": "Their own"})
+        label_id = await post("/labels", {"name": "Their own"})
+        task_id = await post(
+            "/tasks",
+            {"title": "Their own", "category_id": category_id, "label_ids": [label_id]},
+        )
+        made[caller] = Attacker(
+            account,
+            {
+                "workspace_id": account.personal_workspace_id,
+                "category_id": category_id,
+                "label_id": label_id,
+                "task_id": task_id,
+            },
+        )
+    return made
+
+
+async def send(
+    client: AsyncClient, reference: Reference, world: World, attacker: Attacker, named: int
+) -> httpx.Response:
+    """`reference`'s operation, as `attacker`, on their own resource where the path names
+    one, with `named` as the field's id."""
+    url = reference.path.format(**attacker.own)
+    headers = attacker.account.headers
+    value: int | list[int] = [named] if reference.many else named
+    if reference.where == "body":
+        body = {**_body_of(reference, world), reference.field: value}
+        return await client.request(reference.method, url, json=body, headers=headers)
+    return await client.request(
+        reference.method, url, params={reference.field: value}, headers=headers
+    )
+
+
+def _as_sent(content: bytes, named: int) -> bytes:
+    """An answer's bytes with the id it was sent, where its text names it (a 422 for
+    label_ids says which id it refuses), written as `<id>`."""
+    return re.sub(rb"(?<= )%d(?![0-9])" % named, b"<id>", content)
+
+
+@pytest.mark.parametrize("caller", ATTACKERS)
+@pytest.mark.parametrize("reference", REFERENCES, ids=str)
+async def test_another_tenants_id_in_a_body_or_a_query_is_one_that_does_not_exist(
+    client: AsyncClient,
+    db_session: AsyncSession,
+    world: World,
+    attackers: dict[str, Attacker],
+    reference: Reference,
+    caller: str,
+) -> None:
+    key = (reference.operation_id, reference.field)
+    assert key in REFERENCE_EXPECTED, f"{reference} has no row in the BOLA matrix"
+    expected = REFERENCE_EXPECTED[key]
+    attacker = attackers[caller]
+    theirs = world.ids()[NAMES[reference.field]]
+    before = await snapshot(db_session, world, attacker.own["workspace_id"])
+    assert before["tasks"], "the world's rows must be visible to the checks"
+
+    response = await send(client, reference, world, attacker, theirs)
+    missing = await send(client, reference, world, attacker, MISSING_ID)
+
+    assert response.status_code == expected, (str(reference), caller, response.text)
+    if expected == 422:
+        assert_validation_problem(response, f"body.{reference.field}")
+    else:
+        assert response.json() == [], (str(reference), caller)
+        if reference.counted:
+            assert response.headers["X-Total-Count"] == "0"
+    # Not even the answer tells another tenant's id from one that does not exist.
+    assert missing.status_code == response.status_code, missing.text
+    for header in ("content-type", "X-Total-Count", "Link"):
+        assert response.headers.get(header) == missing.headers.get(header), header
+    assert _as_sent(response.content, theirs) == _as_sent(missing.content, MISSING_ID)
+    assert await snapshot(db_session, world, attacker.own["workspace_id"]) == before
+
+    # The control: naming their own resource instead, the same request does its work.
+    own = await send(client, reference, world, attacker, attacker.own[NAMES[reference.field]])
+    if expected == 422:
+        assert own.status_code in (200, 201), own.text
+    else:
+        assert own.status_code == 200, own.text
+        assert own.json() != [], (str(reference), caller)

@@ -100,8 +100,9 @@ def user(server: ServeProcess) -> ServedLogin:
 
 
 async def query(url: str, sql: str, **params: Any) -> list[Any]:
-    """Rows of `sql` on a direct (not pooled) connection: the database's own view."""
-    engine = create_async_engine(superuser_url(url) if "@/" in url else url)
+    """Rows of `sql` on a connection of its own to `url`, as the login it names (the
+    superuser's, straight to PostgreSQL, for the database's own view)."""
+    engine = create_async_engine(url)
     try:
         async with engine.connect() as connection:
             return list((await connection.execute(text(sql), params)).all())
@@ -189,7 +190,7 @@ async def test_api_contract_through_pgbouncer(
         assert f"{m} Work" in names
 
     rows = await query(
-        pooled.direct_url,
+        superuser_url(pooled.direct_url),
         "SELECT id, title, description, completed, category_id, version FROM tasks "
         "WHERE title LIKE :prefix ORDER BY id",
         prefix=f"{m} %",
@@ -341,7 +342,7 @@ async def missing_writes(direct_url: str, burst: Burst) -> tuple[list[str], set[
     rows = {
         row.id: TaskState(row.title, row.completed, row.category_id)
         for row in await query(
-            direct_url,
+            superuser_url(direct_url),
             "SELECT id, title, completed, category_id FROM tasks WHERE title LIKE :prefix",
             prefix=f"{burst.marker} %",
         )
@@ -405,7 +406,7 @@ async def test_concurrent_burst_through_pgbouncer(
     clients = await until_every_worker_connected(server, pooled.bouncer.port, user.headers)
     workers = [pid for pid, n in clients.items() if n]
     (backends,) = await query(
-        pooled.direct_url,
+        superuser_url(pooled.direct_url),
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
         "AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
     )
@@ -427,7 +428,8 @@ def test_cli_through_pgbouncer(
 ) -> None:
     """Migrate, COPY-seed, inspect and purge through PgBouncer in pgbouncer mode."""
     env = pooled_env(pooled, TASKMANAGER_PGBOUNCER="true")
-    before = asyncio.run(query(pooled.direct_url, "SELECT count(*) FROM tasks"))[0][0]
+    tasks = "SELECT count(*) FROM tasks"
+    before = asyncio.run(query(superuser_url(pooled.direct_url), tasks))[0][0]
     # At once: seed (migrate, COPY, VACUUM) interleaves with the others' transactions.
     commands = [
         ["db", "seed", "--tasks", "3000", "--categories", "3"],
@@ -458,7 +460,7 @@ def test_cli_through_pgbouncer(
     outputs = [log.read_text(errors="replace") for log in logs]
     assert codes == [0, 0, 0], outputs
     assert "(at head)" in outputs[1]
-    after = asyncio.run(query(pooled.direct_url, "SELECT count(*) FROM tasks"))[0][0]
+    after = asyncio.run(query(superuser_url(pooled.direct_url), tasks))[0][0]
     assert after - before == 3000
     reliability.record(
         AREA,
@@ -621,14 +623,16 @@ async def test_two_users_interleaved_through_one_server_connection_see_only_thei
         "SELECT current_user AS role, current_setting('taskmanager.caller', true) AS caller",
     )
     (backends,) = await query(
-        single_connection.direct_url,
+        superuser_url(single_connection.direct_url),
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
         "AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
     )
     for tenant in tenants:
         assert tenant.foreign == [], tenant.foreign[:10]
     # And in the database: each user's tasks, the created ones too, in their own workspace.
-    stored = await query(single_connection.direct_url, "SELECT id, workspace_id FROM tasks")
+    stored = await query(
+        superuser_url(single_connection.direct_url), "SELECT id, workspace_id FROM tasks"
+    )
     for tenant in tenants:
         workspace = tenant.login.personal_workspace_id
         assert {id_ for id_, ws in stored if ws == workspace} == tenant.task_ids

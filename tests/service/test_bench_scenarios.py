@@ -9,10 +9,12 @@ app served as the bench serves it (bench/harness.py), with the --naive and --lay
 
 from __future__ import annotations
 
+import importlib.util
 import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -21,18 +23,42 @@ import pytest
 from taskmanager.postgres.embedded import EmbeddedPostgres
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-sys.path.insert(0, str(BENCH))
 
-from harness import (  # noqa: E402
-    Database,
-    bench_server,
-    log_in,
-    read_pool,
-    reset_pool,
-    seed_database,
-    seeded,
-)
-from scenarios import LAYERS, NAIVE, SCENARIOS, Scenario  # noqa: E402
+
+def _load_bench(*names: str) -> list[ModuleType]:
+    """bench/NAME.py for each name, loaded by path in that order. The bench modules import
+    one another by bare name (harness.py: `from scenarios import Scenario`), so each one
+    is in sys.modules under its name while the next loads; afterwards none is, and bench/
+    never joins sys.path: no `harness` or `scenarios` for the rest of the test run."""
+    before = {name: sys.modules.get(name) for name in names}
+    loaded = []
+    try:
+        for name in names:
+            spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+            assert spec is not None, name
+            assert spec.loader is not None, name
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            loaded.append(module)
+    finally:
+        for name, module in before.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    return loaded
+
+
+scenarios, harness = _load_bench("scenarios", "harness")
+Database = harness.Database
+bench_server = harness.bench_server
+log_in = harness.log_in
+read_pool = harness.read_pool
+reset_pool = harness.reset_pool
+seed_database = harness.seed_database
+seeded = harness.seeded
+LAYERS, NAIVE, SCENARIOS = scenarios.LAYERS, scenarios.NAIVE, scenarios.SCENARIOS
 
 pytestmark = pytest.mark.server
 DATABASE = "taskmanager_bench_scenarios"
@@ -65,7 +91,7 @@ def bench(embedded_server: EmbeddedPostgres | None) -> Iterator[dict[str, Any]]:
         embedded_server.drop_database(DATABASE)
 
 
-def _send(bench: dict[str, Any], scenario: Scenario) -> httpx.Response:
+def _send(bench: dict[str, Any], scenario: scenarios.Scenario) -> httpx.Response:
     """The scenario's request as its wrk script sends it: a seeded task's id, the demo
     account's token (the login form goes without)."""
     from taskmanager.seed import DEMO_EMAIL, DEMO_PASSWORD

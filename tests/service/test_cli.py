@@ -12,13 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from taskmanager import __version__
 from taskmanager.postgres import migrate
-from tests.support.databases import database_env, superuser_url
+from tests.support.databases import database_env, scalar, table_exists
 from tests.support.live_app import live_client
 from tests.support.processes import clean_env
 
@@ -48,20 +46,13 @@ def run_cli(
     )
 
 
-def scalar(url: str, sql: str) -> Any:
-    async def run() -> Any:
-        engine = create_async_engine(superuser_url(url))
-        try:
-            async with engine.connect() as connection:
-                return (await connection.execute(text(sql))).scalar_one()
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
-
-
-def table_exists(url: str, name: str) -> bool:
-    return scalar(url, f"SELECT to_regclass('public.{name}') IS NOT NULL") is True
+def assert_counts(url: str, *, tasks: int, categories: int, labels: int) -> None:
+    """`url`'s database holds that many tasks, categories and labels."""
+    counted = {
+        table: scalar(url, f"SELECT count(*) FROM {table}")
+        for table in ("tasks", "categories", "labels")
+    }
+    assert counted == {"tasks": tasks, "categories": categories, "labels": labels}
 
 
 def listed_commands(help_text: str) -> set[str]:
@@ -131,8 +122,7 @@ def test_seed_inserts_exactly_what_was_asked(
     seed = ("db", "seed", "--categories", "3")
     result = run_cli(*seed, "--tasks", "2500", cwd=tmp_path, database_url=url)
     assert result.returncode == 0, result.stderr
-    assert scalar(url, "SELECT count(*) FROM tasks") == 2500
-    assert scalar(url, "SELECT count(*) FROM categories") == 3
+    assert_counts(url, tasks=2500, categories=3, labels=12)
     rate = (
         r"seeded 2,500 tasks over 3 categories \(with up to 3 of 12 labels each\) "
         r"in [\d.]+s \([\d,]+ tasks/s\)"
@@ -143,7 +133,6 @@ def test_seed_inserts_exactly_what_was_asked(
     assert scalar(url, "SELECT count(DISTINCT category_id) FROM tasks") == 3
     # Every task carries 0 to 3 of the 12 labels, all of each number occurring, every
     # label used.
-    assert scalar(url, "SELECT count(*) FROM labels") == 12
     per_task = (
         "SELECT count(DISTINCT n) FILTER (WHERE n BETWEEN 0 AND 3) || '/' || count(DISTINCT n)"
         " FROM (SELECT count(tl.label_id) AS n FROM tasks t"
@@ -165,9 +154,7 @@ def test_seed_inserts_exactly_what_was_asked(
     # A second seed adds tasks but reuses the existing category and label names, and says so.
     again = run_cli(*seed, "--tasks", "10", cwd=tmp_path, database_url=url)
     assert again.returncode == 0, again.stderr
-    assert scalar(url, "SELECT count(*) FROM tasks") == 2510
-    assert scalar(url, "SELECT count(*) FROM categories") == 3
-    assert scalar(url, "SELECT count(*) FROM labels") == 12
+    assert_counts(url, tasks=2510, categories=3, labels=12)
     assert "now holds 2,510 tasks" in again.stderr, again.stderr
     assert "adds to" in again.stderr, again.stderr
     assert "--fresh" in again.stderr, again.stderr
@@ -175,9 +162,7 @@ def test_seed_inserts_exactly_what_was_asked(
     # --fresh: the demo account's tasks are deleted first; its categories and labels stay.
     fresh = run_cli(*seed, "--tasks", "20", "--fresh", cwd=tmp_path, database_url=url)
     assert fresh.returncode == 0, fresh.stderr
-    assert scalar(url, "SELECT count(*) FROM tasks") == 20
-    assert scalar(url, "SELECT count(*) FROM categories") == 3
-    assert scalar(url, "SELECT count(*) FROM labels") == 12
+    assert_counts(url, tasks=20, categories=3, labels=12)
     assert "deleted the demo account's 2,510 tasks first" in fresh.stderr, fresh.stderr
     assert "now holds 20 tasks" in fresh.stderr, fresh.stderr
 

@@ -3,24 +3,25 @@ under row-level security with grants for the request role only on them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from taskmanager.postgres import migrate
-from tests.service.test_migrations import _execute, _public_tables, _query, database_at
-from tests.support.databases import owner_url
-
-__all__ = ["database_at"]  # the fixture, imported for the tests below
+from tests.support.databases import (
+    DatabaseAt,
+    owner_url,
+    public_tables,
+    superuser_execute,
+    superuser_rows,
+)
 
 BEFORE_LABELS = "0004"
 LABEL_TABLES = {"labels", "task_labels"}
 
 
 def test_labels_migrate_down_and_up_keeping_tasks(
-    database_at: Callable[[str, str], str],
+    database_at: DatabaseAt,
 ) -> None:
     url = database_at("migrations_labels", "0005")
     # FORCE ROW LEVEL SECURITY applies to the tables' owner too: lifted while writing rows.
-    _execute(
+    superuser_execute(
         url,
         "ALTER TABLE tasks NO FORCE ROW LEVEL SECURITY",
         "ALTER TABLE labels NO FORCE ROW LEVEL SECURITY",
@@ -33,13 +34,13 @@ def test_labels_migrate_down_and_up_keeping_tasks(
         "ALTER TABLE labels FORCE ROW LEVEL SECURITY",
         "ALTER TABLE task_labels FORCE ROW LEVEL SECURITY",
     )
-    assert _public_tables(url) >= LABEL_TABLES
-    policies = _query(
+    assert public_tables(url) >= LABEL_TABLES
+    policies = superuser_rows(
         url,
         "SELECT tablename FROM pg_policies WHERE tablename IN ('labels', 'task_labels') ORDER BY 1",
     )
     assert policies == [("labels",), ("task_labels",)]
-    forced = _query(
+    forced = superuser_rows(
         url,
         "SELECT relname FROM pg_class WHERE relname IN ('labels', 'task_labels') "
         "AND relrowsecurity AND relforcerowsecurity ORDER BY 1",
@@ -49,17 +50,24 @@ def test_labels_migrate_down_and_up_keeping_tasks(
     migrate.downgrade(owner_url(url), BEFORE_LABELS)
 
     assert migrate.current(owner_url(url)) == BEFORE_LABELS
-    assert _public_tables(url) & LABEL_TABLES == set()
-    assert _query(url, "SELECT conname FROM pg_constraint WHERE conname LIKE '%labels%'") == []
+    assert public_tables(url) & LABEL_TABLES == set()
     assert (
-        _query(url, "SELECT conname FROM pg_constraint WHERE conname = 'uq_tasks_id_workspace_id'")
+        superuser_rows(url, "SELECT conname FROM pg_constraint WHERE conname LIKE '%labels%'") == []
+    )
+    assert (
+        superuser_rows(
+            url, "SELECT conname FROM pg_constraint WHERE conname = 'uq_tasks_id_workspace_id'"
+        )
         == []
     )
-    assert _query(url, "SELECT relname FROM pg_class WHERE relname LIKE 'labels%'") == []
-    _execute(url, "ALTER TABLE tasks NO FORCE ROW LEVEL SECURITY")
-    assert _query(url, "SELECT id, title FROM tasks ORDER BY id") == [(1, "labelled"), (2, "plain")]
-    _execute(url, "ALTER TABLE tasks FORCE ROW LEVEL SECURITY")
+    assert superuser_rows(url, "SELECT relname FROM pg_class WHERE relname LIKE 'labels%'") == []
+    superuser_execute(url, "ALTER TABLE tasks NO FORCE ROW LEVEL SECURITY")
+    assert superuser_rows(url, "SELECT id, title FROM tasks ORDER BY id") == [
+        (1, "labelled"),
+        (2, "plain"),
+    ]
+    superuser_execute(url, "ALTER TABLE tasks FORCE ROW LEVEL SECURITY")
 
     migrate.upgrade(owner_url(url))
-    assert _public_tables(url) >= LABEL_TABLES
-    assert _query(url, "SELECT count(*) FROM labels") == [(0,)]
+    assert public_tables(url) >= LABEL_TABLES
+    assert superuser_rows(url, "SELECT count(*) FROM labels") == [(0,)]

@@ -14,15 +14,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from importlib.resources import as_file, files
 from pathlib import Path
 
 import pytest
 
 from taskmanager.postgres import migrate
-from taskmanager.postgres.embedded import EmbeddedPostgres
-from tests.support.databases import database_env, owner_url, run_as_sync, superuser_url
+from tests.support.databases import DatabaseAt, database_env, owner_url, scalar, table_exists
 from tests.support.processes import clean_env
 
 TIMEOUT = 120
@@ -70,35 +68,19 @@ def failing_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-@pytest.fixture
-def database_at(
-    embedded_server: EmbeddedPostgres | None,
-) -> Callable[[str, str | None], str]:
-    """A new database with its logins, migrated to the revision given (None: not at all)."""
-
-    def make(name: str, revision: str | None) -> str:
-        if embedded_server is None:
-            pytest.skip("needs the embedded test server to create extra databases")
-        embedded_server.drop_database(name)
-        logins = embedded_server.logins(name)
-        assert logins.owner is not None
-        if revision is not None:
-            migrate.upgrade(logins.owner, revision)
-        return logins.service
-
-    return make
-
-
-def cli(*args: str, url: str, scripts: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, url: str, cwd: Path, scripts: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """`taskmanager ARGS` as an operator runs it on `url`'s database (with `scripts`, the
-    migrations of that directory)."""
+    migrations of that directory), from `cwd`: not the project root, whose .env must not
+    leak into the test."""
     command = [sys.executable, "-m", "taskmanager", *args]
     if scripts is not None:
         command = [sys.executable, "-c", CLI_WITH_SCRIPTS, str(scripts), *args]
     return subprocess.run(
         command,
         env=clean_env(**database_env(url)),
-        cwd=scripts.parent if scripts is not None else None,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -106,20 +88,15 @@ def cli(*args: str, url: str, scripts: Path | None = None) -> subprocess.Complet
     )
 
 
-def table_exists(url: str, name: str) -> bool:
-    rows = run_as_sync(superuser_url(url), f"SELECT to_regclass('public.{name}') IS NOT NULL")
-    return bool(rows[0][0])
-
-
 def column_exists(url: str, table: str, column: str) -> bool:
-    rows = run_as_sync(
-        superuser_url(url),
+    count = scalar(
+        url,
         "SELECT count(*) FROM information_schema.columns "
         "WHERE table_name = :table AND column_name = :column",
         table=table,
         column=column,
     )
-    return bool(rows[0][0])
+    return bool(count)
 
 
 def assert_refused_in_one_line(result: subprocess.CompletedProcess[str], stays_at: str) -> None:
@@ -133,14 +110,14 @@ def assert_refused_in_one_line(result: subprocess.CompletedProcess[str], stays_a
 
 
 def test_a_failing_upgrade_from_nothing_leaves_an_empty_database(
-    database_at: Callable[[str, str | None], str], failing_scripts: Path
+    database_at: DatabaseAt, failing_scripts: Path, tmp_path: Path
 ) -> None:
     url = database_at("rollback_from_nothing", None)
 
-    result = cli("db", "upgrade", url=url, scripts=failing_scripts)
+    result = cli("db", "upgrade", url=url, cwd=tmp_path, scripts=failing_scripts)
 
     assert_refused_in_one_line(result, "stays empty")
-    current = cli("db", "current", url=url)
+    current = cli("db", "current", url=url, cwd=tmp_path)
     assert current.returncode == 0, current.stderr
     assert current.stdout.startswith("empty (no migrations applied)"), current.stdout
     assert migrate.current(owner_url(url)) is None
@@ -150,15 +127,15 @@ def test_a_failing_upgrade_from_nothing_leaves_an_empty_database(
 
 
 def test_a_failing_upgrade_leaves_the_database_at_the_revision_it_was_at(
-    database_at: Callable[[str, str | None], str], failing_scripts: Path
+    database_at: DatabaseAt, failing_scripts: Path, tmp_path: Path
 ) -> None:
     url = database_at("rollback_from_0007", "0007")
     assert not table_exists(url, "caller_key")  # made by 0008
 
-    result = cli("db", "upgrade", url=url, scripts=failing_scripts)
+    result = cli("db", "upgrade", url=url, cwd=tmp_path, scripts=failing_scripts)
 
     assert_refused_in_one_line(result, "stays at 0007")
-    current = cli("db", "current", url=url)
+    current = cli("db", "current", url=url, cwd=tmp_path)
     assert current.returncode == 0, current.stderr
     assert current.stdout.startswith("0007"), current.stdout
     assert not table_exists(url, "caller_key")  # 0008 was rolled back with the rest
@@ -166,6 +143,6 @@ def test_a_failing_upgrade_leaves_the_database_at_the_revision_it_was_at(
     assert not column_exists(url, "tasks", "half_done")
 
     # Without the failing revision, the same database migrates to head.
-    up = cli("db", "upgrade", url=url)
+    up = cli("db", "upgrade", url=url, cwd=tmp_path)
     assert up.returncode == 0, up.stderr
     assert migrate.current(owner_url(url)) == migrate.heads()[0]

@@ -33,32 +33,22 @@ from taskmanager.repositories.task_queries.filters import TaskFilters
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.repositories.user_repository import UserRepository
 from tests.support.accounts import PASSWORD, login, register_and_login
-from tests.support.databases import TEST_KEY, caller_role_of, logins_of, owner_url, superuser_url
+from tests.support.databases import (
+    TEST_KEY,
+    DatabaseAt,
+    caller_role_of,
+    logins_of,
+    owner_url,
+    public_tables,
+    superuser_execute,
+    superuser_rows,
+    superuser_url,
+)
 from tests.support.databases import migrate as migrate_deployment
 from tests.support.live_app import live_client
 from tests.support.processes import free_port
 
 APP_TABLES = {"categories", "tasks"}
-
-
-def _query(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-    """Run one query on a fresh connection (sync wrapper: these tests are plain `def`)."""
-
-    async def run() -> list[tuple[Any, ...]]:
-        engine = create_async_engine(superuser_url(url))
-        try:
-            async with engine.connect() as connection:
-                result = await connection.execute(text(sql), params)
-                return [tuple(row) for row in result]
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
-
-
-def _public_tables(url: str) -> set[str]:
-    rows = _query(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-    return {name for (name,) in rows}
 
 
 def _compare(url: str) -> list[Any]:
@@ -97,14 +87,14 @@ def test_upgrade_downgrade_upgrade_round_trip(make_database: Callable[[str], str
     url = make_database("migrations_roundtrip")  # already upgraded to head
     (head,) = migrate.heads()
     assert migrate.current(url) == head
-    assert _public_tables(url) >= APP_TABLES
+    assert public_tables(url) >= APP_TABLES
 
     migrate.downgrade(owner_url(url), "base")
     assert migrate.current(owner_url(url)) is None
     # Only Alembic's bookkeeping table may remain once everything is downgraded.
-    assert _public_tables(url) <= {"alembic_version"}
+    assert public_tables(url) <= {"alembic_version"}
     # And no type, sequence or index was left behind by the downgrade.
-    leftovers = _query(
+    leftovers = superuser_rows(
         url,
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = 'public' AND c.relname <> 'alembic_version' "
@@ -113,10 +103,12 @@ def test_upgrade_downgrade_upgrade_round_trip(make_database: Callable[[str], str
     assert leftovers == []
     # Nor a function or a row-level policy of the accounts migration (the caller role is
     # the cluster's: it stays, without grants here).
-    assert _query(url, "SELECT proname FROM pg_proc WHERE proname LIKE 'taskmanager%'") == []
-    assert _query(url, "SELECT policyname FROM pg_policies") == []
     assert (
-        _query(
+        superuser_rows(url, "SELECT proname FROM pg_proc WHERE proname LIKE 'taskmanager%'") == []
+    )
+    assert superuser_rows(url, "SELECT policyname FROM pg_policies") == []
+    assert (
+        superuser_rows(
             url,
             "SELECT table_name FROM information_schema.role_table_grants "
             "WHERE grantee = :caller AND table_catalog = current_database()",
@@ -127,9 +119,9 @@ def test_upgrade_downgrade_upgrade_round_trip(make_database: Callable[[str], str
 
     migrate.upgrade(owner_url(url))
     assert migrate.current(url) == head
-    assert _public_tables(url) >= APP_TABLES
+    assert public_tables(url) >= APP_TABLES
     # The re-created schema works: a row goes in through the constraints.
-    _query(url, "SELECT count(*) FROM tasks")
+    superuser_rows(url, "SELECT count(*) FROM tasks")
 
 
 def test_models_and_migrations_agree(fresh_url: str) -> None:
@@ -210,7 +202,7 @@ def _describe(difference: tuple[Any, ...]) -> tuple[str, str]:
 
 def test_naming_convention_applied(fresh_url: str) -> None:
     constraints = dict(
-        _query(
+        superuser_rows(
             fresh_url,
             "SELECT c.conname, c.contype::text FROM pg_constraint c "
             "JOIN pg_class t ON t.oid = c.conrelid "
@@ -234,7 +226,7 @@ def test_naming_convention_applied(fresh_url: str) -> None:
     assert FK_TASKS_CATEGORY == "fk_tasks_category_id_categories"
     # Every other table's constraints follow the same convention: <kind>_<table>_...
     prefixes = {"p": "pk", "f": "fk", "c": "ck", "u": "uq", "x": "ex"}
-    everywhere = _query(
+    everywhere = superuser_rows(
         fresh_url,
         "SELECT t.relname, c.conname, c.contype::text FROM pg_constraint c "
         "JOIN pg_class t ON t.oid = c.conrelid "
@@ -251,7 +243,7 @@ def test_naming_convention_applied(fresh_url: str) -> None:
     assert misnamed == []
 
     indexes = dict(
-        _query(
+        superuser_rows(
             fresh_url,
             "SELECT indexname, indexdef FROM pg_indexes "
             "WHERE schemaname = 'public' AND tablename IN ('tasks', 'categories')",
@@ -305,39 +297,10 @@ SHARED_WORKSPACE = "Shared (from before accounts)"
 TASK_COLUMNS = "id, title, description, completed, category_id, version, created_at, updated_at"
 
 
-@pytest.fixture
-def database_at(embedded_server: EmbeddedPostgres | None) -> Callable[[str, str], str]:
-    """A new database on the test server, migrated to the revision given."""
-
-    def make(name: str, revision: str) -> str:
-        if embedded_server is None:
-            pytest.skip("needs the embedded test server to create extra databases")
-        embedded_server.drop_database(name)
-        logins = embedded_server.logins(name)
-        assert logins.owner is not None
-        migrate.upgrade(logins.owner, revision)
-        return logins.service
-
-    return make
-
-
-def _execute(url: str, *statements: str) -> None:
-    async def run() -> None:
-        engine = create_async_engine(superuser_url(url))
-        try:
-            async with engine.begin() as connection:
-                for statement in statements:
-                    await connection.execute(text(statement))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run())
-
-
 def _rows_from_before_accounts(url: str) -> None:
     """Categories and tasks as a database without accounts held them (one with a
     category, one done, one with a description), and an idempotency key."""
-    _execute(
+    superuser_execute(
         url,
         "INSERT INTO categories (id, name) VALUES (7, 'Home'), (8, 'Work')",
         "INSERT INTO tasks (id, title, description, completed, category_id) VALUES "
@@ -351,38 +314,38 @@ def _rows_from_before_accounts(url: str) -> None:
 
 
 def test_the_accounts_migration_keeps_every_row_in_one_unclaimed_workspace(
-    database_at: Callable[[str, str], str],
+    database_at: DatabaseAt,
 ) -> None:
     url = database_at("migrations_existing_rows", BEFORE_ACCOUNTS)
     _rows_from_before_accounts(url)
-    tasks_before = _query(url, f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY id")
-    categories_before = _query(url, "SELECT id, name, version FROM categories ORDER BY id")
+    tasks_before = superuser_rows(url, f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY id")
+    categories_before = superuser_rows(url, "SELECT id, name, version FROM categories ORDER BY id")
 
     migrate.upgrade(owner_url(url))
 
-    assert _query(url, f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY id") == tasks_before
-    assert _query(url, "SELECT id, name, version FROM categories ORDER BY id") == (
+    assert superuser_rows(url, f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY id") == tasks_before
+    assert superuser_rows(url, "SELECT id, name, version FROM categories ORDER BY id") == (
         categories_before
     )
-    workspaces = _query(url, "SELECT id, name, created_by, personal FROM workspaces")
+    workspaces = superuser_rows(url, "SELECT id, name, created_by, personal FROM workspaces")
     assert len(workspaces) == 1, workspaces
     ((shared, name, created_by, personal),) = workspaces
     assert (name, created_by, personal) == (SHARED_WORKSPACE, None, False)
-    assert _query(url, "SELECT DISTINCT workspace_id FROM tasks") == [(shared,)]
-    assert _query(url, "SELECT DISTINCT workspace_id FROM categories") == [(shared,)]
-    assert _query(url, "SELECT workspace_id FROM unclaimed_workspaces") == [(shared,)]
-    assert _query(url, "SELECT count(*) FROM memberships") == [(0,)]
+    assert superuser_rows(url, "SELECT DISTINCT workspace_id FROM tasks") == [(shared,)]
+    assert superuser_rows(url, "SELECT DISTINCT workspace_id FROM categories") == [(shared,)]
+    assert superuser_rows(url, "SELECT workspace_id FROM unclaimed_workspaces") == [(shared,)]
+    assert superuser_rows(url, "SELECT count(*) FROM memberships") == [(0,)]
     # Keys from before accounts belong to no one: dropped, as the migration says.
-    assert _query(url, "SELECT count(*) FROM idempotency_keys") == [(0,)]
+    assert superuser_rows(url, "SELECT count(*) FROM idempotency_keys") == [(0,)]
 
 
 def test_the_accounts_migration_on_an_empty_database_makes_no_workspace(
-    database_at: Callable[[str, str], str],
+    database_at: DatabaseAt,
 ) -> None:
     url = database_at("migrations_no_rows", BEFORE_ACCOUNTS)
     migrate.upgrade(owner_url(url))
-    assert _query(url, "SELECT count(*) FROM workspaces") == [(0,)]
-    assert _query(url, "SELECT count(*) FROM unclaimed_workspaces") == [(0,)]
+    assert superuser_rows(url, "SELECT count(*) FROM workspaces") == [(0,)]
+    assert superuser_rows(url, "SELECT count(*) FROM unclaimed_workspaces") == [(0,)]
 
 
 async def _operator_creates_account(url: str, email: str) -> int:
@@ -398,7 +361,7 @@ async def _operator_creates_account(url: str, email: str) -> int:
 
 
 async def test_the_first_operator_made_account_takes_over_the_rows_from_before_accounts(
-    database_at: Callable[[str, str], str],
+    database_at: DatabaseAt,
 ) -> None:
     """A stranger registering through the API gets nothing of the old rows (on a server the
     internet reaches, the first registration could be anyone's); the first account made by
@@ -415,7 +378,9 @@ async def test_the_first_operator_made_account_takes_over_the_rows_from_before_a
         assert stranger.status_code == 201, stranger.text
         strangers = await login(http, "stranger@example.com")
         assert (await http.get("/tasks", headers=strangers)).json() == []
-        assert await asyncio.to_thread(_query, url, "SELECT * FROM unclaimed_workspaces") != []
+        assert (
+            await asyncio.to_thread(superuser_rows, url, "SELECT * FROM unclaimed_workspaces") != []
+        )
 
         first_id = await _operator_creates_account(url, "first@example.com")
         headers = await login(http, "first@example.com")
@@ -452,20 +417,20 @@ async def test_the_first_operator_made_account_takes_over_the_rows_from_before_a
             assert (await http.get(f"/workspaces/{shared}", headers=others)).status_code == 404
 
     owners = await asyncio.to_thread(
-        _query, url, "SELECT workspace_id, user_id, role FROM memberships ORDER BY 1"
+        superuser_rows, url, "SELECT workspace_id, user_id, role FROM memberships ORDER BY 1"
     )
     assert [row for row in owners if row[0] == shared] == [(shared, first_id, "owner")]
-    assert await asyncio.to_thread(_query, url, "SELECT * FROM unclaimed_workspaces") == []
+    assert await asyncio.to_thread(superuser_rows, url, "SELECT * FROM unclaimed_workspaces") == []
 
 
 def test_downgrading_the_accounts_migration_keeps_every_task(
-    database_at: Callable[[str, str], str],
+    database_at: DatabaseAt,
 ) -> None:
     """Back to one pool of tasks: every task stays. Two workspaces may each have a
     category named alike; one name survives (the oldest category), and the tasks of the
     other follow it instead of pointing at a category that is gone."""
     url = database_at("migrations_downgrade_rows", "head")
-    _execute(
+    superuser_execute(
         url,
         "INSERT INTO workspaces (id, name) VALUES (1, 'one'), (2, 'two')",
         "INSERT INTO categories (id, name, workspace_id) VALUES "
@@ -476,15 +441,18 @@ def test_downgrading_the_accounts_migration_keeps_every_task(
 
     migrate.downgrade(owner_url(url), BEFORE_ACCOUNTS)
 
-    assert _query(url, "SELECT id, title, category_id FROM tasks ORDER BY id") == [
+    assert superuser_rows(url, "SELECT id, title, category_id FROM tasks ORDER BY id") == [
         (1, "in one", 1),
         (2, "in two", 1),
         (3, "work in two", 3),
         (4, "none", None),
     ]
-    assert _query(url, "SELECT id, name FROM categories ORDER BY id") == [(1, "Home"), (3, "Work")]
+    assert superuser_rows(url, "SELECT id, name FROM categories ORDER BY id") == [
+        (1, "Home"),
+        (3, "Work"),
+    ]
     migrate.upgrade(owner_url(url))  # and up again, the rows going to the shared workspace
-    assert _query(url, "SELECT count(*) FROM tasks") == [(4,)]
+    assert superuser_rows(url, "SELECT count(*) FROM tasks") == [(4,)]
 
 
 # ─────────────────────────────────────────────
@@ -526,7 +494,7 @@ async def _found_by_the_repository(url: str, user_id: int, q: str) -> list[str]:
 
 
 async def test_the_search_within_workspaces_migrates_both_ways_with_tasks_in_place(
-    database_at: Callable[[str, str], str],
+    database_at: DatabaseAt,
 ) -> None:
     """Upgrading indexes the tasks already there by workspace; downgrading gives back 0006's
     index and function, which find the same tasks; the tasks added meanwhile are found
@@ -542,7 +510,7 @@ async def test_the_search_within_workspaces_migrates_both_ways_with_tasks_in_pla
         "FROM users, (VALUES {}) AS titles(title) WHERE users.id = {}"
     )
     await asyncio.to_thread(
-        _execute,
+        superuser_execute,
         url,
         insert.format("('Buy milk'), ('Call mum')", mine),
         insert.format("('Milk the cow'), ('Mill the corn')", theirs),
@@ -553,7 +521,7 @@ async def test_the_search_within_workspaces_migrates_both_ways_with_tasks_in_pla
     assert await _found_by_the_repository(url, theirs, "mil") == ["Milk the cow", "Mill the corn"]
 
     await asyncio.to_thread(migrate.downgrade, owner_url(url), BEFORE_SEARCH_WITHIN_WORKSPACES)
-    await asyncio.to_thread(_execute, url, insert.format("('Millet for the birds')", mine))
+    await asyncio.to_thread(superuser_execute, url, insert.format("('Millet for the birds')", mine))
     assert await _found_by_0006s_function(url, mine, "mil:*") == [
         "Buy milk",
         "Millet for the birds",
@@ -587,7 +555,7 @@ async def test_a_database_the_superuser_migrated_is_taken_over_by_its_owner(
     superuser = embedded_server.url(name)
     await asyncio.to_thread(migrate.upgrade, superuser, "0007")
     await asyncio.to_thread(
-        _execute,
+        superuser_execute,
         superuser,
         "INSERT INTO workspaces (name) VALUES ('from before')",
         "INSERT INTO tasks (workspace_id, title) VALUES (currval('workspaces_id_seq'), 'kept')",
@@ -597,13 +565,15 @@ async def test_a_database_the_superuser_migrated_is_taken_over_by_its_owner(
     await asyncio.to_thread(migrate_deployment, logins)
 
     owners = await asyncio.to_thread(
-        _query,
+        superuser_rows,
         superuser,
         "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class "
         "WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'S', 'i')",
     )
     assert owners == [(f"{name}_owner",)]
-    assert await asyncio.to_thread(_query, superuser, "SELECT title FROM tasks") == [("kept",)]
+    assert await asyncio.to_thread(superuser_rows, superuser, "SELECT title FROM tasks") == [
+        ("kept",)
+    ]
     async with live_client(logins.service) as http:
         headers = await register_and_login(http, "after@example.com")
         created = await http.post("/tasks", json={"title": "new"}, headers=headers)
@@ -625,20 +595,20 @@ def test_the_role_deployments_used_to_share_keeps_nothing_of_this_database(
     logins = embedded_server.logins(name)
     assert logins.owner is not None
     superuser = embedded_server.url(name)
-    _execute(superuser, "CREATE ROLE taskmanager_request NOLOGIN NOINHERIT")
+    superuser_execute(superuser, "CREATE ROLE taskmanager_request NOLOGIN NOINHERIT")
     try:
-        _execute(superuser, f"GRANT taskmanager_request TO {name}_owner")
+        superuser_execute(superuser, f"GRANT taskmanager_request TO {name}_owner")
         migrate.upgrade(logins.owner, "0007")
         granted = (
             "SELECT count(*) FROM information_schema.role_table_grants "
             "WHERE grantee = 'taskmanager_request' AND table_catalog = current_database()"
         )
-        assert _query(superuser, granted)[0][0] > 0  # the control: 0003's grants
+        assert superuser_rows(superuser, granted)[0][0] > 0  # the control: 0003's grants
 
         migrate_deployment(logins)
 
-        assert _query(superuser, granted) == [(0,)]
-        assert _query(
+        assert superuser_rows(superuser, granted) == [(0,)]
+        assert superuser_rows(
             superuser,
             "SELECT count(*) FROM pg_proc WHERE has_function_privilege("
             "'taskmanager_request', oid, 'EXECUTE') AND pronamespace = 'public'::regnamespace "
@@ -646,4 +616,4 @@ def test_the_role_deployments_used_to_share_keeps_nothing_of_this_database(
         ) == [(0,)]
     finally:
         embedded_server.drop_database(name)
-        _execute(embedded_server.url(), "DROP ROLE IF EXISTS taskmanager_request")
+        superuser_execute(embedded_server.url(), "DROP ROLE IF EXISTS taskmanager_request")

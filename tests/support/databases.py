@@ -11,6 +11,7 @@ superuser, and tests name the one they mean.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import text
@@ -29,6 +30,8 @@ TEST_DATABASE = "taskmanager_test"
 # The superuser of the test server (the embedded one's; or TEST_DATABASE_URL's user).
 SUPERUSER = {"name": "postgres"}
 TEST_KEY = CallerKey(TEST_SECRET)
+# The `database_at` fixture's: (name, revision or None) -> the new database's service URL.
+DatabaseAt = Callable[[str, str | None], str]
 
 
 def as_user(url: str, user: str) -> str:
@@ -90,6 +93,45 @@ async def run_as(url: str, sql: str, **params: Any) -> list[Any]:
 
 def run_as_sync(url: str, sql: str, **params: Any) -> list[Any]:
     return asyncio.run(run_as(url, sql, **params))
+
+
+# What PostgreSQL holds in `url`'s database, read (or written) as the superuser, from the
+# plain `def` tests (each on a connection of its own, committed).
+
+
+def superuser_rows(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    """The rows of one statement, as tuples."""
+    return [tuple(row) for row in run_as_sync(superuser_url(url), sql, **params)]
+
+
+def scalar(url: str, sql: str, **params: Any) -> Any:
+    """The one value of the one row a statement answers."""
+    (row,) = superuser_rows(url, sql, **params)
+    return row[0]
+
+
+def table_exists(url: str, name: str) -> bool:
+    return scalar(url, "SELECT to_regclass(:name) IS NOT NULL", name=f"public.{name}") is True
+
+
+def public_tables(url: str) -> set[str]:
+    rows = superuser_rows(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    return {name for (name,) in rows}
+
+
+def superuser_execute(url: str, *statements: str) -> None:
+    """Statements in one transaction."""
+
+    async def run() -> None:
+        engine = create_async_engine(superuser_url(url), poolclass=NullPool)
+        try:
+            async with engine.begin() as connection:
+                for statement in statements:
+                    await connection.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
 
 
 async def provision(superuser: AsyncConnection, database: str) -> None:
