@@ -167,6 +167,24 @@ def test_right_password_migrates(password_server: PasswordServer, tmp_path: Path
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_a_url_without_a_user_name_logs_in_as_the_driver_does(
+    password_server: PasswordServer, tmp_path: Path
+) -> None:
+    """DATABASE_URL may leave the user name out: the driver takes PGUSER (else the user
+    running the command), and the deployment is checked for that login."""
+    owner = password_server.url(RIGHT_PASSWORD, user="tasks_owner")
+    result = run(
+        "db upgrade",
+        f"postgresql:///tasks?host={password_server.socket_dir}",
+        tmp_path,
+        OWNER_DATABASE_URL=owner,
+        PGUSER="app",
+        PGPASSWORD=RIGHT_PASSWORD,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "requests run as the caller role tasks_caller" in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_unknown_database(password_server: PasswordServer, tmp_path: Path, command: str) -> None:
     result = run(command, password_server.url(RIGHT_PASSWORD, "no_such_database"), tmp_path)
@@ -341,3 +359,10 @@ def test_what_the_url_leaves_out_is_the_driver_default(monkeypatch: pytest.Monke
     monkeypatch.setattr("getpass.getuser", lambda: "alice")
     target = ConnectionTarget.from_url("postgresql+asyncpg://")
     assert (target.where, target.user, target.database) == ("localhost:5432", "alice", "alice")
+    monkeypatch.setenv("PGUSER", "bob")
+    assert ConnectionTarget.from_url("postgresql+asyncpg:///tasks?host=/run/pg").user == "bob"
+
+
+def test_a_user_in_the_query_is_the_one_the_driver_logs_in_as() -> None:
+    url = "postgresql+asyncpg://alice@db.example.com/tasks?user=bob"
+    assert ConnectionTarget.from_url(url).user == "bob"

@@ -22,7 +22,6 @@ import logging
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -77,14 +76,6 @@ class RoleNames:
     def of(cls, database: str) -> RoleNames:
         base = role_base(database)
         return cls(owner=f"{base}_owner", service=f"{base}_authenticator", caller=f"{base}_caller")
-
-
-def login_of(url: str) -> str:
-    """The user name a URL logs in as."""
-    name = make_url(url).username
-    if not name:
-        raise DeploymentError(f"the database URL names no user; {SEE_README}")
-    return name
 
 
 # ─── checking the service's login

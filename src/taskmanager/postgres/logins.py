@@ -157,7 +157,13 @@ class ConnectionTarget:
             or os.environ.get("PGPORT")
             or 5432
         )
-        user = parsed.username or os.environ.get("PGUSER") or getpass.getuser()
+        # SQLAlchemy hands asyncpg the query's `user` over the URL's user name.
+        user = (
+            next(iter(_values(parsed.query.get("user"))), None)
+            or parsed.username
+            or os.environ.get("PGUSER")
+            or getpass.getuser()
+        )
         database = parsed.database or os.environ.get("PGDATABASE") or user
         places = []
         for host in hosts:

@@ -16,7 +16,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from taskmanager.postgres.deployment import login_of
+from taskmanager.postgres.logins import ConnectionTarget
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -65,7 +65,7 @@ def preflight(logins: DatabaseLogins) -> None:
     from taskmanager.postgres.deployment import check_owner_login
 
     async def check(connection: AsyncConnection) -> None:
-        await check_owner_login(connection, login_of(logins.service))
+        await check_owner_login(connection, ConnectionTarget.from_url(logins.service).user)
 
     _as_owner(logins, check)
 
@@ -95,7 +95,7 @@ def prepare(logins: DatabaseLogins, key: CallerKey) -> None:
     from taskmanager.postgres.deployment import prepare_deployment
 
     async def run(connection: AsyncConnection) -> None:
-        await prepare_deployment(connection, login_of(logins.service), key)
+        await prepare_deployment(connection, ConnectionTarget.from_url(logins.service).user, key)
 
     _as_owner(logins, run)
 
