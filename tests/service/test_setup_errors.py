@@ -13,6 +13,7 @@ whose pg_hba.conf asks every user but the test's own admin for a SCRAM password.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import subprocess
 import sys
@@ -23,16 +24,19 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner
 
 from taskmanager.cli import app
 from taskmanager.config import get_settings
+from taskmanager.postgres.deployment import check_service_login_when_reachable
 from taskmanager.postgres.embedded import EmbeddedPostgres
 from taskmanager.postgres.logins import (
     ConnectionTarget,
     DatabaseUnreachableError,
     explain_connection_error,
 )
+from taskmanager.security.caller_key import CallerKey
 from tests.support.accounts import TEST_SECRET
 from tests.support.faults import connect, scratch_dir
 from tests.support.processes import clean_env, free_port
@@ -300,6 +304,31 @@ def test_explained_causes(error: BaseException, cause: str) -> None:
     assert cause in message, message
     assert "\n" not in message
     assert RIGHT_PASSWORD not in message
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(asyncpg.TooManyConnectionsError("sorry, too many clients"), id="no-slot"),
+        pytest.param(asyncpg.CannotConnectNowError("starting up"), id="starting-up"),
+        pytest.param(ConnectionRefusedError(111, "refused"), id="refused"),
+    ],
+)
+async def test_a_database_that_cannot_be_connected_to_at_start_up_is_a_warning(
+    error: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The app starts and answers 503 until the database takes connections again."""
+
+    async def fail() -> asyncpg.Connection:
+        raise error
+
+    engine = create_async_engine("postgresql+asyncpg://", async_creator=fail)
+    try:
+        with caplog.at_level(logging.WARNING, logger="taskmanager.postgres.deployment"):
+            await check_service_login_when_reachable(engine, CallerKey(TEST_SECRET))
+    finally:
+        await engine.dispose()
+    assert "the service's login could not be checked" in caplog.text
 
 
 def test_a_password_echoed_by_the_driver_is_masked() -> None:

@@ -148,32 +148,18 @@ def check_service(url: str, key: CallerKey) -> str:
 
 
 async def check_service_login_when_reachable(engine: AsyncEngine, key: CallerKey) -> None:
-    """check_service_login at start-up; a database that cannot be reached now is not an
-    error (the service answers 503 until it is back), a login that is not safe is."""
+    """check_service_login at start-up; a database that cannot be connected to now is not
+    an error (the service answers 503 until it is back), a login that is not safe is."""
+    connection = engine.connect()
     try:
-        async with engine.connect() as connection:
-            await check_service_login(connection, key)
-    except DeploymentError:
-        raise
-    except (OSError, TimeoutError, DBAPIError) as exc:
-        if isinstance(exc, DBAPIError) and not exc.connection_invalidated and _answered(exc):
-            raise
+        await connection.start()
+    except (OSError, TimeoutError, DBAPIError):
         log.warning("the service's login could not be checked: the database is not reachable")
-
-
-def _answered(exc: DBAPIError) -> bool:
-    """Whether PostgreSQL answered (an error about the statement), rather than the
-    connection failing."""
-    import asyncpg
-
-    cause: BaseException | None = exc.orig
-    while cause is not None:
-        if isinstance(cause, asyncpg.PostgresError) and not isinstance(
-            cause, asyncpg.CannotConnectNowError | asyncpg.InvalidAuthorizationSpecificationError
-        ):
-            return True
-        cause = cause.__cause__
-    return False
+        return
+    try:
+        await check_service_login(connection, key)
+    finally:
+        await connection.close()
 
 
 async def check_service_login(

@@ -190,7 +190,7 @@ def explain_connection_error(url: str, error: BaseException, timeout: float) -> 
     cause in plain words, and what to check. The password never appears in it."""
     target = ConnectionTarget.from_url(url)
     password = make_url(url).password
-    cause = _cause(_driver_error(error), target, timeout, str(password or ""))
+    cause = _cause(driver_error(error), target, timeout, str(password or ""))
     return (
         f'cannot connect to PostgreSQL at {target.where} (database "{target.database}", '
         f'user "{target.user}"): {cause}'
@@ -277,7 +277,7 @@ def _cause(error: BaseException, target: ConnectionTarget, timeout: float, passw
     return f"{type(error).__name__}: {detail}. Check DATABASE_URL."
 
 
-def _driver_error(error: BaseException) -> BaseException:
+def driver_error(error: BaseException) -> BaseException:
     """The driver's own exception under SQLAlchemy's wrappers (or `error` itself)."""
     import asyncpg
 

@@ -16,7 +16,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from taskmanager.postgres.logins import ConnectionTarget
+from taskmanager.postgres.logins import ConnectionTarget, driver_error
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -157,10 +157,10 @@ def _refusal(exc: BaseException) -> str | None:
     the error did not come from PostgreSQL (a connection that failed)."""
     import asyncpg
 
-    cause: BaseException | None = getattr(exc, "orig", None)
-    while cause is not None and not isinstance(cause, asyncpg.PostgresError):
-        cause = cause.__cause__
-    if cause is None or isinstance(cause, asyncpg.PostgresConnectionError):
+    cause = driver_error(exc)
+    if not isinstance(cause, asyncpg.PostgresError) or isinstance(
+        cause, asyncpg.PostgresConnectionError
+    ):
         return None
     parts = [getattr(cause, "message", None) or str(cause)]
     parts += [
