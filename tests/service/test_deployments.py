@@ -17,6 +17,7 @@ Run on the embedded server's PostgreSQL and, where installed, on Debian's Postgr
 from __future__ import annotations
 
 import asyncio
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from taskmanager.postgres.deployment import quoted
 from taskmanager.postgres.migrate import current, heads
 from taskmanager.security.caller_key import CallerKey
 from tests.support.accounts import register_and_login
@@ -172,6 +174,26 @@ def test_a_caller_role_nobody_may_make_is_one_line_and_nothing_is_migrated(
         'GRANT "lacking_caller" TO "lacking_authenticator"',
     )
     assert current(lacking.owner_url) is None  # not one migration ran
+
+
+def test_a_service_login_named_with_a_quote_and_a_colon_is_granted_its_role(
+    cluster: Cluster,
+) -> None:
+    """`db upgrade` grants the caller role to the service's login as it is named: a double
+    quote and a colon in the name are the name's, not SQL's."""
+    odd = cluster.deployment("oddname", owner_may_create_roles=True, caller_role=False)
+    login = 'odd"name:x'
+    password = secrets.token_urlsafe(18)
+    cluster.admin(f"CREATE ROLE {quoted(login)} LOGIN NOINHERIT PASSWORD '{password}'")
+    service_url = (
+        make_url(odd.service_url)
+        .set(username=login, password=password)
+        .render_as_string(hide_password=False)
+    )
+    result = taskmanager(["db", "upgrade"], odd.env() | {"DATABASE_URL": service_url})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "requests run as the caller role oddname_caller" in result.stderr, result.stderr
+    assert _connect(service_url, "SELECT pg_has_role('oddname_caller', 'MEMBER')") == [(True,)]
 
 
 def test_migrating_needs_the_owners_login_said_in_one_line(production: Deployment) -> None:

@@ -49,6 +49,11 @@ def role_base(database: str, schema: str = "public") -> str:
     return base
 
 
+def quoted(name: str) -> str:
+    """`name` as an SQL identifier, whatever it holds: in double quotes, each inside doubled."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def caller_role_name(database: str, schema: str = "public") -> str:
     return f"{role_base(database, schema)}_caller"
 
@@ -203,11 +208,12 @@ async def check_service_login(
     reachable = [name for name in facts.reachable if name != caller]
     if caller not in facts.reachable:
         problems.append(
-            f'it is not a member of the caller role "{caller}" (GRANT "{caller}" TO "{login}")'
+            f'it is not a member of the caller role "{caller}" '
+            f"(GRANT {quoted(caller)} TO {quoted(login)})"
         )
     elif (await connection.execute(_INHERITS, {"caller": caller})).scalar_one():
         problems.append(
-            f'it inherits the privileges of "{caller}" (ALTER ROLE "{login}" '
+            f'it inherits the privileges of "{caller}" (ALTER ROLE {quoted(login)} '
             "NOINHERIT, or grant the role WITH INHERIT FALSE)"
         )
     if reachable:
@@ -310,26 +316,26 @@ async def check_owner_login(owner: AsyncConnection, service_login: str) -> None:
     needed = []
     service_exists = (await owner.execute(_ROLE_EXISTS, {"name": service_login})).scalar_one()
     if not service_exists:
-        needed.append(f"CREATE ROLE \"{service_login}\" LOGIN NOINHERIT PASSWORD '...'")
+        needed.append(f"CREATE ROLE {quoted(service_login)} LOGIN NOINHERIT PASSWORD '...'")
     # PostgreSQL 15 lets CREATEROLE grant any role; 16 and later, the roles one administers
     # (those one created, among others).
     may_grant_any = facts.superuser or (facts.createrole and facts.version < 160000)
     if not (await owner.execute(_ROLE_EXISTS, {"name": caller})).scalar_one():
         if not (facts.superuser or facts.createrole):
-            needed.append(f'CREATE ROLE "{caller}" NOLOGIN')
-            needed.append(f'GRANT "{caller}" TO "{service_login}"')
+            needed.append(f"CREATE ROLE {quoted(caller)} NOLOGIN")
+            needed.append(f"GRANT {quoted(caller)} TO {quoted(service_login)}")
         elif not service_exists:
-            needed.append(f'GRANT "{caller}" TO "{service_login}" (after migrating)')
+            needed.append(f"GRANT {quoted(caller)} TO {quoted(service_login)} (after migrating)")
     elif service_exists:
         granted = (
             await owner.execute(_GRANTED, {"service": service_login, "caller": caller})
         ).one()
         if not granted.member and not (granted.admin or may_grant_any):
-            needed.append(f'GRANT "{caller}" TO "{service_login}"')
+            needed.append(f"GRANT {quoted(caller)} TO {quoted(service_login)}")
     if facts.public_may_connect and not facts.owns_database:
         needed.append(
-            f'REVOKE CONNECT, TEMPORARY ON DATABASE "{facts.database}" FROM PUBLIC; '
-            f'GRANT CONNECT ON DATABASE "{facts.database}" TO "{service_login}"'
+            f"REVOKE CONNECT, TEMPORARY ON DATABASE {quoted(facts.database)} FROM PUBLIC; "
+            f"GRANT CONNECT ON DATABASE {quoted(facts.database)} TO {quoted(service_login)}"
         )
     if needed:
         raise DeploymentError(
@@ -379,22 +385,22 @@ async def prepare_deployment(owner: AsyncConnection, service_login: str, key: Ca
     if service is None:
         raise DeploymentError(
             f'there is no login "{service_login}" (the user of DATABASE_URL): as a superuser '
-            f"run CREATE ROLE \"{service_login}\" LOGIN NOINHERIT PASSWORD '...'; GRANT "
-            f'"{facts.caller}" TO "{service_login}" ({SEE_README})'
+            f"run CREATE ROLE {quoted(service_login)} LOGIN NOINHERIT PASSWORD '...'; GRANT "
+            f"{quoted(facts.caller)} TO {quoted(service_login)} ({SEE_README})"
         )
     await install_caller_key(owner, key)
     needed = []
     if not service.member:
-        needed.append(f'GRANT "{facts.caller}" TO "{service_login}"')
+        needed.append(f"GRANT {quoted(facts.caller)} TO {quoted(service_login)}")
     if facts.public_connect or facts.public_temp:
-        needed.append(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{database}" FROM PUBLIC')
+        needed.append(f"REVOKE CONNECT, TEMPORARY ON DATABASE {quoted(database)} FROM PUBLIC")
     if not service.may_connect or facts.public_connect:
-        needed.append(f'GRANT CONNECT ON DATABASE "{database}" TO "{service_login}"')
+        needed.append(f"GRANT CONNECT ON DATABASE {quoted(database)} TO {quoted(service_login)}")
     failed = []
     for statement in needed:
         try:
             async with owner.begin_nested():
-                await owner.execute(text(statement))
+                await owner.exec_driver_sql(statement)
         except DBAPIError:
             failed.append(statement)
     if failed:
