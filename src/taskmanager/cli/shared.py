@@ -16,7 +16,7 @@ from taskmanager.postgres.logins import OwnerLoginMissingError, database_logins
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from taskmanager.postgres.logins import DatabaseLogins
+    from taskmanager.postgres.deployment import DatabaseLogins
     from taskmanager.security.caller_key import CallerKey
 
 T = TypeVar("T")

@@ -28,8 +28,6 @@ from sqlalchemy.engine import make_url
 from taskmanager.config import Settings
 from taskmanager.postgres.deployment import DatabaseLogins
 
-__all__ = ["DatabaseLogins", "DatabaseUnreachableError", "OwnerLoginMissingError"]
-
 # asyncpg's `ssl=` values (libpq's sslmode, normalised by config) that refuse a plain connection.
 _SSL_REQUIRED = {"require", "verify-ca", "verify-full", "true"}
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from taskmanager.config import Settings
-    from taskmanager.postgres.logins import DatabaseLogins
+    from taskmanager.postgres.deployment import DatabaseLogins
     from taskmanager.security.caller_key import CallerKey
 
 SCRIPT_LOCATION = "taskmanager:migrations"
