@@ -29,11 +29,19 @@ from taskmanager.models import FK_TASKS_CATEGORY, UQ_CATEGORIES_NAME, Base
 from taskmanager.postgres import migrate
 from taskmanager.postgres.deployment import SCHEMA_REVISION
 from taskmanager.postgres.embedded import EmbeddedPostgres
+from taskmanager.postgres.logins import ConnectionTarget
 from taskmanager.repositories.task_queries.filters import TaskFilters
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.repositories.user_repository import UserRepository
 from tests.support.accounts import PASSWORD, login, register_and_login
-from tests.support.databases import TEST_KEY, caller_role_of, logins_of, owner_url, superuser_url
+from tests.support.databases import (
+    TEST_KEY,
+    caller_role_of,
+    logins_of,
+    owner_url,
+    service_url,
+    superuser_url,
+)
 from tests.support.databases import migrate as migrate_deployment
 from tests.support.live_app import live_client
 from tests.support.processes import free_port
@@ -534,7 +542,8 @@ async def test_the_search_within_workspaces_migrates_both_ways_with_tasks_in_pla
     url = await asyncio.to_thread(
         database_at, "migrations_search_within_workspaces", BEFORE_SEARCH_WITHIN_WORKSPACES
     )
-    await asyncio.to_thread(migrate.prepare, logins_of(url), TEST_KEY)  # the caller key
+    service_login = ConnectionTarget.from_url(service_url(url)).user
+    await asyncio.to_thread(migrate.prepare, owner_url(url), service_login, TEST_KEY)  # the key
     mine = await _operator_creates_account(url, "mine@example.com")
     theirs = await _operator_creates_account(url, "theirs@example.com")
     insert = (

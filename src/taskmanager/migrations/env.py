@@ -33,14 +33,14 @@ def _database_url(*, check: bool = True) -> Iterator[str]:
         yield str(url)
         return
     from taskmanager.config import get_settings
-    from taskmanager.postgres.logins import database_logins, owner_database_url
+    from taskmanager.postgres.logins import database_logins, owner_url_of
 
     if not check:  # the dialect is all `--sql` needs
         with database_logins(get_settings(), check=False) as logins:
             yield logins.owner or logins.service
         return
-    with owner_database_url(get_settings(), check=check) as resolved:
-        yield resolved
+    with database_logins(get_settings(), check=check) as logins:
+        yield owner_url_of(logins)
 
 
 def _configure(**kwargs: object) -> None:

@@ -77,17 +77,15 @@ def database_url(settings: Settings, *, check: bool = True) -> Iterator[str]:
         yield logins.service
 
 
-@contextmanager
-def owner_database_url(settings: Settings, *, check: bool = True) -> Iterator[str]:
-    """The owner's URL, for what only the tables' owner may do; OwnerLoginMissingError when
-    DATABASE_URL is set without OWNER_DATABASE_URL."""
-    with database_logins(settings, check=check) as logins:
-        if logins.owner is None:
-            raise OwnerLoginMissingError(
-                "this command runs as the owner of the tables: set OWNER_DATABASE_URL to the "
-                "owner's login (DATABASE_URL is the service's, which owns nothing)"
-            )
-        yield logins.owner
+def owner_url_of(logins: DatabaseLogins) -> str:
+    """The owner's URL, for what only the tables' owner may do (the migrations);
+    OwnerLoginMissingError when DATABASE_URL is set without OWNER_DATABASE_URL."""
+    if logins.owner is None:
+        raise OwnerLoginMissingError(
+            "this command runs as the owner of the tables: set OWNER_DATABASE_URL to the "
+            "owner's login (DATABASE_URL is the service's, which owns nothing)"
+        )
+    return logins.owner
 
 
 def ensure_reachable(url: str, *, timeout: float, setting: str = "DATABASE_URL") -> None:

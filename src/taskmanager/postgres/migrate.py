@@ -16,7 +16,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from taskmanager.postgres.logins import ConnectionTarget, driver_error
+from taskmanager.postgres.logins import ConnectionTarget, driver_error, owner_url_of
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -51,23 +51,24 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def upgrade_deployment(logins: DatabaseLogins, key: CallerKey) -> None:
     """Migrate to head as the owner, then prepare the deployment for its service login
-    (taskmanager.postgres.deployment.prepare_deployment): what `serve` and `db upgrade` do."""
-    if logins.owner is None:
-        raise ValueError("migrating needs the owner's login")
-    preflight(logins)
-    upgrade(logins.owner)
-    prepare(logins, key)
+    (taskmanager.postgres.deployment.prepare_deployment): what `serve` and `db upgrade` do.
+    OwnerLoginMissingError without the owner's login."""
+    owner = owner_url_of(logins)
+    service_login = ConnectionTarget.from_url(logins.service).user
+    preflight(owner, service_login)
+    upgrade(owner)
+    prepare(owner, service_login, key)
 
 
-def preflight(logins: DatabaseLogins) -> None:
+def preflight(owner_url: str, service_login: str) -> None:
     """taskmanager.postgres.deployment.check_owner_login, before any migration runs: what the owner
     cannot do is said in one line, and the database stays as it was."""
     from taskmanager.postgres.deployment import check_owner_login
 
     async def check(connection: AsyncConnection) -> None:
-        await check_owner_login(connection, ConnectionTarget.from_url(logins.service).user)
+        await check_owner_login(connection, service_login)
 
-    _as_owner(logins, check)
+    _as_owner(owner_url, check)
 
 
 @contextmanager
@@ -76,40 +77,31 @@ def migrated(settings: Settings) -> Iterator[DatabaseLogins]:
     to head and prepared with the caller key of `settings`' signing key: for the commands
     that migrate before they work (`db seed`, the demonstrations). Needs the owner's login
     (OwnerLoginMissingError without one)."""
-    from taskmanager.postgres.logins import OwnerLoginMissingError, database_logins
+    from taskmanager.postgres.logins import database_logins
     from taskmanager.security.caller_key import CallerKey
     from taskmanager.security.signing_key import signing_key
 
     with database_logins(settings) as logins:
-        if logins.owner is None:
-            raise OwnerLoginMissingError(
-                "this command migrates the database first, as the owner of the tables: set "
-                "OWNER_DATABASE_URL to the owner's login"
-            )
         upgrade_deployment(logins, CallerKey(signing_key(settings)))
         yield logins
 
 
-def prepare(logins: DatabaseLogins, key: CallerKey) -> None:
+def prepare(owner_url: str, service_login: str, key: CallerKey) -> None:
     """taskmanager.postgres.deployment.prepare_deployment, as the owner, committed."""
     from taskmanager.postgres.deployment import prepare_deployment
 
     async def run(connection: AsyncConnection) -> None:
-        await prepare_deployment(connection, ConnectionTarget.from_url(logins.service).user, key)
+        await prepare_deployment(connection, service_login, key)
 
-    _as_owner(logins, run)
+    _as_owner(owner_url, run)
 
 
-def _as_owner(logins: DatabaseLogins, work: Callable[[AsyncConnection], Awaitable[None]]) -> None:
+def _as_owner(owner_url: str, work: Callable[[AsyncConnection], Awaitable[None]]) -> None:
     """`work` in one committed transaction as the owner (blocking: its own event loop)."""
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 
     from taskmanager.database import pooler_safe_connect_args
-
-    if logins.owner is None:
-        raise ValueError("this needs the owner's login")
-    owner_url = logins.owner
 
     async def run() -> None:
         engine = create_async_engine(
