@@ -8,16 +8,13 @@ stopped again afterwards). Printing SQL (`--sql`) needs only a URL's dialect.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from alembic import context
-from sqlalchemy import pool
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from taskmanager.database import pooler_safe_connect_args
+from taskmanager.database import run_on_one_connection
 from taskmanager.models import Base
 
 config = context.config
@@ -72,26 +69,15 @@ def _run_sync(connection: Connection) -> None:
         context.run_migrations()
 
 
-async def _run_async(url: str) -> None:
-    # `serve` migrates through DATABASE_URL, which may be PgBouncer: no cached or named
-    # statements to clash there with another client's (each runs once here anyway).
-    engine = create_async_engine(
-        url, poolclass=pool.NullPool, connect_args=pooler_safe_connect_args()
-    )
-    try:
-        async with engine.connect() as connection:
-            await connection.run_sync(_run_sync)
-    finally:
-        await engine.dispose()
-
-
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:  # a caller already holds a (sync-facing) connection
         _run_sync(connection)
     else:
+        # The owner's URL may be PgBouncer's: one_connection prepares nothing that could
+        # clash there with another client's statements.
         with _database_url() as url:
-            asyncio.run(_run_async(url))
+            run_on_one_connection(url, lambda connection: connection.run_sync(_run_sync))
 
 
 if context.is_offline_mode():

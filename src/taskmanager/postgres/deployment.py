@@ -16,7 +16,6 @@ what makes a service login unsafe; the service refuses to start on one.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -134,22 +133,9 @@ _REVISION = text("SELECT version_num FROM alembic_version")
 
 def check_service(url: str, key: CallerKey) -> str:
     """check_service_login on a connection of its own to `url` (blocking: for commands)."""
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from sqlalchemy.pool import NullPool
+    from taskmanager.database import run_on_one_connection
 
-    from taskmanager.database import pooler_safe_connect_args
-
-    async def run() -> str:
-        engine = create_async_engine(
-            url, poolclass=NullPool, connect_args=pooler_safe_connect_args()
-        )
-        try:
-            async with engine.connect() as connection:
-                return await check_service_login(connection, key)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
+    return run_on_one_connection(url, lambda connection: check_service_login(connection, key))
 
 
 async def check_service_login_when_reachable(engine: AsyncEngine, key: CallerKey) -> None:

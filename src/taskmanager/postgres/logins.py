@@ -110,23 +110,12 @@ def ensure_reachable(url: str, *, timeout: float, setting: str = "DATABASE_URL")
 
 
 async def _connect_once(url: str, within: float) -> None:
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from sqlalchemy.pool import NullPool
-
-    from taskmanager.database import pooler_safe_connect_args
+    from taskmanager.database import one_connection
 
     # Connected as the migrations connect (safe through PgBouncer too), bounded as a whole:
     # a server that accepts the connection and then never answers is a timeout as well.
-    engine = create_async_engine(
-        url,
-        poolclass=NullPool,
-        connect_args={"timeout": within, **pooler_safe_connect_args()},
-    )
-    try:
-        async with asyncio.timeout(within), engine.connect():
-            pass
-    finally:
-        await engine.dispose()
+    async with asyncio.timeout(within), one_connection(url, connect_timeout=within):
+        pass
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ The migration scripts ship inside the package (`taskmanager/migrations`), so an 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TextIO
@@ -98,22 +97,9 @@ def prepare(owner_url: str, service_login: str, key: CallerKey) -> None:
 
 def _as_owner(owner_url: str, work: Callable[[AsyncConnection], Awaitable[None]]) -> None:
     """`work` in one committed transaction as the owner (blocking: its own event loop)."""
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from sqlalchemy.pool import NullPool
+    from taskmanager.database import run_on_one_connection
 
-    from taskmanager.database import pooler_safe_connect_args
-
-    async def run() -> None:
-        engine = create_async_engine(
-            owner_url, poolclass=NullPool, connect_args=pooler_safe_connect_args()
-        )
-        try:
-            async with engine.begin() as connection:
-                await work(connection)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run())
+    run_on_one_connection(owner_url, work, begin=True)
 
 
 def downgrade(database_url: str, revision: str) -> None:
@@ -169,19 +155,11 @@ def heads() -> tuple[str, ...]:
 
 def current(database_url: str) -> str | None:
     """The revision `database_url` is at (None for an empty database)."""
-    from sqlalchemy.ext.asyncio import create_async_engine
+    from taskmanager.database import run_on_one_connection
 
-    from taskmanager.database import pooler_safe_connect_args
+    async def read(connection: AsyncConnection) -> str | None:
+        return await connection.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )
 
-    async def read() -> str | None:
-        # Like the migrations: safe through PgBouncer too.
-        engine = create_async_engine(database_url, connect_args=pooler_safe_connect_args())
-        try:
-            async with engine.connect() as connection:
-                return await connection.run_sync(
-                    lambda sync: MigrationContext.configure(sync).get_current_revision()
-                )
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(read())
+    return run_on_one_connection(database_url, read)
