@@ -24,10 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from taskmanager.accounts.callers import scope_of_account
 from taskmanager.accounts.registration import register_account
 from taskmanager.config import Settings, get_settings
-from taskmanager.database import create_engine, create_session_factory
+from taskmanager.database import create_engine, create_session_factory, run_on_one_connection
 from taskmanager.models import FK_TASKS_CATEGORY, UQ_CATEGORIES_NAME, Base
 from taskmanager.postgres import migrate
-from taskmanager.postgres.deployment import SCHEMA_REVISION
+from taskmanager.postgres.deployment import SCHEMA_REVISION, prepare_deployment
 from taskmanager.postgres.embedded import EmbeddedPostgres
 from taskmanager.postgres.logins import ConnectionTarget
 from taskmanager.repositories.task_queries.filters import TaskFilters
@@ -543,7 +543,12 @@ async def test_the_search_within_workspaces_migrates_both_ways_with_tasks_in_pla
         database_at, "migrations_search_within_workspaces", BEFORE_SEARCH_WITHIN_WORKSPACES
     )
     service_login = ConnectionTarget.from_url(service_url(url)).user
-    await asyncio.to_thread(migrate.prepare, owner_url(url), service_login, TEST_KEY)  # the key
+    await asyncio.to_thread(  # the caller key, which 0008 checks callers with
+        run_on_one_connection,
+        owner_url(url),
+        lambda owner: prepare_deployment(owner, service_login, TEST_KEY),
+        begin=True,
+    )
     mine = await _operator_creates_account(url, "mine@example.com")
     theirs = await _operator_creates_account(url, "theirs@example.com")
     insert = (

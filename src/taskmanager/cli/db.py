@@ -28,18 +28,13 @@ def db_upgrade(
     (OWNER_DATABASE_URL; the embedded server's owner when DATABASE_URL is unset); at head,
     also install the caller key and check the service's login (DATABASE_URL)."""
     from taskmanager.postgres.deployment import check_service
-    from taskmanager.postgres.logins import ConnectionTarget
-    from taskmanager.postgres.migrate import heads, preflight, prepare, upgrade
+    from taskmanager.postgres.migrate import reaches_head, upgrade_deployment
 
     settings = load_settings()
     key = caller_key(settings)
     with database_logins(settings) as logins:
-        owner = owner_url_of(logins)
-        service_login = ConnectionTarget.from_url(logins.service).user
-        preflight(owner, service_login)
-        upgrade(owner, revision)
-        if revision in ("head", *heads()):
-            prepare(owner, service_login, key)
+        upgrade_deployment(logins, key, revision)
+        if reaches_head(revision):
             caller = check_service(logins.service, key)
             console.print(
                 f"database upgraded to {revision}; requests run as the caller role {caller}",

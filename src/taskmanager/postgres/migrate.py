@@ -6,7 +6,7 @@ The migration scripts ship inside the package (`taskmanager/migrations`), so an 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TextIO
 
@@ -18,6 +18,7 @@ from alembic.script import ScriptDirectory
 from taskmanager.postgres.logins import ConnectionTarget, driver_error, owner_url_of
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from taskmanager.config import Settings
@@ -48,26 +49,37 @@ def upgrade(database_url: str, revision: str = "head") -> None:
         command.upgrade(alembic_config(database_url), revision)
 
 
-def upgrade_deployment(logins: DatabaseLogins, key: CallerKey) -> None:
-    """Migrate to head as the owner, then prepare the deployment for its service login
-    (taskmanager.postgres.deployment.prepare_deployment): what `serve` and `db upgrade` do.
-    OwnerLoginMissingError without the owner's login."""
+def upgrade_deployment(logins: DatabaseLogins, key: CallerKey, revision: str = "head") -> None:
+    """What `serve` and `db upgrade` do, as the owner, in ONE transaction: check what the
+    owner may do (taskmanager.postgres.deployment.check_owner_login), migrate up to
+    `revision` and, at head, prepare the deployment for its service login (prepare_deployment).
+    A failure anywhere leaves the database as it was. OwnerLoginMissingError without the
+    owner's login; a migration PostgreSQL refuses is MigrationError."""
+    from taskmanager.database import run_on_one_connection
+    from taskmanager.postgres.deployment import check_owner_login, prepare_deployment
+
     owner = owner_url_of(logins)
     service_login = ConnectionTarget.from_url(logins.service).user
-    preflight(owner, service_login)
-    upgrade(owner)
-    prepare(owner, service_login, key)
+    prepare = reaches_head(revision)
 
+    def migrate(connection: Connection) -> None:
+        config = alembic_config(owner)
+        config.attributes["connection"] = connection  # env.py migrates in its transaction
+        command.upgrade(config, revision)
 
-def preflight(owner_url: str, service_login: str) -> None:
-    """taskmanager.postgres.deployment.check_owner_login, before any migration runs: what the owner
-    cannot do is said in one line, and the database stays as it was."""
-    from taskmanager.postgres.deployment import check_owner_login
-
-    async def check(connection: AsyncConnection) -> None:
+    async def work(connection: AsyncConnection) -> None:
         await check_owner_login(connection, service_login)
+        await connection.run_sync(migrate)
+        if prepare:
+            await prepare_deployment(connection, service_login, key)
 
-    _as_owner(owner_url, check)
+    with _rolled_back_as_one(owner, f"upgrading to {revision}"):
+        run_on_one_connection(owner, work, begin=True)
+
+
+def reaches_head(revision: str) -> bool:
+    """Whether upgrading to `revision` brings the database to head."""
+    return revision in ("head", *heads())
 
 
 @contextmanager
@@ -83,23 +95,6 @@ def migrated(settings: Settings) -> Iterator[DatabaseLogins]:
     with database_logins(settings) as logins:
         upgrade_deployment(logins, CallerKey(signing_key(settings)))
         yield logins
-
-
-def prepare(owner_url: str, service_login: str, key: CallerKey) -> None:
-    """taskmanager.postgres.deployment.prepare_deployment, as the owner, committed."""
-    from taskmanager.postgres.deployment import prepare_deployment
-
-    async def run(connection: AsyncConnection) -> None:
-        await prepare_deployment(connection, service_login, key)
-
-    _as_owner(owner_url, run)
-
-
-def _as_owner(owner_url: str, work: Callable[[AsyncConnection], Awaitable[None]]) -> None:
-    """`work` in one committed transaction as the owner (blocking: its own event loop)."""
-    from taskmanager.database import run_on_one_connection
-
-    run_on_one_connection(owner_url, work, begin=True)
 
 
 def downgrade(database_url: str, revision: str) -> None:
