@@ -17,6 +17,7 @@ Run on the embedded server's PostgreSQL and, where installed, on Debian's Postgr
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import subprocess
 import sys
@@ -31,7 +32,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from taskmanager.postgres.deployment import quoted
+from taskmanager.postgres.deployment import (
+    SCHEMA_REVISION,
+    DeploymentError,
+    check_service,
+    quoted,
+)
 from taskmanager.postgres.migrate import current, heads
 from taskmanager.security.caller_key import CallerKey
 from tests.support.accounts import register_and_login
@@ -242,3 +248,44 @@ def test_serve_refuses_a_caller_role_that_may_step_around_the_policies(
         one_line(result, 'the caller role "production_caller" may do more than the policies')
     finally:
         cluster.admin(undo)
+
+
+def _inherit(value: bool) -> str:
+    """The service login of production inheriting the caller role's privileges, or not: a
+    grant's own option from PostgreSQL 16, the login's attribute before."""
+    grant = f"GRANT production_caller TO production_authenticator WITH INHERIT {value}"
+    role = f"ALTER ROLE production_authenticator {'INHERIT' if value else 'NOINHERIT'}"
+    return (
+        "DO $$ BEGIN IF current_setting('server_version_num')::integer >= 160000 "
+        f"THEN EXECUTE '{grant}'; ELSE EXECUTE '{role}'; END IF; END $$"
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "undo", "refusal"),
+    [
+        (_inherit(True), _inherit(False), 'it inherits the privileges of "production_caller"'),
+        (
+            "GRANT TEMPORARY ON DATABASE production TO production_caller",
+            "REVOKE TEMPORARY ON DATABASE production FROM production_caller",
+            "it may create temporary tables",
+        ),
+        (
+            "UPDATE alembic_version SET version_num = '0008'",
+            f"UPDATE alembic_version SET version_num = '{SCHEMA_REVISION}'",
+            f"the database is at revision 0008, this version needs {SCHEMA_REVISION}",
+        ),
+    ],
+    ids=["inherits", "caller-temporary", "revision"],
+)
+def test_the_service_check_names_what_is_wrong(
+    cluster: Cluster, production: Deployment, change: str, undo: str, refusal: str
+) -> None:
+    key = CallerKey(production.secret)
+    assert check_service(production.service_url, key) == "production_caller"  # the control
+    cluster.admin(change, database="production")
+    try:
+        with pytest.raises(DeploymentError, match=re.escape(refusal)):
+            check_service(production.service_url, key)
+    finally:
+        cluster.admin(undo, database="production")

@@ -109,26 +109,28 @@ _SERVICE_FACTS = text(
     """
 )
 _CALLER_ROLE = text("SELECT taskmanager_caller_role()")
-# What the caller role, which every request runs as, may do beyond the policies.
+# Once migrated: the caller role, which every request runs as, and what it may do beyond
+# the policies (NULLs when it does not exist); whether the login inherits its privileges;
+# the revision the database is at.
 _CALLER_FACTS = text(
     """
-    SELECT r.rolsuper OR r.rolbypassrls OR r.rolcreaterole OR r.rolcanlogin AS powerful,
+    SELECT c.caller, r.oid IS NOT NULL AS caller_exists,
+           r.rolsuper OR r.rolbypassrls OR r.rolcreaterole OR r.rolcanlogin AS powerful,
            has_database_privilege(r.oid, current_database(), 'CREATE')
                OR has_schema_privilege(r.oid, current_schema(), 'CREATE') AS may_create,
-           EXISTS (SELECT FROM pg_class c WHERE c.relowner = r.oid
-                   AND c.relnamespace = current_schema()::regnamespace) AS owns_tables
-    FROM pg_roles r WHERE r.rolname = CAST(:caller AS name)
+           EXISTS (SELECT FROM pg_class t WHERE t.relowner = r.oid
+                   AND t.relnamespace = current_schema()::regnamespace) AS owns_tables,
+           has_database_privilege(r.oid, current_database(), 'TEMPORARY') AS may_temp,
+           pg_has_role(session_user, r.oid, 'USAGE') AS inherited,
+           (SELECT version_num FROM alembic_version) AS revision
+    FROM (SELECT taskmanager_caller_role() AS caller) c
+    LEFT JOIN pg_roles r ON r.rolname = c.caller
     """
-)
-_INHERITS = text("SELECT pg_has_role(session_user, CAST(:caller AS name), 'USAGE')")
-_CALLER_TEMP = text(
-    "SELECT has_database_privilege(CAST(:caller AS name), current_database(), 'TEMPORARY')"
 )
 _ENTER = text(
     "SELECT e.caller_role, set_config('role', e.caller_role, true) AS role "
     "FROM taskmanager_enter(:user_id, :session_id, :purpose, :valid_until, :proof) e"
 )
-_REVISION = text("SELECT version_num FROM alembic_version")
 
 
 def check_service(url: str, key: CallerKey) -> str:
@@ -153,9 +155,7 @@ async def check_service_login_when_reachable(engine: AsyncEngine, key: CallerKey
         await connection.close()
 
 
-async def check_service_login(
-    connection: AsyncConnection, key: CallerKey, head: str | None = SCHEMA_REVISION
-) -> str:
+async def check_service_login(connection: AsyncConnection, key: CallerKey) -> str:
     """Raise DeploymentError naming everything that makes this connection's login unsafe
     or unusable for requests; else return the caller role's name. Runs in a transaction
     of its own, rolled back (it enters once, to check the key)."""
@@ -167,7 +167,8 @@ async def check_service_login(
             f'the database has not been migrated for this version (the service logs in as "'
             f'{login}"): run `taskmanager db upgrade` with OWNER_DATABASE_URL set'
         )
-    caller = str((await connection.execute(_CALLER_ROLE)).scalar_one())
+    role = (await connection.execute(_CALLER_FACTS)).one()
+    caller = str(role.caller)
     problems = []
     if facts.superuser:
         problems.append("it is a superuser")
@@ -182,10 +183,9 @@ async def check_service_login(
         )
     if facts.may_create:
         problems.append("it may create objects (a schema, or in the schema)")
-    caller_facts = (await connection.execute(_CALLER_FACTS, {"caller": caller})).one_or_none()
-    if caller_facts is None:
+    if not role.caller_exists:
         problems.append(f'the caller role "{caller}" does not exist')
-    elif caller_facts.powerful or caller_facts.may_create or caller_facts.owns_tables:
+    elif role.powerful or role.may_create or role.owns_tables:
         problems.append(
             f'the caller role "{caller}" may do more than the policies let it (LOGIN, '
             "SUPERUSER, BYPASSRLS, CREATEROLE, CREATE on the database or schema, or owning "
@@ -197,7 +197,7 @@ async def check_service_login(
             f'it is not a member of the caller role "{caller}" '
             f"(GRANT {quoted(caller)} TO {quoted(login)})"
         )
-    elif (await connection.execute(_INHERITS, {"caller": caller})).scalar_one():
+    elif role.inherited:
         problems.append(
             f'it inherits the privileges of "{caller}" (ALTER ROLE {quoted(login)} '
             "NOINHERIT, or grant the role WITH INHERIT FALSE)"
@@ -209,7 +209,7 @@ async def check_service_login(
             "any login of the cluster may connect to this database (REVOKE CONNECT "
             "ON DATABASE ... FROM PUBLIC: `taskmanager db upgrade` does it)"
         )
-    if facts.may_temp or (await connection.execute(_CALLER_TEMP, {"caller": caller})).scalar_one():
+    if facts.may_temp or role.may_temp:
         problems.append(
             "it may create temporary tables (REVOKE TEMPORARY ON DATABASE ... FROM "
             "PUBLIC: `taskmanager db upgrade` does it)"
@@ -222,15 +222,12 @@ async def check_service_login(
             + f"; {SEE_README}"
         )
     await _check_key(connection, key, login)
-    if head is not None:
-        revision = (await connection.execute(_REVISION)).scalar_one_or_none()
-        if revision != head:
-            await connection.rollback()
-            raise DeploymentError(
-                f"the database is at revision {revision}, this version needs {head}: run "
-                "`taskmanager db upgrade` with OWNER_DATABASE_URL set"
-            )
     await connection.rollback()
+    if role.revision != SCHEMA_REVISION:
+        raise DeploymentError(
+            f"the database is at revision {role.revision}, this version needs "
+            f"{SCHEMA_REVISION}: run `taskmanager db upgrade` with OWNER_DATABASE_URL set"
+        )
     return caller
 
 
@@ -336,13 +333,10 @@ async def check_owner_login(owner: AsyncConnection, service_login: str) -> None:
 
 _OWNER_FACTS = text(
     """
-    SELECT current_user AS owner, r.rolsuper AS superuser,
-           d.datdba = r.oid OR r.rolsuper AS owns_database,
+    SELECT current_user AS owner, current_database() AS database,
            taskmanager_caller_role() AS caller,
            has_database_privilege('public', current_database(), 'CONNECT') AS public_connect,
            has_database_privilege('public', current_database(), 'TEMPORARY') AS public_temp
-    FROM pg_roles r, pg_database d
-    WHERE r.rolname = current_user AND d.datname = current_database()
     """
 )
 _SERVICE_ROLE = text(
@@ -364,7 +358,6 @@ async def prepare_deployment(owner: AsyncConnection, service_login: str, key: Ca
             "run as a login that owns nothing; create one and set DATABASE_URL to it "
             f"({SEE_README})"
         )
-    database = (await owner.execute(text("SELECT current_database()"))).scalar_one()
     service = (
         await owner.execute(_SERVICE_ROLE, {"login": service_login, "caller": facts.caller})
     ).one_or_none()
@@ -375,6 +368,7 @@ async def prepare_deployment(owner: AsyncConnection, service_login: str, key: Ca
             f"{quoted(facts.caller)} TO {quoted(service_login)} ({SEE_README})"
         )
     await install_caller_key(owner, key)
+    database = facts.database
     needed = []
     if not service.member:
         needed.append(f"GRANT {quoted(facts.caller)} TO {quoted(service_login)}")
