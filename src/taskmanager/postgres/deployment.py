@@ -24,7 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from taskmanager.security.caller_key import CallerKey, install_caller_key
+from taskmanager.security.caller_key import CallerKey
 
 log = logging.getLogger(__name__)
 
@@ -389,3 +389,20 @@ async def prepare_deployment(owner: AsyncConnection, service_login: str, key: Ca
             + "; ".join(failed)
             + f"; then run `taskmanager db upgrade` again ({SEE_README})"
         )
+
+
+_INSTALL = text(
+    """
+    INSERT INTO caller_key (inner_pad, outer_pad) VALUES (:inner_pad, :outer_pad)
+    ON CONFLICT (singleton) DO UPDATE
+    SET inner_pad = excluded.inner_pad, outer_pad = excluded.outer_pad, installed_at = now()
+    WHERE (caller_key.inner_pad, caller_key.outer_pad)
+          IS DISTINCT FROM (excluded.inner_pad, excluded.outer_pad)
+    """
+)
+
+
+async def install_caller_key(owner: AsyncConnection, key: CallerKey) -> None:
+    """Store `key` in the database (as the tables' owner; a no-op if it is there already)."""
+    inner_pad, outer_pad = key.pads()
+    await owner.execute(_INSTALL, {"inner_pad": inner_pad, "outer_pad": outer_pad})
