@@ -289,3 +289,32 @@ def test_the_service_check_names_what_is_wrong(
             check_service(production.service_url, key)
     finally:
         cluster.admin(undo, database="production")
+
+
+def test_downgrading_below_0008_gives_the_owner_back_the_role_deployments_used_to_share(
+    cluster: Cluster,
+) -> None:
+    """Before 0008 requests ran as the cluster's one request role, on the owner's connection.
+    Upgrading takes the owner out of it where the owner may (PostgreSQL 15's CREATEROLE may;
+    from 16 only a superuser, and the owner stays a member); downgrading to 0007 gives the
+    membership back, so 0007's code runs again."""
+    legacy = cluster.deployment("legacy", owner_may_create_roles=True, caller_role=False)
+    cluster.admin(
+        "CREATE ROLE taskmanager_request NOLOGIN NOINHERIT",
+        "GRANT taskmanager_request TO legacy_owner",
+    )
+    member = "SELECT pg_has_role('legacy_owner', 'taskmanager_request', 'MEMBER')"
+    try:
+        upgraded = taskmanager(["db", "upgrade"], legacy.env())
+        assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+        (version,) = _connect(legacy.superuser_url, "SHOW server_version_num")[0]
+        if int(version) < 160000:
+            assert _connect(legacy.superuser_url, member) == [(False,)]  # the control
+
+        downgraded = taskmanager(["db", "downgrade", "0007"], legacy.env())
+        assert downgraded.returncode == 0, downgraded.stdout + downgraded.stderr
+
+        assert _connect(legacy.superuser_url, member) == [(True,)]
+    finally:
+        cluster.admin("DROP OWNED BY taskmanager_request", database="legacy")
+        cluster.admin("DROP ROLE taskmanager_request")

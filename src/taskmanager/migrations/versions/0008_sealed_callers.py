@@ -756,6 +756,25 @@ def downgrade() -> None:
     ):
         op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
         _for_legacy_role(f"GRANT EXECUTE ON FUNCTION {{schema}}.{function} TO {LEGACY_ROLE}")
+    # Revision 0007's code runs requests as the legacy role, on the owner's connection: the
+    # owner's membership, which the upgrade took where the owner could, is given back where
+    # the owner may (else a superuser must).
+    op.execute(
+        f"""
+        DO $do$ BEGIN
+            IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{LEGACY_ROLE}')
+               AND NOT pg_has_role(current_user, '{LEGACY_ROLE}', 'MEMBER')
+               AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                BEGIN
+                    EXECUTE format('GRANT {LEGACY_ROLE} TO %I', current_user);
+                EXCEPTION WHEN insufficient_privilege OR invalid_grant_operation THEN
+                    RAISE NOTICE '"%" is not a member of the legacy role {LEGACY_ROLE}, which '
+                        'revision 0007 runs requests as (a superuser may GRANT it)', current_user;
+                END;
+            END IF;
+        END $do$
+        """
+    )
 
 
 def _for_legacy_role(statement: str) -> None:
