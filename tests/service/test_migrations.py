@@ -304,6 +304,26 @@ def test_printing_the_sql_needs_no_server(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert "CREATE TABLE tasks" in output.getvalue()
 
 
+def test_printing_the_sql_starts_no_embedded_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without DATABASE_URL, `alembic upgrade head --sql` neither starts nor makes the
+    embedded server: the dialect is all it needs."""
+    monkeypatch.chdir(tmp_path)  # no .env of the project's
+    for name in ("DATABASE_URL", "TASKMANAGER_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TASKMANAGER_DATA_DIR", str(tmp_path / "pgdata"))
+    get_settings.cache_clear()
+    config = Config(output_buffer=(output := io.StringIO()))
+    config.set_main_option("script_location", migrate.SCRIPT_LOCATION)
+    try:
+        command.upgrade(config, "head", sql=True)
+    finally:
+        get_settings.cache_clear()
+    assert "CREATE TABLE tasks" in output.getvalue()
+    assert not (tmp_path / "pgdata").exists()
+
+
 # ─────────────────────────────────────────────
 # The accounts migration (0003) with data in place
 # ─────────────────────────────────────────────

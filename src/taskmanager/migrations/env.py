@@ -3,7 +3,7 @@
 The database URL comes from the Config attribute `database_url` (set by
 `taskmanager.postgres.migrate`), else from the settings: migrations run as the owner of the tables
 (OWNER_DATABASE_URL; the embedded server's owner when DATABASE_URL is unset, the server
-stopped again afterwards). Printing SQL (`--sql`) needs only a URL's dialect.
+stopped again afterwards). Printing SQL (`--sql`) needs only the dialect, and no server.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from taskmanager.config import ASYNC_DRIVER
 from taskmanager.database import run_on_one_connection
 from taskmanager.models import Base
 
@@ -22,9 +23,9 @@ target_metadata = Base.metadata
 
 
 @contextmanager
-def _database_url(*, check: bool = True) -> Iterator[str]:
-    """The URL `taskmanager.postgres.migrate` passed in; else the one place that decides for the app
-    (which, with `check`, first connects once to DATABASE_URL)."""
+def _database_url() -> Iterator[str]:
+    """The URL `taskmanager.postgres.migrate` passed in; else the owner's, from the one place
+    that decides for the app (which first connects once to each URL it was given)."""
     url = config.attributes.get("database_url")
     if url:
         yield str(url)
@@ -32,11 +33,7 @@ def _database_url(*, check: bool = True) -> Iterator[str]:
     from taskmanager.config import get_settings
     from taskmanager.postgres.logins import database_logins, owner_url_of
 
-    if not check:  # the dialect is all `--sql` needs
-        with database_logins(get_settings(), check=False) as logins:
-            yield logins.owner or logins.service
-        return
-    with database_logins(get_settings(), check=check) as logins:
+    with database_logins(get_settings()) as logins:
         yield owner_url_of(logins)
 
 
@@ -55,12 +52,11 @@ def _configure(**kwargs: object) -> None:
 
 
 def run_migrations_offline() -> None:
-    """`alembic upgrade --sql`: print the SQL instead of running it."""
-    # Printing SQL needs no server: only the URL's dialect.
-    with _database_url(check=False) as url:
-        _configure(url=url, literal_binds=True, dialect_opts={"paramstyle": "named"})
-        with context.begin_transaction():
-            context.run_migrations()
+    """`alembic upgrade --sql`: print the SQL instead of running it. That needs only the
+    dialect: no server is asked, nor the embedded one started."""
+    _configure(url=f"{ASYNC_DRIVER}://", literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
 
 
 def _run_sync(connection: Connection) -> None:
