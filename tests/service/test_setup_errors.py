@@ -338,6 +338,13 @@ def test_a_password_echoed_by_the_driver_is_masked() -> None:
     assert "something about ***" in message
 
 
+def test_the_owners_url_is_named_in_its_own_failures() -> None:
+    message = explain_connection_error(
+        URL, asyncpg.InvalidPasswordError("no"), timeout=5, setting="OWNER_DATABASE_URL"
+    )
+    assert message.endswith("Check the user name and password in OWNER_DATABASE_URL."), message
+
+
 def test_a_short_password_leaves_the_rest_of_the_message_alone() -> None:
     url = "postgresql+asyncpg://app:a@db.example.com/tasks"
     message = explain_connection_error(url, ConnectionRefusedError(111, "refused"), timeout=5)

@@ -103,9 +103,7 @@ def ensure_reachable(url: str, *, timeout: float, setting: str = "DATABASE_URL")
     try:
         asyncio.run(_connect_once(url, timeout))
     except Exception as exc:
-        message = explain_connection_error(url, exc, timeout)
-        if setting != "DATABASE_URL":
-            message = message.replace("DATABASE_URL", setting)
+        message = explain_connection_error(url, exc, timeout, setting)
         raise DatabaseUnreachableError(message) from exc
 
 
@@ -170,20 +168,26 @@ class ConnectionTarget:
         )
 
 
-def explain_connection_error(url: str, error: BaseException, timeout: float) -> str:
-    """One line for a failed connection to `url`: which server, database and user, the
-    cause in plain words, and what to check. The password never appears in it."""
+def explain_connection_error(
+    url: str, error: BaseException, timeout: float, setting: str = "DATABASE_URL"
+) -> str:
+    """One line for a failed connection to `url` (the value of `setting`): which server,
+    database and user, the cause in plain words, and what to check. The password never
+    appears in it."""
     target = ConnectionTarget.from_url(url)
     password = make_url(url).password
-    cause = _cause(driver_error(error), target, timeout, str(password or ""))
+    cause = _cause(driver_error(error), target, timeout, str(password or ""), setting)
     return (
         f'cannot connect to PostgreSQL at {target.where} (database "{target.database}", '
         f'user "{target.user}"): {cause}'
     )
 
 
-def _cause(error: BaseException, target: ConnectionTarget, timeout: float, password: str) -> str:
-    """The cause and the advice, for the error the driver raised."""
+def _cause(
+    error: BaseException, target: ConnectionTarget, timeout: float, password: str, setting: str
+) -> str:
+    """The cause and the advice (what to check in `setting`), for the error the driver
+    raised."""
     import asyncpg
 
     detail = str(error).strip().rstrip(".")
@@ -191,26 +195,24 @@ def _cause(error: BaseException, target: ConnectionTarget, timeout: float, passw
         detail = detail.replace(password, "***")
     if isinstance(error, asyncpg.InvalidPasswordError):
         # Also what PostgreSQL says for a user that does not exist (it does not tell which).
-        return "the password was refused. Check the user name and password in DATABASE_URL."
+        return f"the password was refused. Check the user name and password in {setting}."
     if isinstance(error, asyncpg.InvalidAuthorizationSpecificationError):
         if "pg_hba.conf" in detail:
             return (
                 "the server does not let this user into this database from here (no "
-                "pg_hba.conf entry). Check the user and database in DATABASE_URL, or ask "
+                f"pg_hba.conf entry). Check the user and database in {setting}, or ask "
                 "for them to be allowed in the server's pg_hba.conf."
             )
         if "does not exist" in detail:
             return (
                 f'there is no user "{target.user}" on this server. Check the user name in '
-                "DATABASE_URL."
+                f"{setting}."
             )
-        return (
-            f"the login was refused ({detail}). Check the user name and password in DATABASE_URL."
-        )
+        return f"the login was refused ({detail}). Check the user name and password in {setting}."
     if isinstance(error, asyncpg.InvalidCatalogNameError):
         return (
             f'there is no database "{target.database}" on this server. Create it '
-            f"(createdb {target.database}) or check the database name in DATABASE_URL."
+            f"(createdb {target.database}) or check the database name in {setting}."
         )
     if isinstance(error, asyncpg.CannotConnectNowError):
         return "the server is starting up or shutting down. Try again in a moment."
@@ -220,46 +222,46 @@ def _cause(error: BaseException, target: ConnectionTarget, timeout: float, passw
             "and how many connections other clients hold."
         )
     if isinstance(error, asyncpg.PostgresError):
-        return f"the server refused the connection ({detail}). Check DATABASE_URL."
+        return f"the server refused the connection ({detail}). Check {setting}."
     if isinstance(error, TimeoutError):
         return (
-            f"no answer within {timeout:g} s. Check the host and port in DATABASE_URL and that "
+            f"no answer within {timeout:g} s. Check the host and port in {setting} and that "
             "no firewall drops the connection (TASKMANAGER_CONNECT_TIMEOUT sets the wait)."
         )
     if isinstance(error, socket.gaierror):
-        return f'the host name "{target.host}" cannot be resolved. Check the host in DATABASE_URL.'
+        return f'the host name "{target.host}" cannot be resolved. Check the host in {setting}.'
     if target.is_socket and isinstance(error, FileNotFoundError | ConnectionRefusedError):
         return (
             "no server is running on that socket. Check that PostgreSQL is running and the "
-            "socket directory (host=) in DATABASE_URL."
+            f"socket directory (host=) in {setting}."
         )
     if isinstance(error, ConnectionRefusedError):
         return (
             "the connection was refused (nothing listens on that port). Check that "
-            "PostgreSQL is running and the host and port in DATABASE_URL."
+            f"PostgreSQL is running and the host and port in {setting}."
         )
     if "rejected SSL upgrade" in detail and target.ssl_required:
         return (
-            "the server refused SSL, which the ssl setting in DATABASE_URL requires (or "
+            f"the server refused SSL, which the ssl setting in {setting} requires (or "
             "what answers there is not PostgreSQL). Check the ssl setting, host and port "
-            "in DATABASE_URL."
+            f"in {setting}."
         )
     if "rejected SSL upgrade" in detail or "connection_lost" in detail:
         # Not PostgreSQL's answer to asyncpg's first message: another service on that port,
         # or a proxy that closed the connection.
         return (
             "what answers there does not speak PostgreSQL's protocol. Check the host and "
-            "port in DATABASE_URL."
+            f"port in {setting}."
         )
     if isinstance(error, ssl.SSLError):
         return (
-            f"the SSL handshake failed ({detail}). Check the ssl setting in DATABASE_URL "
+            f"the SSL handshake failed ({detail}). Check the ssl setting in {setting} "
             "and the server's certificate."
         )
     if isinstance(error, OSError):
         reason = error.strerror or detail or type(error).__name__
-        return f"{reason[:1].lower()}{reason[1:]}. Check the host and port in DATABASE_URL."
-    return f"{type(error).__name__}: {detail}. Check DATABASE_URL."
+        return f"{reason[:1].lower()}{reason[1:]}. Check the host and port in {setting}."
+    return f"{type(error).__name__}: {detail}. Check {setting}."
 
 
 def driver_error(error: BaseException) -> BaseException:
