@@ -35,8 +35,8 @@ from taskmanager.database import (
     create_engine,
 )
 from taskmanager.main import create_app
+from taskmanager.postgres.deployment import DatabaseLogins
 from taskmanager.postgres.embedded import EmbeddedPostgres
-from taskmanager.postgres.logins import DatabaseLogins
 from taskmanager.postgres.migrate import upgrade
 from taskmanager.security.scope import Scope
 from tests.support.accounts import TEST_SECRET, Account, create_account, register_and_login

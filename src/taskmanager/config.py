@@ -36,11 +36,13 @@ MIN_SECRET_BYTES = 32
 
 
 class DatabaseURLError(ValueError):
-    """DATABASE_URL names something this service cannot use; the message says what to write."""
+    """DATABASE_URL (or OWNER_DATABASE_URL) names something this service cannot use; the
+    message says what to write."""
 
 
-def normalize_database_url(raw: str) -> str:
-    """Return `raw` as a `postgresql+asyncpg://` URL, or raise DatabaseURLError saying why not.
+def normalize_database_url(raw: str, setting: str = "DATABASE_URL") -> str:
+    """Return `raw` as a `postgresql+asyncpg://` URL, or raise DatabaseURLError saying why not
+    (naming `setting`, the setting `raw` came from).
 
     `postgresql://` and `postgres://` are switched to asyncpg; libpq's `sslmode` query
     parameter becomes asyncpg's `ssl`.
@@ -49,14 +51,14 @@ def normalize_database_url(raw: str) -> str:
         url: URL = make_url(raw.strip())
     except ArgumentError:
         raise DatabaseURLError(
-            f"DATABASE_URL {raw!r} is not a database URL; "
+            f"{setting} {raw!r} is not a database URL; "
             "write postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DBNAME"
         ) from None
     if "@" in (url.host or ""):
         # `user:p@ss@host`: the URL ends the password at its first "@", so the rest of the
         # password reads as part of the host. Echoing the host would show that secret.
         raise DatabaseURLError(
-            'DATABASE_URL has an "@" in its host, so its password probably contains "@": '
+            f'{setting} has an "@" in its host, so its password probably contains "@": '
             "write each @ in the password as %40 (percent-encoded)"
         )
     backend, _, driver = url.drivername.partition("+")
@@ -64,7 +66,7 @@ def normalize_database_url(raw: str) -> str:
         url = url.set(drivername=ASYNC_DRIVER)
     elif backend in _DRIVERLESS_SCHEMES and driver in _SYNC_POSTGRES_DRIVERS:
         raise DatabaseURLError(
-            f"DATABASE_URL uses the synchronous driver {driver!r}, which would block the event "
+            f"{setting} uses the synchronous driver {driver!r}, which would block the event "
             f"loop; write {url.set(drivername=ASYNC_DRIVER).render_as_string(hide_password=True)} "
             "instead (or plain postgresql://, which is switched to asyncpg)"
         )
@@ -72,18 +74,18 @@ def normalize_database_url(raw: str) -> str:
         # psycopg 3 has an async mode, but this service is built and tested on asyncpg only.
         suggestion = url.set(drivername=ASYNC_DRIVER).render_as_string(hide_password=True)
         raise DatabaseURLError(
-            "DATABASE_URL uses the driver 'psycopg'; this service talks to PostgreSQL through "
+            f"{setting} uses the driver 'psycopg'; this service talks to PostgreSQL through "
             f"asyncpg: write {suggestion} instead (or plain postgresql://, which is switched "
             "to asyncpg)"
         )
     elif backend in _DRIVERLESS_SCHEMES:
         raise DatabaseURLError(
-            f"DATABASE_URL uses the driver {driver!r}; this service talks to PostgreSQL "
+            f"{setting} uses the driver {driver!r}; this service talks to PostgreSQL "
             "only through asyncpg: write postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DBNAME"
         )
     else:
         raise DatabaseURLError(
-            f"DATABASE_URL points at {backend!r}, but this service needs PostgreSQL: write "
+            f"{setting} points at {backend!r}, but this service needs PostgreSQL: write "
             "postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DBNAME, or unset DATABASE_URL to "
             "use the embedded PostgreSQL"
         )
@@ -253,14 +255,8 @@ class Settings(BaseSettings):
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
         if isinstance(value, str):
-            try:
-                return normalize_database_url(value)
-            except DatabaseURLError as exc:
-                if info.field_name == "owner_database_url":
-                    raise DatabaseURLError(
-                        str(exc).replace("DATABASE_URL", "OWNER_DATABASE_URL")
-                    ) from None
-                raise
+            owner = info.field_name == "owner_database_url"
+            return normalize_database_url(value, "OWNER_DATABASE_URL" if owner else "DATABASE_URL")
         return value
 
     @field_validator("jwt_secret")

@@ -16,20 +16,25 @@ PgBouncer's transaction pooling."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from sqlalchemy import event, text
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import NullPool
 
 from taskmanager.config import Settings
+
+T = TypeVar("T")
 
 
 def create_engine(settings: Settings, database_url: str) -> AsyncEngine:
@@ -94,6 +99,37 @@ def pooler_safe_connect_args() -> dict[str, Any]:
         "prepared_statement_cache_size": 0,  # SQLAlchemy's asyncpg dialect cache
         "prepared_statement_name_func": _unnamed_statement,
     }
+
+
+@asynccontextmanager
+async def one_connection(
+    url: str, *, begin: bool = False, connect_timeout: float | None = None
+) -> AsyncIterator[AsyncConnection]:
+    """One connection to `url` on an engine made for it (no pool; safe through PgBouncer),
+    disposed of afterwards; with `begin`, in a transaction committed at the end (rolled
+    back on an error). `connect_timeout` bounds opening the connection."""
+    connect_args = pooler_safe_connect_args()
+    if connect_timeout is not None:
+        connect_args["timeout"] = connect_timeout
+    engine = create_async_engine(url, poolclass=NullPool, connect_args=connect_args)
+    try:
+        async with engine.begin() if begin else engine.connect() as connection:
+            yield connection
+    finally:
+        await engine.dispose()
+
+
+def run_on_one_connection(
+    url: str, work: Callable[[AsyncConnection], Awaitable[T]], *, begin: bool = False
+) -> T:
+    """`work` on `one_connection(url, begin=begin)`, on an event loop of its own: it blocks
+    (for commands, and for code that runs in a worker thread)."""
+
+    async def run() -> T:
+        async with one_connection(url, begin=begin) as connection:
+            return await work(connection)
+
+    return asyncio.run(run())
 
 
 def _unnamed_statement() -> str:

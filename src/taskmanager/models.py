@@ -63,9 +63,6 @@ UQ_LABELS_NAME = "uq_labels_workspace_id_name_lower"
 FK_TASK_LABELS_LABEL = "fk_task_labels_label_id_labels"
 FK_TASK_LABELS_TASK = "fk_task_labels_task_id_tasks"
 
-# The transaction-local setting taskmanager_enter seals the caller in (migration 0009); the
-# policies read it through taskmanager_caller(), which refuses one set any other way.
-CALLER_SETTING = "taskmanager.caller"
 MEMBERSHIP_ROLES = ("owner", "member")
 # A task's priority, lowest first: a PostgreSQL enum sorts in this order.
 PRIORITIES = ("low", "normal", "high", "urgent")

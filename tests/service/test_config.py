@@ -137,6 +137,8 @@ def test_database_url_error_is_a_value_error() -> None:
 SETTINGS_ENV = [
     "DATABASE_URL",
     "TASKMANAGER_DATABASE_URL",
+    "OWNER_DATABASE_URL",
+    "TASKMANAGER_OWNER_DATABASE_URL",
     "TASKMANAGER_DATA_DIR",
     "TASKMANAGER_POOL_SIZE",
     "TASKMANAGER_MAX_OVERFLOW",
@@ -196,6 +198,16 @@ def test_sync_driver_in_environment_fails_validation(env: pytest.MonkeyPatch) ->
     env.setenv("DATABASE_URL", "postgresql+psycopg2://u:p@h/db")
     with pytest.raises(ValidationError, match=r"postgresql\+asyncpg"):
         Settings()
+
+
+def test_the_owners_url_is_refused_in_its_own_name(env: pytest.MonkeyPatch) -> None:
+    env.setenv("DATABASE_URL", "postgresql://app@db/tasks")
+    env.setenv("OWNER_DATABASE_URL", "mysql://owner@db/tasks")
+    with pytest.raises(ValidationError) as raised:
+        Settings()
+    message = str(raised.value)
+    assert "OWNER_DATABASE_URL points at 'mysql'" in message, message
+    assert "or unset DATABASE_URL to use the embedded PostgreSQL" in message, message
 
 
 def test_reads_taskmanager_variables(env: pytest.MonkeyPatch, tmp_path: Path) -> None:

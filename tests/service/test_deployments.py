@@ -17,6 +17,8 @@ Run on the embedded server's PostgreSQL and, where installed, on Debian's Postgr
 from __future__ import annotations
 
 import asyncio
+import re
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,6 +32,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from taskmanager.postgres.deployment import (
+    SCHEMA_REVISION,
+    DeploymentError,
+    check_service,
+    quoted,
+)
 from taskmanager.postgres.migrate import current, heads
 from taskmanager.security.caller_key import CallerKey
 from tests.support.accounts import register_and_login
@@ -174,6 +182,26 @@ def test_a_caller_role_nobody_may_make_is_one_line_and_nothing_is_migrated(
     assert current(lacking.owner_url) is None  # not one migration ran
 
 
+def test_a_service_login_named_with_a_quote_and_a_colon_is_granted_its_role(
+    cluster: Cluster,
+) -> None:
+    """`db upgrade` grants the caller role to the service's login as it is named: a double
+    quote and a colon in the name are the name's, not SQL's."""
+    odd = cluster.deployment("oddname", owner_may_create_roles=True, caller_role=False)
+    login = 'odd"name:x'
+    password = secrets.token_urlsafe(18)
+    cluster.admin(f"CREATE ROLE {quoted(login)} LOGIN NOINHERIT PASSWORD '{password}'")
+    service_url = (
+        make_url(odd.service_url)
+        .set(username=login, password=password)
+        .render_as_string(hide_password=False)
+    )
+    result = taskmanager(["db", "upgrade"], odd.env() | {"DATABASE_URL": service_url})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "requests run as the caller role oddname_caller" in result.stderr, result.stderr
+    assert _connect(service_url, "SELECT pg_has_role('oddname_caller', 'MEMBER')") == [(True,)]
+
+
 def test_migrating_needs_the_owners_login_said_in_one_line(production: Deployment) -> None:
     env = production.env()
     del env["OWNER_DATABASE_URL"]
@@ -220,3 +248,73 @@ def test_serve_refuses_a_caller_role_that_may_step_around_the_policies(
         one_line(result, 'the caller role "production_caller" may do more than the policies')
     finally:
         cluster.admin(undo)
+
+
+def _inherit(value: bool) -> str:
+    """The service login of production inheriting the caller role's privileges, or not: a
+    grant's own option from PostgreSQL 16, the login's attribute before."""
+    grant = f"GRANT production_caller TO production_authenticator WITH INHERIT {value}"
+    role = f"ALTER ROLE production_authenticator {'INHERIT' if value else 'NOINHERIT'}"
+    return (
+        "DO $$ BEGIN IF current_setting('server_version_num')::integer >= 160000 "
+        f"THEN EXECUTE '{grant}'; ELSE EXECUTE '{role}'; END IF; END $$"
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "undo", "refusal"),
+    [
+        (_inherit(True), _inherit(False), 'it inherits the privileges of "production_caller"'),
+        (
+            "GRANT TEMPORARY ON DATABASE production TO production_caller",
+            "REVOKE TEMPORARY ON DATABASE production FROM production_caller",
+            "it may create temporary tables",
+        ),
+        (
+            "UPDATE alembic_version SET version_num = '0008'",
+            f"UPDATE alembic_version SET version_num = '{SCHEMA_REVISION}'",
+            f"the database is at revision 0008, this version needs {SCHEMA_REVISION}",
+        ),
+    ],
+    ids=["inherits", "caller-temporary", "revision"],
+)
+def test_the_service_check_names_what_is_wrong(
+    cluster: Cluster, production: Deployment, change: str, undo: str, refusal: str
+) -> None:
+    key = CallerKey(production.secret)
+    assert check_service(production.service_url, key) == "production_caller"  # the control
+    cluster.admin(change, database="production")
+    try:
+        with pytest.raises(DeploymentError, match=re.escape(refusal)):
+            check_service(production.service_url, key)
+    finally:
+        cluster.admin(undo, database="production")
+
+
+def test_downgrading_below_0008_gives_the_owner_back_the_role_deployments_used_to_share(
+    cluster: Cluster,
+) -> None:
+    """Before 0008 requests ran as the cluster's one request role, on the owner's connection.
+    Upgrading takes the owner out of it where the owner may (PostgreSQL 15's CREATEROLE may;
+    from 16 only a superuser, and the owner stays a member); downgrading to 0007 gives the
+    membership back, so 0007's code runs again."""
+    legacy = cluster.deployment("legacy", owner_may_create_roles=True, caller_role=False)
+    cluster.admin(
+        "CREATE ROLE taskmanager_request NOLOGIN NOINHERIT",
+        "GRANT taskmanager_request TO legacy_owner",
+    )
+    member = "SELECT pg_has_role('legacy_owner', 'taskmanager_request', 'MEMBER')"
+    try:
+        upgraded = taskmanager(["db", "upgrade"], legacy.env())
+        assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+        (version,) = _connect(legacy.superuser_url, "SHOW server_version_num")[0]
+        if int(version) < 160000:
+            assert _connect(legacy.superuser_url, member) == [(False,)]  # the control
+
+        downgraded = taskmanager(["db", "downgrade", "0007"], legacy.env())
+        assert downgraded.returncode == 0, downgraded.stdout + downgraded.stderr
+
+        assert _connect(legacy.superuser_url, member) == [(True,)]
+    finally:
+        cluster.admin("DROP OWNED BY taskmanager_request", database="legacy")
+        cluster.admin("DROP ROLE taskmanager_request")

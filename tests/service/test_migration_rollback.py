@@ -18,9 +18,20 @@ from importlib.resources import as_file, files
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from taskmanager.postgres import migrate
-from tests.support.databases import DatabaseAt, database_env, owner_url, scalar, table_exists
+from taskmanager.postgres import deployment, migrate
+from taskmanager.postgres.deployment import DeploymentError
+from taskmanager.security.caller_key import CallerKey
+from tests.support.databases import (
+    TEST_KEY,
+    DatabaseAt,
+    database_env,
+    logins_of,
+    owner_url,
+    scalar,
+    table_exists,
+)
 from tests.support.processes import clean_env
 
 TIMEOUT = 120
@@ -146,3 +157,22 @@ def test_a_failing_upgrade_leaves_the_database_at_the_revision_it_was_at(
     up = cli("db", "upgrade", url=url, cwd=tmp_path)
     assert up.returncode == 0, up.stderr
     assert migrate.current(owner_url(url)) == migrate.heads()[0]
+
+
+def test_a_deployment_that_cannot_be_prepared_is_not_migrated_either(
+    database_at: DatabaseAt, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner's check, the migrations and the preparation of the deployment (its caller
+    key, its service login's grants) are one transaction: when the last step fails, the
+    database is not left at head without its key."""
+    url = database_at("rollback_prepare", "0007")
+
+    async def refuse(owner: AsyncConnection, service_login: str, key: CallerKey) -> None:
+        raise DeploymentError("the owner may not grant what the service needs")
+
+    monkeypatch.setattr(deployment, "prepare_deployment", refuse)
+    with pytest.raises(DeploymentError, match="may not grant"):
+        migrate.upgrade_deployment(logins_of(url), TEST_KEY)
+
+    assert migrate.current(owner_url(url)) == "0007"
+    assert not table_exists(url, "caller_key")

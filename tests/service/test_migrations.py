@@ -24,11 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from taskmanager.accounts.callers import scope_of_account
 from taskmanager.accounts.registration import register_account
 from taskmanager.config import Settings, get_settings
-from taskmanager.database import create_engine, create_session_factory
+from taskmanager.database import create_engine, create_session_factory, run_on_one_connection
 from taskmanager.models import FK_TASKS_CATEGORY, UQ_CATEGORIES_NAME, Base
 from taskmanager.postgres import migrate
-from taskmanager.postgres.deployment import SCHEMA_REVISION
+from taskmanager.postgres.deployment import SCHEMA_REVISION, prepare_deployment
 from taskmanager.postgres.embedded import EmbeddedPostgres
+from taskmanager.postgres.logins import ConnectionTarget
 from taskmanager.repositories.task_queries.filters import TaskFilters
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.repositories.user_repository import UserRepository
@@ -40,6 +41,7 @@ from tests.support.databases import (
     logins_of,
     owner_url,
     public_tables,
+    service_url,
     superuser_execute,
     superuser_rows,
     superuser_url,
@@ -288,6 +290,26 @@ def test_printing_the_sql_needs_no_server(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert "CREATE TABLE tasks" in output.getvalue()
 
 
+def test_printing_the_sql_starts_no_embedded_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without DATABASE_URL, `alembic upgrade head --sql` neither starts nor makes the
+    embedded server: the dialect is all it needs."""
+    monkeypatch.chdir(tmp_path)  # no .env of the project's
+    for name in ("DATABASE_URL", "TASKMANAGER_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TASKMANAGER_DATA_DIR", str(tmp_path / "pgdata"))
+    get_settings.cache_clear()
+    config = Config(output_buffer=(output := io.StringIO()))
+    config.set_main_option("script_location", migrate.SCRIPT_LOCATION)
+    try:
+        command.upgrade(config, "head", sql=True)
+    finally:
+        get_settings.cache_clear()
+    assert "CREATE TABLE tasks" in output.getvalue()
+    assert not (tmp_path / "pgdata").exists()
+
+
 # ─────────────────────────────────────────────
 # The accounts migration (0003) with data in place
 # ─────────────────────────────────────────────
@@ -502,7 +524,13 @@ async def test_the_search_within_workspaces_migrates_both_ways_with_tasks_in_pla
     url = await asyncio.to_thread(
         database_at, "migrations_search_within_workspaces", BEFORE_SEARCH_WITHIN_WORKSPACES
     )
-    await asyncio.to_thread(migrate.prepare, logins_of(url), TEST_KEY)  # the caller key
+    service_login = ConnectionTarget.from_url(service_url(url)).user
+    await asyncio.to_thread(  # the caller key, which 0008 checks callers with
+        run_on_one_connection,
+        owner_url(url),
+        lambda owner: prepare_deployment(owner, service_login, TEST_KEY),
+        begin=True,
+    )
     mine = await _operator_creates_account(url, "mine@example.com")
     theirs = await _operator_creates_account(url, "theirs@example.com")
     insert = (

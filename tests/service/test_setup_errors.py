@@ -13,6 +13,7 @@ whose pg_hba.conf asks every user but the test's own admin for a SCRAM password.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import subprocess
 import sys
@@ -23,16 +24,19 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner
 
 from taskmanager.cli import app
 from taskmanager.config import get_settings
+from taskmanager.postgres.deployment import check_service_login_when_reachable
 from taskmanager.postgres.embedded import EmbeddedPostgres
 from taskmanager.postgres.logins import (
     ConnectionTarget,
     DatabaseUnreachableError,
     explain_connection_error,
 )
+from taskmanager.security.caller_key import CallerKey
 from tests.support.accounts import TEST_SECRET
 from tests.support.faults import connect, scratch_dir
 from tests.support.processes import clean_env, free_port
@@ -167,6 +171,24 @@ def test_right_password_migrates(password_server: PasswordServer, tmp_path: Path
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_a_url_without_a_user_name_logs_in_as_the_driver_does(
+    password_server: PasswordServer, tmp_path: Path
+) -> None:
+    """DATABASE_URL may leave the user name out: the driver takes PGUSER (else the user
+    running the command), and the deployment is checked for that login."""
+    owner = password_server.url(RIGHT_PASSWORD, user="tasks_owner")
+    result = run(
+        "db upgrade",
+        f"postgresql:///tasks?host={password_server.socket_dir}",
+        tmp_path,
+        OWNER_DATABASE_URL=owner,
+        PGUSER="app",
+        PGPASSWORD=RIGHT_PASSWORD,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "requests run as the caller role tasks_caller" in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_unknown_database(password_server: PasswordServer, tmp_path: Path, command: str) -> None:
     result = run(command, password_server.url(RIGHT_PASSWORD, "no_such_database"), tmp_path)
@@ -284,11 +306,43 @@ def test_explained_causes(error: BaseException, cause: str) -> None:
     assert RIGHT_PASSWORD not in message
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(asyncpg.TooManyConnectionsError("sorry, too many clients"), id="no-slot"),
+        pytest.param(asyncpg.CannotConnectNowError("starting up"), id="starting-up"),
+        pytest.param(ConnectionRefusedError(111, "refused"), id="refused"),
+    ],
+)
+async def test_a_database_that_cannot_be_connected_to_at_start_up_is_a_warning(
+    error: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The app starts and answers 503 until the database takes connections again."""
+
+    async def fail() -> asyncpg.Connection:
+        raise error
+
+    engine = create_async_engine("postgresql+asyncpg://", async_creator=fail)
+    try:
+        with caplog.at_level(logging.WARNING, logger="taskmanager.postgres.deployment"):
+            await check_service_login_when_reachable(engine, CallerKey(TEST_SECRET))
+    finally:
+        await engine.dispose()
+    assert "the service's login could not be checked" in caplog.text
+
+
 def test_a_password_echoed_by_the_driver_is_masked() -> None:
     error = asyncpg.PostgresError(f"something about {RIGHT_PASSWORD}")
     message = explain_connection_error(URL, error, timeout=5)
     assert RIGHT_PASSWORD not in message
     assert "something about ***" in message
+
+
+def test_the_owners_url_is_named_in_its_own_failures() -> None:
+    message = explain_connection_error(
+        URL, asyncpg.InvalidPasswordError("no"), timeout=5, setting="OWNER_DATABASE_URL"
+    )
+    assert message.endswith("Check the user name and password in OWNER_DATABASE_URL."), message
 
 
 def test_a_short_password_leaves_the_rest_of_the_message_alone() -> None:
@@ -341,3 +395,10 @@ def test_what_the_url_leaves_out_is_the_driver_default(monkeypatch: pytest.Monke
     monkeypatch.setattr("getpass.getuser", lambda: "alice")
     target = ConnectionTarget.from_url("postgresql+asyncpg://")
     assert (target.where, target.user, target.database) == ("localhost:5432", "alice", "alice")
+    monkeypatch.setenv("PGUSER", "bob")
+    assert ConnectionTarget.from_url("postgresql+asyncpg:///tasks?host=/run/pg").user == "bob"
+
+
+def test_a_user_in_the_query_is_the_one_the_driver_logs_in_as() -> None:
+    url = "postgresql+asyncpg://alice@db.example.com/tasks?user=bob"
+    assert ConnectionTarget.from_url(url).user == "bob"

@@ -19,8 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from taskmanager.postgres.deployment import RoleNames, caller_role_name
-from taskmanager.postgres.logins import DatabaseLogins
+from taskmanager.postgres.deployment import DatabaseLogins, RoleNames, caller_role_name
 from taskmanager.postgres.migrate import upgrade_deployment
 from taskmanager.security.caller_key import CallerKey
 from tests.support.accounts import TEST_SECRET

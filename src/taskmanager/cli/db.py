@@ -10,9 +10,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from taskmanager.cli.shared import caller_key, console, in_one_transaction, owner_logins
+from taskmanager.cli.shared import caller_key, console, in_one_transaction
 from taskmanager.config import load_settings
-from taskmanager.postgres.logins import database_logins, database_url
+from taskmanager.postgres.logins import database_logins, database_url, owner_url_of
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,16 +28,13 @@ def db_upgrade(
     (OWNER_DATABASE_URL; the embedded server's owner when DATABASE_URL is unset); at head,
     also install the caller key and check the service's login (DATABASE_URL)."""
     from taskmanager.postgres.deployment import check_service
-    from taskmanager.postgres.migrate import heads, preflight, prepare, upgrade
+    from taskmanager.postgres.migrate import reaches_head, upgrade_deployment
 
     settings = load_settings()
     key = caller_key(settings)
-    with owner_logins(settings) as logins:
-        assert logins.owner is not None
-        preflight(logins)
-        upgrade(logins.owner, revision)
-        if revision in ("head", *heads()):
-            prepare(logins, key)
+    with database_logins(settings) as logins:
+        upgrade_deployment(logins, key, revision)
+        if reaches_head(revision):
             caller = check_service(logins.service, key)
             console.print(
                 f"database upgraded to {revision}; requests run as the caller role {caller}",
@@ -54,9 +51,8 @@ def db_downgrade(
     """Migrate the database down to REVISION, as the owner of the tables."""
     from taskmanager.postgres.migrate import downgrade
 
-    with owner_logins(load_settings()) as logins:
-        assert logins.owner is not None
-        downgrade(logins.owner, revision)
+    with database_logins(load_settings()) as logins:
+        downgrade(owner_url_of(logins), revision)
     console.print(f"database downgraded to {revision}")
 
 
@@ -96,9 +92,8 @@ def db_seed(
     settings = load_settings()
     key = caller_key(settings)
     with migrated(settings) as logins:
-        assert logins.owner is not None
         engine = create_engine(settings, logins.service)
-        owner = create_engine(settings, logins.owner)
+        owner = create_engine(settings, owner_url_of(logins))
         progress = Progress(
             TextColumn("[bold]seeding tasks"),
             BarColumn(),

@@ -42,7 +42,7 @@ def serve(
         configure_logging(settings.log_level, settings.log_format)
         # SIGTERM (systemd, Docker, Kubernetes) must stop as cleanly as Ctrl-C. uvicorn drains
         # requests on either, then re-raises the signal to the handler it found: Python's
-        # default one for SIGTERM kills the process there, before `database_url()` stops the
+        # default one for SIGTERM kills the process there, before `database_logins()` stops the
         # embedded PostgreSQL. As KeyboardInterrupt, uvicorn.run returns and that cleanup runs.
         previous_sigterm = signal.signal(signal.SIGTERM, _terminate_like_ctrl_c)
         try:

@@ -1,22 +1,19 @@
-"""What every command shares: the console, the database help, the caller key, the owner."""
+"""What every command shares: the console, the database help, the caller key, one transaction."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.console import Console
 
 from taskmanager.config import Settings
-from taskmanager.postgres.logins import OwnerLoginMissingError, database_logins
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from taskmanager.postgres.logins import DatabaseLogins
     from taskmanager.security.caller_key import CallerKey
 
 T = TypeVar("T")
@@ -41,18 +38,6 @@ def caller_key(settings: Settings) -> CallerKey:
     except (SigningKeyError, OSError) as exc:
         console.print(f"[red]Configuration error (signing key): {exc}[/red]", highlight=False)
         raise typer.Exit(2) from None
-
-
-@contextmanager
-def owner_logins(settings: Settings) -> Iterator[DatabaseLogins]:
-    """database_logins, for a command that must run as the owner of the tables."""
-    with database_logins(settings) as logins:
-        if logins.owner is None:
-            raise OwnerLoginMissingError(
-                "this command runs as the owner of the tables: set OWNER_DATABASE_URL to the "
-                "owner's login (DATABASE_URL is the service's, which owns nothing)"
-            )
-        yield logins
 
 
 def in_one_transaction(

@@ -3,21 +3,19 @@
 The database URL comes from the Config attribute `database_url` (set by
 `taskmanager.postgres.migrate`), else from the settings: migrations run as the owner of the tables
 (OWNER_DATABASE_URL; the embedded server's owner when DATABASE_URL is unset, the server
-stopped again afterwards). Printing SQL (`--sql`) needs only a URL's dialect.
+stopped again afterwards). Printing SQL (`--sql`) needs only the dialect, and no server.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from alembic import context
-from sqlalchemy import pool
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from taskmanager.database import pooler_safe_connect_args
+from taskmanager.config import ASYNC_DRIVER
+from taskmanager.database import run_on_one_connection
 from taskmanager.models import Base
 
 config = context.config
@@ -25,22 +23,18 @@ target_metadata = Base.metadata
 
 
 @contextmanager
-def _database_url(*, check: bool = True) -> Iterator[str]:
-    """The URL `taskmanager.postgres.migrate` passed in; else the one place that decides for the app
-    (which, with `check`, first connects once to DATABASE_URL)."""
+def _database_url() -> Iterator[str]:
+    """The URL `taskmanager.postgres.migrate` passed in; else the owner's, from the one place
+    that decides for the app (which first connects once to each URL it was given)."""
     url = config.attributes.get("database_url")
     if url:
         yield str(url)
         return
     from taskmanager.config import get_settings
-    from taskmanager.postgres.logins import database_logins, owner_database_url
+    from taskmanager.postgres.logins import database_logins, owner_url_of
 
-    if not check:  # the dialect is all `--sql` needs
-        with database_logins(get_settings(), check=False) as logins:
-            yield logins.owner or logins.service
-        return
-    with owner_database_url(get_settings(), check=check) as resolved:
-        yield resolved
+    with database_logins(get_settings()) as logins:
+        yield owner_url_of(logins)
 
 
 def _configure(**kwargs: object) -> None:
@@ -58,12 +52,11 @@ def _configure(**kwargs: object) -> None:
 
 
 def run_migrations_offline() -> None:
-    """`alembic upgrade --sql`: print the SQL instead of running it."""
-    # Printing SQL needs no server: only the URL's dialect.
-    with _database_url(check=False) as url:
-        _configure(url=url, literal_binds=True, dialect_opts={"paramstyle": "named"})
-        with context.begin_transaction():
-            context.run_migrations()
+    """`alembic upgrade --sql`: print the SQL instead of running it. That needs only the
+    dialect: no server is asked, nor the embedded one started."""
+    _configure(url=f"{ASYNC_DRIVER}://", literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
 
 
 def _run_sync(connection: Connection) -> None:
@@ -72,26 +65,15 @@ def _run_sync(connection: Connection) -> None:
         context.run_migrations()
 
 
-async def _run_async(url: str) -> None:
-    # `serve` migrates through DATABASE_URL, which may be PgBouncer: no cached or named
-    # statements to clash there with another client's (each runs once here anyway).
-    engine = create_async_engine(
-        url, poolclass=pool.NullPool, connect_args=pooler_safe_connect_args()
-    )
-    try:
-        async with engine.connect() as connection:
-            await connection.run_sync(_run_sync)
-    finally:
-        await engine.dispose()
-
-
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:  # a caller already holds a (sync-facing) connection
         _run_sync(connection)
     else:
+        # The owner's URL may be PgBouncer's: one_connection prepares nothing that could
+        # clash there with another client's statements.
         with _database_url() as url:
-            asyncio.run(_run_async(url))
+            run_on_one_connection(url, lambda connection: connection.run_sync(_run_sync))
 
 
 if context.is_offline_mode():

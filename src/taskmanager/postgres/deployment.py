@@ -16,17 +16,15 @@ what makes a service login unsafe; the service refuses to start on one.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from taskmanager.security.caller_key import CallerKey, install_caller_key
+from taskmanager.security.caller_key import CallerKey
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +46,11 @@ def role_base(database: str, schema: str = "public") -> str:
     if len(base.encode()) > _MAX_BASE_BYTES:
         base = "taskmanager_" + hashlib.md5(base.encode()).hexdigest()[:16]
     return base
+
+
+def quoted(name: str) -> str:
+    """`name` as an SQL identifier, whatever it holds: in double quotes, each inside doubled."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def caller_role_name(database: str, schema: str = "public") -> str:
@@ -79,14 +82,6 @@ class RoleNames:
         return cls(owner=f"{base}_owner", service=f"{base}_authenticator", caller=f"{base}_caller")
 
 
-def login_of(url: str) -> str:
-    """The user name a URL logs in as."""
-    name = make_url(url).username
-    if not name:
-        raise DeploymentError(f"the database URL names no user; {SEE_README}")
-    return name
-
-
 # ─── checking the service's login
 
 
@@ -114,80 +109,53 @@ _SERVICE_FACTS = text(
     """
 )
 _CALLER_ROLE = text("SELECT taskmanager_caller_role()")
-# What the caller role, which every request runs as, may do beyond the policies.
+# Once migrated: the caller role, which every request runs as, and what it may do beyond
+# the policies (NULLs when it does not exist); whether the login inherits its privileges;
+# the revision the database is at.
 _CALLER_FACTS = text(
     """
-    SELECT r.rolsuper OR r.rolbypassrls OR r.rolcreaterole OR r.rolcanlogin AS powerful,
+    SELECT c.caller, r.oid IS NOT NULL AS caller_exists,
+           r.rolsuper OR r.rolbypassrls OR r.rolcreaterole OR r.rolcanlogin AS powerful,
            has_database_privilege(r.oid, current_database(), 'CREATE')
                OR has_schema_privilege(r.oid, current_schema(), 'CREATE') AS may_create,
-           EXISTS (SELECT FROM pg_class c WHERE c.relowner = r.oid
-                   AND c.relnamespace = current_schema()::regnamespace) AS owns_tables
-    FROM pg_roles r WHERE r.rolname = CAST(:caller AS name)
+           EXISTS (SELECT FROM pg_class t WHERE t.relowner = r.oid
+                   AND t.relnamespace = current_schema()::regnamespace) AS owns_tables,
+           has_database_privilege(r.oid, current_database(), 'TEMPORARY') AS may_temp,
+           pg_has_role(session_user, r.oid, 'USAGE') AS inherited,
+           (SELECT version_num FROM alembic_version) AS revision
+    FROM (SELECT taskmanager_caller_role() AS caller) c
+    LEFT JOIN pg_roles r ON r.rolname = c.caller
     """
-)
-_INHERITS = text("SELECT pg_has_role(session_user, CAST(:caller AS name), 'USAGE')")
-_CALLER_TEMP = text(
-    "SELECT has_database_privilege(CAST(:caller AS name), current_database(), 'TEMPORARY')"
 )
 _ENTER = text(
     "SELECT e.caller_role, set_config('role', e.caller_role, true) AS role "
     "FROM taskmanager_enter(:user_id, :session_id, :purpose, :valid_until, :proof) e"
 )
-_REVISION = text("SELECT version_num FROM alembic_version")
 
 
 def check_service(url: str, key: CallerKey) -> str:
     """check_service_login on a connection of its own to `url` (blocking: for commands)."""
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from sqlalchemy.pool import NullPool
+    from taskmanager.database import run_on_one_connection
 
-    from taskmanager.database import pooler_safe_connect_args
-
-    async def run() -> str:
-        engine = create_async_engine(
-            url, poolclass=NullPool, connect_args=pooler_safe_connect_args()
-        )
-        try:
-            async with engine.connect() as connection:
-                return await check_service_login(connection, key)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
+    return run_on_one_connection(url, lambda connection: check_service_login(connection, key))
 
 
 async def check_service_login_when_reachable(engine: AsyncEngine, key: CallerKey) -> None:
-    """check_service_login at start-up; a database that cannot be reached now is not an
-    error (the service answers 503 until it is back), a login that is not safe is."""
+    """check_service_login at start-up; a database that cannot be connected to now is not
+    an error (the service answers 503 until it is back), a login that is not safe is."""
+    connection = engine.connect()
     try:
-        async with engine.connect() as connection:
-            await check_service_login(connection, key)
-    except DeploymentError:
-        raise
-    except (OSError, TimeoutError, DBAPIError) as exc:
-        if isinstance(exc, DBAPIError) and not exc.connection_invalidated and _answered(exc):
-            raise
+        await connection.start()
+    except (OSError, TimeoutError, DBAPIError):
         log.warning("the service's login could not be checked: the database is not reachable")
+        return
+    try:
+        await check_service_login(connection, key)
+    finally:
+        await connection.close()
 
 
-def _answered(exc: DBAPIError) -> bool:
-    """Whether PostgreSQL answered (an error about the statement), rather than the
-    connection failing."""
-    import asyncpg
-
-    cause: BaseException | None = exc.orig
-    while cause is not None:
-        if isinstance(cause, asyncpg.PostgresError) and not isinstance(
-            cause, asyncpg.CannotConnectNowError | asyncpg.InvalidAuthorizationSpecificationError
-        ):
-            return True
-        cause = cause.__cause__
-    return False
-
-
-async def check_service_login(
-    connection: AsyncConnection, key: CallerKey, head: str | None = SCHEMA_REVISION
-) -> str:
+async def check_service_login(connection: AsyncConnection, key: CallerKey) -> str:
     """Raise DeploymentError naming everything that makes this connection's login unsafe
     or unusable for requests; else return the caller role's name. Runs in a transaction
     of its own, rolled back (it enters once, to check the key)."""
@@ -199,7 +167,8 @@ async def check_service_login(
             f'the database has not been migrated for this version (the service logs in as "'
             f'{login}"): run `taskmanager db upgrade` with OWNER_DATABASE_URL set'
         )
-    caller = str((await connection.execute(_CALLER_ROLE)).scalar_one())
+    role = (await connection.execute(_CALLER_FACTS)).one()
+    caller = str(role.caller)
     problems = []
     if facts.superuser:
         problems.append("it is a superuser")
@@ -214,10 +183,9 @@ async def check_service_login(
         )
     if facts.may_create:
         problems.append("it may create objects (a schema, or in the schema)")
-    caller_facts = (await connection.execute(_CALLER_FACTS, {"caller": caller})).one_or_none()
-    if caller_facts is None:
+    if not role.caller_exists:
         problems.append(f'the caller role "{caller}" does not exist')
-    elif caller_facts.powerful or caller_facts.may_create or caller_facts.owns_tables:
+    elif role.powerful or role.may_create or role.owns_tables:
         problems.append(
             f'the caller role "{caller}" may do more than the policies let it (LOGIN, '
             "SUPERUSER, BYPASSRLS, CREATEROLE, CREATE on the database or schema, or owning "
@@ -226,11 +194,12 @@ async def check_service_login(
     reachable = [name for name in facts.reachable if name != caller]
     if caller not in facts.reachable:
         problems.append(
-            f'it is not a member of the caller role "{caller}" (GRANT "{caller}" TO "{login}")'
+            f'it is not a member of the caller role "{caller}" '
+            f"(GRANT {quoted(caller)} TO {quoted(login)})"
         )
-    elif (await connection.execute(_INHERITS, {"caller": caller})).scalar_one():
+    elif role.inherited:
         problems.append(
-            f'it inherits the privileges of "{caller}" (ALTER ROLE "{login}" '
+            f'it inherits the privileges of "{caller}" (ALTER ROLE {quoted(login)} '
             "NOINHERIT, or grant the role WITH INHERIT FALSE)"
         )
     if reachable:
@@ -240,7 +209,7 @@ async def check_service_login(
             "any login of the cluster may connect to this database (REVOKE CONNECT "
             "ON DATABASE ... FROM PUBLIC: `taskmanager db upgrade` does it)"
         )
-    if facts.may_temp or (await connection.execute(_CALLER_TEMP, {"caller": caller})).scalar_one():
+    if facts.may_temp or role.may_temp:
         problems.append(
             "it may create temporary tables (REVOKE TEMPORARY ON DATABASE ... FROM "
             "PUBLIC: `taskmanager db upgrade` does it)"
@@ -253,15 +222,12 @@ async def check_service_login(
             + f"; {SEE_README}"
         )
     await _check_key(connection, key, login)
-    if head is not None:
-        revision = (await connection.execute(_REVISION)).scalar_one_or_none()
-        if revision != head:
-            await connection.rollback()
-            raise DeploymentError(
-                f"the database is at revision {revision}, this version needs {head}: run "
-                "`taskmanager db upgrade` with OWNER_DATABASE_URL set"
-            )
     await connection.rollback()
+    if role.revision != SCHEMA_REVISION:
+        raise DeploymentError(
+            f"the database is at revision {role.revision}, this version needs "
+            f"{SCHEMA_REVISION}: run `taskmanager db upgrade` with OWNER_DATABASE_URL set"
+        )
     return caller
 
 
@@ -333,26 +299,26 @@ async def check_owner_login(owner: AsyncConnection, service_login: str) -> None:
     needed = []
     service_exists = (await owner.execute(_ROLE_EXISTS, {"name": service_login})).scalar_one()
     if not service_exists:
-        needed.append(f"CREATE ROLE \"{service_login}\" LOGIN NOINHERIT PASSWORD '...'")
+        needed.append(f"CREATE ROLE {quoted(service_login)} LOGIN NOINHERIT PASSWORD '...'")
     # PostgreSQL 15 lets CREATEROLE grant any role; 16 and later, the roles one administers
     # (those one created, among others).
     may_grant_any = facts.superuser or (facts.createrole and facts.version < 160000)
     if not (await owner.execute(_ROLE_EXISTS, {"name": caller})).scalar_one():
         if not (facts.superuser or facts.createrole):
-            needed.append(f'CREATE ROLE "{caller}" NOLOGIN')
-            needed.append(f'GRANT "{caller}" TO "{service_login}"')
+            needed.append(f"CREATE ROLE {quoted(caller)} NOLOGIN")
+            needed.append(f"GRANT {quoted(caller)} TO {quoted(service_login)}")
         elif not service_exists:
-            needed.append(f'GRANT "{caller}" TO "{service_login}" (after migrating)')
+            needed.append(f"GRANT {quoted(caller)} TO {quoted(service_login)} (after migrating)")
     elif service_exists:
         granted = (
             await owner.execute(_GRANTED, {"service": service_login, "caller": caller})
         ).one()
         if not granted.member and not (granted.admin or may_grant_any):
-            needed.append(f'GRANT "{caller}" TO "{service_login}"')
+            needed.append(f"GRANT {quoted(caller)} TO {quoted(service_login)}")
     if facts.public_may_connect and not facts.owns_database:
         needed.append(
-            f'REVOKE CONNECT, TEMPORARY ON DATABASE "{facts.database}" FROM PUBLIC; '
-            f'GRANT CONNECT ON DATABASE "{facts.database}" TO "{service_login}"'
+            f"REVOKE CONNECT, TEMPORARY ON DATABASE {quoted(facts.database)} FROM PUBLIC; "
+            f"GRANT CONNECT ON DATABASE {quoted(facts.database)} TO {quoted(service_login)}"
         )
     if needed:
         raise DeploymentError(
@@ -367,13 +333,10 @@ async def check_owner_login(owner: AsyncConnection, service_login: str) -> None:
 
 _OWNER_FACTS = text(
     """
-    SELECT current_user AS owner, r.rolsuper AS superuser,
-           d.datdba = r.oid OR r.rolsuper AS owns_database,
+    SELECT current_user AS owner, current_database() AS database,
            taskmanager_caller_role() AS caller,
            has_database_privilege('public', current_database(), 'CONNECT') AS public_connect,
            has_database_privilege('public', current_database(), 'TEMPORARY') AS public_temp
-    FROM pg_roles r, pg_database d
-    WHERE r.rolname = current_user AND d.datname = current_database()
     """
 )
 _SERVICE_ROLE = text(
@@ -395,29 +358,29 @@ async def prepare_deployment(owner: AsyncConnection, service_login: str, key: Ca
             "run as a login that owns nothing; create one and set DATABASE_URL to it "
             f"({SEE_README})"
         )
-    database = (await owner.execute(text("SELECT current_database()"))).scalar_one()
     service = (
         await owner.execute(_SERVICE_ROLE, {"login": service_login, "caller": facts.caller})
     ).one_or_none()
     if service is None:
         raise DeploymentError(
             f'there is no login "{service_login}" (the user of DATABASE_URL): as a superuser '
-            f"run CREATE ROLE \"{service_login}\" LOGIN NOINHERIT PASSWORD '...'; GRANT "
-            f'"{facts.caller}" TO "{service_login}" ({SEE_README})'
+            f"run CREATE ROLE {quoted(service_login)} LOGIN NOINHERIT PASSWORD '...'; GRANT "
+            f"{quoted(facts.caller)} TO {quoted(service_login)} ({SEE_README})"
         )
     await install_caller_key(owner, key)
+    database = facts.database
     needed = []
     if not service.member:
-        needed.append(f'GRANT "{facts.caller}" TO "{service_login}"')
+        needed.append(f"GRANT {quoted(facts.caller)} TO {quoted(service_login)}")
     if facts.public_connect or facts.public_temp:
-        needed.append(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{database}" FROM PUBLIC')
+        needed.append(f"REVOKE CONNECT, TEMPORARY ON DATABASE {quoted(database)} FROM PUBLIC")
     if not service.may_connect or facts.public_connect:
-        needed.append(f'GRANT CONNECT ON DATABASE "{database}" TO "{service_login}"')
+        needed.append(f"GRANT CONNECT ON DATABASE {quoted(database)} TO {quoted(service_login)}")
     failed = []
     for statement in needed:
         try:
             async with owner.begin_nested():
-                await owner.execute(text(statement))
+                await owner.exec_driver_sql(statement)
         except DBAPIError:
             failed.append(statement)
     if failed:
@@ -426,3 +389,20 @@ async def prepare_deployment(owner: AsyncConnection, service_login: str, key: Ca
             + "; ".join(failed)
             + f"; then run `taskmanager db upgrade` again ({SEE_README})"
         )
+
+
+_INSTALL = text(
+    """
+    INSERT INTO caller_key (inner_pad, outer_pad) VALUES (:inner_pad, :outer_pad)
+    ON CONFLICT (singleton) DO UPDATE
+    SET inner_pad = excluded.inner_pad, outer_pad = excluded.outer_pad, installed_at = now()
+    WHERE (caller_key.inner_pad, caller_key.outer_pad)
+          IS DISTINCT FROM (excluded.inner_pad, excluded.outer_pad)
+    """
+)
+
+
+async def install_caller_key(owner: AsyncConnection, key: CallerKey) -> None:
+    """Store `key` in the database (as the tables' owner; a no-op if it is there already)."""
+    inner_pad, outer_pad = key.pads()
+    await owner.execute(_INSTALL, {"inner_pad": inner_pad, "outer_pad": outer_pad})

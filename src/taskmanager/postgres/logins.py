@@ -28,8 +28,6 @@ from sqlalchemy.engine import make_url
 from taskmanager.config import Settings
 from taskmanager.postgres.deployment import DatabaseLogins
 
-__all__ = ["DatabaseLogins", "DatabaseUnreachableError", "OwnerLoginMissingError"]
-
 # asyncpg's `ssl=` values (libpq's sslmode, normalised by config) that refuse a plain connection.
 _SSL_REQUIRED = {"require", "verify-ca", "verify-full", "true"}
 
@@ -79,17 +77,15 @@ def database_url(settings: Settings, *, check: bool = True) -> Iterator[str]:
         yield logins.service
 
 
-@contextmanager
-def owner_database_url(settings: Settings, *, check: bool = True) -> Iterator[str]:
-    """The owner's URL, for what only the tables' owner may do; OwnerLoginMissingError when
-    DATABASE_URL is set without OWNER_DATABASE_URL."""
-    with database_logins(settings, check=check) as logins:
-        if logins.owner is None:
-            raise OwnerLoginMissingError(
-                "this command runs as the owner of the tables: set OWNER_DATABASE_URL to the "
-                "owner's login (DATABASE_URL is the service's, which owns nothing)"
-            )
-        yield logins.owner
+def owner_url_of(logins: DatabaseLogins) -> str:
+    """The owner's URL, for what only the tables' owner may do (the migrations);
+    OwnerLoginMissingError when DATABASE_URL is set without OWNER_DATABASE_URL."""
+    if logins.owner is None:
+        raise OwnerLoginMissingError(
+            "this command runs as the owner of the tables: set OWNER_DATABASE_URL to the "
+            "owner's login (DATABASE_URL is the service's, which owns nothing)"
+        )
+    return logins.owner
 
 
 def ensure_reachable(url: str, *, timeout: float, setting: str = "DATABASE_URL") -> None:
@@ -107,30 +103,17 @@ def ensure_reachable(url: str, *, timeout: float, setting: str = "DATABASE_URL")
     try:
         asyncio.run(_connect_once(url, timeout))
     except Exception as exc:
-        message = explain_connection_error(url, exc, timeout)
-        if setting != "DATABASE_URL":
-            message = message.replace("DATABASE_URL", setting)
+        message = explain_connection_error(url, exc, timeout, setting)
         raise DatabaseUnreachableError(message) from exc
 
 
 async def _connect_once(url: str, within: float) -> None:
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from sqlalchemy.pool import NullPool
-
-    from taskmanager.database import pooler_safe_connect_args
+    from taskmanager.database import one_connection
 
     # Connected as the migrations connect (safe through PgBouncer too), bounded as a whole:
     # a server that accepts the connection and then never answers is a timeout as well.
-    engine = create_async_engine(
-        url,
-        poolclass=NullPool,
-        connect_args={"timeout": within, **pooler_safe_connect_args()},
-    )
-    try:
-        async with asyncio.timeout(within), engine.connect():
-            pass
-    finally:
-        await engine.dispose()
+    async with asyncio.timeout(within), one_connection(url, connect_timeout=within):
+        pass
 
 
 @dataclass(frozen=True)
@@ -157,7 +140,13 @@ class ConnectionTarget:
             or os.environ.get("PGPORT")
             or 5432
         )
-        user = parsed.username or os.environ.get("PGUSER") or getpass.getuser()
+        # SQLAlchemy hands asyncpg the query's `user` over the URL's user name.
+        user = (
+            next(iter(_values(parsed.query.get("user"))), None)
+            or parsed.username
+            or os.environ.get("PGUSER")
+            or getpass.getuser()
+        )
         database = parsed.database or os.environ.get("PGDATABASE") or user
         places = []
         for host in hosts:
@@ -179,20 +168,26 @@ class ConnectionTarget:
         )
 
 
-def explain_connection_error(url: str, error: BaseException, timeout: float) -> str:
-    """One line for a failed connection to `url`: which server, database and user, the
-    cause in plain words, and what to check. The password never appears in it."""
+def explain_connection_error(
+    url: str, error: BaseException, timeout: float, setting: str = "DATABASE_URL"
+) -> str:
+    """One line for a failed connection to `url` (the value of `setting`): which server,
+    database and user, the cause in plain words, and what to check. The password never
+    appears in it."""
     target = ConnectionTarget.from_url(url)
     password = make_url(url).password
-    cause = _cause(_driver_error(error), target, timeout, str(password or ""))
+    cause = _cause(driver_error(error), target, timeout, str(password or ""), setting)
     return (
         f'cannot connect to PostgreSQL at {target.where} (database "{target.database}", '
         f'user "{target.user}"): {cause}'
     )
 
 
-def _cause(error: BaseException, target: ConnectionTarget, timeout: float, password: str) -> str:
-    """The cause and the advice, for the error the driver raised."""
+def _cause(
+    error: BaseException, target: ConnectionTarget, timeout: float, password: str, setting: str
+) -> str:
+    """The cause and the advice (what to check in `setting`), for the error the driver
+    raised."""
     import asyncpg
 
     detail = str(error).strip().rstrip(".")
@@ -200,26 +195,24 @@ def _cause(error: BaseException, target: ConnectionTarget, timeout: float, passw
         detail = detail.replace(password, "***")
     if isinstance(error, asyncpg.InvalidPasswordError):
         # Also what PostgreSQL says for a user that does not exist (it does not tell which).
-        return "the password was refused. Check the user name and password in DATABASE_URL."
+        return f"the password was refused. Check the user name and password in {setting}."
     if isinstance(error, asyncpg.InvalidAuthorizationSpecificationError):
         if "pg_hba.conf" in detail:
             return (
                 "the server does not let this user into this database from here (no "
-                "pg_hba.conf entry). Check the user and database in DATABASE_URL, or ask "
+                f"pg_hba.conf entry). Check the user and database in {setting}, or ask "
                 "for them to be allowed in the server's pg_hba.conf."
             )
         if "does not exist" in detail:
             return (
                 f'there is no user "{target.user}" on this server. Check the user name in '
-                "DATABASE_URL."
+                f"{setting}."
             )
-        return (
-            f"the login was refused ({detail}). Check the user name and password in DATABASE_URL."
-        )
+        return f"the login was refused ({detail}). Check the user name and password in {setting}."
     if isinstance(error, asyncpg.InvalidCatalogNameError):
         return (
             f'there is no database "{target.database}" on this server. Create it '
-            f"(createdb {target.database}) or check the database name in DATABASE_URL."
+            f"(createdb {target.database}) or check the database name in {setting}."
         )
     if isinstance(error, asyncpg.CannotConnectNowError):
         return "the server is starting up or shutting down. Try again in a moment."
@@ -229,49 +222,49 @@ def _cause(error: BaseException, target: ConnectionTarget, timeout: float, passw
             "and how many connections other clients hold."
         )
     if isinstance(error, asyncpg.PostgresError):
-        return f"the server refused the connection ({detail}). Check DATABASE_URL."
+        return f"the server refused the connection ({detail}). Check {setting}."
     if isinstance(error, TimeoutError):
         return (
-            f"no answer within {timeout:g} s. Check the host and port in DATABASE_URL and that "
+            f"no answer within {timeout:g} s. Check the host and port in {setting} and that "
             "no firewall drops the connection (TASKMANAGER_CONNECT_TIMEOUT sets the wait)."
         )
     if isinstance(error, socket.gaierror):
-        return f'the host name "{target.host}" cannot be resolved. Check the host in DATABASE_URL.'
+        return f'the host name "{target.host}" cannot be resolved. Check the host in {setting}.'
     if target.is_socket and isinstance(error, FileNotFoundError | ConnectionRefusedError):
         return (
             "no server is running on that socket. Check that PostgreSQL is running and the "
-            "socket directory (host=) in DATABASE_URL."
+            f"socket directory (host=) in {setting}."
         )
     if isinstance(error, ConnectionRefusedError):
         return (
             "the connection was refused (nothing listens on that port). Check that "
-            "PostgreSQL is running and the host and port in DATABASE_URL."
+            f"PostgreSQL is running and the host and port in {setting}."
         )
     if "rejected SSL upgrade" in detail and target.ssl_required:
         return (
-            "the server refused SSL, which the ssl setting in DATABASE_URL requires (or "
+            f"the server refused SSL, which the ssl setting in {setting} requires (or "
             "what answers there is not PostgreSQL). Check the ssl setting, host and port "
-            "in DATABASE_URL."
+            f"in {setting}."
         )
     if "rejected SSL upgrade" in detail or "connection_lost" in detail:
         # Not PostgreSQL's answer to asyncpg's first message: another service on that port,
         # or a proxy that closed the connection.
         return (
             "what answers there does not speak PostgreSQL's protocol. Check the host and "
-            "port in DATABASE_URL."
+            f"port in {setting}."
         )
     if isinstance(error, ssl.SSLError):
         return (
-            f"the SSL handshake failed ({detail}). Check the ssl setting in DATABASE_URL "
+            f"the SSL handshake failed ({detail}). Check the ssl setting in {setting} "
             "and the server's certificate."
         )
     if isinstance(error, OSError):
         reason = error.strerror or detail or type(error).__name__
-        return f"{reason[:1].lower()}{reason[1:]}. Check the host and port in DATABASE_URL."
-    return f"{type(error).__name__}: {detail}. Check DATABASE_URL."
+        return f"{reason[:1].lower()}{reason[1:]}. Check the host and port in {setting}."
+    return f"{type(error).__name__}: {detail}. Check {setting}."
 
 
-def _driver_error(error: BaseException) -> BaseException:
+def driver_error(error: BaseException) -> BaseException:
     """The driver's own exception under SQLAlchemy's wrappers (or `error` itself)."""
     import asyncpg
 

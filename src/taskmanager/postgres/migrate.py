@@ -6,8 +6,7 @@ The migration scripts ship inside the package (`taskmanager/migrations`), so an 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TextIO
 
@@ -16,13 +15,14 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from taskmanager.postgres.deployment import login_of
+from taskmanager.postgres.logins import ConnectionTarget, driver_error, owner_url_of
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from taskmanager.config import Settings
-    from taskmanager.postgres.logins import DatabaseLogins
+    from taskmanager.postgres.deployment import DatabaseLogins
     from taskmanager.security.caller_key import CallerKey
 
 SCRIPT_LOCATION = "taskmanager:migrations"
@@ -49,25 +49,37 @@ def upgrade(database_url: str, revision: str = "head") -> None:
         command.upgrade(alembic_config(database_url), revision)
 
 
-def upgrade_deployment(logins: DatabaseLogins, key: CallerKey) -> None:
-    """Migrate to head as the owner, then prepare the deployment for its service login
-    (taskmanager.postgres.deployment.prepare_deployment): what `serve` and `db upgrade` do."""
-    if logins.owner is None:
-        raise ValueError("migrating needs the owner's login")
-    preflight(logins)
-    upgrade(logins.owner)
-    prepare(logins, key)
+def upgrade_deployment(logins: DatabaseLogins, key: CallerKey, revision: str = "head") -> None:
+    """What `serve` and `db upgrade` do, as the owner, in ONE transaction: check what the
+    owner may do (taskmanager.postgres.deployment.check_owner_login), migrate up to
+    `revision` and, at head, prepare the deployment for its service login (prepare_deployment).
+    A failure anywhere leaves the database as it was. OwnerLoginMissingError without the
+    owner's login; a migration PostgreSQL refuses is MigrationError."""
+    from taskmanager.database import run_on_one_connection
+    from taskmanager.postgres.deployment import check_owner_login, prepare_deployment
+
+    owner = owner_url_of(logins)
+    service_login = ConnectionTarget.from_url(logins.service).user
+    prepare = reaches_head(revision)
+
+    def migrate(connection: Connection) -> None:
+        config = alembic_config(owner)
+        config.attributes["connection"] = connection  # env.py migrates in its transaction
+        command.upgrade(config, revision)
+
+    async def work(connection: AsyncConnection) -> None:
+        await check_owner_login(connection, service_login)
+        await connection.run_sync(migrate)
+        if prepare:
+            await prepare_deployment(connection, service_login, key)
+
+    with _rolled_back_as_one(owner, f"upgrading to {revision}"):
+        run_on_one_connection(owner, work, begin=True)
 
 
-def preflight(logins: DatabaseLogins) -> None:
-    """taskmanager.postgres.deployment.check_owner_login, before any migration runs: what the owner
-    cannot do is said in one line, and the database stays as it was."""
-    from taskmanager.postgres.deployment import check_owner_login
-
-    async def check(connection: AsyncConnection) -> None:
-        await check_owner_login(connection, login_of(logins.service))
-
-    _as_owner(logins, check)
+def reaches_head(revision: str) -> bool:
+    """Whether upgrading to `revision` brings the database to head."""
+    return revision in ("head", *heads())
 
 
 @contextmanager
@@ -76,52 +88,13 @@ def migrated(settings: Settings) -> Iterator[DatabaseLogins]:
     to head and prepared with the caller key of `settings`' signing key: for the commands
     that migrate before they work (`db seed`, the demonstrations). Needs the owner's login
     (OwnerLoginMissingError without one)."""
-    from taskmanager.postgres.logins import OwnerLoginMissingError, database_logins
+    from taskmanager.postgres.logins import database_logins
     from taskmanager.security.caller_key import CallerKey
     from taskmanager.security.signing_key import signing_key
 
     with database_logins(settings) as logins:
-        if logins.owner is None:
-            raise OwnerLoginMissingError(
-                "this command migrates the database first, as the owner of the tables: set "
-                "OWNER_DATABASE_URL to the owner's login"
-            )
         upgrade_deployment(logins, CallerKey(signing_key(settings)))
         yield logins
-
-
-def prepare(logins: DatabaseLogins, key: CallerKey) -> None:
-    """taskmanager.postgres.deployment.prepare_deployment, as the owner, committed."""
-    from taskmanager.postgres.deployment import prepare_deployment
-
-    async def run(connection: AsyncConnection) -> None:
-        await prepare_deployment(connection, login_of(logins.service), key)
-
-    _as_owner(logins, run)
-
-
-def _as_owner(logins: DatabaseLogins, work: Callable[[AsyncConnection], Awaitable[None]]) -> None:
-    """`work` in one committed transaction as the owner (blocking: its own event loop)."""
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from sqlalchemy.pool import NullPool
-
-    from taskmanager.database import pooler_safe_connect_args
-
-    if logins.owner is None:
-        raise ValueError("this needs the owner's login")
-    owner_url = logins.owner
-
-    async def run() -> None:
-        engine = create_async_engine(
-            owner_url, poolclass=NullPool, connect_args=pooler_safe_connect_args()
-        )
-        try:
-            async with engine.begin() as connection:
-                await work(connection)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run())
 
 
 def downgrade(database_url: str, revision: str) -> None:
@@ -157,10 +130,10 @@ def _refusal(exc: BaseException) -> str | None:
     the error did not come from PostgreSQL (a connection that failed)."""
     import asyncpg
 
-    cause: BaseException | None = getattr(exc, "orig", None)
-    while cause is not None and not isinstance(cause, asyncpg.PostgresError):
-        cause = cause.__cause__
-    if cause is None or isinstance(cause, asyncpg.PostgresConnectionError):
+    cause = driver_error(exc)
+    if not isinstance(cause, asyncpg.PostgresError) or isinstance(
+        cause, asyncpg.PostgresConnectionError
+    ):
         return None
     parts = [getattr(cause, "message", None) or str(cause)]
     parts += [
@@ -177,19 +150,11 @@ def heads() -> tuple[str, ...]:
 
 def current(database_url: str) -> str | None:
     """The revision `database_url` is at (None for an empty database)."""
-    from sqlalchemy.ext.asyncio import create_async_engine
+    from taskmanager.database import run_on_one_connection
 
-    from taskmanager.database import pooler_safe_connect_args
+    async def read(connection: AsyncConnection) -> str | None:
+        return await connection.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )
 
-    async def read() -> str | None:
-        # Like the migrations: safe through PgBouncer too.
-        engine = create_async_engine(database_url, connect_args=pooler_safe_connect_args())
-        try:
-            async with engine.connect() as connection:
-                return await connection.run_sync(
-                    lambda sync: MigrationContext.configure(sync).get_current_revision()
-                )
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(read())
+    return run_on_one_connection(database_url, read)

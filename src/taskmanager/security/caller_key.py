@@ -9,8 +9,8 @@ neither become another user nor read a password hash.
 
 The key is derived from the signing key (settings, or the generated key file), so every
 worker and every machine has it without another secret to deploy; `taskmanager db upgrade`
-installs it in the database (`install_caller_key`). A new signing key needs a new
-`db upgrade`, which also ends every issued token.
+installs it in the database (taskmanager.postgres.deployment.install_caller_key). A new
+signing key needs a new `db upgrade`, which also ends every issued token.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Literal
-
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 # What the caller of a transaction is there for (the policies of migration 0008 read it):
 # request     - an API request with an access token (a user and their login session)
@@ -108,20 +105,3 @@ def attempt_subject(network: str, username: str = "") -> str:
 def _text(value: object) -> str:
     """A value as PostgreSQL's format('%s') writes it: NULL as nothing."""
     return "" if value is None else str(value)
-
-
-_INSTALL = text(
-    """
-    INSERT INTO caller_key (inner_pad, outer_pad) VALUES (:inner_pad, :outer_pad)
-    ON CONFLICT (singleton) DO UPDATE
-    SET inner_pad = excluded.inner_pad, outer_pad = excluded.outer_pad, installed_at = now()
-    WHERE (caller_key.inner_pad, caller_key.outer_pad)
-          IS DISTINCT FROM (excluded.inner_pad, excluded.outer_pad)
-    """
-)
-
-
-async def install_caller_key(owner: AsyncConnection, key: CallerKey) -> None:
-    """Store `key` in the database (as the tables' owner; a no-op if it is there already)."""
-    inner_pad, outer_pad = key.pads()
-    await owner.execute(_INSTALL, {"inner_pad": inner_pad, "outer_pad": outer_pad})

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from taskmanager.demo.sync_trap.measure import Burst, RunContext, SweepPoint
     from taskmanager.demo.sync_trap.report import VariantSummary
     from taskmanager.demo.sync_trap.server import DemoServer
-    from taskmanager.postgres.logins import DatabaseLogins
+    from taskmanager.postgres.deployment import DatabaseLogins
     from taskmanager.security.caller_key import CallerKey
 
 DEFAULT_OUT = Path("sync-trap-out")

@@ -19,8 +19,9 @@ After:
   key, and stores the caller with a seal (an HMAC over the caller, the backend and the
   transaction's start). `taskmanager_caller()`, which every policy goes through, checks the
   seal and raises 42501 if the setting was changed by anything else. The key lives in
-  `caller_key`, readable by the owner only; `taskmanager db upgrade` installs it (see
-  taskmanager/security/caller_key.py), since migrations do not know the service's signing key.
+  `caller_key`, readable by the owner only; `taskmanager db upgrade` installs it
+  (taskmanager.postgres.deployment.install_caller_key), since migrations do not know the
+  service's signing key.
 - A password hash is returned only by `taskmanager_password_hash(email, valid_until,
   proof)`, with a proof of its own: the caller role cannot read one under any caller.
 - Purposes narrow what an identity may do beyond a user's own rows: 'register' inserts
@@ -90,8 +91,6 @@ CALLER_FUNCTIONS = (
     "taskmanager_matching_tasks(tsquery)",
     "taskmanager_matches_at_least(tsquery, integer)",
 )
-# Only the owner's (the functions above run them as the owner, being SECURITY DEFINER).
-OWNER_FUNCTIONS: tuple[str, ...] = ()
 
 ME = "(SELECT taskmanager_user_id())"
 PURPOSE = "(SELECT taskmanager_purpose())"
@@ -213,6 +212,22 @@ ATTEMPT_KEYS = """(SELECT CASE WHEN parts[3] IN ('login', 'register') AND parts[
                 AS subject) t) s)"""
 
 
+def _refuse_a_tampered_session(function: str) -> str:
+    """PL/pgSQL for the start of `function` (the body's indentation): a session on which
+    SQL prepared a statement serves no caller."""
+    return f"""-- A pooled connection carries named prepared statements from one transaction to
+            -- the next. SQL in a request may PREPARE (or replace with PREPARE) one that a
+            -- later user's request then runs: it would run in that user's transaction, as
+            -- that user, and see their proof. The service prepares only through the
+            -- protocol: a statement prepared with SQL means this session is not the
+            -- service's own any more, and no caller enters it (the service then drops the
+            -- connection: taskmanager.database).
+            IF EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql) THEN
+                RAISE EXCEPTION '{function}: a statement was prepared with SQL on '
+                    'this connection; it serves no caller any more' USING ERRCODE = '{TAMPERED}';
+            END IF;"""
+
+
 def hmac(message: str) -> str:
     """HMAC-SHA256 of the SQL text expression `message`, hex, with the key read into the
     PL/pgSQL record `key` (the installed caller_key's pads)."""
@@ -290,10 +305,6 @@ def _caller_role() -> None:
     )
 
 
-def _grant(privileges: str, grantee: str) -> None:
-    _in_current_schema(f"GRANT {privileges} TO {grantee}")
-
-
 def _leave_legacy_role() -> None:
     """The role shared by the cluster keeps nothing of this database: no grant, and the
     owner's own membership (given by 0003) goes if the owner may revoke it."""
@@ -359,17 +370,7 @@ def _key_and_seal() -> None:
             caller text;
             key record;
         BEGIN
-            -- A pooled connection carries named prepared statements from one transaction to
-            -- the next. SQL in a request may PREPARE (or replace with PREPARE) one that a
-            -- later user's request then runs: it would run in that user's transaction, as
-            -- that user, and see their proof. The service prepares only through the
-            -- protocol: a statement prepared with SQL means this session is not the
-            -- service's own any more, and no caller enters it (the service then drops the
-            -- connection: taskmanager.database).
-            IF EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql) THEN
-                RAISE EXCEPTION 'taskmanager_enter: a statement was prepared with SQL on '
-                    'this connection; it serves no caller any more' USING ERRCODE = '{TAMPERED}';
-            END IF;
+            {_refuse_a_tampered_session("taskmanager_enter")}
             SELECT k.inner_pad, k.outer_pad INTO key FROM {{schema}}.caller_key k;
             IF proof IS NULL OR proof IS DISTINCT FROM {
             hmac(
@@ -523,17 +524,7 @@ def _functions() -> None:
         DECLARE
             key record;
         BEGIN
-            -- A pooled connection carries named prepared statements from one transaction to
-            -- the next. SQL in a request may PREPARE (or replace with PREPARE) one that a
-            -- later user's request then runs: it would run in that user's transaction, as
-            -- that user, and see their proof. The service prepares only through the
-            -- protocol: a statement prepared with SQL means this session is not the
-            -- service's own any more, and no caller enters it (the service then drops the
-            -- connection: taskmanager.database).
-            IF EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql) THEN
-                RAISE EXCEPTION 'taskmanager_enter: a statement was prepared with SQL on '
-                    'this connection; it serves no caller any more' USING ERRCODE = '{TAMPERED}';
-            END IF;
+            {_refuse_a_tampered_session("taskmanager_password_hash")}
             SELECT k.inner_pad, k.outer_pad INTO key FROM {{schema}}.caller_key k;
             IF proof IS NULL OR proof IS DISTINCT FROM {
             hmac("format('password-hash|%s|%s', email, valid_until)")
@@ -614,8 +605,9 @@ def upgrade() -> None:
     _policies(POLICIES)
     op.execute("DROP FUNCTION taskmanager_own_password_hash()")
     op.execute("DROP FUNCTION taskmanager_workspace_has_members(integer)")
-    # Pinned as well: these were SECURITY DEFINER already; taskmanager_user_id() was not.
-    for function in CALLER_FUNCTIONS + OWNER_FUNCTIONS:
+    # EXECUTE on these is the caller role's alone (granted below): PUBLIC has it on every
+    # new function, and had it on those of 0003 and 0006.
+    for function in CALLER_FUNCTIONS:
         op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
     op.execute(f"REVOKE ALL ON FUNCTION {ENTER} FROM PUBLIC")
     for privileges in GRANTS:
@@ -764,6 +756,25 @@ def downgrade() -> None:
     ):
         op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
         _for_legacy_role(f"GRANT EXECUTE ON FUNCTION {{schema}}.{function} TO {LEGACY_ROLE}")
+    # Revision 0007's code runs requests as the legacy role, on the owner's connection: the
+    # owner's membership, which the upgrade took where the owner could, is given back where
+    # the owner may (else a superuser must).
+    op.execute(
+        f"""
+        DO $do$ BEGIN
+            IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{LEGACY_ROLE}')
+               AND NOT pg_has_role(current_user, '{LEGACY_ROLE}', 'MEMBER')
+               AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                BEGIN
+                    EXECUTE format('GRANT {LEGACY_ROLE} TO %I', current_user);
+                EXCEPTION WHEN insufficient_privilege OR invalid_grant_operation THEN
+                    RAISE NOTICE '"%" is not a member of the legacy role {LEGACY_ROLE}, which '
+                        'revision 0007 runs requests as (a superuser may GRANT it)', current_user;
+                END;
+            END IF;
+        END $do$
+        """
+    )
 
 
 def _for_legacy_role(statement: str) -> None:
