@@ -275,11 +275,8 @@ def test_naming_convention_applied(fresh_url: str) -> None:
     assert "(workspace_id, lower((name)::text))" in indexes[UQ_CATEGORIES_NAME]
 
 
-def test_printing_the_sql_needs_no_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """`alembic upgrade head --sql` (offline mode) renders the migrations for a DATABASE_URL
-    that nothing answers: it needs the dialect, not a connection."""
-    monkeypatch.chdir(tmp_path)  # no .env of the project's
-    monkeypatch.setenv("DATABASE_URL", f"postgresql://app:pw@127.0.0.1:{free_port()}/tasks")
+def _printed_sql() -> str:
+    """`alembic upgrade head --sql` as the settings of the moment make it."""
     get_settings.cache_clear()
     config = Config(output_buffer=(output := io.StringIO()))
     config.set_main_option("script_location", migrate.SCRIPT_LOCATION)
@@ -287,7 +284,15 @@ def test_printing_the_sql_needs_no_server(monkeypatch: pytest.MonkeyPatch, tmp_p
         command.upgrade(config, "head", sql=True)
     finally:
         get_settings.cache_clear()
-    assert "CREATE TABLE tasks" in output.getvalue()
+    return output.getvalue()
+
+
+def test_printing_the_sql_needs_no_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`alembic upgrade head --sql` (offline mode) renders the migrations for a DATABASE_URL
+    that nothing answers: it needs the dialect, not a connection."""
+    monkeypatch.chdir(tmp_path)  # no .env of the project's
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://app:pw@127.0.0.1:{free_port()}/tasks")
+    assert "CREATE TABLE tasks" in _printed_sql()
 
 
 def test_printing_the_sql_starts_no_embedded_server(
@@ -299,14 +304,7 @@ def test_printing_the_sql_starts_no_embedded_server(
     for name in ("DATABASE_URL", "TASKMANAGER_DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TASKMANAGER_DATA_DIR", str(tmp_path / "pgdata"))
-    get_settings.cache_clear()
-    config = Config(output_buffer=(output := io.StringIO()))
-    config.set_main_option("script_location", migrate.SCRIPT_LOCATION)
-    try:
-        command.upgrade(config, "head", sql=True)
-    finally:
-        get_settings.cache_clear()
-    assert "CREATE TABLE tasks" in output.getvalue()
+    assert "CREATE TABLE tasks" in _printed_sql()
     assert not (tmp_path / "pgdata").exists()
 
 
