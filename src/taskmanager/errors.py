@@ -2,7 +2,9 @@
 
 Bad client input is a 422 naming the field, by one path whoever finds it: Pydantic's
 validation before the route runs, and a `BadInputError` (taskmanager.bad_input) raised
-past it, by the caller's scope, a repository or the cursor reader.
+past it, by the caller's scope, a repository or the cursor reader. A role that does not
+allow what its caller asked (`ActionNotAllowedError`, taskmanager.security.roles) is a 403
+naming the roles that would.
 
 Database errors are translated here and nowhere else: by SQLSTATE and constraint name,
 a unique violation is 409, a missing foreign key is 422 naming the field, and a database
@@ -39,6 +41,7 @@ from taskmanager.observability.metrics import count_database_error
 from taskmanager.problems import (
     CONFLICT,
     DATABASE_UNAVAILABLE,
+    FORBIDDEN,
     INTERNAL_ERROR,
     LIMIT_REACHED,
     VALIDATION_ERROR,
@@ -48,6 +51,7 @@ from taskmanager.problems import (
 )
 from taskmanager.repositories.label_repository import LABELS_NOT_IN_WORKSPACE
 from taskmanager.repositories.workspace_repository import Limit, MembershipLimitError
+from taskmanager.security.roles import ActionNotAllowedError
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,12 @@ async def _handle_bad_input(request: Request, exc: Exception) -> Response:
     """Bad input found past validation (taskmanager.bad_input): a 422 naming the field."""
     assert isinstance(exc, BadInputError)
     return VALIDATION_ERROR.about_field(exc.field, exc.message, exc.error_type).response()
+
+
+async def _handle_action_not_allowed(request: Request, exc: Exception) -> Response:
+    """A workspace the caller sees, where their role does not allow the change: 403."""
+    assert isinstance(exc, ActionNotAllowedError)
+    return FORBIDDEN.problem(exc.detail).response()
 
 
 def _unparsable_body_problem(cause: BaseException) -> Response:
@@ -344,6 +354,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _handle_problem_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(BadInputError, _handle_bad_input)
+    app.add_exception_handler(ActionNotAllowedError, _handle_action_not_allowed)
     app.add_exception_handler(MembershipLimitError, _handle_membership_limit)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(sa_exc.SQLAlchemyError, _handle_database_error)

@@ -35,6 +35,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSON, JSONB, TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from taskmanager.security.roles import ROLES
+
 # Stable constraint names: errors.py and the migrations refer to them.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -63,7 +65,9 @@ UQ_LABELS_NAME = "uq_labels_workspace_id_name_lower"
 FK_TASK_LABELS_LABEL = "fk_task_labels_label_id_labels"
 FK_TASK_LABELS_TASK = "fk_task_labels_task_id_tasks"
 
-MEMBERSHIP_ROLES = ("owner", "member")
+# A membership's role (taskmanager.security.roles, where what each may do is written).
+MEMBERSHIP_ROLES = tuple(str(role) for role in ROLES)
+_ROLE_KNOWN = "role IN ({})".format(", ".join(f"'{role}'" for role in MEMBERSHIP_ROLES))
 # A task's priority, lowest first: a PostgreSQL enum sorts in this order.
 PRIORITIES = ("low", "normal", "high", "urgent")
 # A priority as its place in PRIORITIES (tasks.priority_rank, generated from tasks.priority).
@@ -137,11 +141,12 @@ class Workspace(Base):
 
 
 class Membership(Base):
-    """A user's place in a workspace: `owner` (may manage it) or `member`."""
+    """A user's place in a workspace, with a role: owner, admin, member or viewer (what each
+    may do: taskmanager.security.roles; PostgreSQL reads it from `role_permissions`)."""
 
     __tablename__ = "memberships"
     __table_args__ = (
-        CheckConstraint("role IN ('owner', 'member')", name="role_known"),
+        CheckConstraint(_ROLE_KNOWN, name="role_known"),
         Index("ix_memberships_user_id", "user_id"),
     )
 
@@ -153,6 +158,18 @@ class Membership(Base):
     )
     role: Mapped[str] = mapped_column(String(10))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class RolePermission(Base):
+    """That `role` may do `action` in its workspace: taskmanager.security.roles.PERMISSIONS
+    as the migrations stored it, which the row-level policies read (through
+    taskmanager_caller_permissions()). Only the tables' owner reads it."""
+
+    __tablename__ = "role_permissions"
+    __table_args__ = (CheckConstraint(_ROLE_KNOWN, name="role_known"),)
+
+    role: Mapped[str] = mapped_column(String(10), primary_key=True)
+    action: Mapped[str] = mapped_column(String(40), primary_key=True)
 
 
 class CallerKeyRecord(Base):

@@ -84,6 +84,8 @@ Colour = Annotated[
 Description = Annotated[str, Field(max_length=10_000), AfterValidator(_storable_text)]
 DatabaseId = Annotated[int, Field(ge=1, le=INT4_MAX)]
 Priority = Literal["low", "normal", "high", "urgent"]
+# A role in a workspace (taskmanager.security.roles.Role; a test checks they agree).
+RoleName = Literal["owner", "admin", "member", "viewer"]
 MAX_LABELS_PER_TASK = 20
 
 
@@ -466,7 +468,7 @@ class WorkspaceResponse(BaseModel):
     id: int
     name: str
     personal: bool
-    role: Literal["owner", "member"] = Field(description="Your role in this workspace.")
+    role: RoleName = Field(description="Your role in this workspace.")
     created_at: datetime
     version: int
 
@@ -477,7 +479,7 @@ class MemberResponse(BaseModel):
     user_id: int
     email: str
     display_name: str
-    role: Literal["owner", "member"]
+    role: RoleName
     joined_at: datetime
 
 
@@ -491,7 +493,28 @@ class MemberAdd(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     email: Email
-    role: Literal["owner", "member"] = "member"
+    role: RoleName = Field(
+        default="member",
+        description="viewer: reads; member: also changes tasks, categories and labels; "
+        "admin: also manages members; owner: also renames, deletes and transfers the "
+        "workspace. Only an owner gives the role owner.",
+    )
+
+
+class MemberUpdate(BaseModel):
+    """For PATCH /workspaces/{id}/members/{user_id}."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: RoleName
+
+
+class WorkspaceTransfer(BaseModel):
+    """For POST /workspaces/{id}/transfer."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user_id: DatabaseId = Field(description="The member who becomes an owner; you become admin.")
 
 
 class HealthResponse(BaseModel):

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.repositories.user_repository import CallerRow, UserRepository
 from taskmanager.security.caller_key import CallerKey
+from taskmanager.security.roles import ROLES, Role
 from taskmanager.security.scope import Scope, mint_scope
 
 
@@ -41,7 +42,11 @@ def _scope(caller: CallerRow, session_id: uuid.UUID, valid_until: int) -> Scope:
         user_id=caller.user_id,
         session_id=session_id,
         workspace_ids=tuple(caller.workspace_ids),
-        owned_workspace_ids=frozenset(caller.owned_workspace_ids),
+        roles={
+            workspace_id: Role(role)
+            for workspace_id, role in caller.workspace_roles.items()
+            if role in ROLES
+        },
         personal_workspace_id=caller.personal_workspace_id,
         valid_until=valid_until,
     )

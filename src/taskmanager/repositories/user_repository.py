@@ -4,12 +4,13 @@ Flushes, never commits."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Integer, Text, Uuid, bindparam, insert, text, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import User
@@ -24,18 +25,22 @@ class CallerRow:
     user_id: int | None
     personal_workspace_id: int | None
     workspace_ids: Sequence[int]
-    owned_workspace_ids: Sequence[int]
+    # workspace id -> the caller's role there.
+    workspace_roles: Mapping[int, str]
 
 
 # The first statement of every transaction: taskmanager_enter (migration 0008) checks the
 # entry's proof, seals the caller for this transaction, and answers the caller's personal
 # workspace and memberships (read as the tables' owner, before any policy applies); the
-# same statement then switches to the deployment's caller role. Both end at COMMIT or
+# same statement then reads the caller's role in each of those workspaces (through
+# taskmanager_workspace_roles, migration 0010: taskmanager_enter's own answer stays as it
+# was) and switches to the deployment's caller role. Both end at COMMIT or
 # ROLLBACK, so they hold behind PgBouncer's transaction pooling and never leak to the next
 # user of the connection. A request whose login session has ended gets no row.
 _ENTER = text(
     """
-    SELECT e.user_id, e.personal_workspace_id, e.workspace_ids, e.owned_workspace_ids,
+    SELECT e.user_id, e.personal_workspace_id, e.workspace_ids,
+           taskmanager_workspace_roles() AS workspace_roles,
            set_config('role', e.caller_role, true) AS role
     FROM taskmanager_enter(:user_id, :session_id, :purpose, :valid_until, :proof, :subject) e
     """
@@ -47,6 +52,8 @@ _ENTER = text(
     bindparam("proof", type_=Text),
     bindparam("subject", type_=Text),
 )
+# As the app runs it: the roles arrive as JSON.
+_ENTER_ROW = _ENTER.columns(workspace_roles=JSONB)
 # The one read of a stored hash (a login, a password change), with a proof of its own.
 _PASSWORD_HASH = text(
     "SELECT user_id, password_hash, is_active "
@@ -79,7 +86,7 @@ class UserRepository:
         its login session ended); a proof that does not verify is an error (42501)."""
         row = (
             await self.session.execute(
-                _ENTER,
+                _ENTER_ROW,
                 {
                     "user_id": entry.user_id,
                     "session_id": entry.session_id,
@@ -145,5 +152,5 @@ def _caller(row: Any) -> CallerRow:
         user_id=row.user_id,
         personal_workspace_id=row.personal_workspace_id,
         workspace_ids=row.workspace_ids,
-        owned_workspace_ids=row.owned_workspace_ids,
+        workspace_roles={int(workspace): role for workspace, role in row.workspace_roles.items()},
     )

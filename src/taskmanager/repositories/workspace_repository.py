@@ -27,11 +27,13 @@ from sqlalchemy import (
     literal,
     select,
     text,
+    update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Membership, UnclaimedWorkspace, User, Workspace
 from taskmanager.repositories.array_parameters import in_scope
+from taskmanager.security.roles import Action, Role, may_manage, roles_allowing
 from taskmanager.security.scope import Scope
 
 
@@ -144,7 +146,7 @@ _OWN_UNCLAIMED = insert(_MEMBERSHIPS).from_select(
     select(
         UnclaimedWorkspace.workspace_id,
         bindparam("claimant", type_=Integer),
-        literal("owner", String),
+        literal(str(Role.OWNER), String),
     ),
 )
 _UNLIST_CLAIMED = (
@@ -196,7 +198,9 @@ class WorkspaceRepository:
             )
         )
         await self.session.execute(
-            insert(Membership).values(workspace_id=workspace_id, user_id=creator_id, role="owner")
+            insert(Membership).values(
+                workspace_id=workspace_id, user_id=creator_id, role=str(Role.OWNER)
+            )
         )
         return workspace_id
 
@@ -233,8 +237,9 @@ class WorkspaceRepository:
         return None if row is None else WorkspaceView(*row)
 
     async def get_for_change(self, scope: Scope, workspace_id: int) -> Workspace | None:
-        """The workspace, locked until the transaction ends, if the caller owns it."""
-        if not scope.owns(workspace_id):
+        """The workspace, locked until the transaction ends, if the caller's role there may
+        rename, delete or transfer it."""
+        if not scope.may(workspace_id, Action.WORKSPACES_WRITE):
             return None
         result = await self.session.execute(
             select(Workspace).where(Workspace.id == workspace_id).with_for_update()
@@ -298,12 +303,16 @@ class WorkspaceRepository:
     async def add_member(
         self, scope: Scope, workspace_id: int, user_id: int, role: str, limits: MembershipLimits
     ) -> None:
-        """A new membership of a workspace the caller owns; one that exists already fails
-        the primary key (409). MembershipLimitError if the workspace has as many members as
-        it may, or the account belongs to as many workspaces as it may."""
-        if not scope.owns(workspace_id):
-            raise PermissionError(f"user {scope.user_id} does not own workspace {workspace_id}")
-        # Owners adding people to one workspace at once queue on its row.
+        """A new membership as `role` of a workspace where the caller may give that role;
+        one that exists already fails the primary key (409). MembershipLimitError if the
+        workspace has as many members as it may, or the account belongs to as many
+        workspaces as it may."""
+        if not may_manage(scope.actions_in(workspace_id), Role(role)):
+            raise PermissionError(
+                f"user {scope.user_id} may not add a {role} to workspace {workspace_id}"
+            )
+        # Admins and owners adding people to one workspace at once queue on its row (any
+        # member may lock it, only workspaces:write may change it: migration 0010).
         await self.session.execute(_LOCK_WORKSPACE, {"workspace_id": workspace_id})
         members, already = (
             await self.session.execute(
@@ -333,22 +342,41 @@ class WorkspaceRepository:
             insert(Membership).values(workspace_id=workspace_id, user_id=user_id, role=role)
         )
 
-    async def lock_owners(self, scope: Scope, workspace_id: int) -> Sequence[int]:
-        """The owners' ids, their memberships locked until the transaction ends: two owners
-        leaving at once queue here, and the second sees that it would be the last."""
+    async def lock_holders(self, scope: Scope, workspace_id: int, action: Action) -> Sequence[int]:
+        """The ids of the members whose role may do `action` (the owners, for
+        workspaces:write), their memberships locked until the transaction ends: two owners
+        leaving or stepping down at once queue here, and the second sees that it would be
+        the last."""
         if not scope.can_see(workspace_id):
             return []
         result = await self.session.execute(
             select(Membership.user_id)
-            .where(Membership.workspace_id == workspace_id, Membership.role == "owner")
+            .where(
+                Membership.workspace_id == workspace_id,
+                Membership.role.in_([str(role) for role in roles_allowing(action)]),
+            )
             .order_by(Membership.user_id)
             .with_for_update()
         )
         return list(result.scalars())
 
+    async def set_role(self, scope: Scope, workspace_id: int, user_id: int, role: Role) -> bool:
+        """Give `user_id` the role `role` in a workspace where the caller may manage
+        members (which roles, the route and the policies check); whether they are a
+        member."""
+        if not scope.may(workspace_id, Action.MEMBERS_WRITE):
+            return False
+        result = await self.session.execute(
+            update(Membership)
+            .where(Membership.workspace_id == workspace_id, Membership.user_id == user_id)
+            .values(role=str(role))
+        )
+        return bool(getattr(result, "rowcount", 0))
+
     async def remove_member(self, scope: Scope, workspace_id: int, user_id: int) -> bool:
-        """Remove a membership: any of an owned workspace, or the caller's own."""
-        if not (scope.owns(workspace_id) or user_id == scope.user_id):
+        """Remove a membership: the caller's own, or any where the caller may manage
+        members (which roles, the route and the policies check)."""
+        if not (user_id == scope.user_id or scope.may(workspace_id, Action.MEMBERS_WRITE)):
             return False
         result = await self.session.execute(
             delete(Membership).where(

@@ -10,9 +10,12 @@ from fastapi.responses import JSONResponse
 from taskmanager.dependencies import CategoryReaderDep, CategoryRepositoryDep
 from taskmanager.models import Category
 from taskmanager.openapi import problem_responses, response_headers
+from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.routes.idempotency import IdempotencyDep
-from taskmanager.routes.preconditions import IfMatch, get_for_change, get_or_404, set_etag
+from taskmanager.routes.permissions import row_for_change
+from taskmanager.routes.preconditions import IfMatch, get_or_404, set_etag
 from taskmanager.schemas import INT4_MAX, CategoryCreate, CategoryDetailResponse, CategoryUpdate
+from taskmanager.security.roles import Action
 
 router = APIRouter(prefix="/categories", tags=["categories"])
 
@@ -26,7 +29,7 @@ NOT_FOUND = "Category not found"
     status_code=status.HTTP_201_CREATED,
     responses={
         201: {"headers": response_headers("Location", "ETag", "Idempotent-Replayed")},
-        **problem_responses(401, 409, 413, 422, 503),
+        **problem_responses(401, 403, 409, 413, 422, 503),
     },
 )
 async def create_category(
@@ -36,7 +39,8 @@ async def create_category(
     request: Request,
     response: Response,
 ) -> Category | JSONResponse:
-    """Create a category. With `Idempotency-Key`, a retry gets this response again."""
+    """Create a category (403 for a viewer of the workspace named). With
+    `Idempotency-Key`, a retry gets this response again."""
     if (replayed := await idempotency.replay(body)) is not None:
         return replayed
     category = await repo.create(body.name, body.workspace_id)
@@ -77,7 +81,7 @@ async def get_category(
     response_model=CategoryDetailResponse,
     responses={
         200: {"headers": response_headers("ETag")},
-        **problem_responses(401, 404, 409, 412, 413, 422, 503),
+        **problem_responses(401, 403, 404, 409, 412, 413, 422, 503),
     },
 )
 async def rename_category(
@@ -87,9 +91,9 @@ async def rename_category(
     response: Response,
     if_match: IfMatch = None,
 ) -> Category:
-    """Rename; with `If-Match`, only if the category is still at that ETag (else 412)."""
-    found = await repo.get_by_id(category_id, for_update=True)
-    category = await repo.rename(get_for_change(found, NOT_FOUND, if_match), body.name)
+    """Rename (403 for a viewer of its workspace); with `If-Match`, only if the category is
+    still at that ETag (else 412)."""
+    category = await repo.rename(await _for_change(repo, category_id, if_match), body.name)
     set_etag(response, category.version)
     return category
 
@@ -98,11 +102,20 @@ async def rename_category(
     "/{category_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(401, 404, 412, 422, 503),
+    responses=problem_responses(401, 403, 404, 412, 422, 503),
 )
 async def delete_category(
     category_id: CategoryId, repo: CategoryRepositoryDep, if_match: IfMatch = None
 ) -> None:
-    """Delete a category; its tasks stay, uncategorised."""
-    found = await repo.get_by_id(category_id, for_update=True)
-    await repo.delete(get_for_change(found, NOT_FOUND, if_match))
+    """Delete a category (403 for a viewer of its workspace); its tasks stay,
+    uncategorised."""
+    await repo.delete(await _for_change(repo, category_id, if_match))
+
+
+async def _for_change(repo: CategoryRepository, category_id: int, if_match: str | None) -> Category:
+    """The category, locked, if the caller's role in its workspace may change it."""
+
+    async def find(locked: bool) -> Category | None:
+        return await repo.get_by_id(category_id, for_update=locked)
+
+    return await row_for_change(find, repo.scope, Action.TASKS_WRITE, NOT_FOUND, if_match)

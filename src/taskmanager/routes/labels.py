@@ -10,9 +10,12 @@ from fastapi.responses import JSONResponse
 from taskmanager.dependencies import LabelReaderDep, LabelRepositoryDep
 from taskmanager.models import Label
 from taskmanager.openapi import problem_responses, response_headers
+from taskmanager.repositories.label_repository import LabelRepository
 from taskmanager.routes.idempotency import IdempotencyDep
-from taskmanager.routes.preconditions import IfMatch, get_for_change, get_or_404, set_etag
+from taskmanager.routes.permissions import row_for_change
+from taskmanager.routes.preconditions import IfMatch, get_or_404, set_etag
 from taskmanager.schemas import INT4_MAX, LabelCreate, LabelDetailResponse, LabelUpdate
+from taskmanager.security.roles import Action
 
 router = APIRouter(prefix="/labels", tags=["labels"])
 
@@ -26,7 +29,7 @@ NOT_FOUND = "Label not found"
     status_code=status.HTTP_201_CREATED,
     responses={
         201: {"headers": response_headers("Location", "ETag", "Idempotent-Replayed")},
-        **problem_responses(401, 409, 413, 422, 503),
+        **problem_responses(401, 403, 409, 413, 422, 503),
     },
 )
 async def create_label(
@@ -36,8 +39,8 @@ async def create_label(
     request: Request,
     response: Response,
 ) -> Label | JSONResponse:
-    """Create a label (its name unique in the workspace, ignoring case). With
-    `Idempotency-Key`, a retry gets this response again."""
+    """Create a label (its name unique in the workspace, ignoring case; 403 for a viewer of
+    the workspace named). With `Idempotency-Key`, a retry gets this response again."""
     if (replayed := await idempotency.replay(body)) is not None:
         return replayed
     label = await repo.create(body.name, body.colour, body.workspace_id)
@@ -76,7 +79,7 @@ async def get_label(label_id: LabelId, repo: LabelReaderDep, response: Response)
     response_model=LabelDetailResponse,
     responses={
         200: {"headers": response_headers("ETag")},
-        **problem_responses(401, 404, 409, 412, 413, 422, 503),
+        **problem_responses(401, 403, 404, 409, 412, 413, 422, 503),
     },
 )
 async def update_label(
@@ -86,10 +89,10 @@ async def update_label(
     response: Response,
     if_match: IfMatch = None,
 ) -> Label:
-    """Rename or recolour (only the fields sent; a null colour clears it); with `If-Match`,
-    only if the label is still at that ETag (else 412)."""
-    found = await repo.get_by_id(label_id, for_update=True)
-    label = get_for_change(found, NOT_FOUND, if_match)
+    """Rename or recolour (only the fields sent; a null colour clears it; 403 for a viewer
+    of its workspace); with `If-Match`, only if the label is still at that ETag (else
+    412)."""
+    label = await _for_change(repo, label_id, if_match)
     label = await repo.update(label, body.model_dump(exclude_unset=True))
     set_etag(response, label.version)
     return label
@@ -99,11 +102,20 @@ async def update_label(
     "/{label_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(401, 404, 412, 422, 503),
+    responses=problem_responses(401, 403, 404, 412, 422, 503),
 )
 async def delete_label(
     label_id: LabelId, repo: LabelRepositoryDep, if_match: IfMatch = None
 ) -> None:
-    """Delete a label; it comes off every task that carried it."""
-    found = await repo.get_by_id(label_id, for_update=True)
-    await repo.delete(get_for_change(found, NOT_FOUND, if_match))
+    """Delete a label (403 for a viewer of its workspace); it comes off every task that
+    carried it."""
+    await repo.delete(await _for_change(repo, label_id, if_match))
+
+
+async def _for_change(repo: LabelRepository, label_id: int, if_match: str | None) -> Label:
+    """The label, locked, if the caller's role in its workspace may change it."""
+
+    async def find(locked: bool) -> Label | None:
+        return await repo.get_by_id(label_id, for_update=locked)
+
+    return await row_for_change(find, repo.scope, Action.TASKS_WRITE, NOT_FOUND, if_match)

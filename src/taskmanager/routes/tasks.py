@@ -20,7 +20,8 @@ from taskmanager.repositories.task_queries.sorts import SORTS_NEEDING_Q, keyset
 from taskmanager.repositories.task_queries.views import TaskView
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.routes.idempotency import IdempotencyDep
-from taskmanager.routes.preconditions import IfMatch, get_for_change, get_or_404, set_etag
+from taskmanager.routes.permissions import row_for_change
+from taskmanager.routes.preconditions import IfMatch, get_or_404, set_etag
 from taskmanager.schemas import (
     INT4_MAX,
     MAX_LABELS_PER_TASK,
@@ -32,6 +33,7 @@ from taskmanager.schemas import (
     TaskUpdate,
     TaskWithCategoryResponse,
 )
+from taskmanager.security.roles import Action
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
@@ -39,7 +41,7 @@ TaskId = Annotated[int, Path(ge=1, le=INT4_MAX, description="The task's id.")]
 NOT_FOUND = "Task not found"
 CHANGED_TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"headers": response_headers("ETag")},
-    **problem_responses(401, 404, 412, 413, 422, 503),
+    **problem_responses(401, 403, 404, 412, 413, 422, 503),
 }
 
 
@@ -49,7 +51,7 @@ CHANGED_TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
     status_code=status.HTTP_201_CREATED,
     responses={
         201: {"headers": response_headers("Location", "ETag", "Idempotent-Replayed")},
-        **problem_responses(401, 413, 422, 503),
+        **problem_responses(401, 403, 413, 422, 503),
     },
 )
 async def create_task(
@@ -59,7 +61,8 @@ async def create_task(
     request: Request,
     response: Response,
 ) -> Task | JSONResponse:
-    """Create a task. `Location` names the new task's URL, `ETag` its version.
+    """Create a task. `Location` names the new task's URL, `ETag` its version. A viewer of
+    the workspace named gets 403.
 
     With `Idempotency-Key`, a retry (same key, same body) gets this response again and
     creates nothing."""
@@ -245,10 +248,10 @@ async def update_task(
     if_match: IfMatch = None,
 ) -> Task:
     """Change only the fields sent; an explicit null clears description or category_id.
+    A viewer of the task's workspace gets 403.
 
     With `If-Match`, only if the task is still at that ETag (else 412)."""
-    found = await repo.get_by_id_with_category(task_id, for_update=True)
-    task = get_for_change(found, NOT_FOUND, if_match)
+    task = await _for_change(repo, task_id, if_match)
     task = await repo.update(task, body.model_dump(exclude_unset=True))
     set_etag(response, task.version)
     return task
@@ -275,9 +278,18 @@ async def replace_task(
     "/{task_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(401, 404, 412, 422, 503),
+    responses=problem_responses(401, 403, 404, 412, 422, 503),
 )
 async def delete_task(task_id: TaskId, repo: TaskRepositoryDep, if_match: IfMatch = None) -> None:
-    """Delete a task; with `If-Match`, only if it is still at that ETag (else 412)."""
-    found = await repo.get_by_id_with_category(task_id, for_update=True)
-    await repo.delete(get_for_change(found, NOT_FOUND, if_match))
+    """Delete a task (403 for a viewer of its workspace); with `If-Match`, only if it is
+    still at that ETag (else 412)."""
+    await repo.delete(await _for_change(repo, task_id, if_match))
+
+
+async def _for_change(repo: TaskRepository, task_id: int, if_match: str | None) -> Task:
+    """The task, locked, if the caller's role in its workspace may change tasks."""
+
+    async def find(locked: bool) -> Task | None:
+        return await repo.get_by_id_with_category(task_id, for_update=locked)
+
+    return await row_for_change(find, repo.scope, Action.TASKS_WRITE, NOT_FOUND, if_match)

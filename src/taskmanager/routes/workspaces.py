@@ -1,5 +1,6 @@
 """Workspaces and their members. An id the caller may not see is 404; one they see but
-may not change (a member acting as owner) is 403."""
+where their role does not allow the change (a viewer, a member or an admin acting as owner)
+is 403 naming the roles that would (taskmanager.routes.permissions)."""
 
 from __future__ import annotations
 
@@ -18,18 +19,26 @@ from taskmanager.dependencies import (
 )
 from taskmanager.models import Workspace
 from taskmanager.openapi import problem_responses, response_headers
-from taskmanager.problems import CONFLICT, FORBIDDEN, ProblemError
-from taskmanager.repositories.workspace_repository import MemberView, WorkspaceView
+from taskmanager.problems import CONFLICT, ProblemError
+from taskmanager.repositories.workspace_repository import (
+    MemberView,
+    WorkspaceRepository,
+    WorkspaceView,
+)
+from taskmanager.routes.permissions import require
 from taskmanager.routes.preconditions import IfMatch, get_for_change, get_or_404, set_etag
 from taskmanager.schemas import (
     INT4_MAX,
     MemberAdd,
     MemberResponse,
+    MemberUpdate,
     WorkspaceCreate,
     WorkspaceDetailResponse,
     WorkspaceResponse,
+    WorkspaceTransfer,
     WorkspaceUpdate,
 )
+from taskmanager.security.roles import Action, Role, actions_of
 from taskmanager.security.scope import Scope
 
 router = APIRouter(prefix="/workspaces", tags=["workspaces"])
@@ -40,12 +49,15 @@ NOT_FOUND = "Workspace not found"
 MEMBER_NOT_FOUND = "Member not found"
 
 
-def _owner_only(user: Scope, workspace_id: int) -> None:
-    """404 for a workspace the caller cannot see, 403 for one they only belong to."""
-    if not user.can_see(workspace_id):
-        raise HTTPException(status_code=404, detail=NOT_FOUND)
-    if not user.owns(workspace_id):
-        raise ProblemError(FORBIDDEN.problem("only an owner of this workspace may do this"))
+def _require(user: Scope, workspace_id: int, action: Action) -> None:
+    """404 for a workspace the caller cannot see, 403 for one where their role does not
+    allow `action`."""
+    require(user, workspace_id, action, NOT_FOUND)
+
+
+def _owns(role: Role) -> bool:
+    """Whether `role` is an owner's: it may rename, delete and transfer the workspace."""
+    return Action.WORKSPACES_WRITE in actions_of(role)
 
 
 async def _detail(
@@ -77,7 +89,7 @@ async def create_workspace(
     account may already."""
     workspace_id = await repo.create(user.user_id, body.name, limits)
     # The scope was read at the start of the request; this one now includes the new id.
-    joined = user.with_workspace(workspace_id, owner=True)
+    joined = user.with_workspace(workspace_id, Role.OWNER)
     view = await repo.get(joined, workspace_id)
     assert view is not None
     response.headers["Location"] = str(request.url_for("get_workspace", workspace_id=workspace_id))
@@ -109,7 +121,7 @@ async def get_workspace(
 async def _for_change(
     repo: WorkspaceRepositoryDep, user: Scope, workspace_id: int, if_match: str | None
 ) -> Workspace:
-    _owner_only(user, workspace_id)
+    _require(user, workspace_id, Action.WORKSPACES_WRITE)
     return get_for_change(await repo.get_for_change(user, workspace_id), NOT_FOUND, if_match)
 
 
@@ -129,7 +141,7 @@ async def rename_workspace(
     response: Response,
     if_match: IfMatch = None,
 ) -> dict[str, object]:
-    """Rename a workspace you own."""
+    """Rename a workspace you own (403 for any other role)."""
     workspace = await _for_change(repo, user, workspace_id, if_match)
     await repo.rename(workspace, body.name)
     detail = await _detail(repo, user, workspace_id)
@@ -149,8 +161,8 @@ async def delete_workspace(
     user: CurrentUserDep,
     if_match: IfMatch = None,
 ) -> None:
-    """Delete a workspace you own, with all its tasks and categories. Your personal
-    workspace cannot be deleted (409)."""
+    """Delete a workspace you own (403 for any other role), with all its tasks and
+    categories. Your personal workspace cannot be deleted (409)."""
     workspace = await _for_change(repo, user, workspace_id, if_match)
     if workspace_id == user.personal_workspace_id:
         raise ProblemError(CONFLICT.problem("your personal workspace cannot be deleted"))
@@ -175,21 +187,25 @@ async def add_member(
     response: Response,
     limits: MembershipLimitsDep,
 ) -> MemberView:
-    """Add the account with this email to a workspace you own; answers the new membership,
-    at its own URL. 409 if it is a member already, if the workspace has as many members as
-    it may, or if the account belongs to as many workspaces as an account may."""
-    _owner_only(user, workspace_id)
+    """Add the account with this email, with a role (member unless you say), to a
+    workspace where you are an admin or an owner; answers the new membership, at its own
+    URL. Only an owner gives the role owner (403 for an admin). 409 if it is a member
+    already, if the workspace has as many members as it may, or if the account belongs to
+    as many workspaces as an account may."""
+    _require(user, workspace_id, Action.MEMBERS_WRITE)
+    role = Role(body.role)
+    user.require_managing(workspace_id, role)
     view = get_or_404(await repo.get(user, workspace_id), NOT_FOUND)
-    if view.personal and body.role == "owner":
+    if view.personal and _owns(role):
         raise ProblemError(
-            CONFLICT.problem("a personal workspace has one owner; add people as members")
+            CONFLICT.problem("a personal workspace has one owner; add people with another role")
         )
     member_id = await repo.user_id_by_email(body.email)
     if member_id is None:
         raise BadInputError("body.email", "no account has this email")
     await repo.add_member(user, workspace_id, member_id, body.role, limits)
     member = await repo.member(user, workspace_id, member_id)
-    assert member is not None  # just inserted, in a workspace the caller owns
+    assert member is not None  # just inserted, in a workspace the caller belongs to
     response.headers["Location"] = str(
         request.url_for("get_member", workspace_id=workspace_id, user_id=member_id)
     )
@@ -222,18 +238,104 @@ async def remove_member(
     repo: WorkspaceRepositoryDep,
     user: CurrentUserDep,
 ) -> None:
-    """Remove a member (an owner may remove anyone; anyone may leave). The last owner
-    cannot leave (409): delete the workspace, or make someone else an owner first."""
+    """Remove a member (an admin anyone but an owner, an owner anyone), or leave: anyone
+    may remove themselves. The last owner cannot leave (409): transfer the workspace
+    (POST /workspaces/{id}/transfer) or delete it first."""
     if not user.can_see(workspace_id):
         raise HTTPException(status_code=404, detail=NOT_FOUND)
-    if user_id != user.user_id and not user.owns(workspace_id):
-        raise ProblemError(FORBIDDEN.problem("only an owner may remove another member"))
+    leaving = user_id == user.user_id
+    if not leaving:
+        user.require(workspace_id, Action.MEMBERS_WRITE)
     membership = get_or_404(await repo.membership(user, workspace_id, user_id), MEMBER_NOT_FOUND)
-    if membership.role == "owner":
-        owners = await repo.lock_owners(user, workspace_id)
-        if list(owners) == [user_id]:
-            raise ProblemError(
-                CONFLICT.problem("the last owner cannot leave; delete the workspace instead")
-            )
-    # A personal workspace has one owner (add_member), so the check above keeps its owner.
+    role = Role(membership.role)
+    if not leaving:
+        user.require_managing(workspace_id, role)
+    # A personal workspace has one owner (add_member), so this keeps its owner too.
+    await _keep_an_owner(repo, user, workspace_id, user_id, role, "leave")
     await repo.remove_member(user, workspace_id, user_id)
+
+
+@router.patch(
+    "/{workspace_id}/members/{user_id}",
+    response_model=MemberResponse,
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
+)
+async def change_member_role(
+    workspace_id: WorkspaceId,
+    user_id: UserId,
+    body: MemberUpdate,
+    repo: WorkspaceRepositoryDep,
+    user: CurrentUserDep,
+) -> MemberView:
+    """Give a member another role, as an admin (among admin, member and viewer) or an
+    owner (any role; a personal workspace keeps its one owner: 409). The last owner
+    cannot step down (409): transfer the workspace first."""
+    _require(user, workspace_id, Action.MEMBERS_WRITE)
+    membership = get_or_404(await repo.membership(user, workspace_id, user_id), MEMBER_NOT_FOUND)
+    current, wanted = Role(membership.role), Role(body.role)
+    user.require_managing(workspace_id, current)
+    user.require_managing(workspace_id, wanted)
+    if wanted != current:
+        if _owns(wanted):
+            view = get_or_404(await repo.get(user, workspace_id), NOT_FOUND)
+            if view.personal:
+                raise ProblemError(CONFLICT.problem("a personal workspace has one owner"))
+        elif _owns(current):
+            await _keep_an_owner(repo, user, workspace_id, user_id, current, "step down")
+        await repo.set_role(user, workspace_id, user_id, wanted)
+    member = await repo.member(user, workspace_id, user_id)
+    assert member is not None  # a member of a workspace the caller belongs to
+    return member
+
+
+@router.post(
+    "/{workspace_id}/transfer",
+    response_model=WorkspaceDetailResponse,
+    responses={
+        200: {"headers": response_headers("ETag")},
+        **problem_responses(401, 403, 404, 409, 413, 422, 503),
+    },
+)
+async def transfer_workspace(
+    workspace_id: WorkspaceId,
+    body: WorkspaceTransfer,
+    repo: WorkspaceRepositoryDep,
+    user: CurrentUserDep,
+    response: Response,
+) -> dict[str, object]:
+    """Hand a workspace you own to one of its members: they become an owner, you an
+    admin. A personal workspace cannot be transferred (409)."""
+    workspace = await _for_change(repo, user, workspace_id, None)
+    if workspace.personal:
+        raise ProblemError(CONFLICT.problem("a personal workspace cannot be transferred"))
+    if body.user_id == user.user_id:
+        raise BadInputError("body.user_id", "you own this workspace already; name another member")
+    if await repo.membership(user, workspace_id, body.user_id) is None:
+        raise BadInputError("body.user_id", "no member of this workspace has this id")
+    await repo.set_role(user, workspace_id, body.user_id, Role.OWNER)
+    await repo.set_role(user, workspace_id, user.user_id, Role.ADMIN)
+    detail = await _detail(repo, user, workspace_id)
+    set_etag(response, workspace.version)
+    return detail
+
+
+async def _keep_an_owner(
+    repo: WorkspaceRepository,
+    user: Scope,
+    workspace_id: int,
+    user_id: int,
+    role: Role,
+    what: str,
+) -> None:
+    """409 if `user_id`, whose role is `role`, is the workspace's last owner (the owners'
+    memberships locked meanwhile, so two owners leaving at once cannot both go)."""
+    if not _owns(role):
+        return
+    owners = await repo.lock_holders(user, workspace_id, Action.WORKSPACES_WRITE)
+    if list(owners) == [user_id]:
+        raise ProblemError(
+            CONFLICT.problem(
+                f"the last owner cannot {what}: transfer the workspace to another member "
+                f"first (POST /workspaces/{workspace_id}/transfer), or delete it"
+            )
+        )
