@@ -7,6 +7,7 @@ migration that drifts from `models.py` or does not downgrade cleanly fails here 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -17,9 +18,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import BigInteger, Integer, Text, Uuid, bindparam, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from taskmanager.accounts.callers import scope_of_account
 from taskmanager.accounts.registration import register_account
@@ -32,7 +33,6 @@ from taskmanager.postgres.embedded import EmbeddedPostgres
 from taskmanager.postgres.logins import ConnectionTarget
 from taskmanager.repositories.task_queries.filters import TaskFilters
 from taskmanager.repositories.task_repository import TaskRepository
-from taskmanager.repositories.user_repository import UserRepository
 from tests.support.accounts import PASSWORD, login, register_and_login
 from tests.support.databases import (
     TEST_KEY,
@@ -482,14 +482,29 @@ def test_downgrading_the_accounts_migration_keeps_every_task(
 BEFORE_SEARCH_WITHIN_WORKSPACES = "0008"
 
 
+# The first statement as revision 0008's service ran it (today's reads what later revisions
+# added to the door's answer).
+_ENTER_AT_0008 = text(
+    "SELECT set_config('role', e.caller_role, true) FROM taskmanager_enter(:user_id, "
+    ":session_id, :purpose, :valid_until, :proof, :subject) e"
+).bindparams(
+    bindparam("user_id", type_=Integer),
+    bindparam("session_id", type_=Uuid),
+    bindparam("purpose", type_=Text),
+    bindparam("valid_until", type_=BigInteger),
+    bindparam("proof", type_=Text),
+    bindparam("subject", type_=Text),
+)
+
+
 async def _found_by_0006s_function(url: str, user_id: int, words: str) -> list[str]:
     """What migration 0006's taskmanager_matching_tasks(tsquery) finds for `user_id`, as the
     caller role (the repository of then sent that)."""
     engine = create_engine(Settings(database_url=url), url)
     try:
         async with engine.begin() as connection:
-            session = AsyncSession(bind=connection)
-            await UserRepository(session).enter(TEST_KEY.entry("operator", user_id))
+            entry = TEST_KEY.entry("operator", user_id)
+            await connection.execute(_ENTER_AT_0008, dataclasses.asdict(entry))
             rows = await connection.execute(
                 text(
                     "SELECT title FROM tasks WHERE id IN "
@@ -518,9 +533,10 @@ async def test_the_search_within_workspaces_migrates_both_ways_with_tasks_in_pla
 ) -> None:
     """Upgrading indexes the tasks already there by workspace; downgrading gives back 0006's
     index and function, which find the same tasks; the tasks added meanwhile are found
-    after upgrading again."""
+    after upgrading again. (The accounts and their tasks are made at the head, by today's
+    code, then taken down to before 0009 with the later revisions' downgrades.)"""
     url = await asyncio.to_thread(
-        database_at, "migrations_search_within_workspaces", BEFORE_SEARCH_WITHIN_WORKSPACES
+        database_at, "migrations_search_within_workspaces", SCHEMA_REVISION
     )
     service_login = ConnectionTarget.from_url(service_url(url)).user
     await asyncio.to_thread(  # the caller key, which 0008 checks callers with
@@ -541,6 +557,7 @@ async def test_the_search_within_workspaces_migrates_both_ways_with_tasks_in_pla
         insert.format("('Buy milk'), ('Call mum')", mine),
         insert.format("('Milk the cow'), ('Mill the corn')", theirs),
     )
+    await asyncio.to_thread(migrate.downgrade, owner_url(url), BEFORE_SEARCH_WITHIN_WORKSPACES)
 
     await asyncio.to_thread(migrate.upgrade, owner_url(url))
     assert await _found_by_the_repository(url, mine, "mil") == ["Buy milk"]

@@ -23,7 +23,8 @@ After:
   that can do nothing they cannot (an admin never makes, unmakes or removes an owner).
 - taskmanager_workspace_roles(): the caller's role in each of their workspaces, as JSON,
   read in the service's first statement of a transaction beside taskmanager_enter, whose
-  answer (and signature) stays as it was.
+  answer (and signature) stays as it was; like the door, anyone who may connect may call
+  it (it answers only the sealed caller's own memberships).
 - The policies: tasks, categories, labels and task_labels are read by any member, and
   inserted, changed or deleted only where the role allows tasks:write (the locked read a
   change starts with too: FOR UPDATE meets the UPDATE policy). Workspaces are changed and
@@ -65,13 +66,13 @@ MATRIX: dict[str, tuple[str, ...]] = {
 }
 ROLES = tuple(MATRIX)
 OLD_ROLES = ("owner", "member")
-ROLE_KNOWN = "ck_memberships_role_known"
+# As 0003 named it (its explicit name went through the naming convention once more).
+ROLE_KNOWN = "ck_memberships_ck_memberships_role_known"
 
 CALLER_PERMISSIONS = "taskmanager_caller_permissions()"
 WORKSPACE_IDS_ALLOWING = "taskmanager_workspace_ids_allowing(text)"
 MANAGEABLE_MEMBERSHIPS = "taskmanager_manageable_memberships()"
 WORKSPACE_ROLES = "taskmanager_workspace_roles()"
-ACCOUNT_AT_CAP = "taskmanager_account_at_cap(integer, integer, integer)"
 
 ME = "(SELECT taskmanager_user_id())"
 PURPOSE = "(SELECT taskmanager_purpose())"
@@ -197,9 +198,9 @@ def _matrix() -> None:
         sa.Column("action", sa.String(length=40), nullable=False),
         sa.CheckConstraint(
             "role IN ({})".format(", ".join(f"'{role}'" for role in ROLES)),
-            name="ck_role_permissions_role_known",
+            name=op.f("ck_role_permissions_role_known"),
         ),
-        sa.PrimaryKeyConstraint("role", "action", name="pk_role_permissions"),
+        sa.PrimaryKeyConstraint("role", "action", name=op.f("pk_role_permissions")),
     )
     # Only the tables' owner reads it (the functions below, as SECURITY DEFINER).
     op.execute("REVOKE ALL ON role_permissions FROM PUBLIC")
@@ -308,11 +309,15 @@ def upgrade() -> None:
     _policies(POLICIES)
     for function in (CALLER_PERMISSIONS, WORKSPACE_IDS_ALLOWING, MANAGEABLE_MEMBERSHIPS):
         op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
-    op.execute(f"REVOKE ALL ON FUNCTION {WORKSPACE_ROLES} FROM PUBLIC")
-    # The policies and the service's first statement call these; the caller never calls
-    # taskmanager_caller_permissions() itself (the functions above do, as the owner).
-    for function in (WORKSPACE_IDS_ALLOWING, MANAGEABLE_MEMBERSHIPS, WORKSPACE_ROLES):
+    # The policies call these; the caller never calls taskmanager_caller_permissions()
+    # itself (the functions above do, as the owner).
+    for function in (WORKSPACE_IDS_ALLOWING, MANAGEABLE_MEMBERSHIPS):
         _grant_to_caller(f"EXECUTE ON FUNCTION {{schema}}.{function}")
+    # The service's first statement calls this beside taskmanager_enter, before it switches
+    # to the caller role: for PUBLIC, as the door itself (only the service's login may
+    # connect, 0008). It answers the sealed caller's own roles, nobody else's.
+    op.execute(f"REVOKE ALL ON FUNCTION {WORKSPACE_ROLES} FROM PUBLIC")
+    op.execute(f"GRANT EXECUTE ON FUNCTION {WORKSPACE_ROLES} TO PUBLIC")
     # A membership changes its role, nothing else: not whose it is, nor where.
     _revoke_from_caller("UPDATE ON {schema}.memberships")
     _grant_to_caller("UPDATE (role) ON {schema}.memberships")
