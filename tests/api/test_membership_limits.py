@@ -23,7 +23,7 @@ import pytest_asyncio
 from fastapi import FastAPI
 from httpx import AsyncClient, Response
 from pydantic import ValidationError
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -36,11 +36,13 @@ from taskmanager.repositories.workspace_repository import (
     MembershipLimits,
     WorkspaceRepository,
 )
+from taskmanager.security.roles import Role
 from taskmanager.security.scope import Scope
 from tests.support.accounts import Account, register_and_login
 from tests.support.databases import TEST_DATABASE
 from tests.support.live_app import live_client
 from tests.support.problems import assert_problem
+from tests.support.row_level_security import enter_scope
 from tests.support.statements import count_statements
 
 REQUEST_ROLE = caller_role_name(TEST_DATABASE)
@@ -293,7 +295,7 @@ async def test_counting_another_accounts_workspaces_ends_in_the_request_role(
     repo = WorkspaceRepository(db_session)
     roomy = MembershipLimits(workspaces_per_user=100, members_per_workspace=100)
     workspace_id = await repo.create(scope.user_id, "Team", roomy)
-    owner = scope.with_workspace(workspace_id, owner=True)
+    owner = scope.with_workspace(workspace_id, Role.OWNER)
 
     await repo.add_member(owner, workspace_id, bob.user_id, "member", roomy)
     assert await current_role(db_session) == REQUEST_ROLE
@@ -302,29 +304,51 @@ async def test_counting_another_accounts_workspaces_ends_in_the_request_role(
     full = MembershipLimits(workspaces_per_user=2, members_per_workspace=100)
     with pytest.raises(MembershipLimitError):
         await repo.add_member(
-            owner.with_workspace(second, owner=True), second, bob.user_id, "member", full
+            owner.with_workspace(second, Role.OWNER), second, bob.user_id, "member", full
         )
     assert await current_role(db_session) == REQUEST_ROLE
 
 
-async def test_only_an_owner_adding_someone_new_asks_who_is_at_the_cap(
-    db_session: AsyncSession, scope: Scope, bob: Account, other_account: Account
+@pytest.mark.parametrize("alices_role", ["viewer", "member", "admin", "owner"])
+async def test_only_an_admin_or_owner_adding_someone_new_asks_who_is_at_the_cap(
+    db_session: AsyncSession,
+    account: Account,
+    bob: Account,
+    other_account: Account,
+    alices_role: str,
 ) -> None:
-    """Not for a workspace of someone else's, nor for a member already in it: the function
-    tells nothing about accounts beyond what adding one needs."""
-    asks = text("SELECT taskmanager_account_at_cap(:account, :workspace, 1)")
-    for account, workspace in (
-        (bob.user_id, other_account.personal_workspace_id),  # not alice's
-        (scope.user_id, scope.personal_workspace_id),  # alice is in it already
-    ):
-        with pytest.raises(DBAPIError, match="only for an owner adding someone new"):
-            async with db_session.begin_nested():
-                await db_session.execute(asks, {"account": account, "workspace": workspace})
-    # The control: bob, new to alice's workspace, is at a cap of 1 (his personal one).
-    allowed = await db_session.execute(
-        asks, {"account": bob.user_id, "workspace": scope.personal_workspace_id}
+    """Not for a workspace of someone else's, nor one where the caller may not add members
+    (a viewer or a member of bob's), nor for a member already in it: the function tells
+    nothing about accounts beyond what adding one needs."""
+    # Before entering (as the server's superuser): alice in bob's personal workspace.
+    await db_session.execute(
+        insert(Membership).values(
+            workspace_id=bob.personal_workspace_id, user_id=account.user_id, role=alices_role
+        )
     )
-    assert allowed.scalar_one() is True
+    await enter_scope(db_session, account)
+    asks = text("SELECT taskmanager_account_at_cap(:account, :workspace, 1)")
+    refused = [
+        (other_account.user_id, other_account.personal_workspace_id),  # not alice's
+        (account.user_id, account.personal_workspace_id),  # alice is in it already
+    ]
+    may_add = alices_role in ("admin", "owner")
+    if not may_add:
+        refused.append((other_account.user_id, bob.personal_workspace_id))
+    for who, workspace in refused:
+        with pytest.raises(DBAPIError, match="only for an admin or an owner adding someone new"):
+            async with db_session.begin_nested():
+                await db_session.execute(asks, {"account": who, "workspace": workspace})
+    # The control: mallory, new to alice's workspace (and to bob's, where alice may add
+    # members), is at a cap of 1 (her personal one).
+    allowed = [account.personal_workspace_id]
+    if may_add:
+        allowed.append(bob.personal_workspace_id)
+    for workspace in allowed:
+        answer = await db_session.execute(
+            asks, {"account": other_account.user_id, "workspace": workspace}
+        )
+        assert answer.scalar_one() is True
 
 
 async def current_role(db_session: AsyncSession) -> str:

@@ -18,6 +18,7 @@ import pytest
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.label_repository import LabelRepository
 from taskmanager.repositories.task_repository import TaskRepository
+from taskmanager.security.roles import Role
 from taskmanager.security.scope import Scope
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "taskmanager"
@@ -30,7 +31,7 @@ def test_a_scope_cannot_be_built_directly() -> None:
             user_id=1,
             session_id=uuid.uuid4(),
             workspace_ids=(1,),
-            owned_workspace_ids=frozenset({1}),
+            roles={1: Role.OWNER},
             personal_workspace_id=1,
             valid_until=2_000_000_000,
         )

@@ -32,6 +32,7 @@ from taskmanager.repositories.label_repository import LabelRepository, LabelsNot
 from taskmanager.repositories.task_queries.filters import TaskFilters
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.repositories.workspace_repository import WorkspaceRepository
+from taskmanager.security.roles import Action, Role
 from taskmanager.security.scope import Scope, mint_scope
 from tests.support.accounts import Account, created_by
 from tests.support.row_level_security import enter_scope, is_policy_violation
@@ -83,7 +84,7 @@ def alices_scope(account: Account) -> Scope:
         user_id=account.user_id,
         session_id=account.session_id,
         workspace_ids=(account.personal_workspace_id,),
-        owned_workspace_ids=frozenset({account.personal_workspace_id}),
+        roles={account.personal_workspace_id: Role.OWNER},
         personal_workspace_id=account.personal_workspace_id,
         valid_until=int((datetime.now(UTC) + timedelta(hours=1)).timestamp()),
     )
@@ -159,7 +160,8 @@ async def test_the_workspace_repository_alone_keeps_to_the_scope(
     assert await workspaces.members(scope, rows.their_workspace) == []
     assert await workspaces.member(scope, rows.their_workspace, other_account.user_id) is None
     assert await workspaces.membership(scope, rows.their_workspace, other_account.user_id) is None
-    assert await workspaces.lock_owners(scope, rows.their_workspace) == []
+    holders = await workspaces.lock_holders(scope, rows.their_workspace, Action.WORKSPACES_WRITE)
+    assert holders == []
     assert [view.id for view in await workspaces.list_mine(scope)] == [rows.my_workspace]
     assert await workspaces.remove_member(scope, rows.their_workspace, other_account.user_id) is (
         False
@@ -259,9 +261,9 @@ async def test_the_policies_alone_refuse_writes_into_another_workspace(
 @pytest.mark.parametrize(
     ("what", "policy", "table"),
     [
-        ("tasks: insert", "tasks_in_my_workspaces", "tasks"),
-        ("labels: insert", "labels_in_my_workspaces", "labels"),
-        ("categories: insert", "categories_in_my_workspaces", "categories"),
+        ("tasks: insert", "tasks_add", "tasks"),
+        ("labels: insert", "labels_add", "labels"),
+        ("categories: insert", "categories_add", "categories"),
     ],
 )
 async def test_with_a_policy_checking_nothing_the_same_write_goes_through(
