@@ -1,5 +1,5 @@
-"""Two more accounts for the API tests, committed once per test run like `account` (alice)
-and `other_account` (mallory): bob and carol share nothing with anyone until a test makes
+"""More accounts for the API tests, committed once per test run like `account` (alice) and
+`other_account` (mallory): bob, carol and vera share nothing with anyone until a test makes
 them members of one of alice's workspaces (rolled back with it)."""
 
 from __future__ import annotations
@@ -18,3 +18,9 @@ async def bob(engine: AsyncEngine) -> Account:
 @pytest_asyncio.fixture(scope="session")
 async def carol(engine: AsyncEngine) -> Account:
     return await create_account(engine, "carol@example.com")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def vera(engine: AsyncEngine) -> Account:
+    """A third account for the roles' tests (a viewer where one is needed)."""
+    return await create_account(engine, "vera@example.com")

@@ -403,6 +403,15 @@ DEFINER_CALLS = {
     "taskmanager_purpose()": "SELECT taskmanager_purpose()",
     "taskmanager_workspace_ids()": "SELECT taskmanager_workspace_ids()",
     "taskmanager_owned_workspace_ids()": "SELECT taskmanager_owned_workspace_ids()",
+    "taskmanager_workspace_ids_allowing(text)": (
+        "SELECT taskmanager_workspace_ids_allowing('tasks:write')"
+    ),
+    "taskmanager_manageable_memberships()": (
+        "SELECT split_part(m, ':', 1)::integer FROM unnest(taskmanager_manageable_memberships()) m"
+    ),
+    "taskmanager_workspace_roles()": (
+        "SELECT key::integer FROM jsonb_each_text(taskmanager_workspace_roles())"
+    ),
     "taskmanager_may_own_first(integer)": "SELECT taskmanager_may_own_first(:workspace)",
     "taskmanager_user_id_by_email(text)": "SELECT taskmanager_user_id_by_email(:email)",
     "taskmanager_password_hash(text,bigint,text)": (
@@ -630,7 +639,8 @@ async def test_a_statement_prepared_by_sql_serves_no_later_request(
                 await connection.execute(
                     text(
                         f'PREPARE "{name}"({types}) AS SELECT e.user_id, '
-                        "e.personal_workspace_id, e.workspace_ids, e.owned_workspace_ids, "
+                        "e.personal_workspace_id, e.workspace_ids, "
+                        "taskmanager_workspace_roles() AS workspace_roles, "
                         "set_config('role', e.caller_role, true) AS role "
                         "FROM taskmanager_enter($1, $2, $3, $4, $5) e WHERE set_config("
                         "'attacker.leak', concat_ws('|', $1, $2, $3, $4, $5), false) "
