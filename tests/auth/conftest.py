@@ -36,6 +36,18 @@ async def target_account(engine: AsyncEngine) -> Account:
     return await create_account(engine, "erin.target@example.com")
 
 
+@pytest_asyncio.fixture(scope="session")
+async def admin_account(engine: AsyncEngine) -> Account:
+    """Made an admin of alice's workspace by the tests that need one."""
+    return await create_account(engine, "adam.admin@example.com")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def viewer_account(engine: AsyncEngine) -> Account:
+    """Made a viewer of alice's workspace by the tests that need one."""
+    return await create_account(engine, "vic.viewer@example.com")
+
+
 ClientAt = Callable[..., AsyncClient]
 
 
