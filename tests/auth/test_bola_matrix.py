@@ -1,18 +1,21 @@
 """Broken object level authorization (OWASP API1), as a matrix generated from the OpenAPI
 document: every operation whose path names an id, called by every kind of caller.
 
-The resources live in a workspace alice owns (with carol a member and erin another
-member); dan shares a different workspace with alice; mallory shares nothing. For every
-operation:
+The resources live in a workspace alice owns (with adam an admin, carol a member, vic a
+viewer and erin another member); dan shares a different workspace with alice; mallory
+shares nothing. For every operation:
 
-- alice (owner) gets the documented success; carol (member) what a member may do (a
-  change only an owner may make is 403: she can see the workspace);
+- alice (owner), adam (admin), carol (member) and vic (viewer) each get what their role may
+  do: the documented success, or 403 for a change their role does not allow (they can see
+  the workspace), with nothing changed;
 - dan (member of another of alice's workspaces) and mallory (stranger) get 404 for every
   method, byte for byte the answer for an id that does not exist, and nothing changes;
 - no token, or an expired one, is 401 with `WWW-Authenticate: Bearer`, and nothing changes.
 
 An operation with an id that has no row in EXPECTED fails the test: a new route is in the
-matrix the moment it is in the document.
+matrix the moment it is in the document. So does an operation whose body names the
+workspace a new row goes in (`workspace_id`) without a row in CREATE_EXPECTED, the table of
+what each role gets creating a task, category or label in alice's workspace.
 
 A second table, generated from the same document, holds every id a request names in its
 body or its query (a workspace, category or label: `workspace_id`, `label_ids`, `?label_id=`).
@@ -54,27 +57,31 @@ ID_PARAMETERS = ("task_id", "category_id", "label_id", "workspace_id", "user_id"
 # An id no row has (inside PostgreSQL's integer range, so it is looked up, not refused).
 MISSING_ID = 2_147_483_000
 
-CALLERS = ("owner", "member", "member_of_other", "stranger", "no_token", "expired_token")
+# The roles of alice's workspace, in the order of EXPECTED's columns.
+WORKSPACE_ROLES = ("owner", "admin", "member", "viewer")
+CALLERS = (*WORKSPACE_ROLES, "member_of_other", "stranger", "no_token", "expired_token")
 
-# operationId -> (status for the owner, status for a member of the same workspace).
+# operationId -> the status for (the owner, an admin, a member, a viewer) of the workspace.
 # The other callers' statuses are the same for every operation (see expected_status).
-EXPECTED: dict[str, tuple[int, int]] = {
-    "get_workspace": (200, 200),
-    "rename_workspace": (200, 403),
-    "delete_workspace": (204, 403),
-    "workspaces_add_member": (201, 403),
-    "workspaces_get_member": (200, 200),
-    "workspaces_remove_member": (204, 403),
-    "get_task": (200, 200),
-    "update_task": (200, 200),
-    "replace_task": (200, 200),
-    "delete_task": (204, 204),
-    "get_category": (200, 200),
-    "rename_category": (200, 200),
-    "delete_category": (204, 204),
-    "get_label": (200, 200),
-    "update_label": (200, 200),
-    "delete_label": (204, 204),
+EXPECTED: dict[str, tuple[int, int, int, int]] = {
+    "get_workspace": (200, 200, 200, 200),
+    "rename_workspace": (200, 403, 403, 403),
+    "delete_workspace": (204, 403, 403, 403),
+    "transfer_workspace": (200, 403, 403, 403),
+    "workspaces_add_member": (201, 201, 403, 403),
+    "workspaces_get_member": (200, 200, 200, 200),
+    "workspaces_change_member_role": (200, 200, 403, 403),
+    "workspaces_remove_member": (204, 204, 403, 403),
+    "get_task": (200, 200, 200, 200),
+    "update_task": (200, 200, 200, 403),
+    "replace_task": (200, 200, 200, 403),
+    "delete_task": (204, 204, 204, 403),
+    "get_category": (200, 200, 200, 200),
+    "rename_category": (200, 200, 200, 403),
+    "delete_category": (204, 204, 204, 403),
+    "get_label": (200, 200, 200, 200),
+    "update_label": (200, 200, 200, 403),
+    "delete_label": (204, 204, 204, 403),
 }
 
 
@@ -83,7 +90,9 @@ class World:
     """What the matrix acts on: alice's workspace and what is in it."""
 
     owner: Account
+    admin: Account
     member: Account
+    viewer: Account
     neighbour: Account
     stranger: Account
     target: Account
@@ -107,6 +116,8 @@ class World:
 BODIES: dict[str, Callable[[World], dict[str, Any]]] = {
     "rename_workspace": lambda world: {"name": "Renamed by the matrix"},
     "workspaces_add_member": lambda world: {"email": world.neighbour.email},
+    "workspaces_change_member_role": lambda world: {"role": "viewer"},
+    "transfer_workspace": lambda world: {"user_id": world.target.user_id},
     "update_task": lambda world: {"title": "Changed by the matrix"},
     "replace_task": lambda world: {"title": "Replaced by the matrix"},
     "rename_category": lambda world: {"name": "Renamed by the matrix"},
@@ -158,10 +169,9 @@ OPERATIONS = _operations_with_ids(DOCUMENT)
 
 
 def expected_status(operation: Operation, caller: str) -> int:
-    owner, member = EXPECTED[operation.operation_id]
+    by_role = dict(zip(WORKSPACE_ROLES, EXPECTED[operation.operation_id], strict=True))
     return {
-        "owner": owner,
-        "member": member,
+        **by_role,
         "member_of_other": 404,
         "stranger": 404,
         "no_token": 401,
@@ -203,7 +213,9 @@ def _placeholder_world(account: Account, other_account: Account) -> World:
     """A world of made-up ids, for checking bodies against their schemas (nothing is sent)."""
     return World(
         owner=account,
+        admin=account,
         member=account,
+        viewer=account,
         neighbour=other_account,
         stranger=other_account,
         target=other_account,
@@ -243,13 +255,16 @@ def test_every_expected_status_is_documented() -> None:
 async def world(
     client: AsyncClient,
     account: Account,
+    admin_account: Account,
     member_account: Account,
+    viewer_account: Account,
     neighbour_account: Account,
     other_account: Account,
     target_account: Account,
 ) -> World:
-    """alice's workspace (carol and erin members) with a category and a task in it, and
-    another workspace alice shares with dan; all made through the API as alice."""
+    """alice's workspace (adam its admin, carol and erin members, vic a viewer) with a
+    category and a task in it, and another workspace alice shares with dan; all made
+    through the API as alice."""
 
     async def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
         response = await client.post(url, json=body, headers=account.headers)
@@ -260,8 +275,13 @@ async def world(
     workspace_id = (await post("/workspaces", {"name": "The matrix"}))["id"]
     shared_id = (await post("/workspaces", {"name": "Shared with dan"}))["id"]
     await post(f"/workspaces/{shared_id}/members", {"email": neighbour_account.email})
-    await post(f"/workspaces/{workspace_id}/members", {"email": member_account.email})
-    await post(f"/workspaces/{workspace_id}/members", {"email": target_account.email})
+    for email, role in (
+        (admin_account.email, "admin"),
+        (member_account.email, "member"),
+        (viewer_account.email, "viewer"),
+        (target_account.email, "member"),
+    ):
+        await post(f"/workspaces/{workspace_id}/members", {"email": email, "role": role})
     category = await post("/categories", {"name": "Matrix", "workspace_id": workspace_id})
     label = await post("/labels", {"name": "Matrix", "workspace_id": workspace_id})
     task = await post(
@@ -275,7 +295,9 @@ async def world(
     )
     return World(
         owner=account,
+        admin=admin_account,
         member=member_account,
+        viewer=viewer_account,
         neighbour=neighbour_account,
         stranger=other_account,
         target=target_account,
@@ -322,7 +344,9 @@ async def snapshot(
 def _token_of(world: World, caller: str) -> str | None:
     return {
         "owner": world.owner.access_token,
+        "admin": world.admin.access_token,
         "member": world.member.access_token,
+        "viewer": world.viewer.access_token,
         "member_of_other": world.neighbour.access_token,
         "stranger": world.stranger.access_token,
         "no_token": None,
@@ -382,7 +406,9 @@ async def test_bola_matrix(
         assert response.content == missing.content
         assert after == before
     elif expected == 403:
-        assert_problem(response, 403, problem_type=FORBIDDEN)
+        body = assert_problem(response, 403, problem_type=FORBIDDEN)
+        # It names the roles that would do, and the caller's.
+        assert body["detail"].endswith(f"in this workspace; yours is {caller}"), body
         assert after == before
     elif operation.method == "GET":
         body = response.json()
@@ -391,6 +417,86 @@ async def test_bola_matrix(
         assert body["user_id" if asked == "user_id" else "id"] == world.ids()[asked], body
         assert after == before
     else:  # a change the caller may make: it happened
+        assert after != before
+
+
+# ─────────────────────────────── each role creating in the workspace
+
+# operationId -> the status for (the owner, an admin, a member, a viewer) creating a row
+# in alice's workspace: every operation whose body names the workspace a new row goes in.
+CREATE_EXPECTED: dict[str, tuple[int, int, int, int]] = {
+    "create_task": (201, 201, 201, 403),
+    "create_category": (201, 201, 201, 403),
+    "create_label": (201, 201, 201, 403),
+}
+
+
+def _creations(document: dict[str, Any]) -> list[Operation]:
+    """The operations whose request body has a `workspace_id`: where a new row goes."""
+    schemas_of = document["components"]["schemas"]
+    found = []
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            if not body:
+                continue
+            name = body["schema"]["$ref"].rsplit("/", 1)[-1]
+            if "workspace_id" in schemas_of[name]["properties"]:
+                found.append(
+                    Operation(
+                        operation_id=operation["operationId"],
+                        method=method.upper(),
+                        path=path,
+                        path_parameters=(),
+                        documented=frozenset(
+                            int(code) for code in operation["responses"] if code.isdigit()
+                        ),
+                        body_schema=name,
+                    )
+                )
+    return found
+
+
+CREATIONS = _creations(DOCUMENT)
+
+
+def test_every_creation_in_a_workspace_has_a_row_and_every_row_an_operation() -> None:
+    found = {operation.operation_id for operation in CREATIONS}
+    assert "create_task" in found, found  # the generator finds what it should
+    assert found == set(CREATE_EXPECTED)
+    for operation in CREATIONS:
+        for status in CREATE_EXPECTED[operation.operation_id]:
+            assert status in operation.documented, (str(operation), status)
+
+
+@pytest.mark.parametrize("caller", WORKSPACE_ROLES)
+@pytest.mark.parametrize("operation", CREATIONS, ids=lambda operation: operation.operation_id)
+async def test_each_role_creating_in_the_workspace(
+    client: AsyncClient,
+    db_session: AsyncSession,
+    world: World,
+    operation: Operation,
+    caller: str,
+) -> None:
+    by_role = dict(zip(WORKSPACE_ROLES, CREATE_EXPECTED[operation.operation_id], strict=True))
+    expected = by_role[caller]
+    before = await snapshot(db_session, world)
+    body = {**REFERENCE_BODIES[operation.operation_id], "workspace_id": world.workspace_id}
+    token = _token_of(world, caller)
+    assert token is not None
+
+    response = await client.request(
+        operation.method, operation.path, json=body, headers=bearer(token)
+    )
+
+    assert response.status_code == expected, (str(operation), caller, response.text)
+    after = await snapshot(db_session, world)
+    if expected == 403:
+        problem = assert_problem(response, 403, problem_type=FORBIDDEN)
+        assert problem["detail"].endswith(f"yours is {caller}"), problem
+        assert after == before
+    else:
+        assert response.json()["workspace_id"] == world.workspace_id
         assert after != before
 
 
@@ -404,6 +510,7 @@ NAMES = {
     "category_id": "category_id",
     "label_id": "label_id",
     "label_ids": "label_id",
+    "user_id": "user_id",
 }
 ATTACKERS = ("member_of_other", "stranger")
 
@@ -425,6 +532,7 @@ REFERENCE_EXPECTED: dict[tuple[str, str], int] = {
     ("list_tasks", "label_id"): 200,
     ("list_categories", "workspace_id"): 200,
     ("list_labels", "workspace_id"): 200,
+    ("transfer_workspace", "user_id"): 422,
 }
 
 # operationId -> the minimal valid body, for the operations of the table without an id in
@@ -542,13 +650,24 @@ def test_every_reference_body_is_valid_for_its_documented_schema(
         getattr(schemas, reference.body_schema).model_validate(body, strict=False)
 
 
+# Operations whose control needs a team of the attacker's, not their personal workspace
+# (which cannot be transferred): the path names that team, and the attacker's own id for
+# the field is their team's other member.
+IN_A_TEAM = {"transfer_workspace"}
+
+
 @dataclass(frozen=True)
 class Attacker:
     """dan or mallory, and what they have of their own: a workspace, a category, a label
-    and a task carrying both."""
+    and a task carrying both; and a team workspace the other one is a member of."""
 
     account: Account
     own: dict[str, int]
+    team: dict[str, int]
+
+    def of(self, reference: Reference) -> dict[str, int]:
+        """Their own ids, for `reference`'s path and control."""
+        return self.team if reference.operation_id in IN_A_TEAM else self.own
 
 
 @pytest.fixture
@@ -557,7 +676,11 @@ async def attackers(
 ) -> dict[str, Attacker]:
     """dan's and mallory's own rows, made through the API as each of them."""
     made = {}
-    for caller, account in (("member_of_other", neighbour_account), ("stranger", other_account)):
+    pairs = (
+        ("member_of_other", neighbour_account, other_account),
+        ("stranger", other_account, neighbour_account),
+    )
+    for caller, account, partner in pairs:
 
         async def post(url: str, body: dict[str, Any], account: Account = account) -> int:
             response = await client.post(url, json=body, headers=account.headers)
@@ -571,6 +694,13 @@ async def attackers(
             "/tasks",
             {"title": "Their own", "category_id": category_id, "label_ids": [label_id]},
         )
+        team_id = await post("/workspaces", {"name": "Their team"})
+        added = await client.post(
+            f"/workspaces/{team_id}/members",
+            json={"email": partner.email},
+            headers=account.headers,
+        )
+        assert added.status_code == 201, added.text
         made[caller] = Attacker(
             account,
             {
@@ -579,6 +709,7 @@ async def attackers(
                 "label_id": label_id,
                 "task_id": task_id,
             },
+            {"workspace_id": team_id, "user_id": partner.user_id},
         )
     return made
 
@@ -588,7 +719,7 @@ async def send(
 ) -> httpx.Response:
     """`reference`'s operation, as `attacker`, on their own resource where the path names
     one, with `named` as the field's id."""
-    url = reference.path.format(**attacker.own)
+    url = reference.path.format(**attacker.of(reference))
     headers = attacker.account.headers
     value: int | list[int] = [named] if reference.many else named
     if reference.where == "body":
@@ -620,7 +751,7 @@ async def test_another_tenants_id_in_a_body_or_a_query_is_one_that_does_not_exis
     expected = REFERENCE_EXPECTED[key]
     attacker = attackers[caller]
     theirs = world.ids()[NAMES[reference.field]]
-    before = await snapshot(db_session, world, attacker.own["workspace_id"])
+    before = await snapshot(db_session, world, attacker.of(reference)["workspace_id"])
     assert before["tasks"], "the world's rows must be visible to the checks"
 
     response = await send(client, reference, world, attacker, theirs)
@@ -638,10 +769,11 @@ async def test_another_tenants_id_in_a_body_or_a_query_is_one_that_does_not_exis
     for header in ("content-type", "X-Total-Count", "Link"):
         assert response.headers.get(header) == missing.headers.get(header), header
     assert _as_sent(response.content, theirs) == _as_sent(missing.content, MISSING_ID)
-    assert await snapshot(db_session, world, attacker.own["workspace_id"]) == before
+    assert await snapshot(db_session, world, attacker.of(reference)["workspace_id"]) == before
 
     # The control: naming their own resource instead, the same request does its work.
-    own = await send(client, reference, world, attacker, attacker.own[NAMES[reference.field]])
+    own_id = attacker.of(reference)[NAMES[reference.field]]
+    own = await send(client, reference, world, attacker, own_id)
     if expected == 422:
         assert own.status_code in (200, 201), own.text
     else:
