@@ -363,6 +363,8 @@ OPERATION_IDS = {
     ("POST", "/workspaces/{workspace_id}/members"): "workspaces_add_member",
     ("GET", "/workspaces/{workspace_id}/members/{user_id}"): "workspaces_get_member",
     ("DELETE", "/workspaces/{workspace_id}/members/{user_id}"): "workspaces_remove_member",
+    ("PATCH", "/workspaces/{workspace_id}/members/{user_id}"): "workspaces_change_member_role",
+    ("POST", "/workspaces/{workspace_id}/transfer"): "transfer_workspace",
     ("POST", "/tasks"): "create_task",
     ("GET", "/tasks"): "list_tasks",
     ("GET", "/tasks/{task_id}"): "get_task",

@@ -11,6 +11,7 @@ idempotency dependencies, which are replaced here, so no token is needed.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,11 +31,13 @@ from taskmanager.dependencies import get_task_reader, get_task_repository
 from taskmanager.errors import raised_by_database_driver
 from taskmanager.main import create_app
 from taskmanager.models import Category, Task
-from taskmanager.problems import DATABASE_UNAVAILABLE, INTERNAL_ERROR
+from taskmanager.problems import DATABASE_UNAVAILABLE, FORBIDDEN, INTERNAL_ERROR
 from taskmanager.repositories.task_queries.filters import TaskFilters
 from taskmanager.repositories.task_queries.views import TaskView, task_view
 from taskmanager.repositories.task_repository import TaskPage
 from taskmanager.routes.idempotency import IdempotentRequest, get_idempotent_request
+from taskmanager.security.roles import Role
+from taskmanager.security.scope import Scope, mint_scope
 from tests.support.problems import assert_problem
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -73,11 +76,25 @@ def make_task(
     )
 
 
+def caller_scope(role: Role = Role.OWNER) -> Scope:
+    """The caller the fake serves: `role` in the workspace PERSONAL_WORKSPACE."""
+    return mint_scope(
+        user_id=1,
+        session_id=uuid.UUID(int=1),
+        workspace_ids=(PERSONAL_WORKSPACE,),
+        roles={PERSONAL_WORKSPACE: role},
+        personal_workspace_id=PERSONAL_WORKSPACE,
+        valid_until=int((NOW + timedelta(days=365 * 100)).timestamp()),
+    )
+
+
 @dataclass
 class FakeTaskRepository:
     """The async methods the task routes call, over a dict, recording every call."""
 
     tasks: dict[int, Task] = field(default_factory=dict)
+    # Whose repository it is: what the routes check the caller's role with.
+    scope: Scope = field(default_factory=caller_scope)
     total: int | None = None  # what count() answers; None: len(tasks)
     calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
     fail_with: BaseException | None = None
@@ -97,7 +114,7 @@ class FakeTaskRepository:
     async def get_by_id_with_category(
         self, task_id: int, *, for_update: bool = False
     ) -> Task | None:
-        self._record("get_by_id_with_category", task_id)
+        self._record("get_by_id_with_category", task_id, for_update=for_update)
         return self.tasks.get(task_id)
 
     async def get_view(self, task_id: int) -> TaskView | None:
@@ -261,8 +278,44 @@ async def test_delete_on_missing_task_is_404_without_delete(
     response = await fake_client.delete("/tasks/7")
 
     assert response.status_code == 404
-    assert fake_repo.called("get_by_id_with_category") == [((7,), {})]
+    # Locked as a change reads it; found by neither read (the second one tells a row the
+    # caller may only see, 403, from one they cannot see, 404).
+    assert fake_repo.called("get_by_id_with_category") == [
+        ((7,), {"for_update": True}),
+        ((7,), {"for_update": False}),
+    ]
     assert fake_repo.called("delete") == []
+
+
+@pytest.mark.parametrize("method", ["PATCH", "PUT", "DELETE"])
+async def test_a_viewers_change_is_403_without_touching_the_task(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository, method: str
+) -> None:
+    fake_repo.scope = caller_scope(Role.VIEWER)
+    fake_repo.tasks[4] = make_task(4, "Read only")
+    body = None if method == "DELETE" else {"title": "Mine now"}
+
+    response = await fake_client.request(method, "/tasks/4", json=body)
+
+    problem = assert_problem(response, 403, problem_type=FORBIDDEN)
+    assert problem["detail"] == (
+        "this needs the role member, admin or owner in this workspace; yours is viewer"
+    )
+    assert fake_repo.called("update") == []
+    assert fake_repo.called("delete") == []
+
+
+async def test_a_members_change_reaches_the_repository(
+    fake_client: AsyncClient, fake_repo: FakeTaskRepository
+) -> None:
+    """The control: the same request by a member of the workspace."""
+    fake_repo.scope = caller_scope(Role.MEMBER)
+    fake_repo.tasks[4] = make_task(4, "Shared")
+
+    response = await fake_client.patch("/tasks/4", json={"title": "Changed"})
+
+    assert response.status_code == 200, response.text
+    assert [args[1] for args, _ in fake_repo.called("update")] == [{"title": "Changed"}]
 
 
 async def test_delete_passes_the_found_task_to_delete(
