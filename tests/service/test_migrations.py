@@ -33,6 +33,7 @@ from taskmanager.postgres.embedded import EmbeddedPostgres
 from taskmanager.postgres.logins import ConnectionTarget
 from taskmanager.repositories.task_queries.filters import TaskFilters
 from taskmanager.repositories.task_repository import TaskRepository
+from taskmanager.security.roles import PERMISSIONS
 from tests.support.accounts import PASSWORD, login, register_and_login
 from tests.support.databases import (
     TEST_KEY,
@@ -45,6 +46,7 @@ from tests.support.databases import (
     superuser_execute,
     superuser_rows,
     superuser_url,
+    table_exists,
 )
 from tests.support.databases import migrate as migrate_deployment
 from tests.support.live_app import live_client
@@ -577,6 +579,61 @@ async def test_the_search_within_workspaces_migrates_both_ways_with_tasks_in_pla
     await asyncio.to_thread(migrate.upgrade, owner_url(url))
     assert await _found_by_the_repository(url, mine, "mil") == ["Buy milk", "Millet for the birds"]
     assert await _found_by_the_repository(url, theirs, "mill") == ["Mill the corn"]
+
+
+# ─────────────────────────────────────────────
+# The four roles (0010) with memberships in place
+# ─────────────────────────────────────────────
+
+BEFORE_ROLES = "0009"
+
+
+async def test_the_roles_migration_makes_admins_and_viewers_members_on_the_way_down(
+    database_at: DatabaseAt,
+) -> None:
+    """The two-role schema has no admin nor viewer: downgrading makes them members (and
+    keeps every owner); upgrading again gives back the matrix the policies read."""
+    url = await asyncio.to_thread(database_at, "migrations_roles", SCHEMA_REVISION)
+    service_login = ConnectionTarget.from_url(service_url(url)).user
+    await asyncio.to_thread(
+        run_on_one_connection,
+        owner_url(url),
+        lambda owner: prepare_deployment(owner, service_login, TEST_KEY),
+        begin=True,
+    )
+    people = [
+        await _operator_creates_account(url, f"{role}@example.com")
+        for role in ("owner", "admin", "member", "viewer")
+    ]
+    memberships = ", ".join(
+        f"((SELECT id FROM team), {user_id}, '{role}')"
+        for user_id, role in zip(people, ("owner", "admin", "member", "viewer"), strict=True)
+    )
+    await asyncio.to_thread(
+        superuser_execute,
+        url,
+        f"WITH team AS (INSERT INTO workspaces (name, created_by) VALUES ('Team', {people[0]}) "
+        f"RETURNING id) INSERT INTO memberships (workspace_id, user_id, role) VALUES {memberships}",
+    )
+    team_roles = (
+        "SELECT m.user_id, m.role FROM memberships m JOIN workspaces w ON w.id = m.workspace_id "
+        "WHERE w.name = 'Team' ORDER BY m.user_id"
+    )
+
+    await asyncio.to_thread(migrate.downgrade, owner_url(url), BEFORE_ROLES)
+    roles = await asyncio.to_thread(superuser_rows, url, team_roles)
+    assert roles == [
+        (people[0], "owner"),
+        (people[1], "member"),
+        (people[2], "member"),
+        (people[3], "member"),
+    ]
+    assert not await asyncio.to_thread(table_exists, url, "role_permissions")
+
+    await asyncio.to_thread(migrate.upgrade, owner_url(url))
+    stored = await asyncio.to_thread(superuser_rows, url, "SELECT count(*) FROM role_permissions")
+    assert stored == [(sum(len(actions) for actions in PERMISSIONS.values()),)]
+    assert await asyncio.to_thread(superuser_rows, url, team_roles) == roles
 
 
 def test_the_service_checks_for_the_scripts_head() -> None:
