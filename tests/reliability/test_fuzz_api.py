@@ -408,6 +408,7 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
             "query.workspace_id": {"dictionary": "workspace_ids", "probability": half},
             "body.workspace_id": {"dictionary": "workspace_ids", "probability": half},
             "path.user_id": {"dictionary": "member_ids", "probability": half},
+            "body.user_id": {"dictionary": "member_ids", "probability": half},
             "body.email": {"dictionary": "member_emails", "probability": half},
             "body.username": {"dictionary": "login_emails", "probability": half},
             "body.password": {"dictionary": "passwords", "probability": half},
