@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Select, select
+from sqlalchemy import BigInteger, Integer, Select, bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import TypeEngine
 
@@ -19,6 +19,10 @@ from taskmanager.security.scope import Scope
 
 # The object type of a task's own changes (its labels' too: migration 0010's LOGGED).
 TASK = "task"
+# The only delete of the log (migration 0010): for a transaction entered for maintenance.
+_PURGE = text("SELECT taskmanager_purge_activity(:kept_days)").bindparams(
+    bindparam("kept_days", type_=Integer)
+)
 # What a page continues after: the last row's id (a cursor's key, as it binds).
 CURSOR_KEY_TYPES: tuple[TypeEngine[Any], ...] = (BigInteger(),)
 
@@ -79,4 +83,16 @@ class ActivityRepository:
         return statement.order_by(Activity.id.desc())
 
 
-__all__ = ["CURSOR_KEY_TYPES", "ActivityFilters", "ActivityPage", "ActivityRepository"]
+async def purge_activity(session: AsyncSession, kept_days: int) -> int:
+    """Delete the activity older than `kept_days` days (the transaction must have entered
+    for maintenance: nothing else may delete a row of the log); returns how many."""
+    return int((await session.execute(_PURGE, {"kept_days": kept_days})).scalar_one())
+
+
+__all__ = [
+    "CURSOR_KEY_TYPES",
+    "ActivityFilters",
+    "ActivityPage",
+    "ActivityRepository",
+    "purge_activity",
+]
