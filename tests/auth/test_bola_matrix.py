@@ -75,6 +75,14 @@ EXPECTED: dict[str, tuple[int, int]] = {
     "get_label": (200, 200),
     "update_label": (200, 200),
     "delete_label": (204, 204),
+    "list_workspace_activity": (200, 200),
+    "list_task_activity": (200, 200),
+}
+# GET operations answering a list of what the path's id holds (each item names that id in
+# the field given), not the resource itself.
+LISTS = {
+    "list_workspace_activity": "workspace_id",
+    "list_task_activity": "object_id",
 }
 
 
@@ -384,6 +392,13 @@ async def test_bola_matrix(
     elif expected == 403:
         assert_problem(response, 403, problem_type=FORBIDDEN)
         assert after == before
+    elif operation.operation_id in LISTS:
+        asked = operation.path_parameters[-1]
+        items = response.json()
+        assert items, (str(operation), "the world's own rows must be listed")
+        named = {str(item[LISTS[operation.operation_id]]) for item in items}
+        assert named == {str(world.ids()[asked])}, items
+        assert after == before
     elif operation.method == "GET":
         body = response.json()
         # The resource the path's last id names: a member by its user id, others by id.
@@ -400,6 +415,8 @@ async def test_bola_matrix(
 # world's id it is given by an attacker (World.ids()).
 REFERENCE_FIELD = re.compile(r"_ids?$")
 NAMES = {
+    "task_id": "task_id",
+    "actor_id": "user_id",
     "workspace_id": "workspace_id",
     "category_id": "category_id",
     "label_id": "label_id",
@@ -425,6 +442,8 @@ REFERENCE_EXPECTED: dict[tuple[str, str], int] = {
     ("list_tasks", "label_id"): 200,
     ("list_categories", "workspace_id"): 200,
     ("list_labels", "workspace_id"): 200,
+    ("list_workspace_activity", "task_id"): 200,
+    ("list_workspace_activity", "actor_id"): 200,
 }
 
 # operationId -> the minimal valid body, for the operations of the table without an id in
@@ -578,6 +597,7 @@ async def attackers(
                 "category_id": category_id,
                 "label_id": label_id,
                 "task_id": task_id,
+                "user_id": account.user_id,
             },
         )
     return made
