@@ -3,6 +3,7 @@ GET /tasks/{id}/activity, by any member and by nobody else."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -65,6 +66,9 @@ async def test_a_workspace_s_activity_newest_first_as_its_members_read_it(
     ]
     assert {row["actor_id"] for row in rows} == {world.owner.user_id}
     assert {row["workspace_id"] for row in rows} == {world.workspace_id}
+    # The world's requests sent no X-Request-ID: each row has the one the server made up.
+    assert all(re.fullmatch(r"[0-9a-f]{32}", row["request_id"]) for row in rows), rows
+    assert len({row["request_id"] for row in rows}) == 6  # 8 rows of 6 requests
     assert "Link" not in response.headers
 
 

@@ -39,9 +39,9 @@ class CallerRow:
 _ENTER = text(
     """
     SELECT e.user_id, e.personal_workspace_id, e.workspace_ids, e.owned_workspace_ids,
-           set_config('role', e.caller_role, true) AS role,
-           set_config('taskmanager.request_id', :request_id, true) AS request_id
+           set_config('role', e.caller_role, true) AS role
     FROM taskmanager_enter(:user_id, :session_id, :purpose, :valid_until, :proof, :subject) e
+    CROSS JOIN set_config('taskmanager.request_id', :request_id, true) AS request
     """
 ).bindparams(
     bindparam("user_id", type_=Integer),
