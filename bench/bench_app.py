@@ -241,7 +241,7 @@ async def _enter(
     user_id, session_id, expires = claims
     entry = key.entry("request", user_id, session_id, valid_until=expires + tokens.LEEWAY_SECONDS)
     row = await connection.fetchrow(
-        statement, user_id, session_id, entry.purpose, entry.valid_until, entry.proof, None
+        statement, user_id, session_id, entry.purpose, entry.valid_until, entry.proof, None, ""
     )
     if row is None:
         raise _unauthorized()

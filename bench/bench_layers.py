@@ -65,6 +65,7 @@ def _claims(request: Request) -> dict[str, Any]:
         "valid_until": entry.valid_until,
         "proof": entry.proof,
         "subject": None,
+        "request_id": "",
     }
 
 
@@ -157,6 +158,7 @@ async def layer_driver(
         entry.valid_until,
         entry.proof,
         None,
+        "",
     )
     if caller is None:
         raise HTTPException(401, "not authenticated")

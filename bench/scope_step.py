@@ -135,7 +135,7 @@ def after_transaction(view: bool) -> Transaction:
         entry = key.entry("request", 1, SESSION, valid_until=valid_until)  # per request
         async with connection.transaction(readonly=True):
             caller = await connection.fetchrow(
-                AFTER_SCOPE, 1, SESSION, "request", entry.valid_until, entry.proof, None
+                AFTER_SCOPE, 1, SESSION, "request", entry.valid_until, entry.proof, None, ""
             )
             if view:
                 assert await connection.fetchrow(VIEW, *view_arguments(caller["workspace_ids"]))

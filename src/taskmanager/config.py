@@ -225,6 +225,12 @@ class Settings(BaseSettings):
     max_members_per_workspace: int = Field(
         default=500, ge=1, description="Members a workspace may have; adding one more is 409."
     )
+    activity_retention_days: int = Field(
+        default=365,
+        ge=1,
+        description="How long the activity log keeps a change: `taskmanager db "
+        "purge-activity` deletes older ones.",
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description='Origins browsers may call the API from, e.g. ["https://app.example"]; '

@@ -21,8 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.accounts.callers import enter_as_user
 from taskmanager.database import ReadSessionDep, SessionDep
-from taskmanager.observability.logs import user_id_var
+from taskmanager.observability.logs import current_request_id, user_id_var
 from taskmanager.problems import ProblemError, unauthorized_problem
+from taskmanager.repositories.activity_repository import ActivityRepository
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.label_repository import LabelRepository
 from taskmanager.repositories.task_repository import TaskRepository
@@ -64,7 +65,12 @@ async def _scope_of(request: Request, session: AsyncSession, token: str | None) 
     # The database accepts the proof as long as the token (and its leeway) lasts.
     valid_until = claims.expires_at + LEEWAY_SECONDS
     user = await enter_as_user(
-        session, request.app.state.caller_key, claims.user_id, claims.session_id, valid_until
+        session,
+        request.app.state.caller_key,
+        claims.user_id,
+        claims.session_id,
+        valid_until,
+        current_request_id(),
     )
     if user is None:
         raise unauthorized_error(SESSION_ENDED, token_given=True)
@@ -133,6 +139,13 @@ async def get_workspace_reader(
     return WorkspaceRepository(session)
 
 
+async def get_activity_reader(
+    session: ReadSessionDep, user: CurrentReaderDep
+) -> ActivityRepository:
+    """The activity log is read only: the database writes it (migration 0011)."""
+    return ActivityRepository(session, user)
+
+
 def get_membership_limits(request: Request) -> MembershipLimits:
     """The caps on new memberships, from the app's settings."""
     settings = request.app.state.settings
@@ -151,3 +164,4 @@ LabelReaderDep = Annotated[LabelRepository, Depends(get_label_reader)]
 WorkspaceRepositoryDep = Annotated[WorkspaceRepository, Depends(get_workspace_repository)]
 WorkspaceReaderDep = Annotated[WorkspaceRepository, Depends(get_workspace_reader)]
 MembershipLimitsDep = Annotated[MembershipLimits, Depends(get_membership_limits)]
+ActivityReaderDep = Annotated[ActivityRepository, Depends(get_activity_reader)]

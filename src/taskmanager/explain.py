@@ -135,9 +135,9 @@ def _bitmap_indexes(node: dict[str, Any]) -> Iterator[str]:
 
 
 async def caught_statement(
-    session: AsyncSession, run: Callable[[], Awaitable[Any]]
+    session: AsyncSession, run: Callable[[], Awaitable[Any]], table: str = "tasks"
 ) -> tuple[str, Sequence[Any]]:
-    """The first statement reading `tasks` that `run()` sends on `session`, with its
+    """The first statement reading `table` that `run()` sends on `session`, with its
     parameters as the driver would get them; the statement is not sent."""
     connection = (await session.connection()).sync_connection
     assert connection is not None
@@ -146,7 +146,7 @@ async def caught_statement(
     def catch(
         conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
     ) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "FROM tasks" in statement:
+        if statement.lstrip().upper().startswith("SELECT") and f"FROM {table}" in statement:
             caught.append((statement, parameters))
             raise _CaughtError
 
@@ -158,7 +158,7 @@ async def caught_statement(
     finally:
         event.remove(connection, "before_cursor_execute", catch)
     if not caught:
-        raise LookupError("the call sent no statement reading tasks")
+        raise LookupError(f"the call sent no statement reading {table}")
     return caught[0]
 
 

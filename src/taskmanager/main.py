@@ -38,7 +38,7 @@ from taskmanager.observability.metrics import (
 from taskmanager.openapi import build_openapi, install_docs, operation_id
 from taskmanager.postgres.deployment import check_service_login_when_reachable
 from taskmanager.postgres.logins import database_logins
-from taskmanager.routes import auth, categories, health, labels, tasks, users, workspaces
+from taskmanager.routes import activity, auth, categories, health, labels, tasks, users, workspaces
 from taskmanager.security.caller_key import CallerKey
 from taskmanager.security.passwords import prepare_decoy_hash
 from taskmanager.security.signing_key import signing_key
@@ -142,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(categories.router)
     app.include_router(labels.router)
+    app.include_router(activity.router)
     app.include_router(health.router)
     token = settings.metrics_token
     install_metrics_route(app, token.get_secret_value() if token else None)

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Column,
     Computed,
@@ -461,3 +462,37 @@ class IdempotencyKey(Base):
     response_headers: Mapped[dict[str, str] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Activity(Base):
+    """One change of a workspace's data, written by PostgreSQL itself in the transaction of
+    the change (migration 0011's trigger on each logged table): who (the caller's user id;
+    None for the database's owner), what (`kind`, e.g. `task.updated`; the object's type
+    and id), the fields `before` and `after` it, and the request that made it. Append-only:
+    requests may only read it (their workspaces' rows); `taskmanager db purge-activity`
+    deletes what is older than the retention.
+
+    No foreign keys: the log outlives the object, the workspace and the account."""
+
+    __tablename__ = "activity"
+    __table_args__ = (
+        # A workspace's activity newest first (id order), filtered by actor or kind; an
+        # object's history; the purge by age (BRIN: rows arrive in created_at order).
+        Index("ix_activity_workspace_id_id", "workspace_id", "id"),
+        Index("ix_activity_workspace_id_actor_id_id", "workspace_id", "actor_id", "id"),
+        Index("ix_activity_workspace_id_kind_id", "workspace_id", "kind", "id"),
+        Index("ix_activity_object_type_object_id_id", "object_type", "object_id", "id"),
+        Index("ix_activity_created_at", "created_at", postgresql_using="brin"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    workspace_id: Mapped[int]
+    actor_id: Mapped[int | None]
+    kind: Mapped[str] = mapped_column(String(60))
+    object_type: Mapped[str] = mapped_column(String(30))
+    # Text: the key of any logged table (every id is an integer today).
+    object_id: Mapped[str] = mapped_column(String(100))
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

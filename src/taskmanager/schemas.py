@@ -517,5 +517,48 @@ class WorkspaceTransfer(BaseModel):
     user_id: DatabaseId = Field(description="The member who becomes an owner; you become admin.")
 
 
+# ─────────────────────────────────────────────
+# ACTIVITY
+# ─────────────────────────────────────────────
+
+
+class ActivityResponse(BaseModel):
+    """One change in a workspace, as the database recorded it in the change's transaction."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int = Field(description="Increasing: a larger id is a later change.")
+    workspace_id: int
+    actor_id: int | None = Field(
+        description="The user who made the change; null for one made by the database's "
+        "owner (a migration, an operator's SQL)."
+    )
+    kind: str = Field(
+        description="`<object_type>.<verb>`: task.created, task.updated, task.deleted, "
+        "task.label_added, task.label_removed, category.created, category.renamed, "
+        "category.deleted, label.created, label.updated, label.deleted, member.added, "
+        "member.role_changed, member.removed, workspace.created, workspace.renamed, "
+        "workspace.deleted.",
+        examples=["task.updated"],
+    )
+    object_type: str = Field(examples=["task"])
+    object_id: str = Field(
+        description="The object's id, as text (a member: their user id).", examples=["42"]
+    )
+    before: dict[str, Any] | None = Field(
+        description="The fields the change changed, as they were (an update: only those "
+        "that changed; a create: null; a delete: every field).",
+        examples=[{"title": "Buy milk"}],
+    )
+    after: dict[str, Any] | None = Field(
+        description="The same fields as they became (a delete: null; a create: every field).",
+        examples=[{"title": "Buy oat milk"}],
+    )
+    request_id: str | None = Field(
+        description="The X-Request-ID of the request that made the change (null outside a request)."
+    )
+    created_at: datetime = Field(description="When the change's transaction began.")
+
+
 class HealthResponse(BaseModel):
     status: str

@@ -169,7 +169,7 @@ async def seed(
     async with session_factory() as session, session.begin():
         user_id, created = await demo_account(session, key)
     async with session_factory() as session, session.begin():
-        scope = await scope_of_account(session, key, user_id)
+        scope = await scope_of_account(session, key, user_id, logged=False)
         workspace_id = scope.workspace_for_new_row(None)
         category_ids = await CategoryRepository(session, scope).ensure_names(
             category_names(categories), workspace_id
@@ -189,14 +189,14 @@ async def seed(
             row for _, row in zip(range(min(BATCH_SIZE, tasks - inserted)), rows, strict=False)
         ]
         async with session_factory() as session, session.begin():
-            scope = await scope_of_account(session, key, user_id)
+            scope = await scope_of_account(session, key, user_id, logged=False)
             inserted += await TaskRepository(session, scope).bulk_insert(batch, label_ids)
         if on_progress is not None:
             on_progress(len(batch))
     if (inserted or deleted) and owner_engine is not None:
         await refresh_statistics(owner_engine)
     async with session_factory() as session, session.begin():
-        scope = await scope_of_account(session, key, user_id)
+        scope = await scope_of_account(session, key, user_id, logged=False)
         total = await TaskRepository(session, scope).count(TaskFilters(workspace_id=workspace_id))
     return SeedResult(
         tasks=inserted,

@@ -147,6 +147,7 @@ def test_method_names_are_the_readable_operation_ids(generated: GeneratedClient)
             "list_labels",
             "update_label",
         ],
+        "activity": ["list_task_activity", "list_workspace_activity"],
         "health": ["health_live", "health_ready"],
     }
 

@@ -381,6 +381,8 @@ OPERATION_IDS = {
     ("GET", "/labels/{label_id}"): "get_label",
     ("PATCH", "/labels/{label_id}"): "update_label",
     ("DELETE", "/labels/{label_id}"): "delete_label",
+    ("GET", "/workspaces/{workspace_id}/activity"): "list_workspace_activity",
+    ("GET", "/tasks/{task_id}/activity"): "list_task_activity",
     ("GET", "/health/live"): "health_live",
     ("GET", "/health/ready"): "health_ready",
 }

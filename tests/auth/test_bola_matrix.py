@@ -82,6 +82,16 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "get_label": (200, 200, 200, 200),
     "update_label": (200, 200, 200, 403),
     "delete_label": (204, 204, 204, 403),
+    "list_workspace_activity": (200, 200, 200, 200),
+    "list_task_activity": (200, 200, 200, 200),
+}
+
+
+# GET operations answering a list of what the path's id holds (each item names that id in
+# the field given), not the resource itself.
+LISTS = {
+    "list_workspace_activity": "workspace_id",
+    "list_task_activity": "object_id",
 }
 
 
@@ -410,6 +420,13 @@ async def test_bola_matrix(
         # It names the roles that would do, and the caller's.
         assert body["detail"].endswith(f"in this workspace; yours is {caller}"), body
         assert after == before
+    elif operation.operation_id in LISTS:
+        asked = operation.path_parameters[-1]
+        items = response.json()
+        assert items, (str(operation), "the world's own rows must be listed")
+        named = {str(item[LISTS[operation.operation_id]]) for item in items}
+        assert named == {str(world.ids()[asked])}, items
+        assert after == before
     elif operation.method == "GET":
         body = response.json()
         # The resource the path's last id names: a member by its user id, others by id.
@@ -506,6 +523,8 @@ async def test_each_role_creating_in_the_workspace(
 # world's id it is given by an attacker (World.ids()).
 REFERENCE_FIELD = re.compile(r"_ids?$")
 NAMES = {
+    "task_id": "task_id",
+    "actor_id": "user_id",
     "workspace_id": "workspace_id",
     "category_id": "category_id",
     "label_id": "label_id",
@@ -533,6 +552,8 @@ REFERENCE_EXPECTED: dict[tuple[str, str], int] = {
     ("list_categories", "workspace_id"): 200,
     ("list_labels", "workspace_id"): 200,
     ("transfer_workspace", "user_id"): 422,
+    ("list_workspace_activity", "task_id"): 200,
+    ("list_workspace_activity", "actor_id"): 200,
 }
 
 # operationId -> the minimal valid body, for the operations of the table without an id in
@@ -708,6 +729,7 @@ async def attackers(
                 "category_id": category_id,
                 "label_id": label_id,
                 "task_id": task_id,
+                "user_id": account.user_id,
             },
             {"workspace_id": team_id, "user_id": partner.user_id},
         )

@@ -430,6 +430,9 @@ DEFINER_CALLS = {
     "taskmanager_matches_at_least(text[],integer)": (
         "SELECT taskmanager_matches_at_least(ARRAY['secret'], 1)"
     ),
+    "taskmanager_purge_activity(integer)": "SELECT taskmanager_purge_activity(1)",
+    # A trigger's (asyncpg cannot even describe a SELECT of it).
+    "taskmanager_log_activity()": "DO $$ BEGIN PERFORM taskmanager_log_activity(); END $$",
 }
 
 

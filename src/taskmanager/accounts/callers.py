@@ -15,7 +15,7 @@ import uuid
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.repositories.user_repository import CallerRow, UserRepository
-from taskmanager.security.caller_key import CallerKey
+from taskmanager.security.caller_key import UNLOGGED_SUBJECT, CallerKey
 from taskmanager.security.roles import ROLES, Role
 from taskmanager.security.scope import Scope, mint_scope
 
@@ -26,12 +26,14 @@ async def enter_as_user(
     user_id: int,
     session_id: uuid.UUID,
     valid_until: int,
+    request_id: str | None = None,
 ) -> Scope | None:
     """Enter the transaction as the user of a login session, for as long as their access
-    token lasts (`valid_until`); their scope, or None when the database refuses (the login
-    has ended: logged out, password changed, or account disabled)."""
+    token lasts (`valid_until`), for the request `request_id`; their scope, or None when
+    the database refuses (the login has ended: logged out, password changed, or account
+    disabled)."""
     entry = key.entry("request", user_id, session_id, valid_until=valid_until)
-    caller = await UserRepository(session).enter(entry)
+    caller = await UserRepository(session).enter(entry, request_id)
     return None if caller is None else _scope(caller, session_id, valid_until)
 
 
@@ -52,10 +54,13 @@ def _scope(caller: CallerRow, session_id: uuid.UUID, valid_until: int) -> Scope:
     )
 
 
-async def scope_of_account(session: AsyncSession, key: CallerKey, user_id: int) -> Scope:
+async def scope_of_account(
+    session: AsyncSession, key: CallerKey, user_id: int, *, logged: bool = True
+) -> Scope:
     """The scope of an account for an operator's command (`taskmanager db seed`), which has
-    no token: the rest of the transaction runs as that user under row-level security."""
-    entry = key.entry("operator", user_id)
+    no token: the rest of the transaction runs as that user under row-level security.
+    `logged=False`: its changes write no activity (made-up demo data, not anyone's work)."""
+    entry = key.entry("operator", user_id, subject=None if logged else UNLOGGED_SUBJECT)
     caller = await UserRepository(session).enter(entry)
     if caller is None:
         raise LookupError(f"there is no account {user_id}")

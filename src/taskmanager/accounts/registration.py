@@ -24,6 +24,7 @@ async def register_account(
     display_name: str | None = None,
     *,
     claim_unowned: bool = False,
+    request_id: str | None = None,
 ) -> User:
     """Create the account (an email in use fails the unique index: 409) with its personal
     workspace. With `claim_unowned` (only `taskmanager users create`, an operator's
@@ -32,10 +33,11 @@ async def register_account(
     stranger to register would get them.
 
     The transaction must not have entered a caller yet: it enters as the account about to
-    be made (the database allocates its id), under row-level security from the start."""
+    be made (the database allocates its id), under row-level security from the start.
+    `request_id`: the request it serves (the activity log names it), if any."""
     password_hash = await hash_password(password)
     users = UserRepository(session)
-    entered = await users.enter(key.entry("register"))
+    entered = await users.enter(key.entry("register"), request_id)
     if entered is None or entered.user_id is None:
         raise RuntimeError("the database allocated no id for a registration")
     user = await users.create(
@@ -51,6 +53,6 @@ async def register_account(
     await users.set_personal_workspace(user, personal)
     if claim_unowned:
         # Only an operator's caller may take over the workspaces nobody owns.
-        await users.enter(key.entry("operator", user.id))
+        await users.enter(key.entry("operator", user.id), request_id)
         await workspaces.claim_unclaimed(user.id)
     return user

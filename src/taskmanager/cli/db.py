@@ -264,6 +264,33 @@ def db_purge_keys() -> None:
     console.print(f"purged {purged} expired idempotency keys")
 
 
+@db_app.command("purge-activity")
+def db_purge_activity(
+    kept_days: Annotated[
+        int | None,
+        typer.Option(
+            help="Keep this many days of activity (default: TASKMANAGER_ACTIVITY_RETENTION_DAYS).",
+            min=1,
+        ),
+    ] = None,
+) -> None:
+    """Delete activity log rows older than the retention (the only way rows leave it)."""
+    from taskmanager.repositories.activity_repository import purge_activity
+    from taskmanager.repositories.user_repository import UserRepository
+
+    settings = load_settings()
+    key = caller_key(settings)
+    days = settings.activity_retention_days if kept_days is None else kept_days
+    with database_url(settings) as url:
+
+        async def purge(session: AsyncSession) -> int:
+            await UserRepository(session).enter(key.entry("maintenance"))
+            return await purge_activity(session, days)
+
+        purged = in_one_transaction(settings, url, purge)
+    console.print(f"purged {purged} activity rows older than {days} days")
+
+
 @db_app.command("purge-logins")
 def db_purge_logins(
     kept_days: Annotated[

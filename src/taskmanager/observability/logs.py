@@ -39,6 +39,12 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 user_id_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("user_id", default=None)
 
 
+def current_request_id() -> str | None:
+    """The id of the request being served (X-Request-ID), None outside a request."""
+    request_id = request_id_var.get()
+    return None if request_id == "-" else request_id
+
+
 class RequestIdLogFilter(logging.Filter):
     """Adds `request_id` to every log record, for formats that print it."""
 

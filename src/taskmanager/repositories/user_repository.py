@@ -37,12 +37,16 @@ class CallerRow:
 # was) and switches to the deployment's caller role. Both end at COMMIT or
 # ROLLBACK, so they hold behind PgBouncer's transaction pooling and never leak to the next
 # user of the connection. A request whose login session has ended gets no row.
+# The request's id goes along, transaction-local too: the activity log (migration 0011)
+# writes it beside each change. Unlike the caller it is not sealed: SQL in a request may
+# change it, and it only labels the rows that request writes.
 _ENTER = text(
     """
     SELECT e.user_id, e.personal_workspace_id, e.workspace_ids,
            taskmanager_workspace_roles() AS workspace_roles,
            set_config('role', e.caller_role, true) AS role
     FROM taskmanager_enter(:user_id, :session_id, :purpose, :valid_until, :proof, :subject) e
+    CROSS JOIN set_config('taskmanager.request_id', :request_id, true) AS request
     """
 ).bindparams(
     bindparam("user_id", type_=Integer),
@@ -51,6 +55,7 @@ _ENTER = text(
     bindparam("valid_until", type_=BigInteger),
     bindparam("proof", type_=Text),
     bindparam("subject", type_=Text),
+    bindparam("request_id", type_=Text),
 )
 # As the app runs it: the roles arrive as JSON.
 _ENTER_ROW = _ENTER.columns(workspace_roles=JSONB)
@@ -80,10 +85,11 @@ class UserRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def enter(self, entry: Entry) -> CallerRow | None:
+    async def enter(self, entry: Entry, request_id: str | None = None) -> CallerRow | None:
         """Run the rest of this transaction as the caller `entry` names, under row-level
-        security (see _ENTER). None if that user is gone (or, for a request, inactive, or
-        its login session ended); a proof that does not verify is an error (42501)."""
+        security (see _ENTER), for the request `request_id` (X-Request-ID; None outside a
+        request). None if that user is gone (or, for a request, inactive, or its login
+        session ended); a proof that does not verify is an error (42501)."""
         row = (
             await self.session.execute(
                 _ENTER_ROW,
@@ -94,6 +100,7 @@ class UserRepository:
                     "valid_until": entry.valid_until,
                     "proof": entry.proof,
                     "subject": entry.subject,
+                    "request_id": request_id or "",
                 },
             )
         ).first()

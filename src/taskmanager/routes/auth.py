@@ -25,6 +25,7 @@ from taskmanager.accounts.sessions import Opened, Refused, TooManyAttempts
 from taskmanager.database import SessionDep
 from taskmanager.dependencies import TOKEN_URL, CurrentUserDep
 from taskmanager.models import User
+from taskmanager.observability.logs import current_request_id
 from taskmanager.observability.metrics import count_login_failure
 from taskmanager.openapi import problem_responses, response_headers, token_problem_responses
 from taskmanager.problems import (
@@ -105,7 +106,12 @@ async def register(
     if wait is not None:
         return retry_later(TOO_MANY_REGISTRATIONS, "too many registrations", wait)
     user = await register_account(
-        session, request.app.state.caller_key, body.email, body.password, body.display_name
+        session,
+        request.app.state.caller_key,
+        body.email,
+        body.password,
+        body.display_name,
+        request_id=current_request_id(),
     )
     response.headers["Location"] = str(request.url_for("get_me"))
     return user

@@ -31,6 +31,10 @@ from typing import Literal
 # maintenance - purging what has expired; checking the key
 Purpose = Literal["request", "login", "register", "refresh", "operator", "maintenance"]
 
+# The subject of an operator's transaction whose changes write no activity (migration
+# 0010 reads it from the sealed caller): `taskmanager db seed`'s made-up demo data.
+UNLOGGED_SUBJECT = "unlogged"
+
 # How long a proof for the service's own transactions is good for (the database accepts
 # at most 15 minutes ahead of its own clock).
 SERVICE_PROOF_SECONDS = 300

@@ -1,0 +1,113 @@
+"""The activity log's tests: accounts committed once per run, a workspace of alice's with
+something of each kind in it (made through the API), and the log's rows as stored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest_asyncio
+from httpx import AsyncClient
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from taskmanager.models import Activity
+from tests.support.accounts import Account, create_account
+
+
+@pytest_asyncio.fixture(scope="session")
+async def viewer_account(engine: AsyncEngine) -> Account:
+    """A member of alice's workspace in the world below: reads its activity."""
+    return await create_account(engine, "vera.activity@example.com")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def second_member_account(engine: AsyncEngine) -> Account:
+    """Another member of that workspace: the one the sweep removes."""
+    return await create_account(engine, "sam.activity@example.com")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def outsider_account(engine: AsyncEngine) -> Account:
+    """Belongs to none of alice's workspaces: added by the sweep, never a reader."""
+    return await create_account(engine, "olga.activity@example.com")
+
+
+@dataclass(frozen=True)
+class World:
+    """alice's workspace (vera and sam members) with a category, a label and a task that
+    carries both."""
+
+    owner: Account
+    viewer: Account
+    member: Account
+    outsider: Account
+    workspace_id: int
+    task_id: int
+    category_id: int
+    label_id: int
+
+    def ids(self) -> dict[str, int]:
+        return {
+            "workspace_id": self.workspace_id,
+            "task_id": self.task_id,
+            "category_id": self.category_id,
+            "label_id": self.label_id,
+            "user_id": self.member.user_id,
+        }
+
+
+@pytest_asyncio.fixture
+async def world(
+    client: AsyncClient,
+    account: Account,
+    viewer_account: Account,
+    second_member_account: Account,
+    outsider_account: Account,
+) -> World:
+    async def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = await client.post(url, json=body, headers=account.headers)
+        assert response.status_code == 201, response.text
+        made: dict[str, Any] = response.json()
+        return made
+
+    workspace_id = (await post("/workspaces", {"name": "Activity"}))["id"]
+    await post(f"/workspaces/{workspace_id}/members", {"email": viewer_account.email})
+    await post(f"/workspaces/{workspace_id}/members", {"email": second_member_account.email})
+    category = await post("/categories", {"name": "Errands", "workspace_id": workspace_id})
+    label = await post("/labels", {"name": "soon", "workspace_id": workspace_id})
+    task = await post(
+        "/tasks",
+        {
+            "title": "Buy milk",
+            "workspace_id": workspace_id,
+            "category_id": category["id"],
+            "label_ids": [label["id"]],
+        },
+    )
+    return World(
+        owner=account,
+        viewer=viewer_account,
+        member=second_member_account,
+        outsider=outsider_account,
+        workspace_id=workspace_id,
+        task_id=task["id"],
+        category_id=category["id"],
+        label_id=label["id"],
+    )
+
+
+async def last_activity_id(db_session: AsyncSession) -> int:
+    """The newest row's id (0 for none), as stored (the test's superuser sees every row)."""
+    return int(
+        (await db_session.execute(select(func.coalesce(func.max(Activity.id), 0)))).scalar_one()
+    )
+
+
+async def activity_after(db_session: AsyncSession, after: int) -> list[Activity]:
+    """The rows written since the row `after`, oldest first."""
+    db_session.expunge_all()
+    rows = await db_session.scalars(
+        select(Activity).where(Activity.id > after).order_by(Activity.id)
+    )
+    return list(rows.all())
