@@ -247,7 +247,9 @@ class Outbox(Base):
 
     __tablename__ = "outbox"
     __table_args__ = (
-        Index("ix_outbox_next_attempt_at", "next_attempt_at", postgresql_where=text("sent_at IS NULL")),
+        Index(
+            "ix_outbox_next_attempt_at", "next_attempt_at", postgresql_where=text("sent_at IS NULL")
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
