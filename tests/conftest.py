@@ -53,6 +53,10 @@ from tests.support.databases import (
 from tests.support.live_app import live_client, observer_engine
 from tests.support.rolled_back import rolled_back_client
 
+# Without an SMTP server, every app (and `taskmanager serve` started by a test) writes its
+# mail as .eml files: into a directory of this test run's, never the checkout's .taskmanager.
+os.environ.setdefault("TASKMANAGER_MAIL_DIR", tempfile.mkdtemp(prefix="taskmanager-test-mail-"))
+
 # The reliability log (the `reliability` fixture and the hooks writing it), as a plugin.
 pytest_plugins = ("tests.support.reliability",)
 

@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """
 A task manager on PostgreSQL: accounts, workspaces, tasks, categories, health checks.
 
-Register (`POST /auth/register`), then press **Authorize** and log in with your email and
-password. Every task and category belongs to a workspace; you see those of the workspaces
+Register (`POST /auth/register`; the mailed link verifies your address), then press
+**Authorize** and log in with your email and password. Every task and category belongs to a workspace; you see those of the workspaces
 you belong to, and an id that is not yours is 404.
 
 Every error is `application/problem+json` (RFC 9457). Every response carries
