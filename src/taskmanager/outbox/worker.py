@@ -142,7 +142,7 @@ class OutboxWorker:
             )
         else:
             log.warning(
-                "outbox row %s (%s) failed (attempt %s), next in %.0f s: %s",
+                "outbox row %s (%s) failed (attempt %s), next in %.1f s: %s",
                 item.id,
                 item.kind,
                 item.attempt,
