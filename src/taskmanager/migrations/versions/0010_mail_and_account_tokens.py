@@ -106,10 +106,16 @@ def hmac(message: str) -> str:
 
 def _refuse_a_tampered_session(function: str) -> str:
     """As 0008's: a session on which SQL prepared a statement serves no caller (a token
-    passed to these functions must not be caught by a statement someone else prepared)."""
+    passed to these functions must not be caught by a statement someone else prepared).
+    And only a caller entered through taskmanager_enter may call at all: a caller set by
+    hand fails the seal's check (42501), and none is refused here."""
     return f"""IF EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql) THEN
                 RAISE EXCEPTION '{function}: a statement was prepared with SQL on '
                     'this connection; it serves no caller any more' USING ERRCODE = '{TAMPERED}';
+            END IF;
+            IF {{schema}}.taskmanager_purpose() IS NULL THEN
+                RAISE EXCEPTION '{function}: only for a caller entered through '
+                    'taskmanager_enter' USING ERRCODE = '42501';
             END IF;"""
 
 
@@ -334,13 +340,17 @@ def _functions() -> None:
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_password_reset_valid(token_hash text)
         RETURNS boolean
-        LANGUAGE sql STABLE SECURITY DEFINER {PIN}
-        AS $$ SELECT EXISTS (
-                  SELECT FROM {{schema}}.account_tokens t
-                  JOIN {{schema}}.users u ON u.id = t.user_id
-                  WHERE t.token_hash = taskmanager_password_reset_valid.token_hash
-                    AND t.purpose = 'password_reset' AND t.used_at IS NULL
-                    AND t.expires_at > now() AND u.is_active) $$
+        LANGUAGE plpgsql STABLE SECURITY DEFINER {PIN}
+        AS $$
+        BEGIN
+            {_refuse_a_tampered_session("taskmanager_password_reset_valid")}
+            RETURN EXISTS (
+                SELECT FROM {{schema}}.account_tokens t
+                JOIN {{schema}}.users u ON u.id = t.user_id
+                WHERE t.token_hash = taskmanager_password_reset_valid.token_hash
+                  AND t.purpose = 'password_reset' AND t.used_at IS NULL
+                  AND t.expires_at > now() AND u.is_active);
+        END $$
         """
     )
     # Reset a password: spend the reset token whose hash is `token_hash`, store the new
