@@ -186,7 +186,7 @@ async def test_add_a_member_then_read_it_at_its_location(
 ) -> None:
     email = "generated.member@example.com"
     registered = await live.post("/auth/register", json={"email": email, "password": PASSWORD})
-    assert registered.status_code == 201, registered.text
+    assert registered.status_code == 202, registered.text
     create_workspace = generated.operation("workspaces", "create_workspace")
     add_member = generated.operation("workspaces", "workspaces_add_member")
     get_member = generated.operation("workspaces", "workspaces_get_member")

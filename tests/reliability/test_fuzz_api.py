@@ -424,7 +424,6 @@ CREATED_HEADERS = {
     "POST /labels": {"Location", "ETag"},
     "POST /workspaces": {"Location", "ETag"},
     "POST /workspaces/{workspace_id}/members": {"Location"},
-    "POST /auth/register": {"Location"},
 }
 
 

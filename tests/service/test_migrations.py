@@ -395,7 +395,7 @@ async def test_the_first_operator_made_account_takes_over_the_rows_from_before_a
         stranger = await http.post(
             "/auth/register", json={"email": "stranger@example.com", "password": PASSWORD}
         )
-        assert stranger.status_code == 201, stranger.text
+        assert stranger.status_code == 202, stranger.text
         strangers = await login(http, "stranger@example.com")
         assert (await http.get("/tasks", headers=strangers)).json() == []
         assert (
