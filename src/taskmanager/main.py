@@ -53,8 +53,8 @@ DESCRIPTION = """
 A task manager on PostgreSQL: accounts, workspaces, tasks, categories, health checks.
 
 Register (`POST /auth/register`; the mailed link verifies your address), then press
-**Authorize** and log in with your email and password. Every task and category belongs to a workspace; you see those of the workspaces
-you belong to, and an id that is not yours is 404.
+**Authorize** and log in with your email and password. Every task and category belongs to a
+workspace; you see those of the workspaces you belong to, and an id that is not yours is 404.
 
 Every error is `application/problem+json` (RFC 9457). Every response carries
 `X-Request-ID`. Writes are committed before the response is sent.

@@ -239,6 +239,11 @@ def _tables() -> None:
         f"CREATE POLICY outbox_worker ON outbox USING ({PURPOSE} = 'maintenance') "
         f"WITH CHECK ({PURPOSE} = 'maintenance')"
     )
+    # Said outright: no caller sees or writes a token row, whatever is granted later.
+    op.execute(
+        "CREATE POLICY account_tokens_functions_only ON account_tokens USING (false) "
+        "WITH CHECK (false)"
+    )
 
 
 def _functions() -> None:
