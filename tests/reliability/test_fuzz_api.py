@@ -21,9 +21,11 @@ database seeded with the same rows. Explore further with
 from __future__ import annotations
 
 import os
+import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,6 +37,7 @@ from schemathesis.engine.recorder import ScenarioRecorder
 from schemathesis.specs.openapi.checks import ensure_resource_availability
 
 from tests.support.accounts import PASSWORD, TEST_SECRET, login_over_http, register_over_http
+from tests.support.mail import eml_token
 from tests.support.processes import ServeProcess, clean_env, serve
 
 pytestmark = [pytest.mark.server, pytest.mark.reliability]
@@ -297,6 +300,7 @@ class Seeded:
     member_emails: list[str]
     email: str
     refresh_tokens: list[str]
+    mail_tokens: list[str]  # mailed links' tokens: verifications and password resets
     tokens: dict[str, str]  # operation -> access token ("*": the fuzzing account's)
 
 
@@ -314,9 +318,13 @@ def fuzz_server(
         TASKMANAGER_LOGIN_FAILURES_PER_ACCOUNT_AND_ADDRESS="100000",
         TASKMANAGER_LOGIN_FAILURES_PER_ACCOUNT="100000",
         TASKMANAGER_LOGIN_FAILURES_PER_ACCOUNT_PER_DAY="100000",
-        # And registrations by the dozen, from the same address.
+        # And registrations by the dozen, from the same address, and mails asked for.
         TASKMANAGER_REGISTRATIONS_PER_ADDRESS="100000",
         TASKMANAGER_REGISTRATIONS_TOTAL="100000",
+        TASKMANAGER_MAILS_PER_ADDRESS="100000",
+        TASKMANAGER_MAILS_PER_ACCOUNT="100000",
+        # Its mail, as .eml files: the seed reads the mailed links' tokens there.
+        TASKMANAGER_MAIL_DIR=str(FUZZ_MAIL_DIR),
     )
     with serve(env, tmp_path_factory.mktemp("fuzz-cwd")) as server:
         yield server
@@ -325,6 +333,9 @@ def fuzz_server(
 FUZZ_EMAIL = "fuzz@example.com"
 MEMBER_EMAILS = [f"member-{i}@example.com" for i in range(3)]
 REFRESH_TOKENS = 10
+# Accounts whose mailed links (a verification, a password reset) the fuzzer gets to spend.
+MAILED = [f"mailed-{i}@example.com" for i in range(5)]
+FUZZ_MAIL_DIR = Path(tempfile.mkdtemp(prefix="taskmanager-fuzz-mail-"))
 
 
 def seed(base_url: str) -> Seeded:
@@ -336,6 +347,14 @@ def seed(base_url: str) -> Seeded:
     logout = register_over_http(base_url, "logout@example.com")
     logout_all = register_over_http(base_url, "logout-all@example.com")
     refresher = register_over_http(base_url, "refresher@example.com")
+    mail_tokens = []
+    for email in MAILED:
+        register_over_http(base_url, email)
+        httpx.post(f"{base_url}/auth/password-reset", json={"email": email}).raise_for_status()
+        mail_tokens += [
+            eml_token(FUZZ_MAIL_DIR, email, "Confirm your email address"),
+            eml_token(FUZZ_MAIL_DIR, email, "Reset your password"),
+        ]
     with httpx.Client(base_url=base_url, timeout=30, headers=fuzzer.headers) as http:
         refresh_tokens = [refresher.refresh_token] + [
             login_over_http(http, refresher.email)["refresh_token"]
@@ -373,6 +392,7 @@ def seed(base_url: str) -> Seeded:
         member_emails=MEMBER_EMAILS,
         email=FUZZ_EMAIL,
         refresh_tokens=refresh_tokens,
+        mail_tokens=mail_tokens,
         tokens={
             "*": fuzzer.access_token,
             "POST /auth/logout": logout.access_token,
@@ -396,6 +416,7 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
             "login_emails": {"values": [seeded.email]},
             "passwords": {"values": [PASSWORD]},
             "refresh_tokens": {"values": seeded.refresh_tokens},
+            "mail_tokens": {"values": seeded.mail_tokens},
         },
         "parameters": {
             "path.task_id": {"dictionary": "task_ids", "probability": half},
@@ -411,7 +432,11 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
             "body.email": {"dictionary": "member_emails", "probability": half},
             "body.username": {"dictionary": "login_emails", "probability": half},
             "body.password": {"dictionary": "passwords", "probability": half},
+            "body.new_password": {"dictionary": "passwords", "probability": 0.9},
             "body.refresh_token": {"dictionary": "refresh_tokens", "probability": half},
+            # Most drawn from the seeded ones: each works once, and a reset also needs a
+            # valid new password in the same request.
+            "body.token": {"dictionary": "mail_tokens", "probability": 0.9},
         },
     }
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -114,3 +115,23 @@ def smtp_settings(server: SmtpServer) -> dict[str, Any]:
         "outbox_poll_seconds": 0.2,
         "outbox_retry_seconds": 0.2,
     }
+
+
+def eml_token(directory: Path, to: str, subject: str, within: float = 15.0) -> str:
+    """The token of the link in the newest mail to `to` with `subject` that a server without
+    SMTP wrote as an .eml file into `directory` (waiting for it to appear)."""
+    deadline = time.monotonic() + within
+    while True:
+        found = []
+        for path in sorted(directory.glob("*.eml")):
+            message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            if message["To"] == to and message["Subject"] == subject:
+                found.append(message)
+        if found:
+            body = found[-1].get_body(("plain",))
+            assert body is not None
+            (link,) = set(LINK.findall(body.get_content()))  # type: ignore[attr-defined]
+            (token,) = parse_qs(urlsplit(link).query)["token"]
+            return token
+        assert time.monotonic() < deadline, f"no mail {subject!r} to {to} in {directory}"
+        time.sleep(0.05)
