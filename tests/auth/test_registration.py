@@ -272,3 +272,25 @@ async def test_registrations_from_everywhere_are_limited(client_at: ClientAt) ->
     refused = await register(client_at("192.0.2.4", **limits), "late@example.com", "a password")
 
     assert_too_many_registrations(refused, 10)
+
+
+async def test_an_address_taken_meanwhile_leaves_the_registration_going_on(
+    db_session: AsyncSession, account: Account
+) -> None:
+    """Two registrations of one address at once: the second finds it taken only when it
+    inserts. It gets None (and answers as for any taken address), not an error, and its
+    transaction goes on."""
+    users = UserRepository(db_session)
+    entered = await users.enter(TEST_KEY.entry("register"))
+    assert entered is not None
+    assert entered.user_id is not None
+
+    taken = await users.create_unless_taken(
+        entered.user_id, account.email.upper(), "Second", "$argon2id$not-used"
+    )
+
+    assert taken is None
+    assert await users.get_by_id(account.user_id) is None  # still this caller: sees no one else
+    await leave_scope(db_session)
+    same = (await db_session.execute(select(User.id).where(User.email.ilike(account.email)))).all()
+    assert len(same) == 1
