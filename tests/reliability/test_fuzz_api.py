@@ -21,7 +21,6 @@ database seeded with the same rows. Explore further with
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -305,8 +304,16 @@ class Seeded:
 
 
 @pytest.fixture(scope="module")
+def fuzz_mail_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the server writes its mail (.eml files): the seed reads mailed links there."""
+    return tmp_path_factory.mktemp("fuzz-mail")
+
+
+@pytest.fixture(scope="module")
 def fuzz_server(
-    make_database: Callable[[str], str], tmp_path_factory: pytest.TempPathFactory
+    make_database: Callable[[str], str],
+    tmp_path_factory: pytest.TempPathFactory,
+    fuzz_mail_dir: Path,
 ) -> Iterator[ServeProcess]:
     env = clean_env(
         DATABASE_URL=make_database("fuzz"),
@@ -324,7 +331,7 @@ def fuzz_server(
         TASKMANAGER_MAILS_PER_ADDRESS="100000",
         TASKMANAGER_MAILS_PER_ACCOUNT="100000",
         # Its mail, as .eml files: the seed reads the mailed links' tokens there.
-        TASKMANAGER_MAIL_DIR=str(FUZZ_MAIL_DIR),
+        TASKMANAGER_MAIL_DIR=str(fuzz_mail_dir),
     )
     with serve(env, tmp_path_factory.mktemp("fuzz-cwd")) as server:
         yield server
@@ -335,10 +342,9 @@ MEMBER_EMAILS = [f"member-{i}@example.com" for i in range(3)]
 REFRESH_TOKENS = 10
 # Accounts whose mailed links (a verification, a password reset) the fuzzer gets to spend.
 MAILED = [f"mailed-{i}@example.com" for i in range(5)]
-FUZZ_MAIL_DIR = Path(tempfile.mkdtemp(prefix="taskmanager-fuzz-mail-"))
 
 
-def seed(base_url: str) -> Seeded:
+def seed(base_url: str, mail_dir: Path) -> Seeded:
     """Accounts, a shared workspace with members, categories and tasks, all over HTTP."""
     fuzzer = register_over_http(base_url, FUZZ_EMAIL)
     members = [register_over_http(base_url, email) for email in MEMBER_EMAILS]
@@ -352,8 +358,8 @@ def seed(base_url: str) -> Seeded:
         register_over_http(base_url, email)
         httpx.post(f"{base_url}/auth/password-reset", json={"email": email}).raise_for_status()
         mail_tokens += [
-            eml_token(FUZZ_MAIL_DIR, email, "Confirm your email address"),
-            eml_token(FUZZ_MAIL_DIR, email, "Reset your password"),
+            eml_token(mail_dir, email, "Confirm your email address"),
+            eml_token(mail_dir, email, "Reset your password"),
         ]
     with httpx.Client(base_url=base_url, timeout=30, headers=fuzzer.headers) as http:
         refresh_tokens = [refresher.refresh_token] + [
@@ -465,10 +471,10 @@ def documented_responses(base_url: str) -> dict[tuple[str, str], set[str]]:
 
 @pytest.mark.timeout(300)
 def test_every_operation_answers_as_documented_under_fuzzing(
-    fuzz_server: ServeProcess, reliability: Any
+    fuzz_server: ServeProcess, fuzz_mail_dir: Path, reliability: Any
 ) -> None:
     base_url = fuzz_server.base_url
-    seeded = seed(base_url)
+    seeded = seed(base_url, fuzz_mail_dir)
     run = run_schemathesis(base_url, existing_ids(seeded), seeded.tokens)
     documented = documented_responses(base_url)
     operations = {operation for operation, _ in documented}
