@@ -16,8 +16,10 @@ is tested over a real socket against its own database: see `server_database_url`
 from __future__ import annotations
 
 import asyncio
+import atexit
 import gc
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -52,6 +54,13 @@ from tests.support.databases import (
 )
 from tests.support.live_app import live_client, observer_engine
 from tests.support.rolled_back import rolled_back_client
+
+# Without an SMTP server, every app (and `taskmanager serve` started by a test) writes its
+# mail as .eml files: into a directory of this test run's, never the checkout's .taskmanager.
+if "TASKMANAGER_MAIL_DIR" not in os.environ:
+    _MAIL_DIR = tempfile.mkdtemp(prefix="taskmanager-test-mail-")
+    os.environ["TASKMANAGER_MAIL_DIR"] = _MAIL_DIR
+    atexit.register(shutil.rmtree, _MAIL_DIR, ignore_errors=True)
 
 # The reliability log (the `reliability` fixture and the hooks writing it), as a plugin.
 pytest_plugins = ("tests.support.reliability",)

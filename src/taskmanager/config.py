@@ -231,6 +231,68 @@ class Settings(BaseSettings):
         description="How long the activity log keeps a change: `taskmanager db "
         "purge-activity` deletes older ones.",
     )
+    # Mail (taskmanager.mail): links point at public_base_url; sent over SMTP when smtp_host
+    # is set, else written as .eml files under mail_dir for a developer to open.
+    public_base_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="The service's address as its users reach it: mailed links start with it.",
+    )
+    mail_from: str = Field(
+        default="taskmanager <taskmanager@localhost>",
+        description="The From of every mail the service sends.",
+    )
+    smtp_host: str | None = Field(
+        default=None,
+        description="The SMTP server mail is sent through; unset means every mail is "
+        "written as an .eml file under mail_dir instead.",
+    )
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_starttls: bool = Field(
+        default=True, description="Upgrade the SMTP connection with STARTTLS (required)."
+    )
+    smtp_username: str | None = Field(default=None, description="SMTP login, if any.")
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP password, if any.")
+    smtp_timeout: float = Field(
+        default=30.0, gt=0, le=600, description="Seconds one SMTP conversation may take."
+    )
+    mail_dir: Path | None = Field(
+        default=None,
+        description="Where mail is written without smtp_host; unset means `mail` beside data_dir.",
+    )
+    email_verification_hours: float = Field(
+        default=48.0, gt=0, le=720, description="How long a mailed verification link works."
+    )
+    password_reset_minutes: float = Field(
+        default=30.0, ge=1, le=24 * 60, description="How long a mailed password-reset link works."
+    )
+    # Mails anyone can have sent (a password reset for any address) or an account can ask
+    # for again (a verification link): counted like password attempts, before any work.
+    mails_per_account: int = Field(
+        default=5,
+        ge=1,
+        description="Password-reset and verification mails to one account per mail window.",
+    )
+    mails_per_address: int = Field(
+        default=20,
+        ge=1,
+        description="Password-reset requests and verification resends from one client "
+        "address per mail window.",
+    )
+    mail_window_seconds: int = Field(default=3600, ge=1)
+    # The outbox worker (taskmanager.outbox): woken after a commit that recorded a row,
+    # and polling for rows left by a crash or another process.
+    outbox_poll_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="Seconds between looks at the outbox."
+    )
+    outbox_retry_seconds: float = Field(
+        default=30.0, gt=0, description="Wait before the first retry; doubled for each next."
+    )
+    outbox_retry_max_seconds: float = Field(
+        default=3600.0, gt=0, description="The longest wait between two attempts."
+    )
+    outbox_max_attempts: int = Field(
+        default=10, ge=1, le=1000, description="Attempts at one outbox row before giving up."
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description='Origins browsers may call the API from, e.g. ["https://app.example"]; '
@@ -275,7 +337,14 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("metrics_token", mode="before")
+    @field_validator("public_base_url")
+    @classmethod
+    def _a_web_address(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("metrics_token", "smtp_host", "smtp_password", mode="before")
     @classmethod
     def _blank_token_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -290,6 +359,11 @@ class Settings(BaseSettings):
     @property
     def uses_embedded_database(self) -> bool:
         return self.database_url is None
+
+    @property
+    def mail_directory(self) -> Path:
+        """Where mail goes without an SMTP server (beside the embedded server's data)."""
+        return self.mail_dir or self.data_dir.parent / "mail"
 
 
 @lru_cache(maxsize=1)

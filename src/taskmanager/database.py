@@ -165,6 +165,25 @@ def create_read_session_factory(engine: AsyncEngine) -> async_sessionmaker[Async
     )
 
 
+# A key of `session.info`: this transaction recorded an outbox row (a mail to send). The
+# session dependency wakes the outbox worker once the transaction has committed.
+OUTBOX_RECORDED = "outbox_recorded"
+
+
+def note_outbox_recorded(session: AsyncSession) -> None:
+    """Called by a repository that recorded an outbox row in `session`'s transaction."""
+    session.info[OUTBOX_RECORDED] = True
+
+
+def wake_outbox_after_commit(request: Request, session: AsyncSession) -> None:
+    """After the request's commit: if it recorded outbox rows, the worker sends them now
+    rather than at its next look (none runs where the lifespan did not start one)."""
+    if session.info.pop(OUTBOX_RECORDED, False):
+        wake = getattr(request.app.state, "outbox_wake", None)
+        if wake is not None:
+            wake()
+
+
 async def get_async_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request: commit when the route succeeded, roll back on any error."""
     async_session_factory: async_sessionmaker[AsyncSession] = (
@@ -175,8 +194,10 @@ async def get_async_session(request: Request) -> AsyncIterator[AsyncSession]:
             yield session
             await session.commit()
         except Exception:
+            session.info.pop(OUTBOX_RECORDED, None)  # rolled back: nothing to send
             await session.rollback()
             raise
+        wake_outbox_after_commit(request, session)
         # session.close() is called by `async with`: the connection goes back to the pool.
 
 

@@ -17,6 +17,7 @@ from contextlib import ExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from taskmanager import __version__
 from taskmanager.config import Settings, get_settings
@@ -27,6 +28,7 @@ from taskmanager.database import (
 )
 from taskmanager.errors import install_error_handlers
 from taskmanager.garbage_collection import tune_garbage_collection
+from taskmanager.mail.sender import MAIL_PREFIX, MailSender, transport_for
 from taskmanager.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from taskmanager.observability.logs import configure_logging, log_slow_statements
 from taskmanager.observability.metrics import (
@@ -36,10 +38,12 @@ from taskmanager.observability.metrics import (
     instrument_pool,
 )
 from taskmanager.openapi import build_openapi, install_docs, operation_id
+from taskmanager.outbox.worker import OutboxWorker, RetryPolicy
 from taskmanager.postgres.deployment import check_service_login_when_reachable
 from taskmanager.postgres.logins import database_logins
 from taskmanager.routes import activity, auth, categories, health, labels, tasks, users, workspaces
 from taskmanager.security.caller_key import CallerKey
+from taskmanager.security.mail_tokens import MailTokenKey
 from taskmanager.security.passwords import prepare_decoy_hash
 from taskmanager.security.signing_key import signing_key
 
@@ -48,13 +52,40 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """
 A task manager on PostgreSQL: accounts, workspaces, tasks, categories, health checks.
 
-Register (`POST /auth/register`), then press **Authorize** and log in with your email and
-password. Every task and category belongs to a workspace; you see those of the workspaces
-you belong to, and an id that is not yours is 404.
+Register (`POST /auth/register`; the mailed link verifies your address), then press
+**Authorize** and log in with your email and password. Every task and category belongs to a
+workspace; you see those of the workspaces you belong to, and an id that is not yours is 404.
 
 Every error is `application/problem+json` (RFC 9457). Every response carries
 `X-Request-ID`. Writes are committed before the response is sent.
 """
+
+
+def _outbox_worker(
+    settings: Settings,
+    session_factory: async_sessionmaker[AsyncSession],
+    key: CallerKey,
+    signing_key: str,
+) -> OutboxWorker:
+    """The worker that sends what requests recorded in the outbox, after their commit."""
+    transport = transport_for(settings)
+    log.info("mail goes out through %r", transport)
+    mail = MailSender(
+        transport,
+        MailTokenKey(signing_key),
+        settings.mail_from,
+        settings.public_base_url,
+    )
+    policy = RetryPolicy(
+        poll_seconds=settings.outbox_poll_seconds,
+        first_retry_seconds=settings.outbox_retry_seconds,
+        max_retry_seconds=settings.outbox_retry_max_seconds,
+        max_attempts=settings.outbox_max_attempts,
+        # Longer than one SMTP conversation may take, so no other worker claims a row
+        # that is still being sent.
+        lease_seconds=max(60.0, 2 * settings.smtp_timeout + 30),
+    )
+    return OutboxWorker(session_factory, key, {MAIL_PREFIX: mail.send}, policy)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -93,10 +124,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.engine = engine
             app.state.async_session_factory = create_session_factory(engine)
             app.state.read_session_factory = create_read_session_factory(engine)
+            outbox = _outbox_worker(
+                settings, app.state.async_session_factory, key, app.state.signing_key
+            )
+            app.state.outbox_wake = outbox.wake
             tune_garbage_collection(settings.gc_threshold)  # last: everything above stays
+            outbox.start()
             try:
                 yield
             finally:
+                await outbox.stop()
                 await engine.dispose()
                 await asyncio.to_thread(stack.close)
 

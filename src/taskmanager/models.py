@@ -20,6 +20,7 @@ from sqlalchemy import (
     Enum,
     ForeignKey,
     ForeignKeyConstraint,
+    Identity,
     Index,
     LargeBinary,
     MetaData,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    Uuid,
     false,
     func,
     text,
@@ -116,6 +118,13 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     password_changed_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
+    )
+    # When the owner of the address proved it (a mailed token; migration 0012): until then
+    # the account works in its own workspaces, and nothing that trusts the address (an
+    # invitation) accepts it. Written only by the database's token functions, or at INSERT
+    # by the operator's `users create`.
+    email_verified_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), default=None
     )
 
     __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012
@@ -245,6 +254,54 @@ class LoginFailure(Base):
     key: Mapped[str] = mapped_column(String(400), primary_key=True)  # "email:…" / "address:…"
     failures: Mapped[int]
     window_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Outbox(Base):
+    """A side effect of a committed change (a mail; webhooks later), recorded in the same
+    transaction as the change and performed after commit by the outbox worker
+    (taskmanager.outbox). `payload` holds no secret: a mailed token is derived again at
+    send time from its row's id (taskmanager.security.mail_tokens)."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index(
+            "ix_outbox_next_attempt_at", "next_attempt_at", postgresql_where=text("sent_at IS NULL")
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(100))  # "mail.verify_email", ...
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # Claims so far (a claim counts before the attempt: a crash mid-send is one).
+    attempts: Mapped[int] = mapped_column(server_default=text("0"))
+    # Due from then on; a claim moves it one lease ahead, a failure one backoff ahead.
+    next_attempt_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class AccountToken(Base):
+    """A token mailed to prove a mailbox (verify an address, reset a password), kept only as
+    its SHA-256. Single use (`used_at`), valid until `expires_at`; `email` is the address it
+    was mailed to. Written and spent only by SECURITY DEFINER functions (migration 0012)."""
+
+    __tablename__ = "account_tokens"
+    __table_args__ = (
+        CheckConstraint("purpose IN ('verify_email', 'password_reset')", name="purpose_known"),
+        Index("ix_account_tokens_user_id", "user_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(20))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    email: Mapped[str] = mapped_column(String(EMAIL_MAX_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Category(Base):

@@ -121,6 +121,7 @@ TOO_MANY_LOGIN_ATTEMPTS = ProblemType(
 TOO_MANY_REGISTRATIONS = ProblemType(
     "/problems/too-many-registrations", "Too many registrations", 429
 )
+TOO_MANY_MAILS = ProblemType("/problems/too-many-mails", "Too many mails", 429)
 # A cap on how many of something may exist (workspaces per account, members per
 # workspace): `detail` names the cap and its value.
 LIMIT_REACHED = ProblemType("/problems/limit-reached", "Limit reached", 409)
@@ -136,6 +137,7 @@ CATALOGUE: tuple[ProblemType, ...] = (
     FORBIDDEN,
     TOO_MANY_LOGIN_ATTEMPTS,
     TOO_MANY_REGISTRATIONS,
+    TOO_MANY_MAILS,
     LIMIT_REACHED,
     DATABASE_UNAVAILABLE,
     INTERNAL_ERROR,

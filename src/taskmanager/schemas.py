@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
+    computed_field,
     field_validator,
     model_validator,
 )
@@ -394,6 +395,37 @@ class LoginForm(BaseModel):
     password: str = Field(json_schema_extra={"format": "password"})
 
 
+class Accepted(BaseModel):
+    """202: the request was taken; what follows comes by mail."""
+
+    detail: str = Field(examples=["check your mail to go on"])
+
+
+class VerifyEmailRequest(BaseModel):
+    """For POST /auth/verify-email: the token of the mailed link."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    token: str = Field(min_length=1, max_length=200, description="The `token` of the link.")
+
+
+class PasswordResetRequest(BaseModel):
+    """For POST /auth/password-reset."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    email: Email
+
+
+class PasswordResetConfirm(BaseModel):
+    """For POST /auth/password-reset/confirm: the mailed token and the new password."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    token: str = Field(min_length=1, max_length=200, description="The `token` of the link.")
+    new_password: Password
+
+
 class UserResponse(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -402,6 +434,15 @@ class UserResponse(BaseModel):
     display_name: str
     personal_workspace_id: int | None
     created_at: datetime
+    email_verified_at: datetime | None = Field(
+        description="When the address was proven (the mailed link); null until then."
+    )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def email_verified(self) -> bool:
+        """Whether the owner of the address proved it."""
+        return self.email_verified_at is not None
 
 
 class UserUpdate(BaseModel):

@@ -46,6 +46,9 @@ class World:
     task_id: int
     category_id: int
     label_id: int
+    # The account a registration in the sweep made (its id, its personal workspace): the
+    # answer (202) names neither, so the sweep looks it up.
+    new_account: tuple[int, int] | None = None
 
     def ids(self) -> dict[str, int]:
         return {

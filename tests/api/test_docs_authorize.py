@@ -56,7 +56,7 @@ def server_url(
         response = httpx.post(
             f"{server.base_url}/auth/register", json={"email": EMAIL, "password": PASSWORD}
         )
-        assert response.status_code == 201, response.text
+        assert response.status_code == 202, response.text
         yield server.base_url
 
 

@@ -349,6 +349,10 @@ async def test_openapi_problem_schema_and_refs_resolve(client: AsyncClient) -> N
 # breaks client code, so it is a change made here on purpose.
 OPERATION_IDS = {
     ("POST", "/auth/register"): "auth_register",
+    ("POST", "/auth/verify-email"): "auth_verify_email",
+    ("POST", "/auth/verify-email/resend"): "auth_resend_verification",
+    ("POST", "/auth/password-reset"): "auth_request_password_reset",
+    ("POST", "/auth/password-reset/confirm"): "auth_confirm_password_reset",
     ("POST", "/auth/token"): "auth_login",
     ("POST", "/auth/refresh"): "auth_refresh",
     ("POST", "/auth/logout"): "auth_logout",

@@ -61,7 +61,7 @@ async def test_no_password_or_token_is_ever_logged(
     registered = await send_without_token(
         client, "POST", "/auth/register", json={"email": EMAIL, "password": PASSWORD}
     )
-    assert registered.status_code == 201, registered.text
+    assert registered.status_code == 202, registered.text
     login = await send_without_token(
         client, "POST", "/auth/token", data={"username": EMAIL, "password": PASSWORD}
     )

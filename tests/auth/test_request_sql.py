@@ -35,7 +35,7 @@ from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.security.caller_key import Entry, Purpose, attempt_subject
 from taskmanager.security.tokens import read_access_token
 from tests.support.accounts import TEST_SECRET, register_and_login
-from tests.support.databases import TEST_KEY, database_of, superuser_url
+from tests.support.databases import TEST_KEY, database_of, run_as, superuser_url
 from tests.support.live_app import live_client
 from tests.support.row_level_security import INSUFFICIENT_PRIVILEGE, sqlstate
 
@@ -433,6 +433,20 @@ DEFINER_CALLS = {
     "taskmanager_purge_activity(integer)": "SELECT taskmanager_purge_activity(1)",
     # A trigger's (asyncpg cannot even describe a SELECT of it).
     "taskmanager_log_activity()": "DO $$ BEGIN PERFORM taskmanager_log_activity(); END $$",
+    # A reset token of the attacker's choosing for the victim, and the victim's tokens.
+    "taskmanager_record_mail(text,text,uuid,text,integer,bigint,text)": (
+        "SELECT taskmanager_record_mail('password_reset', :email, gen_random_uuid(), "
+        "encode(sha256('chosen'), 'hex'), 1800, :far, 'forged')"
+    ),
+    "taskmanager_verify_email(text)": (
+        "SELECT taskmanager_verify_email(t.token_hash) FROM account_tokens t"
+    ),
+    "taskmanager_password_reset_valid(text)": (
+        "SELECT taskmanager_password_reset_valid(encode(sha256('guessed'), 'hex'))"
+    ),
+    "taskmanager_reset_password(text,text)": (
+        "SELECT taskmanager_reset_password(encode(sha256('guessed'), 'hex'), '$argon2id$mine')"
+    ),
 }
 
 
@@ -526,6 +540,97 @@ async def test_no_caller_reads_a_password_hash(
             "SELECT * FROM taskmanager_password_hash(:email, :far, 'forged')",
         ):
             assert refused(await attempt(connection, sql, email=VICTIM, far=FAR)), sql
+        await connection.rollback()
+
+
+# ─────────────────────────────── the outbox and mailed tokens (migration 0012)
+
+
+async def test_a_request_sees_no_outbox_row_and_marks_none_sent(
+    service: AsyncEngine, tenants: Tenants
+) -> None:
+    """The registrations recorded a mail each: a request sees none of them, and can neither
+    mark one sent, push it out of reach nor delete it; it cannot record one either (only
+    the database's functions do, naming the recipient themselves)."""
+    async with service.connect() as connection, connection.begin():
+        await enter(connection, tenants.attacker.entry())
+        for sql in (
+            "SELECT * FROM outbox",
+            "UPDATE outbox SET sent_at = now() RETURNING id",
+            "UPDATE outbox SET attempts = 1000, next_attempt_at = 'infinity' RETURNING id",
+            "DELETE FROM outbox RETURNING id",
+        ):
+            assert await attempt(connection, sql) == [], sql
+        for sql in (
+            "INSERT INTO outbox (kind, payload) VALUES ('mail.password_reset', "
+            "jsonb_build_object('to', 'attacker@example.com', 'token_id', gen_random_uuid()))",
+            "UPDATE outbox SET payload = '{}'",
+            "UPDATE outbox SET kind = 'mail.password_reset'",
+        ):
+            assert refused(await attempt(connection, sql)), sql
+        await connection.rollback()
+    # The control: the worker's purpose sees them.
+    async with service.connect() as connection, connection.begin():
+        await enter(connection, TEST_KEY.entry("maintenance"))
+        recipients = await attempt(connection, "SELECT payload->>'to' FROM outbox")
+        assert {VICTIM, ATTACKER} <= {row[0] for row in recipients}
+        await connection.rollback()
+
+
+@pytest.mark.parametrize(
+    "purpose", ["request", "login", "register", "refresh", "operator", "maintenance"]
+)
+async def test_no_caller_reads_or_writes_a_mailed_token(
+    service: AsyncEngine, tenants: Tenants, purpose: Purpose
+) -> None:
+    attacker = tenants.attacker
+    user_id = None if purpose in ("register", "maintenance") else attacker.user_id
+    session_id = attacker.session_id if purpose in ("request", "refresh") else None
+    until = int(time.time()) + 300
+    async with service.connect() as connection, connection.begin():
+        await enter(connection, TEST_KEY.entry(purpose, user_id, session_id, valid_until=until))
+        for sql in (
+            "SELECT token_hash FROM account_tokens",
+            "SELECT count(*) FROM account_tokens",
+            "UPDATE account_tokens SET expires_at = 'infinity'",
+            "DELETE FROM account_tokens",
+            "INSERT INTO account_tokens (id, user_id, purpose, token_hash, email, expires_at) "
+            "VALUES (gen_random_uuid(), :victim, 'password_reset', 'chosen', :email, "
+            "'2100-01-01')",
+        ):
+            outcome = await attempt(connection, sql, victim=tenants.victim.user_id, email=VICTIM)
+            assert refused(outcome), (sql, outcome)
+        await connection.rollback()
+    # The control: the tokens are there (the victim's verification link, as a hash).
+    hashes = await run_as(
+        superuser_url(tenants.url),
+        "SELECT t.token_hash FROM account_tokens t JOIN users u ON u.id = t.user_id "
+        "WHERE u.email = :email",
+        email=VICTIM,
+    )
+    assert len(hashes) == 1
+
+
+async def test_a_request_cannot_verify_its_own_address_without_the_mail(
+    service: AsyncEngine, tenants: Tenants
+) -> None:
+    attacker = tenants.attacker
+    async with service.connect() as connection, connection.begin():
+        await enter(connection, attacker.entry())
+        for sql in (
+            "UPDATE users SET email_verified_at = now() WHERE id = :me",
+            # A verification token of a hash the attacker knows the token of.
+            "SELECT taskmanager_record_mail('verify_email', NULL, gen_random_uuid(), "
+            "encode(sha256('mine'), 'hex'), 60, :far, 'forged')",
+        ):
+            assert refused(await attempt(connection, sql, me=attacker.user_id, far=FAR)), sql
+        assert await attempt(
+            connection, "SELECT taskmanager_verify_email(encode(sha256('mine'), 'hex'))"
+        ) == [(None,)]
+        verified = await attempt(
+            connection, "SELECT email_verified_at FROM users WHERE id = :me", me=attacker.user_id
+        )
+        assert verified == [(None,)]
         await connection.rollback()
 
 

@@ -48,10 +48,10 @@ CASES = {
     "openapi": Case("GET", "/openapi.json", 200, authenticated=False),
     "docs": Case("GET", "/docs", 200, authenticated=False),
     "404 no route": Case("GET", "/nowhere", 404, authenticated=False),
-    "register 201": Case(
+    "register 202": Case(
         "POST",
         "/auth/register",
-        201,
+        202,
         authenticated=False,
         kwargs={"json": {"email": "headers@example.com", "password": "a fine password"}},
     ),

@@ -24,6 +24,7 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,6 +36,7 @@ from schemathesis.engine.recorder import ScenarioRecorder
 from schemathesis.specs.openapi.checks import ensure_resource_availability
 
 from tests.support.accounts import PASSWORD, TEST_SECRET, login_over_http, register_over_http
+from tests.support.mail import eml_token
 from tests.support.processes import ServeProcess, clean_env, serve
 
 pytestmark = [pytest.mark.server, pytest.mark.reliability]
@@ -297,12 +299,21 @@ class Seeded:
     member_emails: list[str]
     email: str
     refresh_tokens: list[str]
+    mail_tokens: list[str]  # mailed links' tokens: verifications and password resets
     tokens: dict[str, str]  # operation -> access token ("*": the fuzzing account's)
 
 
 @pytest.fixture(scope="module")
+def fuzz_mail_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the server writes its mail (.eml files): the seed reads mailed links there."""
+    return tmp_path_factory.mktemp("fuzz-mail")
+
+
+@pytest.fixture(scope="module")
 def fuzz_server(
-    make_database: Callable[[str], str], tmp_path_factory: pytest.TempPathFactory
+    make_database: Callable[[str], str],
+    tmp_path_factory: pytest.TempPathFactory,
+    fuzz_mail_dir: Path,
 ) -> Iterator[ServeProcess]:
     env = clean_env(
         DATABASE_URL=make_database("fuzz"),
@@ -314,9 +325,13 @@ def fuzz_server(
         TASKMANAGER_LOGIN_FAILURES_PER_ACCOUNT_AND_ADDRESS="100000",
         TASKMANAGER_LOGIN_FAILURES_PER_ACCOUNT="100000",
         TASKMANAGER_LOGIN_FAILURES_PER_ACCOUNT_PER_DAY="100000",
-        # And registrations by the dozen, from the same address.
+        # And registrations by the dozen, from the same address, and mails asked for.
         TASKMANAGER_REGISTRATIONS_PER_ADDRESS="100000",
         TASKMANAGER_REGISTRATIONS_TOTAL="100000",
+        TASKMANAGER_MAILS_PER_ADDRESS="100000",
+        TASKMANAGER_MAILS_PER_ACCOUNT="100000",
+        # Its mail, as .eml files: the seed reads the mailed links' tokens there.
+        TASKMANAGER_MAIL_DIR=str(fuzz_mail_dir),
     )
     with serve(env, tmp_path_factory.mktemp("fuzz-cwd")) as server:
         yield server
@@ -325,9 +340,11 @@ def fuzz_server(
 FUZZ_EMAIL = "fuzz@example.com"
 MEMBER_EMAILS = [f"member-{i}@example.com" for i in range(3)]
 REFRESH_TOKENS = 10
+# Accounts whose mailed links (a verification, a password reset) the fuzzer gets to spend.
+MAILED = [f"mailed-{i}@example.com" for i in range(5)]
 
 
-def seed(base_url: str) -> Seeded:
+def seed(base_url: str, mail_dir: Path) -> Seeded:
     """Accounts, a shared workspace with members, categories and tasks, all over HTTP."""
     fuzzer = register_over_http(base_url, FUZZ_EMAIL)
     members = [register_over_http(base_url, email) for email in MEMBER_EMAILS]
@@ -336,6 +353,14 @@ def seed(base_url: str) -> Seeded:
     logout = register_over_http(base_url, "logout@example.com")
     logout_all = register_over_http(base_url, "logout-all@example.com")
     refresher = register_over_http(base_url, "refresher@example.com")
+    mail_tokens = []
+    for email in MAILED:
+        register_over_http(base_url, email)
+        httpx.post(f"{base_url}/auth/password-reset", json={"email": email}).raise_for_status()
+        mail_tokens += [
+            eml_token(mail_dir, email, "Confirm your email address"),
+            eml_token(mail_dir, email, "Reset your password"),
+        ]
     with httpx.Client(base_url=base_url, timeout=30, headers=fuzzer.headers) as http:
         refresh_tokens = [refresher.refresh_token] + [
             login_over_http(http, refresher.email)["refresh_token"]
@@ -373,6 +398,7 @@ def seed(base_url: str) -> Seeded:
         member_emails=MEMBER_EMAILS,
         email=FUZZ_EMAIL,
         refresh_tokens=refresh_tokens,
+        mail_tokens=mail_tokens,
         tokens={
             "*": fuzzer.access_token,
             "POST /auth/logout": logout.access_token,
@@ -396,6 +422,7 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
             "login_emails": {"values": [seeded.email]},
             "passwords": {"values": [PASSWORD]},
             "refresh_tokens": {"values": seeded.refresh_tokens},
+            "mail_tokens": {"values": seeded.mail_tokens},
         },
         "parameters": {
             "path.task_id": {"dictionary": "task_ids", "probability": half},
@@ -412,7 +439,11 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
             "body.email": {"dictionary": "member_emails", "probability": half},
             "body.username": {"dictionary": "login_emails", "probability": half},
             "body.password": {"dictionary": "passwords", "probability": half},
+            "body.new_password": {"dictionary": "passwords", "probability": 0.9},
             "body.refresh_token": {"dictionary": "refresh_tokens", "probability": half},
+            # Most drawn from the seeded ones: each works once, and a reset also needs a
+            # valid new password in the same request.
+            "body.token": {"dictionary": "mail_tokens", "probability": 0.9},
         },
     }
 
@@ -425,7 +456,6 @@ CREATED_HEADERS = {
     "POST /labels": {"Location", "ETag"},
     "POST /workspaces": {"Location", "ETag"},
     "POST /workspaces/{workspace_id}/members": {"Location"},
-    "POST /auth/register": {"Location"},
 }
 
 
@@ -442,10 +472,10 @@ def documented_responses(base_url: str) -> dict[tuple[str, str], set[str]]:
 
 @pytest.mark.timeout(300)
 def test_every_operation_answers_as_documented_under_fuzzing(
-    fuzz_server: ServeProcess, reliability: Any
+    fuzz_server: ServeProcess, fuzz_mail_dir: Path, reliability: Any
 ) -> None:
     base_url = fuzz_server.base_url
-    seeded = seed(base_url)
+    seeded = seed(base_url, fuzz_mail_dir)
     run = run_schemathesis(base_url, existing_ids(seeded), seeded.tokens)
     documented = documented_responses(base_url)
     operations = {operation for operation, _ in documented}

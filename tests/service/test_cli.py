@@ -257,6 +257,9 @@ def test_users_create_makes_an_account_that_can_log_in(
     assert logged_in["me"]["email"] == "New.Person@example.com"
     assert logged_in["me"]["display_name"] == "New Person"
     assert logged_in["me"]["personal_workspace_id"] is not None
+    # The operator vouches for the address: verified, and no mail recorded.
+    assert logged_in["me"]["email_verified"] is True
+    assert scalar(url, "SELECT count(*) FROM outbox") == 0
     assert asyncio.run(log_in(url, "new.person@example.com", "not the password"))["status"] == 401
 
     # The same email again (in another case): refused, nothing created.

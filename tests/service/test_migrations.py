@@ -397,7 +397,7 @@ async def test_the_first_operator_made_account_takes_over_the_rows_from_before_a
         stranger = await http.post(
             "/auth/register", json={"email": "stranger@example.com", "password": PASSWORD}
         )
-        assert stranger.status_code == 201, stranger.text
+        assert stranger.status_code == 202, stranger.text
         strangers = await login(http, "stranger@example.com")
         assert (await http.get("/tasks", headers=strangers)).json() == []
         assert (
@@ -530,6 +530,24 @@ async def _found_by_the_repository(url: str, user_id: int, q: str) -> list[str]:
         await engine.dispose()
 
 
+def _account_in_sql(url: str, email: str) -> int:
+    """An account with its personal workspace, as the tables of 0008 hold one (today's code
+    reads columns later revisions added, so it cannot make one there)."""
+    superuser_execute(
+        url,
+        f"INSERT INTO users (email, display_name, password_hash) VALUES ('{email}', 'x', 'x')",
+        "INSERT INTO workspaces (name, created_by, personal) "
+        f"SELECT 'Personal', id, true FROM users WHERE email = '{email}'",
+        "INSERT INTO memberships (workspace_id, user_id, role) "
+        f"SELECT w.id, w.created_by, 'owner' FROM workspaces w JOIN users u "
+        f"ON u.id = w.created_by WHERE u.email = '{email}'",
+        "UPDATE users u SET personal_workspace_id = w.id FROM workspaces w "
+        f"WHERE w.created_by = u.id AND u.email = '{email}'",
+    )
+    user_id: int = superuser_rows(url, f"SELECT id FROM users WHERE email = '{email}'")[0][0]
+    return user_id
+
+
 async def test_the_search_within_workspaces_migrates_both_ways_with_tasks_in_place(
     database_at: DatabaseAt,
 ) -> None:
@@ -547,8 +565,8 @@ async def test_the_search_within_workspaces_migrates_both_ways_with_tasks_in_pla
         lambda owner: prepare_deployment(owner, service_login, TEST_KEY),
         begin=True,
     )
-    mine = await _operator_creates_account(url, "mine@example.com")
-    theirs = await _operator_creates_account(url, "theirs@example.com")
+    mine = await asyncio.to_thread(_account_in_sql, url, "mine@example.com")
+    theirs = await asyncio.to_thread(_account_in_sql, url, "theirs@example.com")
     insert = (
         "INSERT INTO tasks (workspace_id, title) SELECT personal_workspace_id, title "
         "FROM users, (VALUES {}) AS titles(title) WHERE users.id = {}"

@@ -48,10 +48,11 @@ class Account:
 async def create_account(
     engine: AsyncEngine, email: str, *, secret: str = TEST_SECRET, password: str = PASSWORD
 ) -> Account:
-    """Register `email` (committed) and log it in, without HTTP."""
+    """Register `email` (committed, its address verified, as an operator's account is) and
+    log it in, without HTTP."""
     key = CallerKey(secret)
     async with create_session_factory(engine)() as session, session.begin():
-        user = await register_account(session, key, email, password)
+        user = await register_account(session, key, email, password, verified=True)
         user_id, personal = user.id, user.personal_workspace_id
     async with create_session_factory(engine)() as session, session.begin():
         await UserRepository(session).enter(key.entry("login", user_id))
@@ -73,9 +74,11 @@ async def create_account(
 async def register_and_login(
     client: AsyncClient, email: str, password: str = PASSWORD
 ) -> dict[str, str]:
-    """Through the API, as a client would: the Authorization header for the new account."""
+    """Through the API, as a client would: the Authorization header for the new account
+    (registration answers 202 for a new address and a taken one alike: the login that
+    follows is what shows the account exists with this password)."""
     response = await client.post("/auth/register", json={"email": email, "password": password})
-    assert response.status_code == 201, response.text
+    assert response.status_code == 202, response.text
     return await login(client, email, password)
 
 
@@ -134,9 +137,11 @@ def register_over_http(base_url: str, email: str, password: str = PASSWORD) -> S
     client would: for the tests that start `taskmanager serve`."""
     with httpx.Client(base_url=base_url, timeout=30) as http:
         registered = http.post("/auth/register", json={"email": email, "password": password})
-        assert registered.status_code == 201, registered.text
+        assert registered.status_code == 202, registered.text
         tokens = login_over_http(http, email, password)
-    user = registered.json()
+        me = http.get("/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+        assert me.status_code == 200, me.text
+    user = me.json()
     return ServedLogin(
         user_id=user["id"],
         email=email,

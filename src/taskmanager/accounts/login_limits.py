@@ -1,5 +1,6 @@
 """Limits on password attempts (logins, and password changes that must name the current
-password) and on registrations: counted in PostgreSQL before any password is checked or
+password), on registrations, and on mails anyone can ask for (password resets, verification
+links again): counted in PostgreSQL before any password is checked or
 hashed, 429 with Retry-After. The policy, with its numbers, is in docs/security.md ("Password
 attempts").
 
@@ -20,6 +21,7 @@ from taskmanager.repositories.login_limit_repository import (
     DAY_SECONDS,
     Counted,
     LoginLimitRepository,
+    MailLimits,
     PasswordLimits,
     RegistrationLimits,
 )
@@ -88,6 +90,29 @@ def registration_limits(settings: Settings) -> RegistrationLimits:
     )
 
 
+def mail_limits(settings: Settings) -> MailLimits:
+    return MailLimits(
+        per_address=settings.mails_per_address,
+        per_account=settings.mails_per_account,
+        window_seconds=settings.mail_window_seconds,
+    )
+
+
+async def count_mail_request(
+    session: AsyncSession, key: CallerKey, limits: MailLimits, network: str, username: str
+) -> int | None:
+    """Count a mail asked for from `network` to the account `username` names and COMMIT it
+    at once (whatever follows, the count stands). Seconds to wait, or None (go ahead)."""
+    counted = await _count_committed(
+        session,
+        key,
+        lambda counts: counts.count_mail(username, network, limits),
+        network,
+        username,
+    )
+    return counted.wait
+
+
 async def count_password_attempt(
     session: AsyncSession,
     key: CallerKey,
@@ -148,5 +173,5 @@ async def _count_committed(
 async def purge_expired_counts(session: AsyncSession, settings: Settings) -> int:
     """Delete the counts whose windows have passed (`taskmanager db purge-logins`)."""
     return await LoginLimitRepository(session).purge_expired(
-        password_limits(settings), registration_limits(settings)
+        password_limits(settings), registration_limits(settings), mail_limits(settings)
     )

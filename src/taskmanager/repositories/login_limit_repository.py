@@ -38,6 +38,8 @@ ACCOUNT_DAY = "account-day:"  # the same, per 24 hours
 KNOWN_ADDRESS = "known-address:"  # the last successful login of an account from an address
 REGISTRATION_ADDRESS = "registration-address:"  # registrations from one client address
 REGISTRATIONS = "registrations:all"  # registrations from everywhere
+MAIL_ADDRESS = "mail-address:"  # mails asked for from one client address (password resets...)
+MAIL_ACCOUNT = "mail-account:"  # ... to one account (resets, verification resends)
 
 DAY_SECONDS = 24 * 60 * 60
 
@@ -62,6 +64,16 @@ class RegistrationLimits:
     window_seconds: int
     total: int
     total_window_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class MailLimits:
+    """Mails anyone may have sent to an account (a password reset) or an account may ask
+    for again (a verification link), per client address and per account."""
+
+    per_address: int
+    per_account: int
+    window_seconds: int
 
 
 def _span(seconds: str) -> str:
@@ -182,6 +194,22 @@ _COUNT_REGISTRATION = _counting_statement(
     _Tier(f"SELECT '{REGISTRATIONS}', CAST(:total AS integer), {_span('total_window')}"),
 )
 
+# A mail asked for: counted under the client's address, and under the account only when
+# the address is within its limit (one client cannot use up an account's budget alone).
+_COUNT_MAIL = _counting_statement(
+    _ATTEMPT,
+    _Tier(
+        f"""
+        SELECT '{MAIL_ADDRESS}' || a.network, CAST(:per_address AS integer), {_span("window")}
+        FROM attempt a"""
+    ),
+    _Tier(
+        f"""
+        SELECT '{MAIL_ACCOUNT}' || a.account, CAST(:per_account AS integer), {_span("window")}
+        FROM attempt a"""
+    ),
+)
+
 # A successful login, in the order the counting statement takes the same keys.
 _UNCHARGE_ADDRESS = text(
     f"""
@@ -222,6 +250,8 @@ _PURGE = text(
         WHEN starts_with(key, '{KNOWN_ADDRESS}') THEN CAST(:known_address_seconds AS integer)
         WHEN starts_with(key, '{REGISTRATION_ADDRESS}') THEN CAST(:registration_window AS integer)
         WHEN key = '{REGISTRATIONS}' THEN CAST(:registrations_total_window AS integer)
+        WHEN starts_with(key, '{MAIL_ADDRESS}') OR starts_with(key, '{MAIL_ACCOUNT}')
+            THEN CAST(:mail_window AS integer)
         ELSE CAST(:window AS integer)
     END) <= now()
     """
@@ -294,8 +324,23 @@ class LoginLimitRepository:
         )
         return _counted(result.one())
 
+    async def count_mail(self, username: str, network: str, limits: MailLimits) -> Counted:
+        """Count one mail asked for, to the account `username` names (whether or not it
+        exists), from the client network `network`."""
+        result = await self.session.execute(
+            _COUNT_MAIL,
+            {
+                "username": username,
+                "network": network,
+                "per_address": limits.per_address,
+                "per_account": limits.per_account,
+                "window": limits.window_seconds,
+            },
+        )
+        return _counted(result.one())
+
     async def purge_expired(
-        self, password: PasswordLimits, registration: RegistrationLimits
+        self, password: PasswordLimits, registration: RegistrationLimits, mail: MailLimits
     ) -> int:
         """Delete the counts whose windows have passed, and addresses remembered too long
         ago. Returns how many rows went."""
@@ -305,6 +350,7 @@ class LoginLimitRepository:
                 "known_address_seconds": password.known_address_seconds,
                 "registration_window": registration.window_seconds,
                 "registrations_total_window": registration.total_window_seconds,
+                "mail_window": mail.window_seconds,
                 "window": password.window_seconds,
             },
         )

@@ -9,11 +9,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, Text, Uuid, bindparam, insert, text, update
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Text,
+    Uuid,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskmanager.models import User
+from taskmanager.models import UQ_USERS_EMAIL, User
 from taskmanager.security.caller_key import CallerKey, Entry
 
 
@@ -119,19 +131,53 @@ class UserRepository:
     async def get_by_id(self, user_id: int) -> User | None:
         return await self.session.get(User, user_id)
 
-    async def create(self, user_id: int, email: str, display_name: str, password_hash: str) -> User:
+    async def email_verified(self, user_id: int) -> bool:
+        """Whether the account's owner proved its address (what an invitation requires)."""
+        verified_at = (
+            await self.session.execute(select(User.email_verified_at).where(User.id == user_id))
+        ).scalar_one_or_none()
+        return verified_at is not None
+
+    async def create(
+        self,
+        user_id: int,
+        email: str,
+        display_name: str,
+        password_hash: str,
+        *,
+        verified: bool = False,
+    ) -> User:
         """A new account with the id its registration was entered with; an email in use
-        (any case) fails the unique index (409). Only these four columns are written (all
-        the caller role may write at registration); the database's defaults do the rest."""
-        await self.session.execute(
-            insert(User).values(
-                id=user_id, email=email, display_name=display_name, password_hash=password_hash
-            )
-        )
+        (any case) fails the unique index (409). Only these columns are written (all the
+        caller role may write at registration); the database's defaults do the rest.
+        `verified`: its address counts as proven (an operator's account)."""
+        values: dict[str, Any] = {
+            "id": user_id,
+            "email": email,
+            "display_name": display_name,
+            "password_hash": password_hash,
+        }
+        if verified:
+            values["email_verified_at"] = func.now()
+        await self.session.execute(insert(User).values(**values))
         user = await self.session.get(User, user_id)
         if user is None:
             raise LookupError(f"the account {user_id} just inserted is not visible")
         return user
+
+    async def create_unless_taken(
+        self, user_id: int, email: str, display_name: str, password_hash: str
+    ) -> User | None:
+        """`create`, or None when the address is taken (in any case): registered by someone
+        else since the caller looked. The rest of the transaction goes on either way."""
+        try:
+            async with self.session.begin_nested():
+                return await self.create(user_id, email, display_name, password_hash)
+        except IntegrityError as error:
+            constraint = getattr(getattr(error.orig, "__cause__", None), "constraint_name", None)
+            if constraint != UQ_USERS_EMAIL:
+                raise
+            return None
 
     async def set_personal_workspace(self, user: User, workspace_id: int) -> None:
         user.personal_workspace_id = workspace_id

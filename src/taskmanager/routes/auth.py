@@ -1,4 +1,5 @@
-"""Accounts and tokens: register, log in (the OAuth2 password flow), refresh, log out.
+"""Accounts and tokens: register, verify an address, log in (the OAuth2 password flow),
+refresh, log out, reset a forgotten password.
 
 The flows themselves are taskmanager.accounts' (registration, sessions); here their
 outcomes become responses. Failures that must be remembered (a failed login counted, a
@@ -14,35 +15,43 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from taskmanager.accounts import sessions
+from taskmanager.accounts import account_mail, sessions
 from taskmanager.accounts.login_limits import (
     client_network,
     count_registration,
     registration_limits,
 )
-from taskmanager.accounts.registration import register_account
+from taskmanager.accounts.registration import mail_lifetimes, register_by_mail
 from taskmanager.accounts.sessions import Opened, Refused, TooManyAttempts
+from taskmanager.bad_input import BadInputError
 from taskmanager.database import SessionDep
-from taskmanager.dependencies import TOKEN_URL, CurrentUserDep
-from taskmanager.models import User
+from taskmanager.dependencies import SESSION_ENDED, TOKEN_URL, CurrentUserDep, unauthorized_error
 from taskmanager.observability.logs import current_request_id
 from taskmanager.observability.metrics import count_login_failure
-from taskmanager.openapi import problem_responses, response_headers, token_problem_responses
+from taskmanager.openapi import problem_responses, token_problem_responses
 from taskmanager.problems import (
+    CONFLICT,
     TOO_MANY_LOGIN_ATTEMPTS,
+    TOO_MANY_MAILS,
     TOO_MANY_REGISTRATIONS,
+    ProblemError,
     ProblemType,
     TokenProblem,
     unauthorized_problem,
 )
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository
+from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.schemas import (
+    Accepted,
     LoginForm,
+    PasswordResetConfirm,
+    PasswordResetRequest,
     RefreshRequest,
     RegisterRequest,
     TokenResponse,
-    UserResponse,
+    VerifyEmailRequest,
 )
+from taskmanager.security.mail_tokens import MailTokenKey
 from taskmanager.security.tokens import issue_access_token
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -81,21 +90,39 @@ def _unauthorized(detail: str) -> JSONResponse:
     return problem.response(headers)
 
 
+REGISTRATION_ACCEPTED = (
+    "check your mail: a new account gets a link that verifies its address; an address that "
+    "has an account already gets a mail to its owner instead"
+)
+RESET_ACCEPTED = (
+    "if an account has this address, a link to choose a new password is on its way; it "
+    "works once, for a limited time"
+)
+TOKEN_NOT_VALID = "is not valid: unknown, used already, or expired (ask for a new link)"
+TOO_MANY_MAIL_REQUESTS = "too many mails asked for"
+
+
+def _mail_tokens(request: Request) -> MailTokenKey:
+    return MailTokenKey(request.app.state.signing_key)
+
+
 @router.post(
     "/register",
-    response_model=UserResponse,
-    status_code=status.HTTP_201_CREATED,
-    responses={
-        201: {"headers": response_headers("Location")},
-        **problem_responses(409, 413, 422, 429, 503),
-    },
+    response_model=Accepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=problem_responses(413, 422, 429, 503),
 )
 async def register(
-    body: RegisterRequest, session: SessionDep, request: Request, response: Response
-) -> User | JSONResponse:
-    """Open an account with its personal workspace. An email in use (in any case) is 409.
-    Too many registrations from one address, or from everywhere, are 429 with
-    `Retry-After`."""
+    body: RegisterRequest, session: SessionDep, request: Request
+) -> Accepted | JSONResponse:
+    """Open an account with its personal workspace, and mail a link that verifies its
+    address (POST the link's token to /auth/verify-email). Until verified, the account logs
+    in and works in its own workspaces.
+
+    The answer is the same 202 whether or not the address (in any case) has an account
+    already: in that case no account is made, and its owner gets a mail saying someone
+    tried, with a link to reset the password. Too many registrations from one address, or
+    from everywhere, are 429 with `Retry-After`."""
     settings = request.app.state.settings
     wait = await count_registration(
         session,
@@ -105,16 +132,108 @@ async def register(
     )
     if wait is not None:
         return retry_later(TOO_MANY_REGISTRATIONS, "too many registrations", wait)
-    user = await register_account(
+    await register_by_mail(
         session,
         request.app.state.caller_key,
+        _mail_tokens(request),
+        mail_lifetimes(settings),
         body.email,
         body.password,
         body.display_name,
         request_id=current_request_id(),
     )
-    response.headers["Location"] = str(request.url_for("get_me"))
-    return user
+    return Accepted(detail=REGISTRATION_ACCEPTED)
+
+
+@router.post(
+    "/verify-email",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(413, 422, 503),
+)
+async def verify_email(body: VerifyEmailRequest, session: SessionDep, request: Request) -> None:
+    """Verify an address with the token of the mailed link (no login needed: the token
+    proves the mailbox). Each token works once; an unknown, used or expired one is 422
+    naming `body.token`."""
+    if not await account_mail.verify_email(session, request.app.state.caller_key, body.token):
+        raise BadInputError("body.token", TOKEN_NOT_VALID)
+
+
+@router.post(
+    "/verify-email/resend",
+    response_model=Accepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=problem_responses(401, 409, 429, 503),
+)
+async def resend_verification(
+    user: CurrentUserDep, session: SessionDep, request: Request
+) -> Accepted | JSONResponse:
+    """Mail a new verification link to your address. An address verified already is 409;
+    too many mails asked for (per account and per client address) are 429 with
+    `Retry-After`."""
+    me = await UserRepository(session).get_by_id(user.user_id)
+    if me is None:  # the session check at the start of the request found it
+        raise LookupError(f"user {user.user_id} vanished during the request")
+    outcome = await account_mail.resend_verification(
+        session,
+        request.app.state.caller_key,
+        _mail_tokens(request),
+        request.app.state.settings,
+        request_network(request),
+        user,
+        me,
+    )
+    if isinstance(outcome, TooManyAttempts):
+        return retry_later(TOO_MANY_MAILS, TOO_MANY_MAIL_REQUESTS, outcome.wait)
+    if outcome is Refused.LOGIN_ENDED:
+        raise unauthorized_error(SESSION_ENDED, token_given=True)
+    if outcome is account_mail.ALREADY_VERIFIED:
+        raise ProblemError(CONFLICT.problem("your address is verified already"))
+    return Accepted(detail="a new link is on its way to your address")
+
+
+@router.post(
+    "/password-reset",
+    response_model=Accepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=problem_responses(413, 422, 429, 503),
+)
+async def request_password_reset(
+    body: PasswordResetRequest, session: SessionDep, request: Request
+) -> Accepted | JSONResponse:
+    """Ask for a link to choose a new password, mailed to `email` if an account has that
+    address. The answer is the same 202 either way. Too many requests for one address, or
+    from one client address, are 429 with `Retry-After`."""
+    outcome = await account_mail.request_password_reset(
+        session,
+        request.app.state.caller_key,
+        _mail_tokens(request),
+        request.app.state.settings,
+        request_network(request),
+        body.email,
+    )
+    if isinstance(outcome, TooManyAttempts):
+        return retry_later(TOO_MANY_MAILS, TOO_MANY_MAIL_REQUESTS, outcome.wait)
+    return Accepted(detail=RESET_ACCEPTED)
+
+
+@router.post(
+    "/password-reset/confirm",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(413, 422, 503),
+)
+async def confirm_password_reset(
+    body: PasswordResetConfirm, session: SessionDep, request: Request
+) -> None:
+    """Set a new password with the token of the mailed link. Every login session of the
+    account ends (its access and refresh tokens stop working); log in again. Each token
+    works once; an unknown, used or expired one is 422 naming `body.token`."""
+    reset = await account_mail.reset_password(
+        session, request.app.state.caller_key, body.token, body.new_password
+    )
+    if not reset:
+        raise BadInputError("body.token", TOKEN_NOT_VALID)
 
 
 # At TOKEN_URL, where the OAuth2 scheme sends clients to log in (/docs' Authorize dialog).

@@ -32,7 +32,7 @@ from typing import Literal
 Purpose = Literal["request", "login", "register", "refresh", "operator", "maintenance"]
 
 # The subject of an operator's transaction whose changes write no activity (migration
-# 0010 reads it from the sealed caller): `taskmanager db seed`'s made-up demo data.
+# 0011 reads it from the sealed caller): `taskmanager db seed`'s made-up demo data.
 UNLOGGED_SUBJECT = "unlogged"
 
 # How long a proof for the service's own transactions is good for (the database accepts
@@ -91,6 +91,22 @@ class CallerKey:
         """(valid_until, proof) for reading the password hash of the account `email`."""
         valid_until = int(time.time()) + SERVICE_PROOF_SECONDS
         return valid_until, self._mac(f"password-hash|{email}|{valid_until}")
+
+    def mail_proof(
+        self,
+        kind: str,
+        address: str | None,
+        token_id: uuid.UUID,
+        token_hash: str,
+        lifetime_seconds: int,
+    ) -> tuple[int, str]:
+        """(valid_until, proof) for recording a mail with a token (taskmanager_record_mail,
+        migration 0012): only the service may decide which hash a token row holds."""
+        valid_until = int(time.time()) + SERVICE_PROOF_SECONDS
+        message = (
+            f"mail|{kind}|{_text(address)}|{token_id}|{token_hash}|{lifetime_seconds}|{valid_until}"
+        )
+        return valid_until, self._mac(message)
 
     def pads(self) -> tuple[bytes, bytes]:
         """The key as the database keeps it: HMAC's inner and outer padded keys."""
