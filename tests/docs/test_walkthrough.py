@@ -80,6 +80,9 @@ def walkthrough() -> Iterator[Walkthrough]:
     (cwd / ".venv").symlink_to(ROOT / ".venv")
     env = clean_env(
         TASKMANAGER_DATA_DIR=str(data_dir),
+        # Where `make run` writes mail (beside its database, in the checkout), which the
+        # pages' examples read.
+        TASKMANAGER_MAIL_DIR=str(cwd / ".taskmanager" / "mail"),
         TASKMANAGER_LOG_LEVEL="WARNING",
         TASKMANAGER_METRICS_TOKEN=secrets.token_urlsafe(32),
     )
