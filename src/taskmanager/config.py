@@ -225,6 +225,12 @@ class Settings(BaseSettings):
     max_members_per_workspace: int = Field(
         default=500, ge=1, description="Members a workspace may have; adding one more is 409."
     )
+    max_access_tokens_per_user: int = Field(
+        default=50,
+        ge=1,
+        description="Personal access tokens an account may have that have not expired; "
+        "making one more is 409.",
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description='Origins browsers may call the API from, e.g. ["https://app.example"]; '

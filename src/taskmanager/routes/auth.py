@@ -34,9 +34,11 @@ from taskmanager.problems import (
     TokenProblem,
     unauthorized_problem,
 )
+from taskmanager.repositories.access_token_repository import AccessTokenRepository
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository
 from taskmanager.schemas import (
     LoginForm,
+    LogoutAllRequest,
     RefreshRequest,
     RegisterRequest,
     TokenResponse,
@@ -171,7 +173,7 @@ async def refresh(
     "/logout",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(401, 503),
+    responses=problem_responses(401, 403, 503),
 )
 async def logout(user: CurrentUserDep, session: SessionDep) -> None:
     """End this login session: its access and refresh tokens stop working at once."""
@@ -182,8 +184,13 @@ async def logout(user: CurrentUserDep, session: SessionDep) -> None:
     "/logout-all",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(401, 503),
+    responses=problem_responses(401, 403, 413, 422, 503),
 )
-async def logout_all(user: CurrentUserDep, session: SessionDep) -> None:
-    """End every login session of this account, this one included."""
+async def logout_all(
+    user: CurrentUserDep, session: SessionDep, body: LogoutAllRequest | None = None
+) -> None:
+    """End every login session of this account, this one included. Personal access tokens
+    keep working (they are for scripts) unless `include_access_tokens` is true."""
     await AuthSessionRepository(session).revoke_all(user.user_id, "logout_all")
+    if body is not None and body.include_access_tokens:
+        await AccessTokenRepository(session).revoke_all(user.user_id)
