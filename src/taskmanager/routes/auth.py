@@ -180,6 +180,10 @@ async def logout(user: CurrentUserDep, session: SessionDep) -> None:
     await AuthSessionRepository(session).revoke(user.session_id, "logout")
 
 
+# POST /auth/logout-all without a body: the defaults.
+_NO_OPTIONS = LogoutAllRequest()
+
+
 @router.post(
     "/logout-all",
     status_code=status.HTTP_204_NO_CONTENT,
@@ -187,10 +191,10 @@ async def logout(user: CurrentUserDep, session: SessionDep) -> None:
     responses=problem_responses(401, 403, 413, 422, 503),
 )
 async def logout_all(
-    user: CurrentUserDep, session: SessionDep, body: LogoutAllRequest | None = None
+    user: CurrentUserDep, session: SessionDep, body: LogoutAllRequest = _NO_OPTIONS
 ) -> None:
     """End every login session of this account, this one included. Personal access tokens
     keep working (they are for scripts) unless `include_access_tokens` is true."""
     await AuthSessionRepository(session).revoke_all(user.user_id, "logout_all")
-    if body is not None and body.include_access_tokens:
+    if body.include_access_tokens:
         await AccessTokenRepository(session).revoke_all(user.user_id)

@@ -323,6 +323,8 @@ async def transfer_workspace(
     """Hand a workspace you own to one of its members: they become an owner, you an
     admin. A personal workspace cannot be transferred (409)."""
     workspace = await _for_change(repo, user, workspace_id, None)
+    # Making someone an owner: only whoever may manage owners (a token needs every scope).
+    user.require_managing(workspace_id, Role.OWNER)
     if workspace.personal:
         raise ProblemError(CONFLICT.problem("a personal workspace cannot be transferred"))
     if body.user_id == user.user_id:
