@@ -430,6 +430,11 @@ DEFINER_CALLS = {
     "taskmanager_matches_at_least(text[],integer)": (
         "SELECT taskmanager_matches_at_least(ARRAY['secret'], 1)"
     ),
+    "taskmanager_caller_token()": "SELECT taskmanager_caller_token()",
+    "taskmanager_token_used()": "SELECT taskmanager_token_used()",
+    "taskmanager_token_allows(text,boolean)": (
+        "SELECT taskmanager_token_allows('tasks:write', false)"
+    ),
 }
 
 
