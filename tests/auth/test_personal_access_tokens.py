@@ -525,3 +525,22 @@ async def test_sql_as_a_bound_tokens_caller_sees_its_workspace_only(
 
 def test_every_scope_has_its_enum_member() -> None:
     assert [scope.value for scope in TokenScope] == list(TOKEN_SCOPES)
+
+
+async def test_a_tokens_idempotency_keys_are_its_own(
+    client: AsyncClient, db_session: AsyncSession, account: Account
+) -> None:
+    """The login's response is not replayed to a token (bound elsewhere, it could not see
+    the task): the same key and body create the token's own task."""
+    team = (await client.post("/workspaces", json={"name": "Team"})).json()["id"]
+    token = (await make_access_token(client, account, ["tasks:write"], workspace_id=team))["token"]
+    key = {"Idempotency-Key": "nightly-1"}
+    by_login = await client.post("/tasks", json={"title": "same"}, headers=key)
+    by_token = await client.post("/tasks", json={"title": "same"}, headers={**key, **bearer(token)})
+    again = await client.post("/tasks", json={"title": "same"}, headers={**key, **bearer(token)})
+    assert (by_login.status_code, by_token.status_code, again.status_code) == (201, 201, 201)
+    assert by_token.json()["workspace_id"] == team
+    assert by_token.json()["id"] != by_login.json()["id"]
+    assert again.json() == by_token.json()
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert len((await db_session.scalars(select(Task.id))).all()) == 2
