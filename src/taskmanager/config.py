@@ -293,6 +293,12 @@ class Settings(BaseSettings):
     outbox_max_attempts: int = Field(
         default=10, ge=1, le=1000, description="Attempts at one outbox row before giving up."
     )
+    max_access_tokens_per_user: int = Field(
+        default=50,
+        ge=1,
+        description="Personal access tokens an account may have that have not expired; "
+        "making one more is 409.",
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description='Origins browsers may call the API from, e.g. ["https://app.example"]; '

@@ -4,7 +4,9 @@
 The current user: a request with a valid access token becomes a `Scope`. The token is
 verified (signature, algorithm, audience, issuer, expiry), then one statement enters the
 transaction as that caller (taskmanager.accounts.callers). Anything wrong is a 401 with
-`WWW-Authenticate: Bearer` and a problem body.
+`WWW-Authenticate: Bearer` and a problem body. A personal access token (`tm_pat_...`) is
+checked against the database instead (its checksum first), and may call an operation only
+if the operation names the scope it needs (`token_scope`) and the token has it (else 403).
 
 A repository per request wraps that request's one session and the caller's scope. Routes
 that only read take a repository on a read-only transaction (`...ReaderDep`); routes that
@@ -13,13 +15,14 @@ change data take one on the request's transaction (`...RepositoryDep`).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import BackgroundTasks, Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskmanager.accounts.callers import enter_as_user
+from taskmanager.accounts.access_tokens import stamp_token_use
+from taskmanager.accounts.callers import enter_as_user, enter_with_token
 from taskmanager.database import ReadSessionDep, SessionDep
 from taskmanager.observability.logs import current_request_id, user_id_var
 from taskmanager.problems import ProblemError, unauthorized_problem
@@ -28,6 +31,13 @@ from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.label_repository import LabelRepository
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.repositories.workspace_repository import MembershipLimits, WorkspaceRepository
+from taskmanager.security.access_tokens import (
+    TokenScope,
+    access_token_hash,
+    is_access_token,
+    well_formed,
+)
+from taskmanager.security.roles import ActionNotAllowedError
 from taskmanager.security.scope import Scope
 from taskmanager.security.tokens import LEEWAY_SECONDS, InvalidAccessTokenError, read_access_token
 
@@ -41,7 +51,9 @@ TOKEN_URL = "/auth/token"
 oauth2_scheme = OAuth2PasswordBearer(
     tokenUrl=TOKEN_URL,
     auto_error=False,
-    description="Log in with your email as the username (POST /auth/token).",
+    description="Log in with your email as the username (POST /auth/token). Scripts send "
+    "a personal access token (`tm_pat_...`, POST /users/me/tokens) as the bearer token "
+    "instead; each operation's `x-token-scope` names the scope it needs.",
 )
 BearerToken = Annotated[str | None, Depends(oauth2_scheme)]
 
@@ -55,9 +67,33 @@ def unauthorized_error(detail: str, *, token_given: bool) -> ProblemError:
     return ProblemError(problem, headers=headers)
 
 
-async def _scope_of(request: Request, session: AsyncSession, token: str | None) -> Scope:
+TOKEN_ENDED = "this access token was revoked, has expired, or its account is disabled"
+LOGIN_NEEDED = "this needs a login session (POST /auth/token): a personal access token cannot do it"
+# The OpenAPI extension naming the scope a personal access token needs for an operation.
+TOKEN_SCOPE = "x-token-scope"
+
+
+def token_scope(scope: TokenScope) -> dict[str, Any]:
+    """An operation's `openapi_extra`: a personal access token with `scope` may call it.
+    An operation without one is a login session's only (a token gets 403): nothing is
+    open to tokens by omission. The document shows each operation's scope to clients."""
+    return {TOKEN_SCOPE: str(scope)}
+
+
+def _scope_needed(request: Request) -> TokenScope | None:
+    """The scope the matched operation needs of a personal access token (token_scope)."""
+    extra = getattr(request.scope.get("route"), "openapi_extra", None) or {}
+    needed = extra.get(TOKEN_SCOPE)
+    return None if needed is None else TokenScope(needed)
+
+
+async def _scope_of(
+    request: Request, session: AsyncSession, token: str | None, background: BackgroundTasks
+) -> Scope:
     if not token:
         raise unauthorized_error("this request needs an access token", token_given=False)
+    if is_access_token(token):
+        return await _scope_of_access_token(request, session, token, background)
     try:
         claims = read_access_token(request.app.state.signing_key, token)
     except InvalidAccessTokenError as exc:
@@ -78,16 +114,50 @@ async def _scope_of(request: Request, session: AsyncSession, token: str | None) 
     return user
 
 
-async def get_current_user(request: Request, session: SessionDep, token: BearerToken) -> Scope:
+async def _scope_of_access_token(
+    request: Request, session: AsyncSession, token: str, background: BackgroundTasks
+) -> Scope:
+    """A personal access token's caller: 401 for a malformed one (its checksum, checked
+    before any database round trip) or one the database refuses; 403 when the operation
+    needs a scope the token lacks, or a login session."""
+    if not well_formed(token):
+        raise unauthorized_error("the access token is not valid", token_given=True)
+    token_hash = access_token_hash(token)
+    entered = await enter_with_token(
+        session, request.app.state.caller_key, token_hash, current_request_id()
+    )
+    if entered is None:
+        raise unauthorized_error(TOKEN_ENDED, token_given=True)
+    user_id_var.set(entered.scope.user_id)
+    needed = _scope_needed(request)
+    if needed is None:
+        raise ActionNotAllowedError(LOGIN_NEEDED)
+    if not entered.scope.allows(needed):
+        raise ActionNotAllowedError.for_scopes([needed])
+    if entered.stamp_due:
+        # After the response, in a short transaction of its own: a request that only reads
+        # stays read-only, and a use is stamped even when the request's own work fails.
+        background.add_task(
+            stamp_token_use,
+            request.app.state.async_session_factory,
+            request.app.state.caller_key,
+            token_hash,
+        )
+    return entered.scope
+
+
+async def get_current_user(
+    request: Request, session: SessionDep, token: BearerToken, background: BackgroundTasks
+) -> Scope:
     """The caller, in the request's transaction (for routes that change data)."""
-    return await _scope_of(request, session, token)
+    return await _scope_of(request, session, token, background)
 
 
 async def get_current_reader(
-    request: Request, session: ReadSessionDep, token: BearerToken
+    request: Request, session: ReadSessionDep, token: BearerToken, background: BackgroundTasks
 ) -> Scope:
     """The caller, in the request's read-only transaction (for routes that only read)."""
-    return await _scope_of(request, session, token)
+    return await _scope_of(request, session, token, background)
 
 
 CurrentUserDep = Annotated[Scope, Depends(get_current_user)]

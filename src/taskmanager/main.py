@@ -41,7 +41,17 @@ from taskmanager.openapi import build_openapi, install_docs, operation_id
 from taskmanager.outbox.worker import OutboxWorker, RetryPolicy
 from taskmanager.postgres.deployment import check_service_login_when_reachable
 from taskmanager.postgres.logins import database_logins
-from taskmanager.routes import activity, auth, categories, health, labels, tasks, users, workspaces
+from taskmanager.routes import (
+    access_tokens,
+    activity,
+    auth,
+    categories,
+    health,
+    labels,
+    tasks,
+    users,
+    workspaces,
+)
 from taskmanager.security.caller_key import CallerKey
 from taskmanager.security.mail_tokens import MailTokenKey
 from taskmanager.security.passwords import prepare_decoy_hash
@@ -175,6 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(auth.router)
     app.include_router(users.router)
+    app.include_router(access_tokens.router)
     app.include_router(workspaces.router)
     app.include_router(tasks.router)
     app.include_router(categories.router)

@@ -35,9 +35,10 @@ from sqlalchemy import (
     text,
     true,
 )
-from sqlalchemy.dialects.postgresql import JSON, JSONB, TSVECTOR, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB, TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from taskmanager.security.access_tokens import TOKEN_SCOPES
 from taskmanager.security.roles import ROLES
 
 # Stable constraint names: errors.py and the migrations refer to them.
@@ -56,6 +57,7 @@ WORKSPACE_NAME_MAX_LENGTH = 100
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
 CATEGORY_NAME_MAX_LENGTH = 100
 LABEL_NAME_MAX_LENGTH = 50
+ACCESS_TOKEN_NAME_MAX_LENGTH = 100
 # A label's colour as stored: "#rrggbb", lower case (the API accepts any case).
 LABEL_COLOUR_PATTERN = "^#[0-9a-f]{6}$"
 
@@ -67,6 +69,7 @@ PK_MEMBERSHIPS = "pk_memberships"
 UQ_LABELS_NAME = "uq_labels_workspace_id_name_lower"
 FK_TASK_LABELS_LABEL = "fk_task_labels_label_id_labels"
 FK_TASK_LABELS_TASK = "fk_task_labels_task_id_tasks"
+FK_ACCESS_TOKENS_MEMBERSHIP = "fk_access_tokens_workspace_id_memberships"
 
 # A membership's role (taskmanager.security.roles, where what each may do is written).
 MEMBERSHIP_ROLES = tuple(str(role) for role in ROLES)
@@ -243,6 +246,45 @@ class RefreshToken(Base):
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class AccessToken(Base):
+    """A personal access token for scripts, kept only as the SHA-256 of the token (which
+    holds over 160 random bits: nothing to guess, so a fast hash is enough, and no key to
+    rotate). What it may do is its user's role in each workspace AND its scopes, in its one
+    workspace if it is bound to one (taskmanager.security.access_tokens; migration 0013)."""
+
+    __tablename__ = "access_tokens"
+    __table_args__ = (
+        CheckConstraint("char_length(btrim(name)) > 0", name="name_not_blank"),
+        CheckConstraint(
+            "cardinality(scopes) > 0 AND scopes <@ ARRAY[{}]::text[]".format(
+                ", ".join(f"'{scope}'" for scope in TOKEN_SCOPES)
+            ),
+            name="scopes_known",
+        ),
+        # Bound to a workspace: to the user's membership there (leaving deletes the token).
+        ForeignKeyConstraint(
+            ["workspace_id", "user_id"],
+            ["memberships.workspace_id", "memberships.user_id"],
+            name=FK_ACCESS_TOKENS_MEMBERSHIP,
+            ondelete="CASCADE",
+        ),
+        UniqueConstraint("token_hash", name="uq_access_tokens_token_hash"),
+        Index("ix_access_tokens_user_id", "user_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    workspace_id: Mapped[int | None] = mapped_column(default=None)
+    name: Mapped[str] = mapped_column(String(ACCESS_TOKEN_NAME_MAX_LENGTH))
+    # Not readable by the caller role: only the door (taskmanager_enter) looks tokens up.
+    token_hash: Mapped[str] = mapped_column(String(64), deferred=True, deferred_raiseload=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
 
 class LoginFailure(Base):

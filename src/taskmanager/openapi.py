@@ -32,7 +32,9 @@ DOCS_ASSETS_URL = "/docs-assets"
 
 _DESCRIPTIONS = {
     401: "No valid access token: missing, expired, tampered with, or its login has ended.",
-    403: "You can see this resource but your role does not allow this change.",
+    403: "You can see this resource but your role does not allow this change; or your "
+    "personal access token lacks the scope this operation needs (`x-token-scope`), or the "
+    "operation needs a login session.",
     404: "Not found: no resource you can see has this id.",
     409: "Conflict with existing data (for example a duplicate category name), or a cap "
     "reached (workspaces per account, members per workspace).",
@@ -173,6 +175,10 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                         f"{method.upper()} {path}"
                     )
                 operation_ids.add(operation["operationId"])
+                # Whatever takes a bearer token answers a personal access token without the
+                # scope it needs (or any token, where it needs a login) with 403.
+                if operation.get("security"):
+                    operation["responses"].setdefault("403", problem_responses(403)[403])
                 # A query or header parameter is absent (required: false) or text, never null.
                 for parameter in operation.get("parameters", []):
                     parameter["schema"] = without_null(parameter["schema"])

@@ -9,8 +9,9 @@ Response models read ORM objects directly (`from_attributes=True`).
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -26,6 +27,7 @@ from pydantic import (
 )
 
 from taskmanager.models import (
+    ACCESS_TOKEN_NAME_MAX_LENGTH,
     CATEGORY_NAME_MAX_LENGTH,
     DISPLAY_NAME_MAX_LENGTH,
     EMAIL_MAX_LENGTH,
@@ -147,6 +149,26 @@ DueAt = Annotated[
 WorkspaceId = Annotated[
     int,
     Field(ge=1, le=INT4_MAX, description="A workspace you belong to; default: your personal one."),
+]
+WorkspaceIdOfToken = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=INT4_MAX,
+        description="Bind the token to this workspace (one you belong to): it sees no other. "
+        "Left out: it acts in all of yours.",
+    ),
+]
+Expiry = Annotated[
+    AwareDatetime,
+    BeforeValidator(_iso_8601),
+    AfterValidator(_storable_moment),
+    Field(
+        strict=False,
+        description="When the token stops working, with its time zone (ISO 8601); in the "
+        "future. Leave out both this and expires_in_days for a token that does not expire.",
+        examples=["2027-06-30T00:00:00Z"],
+    ),
 ]
 
 
@@ -482,6 +504,118 @@ class TokenResponse(BaseModel):
     refresh_token: str = Field(
         description="Single use: POST it to /auth/refresh for a new pair. Using one twice "
         "ends the login session."
+    )
+
+
+class LogoutAllRequest(BaseModel):
+    """For POST /auth/logout-all (a body is optional)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    include_access_tokens: bool = Field(
+        default=False,
+        description="Also revoke every personal access token of the account (by default "
+        "they keep working: they are for scripts, not logins).",
+    )
+
+
+# A personal access token's scope (taskmanager.security.access_tokens.TokenScope; a test
+# checks they agree).
+ScopeName = Literal[
+    "tasks:read",
+    "tasks:write",
+    "members:write",
+    "workspaces:write",
+    "account:read",
+    "account:write",
+]
+AccessTokenName = Annotated[
+    str,
+    Field(min_length=1, max_length=ACCESS_TOKEN_NAME_MAX_LENGTH, examples=["nightly backup"]),
+    AfterValidator(_storable_text),
+    AfterValidator(_not_blank),
+]
+MAX_ACCESS_TOKEN_DAYS = 3650
+
+
+def _unique_scopes(value: list[str]) -> list[str]:
+    if len(set(value)) != len(value):
+        raise ValueError("must not name a scope twice")
+    return value
+
+
+class AccessTokenCreate(BaseModel):
+    """For POST /users/me/tokens."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra=_not_nullable("workspace_id", "expires_at", "expires_in_days"),
+    )
+
+    name: AccessTokenName
+    scopes: Annotated[
+        list[ScopeName],
+        Field(
+            min_length=1,
+            max_length=len(get_args(ScopeName)),
+            description="What the token may do: tasks:read, tasks:write, members:write and "
+            "workspaces:write (the roles' actions: in a workspace, the token may do what both "
+            "its scopes and your role there allow), account:read (GET /users/me) and "
+            "account:write (PATCH /users/me, not the password). A scope that writes includes "
+            "the one that reads.",
+            examples=[["tasks:read"]],
+            json_schema_extra={"uniqueItems": True},
+        ),
+        AfterValidator(_unique_scopes),
+    ]
+    workspace_id: WorkspaceIdOfToken | None = None
+    expires_at: Expiry | None = None
+    expires_in_days: (
+        Annotated[
+            int,
+            Field(
+                ge=1, le=MAX_ACCESS_TOKEN_DAYS, description="Or: expires this many days from now."
+            ),
+        ]
+        | None
+    ) = None
+
+    @field_validator("workspace_id", "expires_at", "expires_in_days")
+    @classmethod
+    def _reject_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("may be left out, but not set to null")
+        return value
+
+
+class AccessTokenResponse(BaseModel):
+    """A personal access token, without its secret."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    prefix: str = Field(
+        description="The token's first characters, to recognise it by (not a secret).",
+        examples=["tm_pat_4Fz9"],
+    )
+    scopes: list[ScopeName]
+    workspace_id: int | None = Field(description="The one workspace it may act in; null: any.")
+    created_at: datetime
+    expires_at: datetime | None = Field(description="null: it does not expire.")
+    last_used_at: datetime | None = Field(
+        description="When it was last used (stamped at most once a minute); null: never."
+    )
+
+
+class AccessTokenCreated(AccessTokenResponse):
+    """A token just made: `token` is shown this once, and never again."""
+
+    token: str = Field(
+        description="The token: send it as `Authorization: Bearer <token>`. Keep it secret; "
+        "only its hash is stored, so it cannot be shown again.",
+        examples=["tm_pat_4Fz9eXAmPLe0000000000000000000002cJ7Ab"],
     )
 
 

@@ -75,7 +75,7 @@ class Call:
     rows: tuple[Row, ...] = ()
     body: Callable[[World], dict[str, Any]] | None = None
     form: dict[str, str] | None = None
-    ids: dict[str, int] = field(default_factory=dict)
+    ids: dict[str, int | str] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     token: bool = True
 
@@ -166,6 +166,10 @@ EXPECTED: dict[str, Call] = {
     "auth_logout": Call(204),
     "auth_logout_all": Call(204),
     "users_update_me": Call(200, body=lambda world: {"display_name": "Alice A."}),
+    # Personal access tokens are the account's, not a workspace's.
+    "create_token": Call(201, body=lambda world: {"name": "sweep", "scopes": ["tasks:read"]}),
+    "revoke_token": Call(404, ids={"token_id": "00000000-0000-4000-8000-000000000000"}),
+    "revoke_all_tokens": Call(204),
     "create_workspace": Call(
         201,
         (

@@ -117,6 +117,7 @@ def test_method_names_are_the_readable_operation_ids(generated: GeneratedClient)
             "auth_verify_email",
         ],
         "users": ["users_get_me", "users_update_me"],
+        "tokens": ["create_token", "list_tokens", "revoke_all_tokens", "revoke_token"],
         "workspaces": [
             "create_workspace",
             "delete_workspace",

@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskmanager import schemas
 from taskmanager.config import Settings
 from taskmanager.main import create_app
-from taskmanager.models import Category, Label, Membership, Task, TaskLabel, Workspace
+from taskmanager.models import AccessToken, Category, Label, Membership, Task, TaskLabel, Workspace
 from taskmanager.problems import FORBIDDEN
 from tests.support.accounts import TEST_SECRET, Account
 from tests.support.problems import assert_problem, assert_validation_problem
@@ -53,9 +53,14 @@ from tests.support.tokens import (
 )
 
 # The path parameters that name a resource, and the world's value for each.
-ID_PARAMETERS = ("task_id", "category_id", "label_id", "workspace_id", "user_id")
+ID_PARAMETERS = ("task_id", "category_id", "label_id", "workspace_id", "user_id", "token_id")
 # An id no row has (inside PostgreSQL's integer range, so it is looked up, not refused).
 MISSING_ID = 2_147_483_000
+# The same for each path parameter (a personal access token's id is a UUID).
+MISSING_IDS: dict[str, int | str] = {
+    **dict.fromkeys(ID_PARAMETERS, MISSING_ID),
+    "token_id": "00000000-0000-4000-8000-000000000000",
+}
 
 # The roles of alice's workspace, in the order of EXPECTED's columns.
 WORKSPACE_ROLES = ("owner", "admin", "member", "viewer")
@@ -84,6 +89,8 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "delete_label": (204, 204, 204, 403),
     "list_workspace_activity": (200, 200, 200, 200),
     "list_task_activity": (200, 200, 200, 200),
+    # alice's own personal access token: nobody else's to revoke.
+    "revoke_token": (204, 404, 404, 404),
 }
 
 
@@ -111,14 +118,16 @@ class World:
     task_id: int
     category_id: int
     label_id: int
+    token_id: str  # alice's personal access token
 
-    def ids(self) -> dict[str, int]:
+    def ids(self) -> dict[str, int | str]:
         return {
             "task_id": self.task_id,
             "category_id": self.category_id,
             "label_id": self.label_id,
             "workspace_id": self.workspace_id,
             "user_id": self.target.user_id,
+            "token_id": self.token_id,
         }
 
 
@@ -234,6 +243,7 @@ def _placeholder_world(account: Account, other_account: Account) -> World:
         task_id=1,
         category_id=1,
         label_id=1,
+        token_id=MISSING_IDS["token_id"],
     )
 
 
@@ -303,6 +313,7 @@ async def world(
             "label_ids": [label["id"]],
         },
     )
+    token = await post("/users/me/tokens", {"name": "Matrix", "scopes": ["tasks:read"]})
     return World(
         owner=account,
         admin=admin_account,
@@ -316,6 +327,7 @@ async def world(
         task_id=task["id"],
         category_id=category["id"],
         label_id=label["id"],
+        token_id=token["id"],
     )
 
 
@@ -344,6 +356,7 @@ async def snapshot(
         "task_labels": select(TaskLabel.task_id, TaskLabel.label_id).where(
             TaskLabel.workspace_id.in_(workspaces)
         ),
+        "access_tokens": select(AccessToken.id, AccessToken.user_id, AccessToken.workspace_id),
     }
     return {
         name: sorted(tuple(row) for row in (await db_session.execute(statement)).all())
@@ -369,7 +382,7 @@ async def call(
     operation: Operation,
     world: World,
     caller: str,
-    ids: dict[str, int] | None = None,
+    ids: dict[str, int | str] | None = None,
 ) -> httpx.Response:
     url = operation.path.format(**(ids or world.ids()))
     kwargs: dict[str, Any] = {}
@@ -409,9 +422,7 @@ async def test_bola_matrix(
     elif expected == 404:
         assert_problem(response, 404)
         # Not even the answer tells a foreign id from one that does not exist.
-        missing = await call(
-            client, operation, world, caller, ids=dict.fromkeys(ID_PARAMETERS, MISSING_ID)
-        )
+        missing = await call(client, operation, world, caller, ids=MISSING_IDS)
         assert missing.status_code == 404, missing.text
         assert response.content == missing.content
         assert after == before
@@ -445,6 +456,8 @@ CREATE_EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "create_task": (201, 201, 201, 403),
     "create_category": (201, 201, 201, 403),
     "create_label": (201, 201, 201, 403),
+    # A personal access token bound to the workspace: any member may make one.
+    "create_token": (201, 201, 201, 201),
 }
 
 
@@ -554,6 +567,7 @@ REFERENCE_EXPECTED: dict[tuple[str, str], int] = {
     ("transfer_workspace", "user_id"): 422,
     ("list_workspace_activity", "task_id"): 200,
     ("list_workspace_activity", "actor_id"): 200,
+    ("create_token", "workspace_id"): 422,
 }
 
 # operationId -> the minimal valid body, for the operations of the table without an id in
@@ -562,6 +576,7 @@ REFERENCE_BODIES: dict[str, dict[str, Any]] = {
     "create_task": {"title": "Made by the matrix"},
     "create_category": {"name": "Made by the matrix"},
     "create_label": {"name": "Made by the matrix"},
+    "create_token": {"name": "Made by the matrix", "scopes": ["tasks:read"]},
 }
 
 

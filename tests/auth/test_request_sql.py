@@ -447,6 +447,11 @@ DEFINER_CALLS = {
     "taskmanager_reset_password(text,text)": (
         "SELECT taskmanager_reset_password(encode(sha256('guessed'), 'hex'), '$argon2id$mine')"
     ),
+    "taskmanager_caller_token()": "SELECT taskmanager_caller_token()",
+    "taskmanager_token_used()": "SELECT taskmanager_token_used()",
+    "taskmanager_token_allows(text,boolean)": (
+        "SELECT taskmanager_token_allows('tasks:write', false)"
+    ),
 }
 
 

@@ -10,8 +10,9 @@ headers and body the document promises; schema-violating input must get a 4xx.
 Authenticated: every operation that declares the OAuth2 bearer scheme gets a real access
 token, and schemathesis' `ignored_auth` check sends each one again without a token and with
 a wrong one, which must be refused (401). The tokens are of accounts registered over HTTP
-before the run; the operations that end a login (logout, logout-all) get tokens of their
-own accounts, so they cannot log the fuzzing account out halfway through the run.
+before the run; the operations that end a login (logout, logout-all) or revoke every
+personal access token get tokens of their own accounts, so they cannot log the fuzzing
+account out (or revoke its seeded tokens) halfway through the run.
 
 Reproducible: a fixed seed, no example database, no schemathesis cache, on a fresh
 database seeded with the same rows. Explore further with
@@ -297,6 +298,7 @@ class Seeded:
     workspace_ids: list[int]
     member_ids: list[int]
     member_emails: list[str]
+    token_ids: list[str]  # the fuzzing account's personal access tokens
     email: str
     refresh_tokens: list[str]
     mail_tokens: list[str]  # mailed links' tokens: verifications and password resets
@@ -352,6 +354,8 @@ def seed(base_url: str, mail_dir: Path) -> Seeded:
     # (each of its own login session, so spending one twice ends only that session).
     logout = register_over_http(base_url, "logout@example.com")
     logout_all = register_over_http(base_url, "logout-all@example.com")
+    # Revoking all tokens would revoke the ones seeded for revoking one by one.
+    revoke_all = register_over_http(base_url, "revoke-all@example.com")
     refresher = register_over_http(base_url, "refresher@example.com")
     mail_tokens = []
     for email in MAILED:
@@ -379,6 +383,12 @@ def seed(base_url: str, mail_dir: Path) -> Seeded:
             http.post("/labels", json={"name": name}).raise_for_status().json()["id"]
             for name in ("urgent", "someday")
         ]
+        access_tokens = [
+            http.post("/users/me/tokens", json={"name": name, "scopes": ["tasks:read"]})
+            .raise_for_status()
+            .json()["id"]
+            for name in ("backup", "report", "ci")
+        ]
         tasks = [
             http.post("/tasks", json=body).raise_for_status().json()["id"]
             for body in (
@@ -396,6 +406,7 @@ def seed(base_url: str, mail_dir: Path) -> Seeded:
         workspace_ids=[fuzzer.personal_workspace_id, team],
         member_ids=[member.user_id for member in members],
         member_emails=MEMBER_EMAILS,
+        token_ids=access_tokens,
         email=FUZZ_EMAIL,
         refresh_tokens=refresh_tokens,
         mail_tokens=mail_tokens,
@@ -403,6 +414,7 @@ def seed(base_url: str, mail_dir: Path) -> Seeded:
             "*": fuzzer.access_token,
             "POST /auth/logout": logout.access_token,
             "POST /auth/logout-all": logout_all.access_token,
+            "DELETE /users/me/tokens": revoke_all.access_token,
         },
     )
 
@@ -419,6 +431,7 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
             "workspace_ids": {"values": seeded.workspace_ids},
             "member_ids": {"values": seeded.member_ids},
             "member_emails": {"values": seeded.member_emails},
+            "token_ids": {"values": seeded.token_ids},
             "login_emails": {"values": [seeded.email]},
             "passwords": {"values": [PASSWORD]},
             "refresh_tokens": {"values": seeded.refresh_tokens},
@@ -435,6 +448,7 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
             "query.workspace_id": {"dictionary": "workspace_ids", "probability": half},
             "body.workspace_id": {"dictionary": "workspace_ids", "probability": half},
             "path.user_id": {"dictionary": "member_ids", "probability": half},
+            "path.token_id": {"dictionary": "token_ids", "probability": half},
             "body.user_id": {"dictionary": "member_ids", "probability": half},
             "body.email": {"dictionary": "member_emails", "probability": half},
             "body.username": {"dictionary": "login_emails", "probability": half},
@@ -456,6 +470,7 @@ CREATED_HEADERS = {
     "POST /labels": {"Location", "ETag"},
     "POST /workspaces": {"Location", "ETag"},
     "POST /workspaces/{workspace_id}/members": {"Location"},
+    "POST /users/me/tokens": {"Location"},
 }
 
 

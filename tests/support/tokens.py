@@ -95,3 +95,21 @@ def assert_unauthorized(response: httpx.Response, *, token_given: bool) -> dict[
     expected = INVALID_TOKEN_CHALLENGE if token_given else "Bearer"
     assert response.headers.get("WWW-Authenticate") == expected, response.headers
     return body
+
+
+async def make_access_token(
+    client: httpx.AsyncClient,
+    account: Account,
+    scopes: list[str],
+    **body: Any,
+) -> dict[str, Any]:
+    """POST /users/me/tokens as `account` (with its login): the 201's body, whose `token`
+    is the personal access token."""
+    response = await client.post(
+        "/users/me/tokens",
+        json={"name": body.pop("name", "a script"), "scopes": scopes, **body},
+        headers=account.headers,
+    )
+    assert response.status_code == 201, response.text
+    made: dict[str, Any] = response.json()
+    return made

@@ -2,19 +2,22 @@
 
 Every transaction that acts for someone starts with one statement (`UserRepository.enter`):
 the database checks the service's proof, that the user is active and the login session
-alive, answers their memberships, and switches to the caller role under row-level security.
-What it answered becomes the caller's `Scope`, minted here and nowhere else: for a request,
-from a verified access token (`taskmanager.dependencies.get_current_user`), or for an
-operator's command, which has no token (`taskmanager db seed`, `db explain`).
+alive (or the personal access token valid), answers their memberships, and switches to the
+caller role under row-level security. What it answered becomes the caller's `Scope`,
+minted here and nowhere else: for a request, from a verified access token or a personal
+access token (`taskmanager.dependencies.get_current_user`), or for an operator's command,
+which has no token (`taskmanager db seed`, `db explain`).
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.repositories.user_repository import CallerRow, UserRepository
+from taskmanager.security.access_tokens import TOKEN_SCOPES, TokenGrant, TokenScope
 from taskmanager.security.caller_key import UNLOGGED_SUBJECT, CallerKey
 from taskmanager.security.roles import ROLES, Role
 from taskmanager.security.scope import Scope, mint_scope
@@ -37,7 +40,38 @@ async def enter_as_user(
     return None if caller is None else _scope(caller, session_id, valid_until)
 
 
-def _scope(caller: CallerRow, session_id: uuid.UUID, valid_until: int) -> Scope:
+@dataclass(frozen=True, slots=True)
+class TokenCaller:
+    """A transaction entered with a personal access token."""
+
+    scope: Scope
+    # Its last use was stamped over a minute ago (or never): this one should be.
+    stamp_due: bool
+
+
+async def enter_with_token(
+    session: AsyncSession, key: CallerKey, token_hash: str, request_id: str | None = None
+) -> TokenCaller | None:
+    """Enter the transaction as the personal access token whose hash is `token_hash`: its
+    user, narrowed to what the token allows. None when the database refuses (no such
+    token: revoked, never made; expired; or its account disabled)."""
+    entry = key.entry("token", subject=token_hash)
+    caller = await UserRepository(session).enter(entry, request_id)
+    if caller is None or caller.token is None:
+        return None
+    grant = TokenGrant(
+        token_id=caller.token.token_id,
+        scopes=frozenset(
+            TokenScope(scope) for scope in caller.token.scopes if scope in TOKEN_SCOPES
+        ),
+        workspace_id=caller.token.workspace_id,
+    )
+    return TokenCaller(_scope(caller, grant.token_id, entry.valid_until, grant), caller.token.stale)
+
+
+def _scope(
+    caller: CallerRow, session_id: uuid.UUID, valid_until: int, token: TokenGrant | None = None
+) -> Scope:
     if caller.user_id is None:
         raise ValueError("a scope is a user's")
     return mint_scope(
@@ -51,6 +85,7 @@ def _scope(caller: CallerRow, session_id: uuid.UUID, valid_until: int) -> Scope:
         },
         personal_workspace_id=caller.personal_workspace_id,
         valid_until=valid_until,
+        token=token,
     )
 
 

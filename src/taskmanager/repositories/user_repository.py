@@ -4,6 +4,7 @@ Flushes, never commits."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,17 @@ from taskmanager.security.caller_key import CallerKey, Entry
 
 
 @dataclass(frozen=True, slots=True)
+class TokenRow:
+    """What the database says about the personal access token a transaction entered with."""
+
+    token_id: uuid.UUID
+    scopes: Sequence[str]
+    workspace_id: int | None
+    # Its last_used_at is older than a minute (or unset): this use should stamp it.
+    stale: bool
+
+
+@dataclass(frozen=True, slots=True)
 class CallerRow:
     """What the database says about a transaction's caller as it enters (no user for the
     service's own purposes: a login before the password is checked, maintenance)."""
@@ -39,6 +51,8 @@ class CallerRow:
     workspace_ids: Sequence[int]
     # workspace id -> the caller's role there.
     workspace_roles: Mapping[int, str]
+    # For a caller entered with a personal access token (purpose 'token').
+    token: TokenRow | None = None
 
 
 # The first statement of every transaction: taskmanager_enter (migration 0008) checks the
@@ -52,15 +66,7 @@ class CallerRow:
 # The request's id goes along, transaction-local too: the activity log (migration 0011)
 # writes it beside each change. Unlike the caller it is not sealed: SQL in a request may
 # change it, and it only labels the rows that request writes.
-_ENTER = text(
-    """
-    SELECT e.user_id, e.personal_workspace_id, e.workspace_ids,
-           taskmanager_workspace_roles() AS workspace_roles,
-           set_config('role', e.caller_role, true) AS role
-    FROM taskmanager_enter(:user_id, :session_id, :purpose, :valid_until, :proof, :subject) e
-    CROSS JOIN set_config('taskmanager.request_id', :request_id, true) AS request
-    """
-).bindparams(
+_ENTER_PARAMETERS = (
     bindparam("user_id", type_=Integer),
     bindparam("session_id", type_=Uuid),
     bindparam("purpose", type_=Text),
@@ -69,8 +75,33 @@ _ENTER = text(
     bindparam("subject", type_=Text),
     bindparam("request_id", type_=Text),
 )
+_ENTER = text(
+    """
+    SELECT e.user_id, e.personal_workspace_id, e.workspace_ids,
+           taskmanager_workspace_roles() AS workspace_roles,
+           set_config('role', e.caller_role, true) AS role
+    FROM taskmanager_enter(:user_id, :session_id, :purpose, :valid_until, :proof, :subject) e
+    CROSS JOIN set_config('taskmanager.request_id', :request_id, true) AS request
+    """
+).bindparams(*_ENTER_PARAMETERS)
 # As the app runs it: the roles arrive as JSON.
 _ENTER_ROW = _ENTER.columns(workspace_roles=JSONB)
+# The same for a personal access token (migration 0013), with what the token allows (read
+# after taskmanager_enter sealed it as the caller, as the roles are).
+_ENTER_WITH_TOKEN = (
+    text(
+        """
+    SELECT e.user_id, e.personal_workspace_id, e.workspace_ids,
+           taskmanager_workspace_roles() AS workspace_roles,
+           taskmanager_caller_token() AS token,
+           set_config('role', e.caller_role, true) AS role
+    FROM taskmanager_enter(:user_id, :session_id, :purpose, :valid_until, :proof, :subject) e
+    CROSS JOIN set_config('taskmanager.request_id', :request_id, true) AS request
+    """
+    )
+    .bindparams(*_ENTER_PARAMETERS)
+    .columns(workspace_roles=JSONB, token=JSONB)
+)
 # The one read of a stored hash (a login, a password change), with a proof of its own.
 _PASSWORD_HASH = text(
     "SELECT user_id, password_hash, is_active "
@@ -104,7 +135,7 @@ class UserRepository:
         session ended); a proof that does not verify is an error (42501)."""
         row = (
             await self.session.execute(
-                _ENTER_ROW,
+                _ENTER_WITH_TOKEN if entry.purpose == "token" else _ENTER_ROW,
                 {
                     "user_id": entry.user_id,
                     "session_id": entry.session_id,
@@ -206,4 +237,16 @@ def _caller(row: Any) -> CallerRow:
         personal_workspace_id=row.personal_workspace_id,
         workspace_ids=row.workspace_ids,
         workspace_roles={int(workspace): role for workspace, role in row.workspace_roles.items()},
+        token=_token(getattr(row, "token", None)),
+    )
+
+
+def _token(answer: Mapping[str, Any] | None) -> TokenRow | None:
+    if answer is None:
+        return None
+    return TokenRow(
+        token_id=uuid.UUID(answer["id"]),
+        scopes=tuple(answer["scopes"]),
+        workspace_id=answer["workspace_id"],
+        stale=bool(answer["stale"]),
     )

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 
 from taskmanager.cursors import MAX_CURSOR_LENGTH, CursorCodec, fingerprint
-from taskmanager.dependencies import ActivityReaderDep, TaskReaderDep
+from taskmanager.dependencies import ActivityReaderDep, TaskReaderDep, token_scope
 from taskmanager.models import Activity
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.repositories.activity_repository import (
@@ -19,6 +19,7 @@ from taskmanager.repositories.activity_repository import (
     ActivityRepository,
 )
 from taskmanager.schemas import INT4_MAX, ActivityResponse
+from taskmanager.security.access_tokens import TokenScope
 
 router = APIRouter(tags=["activity"])
 
@@ -42,6 +43,7 @@ RESPONSES = {200: {"headers": response_headers("Link")}, **problem_responses(401
     "/workspaces/{workspace_id}/activity",
     response_model=list[ActivityResponse],
     responses=RESPONSES,
+    openapi_extra=token_scope(TokenScope.TASKS_READ),
 )
 async def list_workspace_activity(
     workspace_id: WorkspaceId,
@@ -82,6 +84,7 @@ async def list_workspace_activity(
     "/tasks/{task_id}/activity",
     response_model=list[ActivityResponse],
     responses=RESPONSES,
+    openapi_extra=token_scope(TokenScope.TASKS_READ),
 )
 async def list_task_activity(
     task_id: TaskId,

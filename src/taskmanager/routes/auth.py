@@ -39,11 +39,13 @@ from taskmanager.problems import (
     TokenProblem,
     unauthorized_problem,
 )
+from taskmanager.repositories.access_token_repository import AccessTokenRepository
 from taskmanager.repositories.auth_session_repository import AuthSessionRepository
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.schemas import (
     Accepted,
     LoginForm,
+    LogoutAllRequest,
     PasswordResetConfirm,
     PasswordResetRequest,
     RefreshRequest,
@@ -296,19 +298,28 @@ async def refresh(
     "/logout",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(401, 503),
+    responses=problem_responses(401, 403, 503),
 )
 async def logout(user: CurrentUserDep, session: SessionDep) -> None:
     """End this login session: its access and refresh tokens stop working at once."""
     await AuthSessionRepository(session).revoke(user.session_id, "logout")
 
 
+# POST /auth/logout-all without a body: the defaults.
+_NO_OPTIONS = LogoutAllRequest()
+
+
 @router.post(
     "/logout-all",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(401, 503),
+    responses=problem_responses(401, 403, 413, 422, 503),
 )
-async def logout_all(user: CurrentUserDep, session: SessionDep) -> None:
-    """End every login session of this account, this one included."""
+async def logout_all(
+    user: CurrentUserDep, session: SessionDep, body: LogoutAllRequest = _NO_OPTIONS
+) -> None:
+    """End every login session of this account, this one included. Personal access tokens
+    keep working (they are for scripts) unless `include_access_tokens` is true."""
     await AuthSessionRepository(session).revoke_all(user.user_id, "logout_all")
+    if body.include_access_tokens:
+        await AccessTokenRepository(session).revoke_all(user.user_id)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from taskmanager.dependencies import CategoryReaderDep, CategoryRepositoryDep
+from taskmanager.dependencies import CategoryReaderDep, CategoryRepositoryDep, token_scope
 from taskmanager.models import Category
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.repositories.category_repository import CategoryRepository
@@ -15,6 +15,7 @@ from taskmanager.routes.idempotency import IdempotencyDep
 from taskmanager.routes.permissions import row_for_change
 from taskmanager.routes.preconditions import IfMatch, get_or_404, set_etag
 from taskmanager.schemas import INT4_MAX, CategoryCreate, CategoryDetailResponse, CategoryUpdate
+from taskmanager.security.access_tokens import TokenScope
 from taskmanager.security.roles import Action
 
 router = APIRouter(prefix="/categories", tags=["categories"])
@@ -31,6 +32,7 @@ NOT_FOUND = "Category not found"
         201: {"headers": response_headers("Location", "ETag", "Idempotent-Replayed")},
         **problem_responses(401, 403, 409, 413, 422, 503),
     },
+    openapi_extra=token_scope(TokenScope.TASKS_WRITE),
 )
 async def create_category(
     body: CategoryCreate,
@@ -50,7 +52,10 @@ async def create_category(
 
 
 @router.get(
-    "", response_model=list[CategoryDetailResponse], responses=problem_responses(401, 422, 503)
+    "",
+    response_model=list[CategoryDetailResponse],
+    responses=problem_responses(401, 422, 503),
+    openapi_extra=token_scope(TokenScope.TASKS_READ),
 )
 async def list_categories(
     repo: CategoryReaderDep,
@@ -67,6 +72,7 @@ async def list_categories(
     "/{category_id}",
     response_model=CategoryDetailResponse,
     responses={200: {"headers": response_headers("ETag")}, **problem_responses(401, 404, 422, 503)},
+    openapi_extra=token_scope(TokenScope.TASKS_READ),
 )
 async def get_category(
     category_id: CategoryId, repo: CategoryReaderDep, response: Response
@@ -83,6 +89,7 @@ async def get_category(
         200: {"headers": response_headers("ETag")},
         **problem_responses(401, 403, 404, 409, 412, 413, 422, 503),
     },
+    openapi_extra=token_scope(TokenScope.TASKS_WRITE),
 )
 async def rename_category(
     category_id: CategoryId,
@@ -103,6 +110,7 @@ async def rename_category(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(401, 403, 404, 412, 422, 503),
+    openapi_extra=token_scope(TokenScope.TASKS_WRITE),
 )
 async def delete_category(
     category_id: CategoryId, repo: CategoryRepositoryDep, if_match: IfMatch = None

@@ -120,10 +120,15 @@ async def get_idempotent_request(
         )
     route = request.scope.get("route")
     path = getattr(route, "path", request.url.path)
+    scope = f"{request.method} {path}"
+    if user.token is not None:
+        # A personal access token's keys are its own: it never replays what its user's
+        # login (or another token) made, which it may not be allowed to see.
+        scope = f"{scope} token {user.token.token_id}"
     return IdempotentRequest(
         repository=IdempotencyRepository(session),
         user_id=user.user_id,  # keys are per user: one never replays another's response
-        scope=f"{request.method} {path}",
+        scope=scope,
         key=idempotency_key,
         ttl=timedelta(hours=request.app.state.settings.idempotency_ttl_hours),
     )

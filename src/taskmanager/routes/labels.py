@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from taskmanager.dependencies import LabelReaderDep, LabelRepositoryDep
+from taskmanager.dependencies import LabelReaderDep, LabelRepositoryDep, token_scope
 from taskmanager.models import Label
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.repositories.label_repository import LabelRepository
@@ -15,6 +15,7 @@ from taskmanager.routes.idempotency import IdempotencyDep
 from taskmanager.routes.permissions import row_for_change
 from taskmanager.routes.preconditions import IfMatch, get_or_404, set_etag
 from taskmanager.schemas import INT4_MAX, LabelCreate, LabelDetailResponse, LabelUpdate
+from taskmanager.security.access_tokens import TokenScope
 from taskmanager.security.roles import Action
 
 router = APIRouter(prefix="/labels", tags=["labels"])
@@ -31,6 +32,7 @@ NOT_FOUND = "Label not found"
         201: {"headers": response_headers("Location", "ETag", "Idempotent-Replayed")},
         **problem_responses(401, 403, 409, 413, 422, 503),
     },
+    openapi_extra=token_scope(TokenScope.TASKS_WRITE),
 )
 async def create_label(
     body: LabelCreate,
@@ -50,7 +52,10 @@ async def create_label(
 
 
 @router.get(
-    "", response_model=list[LabelDetailResponse], responses=problem_responses(401, 422, 503)
+    "",
+    response_model=list[LabelDetailResponse],
+    responses=problem_responses(401, 422, 503),
+    openapi_extra=token_scope(TokenScope.TASKS_READ),
 )
 async def list_labels(
     repo: LabelReaderDep,
@@ -67,6 +72,7 @@ async def list_labels(
     "/{label_id}",
     response_model=LabelDetailResponse,
     responses={200: {"headers": response_headers("ETag")}, **problem_responses(401, 404, 422, 503)},
+    openapi_extra=token_scope(TokenScope.TASKS_READ),
 )
 async def get_label(label_id: LabelId, repo: LabelReaderDep, response: Response) -> Label:
     label = get_or_404(await repo.get_by_id(label_id), NOT_FOUND)
@@ -81,6 +87,7 @@ async def get_label(label_id: LabelId, repo: LabelReaderDep, response: Response)
         200: {"headers": response_headers("ETag")},
         **problem_responses(401, 403, 404, 409, 412, 413, 422, 503),
     },
+    openapi_extra=token_scope(TokenScope.TASKS_WRITE),
 )
 async def update_label(
     label_id: LabelId,
@@ -103,6 +110,7 @@ async def update_label(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(401, 403, 404, 412, 422, 503),
+    openapi_extra=token_scope(TokenScope.TASKS_WRITE),
 )
 async def delete_label(
     label_id: LabelId, repo: LabelRepositoryDep, if_match: IfMatch = None

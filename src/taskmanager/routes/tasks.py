@@ -12,7 +12,7 @@ from pydantic import Field
 
 from taskmanager.bad_input import BadInputError
 from taskmanager.cursors import MAX_CURSOR_LENGTH, CursorCodec, InvalidCursorError, fingerprint
-from taskmanager.dependencies import TaskReaderDep, TaskRepositoryDep
+from taskmanager.dependencies import TaskReaderDep, TaskRepositoryDep, token_scope
 from taskmanager.models import Task
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.repositories.task_queries.filters import TaskFilters
@@ -33,6 +33,7 @@ from taskmanager.schemas import (
     TaskUpdate,
     TaskWithCategoryResponse,
 )
+from taskmanager.security.access_tokens import TokenScope
 from taskmanager.security.roles import Action
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
@@ -53,6 +54,7 @@ CHANGED_TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
         201: {"headers": response_headers("Location", "ETag", "Idempotent-Replayed")},
         **problem_responses(401, 403, 413, 422, 503),
     },
+    openapi_extra=token_scope(TokenScope.TASKS_WRITE),
 )
 async def create_task(
     body: TaskCreate,
@@ -90,6 +92,7 @@ async def create_task(
         200: {"headers": response_headers("X-Total-Count", "Link")},
         **problem_responses(401, 422, 503),
     },
+    openapi_extra=token_scope(TokenScope.TASKS_READ),
 )
 async def list_tasks(
     repo: TaskReaderDep,
@@ -227,6 +230,7 @@ def _next_link(request: Request, next_cursor: str) -> str:
     "/{task_id}",
     response_model=TaskWithCategoryResponse,
     responses={200: {"headers": response_headers("ETag")}, **problem_responses(401, 404, 422, 503)},
+    openapi_extra=token_scope(TokenScope.TASKS_READ),
 )
 async def get_task(task_id: TaskId, repo: TaskReaderDep, response: Response) -> TaskView:
     """One task; `ETag` is its version, for If-Match on a later change."""
@@ -239,6 +243,7 @@ async def get_task(task_id: TaskId, repo: TaskReaderDep, response: Response) -> 
     "/{task_id}",
     response_model=TaskWithCategoryResponse,
     responses=CHANGED_TASK_RESPONSES,
+    openapi_extra=token_scope(TokenScope.TASKS_WRITE),
 )
 async def update_task(
     task_id: TaskId,
@@ -262,6 +267,7 @@ async def update_task(
     response_model=TaskWithCategoryResponse,
     responses=CHANGED_TASK_RESPONSES,
     deprecated=True,
+    openapi_extra=token_scope(TokenScope.TASKS_WRITE),
 )
 async def replace_task(
     task_id: TaskId,
@@ -279,6 +285,7 @@ async def replace_task(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(401, 403, 404, 412, 422, 503),
+    openapi_extra=token_scope(TokenScope.TASKS_WRITE),
 )
 async def delete_task(task_id: TaskId, repo: TaskRepositoryDep, if_match: IfMatch = None) -> None:
     """Delete a task (403 for a viewer of its workspace); with `If-Match`, only if it is

@@ -8,9 +8,11 @@ from fastapi.responses import JSONResponse
 from taskmanager.accounts.sessions import Refused, TooManyAttempts, change_password
 from taskmanager.database import ReadSessionDep, SessionDep
 from taskmanager.dependencies import (
+    LOGIN_NEEDED,
     SESSION_ENDED,
     CurrentReaderDep,
     CurrentUserDep,
+    token_scope,
     unauthorized_error,
 )
 from taskmanager.models import User
@@ -19,6 +21,8 @@ from taskmanager.problems import TOO_MANY_LOGIN_ATTEMPTS
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.routes.auth import TOO_MANY_PASSWORD_ATTEMPTS, request_network, retry_later
 from taskmanager.schemas import UserResponse, UserUpdate
+from taskmanager.security.access_tokens import TokenScope
+from taskmanager.security.roles import ActionNotAllowedError
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -30,24 +34,36 @@ async def _me(users: UserRepository, user_id: int) -> User:
     return user
 
 
-@router.get("/me", response_model=UserResponse, responses=problem_responses(401, 503))
+@router.get(
+    "/me",
+    response_model=UserResponse,
+    responses=problem_responses(401, 503),
+    openapi_extra=token_scope(TokenScope.ACCOUNT_READ),
+)
 async def get_me(user: CurrentReaderDep, session: ReadSessionDep) -> User:
     """Your account."""
     return await _me(UserRepository(session), user.user_id)
 
 
 @router.patch(
-    "/me", response_model=UserResponse, responses=problem_responses(401, 413, 422, 429, 503)
+    "/me",
+    response_model=UserResponse,
+    responses=problem_responses(401, 413, 422, 429, 503),
+    openapi_extra=token_scope(TokenScope.ACCOUNT_WRITE),
 )
 async def update_me(
     body: UserUpdate, user: CurrentUserDep, session: SessionDep, request: Request
 ) -> User | JSONResponse:
     """Change your display name, or your password (with `current_password`): a new password
-    ends every other login session of this account. Wrong current passwords count towards
-    the same limits as failed logins (429 with `Retry-After`)."""
+    ends every other login session of this account (personal access tokens keep
+    working). Wrong current passwords count towards the same limits as failed logins (429
+    with `Retry-After`). A personal access token may change the display name (with
+    account:write), never the password (403)."""
     users = UserRepository(session)
     me = await _me(users, user.user_id)
     if body.password is not None:
+        if user.token is not None:
+            raise ActionNotAllowedError(f"a new password: {LOGIN_NEEDED}")
         outcome = await change_password(
             session,
             request.app.state.caller_key,

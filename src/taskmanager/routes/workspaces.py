@@ -16,6 +16,7 @@ from taskmanager.dependencies import (
     MembershipLimitsDep,
     WorkspaceReaderDep,
     WorkspaceRepositoryDep,
+    token_scope,
 )
 from taskmanager.models import Workspace
 from taskmanager.openapi import problem_responses, response_headers
@@ -38,6 +39,7 @@ from taskmanager.schemas import (
     WorkspaceTransfer,
     WorkspaceUpdate,
 )
+from taskmanager.security.access_tokens import TokenScope
 from taskmanager.security.roles import Action, Role, actions_of
 from taskmanager.security.scope import Scope
 
@@ -76,6 +78,7 @@ async def _detail(
         201: {"headers": response_headers("Location", "ETag")},
         **problem_responses(401, 409, 413, 422, 503),
     },
+    openapi_extra=token_scope(TokenScope.WORKSPACES_WRITE),
 )
 async def create_workspace(
     body: WorkspaceCreate,
@@ -86,7 +89,8 @@ async def create_workspace(
     response: Response,
 ) -> dict[str, object]:
     """A new workspace; you are its owner. 409 if you belong to as many workspaces as an
-    account may already."""
+    account may already. A personal access token bound to a workspace makes none (403)."""
+    user.require_unbound("a new workspace")
     workspace_id = await repo.create(user.user_id, body.name, limits)
     # The scope was read at the start of the request; this one now includes the new id.
     joined = user.with_workspace(workspace_id, Role.OWNER)
@@ -98,7 +102,12 @@ async def create_workspace(
     return {**asdict(view), "members": members}
 
 
-@router.get("", response_model=list[WorkspaceResponse], responses=problem_responses(401, 503))
+@router.get(
+    "",
+    response_model=list[WorkspaceResponse],
+    responses=problem_responses(401, 503),
+    openapi_extra=token_scope(TokenScope.TASKS_READ),
+)
 async def list_workspaces(repo: WorkspaceReaderDep, user: CurrentReaderDep) -> list[WorkspaceView]:
     """The workspaces you belong to, your personal one first, with your role in each."""
     return await repo.list_mine(user)
@@ -108,6 +117,7 @@ async def list_workspaces(repo: WorkspaceReaderDep, user: CurrentReaderDep) -> l
     "/{workspace_id}",
     response_model=WorkspaceDetailResponse,
     responses={200: {"headers": response_headers("ETag")}, **problem_responses(401, 404, 422, 503)},
+    openapi_extra=token_scope(TokenScope.TASKS_READ),
 )
 async def get_workspace(
     workspace_id: WorkspaceId, repo: WorkspaceReaderDep, user: CurrentReaderDep, response: Response
@@ -132,6 +142,7 @@ async def _for_change(
         200: {"headers": response_headers("ETag")},
         **problem_responses(401, 403, 404, 412, 413, 422, 503),
     },
+    openapi_extra=token_scope(TokenScope.WORKSPACES_WRITE),
 )
 async def rename_workspace(
     workspace_id: WorkspaceId,
@@ -154,6 +165,7 @@ async def rename_workspace(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(401, 403, 404, 409, 412, 422, 503),
+    openapi_extra=token_scope(TokenScope.WORKSPACES_WRITE),
 )
 async def delete_workspace(
     workspace_id: WorkspaceId,
@@ -177,6 +189,7 @@ async def delete_workspace(
         201: {"headers": response_headers("Location")},
         **problem_responses(401, 403, 404, 409, 413, 422, 503),
     },
+    openapi_extra=token_scope(TokenScope.MEMBERS_WRITE),
 )
 async def add_member(
     workspace_id: WorkspaceId,
@@ -216,6 +229,7 @@ async def add_member(
     "/{workspace_id}/members/{user_id}",
     response_model=MemberResponse,
     responses=problem_responses(401, 404, 422, 503),
+    openapi_extra=token_scope(TokenScope.TASKS_READ),
 )
 async def get_member(
     workspace_id: WorkspaceId, user_id: UserId, repo: WorkspaceReaderDep, user: CurrentReaderDep
@@ -231,6 +245,7 @@ async def get_member(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(401, 403, 404, 409, 422, 503),
+    openapi_extra=token_scope(TokenScope.MEMBERS_WRITE),
 )
 async def remove_member(
     workspace_id: WorkspaceId,
@@ -259,6 +274,7 @@ async def remove_member(
     "/{workspace_id}/members/{user_id}",
     response_model=MemberResponse,
     responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
+    openapi_extra=token_scope(TokenScope.MEMBERS_WRITE),
 )
 async def change_member_role(
     workspace_id: WorkspaceId,
@@ -295,6 +311,7 @@ async def change_member_role(
         200: {"headers": response_headers("ETag")},
         **problem_responses(401, 403, 404, 409, 413, 422, 503),
     },
+    openapi_extra=token_scope(TokenScope.WORKSPACES_WRITE),
 )
 async def transfer_workspace(
     workspace_id: WorkspaceId,
@@ -306,6 +323,8 @@ async def transfer_workspace(
     """Hand a workspace you own to one of its members: they become an owner, you an
     admin. A personal workspace cannot be transferred (409)."""
     workspace = await _for_change(repo, user, workspace_id, None)
+    # Making someone an owner: only whoever may manage owners (a token needs every scope).
+    user.require_managing(workspace_id, Role.OWNER)
     if workspace.personal:
         raise ProblemError(CONFLICT.problem("a personal workspace cannot be transferred"))
     if body.user_id == user.user_id:

@@ -10,7 +10,8 @@ neither become another user nor read a password hash.
 The key is derived from the signing key (settings, or the generated key file), so every
 worker and every machine has it without another secret to deploy; `taskmanager db upgrade`
 installs it in the database (taskmanager.postgres.deployment.install_caller_key). A new
-signing key needs a new `db upgrade`, which also ends every issued token.
+signing key needs a new `db upgrade`, which also ends every issued login token (personal
+access tokens are kept as a plain SHA-256, and outlive it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from typing import Literal
 # refresh     - trading a refresh token
 # operator    - an operator's command acting as an account (`users create`, `db seed`)
 # maintenance - purging what has expired; checking the key
-Purpose = Literal["request", "login", "register", "refresh", "operator", "maintenance"]
+# token       - an API request with a personal access token (its hash is the subject; the
+#               database finds the user, migration 0013)
+Purpose = Literal["request", "login", "register", "refresh", "operator", "maintenance", "token"]
 
 # The subject of an operator's transaction whose changes write no activity (migration
 # 0011 reads it from the sealed caller): `taskmanager db seed`'s made-up demo data.
@@ -53,7 +56,8 @@ class Entry:
     # A credential for as long as valid_until: never in a repr (a log line, a traceback).
     proof: str = field(repr=False)
     # What a login or a registration counts attempts at ("<network>\n<username>"): the
-    # only password-attempt counts its transaction may touch (migration 0008).
+    # only password-attempt counts its transaction may touch (migration 0008); for a
+    # personal access token, its hash.
     subject: str | None = None
 
 

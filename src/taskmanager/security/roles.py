@@ -5,9 +5,10 @@ policies read the same matrix from the table `role_permissions`, which a migrati
 with these values (a test compares the two, so the matrix cannot change here without a
 migration that changes the table).
 
-The action names are what personal access tokens will carry as their scopes: what a token
-may do in a workspace is then its role's actions and the token's scopes together (the one
-place for that in Python is `Scope.may`; in SQL, `taskmanager_caller_permissions()`).
+The action names are what personal access tokens carry as their scopes
+(taskmanager.security.access_tokens): what a token may do in a workspace is its role's
+actions and the token's scopes together (the one place for that in Python is
+`Scope.actions_in`; in SQL, `taskmanager_caller_permissions()`).
 """
 
 from __future__ import annotations
@@ -72,9 +73,9 @@ def roles_managing(role: Role) -> tuple[Role, ...]:
     return tuple(r for r in ROLES if may_manage(PERMISSIONS[r], role))
 
 
-def _either(roles: Iterable[Role]) -> str:
-    names = [str(role) for role in roles]
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+def _either(names: Iterable[str], joined_by: str = "or") -> str:
+    listed = [str(name) for name in names]
+    return listed[0] if len(listed) == 1 else f"{', '.join(listed[:-1])} {joined_by} {listed[-1]}"
 
 
 def needs_role(roles: Iterable[Role], yours: Role | None) -> str:
@@ -93,6 +94,14 @@ class ActionNotAllowedError(Exception):
     @classmethod
     def for_action(cls, action: Action, yours: Role | None) -> ActionNotAllowedError:
         return cls(needs_role(roles_allowing(action), yours))
+
+    @classmethod
+    def for_scopes(cls, scopes: Iterable[str], what: str = "this") -> ActionNotAllowedError:
+        """Refused because the request's personal access token lacks `scopes` (its role
+        would allow it)."""
+        names = sorted(scopes)
+        noun = "scope" if len(names) == 1 else "scopes"
+        return cls(f"{what} needs an access token with the {noun} {_either(names, 'and')}")
 
     @classmethod
     def for_membership(cls, role: Role, yours: Role | None) -> ActionNotAllowedError:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from taskmanager.bad_input import BadInputError
+from taskmanager.security.access_tokens import TokenGrant, TokenScope
 from taskmanager.security.roles import (
     PERMISSIONS,
     Action,
@@ -43,6 +44,9 @@ class Scope:
     # that ends its transaction early enters again with it (accounts.sessions'
     # change_password).
     valid_until: int
+    # The personal access token the request came with (then session_id is its id); None
+    # for a login session.
+    token: TokenGrant | None = None
     _minted_by: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -57,11 +61,21 @@ class Scope:
         return self.roles.get(workspace_id) if self.can_see(workspace_id) else None
 
     def actions_in(self, workspace_id: int) -> frozenset[Action]:
-        """What the caller may do in `workspace_id`: their role's actions. (The one place
-        a personal access token's scopes will narrow it, as taskmanager_caller_permissions()
-        does in the database.)"""
+        """What the caller may do in `workspace_id`: their role's actions, and for a
+        personal access token only those its scopes allow too (as
+        taskmanager_caller_permissions() says in the database; the token's workspace is
+        the only one it can see)."""
+        actions = self._role_actions_in(workspace_id)
+        return actions if self.token is None else actions & self.token.actions()
+
+    def _role_actions_in(self, workspace_id: int) -> frozenset[Action]:
         role = self.role_in(workspace_id)
         return frozenset() if role is None else PERMISSIONS[role]
+
+    def allows(self, scope: TokenScope) -> bool:
+        """Whether the request's credential allows `scope`: a login allows everything, a
+        personal access token its scopes."""
+        return self.token is None or self.token.allows(scope)
 
     def may(self, workspace_id: int, action: Action) -> bool:
         return action in self.actions_in(workspace_id)
@@ -70,13 +84,32 @@ class Scope:
         """ActionNotAllowedError (a 403 naming the roles that would do) unless the caller
         may do `action` in `workspace_id`."""
         if not self.may(workspace_id, action):
+            if action in self._role_actions_in(workspace_id):  # the token's scopes refuse
+                raise ActionNotAllowedError.for_scopes([TokenScope(action.value)])
             raise ActionNotAllowedError.for_action(action, self.role_in(workspace_id))
 
     def require_managing(self, workspace_id: int, role: Role) -> None:
         """ActionNotAllowedError unless the caller may give, change or remove a membership
         of `role` in `workspace_id` (taskmanager.security.roles.may_manage)."""
         if not may_manage(self.actions_in(workspace_id), role):
+            role_actions = self._role_actions_in(workspace_id)
+            if may_manage(role_actions, role):  # the token's scopes refuse
+                missing = (PERMISSIONS[role] | {Action.MEMBERS_WRITE}) - self.actions_in(
+                    workspace_id
+                )
+                raise ActionNotAllowedError.for_scopes(
+                    [TokenScope(action.value) for action in missing], f"a membership as {role}"
+                )
             raise ActionNotAllowedError.for_membership(role, self.role_in(workspace_id))
+
+    def require_unbound(self, what: str) -> None:
+        """ActionNotAllowedError for a personal access token bound to a workspace: it acts
+        in that one only (`what` is refused)."""
+        if self.token is not None and self.token.workspace_id is not None:
+            raise ActionNotAllowedError(
+                f"{what}: this access token is bound to workspace {self.token.workspace_id} "
+                "and acts in no other"
+            )
 
     def with_workspace(self, workspace_id: int, role: Role) -> Scope:
         """This scope after the caller joined `workspace_id` as `role` in this request."""
@@ -87,13 +120,20 @@ class Scope:
             roles={**self.roles, workspace_id: role},
             personal_workspace_id=self.personal_workspace_id,
             valid_until=self.valid_until,
+            token=self.token,
         )
 
     def workspace_for_new_row(self, workspace_id: int | None) -> int:
         """Where a new task, category or label goes: the workspace named, if the caller
         belongs to it (else a BadInputError naming the field) and their role there may
-        write (else ActionNotAllowedError), or the caller's personal workspace."""
-        chosen = self.personal_workspace_id if workspace_id is None else workspace_id
+        write (else ActionNotAllowedError), or by default the caller's personal workspace
+        (for a personal access token bound to a workspace, that one)."""
+        if workspace_id is not None:
+            chosen: int | None = workspace_id
+        elif self.token is not None and self.token.workspace_id is not None:
+            chosen = self.token.workspace_id
+        else:
+            chosen = self.personal_workspace_id
         if chosen is None or not self.can_see(chosen):
             raise BadInputError(
                 "body.workspace_id", "you are not a member of a workspace with this id"
@@ -110,6 +150,7 @@ def mint_scope(
     roles: Mapping[int, Role],
     personal_workspace_id: int | None,
     valid_until: int,
+    token: TokenGrant | None = None,
 ) -> Scope:
     """For taskmanager.accounts.callers only (a test checks no other module calls it)."""
     return Scope(
@@ -119,5 +160,6 @@ def mint_scope(
         roles=MappingProxyType(dict(roles)),
         personal_workspace_id=personal_workspace_id,
         valid_until=valid_until,
+        token=token,
         _minted_by=_MINT,
     )
