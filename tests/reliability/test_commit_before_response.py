@@ -24,7 +24,7 @@ import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
-from fastapi import Depends, FastAPI, Request, Response, status
+from fastapi import BackgroundTasks, Depends, FastAPI, Request, Response, status
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
@@ -216,11 +216,14 @@ DefaultScopeSessionDep = Annotated[AsyncSession, Depends(get_async_session)]
 
 
 async def default_scope_caller(
-    request: Request, session: DefaultScopeSessionDep, token: BearerToken
+    request: Request,
+    session: DefaultScopeSessionDep,
+    token: BearerToken,
+    background: BackgroundTasks,
 ) -> Scope:
     """The app's own current-user dependency, in the default-scope session's transaction
     (so the insert runs as the caller under row-level security, as the real route's does)."""
-    return await get_current_user(request, session, token)
+    return await get_current_user(request, session, token, background)
 
 
 def app_with_a_default_scope_route(settings: Settings) -> FastAPI:
