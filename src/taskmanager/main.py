@@ -41,7 +41,17 @@ from taskmanager.openapi import build_openapi, install_docs, operation_id
 from taskmanager.outbox.worker import OutboxWorker, RetryPolicy
 from taskmanager.postgres.deployment import check_service_login_when_reachable
 from taskmanager.postgres.logins import database_logins
-from taskmanager.routes import activity, auth, categories, health, labels, tasks, users, workspaces
+from taskmanager.routes import (
+    activity,
+    auth,
+    categories,
+    health,
+    invitations,
+    labels,
+    tasks,
+    users,
+    workspaces,
+)
 from taskmanager.security.caller_key import CallerKey
 from taskmanager.security.mail_tokens import MailTokenKey
 from taskmanager.security.passwords import prepare_decoy_hash
@@ -176,6 +186,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(users.router)
     app.include_router(workspaces.router)
+    app.include_router(invitations.workspace_router)
+    app.include_router(invitations.router)
     app.include_router(tasks.router)
     app.include_router(categories.router)
     app.include_router(labels.router)
