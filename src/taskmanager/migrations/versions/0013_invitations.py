@@ -227,10 +227,6 @@ def _table() -> None:
         "ix_invitations_workspace_id_created_at", "invitations", ["workspace_id", "created_at"]
     )
     op.create_index("ix_invitations_email_lower", "invitations", [sa.text("lower(email)")])
-    # Without FORCE: the functions below write as the owner, past the policies.
-    op.execute("ALTER TABLE invitations ENABLE ROW LEVEL SECURITY")
-    for name, definition in POLICIES.items():
-        op.execute(f"CREATE POLICY {name} ON invitations {definition}")
 
 
 def _mail_payload(row: str, minutes: str) -> str:
@@ -459,6 +455,10 @@ def _memberships_create(definition: str) -> None:
 def upgrade() -> None:
     _table()
     _functions()
+    # Without FORCE: the functions write as the owner, past the policies.
+    op.execute("ALTER TABLE invitations ENABLE ROW LEVEL SECURITY")
+    for name, definition in POLICIES.items():
+        op.execute(f"CREATE POLICY {name} ON invitations {definition}")
     for function in FUNCTIONS:
         op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
         _grant_to_caller(f"EXECUTE ON FUNCTION {{schema}}.{function}")
