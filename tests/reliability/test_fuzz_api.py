@@ -297,6 +297,7 @@ class Seeded:
     workspace_ids: list[int]
     member_ids: list[int]
     member_emails: list[str]
+    invitation_ids: list[str]
     email: str
     refresh_tokens: list[str]
     mail_tokens: list[str]  # mailed links' tokens: verifications and password resets
@@ -368,9 +369,22 @@ def seed(base_url: str, mail_dir: Path) -> Seeded:
         ]
         team = http.post("/workspaces", json={"name": "Team"}).raise_for_status().json()["id"]
         for member in members:
-            http.post(
-                f"/workspaces/{team}/members", json={"email": member.email, "role": "member"}
+            # A member is invited, and accepts with the address verified.
+            verify = eml_token(mail_dir, member.email, "Confirm your email address")
+            http.post("/auth/verify-email", json={"token": verify}).raise_for_status()
+            invitation = http.post(
+                f"/workspaces/{team}/invitations", json={"email": member.email, "role": "member"}
             ).raise_for_status()
+            http.post(
+                f"/invitations/{invitation.json()['id']}/accept", headers=member.headers
+            ).raise_for_status()
+        # Pending invitations, for the routes that name one.
+        invitation_ids = [
+            http.post(f"/workspaces/{team}/invitations", json={"email": email})
+            .raise_for_status()
+            .json()["id"]
+            for email in ("invited-0@example.com", "invited-1@example.com")
+        ]
         categories = [
             http.post("/categories", json={"name": name}).raise_for_status().json()["id"]
             for name in ("Home", "Work", "Errands")
@@ -396,6 +410,7 @@ def seed(base_url: str, mail_dir: Path) -> Seeded:
         workspace_ids=[fuzzer.personal_workspace_id, team],
         member_ids=[member.user_id for member in members],
         member_emails=MEMBER_EMAILS,
+        invitation_ids=invitation_ids,
         email=FUZZ_EMAIL,
         refresh_tokens=refresh_tokens,
         mail_tokens=mail_tokens,
@@ -419,6 +434,7 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
             "workspace_ids": {"values": seeded.workspace_ids},
             "member_ids": {"values": seeded.member_ids},
             "member_emails": {"values": seeded.member_emails},
+            "invitation_ids": {"values": seeded.invitation_ids},
             "login_emails": {"values": [seeded.email]},
             "passwords": {"values": [PASSWORD]},
             "refresh_tokens": {"values": seeded.refresh_tokens},
@@ -436,6 +452,7 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
             "body.workspace_id": {"dictionary": "workspace_ids", "probability": half},
             "path.user_id": {"dictionary": "member_ids", "probability": half},
             "body.user_id": {"dictionary": "member_ids", "probability": half},
+            "path.invitation_id": {"dictionary": "invitation_ids", "probability": half},
             "body.email": {"dictionary": "member_emails", "probability": half},
             "body.username": {"dictionary": "login_emails", "probability": half},
             "body.password": {"dictionary": "passwords", "probability": half},
@@ -448,14 +465,12 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
     }
 
 
-# What a 201 promises: the new resource's URL, and its version where it can be changed
-# (a membership has none: it is added and removed, never edited).
+# What a 201 promises: the new resource's URL, and its version where it can be changed.
 CREATED_HEADERS = {
     "POST /tasks": {"Location", "ETag"},
     "POST /categories": {"Location", "ETag"},
     "POST /labels": {"Location", "ETag"},
     "POST /workspaces": {"Location", "ETag"},
-    "POST /workspaces/{workspace_id}/members": {"Location"},
 }
 
 
