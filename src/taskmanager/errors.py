@@ -188,7 +188,10 @@ CONSTRAINT_PROBLEMS: dict[str, ConstraintProblem] = {
     UQ_USERS_EMAIL: ConstraintProblem(
         409, "body.email", "an account with this email exists already (emails ignore case)"
     ),
-    PK_MEMBERSHIPS: ConstraintProblem(409, "body.email", "is a member of this workspace already"),
+    # Accepting an invitation into a workspace one joined meanwhile.
+    PK_MEMBERSHIPS: ConstraintProblem(
+        409, "path.invitation_id", "you are a member of this workspace already"
+    ),
     UQ_LABELS_NAME: ConstraintProblem(
         409,
         "body.name",

@@ -72,7 +72,7 @@ UNVERIFIED = (
     "owner sees or answers them (POST /auth/verify-email/resend mails a new link)"
 )
 _CLOSED = {
-    "expired": "this invitation has expired; ask for a new one",
+    "expired": "this invitation has expired (a new one must be sent)",
     "accepted": "this invitation was accepted already",
     "declined": "this invitation was declined",
     "revoked": "this invitation was revoked",
