@@ -21,6 +21,7 @@ database seeded with the same rows. Explore further with
 from __future__ import annotations
 
 import os
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from schemathesis.engine import Status, events
 from schemathesis.engine.recorder import ScenarioRecorder
 from schemathesis.specs.openapi.checks import ensure_resource_availability
 
+from taskmanager.security.mail_tokens import MailTokenKey
 from tests.support.accounts import PASSWORD, TEST_SECRET, login_over_http, register_over_http
 from tests.support.mail import eml_token
 from tests.support.processes import ServeProcess, clean_env, serve
@@ -298,6 +300,10 @@ class Seeded:
     member_ids: list[int]
     member_emails: list[str]
     invitation_ids: list[str]
+    # The invitee's: to accept by id, to decline, and the mailed links' tokens of others.
+    to_accept: list[str]
+    to_decline: list[str]
+    invitation_tokens: list[str]
     email: str
     refresh_tokens: list[str]
     mail_tokens: list[str]  # mailed links' tokens: verifications and password resets
@@ -331,6 +337,9 @@ def fuzz_server(
         TASKMANAGER_REGISTRATIONS_TOTAL="100000",
         TASKMANAGER_MAILS_PER_ADDRESS="100000",
         TASKMANAGER_MAILS_PER_ACCOUNT="100000",
+        # Invitations mailed again at once, many times.
+        TASKMANAGER_INVITATION_RESEND_MINUTES="0",
+        TASKMANAGER_INVITATION_MAX_SENDS="20",
         # Its mail, as .eml files: the seed reads the mailed links' tokens there.
         TASKMANAGER_MAIL_DIR=str(fuzz_mail_dir),
     )
@@ -353,6 +362,8 @@ def seed(base_url: str, mail_dir: Path) -> Seeded:
     # (each of its own login session, so spending one twice ends only that session).
     logout = register_over_http(base_url, "logout@example.com")
     logout_all = register_over_http(base_url, "logout-all@example.com")
+    # Who answers invitations (the invitee's routes are sent with this account's token).
+    invitee = register_over_http(base_url, "invitee@example.com")
     refresher = register_over_http(base_url, "refresher@example.com")
     mail_tokens = []
     for email in MAILED:
@@ -378,13 +389,29 @@ def seed(base_url: str, mail_dir: Path) -> Seeded:
             http.post(
                 f"/invitations/{invitation.json()['id']}/accept", headers=member.headers
             ).raise_for_status()
-        # Pending invitations, for the routes that name one.
+        # Pending invitations, for the routes that name one: the fuzzer's own team's (to
+        # revoke and resend), and to the invitee's verified address (to answer, by id or by
+        # the mailed link's token, derived as the server derives it).
         invitation_ids = [
             http.post(f"/workspaces/{team}/invitations", json={"email": email})
             .raise_for_status()
             .json()["id"]
             for email in ("invited-0@example.com", "invited-1@example.com")
         ]
+        verify = eml_token(mail_dir, invitee.email, "Confirm your email address")
+        http.post("/auth/verify-email", json={"token": verify}).raise_for_status()
+        # Each answer has invitations of its own (one answered is closed to the others).
+        answerable: dict[str, list[str]] = {"accept": [], "decline": [], "token": []}
+        for number, member in enumerate(members * 3):
+            workspace = http.post(
+                "/workspaces", json={"name": f"Inviting {number}"}, headers=member.headers
+            ).raise_for_status()
+            to_invitee = http.post(
+                f"/workspaces/{workspace.json()['id']}/invitations",
+                json={"email": invitee.email},
+                headers=member.headers,
+            ).raise_for_status()
+            answerable[("accept", "decline", "token")[number % 3]].append(to_invitee.json()["id"])
         categories = [
             http.post("/categories", json={"name": name}).raise_for_status().json()["id"]
             for name in ("Home", "Work", "Errands")
@@ -411,6 +438,12 @@ def seed(base_url: str, mail_dir: Path) -> Seeded:
         member_ids=[member.user_id for member in members],
         member_emails=MEMBER_EMAILS,
         invitation_ids=invitation_ids,
+        to_accept=answerable["accept"],
+        to_decline=answerable["decline"],
+        invitation_tokens=[
+            MailTokenKey(TEST_SECRET).token(uuid.UUID(invitation_id))
+            for invitation_id in answerable["token"]
+        ],
         email=FUZZ_EMAIL,
         refresh_tokens=refresh_tokens,
         mail_tokens=mail_tokens,
@@ -418,6 +451,15 @@ def seed(base_url: str, mail_dir: Path) -> Seeded:
             "*": fuzzer.access_token,
             "POST /auth/logout": logout.access_token,
             "POST /auth/logout-all": logout_all.access_token,
+            **dict.fromkeys(
+                (
+                    "GET /invitations",
+                    "POST /invitations/accept",
+                    "POST /invitations/{invitation_id}/accept",
+                    "POST /invitations/{invitation_id}/decline",
+                ),
+                invitee.access_token,
+            ),
         },
     )
 
@@ -435,6 +477,9 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
             "member_ids": {"values": seeded.member_ids},
             "member_emails": {"values": seeded.member_emails},
             "invitation_ids": {"values": seeded.invitation_ids},
+            "to_accept": {"values": seeded.to_accept},
+            "to_decline": {"values": seeded.to_decline},
+            "invitation_tokens": {"values": seeded.invitation_tokens},
             "login_emails": {"values": [seeded.email]},
             "passwords": {"values": [PASSWORD]},
             "refresh_tokens": {"values": seeded.refresh_tokens},
@@ -462,6 +507,27 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
             # valid new password in the same request.
             "body.token": {"dictionary": "mail_tokens", "probability": 0.9},
         },
+        # The invitee's answers, each with invitations of its own.
+        "operations": [
+            {
+                "include-name": "POST /invitations/{invitation_id}/accept",
+                "parameters": {
+                    "path.invitation_id": {"dictionary": "to_accept", "probability": 0.9}
+                },
+            },
+            {
+                "include-name": "POST /invitations/{invitation_id}/decline",
+                "parameters": {
+                    "path.invitation_id": {"dictionary": "to_decline", "probability": 0.9}
+                },
+            },
+            {
+                "include-name": "POST /invitations/accept",
+                "parameters": {
+                    "body.token": {"dictionary": "invitation_tokens", "probability": 0.9}
+                },
+            },
+        ],
     }
 
 
