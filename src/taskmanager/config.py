@@ -225,6 +225,29 @@ class Settings(BaseSettings):
     max_members_per_workspace: int = Field(
         default=500, ge=1, description="Members a workspace may have; adding one more is 409."
     )
+    # Invitations (taskmanager.accounts.invitations).
+    invitation_days: float = Field(
+        default=7.0, gt=0, le=30, description="How long a mailed invitation can be accepted."
+    )
+    invitation_max_sends: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="How many times an invitation may be mailed in all (the first mail "
+        "included); resending one more is 409.",
+    )
+    invitation_resend_minutes: float = Field(
+        default=10.0,
+        ge=0,
+        le=24 * 60,
+        description="How long after its last mail an invitation may be mailed again; "
+        "sooner is 429 with Retry-After.",
+    )
+    max_pending_invitations_per_workspace: int = Field(
+        default=100,
+        ge=1,
+        description="Open, unexpired invitations a workspace may have; inviting one more is 409.",
+    )
     activity_retention_days: int = Field(
         default=365,
         ge=1,

@@ -28,6 +28,7 @@ from taskmanager.observability.logs import current_request_id, user_id_var
 from taskmanager.problems import ProblemError, unauthorized_problem
 from taskmanager.repositories.activity_repository import ActivityRepository
 from taskmanager.repositories.category_repository import CategoryRepository
+from taskmanager.repositories.invitation_repository import InvitationRepository
 from taskmanager.repositories.label_repository import LabelRepository
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.repositories.workspace_repository import MembershipLimits, WorkspaceRepository
@@ -216,6 +217,19 @@ async def get_activity_reader(
     return ActivityRepository(session, user)
 
 
+# As the workspace repository: the scope per call, the current user for the caller role.
+async def get_invitation_repository(
+    session: SessionDep, user: CurrentUserDep
+) -> InvitationRepository:
+    return InvitationRepository(session)
+
+
+async def get_invitation_reader(
+    session: ReadSessionDep, user: CurrentReaderDep
+) -> InvitationRepository:
+    return InvitationRepository(session)
+
+
 def get_membership_limits(request: Request) -> MembershipLimits:
     """The caps on new memberships, from the app's settings."""
     settings = request.app.state.settings
@@ -234,4 +248,6 @@ LabelReaderDep = Annotated[LabelRepository, Depends(get_label_reader)]
 WorkspaceRepositoryDep = Annotated[WorkspaceRepository, Depends(get_workspace_repository)]
 WorkspaceReaderDep = Annotated[WorkspaceRepository, Depends(get_workspace_reader)]
 MembershipLimitsDep = Annotated[MembershipLimits, Depends(get_membership_limits)]
+InvitationRepositoryDep = Annotated[InvitationRepository, Depends(get_invitation_repository)]
+InvitationReaderDep = Annotated[InvitationRepository, Depends(get_invitation_reader)]
 ActivityReaderDep = Annotated[ActivityRepository, Depends(get_activity_reader)]

@@ -142,18 +142,12 @@ async def _handle_membership_limit(request: Request, exc: Exception) -> Response
 
 
 def _membership_limit_detail(exc: MembershipLimitError) -> str:
-    """Which cap was reached and what it is. Of another account only that it is at its
-    cap, not how many workspaces it belongs to: the caller cannot see those."""
+    """Which cap was reached and what it is."""
     most = exc.maximum
     if exc.limit is Limit.CALLERS_WORKSPACES:
         return (
             f"you belong to {exc.count} workspaces; an account may belong to at most {most} "
             "(leave or delete one first)"
-        )
-    if exc.limit is Limit.MEMBERS_WORKSPACES:
-        return (
-            "the account with this email belongs to as many workspaces as an account may: "
-            f"at most {most}"
         )
     return f"this workspace has {exc.count} members; a workspace may have at most {most}"
 
@@ -194,7 +188,10 @@ CONSTRAINT_PROBLEMS: dict[str, ConstraintProblem] = {
     UQ_USERS_EMAIL: ConstraintProblem(
         409, "body.email", "an account with this email exists already (emails ignore case)"
     ),
-    PK_MEMBERSHIPS: ConstraintProblem(409, "body.email", "is a member of this workspace already"),
+    # Accepting an invitation into a workspace one joined meanwhile.
+    PK_MEMBERSHIPS: ConstraintProblem(
+        409, "path.invitation_id", "you are a member of this workspace already"
+    ),
     UQ_LABELS_NAME: ConstraintProblem(
         409,
         "body.name",

@@ -47,6 +47,7 @@ from taskmanager.routes import (
     auth,
     categories,
     health,
+    invitations,
     labels,
     tasks,
     users,
@@ -187,6 +188,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users.router)
     app.include_router(access_tokens.router)
     app.include_router(workspaces.router)
+    app.include_router(invitations.workspace_router)
+    app.include_router(invitations.router)
     app.include_router(tasks.router)
     app.include_router(categories.router)
     app.include_router(labels.router)

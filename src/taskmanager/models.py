@@ -346,6 +346,44 @@ class AccountToken(Base):
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class Invitation(Base):
+    """A workspace's invitation of an address, with the role accepting it gives. Mailed with
+    a link whose token is derived from `id` (taskmanager.security.mail_tokens) and kept only
+    as its SHA-256. Open until accepted, declined or revoked (at most one of them); usable
+    until `expires_at`. Written only by SECURITY DEFINER functions (migration 0014); the
+    caller role may set only the three answers, as the policies allow (managers revoke, the
+    invitee with that verified address accepts or declines)."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (
+        CheckConstraint(_ROLE_KNOWN, name="role_known"),
+        CheckConstraint(
+            "num_nonnulls(accepted_at, declined_at, revoked_at) <= 1", name="one_answer"
+        ),
+        Index("ix_invitations_workspace_id_created_at", "workspace_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(EMAIL_MAX_LENGTH))
+    role: Mapped[str] = mapped_column(String(10))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    invited_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    accepted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    declined_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # How many times it was mailed, and when last (the resend limits).
+    send_count: Mapped[int] = mapped_column(server_default=text("1"))
+    last_sent_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+Index("ix_invitations_email_lower", func.lower(Invitation.email))
+
+
 class Category(Base):
     __tablename__ = "categories"
     __table_args__ = (

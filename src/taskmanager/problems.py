@@ -115,6 +115,8 @@ IDEMPOTENCY_KEY_REUSED = ProblemType(
 )
 UNAUTHORIZED = ProblemType("/problems/unauthorized", "Unauthorized", 401)
 FORBIDDEN = ProblemType("/problems/forbidden", "Forbidden", 403)
+# What trusts an address (an invitation to it) needs the address verified first.
+EMAIL_NOT_VERIFIED = ProblemType("/problems/email-not-verified", "Email address not verified", 403)
 TOO_MANY_LOGIN_ATTEMPTS = ProblemType(
     "/problems/too-many-login-attempts", "Too many failed logins", 429
 )
@@ -135,6 +137,7 @@ CATALOGUE: tuple[ProblemType, ...] = (
     IDEMPOTENCY_KEY_REUSED,
     UNAUTHORIZED,
     FORBIDDEN,
+    EMAIL_NOT_VERIFIED,
     TOO_MANY_LOGIN_ATTEMPTS,
     TOO_MANY_REGISTRATIONS,
     TOO_MANY_MAILS,

@@ -662,20 +662,6 @@ class WorkspaceDetailResponse(WorkspaceResponse):
     members: list[MemberResponse]
 
 
-class MemberAdd(BaseModel):
-    """For POST /workspaces/{id}/members."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    email: Email
-    role: RoleName = Field(
-        default="member",
-        description="viewer: reads; member: also changes tasks, categories and labels; "
-        "admin: also manages members; owner: also renames, deletes and transfers the "
-        "workspace. Only an owner gives the role owner.",
-    )
-
-
 class MemberUpdate(BaseModel):
     """For PATCH /workspaces/{id}/members/{user_id}."""
 
@@ -690,6 +676,68 @@ class WorkspaceTransfer(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     user_id: DatabaseId = Field(description="The member who becomes an owner; you become admin.")
+
+
+# ─────────────────────────────────────────────
+# INVITATIONS
+# ─────────────────────────────────────────────
+
+InvitationStatusName = Literal["pending", "expired", "accepted", "declined", "revoked"]
+
+
+class InvitationCreate(BaseModel):
+    """For POST /workspaces/{id}/invitations."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    email: Email
+    role: RoleName = Field(
+        default="member",
+        description="What accepting makes the invitee: viewer (reads), member (also changes "
+        "tasks, categories and labels), admin (also manages members) or owner (also renames, "
+        "deletes and transfers the workspace). Only an owner invites an owner.",
+    )
+
+
+class InvitationResponse(BaseModel):
+    """An invitation, as the workspace's admins and owners see it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    workspace_id: int
+    email: str
+    role: RoleName
+    status: InvitationStatusName = Field(
+        description="pending (can be accepted), expired, accepted, declined or revoked."
+    )
+    invited_by: int | None = Field(description="The user id of who invited.")
+    created_at: datetime
+    expires_at: datetime
+    send_count: int = Field(description="How many times it was mailed.")
+    last_sent_at: datetime
+
+
+class ReceivedInvitationResponse(BaseModel):
+    """An open invitation to your address."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    workspace_id: int
+    workspace_name: str
+    role: RoleName = Field(description="Your role once you accept.")
+    invited_by: str | None = Field(description="The display name of who invited you.")
+    created_at: datetime
+    expires_at: datetime
+
+
+class InvitationToken(BaseModel):
+    """For POST /invitations/accept: the token of the mailed link."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    token: str = Field(min_length=1, max_length=200)
 
 
 # ─────────────────────────────────────────────
@@ -713,7 +761,8 @@ class ActivityResponse(BaseModel):
         "task.label_added, task.label_removed, category.created, category.renamed, "
         "category.deleted, label.created, label.updated, label.deleted, member.added, "
         "member.role_changed, member.removed, workspace.created, workspace.renamed, "
-        "workspace.deleted.",
+        "workspace.deleted, invitation.created, invitation.resent, invitation.revoked, "
+        "invitation.accepted, invitation.declined.",
         examples=["task.updated"],
     )
     object_type: str = Field(examples=["task"])

@@ -3,16 +3,19 @@ something of each kind in it (made through the API), and the log's rows as store
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 import pytest_asyncio
 from httpx import AsyncClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from taskmanager.models import Activity
+from taskmanager.models import Activity, Invitation
 from tests.support.accounts import Account, create_account
+from tests.support.invitations import add_member, invite
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -49,15 +52,20 @@ class World:
     # The account a registration in the sweep made (its id, its personal workspace): the
     # answer (202) names neither, so the sweep looks it up.
     new_account: tuple[int, int] | None = None
+    # A pending invitation of the outsider's, where a test made one (`invited_world`).
+    invitation_id: str | None = None
 
-    def ids(self) -> dict[str, int]:
-        return {
+    def ids(self) -> dict[str, int | str]:
+        ids: dict[str, int | str] = {
             "workspace_id": self.workspace_id,
             "task_id": self.task_id,
             "category_id": self.category_id,
             "label_id": self.label_id,
             "user_id": self.member.user_id,
         }
+        if self.invitation_id is not None:
+            ids["invitation_id"] = self.invitation_id
+        return ids
 
 
 @pytest_asyncio.fixture
@@ -75,8 +83,10 @@ async def world(
         return made
 
     workspace_id = (await post("/workspaces", {"name": "Activity"}))["id"]
-    await post(f"/workspaces/{workspace_id}/members", {"email": viewer_account.email})
-    await post(f"/workspaces/{workspace_id}/members", {"email": second_member_account.email})
+    for invitee in (viewer_account, second_member_account):
+        await add_member(
+            client, workspace_id, invitee.email, invitee.headers, inviter=account.headers
+        )
     category = await post("/categories", {"name": "Errands", "workspace_id": workspace_id})
     label = await post("/labels", {"name": "soon", "workspace_id": workspace_id})
     task = await post(
@@ -114,3 +124,18 @@ async def activity_after(db_session: AsyncSession, after: int) -> list[Activity]
         select(Activity).where(Activity.id > after).order_by(Activity.id)
     )
     return list(rows.all())
+
+
+@pytest_asyncio.fixture
+async def invited_world(client: AsyncClient, db_session: AsyncSession, world: World) -> World:
+    """The world, and alice's pending invitation of olga (the outsider) as a member, last
+    mailed an hour ago (so it may be mailed again)."""
+    invitation = await invite(
+        client, world.workspace_id, world.outsider.email, inviter=world.owner.headers
+    )
+    await db_session.execute(
+        update(Invitation)
+        .where(Invitation.id == uuid.UUID(invitation["id"]))
+        .values(last_sent_at=func.now() - timedelta(hours=1))
+    )
+    return replace(world, invitation_id=invitation["id"])

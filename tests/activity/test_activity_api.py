@@ -54,28 +54,42 @@ async def test_a_workspace_s_activity_newest_first_as_its_members_read_it(
     assert [ActivityResponse.model_validate(row).id for row in rows] == sorted(
         (row["id"] for row in rows), reverse=True
     )
-    assert _kinds(response)[::-1] == [
+    # Each member was invited by alice and accepted (invitations are named by their ids).
+    kinds = [
+        (kind, "?" if kind.startswith("invitation.") else id_) for kind, id_ in _kinds(response)
+    ]
+    assert kinds[::-1] == [
         ("workspace.created", str(world.workspace_id)),
         ("member.added", str(world.owner.user_id)),
+        ("invitation.created", "?"),
         ("member.added", str(world.viewer.user_id)),
+        ("invitation.accepted", "?"),
+        ("invitation.created", "?"),
         ("member.added", str(world.member.user_id)),
+        ("invitation.accepted", "?"),
         ("category.created", str(world.category_id)),
         ("label.created", str(world.label_id)),
         ("task.created", str(world.task_id)),
         ("task.label_added", str(world.task_id)),
     ]
-    assert {row["actor_id"] for row in rows} == {world.owner.user_id}
+    accepted_by = {row["actor_id"] for row in rows if row["kind"] == "invitation.accepted"}
+    assert accepted_by == {world.viewer.user_id, world.member.user_id}
+    assert {row["actor_id"] for row in rows} == {
+        world.owner.user_id,
+        world.viewer.user_id,
+        world.member.user_id,
+    }
     assert {row["workspace_id"] for row in rows} == {world.workspace_id}
     # The world's requests sent no X-Request-ID: each row has the one the server made up.
     assert all(re.fullmatch(r"[0-9a-f]{32}", row["request_id"]) for row in rows), rows
-    assert len({row["request_id"] for row in rows}) == 6  # 8 rows of 6 requests
+    assert len({row["request_id"] for row in rows}) == 8  # 12 rows of 8 requests
     assert "Link" not in response.headers
 
 
 async def test_pages_follow_the_cursor_to_the_end_without_gaps_or_repeats(
     client: AsyncClient, world: World
 ) -> None:
-    await _renames(client, world, 5)  # 13 rows in all
+    await _renames(client, world, 5)  # 17 rows in all
     everything = await client.get(
         f"/workspaces/{world.workspace_id}/activity", headers=world.owner.headers
     )
@@ -95,9 +109,9 @@ async def test_pages_follow_the_cursor_to_the_end_without_gaps_or_repeats(
         cursor = _next(page)
         if cursor is None:
             break
-    assert pages == 4
+    assert pages == 5
     assert seen == [row["id"] for row in everything.json()]
-    assert len(seen) == 13
+    assert len(seen) == 17
 
 
 async def test_a_cursor_continues_only_its_own_list(
@@ -148,7 +162,11 @@ async def test_filters_by_task_actor_and_kind(
     by_actor = await client.get(
         url, params={"actor_id": world.viewer.user_id}, headers=world.owner.headers
     )
-    assert _kinds(by_actor) == [("task.created", str(other_task.json()["id"]))]
+    assert [kind for kind, _ in _kinds(by_actor)] == [
+        "task.created",
+        "invitation.accepted",  # vera's own answer, and her membership
+        "member.added",
+    ]
     by_kind = await client.get(url, params={"kind": "task.created"}, headers=world.owner.headers)
     assert _kinds(by_kind) == [
         ("task.created", str(other_task.json()["id"])),

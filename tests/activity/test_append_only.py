@@ -258,7 +258,7 @@ async def test_a_deleted_workspace_leaves_one_row_which_outlives_it(
                 )
             )
         )
-        == 9
+        == 13  # the world's 12 (its invitations went along unlogged) and the deletion
     )
     # Nobody belongs to it any more: the API shows its log to no one (the operator keeps it).
     gone = await client.get(

@@ -13,6 +13,7 @@ the sweep, so a new route is checked the moment it is in the document.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,12 +26,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.config import Settings
 from taskmanager.main import create_app
+from taskmanager.security.mail_tokens import MailTokenKey
 from tests.activity.conftest import World, activity_after, last_activity_id
 from tests.support.accounts import PASSWORD, TEST_SECRET, Account
 
 MUTATING = ("post", "put", "patch", "delete")
 DOCUMENT = create_app(Settings(jwt_secret=TEST_SECRET)).openapi()
 MISSING_ID = 2_147_483_000
+MISSING_UUID = "00000000-0000-4000-8000-000000000000"
 NEW_EMAIL = "newcomer.activity@example.com"
 
 
@@ -54,8 +57,8 @@ OPERATIONS = [
 
 @dataclass(frozen=True)
 class Row:
-    """An activity row as expected: made by alice ("owner"), or by the account the request
-    itself made ("new")."""
+    """An activity row as expected: made by alice ("owner"), by the account the request
+    itself made ("new"), or by olga ("outsider", answering her invitation)."""
 
     kind: str
     object_id: Callable[[World, httpx.Response], int]
@@ -78,6 +81,8 @@ class Call:
     ids: dict[str, int | str] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     token: bool = True
+    # Whose token it sends: alice's ("owner") or olga's ("outsider": the invitee).
+    caller: str = "owner"
 
 
 def _workspace(world: World, response: httpx.Response) -> int:
@@ -91,6 +96,26 @@ def _task(world: World, response: httpx.Response) -> int:
 def _created(world: World, response: httpx.Response) -> int:
     made: int = response.json()["id"]
     return made
+
+
+def _created_id(world: World, response: httpx.Response) -> str:
+    made: str = response.json()["id"]
+    return made
+
+
+def _invitation(world: World, response: httpx.Response) -> str:
+    assert world.invitation_id is not None
+    return world.invitation_id
+
+
+def _outsider(world: World, response: httpx.Response) -> int:
+    return world.outsider.user_id
+
+
+def _token_of(world: World) -> str:
+    """The token of the mailed link of the world's invitation (derived as the mail's is)."""
+    assert world.invitation_id is not None
+    return MailTokenKey(TEST_SECRET).token(uuid.UUID(world.invitation_id))
 
 
 def _new_user(world: World, response: httpx.Response) -> int:
@@ -111,6 +136,7 @@ class Placeholder:
 
 
 OWNER = Placeholder("alice's user id")
+STAMP = Placeholder("a moment (when the change was made, or an invitation expires)")
 NEW = Placeholder("the new account's user id")
 CATEGORY = Placeholder("the world's category id")
 LABEL = Placeholder("the world's label id")
@@ -125,8 +151,84 @@ TASK_FIELDS = {
     "completed_at": None,
 }
 
+ACCEPTED = (
+    Row("member.added", _outsider, _workspace, after={"role": "member"}, actor="outsider"),
+    Row(
+        "invitation.accepted",
+        _invitation,
+        _workspace,
+        before={"accepted_at": None},
+        after={"accepted_at": STAMP},
+        actor="outsider",
+    ),
+)
+
 # operationId -> the request that succeeds and what it writes.
 EXPECTED: dict[str, Call] = {
+    # The address and the token's hash are not logged: the log is every member's to read,
+    # a workspace's invitations are its managers'.
+    "create_invitation": Call(
+        202,
+        (
+            Row(
+                "invitation.created",
+                _created_id,
+                _workspace,
+                after={
+                    "role": "viewer",
+                    "invited_by": OWNER,
+                    "expires_at": STAMP,
+                    "accepted_at": None,
+                    "declined_at": None,
+                    "revoked_at": None,
+                    "send_count": 1,
+                },
+            ),
+        ),
+        body=lambda world: {"email": "fresh.invitee@example.com", "role": "viewer"},
+    ),
+    "revoke_invitation": Call(
+        204,
+        (
+            Row(
+                "invitation.revoked",
+                _invitation,
+                _workspace,
+                before={"revoked_at": None},
+                after={"revoked_at": STAMP},
+            ),
+        ),
+    ),
+    "resend_invitation": Call(
+        202,
+        (
+            Row(
+                "invitation.resent",
+                _invitation,
+                _workspace,
+                before={"send_count": 1},
+                after={"send_count": 2},
+            ),
+        ),
+    ),
+    "accept_invitation": Call(200, ACCEPTED, caller="outsider"),
+    "accept_invitation_by_token": Call(
+        200, ACCEPTED, body=lambda world: {"token": _token_of(world)}, caller="outsider"
+    ),
+    "decline_invitation": Call(
+        204,
+        (
+            Row(
+                "invitation.declined",
+                _invitation,
+                _workspace,
+                before={"declined_at": None},
+                after={"declined_at": STAMP},
+                actor="outsider",
+            ),
+        ),
+        caller="outsider",
+    ),
     "auth_register": Call(
         202,
         (
@@ -207,18 +309,6 @@ EXPECTED: dict[str, Call] = {
                 before={"name": "Activity", "personal": False, "created_by": OWNER},
             ),
         ),
-    ),
-    "workspaces_add_member": Call(
-        201,
-        (
-            Row(
-                "member.added",
-                lambda w, r: w.outsider.user_id,
-                _workspace,
-                after={"role": "member"},
-            ),
-        ),
-        body=lambda world: {"email": world.outsider.email},
     ),
     "workspaces_remove_member": Call(
         204,
@@ -391,13 +481,21 @@ EXPECTED: dict[str, Call] = {
 
 # operationId -> a request of it that fails, for every operation that writes activity.
 FAILURES: dict[str, Call] = {
+    "create_invitation": Call(409, body=lambda world: {"email": world.outsider.email.upper()}),
+    "revoke_invitation": Call(404, ids={"invitation_id": MISSING_UUID}),
+    "resend_invitation": Call(404, ids={"invitation_id": MISSING_UUID}),
+    # alice is not the invitee.
+    "accept_invitation": Call(404),
+    "decline_invitation": Call(404),
+    "accept_invitation_by_token": Call(
+        422, body=lambda world: {"token": "not-an-invitation-token"}, caller="outsider"
+    ),
     "auth_register": Call(
         422, body=lambda world: {"email": NEW_EMAIL, "password": "short"}, token=False
     ),
     "create_workspace": Call(422, body=lambda world: {"name": "   "}),
     "rename_workspace": Call(412, body=lambda world: {"name": "x"}, headers={"If-Match": '"99"'}),
     "delete_workspace": Call(404, ids={"workspace_id": MISSING_ID}),
-    "workspaces_add_member": Call(409, body=lambda world: {"email": world.viewer.email}),
     "workspaces_remove_member": Call(404, ids={"user_id": MISSING_ID}),
     "workspaces_change_member_role": Call(
         404, body=lambda world: {"role": "viewer"}, ids={"user_id": MISSING_ID}
@@ -436,7 +534,7 @@ async def send(
 ) -> httpx.Response:
     headers = {"X-Request-ID": request_id, **call.headers}
     if call.token:
-        headers.update(world.owner.headers)
+        headers.update(getattr(world, call.caller).headers)
     else:
         client.headers.pop("Authorization", None)
     kwargs: dict[str, Any] = {"headers": headers}
@@ -447,10 +545,25 @@ async def send(
     return await client.request(operation.method, _url(operation, world, call), **kwargs)
 
 
+class _AnyMoment:
+    """Equal to any timestamp as the log writes one (JSON text)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and re.fullmatch(r"\d{4}-\d\d-\d\dT.+", other) is not None
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "<any moment>"
+
+
 def _expected_value(value: Any, world: World, actor: int) -> Any:
     """A value of the table, a placeholder as the world has it."""
     if not isinstance(value, Placeholder):
         return value
+    if value is STAMP:
+        return _AnyMoment()
     return {
         OWNER: world.owner.user_id,
         NEW: actor,
@@ -489,8 +602,9 @@ def test_every_operation_that_writes_has_a_failure() -> None:
 
 @pytest.mark.parametrize("operation", OPERATIONS, ids=lambda operation: operation.operation_id)
 async def test_a_success_writes_exactly_its_activity(
-    client: AsyncClient, db_session: AsyncSession, world: World, operation: Operation
+    client: AsyncClient, db_session: AsyncSession, invited_world: World, operation: Operation
 ) -> None:
+    world = invited_world
     assert operation.operation_id in EXPECTED, f"{operation} has no row in EXPECTED"
     call = EXPECTED[operation.operation_id]
     before = await last_activity_id(db_session)
@@ -527,7 +641,7 @@ async def test_a_success_writes_exactly_its_activity(
             row.kind.split(".")[0],
             str(row.object_id(world, response)),
             row.workspace_id(world, response),
-            actor,
+            world.outsider.user_id if row.actor == "outsider" else actor,
             _fields(row.before, world, actor),
             _fields(row.after, world, actor),
             response.headers["X-Request-ID"],
@@ -539,8 +653,9 @@ async def test_a_success_writes_exactly_its_activity(
 
 @pytest.mark.parametrize("operation_id", sorted(FAILURES))
 async def test_a_failed_request_writes_no_activity(
-    client: AsyncClient, db_session: AsyncSession, world: World, operation_id: str
+    client: AsyncClient, db_session: AsyncSession, invited_world: World, operation_id: str
 ) -> None:
+    world = invited_world
     (operation,) = [op for op in OPERATIONS if op.operation_id == operation_id]
     call = FAILURES[operation_id]
     before = await last_activity_id(db_session)

@@ -24,6 +24,7 @@ import pytest_asyncio
 from httpx import AsyncClient
 
 from tests.support.accounts import PASSWORD, login
+from tests.support.invitations import verify_address
 
 PACKAGE = "taskmanager_client"
 GENERATE_WITHIN = 60.0  # seconds; about 5 on an idle machine
@@ -125,10 +126,19 @@ def test_method_names_are_the_readable_operation_ids(generated: GeneratedClient)
             "list_workspaces",
             "rename_workspace",
             "transfer_workspace",
-            "workspaces_add_member",
             "workspaces_change_member_role",
             "workspaces_get_member",
             "workspaces_remove_member",
+        ],
+        "invitations": [
+            "accept_invitation",
+            "accept_invitation_by_token",
+            "create_invitation",
+            "decline_invitation",
+            "list_my_invitations",
+            "list_workspace_invitations",
+            "resend_invitation",
+            "revoke_invitation",
         ],
         "tasks": [
             "create_task",
@@ -189,39 +199,39 @@ async def test_create_get_and_list_tasks(generated: GeneratedClient) -> None:
     assert listed.headers["x-total-count"] == "1"
 
 
-async def test_add_a_member_then_read_it_at_its_location(
-    generated: GeneratedClient, live: AsyncClient
+async def test_invite_and_accept_then_read_the_member(
+    generated: GeneratedClient, live: AsyncClient, own_database_url: str
 ) -> None:
     email = "generated.member@example.com"
     registered = await live.post("/auth/register", json={"email": email, "password": PASSWORD})
     assert registered.status_code == 202, registered.text
+    await verify_address(own_database_url, email)
     create_workspace = generated.operation("workspaces", "create_workspace")
-    add_member = generated.operation("workspaces", "workspaces_add_member")
+    create_invitation = generated.operation("invitations", "create_invitation")
     get_member = generated.operation("workspaces", "workspaces_get_member")
-    member_response = generated.model("MemberResponse")
     workspace = await create_workspace.asyncio(
         client=generated.client, body=generated.model("WorkspaceCreate")(name="Generated")
     )
 
-    added = await add_member.asyncio_detailed(
+    invited = await create_invitation.asyncio_detailed(
         client=generated.client,
         workspace_id=workspace.id,
-        body=generated.model("MemberAdd")(email=email),
+        body=generated.model("InvitationCreate")(email=email),
     )
 
-    assert added.status_code == 201
-    assert isinstance(added.parsed, member_response)
-    member = await live.get("/users/me", headers=await login(live, email))
-    assert (added.parsed.user_id, added.parsed.email) == (member.json()["id"], email)
-    assert str(added.parsed.role) == "member"
-    assert added.headers["location"].endswith(
-        f"/workspaces/{workspace.id}/members/{added.parsed.user_id}"
-    )
+    assert invited.status_code == 202
+    assert isinstance(invited.parsed, generated.model("InvitationResponse"))
+    assert (invited.parsed.email, str(invited.parsed.role)) == (email, "member")
+    assert str(invited.parsed.status) == "pending"
+    headers = await login(live, email)
+    accepted = await live.post(f"/invitations/{invited.parsed.id}/accept", headers=headers)
+    assert accepted.status_code == 200, accepted.text
+    member_id = (await live.get("/users/me", headers=headers)).json()["id"]
     fetched = await get_member.asyncio(
-        client=generated.client, workspace_id=workspace.id, user_id=added.parsed.user_id
+        client=generated.client, workspace_id=workspace.id, user_id=member_id
     )
-    assert isinstance(fetched, member_response)
-    assert fetched.to_dict() == added.parsed.to_dict()
+    assert isinstance(fetched, generated.model("MemberResponse"))
+    assert (fetched.email, str(fetched.role)) == (email, "member")
 
 
 async def test_invalid_body_parses_as_a_422_problem(generated: GeneratedClient) -> None:

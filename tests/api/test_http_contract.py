@@ -272,7 +272,8 @@ def schema_refs(node: Any) -> Iterator[str]:
         ("/labels/{label_id}", "get", "404"),
         ("/labels/{label_id}", "patch", "409"),
         ("/labels/{label_id}", "delete", "404"),
-        ("/workspaces/{workspace_id}/members", "post", "409"),
+        ("/workspaces/{workspace_id}/invitations", "post", "409"),
+        ("/invitations/{invitation_id}/accept", "post", "409"),
         ("/workspaces/{workspace_id}/members/{user_id}", "get", "404"),
         ("/health/ready", "get", "503"),
     ],
@@ -285,20 +286,18 @@ async def test_openapi_documents_problem_responses(
     assert responses[status]["content"][PROBLEM_JSON]["schema"] == {"$ref": PROBLEM_REF}
 
 
-async def test_openapi_adding_a_member_answers_the_membership_at_its_url(
+async def test_openapi_a_workspace_lists_its_members_as_a_member_reads(
     client: AsyncClient,
 ) -> None:
-    """A 201 answers what it created, with its Location; that URL is a documented GET
-    answering the same schema, an item of the workspace's `members`."""
+    """An item of the workspace's `members` has the schema of GET .../members/{user_id}."""
     document = await openapi(client)
     member = {"$ref": "#/components/schemas/MemberResponse"}
-    created = document["paths"]["/workspaces/{workspace_id}/members"]["post"]["responses"]["201"]
-    assert created["content"]["application/json"]["schema"] == member
-    assert created["headers"]["Location"]["required"] is True
     read = document["paths"]["/workspaces/{workspace_id}/members/{user_id}"]["get"]["responses"]
     assert read["200"]["content"]["application/json"]["schema"] == member
     detail = document["components"]["schemas"]["WorkspaceDetailResponse"]
     assert detail["properties"]["members"]["items"] == member
+    # Members are not added: invited, and they accept.
+    assert "post" not in document["paths"].get("/workspaces/{workspace_id}/members", {})
 
 
 async def test_openapi_every_error_response_is_problem_json(client: AsyncClient) -> None:
@@ -368,7 +367,14 @@ OPERATION_IDS = {
     ("GET", "/workspaces/{workspace_id}"): "get_workspace",
     ("PATCH", "/workspaces/{workspace_id}"): "rename_workspace",
     ("DELETE", "/workspaces/{workspace_id}"): "delete_workspace",
-    ("POST", "/workspaces/{workspace_id}/members"): "workspaces_add_member",
+    ("POST", "/workspaces/{workspace_id}/invitations"): "create_invitation",
+    ("GET", "/workspaces/{workspace_id}/invitations"): "list_workspace_invitations",
+    ("DELETE", "/workspaces/{workspace_id}/invitations/{invitation_id}"): "revoke_invitation",
+    ("POST", "/workspaces/{workspace_id}/invitations/{invitation_id}/resend"): "resend_invitation",
+    ("GET", "/invitations"): "list_my_invitations",
+    ("POST", "/invitations/accept"): "accept_invitation_by_token",
+    ("POST", "/invitations/{invitation_id}/accept"): "accept_invitation",
+    ("POST", "/invitations/{invitation_id}/decline"): "decline_invitation",
     ("GET", "/workspaces/{workspace_id}/members/{user_id}"): "workspaces_get_member",
     ("DELETE", "/workspaces/{workspace_id}/members/{user_id}"): "workspaces_remove_member",
     ("PATCH", "/workspaces/{workspace_id}/members/{user_id}"): "workspaces_change_member_role",

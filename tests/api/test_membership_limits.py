@@ -9,13 +9,14 @@ account.
 And nobody gets there through the API: an account belongs to at most
 TASKMANAGER_MAX_WORKSPACES_PER_USER workspaces and a workspace has at most
 TASKMANAGER_MAX_MEMBERS_PER_WORKSPACE members, counted when a workspace is created and when
-a member is added (the added account's workspaces too), also when requests race.
+an invitation is accepted (the invitee's workspaces and the workspace's members), also
+when requests race.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Protocol
 
 import pytest
@@ -23,10 +24,11 @@ import pytest_asyncio
 from fastapi import FastAPI
 from httpx import AsyncClient, Response
 from pydantic import ValidationError
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from taskmanager.accounts.callers import scope_of_account
 from taskmanager.config import Settings
 from taskmanager.models import Membership, Workspace
 from taskmanager.postgres.deployment import caller_role_name
@@ -37,12 +39,11 @@ from taskmanager.repositories.workspace_repository import (
     WorkspaceRepository,
 )
 from taskmanager.security.roles import Role
-from taskmanager.security.scope import Scope
 from tests.support.accounts import Account, register_and_login
-from tests.support.databases import TEST_DATABASE
+from tests.support.databases import TEST_DATABASE, TEST_KEY
+from tests.support.invitations import invite, verify_address
 from tests.support.live_app import live_client
 from tests.support.problems import assert_problem
-from tests.support.row_level_security import enter_scope
 from tests.support.statements import count_statements
 
 REQUEST_ROLE = caller_role_name(TEST_DATABASE)
@@ -187,10 +188,10 @@ async def new_workspace(client: AsyncClient, name: str = "Household") -> int:
     return workspace_id
 
 
-def add(client: AsyncClient, workspace_id: int, who: Account) -> Awaitable[Response]:
-    return client.post(
-        f"/workspaces/{workspace_id}/members", json={"email": who.email, "role": "member"}
-    )
+async def add(client: AsyncClient, workspace_id: int, who: Account) -> Response:
+    """alice invites `who` as a member, and `who` accepts: the acceptance's answer."""
+    invitation = await invite(client, workspace_id, who.email)
+    return await client.post(f"/invitations/{invitation['id']}/accept", headers=who.headers)
 
 
 def test_the_caps_are_settings_with_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -226,7 +227,7 @@ async def test_creating_a_workspace_past_the_cap_is_409_and_creates_nothing(
     assert names.first() is None
 
 
-async def test_adding_a_member_to_a_full_workspace_is_409_and_adds_nobody(
+async def test_accepting_into_a_full_workspace_is_409_and_adds_nobody(
     client: AsyncClient,
     db_session: AsyncSession,
     account: Account,
@@ -236,7 +237,7 @@ async def test_adding_a_member_to_a_full_workspace_is_409_and_adds_nobody(
 ) -> None:
     cap(members=2)
     workspace_id = await new_workspace(client)
-    assert (await add(client, workspace_id, bob)).status_code == 201
+    assert (await add(client, workspace_id, bob)).status_code == 200
 
     response = await add(client, workspace_id, carol)
 
@@ -246,11 +247,11 @@ async def test_adding_a_member_to_a_full_workspace_is_409_and_adds_nobody(
     assert await members_of(db_session, workspace_id) == {account.user_id, bob.user_id}
 
 
-async def test_adding_an_account_in_as_many_workspaces_as_allowed_is_409(
+async def test_accepting_while_in_as_many_workspaces_as_allowed_is_409(
     client: AsyncClient, db_session: AsyncSession, bob: Account, cap: Cap
 ) -> None:
-    """The added account's workspaces count too: else anyone could put a stranger in
-    as many workspaces as they care to create, one account after another."""
+    """The invitee's own workspaces count: an account is in at most so many, however
+    many invitations it is sent."""
     cap(workspaces=3)
     await join_workspaces(db_session, bob.user_id, 2)  # with the personal one: 3
     workspace_id = await new_workspace(client)
@@ -263,17 +264,18 @@ async def test_adding_an_account_in_as_many_workspaces_as_allowed_is_409(
     assert bob.user_id not in await members_of(db_session, workspace_id)
 
 
-async def test_a_member_added_again_to_a_full_workspace_is_still_a_duplicate(
+async def test_a_member_accepting_again_into_a_full_workspace_is_told_they_are_one(
     client: AsyncClient, bob: Account, cap: Cap
 ) -> None:
     cap(members=2, workspaces=2)
     workspace_id = await new_workspace(client)
-    assert (await add(client, workspace_id, bob)).status_code == 201
+    assert (await add(client, workspace_id, bob)).status_code == 200
 
     # Full, and bob at his cap: still the answer that says what is wrong with this request.
     response = await add(client, workspace_id, bob)
 
-    assert_problem(response, 409, problem_type=CONFLICT, field="body.email")
+    body = assert_problem(response, 409, problem_type=CONFLICT)
+    assert "member of this workspace already" in body["detail"], body
 
 
 async def test_under_the_caps_nothing_changes(
@@ -282,73 +284,36 @@ async def test_under_the_caps_nothing_changes(
     cap(workspaces=3, members=2)
     workspace_id = await new_workspace(client)  # alice: 2 of 3
 
-    assert (await add(client, workspace_id, bob)).status_code == 201  # bob: 2 of 3, 2 of 2
+    assert (await add(client, workspace_id, bob)).status_code == 200  # bob: 2 of 3, 2 of 2
     assert await members_of(db_session, workspace_id) == {account.user_id, bob.user_id}
 
 
-async def test_counting_another_accounts_workspaces_ends_in_the_request_role(
-    db_session: AsyncSession, scope: Scope, bob: Account
+async def test_joining_counts_under_the_policies_and_ends_in_the_request_role(
+    client: AsyncClient, db_session: AsyncSession, account: Account, bob: Account
 ) -> None:
-    """Row-level security hides bob's other memberships from alice, so a database function
-    says whether he is at the cap: the transaction stays under the policies, cap reached or
-    not, and the function answers nobody who owns no workspace."""
+    """The invitee cannot see the workspace's members yet: a database function counts
+    them (its row locked), for an invitee of it only; the transaction stays under the
+    policies, cap reached or not."""
+    team = (await client.post("/workspaces", json={"name": "Team"}, headers=bob.headers)).json()
+    await invite(client, team["id"], account.email, inviter=bob.headers)
+    scope = await scope_of_account(db_session, TEST_KEY, account.user_id)
     repo = WorkspaceRepository(db_session)
-    roomy = MembershipLimits(workspaces_per_user=100, members_per_workspace=100)
-    workspace_id = await repo.create(scope.user_id, "Team", roomy)
-    owner = scope.with_workspace(workspace_id, Role.OWNER)
+    counts = text("SELECT taskmanager_invitee_member_count(:workspace)")
 
-    await repo.add_member(owner, workspace_id, bob.user_id, "member", roomy)
-    assert await current_role(db_session) == REQUEST_ROLE
+    # Not for a workspace alice is not invited to.
+    with pytest.raises(DBAPIError, match="only for an invitee of the workspace"):
+        async with db_session.begin_nested():
+            await db_session.execute(counts, {"workspace": bob.personal_workspace_id})
+    assert (await db_session.execute(counts, {"workspace": team["id"]})).scalar_one() == 1
 
-    second = await repo.create(scope.user_id, "Other team", roomy)
-    full = MembershipLimits(workspaces_per_user=2, members_per_workspace=100)
+    full = MembershipLimits(workspaces_per_user=100, members_per_workspace=1)
     with pytest.raises(MembershipLimitError):
-        await repo.add_member(
-            owner.with_workspace(second, Role.OWNER), second, bob.user_id, "member", full
-        )
+        await repo.join(scope, team["id"], Role.MEMBER, full)
     assert await current_role(db_session) == REQUEST_ROLE
-
-
-@pytest.mark.parametrize("alices_role", ["viewer", "member", "admin", "owner"])
-async def test_only_an_admin_or_owner_adding_someone_new_asks_who_is_at_the_cap(
-    db_session: AsyncSession,
-    account: Account,
-    bob: Account,
-    other_account: Account,
-    alices_role: str,
-) -> None:
-    """Not for a workspace of someone else's, nor one where the caller may not add members
-    (a viewer or a member of bob's), nor for a member already in it: the function tells
-    nothing about accounts beyond what adding one needs."""
-    # Before entering (as the server's superuser): alice in bob's personal workspace.
-    await db_session.execute(
-        insert(Membership).values(
-            workspace_id=bob.personal_workspace_id, user_id=account.user_id, role=alices_role
-        )
-    )
-    await enter_scope(db_session, account)
-    asks = text("SELECT taskmanager_account_at_cap(:account, :workspace, 1)")
-    refused = [
-        (other_account.user_id, other_account.personal_workspace_id),  # not alice's
-        (account.user_id, account.personal_workspace_id),  # alice is in it already
-    ]
-    may_add = alices_role in ("admin", "owner")
-    if not may_add:
-        refused.append((other_account.user_id, bob.personal_workspace_id))
-    for who, workspace in refused:
-        with pytest.raises(DBAPIError, match="only for an admin or an owner adding someone new"):
-            async with db_session.begin_nested():
-                await db_session.execute(asks, {"account": who, "workspace": workspace})
-    # The control: mallory, new to alice's workspace (and to bob's, where alice may add
-    # members), is at a cap of 1 (her personal one).
-    allowed = [account.personal_workspace_id]
-    if may_add:
-        allowed.append(bob.personal_workspace_id)
-    for workspace in allowed:
-        answer = await db_session.execute(
-            asks, {"account": other_account.user_id, "workspace": workspace}
-        )
-        assert answer.scalar_one() is True
+    roomy = MembershipLimits(workspaces_per_user=100, members_per_workspace=100)
+    await repo.join(scope, team["id"], Role.MEMBER, roomy)
+    assert await current_role(db_session) == REQUEST_ROLE
+    assert await members_of(db_session, team["id"]) == {bob.user_id, account.user_id}
 
 
 async def current_role(db_session: AsyncSession) -> str:
@@ -416,54 +381,53 @@ async def test_workspaces_created_at_once_stop_at_the_cap(
     assert await stored_memberships(observer, user="racer@example.com") == LIVE_WORKSPACES_CAP
 
 
-async def test_one_account_added_to_many_workspaces_at_once_stops_at_its_cap(
-    capped: AsyncClient, observer: AsyncEngine
+async def test_one_account_accepting_many_invitations_at_once_stops_at_its_cap(
+    capped: AsyncClient, observer: AsyncEngine, own_database_url: str
 ) -> None:
-    """Five owners add the same account to their workspaces at once; it has room for 3."""
-    await register_and_login(capped, "popular@example.com")  # the personal workspace: 1
+    """Five owners invite the same account; it accepts all five at once, with room for 3."""
+    popular = await register_and_login(capped, "popular@example.com")  # its personal one: 1
+    await verify_address(own_database_url, "popular@example.com")
     owners = [await register_and_login(capped, f"owner{n}@example.com") for n in range(5)]
-    workspaces = [
-        (await capped.post("/workspaces", json={"name": "Team"}, headers=owner)).json()["id"]
-        for owner in owners
-    ]
+    invitations = []
+    for owner in owners:
+        workspace = await capped.post("/workspaces", json={"name": "Team"}, headers=owner)
+        invitations.append(
+            await invite(capped, workspace.json()["id"], "popular@example.com", inviter=owner)
+        )
 
     answers = await asyncio.gather(
         *(
-            capped.post(
-                f"/workspaces/{workspace_id}/members",
-                json={"email": "popular@example.com", "role": "member"},
-                headers=owner,
-            )
-            for owner, workspace_id in zip(owners, workspaces, strict=True)
+            capped.post(f"/invitations/{invitation['id']}/accept", headers=popular)
+            for invitation in invitations
         )
     )
 
-    assert statuses(answers) == [201] * 3 + [409] * 2, [a.text for a in answers]
+    assert statuses(answers) == [200] * 3 + [409] * 2, [a.text for a in answers]
     assert await stored_memberships(observer, user="popular@example.com") == LIVE_WORKSPACES_CAP
 
 
-async def test_many_accounts_added_to_one_workspace_at_once_stop_at_its_cap(
-    capped: AsyncClient, observer: AsyncEngine
+async def test_many_invitees_accepting_into_one_workspace_at_once_stop_at_its_cap(
+    capped: AsyncClient, observer: AsyncEngine, own_database_url: str
 ) -> None:
-    """Five accounts are added to one workspace at once; it has room for 2 more."""
+    """Five invitees accept invitations to one workspace at once; it has room for 2 more."""
     owner = await register_and_login(capped, "host@example.com")
-    guests = [f"guest{n}@example.com" for n in range(5)]
-    for guest in guests:
-        await register_and_login(capped, guest)
     workspace_id = (await capped.post("/workspaces", json={"name": "Party"}, headers=owner)).json()[
         "id"
     ]
+    guests = []
+    for n in range(5):
+        email = f"guest{n}@example.com"
+        headers = await register_and_login(capped, email)
+        await verify_address(own_database_url, email)
+        invitation = await invite(capped, workspace_id, email, inviter=owner)
+        guests.append((headers, invitation["id"]))
 
     answers = await asyncio.gather(
         *(
-            capped.post(
-                f"/workspaces/{workspace_id}/members",
-                json={"email": guest, "role": "member"},
-                headers=owner,
-            )
-            for guest in guests
+            capped.post(f"/invitations/{invitation_id}/accept", headers=headers)
+            for headers, invitation_id in guests
         )
     )
 
-    assert statuses(answers) == [201] * 2 + [409] * 3, [a.text for a in answers]
+    assert statuses(answers) == [200] * 2 + [409] * 3, [a.text for a in answers]
     assert await stored_memberships(observer, workspace_id=workspace_id) == LIVE_MEMBERS_CAP

@@ -11,7 +11,7 @@ from typing import Any
 
 from httpx import AsyncClient, Response
 
-from tests.support.accounts import PASSWORD, login
+from tests.support.accounts import PASSWORD, Account, login
 
 DUE = "2026-12-24T18:00:00+01:00"
 DUE_STORED = "2026-12-24T17:00:00Z"
@@ -82,19 +82,25 @@ async def test_categories_and_labels(client: AsyncClient) -> None:
         await assert_answers_what_is_stored(client, await client.patch(url, json=change), url)
 
 
-async def test_workspaces_and_members(client: AsyncClient) -> None:
+async def test_workspaces_and_invitations(client: AsyncClient, bob: Account) -> None:
     created = await client.post("/workspaces", json={"name": "Household"})
     url = f"/workspaces/{created.json()['id']}"
     await assert_answers_what_is_stored(client, created, url)
     renamed = await client.patch(url, json={"name": "Home"})
     await assert_answers_what_is_stored(client, renamed, url)
 
-    email = "stored.member@example.com"
-    member = await client.post("/auth/register", json={"email": email, "password": PASSWORD})
-    assert member.status_code == 202, member.text
-    member_id = (await client.get("/users/me", headers=await login(client, email))).json()["id"]
-    added = await client.post(f"{url}/members", json={"email": email})
-    await assert_answers_what_is_stored(client, added, f"{url}/members/{member_id}")
+    invited = await client.post(f"{url}/invitations", json={"email": bob.email})
+    assert invited.status_code == 202, invited.text
+    (listed,) = (await client.get(f"{url}/invitations")).json()
+    assert datetimes(invited.json()) == datetimes(listed)
+    assert datetimes(invited.json()).keys() == {"created_at", "expires_at", "last_sent_at"}
+    resent = await client.post(f"{url}/invitations/{listed['id']}/resend")
+    assert resent.status_code == 429, resent.text  # mailed just now
+
+    accepted = await client.post(f"/invitations/{listed['id']}/accept", headers=bob.headers)
+    assert accepted.status_code == 200, accepted.text
+    read = await client.get(url, headers=bob.headers)
+    assert accepted.json()["created_at"] == read.json()["created_at"]
 
 
 async def test_accounts(client: AsyncClient) -> None:

@@ -18,7 +18,7 @@ from httpx import AsyncClient, Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskmanager.models import Task, Workspace
+from taskmanager.models import Invitation, Task, Workspace
 from taskmanager.problems import CONFLICT, FORBIDDEN
 from tests.api.test_workspaces_api import add_member, memberships, new_workspace
 from tests.support.accounts import Account
@@ -61,7 +61,7 @@ async def set_role(
     )
 
 
-# ─────────────────────────────── adding with a role
+# ─────────────────────────────── inviting with a role
 
 
 async def test_members_are_added_with_each_role_and_the_workspace_lists_it(
@@ -77,10 +77,10 @@ async def test_members_are_added_with_each_role_and_the_workspace_lists_it(
         assert ok(await client.get(f"/workspaces/{team.id}", headers=who.headers))["role"] == role
 
 
-async def test_an_admin_adds_members_but_never_an_owner(
+async def test_an_admin_invites_members_but_never_an_owner(
     client: AsyncClient, db_session: AsyncSession, team: Team, other_account: Account
 ) -> None:
-    url = f"/workspaces/{team.id}/members"
+    url = f"/workspaces/{team.id}/invitations"
     refused = await client.post(
         url, json={"email": other_account.email, "role": "owner"}, headers=team.admin.headers
     )
@@ -88,22 +88,26 @@ async def test_an_admin_adds_members_but_never_an_owner(
     assert body["detail"] == (
         "a membership as owner: this needs the role owner in this workspace; yours is admin"
     )
-    assert other_account.user_id not in await memberships(db_session, team.id)
+    assert await invitations_of(db_session, team.id, other_account.email) == []
 
-    added = await client.post(
+    invited = await client.post(
         url, json={"email": other_account.email, "role": "admin"}, headers=team.admin.headers
     )
-    assert ok(added, 201)["role"] == "admin"
+    assert ok(invited, 202)["role"] == "admin"
+    accepted = await client.post(
+        f"/invitations/{invited.json()['id']}/accept", headers=other_account.headers
+    )
+    assert ok(accepted)["role"] == "admin"
     assert (await memberships(db_session, team.id))[other_account.user_id] == "admin"
 
 
 @pytest.mark.parametrize("caller", ["member", "viewer"])
-async def test_members_and_viewers_add_nobody(
+async def test_members_and_viewers_invite_nobody(
     client: AsyncClient, db_session: AsyncSession, team: Team, other_account: Account, caller: str
 ) -> None:
     who: Account = getattr(team, caller)
     response = await client.post(
-        f"/workspaces/{team.id}/members",
+        f"/workspaces/{team.id}/invitations",
         json={"email": other_account.email, "role": "viewer"},
         headers=who.headers,
     )
@@ -111,7 +115,18 @@ async def test_members_and_viewers_add_nobody(
     assert body["detail"] == (
         f"this needs the role admin or owner in this workspace; yours is {caller}"
     )
-    assert other_account.user_id not in await memberships(db_session, team.id)
+    assert await invitations_of(db_session, team.id, other_account.email) == []
+
+
+async def invitations_of(
+    db_session: AsyncSession, workspace_id: int, email: str
+) -> list[tuple[str, str]]:
+    rows = await db_session.execute(
+        select(Invitation.email, Invitation.role).where(
+            Invitation.workspace_id == workspace_id, Invitation.email == email
+        )
+    )
+    return [tuple(row) for row in rows]
 
 
 # ─────────────────────────────── what each role may do to tasks

@@ -19,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskmanager.models import Category, Membership, Task, Workspace
 from taskmanager.problems import CONFLICT, FORBIDDEN, PRECONDITION_FAILED
 from tests.support.accounts import Account, register_and_login
+from tests.support.invitations import add_member as invite_and_accept
+from tests.support.invitations import verify_address
 from tests.support.problems import assert_problem, assert_validation_problem
 
 # ─────────────────────────────── helpers
@@ -37,11 +39,8 @@ async def new_workspace(client: AsyncClient, name: str = "Household") -> dict[st
 async def add_member(
     client: AsyncClient, workspace_id: int, who: Account, role: str = "member"
 ) -> dict[str, Any]:
-    return created(
-        await client.post(
-            f"/workspaces/{workspace_id}/members", json={"email": who.email, "role": role}
-        )
-    )
+    """`who` invited by alice (the client's caller) as `role`, and accepting."""
+    return await invite_and_accept(client, workspace_id, who.email, who.headers, role)
 
 
 async def memberships(db_session: AsyncSession, workspace_id: int) -> dict[int, str]:
@@ -96,11 +95,7 @@ async def test_list_workspaces_shows_mine_personal_first_with_my_role(
     zoo = await new_workspace(client, "zoo")
     alpha = await new_workspace(client, "Alpha")
     bobs = created(await client.post("/workspaces", json={"name": "Bob's"}, headers=bob.headers))
-    created(
-        await client.post(
-            f"/workspaces/{bobs['id']}/members", json={"email": account.email}, headers=bob.headers
-        )
-    )
+    await invite_and_accept(client, bobs["id"], account.email, account.headers, inviter=bob.headers)
 
     response = await client.get("/workspaces")
 
@@ -215,32 +210,6 @@ async def test_the_personal_workspace_cannot_be_deleted(
 # ─────────────────────────────── members
 
 
-async def test_add_member_answers_the_new_membership_and_its_url(
-    client: AsyncClient, db_session: AsyncSession, account: Account, bob: Account
-) -> None:
-    workspace = await new_workspace(client)
-
-    response = await client.post(
-        f"/workspaces/{workspace['id']}/members", json={"email": bob.email.upper()}
-    )
-
-    body = created(response)
-    assert body.keys() == {"user_id", "email", "display_name", "role", "joined_at"}
-    assert (body["user_id"], body["email"], body["role"]) == (bob.user_id, bob.email, "member")
-    location = response.headers["Location"]
-    assert location.endswith(f"/workspaces/{workspace['id']}/members/{bob.user_id}")
-    # The Location resolves, to what the 201 answered and what the workspace lists.
-    read = await client.get(location)
-    assert read.status_code == 200, read.text
-    assert read.json() == body
-    listed = (await client.get(f"/workspaces/{workspace['id']}")).json()["members"]
-    assert [m for m in listed if m["user_id"] == bob.user_id] == [body]
-    assert await memberships(db_session, workspace["id"]) == {
-        account.user_id: "owner",
-        bob.user_id: "member",
-    }
-
-
 async def test_add_an_owner_answers_the_owner(
     client: AsyncClient, db_session: AsyncSession, bob: Account
 ) -> None:
@@ -302,41 +271,11 @@ async def test_reading_a_member_of_a_workspace_you_cannot_see_is_404(
     assert response.content == missing.content
 
 
-async def test_adding_an_unknown_email_is_422(
-    client: AsyncClient, db_session: AsyncSession, account: Account
-) -> None:
-    workspace = await new_workspace(client)
-
-    response = await client.post(
-        f"/workspaces/{workspace['id']}/members", json={"email": "nobody@example.com"}
-    )
-
-    assert_validation_problem(response, "body.email")
-    assert await memberships(db_session, workspace["id"]) == {account.user_id: "owner"}
-
-
-async def test_adding_a_member_twice_is_409(
-    client: AsyncClient, db_session: AsyncSession, account: Account, bob: Account
-) -> None:
-    workspace = await new_workspace(client)
-    await add_member(client, workspace["id"], bob)
-
-    response = await client.post(
-        f"/workspaces/{workspace['id']}/members", json={"email": bob.email, "role": "owner"}
-    )
-
-    assert_problem(response, 409, problem_type=CONFLICT, field="body.email")
-    assert await memberships(db_session, workspace["id"]) == {
-        account.user_id: "owner",
-        bob.user_id: "member",  # not promoted by the refused request
-    }
-
-
 async def test_a_personal_workspace_gets_no_second_owner(
     client: AsyncClient, db_session: AsyncSession, account: Account, bob: Account
 ) -> None:
     response = await client.post(
-        f"/workspaces/{account.personal_workspace_id}/members",
+        f"/workspaces/{account.personal_workspace_id}/invitations",
         json={"email": bob.email, "role": "owner"},
     )
 
@@ -619,19 +558,19 @@ async def test_a_task_cannot_move_to_another_workspace(
     assert stored == account.personal_workspace_id
 
 
-async def test_two_owners_leaving_at_once_leave_one_owner(live: AsyncClient) -> None:
+async def test_two_owners_leaving_at_once_leave_one_owner(
+    live: AsyncClient, own_database_url: str
+) -> None:
     """With real commits and concurrent transactions: each of the two owners alone may
     leave, but not both; whichever comes second is the last owner (409)."""
     for round_number in range(3):
         other = await register_and_login(live, f"co-owner{round_number}@example.com")
+        await verify_address(own_database_url, f"co-owner{round_number}@example.com")
         workspace = created(await live.post("/workspaces", json={"name": "Two owners"}))
         me = (await live.get("/users/me")).json()["id"]
         them = (await live.get("/users/me", headers=other)).json()["id"]
-        created(
-            await live.post(
-                f"/workspaces/{workspace['id']}/members",
-                json={"email": f"co-owner{round_number}@example.com", "role": "owner"},
-            )
+        await invite_and_accept(
+            live, workspace["id"], f"co-owner{round_number}@example.com", other, "owner"
         )
         url = f"/workspaces/{workspace['id']}/members/"
 

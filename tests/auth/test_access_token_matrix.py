@@ -73,6 +73,15 @@ NEEDED: dict[str, Needed | str] = {
     "revoke_token": LOGIN,
     "revoke_all_tokens": LOGIN,
     "auth_resend_verification": LOGIN,
+    # Answering an invitation joins a workspace: the account's own act, with a login.
+    "list_my_invitations": LOGIN,
+    "accept_invitation": LOGIN,
+    "accept_invitation_by_token": LOGIN,
+    "decline_invitation": LOGIN,
+    "create_invitation": _needs(202, "members:write", "tasks:write"),
+    "list_workspace_invitations": _needs(200, "members:write"),
+    "revoke_invitation": _needs(204, "members:write", "tasks:write"),
+    "resend_invitation": _needs(202, "members:write", "tasks:write"),
     "list_workspace_activity": _needs(200, "tasks:read"),
     "list_task_activity": _needs(200, "tasks:read"),
     "list_workspaces": _needs(200, "tasks:read"),
@@ -80,8 +89,7 @@ NEEDED: dict[str, Needed | str] = {
     "get_workspace": _needs(200, "tasks:read"),
     "rename_workspace": _needs(200, "workspaces:write"),
     "delete_workspace": _needs(204, "workspaces:write"),
-    # The member added, changed or removed is one who writes: so must the token.
-    "workspaces_add_member": _needs(201, "members:write", "tasks:write"),
+    # The member changed or removed is one who writes: so must the token.
     "workspaces_get_member": _needs(200, "tasks:read"),
     "workspaces_remove_member": _needs(204, "members:write", "tasks:write"),
     "workspaces_change_member_role": _needs(200, "members:write", "tasks:write"),
@@ -114,6 +122,7 @@ MORE_BODIES: dict[str, Callable[[World], dict[str, Any]]] = {
     "create_label": lambda world: {"name": "Token", "workspace_id": world.workspace_id},
     "create_token": lambda world: {"name": "Made by a token", "scopes": ["tasks:read"]},
     "auth_logout_all": lambda world: {"include_access_tokens": True},
+    "accept_invitation_by_token": lambda world: {"token": "a-mailed-token"},
 }
 
 

@@ -3,7 +3,9 @@ document: every operation whose path names an id, called by every kind of caller
 
 The resources live in a workspace alice owns (with adam an admin, carol a member, vic a
 viewer and erin another member); dan shares a different workspace with alice; mallory
-shares nothing. For every operation:
+shares nothing; alice's workspace has a pending invitation of an address none of them has
+(its managers list, revoke and resend it; accepting or declining it is nobody's here). For
+every operation:
 
 - alice (owner), adam (admin), carol (member) and vic (viewer) each get what their role may
   do: the documented success, or 403 for a change their role does not allow (they can see
@@ -28,22 +30,34 @@ resource succeeds. A field of that kind without a row in REFERENCE_EXPECTED fail
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 from httpx import AsyncClient
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager import schemas
 from taskmanager.config import Settings
 from taskmanager.main import create_app
-from taskmanager.models import AccessToken, Category, Label, Membership, Task, TaskLabel, Workspace
+from taskmanager.models import (
+    AccessToken,
+    Category,
+    Invitation,
+    Label,
+    Membership,
+    Task,
+    TaskLabel,
+    Workspace,
+)
 from taskmanager.problems import FORBIDDEN
 from tests.support.accounts import TEST_SECRET, Account
+from tests.support.invitations import add_member, invite
 from tests.support.problems import assert_problem, assert_validation_problem
 from tests.support.tokens import (
     assert_unauthorized,
@@ -53,14 +67,26 @@ from tests.support.tokens import (
 )
 
 # The path parameters that name a resource, and the world's value for each.
-ID_PARAMETERS = ("task_id", "category_id", "label_id", "workspace_id", "user_id", "token_id")
+ID_PARAMETERS = (
+    "task_id",
+    "category_id",
+    "label_id",
+    "workspace_id",
+    "user_id",
+    "token_id",
+    "invitation_id",
+)
 # An id no row has (inside PostgreSQL's integer range, so it is looked up, not refused).
 MISSING_ID = 2_147_483_000
-# The same for each path parameter (a personal access token's id is a UUID).
+# A personal access token's id and an invitation's are UUIDs: one no row has.
+MISSING_UUID = "00000000-0000-4000-8000-000000000000"
 MISSING_IDS: dict[str, int | str] = {
     **dict.fromkeys(ID_PARAMETERS, MISSING_ID),
-    "token_id": "00000000-0000-4000-8000-000000000000",
+    "token_id": MISSING_UUID,
+    "invitation_id": MISSING_UUID,
 }
+# The address of the world's pending invitation (no account has it).
+INVITEE = "invitee.matrix@example.com"
 
 # The roles of alice's workspace, in the order of EXPECTED's columns.
 WORKSPACE_ROLES = ("owner", "admin", "member", "viewer")
@@ -73,7 +99,6 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "rename_workspace": (200, 403, 403, 403),
     "delete_workspace": (204, 403, 403, 403),
     "transfer_workspace": (200, 403, 403, 403),
-    "workspaces_add_member": (201, 201, 403, 403),
     "workspaces_get_member": (200, 200, 200, 200),
     "workspaces_change_member_role": (200, 200, 403, 403),
     "workspaces_remove_member": (204, 204, 403, 403),
@@ -91,6 +116,14 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "list_task_activity": (200, 200, 200, 200),
     # alice's own personal access token: nobody else's to revoke.
     "revoke_token": (204, 404, 404, 404),
+    "create_invitation": (202, 202, 403, 403),
+    "list_workspace_invitations": (200, 200, 403, 403),
+    "revoke_invitation": (204, 204, 403, 403),
+    "resend_invitation": (202, 202, 403, 403),
+    # None of them is the invitee: to them an invitation to another address does not
+    # exist, whoever manages its workspace.
+    "accept_invitation": (404, 404, 404, 404),
+    "decline_invitation": (404, 404, 404, 404),
 }
 
 
@@ -98,6 +131,7 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
 # the field given), not the resource itself.
 LISTS = {
     "list_workspace_activity": "workspace_id",
+    "list_workspace_invitations": "workspace_id",
     "list_task_activity": "object_id",
 }
 
@@ -119,8 +153,9 @@ class World:
     category_id: int
     label_id: int
     token_id: str  # alice's personal access token
+    invitation_id: str
 
-    def ids(self) -> dict[str, int | str]:
+    def ids(self) -> dict[str, Any]:
         return {
             "task_id": self.task_id,
             "category_id": self.category_id,
@@ -128,13 +163,14 @@ class World:
             "workspace_id": self.workspace_id,
             "user_id": self.target.user_id,
             "token_id": self.token_id,
+            "invitation_id": self.invitation_id,
         }
 
 
 # operationId -> the minimal valid body (operations without a request body have none).
 BODIES: dict[str, Callable[[World], dict[str, Any]]] = {
     "rename_workspace": lambda world: {"name": "Renamed by the matrix"},
-    "workspaces_add_member": lambda world: {"email": world.neighbour.email},
+    "create_invitation": lambda world: {"email": "another.invitee@example.com"},
     "workspaces_change_member_role": lambda world: {"role": "viewer"},
     "transfer_workspace": lambda world: {"user_id": world.target.user_id},
     "update_task": lambda world: {"title": "Changed by the matrix"},
@@ -244,6 +280,7 @@ def _placeholder_world(account: Account, other_account: Account) -> World:
         category_id=1,
         label_id=1,
         token_id=MISSING_IDS["token_id"],
+        invitation_id=MISSING_UUID,
     )
 
 
@@ -274,6 +311,7 @@ def test_every_expected_status_is_documented() -> None:
 @pytest.fixture
 async def world(
     client: AsyncClient,
+    db_session: AsyncSession,
     account: Account,
     admin_account: Account,
     member_account: Account,
@@ -292,16 +330,26 @@ async def world(
         data: dict[str, Any] = response.json()
         return data
 
+    owner = account.headers
     workspace_id = (await post("/workspaces", {"name": "The matrix"}))["id"]
     shared_id = (await post("/workspaces", {"name": "Shared with dan"}))["id"]
-    await post(f"/workspaces/{shared_id}/members", {"email": neighbour_account.email})
-    for email, role in (
-        (admin_account.email, "admin"),
-        (member_account.email, "member"),
-        (viewer_account.email, "viewer"),
-        (target_account.email, "member"),
+    await add_member(
+        client, shared_id, neighbour_account.email, neighbour_account.headers, inviter=owner
+    )
+    for who, role in (
+        (admin_account, "admin"),
+        (member_account, "member"),
+        (viewer_account, "viewer"),
+        (target_account, "member"),
     ):
-        await post(f"/workspaces/{workspace_id}/members", {"email": email, "role": role})
+        await add_member(client, workspace_id, who.email, who.headers, role, inviter=owner)
+    # A pending invitation, last mailed long enough ago to be mailed again.
+    invitation = await invite(client, workspace_id, INVITEE, inviter=owner)
+    await db_session.execute(
+        update(Invitation)
+        .where(Invitation.id == uuid.UUID(invitation["id"]))
+        .values(last_sent_at=func.now() - timedelta(hours=1))
+    )
     category = await post("/categories", {"name": "Matrix", "workspace_id": workspace_id})
     label = await post("/labels", {"name": "Matrix", "workspace_id": workspace_id})
     task = await post(
@@ -328,6 +376,7 @@ async def world(
         category_id=category["id"],
         label_id=label["id"],
         token_id=token["id"],
+        invitation_id=invitation["id"],
     )
 
 
@@ -357,6 +406,15 @@ async def snapshot(
             TaskLabel.workspace_id.in_(workspaces)
         ),
         "access_tokens": select(AccessToken.id, AccessToken.user_id, AccessToken.workspace_id),
+        "invitations": select(
+            Invitation.id,
+            Invitation.email,
+            Invitation.role,
+            Invitation.send_count,
+            Invitation.accepted_at,
+            Invitation.declined_at,
+            Invitation.revoked_at,
+        ).where(Invitation.workspace_id.in_(workspaces)),
     }
     return {
         name: sorted(tuple(row) for row in (await db_session.execute(statement)).all())
@@ -382,7 +440,7 @@ async def call(
     operation: Operation,
     world: World,
     caller: str,
-    ids: dict[str, int | str] | None = None,
+    ids: dict[str, Any] | None = None,
 ) -> httpx.Response:
     url = operation.path.format(**(ids or world.ids()))
     kwargs: dict[str, Any] = {}
@@ -731,12 +789,7 @@ async def attackers(
             {"title": "Their own", "category_id": category_id, "label_ids": [label_id]},
         )
         team_id = await post("/workspaces", {"name": "Their team"})
-        added = await client.post(
-            f"/workspaces/{team_id}/members",
-            json={"email": partner.email},
-            headers=account.headers,
-        )
-        assert added.status_code == 201, added.text
+        await add_member(client, team_id, partner.email, partner.headers, inviter=account.headers)
         made[caller] = Attacker(
             account,
             {

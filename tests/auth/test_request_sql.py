@@ -27,12 +27,14 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from taskmanager.config import Settings
 from taskmanager.main import create_app
 from taskmanager.postgres.deployment import RoleNames, caller_role_name
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.security.caller_key import Entry, Purpose, attempt_subject
+from taskmanager.security.mail_tokens import MailTokenKey, mail_token_hash
 from taskmanager.security.tokens import read_access_token
 from tests.support.accounts import TEST_SECRET, register_and_login
 from tests.support.databases import TEST_KEY, database_of, run_as, superuser_url
@@ -413,15 +415,27 @@ DEFINER_CALLS = {
         "SELECT key::integer FROM jsonb_each_text(taskmanager_workspace_roles())"
     ),
     "taskmanager_may_own_first(integer)": "SELECT taskmanager_may_own_first(:workspace)",
-    "taskmanager_user_id_by_email(text)": "SELECT taskmanager_user_id_by_email(:email)",
     "taskmanager_password_hash(text,bigint,text)": (
         "SELECT * FROM taskmanager_password_hash(:email, :far, 'forged')"
     ),
     "taskmanager_refresh_token_session(text)": (
         "SELECT s.* FROM refresh_tokens t, taskmanager_refresh_token_session(t.token_hash) s"
     ),
-    "taskmanager_account_at_cap(integer,integer,integer)": (
-        "SELECT taskmanager_account_at_cap(:victim, :workspace, 1)"
+    # Invitations (migration 0014): the caller's own verified address; whether they are
+    # invited somewhere; a workspace's member count for its invitee; their invitations; an
+    # invitation with a token hash of the attacker's choosing; a resend of anyone's.
+    "taskmanager_caller_verified_email()": "SELECT taskmanager_caller_verified_email()",
+    "taskmanager_invited_as(integer,text)": "SELECT taskmanager_invited_as(:workspace, 'owner')",
+    "taskmanager_invitee_member_count(integer)": (
+        "SELECT taskmanager_invitee_member_count(:workspace)"
+    ),
+    "taskmanager_my_invitations()": "SELECT * FROM taskmanager_my_invitations()",
+    "taskmanager_record_invitation(uuid,integer,text,text,text,integer,bigint,text)": (
+        "SELECT taskmanager_record_invitation(gen_random_uuid(), :workspace, :email, 'owner', "
+        "encode(sha256('chosen'), 'hex'), 3600, :far, 'forged')"
+    ),
+    "taskmanager_resend_invitation(uuid,bigint,text)": (
+        "SELECT taskmanager_resend_invitation(gen_random_uuid(), :far, 'forged')"
     ),
     "taskmanager_matching_tasks(text[],tsquery)": (
         "SELECT * FROM taskmanager_matching_tasks(ARRAY['secret'], "
@@ -509,14 +523,10 @@ async def test_no_security_definer_function_answers_with_the_victims_rows(
                 for value in row
                 if isinstance(value, int) and not isinstance(value, bool)
             }
-            # An account's id from its email is what adding a member by email needs (to
-            # anyone who is someone): the one thing known of an account outside one's
-            # workspaces, until invitations replace adding.
-            if function == "taskmanager_user_id_by_email(text)" and caller == "the attacker":
-                assert numbers == {victim.user_id}
-            else:
-                assert victim.workspace_id not in numbers
-                assert victim.user_id not in numbers
+            # Nothing tells an account's id from its address any more (invitations go to
+            # the address, whoever has it).
+            assert victim.workspace_id not in numbers
+            assert victim.user_id not in numbers
         await connection.rollback()
 
 
@@ -637,6 +647,141 @@ async def test_a_request_cannot_verify_its_own_address_without_the_mail(
         )
         assert verified == [(None,)]
         await connection.rollback()
+
+
+# ─────────────────────────────── memberships come from accepted invitations only
+
+
+async def _invite(connection: AsyncConnection, inviter: Person, email: str, role: str) -> str:
+    """The inviter's invitation of `email`, recorded as the service records one (entered
+    as the inviter, with the service's proof); its id."""
+    await enter(connection, inviter.entry())
+    invitation_id = uuid.uuid4()
+    token_hash = mail_token_hash(MailTokenKey(TEST_SECRET).token(invitation_id))
+    until, proof = TEST_KEY.invitation_proof(
+        invitation_id, inviter.workspace_id, email, role, token_hash, 3600
+    )
+    await connection.execute(
+        text(
+            "SELECT taskmanager_record_invitation(:id, :workspace, :email, :role, :hash, 3600, "
+            ":until, :proof)"
+        ),
+        {
+            "id": invitation_id,
+            "workspace": inviter.workspace_id,
+            "email": email,
+            "role": role,
+            "hash": token_hash,
+            "until": until,
+            "proof": proof,
+        },
+    )
+    await connection.execute(text("RESET ROLE"))
+    return str(invitation_id)
+
+
+async def test_no_caller_joins_a_workspace_or_adds_anyone_without_an_accepted_invitation(
+    tenants: Tenants,
+) -> None:
+    """Request SQL inserts a membership only for itself, with exactly the role of an open,
+    unexpired invitation of its VERIFIED address: not without one, not with another role,
+    not unverified, not after the invitation was answered; and a workspace's owner no
+    longer inserts anyone else's. All in one transaction, rolled back (as the superuser,
+    which enters as the service does, then runs under the caller role)."""
+    victim, attacker = tenants.victim, tenants.attacker
+    insert_as = (
+        "INSERT INTO memberships (workspace_id, user_id, role) VALUES (:workspace, :me, :role)"
+    )
+    engine = create_async_engine(superuser_url(tenants.url), poolclass=NullPool)
+    try:
+        async with engine.connect() as connection, connection.begin():
+
+            async def join(role: str) -> list[Any]:
+                await enter(connection, attacker.entry())
+                outcome = await attempt(
+                    connection,
+                    insert_as,
+                    workspace=victim.workspace_id,
+                    me=attacker.user_id,
+                    role=role,
+                )
+                await connection.execute(text("RESET ROLE"))
+                return outcome
+
+            # No invitation: refused.
+            assert refused(await join("member"))
+            # The owner adds nobody directly (only invitations do).
+            await enter(connection, victim.entry())
+            added = await attempt(
+                connection,
+                insert_as,
+                workspace=victim.workspace_id,
+                me=attacker.user_id,
+                role="viewer",
+            )
+            assert refused(added), added
+            await connection.execute(text("RESET ROLE"))
+            # Invited as a viewer, but the address is not verified yet: refused.
+            invitation_id = await _invite(connection, victim, attacker.email.upper(), "viewer")
+            assert refused(await join("viewer"))
+            await connection.execute(
+                text("UPDATE users SET email_verified_at = now() WHERE id = :id"),
+                {"id": attacker.user_id},
+            )
+            # Verified: another role than the invitation's is refused; its own is allowed.
+            for role in ("owner", "admin", "member"):
+                assert refused(await join(role)), role
+            await enter(connection, attacker.entry())
+            # The invitee answers, and changes nothing else of the invitation.
+            for sql in (
+                "UPDATE invitations SET role = 'owner'",
+                "UPDATE invitations SET expires_at = 'infinity'",
+                "UPDATE invitations SET revoked_at = now()",
+                "UPDATE invitations SET accepted_at = now(), declined_at = now()",
+                "DELETE FROM invitations",
+                "INSERT INTO invitations (id, workspace_id, email, role, token_hash, "
+                "expires_at) VALUES (gen_random_uuid(), :workspace, :email, 'owner', 'x', "
+                "'infinity')",
+            ):
+                outcome = await attempt(
+                    connection, sql, workspace=victim.workspace_id, email=attacker.email
+                )
+                assert outcome == [] or refused(outcome) or sqlstate(outcome[0]) == "23514", (
+                    sql,
+                    outcome,
+                )
+            await connection.execute(text("RESET ROLE"))
+            assert await join("viewer") == []
+            members = await connection.execute(
+                text("SELECT user_id, role FROM memberships WHERE workspace_id = :w"),
+                {"w": victim.workspace_id},
+            )
+            assert set(members.all()) == {(victim.user_id, "owner"), (attacker.user_id, "viewer")}
+            stored = await connection.execute(
+                text(
+                    "SELECT role, expires_at < 'infinity', revoked_at FROM invitations "
+                    "WHERE id = :id"
+                ),
+                {"id": invitation_id},
+            )
+            assert stored.one() == ("viewer", True, None)
+            # Answered (declined), the invitation lets nobody in again.
+            await connection.execute(
+                text("DELETE FROM memberships WHERE user_id = :me AND workspace_id = :w"),
+                {"me": attacker.user_id, "w": victim.workspace_id},
+            )
+            await enter(connection, attacker.entry())
+            declined = await attempt(
+                connection,
+                "UPDATE invitations SET declined_at = now() WHERE id = :id RETURNING id",
+                id=invitation_id,
+            )
+            assert len(declined) == 1, declined
+            await connection.execute(text("RESET ROLE"))
+            assert refused(await join("viewer"))
+            await connection.rollback()
+    finally:
+        await engine.dispose()
 
 
 # ─────────────────────────────── shadowing what the app reads

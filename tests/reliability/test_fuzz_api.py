@@ -22,6 +22,7 @@ database seeded with the same rows. Explore further with
 from __future__ import annotations
 
 import os
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from schemathesis.engine import Status, events
 from schemathesis.engine.recorder import ScenarioRecorder
 from schemathesis.specs.openapi.checks import ensure_resource_availability
 
+from taskmanager.security.mail_tokens import MailTokenKey
 from tests.support.accounts import PASSWORD, TEST_SECRET, login_over_http, register_over_http
 from tests.support.mail import eml_token
 from tests.support.processes import ServeProcess, clean_env, serve
@@ -299,9 +301,16 @@ class Seeded:
     member_ids: list[int]
     member_emails: list[str]
     token_ids: list[str]  # the fuzzing account's personal access tokens
+    invitation_ids: list[str]
+    # The invitee's: to accept by id, to decline, and the mailed links' tokens of others.
+    to_accept: list[str]
+    to_decline: list[str]
+    invitation_tokens: list[str]
     email: str
     refresh_tokens: list[str]
-    mail_tokens: list[str]  # mailed links' tokens: verifications and password resets
+    # Mailed links' tokens: verifications and password resets, each for its own route.
+    verification_tokens: list[str]
+    reset_tokens: list[str]
     tokens: dict[str, str]  # operation -> access token ("*": the fuzzing account's)
 
 
@@ -332,6 +341,9 @@ def fuzz_server(
         TASKMANAGER_REGISTRATIONS_TOTAL="100000",
         TASKMANAGER_MAILS_PER_ADDRESS="100000",
         TASKMANAGER_MAILS_PER_ACCOUNT="100000",
+        # Invitations mailed again at once, many times.
+        TASKMANAGER_INVITATION_RESEND_MINUTES="0",
+        TASKMANAGER_INVITATION_MAX_SENDS="20",
         # Its mail, as .eml files: the seed reads the mailed links' tokens there.
         TASKMANAGER_MAIL_DIR=str(fuzz_mail_dir),
     )
@@ -356,15 +368,15 @@ def seed(base_url: str, mail_dir: Path) -> Seeded:
     logout_all = register_over_http(base_url, "logout-all@example.com")
     # Revoking all tokens would revoke the ones seeded for revoking one by one.
     revoke_all = register_over_http(base_url, "revoke-all@example.com")
+    # Who answers invitations (the invitee's routes are sent with this account's token).
+    invitee = register_over_http(base_url, "invitee@example.com")
     refresher = register_over_http(base_url, "refresher@example.com")
-    mail_tokens = []
+    verification_tokens, reset_tokens = [], []
     for email in MAILED:
         register_over_http(base_url, email)
         httpx.post(f"{base_url}/auth/password-reset", json={"email": email}).raise_for_status()
-        mail_tokens += [
-            eml_token(mail_dir, email, "Confirm your email address"),
-            eml_token(mail_dir, email, "Reset your password"),
-        ]
+        verification_tokens.append(eml_token(mail_dir, email, "Confirm your email address"))
+        reset_tokens.append(eml_token(mail_dir, email, "Reset your password"))
     with httpx.Client(base_url=base_url, timeout=30, headers=fuzzer.headers) as http:
         refresh_tokens = [refresher.refresh_token] + [
             login_over_http(http, refresher.email)["refresh_token"]
@@ -372,9 +384,38 @@ def seed(base_url: str, mail_dir: Path) -> Seeded:
         ]
         team = http.post("/workspaces", json={"name": "Team"}).raise_for_status().json()["id"]
         for member in members:
-            http.post(
-                f"/workspaces/{team}/members", json={"email": member.email, "role": "member"}
+            # A member is invited, and accepts with the address verified.
+            verify = eml_token(mail_dir, member.email, "Confirm your email address")
+            http.post("/auth/verify-email", json={"token": verify}).raise_for_status()
+            invitation = http.post(
+                f"/workspaces/{team}/invitations", json={"email": member.email, "role": "member"}
             ).raise_for_status()
+            http.post(
+                f"/invitations/{invitation.json()['id']}/accept", headers=member.headers
+            ).raise_for_status()
+        # Pending invitations, for the routes that name one: the fuzzer's own team's (to
+        # revoke and resend), and to the invitee's verified address (to answer, by id or by
+        # the mailed link's token, derived as the server derives it).
+        invitation_ids = [
+            http.post(f"/workspaces/{team}/invitations", json={"email": email})
+            .raise_for_status()
+            .json()["id"]
+            for email in ("invited-0@example.com", "invited-1@example.com")
+        ]
+        verify = eml_token(mail_dir, invitee.email, "Confirm your email address")
+        http.post("/auth/verify-email", json={"token": verify}).raise_for_status()
+        # Each answer has invitations of its own (one answered is closed to the others).
+        answerable: dict[str, list[str]] = {"accept": [], "decline": [], "token": []}
+        for number, member in enumerate(members * 3):
+            workspace = http.post(
+                "/workspaces", json={"name": f"Inviting {number}"}, headers=member.headers
+            ).raise_for_status()
+            to_invitee = http.post(
+                f"/workspaces/{workspace.json()['id']}/invitations",
+                json={"email": invitee.email},
+                headers=member.headers,
+            ).raise_for_status()
+            answerable[("accept", "decline", "token")[number % 3]].append(to_invitee.json()["id"])
         categories = [
             http.post("/categories", json={"name": name}).raise_for_status().json()["id"]
             for name in ("Home", "Work", "Errands")
@@ -407,14 +448,31 @@ def seed(base_url: str, mail_dir: Path) -> Seeded:
         member_ids=[member.user_id for member in members],
         member_emails=MEMBER_EMAILS,
         token_ids=access_tokens,
+        invitation_ids=invitation_ids,
+        to_accept=answerable["accept"],
+        to_decline=answerable["decline"],
+        invitation_tokens=[
+            MailTokenKey(TEST_SECRET).token(uuid.UUID(invitation_id))
+            for invitation_id in answerable["token"]
+        ],
         email=FUZZ_EMAIL,
         refresh_tokens=refresh_tokens,
-        mail_tokens=mail_tokens,
+        verification_tokens=verification_tokens,
+        reset_tokens=reset_tokens,
         tokens={
             "*": fuzzer.access_token,
             "POST /auth/logout": logout.access_token,
             "POST /auth/logout-all": logout_all.access_token,
             "DELETE /users/me/tokens": revoke_all.access_token,
+            **dict.fromkeys(
+                (
+                    "GET /invitations",
+                    "POST /invitations/accept",
+                    "POST /invitations/{invitation_id}/accept",
+                    "POST /invitations/{invitation_id}/decline",
+                ),
+                invitee.access_token,
+            ),
         },
     )
 
@@ -432,10 +490,15 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
             "member_ids": {"values": seeded.member_ids},
             "member_emails": {"values": seeded.member_emails},
             "token_ids": {"values": seeded.token_ids},
+            "invitation_ids": {"values": seeded.invitation_ids},
+            "to_accept": {"values": seeded.to_accept},
+            "to_decline": {"values": seeded.to_decline},
+            "invitation_tokens": {"values": seeded.invitation_tokens},
             "login_emails": {"values": [seeded.email]},
             "passwords": {"values": [PASSWORD]},
             "refresh_tokens": {"values": seeded.refresh_tokens},
-            "mail_tokens": {"values": seeded.mail_tokens},
+            "verification_tokens": {"values": seeded.verification_tokens},
+            "reset_tokens": {"values": seeded.reset_tokens},
         },
         "parameters": {
             "path.task_id": {"dictionary": "task_ids", "probability": half},
@@ -450,26 +513,55 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
             "path.user_id": {"dictionary": "member_ids", "probability": half},
             "path.token_id": {"dictionary": "token_ids", "probability": half},
             "body.user_id": {"dictionary": "member_ids", "probability": half},
+            "path.invitation_id": {"dictionary": "invitation_ids", "probability": half},
             "body.email": {"dictionary": "member_emails", "probability": half},
             "body.username": {"dictionary": "login_emails", "probability": half},
             "body.password": {"dictionary": "passwords", "probability": half},
             "body.new_password": {"dictionary": "passwords", "probability": 0.9},
             "body.refresh_token": {"dictionary": "refresh_tokens", "probability": half},
-            # Most drawn from the seeded ones: each works once, and a reset also needs a
-            # valid new password in the same request.
-            "body.token": {"dictionary": "mail_tokens", "probability": 0.9},
         },
+        # Mailed links' tokens, most drawn from the seeded ones of the route's own kind: each
+        # works once, and a reset also needs a valid new password in the same request. The
+        # invitee's answers, each with invitations of its own.
+        "operations": [
+            {
+                "include-name": "POST /auth/verify-email",
+                "parameters": {
+                    "body.token": {"dictionary": "verification_tokens", "probability": 0.9}
+                },
+            },
+            {
+                "include-name": "POST /auth/password-reset/confirm",
+                "parameters": {"body.token": {"dictionary": "reset_tokens", "probability": 0.9}},
+            },
+            {
+                "include-name": "POST /invitations/{invitation_id}/accept",
+                "parameters": {
+                    "path.invitation_id": {"dictionary": "to_accept", "probability": 0.9}
+                },
+            },
+            {
+                "include-name": "POST /invitations/{invitation_id}/decline",
+                "parameters": {
+                    "path.invitation_id": {"dictionary": "to_decline", "probability": 0.9}
+                },
+            },
+            {
+                "include-name": "POST /invitations/accept",
+                "parameters": {
+                    "body.token": {"dictionary": "invitation_tokens", "probability": 0.9}
+                },
+            },
+        ],
     }
 
 
-# What a 201 promises: the new resource's URL, and its version where it can be changed
-# (a membership has none: it is added and removed, never edited).
+# What a 201 promises: the new resource's URL, and its version where it can be changed.
 CREATED_HEADERS = {
     "POST /tasks": {"Location", "ETag"},
     "POST /categories": {"Location", "ETag"},
     "POST /labels": {"Location", "ETag"},
     "POST /workspaces": {"Location", "ETag"},
-    "POST /workspaces/{workspace_id}/members": {"Location"},
     "POST /users/me/tokens": {"Location"},
 }
 

@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 from taskmanager.config import Settings
 from taskmanager.mail.templates import (
+    INVITATION,
     PASSWORD_RESET,
     REGISTRATION_ATTEMPT,
     VERIFY_EMAIL,
@@ -22,12 +23,14 @@ from taskmanager.mail.templates import (
 from taskmanager.mail.transports import FileTransport, MailTransport, SmtpTransport
 from taskmanager.security.mail_tokens import MailTokenKey
 
-# Each mail kind: its template, and the path of the link (on public_base_url) its token
-# goes to. The outbox kind is "mail." + this kind (migration 0012's taskmanager_record_mail).
-_KINDS: Mapping[str, tuple[MailTemplate, str]] = {
-    "verify_email": (VERIFY_EMAIL, "/verify-email"),
-    "password_reset": (PASSWORD_RESET, "/reset-password"),
-    "registration_attempt": (REGISTRATION_ATTEMPT, "/reset-password"),
+# Each mail kind: its template, the path of the link (on public_base_url) its token goes
+# to, and the payload's other values the template names. The outbox kind is "mail." + this
+# kind (migration 0012's taskmanager_record_mail, 0014's invitation functions).
+_KINDS: Mapping[str, tuple[MailTemplate, str, tuple[str, ...]]] = {
+    "verify_email": (VERIFY_EMAIL, "/verify-email", ()),
+    "password_reset": (PASSWORD_RESET, "/reset-password", ()),
+    "registration_attempt": (REGISTRATION_ATTEMPT, "/reset-password", ()),
+    "invitation": (INVITATION, "/accept-invitation", ("workspace", "inviter", "role")),
 }
 MAIL_PREFIX = "mail."
 
@@ -52,6 +55,9 @@ def transport_for(settings: Settings) -> MailTransport:
 
 
 def _valid_for(minutes: int) -> str:
+    if minutes > 2 * 1440:  # an invitation's week, or what is left of it
+        days = minutes / 1440
+        return f"{int(days)} days" if minutes % 1440 == 0 else f"about {round(days)} days"
     if minutes % 60 == 0 and minutes >= 120:
         return f"{minutes // 60} hours"
     return "1 minute" if minutes == 1 else f"{minutes} minutes"
@@ -71,7 +77,7 @@ class MailSender:
     def render(self, kind: str, payload: Mapping[str, Any]) -> Mail:
         if kind not in _KINDS:
             raise UnknownMailKindError(f"no mail of the kind {kind!r}")
-        template, path = _KINDS[kind]
+        template, path, fields = _KINDS[kind]
         token = self.tokens.token(uuid.UUID(str(payload["token_id"])))
         link = f"{self.base_url}{path}?{urlencode({'token': token})}"
         return template.render(
@@ -79,6 +85,7 @@ class MailSender:
             name=str(payload.get("name") or payload["to"]),
             link=link,
             valid_for=_valid_for(int(payload.get("valid_minutes", 0))),
+            **{field: str(payload.get(field) or "someone") for field in fields},
         )
 
     def message(self, mail: Mail) -> EmailMessage:

@@ -116,3 +116,31 @@ already has one: yours. Nothing was changed.</p>
 <p>The link works once, for $valid_for. If it was not you, ignore this mail.</p>"""
     ),
 )
+
+INVITATION = MailTemplate(
+    subject="You are invited to a taskmanager workspace",
+    text=Template(
+        """Hello,
+
+$inviter invited you ($name) to the workspace "$workspace" on taskmanager, as $role.
+
+To accept, log in with this address (or register with it and confirm it first), then
+open this link:
+
+$link
+
+The link works for $valid_for. If you do not want to join, ignore this mail or decline the
+invitation once logged in.
+"""
+    ),
+    html=Template(
+        """<p>Hello,</p>
+<p>$inviter invited you ($name) to the workspace &ldquo;$workspace&rdquo; on taskmanager,
+as $role.</p>
+<p>To accept, log in with this address (or register with it and confirm it first), then:</p>
+<p><a href="$link">Accept the invitation</a></p>
+<p>Or open this link: $link</p>
+<p>The link works for $valid_for. If you do not want to join, ignore this mail or decline
+the invitation once logged in.</p>"""
+    ),
+)

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import Membership, UnclaimedWorkspace, User, Workspace
 from taskmanager.repositories.array_parameters import in_scope
-from taskmanager.security.roles import Action, Role, may_manage, roles_allowing
+from taskmanager.security.roles import Action, Role, roles_allowing
 from taskmanager.security.scope import Scope
 
 
@@ -87,7 +87,6 @@ class Limit(Enum):
     """Which cap a new membership would pass."""
 
     CALLERS_WORKSPACES = "workspaces per account (the caller's)"
-    MEMBERS_WORKSPACES = "workspaces per account (the added member's)"
     WORKSPACE_MEMBERS = "members per workspace"
 
 
@@ -108,29 +107,13 @@ class MembershipLimitError(Exception):
 # FOR NO KEY UPDATE: it queues the counters, but not the foreign-key checks of rows
 # inserted meanwhile (a task in the workspace, a login of the account).
 _LOCK_USER = select(User.id).where(User.id == bindparam("user_id")).with_for_update(key_share=True)
-_LOCK_WORKSPACE = (
-    select(Workspace.id)
-    .where(Workspace.id == bindparam("workspace_id"))
-    .with_for_update(key_share=True)
-)
 _WORKSPACES_OF_USER = (
     select(func.count()).select_from(Membership).where(Membership.user_id == bindparam("user_id"))
 )
-# A workspace's members, and whether the account about to be added is one of them already
-# (then the primary key answers, not a cap).
-_MEMBER_COUNT = select(
-    func.count(), func.coalesce(func.bool_or(Membership.user_id == bindparam("user_id")), False)
-).where(Membership.workspace_id == bindparam("workspace_id"))
-
-# Another account's memberships are hidden from the caller by row-level security: a
-# database function (migration 0008) locks that account's row and says whether it belongs
-# to `cap` workspaces or more, and nothing else about it.
-_ACCOUNT_AT_CAP = text(
-    "SELECT taskmanager_account_at_cap(:user_id, :workspace_id, :cap)"
-).bindparams(
-    bindparam("user_id", type_=Integer),
-    bindparam("workspace_id", type_=Integer),
-    bindparam("cap", type_=Integer),
+# An invitee cannot see the workspace they are joining (nor lock its row): a database
+# function (migration 0014) locks it and counts its members, for an invitee of it only.
+_INVITEE_MEMBER_COUNT = text("SELECT taskmanager_invitee_member_count(:workspace_id)").bindparams(
+    bindparam("workspace_id", type_=Integer)
 )
 
 
@@ -284,62 +267,37 @@ class WorkspaceRepository:
         ).first()
         return None if row is None else MemberView(*row)
 
-    async def user_id_by_email(self, email: str) -> int | None:
-        """The id of the account with `email` (any case): the one thing a caller may learn
-        about a user outside their workspaces (through a database function, since the
-        policy on users shows only co-members)."""
-        result = await self.session.execute(
-            text("SELECT taskmanager_user_id_by_email(:email)"), {"email": email}
-        )
-        value = result.scalar_one()
-        return None if value is None else int(value)
-
     async def membership(self, scope: Scope, workspace_id: int, user_id: int) -> Membership | None:
         """`user_id`'s membership of a workspace the caller belongs to."""
         if not scope.can_see(workspace_id):
             return None
         return await self.session.get(Membership, (workspace_id, user_id))
 
-    async def add_member(
-        self, scope: Scope, workspace_id: int, user_id: int, role: str, limits: MembershipLimits
+    async def join(
+        self, scope: Scope, workspace_id: int, role: Role, limits: MembershipLimits
     ) -> None:
-        """A new membership as `role` of a workspace where the caller may give that role;
-        one that exists already fails the primary key (409). MembershipLimitError if the
-        workspace has as many members as it may, or the account belongs to as many
-        workspaces as it may."""
-        if not may_manage(scope.actions_in(workspace_id), Role(role)):
-            raise PermissionError(
-                f"user {scope.user_id} may not add a {role} to workspace {workspace_id}"
+        """The caller's own membership of `workspace_id` as `role`, which only an open,
+        unexpired invitation of their verified address to exactly that role allows (the
+        policy of migration 0014 refuses anything else). MembershipLimitError if the caller
+        belongs to as many workspaces as an account may, or the workspace has as many
+        members as it may; both rows are locked first, so joins that race queue."""
+        await self.session.execute(_LOCK_USER, {"user_id": scope.user_id})
+        joined = (
+            await self.session.execute(_WORKSPACES_OF_USER, {"user_id": scope.user_id})
+        ).scalar_one()
+        if joined >= limits.workspaces_per_user:
+            raise MembershipLimitError(Limit.CALLERS_WORKSPACES, joined, limits.workspaces_per_user)
+        members = (
+            await self.session.execute(_INVITEE_MEMBER_COUNT, {"workspace_id": workspace_id})
+        ).scalar_one()
+        if members >= limits.members_per_workspace:
+            raise MembershipLimitError(
+                Limit.WORKSPACE_MEMBERS, members, limits.members_per_workspace
             )
-        # Admins and owners adding people to one workspace at once queue on its row (any
-        # member may lock it, only workspaces:write may change it: migration 0010).
-        await self.session.execute(_LOCK_WORKSPACE, {"workspace_id": workspace_id})
-        members, already = (
-            await self.session.execute(
-                _MEMBER_COUNT, {"workspace_id": workspace_id, "user_id": user_id}
-            )
-        ).one()
-        if not already:
-            if members >= limits.members_per_workspace:
-                raise MembershipLimitError(
-                    Limit.WORKSPACE_MEMBERS, members, limits.members_per_workspace
-                )
-            at_cap = (
-                await self.session.execute(
-                    _ACCOUNT_AT_CAP,
-                    {
-                        "user_id": user_id,
-                        "workspace_id": workspace_id,
-                        "cap": limits.workspaces_per_user,
-                    },
-                )
-            ).scalar_one()
-            if at_cap:
-                raise MembershipLimitError(
-                    Limit.MEMBERS_WORKSPACES, limits.workspaces_per_user, limits.workspaces_per_user
-                )
         await self.session.execute(
-            insert(Membership).values(workspace_id=workspace_id, user_id=user_id, role=role)
+            insert(Membership).values(
+                workspace_id=workspace_id, user_id=scope.user_id, role=str(role)
+            )
         )
 
     async def lock_holders(self, scope: Scope, workspace_id: int, action: Action) -> Sequence[int]:

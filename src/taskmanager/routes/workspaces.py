@@ -30,7 +30,6 @@ from taskmanager.routes.permissions import require
 from taskmanager.routes.preconditions import IfMatch, get_for_change, get_or_404, set_etag
 from taskmanager.schemas import (
     INT4_MAX,
-    MemberAdd,
     MemberResponse,
     MemberUpdate,
     WorkspaceCreate,
@@ -181,50 +180,6 @@ async def delete_workspace(
     await repo.delete(workspace)
 
 
-@router.post(
-    "/{workspace_id}/members",
-    response_model=MemberResponse,
-    status_code=status.HTTP_201_CREATED,
-    responses={
-        201: {"headers": response_headers("Location")},
-        **problem_responses(401, 403, 404, 409, 413, 422, 503),
-    },
-    openapi_extra=token_scope(TokenScope.MEMBERS_WRITE),
-)
-async def add_member(
-    workspace_id: WorkspaceId,
-    body: MemberAdd,
-    repo: WorkspaceRepositoryDep,
-    user: CurrentUserDep,
-    request: Request,
-    response: Response,
-    limits: MembershipLimitsDep,
-) -> MemberView:
-    """Add the account with this email, with a role (member unless you say), to a
-    workspace where you are an admin or an owner; answers the new membership, at its own
-    URL. Only an owner gives the role owner (403 for an admin). 409 if it is a member
-    already, if the workspace has as many members as it may, or if the account belongs to
-    as many workspaces as an account may."""
-    _require(user, workspace_id, Action.MEMBERS_WRITE)
-    role = Role(body.role)
-    user.require_managing(workspace_id, role)
-    view = get_or_404(await repo.get(user, workspace_id), NOT_FOUND)
-    if view.personal and _owns(role):
-        raise ProblemError(
-            CONFLICT.problem("a personal workspace has one owner; add people with another role")
-        )
-    member_id = await repo.user_id_by_email(body.email)
-    if member_id is None:
-        raise BadInputError("body.email", "no account has this email")
-    await repo.add_member(user, workspace_id, member_id, body.role, limits)
-    member = await repo.member(user, workspace_id, member_id)
-    assert member is not None  # just inserted, in a workspace the caller belongs to
-    response.headers["Location"] = str(
-        request.url_for("get_member", workspace_id=workspace_id, user_id=member_id)
-    )
-    return member
-
-
 @router.get(
     "/{workspace_id}/members/{user_id}",
     response_model=MemberResponse,
@@ -265,7 +220,8 @@ async def remove_member(
     role = Role(membership.role)
     if not leaving:
         user.require_managing(workspace_id, role)
-    # A personal workspace has one owner (add_member), so this keeps its owner too.
+    # A personal workspace has one owner (nobody is invited as another), so this keeps
+    # its owner too.
     await _keep_an_owner(repo, user, workspace_id, user_id, role, "leave")
     await repo.remove_member(user, workspace_id, user_id)
 

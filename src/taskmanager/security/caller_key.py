@@ -112,6 +112,30 @@ class CallerKey:
         )
         return valid_until, self._mac(message)
 
+    def invitation_proof(
+        self,
+        invitation_id: uuid.UUID,
+        workspace_id: int,
+        address: str,
+        role: str,
+        token_hash: str,
+        lifetime_seconds: int,
+    ) -> tuple[int, str]:
+        """(valid_until, proof) for recording an invitation and its mail
+        (taskmanager_record_invitation, migration 0014)."""
+        valid_until = int(time.time()) + SERVICE_PROOF_SECONDS
+        message = (
+            f"invitation|{invitation_id}|{workspace_id}|{address}|{role}|{token_hash}|"
+            f"{lifetime_seconds}|{valid_until}"
+        )
+        return valid_until, self._mac(message)
+
+    def invitation_resend_proof(self, invitation_id: uuid.UUID) -> tuple[int, str]:
+        """(valid_until, proof) for mailing an invitation again
+        (taskmanager_resend_invitation, migration 0014)."""
+        valid_until = int(time.time()) + SERVICE_PROOF_SECONDS
+        return valid_until, self._mac(f"invitation-resend|{invitation_id}|{valid_until}")
+
     def pads(self) -> tuple[bytes, bytes]:
         """The key as the database keeps it: HMAC's inner and outer padded keys."""
         padded = self._key.ljust(_BLOCK, b"\0")
