@@ -33,6 +33,7 @@ from taskmanager.security.roles import Action
 from tests.auth.conftest import ClientAt
 from tests.support.accounts import Account
 from tests.support.databases import TEST_KEY
+from tests.support.invitations import add_member
 from tests.support.problems import assert_problem, assert_validation_problem
 from tests.support.row_level_security import is_policy_violation, leave_scope
 from tests.support.statements import count_statements
@@ -395,8 +396,7 @@ async def test_leaving_the_workspace_deletes_its_bound_tokens(
     client: AsyncClient, account: Account, member_account: Account
 ) -> None:
     team = (await client.post("/workspaces", json={"name": "Team"})).json()["id"]
-    added = await client.post(f"/workspaces/{team}/members", json={"email": member_account.email})
-    assert added.status_code == 201, added.text
+    await add_member(client, team, member_account.email, member_account.headers)
     bound = await make_access_token(client, member_account, ["tasks:read"], workspace_id=team)
     left = await client.delete(
         f"/workspaces/{team}/members/{member_account.user_id}", headers=member_account.headers
@@ -412,10 +412,7 @@ async def test_a_token_does_what_both_its_scopes_and_the_role_allow(
 ) -> None:
     """A viewer's token with tasks:write still cannot write: 403 naming the roles."""
     team = (await client.post("/workspaces", json={"name": "Team"})).json()["id"]
-    added = await client.post(
-        f"/workspaces/{team}/members", json={"email": member_account.email, "role": "viewer"}
-    )
-    assert added.status_code == 201, added.text
+    await add_member(client, team, member_account.email, member_account.headers, "viewer")
     token = (await make_access_token(client, member_account, ["tasks:write"]))["token"]
     response = await client.post(
         "/tasks", json={"title": "x", "workspace_id": team}, headers=bearer(token)
@@ -428,16 +425,16 @@ async def test_a_token_does_what_both_its_scopes_and_the_role_allow(
 async def test_a_membership_a_token_gives_is_within_its_scopes(
     client: AsyncClient, account: Account, member_account: Account
 ) -> None:
-    """members:write without tasks:write adds viewers, not members (who could write)."""
+    """members:write without tasks:write invites viewers, not members (who could write)."""
     team = (await client.post("/workspaces", json={"name": "Team"})).json()["id"]
     token = bearer((await make_access_token(client, account, ["members:write"]))["token"])
     body = {"email": member_account.email, "role": "member"}
-    refused = await client.post(f"/workspaces/{team}/members", json=body, headers=token)
+    refused = await client.post(f"/workspaces/{team}/invitations", json=body, headers=token)
     detail = assert_problem(refused, 403, problem_type=FORBIDDEN)["detail"]
     assert detail == "a membership as member needs an access token with the scope tasks:write"
     body["role"] = "viewer"
-    added = await client.post(f"/workspaces/{team}/members", json=body, headers=token)
-    assert added.status_code == 201, added.text
+    invited = await client.post(f"/workspaces/{team}/invitations", json=body, headers=token)
+    assert invited.status_code == 202, invited.text
 
 
 # ─────────────────────────────── the database, with the application out of the way
