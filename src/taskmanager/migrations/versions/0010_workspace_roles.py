@@ -50,12 +50,18 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from taskmanager.migrations.schema_statements import (
+    PIN,
+    grant_to_caller,
+    in_current_schema,
+    revoke_from_caller,
+)
+
 revision: str = "0010"
 down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-PIN = "SET search_path = pg_catalog, pg_temp"
 
 # taskmanager.security.roles.PERMISSIONS as this revision stores it (weakest role first).
 MATRIX: dict[str, tuple[str, ...]] = {
@@ -154,37 +160,6 @@ OLD_POLICIES: dict[str, dict[str, str | None]] = {
 }
 
 
-def _in_current_schema(statement: str) -> None:
-    """Run `statement` with `{schema}` standing for the schema the migration runs in, as
-    0003's helper of the same name does (`alembic upgrade head --sql` needs no server)."""
-    template = statement.replace("%", "%%").replace("{schema}", "%1$I")
-    assert "$statement$" not in template, statement
-    op.execute(
-        f"DO $do$ BEGIN EXECUTE format($statement${template}$statement$, current_schema()); "
-        "END $do$"
-    )
-
-
-def _grant_to_caller(privileges: str) -> None:
-    """GRANT `privileges` (`{schema}`: the current schema) to the deployment's caller role
-    (migration 0008)."""
-    template = privileges.replace("{schema}", "%1$I")
-    op.execute(
-        "DO $do$ BEGIN EXECUTE format("
-        f"$grant$GRANT {template} TO %2$I$grant$, current_schema(), taskmanager_caller_role()); "
-        "END $do$"
-    )
-
-
-def _revoke_from_caller(privileges: str) -> None:
-    template = privileges.replace("{schema}", "%1$I")
-    op.execute(
-        "DO $do$ BEGIN EXECUTE format("
-        f"$revoke$REVOKE {template} FROM %2$I$revoke$, current_schema(), "
-        "taskmanager_caller_role()); END $do$"
-    )
-
-
 def _role_known(roles: Sequence[str]) -> None:
     op.execute(f"ALTER TABLE memberships DROP CONSTRAINT {ROLE_KNOWN}")
     listed = ", ".join(f"'{role}'" for role in roles)
@@ -213,7 +188,7 @@ def _matrix() -> None:
 def _functions() -> None:
     # The caller's (workspace, action) pairs: every function below reads what a caller may
     # do from here, and nowhere else.
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_caller_permissions()
         RETURNS TABLE (workspace_id integer, action text)
@@ -227,7 +202,7 @@ def _functions() -> None:
         $$
         """
     )
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_workspace_ids_allowing(action text)
         RETURNS integer[]
@@ -237,7 +212,7 @@ def _functions() -> None:
               WHERE c.action = taskmanager_workspace_ids_allowing.action $$
         """
     )
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_manageable_memberships() RETURNS text[]
         LANGUAGE sql STABLE SECURITY DEFINER {PIN}
@@ -255,7 +230,7 @@ def _functions() -> None:
               WHERE 'members:write' = ANY (mine.actions) AND roles.actions <@ mine.actions $$
         """
     )
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_workspace_roles() RETURNS jsonb
         LANGUAGE sql STABLE SECURITY DEFINER {PIN}
@@ -269,7 +244,7 @@ def _functions() -> None:
 def _account_at_cap(who_may_add: str, only_for: str) -> None:
     """taskmanager_account_at_cap (0008), for a caller whose workspaces `who_may_add` (an
     array expression) lists the workspace."""
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE OR REPLACE FUNCTION {{schema}}.taskmanager_account_at_cap(
             account integer, workspace integer, cap integer)
@@ -312,20 +287,20 @@ def upgrade() -> None:
     # The policies call these; the caller never calls taskmanager_caller_permissions()
     # itself (the functions above do, as the owner).
     for function in (WORKSPACE_IDS_ALLOWING, MANAGEABLE_MEMBERSHIPS):
-        _grant_to_caller(f"EXECUTE ON FUNCTION {{schema}}.{function}")
+        grant_to_caller(f"EXECUTE ON FUNCTION {{schema}}.{function}")
     # The service's first statement calls this beside taskmanager_enter, before it switches
     # to the caller role: for PUBLIC, as the door itself (only the service's login may
     # connect, 0008). It answers the sealed caller's own roles, nobody else's.
     op.execute(f"REVOKE ALL ON FUNCTION {WORKSPACE_ROLES} FROM PUBLIC")
     op.execute(f"GRANT EXECUTE ON FUNCTION {WORKSPACE_ROLES} TO PUBLIC")
     # A membership changes its role, nothing else: not whose it is, nor where.
-    _revoke_from_caller("UPDATE ON {schema}.memberships")
-    _grant_to_caller("UPDATE (role) ON {schema}.memberships")
+    revoke_from_caller("UPDATE ON {schema}.memberships")
+    grant_to_caller("UPDATE (role) ON {schema}.memberships")
 
 
 def downgrade() -> None:
-    _revoke_from_caller("UPDATE (role) ON {schema}.memberships")
-    _grant_to_caller("UPDATE ON {schema}.memberships")
+    revoke_from_caller("UPDATE (role) ON {schema}.memberships")
+    grant_to_caller("UPDATE ON {schema}.memberships")
     _policies(OLD_POLICIES)
     _account_at_cap("{schema}.taskmanager_owned_workspace_ids()", "an owner")
     for function in (WORKSPACE_ROLES, MANAGEABLE_MEMBERSHIPS, WORKSPACE_IDS_ALLOWING):

@@ -49,12 +49,13 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from taskmanager.migrations.schema_statements import PIN, grant_to_caller, in_current_schema
+
 revision: str = "0011"
 down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-PIN = "SET search_path = pg_catalog, pg_temp"
 LOG_ACTIVITY = "taskmanager_log_activity()"
 PURGE_ACTIVITY = "taskmanager_purge_activity(integer)"
 TRIGGER = "taskmanager_activity"
@@ -111,27 +112,6 @@ BOOKKEEPING = (
 )
 
 
-def _in_current_schema(statement: str) -> None:
-    """Run `statement` with `{schema}` standing for the schema the migration runs in (as
-    0003's helper of the same name does: `alembic upgrade head --sql` needs no server)."""
-    template = statement.replace("%", "%%").replace("{schema}", "%1$I")
-    assert "$statement$" not in template, statement
-    op.execute(
-        f"DO $do$ BEGIN EXECUTE format($statement${template}$statement$, current_schema()); "
-        "END $do$"
-    )
-
-
-def _grant_to_caller(privileges: str) -> None:
-    """GRANT `privileges` (`{schema}`: the current schema) to the deployment's caller role."""
-    template = privileges.replace("{schema}", "%1$I")
-    op.execute(
-        "DO $do$ BEGIN EXECUTE format("
-        f"$grant$GRANT {template} TO %2$I$grant$, current_schema(), taskmanager_caller_role()); "
-        "END $do$"
-    )
-
-
 def log_changes_of(table: str, *arguments: str) -> None:
     """Log every change of `table` (taskmanager_log_activity's `arguments`: see LOGGED)."""
     quoted = ", ".join("'" + argument.replace("'", "''") + "'" for argument in arguments)
@@ -179,7 +159,7 @@ def _table() -> None:
 def _log_function() -> None:
     bookkeeping = ", ".join(f"'{column}'" for column in BOOKKEEPING)
     unlogged = UNLOGGED_SUBJECT.encode().hex()
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_log_activity() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER {PIN}
@@ -279,7 +259,7 @@ def _log_function() -> None:
 
 def _purge_function() -> None:
     """The one way rows leave the log: older than `kept_days`, for maintenance only."""
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_purge_activity(kept_days integer) RETURNS bigint
         LANGUAGE plpgsql VOLATILE SECURITY DEFINER {PIN}
@@ -303,7 +283,7 @@ def _purge_function() -> None:
         """
     )
     op.execute(f"REVOKE ALL ON FUNCTION {PURGE_ACTIVITY} FROM PUBLIC")
-    _grant_to_caller(f"EXECUTE ON FUNCTION {{schema}}.{PURGE_ACTIVITY}")
+    grant_to_caller(f"EXECUTE ON FUNCTION {{schema}}.{PURGE_ACTIVITY}")
 
 
 def upgrade() -> None:
@@ -315,7 +295,7 @@ def upgrade() -> None:
         "CREATE POLICY activity_of_my_workspaces ON activity FOR SELECT "
         f"USING (workspace_id {MINE})"
     )
-    _grant_to_caller("SELECT ON {schema}.activity")
+    grant_to_caller("SELECT ON {schema}.activity")
     _log_function()
     _purge_function()
     for table, arguments in LOGGED.items():

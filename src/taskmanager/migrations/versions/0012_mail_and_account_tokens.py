@@ -37,13 +37,20 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from taskmanager.migrations.schema_statements import (
+    PIN,
+    grant_to_caller,
+    hmac,
+    in_current_schema,
+    refuse_a_tampered_session,
+    revoke_from_caller,
+)
+
 revision: str = "0012"
 down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-PIN = "SET search_path = pg_catalog, pg_temp"
-TAMPERED = "42T01"  # as 0008 refuses a tampered connection
 
 RECORD_MAIL = "taskmanager_record_mail(text, text, uuid, text, integer, bigint, text)"
 VERIFY_EMAIL = "taskmanager_verify_email(text)"
@@ -95,63 +102,10 @@ SEAL = (
 )
 
 
-def hmac(message: str) -> str:
-    """HMAC-SHA256 of the SQL text expression `message`, hex, with the key read into the
-    PL/pgSQL record `key` (0008's helper of the same name)."""
-    return (
-        f"encode(sha256(key.outer_pad || sha256(key.inner_pad || convert_to({message}, "
-        "'UTF8'))), 'hex')"
-    )
-
-
-def _refuse_a_tampered_session(function: str) -> str:
-    """As 0008's: a session on which SQL prepared a statement serves no caller (a token
-    passed to these functions must not be caught by a statement someone else prepared).
-    And only a caller entered through taskmanager_enter may call at all: a caller set by
-    hand fails the seal's check (42501), and none is refused here."""
-    return f"""IF EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql) THEN
-                RAISE EXCEPTION '{function}: a statement was prepared with SQL on '
-                    'this connection; it serves no caller any more' USING ERRCODE = '{TAMPERED}';
-            END IF;
-            IF {{schema}}.taskmanager_purpose() IS NULL THEN
-                RAISE EXCEPTION '{function}: only for a caller entered through '
-                    'taskmanager_enter' USING ERRCODE = '42501';
-            END IF;"""
-
-
-def _in_current_schema(statement: str) -> None:
-    """Run `statement` with `{schema}` standing for the schema the migration runs in, as
-    0003's helper of the same name does (`alembic upgrade head --sql` needs no server)."""
-    template = statement.replace("%", "%%").replace("{schema}", "%1$I")
-    assert "$statement$" not in template, statement
-    op.execute(
-        f"DO $do$ BEGIN EXECUTE format($statement${template}$statement$, current_schema()); "
-        "END $do$"
-    )
-
-
-def _grant_to_caller(privileges: str) -> None:
-    template = privileges.replace("{schema}", "%1$I")
-    op.execute(
-        "DO $do$ BEGIN EXECUTE format("
-        f"$grant$GRANT {template} TO %2$I$grant$, current_schema(), taskmanager_caller_role()); "
-        "END $do$"
-    )
-
-
-def _revoke_from_caller(privileges: str) -> None:
-    template = privileges.replace("{schema}", "%1$I")
-    op.execute(
-        "DO $do$ BEGIN EXECUTE format("
-        f"$revoke$REVOKE {template} FROM %2$I$revoke$, current_schema(), "
-        "taskmanager_caller_role()); END $do$"
-    )
-
-
 def _attempt_keys_function(mail_keys: bool) -> None:
     """taskmanager_attempt_keys() as 0008 made it (the seal checked the same way), with or
     without the mail keys."""
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE OR REPLACE FUNCTION {{schema}}.taskmanager_attempt_keys() RETURNS text[]
         LANGUAGE plpgsql STABLE SECURITY DEFINER {PIN}
@@ -253,7 +207,7 @@ def _functions() -> None:
     # the address `address` (any case). False, and nothing recorded, when there is no such
     # account. The proof is the service's (taskmanager.security.caller_key.mail_proof):
     # over every argument, good for 15 minutes at most.
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_record_mail(
             kind text, address text, token_id uuid, token_hash text, lifetime_seconds integer,
@@ -267,7 +221,7 @@ def _functions() -> None:
             lifetime integer := least(greatest(lifetime_seconds, 60), {MAX_TOKEN_SECONDS});
             mail_kind text := taskmanager_record_mail.kind;
         BEGIN
-            {_refuse_a_tampered_session("taskmanager_record_mail")}
+            {refuse_a_tampered_session("taskmanager_record_mail")}
             SELECT k.inner_pad, k.outer_pad INTO key FROM {{schema}}.caller_key k;
             IF proof IS NULL OR proof IS DISTINCT FROM {
             hmac(
@@ -313,7 +267,7 @@ def _functions() -> None:
     # mailbox's owner alone has the token) and mark the account's address verified, if it
     # is still the address the token was mailed to. The account's id, or NULL (unknown,
     # spent or expired token).
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_verify_email(token_hash text)
         RETURNS integer
@@ -322,7 +276,7 @@ def _functions() -> None:
         DECLARE
             spent record;
         BEGIN
-            {_refuse_a_tampered_session("taskmanager_verify_email")}
+            {refuse_a_tampered_session("taskmanager_verify_email")}
             UPDATE {{schema}}.account_tokens t SET used_at = now()
             WHERE t.token_hash = taskmanager_verify_email.token_hash
               AND t.purpose = 'verify_email' AND t.used_at IS NULL AND t.expires_at > now()
@@ -341,14 +295,14 @@ def _functions() -> None:
     )
     # Whether `token_hash` is a password-reset token that would be accepted now (checked
     # before the new password is hashed, so junk tokens cost no hashing).
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_password_reset_valid(token_hash text)
         RETURNS boolean
         LANGUAGE plpgsql STABLE SECURITY DEFINER {PIN}
         AS $$
         BEGIN
-            {_refuse_a_tampered_session("taskmanager_password_reset_valid")}
+            {refuse_a_tampered_session("taskmanager_password_reset_valid")}
             RETURN EXISTS (
                 SELECT FROM {{schema}}.account_tokens t
                 JOIN {{schema}}.users u ON u.id = t.user_id
@@ -362,7 +316,7 @@ def _functions() -> None:
     # hash, spend the account's other reset tokens, and end every login session of the
     # account (its access tokens answer 401 from the next request on). The token proves
     # the mailbox, so the address counts as verified too. The account's id, or NULL.
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_reset_password(
             token_hash text, new_password_hash text)
@@ -372,7 +326,7 @@ def _functions() -> None:
         DECLARE
             spent record;
         BEGIN
-            {_refuse_a_tampered_session("taskmanager_reset_password")}
+            {refuse_a_tampered_session("taskmanager_reset_password")}
             IF new_password_hash IS NULL OR new_password_hash NOT LIKE '$argon2%' THEN
                 RAISE EXCEPTION 'taskmanager_reset_password: not a password hash'
                     USING ERRCODE = '22023';
@@ -408,13 +362,13 @@ def upgrade() -> None:
     _attempt_keys_function(mail_keys=True)
     for function in FUNCTIONS:
         op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
-        _grant_to_caller(f"EXECUTE ON FUNCTION {{schema}}.{function}")
-    _grant_to_caller(OUTBOX_GRANT)
-    _grant_to_caller(USERS_GRANT)
+        grant_to_caller(f"EXECUTE ON FUNCTION {{schema}}.{function}")
+    grant_to_caller(OUTBOX_GRANT)
+    grant_to_caller(USERS_GRANT)
 
 
 def downgrade() -> None:
-    _revoke_from_caller(USERS_GRANT)
+    revoke_from_caller(USERS_GRANT)
     _attempt_keys_function(mail_keys=False)
     for function in FUNCTIONS:
         op.execute(f"DROP FUNCTION {function}")

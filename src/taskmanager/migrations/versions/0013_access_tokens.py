@@ -46,14 +46,19 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from taskmanager.migrations.schema_statements import (
+    PIN,
+    TAMPERED,
+    grant_to_caller,
+    hmac,
+    in_current_schema,
+)
+
 revision: str = "0013"
 down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-PIN = "SET search_path = pg_catalog, pg_temp"
-# The SQLSTATE taskmanager_enter refuses a tampered connection with (as 0008).
-TAMPERED = "42T01"
 # taskmanager.security.access_tokens.TokenScope as this revision stores it.
 SCOPES = (
     "tasks:read",
@@ -109,37 +114,6 @@ POLICIES: dict[str, dict[str, str]] = {
 }
 
 
-def _in_current_schema(statement: str) -> None:
-    """Run `statement` with `{schema}` standing for the schema the migration runs in, as
-    0003's helper of the same name does (`alembic upgrade head --sql` needs no server)."""
-    template = statement.replace("%", "%%").replace("{schema}", "%1$I")
-    assert "$statement$" not in template, statement
-    op.execute(
-        f"DO $do$ BEGIN EXECUTE format($statement${template}$statement$, current_schema()); "
-        "END $do$"
-    )
-
-
-def _grant_to_caller(privileges: str) -> None:
-    """GRANT `privileges` (`{schema}`: the current schema) to the deployment's caller role
-    (migration 0008)."""
-    template = privileges.replace("{schema}", "%1$I")
-    op.execute(
-        "DO $do$ BEGIN EXECUTE format("
-        f"$grant$GRANT {template} TO %2$I$grant$, current_schema(), taskmanager_caller_role()); "
-        "END $do$"
-    )
-
-
-def _hmac(message: str) -> str:
-    """HMAC-SHA256 of the SQL text expression `message` with the installed caller key (the
-    PL/pgSQL record `key`), hex: 0008's."""
-    return (
-        f"encode(sha256(key.outer_pad || sha256(key.inner_pad || convert_to({message}, "
-        "'UTF8'))), 'hex')"
-    )
-
-
 # 0008's seal of a caller.
 SEAL = (
     "format('seal|%s|%s|%s', caller, pg_backend_pid(), "
@@ -184,7 +158,7 @@ def _enter(with_tokens: bool) -> None:
     purpose 'token'."""
     token_branch = TOKEN_BRANCH if with_tokens else ""
     token_answer = TOKEN_ANSWER if with_tokens else ""
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE OR REPLACE FUNCTION {{schema}}.taskmanager_enter(
             entered_user integer, entered_session uuid, purpose text, valid_until bigint,
@@ -208,7 +182,7 @@ def _enter(with_tokens: bool) -> None:
             END IF;
             SELECT k.inner_pad, k.outer_pad INTO key FROM {{schema}}.caller_key k;
             IF proof IS NULL OR proof IS DISTINCT FROM {
-            _hmac(
+            hmac(
                 "format('enter|%s|%s|%s|%s|%s', entered_user, entered_session, purpose, "
                 "valid_until, subject)"
             )
@@ -268,7 +242,7 @@ def _enter(with_tokens: bool) -> None:
             -- hash) in hex: it is the client's text, and may hold '|'.
             caller := format('%s|%s|%s|%s', entered_user, entered_session, purpose,
                              encode(convert_to(subject, 'UTF8'), 'hex'));
-            PERFORM set_config('taskmanager.caller', caller || '|' || {_hmac(SEAL)}, true);
+            PERFORM set_config('taskmanager.caller', caller || '|' || {hmac(SEAL)}, true);
             {token_answer}RETURN QUERY
                 SELECT entered_user,
                        (SELECT u.personal_workspace_id FROM {{schema}}.users u
@@ -329,7 +303,7 @@ def _table() -> None:
     op.execute("REVOKE ALL ON access_tokens FROM PUBLIC")
     # The caller reads everything but the hash, and writes none of the columns the door or
     # taskmanager_token_used keep (as the owner).
-    _grant_to_caller(
+    grant_to_caller(
         "SELECT (id, user_id, workspace_id, name, prefix, scopes, created_at, expires_at, "
         "last_used_at), INSERT (id, user_id, workspace_id, name, token_hash, prefix, scopes, "
         "expires_at), DELETE ON {schema}.access_tokens"
@@ -339,7 +313,7 @@ def _table() -> None:
 def _functions() -> None:
     # The caller's (workspace, action) pairs (0010): a token's are its role's actions that
     # are also its scopes, in its workspace only if it is bound to one. One seal check.
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE OR REPLACE FUNCTION {{schema}}.taskmanager_caller_permissions()
         RETURNS TABLE (workspace_id integer, action text)
@@ -360,7 +334,7 @@ def _functions() -> None:
     )
     # What the read policies and the search read: where the caller may do tasks:read (every
     # role may: a login's memberships, as before).
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE OR REPLACE FUNCTION {{schema}}.taskmanager_workspace_ids() RETURNS integer[]
         LANGUAGE sql STABLE SECURITY DEFINER {PIN}
@@ -369,7 +343,7 @@ def _functions() -> None:
               WHERE c.action = 'tasks:read' $$
         """
     )
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE OR REPLACE FUNCTION {{schema}}.taskmanager_workspace_roles() RETURNS jsonb
         LANGUAGE sql STABLE SECURITY DEFINER {PIN}
@@ -381,7 +355,7 @@ def _functions() -> None:
         """
     )
     # The entered token, for the service's first statement: NULL unless the caller is one.
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_caller_token() RETURNS jsonb
         LANGUAGE sql STABLE SECURITY DEFINER {PIN}
@@ -396,7 +370,7 @@ def _functions() -> None:
     )
     # A use of the entered token: last_used_at stamped, unless it was within USED_EVERY
     # (then nothing is written). Whether it stamped.
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_token_used() RETURNS boolean
         LANGUAGE sql VOLATILE SECURITY DEFINER {PIN}
@@ -412,7 +386,7 @@ def _functions() -> None:
         """
     )
     # false only for a token without `scope` (or, `anywhere`, bound to a workspace).
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_token_allows(scope text, anywhere boolean)
         RETURNS boolean
@@ -443,7 +417,7 @@ def upgrade() -> None:
         op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
     # The policies call this one; the service's background stamp calls the next.
     for function in (TOKEN_ALLOWS, TOKEN_USED):
-        _grant_to_caller(f"EXECUTE ON FUNCTION {{schema}}.{function}")
+        grant_to_caller(f"EXECUTE ON FUNCTION {{schema}}.{function}")
     # Read in the service's first statement, before the switch to the caller role (as
     # taskmanager_workspace_roles, 0010): it answers the sealed caller's own token only.
     op.execute(f"GRANT EXECUTE ON FUNCTION {CALLER_TOKEN} TO PUBLIC")
@@ -459,7 +433,7 @@ def downgrade() -> None:
     for function in (TOKEN_ALLOWS, TOKEN_USED, CALLER_TOKEN):
         op.execute(f"DROP FUNCTION {function}")
     # 0010's and 0003's bodies.
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE OR REPLACE FUNCTION {{schema}}.taskmanager_workspace_roles() RETURNS jsonb
         LANGUAGE sql STABLE SECURITY DEFINER {PIN}
@@ -468,7 +442,7 @@ def downgrade() -> None:
               WHERE m.user_id = {{schema}}.taskmanager_user_id() $$
         """
     )
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE OR REPLACE FUNCTION {{schema}}.taskmanager_workspace_ids() RETURNS integer[]
         LANGUAGE sql STABLE SECURITY DEFINER {PIN}
@@ -476,7 +450,7 @@ def downgrade() -> None:
               WHERE user_id = {{schema}}.taskmanager_user_id() AND true $$
         """
     )
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE OR REPLACE FUNCTION {{schema}}.taskmanager_caller_permissions()
         RETURNS TABLE (workspace_id integer, action text)

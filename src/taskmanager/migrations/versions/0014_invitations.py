@@ -54,13 +54,19 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from taskmanager.migrations.schema_statements import (
+    PIN,
+    grant_to_caller,
+    hmac,
+    in_current_schema,
+    refuse_a_tampered_session,
+)
+
 revision: str = "0014"
 down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-PIN = "SET search_path = pg_catalog, pg_temp"
-TAMPERED = "42T01"  # as 0008 refuses a tampered connection
 ROLES = ("viewer", "member", "admin", "owner")
 # Longest an invitation may be made to last, whatever the service asks (30 days).
 MAX_LIFETIME_SECONDS = 30 * 24 * 3600
@@ -137,48 +143,6 @@ LOG_INVITATIONS = (
 TRIGGER = "taskmanager_activity"
 
 
-def hmac(message: str) -> str:
-    """HMAC-SHA256 of the SQL text expression `message`, hex, with the key read into the
-    PL/pgSQL record `key` (0008's helper of the same name)."""
-    return (
-        f"encode(sha256(key.outer_pad || sha256(key.inner_pad || convert_to({message}, "
-        "'UTF8'))), 'hex')"
-    )
-
-
-def _refuse_a_tampered_session(function: str) -> str:
-    """As 0012's: no caller on a session where SQL prepared a statement, and only a caller
-    entered through taskmanager_enter (a forged one fails the seal's check: 42501)."""
-    return f"""IF EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql) THEN
-                RAISE EXCEPTION '{function}: a statement was prepared with SQL on '
-                    'this connection; it serves no caller any more' USING ERRCODE = '{TAMPERED}';
-            END IF;
-            IF {{schema}}.taskmanager_purpose() IS NULL THEN
-                RAISE EXCEPTION '{function}: only for a caller entered through '
-                    'taskmanager_enter' USING ERRCODE = '42501';
-            END IF;"""
-
-
-def _in_current_schema(statement: str) -> None:
-    """Run `statement` with `{schema}` standing for the schema the migration runs in, as
-    0003's helper of the same name does (`alembic upgrade head --sql` needs no server)."""
-    template = statement.replace("%", "%%").replace("{schema}", "%1$I")
-    assert "$statement$" not in template, statement
-    op.execute(
-        f"DO $do$ BEGIN EXECUTE format($statement${template}$statement$, current_schema()); "
-        "END $do$"
-    )
-
-
-def _grant_to_caller(privileges: str) -> None:
-    template = privileges.replace("{schema}", "%1$I")
-    op.execute(
-        "DO $do$ BEGIN EXECUTE format("
-        f"$grant$GRANT {template} TO %2$I$grant$, current_schema(), taskmanager_caller_role()); "
-        "END $do$"
-    )
-
-
 def _table() -> None:
     op.create_table(
         "invitations",
@@ -244,7 +208,7 @@ def _mail_payload(row: str, minutes: str) -> str:
 def _functions() -> None:
     # The caller's own address in lower case, if they proved it (0012's email_verified_at)
     # and the account is active; NULL otherwise. taskmanager_user_id() checks the seal.
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_caller_verified_email() RETURNS text
         LANGUAGE sql STABLE SECURITY DEFINER {PIN}
@@ -255,7 +219,7 @@ def _functions() -> None:
     )
     # Whether the caller holds an open, unexpired invitation to `workspace` as exactly
     # `invited_role` (the memberships' INSERT policy).
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_invited_as(workspace integer, invited_role text)
         RETURNS boolean
@@ -271,7 +235,7 @@ def _functions() -> None:
     # Accepting: how many members `workspace` has, its row locked until the transaction
     # ends (additions to one workspace queue there, as 0010's repository code locks it).
     # Only for a caller with an open, unexpired invitation there; nothing else about it.
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_invitee_member_count(workspace integer)
         RETURNS integer
@@ -295,7 +259,7 @@ def _functions() -> None:
     )
     # The caller's open, unexpired invitations, with what they cannot see yet: the
     # workspace's name and the inviter's display name.
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_my_invitations()
         RETURNS TABLE (id uuid, workspace_id integer, workspace_name text, role text,
@@ -316,7 +280,7 @@ def _functions() -> None:
     # Invite: the invitation (its token's hash only) and its mail's outbox row, in the
     # caller's transaction, with the service's proof over every argument (15 minutes at
     # most), for a caller who may give `invited_role` in `workspace`.
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_record_invitation(
             invitation_id uuid, workspace integer, address text, invited_role text,
@@ -329,7 +293,7 @@ def _functions() -> None:
             made record;
             lifetime integer := least(greatest(lifetime_seconds, 60), {MAX_LIFETIME_SECONDS});
         BEGIN
-            {_refuse_a_tampered_session("taskmanager_record_invitation")}
+            {refuse_a_tampered_session("taskmanager_record_invitation")}
             SELECT k.inner_pad, k.outer_pad INTO key FROM {{schema}}.caller_key k;
             IF proof IS NULL OR proof IS DISTINCT FROM {
             hmac(
@@ -362,7 +326,7 @@ def _functions() -> None:
     # Resend: mail an open, unexpired invitation of a role the caller may give once more
     # (the same link), counted. Whether it did. The limits are the service's (checked on
     # the row, locked, before): the proof says the service asked.
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_resend_invitation(
             invitation_id uuid, valid_until bigint, proof text)
@@ -373,7 +337,7 @@ def _functions() -> None:
             key record;
             sent record;
         BEGIN
-            {_refuse_a_tampered_session("taskmanager_resend_invitation")}
+            {refuse_a_tampered_session("taskmanager_resend_invitation")}
             SELECT k.inner_pad, k.outer_pad INTO key FROM {{schema}}.caller_key k;
             IF proof IS NULL OR proof IS DISTINCT FROM {
             hmac("format('invitation-resend|%s|%s', invitation_id, valid_until)")
@@ -411,7 +375,7 @@ def _drop_adding_by_address() -> None:
 
 def _restore_adding_by_address() -> None:
     """0008's taskmanager_user_id_by_email and 0010's taskmanager_account_at_cap."""
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_user_id_by_email(address text)
         RETURNS integer
@@ -421,7 +385,7 @@ def _restore_adding_by_address() -> None:
                 AND {{schema}}.taskmanager_user_id() IS NOT NULL $$
         """
     )
-    _in_current_schema(
+    in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_account_at_cap(
             account integer, workspace integer, cap integer)
@@ -444,7 +408,7 @@ def _restore_adding_by_address() -> None:
     )
     for function in (USER_ID_BY_EMAIL, ACCOUNT_AT_CAP):
         op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
-        _grant_to_caller(f"EXECUTE ON FUNCTION {{schema}}.{function}")
+        grant_to_caller(f"EXECUTE ON FUNCTION {{schema}}.{function}")
 
 
 def _memberships_create(definition: str) -> None:
@@ -461,8 +425,8 @@ def upgrade() -> None:
         op.execute(f"CREATE POLICY {name} ON invitations {definition}")
     for function in FUNCTIONS:
         op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
-        _grant_to_caller(f"EXECUTE ON FUNCTION {{schema}}.{function}")
-    _grant_to_caller(INVITATIONS_GRANT)
+        grant_to_caller(f"EXECUTE ON FUNCTION {{schema}}.{function}")
+    grant_to_caller(INVITATIONS_GRANT)
     _memberships_create(MEMBERSHIPS_CREATE)
     _drop_adding_by_address()
     arguments = ", ".join(f"'{argument}'" for argument in LOG_INVITATIONS)
