@@ -248,6 +248,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Open, unexpired invitations a workspace may have; inviting one more is 409.",
     )
+    invitation_retention_days: int = Field(
+        default=30,
+        ge=1,
+        description="How long an invitation is kept once accepted, declined, revoked or "
+        "expired (its answer stays precise until then): `taskmanager db purge-mail-tokens` "
+        "deletes older ones.",
+    )
     activity_retention_days: int = Field(
         default=365,
         ge=1,

@@ -445,6 +445,9 @@ DEFINER_CALLS = {
         "SELECT taskmanager_matches_at_least(ARRAY['secret'], 1)"
     ),
     "taskmanager_purge_activity(integer)": "SELECT taskmanager_purge_activity(1)",
+    # Housekeeping (migrations 0012 and 0014): maintenance only.
+    "taskmanager_purge_account_tokens()": "SELECT taskmanager_purge_account_tokens()",
+    "taskmanager_purge_invitations(integer)": "SELECT taskmanager_purge_invitations(1)",
     # A trigger's (asyncpg cannot even describe a SELECT of it).
     "taskmanager_log_activity()": "DO $$ BEGIN PERFORM taskmanager_log_activity(); END $$",
     # A reset token of the attacker's choosing for the victim, and the victim's tokens.

@@ -318,3 +318,39 @@ def db_purge_logins(
     console.print(
         f"purged {sessions} ended login sessions and {windows} past password-attempt counts"
     )
+
+
+@db_app.command("purge-mail-tokens")
+def db_purge_mail_tokens(
+    invitation_days: Annotated[
+        int | None,
+        typer.Option(
+            help="Keep closed or expired invitations this many days (default: "
+            "TASKMANAGER_INVITATION_RETENTION_DAYS).",
+            min=1,
+        ),
+    ] = None,
+) -> None:
+    """Delete mailed account tokens (address verification, password reset) spent or
+    expired more than a day ago, and invitations accepted, declined, revoked or expired
+    longer ago than the retention (the activity log keeps their history)."""
+    from taskmanager.repositories.account_token_repository import AccountTokenRepository
+    from taskmanager.repositories.invitation_repository import InvitationRepository
+    from taskmanager.repositories.user_repository import UserRepository
+
+    settings = load_settings()
+    key = caller_key(settings)
+    days = settings.invitation_retention_days if invitation_days is None else invitation_days
+    with database_url(settings) as url:
+
+        async def purge(session: AsyncSession) -> tuple[int, int]:
+            await UserRepository(session).enter(key.entry("maintenance"))
+            tokens = await AccountTokenRepository(session).purge_spent()
+            return tokens, await InvitationRepository(session).purge_closed(days)
+
+        tokens, invitations = in_one_transaction(settings, url, purge)
+    console.print(
+        f"purged {tokens} account tokens spent or expired more than a day ago and "
+        f"{invitations} invitations closed or expired more than {days} days ago",
+        highlight=False,
+    )

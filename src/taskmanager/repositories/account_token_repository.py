@@ -35,6 +35,8 @@ _RECORD_MAIL = text(
 _VERIFY_EMAIL = text("SELECT taskmanager_verify_email(:token_hash)")
 _RESET_VALID = text("SELECT taskmanager_password_reset_valid(:token_hash)")
 _RESET_PASSWORD = text("SELECT taskmanager_reset_password(:token_hash, :new_hash)")
+# The only delete (migration 0012): for a transaction entered for maintenance.
+_PURGE = text("SELECT taskmanager_purge_account_tokens()")
 
 
 class AccountTokenRepository:
@@ -96,3 +98,8 @@ class AccountTokenRepository:
         )
         user_id: int | None = result.scalar_one()
         return user_id
+
+    async def purge_spent(self) -> int:
+        """Delete the tokens spent or expired more than a day ago (the transaction must have
+        entered for maintenance); returns how many."""
+        return int((await self.session.execute(_PURGE)).scalar_one())

@@ -87,6 +87,10 @@ _RESEND = text("SELECT taskmanager_resend_invitation(:id, :valid_until, :proof)"
     bindparam("valid_until", type_=BigInteger),
     bindparam("proof", type_=Text),
 )
+# The only delete (migration 0014), but a workspace's own: for maintenance.
+_PURGE = text("SELECT taskmanager_purge_invitations(:kept_days)").bindparams(
+    bindparam("kept_days", type_=Integer)
+)
 _MINE = text(
     "SELECT id, workspace_id, workspace_name, role, invited_by_name, created_at, expires_at "
     "FROM taskmanager_my_invitations()"
@@ -323,6 +327,15 @@ class InvitationRepository:
             .values({column: func.now()})
         )
         return bool(getattr(result, "rowcount", 0))
+
+    # ── housekeeping ──
+
+    async def purge_closed(self, kept_days: int) -> int:
+        """Delete the invitations accepted, declined, revoked or expired more than
+        `kept_days` days ago (the transaction must have entered for maintenance); returns
+        how many."""
+        result = await self.session.execute(_PURGE, {"kept_days": kept_days})
+        return int(result.scalar_one())
 
 
 __all__ = [

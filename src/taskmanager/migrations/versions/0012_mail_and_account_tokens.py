@@ -17,6 +17,10 @@
   wants one): SQL in a request cannot plant a hash of its choosing for anyone. The caller
   role has no privilege on the table at all; the token flows (verify, reset) go through
   functions that take the token's hash as their proof and do one narrow thing each.
+  Spent and expired tokens are deleted by `taskmanager db purge-mail-tokens`, through
+  taskmanager_purge_account_tokens (for a transaction entered for 'maintenance' only), a day
+  after the token was spent or expired, not sooner: a link clicked again is refused with or
+  without its row, and the day keeps the recent rows for looking into a complaint about one.
 - `users.email_verified_at`: set by a verification (or a password reset, which proves the
   same mailbox). Readable by the caller role; written only by those functions, or at
   INSERT by the operator's `taskmanager users create` (purpose 'register').
@@ -56,11 +60,14 @@ RECORD_MAIL = "taskmanager_record_mail(text, text, uuid, text, integer, bigint, 
 VERIFY_EMAIL = "taskmanager_verify_email(text)"
 RESET_VALID = "taskmanager_password_reset_valid(text)"
 RESET_PASSWORD = "taskmanager_reset_password(text, text)"
-FUNCTIONS = (RECORD_MAIL, VERIFY_EMAIL, RESET_VALID, RESET_PASSWORD)
+PURGE_ACCOUNT_TOKENS = "taskmanager_purge_account_tokens()"
+FUNCTIONS = (RECORD_MAIL, VERIFY_EMAIL, RESET_VALID, RESET_PASSWORD, PURGE_ACCOUNT_TOKENS)
 ATTEMPT_KEYS_FUNCTION = "taskmanager_attempt_keys()"
 
 # Longest a mailed token may be made to last, whatever the service asks (30 days).
 MAX_TOKEN_SECONDS = 30 * 24 * 3600
+# How long a spent or expired token's row stays before the purge may delete it.
+SPENT_TOKENS_KEPT = "1 day"
 
 # The caller role's privileges on the new tables and column.
 OUTBOX_GRANT = (
@@ -351,6 +358,29 @@ def _functions() -> None:
             SET revoked_at = now(), revoked_reason = 'password_reset'
             WHERE s.user_id = spent.user_id AND s.revoked_at IS NULL;
             RETURN spent.user_id;
+        END $$
+        """
+    )
+
+    # The only delete of account_tokens (but an account's own, which takes its tokens
+    # along): the rows spent or expired more than SPENT_TOKENS_KEPT ago, for maintenance.
+    in_current_schema(
+        f"""
+        CREATE FUNCTION {{schema}}.taskmanager_purge_account_tokens() RETURNS bigint
+        LANGUAGE plpgsql VOLATILE SECURITY DEFINER {PIN}
+        AS $$
+        DECLARE
+            purged bigint;
+        BEGIN
+            IF {{schema}}.taskmanager_purpose() IS DISTINCT FROM 'maintenance' THEN
+                RAISE EXCEPTION 'taskmanager_purge_account_tokens: only for maintenance'
+                    USING ERRCODE = '42501';
+            END IF;
+            -- least() passes over NULL: whichever came first, spent or expired.
+            DELETE FROM {{schema}}.account_tokens t
+            WHERE least(t.used_at, t.expires_at) < now() - interval '{SPENT_TOKENS_KEPT}';
+            GET DIAGNOSTICS purged = ROW_COUNT;
+            RETURN purged;
         END $$
         """
     )

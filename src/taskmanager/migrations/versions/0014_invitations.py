@@ -37,7 +37,13 @@ After:
   an account by its address any more, and no caller learns whether an address has one.
 - Every change of an invitation is logged (0011's trigger; its address and token hash
   omitted: the log is every member's to read, the invitations are the managers'):
-  invitation.created, .accepted, .declined, .revoked, .resent.
+  invitation.created, .accepted, .declined, .revoked, .resent. Its deletion is not: an
+  invitation leaves only with its workspace (which 0011 logs as workspace.deleted) or by
+  the purge below, which is housekeeping, not a change of anyone's (the log keeps the
+  invitation's history).
+- `taskmanager_purge_invitations(kept_days)`: `taskmanager db purge-mail-tokens` deletes
+  the invitations closed (accepted, declined, revoked) or expired more than `kept_days`
+  ago (at least one), for a transaction entered for 'maintenance' only.
 
 The downgrade drops the table (the invitations are lost; the memberships they made stay)
 and restores 0010's policy and 0008's and 0010's functions.
@@ -79,6 +85,7 @@ RECORD_INVITATION = (
     "taskmanager_record_invitation(uuid, integer, text, text, text, integer, bigint, text)"
 )
 RESEND_INVITATION = "taskmanager_resend_invitation(uuid, bigint, text)"
+PURGE_INVITATIONS = "taskmanager_purge_invitations(integer)"
 FUNCTIONS = (
     VERIFIED_EMAIL,
     INVITED_AS,
@@ -86,6 +93,7 @@ FUNCTIONS = (
     MY_INVITATIONS,
     RECORD_INVITATION,
     RESEND_INVITATION,
+    PURGE_INVITATIONS,
 )
 USER_ID_BY_EMAIL = "taskmanager_user_id_by_email(text)"
 ACCOUNT_AT_CAP = "taskmanager_account_at_cap(integer, integer, integer)"
@@ -367,6 +375,35 @@ def _functions() -> None:
         """
     )
 
+    # The only delete of invitations (but their workspace's): those closed or expired more
+    # than `kept_days` ago, for maintenance. least() passes over NULL: whichever came
+    # first, the answer (or revocation) or the expiry, ended the invitation.
+    in_current_schema(
+        f"""
+        CREATE FUNCTION {{schema}}.taskmanager_purge_invitations(kept_days integer)
+        RETURNS bigint
+        LANGUAGE plpgsql VOLATILE SECURITY DEFINER {PIN}
+        AS $$
+        DECLARE
+            purged bigint;
+        BEGIN
+            IF {{schema}}.taskmanager_purpose() IS DISTINCT FROM 'maintenance' THEN
+                RAISE EXCEPTION 'taskmanager_purge_invitations: only for maintenance'
+                    USING ERRCODE = '42501';
+            END IF;
+            IF kept_days IS NULL OR kept_days < 1 THEN
+                RAISE EXCEPTION 'taskmanager_purge_invitations: keep at least one day'
+                    USING ERRCODE = '22023';
+            END IF;
+            DELETE FROM {{schema}}.invitations i
+            WHERE least(i.accepted_at, i.declined_at, i.revoked_at, i.expires_at)
+                  < now() - make_interval(days => kept_days);
+            GET DIAGNOSTICS purged = ROW_COUNT;
+            RETURN purged;
+        END $$
+        """
+    )
+
 
 def _drop_adding_by_address() -> None:
     op.execute(f"DROP FUNCTION {USER_ID_BY_EMAIL}")
@@ -429,9 +466,11 @@ def upgrade() -> None:
     grant_to_caller(INVITATIONS_GRANT)
     _memberships_create(MEMBERSHIPS_CREATE)
     _drop_adding_by_address()
+    # Changes only, not deletions (the docstring: the purge is no change of anyone's, and
+    # a deleted workspace's invitations are not logged row by row anyway).
     arguments = ", ".join(f"'{argument}'" for argument in LOG_INVITATIONS)
     op.execute(
-        f"CREATE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON invitations "
+        f"CREATE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE ON invitations "
         f"FOR EACH ROW EXECUTE FUNCTION taskmanager_log_activity({arguments})"
     )
 
