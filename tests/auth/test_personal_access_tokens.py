@@ -35,7 +35,12 @@ from tests.support.accounts import Account
 from tests.support.databases import TEST_KEY
 from tests.support.invitations import add_member
 from tests.support.problems import assert_problem, assert_validation_problem
-from tests.support.row_level_security import is_policy_violation, leave_scope
+from tests.support.row_level_security import (
+    INSUFFICIENT_PRIVILEGE,
+    is_policy_violation,
+    leave_scope,
+    sqlstate,
+)
 from tests.support.statements import count_statements
 from tests.support.tokens import assert_unauthorized, bearer, make_access_token
 
@@ -494,6 +499,51 @@ async def test_sql_as_a_read_only_tokens_caller_cannot_write(
     assert is_policy_violation(raised.value), raised.value
     await leave_scope(db_session)
     assert (await db_session.scalar(select(Task.title).where(Task.id == task["id"]))) == "keep me"
+
+
+async def test_sql_as_an_account_write_tokens_caller_cannot_set_the_password(
+    client: AsyncClient, db_session: AsyncSession, account: Account
+) -> None:
+    """account:write renames the account, but SQL as the token cannot set a password of
+    its own (then log in with it: the token would be a full login), nor move the
+    personal workspace: the database refuses (42501), whatever the application does."""
+    team = (await client.post("/workspaces", json={"name": "Team"})).json()["id"]
+    token = (await make_access_token(client, account, ["account:write"]))["token"]
+    before = (
+        await db_session.execute(
+            text("SELECT password_hash, password_changed_at FROM users WHERE id = :id"),
+            {"id": account.user_id},
+        )
+    ).one()
+    await _enter_as_token(db_session, token)
+
+    for sql in (
+        "UPDATE users SET password_hash = '$argon2id$mine' WHERE id = :id",
+        "UPDATE users SET password_changed_at = now() - interval '1 day' WHERE id = :id",
+        "UPDATE users SET personal_workspace_id = :team WHERE id = :id",
+    ):
+        with pytest.raises(DBAPIError) as raised:
+            async with db_session.begin_nested():
+                await db_session.execute(text(sql), {"id": account.user_id, "team": team})
+        assert sqlstate(raised.value) == INSUFFICIENT_PRIVILEGE, (sql, raised.value)
+    # It still renames the account.
+    async with db_session.begin_nested():
+        renamed = await db_session.execute(
+            text("UPDATE users SET display_name = 'renamed' WHERE id = :id"),
+            {"id": account.user_id},
+        )
+    assert getattr(renamed, "rowcount", None) == 1
+    await leave_scope(db_session)
+    after = (
+        await db_session.execute(
+            text(
+                "SELECT password_hash, password_changed_at, display_name FROM users WHERE id = :id"
+            ),
+            {"id": account.user_id},
+        )
+    ).one()
+    assert (after.password_hash, after.password_changed_at) == tuple(before)
+    assert after.display_name == "renamed"
 
 
 async def test_sql_as_a_bound_tokens_caller_sees_its_workspace_only(

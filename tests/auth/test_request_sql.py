@@ -33,7 +33,7 @@ from taskmanager.config import Settings
 from taskmanager.main import create_app
 from taskmanager.postgres.deployment import RoleNames, caller_role_name
 from taskmanager.repositories.user_repository import UserRepository
-from taskmanager.security.caller_key import Entry, Purpose, attempt_subject
+from taskmanager.security.caller_key import VOUCHED_SUBJECT, Entry, Purpose, attempt_subject
 from taskmanager.security.mail_tokens import MailTokenKey, mail_token_hash
 from taskmanager.security.tokens import read_access_token
 from tests.support.accounts import TEST_SECRET, register_and_login
@@ -469,6 +469,11 @@ DEFINER_CALLS = {
     "taskmanager_token_allows(text,boolean)": (
         "SELECT taskmanager_token_allows('tasks:write', false)"
     ),
+    # Whether the registration is one the operator vouches for (0012); a trigger's (0013).
+    "taskmanager_vouched()": "SELECT taskmanager_vouched()",
+    "taskmanager_token_keeps_the_password()": (
+        "DO $$ BEGIN PERFORM taskmanager_token_keeps_the_password(); END $$"
+    ),
 }
 
 
@@ -649,6 +654,78 @@ async def test_a_request_cannot_verify_its_own_address_without_the_mail(
             connection, "SELECT email_verified_at FROM users WHERE id = :me", me=attacker.user_id
         )
         assert verified == [(None,)]
+        await connection.rollback()
+
+
+async def _enter_to_register(connection: AsyncConnection, entry: Entry) -> int:
+    """Enter `entry` (a registration) as the service does; the id allocated for it."""
+    entered = await UserRepository(AsyncSession(bind=connection)).enter(entry)
+    assert entered is not None
+    assert entered.user_id is not None
+    return entered.user_id
+
+
+VERIFIED_INSERT = (
+    "INSERT INTO users (id, email, display_name, password_hash, email_verified_at) "
+    "VALUES (:id, :email, 'squatter', '$argon2id$mine', now()) RETURNING id"
+)
+
+
+async def _register_verified(connection: AsyncConnection, entry: Entry, email: str) -> list[Any]:
+    """Enter `entry` (a registration) and insert an account for `email` with its address
+    verified, as SQL in that transaction could."""
+    user_id = await _enter_to_register(connection, entry)
+    return await attempt(connection, VERIFIED_INSERT, id=user_id, email=email)
+
+
+async def test_a_public_registration_cannot_insert_a_verified_account(
+    service: AsyncEngine,
+) -> None:
+    """POST /auth/register enters for 'register' with no subject: SQL in its transaction
+    may insert the account unverified, never verified (it would then accept the
+    invitations sent to someone else's address). Only the operator's vouched registration
+    may (taskmanager users create, db seed)."""
+    email = f"invitee-{uuid.uuid4().hex[:8]}@example.com"
+    async with service.connect() as connection, connection.begin():
+        outcome = await _register_verified(connection, TEST_KEY.entry("register"), email)
+        assert refused(outcome), outcome
+        await connection.rollback()
+    # Nor with a subject that is not the operator's (a registration counting attempts).
+    async with service.connect() as connection, connection.begin():
+        entry = TEST_KEY.entry("register", subject=attempt_subject("192.0.2.1", email))
+        assert refused(await _register_verified(connection, entry, email))
+        await connection.rollback()
+    # Nor with the vouched subject set by hand over a public registration's caller.
+    async with service.connect() as connection, connection.begin():
+        user_id = await _enter_to_register(connection, TEST_KEY.entry("register"))
+        sealed = (
+            await connection.execute(text("SELECT current_setting('taskmanager.caller')"))
+        ).scalar_one()
+        parts = sealed.split("|")
+        parts[3] = VOUCHED_SUBJECT.encode().hex()
+        await connection.execute(
+            text("SELECT set_config('taskmanager.caller', :forged, true)"),
+            {"forged": "|".join(parts)},
+        )
+        outcome = await attempt(connection, VERIFIED_INSERT, id=user_id, email=email)
+        assert refused(outcome), outcome
+        await connection.rollback()
+    # The control: unverified it may, and the operator's vouched registration verified.
+    async with service.connect() as connection, connection.begin():
+        user_id = await _enter_to_register(connection, TEST_KEY.entry("register"))
+        assert await attempt(
+            connection,
+            "INSERT INTO users (id, email, display_name, password_hash) "
+            "VALUES (:id, :email, 'newcomer', '$argon2id$mine') RETURNING id",
+            id=user_id,
+            email=email,
+        ) == [(user_id,)]
+        await connection.rollback()
+    async with service.connect() as connection, connection.begin():
+        entry = TEST_KEY.entry("register", subject=VOUCHED_SUBJECT)
+        outcome = await _register_verified(connection, entry, email)
+        assert len(outcome) == 1, outcome
+        assert not isinstance(outcome[0], DBAPIError), outcome
         await connection.rollback()
 
 

@@ -200,7 +200,7 @@ async def test_a_reset_answers_the_same_for_known_and_unknown_addresses(
     assert smtp.to("unknown@example.com") == []
 
 
-async def test_the_mailed_token_sets_the_password_and_ends_every_login(
+async def test_the_mailed_token_sets_the_password_and_ends_every_login_and_access_token(
     http: AsyncClient, smtp: SmtpServer
 ) -> None:
     email = "forgetful@example.com"
@@ -208,6 +208,14 @@ async def test_the_mailed_token_sets_the_password_and_ends_every_login(
     phone = await login(http, email)
     tokens = await http.post("/auth/token", data={"username": email, "password": PASSWORD})
     laptop = {"Authorization": f"Bearer {tokens.json()['access_token']}"}
+    script = await http.post(
+        "/users/me/tokens",
+        json={"name": "a script", "scopes": ["account:read"]},
+        headers=phone,
+    )
+    assert script.status_code == 201, script.text
+    pat = {"Authorization": f"Bearer {script.json()['token']}"}
+    assert (await http.get("/users/me", headers=pat)).status_code == 200
     mail = await reset_mail(http, smtp, email)
 
     confirmed = await http.post(
@@ -217,7 +225,9 @@ async def test_the_mailed_token_sets_the_password_and_ends_every_login(
     assert confirmed.status_code == 204, confirmed.text
     old = await http.post("/auth/token", data={"username": email, "password": PASSWORD})
     assert_unauthorized(old, token_given=False)
-    for headers in (phone, laptop):  # every login session ended
+    # Every login session ended, and the personal access tokens too: a reset recovers the
+    # account, and a token taken before it must not outlive it.
+    for headers in (phone, laptop, pat):
         assert_unauthorized(await http.get("/users/me", headers=headers), token_given=True)
     refreshed = await http.post(
         "/auth/refresh", json={"refresh_token": tokens.json()["refresh_token"]}

@@ -18,7 +18,7 @@ from taskmanager.models import User
 from taskmanager.repositories.account_token_repository import AccountTokenRepository
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.repositories.workspace_repository import WorkspaceRepository
-from taskmanager.security.caller_key import CallerKey
+from taskmanager.security.caller_key import VOUCHED_SUBJECT, CallerKey
 from taskmanager.security.mail_tokens import MailTokenKey
 from taskmanager.security.passwords import hash_password
 
@@ -56,14 +56,15 @@ async def register_account(
     command), it also takes over the workspaces nobody owns: the tasks and categories from
     before accounts existed. Never through the public registration, where the first
     stranger to register would get them. With `verified`, its address counts as proven
-    (the operator vouches for it).
+    (the operator vouches for it: the transaction enters with VOUCHED_SUBJECT, which the
+    database requires of an account inserted verified).
 
     The transaction must not have entered a caller yet: it enters as the account about to
     be made (the database allocates its id), under row-level security from the start.
     `request_id`: the request it serves (the activity log names it), if any."""
     password_hash = await hash_password(password)
     users = UserRepository(session)
-    user_id = await _enter_to_register(users, key, request_id)
+    user_id = await _enter_to_register(users, key, request_id, vouched=verified)
     user = await users.create(
         user_id,
         email=email,
@@ -111,8 +112,14 @@ async def register_by_mail(
     await mails.record_mail("verify_email", None, lifetimes.verification_seconds, key, tokens)
 
 
-async def _enter_to_register(users: UserRepository, key: CallerKey, request_id: str | None) -> int:
-    entered = await users.enter(key.entry("register"), request_id)
+async def _enter_to_register(
+    users: UserRepository, key: CallerKey, request_id: str | None, *, vouched: bool = False
+) -> int:
+    """Enter to register an account (the database allocates its id). `vouched`: the
+    operator vouches for its address, the only registration the database lets insert an
+    account that is already verified (migration 0012)."""
+    entry = key.entry("register", subject=VOUCHED_SUBJECT if vouched else None)
+    entered = await users.enter(entry, request_id)
     if entered is None or entered.user_id is None:
         raise RuntimeError("the database allocated no id for a registration")
     return entered.user_id

@@ -37,6 +37,11 @@ Purpose = Literal["request", "login", "register", "refresh", "operator", "mainte
 # The subject of an operator's transaction whose changes write no activity (migration
 # 0011 reads it from the sealed caller): `taskmanager db seed`'s made-up demo data.
 UNLOGGED_SUBJECT = "unlogged"
+# The subject of a registration the operator vouches for (`taskmanager users create`, the
+# demo user of `db seed`): only such a transaction may insert an account whose address
+# counts as verified (migration 0012's taskmanager_vouched()). POST /auth/register never
+# enters with it.
+VOUCHED_SUBJECT = "vouched"
 
 # How long a proof for the service's own transactions is good for (the database accepts
 # at most 15 minutes ahead of its own clock).

@@ -23,7 +23,12 @@
   without its row, and the day keeps the recent rows for looking into a complaint about one.
 - `users.email_verified_at`: set by a verification (or a password reset, which proves the
   same mailbox). Readable by the caller role; written only by those functions, or at
-  INSERT by the operator's `taskmanager users create` (purpose 'register').
+  INSERT by an account the operator vouches for (`taskmanager users create`, `db seed`):
+  its transaction enters for 'register' with the sealed subject 'vouched'
+  (taskmanager_vouched()), which POST /auth/register never enters with. A restrictive
+  policy (users_verified_only_vouched) refuses any other INSERT of a verified account, so
+  SQL in a public registration's transaction cannot make one for someone else's address
+  (and take the invitations sent to it, 0014).
 - taskmanager_attempt_keys() (0008) also lets a login's subject count the mail keys:
   'mail-address:<network>' and 'mail-account:<account>' (password-reset requests and
   verification resends).
@@ -61,7 +66,15 @@ VERIFY_EMAIL = "taskmanager_verify_email(text)"
 RESET_VALID = "taskmanager_password_reset_valid(text)"
 RESET_PASSWORD = "taskmanager_reset_password(text, text)"
 PURGE_ACCOUNT_TOKENS = "taskmanager_purge_account_tokens()"
-FUNCTIONS = (RECORD_MAIL, VERIFY_EMAIL, RESET_VALID, RESET_PASSWORD, PURGE_ACCOUNT_TOKENS)
+VOUCHED = "taskmanager_vouched()"
+FUNCTIONS = (
+    RECORD_MAIL,
+    VERIFY_EMAIL,
+    RESET_VALID,
+    RESET_PASSWORD,
+    PURGE_ACCOUNT_TOKENS,
+    VOUCHED,
+)
 ATTEMPT_KEYS_FUNCTION = "taskmanager_attempt_keys()"
 
 # Longest a mailed token may be made to last, whatever the service asks (30 days).
@@ -77,6 +90,13 @@ USERS_GRANT = "SELECT (email_verified_at), INSERT (email_verified_at) ON {schema
 
 PURPOSE = "(SELECT taskmanager_purpose())"
 
+# The subject (0008: sealed with the caller, as taskmanager_enter keeps it: hex of its
+# UTF-8) of a registration the operator vouches for: its account may be made verified
+# (taskmanager.security.caller_key.VOUCHED_SUBJECT).
+VOUCHED_SUBJECT = "vouched"
+# Only such a registration inserts an account whose address counts as verified.
+VERIFIED_ONLY_VOUCHED = "users_verified_only_vouched"
+
 
 def _attempt_keys(mail_keys: bool) -> str:
     """0008's ATTEMPT_KEYS, with the mail keys when `mail_keys` (the downgrade: without)."""
@@ -87,7 +107,13 @@ def _attempt_keys(mail_keys: bool) -> str:
         if mail_keys
         else ""
     )
-    return f"""(SELECT CASE WHEN parts[3] IN ('login', 'register') AND parts[4] <> '' THEN
+    # A vouched registration (the operator's) counts no attempts.
+    counted = (
+        f"parts[4] NOT IN ('', '{VOUCHED_SUBJECT.encode().hex()}')"
+        if mail_keys
+        else "parts[4] <> ''"
+    )
+    return f"""(SELECT CASE WHEN parts[3] IN ('login', 'register') AND {counted} THEN
         ARRAY['address:' || s.network,
               'account-address:' || s.network || ' ' || s.account,
               'account:' || s.account,
@@ -208,6 +234,25 @@ def _tables() -> None:
 
 
 def _functions() -> None:
+    # Whether the transaction entered for 'register' with the subject VOUCHED_SUBJECT: a
+    # registration the operator vouches for (taskmanager_purpose() checks the seal; a
+    # caller set by hand is refused, 42501). The service enters so only for an operator's
+    # account, never for POST /auth/register.
+    vouched = VOUCHED_SUBJECT.encode().hex()
+    in_current_schema(
+        f"""
+        CREATE FUNCTION {{schema}}.taskmanager_vouched() RETURNS boolean
+        LANGUAGE plpgsql STABLE SECURITY DEFINER {PIN}
+        AS $$
+        DECLARE
+            -- First: it checks the seal (or refuses), whatever follows.
+            purpose text := {{schema}}.taskmanager_purpose();
+            caller text[] := string_to_array(current_setting('taskmanager.caller', true), '|');
+        BEGIN
+            RETURN coalesce(purpose = 'register' AND caller[4] = '{vouched}', false);
+        END $$
+        """
+    )
     # Record a mail with a token: the token's row (its hash only) and the outbox row, in the
     # caller's transaction. `kind` 'verify_email' is for the caller's own account (not yet
     # verified); 'password_reset' and 'registration_attempt' for the active account with
@@ -389,6 +434,12 @@ def _functions() -> None:
 def upgrade() -> None:
     _tables()
     _functions()
+    # The caller role may INSERT email_verified_at (an operator's account is made verified),
+    # but only a registration the operator vouches for may set it.
+    op.execute(
+        f"CREATE POLICY {VERIFIED_ONLY_VOUCHED} ON users AS RESTRICTIVE FOR INSERT "
+        "WITH CHECK (email_verified_at IS NULL OR (SELECT taskmanager_vouched()))"
+    )
     _attempt_keys_function(mail_keys=True)
     for function in FUNCTIONS:
         op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
@@ -399,6 +450,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     revoke_from_caller(USERS_GRANT)
+    op.execute(f"DROP POLICY {VERIFIED_ONLY_VOUCHED} ON users")
     _attempt_keys_function(mail_keys=False)
     for function in FUNCTIONS:
         op.execute(f"DROP FUNCTION {function}")

@@ -32,6 +32,14 @@ After:
   workspace action decides: changing the account (account:write), leaving a workspace
   (members:write), creating one (workspaces:write, unbound). A token never touches login
   sessions, and only a login session reads, makes or revokes access tokens.
+- A token never changes its account's password (nor password_changed_at, nor the personal
+  workspace), even with account:write: a trigger on users
+  (taskmanager_token_keeps_the_password) refuses it (42501), whatever the SQL. Otherwise
+  SQL run as a token could set a password hash of its own and log in: a token would be a
+  full login. Request SQL owns nothing, so it cannot drop or disable the trigger.
+- `taskmanager_reset_password` (0012's, same signature) also deletes the account's personal
+  access tokens: a reset recovers an account, and a token stolen before it must not outlive
+  it. (Logging out and changing the password with the current one still leave them.)
 
 Revision ID: 0013
 Revises: 0012
@@ -52,6 +60,7 @@ from taskmanager.migrations.schema_statements import (
     grant_to_caller,
     hmac,
     in_current_schema,
+    refuse_a_tampered_session,
 )
 
 revision: str = "0013"
@@ -74,6 +83,8 @@ USED_EVERY = "1 minute"
 CALLER_TOKEN = "taskmanager_caller_token()"
 TOKEN_USED = "taskmanager_token_used()"
 TOKEN_ALLOWS = "taskmanager_token_allows(text, boolean)"
+KEEPS_THE_PASSWORD = "taskmanager_token_keeps_the_password()"
+KEEPS_THE_PASSWORD_TRIGGER = "taskmanager_token_keeps_the_password"
 
 ME = "(SELECT taskmanager_user_id())"
 PURPOSE = "(SELECT taskmanager_purpose())"
@@ -401,6 +412,86 @@ def _functions() -> None:
     )
 
 
+def _token_keeps_the_password() -> None:
+    # What a login changes of its account and a token must not, account:write or not: the
+    # password (and when it changed), and the personal workspace. Of the token's own
+    # account only: another member's row changes under a token only as the owner's cascade
+    # (a shared workspace deleted that was someone's personal one: SET NULL).
+    in_current_schema(
+        f"""
+        CREATE FUNCTION {{schema}}.taskmanager_token_keeps_the_password() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER {PIN}
+        AS $$
+        BEGIN
+            IF {{schema}}.taskmanager_purpose() = 'token'
+               AND OLD.id = {{schema}}.taskmanager_user_id() AND (
+                    NEW.password_hash IS DISTINCT FROM OLD.password_hash
+                    OR NEW.password_changed_at IS DISTINCT FROM OLD.password_changed_at
+                    OR NEW.personal_workspace_id IS DISTINCT FROM OLD.personal_workspace_id)
+            THEN
+                RAISE EXCEPTION 'a personal access token does not change its account''s '
+                    'password or personal workspace' USING ERRCODE = '42501';
+            END IF;
+            RETURN NEW;
+        END $$
+        """
+    )
+    op.execute(f"REVOKE ALL ON FUNCTION {KEEPS_THE_PASSWORD} FROM PUBLIC")
+    op.execute(
+        f"CREATE TRIGGER {KEEPS_THE_PASSWORD_TRIGGER} BEFORE UPDATE ON users "
+        f"FOR EACH ROW EXECUTE FUNCTION {KEEPS_THE_PASSWORD}"
+    )
+
+
+def _reset_password(revoke_access_tokens: bool) -> None:
+    """taskmanager_reset_password as 0012 made it, and (unless for the downgrade) deleting
+    the account's personal access tokens too."""
+    revoke = (
+        """
+            DELETE FROM {schema}.access_tokens t WHERE t.user_id = spent.user_id;"""
+        if revoke_access_tokens
+        else ""
+    )
+    in_current_schema(
+        f"""
+        CREATE OR REPLACE FUNCTION {{schema}}.taskmanager_reset_password(
+            token_hash text, new_password_hash text)
+        RETURNS integer
+        LANGUAGE plpgsql VOLATILE SECURITY DEFINER {PIN}
+        AS $$
+        DECLARE
+            spent record;
+        BEGIN
+            {refuse_a_tampered_session("taskmanager_reset_password")}
+            IF new_password_hash IS NULL OR new_password_hash NOT LIKE '$argon2%' THEN
+                RAISE EXCEPTION 'taskmanager_reset_password: not a password hash'
+                    USING ERRCODE = '22023';
+            END IF;
+            UPDATE {{schema}}.account_tokens t SET used_at = now()
+            WHERE t.token_hash = taskmanager_reset_password.token_hash
+              AND t.purpose = 'password_reset' AND t.used_at IS NULL AND t.expires_at > now()
+              AND EXISTS (SELECT FROM {{schema}}.users u WHERE u.id = t.user_id AND u.is_active)
+            RETURNING t.user_id, t.email INTO spent;
+            IF NOT FOUND THEN
+                RETURN NULL;
+            END IF;
+            UPDATE {{schema}}.users u
+            SET password_hash = new_password_hash, password_changed_at = now(),
+                email_verified_at = CASE WHEN lower(u.email) = lower(spent.email)
+                    THEN coalesce(u.email_verified_at, now()) ELSE u.email_verified_at END
+            WHERE u.id = spent.user_id;
+            UPDATE {{schema}}.account_tokens t SET used_at = now()
+            WHERE t.user_id = spent.user_id AND t.purpose = 'password_reset'
+              AND t.used_at IS NULL;
+            UPDATE {{schema}}.auth_sessions s
+            SET revoked_at = now(), revoked_reason = 'password_reset'
+            WHERE s.user_id = spent.user_id AND s.revoked_at IS NULL;{revoke}
+            RETURN spent.user_id;
+        END $$
+        """
+    )
+
+
 def _policies(policies: dict[str, dict[str, str]]) -> None:
     for table, table_policies in policies.items():
         for name, definition in table_policies.items():
@@ -413,6 +504,8 @@ def upgrade() -> None:
     _functions()
     _enter(with_tokens=True)
     _policies(POLICIES)
+    _token_keeps_the_password()
+    _reset_password(revoke_access_tokens=True)
     for function in (CALLER_TOKEN, TOKEN_USED, TOKEN_ALLOWS):
         op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
     # The policies call this one; the service's background stamp calls the next.
@@ -424,6 +517,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute(f"DROP TRIGGER {KEEPS_THE_PASSWORD_TRIGGER} ON users")
+    op.execute(f"DROP FUNCTION {KEEPS_THE_PASSWORD}")
+    _reset_password(revoke_access_tokens=False)
     for table, table_policies in POLICIES.items():
         if table == "access_tokens":
             continue  # they go with the table
