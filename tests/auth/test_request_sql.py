@@ -1026,3 +1026,64 @@ async def test_a_login_sees_and_changes_only_its_own_attempt_counts(
                 text("DELETE FROM login_failures WHERE key = ANY(:keys)"), {"keys": victim_keys}
             )
         await superuser.dispose()
+
+
+async def test_one_invitation_lets_its_invitee_in_once_and_only_by_accepting_it(
+    tenants: Tenants,
+) -> None:
+    """The membership an invitation allows is inserted only in the transaction that
+    accepts it (accepted_at is that transaction's now(), and no other moment may be
+    written): not while it is open, and not again once the member was removed. Committed
+    transactions (each its own now()), undone at the end; the last test of the module."""
+    victim, attacker = tenants.victim, tenants.attacker
+    engine = create_async_engine(superuser_url(tenants.url), poolclass=NullPool)
+    join = "INSERT INTO memberships (workspace_id, user_id, role) VALUES (:w, :me, 'viewer')"
+    accept = "UPDATE invitations SET accepted_at = {moment} WHERE id = :id RETURNING id"
+    ids = {"w": victim.workspace_id, "me": attacker.user_id}
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE users SET email_verified_at = now() WHERE id = :me"), ids
+            )
+            invitation_id = await _invite(connection, victim, attacker.email, "viewer")
+        async with engine.begin() as connection:
+            await enter(connection, attacker.entry())
+            assert refused(await attempt(connection, join, **ids))  # open, not accepted
+            # An acceptance at another moment than now (one a later transaction could
+            # start at) is refused.
+            later = accept.format(moment="now() + interval '1 second'")
+            assert refused(await attempt(connection, later, id=invitation_id))
+            accepted = await attempt(connection, accept.format(moment="now()"), id=invitation_id)
+            assert len(accepted) == 1, accepted
+            assert await attempt(connection, join, **ids) == []
+        async with engine.begin() as connection:
+            await enter(connection, victim.entry())
+            removed = await attempt(
+                connection,
+                "DELETE FROM memberships WHERE workspace_id = :w AND user_id = :me "
+                "RETURNING user_id",
+                **ids,
+            )
+            assert len(removed) == 1, removed
+        async with engine.connect() as connection, connection.begin():
+            await enter(connection, attacker.entry())
+            assert refused(await attempt(connection, join, **ids))
+            again = await attempt(connection, accept.format(moment="now()"), id=invitation_id)
+            assert again == []  # closed
+            assert refused(await attempt(connection, join, **ids))
+            await connection.rollback()
+    finally:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("DELETE FROM memberships WHERE workspace_id = :w AND user_id = :me"), ids
+            )
+            await connection.execute(
+                text("DELETE FROM invitations WHERE workspace_id = :w"), {"w": victim.workspace_id}
+            )
+            await connection.execute(
+                text("DELETE FROM outbox WHERE kind = 'mail.invitation'"),
+            )
+            await connection.execute(
+                text("UPDATE users SET email_verified_at = NULL WHERE id = :me"), ids
+            )
+        await engine.dispose()
