@@ -62,11 +62,11 @@ async def test_a_workspace_s_activity_newest_first_as_its_members_read_it(
         ("workspace.created", str(world.workspace_id)),
         ("member.added", str(world.owner.user_id)),
         ("invitation.created", "?"),
+        ("invitation.accepted", "?"),
         ("member.added", str(world.viewer.user_id)),
-        ("invitation.accepted", "?"),
         ("invitation.created", "?"),
-        ("member.added", str(world.member.user_id)),
         ("invitation.accepted", "?"),
+        ("member.added", str(world.member.user_id)),
         ("category.created", str(world.category_id)),
         ("label.created", str(world.label_id)),
         ("task.created", str(world.task_id)),
@@ -164,8 +164,8 @@ async def test_filters_by_task_actor_and_kind(
     )
     assert [kind for kind, _ in _kinds(by_actor)] == [
         "task.created",
-        "invitation.accepted",  # vera's own answer, and her membership
-        "member.added",
+        "member.added",  # her membership, after her own answer
+        "invitation.accepted",
     ]
     by_kind = await client.get(url, params={"kind": "task.created"}, headers=world.owner.headers)
     assert _kinds(by_kind) == [

@@ -152,7 +152,6 @@ TASK_FIELDS = {
 }
 
 ACCEPTED = (
-    Row("member.added", _outsider, _workspace, after={"role": "member"}, actor="outsider"),
     Row(
         "invitation.accepted",
         _invitation,
@@ -161,6 +160,7 @@ ACCEPTED = (
         after={"accepted_at": STAMP},
         actor="outsider",
     ),
+    Row("member.added", _outsider, _workspace, after={"role": "member"}, actor="outsider"),
 )
 
 # operationId -> the request that succeeds and what it writes.

@@ -292,18 +292,23 @@ async def test_joining_counts_under_the_policies_and_ends_in_the_request_role(
     client: AsyncClient, db_session: AsyncSession, account: Account, bob: Account
 ) -> None:
     """The invitee cannot see the workspace's members yet: a database function counts
-    them (its row locked), for an invitee of it only; the transaction stays under the
-    policies, cap reached or not."""
+    them (its row locked), for an invitee who accepted in this transaction only; the
+    transaction stays under the policies, cap reached or not."""
     team = (await client.post("/workspaces", json={"name": "Team"}, headers=bob.headers)).json()
-    await invite(client, team["id"], account.email, inviter=bob.headers)
+    invitation = await invite(client, team["id"], account.email, inviter=bob.headers)
     scope = await scope_of_account(db_session, TEST_KEY, account.user_id)
     repo = WorkspaceRepository(db_session)
     counts = text("SELECT taskmanager_invitee_member_count(:workspace)")
 
-    # Not for a workspace alice is not invited to.
-    with pytest.raises(DBAPIError, match="only for an invitee of the workspace"):
-        async with db_session.begin_nested():
-            await db_session.execute(counts, {"workspace": bob.personal_workspace_id})
+    # Not for a workspace alice is not invited to, nor before she accepted.
+    for workspace in (bob.personal_workspace_id, team["id"]):
+        with pytest.raises(DBAPIError, match="only for an invitee who accepted"):
+            async with db_session.begin_nested():
+                await db_session.execute(counts, {"workspace": workspace})
+    accepted = await db_session.execute(
+        text("UPDATE invitations SET accepted_at = now() WHERE id = :id"), {"id": invitation["id"]}
+    )
+    assert getattr(accepted, "rowcount", None) == 1
     assert (await db_session.execute(counts, {"workspace": team["id"]})).scalar_one() == 1
 
     full = MembershipLimits(workspaces_per_user=100, members_per_workspace=1)

@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 import zlib
 from datetime import UTC, datetime, timedelta
 from typing import get_args
 
 import pytest
 from httpx import AsyncClient
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from taskmanager import schemas
-from taskmanager.models import AccessToken, AuthSession, Task, User
+from taskmanager.models import AccessToken, AuthSession, Invitation, Membership, Task, User
 from taskmanager.problems import FORBIDDEN, LIMIT_REACHED
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.security.access_tokens import (
@@ -33,10 +34,11 @@ from taskmanager.security.roles import Action
 from tests.auth.conftest import ClientAt
 from tests.support.accounts import Account
 from tests.support.databases import TEST_KEY
-from tests.support.invitations import add_member
+from tests.support.invitations import add_member, invite
 from tests.support.problems import assert_problem, assert_validation_problem
 from tests.support.row_level_security import (
     INSUFFICIENT_PRIVILEGE,
+    enter_scope,
     is_policy_violation,
     leave_scope,
     sqlstate,
@@ -591,3 +593,165 @@ async def test_a_tokens_idempotency_keys_are_its_own(
     assert again.json() == by_token.json()
     assert again.headers.get("Idempotent-Replayed") == "true"
     assert len((await db_session.scalars(select(Task.id))).all()) == 2
+
+
+async def test_sql_as_a_token_reads_and_writes_its_own_tokens_idempotency_keys_only(
+    client: AsyncClient, db_session: AsyncSession, account: Account
+) -> None:
+    """The service tells a token's keys apart by their scope (" token <its id>"); request
+    SQL as another token, or as a read-only one, sees and writes none of the login's or
+    another token's stored responses, and the login's caller none of a token's."""
+    team = (await client.post("/workspaces", json={"name": "Team"})).json()["id"]
+    writer = await make_access_token(client, account, ["tasks:write"], workspace_id=team)
+    reader = await make_access_token(client, account, ["tasks:read"], workspace_id=team)
+    key = {"Idempotency-Key": "nightly-1"}
+    assert (await client.post("/tasks", json={"title": "a"}, headers=key)).status_code == 201
+    by_writer = await client.post(
+        "/tasks", json={"title": "b"}, headers={**key, **bearer(writer["token"])}
+    )
+    assert by_writer.status_code == 201, by_writer.text
+    scopes = text("SELECT scope FROM idempotency_keys ORDER BY scope")
+    insert_key = text(
+        "INSERT INTO idempotency_keys (user_id, scope, key, request_hash, expires_at) "
+        "VALUES (:me, :scope, 'forged', 'x', now() + interval '1 hour')"
+    )
+
+    await _enter_as_token(db_session, reader["token"])
+    assert (await db_session.scalars(scopes)).all() == []
+    for statement in (
+        text("UPDATE idempotency_keys SET response_body = '{}'::jsonb"),
+        text("DELETE FROM idempotency_keys"),
+    ):
+        async with db_session.begin_nested():
+            result = await db_session.execute(statement)
+        assert getattr(result, "rowcount", None) == 0, statement
+    for scope in ("POST /tasks", f"POST /tasks token {writer['id']}"):
+        with pytest.raises(DBAPIError) as raised:
+            async with db_session.begin_nested():
+                await db_session.execute(insert_key, {"me": account.user_id, "scope": scope})
+        assert is_policy_violation(raised.value), (scope, raised.value)
+    async with db_session.begin_nested():  # its own token's scope: allowed
+        await db_session.execute(
+            insert_key, {"me": account.user_id, "scope": f"POST /tasks token {reader['id']}"}
+        )
+    await leave_scope(db_session)
+
+    await _enter_as_token(db_session, writer["token"])
+    assert (await db_session.scalars(scopes)).all() == [f"POST /tasks token {writer['id']}"]
+    await leave_scope(db_session)
+    await enter_scope(db_session, account)
+    assert (await db_session.scalars(scopes)).all() == ["POST /tasks"]
+    with pytest.raises(DBAPIError) as raised:
+        async with db_session.begin_nested():
+            await db_session.execute(
+                insert_key,
+                {"me": account.user_id, "scope": f"POST /tasks token {writer['id']}"},
+            )
+    assert is_policy_violation(raised.value), raised.value
+
+
+async def _workspace_of(client: AsyncClient, owner: Account, name: str) -> int:
+    made = await client.post("/workspaces", json={"name": name}, headers=owner.headers)
+    assert made.status_code == 201, made.text
+    workspace_id: int = made.json()["id"]
+    return workspace_id
+
+
+async def test_sql_as_a_bound_token_neither_joins_nor_leaves_another_workspace(
+    client: AsyncClient, db_session: AsyncSession, account: Account, member_account: Account
+) -> None:
+    """A token bound to alice's team, even with members:write: it cannot accept carol's
+    invitation to her workspace, insert alice's membership there (even on an invitation
+    accepted in this transaction), nor delete alice's membership of another workspace."""
+    team = (await client.post("/workspaces", json={"name": "Team"})).json()["id"]
+    invited_to = await _workspace_of(client, member_account, "Carol's")
+    member_of = await _workspace_of(client, member_account, "Carol's other")
+    await add_member(
+        client, member_of, account.email, account.headers, "member", inviter=member_account.headers
+    )
+    invitation = await invite(
+        client, invited_to, account.email, "viewer", inviter=member_account.headers
+    )
+    token = await make_access_token(client, account, ["members:write"], workspace_id=team)
+    membership = insert(Membership).values(
+        workspace_id=invited_to, user_id=account.user_id, role="viewer"
+    )
+
+    await _enter_as_token(db_session, token["token"])
+    async with db_session.begin_nested():
+        accepted = await db_session.execute(
+            update(Invitation)
+            .values(accepted_at=func.now())
+            .execution_options(synchronize_session=False)
+        )
+    assert getattr(accepted, "rowcount", None) == 0
+    with pytest.raises(DBAPIError) as raised:
+        async with db_session.begin_nested():
+            await db_session.execute(membership)
+    assert is_policy_violation(raised.value), raised.value
+    # Accepted in this transaction (as the invitee's login would), the membership is still
+    # not the token's to insert.
+    await leave_scope(db_session)
+    await db_session.execute(
+        update(Invitation)
+        .where(Invitation.id == uuid.UUID(invitation["id"]))
+        .values(accepted_at=func.now())
+    )
+    await _enter_as_token(db_session, token["token"])
+    with pytest.raises(DBAPIError) as raised:
+        async with db_session.begin_nested():
+            await db_session.execute(membership)
+    assert is_policy_violation(raised.value), raised.value
+    # A DELETE without a WHERE reads no column (no SELECT policy applies): it removes the
+    # memberships of the token's workspace only (its own among them, so the token goes).
+    left = await db_session.execute(text("DELETE FROM memberships"))
+    assert getattr(left, "rowcount", None) == 1
+    await leave_scope(db_session)
+    roles = await db_session.execute(
+        select(Membership.workspace_id).where(Membership.user_id == account.user_id)
+    )
+    assert set(roles.scalars()) == {account.personal_workspace_id, member_of}
+
+
+async def test_sql_as_a_token_touches_only_invitations_it_may_manage(
+    client: AsyncClient, db_session: AsyncSession, account: Account, member_account: Account
+) -> None:
+    """A token is never the invitee: it neither sees, lists nor answers its user's
+    invitations; with members:write it sees and revokes those of its workspace only."""
+    team = (await client.post("/workspaces", json={"name": "Team"})).json()["id"]
+    carols = await _workspace_of(client, member_account, "Carol's")
+    to_alice = await invite(client, carols, account.email, "viewer", inviter=member_account.headers)
+    to_carol = await invite(client, team, member_account.email, "viewer")
+    reader = await make_access_token(client, account, ["tasks:read"])
+    manager = await make_access_token(client, account, ["members:write"], workspace_id=team)
+    seen = select(Invitation.id).order_by(Invitation.id)
+
+    await _enter_as_token(db_session, reader["token"])
+    assert (await db_session.scalars(seen)).all() == []
+    mine = await db_session.execute(text("SELECT * FROM taskmanager_my_invitations()"))
+    assert mine.all() == []
+    assert await db_session.scalar(text("SELECT taskmanager_caller_verified_email()")) is None
+    for column in ("declined_at", "accepted_at", "revoked_at"):
+        async with db_session.begin_nested():
+            result = await db_session.execute(text(f"UPDATE invitations SET {column} = now()"))
+        assert getattr(result, "rowcount", None) == 0, column
+    await leave_scope(db_session)
+
+    await _enter_as_token(db_session, manager["token"])
+    assert (await db_session.scalars(seen)).all() == [uuid.UUID(to_carol["id"])]
+    async with db_session.begin_nested():
+        declined = await db_session.execute(
+            text("UPDATE invitations SET declined_at = now() WHERE id = :id"),
+            {"id": to_alice["id"]},
+        )
+    assert getattr(declined, "rowcount", None) == 0
+    async with db_session.begin_nested():
+        revoked = await db_session.execute(
+            text("UPDATE invitations SET revoked_at = now() WHERE id = :id"), {"id": to_carol["id"]}
+        )
+    assert getattr(revoked, "rowcount", None) == 1
+    await leave_scope(db_session)
+    # The login's caller, the invitee, still sees its own (open) invitation.
+    await enter_scope(db_session, account)
+    mine = await db_session.execute(text("SELECT id FROM taskmanager_my_invitations()"))
+    assert [str(row.id) for row in mine] == [to_alice["id"]]

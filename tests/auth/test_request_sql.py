@@ -763,10 +763,11 @@ async def _invite(connection: AsyncConnection, inviter: Person, email: str, role
 async def test_no_caller_joins_a_workspace_or_adds_anyone_without_an_accepted_invitation(
     tenants: Tenants,
 ) -> None:
-    """Request SQL inserts a membership only for itself, with exactly the role of an open,
-    unexpired invitation of its VERIFIED address: not without one, not with another role,
-    not unverified, not after the invitation was answered; and a workspace's owner no
-    longer inserts anyone else's. All in one transaction, rolled back (as the superuser,
+    """Request SQL inserts a membership only for itself, with exactly the role of an
+    invitation of its VERIFIED address that it accepted in the same transaction: not
+    without one, not with another role, not unverified, not while it is still open; and a
+    workspace's owner no longer inserts anyone else's. (Not in a later transaction either:
+    tests/api/test_invitations_api.py.) All in one transaction, rolled back (as the superuser,
     which enters as the service does, then runs under the caller role)."""
     victim, attacker = tenants.victim, tenants.attacker
     insert_as = (
@@ -831,6 +832,17 @@ async def test_no_caller_joins_a_workspace_or_adds_anyone_without_an_accepted_in
                     outcome,
                 )
             await connection.execute(text("RESET ROLE"))
+            # Open, the invitation lets nobody in: it must be accepted first, in the same
+            # transaction (so a join always closes it).
+            assert refused(await join("viewer"))
+            await enter(connection, attacker.entry())
+            accepted = await attempt(
+                connection,
+                "UPDATE invitations SET accepted_at = now() WHERE id = :id RETURNING id",
+                id=invitation_id,
+            )
+            assert len(accepted) == 1, accepted
+            await connection.execute(text("RESET ROLE"))
             assert await join("viewer") == []
             members = await connection.execute(
                 text("SELECT user_id, role FROM memberships WHERE workspace_id = :w"),
@@ -845,20 +857,6 @@ async def test_no_caller_joins_a_workspace_or_adds_anyone_without_an_accepted_in
                 {"id": invitation_id},
             )
             assert stored.one() == ("viewer", True, None)
-            # Answered (declined), the invitation lets nobody in again.
-            await connection.execute(
-                text("DELETE FROM memberships WHERE user_id = :me AND workspace_id = :w"),
-                {"me": attacker.user_id, "w": victim.workspace_id},
-            )
-            await enter(connection, attacker.entry())
-            declined = await attempt(
-                connection,
-                "UPDATE invitations SET declined_at = now() WHERE id = :id RETURNING id",
-                id=invitation_id,
-            )
-            assert len(declined) == 1, declined
-            await connection.execute(text("RESET ROLE"))
-            assert refused(await join("viewer"))
             await connection.rollback()
     finally:
         await engine.dispose()
@@ -1105,3 +1103,64 @@ async def test_a_login_sees_and_changes_only_its_own_attempt_counts(
                 text("DELETE FROM login_failures WHERE key = ANY(:keys)"), {"keys": victim_keys}
             )
         await superuser.dispose()
+
+
+async def test_one_invitation_lets_its_invitee_in_once_and_only_by_accepting_it(
+    tenants: Tenants,
+) -> None:
+    """The membership an invitation allows is inserted only in the transaction that
+    accepts it (accepted_at is that transaction's now(), and no other moment may be
+    written): not while it is open, and not again once the member was removed. Committed
+    transactions (each its own now()), undone at the end; the last test of the module."""
+    victim, attacker = tenants.victim, tenants.attacker
+    engine = create_async_engine(superuser_url(tenants.url), poolclass=NullPool)
+    join = "INSERT INTO memberships (workspace_id, user_id, role) VALUES (:w, :me, 'viewer')"
+    accept = "UPDATE invitations SET accepted_at = {moment} WHERE id = :id RETURNING id"
+    ids = {"w": victim.workspace_id, "me": attacker.user_id}
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE users SET email_verified_at = now() WHERE id = :me"), ids
+            )
+            invitation_id = await _invite(connection, victim, attacker.email, "viewer")
+        async with engine.begin() as connection:
+            await enter(connection, attacker.entry())
+            assert refused(await attempt(connection, join, **ids))  # open, not accepted
+            # An acceptance at another moment than now (one a later transaction could
+            # start at) is refused.
+            later = accept.format(moment="now() + interval '1 second'")
+            assert refused(await attempt(connection, later, id=invitation_id))
+            accepted = await attempt(connection, accept.format(moment="now()"), id=invitation_id)
+            assert len(accepted) == 1, accepted
+            assert await attempt(connection, join, **ids) == []
+        async with engine.begin() as connection:
+            await enter(connection, victim.entry())
+            removed = await attempt(
+                connection,
+                "DELETE FROM memberships WHERE workspace_id = :w AND user_id = :me "
+                "RETURNING user_id",
+                **ids,
+            )
+            assert len(removed) == 1, removed
+        async with engine.connect() as connection, connection.begin():
+            await enter(connection, attacker.entry())
+            assert refused(await attempt(connection, join, **ids))
+            again = await attempt(connection, accept.format(moment="now()"), id=invitation_id)
+            assert again == []  # closed
+            assert refused(await attempt(connection, join, **ids))
+            await connection.rollback()
+    finally:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("DELETE FROM memberships WHERE workspace_id = :w AND user_id = :me"), ids
+            )
+            await connection.execute(
+                text("DELETE FROM invitations WHERE workspace_id = :w"), {"w": victim.workspace_id}
+            )
+            await connection.execute(
+                text("DELETE FROM outbox WHERE kind = 'mail.invitation'"),
+            )
+            await connection.execute(
+                text("UPDATE users SET email_verified_at = NULL WHERE id = :me"), ids
+            )
+        await engine.dispose()

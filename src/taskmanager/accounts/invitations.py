@@ -177,8 +177,8 @@ async def accept(
     invitation: InvitationView | None,
     limits: MembershipLimits,
 ) -> WorkspaceView | Refusal | Closed:
-    """Accept the caller's own invitation: their membership, with its role, within the caps
-    (MembershipLimitError past one); the invitation is then accepted. `invitation` as the
+    """Accept the caller's own invitation, then their membership, with its role, within the
+    caps (MembershipLimitError past one, and nothing is kept). `invitation` as the
     caller found it (by its id or by its token)."""
     if not await is_verified(users, user):
         return Refusal.UNVERIFIED
@@ -191,8 +191,11 @@ async def accept(
     if not await invitations.lock_mine(invitation.id):
         return Closed("answered")  # answered (or expired) meanwhile
     role = Role(invitation.role)
-    await workspaces.join(user, invitation.workspace_id, role, limits)
+    # Accepted first: the database lets the invitee in only on an invitation accepted in
+    # this very transaction (migration 0014), so a join always closes its invitation. A
+    # refusal past a cap rolls both back.
     await invitations.answer(invitation.id, accepted=True)
+    await workspaces.join(user, invitation.workspace_id, role, limits)
     joined = await workspaces.get(
         user.with_workspace(invitation.workspace_id, role), invitation.workspace_id
     )

@@ -276,11 +276,12 @@ class WorkspaceRepository:
     async def join(
         self, scope: Scope, workspace_id: int, role: Role, limits: MembershipLimits
     ) -> None:
-        """The caller's own membership of `workspace_id` as `role`, which only an open,
-        unexpired invitation of their verified address to exactly that role allows (the
-        policy of migration 0014 refuses anything else). MembershipLimitError if the caller
-        belongs to as many workspaces as an account may, or the workspace has as many
-        members as it may; both rows are locked first, so joins that race queue."""
+        """The caller's own membership of `workspace_id` as `role`, which only an invitation
+        of their verified address to exactly that role, accepted earlier in this
+        transaction, allows (the policy of migration 0014 refuses anything else).
+        MembershipLimitError if the caller belongs to as many workspaces as an account may,
+        or the workspace has as many members as it may; both rows are locked first, so
+        joins that race queue."""
         await self.session.execute(_LOCK_USER, {"user_id": scope.user_id})
         joined = (
             await self.session.execute(_WORKSPACES_OF_USER, {"user_id": scope.user_id})

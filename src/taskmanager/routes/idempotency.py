@@ -123,7 +123,8 @@ async def get_idempotent_request(
     scope = f"{request.method} {path}"
     if user.token is not None:
         # A personal access token's keys are its own: it never replays what its user's
-        # login (or another token) made, which it may not be allowed to see.
+        # login (or another token) made, which it may not be allowed to see. The database
+        # holds it to this suffix (migration 0013's idempotency_keys_of_the_caller).
         scope = f"{scope} token {user.token.token_id}"
     return IdempotentRequest(
         repository=IdempotencyRepository(session),

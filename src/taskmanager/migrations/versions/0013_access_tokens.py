@@ -40,6 +40,13 @@ After:
 - `taskmanager_reset_password` (0012's, same signature) also deletes the account's personal
   access tokens: a reset recovers an account, and a token stolen before it must not outlive
   it. (Logging out and changing the password with the current one still leave them.)
+- What a token does to memberships: it deletes them (its own included) only in the
+  workspaces it may see, with members:write; it inserts its user's own only as the first
+  owner of a workspace it created (never joining one: that is a login's), others' only
+  with members:write (where 0010's policies let it).
+- `idempotency_keys`: a token's keys (their scope ends with " token <its id>", as the
+  service stores them) are its own token's: its caller reads and writes no others, and no
+  other caller (but maintenance, which purges) reads or writes a token's.
 
 Revision ID: 0013
 Revises: 0012
@@ -95,6 +102,33 @@ def _token_allows(scope: str, anywhere: bool = False) -> str:
     return f"(SELECT taskmanager_token_allows('{scope}', {str(anywhere).lower()}))"
 
 
+# What a token's caller may do to memberships: delete them only in the workspaces it may
+# see (its own if it is bound to one) with members:write; insert only the first owner's of
+# a workspace it created (workspaces:write, unbound), or, with members:write, someone
+# else's (0010's managers; 0014 leaves none of those). Never its user's own membership of
+# a workspace it joins: joining is a login's.
+NOT_A_TOKEN = f"{PURPOSE} IS DISTINCT FROM 'token'"
+TOKEN_DELETES_MEMBERSHIP = (
+    f"{_token_allows('members:write')} AND ({NOT_A_TOKEN} "
+    "OR workspace_id = ANY ((SELECT taskmanager_workspace_ids())::integer[]))"
+)
+TOKEN_INSERTS_MEMBERSHIP = (
+    f"{NOT_A_TOKEN} OR (user_id <> {ME} AND {_token_allows('members:write')}) "
+    f"OR (user_id = {ME} AND role = 'owner' AND taskmanager_may_own_first(workspace_id) "
+    f"AND {_token_allows('workspaces:write', True)})"
+)
+# A token's idempotency keys are its own (taskmanager.routes.idempotency): their scope ends
+# with " token <the token's id>", which no route's path holds (a path has no space). A
+# token's caller reads and writes only those of its own token; any other caller none of
+# a token's, but maintenance (which purges the expired ones).
+TOKEN_KEYS = "' token '"
+MY_TOKEN_KEYS = f"(SELECT {TOKEN_KEYS} || (taskmanager_caller())[2])"
+KEYS_OF_THE_CALLER = (
+    f"CASE WHEN {PURPOSE} = 'token' "
+    f"THEN right(scope, char_length({MY_TOKEN_KEYS})) = {MY_TOKEN_KEYS} "
+    f"ELSE {PURPOSE} = 'maintenance' OR strpos(scope, {TOKEN_KEYS}) = 0 END"
+)
+
 POLICIES: dict[str, dict[str, str]] = {
     "access_tokens": {
         # Only a login session lists, makes and revokes its user's access tokens.
@@ -110,13 +144,18 @@ POLICIES: dict[str, dict[str, str]] = {
         "users_change_needs_account_write": "AS RESTRICTIVE FOR UPDATE USING "
         f"({_token_allows('account:write')})",
     },
+    "idempotency_keys": {
+        "idempotency_keys_of_the_caller": f"AS RESTRICTIVE USING ({KEYS_OF_THE_CALLER}) "
+        f"WITH CHECK ({KEYS_OF_THE_CALLER})",
+    },
     "memberships": {
-        # Leaving (deleting one's own) is no workspace action: members:write for a token.
+        # Leaving (deleting one's own) is no workspace action: members:write for a token,
+        # and only in the workspaces it may see.
         "memberships_delete_needs_members_write": "AS RESTRICTIVE FOR DELETE USING "
-        f"({_token_allows('members:write')})",
+        f"({TOKEN_DELETES_MEMBERSHIP})",
         # The first owner of a workspace just created (workspaces:write), or someone added.
         "memberships_create_needs_a_scope": "AS RESTRICTIVE FOR INSERT WITH CHECK "
-        f"({_token_allows('members:write')} OR {_token_allows('workspaces:write', True)})",
+        f"({TOKEN_INSERTS_MEMBERSHIP})",
     },
     "workspaces": {
         "workspaces_create_needs_workspaces_write": "AS RESTRICTIVE FOR INSERT WITH CHECK "

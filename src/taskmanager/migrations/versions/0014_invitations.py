@@ -22,17 +22,24 @@ After:
   (members:write) see its invitations and may revoke those of a role they manage; the
   invitee (the caller's own VERIFIED address, any case: `taskmanager_caller_verified_email`,
   since users' rows are column-granted and email_verified_at is the account's word) sees
-  theirs and may accept or decline an open, unexpired one. A closed row is nobody's to
-  change (the USING clauses see open rows only), so every answer is final.
+  theirs and may accept or decline an open, unexpired one (its moment the transaction's
+  now()). A closed row is nobody's to change (the USING clauses see open rows only), so
+  every answer is final. A personal access token's caller is a manager only: a restrictive
+  policy limits it to the invitations of the workspaces where it may do members:write,
+  which it never answers, and it has no verified address (nothing of the invitee's side).
 - The memberships' INSERT policy: the first owner and the operator's claim as before, and
-  an invitee's own membership, only with exactly the role of an open, unexpired invitation
-  of their verified address (`taskmanager_invited_as`). Managers no longer insert anyone's
-  membership: request SQL cannot join a workspace, nor be joined to one, without an
-  invitation accepted by its invitee.
-- `taskmanager_invitee_member_count`: an invitee's count of the workspace's members (which
-  they cannot see yet), its row locked (accepting queues behind other additions), for the
-  cap on members; `taskmanager_my_invitations`: the caller's open invitations with the
-  workspace's name and the inviter's display name (neither visible to them yet).
+  an invitee's own membership, only with exactly the role of an invitation of their verified
+  address that they accepted in this very transaction (`taskmanager_invited_as`: accepted_at
+  is the transaction's now(); the service marks the invitation accepted, then joins). So a
+  join always closes its invitation, and an invitation lets its invitee in once: removed
+  later, they need a new one. Managers no longer insert anyone's membership: request SQL
+  cannot join a workspace, nor be joined to one, without an invitation accepted by its
+  invitee.
+- `taskmanager_invitee_member_count`: the count of the workspace's members (which they
+  cannot see yet) for an invitee who accepted in this transaction, its row locked
+  (accepting queues behind other additions), for the cap on members;
+  `taskmanager_my_invitations`: the caller's open invitations with the workspace's name and
+  the inviter's display name (neither visible to them yet; none for a token's caller).
 - `taskmanager_user_id_by_email` and `taskmanager_account_at_cap` are dropped: nothing adds
   an account by its address any more, and no caller learns whether an address has one.
 - Every change of an invitation is logged (0011's trigger; its address and token hash
@@ -125,10 +132,19 @@ POLICIES: dict[str, str] = {
     # answer is the invitee's).
     "invitations_revoke": f"FOR UPDATE USING ({MANAGED} AND {OPEN}) "
     f"WITH CHECK ({MANAGED} AND accepted_at IS NULL AND declined_at IS NULL)",
-    # The invitee answers an open, unexpired invitation of their verified address.
+    # The invitee answers an open, unexpired invitation of their verified address, now
+    # (the moment is the transaction's: taskmanager_invited_as reads it).
     "invitations_answer": f"FOR UPDATE USING (lower(email) = {MY_VERIFIED_EMAIL} AND {OPEN} "
     f"AND expires_at > now()) WITH CHECK (lower(email) = {MY_VERIFIED_EMAIL} "
-    "AND revoked_at IS NULL)",
+    "AND revoked_at IS NULL AND (accepted_at IS NULL OR accepted_at = now()) "
+    "AND (declined_at IS NULL OR declined_at = now()))",
+    # A personal access token's caller is only ever on the managers' side: it sees and
+    # revokes the invitations of the workspaces where it may do members:write (its scopes,
+    # its workspace if bound), and never answers one (taskmanager_caller_verified_email
+    # is NULL for it as well).
+    "invitations_of_a_token": f"AS RESTRICTIVE USING ({PURPOSE} IS DISTINCT FROM 'token' "
+    f"OR {MANAGER}) WITH CHECK ({PURPOSE} IS DISTINCT FROM 'token' OR ({MANAGER} "
+    "AND accepted_at IS NULL AND declined_at IS NULL))",
 }
 MEMBERSHIPS_CREATE = f"FOR INSERT WITH CHECK ({FIRST_OWNER} OR {OPERATOR_CLAIM} OR {INVITED})"
 # 0010's.
@@ -215,18 +231,23 @@ def _mail_payload(row: str, minutes: str) -> str:
 
 def _functions() -> None:
     # The caller's own address in lower case, if they proved it (0012's email_verified_at)
-    # and the account is active; NULL otherwise. taskmanager_user_id() checks the seal.
+    # and the account is active; NULL otherwise, and always for a personal access token's
+    # caller: the invitee's side (seeing, answering, joining) is a login's only, and every
+    # path to it goes through this address. taskmanager_user_id() checks the seal.
     in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_caller_verified_email() RETURNS text
         LANGUAGE sql STABLE SECURITY DEFINER {PIN}
         AS $$ SELECT lower(u.email) FROM {{schema}}.users u
               WHERE u.id = {{schema}}.taskmanager_user_id()
-                AND u.email_verified_at IS NOT NULL AND u.is_active $$
+                AND u.email_verified_at IS NOT NULL AND u.is_active
+                AND {{schema}}.taskmanager_purpose() IS DISTINCT FROM 'token' $$
         """
     )
-    # Whether the caller holds an open, unexpired invitation to `workspace` as exactly
-    # `invited_role` (the memberships' INSERT policy).
+    # Whether the caller accepted, in this very transaction (accepted_at is its now()), an
+    # invitation to `workspace` as exactly `invited_role` (the memberships' INSERT policy):
+    # a join always closes its invitation, and one invitation lets its invitee in once
+    # (removed later, they need a new one).
     in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_invited_as(workspace integer, invited_role text)
@@ -236,13 +257,13 @@ def _functions() -> None:
                   SELECT FROM {{schema}}.invitations i
                   WHERE i.workspace_id = workspace AND i.role = invited_role
                     AND lower(i.email) = {{schema}}.taskmanager_caller_verified_email()
-                    AND i.accepted_at IS NULL AND i.declined_at IS NULL
-                    AND i.revoked_at IS NULL AND i.expires_at > now()) $$
+                    AND i.accepted_at = now() AND i.expires_at > now()) $$
         """
     )
     # Accepting: how many members `workspace` has, its row locked until the transaction
     # ends (additions to one workspace queue there, as 0010's repository code locks it).
-    # Only for a caller with an open, unexpired invitation there; nothing else about it.
+    # Only for a caller who accepted an invitation there in this transaction (the service
+    # marks it accepted first, then joins); nothing else about it.
     in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_invitee_member_count(workspace integer)
@@ -254,10 +275,10 @@ def _functions() -> None:
                     SELECT FROM {{schema}}.invitations i
                     WHERE i.workspace_id = workspace
                       AND lower(i.email) = {{schema}}.taskmanager_caller_verified_email()
-                      AND i.accepted_at IS NULL AND i.declined_at IS NULL
-                      AND i.revoked_at IS NULL AND i.expires_at > now()) THEN
-                RAISE EXCEPTION 'taskmanager_invitee_member_count: only for an invitee of '
-                    'the workspace' USING ERRCODE = '42501';
+                      AND i.accepted_at = now() AND i.expires_at > now()) THEN
+                RAISE EXCEPTION 'taskmanager_invitee_member_count: only for an invitee who '
+                    'accepted an invitation to the workspace in this transaction'
+                    USING ERRCODE = '42501';
             END IF;
             PERFORM FROM {{schema}}.workspaces w WHERE w.id = workspace FOR NO KEY UPDATE;
             RETURN (SELECT count(*) FROM {{schema}}.memberships m
@@ -266,7 +287,8 @@ def _functions() -> None:
         """
     )
     # The caller's open, unexpired invitations, with what they cannot see yet: the
-    # workspace's name and the inviter's display name.
+    # workspace's name and the inviter's display name. None for a token's caller (no
+    # verified address).
     in_current_schema(
         f"""
         CREATE FUNCTION {{schema}}.taskmanager_my_invitations()
