@@ -131,6 +131,15 @@ class Settings(BaseSettings):
     pool_size: int = Field(default=20, ge=1, le=1000)
     max_overflow: int = Field(default=0, ge=0, le=1000)
     pool_timeout: float = Field(default=10.0, gt=0, description="Seconds to wait for a connection.")
+    # An offset page is found by reading and skipping every row before it: at a million
+    # tasks a page 500,000 rows deep held its connection for seconds. Deeper pages are
+    # read by cursor, which costs the same at any depth.
+    max_offset: int = Field(
+        default=10_000,
+        ge=0,
+        description="The largest `offset` GET /tasks accepts; deeper is 422 (use the cursor "
+        "of the Link header).",
+    )
     statement_timeout_ms: int = Field(
         default=15_000, ge=0, description="PostgreSQL statement_timeout; 0 disables it."
     )

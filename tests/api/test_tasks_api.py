@@ -15,6 +15,7 @@ from httpx import AsyncClient
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskmanager.config import Settings
 from taskmanager.models import Category, Task
 from tests.support.accounts import Account
 from tests.support.problems import assert_problem, assert_validation_problem
@@ -470,6 +471,23 @@ async def test_list_offset_and_limit_page_through_in_order(
     beyond = await client.get("/tasks", params={"offset": 100})
     assert beyond.json() == []
     assert beyond.headers["x-total-count"] == "7"
+
+
+async def test_an_offset_deeper_than_the_setting_is_a_422_pointing_to_cursor_pages(
+    client: AsyncClient, db_session: AsyncSession, account: Account, settings: Settings
+) -> None:
+    """An offset page reads and skips every row before it (seconds, deep in a million tasks):
+    TASKMANAGER_MAX_OFFSET (10,000) bounds it, and the problem says how to go deeper."""
+    await add_tasks(db_session, account, Task(title="The only one"))
+    deepest = await client.get("/tasks", params={"offset": settings.max_offset})
+    assert deepest.status_code == 200, deepest.text
+    assert deepest.json() == []
+
+    deeper = await client.get("/tasks", params={"offset": settings.max_offset + 1})
+
+    body = assert_validation_problem(deeper, "query.offset")
+    assert "at most 10000" in body["detail"], body
+    assert "cursor" in body["detail"], body
 
 
 async def test_list_total_count_respects_filters_not_pagination(

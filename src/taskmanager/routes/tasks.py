@@ -146,7 +146,14 @@ async def list_tasks(
     ] = "newest",
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     offset: Annotated[
-        int, Query(ge=0, le=INT4_MAX, description="Skip this many tasks (not with `cursor`).")
+        int,
+        Query(
+            ge=0,
+            le=INT4_MAX,
+            description="Skip this many tasks (not with `cursor`); at most "
+            "TASKMANAGER_MAX_OFFSET (10,000 unless configured): deeper pages are read by "
+            "cursor.",
+        ),
     ] = 0,
     cursor: Annotated[
         str | None,
@@ -168,6 +175,13 @@ async def list_tasks(
     how many match the filters; `Link` (rel="next") the URL of the next page, if any."""
     if sort in SORTS_NEEDING_Q and not q:
         raise BadInputError("query.sort", f"{sort} needs q")
+    max_offset = request.app.state.settings.max_offset
+    if offset > max_offset:
+        raise BadInputError(
+            "query.offset",
+            f"at most {max_offset}: read deeper pages by cursor, following the Link header's "
+            'rel="next" URL',
+        )
     filters = TaskFilters(
         completed=completed,
         category_id=category_id,
