@@ -63,6 +63,22 @@ async def test_the_databases_matrix_is_the_python_matrix(db_session: AsyncSessio
     }
 
 
+async def test_the_caller_cannot_run_the_unpinned_permissions_function_itself(
+    db_session: AsyncSession, account: Account
+) -> None:
+    """taskmanager_caller_permissions() has no search_path of its own, so that the pinned
+    functions the policies call can inline it: it is theirs alone (EXECUTE to nobody)."""
+    await enter_scope(db_session, account)
+    with pytest.raises(DBAPIError) as refused:
+        async with db_session.begin_nested():
+            await db_session.execute(text("SELECT * FROM taskmanager_caller_permissions()"))
+    assert sqlstate(refused.value) == INSUFFICIENT_PRIVILEGE
+    allowed = await db_session.execute(
+        text("SELECT taskmanager_workspace_ids_allowing('tasks:write')")
+    )
+    assert account.personal_workspace_id in allowed.scalar_one()
+
+
 async def test_a_membership_has_exactly_the_roles_of_the_matrix(db_session: AsyncSession) -> None:
     definitions = await db_session.execute(
         text(

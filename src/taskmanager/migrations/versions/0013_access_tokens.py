@@ -363,18 +363,24 @@ def _table() -> None:
 def _functions() -> None:
     # The caller's (workspace, action) pairs (0010): a token's are its role's actions that
     # are also its scopes, in its workspace only if it is bound to one. One seal check.
+    # No SET search_path of its own, so that the planner inlines it into the functions the
+    # policies call (measured: 35 -> 18 us per call of taskmanager_workspace_ids(), which
+    # every statement under a policy makes once or more). That is safe: nobody but those
+    # SECURITY DEFINER functions may execute it (0010 revoked it from PUBLIC and granted it
+    # to no one), they pin the search_path it is planned under, and it names every table
+    # and function with its schema.
     in_current_schema(
-        f"""
-        CREATE OR REPLACE FUNCTION {{schema}}.taskmanager_caller_permissions()
+        """
+        CREATE OR REPLACE FUNCTION {schema}.taskmanager_caller_permissions()
         RETURNS TABLE (workspace_id integer, action text)
-        LANGUAGE sql STABLE {PIN}
+        LANGUAGE sql STABLE
         AS $$ SELECT m.workspace_id, p.action::text
-              FROM (SELECT {{schema}}.taskmanager_caller() AS parts) caller
-              JOIN {{schema}}.memberships m
+              FROM (SELECT {schema}.taskmanager_caller() AS parts) caller
+              JOIN {schema}.memberships m
                 ON m.user_id = NULLIF(caller.parts[1], '')::integer
-              JOIN {{schema}}.role_permissions p ON p.role = m.role
+              JOIN {schema}.role_permissions p ON p.role = m.role
               WHERE caller.parts[3] IS DISTINCT FROM 'token'
-                 OR EXISTS (SELECT FROM {{schema}}.access_tokens t
+                 OR EXISTS (SELECT FROM {schema}.access_tokens t
                             WHERE t.id = NULLIF(caller.parts[2], '')::uuid
                               AND t.user_id = m.user_id
                               AND p.action::text = ANY (t.scopes)
