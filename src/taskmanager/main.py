@@ -76,14 +76,14 @@ def _outbox_worker(
     settings: Settings,
     session_factory: async_sessionmaker[AsyncSession],
     key: CallerKey,
-    signing_key: str,
+    mail_tokens: MailTokenKey,
 ) -> OutboxWorker:
     """The worker that sends what requests recorded in the outbox, after their commit."""
     transport = transport_for(settings)
     log.info("mail goes out through %r", transport)
     mail = MailSender(
         transport,
-        MailTokenKey(signing_key),
+        mail_tokens,
         settings.mail_from,
         settings.public_base_url,
     )
@@ -118,6 +118,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             app.state.signing_key = await asyncio.to_thread(signing_key, settings)
             app.state.caller_key = key = CallerKey(app.state.signing_key)
+            # The key of mailed links' tokens: the routes that mail them and the outbox
+            # worker that writes them into the mails derive them alike.
+            app.state.mail_token_key = MailTokenKey(app.state.signing_key)
             # The decoy hash an unknown email is checked against, made now rather than by
             # the first such login (on the event loop, and twice as slow as the others).
             await asyncio.to_thread(prepare_decoy_hash)
@@ -136,7 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.async_session_factory = create_session_factory(engine)
             app.state.read_session_factory = create_read_session_factory(engine)
             outbox = _outbox_worker(
-                settings, app.state.async_session_factory, key, app.state.signing_key
+                settings, app.state.async_session_factory, key, app.state.mail_token_key
             )
             app.state.outbox_wake = outbox.wake
             tune_garbage_collection(settings.gc_threshold)  # last: everything above stays

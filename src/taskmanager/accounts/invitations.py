@@ -28,7 +28,7 @@ from taskmanager.repositories.workspace_repository import (
 )
 from taskmanager.security.caller_key import CallerKey
 from taskmanager.security.mail_tokens import MailTokenKey
-from taskmanager.security.roles import Action, Role, actions_of
+from taskmanager.security.roles import Role, owns
 from taskmanager.security.scope import Scope
 
 
@@ -78,10 +78,6 @@ class Closed:
     status: str
 
 
-def _owns(role: Role) -> bool:
-    return Action.WORKSPACES_WRITE in actions_of(role)
-
-
 async def invite(
     invitations: InvitationRepository,
     workspaces: WorkspaceRepository,
@@ -98,7 +94,7 @@ async def invite(
     workspace = await workspaces.get(user, workspace_id)
     if workspace is None:
         return Refusal.NOT_FOUND
-    if workspace.personal and _owns(role):
+    if workspace.personal and owns(role):
         return Refusal.PERSONAL_OWNER
     # Under the workspace's lock, two invitations at once count each other.
     await invitations.lock_workspace(user, workspace_id)

@@ -53,7 +53,6 @@ from taskmanager.schemas import (
     TokenResponse,
     VerifyEmailRequest,
 )
-from taskmanager.security.mail_tokens import MailTokenKey
 from taskmanager.security.tokens import issue_access_token
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -104,10 +103,6 @@ TOKEN_NOT_VALID = "is not valid: unknown, used already, or expired (ask for a ne
 TOO_MANY_MAIL_REQUESTS = "too many mails asked for"
 
 
-def _mail_tokens(request: Request) -> MailTokenKey:
-    return MailTokenKey(request.app.state.signing_key)
-
-
 @router.post(
     "/register",
     response_model=Accepted,
@@ -137,7 +132,7 @@ async def register(
     await register_by_mail(
         session,
         request.app.state.caller_key,
-        _mail_tokens(request),
+        request.app.state.mail_token_key,
         mail_lifetimes(settings),
         body.email,
         body.password,
@@ -179,7 +174,7 @@ async def resend_verification(
     outcome = await account_mail.resend_verification(
         session,
         request.app.state.caller_key,
-        _mail_tokens(request),
+        request.app.state.mail_token_key,
         request.app.state.settings,
         request_network(request),
         user,
@@ -209,7 +204,7 @@ async def request_password_reset(
     outcome = await account_mail.request_password_reset(
         session,
         request.app.state.caller_key,
-        _mail_tokens(request),
+        request.app.state.mail_token_key,
         request.app.state.settings,
         request_network(request),
         body.email,

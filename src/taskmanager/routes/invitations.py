@@ -54,7 +54,6 @@ from taskmanager.schemas import (
     WorkspaceResponse,
 )
 from taskmanager.security.access_tokens import TokenScope
-from taskmanager.security.mail_tokens import MailTokenKey
 from taskmanager.security.roles import Action, Role
 from taskmanager.security.scope import Scope
 
@@ -121,10 +120,6 @@ def _refused(refusal: Refusal, rules: flows.InvitationRules | None = None) -> Ex
     raise AssertionError(f"unanswered refusal {refusal}")
 
 
-def _mail_tokens(request: Request) -> MailTokenKey:
-    return MailTokenKey(request.app.state.signing_key)
-
-
 def _require_managing(user: Scope, workspace_id: int) -> None:
     """404 for a workspace the caller cannot see; 403 unless they may manage members."""
     require(user, workspace_id, Action.MEMBERS_WRITE, WORKSPACE_NOT_FOUND)
@@ -167,7 +162,7 @@ async def create_invitation(
         role,
         rules,
         request.app.state.caller_key,
-        _mail_tokens(request),
+        request.app.state.mail_token_key,
     )
     if isinstance(outcome, Refusal):
         raise _refused(outcome, rules)

@@ -39,7 +39,7 @@ from taskmanager.schemas import (
     WorkspaceUpdate,
 )
 from taskmanager.security.access_tokens import TokenScope
-from taskmanager.security.roles import Action, Role, actions_of
+from taskmanager.security.roles import Action, Role, owns
 from taskmanager.security.scope import Scope
 
 router = APIRouter(prefix="/workspaces", tags=["workspaces"])
@@ -54,11 +54,6 @@ def _require(user: Scope, workspace_id: int, action: Action) -> None:
     """404 for a workspace the caller cannot see, 403 for one where their role does not
     allow `action`."""
     require(user, workspace_id, action, NOT_FOUND)
-
-
-def _owns(role: Role) -> bool:
-    """Whether `role` is an owner's: it may rename, delete and transfer the workspace."""
-    return Action.WORKSPACES_WRITE in actions_of(role)
 
 
 async def _detail(
@@ -248,11 +243,11 @@ async def change_member_role(
     user.require_managing(workspace_id, current)
     user.require_managing(workspace_id, wanted)
     if wanted != current:
-        if _owns(wanted):
+        if owns(wanted):
             view = get_or_404(await repo.get(user, workspace_id), NOT_FOUND)
             if view.personal:
                 raise ProblemError(CONFLICT.problem("a personal workspace has one owner"))
-        elif _owns(current):
+        elif owns(current):
             await _keep_an_owner(repo, user, workspace_id, user_id, current, "step down")
         await repo.set_role(user, workspace_id, user_id, wanted)
     member = await repo.member(user, workspace_id, user_id)
@@ -304,7 +299,7 @@ async def _keep_an_owner(
 ) -> None:
     """409 if `user_id`, whose role is `role`, is the workspace's last owner (the owners'
     memberships locked meanwhile, so two owners leaving at once cannot both go)."""
-    if not _owns(role):
+    if not owns(role):
         return
     owners = await repo.lock_holders(user, workspace_id, Action.WORKSPACES_WRITE)
     if list(owners) == [user_id]:

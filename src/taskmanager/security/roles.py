@@ -60,6 +60,11 @@ def roles_allowing(action: Action) -> tuple[Role, ...]:
     return tuple(role for role in ROLES if action in PERMISSIONS[role])
 
 
+def owns(role: Role) -> bool:
+    """Whether `role` is an owner's: it may rename, delete and transfer the workspace."""
+    return Action.WORKSPACES_WRITE in actions_of(role)
+
+
 def may_manage(actions: frozenset[Action], role: Role) -> bool:
     """Whether someone who may do `actions` in a workspace may give a membership `role`
     there, or change or remove a membership that has it: with members:write, and only a
