@@ -162,6 +162,14 @@ class UserRepository:
     async def get_by_id(self, user_id: int) -> User | None:
         return await self.session.get(User, user_id)
 
+    async def get_caller(self, user_id: int) -> User:
+        """The caller's own account, which the session check at the start of the request
+        found: gone meanwhile is an error (500), not a 404."""
+        user = await self.get_by_id(user_id)
+        if user is None:
+            raise LookupError(f"user {user_id} vanished during the request")
+        return user
+
     async def email_verified(self, user_id: int) -> bool:
         """Whether the account's owner proved its address (what an invitation requires)."""
         verified_at = (

@@ -168,9 +168,7 @@ async def resend_verification(
     """Mail a new verification link to your address. An address verified already is 409;
     too many mails asked for (per account and per client address) are 429 with
     `Retry-After`."""
-    me = await UserRepository(session).get_by_id(user.user_id)
-    if me is None:  # the session check at the start of the request found it
-        raise LookupError(f"user {user.user_id} vanished during the request")
+    me = await UserRepository(session).get_caller(user.user_id)
     outcome = await account_mail.resend_verification(
         session,
         request.app.state.caller_key,

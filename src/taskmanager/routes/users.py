@@ -27,13 +27,6 @@ from taskmanager.security.roles import ActionNotAllowedError
 router = APIRouter(prefix="/users", tags=["users"])
 
 
-async def _me(users: UserRepository, user_id: int) -> User:
-    user = await users.get_by_id(user_id)
-    if user is None:  # the session check at the start of the request found it
-        raise LookupError(f"user {user_id} vanished during the request")
-    return user
-
-
 @router.get(
     "/me",
     response_model=UserResponse,
@@ -42,7 +35,7 @@ async def _me(users: UserRepository, user_id: int) -> User:
 )
 async def get_me(user: CurrentReaderDep, session: ReadSessionDep) -> User:
     """Your account."""
-    return await _me(UserRepository(session), user.user_id)
+    return await UserRepository(session).get_caller(user.user_id)
 
 
 @router.patch(
@@ -60,7 +53,7 @@ async def update_me(
     with `Retry-After`). A personal access token may change the display name (with
     account:write), never the password (403)."""
     users = UserRepository(session)
-    me = await _me(users, user.user_id)
+    me = await users.get_caller(user.user_id)
     if body.password is not None:
         if user.token is not None:
             raise ActionNotAllowedError(f"a new password: {LOGIN_NEEDED}")
