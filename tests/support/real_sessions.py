@@ -12,6 +12,7 @@ from taskmanager.config import Settings
 from taskmanager.database import create_read_session_factory, create_session_factory
 from taskmanager.main import create_app
 from taskmanager.security.caller_key import CallerKey
+from taskmanager.security.mail_tokens import MailTokenKey
 from tests.support.accounts import TEST_SECRET
 
 
@@ -20,6 +21,7 @@ def app_with_real_sessions(settings: Settings, engine: AsyncEngine) -> FastAPI:
     app.state.engine = engine
     app.state.signing_key = TEST_SECRET
     app.state.caller_key = CallerKey(TEST_SECRET)
+    app.state.mail_token_key = MailTokenKey(TEST_SECRET)
     app.state.async_session_factory = create_session_factory(engine)
     app.state.read_session_factory = create_read_session_factory(engine)
     return app

@@ -15,6 +15,7 @@ from taskmanager.database import (
     create_session_factory,
 )
 from taskmanager.security.caller_key import CallerKey
+from taskmanager.security.mail_tokens import MailTokenKey
 from tests.support.accounts import TEST_SECRET
 from tests.support.row_level_security import LEAVE_REQUEST_SCOPE
 
@@ -59,6 +60,7 @@ def rolled_back_client(
     app.state.engine = engine
     app.state.signing_key = TEST_SECRET
     app.state.caller_key = CallerKey(TEST_SECRET)
+    app.state.mail_token_key = MailTokenKey(TEST_SECRET)
     app.state.async_session_factory = create_session_factory(engine)
     app.state.read_session_factory = create_read_session_factory(engine)
     transport = ASGITransport(app=app, client=(client_address, 123))
