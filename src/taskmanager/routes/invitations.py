@@ -11,7 +11,7 @@ manage) is 404, as one that does not exist."""
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -79,6 +79,18 @@ _CLOSED = {
     "revoked": "this invitation was revoked",
     "answered": "this invitation was answered or revoked meanwhile",
 }
+
+
+Done = TypeVar("Done")
+
+
+def _done(outcome: Done | Refusal | Closed, rules: flows.InvitationRules | None = None) -> Done:
+    """What a flow did, or the answer to its refusal (404, 403, 409, ...)."""
+    if isinstance(outcome, Refusal):
+        raise _refused(outcome, rules)
+    if isinstance(outcome, Closed):
+        raise _closed(outcome)
+    return outcome
 
 
 def _closed(closed: Closed) -> ProblemError:
@@ -164,9 +176,7 @@ async def create_invitation(
         request.app.state.caller_key,
         request.app.state.mail_token_key,
     )
-    if isinstance(outcome, Refusal):
-        raise _refused(outcome, rules)
-    return outcome
+    return _done(outcome, rules)
 
 
 @workspace_router.get(
@@ -208,11 +218,7 @@ async def revoke_invitation(
     """Revoke an invitation that has not been answered: its link stops working. An admin
     cannot revoke an owner's invitation (403); an answered or revoked one is 409."""
     _require_managing(user, workspace_id)
-    outcome = await flows.revoke(invitations, user, workspace_id, invitation_id)
-    if isinstance(outcome, Refusal):
-        raise _refused(outcome)
-    if isinstance(outcome, Closed):
-        raise _closed(outcome)
+    _done(await flows.revoke(invitations, user, workspace_id, invitation_id))
 
 
 @workspace_router.post(
@@ -239,11 +245,7 @@ async def resend_invitation(
     )
     if isinstance(outcome, Wait):
         return retry_later(TOO_MANY_MAILS, "this invitation was mailed just now", outcome.seconds)
-    if isinstance(outcome, Refusal):
-        raise _refused(outcome, rules)
-    if isinstance(outcome, Closed):
-        raise _closed(outcome)
-    return outcome
+    return _done(outcome, rules)
 
 
 # ─────────────────────────────── the invitee
@@ -262,14 +264,6 @@ async def list_my_invitations(
     if not await flows.is_verified(UserRepository(session), user):
         raise _refused(Refusal.UNVERIFIED)
     return await invitations.received()
-
-
-def _accepted(outcome: WorkspaceView | Refusal | Closed) -> WorkspaceView:
-    if isinstance(outcome, Refusal):
-        raise _refused(outcome)
-    if isinstance(outcome, Closed):
-        raise _closed(outcome)
-    return outcome
 
 
 @router.post(
@@ -294,7 +288,7 @@ async def accept_invitation_by_token(
     invitation = await invitations.mine_by_token(body.token)
     if invitation is None:
         raise BadInputError("body.token", TOKEN_NOT_VALID)
-    return _accepted(await flows.accept(invitations, workspaces, users, user, invitation, limits))
+    return _done(await flows.accept(invitations, workspaces, users, user, invitation, limits))
 
 
 @router.post(
@@ -317,7 +311,7 @@ async def accept_invitation(
     may be; `/problems/limit-reached`)."""
     users = UserRepository(session)
     invitation = await invitations.mine(invitation_id)
-    return _accepted(await flows.accept(invitations, workspaces, users, user, invitation, limits))
+    return _done(await flows.accept(invitations, workspaces, users, user, invitation, limits))
 
 
 @router.post(
@@ -333,8 +327,4 @@ async def decline_invitation(
     session: SessionDep,
 ) -> None:
     """Decline an invitation to your verified address; it cannot be accepted afterwards."""
-    outcome = await flows.decline(invitations, UserRepository(session), user, invitation_id)
-    if isinstance(outcome, Refusal):
-        raise _refused(outcome)
-    if isinstance(outcome, Closed):
-        raise _closed(outcome)
+    _done(await flows.decline(invitations, UserRepository(session), user, invitation_id))
