@@ -192,6 +192,30 @@ def test_the_document_has_the_operations() -> None:
     assert {"get_task", "create_token", "users_get_me", "auth_logout"} <= found, found
 
 
+# The operations that take no bearer token at all, so the matrix (which reads the others off
+# the document's `security`) cannot miss a route that checks its caller some other way.
+PUBLIC = {
+    "auth_register",
+    "auth_login",
+    "auth_refresh",
+    "auth_verify_email",
+    "auth_request_password_reset",
+    "auth_confirm_password_reset",
+    "health_live",
+    "health_ready",
+}
+
+
+def test_every_operation_without_a_bearer_token_is_a_known_public_one() -> None:
+    public = {
+        operation["operationId"]
+        for item in DOCUMENT["paths"].values()
+        for operation in item.values()
+        if not operation.get("security")
+    }
+    assert public == PUBLIC
+
+
 def test_every_operation_with_a_bearer_token_has_a_row_and_every_row_an_operation() -> None:
     found = {operation.operation_id for operation in OPERATIONS}
     assert found - set(NEEDED) == set(), "operations missing from the access token matrix"

@@ -282,4 +282,5 @@ async def test_with_a_policy_checking_nothing_the_same_write_goes_through(
     await db_session.execute(text(f"ALTER POLICY {policy} ON {table} WITH CHECK (true)"))
     await enter_scope(db_session, account)
     connection = await db_session.connection()
-    await connection.exec_driver_sql(_statement(what, rows, account, other_account))
+    inserted = await connection.exec_driver_sql(_statement(what, rows, account, other_account))
+    assert inserted.rowcount == 1
