@@ -6,6 +6,8 @@
 #                       which --no-install-recommends leaves out
 #   pgbouncer         - the API behind a transaction-pooling PgBouncer (tests/reliability/test_pgbouncer.py)
 #   wrk               - the HTTP load generator of bench/run.py
+#   redis-server      - the cache's Redis (tests/cache, bench/run.py's cache rows; `make run` starts
+#                       one on a Unix socket when it is there)
 #   postgresql-15     - deployments on PostgreSQL 15 over TCP (tests/service/test_deployments.py),
 #                       whose CREATEROLE differs from the embedded server's; no cluster of its
 #                       own is made or started (the tests start theirs)
@@ -15,6 +17,7 @@ packages=()
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || packages+=(chromium)
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || packages+=(pgbouncer)
 command -v wrk >/dev/null 2>&1 || packages+=(wrk)
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || packages+=(redis-server)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || packages+=(postgresql-15)
 command -v chromedriver >/dev/null 2>&1 || [ -x /usr/bin/chromedriver ] || packages+=(chromium-driver)
 if command -v dpkg-query >/dev/null 2>&1 \
