@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
+from taskmanager.cache.invalidation import forget_changes, void_after_commit
 from taskmanager.config import Settings
 
 T = TypeVar("T")
@@ -195,9 +196,12 @@ async def get_async_session(request: Request) -> AsyncIterator[AsyncSession]:
             await session.commit()
         except Exception:
             session.info.pop(OUTBOX_RECORDED, None)  # rolled back: nothing to send
+            forget_changes(session)
             await session.rollback()
             raise
         wake_outbox_after_commit(request, session)
+        # Before the response: the next read, the writer's own included, sees the change.
+        await void_after_commit(request, session)
         # session.close() is called by `async with`: the connection goes back to the pool.
 
 

@@ -23,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.accounts.access_tokens import stamp_token_use
 from taskmanager.accounts.callers import enter_as_user, enter_with_token
+from taskmanager.cache.invalidation import note_writer
+from taskmanager.cache.task_reads import Credentials, TaskReads
 from taskmanager.database import ReadSessionDep, SessionDep
 from taskmanager.observability.logs import current_request_id, user_id_var
 from taskmanager.problems import ProblemError, unauthorized_problem
@@ -95,23 +97,32 @@ async def _scope_of(
         raise unauthorized_error("this request needs an access token", token_given=False)
     if is_access_token(token):
         return await _scope_of_access_token(request, session, token, background)
+    return await _enter_login(request, session, _credentials_of(request, token))
+
+
+def _credentials_of(request: Request, token: str) -> Credentials:
+    """A login session's access token, verified (else 401)."""
     try:
         claims = read_access_token(request.app.state.signing_key, token)
     except InvalidAccessTokenError as exc:
         raise unauthorized_error(str(exc), token_given=True) from None
+    user_id_var.set(claims.user_id)  # the request's log lines name the caller from here on
     # The database accepts the proof as long as the token (and its leeway) lasts.
-    valid_until = claims.expires_at + LEEWAY_SECONDS
+    return Credentials(claims.user_id, claims.session_id, claims.expires_at + LEEWAY_SECONDS)
+
+
+async def _enter_login(request: Request, session: AsyncSession, credentials: Credentials) -> Scope:
+    """Enter the transaction as a login session's caller (401 when the database refuses)."""
     user = await enter_as_user(
         session,
         request.app.state.caller_key,
-        claims.user_id,
-        claims.session_id,
-        valid_until,
+        credentials.user_id,
+        credentials.session_id,
+        credentials.valid_until,
         current_request_id(),
     )
     if user is None:
         raise unauthorized_error(SESSION_ENDED, token_given=True)
-    user_id_var.set(claims.user_id)  # the request's log lines name the caller from here on
     return user
 
 
@@ -151,7 +162,9 @@ async def get_current_user(
     request: Request, session: SessionDep, token: BearerToken, background: BackgroundTasks
 ) -> Scope:
     """The caller, in the request's transaction (for routes that change data)."""
-    return await _scope_of(request, session, token, background)
+    scope = await _scope_of(request, session, token, background)
+    note_writer(session, scope)
+    return scope
 
 
 async def get_current_reader(
@@ -159,6 +172,29 @@ async def get_current_reader(
 ) -> Scope:
     """The caller, in the request's read-only transaction (for routes that only read)."""
     return await _scope_of(request, session, token, background)
+
+
+async def get_task_reads(
+    request: Request, session: ReadSessionDep, token: BearerToken, background: BackgroundTasks
+) -> TaskReads:
+    """Task reads through the cache (taskmanager.cache.task_reads): the access token is
+    verified here; the transaction is entered as the caller only on a miss. A personal
+    access token enters at once and reads through the database."""
+    if not token or is_access_token(token):
+        return TaskReads.of(
+            TaskRepository(session, await _scope_of(request, session, token, background))
+        )
+    credentials = _credentials_of(request, token)
+    opened: list[TaskRepository] = []
+
+    async def open_repository() -> TaskRepository:
+        if not opened:
+            opened.append(
+                TaskRepository(session, await _enter_login(request, session, credentials))
+            )
+        return opened[0]
+
+    return TaskReads(request.app.state.cache, credentials, open_repository)
 
 
 CurrentUserDep = Annotated[Scope, Depends(get_current_user)]
@@ -241,6 +277,7 @@ def get_membership_limits(request: Request) -> MembershipLimits:
 
 TaskRepositoryDep = Annotated[TaskRepository, Depends(get_task_repository)]
 TaskReaderDep = Annotated[TaskRepository, Depends(get_task_reader)]
+TaskReadsDep = Annotated[TaskReads, Depends(get_task_reads)]
 CategoryRepositoryDep = Annotated[CategoryRepository, Depends(get_category_repository)]
 CategoryReaderDep = Annotated[CategoryRepository, Depends(get_category_reader)]
 LabelRepositoryDep = Annotated[LabelRepository, Depends(get_label_repository)]

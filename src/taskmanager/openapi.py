@@ -56,6 +56,12 @@ RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
         "required": True,
         "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
     },
+    "Cache-Control": {
+        "description": "`private, no-cache`: keep it for yourself only, and ask again (with "
+        "`If-None-Match`) before using a kept copy.",
+        "required": True,
+        "schema": {"type": "string"},
+    },
     "Location": {
         "description": "The URL of the resource just created.",
         "required": True,
@@ -103,6 +109,27 @@ _PROBLEM_HEADERS = {
     429: ("Retry-After",),
     503: ("Retry-After",),
 }
+
+
+# A list page's ETag: a digest of everything the page shows, for If-None-Match.
+PAGE_ETAG: dict[str, Any] = {
+    "description": "A digest of this page (body and headers), for `If-None-Match`.",
+    "required": True,
+    "schema": {"type": "string", "pattern": '^"[0-9a-f]+"$'},
+}
+
+
+def not_modified_response(etag: dict[str, Any] | None = None) -> dict[int | str, dict[str, Any]]:
+    """The 304 of a cacheable read (If-None-Match named the current ETag): no body."""
+    return {
+        304: {
+            "description": "Not Modified: the copy `If-None-Match` named is still current.",
+            "headers": {
+                **response_headers("Cache-Control"),
+                "ETag": etag or RESPONSE_HEADERS["ETag"],
+            },
+        }
+    }
 
 
 def response_headers(*names: str) -> dict[str, dict[str, Any]]:

@@ -376,7 +376,7 @@ async def test_ended_sessions_and_past_attempt_counts_are_purged(
         .where(AuthSession.id == logged_out_long_ago)
         .values(revoked_at=func.now() - timedelta(days=10), revoked_reason="logout")
     )
-    await sessions.revoke(logged_out_today, "logout")
+    await sessions.revoke(account.user_id, logged_out_today, "logout")
     await db_session.execute(
         update(AuthSession)
         .where(AuthSession.id == expired_long_ago)

@@ -11,6 +11,7 @@ which has no token (`taskmanager db seed`, `db explain`).
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 
@@ -109,3 +110,40 @@ async def account_id(session: AsyncSession, key: CallerKey, email: str) -> int |
     await users.enter(key.entry("operator"))
     account = await users.password_hash_of(email, key)
     return None if account is None else account.user_id
+
+
+@dataclass(frozen=True, slots=True)
+class CallerFacts:
+    """What the database answered about a login session's caller as it entered, as the
+    cache keeps it (taskmanager.cache.task_reads): the workspaces ("3,7", ascending) and,
+    as JSON, the role in each and the personal workspace."""
+
+    workspaces: str
+    roles: str
+
+
+def facts_of(scope: Scope) -> CallerFacts:
+    """The facts to keep for `scope` (a login session's, entered just now)."""
+    ids = sorted(scope.workspace_ids)
+    roles = {str(id_): str(scope.roles[id_]) for id_ in ids if id_ in scope.roles}
+    return CallerFacts(
+        ",".join(str(id_) for id_ in ids),
+        json.dumps({"r": roles, "p": scope.personal_workspace_id}, separators=(",", ":")),
+    )
+
+
+def scope_from_facts(
+    facts: CallerFacts, user_id: int, session_id: uuid.UUID, valid_until: int
+) -> Scope:
+    """The scope of a login session whose facts the cache kept: the same scope the
+    database answered then, for the access token at hand. Only the cache's reads use it:
+    nothing that writes, and no statement, runs on it (those enter the database)."""
+    kept = json.loads(facts.roles)
+    return mint_scope(
+        user_id=user_id,
+        session_id=session_id,
+        workspace_ids=tuple(int(id_) for id_ in facts.workspaces.split(",") if id_),
+        roles={int(id_): Role(role) for id_, role in kept["r"].items() if role in ROLES},
+        personal_workspace_id=kept["p"],
+        valid_until=valid_until,
+    )

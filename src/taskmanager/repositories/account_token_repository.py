@@ -11,6 +11,7 @@ from typing import Literal
 from sqlalchemy import BigInteger, Integer, Text, Uuid, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskmanager.cache.invalidation import note_callers_changed
 from taskmanager.database import note_outbox_recorded
 from taskmanager.security.caller_key import CallerKey
 from taskmanager.security.mail_tokens import MailTokenKey, mail_token_hash
@@ -83,6 +84,8 @@ class AccountTokenRepository:
         verified, or None (unknown, spent or expired)."""
         result = await self.session.execute(_VERIFY_EMAIL, {"token_hash": mail_token_hash(token)})
         user_id: int | None = result.scalar_one()
+        if user_id is not None:
+            note_callers_changed(self.session, user_id)
         return user_id
 
     async def password_reset_valid(self, token: str) -> bool:

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskmanager.cache.invalidation import note_callers_changed
 from taskmanager.models import AuthSession, RefreshToken, User
 from taskmanager.security.tokens import new_refresh_token, refresh_token_hash
 
@@ -87,7 +88,7 @@ class AuthSessionRepository:
         ):
             return RotationResult(Rotation.UNKNOWN)
         if row.used_at is not None:
-            await self.revoke(row.session_id, "refresh_token_reused")
+            await self.revoke(row.user_id, row.session_id, "refresh_token_reused")
             return RotationResult(Rotation.REUSED)
         await self.session.execute(
             update(RefreshToken)
@@ -101,12 +102,14 @@ class AuthSessionRepository:
             refresh_token=await self._new_token(row.session_id),
         )
 
-    async def revoke(self, session_id: uuid.UUID, reason: str) -> None:
+    async def revoke(self, user_id: int, session_id: uuid.UUID, reason: str) -> None:
+        """End `user_id`'s login session `session_id`."""
         await self.session.execute(
             update(AuthSession)
             .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
             .values(revoked_at=func.now(), revoked_reason=reason)
         )
+        note_callers_changed(self.session, user_id)
 
     async def revoke_all(self, user_id: int, reason: str, *, keep: uuid.UUID | None = None) -> int:
         """End every live session of `user_id` (but `keep`); returns how many."""
@@ -118,6 +121,7 @@ class AuthSessionRepository:
         if keep is not None:
             stmt = stmt.where(AuthSession.id != keep)
         result = await self.session.execute(stmt)
+        note_callers_changed(self.session, user_id)
         return int(getattr(result, "rowcount", 0) or 0)
 
     async def purge_ended(self, kept_for: timedelta) -> int:

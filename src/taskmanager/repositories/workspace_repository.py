@@ -31,6 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskmanager.cache.invalidation import note_callers_changed
 from taskmanager.models import Membership, UnclaimedWorkspace, User, Workspace
 from taskmanager.repositories.array_parameters import in_scope
 from taskmanager.security.roles import Action, Role, roles_allowing
@@ -185,6 +186,7 @@ class WorkspaceRepository:
                 workspace_id=workspace_id, user_id=creator_id, role=str(Role.OWNER)
             )
         )
+        note_callers_changed(self.session, creator_id)
         return workspace_id
 
     async def claim_unclaimed(self, user_id: int) -> list[int]:
@@ -193,6 +195,7 @@ class WorkspaceRepository:
         operator's `taskmanager users create` claims, for an account being opened, and the
         only such workspace is the one migration 0003 made. Two statements."""
         await self.session.execute(_OWN_UNCLAIMED, {"claimant": user_id})
+        note_callers_changed(self.session, user_id)
         result = await self.session.execute(_UNLIST_CLAIMED, {"claimant": user_id})
         return sorted(int(workspace_id) for workspace_id in result.scalars())
 
@@ -238,6 +241,10 @@ class WorkspaceRepository:
 
     async def delete(self, workspace: Workspace) -> None:
         """Delete a workspace with its tasks, categories and memberships (ON DELETE CASCADE)."""
+        members = await self.session.execute(
+            select(Membership.user_id).where(Membership.workspace_id == workspace.id)
+        )
+        note_callers_changed(self.session, *members.scalars())
         await self.session.delete(workspace)
         await self.session.flush()
 
@@ -300,6 +307,7 @@ class WorkspaceRepository:
                 workspace_id=workspace_id, user_id=scope.user_id, role=str(role)
             )
         )
+        note_callers_changed(self.session, scope.user_id)
 
     async def lock_holders(self, scope: Scope, workspace_id: int, action: Action) -> Sequence[int]:
         """The ids of the members whose role may do `action` (the owners, for
@@ -330,6 +338,7 @@ class WorkspaceRepository:
             .where(Membership.workspace_id == workspace_id, Membership.user_id == user_id)
             .values(role=str(role))
         )
+        note_callers_changed(self.session, user_id)
         return bool(getattr(result, "rowcount", 0))
 
     async def remove_member(self, scope: Scope, workspace_id: int, user_id: int) -> bool:
@@ -342,6 +351,7 @@ class WorkspaceRepository:
                 Membership.workspace_id == workspace_id, Membership.user_id == user_id
             )
         )
+        note_callers_changed(self.session, user_id)
         return bool(getattr(result, "rowcount", 0))
 
 

@@ -295,7 +295,7 @@ async def refresh(
 )
 async def logout(user: CurrentUserDep, session: SessionDep) -> None:
     """End this login session: its access and refresh tokens stop working at once."""
-    await AuthSessionRepository(session).revoke(user.session_id, "logout")
+    await AuthSessionRepository(session).revoke(user.user_id, user.session_id, "logout")
 
 
 # POST /auth/logout-all without a body: the defaults.

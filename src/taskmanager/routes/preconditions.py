@@ -22,6 +22,15 @@ IfMatch = Annotated[
     ),
 ]
 
+IfNoneMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-None-Match",
+        description='The ETag of the copy you have, e.g. `"3"`: 304 (no body) while it is '
+        "still current.",
+    ),
+]
+
 
 class Versioned(Protocol):
     """A row with a version (its ETag)."""

@@ -12,16 +12,21 @@ from pydantic import Field
 
 from taskmanager.bad_input import BadInputError
 from taskmanager.cursors import MAX_CURSOR_LENGTH, CursorCodec, InvalidCursorError, fingerprint
-from taskmanager.dependencies import TaskReaderDep, TaskRepositoryDep, token_scope
+from taskmanager.dependencies import TaskReadsDep, TaskRepositoryDep, token_scope
 from taskmanager.models import Task
-from taskmanager.openapi import problem_responses, response_headers
+from taskmanager.openapi import (
+    PAGE_ETAG,
+    not_modified_response,
+    problem_responses,
+    response_headers,
+)
 from taskmanager.repositories.task_queries.filters import TaskFilters
 from taskmanager.repositories.task_queries.sorts import SORTS_NEEDING_Q, keyset
 from taskmanager.repositories.task_queries.views import TaskView
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.routes.idempotency import IdempotencyDep
 from taskmanager.routes.permissions import row_for_change
-from taskmanager.routes.preconditions import IfMatch, get_or_404, set_etag
+from taskmanager.routes.preconditions import IfMatch, IfNoneMatch, get_or_404, set_etag
 from taskmanager.schemas import (
     INT4_MAX,
     MAX_LABELS_PER_TASK,
@@ -89,15 +94,21 @@ async def create_task(
     "",
     response_model=list[TaskWithCategoryResponse],
     responses={
-        200: {"headers": response_headers("X-Total-Count", "Link")},
+        200: {
+            "headers": {
+                **response_headers("X-Total-Count", "Link", "Cache-Control"),
+                "ETag": PAGE_ETAG,
+            }
+        },
+        **not_modified_response(PAGE_ETAG),
         **problem_responses(401, 422, 503),
     },
     openapi_extra=token_scope(TokenScope.TASKS_READ),
 )
 async def list_tasks(
-    repo: TaskReaderDep,
+    reads: TaskReadsDep,
     request: Request,
-    response: Response,
+    if_none_match: IfNoneMatch = None,
     completed: Annotated[
         bool | None, Query(description="Only done (true) or open (false) tasks.")
     ] = None,
@@ -170,7 +181,7 @@ async def list_tasks(
             "on pages without `cursor`, not on pages with one.",
         ),
     ] = None,
-) -> Sequence[TaskView]:
+) -> Response:
     """Your tasks (in every workspace you belong to) newest first. `X-Total-Count` holds
     how many match the filters; `Link` (rel="next") the URL of the next page, if any."""
     if sort in SORTS_NEEDING_Q and not q:
@@ -194,29 +205,32 @@ async def list_tasks(
         label_ids=tuple(label_id or ()),
     )
     filters_fingerprint = fingerprint(filters)
+    cursors = CursorCodec(request.app.state.signing_key, reads.user_id)
     after = None
     if cursor is not None:
-        after = _read_cursor(request, repo, cursor, offset, sort, filters_fingerprint)
+        after = _read_cursor(cursors, cursor, offset, sort, filters_fingerprint)
     counted = cursor is None if count is None else count
-    page = await repo.get_page(
-        filters, limit=limit, offset=offset, sort=sort, after=after, counted=counted
+
+    async def load(
+        repo: TaskRepository, count_now: bool
+    ) -> tuple[Sequence[TaskView], int | None, dict[str, str]]:
+        page = await repo.get_page(
+            filters, limit=limit, offset=offset, sort=sort, after=after, counted=count_now
+        )
+        headers = {}
+        if page.next_after is not None:
+            next_cursor = cursors.issue(sort, filters_fingerprint, page.next_after)
+            headers["Link"] = _next_link(request, next_cursor)
+        return page.items, page.total, headers
+
+    answer = await reads.page(
+        url=str(request.url), filters_key=filters_fingerprint, counted=counted, load=load
     )
-    if page.total is not None:
-        response.headers["X-Total-Count"] = str(page.total)
-    if page.next_after is not None:
-        next_cursor = _cursors(request, repo).issue(sort, filters_fingerprint, page.next_after)
-        response.headers["Link"] = _next_link(request, next_cursor)
-    return page.items
-
-
-def _cursors(request: Request, repo: TaskRepository) -> CursorCodec:
-    """The caller's cursors, signed with the app's key."""
-    return CursorCodec(request.app.state.signing_key, repo.scope.user_id)
+    return answer.response(if_none_match)
 
 
 def _read_cursor(
-    request: Request,
-    repo: TaskRepository,
+    cursors: CursorCodec,
     cursor: str,
     offset: int,
     sort: str,
@@ -226,7 +240,7 @@ def _read_cursor(
     if offset:
         message = "cannot be combined with offset: a cursor says where the page starts"
         raise InvalidCursorError(message)
-    return _cursors(request, repo).read(
+    return cursors.read(
         cursor,
         sort=sort,
         filters_fingerprint=filters_fingerprint,
@@ -243,14 +257,19 @@ def _next_link(request: Request, next_cursor: str) -> str:
 @router.get(
     "/{task_id}",
     response_model=TaskWithCategoryResponse,
-    responses={200: {"headers": response_headers("ETag")}, **problem_responses(401, 404, 422, 503)},
+    responses={
+        200: {"headers": response_headers("ETag", "Cache-Control")},
+        **not_modified_response(),
+        **problem_responses(401, 404, 422, 503),
+    },
     openapi_extra=token_scope(TokenScope.TASKS_READ),
 )
-async def get_task(task_id: TaskId, repo: TaskReaderDep, response: Response) -> TaskView:
-    """One task; `ETag` is its version, for If-Match on a later change."""
-    task = get_or_404(await repo.get_view(task_id), NOT_FOUND)
-    set_etag(response, task["version"])
-    return task
+async def get_task(
+    task_id: TaskId, reads: TaskReadsDep, if_none_match: IfNoneMatch = None
+) -> Response:
+    """One task; `ETag` is its version, for If-Match on a later change, and If-None-Match
+    with it answers 304 while the task is unchanged."""
+    return get_or_404(await reads.one(task_id), NOT_FOUND).response(if_none_match)
 
 
 @router.patch(
