@@ -1,0 +1,1 @@
+"""The cache between routes and repositories (Redis, optional): see docs/cache.md."""
