@@ -7,6 +7,7 @@ message (the lecture's Mistake 1, caught before the first query instead of after
 
 from __future__ import annotations
 
+import re
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -95,6 +96,31 @@ def normalize_database_url(raw: str, setting: str = "DATABASE_URL") -> str:
         query["ssl"] = sslmode
         url = url.set(query=query)
     return url.render_as_string(hide_password=False)
+
+
+REDIS_OFF = "off"
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+# No glob characters (the cache's commands match keys by prefix) and nothing to quote.
+_CACHE_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+
+
+def check_redis_url(raw: str) -> str | None:
+    """`raw` as TASKMANAGER_REDIS_URL means it: None when blank, `off`, or a Redis URL;
+    anything else raises ValueError naming the setting and what to write."""
+    value = raw.strip()
+    if not value:
+        return None
+    if value.lower() == REDIS_OFF:
+        return REDIS_OFF
+    scheme, separator, rest = value.partition("://")
+    if not separator or scheme.lower() not in _REDIS_SCHEMES or not rest.strip("/"):
+        shown = value if "@" not in value else value.rpartition("@")[2]  # no password
+        raise ValueError(
+            f"TASKMANAGER_REDIS_URL {shown!r} is not a Redis URL: write "
+            "redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS), unix:///PATH/TO/redis.sock, "
+            "or off (no cache)"
+        )
+    return value
 
 
 class Settings(BaseSettings):
@@ -362,6 +388,28 @@ class Settings(BaseSettings):
         "`Authorization: Bearer <this token>` only.",
     )
 
+    # The cache (taskmanager.cache): optional, never a single point of failure.
+    redis_url: str | None = Field(
+        default=None,
+        description="Unset: automatic (the embedded default starts a local Redis when "
+        "redis-server is installed; with DATABASE_URL set, no cache). `off`: no cache. "
+        "Else a redis://, rediss:// or unix:// URL.",
+    )
+    cache_timeout_ms: int = Field(
+        default=50,
+        ge=1,
+        le=5000,
+        description="Milliseconds any one cache command may take; slower counts as a miss.",
+    )
+    cache_ttl_seconds: int = Field(
+        default=300, ge=1, le=86_400, description="The longest any cached entry lives."
+    )
+    cache_prefix: str | None = Field(
+        default=None,
+        description="The namespace of every cache key; unset means one derived from the "
+        "database (host, port, name), so deployments sharing a Redis never share keys.",
+    )
+
     @field_validator("database_url", "owner_database_url", mode="before")
     @classmethod
     def _normalize_database_url(cls, value: object, info: ValidationInfo) -> object:
@@ -371,6 +419,28 @@ class Settings(BaseSettings):
             owner = info.field_name == "owner_database_url"
             return normalize_database_url(value, "OWNER_DATABASE_URL" if owner else "DATABASE_URL")
         return value
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _a_redis_url(cls, value: object) -> object:
+        if value is None or not isinstance(value, str):
+            return value
+        return check_redis_url(value)
+
+    @field_validator("cache_prefix", mode="before")
+    @classmethod
+    def _a_cache_prefix(cls, value: object) -> object:
+        if value is None or not isinstance(value, str):
+            return value
+        prefix = value.strip().rstrip(":")
+        if not prefix:
+            return None
+        if not _CACHE_PREFIX.fullmatch(prefix):
+            raise ValueError(
+                f"TASKMANAGER_CACHE_PREFIX {value!r} must be 1 to 64 letters, digits and "
+                "the characters . _ - : (e.g. tm-production)"
+            )
+        return prefix
 
     @field_validator("jwt_secret")
     @classmethod

@@ -3,7 +3,7 @@
 With DATABASE_URL unset every command uses the embedded PostgreSQL under the data
 directory, starting it if needed (and stopping it afterwards if it started it).
 
-One module a command group: serve.py, db.py, users.py; shared.py holds what they share.
+One module a command group: serve.py, db.py, users.py, cache.py; shared.py holds what they share.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from taskmanager import __version__
+from taskmanager.cli.cache import cache_app
 from taskmanager.cli.db import db_app
 from taskmanager.cli.serve import SERVE_HELP, SERVE_SHORT_HELP, serve
 from taskmanager.cli.shared import DATABASE_HELP
@@ -31,6 +32,7 @@ app = typer.Typer(
 app.command(short_help=SERVE_SHORT_HELP, help=SERVE_HELP)(serve)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
+app.add_typer(cache_app, name="cache")
 
 DEMO_EXTRA_NEEDED = (
     "taskmanager demo needs the demo extra: `make install-demo` in a checkout, "

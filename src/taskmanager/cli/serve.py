@@ -11,7 +11,9 @@ from types import FrameType
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
+from taskmanager.cli.serve_cache import ServingCache, serving_cache
 from taskmanager.cli.shared import DATABASE_HELP, caller_key, console
 from taskmanager.config import Settings, get_settings, load_settings
 from taskmanager.postgres.logins import database_logins
@@ -93,8 +95,6 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def _serve(settings: Settings, host: str, port: int, workers: int, reload: bool) -> None:
-    import uvicorn
-
     from taskmanager.postgres.deployment import check_service
     from taskmanager.postgres.migrate import upgrade_deployment
 
@@ -108,37 +108,57 @@ def _serve(settings: Settings, host: str, port: int, workers: int, reload: bool)
             upgrade_deployment(logins, key)
         # Never serve through a login that could step around the policies.
         check_service(logins.service, key)
-        # Workers (and the reloader's child) read their settings from the environment:
-        # hand them the service's URL so they share this database instead of starting
-        # one, and nothing of the owner's: serving needs none of it.
-        os.environ["DATABASE_URL"] = logins.service
-        for name in ("OWNER_DATABASE_URL", "TASKMANAGER_OWNER_DATABASE_URL"):
-            os.environ.pop(name, None)
-        get_settings.cache_clear()  # the in-process worker must read it too
-        database = (
-            "embedded, " + str(settings.data_dir)
-            if settings.uses_embedded_database
-            else "DATABASE_URL"
+        with serving_cache(settings) as cache:
+            _run(settings, logins.service, cache, host, port, workers, reload)
+
+
+def _run(
+    settings: Settings,
+    service_url: str,
+    cache: ServingCache,
+    host: str,
+    port: int,
+    workers: int,
+    reload: bool,
+) -> None:
+    """Hand the workers their settings, say where the data and the cache are, and serve
+    until stopped."""
+    import uvicorn
+
+    # Workers (and the reloader's child) read their settings from the environment:
+    # hand them the service's URL so they share this database instead of starting
+    # one, and nothing of the owner's: serving needs none of it.
+    os.environ["DATABASE_URL"] = service_url
+    for name in ("OWNER_DATABASE_URL", "TASKMANAGER_OWNER_DATABASE_URL"):
+        os.environ.pop(name, None)
+    # The cache likewise: the Redis decided here (the one started here, or none), and the
+    # namespace of this database (a worker sees DATABASE_URL, not the data directory).
+    os.environ.update(cache.environment)
+    get_settings.cache_clear()  # the in-process worker must read it too
+    database = (
+        "embedded, " + str(settings.data_dir) if settings.uses_embedded_database else "DATABASE_URL"
+    )
+    if settings.log_format == "json":  # every line of the output is a JSON object
+        logging.getLogger("taskmanager.cli").info("%s", cache.line)
+        logging.getLogger("taskmanager.cli").info(
+            "taskmanager on http://%s:%s (docs: /docs), database: %s", host, port, database
         )
-        if settings.log_format == "json":  # every line of the output is a JSON object
-            logging.getLogger("taskmanager.cli").info(
-                "taskmanager on http://%s:%s (docs: /docs), database: %s", host, port, database
-            )
-        else:
-            console.print(
-                f"[bold green]taskmanager[/] on http://{host}:{port}  "
-                f"(docs: http://{host}:{port}/docs)  database: {database}"
-            )
-        uvicorn.run(
-            "taskmanager.main:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=None if reload else workers,
-            reload=reload,
-            access_log=False,  # taskmanager.access logs each request with its request id
-            log_config=None,
-            loop="uvloop",
-            http="httptools",
-            timeout_graceful_shutdown=10,
+    else:
+        console.print(escape(cache.line), highlight=False)
+        console.print(
+            f"[bold green]taskmanager[/] on http://{host}:{port}  "
+            f"(docs: http://{host}:{port}/docs)  database: {database}"
         )
+    uvicorn.run(
+        "taskmanager.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=None if reload else workers,
+        reload=reload,
+        access_log=False,  # taskmanager.access logs each request with its request id
+        log_config=None,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=10,
+    )
