@@ -20,6 +20,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from taskmanager import __version__
+from taskmanager.cache.client import CALLER_SECONDS, CacheClient
+from taskmanager.cache.namespace import cache_namespace, redis_target, shown_redis_url
 from taskmanager.config import Settings, get_settings
 from taskmanager.database import (
     create_engine,
@@ -99,6 +101,22 @@ def _outbox_worker(
     return OutboxWorker(session_factory, key, {MAIL_PREFIX: mail.send}, policy)
 
 
+def _cache(settings: Settings) -> CacheClient | None:
+    """The cache's client, or None: the service runs uncached (taskmanager.cache)."""
+    target = redis_target(settings)
+    if target.url is None:
+        log.info("cache: off: %s", target.reason)
+        return None
+    log.info("cache: Redis at %s", shown_redis_url(target.url))
+    return CacheClient.connect(
+        target.url,
+        cache_namespace(settings),
+        timeout_ms=settings.cache_timeout_ms,
+        ttl_seconds=settings.cache_ttl_seconds,
+        caller_seconds=CALLER_SECONDS,
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application. Nothing connects to the database until the app starts."""
     settings = settings or get_settings()
@@ -138,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.engine = engine
             app.state.async_session_factory = create_session_factory(engine)
             app.state.read_session_factory = create_read_session_factory(engine)
+            app.state.cache = _cache(settings)
             outbox = _outbox_worker(
                 settings, app.state.async_session_factory, key, app.state.mail_token_key
             )
@@ -148,6 +167,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield
             finally:
                 await outbox.stop()
+                if app.state.cache is not None:
+                    await app.state.cache.close()
                 await engine.dispose()
                 await asyncio.to_thread(stack.close)
 
@@ -161,6 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
+    app.state.cache = None  # until the lifespan connects one
     # Added last = outermost: even a 413 carries X-Request-ID and gets an access log line.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:  # none by default: browsers may call only from the same origin

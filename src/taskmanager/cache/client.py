@@ -29,7 +29,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from taskmanager.cache import scripts
-from taskmanager.cache.metrics import record_error
+from taskmanager.cache.metrics import CacheKind, record_error
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,9 @@ T = TypeVar("T")
 # After a failed command, how long the database alone answers before the cache is tried
 # again.
 RETRY_AFTER_SECONDS = 1.0
+# The longest a login session's caller facts stay cached (at most the TTL): one that runs
+# out by time, which no request ends, is refused from the cache within this long.
+CALLER_SECONDS = 60
 # What a command can fail with: Redis's own errors, and the socket's.
 CACHE_ERRORS = (RedisError, OSError, TimeoutError)
 
@@ -99,7 +102,7 @@ class CacheClient:
         """False while the cache is left alone after a failure."""
         return time.monotonic() >= self._down_until
 
-    async def call(self, kind: str, work: Callable[[Redis], Awaitable[T]]) -> T | None:
+    async def call(self, kind: CacheKind, work: Callable[[Redis], Awaitable[T]]) -> T | None:
         """`work`'s answer, or None when Redis is down, slow or failing (counted, logged once)."""
         if not self.available:
             return None
@@ -117,7 +120,7 @@ class CacheClient:
             log.warning("cache: Redis answers again; reads use the cache again")
         return answer
 
-    async def invalidate(self, kind: str, work: Callable[[Redis], Awaitable[Any]]) -> bool:
+    async def invalidate(self, kind: CacheKind, work: Callable[[Redis], Awaitable[Any]]) -> bool:
         """Run an invalidation; if it cannot be delivered, void every entry at the next use
         (see the module's docstring). True when it was delivered."""
         delivered = await self.call(kind, work) is not None
@@ -125,7 +128,7 @@ class CacheClient:
             self._unsure = True
         return delivered
 
-    def _failed(self, kind: str, exc: BaseException) -> None:
+    def _failed(self, kind: CacheKind, exc: BaseException) -> None:
         record_error(kind)
         self._down_until = time.monotonic() + self.retry_after_seconds
         if not self._down:
