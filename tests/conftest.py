@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from taskmanager.accounts.callers import scope_of_account
+from taskmanager.cache.local_redis import redis_server_binary
 from taskmanager.config import Settings, normalize_database_url
 from taskmanager.database import (
     create_engine,
@@ -53,6 +55,7 @@ from tests.support.databases import (
     provision,
 )
 from tests.support.live_app import live_client, observer_engine
+from tests.support.redis import REDIS_MISSING, RedisServer, redis_server_in_scratch_directory
 from tests.support.rolled_back import rolled_back_client
 
 # Without an SMTP server, every app (and `taskmanager serve` started by a test) writes its
@@ -273,3 +276,38 @@ async def client(
         ac.headers.update(account.headers)
         yield ac
     app.dependency_overrides.clear()
+
+
+# ─── Redis (the cache): one redis-server per test process, emptied for each test
+
+
+@pytest.fixture(scope="session")
+def session_redis() -> Iterator[RedisServer]:
+    """This test process's redis-server (under pytest-xdist, each worker has its own)."""
+    if redis_server_binary() is None:
+        pytest.skip(REDIS_MISSING)
+    with redis_server_in_scratch_directory() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_server(session_redis: RedisServer) -> Iterator[RedisServer]:
+    """The test Redis, running and empty (FLUSHALL) when the test starts; a test may stop
+    it (`redis_server.down()`), and the next test finds it running again."""
+    session_redis.start()
+    session_redis.flushall()
+    yield session_redis
+    session_redis.start()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL (unix://.../redis.sock) of an empty Redis of the test run's own."""
+    return redis_server.url
+
+
+@pytest.fixture
+def stopped_redis(redis_server: RedisServer) -> Callable[[], AbstractContextManager[None]]:
+    """`with stopped_redis(): ...`: Redis is down inside the block, and back (empty, at the
+    same URL) after it."""
+    return redis_server.down

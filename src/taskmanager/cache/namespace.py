@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from sqlalchemy.engine import make_url
 
@@ -107,5 +107,8 @@ def shown_redis_url(url: str) -> str:
         user_info, _, address = netloc.rpartition("@")
         user = user_info.partition(":")[0]
         netloc = f"{user}@{address}" if user else address
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "password"])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(key, value) for key, value in pairs if key.lower() != "password"]
+    query = urlencode(kept)
+    # Written out, not urlunsplit: that drops unix:///'s empty host ("unix:/path").
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")

@@ -1,0 +1,1 @@
+"""The cache: its Redis, settings, metrics and commands."""
