@@ -81,7 +81,9 @@ class RequestContextMiddleware:
                 headers[REQUEST_ID_HEADER] = request_id
                 # The body is what Content-Type says, never sniffed into something else.
                 headers["X-Content-Type-Options"] = "nosniff"
-                if private:  # no shared or browser cache keeps one caller's answer
+                # No shared or browser cache keeps one caller's answer; a cacheable read
+                # says itself that only its caller may keep it (`private, no-cache`).
+                if private and "Cache-Control" not in headers:
                     headers["Cache-Control"] = "no-store"
             await send(message)
 

@@ -51,6 +51,11 @@ async def live_client(database_url: str, **settings: Any) -> AsyncIterator[Async
         yield client
 
 
+def app_of(client: AsyncClient) -> FastAPI:
+    """The live app behind `client`."""
+    return _APPS[client]
+
+
 def from_address(client: AsyncClient, address: str) -> AsyncClient:
     """A client of the same live app as `client` (sharing its engine), connecting from
     `address`, without `client`'s headers; the caller closes it."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 # ARGV: the user's id, a fresh token for generations not there yet, the generation keys'
 # prefix. Answers {epoch, user generation, facts' workspaces or false, facts' roles or
 # false, the current generations of the facts' workspaces (only when an entry missed, for
-# storing what the database answers instead) or false, then per entry {ETag, body, headers}
+# storing what the database answers instead) or false, then per entry {workspaces, ETag, body, headers}
 # or false}.
 READ_ENTRIES = """
 local epoch = redis.call('GET', KEYS[1]) or '0'
@@ -51,7 +51,7 @@ for i = 4, #KEYS do
   local entry = redis.call('HMGET', KEYS[i], 'e', 'w', 'g', 't', 'b', 'x')
   local found = false
   if entry[1] == epoch and entry[2] and current(entry[2]) == entry[3] then
-    found = {entry[4], entry[5], entry[6]}
+    found = {entry[2], entry[4], entry[5], entry[6]}
   end
   if not found then missed = true end
   answer[#answer + 1] = found

@@ -325,10 +325,14 @@ def _generation_of(lookup: _Lookup, scope: Scope, workspace: str) -> str | None:
 
 
 def _entry(raw: Any) -> _Entry | None:
+    """An entry as the lookup answered it; None (a miss) for anything malformed."""
     if raw is None:
         return None
-    workspaces, etag, body, headers = raw
-    return _Entry(workspaces.decode(), etag.decode(), body, json.loads(headers))
+    try:
+        workspaces, etag, body, headers = raw
+        return _Entry(workspaces.decode(), etag.decode(), bytes(body), json.loads(headers))
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 def _entry_answer(entry: _Entry) -> Answer:
