@@ -21,6 +21,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from starlette.routing import BaseRoute
 
+from taskmanager.cache.task_reads import TaskReads
 from taskmanager.config import Settings
 from taskmanager.database import (
     AsyncReadSession,
@@ -33,7 +34,7 @@ from taskmanager.database import (
 from taskmanager.dependencies import (
     CurrentReaderDep,
     CurrentUserDep,
-    get_task_reader,
+    get_task_reads,
     get_task_repository,
 )
 from taskmanager.models import Task
@@ -141,12 +142,12 @@ async def test_a_route_that_only_reads_runs_in_a_read_only_transaction(
     and nothing is stored."""
     seen: dict[str, Any] = {}
 
-    async def probing_reader(session: ReadSessionDep, user: CurrentReaderDep) -> TaskRepository:
+    async def probing_reader(session: ReadSessionDep, user: CurrentReaderDep) -> TaskReads:
         seen["read_only"] = (await session.execute(text("SHOW transaction_read_only"))).scalar()
         seen["write"] = await _write_attempt(session, user.personal_workspace_id)
-        return TaskRepository(session, user)
+        return TaskReads.of(TaskRepository(session, user))
 
-    real_sessions_app.dependency_overrides[get_task_reader] = probing_reader
+    real_sessions_app.dependency_overrides[get_task_reads] = probing_reader
     transport = ASGITransport(app=real_sessions_app)
     async with AsyncClient(transport=transport, base_url="http://test") as client:
         response = await client.get("/tasks", headers=account.headers)

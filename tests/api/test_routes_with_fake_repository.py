@@ -26,8 +26,9 @@ from httpx import ASGITransport, AsyncClient
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.util import greenlet_spawn
 
+from taskmanager.cache.task_reads import TaskReads
 from taskmanager.config import Settings
-from taskmanager.dependencies import get_task_reader, get_task_repository
+from taskmanager.dependencies import get_task_reader, get_task_reads, get_task_repository
 from taskmanager.errors import raised_by_database_driver
 from taskmanager.main import create_app
 from taskmanager.models import Category, Task
@@ -206,6 +207,9 @@ async def fake_client(
 ) -> AsyncIterator[AsyncClient]:
     for repository in (get_task_repository, get_task_reader):
         fake_app.dependency_overrides[repository] = lambda: fake_repo
+    # The reads of GET /tasks and GET /tasks/{id} go through the cache's layer, here with
+    # no cache: straight to the fake.
+    fake_app.dependency_overrides[get_task_reads] = lambda: TaskReads.of(fake_repo)  # type: ignore[arg-type]
     # No Idempotency-Key in these requests: the idempotency store is never consulted.
     fake_app.dependency_overrides[get_idempotent_request] = lambda: IdempotentRequest(
         repository=None,  # type: ignore[arg-type]

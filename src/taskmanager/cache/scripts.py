@@ -17,8 +17,8 @@ from __future__ import annotations
 # ARGV: the user's id, a fresh token for generations not there yet, the generation keys'
 # prefix. Answers {epoch, user generation, facts' workspaces or false, facts' roles or
 # false, the current generations of the facts' workspaces (only when an entry missed, for
-# storing what the database answers instead) or false, then per entry {workspaces, ETag, body, headers}
-# or false}.
+# storing what the database answers instead) or false, then per entry {workspaces, ETag,
+# body, headers} or false}.
 READ_ENTRIES = """
 local epoch = redis.call('GET', KEYS[1]) or '0'
 local ugen = redis.call('GET', KEYS[2])

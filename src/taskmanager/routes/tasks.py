@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from taskmanager.bad_input import BadInputError
+from taskmanager.cache.task_reads import TaskReads
 from taskmanager.cursors import MAX_CURSOR_LENGTH, CursorCodec, InvalidCursorError, fingerprint
 from taskmanager.dependencies import TaskReadsDep, TaskRepositoryDep, token_scope
 from taskmanager.models import Task
@@ -205,10 +206,9 @@ async def list_tasks(
         label_ids=tuple(label_id or ()),
     )
     filters_fingerprint = fingerprint(filters)
-    cursors = CursorCodec(request.app.state.signing_key, reads.user_id)
     after = None
     if cursor is not None:
-        after = _read_cursor(cursors, cursor, offset, sort, filters_fingerprint)
+        after = _read_cursor(request, reads, cursor, offset, sort, filters_fingerprint)
     counted = cursor is None if count is None else count
 
     async def load(
@@ -219,7 +219,7 @@ async def list_tasks(
         )
         headers = {}
         if page.next_after is not None:
-            next_cursor = cursors.issue(sort, filters_fingerprint, page.next_after)
+            next_cursor = _cursors(request, reads).issue(sort, filters_fingerprint, page.next_after)
             headers["Link"] = _next_link(request, next_cursor)
         return page.items, page.total, headers
 
@@ -229,8 +229,14 @@ async def list_tasks(
     return answer.response(if_none_match)
 
 
+def _cursors(request: Request, reads: TaskReads) -> CursorCodec:
+    """The caller's cursors, signed with the app's key."""
+    return CursorCodec(request.app.state.signing_key, reads.user_id)
+
+
 def _read_cursor(
-    cursors: CursorCodec,
+    request: Request,
+    reads: TaskReads,
     cursor: str,
     offset: int,
     sort: str,
@@ -240,7 +246,7 @@ def _read_cursor(
     if offset:
         message = "cannot be combined with offset: a cursor says where the page starts"
         raise InvalidCursorError(message)
-    return cursors.read(
+    return _cursors(request, reads).read(
         cursor,
         sort=sort,
         filters_fingerprint=filters_fingerprint,
