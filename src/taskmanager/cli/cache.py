@@ -192,9 +192,15 @@ def cache_flush() -> None:
     client, shown = _connect(settings)
     deleted = 0
     next_report = PROGRESS_EVERY
+    epoch = f"{namespace}:epoch".encode()
     try:
+        # First void every entry at once (a new epoch: taskmanager.cache.client); deleting
+        # the keys one batch at a time then frees the memory.
+        client.incr(epoch)
         batch: list[bytes] = []
         for key in _keys(client, namespace):
+            if key == epoch:
+                continue
             batch.append(key)
             if len(batch) >= UNLINK_BATCH:
                 deleted += int(client.unlink(*batch))
@@ -211,3 +217,28 @@ def cache_flush() -> None:
     finally:
         client.close()
     typer.echo(f"flushed {deleted} keys of {namespace} at {shown}")
+
+
+def void_cache_after(settings: Settings, what: str) -> None:
+    """After a change made outside any request (`what`, e.g. `db seed`): void this
+    deployment's cached entries, if it has a cache and Redis answers (one line either way)."""
+    from redis import Redis, RedisError
+
+    target = redis_target(settings)
+    if target.url is None:
+        return
+    client = Redis.from_url(
+        target.url, socket_timeout=COMMAND_TIMEOUT, socket_connect_timeout=COMMAND_TIMEOUT
+    )
+    try:
+        client.incr(f"{cache_namespace(settings)}:epoch")
+    except (RedisError, OSError) as exc:
+        console.print(
+            f"cache: could not void the cached reads after {what} ({_first_line(exc)}): "
+            "run `taskmanager cache flush` once Redis answers",
+            highlight=False,
+        )
+        return
+    finally:
+        client.close()
+    console.print(f"cache: voided the cached reads after {what}", highlight=False)

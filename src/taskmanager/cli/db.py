@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from taskmanager.cli.cache import void_cache_after
 from taskmanager.cli.shared import caller_key, console, in_one_transaction
 from taskmanager.config import load_settings
 from taskmanager.postgres.logins import database_logins, database_url, owner_url_of
@@ -123,6 +124,7 @@ def db_seed(
 
             result = asyncio.run(run())
         elapsed = time.perf_counter() - started
+    void_cache_after(settings, "db seed")
     rate = result.tasks / elapsed if elapsed > 0 else float("inf")
     console.print(
         f"seeded {result.tasks:,} tasks over {result.categories} categories "
