@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from taskmanager.cache.local_redis import redis_server_binary
 from tests.support.markdown import (
     ROOT,
     SHELL_LANGUAGES,
@@ -37,10 +38,13 @@ from tests.support.markdown import (
     pages,
 )
 from tests.support.processes import ServeProcess, clean_env, serve, stop_postgres
+from tests.support.redis import REDIS_MISSING
 
 ADDRESS = "127.0.0.1:8000"  # where `make run` serves, and every block says it does
 PAGE_WITHIN = 600  # seconds for one page's blocks; the slowest, the demos, takes about 30 s
 MOST_NOT_RUN = 10  # blocks that may say why they are not run, over all pages
+# Pages whose blocks talk to the Redis `serve` starts (only where redis-server is installed).
+NEEDS_REDIS = {"docs/cache.md"}
 
 RUN_PAGES = [page for page in pages() if any(block.runs for block in blocks(page))]
 
@@ -112,6 +116,8 @@ def _failure(page: Path, output: str, server: ServeProcess) -> str:
 @pytest.mark.timeout(PAGE_WITHIN + 120)
 @pytest.mark.parametrize("page", RUN_PAGES, ids=name_of)
 def test_the_page_runs_in_order(page: Path, walkthrough: Walkthrough) -> None:
+    if name_of(page) in NEEDS_REDIS and redis_server_binary() is None:
+        pytest.skip(f"{name_of(page)}: {REDIS_MISSING}")
     started = time.monotonic()
     result = subprocess.run(
         ["bash", "--noprofile", "--norc", "-c", walkthrough.script(page)],

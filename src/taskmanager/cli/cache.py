@@ -216,7 +216,7 @@ def cache_flush() -> None:
         ) from None
     finally:
         client.close()
-    typer.echo(f"flushed {deleted} keys of {namespace} at {shown}")
+    typer.echo(f"flushed {deleted} key{'' if deleted == 1 else 's'} of {namespace} at {shown}")
 
 
 def void_cache_after(settings: Settings, what: str) -> None:
