@@ -86,7 +86,8 @@ def test_flush_deletes_this_namespace_and_nothing_else(redis_url: str, tmp_path:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"flushed {len(OURS)} keys of {NAMESPACE} at {redis_url}"
-    assert keys_in(redis_url) == set(THEIRS)
+    # Left: the others' keys, and this namespace's new epoch, which voided every entry at once.
+    assert keys_in(redis_url) == {*THEIRS, f"{NAMESPACE}:epoch"}
 
     again = run_cache(
         "flush", cwd=tmp_path, TASKMANAGER_REDIS_URL=redis_url, TASKMANAGER_CACHE_PREFIX=NAMESPACE
@@ -108,7 +109,7 @@ def test_flush_of_a_big_namespace_shows_progress(redis_url: str, tmp_path: Path)
     assert f"flushed {many} keys" in result.stdout
     assert "10,000 keys deleted so far" in result.stderr
     assert "20,000 keys deleted so far" in result.stderr
-    assert keys_in(redis_url) == {"tm-other:task:1:1"}
+    assert keys_in(redis_url) == {"tm-other:task:1:1", f"{NAMESPACE}:epoch"}
 
 
 # ─── stats
@@ -313,7 +314,7 @@ def test_the_embedded_default_finds_the_redis_serve_starts(
         flushed = run_cache("flush", cwd=parent, TASKMANAGER_DATA_DIR=str(data_dir))
         assert flushed.returncode == 0, flushed.stderr
         assert flushed.stdout.startswith("flushed 1 key of")
-        assert keys_in(local.url) == {"tm-other:task:1:1"}
+        assert keys_in(local.url) == {"tm-other:task:1:1", f"{namespace}:epoch"}
     finally:
         local.stop()
 

@@ -8,8 +8,8 @@ one tries again, and the cache resumes by itself.
 
 An invalidation that could not be delivered (Redis went away just then) leaves this process
 unsure whether Redis still holds entries the change made stale. Before this process uses the
-cache again it raises the namespace's epoch, which every entry is checked against, so every
-entry stored before is void; entries also expire by themselves after
+cache again it gives the namespace a new epoch (a random token), which every entry is checked
+against, so every entry stored before is void; entries also expire by themselves after
 TASKMANAGER_CACHE_TTL_SECONDS, which bounds how long another process could read such an
 entry should Redis come back before this one does.
 """
@@ -108,7 +108,7 @@ class CacheClient:
             return None
         try:
             if self._unsure:
-                await self.redis.incr(self.epoch_key)
+                await self.redis.set(self.epoch_key, new_token())
                 self._unsure = False
                 log.warning("cache: every entry stored before a lost invalidation is now void")
             answer = await work(self.redis)
@@ -158,10 +158,10 @@ class CacheClient:
     async def flush(self) -> bool:
         """Void every entry of this namespace at once (the epoch)."""
 
-        async def raise_epoch(redis: Redis) -> int:
-            return int(await redis.incr(self.epoch_key))
+        async def new_epoch(redis: Redis) -> bool:
+            return bool(await redis.set(self.epoch_key, new_token()))
 
-        return await self.invalidate("generation", raise_epoch)
+        return await self.invalidate("generation", new_epoch)
 
     async def close(self) -> None:
         with contextlib.suppress(*CACHE_ERRORS):  # a dead connection: nothing left to close

@@ -7,8 +7,8 @@ body, `x` its other headers (JSON). It is valid while the epoch and every one of
 generations are unchanged. A caller's facts (taskmanager.cache.callers) are a hash too: `e`,
 `u` the user, `g` the user's generation when stored, `w` the workspaces, `f` the roles.
 
-A generation missing from Redis (never made, or evicted) is made anew, with a random token
-no older entry can carry: losing one voids the entries that depended on it.
+A generation or epoch missing from Redis (never made, or evicted) is made anew, with a random
+token no older entry can carry: losing one voids the entries that depended on it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,11 @@ from __future__ import annotations
 # storing what the database answers instead) or false, then per entry {workspaces, ETag,
 # body, headers} or false}.
 READ_ENTRIES = """
-local epoch = redis.call('GET', KEYS[1]) or '0'
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[1], epoch)
+end
 local ugen = redis.call('GET', KEYS[2])
 if not ugen then
   ugen = ARGV[2]
@@ -64,7 +68,7 @@ return answer
 # generations read before the database was asked, ETag, body, headers, the generation
 # keys' prefix. Stores only if nothing changed since: 1 if stored, else 0.
 STORE_ENTRY = """
-if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local tokens = {}
 for gen in string.gmatch(ARGV[4], '[^,]+') do tokens[#tokens + 1] = gen end
 local i = 0
@@ -83,7 +87,7 @@ return 1
 # generation read before the database was asked, the user, the workspaces, the roles, the
 # TTL. Stores only if neither changed since: 1 if stored, else 0.
 STORE_FACTS = """
-if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[3], 'e', ARGV[1], 'u', ARGV[3], 'g', ARGV[2], 'w', ARGV[4], 'f', ARGV[5])

@@ -194,10 +194,13 @@ class TaskReads:
             )
         return workspace, answer
 
-    async def page(self, *, url: str, filters_key: str, counted: bool, load: LoadPage) -> Answer:
-        """A list page (and its total when `counted`), from the cache or from `load`."""
+    async def page(
+        self, *, url: str, filters_key: str, counted: bool, load: LoadPage, cacheable: bool = True
+    ) -> Answer:
+        """A list page (and its total when `counted`), from the cache or from `load`. Not
+        `cacheable`: a page whose rows change with the clock alone (overdue), read anew."""
         cache, credentials = self.cache, self.credentials
-        if cache is None or credentials is None:
+        if cache is None or credentials is None or not cacheable:
             items, total, headers = await load(await self.open_repository(), counted)
             return page_answer(items, _with_total(headers, total))
         user = credentials.user_id
@@ -393,6 +396,10 @@ async def _single_flight(
     if waiting is not None:
         try:
             shared = await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            if not waiting.cancelled():
+                raise  # this request itself was cancelled
+            shared = None  # the first was: ask for ourselves
         except Exception:
             shared = None
         if shared is not None:
@@ -403,10 +410,12 @@ async def _single_flight(
         _in_flight[key] = future
     try:
         found = await load()
-    except BaseException as exc:
-        if not future.done():
-            future.set_exception(exc)
-            future.exception()  # retrieved: the waiters ask for themselves
+    except Exception as exc:
+        future.set_exception(exc)
+        future.exception()  # retrieved: the waiters ask for themselves
+        raise
+    except BaseException:
+        future.cancel()
         raise
     else:
         future.set_result(found)

@@ -8,6 +8,7 @@ walked with SCAN (never KEYS, which blocks Redis for as long as it takes).
 from __future__ import annotations
 
 import re
+import secrets
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -194,9 +195,9 @@ def cache_flush() -> None:
     next_report = PROGRESS_EVERY
     epoch = f"{namespace}:epoch".encode()
     try:
-        # First void every entry at once (a new epoch: taskmanager.cache.client); deleting
+        # First void every entry at once (a new epoch: taskmanager.cache.scripts); deleting
         # the keys one batch at a time then frees the memory.
-        client.incr(epoch)
+        client.set(epoch, secrets.token_hex(8))
         batch: list[bytes] = []
         for key in _keys(client, namespace):
             if key == epoch:
@@ -231,7 +232,7 @@ def void_cache_after(settings: Settings, what: str) -> None:
         target.url, socket_timeout=COMMAND_TIMEOUT, socket_connect_timeout=COMMAND_TIMEOUT
     )
     try:
-        client.incr(f"{cache_namespace(settings)}:epoch")
+        client.set(f"{cache_namespace(settings)}:epoch", secrets.token_hex(8))
     except (RedisError, OSError) as exc:
         console.print(
             f"cache: could not void the cached reads after {what} ({_first_line(exc)}): "

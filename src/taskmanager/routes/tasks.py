@@ -224,7 +224,11 @@ async def list_tasks(
         return page.items, page.total, headers
 
     answer = await reads.page(
-        url=str(request.url), filters_key=filters_fingerprint, counted=counted, load=load
+        url=str(request.url),
+        filters_key=filters_fingerprint,
+        counted=counted,
+        load=load,
+        cacheable=overdue is None,  # overdue moves with the clock, not with writes
     )
     return answer.response(if_none_match)
 
