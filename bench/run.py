@@ -47,6 +47,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 from figures import Measurement, Summary, run_figures, summarise, summarise_waits
 from harness import (
+    FLOOR_APP,
     MODES,
     RESULTS_DIR,
     PeakRSS,
@@ -55,6 +56,7 @@ from harness import (
     connections_opened,
     cpu_seconds,
     ensure_wrk,
+    floor_env,
     log_in,
     lua_script,
     parse_wrk,
@@ -65,6 +67,7 @@ from harness import (
     run_wrk,
     seed_database,
     seeded,
+    server_env,
     server_logins,
 )
 from reports import floor_table, layers_markdown, main_tables, naive_markdown
@@ -80,8 +83,6 @@ from scenarios import (
 
 from scale import scale_benchmark
 
-FLOOR_APP = "floor_app:create_floor_app"  # the separate floor's uvicorn factory
-
 
 def run_mode(
     mode: str, args: argparse.Namespace, scenarios: list[Scenario], wrk: str
@@ -96,21 +97,11 @@ def run_mode(
         secret = secrets.token_urlsafe(48)
         seed_rate = seed_database(database, secret, args.tasks, 20)
         ids = seeded(database.admin_url)
-        env = {
-            "TASKMANAGER_JWT_SECRET": secret,
-            "BENCH_WORKSPACE_ID": str(ids.workspace_id),
-            "BENCH_FLOOR_DATABASE_URL": database.admin_url,
-        }
+        env = server_env(database, secret, ids)
         if args.naive:
             env["BENCH_NAIVE"] = "1"
         if args.layers:
             env["BENCH_LAYERS"] = "1"
-        # The separate floor: the app's login and pool size, its statement_timeout.
-        floor_env = {
-            **env,
-            "BENCH_FLOOR_POOL_SIZE": str(settings.pool_size + settings.max_overflow),
-            "BENCH_FLOOR_STATEMENT_TIMEOUT_MS": str(settings.statement_timeout_ms),
-        }
         with ExitStack() as stack:
             servers: dict[str, tuple[str, psutil.Process]] = {}
             for name in dict.fromkeys(["app", *(s.server for s in scenarios)]):  # app: log in

@@ -79,18 +79,12 @@ def bench(embedded_server: EmbeddedPostgres | None) -> Iterator[dict[str, Any]]:
     secret = secrets.token_urlsafe(48)
     seed_database(database, secret, 60, 5)
     ids = seeded(database.admin_url)
-    env = {
-        "TASKMANAGER_JWT_SECRET": secret,
-        "BENCH_WORKSPACE_ID": str(ids.workspace_id),
-        "BENCH_FLOOR_DATABASE_URL": database.admin_url,
-        "BENCH_NAIVE": "1",
-        "BENCH_LAYERS": "1",
-    }
-    floor_env = {**env, "BENCH_FLOOR_POOL_SIZE": "2", "BENCH_FLOOR_STATEMENT_TIMEOUT_MS": "15000"}
+    env = {**harness.server_env(database, secret, ids), "BENCH_NAIVE": "1", "BENCH_LAYERS": "1"}
+    floor_env = {**harness.floor_env(env), "BENCH_FLOOR_POOL_SIZE": "2"}
     try:
         with (
             bench_server(database.app_url, 1, env) as (base, _process),
-            bench_server(database.app_url, 1, floor_env, app="floor_app:create_floor_app") as (
+            bench_server(database.app_url, 1, floor_env, app=harness.FLOOR_APP) as (
                 floor,
                 _floor_process,
             ),
