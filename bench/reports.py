@@ -271,10 +271,10 @@ def _vs_floor_cells(by_name: dict[str, Summary], name: str) -> str | None:
 
 def floor_table(runs: list[tuple[Any, dict[str, Any]]]) -> str:
     """The app's four scenarios against the separate floor, per mode, from saved runs
-    (run.py's JSON: `--vs-floor` or a main run): one run, or two side by side (before,
-    after). Ratio: app req/s over floor req/s; CPU: µs per request, app / floor (app over
-    floor), the server's own process and the bench's PostgreSQL."""
-    labels = ["before", "after"] if len(runs) == 2 else ["run"]
+    (run.py's JSON: `--vs-floor` or a main run): before, or before and after side by side.
+    Ratio: app req/s over floor req/s; CPU: µs per request, app / floor (app over floor),
+    the server's own process and the bench's PostgreSQL."""
+    labels = ["before", "after"][: len(runs)]
     lines = [
         f"- {label}: `{saved['meta']['command']}`, {saved['meta']['date']} ({path}), "
         f"wrk -t1 -c{saved['meta']['connections']} -d{saved['meta']['duration']}s x "

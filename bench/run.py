@@ -106,7 +106,9 @@ def run_mode(
             servers: dict[str, tuple[str, psutil.Process]] = {}
             for name in dict.fromkeys(["app", *(s.server for s in scenarios)]):  # app: log in
                 if name == "floor":
-                    server = bench_server(database.app_url, args.workers, floor_env, app=FLOOR_APP)
+                    server = bench_server(
+                        database.app_url, args.workers, floor_env(env), app=FLOOR_APP
+                    )
                 else:
                     extra = {**env, **(OLD_POOL if name == "old-pool" else {})}
                     server = bench_server(database.app_url, args.workers, extra)
