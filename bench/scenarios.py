@@ -1,7 +1,9 @@
 """The scenarios the HTTP benchmark drives, and the floors each is compared against.
 
-A floor does the same work as a route without what the app adds (bench_app.py); a scenario's
-`baseline` names its floor. `--layers` and `--naive` have lists of their own.
+A floor does the same work as a route without what the app adds; a scenario's `baseline`
+names its floor. Each of the app's scenarios is measured against the separate floor
+(floor_app.py, its own process), and so are the in-app floors (bench_app.py), whose
+differences give each step's cost. `--layers` and `--naive` have lists of their own.
 """
 
 from __future__ import annotations
@@ -21,15 +23,25 @@ class Scenario:
     baseline: str | None = None  # the scenario this one is compared against
     connections: int | None = None  # wrk connections, when not --connections
     pool: str | None = None  # the instrumented pool whose waits are read (--naive)
-    server: str = "app"  # "app" (today's defaults) or "old-pool" (10 + 10 overflow)
+    # "app" (today's defaults), "old-pool" (10 + 10 overflow), "floor" (floor_app.py)
+    server: str = "app"
     form: bool = False  # the body is a form (POST /auth/token), not JSON
     tcp_only: bool = False
 
 
-FLOOR_ONE = "floor GET one: + RLS (full floor)"
-FLOOR_LIST = "floor list 50: + RLS (full floor)"
-FLOOR_POST = "floor POST: + JWT + scope + RLS (full floor)"
-FLOOR_PATCH = "floor PATCH: + JWT + scope + RLS (full floor)"
+# The separate floor (floor_app.py, a process of its own): the app's statements, body and
+# headers, nothing the app adds. Same paths as the app's routes, so the same wrk scripts.
+SEPARATE_ONE = "separate floor: GET /tasks/{id}"
+SEPARATE_LIST = "separate floor: GET /tasks?limit=50"
+SEPARATE_POST = "separate floor: POST /tasks"
+SEPARATE_PATCH = "separate floor: PATCH /tasks/{id}"
+# The in-app floors (bench_app.py): routes of the app, behind its middleware, hand-written
+# SQL, one level of the work at a time: the differences between them are the steps' costs.
+IN_APP = "in-app floor"
+FLOOR_ONE = f"{IN_APP} GET one: + RLS (the route's work)"
+FLOOR_LIST = f"{IN_APP} list 50: + RLS (the route's work)"
+FLOOR_POST = f"{IN_APP} POST: + JWT + scope + RLS (the route's work)"
+FLOOR_PATCH = f"{IN_APP} PATCH: + JWT + scope + RLS (the route's work)"
 POST_BODY = '{"title": "bench task {n}", "description": "created by bench/run.py"}'
 PATCH_BODY = '{"title": "bench patch {n}"}'  # always a change: an UPDATE every time
 OLD = ", old pool 10+10"
@@ -40,88 +52,100 @@ def with_old_pool(scenario: Scenario) -> Scenario:
     return replace(scenario, name=scenario.name + OLD, server="old-pool", tcp_only=True)
 
 
-GET_ONE = Scenario("GET /tasks/{id}", "GET", "/tasks/{id}", baseline=FLOOR_ONE)
-LIST_50 = Scenario("GET /tasks?limit=50", "GET", "/tasks?limit=50", baseline=FLOOR_LIST)
-POST_ONE = Scenario("POST /tasks", "POST", "/tasks", POST_BODY, baseline=FLOOR_POST)
-PATCH_ONE = Scenario("PATCH /tasks/{id}", "PATCH", "/tasks/{id}", PATCH_BODY, baseline=FLOOR_PATCH)
+def separate_floor(name: str, scenario: Scenario) -> Scenario:
+    """`scenario`'s request sent to the separate floor instead of the app."""
+    return replace(scenario, name=name, server="floor", baseline=None)
+
+
+GET_ONE = Scenario("GET /tasks/{id}", "GET", "/tasks/{id}", baseline=SEPARATE_ONE)
+LIST_50 = Scenario("GET /tasks?limit=50", "GET", "/tasks?limit=50", baseline=SEPARATE_LIST)
+POST_ONE = Scenario("POST /tasks", "POST", "/tasks", POST_BODY, baseline=SEPARATE_POST)
+PATCH_ONE = Scenario(
+    "PATCH /tasks/{id}", "PATCH", "/tasks/{id}", PATCH_BODY, baseline=SEPARATE_PATCH
+)
+APP_SCENARIOS = [GET_ONE, LIST_50, POST_ONE, PATCH_ONE]
+
+
+def _in_app(name: str, method: str, path: str, body: str | None, baseline: str) -> Scenario:
+    return Scenario(name, method, path, body, baseline=baseline)
+
+
 SCENARIOS = [
-    Scenario("floor GET one: statement", "GET", "/bench/raw/plain/tasks/{id}", baseline=FLOOR_ONE),
-    Scenario("floor GET one: + transaction", "GET", "/bench/raw/tx/tasks/{id}", baseline=FLOOR_ONE),
-    Scenario("floor GET one: + JWT", "GET", "/bench/raw/jwt/tasks/{id}", baseline=FLOOR_ONE),
-    Scenario(
-        "floor GET one: + scope statement", "GET", "/bench/raw/scope/tasks/{id}", baseline=FLOOR_ONE
-    ),
-    Scenario(FLOOR_ONE, "GET", "/bench/raw/rls/tasks/{id}"),
+    separate_floor(SEPARATE_ONE, GET_ONE),
+    _in_app(f"{IN_APP} GET one: statement", "GET", "/bench/raw/plain/tasks/{id}", None,
+            SEPARATE_ONE),
+    _in_app(f"{IN_APP} GET one: + transaction", "GET", "/bench/raw/tx/tasks/{id}", None,
+            SEPARATE_ONE),
+    _in_app(f"{IN_APP} GET one: + JWT", "GET", "/bench/raw/jwt/tasks/{id}", None, SEPARATE_ONE),
+    _in_app(f"{IN_APP} GET one: + scope statement", "GET", "/bench/raw/scope/tasks/{id}", None,
+            SEPARATE_ONE),
+    _in_app(FLOOR_ONE, "GET", "/bench/raw/rls/tasks/{id}", None, SEPARATE_ONE),
     GET_ONE,
     with_old_pool(GET_ONE),
-    Scenario(
-        "floor list 50: page + total", "GET", "/bench/raw/tx/tasks?limit=50", baseline=FLOOR_LIST
-    ),
-    Scenario(
-        "floor list 50: + JWT + scope statement",
-        "GET",
-        "/bench/raw/scope/tasks?limit=50",
-        baseline=FLOOR_LIST,
-    ),
-    Scenario(FLOOR_LIST, "GET", "/bench/raw/rls/tasks?limit=50"),
+    separate_floor(SEPARATE_LIST, LIST_50),
+    _in_app(f"{IN_APP} list 50: page + total", "GET", "/bench/raw/tx/tasks?limit=50", None,
+            SEPARATE_LIST),
+    _in_app(f"{IN_APP} list 50: + JWT + scope statement", "GET",
+            "/bench/raw/scope/tasks?limit=50", None, SEPARATE_LIST),
+    _in_app(FLOOR_LIST, "GET", "/bench/raw/rls/tasks?limit=50", None, SEPARATE_LIST),
     LIST_50,
     with_old_pool(LIST_50),
-    Scenario(
-        "floor POST: INSERT in a transaction",
-        "POST",
-        "/bench/raw/tx/tasks",
-        POST_BODY,
-        baseline=FLOOR_POST,
-    ),
-    Scenario(FLOOR_POST, "POST", "/bench/raw/rls/tasks", POST_BODY),
+    separate_floor(SEPARATE_POST, POST_ONE),
+    _in_app(f"{IN_APP} POST: INSERT in a transaction", "POST", "/bench/raw/tx/tasks", POST_BODY,
+            SEPARATE_POST),
+    _in_app(FLOOR_POST, "POST", "/bench/raw/rls/tasks", POST_BODY, SEPARATE_POST),
     POST_ONE,
     with_old_pool(POST_ONE),
-    Scenario(
-        "floor PATCH: SELECT FOR UPDATE + UPDATE in a transaction",
-        "PATCH",
-        "/bench/raw/tx/tasks/{id}",
-        PATCH_BODY,
-        baseline=FLOOR_PATCH,
-    ),
-    Scenario(FLOOR_PATCH, "PATCH", "/bench/raw/rls/tasks/{id}", PATCH_BODY),
+    separate_floor(SEPARATE_PATCH, PATCH_ONE),
+    _in_app(f"{IN_APP} PATCH: SELECT FOR UPDATE + UPDATE in a transaction", "PATCH",
+            "/bench/raw/tx/tasks/{id}", PATCH_BODY, SEPARATE_PATCH),
+    _in_app(FLOOR_PATCH, "PATCH", "/bench/raw/rls/tasks/{id}", PATCH_BODY, SEPARATE_PATCH),
     PATCH_ONE,
     with_old_pool(PATCH_ONE),
     Scenario("login: POST /auth/token, 1 client", "POST", "/auth/token", connections=1, form=True),
     Scenario("login: POST /auth/token, 4 clients", "POST", "/auth/token", connections=4, form=True),
-]
+]  # fmt: skip
+# `--vs-floor`: each of the app's four scenarios and its separate floor, nothing else.
+VS_FLOOR = [s for s in SCENARIOS if s in APP_SCENARIOS or s.server == "floor"]
 
 # What each step of the floors adds, read off the table: (step, scenario, the one before).
 COST_STEPS = [
-    ("GET one", "READ ONLY transaction (BEGIN, COMMIT)", "floor GET one: + transaction",
-     "floor GET one: statement"),
-    ("GET one", "JWT verified", "floor GET one: + JWT", "floor GET one: + transaction"),
+    ("GET one", "READ ONLY transaction (BEGIN, COMMIT)", f"{IN_APP} GET one: + transaction",
+     f"{IN_APP} GET one: statement"),
+    ("GET one", "JWT verified", f"{IN_APP} GET one: + JWT", f"{IN_APP} GET one: + transaction"),
     ("GET one", "user + session + memberships, caller set (one statement)",
-     "floor GET one: + scope statement", "floor GET one: + JWT"),
+     f"{IN_APP} GET one: + scope statement", f"{IN_APP} GET one: + JWT"),
     ("GET one", "request role: row-level security on", FLOOR_ONE,
-     "floor GET one: + scope statement"),
-    ("GET one", "the app over its floor (FastAPI, SQLAlchemy, the dependencies)",
-     "GET /tasks/{id}", FLOOR_ONE),
-    ("list 50", "JWT + scope statement", "floor list 50: + JWT + scope statement",
-     "floor list 50: page + total"),
+     f"{IN_APP} GET one: + scope statement"),
+    ("GET one", "the app's middleware and routing (the in-app floor over the separate one)",
+     FLOOR_ONE, SEPARATE_ONE),
+    ("GET one", "the app over its separate floor (middleware, FastAPI, SQLAlchemy, the "
+     "dependencies)", "GET /tasks/{id}", SEPARATE_ONE),
+    ("list 50", "JWT + scope statement", f"{IN_APP} list 50: + JWT + scope statement",
+     f"{IN_APP} list 50: page + total"),
     ("list 50", "request role: row-level security on", FLOOR_LIST,
-     "floor list 50: + JWT + scope statement"),
-    ("list 50", "the app over its floor", "GET /tasks?limit=50", FLOOR_LIST),
-    ("POST", "JWT + scope statement + RLS", FLOOR_POST, "floor POST: INSERT in a transaction"),
-    ("POST", "the app over its floor", "POST /tasks", FLOOR_POST),
+     f"{IN_APP} list 50: + JWT + scope statement"),
+    ("list 50", "the app's middleware and routing", FLOOR_LIST, SEPARATE_LIST),
+    ("list 50", "the app over its separate floor", "GET /tasks?limit=50", SEPARATE_LIST),
+    ("POST", "JWT + scope statement + RLS", FLOOR_POST, f"{IN_APP} POST: INSERT in a transaction"),
+    ("POST", "the app's middleware and routing", FLOOR_POST, SEPARATE_POST),
+    ("POST", "the app over its separate floor", "POST /tasks", SEPARATE_POST),
     ("PATCH", "JWT + scope statement + RLS", FLOOR_PATCH,
-     "floor PATCH: SELECT FOR UPDATE + UPDATE in a transaction"),
-    ("PATCH", "the app over its floor", "PATCH /tasks/{id}", FLOOR_PATCH),
+     f"{IN_APP} PATCH: SELECT FOR UPDATE + UPDATE in a transaction"),
+    ("PATCH", "the app's middleware and routing", FLOOR_PATCH, SEPARATE_PATCH),
+    ("PATCH", "the app over its separate floor", "PATCH /tasks/{id}", SEPARATE_PATCH),
 ]  # fmt: skip
 
 
 # GET /tasks/{id} built up one layer at a time (`--layers`): what each layer costs. Every
 # layer does the route's whole work (token, scope statement, view, READ ONLY transaction).
 def _layer(name: str, path: str) -> Scenario:
-    return Scenario(name, "GET", path, baseline=FLOOR_ONE)
+    return Scenario(name, "GET", path, baseline=SEPARATE_ONE)
 
 
 LAYERS = [
-    Scenario(FLOOR_ONE, "GET", "/bench/raw/rls/tasks/{id}"),
+    separate_floor(SEPARATE_ONE, GET_ONE),
+    _layer(FLOOR_ONE, "/bench/raw/rls/tasks/{id}"),
     _layer("+ SQLAlchemy Core (AsyncConnection)", "/bench/layers/connection/tasks/{id}"),
     _layer("+ AsyncSession", "/bench/layers/session/tasks/{id}"),
     _layer("+ read-session dependency", "/bench/layers/dependency/tasks/{id}"),
@@ -132,7 +156,10 @@ LAYERS = [
     ),
 ]
 LAYER_NOTES = {
-    FLOOR_ONE: "asyncpg: token, scope statement, the same SQL and response model",
+    SEPARATE_ONE: "floor_app.py, a process of its own: the app's statements on asyncpg, "
+    "no middleware",
+    FLOOR_ONE: "asyncpg: token, scope statement, the same response model, as a route of the "
+    "app (its middleware)",
     "+ SQLAlchemy Core (AsyncConnection)": "the app's statements via engine.connect(), "
     "READ ONLY transaction",
     "+ AsyncSession": "the same in a read session the route opens, commits and closes",

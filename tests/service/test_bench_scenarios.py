@@ -1,10 +1,12 @@
-"""Every request the benchmarks drive answers 2xx on today's app.
+"""Every request the benchmarks drive answers 2xx on today's app, and the separate floor
+answers what the app answers.
 
 bench/run.py counts a non-2xx answer as an error and still prints a req/s figure for it: a
 route of the bench app that the app has outgrown (a response model with a new field, a
 login that may no longer read the tables) turns into a fast table of errors, not a
 failure. This sends each scenario's request once, as its wrk script does, to the bench
-app served as the bench serves it (bench/harness.py), with the --naive and --layers routes.
+app served as the bench serves it (bench/harness.py), with the --naive and --layers routes,
+and to the separate floor (bench/floor_app.py) for the scenarios measured on it.
 """
 
 from __future__ import annotations
@@ -77,30 +79,32 @@ def bench(embedded_server: EmbeddedPostgres | None) -> Iterator[dict[str, Any]]:
     secret = secrets.token_urlsafe(48)
     seed_database(database, secret, 60, 5)
     ids = seeded(database.admin_url)
-    env = {
-        "TASKMANAGER_JWT_SECRET": secret,
-        "BENCH_WORKSPACE_ID": str(ids.workspace_id),
-        "BENCH_FLOOR_DATABASE_URL": database.admin_url,
-        "BENCH_NAIVE": "1",
-        "BENCH_LAYERS": "1",
-    }
+    env = {**harness.server_env(database, secret, ids), "BENCH_NAIVE": "1", "BENCH_LAYERS": "1"}
+    floor_env = {**harness.floor_env(env), "BENCH_FLOOR_POOL_SIZE": "2"}
     try:
-        with bench_server(database.app_url, 1, env) as (base, _process):
-            yield {"base": base, "token": log_in(base), "task_id": ids.first_id}
+        with (
+            bench_server(database.app_url, 1, env) as (base, _process),
+            bench_server(database.app_url, 1, floor_env, app=harness.FLOOR_APP) as (
+                floor,
+                _floor_process,
+            ),
+        ):
+            yield {"base": base, "floor": floor, "token": log_in(base), "task_id": ids.first_id}
     finally:
         embedded_server.drop_database(DATABASE)
 
 
-def _send(bench: dict[str, Any], scenario: scenarios.Scenario) -> httpx.Response:
+def _send(bench: dict[str, Any], scenario: scenarios.Scenario, n: str = "1") -> httpx.Response:
     """The scenario's request as its wrk script sends it: a seeded task's id, the demo
     account's token (the login form goes without)."""
     from taskmanager.seed import DEMO_EMAIL, DEMO_PASSWORD
 
-    url = bench["base"] + scenario.path.replace("{id}", str(bench["task_id"]))
+    base = bench["floor"] if scenario.server == "floor" else bench["base"]
+    url = base + scenario.path.replace("{id}", str(bench["task_id"]))
     if scenario.form:
         return httpx.post(url, data={"username": DEMO_EMAIL, "password": DEMO_PASSWORD})
     headers = {"Authorization": f"Bearer {bench['token']}"}
-    body = scenario.body.replace("{n}", "1") if scenario.body else None
+    body = scenario.body.replace("{n}", n) if scenario.body else None
     if body is not None:
         headers["Content-Type"] = "application/json"
     return httpx.request(scenario.method, url, content=body, headers=headers, timeout=30)
@@ -132,3 +136,47 @@ def test_the_layers_answer_what_the_real_route_answers(bench: dict[str, Any]) ->
     real = _send(bench, ALL["GET /tasks/{id}"]).json()
     for layer in LAYERS:
         assert _send(bench, layer).json() == real, layer.name
+
+
+# The headers the app's middleware adds to every answer: the separate floor has none of it.
+_MIDDLEWARE_HEADERS = {"x-request-id", "x-content-type-options", "cache-control", "date"}
+
+
+def _route_headers(response: httpx.Response, base: str) -> dict[str, str]:
+    """The headers a route sets, with the server's own address taken out of URLs."""
+    return {
+        name: value.replace(base, "<base>")
+        for name, value in response.headers.items()
+        if name not in _MIDDLEWARE_HEADERS
+    }
+
+
+@pytest.mark.parametrize("app_name", [s.name for s in scenarios.APP_SCENARIOS])
+def test_the_separate_floor_answers_what_the_app_answers(
+    bench: dict[str, Any], app_name: str
+) -> None:
+    """Same status, body and route headers (ETag, X-Total-Count, Link, Location), for the
+    same request. PATCH: the floor changes the title first, then the app is sent the same
+    title (no change): both answer the task as the floor left it."""
+    app = ALL[app_name]
+    floor = ALL[app.baseline]
+    assert floor.server == "floor", app.baseline
+    if app.method == "PATCH":
+        floor_answer = _send(bench, floor, n="by the floor")
+        app_answer = _send(bench, app, n="by the floor")
+    else:
+        app_answer, floor_answer = _send(bench, app), _send(bench, floor)
+    assert floor_answer.status_code == app_answer.status_code
+    app_body, floor_body = app_answer.json(), floor_answer.json()
+    app_headers = _route_headers(app_answer, bench["base"])
+    floor_headers = _route_headers(floor_answer, bench["floor"])
+    if app.method == "POST":  # two new tasks: their own ids and times
+        assert floor_headers.pop("location") == f"<base>/tasks/{floor_body['id']}"
+        assert app_headers.pop("location") == f"<base>/tasks/{app_body['id']}"
+        for body in (app_body, floor_body):
+            for name in ("id", "created_at", "updated_at"):
+                body.pop(name)
+        for headers in (app_headers, floor_headers):
+            headers.pop("content-length")
+    assert floor_body == app_body
+    assert floor_headers == app_headers
