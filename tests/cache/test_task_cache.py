@@ -207,3 +207,26 @@ async def test_redis_going_away_costs_speed_not_answers(
     statements.clear()
     assert (await cached.get(f"/tasks/{task['id']}")).json()["title"] == "while down"
     assert statements == [], "and the cache serves again"
+
+
+async def test_another_tenants_cached_task_is_a_404_from_the_database(
+    cached: AsyncClient, statements: list[str]
+) -> None:
+    """Not theirs is 404, and the same work as an id that does not exist: the database
+    answers both, so the time of the answer tells nothing about what is cached."""
+    task = await _task(cached)
+    for _ in range(2):
+        assert (await cached.get(f"/tasks/{task['id']}")).status_code == 200  # now cached
+    stranger = await register_and_login(cached, _new_email())
+    for _ in range(2):  # the stranger's facts are cached too
+        assert (await cached.get("/tasks", headers=stranger)).status_code == 200
+    statements.clear()
+
+    foreign = await cached.get(f"/tasks/{task['id']}", headers=stranger)
+    asked_for_the_foreign_one = len(statements)
+    missing = await cached.get("/tasks/2147483000", headers=stranger)
+
+    assert foreign.status_code == missing.status_code == 404
+    assert foreign.content == missing.content
+    assert asked_for_the_foreign_one > 0, "the database answers, not the cache"
+    assert len(statements) == 2 * asked_for_the_foreign_one

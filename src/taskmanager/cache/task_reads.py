@@ -166,9 +166,16 @@ class TaskReads:
         key = cache.key("task", task_id)
         lookup = await self._lookup(cache, credentials, [key])
         entry = lookup.entries[0] if lookup is not None else None
-        if lookup is not None and lookup.scope is not None and entry is not None:
+        if (
+            lookup is not None
+            and lookup.scope is not None
+            and entry is not None
+            and _may_read(lookup.scope, entry.workspaces)
+        ):
             record_hit("task")
-            return _entry_answer(entry) if _may_read(lookup.scope, entry.workspaces) else None
+            return _entry_answer(entry)
+        # Not cached, or not the caller's: the database answers (a task of another tenant
+        # is then the same 404, in the same time, as one that does not exist).
         record_miss("task")
         if lookup is None or lookup.scope is None:
             repo = await self._repository(cache, credentials, lookup)
