@@ -25,7 +25,10 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 async def cached(own_database_url: str, redis_url: str) -> AsyncIterator[AsyncClient]:
     """The real app with the cache on, logged in as a new account."""
     async with live_client(
-        own_database_url, redis_url=redis_url, registrations_per_address=1000
+        own_database_url,
+        redis_url=redis_url,
+        registrations_per_address=1000,
+        registrations_total=1000,
     ) as client:
         client.headers.update(await register_and_login(client, _new_email()))
         yield client
