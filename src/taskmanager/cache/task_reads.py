@@ -223,8 +223,9 @@ class TaskReads:
                 record_hit("page")
                 return _entry_answer(page)
             if count and count[0] is not None and count[0].workspaces == lookup.facts.workspaces:
+                cached_total = _total_of(count[0])
+            if cached_total is not None:
                 record_hit("count")
-                cached_total = int(count[0].body)
             elif counted:
                 record_miss("count")
         record_miss("page")
@@ -343,6 +344,11 @@ def _entry(raw: Any) -> _Entry | None:
         return _Entry(workspaces.decode(), etag.decode(), bytes(body), json.loads(headers))
     except (TypeError, ValueError, AttributeError):
         return None
+
+
+def _total_of(entry: _Entry) -> int | None:
+    """The total a count entry holds; None (a miss) if it holds no count."""
+    return int(entry.body) if entry.body.isdigit() else None
 
 
 def _entry_answer(entry: _Entry) -> Answer:
