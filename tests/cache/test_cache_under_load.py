@@ -19,6 +19,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -529,3 +531,113 @@ async def test_no_read_is_older_than_a_write_acknowledged_before_it(
                     assert {t["id"]: (t["title"], t["version"]) for t in listed.json()} == {
                         task_id: stored[task_id] for task_id in served.team_task_ids
                     }
+
+
+FAILED_LINE = "cache: Redis failed"
+BACK_LINE = "cache: Redis answers again"
+
+
+async def test_redis_stopped_under_load_costs_no_answer_and_comes_back_by_itself(
+    served: Served, redis_server: RedisServer
+) -> None:
+    servers = served.servers
+    pids = [server.pid for server in servers]
+    marks: dict[str, list[int]] = {}
+    counted: dict[str, list[dict[str, float]]] = {}
+
+    async def look(moment: str) -> None:
+        marks[moment] = [len(server.output()) for server in servers]
+        counted[moment] = [
+            await asyncio.to_thread(_counters, server, name)
+            for server in servers
+            for name in ("taskmanager_cache_hits", "taskmanager_cache_errors")
+        ]
+
+    async def outage() -> None:
+        await asyncio.sleep(2)
+        await look("stopped")
+        await asyncio.to_thread(redis_server.stop)
+        await asyncio.sleep(2)
+        await asyncio.to_thread(redis_server.start)
+        await look("started")
+
+    history = await _run_load(
+        served,
+        seconds=7,
+        mix=Mix(writers=1, owner_readers=4, member_readers=4, writer_pause=0.1, reader_pause=0.02),
+        during=outage,
+    )
+    await look("end")
+
+    assert history.problems == [], "\n".join(history.problems[:30])
+    assert set(history.statuses) == {200}, history.statuses
+    assert sum(len(acks) for acks in history.acknowledged.values()) >= 10
+    for number, server in enumerate(servers):
+        assert server.pid == pids[number]  # the same process, never restarted
+        assert server.process.poll() is None
+        hits = {moment: counted[moment][2 * number]["task"] for moment in counted}
+        errors = {moment: sum(counted[moment][2 * number + 1].values()) for moment in counted}
+        output = server.output()
+        during = output[marks["stopped"][number] : marks["started"][number]]
+        after = output[marks["started"][number] :]
+        # One warning for the outage, one when it is over: not one per request.
+        assert during.count(FAILED_LINE) == 1, during
+        assert after.count(FAILED_LINE) == 0, after
+        assert after.count(BACK_LINE) == 1, after
+        assert errors["started"] > errors["stopped"], errors
+        # The cache serves again, without a restart.
+        assert hits["end"] > hits["started"], hits
+
+
+STALL_SECONDS = 3.0
+
+
+async def test_a_frozen_redis_costs_a_request_at_most_the_timeout(
+    served: Served, redis_server: RedisServer
+) -> None:
+    """Redis accepts connections and commands but answers none (SIGSTOP): each request
+    waits at most the cache's timeout (twice for a new connection: connect, then its first
+    answer), then the database answers."""
+    stall: dict[str, float] = {}
+
+    async def freeze() -> None:
+        await asyncio.sleep(2)
+        stall["from"] = time.monotonic()
+        os.kill(redis_server.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(STALL_SECONDS)
+        finally:
+            stall["until"] = time.monotonic()
+            os.kill(redis_server.pid, signal.SIGCONT)
+
+    try:
+        history = await _run_load(
+            served,
+            seconds=6,
+            mix=Mix(
+                writers=1, owner_readers=4, member_readers=4, writer_pause=0.1, reader_pause=0.02
+            ),
+            during=freeze,
+        )
+    finally:
+        os.kill(redis_server.pid, signal.SIGCONT)  # whatever happened
+
+    assert history.problems == [], "\n".join(history.problems[:30])
+    assert set(history.statuses) == {200}, history.statuses
+    before = max(took for started, took in history.timings if started + took < stall["from"])
+    bound = 2 * TIMEOUT_MS / 1000 + before + 0.5
+    assert bound < STALL_SECONDS / 2, f"the machine is too slow to tell ({before:.2f} s)"
+    answered = [
+        started
+        for started, took in history.timings
+        if stall["from"] <= started and started + took < stall["until"]
+    ]
+    assert len(answered) >= 20, f"only {len(answered)} requests answered while Redis was frozen"
+    # Every request begun while Redis was frozen (early enough to tell) answered within
+    # the bound, long before Redis woke up.
+    slowest = max(
+        took
+        for started, took in history.timings
+        if stall["from"] <= started <= stall["until"] - bound
+    )
+    assert slowest < bound, (slowest, bound, before)
