@@ -492,7 +492,7 @@ async def test_no_read_is_older_than_a_write_acknowledged_before_it(
 
     history = await _run_load(
         served,
-        seconds=10,
+        seconds=8,
         mix=Mix(writers=2, owner_readers=2, member_readers=2, writer_pause=0.1, reader_pause=0.02),
     )
 
@@ -554,7 +554,7 @@ async def test_redis_stopped_under_load_costs_no_answer_and_comes_back_by_itself
         ]
 
     async def outage() -> None:
-        await asyncio.sleep(2)
+        await asyncio.sleep(1.5)
         await look("stopped")
         await asyncio.to_thread(redis_server.stop)
         await asyncio.sleep(2)
@@ -563,7 +563,7 @@ async def test_redis_stopped_under_load_costs_no_answer_and_comes_back_by_itself
 
     history = await _run_load(
         served,
-        seconds=7,
+        seconds=6,
         mix=Mix(writers=1, owner_readers=4, member_readers=4, writer_pause=0.1, reader_pause=0.02),
         during=outage,
     )
@@ -601,7 +601,7 @@ async def test_a_frozen_redis_costs_a_request_at_most_the_timeout(
     stall: dict[str, float] = {}
 
     async def freeze() -> None:
-        await asyncio.sleep(2)
+        await asyncio.sleep(1.5)
         stall["from"] = time.monotonic()
         os.kill(redis_server.pid, signal.SIGSTOP)
         try:
@@ -613,7 +613,7 @@ async def test_a_frozen_redis_costs_a_request_at_most_the_timeout(
     try:
         history = await _run_load(
             served,
-            seconds=6,
+            seconds=5,
             mix=Mix(
                 writers=1, owner_readers=4, member_readers=4, writer_pause=0.1, reader_pause=0.02
             ),
@@ -626,18 +626,18 @@ async def test_a_frozen_redis_costs_a_request_at_most_the_timeout(
     assert set(history.statuses) == {200}, history.statuses
     before = max(took for started, took in history.timings if started + took < stall["from"])
     bound = 2 * TIMEOUT_MS / 1000 + before + 0.5
-    assert bound < STALL_SECONDS / 2, f"the machine is too slow to tell ({before:.2f} s)"
     answered = [
         started
         for started, took in history.timings
         if stall["from"] <= started and started + took < stall["until"]
     ]
     assert len(answered) >= 20, f"only {len(answered)} requests answered while Redis was frozen"
-    # Every request begun while Redis was frozen (early enough to tell) answered within
-    # the bound, long before Redis woke up.
-    slowest = max(
+    # Every request begun while Redis was frozen, early enough to tell, answered within the
+    # bound: long before Redis woke up.
+    early = [
         took
         for started, took in history.timings
         if stall["from"] <= started <= stall["until"] - bound
-    )
-    assert slowest < bound, (slowest, bound, before)
+    ]
+    assert len(early) >= 10, f"the machine is too slow to tell ({before:.2f} s before)"
+    assert max(early) < bound, (max(early), bound, before)
