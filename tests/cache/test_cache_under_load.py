@@ -485,6 +485,7 @@ def _counters(server: ServeProcess, name: str) -> dict[str, float]:
     }
 
 
+@pytest.mark.server
 async def test_no_read_is_older_than_a_write_acknowledged_before_it(
     served: Served, own_database_url: str
 ) -> None:
@@ -537,6 +538,7 @@ FAILED_LINE = "cache: Redis failed"
 BACK_LINE = "cache: Redis answers again"
 
 
+@pytest.mark.server
 async def test_redis_stopped_under_load_costs_no_answer_and_comes_back_by_itself(
     served: Served, redis_server: RedisServer
 ) -> None:
@@ -592,6 +594,7 @@ async def test_redis_stopped_under_load_costs_no_answer_and_comes_back_by_itself
 STALL_SECONDS = 3.0
 
 
+@pytest.mark.server
 async def test_a_frozen_redis_costs_a_request_at_most_the_timeout(
     served: Served, redis_server: RedisServer
 ) -> None:
