@@ -10,6 +10,8 @@
 - A read that misses never takes the answer of a database read begun before the reader's
   own acknowledged write (the single flight shares only among readers that saw the same
   generations).
+- A write acknowledged by a process whose cache is paused (one command was too slow) is
+  seen at once on another process whose cache goes on.
 - Redis stopped under load, then started again: no 5xx, every read shows the writes
   acknowledged before it, one warning per process, errors counted, and the cache serves
   hits again by itself. Redis frozen (SIGSTOP): requests answer within the cache's timeout
