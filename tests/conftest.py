@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from taskmanager.accounts.callers import scope_of_account
+from taskmanager.cache.client import CALLER_SECONDS, CacheClient
 from taskmanager.cache.local_redis import redis_server_binary
 from taskmanager.config import Settings, normalize_database_url
 from taskmanager.database import (
@@ -304,6 +305,22 @@ def redis_server(session_redis: RedisServer) -> Iterator[RedisServer]:
 def redis_url(redis_server: RedisServer) -> str:
     """The URL (unix://.../redis.sock) of an empty Redis of the test run's own."""
     return redis_server.url
+
+
+@pytest_asyncio.fixture
+async def cached_client(
+    client: AsyncClient, app: FastAPI, redis_url: str
+) -> AsyncIterator[AsyncClient]:
+    """The rolled-back `client` with the cache on: the app reads tasks through the test's
+    (empty) Redis, and every write voids what it changed there, as in production."""
+    app.state.cache = CacheClient.connect(
+        redis_url, "test", timeout_ms=1000, ttl_seconds=300, caller_seconds=CALLER_SECONDS
+    )
+    try:
+        yield client
+    finally:
+        await app.state.cache.close()
+        app.state.cache = None
 
 
 @pytest.fixture

@@ -55,6 +55,7 @@ from taskmanager.models import (
     TaskLabel,
     Workspace,
 )
+from taskmanager.observability.metrics import REGISTRY
 from taskmanager.problems import FORBIDDEN
 from tests.support.accounts import TEST_SECRET, Account
 from tests.support.invitations import add_member, invite
@@ -465,13 +466,27 @@ async def test_bola_matrix(
     caller: str,
 ) -> None:
     assert operation.operation_id in EXPECTED, f"{operation} has no row in the BOLA matrix"
-    expected = expected_status(operation, caller)
     before = await snapshot(db_session, world)
     assert before["tasks"], "the world's rows must be visible to the checks"
     assert before["memberships"], "the world's rows must be visible to the checks"
 
     response = await call(client, operation, world, caller)
 
+    await check_answer(client, db_session, world, operation, caller, response, before)
+
+
+async def check_answer(
+    client: AsyncClient,
+    db_session: AsyncSession,
+    world: World,
+    operation: Operation,
+    caller: str,
+    response: httpx.Response,
+    before: dict[str, list[tuple[Any, ...]]],
+) -> None:
+    """`response` is what the matrix expects of `operation` called by `caller`, and the
+    rows changed only if it was a change the caller may make."""
+    expected = expected_status(operation, caller)
     assert response.status_code == expected, (str(operation), caller, response.text)
     after = await snapshot(db_session, world)
     if expected == 401:
@@ -504,6 +519,45 @@ async def test_bola_matrix(
         assert after == before
     else:  # a change the caller may make: it happened
         assert after != before
+
+
+# ─────────────────────────────── the matrix's reads, with the cache on
+
+GET_OPERATIONS = [operation for operation in OPERATIONS if operation.method == "GET"]
+# The reads that go through the cache: their own call must be answered from it.
+CACHED_READS = {"get_task"}
+
+
+def _hits(kind: str) -> float:
+    return REGISTRY.get_sample_value("taskmanager_cache_hits_total", {"kind": kind}) or 0.0
+
+
+def test_the_cached_reads_are_reads_of_the_matrix() -> None:
+    assert {operation.operation_id for operation in GET_OPERATIONS} >= CACHED_READS
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+async def test_bola_matrix_reads_with_the_cache(
+    cached_client: AsyncClient, db_session: AsyncSession, world: World, caller: str
+) -> None:
+    """Each read of the matrix with the cache on, after the owner and the caller have both
+    read the same URL twice (their caller facts and the task are in Redis): the same
+    statuses and bodies, and a cached task is refused to whoever may not read it."""
+    client = cached_client
+    for operation in GET_OPERATIONS:
+        url = operation.path.format(**world.ids())
+        for _ in range(2):
+            warm = await client.get(url, headers=world.owner.headers)
+            assert warm.status_code == 200, (str(operation), warm.text)
+            await call(client, operation, world, caller)
+        before = await snapshot(db_session, world)
+        hits = _hits("task")
+
+        response = await call(client, operation, world, caller)
+
+        await check_answer(client, db_session, world, operation, caller, response, before)
+        if operation.operation_id in CACHED_READS and caller not in ("no_token", "expired_token"):
+            assert _hits("task") == hits + 1, (str(operation), caller, "not from the cache")
 
 
 # ─────────────────────────────── each role creating in the workspace
@@ -869,3 +923,39 @@ async def test_another_tenants_id_in_a_body_or_a_query_is_one_that_does_not_exis
     else:
         assert own.status_code == 200, own.text
         assert own.json() != [], (str(reference), caller)
+
+
+CACHED_QUERIES = [reference for reference in REFERENCES if reference.operation_id == "list_tasks"]
+
+
+@pytest.mark.parametrize("caller", ATTACKERS)
+async def test_another_tenants_id_in_a_query_with_the_cache(
+    cached_client: AsyncClient,
+    world: World,
+    attackers: dict[str, Attacker],
+    caller: str,
+) -> None:
+    """The task list's filters naming alice's ids, with the cache on and the attacker's
+    pages already cached: an empty list, as for an id that does not exist, from the
+    cache; and their own id still lists their own task."""
+    assert CACHED_QUERIES, "the generator finds the task list's id filters"
+    client, attacker = cached_client, attackers[caller]
+    for reference in CACHED_QUERIES:
+        theirs = world.ids()[NAMES[reference.field]]
+        own_id = attacker.of(reference)[NAMES[reference.field]]
+        for named in (theirs, MISSING_ID, own_id, theirs, MISSING_ID, own_id):  # cached
+            assert (await send(client, reference, world, attacker, named)).status_code == 200
+        hits = _hits("page")
+
+        response = await send(client, reference, world, attacker, theirs)
+        missing = await send(client, reference, world, attacker, MISSING_ID)
+        own = await send(client, reference, world, attacker, own_id)
+
+        assert _hits("page") == hits + 3, (str(reference), "not from the cache")
+        assert (response.status_code, response.json()) == (200, []), str(reference)
+        assert response.headers["X-Total-Count"] == "0"
+        for header in ("content-type", "X-Total-Count", "Link"):
+            assert response.headers.get(header) == missing.headers.get(header), header
+        assert response.content == missing.content
+        assert own.status_code == 200, own.text
+        assert [task["id"] for task in own.json()] == [attacker.own["task_id"]], str(reference)

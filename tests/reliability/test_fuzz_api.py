@@ -22,6 +22,7 @@ database seeded with the same rows. Explore further with
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
+from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
 from schemathesis.engine import Status, events
 from schemathesis.engine.recorder import ScenarioRecorder
@@ -41,6 +43,7 @@ from taskmanager.security.mail_tokens import MailTokenKey
 from tests.support.accounts import PASSWORD, TEST_SECRET, login_over_http, register_over_http
 from tests.support.mail import eml_token
 from tests.support.processes import ServeProcess, clean_env, serve
+from tests.support.redis import RedisServer
 
 pytestmark = [pytest.mark.server, pytest.mark.reliability]
 
@@ -205,10 +208,20 @@ def _authorization(headers: dict[str, list[str]]) -> str | None:
 
 
 def run_schemathesis(
-    base_url: str, parameters: dict[str, Any], tokens: dict[str, str] | None = None
+    base_url: str,
+    parameters: dict[str, Any],
+    tokens: dict[str, str] | None = None,
+    max_examples: int = MAX_EXAMPLES,
+    path_regex: str | None = None,
 ) -> FuzzRun:
     """One run; `tokens` maps an operation ("POST /auth/logout") to the access token it is
-    sent with ("*": every other operation that declares authentication)."""
+    sent with ("*": every other operation that declares authentication). With `path_regex`,
+    only the operations whose path matches it."""
+    if path_regex is not None:
+        # The others turned off (schemathesis 4.32 ignores schema.include() beside the
+        # config's own sections per operation).
+        only = {"exclude-path-regex": path_regex, "enabled": False}
+        parameters = {**parameters, "operations": [*parameters.get("operations", []), only]}
     config = schemathesis.Config.from_dict(
         {
             "seed": SEED,
@@ -216,7 +229,7 @@ def run_schemathesis(
             "cache": {"enabled": False},  # no state carried over from an earlier run
             "request-timeout": 10,
             "output": {"sanitization": {"enabled": False}},  # show the real headers in curl
-            "generation": {"max-examples": MAX_EXAMPLES, "database": "none"},
+            "generation": {"max-examples": max_examples, "database": "none"},
             # The accounts are ours (below), not ones schemathesis would sign up by itself.
             "auth": {"auto-signup": False},
             "base-url": base_url,
@@ -326,8 +339,16 @@ def fuzz_server(
     tmp_path_factory: pytest.TempPathFactory,
     fuzz_mail_dir: Path,
 ) -> Iterator[ServeProcess]:
-    env = clean_env(
-        DATABASE_URL=make_database("fuzz"),
+    env = fuzz_env(make_database("fuzz"), fuzz_mail_dir)
+    with serve(env, tmp_path_factory.mktemp("fuzz-cwd")) as server:
+        yield server
+
+
+def fuzz_env(database_url: str, mail_dir: Path, **more: str) -> dict[str, str]:
+    """The fuzzed server's environment: limits that a thousand generated requests from one
+    address do not reach, and its mail written where the seed reads it."""
+    return clean_env(
+        DATABASE_URL=database_url,
         TASKMANAGER_LOG_LEVEL="WARNING",
         TASKMANAGER_JWT_SECRET=TEST_SECRET,
         # Generated logins fail by the hundred, all from 127.0.0.1: without a higher limit
@@ -345,10 +366,9 @@ def fuzz_server(
         TASKMANAGER_INVITATION_RESEND_MINUTES="0",
         TASKMANAGER_INVITATION_MAX_SENDS="20",
         # Its mail, as .eml files: the seed reads the mailed links' tokens there.
-        TASKMANAGER_MAIL_DIR=str(fuzz_mail_dir),
+        TASKMANAGER_MAIL_DIR=str(mail_dir),
+        **more,
     )
-    with serve(env, tmp_path_factory.mktemp("fuzz-cwd")) as server:
-        yield server
 
 
 FUZZ_EMAIL = "fuzz@example.com"
@@ -650,3 +670,81 @@ def test_every_operation_answers_as_documented_under_fuzzing(
         assert (operation, "401") in documented, operation
     assert "X-Total-Count" in documented[("GET /tasks", "200")]
     assert "ETag" in documented[("GET /tasks/{task_id}", "200")]
+
+
+# ─────────────────────────────────────────────
+# Again, shorter, with the cache on
+# ─────────────────────────────────────────────
+
+CACHED_EXAMPLES = int(os.environ.get("FUZZ_CACHED_MAX_EXAMPLES", "5"))
+METRICS_TOKEN = "metrics-token-for-the-cached-fuzzing-0123456789"
+
+
+@dataclass(frozen=True)
+class CachedServer:
+    server: ServeProcess
+    mail_dir: Path
+
+
+@pytest.fixture(scope="module")
+def cached_fuzz_server(
+    make_database: Callable[[str], str],
+    tmp_path_factory: pytest.TempPathFactory,
+    session_redis: RedisServer,
+) -> Iterator[CachedServer]:
+    """Another server, on a database of its own, reading tasks through the test Redis."""
+    session_redis.start()
+    mail_dir = tmp_path_factory.mktemp("fuzz-cached-mail")
+    env = fuzz_env(
+        make_database("fuzz_cached"),
+        mail_dir,
+        TASKMANAGER_REDIS_URL=session_redis.url,
+        TASKMANAGER_METRICS_TOKEN=METRICS_TOKEN,
+    )
+    with serve(env, tmp_path_factory.mktemp("fuzz-cached-cwd")) as server:
+        yield CachedServer(server, mail_dir)
+
+
+# The operations whose answers the cache holds or voids: the task routes.
+CACHED_PATHS = r"^/tasks"
+
+
+@pytest.mark.timeout(300)
+def test_fuzzing_the_task_routes_with_the_cache_on_finds_nothing(
+    cached_fuzz_server: CachedServer,
+) -> None:
+    """The same run over the task routes, with fewer examples, on a server whose task reads
+    go through Redis: every check holds, and the cache answered some of the reads."""
+    base_url = cached_fuzz_server.server.base_url
+    seeded = seed(base_url, cached_fuzz_server.mail_dir)
+    run = run_schemathesis(
+        base_url, existing_ids(seeded), seeded.tokens, CACHED_EXAMPLES, CACHED_PATHS
+    )
+
+    server_log = "\n".join(cached_fuzz_server.server.output().splitlines()[-60:])
+    assert not run.errors, "schemathesis could not test everything:\n" + "\n".join(run.errors)
+    assert not run.failures, (
+        f"{len(run.failures)} failure(s), seed {SEED}, with the cache:\n\n"
+        + "\n\n".join(run.failures)
+        + f"\n\nserver log (tail):\n{server_log}"
+    )
+    task_operations = {
+        operation
+        for operation, _ in documented_responses(base_url)
+        if re.match(CACHED_PATHS, operation.split(" ", 1)[1])
+    }
+    assert {"GET /tasks", "GET /tasks/{task_id}"} <= task_operations
+    assert set(run.statuses) == task_operations, set(run.statuses) ^ task_operations
+    for label in ("GET /tasks", "GET /tasks/{task_id}"):
+        assert run.statuses[label][200] > 0, (label, run.statuses[label])
+    metrics = httpx.get(
+        f"{base_url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+    ).raise_for_status()
+    hits = {
+        sample.labels["kind"]: sample.value
+        for family in text_string_to_metric_families(metrics.text)
+        for sample in family.samples
+        if sample.name == "taskmanager_cache_hits_total"
+    }
+    assert hits["caller"] > 0, hits
+    assert hits["task"] + hits["page"] > 0, hits

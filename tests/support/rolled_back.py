@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from taskmanager.cache.invalidation import forget_changes, void_after_commit
 from taskmanager.database import (
     SESSION_DEPENDENCIES,
     create_read_session_factory,
@@ -34,14 +35,18 @@ def rolled_back_client(
     rolling back on error exactly like the real ones; the caller clears
     `app.dependency_overrides` afterwards."""
 
-    async def override_get_async_session() -> AsyncIterator[AsyncSession]:
+    async def override_get_async_session(request: Request) -> AsyncIterator[AsyncSession]:
         db_session.expunge_all()  # each request starts with nothing loaded, as in production
         try:
             yield db_session
             await db_session.commit()  # releases the SAVEPOINT; the outer transaction stays
         except Exception:
+            forget_changes(db_session)
             await db_session.rollback()  # back to the SAVEPOINT, as a real request would
             raise
+        # As the real dependency: what the request changed leaves the cache (when the test
+        # turned one on) before the response.
+        await void_after_commit(request, db_session)
 
     real_commit = db_session.commit
 

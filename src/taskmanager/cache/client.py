@@ -6,7 +6,8 @@ that fails or times out is a miss for the caller, counted in
 `RETRY_AFTER_SECONDS` no command is sent at all (the database path answers), then the next
 one tries again, and the cache resumes by itself.
 
-An invalidation that could not be delivered (Redis went away just then) leaves this process
+Invalidations are sent even during that pause (see `CacheClient.invalidate`). An
+invalidation that could not be delivered (Redis went away just then) leaves this process
 unsure whether Redis still holds entries the change made stale. Before this process uses the
 cache again it gives the namespace a new epoch (a random token), which every entry is checked
 against, so every entry stored before is void; entries also expire by themselves after
@@ -102,9 +103,12 @@ class CacheClient:
         """False while the cache is left alone after a failure."""
         return time.monotonic() >= self._down_until
 
-    async def call(self, kind: CacheKind, work: Callable[[Redis], Awaitable[T]]) -> T | None:
-        """`work`'s answer, or None when Redis is down, slow or failing (counted, logged once)."""
-        if not self.available:
+    async def call(
+        self, kind: CacheKind, work: Callable[[Redis], Awaitable[T]], *, paused_too: bool = False
+    ) -> T | None:
+        """`work`'s answer, or None when Redis is down, slow or failing (counted, logged once).
+        While the cache is paused after a failure nothing is sent, unless `paused_too`."""
+        if not self.available and not paused_too:
             return None
         try:
             if self._unsure:
@@ -117,13 +121,21 @@ class CacheClient:
             return None
         if self._down:
             self._down = False
+            self._down_until = 0.0  # it answered: no need to wait out the pause
             log.warning("cache: Redis answers again; reads use the cache again")
         return answer
 
     async def invalidate(self, kind: CacheKind, work: Callable[[Redis], Awaitable[Any]]) -> bool:
         """Run an invalidation; if it cannot be delivered, void every entry at the next use
-        (see the module's docstring). True when it was delivered."""
-        delivered = await self.call(kind, work) is not None
+        (see the module's docstring). True when it was delivered.
+
+        Tried even while reads are paused after a failure: one slow answer to one process
+        pauses only that process's reads, while the other processes go on reading from
+        Redis, so a change this process skipped voiding there would be read stale there (on
+        another server, by the very client whose write was acknowledged) until this process
+        used the cache again. A Redis that is really down refuses at once; a slow one costs a
+        write at most the cache's timeout."""
+        delivered = await self.call(kind, work, paused_too=True) is not None
         if not delivered:
             self._unsure = True
         return delivered

@@ -12,9 +12,10 @@ exactly as without a cache.
 An entry is stored only if no write to its workspaces committed since before the database
 was asked (the generations read with the lookup still hold; taskmanager.cache.scripts), so
 a reader never stores what a writer already replaced. Concurrent misses of one task in one
-process share one database read (no stampede when a hot key goes), and entries expire at
-slightly different times (jitter). Personal access tokens read through the database: each
-use is checked (and stamped) there.
+process that saw the same generations share one database read (no stampede when a hot key
+goes, and no reader is handed a read begun before a write it saw acknowledged); entries
+expire at slightly different times (jitter). Personal access tokens read through the
+database: each use is checked (and stamped) there.
 """
 
 from __future__ import annotations
@@ -182,7 +183,10 @@ class TaskReads:
             view = await repo.get_view(task_id)
             return None if view is None else task_answer(view)
         return await _single_flight(
-            cache, key, lookup.scope, lambda: self._task_from_database(cache, lookup, task_id)
+            cache,
+            _flight(key, lookup),
+            lookup.scope,
+            lambda: self._task_from_database(cache, lookup, task_id),
         )
 
     async def _task_from_database(
@@ -391,8 +395,17 @@ async def _store(
     await cache.call("task", store)
 
 
+def _flight(key: str, lookup: _Lookup) -> str:
+    """Which misses of `key` may share one database read: those whose lookups saw the same
+    epoch and generations. A read begun before a write was acknowledged saw the generation
+    that write's commit replaced, so it is never handed to a reader who started after the
+    acknowledgement (the writer's own next read included): that reader reads anew."""
+    workspaces = lookup.facts.workspaces if lookup.facts is not None else ""
+    return f"{key}|{lookup.epoch.decode()}|{workspaces}|{lookup.generations}"
+
+
 # Misses of one task in flight in this process: the first asks the database, the others
-# wait for its answer.
+# that saw the same generations (`_flight`) wait for its answer.
 _in_flight: dict[str, asyncio.Future[tuple[str, Answer] | None]] = {}
 
 
