@@ -42,6 +42,8 @@ RETRY_AFTER_SECONDS = 1.0
 # The longest a login session's caller facts stay cached (at most the TTL): one that runs
 # out by time, which no request ends, is refused from the cache within this long.
 CALLER_SECONDS = 60
+# How many command timeouts opening a connection may take.
+CONNECT_TIMEOUTS = 4
 # What a command can fail with: Redis's own errors, and the socket's.
 CACHE_ERRORS = (RedisError, OSError, TimeoutError)
 
@@ -87,7 +89,9 @@ class CacheClient:
         redis = Redis.from_url(
             url,
             socket_timeout=timeout,
-            socket_connect_timeout=timeout,
+            # Opening a connection takes longer than a command on a busy machine (a burst
+            # opens many at once); a Redis that is down refuses at once anyway.
+            socket_connect_timeout=CONNECT_TIMEOUTS * timeout,
             retry=Retry(NoBackoff(), 0),
             retry_on_timeout=False,
             health_check_interval=0,
