@@ -1,7 +1,8 @@
 """Precompiled statements (repositories/precompiled.py) answer exactly what SQLAlchemy's own
 execution of the same statement answers, on real rows: every column of a task view (the
-priority enum, timestamps, no or some category, no or several labels as JSON) and the
-caller's entry (the memberships array, the roles as JSON)."""
+priority enum, timestamps, no or some category, no or several labels as JSON), the caller's
+entry (the memberships array, the roles as JSON), and pages of the list in every sort, with
+filters, with and without a cursor's keys."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.label_repository import LabelRepository
 from taskmanager.repositories.precompiled import Precompiled, precompiled
+from taskmanager.repositories.task_queries.filters import (
+    TaskFilters,
+    active_filters,
+    filter_parameters,
+)
+from taskmanager.repositories.task_queries.statements import page_keys, page_statement
 from taskmanager.repositories.task_queries.views import VIEW_BY_ID
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.repositories.user_repository import _ENTER_ROW
@@ -91,3 +98,48 @@ def test_one_precompiled_form_per_statement() -> None:
     assert precompiled(VIEW_BY_ID) is precompiled(VIEW_BY_ID)
     assert isinstance(precompiled(_ENTER_ROW), Precompiled)
     assert precompiled(_ENTER_ROW) is not precompiled(VIEW_BY_ID)
+
+
+@pytest.mark.parametrize(
+    ("filters", "sort"),
+    [
+        (TaskFilters(), "newest"),
+        (TaskFilters(), "oldest"),
+        (TaskFilters(), "due"),
+        (TaskFilters(), "priority"),
+        (TaskFilters(), "title"),
+        (TaskFilters(completed=False, priority="urgent"), "newest"),
+        (TaskFilters(due_before=datetime(2031, 1, 1, tzinfo=UTC), overdue=False), "due"),
+        (TaskFilters(q="milk"), "relevance"),
+        (TaskFilters(q="milk"), "newest"),
+    ],
+)
+async def test_a_page_reads_the_same_both_ways(
+    db_session: AsyncSession, scope: Scope, filters: TaskFilters, sort: str
+) -> None:
+    repo = TaskRepository(db_session, scope)
+    due = datetime(2030, 5, 6, tzinfo=UTC)
+    for n in range(6):
+        await repo.create(
+            f"buy milk {n}" if n % 2 else f"task {n}",
+            due_at=due + timedelta(days=n) if n % 3 else None,
+            priority=("low", "urgent", "high")[n % 3],
+            completed=n == 4,
+        )
+    active = active_filters(filters)
+    parameters: dict[str, object] = {
+        **filter_parameters(filters, active),
+        "workspace_ids": list(scope.workspace_ids),
+        "limit": 4,
+        "offset": 0,
+    }
+    for after in (False, True):  # the first page, then the page after its first task
+        statement = page_statement(active, sort, counted=True, after=after)
+        by_sqlalchemy = (await db_session.execute(statement, parameters)).all()
+        by_precompiled = (await precompiled(statement).execute(db_session, parameters)).all()
+        assert [tuple(row) for row in by_precompiled] == [tuple(row) for row in by_sqlalchemy]
+        if after:
+            break
+        assert by_precompiled, "the filters should find some tasks"
+        keys = page_keys(by_precompiled[0], sort)
+        parameters.update({f"after_{i}": value for i, value in enumerate(keys)})

@@ -3,8 +3,9 @@
 
 `session.execute(statement)` builds the statement's cache key by walking the whole
 statement tree, looks it up in the compiled cache, and sets up the ORM's execution around
-it, every time: ~27 µs of CPU per statement, and a request enters its caller with one
-statement before it does anything else (UserRepository.enter). A `Precompiled` statement
+it, every time: ~27 µs of CPU per statement, and every request enters its caller with one
+statement before it does anything else (UserRepository.enter). Used for that statement and
+for the reads of GET /tasks/{id} and GET /tasks. A `Precompiled` statement
 is compiled once per dialect and sent with `AsyncConnection.exec_driver_sql` on the
 session's own connection: the same SQL text, the same transaction (the session begins it
 as for any statement), the same events (the slow-statement log, the tests' statement
@@ -81,14 +82,22 @@ class Precompiled:
         return await connection.exec_driver_sql(form.sql, form.arguments(parameters))
 
 
-# Statement object -> its Precompiled; the statements are module constants (and the task
-# list's cached ones), so this stays small. Keyed by identity: a statement's `==` builds SQL.
+# Statement object -> its Precompiled (the statement kept with it, so its id stays its own):
+# module constants and the task list's cached statements. Keyed by identity: a statement's
+# `==` builds SQL.
 _PRECOMPILED: dict[int, tuple[ClauseElement, Precompiled]] = {}
+
+
+# Bounded all the same: the task list's statements are cached by an LRU of their own, which
+# may build one again after dropping it.
+PRECOMPILED_KEPT = 1024
 
 
 def precompiled(statement: ClauseElement) -> Precompiled:
     """The Precompiled form of `statement`, made on first use."""
     found = _PRECOMPILED.get(id(statement))
     if found is None:
+        if len(_PRECOMPILED) >= PRECOMPILED_KEPT:
+            _PRECOMPILED.pop(next(iter(_PRECOMPILED)))
         found = _PRECOMPILED[id(statement)] = (statement, Precompiled(statement))
     return found[1]

@@ -184,7 +184,7 @@ class TaskRepository:
             after=after is not None,
             counted_by=None if active is listed else listed,
         )
-        rows = (await self.session.execute(statement, parameters)).all()
+        rows = (await precompiled(statement).execute(self.session, parameters)).all()
         shown = rows[:limit]
         past_the_start = bool(offset) or after is not None
         if not rows and filters.q:
