@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.routing import BaseRoute
 
 from taskmanager import __version__
 from taskmanager.cache.client import CALLER_SECONDS, CacheClient
@@ -209,22 +210,50 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
-    app.include_router(auth.router)
-    app.include_router(users.router)
-    app.include_router(access_tokens.router)
-    app.include_router(workspaces.router)
-    app.include_router(invitations.workspace_router)
-    app.include_router(invitations.router)
-    app.include_router(tasks.router)
-    app.include_router(categories.router)
-    app.include_router(labels.router)
-    app.include_router(activity.router)
-    app.include_router(health.router)
+    documented = _include_routers(app)
     token = settings.metrics_token
     install_metrics_route(app, token.get_secret_value() if token else None)
     install_docs(app)
-    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: build_openapi(app, documented(app.routes))  # type: ignore[method-assign]
     return app
+
+
+# The routers in the order the API document lists their operations ...
+ROUTERS = (
+    auth.router,
+    users.router,
+    access_tokens.router,
+    workspaces.router,
+    invitations.workspace_router,
+    invitations.router,
+    tasks.router,
+    categories.router,
+    labels.router,
+    activity.router,
+    health.router,
+)
+# ... and the ones a request is matched against first: FastAPI tries the routes in order, at
+# about 1.5 µs each, and GET /tasks/{id} came 38th (~50 µs of CPU per request). Their paths
+# overlap no other router's, so the order changes no answer.
+MATCHED_FIRST = (tasks.router,)
+
+
+def _include_routers(app: FastAPI) -> Callable[[list[BaseRoute]], list[BaseRoute]]:
+    """Include ROUTERS, MATCHED_FIRST first; returns what puts the app's routes back in
+    the documented order (for the OpenAPI document)."""
+    start = len(app.routes)
+    spans: dict[int, tuple[int, int]] = {}
+    for router in (*MATCHED_FIRST, *(r for r in ROUTERS if r not in MATCHED_FIRST)):
+        before = len(app.routes)
+        app.include_router(router)
+        spans[id(router)] = (before, len(app.routes))
+    end = len(app.routes)
+
+    def documented(routes: list[BaseRoute]) -> list[BaseRoute]:
+        ordered = [route for r in ROUTERS for route in routes[slice(*spans[id(r)])]]
+        return [*routes[:start], *ordered, *routes[end:]]
+
+    return documented
 
 
 app = create_app()

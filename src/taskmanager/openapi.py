@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any
 
@@ -24,6 +25,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import BaseRoute
 
 from taskmanager.problems import PROBLEM_JSON, Problem, TokenProblem
 from taskmanager.schemas import without_null
@@ -177,15 +179,15 @@ def operation_id(route: APIRoute) -> str:
     return f"{tag}_{route.name}"
 
 
-def build_openapi(app: FastAPI) -> dict[str, Any]:
+def build_openapi(app: FastAPI, routes: Sequence[BaseRoute] | None = None) -> dict[str, Any]:
     """The app's OpenAPI document, with the Problem schemas (and TokenProblem's) in its
-    components."""
+    components; its operations in the order of `routes` (default: the app's)."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title,
             version=app.version,
             description=app.description,
-            routes=app.routes,
+            routes=app.routes if routes is None else routes,
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for model in (Problem, TokenProblem):

@@ -20,6 +20,7 @@ from taskmanager.database import driver_connection
 from taskmanager.models import Category, Label, Task
 from taskmanager.repositories.array_parameters import WORKSPACE_IDS, scope_parameters
 from taskmanager.repositories.label_repository import LabelRepository
+from taskmanager.repositories.precompiled import precompiled
 from taskmanager.repositories.task_queries.bulk import BULK_INSERT
 from taskmanager.repositories.task_queries.filters import (
     IN_SCOPE,
@@ -105,7 +106,7 @@ class TaskRepository:
     async def get_view(self, task_id: int) -> TaskView | None:
         """A task with its category, read-only, for showing it (one statement)."""
         parameters = {"task_id": task_id, **self._in_scope}
-        row = (await self.session.execute(VIEW_BY_ID, parameters)).one_or_none()
+        row = (await precompiled(VIEW_BY_ID).execute(self.session, parameters)).one_or_none()
         return None if row is None else row_view(row)
 
     async def get_all(
@@ -183,7 +184,7 @@ class TaskRepository:
             after=after is not None,
             counted_by=None if active is listed else listed,
         )
-        rows = (await self.session.execute(statement, parameters)).all()
+        rows = (await precompiled(statement).execute(self.session, parameters)).all()
         shown = rows[:limit]
         past_the_start = bool(offset) or after is not None
         if not rows and filters.q:

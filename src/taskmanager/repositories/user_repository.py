@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import UQ_USERS_EMAIL, User
+from taskmanager.repositories.precompiled import precompiled
 from taskmanager.security.caller_key import CallerKey, Entry
 
 
@@ -84,7 +85,7 @@ _ENTER = text(
     CROSS JOIN set_config('taskmanager.request_id', :request_id, true) AS request
     """
 ).bindparams(*_ENTER_PARAMETERS)
-# As the app runs it: the roles arrive as JSON.
+# As the app runs it: the roles arrive as JSON. Every request sends it: precompiled.
 _ENTER_ROW = _ENTER.columns(workspace_roles=JSONB)
 # The same for a personal access token (migration 0013), with what the token allows (read
 # after taskmanager_enter sealed it as the caller, as the roles are).
@@ -134,8 +135,10 @@ class UserRepository:
         request). None if that user is gone (or, for a request, inactive, or its login
         session ended); a proof that does not verify is an error (42501)."""
         row = (
-            await self.session.execute(
-                _ENTER_WITH_TOKEN if entry.purpose == "token" else _ENTER_ROW,
+            await precompiled(
+                _ENTER_WITH_TOKEN if entry.purpose == "token" else _ENTER_ROW
+            ).execute(
+                self.session,
                 {
                     "user_id": entry.user_id,
                     "session_id": entry.session_id,

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import Field
+from starlette.datastructures import URLPath
 
 from taskmanager.bad_input import BadInputError
 from taskmanager.cache.task_reads import TaskReads
@@ -86,9 +87,15 @@ async def create_task(
         priority=body.priority,
         label_ids=body.label_ids,
     )
-    location = str(request.url_for("get_task", task_id=task.id))
+    location = task_url(request, task.id)
     await idempotency.created(response, TaskWithCategoryResponse, task, location)
     return task
+
+
+def task_url(request: Request, task_id: int) -> str:
+    """`request.url_for("get_task", task_id=task_id)`, without its search of every route of
+    the app for the name (~50 µs of CPU per POST): the route's path is known here."""
+    return str(URLPath(f"{router.prefix}/{task_id}").make_absolute_url(request.base_url))
 
 
 @router.get(
