@@ -107,7 +107,7 @@ def test_bounds(field: str, low: int, high: int) -> None:
 
 def test_defaults() -> None:
     chosen = settings()
-    assert (chosen.redis_url, chosen.cache_timeout_ms, chosen.cache_ttl_seconds) == (None, 50, 300)
+    assert (chosen.redis_url, chosen.cache_timeout_ms, chosen.cache_ttl_seconds) == (None, 250, 300)
     assert chosen.cache_prefix is None
 
 
