@@ -480,6 +480,20 @@ end
     return path
 
 
+def warm_request(base: str, path: str, headers: dict[str, str]) -> httpx.Response:
+    """GET `path` of the cached server at `base` until the cache answers it (the server's
+    counters say so): on an empty cache the first request stores the caller's facts only,
+    the second the entry; the third is a hit. Returns the hit's response."""
+    kind = "page" if "?" in path else "task"
+    for _ in range(5):
+        before = cache_counters(base)
+        response = httpx.get(base + path, headers=headers, timeout=120)
+        response.raise_for_status()
+        if cache_counters(base).get(f"hits:{kind}", 0) > before.get(f"hits:{kind}", 0):
+            return response
+    raise RuntimeError(f"{base}{path}: does not hit the cache")
+
+
 def warm_cache(
     base: str, scenario: Scenario, token: str, first_id: int, last_id: int, redis_url: str
 ) -> str | None:
@@ -492,19 +506,9 @@ def warm_cache(
         # the caller's facts only (a list page: no task entry), as a steady state has them
         httpx.get(f"{base}/tasks?limit=1", headers=headers, timeout=30).raise_for_status()
         return None
-    url = base + scenario.path.replace("{id}", str(one_task(first_id, last_id)))
-    kind = "page" if "?" in scenario.path else "task"
-    # After the flush the first request stores the caller's facts only, the second the
-    # entry; the third is a hit.
-    for _ in range(5):
-        before = cache_counters(base)
-        again = httpx.get(url, headers=headers, timeout=30)
-        again.raise_for_status()
-        if cache_counters(base).get(f"hits:{kind}", 0) > before.get(f"hits:{kind}", 0):
-            break
-    else:
-        raise RuntimeError(f"{scenario.name}: its request does not hit the cache")
-    etag = again.headers["ETag"]
+    path = scenario.path.replace("{id}", str(one_task(first_id, last_id)))
+    etag = warm_request(base, path, headers).headers["ETag"]
+    url = base + path
     if scenario.if_none_match:
         check = httpx.get(url, headers={**headers, "If-None-Match": etag}, timeout=30)
         if check.status_code != 304:
