@@ -29,6 +29,9 @@ class Measurement:
     # the run; None on a server without the cache.
     cache_hits: int | None = None
     cache_misses: int | None = None
+    # Cache commands that failed or timed out (TASKMANAGER_CACHE_TIMEOUT_MS): each is a
+    # miss, and for a second after it the server does not use the cache at all.
+    cache_errors: int | None = None
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Summary:
     redis_cpu_us: float = 0.0  # (runs saved before the cache have none: 0)
     cache_hits: int | None = None  # all rounds; None: no cache on this scenario's server
     cache_misses: int | None = None
+    cache_errors: int | None = None
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -172,6 +176,7 @@ def summarise(measurements: list[Measurement], scenarios: list[Scenario]) -> lis
                 redis_cpu_us=statistics.median(m.redis_cpu_us for m in ms),
                 cache_hits=_total(m.cache_hits for m in ms),
                 cache_misses=_total(m.cache_misses for m in ms),
+                cache_errors=_total(m.cache_errors for m in ms),
             )
         )
     return summaries

@@ -362,7 +362,7 @@ def vs_floor_markdown(results: dict[str, dict[str, Any]]) -> str:
 def _hits(s: Summary) -> str:
     if s.cache_hits is None or s.cache_misses is None:
         return ""
-    return f"{s.cache_hits:,} / {s.cache_misses:,}"
+    return f"{s.cache_hits:,} / {s.cache_misses:,} / {s.cache_errors or 0:,}"
 
 
 def _change(after: float, before: float, unit: str = "µs") -> str:
@@ -406,12 +406,14 @@ def cache_markdown(results: dict[str, dict[str, Any]]) -> str:
         "server of its own beside the uncached app), every request a hit (the cache emptied "
         "and warmed before each run, the same task or page every request; the 304 with "
         "If-None-Match: its ETag), against the uncached separate floor of the same read. "
-        "Hits / misses: the cached server's counters for the run's kind of entry, all "
-        "rounds:",
+        "Hits / misses / errors: the cached server's counters for the run's kind of entry "
+        "(errors: cache commands of any kind that failed or took longer than "
+        "TASKMANAGER_CACHE_TIMEOUT_MS, 50 ms: each is a miss, and the server then leaves the "
+        "cache alone for a second), all rounds:",
         "",
         "| scenario | mode | req/s | vs its uncached separate floor | target | p50 ms "
         "| p99 ms | server CPU µs/req | PostgreSQL CPU µs/req | Redis CPU µs/req "
-        "| hits / misses |",
+        "| hits / misses / errors |",
         "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
         *hit_rows,
     ]
@@ -425,7 +427,7 @@ def cache_markdown(results: dict[str, dict[str, Any]]) -> str:
             "",
             "| mode | req/s no cache / miss | p50 ms no cache / miss | p99 ms no cache / miss "
             "| CPU µs/req no cache / miss | a miss over no cache: p50 | 1/throughput "
-            "| CPU per request | hits / misses |",
+            "| CPU per request | hits / misses / errors |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---|",
             *miss_rows,
         ]

@@ -215,6 +215,7 @@ def run_mode(
                         redis_cpu_us=1e6 * redis_cpu / max(requests, 1),
                         cache_hits=_counted(counters_before, counters_after, "hits", scenario),
                         cache_misses=_counted(counters_before, counters_after, "misses", scenario),
+                        cache_errors=_counted(counters_before, counters_after, "errors", None),
                     )
                     measurements.append(m)
                     print(
@@ -225,7 +226,7 @@ def run_mode(
                         + (f"  {errors} errors" if errors else "")
                         + (
                             f"  Redis {m.redis_cpu_us:4.0f} us, cache hits {m.cache_hits:,} "
-                            f"misses {m.cache_misses:,}"
+                            f"misses {m.cache_misses:,} errors {m.cache_errors}"
                             if m.cache_hits is not None and m.cache_misses is not None
                             else ""
                         ),
@@ -258,13 +259,17 @@ def redis_cpu_seconds(redis: Any) -> float:
 
 
 def _counted(
-    before: dict[str, float], after: dict[str, float], what: str, scenario: Scenario
+    before: dict[str, float], after: dict[str, float], what: str, scenario: Scenario | None
 ) -> int | None:
-    """The cached server's hits or misses of the scenario's kind of entry during a run."""
+    """The cached server's hits or misses of the scenario's kind of entry (None: of every
+    kind) during a run."""
     if not after:
         return None
-    key = f"{what}:{'page' if '?' in scenario.path else 'task'}"
-    return round(after.get(key, 0) - before.get(key, 0))
+    if scenario is None:
+        keys = [key for key in after if key.startswith(f"{what}:")]
+    else:
+        keys = [f"{what}:{'page' if '?' in scenario.path else 'task'}"]
+    return round(sum(after.get(key, 0) - before.get(key, 0) for key in keys))
 
 
 def argon2_timings(samples: int) -> dict[str, dict[str, float]]:
