@@ -4,7 +4,7 @@
     .venv/bin/python bench/run.py --tcp           # PostgreSQL over TCP with a password only
     .venv/bin/python bench/run.py --embedded      # the embedded server (Unix socket) only
     .venv/bin/python bench/run.py --only login    # POST /auth/token and argon2 alone
-    .venv/bin/python bench/run.py --vs-floor      # the app's 4 scenarios against the separate floor
+    .venv/bin/python bench/run.py --vs-floor      # the app (cached and not) against the floor
     .venv/bin/python bench/run.py --floor-table BEFORE.json AFTER.json  # their table, before/after
     .venv/bin/python bench/run.py --layers        # GET /tasks/{id} one layer at a time
     .venv/bin/python bench/run.py --scale 1000000  # the list at 1M tasks against 10k, seed time
@@ -434,9 +434,10 @@ def main() -> int:
     parser.add_argument(
         "--vs-floor",
         action="store_true",
-        help="only the app's four scenarios (GET one, the list, POST, PATCH) and their "
-        "separate floors, both modes unless --tcp or --embedded (writes "
-        "bench/results/vs-floor.md and .json)",
+        help="only the app's four scenarios (GET one, the list, POST, PATCH), the cache's "
+        "(cached GET one, 304, cached list, misses against no cache) and their separate "
+        "floors, both modes unless --tcp or --embedded (writes bench/results/vs-floor.md "
+        "and .json)",
     )
     parser.add_argument(
         "--floor-table",
