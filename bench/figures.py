@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,14 @@ class Measurement:
     postgres_cpu_us: float  # CPU time of the bench's PostgreSQL per request
     new_connections: int  # connections the server's pools opened during the run
     server_logins: int | None = None  # logins PostgreSQL's log recorded (--tcp only)
+    redis_cpu_us: float = 0.0  # CPU time of the bench's Redis per request
+    # The cached server's counters for the scenario's kind of entry (task or page) over
+    # the run; None on a server without the cache.
+    cache_hits: int | None = None
+    cache_misses: int | None = None
+    # Cache commands that failed or timed out (TASKMANAGER_CACHE_TIMEOUT_MS): each is a
+    # miss, and for a second after it the server does not use the cache at all.
+    cache_errors: int | None = None
 
 
 @dataclass
@@ -40,6 +49,10 @@ class Summary:
     connections_per_run: list[int] = field(default_factory=list)
     server_logins_per_run: list[int] = field(default_factory=list)
     rounds: list[float] = field(default_factory=list)
+    redis_cpu_us: float = 0.0  # (runs saved before the cache have none: 0)
+    cache_hits: int | None = None  # all rounds; None: no cache on this scenario's server
+    cache_misses: int | None = None
+    cache_errors: int | None = None
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -160,6 +173,15 @@ def summarise(measurements: list[Measurement], scenarios: list[Scenario]) -> lis
                 connections_per_run=[m.new_connections for m in ms],
                 server_logins_per_run=[m.server_logins for m in ms if m.server_logins is not None],
                 rounds=[round(m.requests_per_second, 1) for m in ms],
+                redis_cpu_us=statistics.median(m.redis_cpu_us for m in ms),
+                cache_hits=_total(m.cache_hits for m in ms),
+                cache_misses=_total(m.cache_misses for m in ms),
+                cache_errors=_total(m.cache_errors for m in ms),
             )
         )
     return summaries
+
+
+def _total(counts: Iterable[int | None]) -> int | None:
+    known = [c for c in counts if c is not None]
+    return sum(known) if known else None

@@ -6,7 +6,7 @@ app's scenarios with the same request here (`vs separate floor`). A floor must n
 anything the app adds, so this app has no middleware (no request id, security headers, access
 log, metrics, body limit), no SQLAlchemy session, no dependency: four routes at the app's own
 paths, each sending PostgreSQL exactly the app's statements and answering the same body and
-headers (ETag, X-Total-Count and Link, Location):
+headers (ETag, X-Total-Count and Link, Location; the reads' Cache-Control):
 
 - `GET /tasks/{id}`: BEGIN READ ONLY, the scope statement, the view statement, COMMIT.
 - `GET /tasks?limit=50`: BEGIN READ ONLY, the scope statement, the page with its total (one
@@ -17,14 +17,16 @@ headers (ETag, X-Total-Count and Link, Location):
 
 The statements are the app's own, compiled once at start-up by SQLAlchemy's asyncpg dialect
 (driver_sql.compiled): the same text, casts and parameters, prepared and cached by asyncpg as
-the app's are; no SQLAlchemy runs per request. The scope statement is UserRepository's, with
-the service's proof made as the app makes it (CallerKey), and the access token is verified as
-taskmanager.security.tokens.read_access_token verifies it. The pool: asyncpg's, as many
-connections as the app's pool holds, none closed for idling, the same connection settings as
-the app's engine (statement_timeout, json and jsonb decoded by the driver) and no reset
-query when a connection goes back (the app's pool sends none either; asyncpg's default
-would add `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;`, a round
-trip per request).
+the app's are; no SQLAlchemy runs per request. The two reads answer through the app's own
+serialization (taskmanager.cache.task_reads: task_answer, page_answer: the response model's
+JSON, and for a page its ETag, a digest of body and headers). The scope statement is
+UserRepository's, with the service's proof made as the app makes it (CallerKey), and the
+access token is verified as taskmanager.security.tokens.read_access_token verifies it. The
+pool: asyncpg's, as many connections as the app's pool holds, none closed for idling, the
+same connection settings as the app's engine (statement_timeout, json and jsonb decoded by
+the driver) and no reset query when a connection goes back (the app's pool sends none
+either; asyncpg's default would add `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN
+*; RESET ALL;`, a round trip per request).
 
 bench_app.py's in-app floors share the token check and the pool from here.
 """
@@ -44,6 +46,7 @@ from driver_sql import compiled
 from fastapi import FastAPI, HTTPException, Request, Response
 from sqlalchemy import bindparam, func, insert, update
 
+from taskmanager.cache.task_reads import page_answer, task_answer
 from taskmanager.cursors import CursorCodec, fingerprint
 from taskmanager.models import Task
 from taskmanager.repositories import task_repository
@@ -233,35 +236,34 @@ def _etag(response: Response, version: int) -> None:
     response.headers["ETag"] = f'"{version}"'  # routes/preconditions.py's set_etag
 
 
-async def get_task(task_id: int, request: Request, response: Response) -> dict[str, Any]:
+async def get_task(task_id: int, request: Request) -> Response:
+    """The task, ETag its version; serialized as the app serializes it (task_answer)."""
     async with _entered(request, readonly=True) as (connection, caller):
         row = await connection.fetchrow(
             VIEW.sql, *VIEW.arguments(task_id=task_id, workspace_ids=caller["workspace_ids"])
         )
     if row is None:
         raise _not_found()
-    _etag(response, row["version"])
-    return _view(row)
+    return task_answer(_view(row)).response(None)
 
 
-async def list_tasks(
-    request: Request, response: Response, limit: int = 50, offset: int = 0
-) -> list[dict[str, Any]]:
-    """The newest first, X-Total-Count, and the next page's cursor in Link (routes/tasks.py)."""
+async def list_tasks(request: Request, limit: int = 50, offset: int = 0) -> Response:
+    """The newest first, X-Total-Count, the next page's cursor in Link and the page's ETag
+    (a digest of its body and headers), serialized as the app does it (page_answer)."""
     async with _entered(request, readonly=True) as (connection, caller):
         rows = await connection.fetch(
             PAGE.sql,
             *PAGE.arguments(workspace_ids=caller["workspace_ids"], limit=limit + 1, offset=offset),
         )
     shown = rows[:limit]
-    response.headers["X-Total-Count"] = str(rows[0]["total"] if rows else 0)
+    headers = {"X-Total-Count": str(rows[0]["total"] if rows else 0)}
     if len(rows) > limit:
         codec = CursorCodec(request.app.state.signing_key, caller["user_id"])
         last = shown[-1]
         cursor = codec.issue("newest", _DEFAULT_FILTERS, (last["key_0"], last["key_1"]))
         url = request.url.remove_query_params("offset").include_query_params(cursor=cursor)
-        response.headers["Link"] = f'<{url}>; rel="next"'
-    return [_view(row) for row in shown]
+        headers["Link"] = f'<{url}>; rel="next"'
+    return page_answer([_view(row) for row in shown], headers).response(None)
 
 
 async def create_task(body: TaskCreate, request: Request, response: Response) -> dict[str, Any]:

@@ -42,6 +42,10 @@ MODE_NOTES = {
 }
 # Every request of a run carries one access token; it must outlive the whole run.
 TOKEN_MINUTES = 600
+# The bench's app servers answer /metrics with this (the cache's hit and miss counters are
+# read before and after each run); the route comes after every other, so no request pays
+# for it.
+METRICS_TOKEN = "bench-metrics-token"
 
 
 def ensure_wrk() -> str:
@@ -157,6 +161,57 @@ def server_env(database: Database, secret: str, ids: Seeded) -> dict[str, str]:
         "TASKMANAGER_JWT_SECRET": secret,
         "BENCH_WORKSPACE_ID": str(ids.workspace_id),
         "BENCH_FLOOR_DATABASE_URL": database.admin_url,
+        # No cache unless the server is the cached one (cached_env): explicit, so that a
+        # TASKMANAGER_REDIS_URL in the bench's own environment cannot turn it on.
+        "TASKMANAGER_REDIS_URL": "off",
+        "TASKMANAGER_METRICS_TOKEN": METRICS_TOKEN,
+    }
+
+
+def cached_env(env: dict[str, str], redis_url: str) -> dict[str, str]:
+    """`env` for the app with the cache on: the bench's own Redis, and entries that outlive
+    a whole run (the cache is emptied and warmed before each run anyway)."""
+    return {**env, "TASKMANAGER_REDIS_URL": redis_url, "TASKMANAGER_CACHE_TTL_SECONDS": "3600"}
+
+
+@contextmanager
+def bench_redis(directory: Path) -> Iterator[Any]:
+    """A Redis of the bench's own on a Unix socket in `directory` (the app's local Redis:
+    taskmanager.cache.local_redis, no disk, 128 MB, LRU), stopped by its PID afterwards."""
+    from taskmanager.cache.local_redis import start_local_redis
+
+    redis = start_local_redis(directory)
+    try:
+        yield redis
+    finally:
+        redis.stop()
+
+
+def flush_cache(redis_url: str) -> None:
+    """Empty the bench's Redis (it holds the bench's keys only): the next reads all miss."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+
+
+_CACHE_COUNTER = re.compile(
+    r'^taskmanager_cache_(hits|misses|errors)_total\{kind="(\w+)"\} ([0-9.e+]+)$', re.M
+)
+
+
+def cache_counters(base: str) -> dict[str, float]:
+    """The app server's cache counters (`hits:task`, `misses:page`, ...), from /metrics."""
+    response = httpx.get(
+        f"{base}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=30
+    )
+    response.raise_for_status()
+    return {
+        f"{what}:{kind}": float(value)
+        for what, kind, value in _CACHE_COUNTER.findall(response.text)
     }
 
 
@@ -365,9 +420,20 @@ class PeakRSS:
         self._thread.join()
 
 
+# The task of the scenarios that always ask the same one (ids="one"): a seeded one.
+def one_task(first_id: int, last_id: int) -> int:
+    return (first_id + last_id) // 2
+
+
 def lua_script(
-    scenario: Scenario, first_id: int, last_id: int, token: str, directory: Path
+    scenario: Scenario,
+    first_id: int,
+    last_id: int,
+    token: str,
+    directory: Path,
+    etag: str | None = None,
 ) -> Path:
+    """wrk's script for the scenario; `etag` (for if_none_match) goes in If-None-Match."""
     path = directory / (re.sub(r"\W+", "_", scenario.name).strip("_") + ".lua")
     if scenario.form:
         from urllib.parse import urlencode
@@ -379,23 +445,80 @@ def lua_script(
     else:
         content_type = "application/json"
         body = json.dumps(scenario.body) if scenario.body else "nil"
-    random_id = f'" .. math.random({first_id}, {last_id}) .. "'
-    path_expr = json.dumps(scenario.path).replace("{id}", random_id)
+    task_id = {
+        "random": f'" .. math.random({first_id}, {last_id}) .. "',
+        "one": str(one_task(first_id, last_id)),
+        # wrk -t1: one Lua state, so one counter for all connections: no id asked twice
+        # in a run (shorter than the seeded range at these rates); wraps at the end.
+        "each": '" .. next_id() .. "',
+    }[scenario.ids]
+    path_expr = json.dumps(scenario.path).replace("{id}", task_id)
     body = body.replace("{n}", '" .. math.random(1, 1000000000) .. "')
     # the login form is the only request without the token
-    authorization = "" if scenario.form else f'wrk.headers["Authorization"] = "Bearer {token}"'
+    headers = "" if scenario.form else f'wrk.headers["Authorization"] = "Bearer {token}"'
+    if scenario.if_none_match:
+        if etag is None:
+            raise ValueError(f"{scenario.name}: If-None-Match needs the current ETag")
+        headers += f'\nwrk.headers["If-None-Match"] = {json.dumps(etag)}'
     path.write_text(
         f"""
 math.randomseed(os.time())
 wrk.method = "{scenario.method}"
 wrk.headers["Content-Type"] = "{content_type}"
-{authorization}
+{headers}
+local last = {first_id - 1}
+function next_id()
+  last = last + 1
+  if last > {last_id} then last = {first_id} end
+  return last
+end
 request = function()
   return wrk.format("{scenario.method}", {path_expr}, nil, {body})
 end
 """
     )
     return path
+
+
+def warm_request(base: str, path: str, headers: dict[str, str]) -> httpx.Response:
+    """GET `path` of the cached server at `base` until the cache answers it (the server's
+    counters say so): on an empty cache the first request stores the caller's facts only,
+    the second the entry; the third is a hit. After a cache command failed (a timeout under
+    load) the server leaves the cache alone for a second (taskmanager.cache.client), so
+    this keeps asking for up to 10 s. Returns the hit's response."""
+    kind = "page" if "?" in path else "task"
+    deadline = time.monotonic() + 10
+    while True:
+        before = cache_counters(base)
+        response = httpx.get(base + path, headers=headers, timeout=120)
+        response.raise_for_status()
+        if cache_counters(base).get(f"hits:{kind}", 0) > before.get(f"hits:{kind}", 0):
+            return response
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{base}{path}: does not hit the cache")
+        time.sleep(0.1)
+
+
+def warm_cache(
+    base: str, scenario: Scenario, token: str, first_id: int, last_id: int, redis_url: str
+) -> str | None:
+    """Before a run of a cache scenario: the cache emptied; for a "hit" scenario, its
+    request sent until the cache answers it (the server's counters say so). Returns the
+    answer's ETag (for If-None-Match)."""
+    flush_cache(redis_url)
+    headers = {"Authorization": f"Bearer {token}"}
+    if scenario.cache == "miss":
+        # the caller's facts only (a list page: no task entry), as a steady state has them
+        httpx.get(f"{base}/tasks?limit=1", headers=headers, timeout=30).raise_for_status()
+        return None
+    path = scenario.path.replace("{id}", str(one_task(first_id, last_id)))
+    etag = warm_request(base, path, headers).headers["ETag"]
+    url = base + path
+    if scenario.if_none_match:
+        check = httpx.get(url, headers={**headers, "If-None-Match": etag}, timeout=30)
+        if check.status_code != 304:
+            raise RuntimeError(f"{scenario.name}: If-None-Match answered {check.status_code}")
+    return etag
 
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}

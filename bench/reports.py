@@ -7,7 +7,21 @@ from typing import Any
 
 from figures import Summary
 from harness import MODE_NOTES
-from scenarios import APP_SCENARIOS, COST_STEPS, LAYER_NOTES, NAIVE_NOTES, OLD, TARGETS, Scenario
+from scenarios import (
+    CACHE_HITS,
+    COST_STEPS,
+    FLOOR_ROWS,
+    GET_ONE,
+    LAYER_NOTES,
+    LIST_50,
+    MISS_NAME,
+    NAIVE_NOTES,
+    OLD,
+    SEPARATE_LIST,
+    SEPARATE_ONE,
+    TARGETS,
+    Scenario,
+)
 
 
 def _ratio(s: Summary) -> str:
@@ -19,6 +33,11 @@ def _verdict(s: Summary) -> str:
     if target is None or s.ratio_to_baseline is None:
         return ""
     return f"≥ {target}x {'✅' if s.ratio_to_baseline >= target else '❌'}"
+
+
+def _redis(s: Summary) -> str:
+    """Redis's CPU per request, for a scenario of the cached server only."""
+    return f"{s.redis_cpu_us:,.0f}" if s.cache_hits is not None else ""
 
 
 def _connections(s: Summary) -> str:
@@ -37,10 +56,10 @@ def mode_markdown(mode: str, summaries: list[Summary], meta: dict[str, Any]) -> 
         "floor's).",
         "",
         "| scenario | req/s | p50 ms | p99 ms | server CPU µs/req | PostgreSQL CPU µs/req "
-        "| new conns / 1k req | ratio | CPU ratio | vs | target |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| Redis CPU µs/req | new conns / 1k req | ratio | CPU ratio | vs | target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    cpu = {s.scenario: s.server_cpu_us + s.postgres_cpu_us for s in summaries}
+    cpu = {s.scenario: s.server_cpu_us + s.postgres_cpu_us + s.redis_cpu_us for s in summaries}
     for s in summaries:
         if s.scenario.startswith("login:"):
             continue
@@ -49,7 +68,8 @@ def mode_markdown(mode: str, summaries: list[Summary], meta: dict[str, Any]) -> 
         lines.append(
             f"| {s.scenario}{errors} | {s.requests_per_second:,.0f} | {s.p50_ms:.2f} | "
             f"{s.p99_ms:.2f} | {s.server_cpu_us:,.0f} | {s.postgres_cpu_us:,.0f} | "
-            f"{_connections(s)} | {_ratio(s)} | {cpu_ratio} | {s.baseline or 'itself'} | "
+            f"{_redis(s)} | {_connections(s)} | {_ratio(s)} | {cpu_ratio} | "
+            f"{s.baseline or 'itself'} | "
             f"{_verdict(s)} |"
         )
     by_name = {s.scenario: s for s in summaries}
@@ -253,27 +273,34 @@ def naive_markdown(
 
 def _vs_floor_cells(by_name: dict[str, Summary], name: str) -> str | None:
     """One run's cells for an app scenario against its separate floor, or None if the run
-    has not both."""
+    has not both. A cached scenario's PostgreSQL cell adds its Redis's CPU."""
     app = by_name.get(name)
     if app is None or app.baseline is None or app.baseline not in by_name:
         return None
     floor = by_name[app.baseline]
     errors = app.errors + floor.errors
+    redis = f" + Redis {app.redis_cpu_us:,.0f}" if app.cache_hits is not None else ""
     return (
         f"{app.requests_per_second:,.0f} / {floor.requests_per_second:,.0f} | "
         f"**{_ratio(app)}**{f' ({errors} errors)' if errors else ''} | "
         f"{app.server_cpu_us:,.0f} / {floor.server_cpu_us:,.0f} "
         f"({app.server_cpu_us / floor.server_cpu_us:.2f}x) | "
-        f"{app.postgres_cpu_us:,.0f} / {floor.postgres_cpu_us:,.0f} "
-        f"({app.postgres_cpu_us / floor.postgres_cpu_us:.2f}x)"
+        f"{app.postgres_cpu_us:,.0f}{redis} / {floor.postgres_cpu_us:,.0f} "
+        f"({(app.postgres_cpu_us + app.redis_cpu_us) / floor.postgres_cpu_us:.2f}x)"
     )
 
 
+def _target(by_name: dict[str, Summary], name: str) -> str:
+    s = by_name.get(name)
+    return "" if s is None else _verdict(s)
+
+
 def floor_table(runs: list[tuple[Any, dict[str, Any]]]) -> str:
-    """The app's four scenarios against the separate floor, per mode, from saved runs
-    (run.py's JSON: `--vs-floor` or a main run): before, or before and after side by side.
+    """Every scenario of the app against the separate floor of the same request, per mode,
+    from saved runs (run.py's JSON: `--vs-floor` or a main run): before, or before and
+    after side by side; the target (the issue's, where it has one) of the last run.
     Ratio: app req/s over floor req/s; CPU: µs per request, app / floor (app over floor),
-    the server's own process and the bench's PostgreSQL."""
+    the server's own process and the bench's PostgreSQL (and the cache's Redis)."""
     labels = ["before", "after"][: len(runs)]
     lines = [
         f"- {label}: `{saved['meta']['command']}`, {saved['meta']['date']} ({path}), "
@@ -289,38 +316,122 @@ def floor_table(runs: list[tuple[Any, dict[str, Any]]]) -> str:
             f"app / floor | {label}: PostgreSQL CPU µs/req app / floor |"
         )
         rule += "---:|---:|---:|---:|"
-    lines += ["", header, rule]
+    lines += ["", header + " target |", rule + "---|"]
     modes = list(dict.fromkeys(mode for _, saved in runs for mode in saved["modes"]))
-    for scenario in APP_SCENARIOS:
+    for scenario in FLOOR_ROWS:
         for mode in modes:
             cells = []
+            by_name: dict[str, Summary] = {}
             for _, saved in runs:
                 summaries = saved["modes"].get(mode, {}).get("summary", [])
                 by_name = {s["scenario"]: Summary(**s) for s in summaries}
                 cells.append(_vs_floor_cells(by_name, scenario.name) or " | | | ")
             if any(cell.strip(" |") for cell in cells):
-                lines.append(f"| `{scenario.name}` | {mode} | " + " | ".join(cells) + " |")
+                lines.append(
+                    f"| `{scenario.name}` | {mode} | "
+                    + " | ".join(cells)
+                    + f" | {_target(by_name, scenario.name)} |"
+                )
     return "\n".join(lines) + "\n"
 
 
 def vs_floor_markdown(results: dict[str, dict[str, Any]]) -> str:
     """This run's table of the app against its separate floor (both modes)."""
     rows = []
-    for scenario in APP_SCENARIOS:
+    for scenario in FLOOR_ROWS:
         for mode, r in results.items():
-            cells = _vs_floor_cells({s.scenario: s for s in r["summaries"]}, scenario.name)
+            by_name = {s.scenario: s for s in r["summaries"]}
+            cells = _vs_floor_cells(by_name, scenario.name)
             if cells is not None:
-                rows.append(f"| `{scenario.name}` | {mode} | {cells} |")
+                rows.append(
+                    f"| `{scenario.name}` | {mode} | {cells} | {_target(by_name, scenario.name)} |"
+                )
     if not rows:
         return ""
     return (
         "The app against its separate floor (floor_app.py: a process of its own, the app's "
-        "statements on asyncpg, the same body and headers, no middleware); CPU per request "
-        "of each server's own process and of the bench's PostgreSQL:\n\n"
+        "statements on asyncpg, the same body and headers, no middleware, no cache); CPU per "
+        "request of each server's own process and of the bench's PostgreSQL (and Redis, for "
+        "the app with the cache on):\n\n"
         "| scenario | mode | req/s app / floor | ratio | server CPU µs/req app / floor "
-        "| PostgreSQL CPU µs/req app / floor |\n"
-        "|---|---|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n\n"
+        "| PostgreSQL CPU µs/req app / floor | target |\n"
+        "|---|---|---:|---:|---:|---:|---|\n" + "\n".join(rows) + "\n\n"
     )
+
+
+def _hits(s: Summary) -> str:
+    if s.cache_hits is None or s.cache_misses is None:
+        return ""
+    return f"{s.cache_hits:,} / {s.cache_misses:,} / {s.cache_errors or 0:,}"
+
+
+def _change(after: float, before: float, unit: str = "µs") -> str:
+    return f"{after - before:+,.0f} {unit} ({(after - before) / before:+.0%})"
+
+
+def cache_markdown(results: dict[str, dict[str, Any]]) -> str:
+    """The cache's figures of this run: hits (latency, CPU, against the uncached separate
+    floor and the uncached app) and misses (against the same requests without a cache)."""
+    hit_rows, miss_rows = [], []
+    shown = [SEPARATE_ONE, GET_ONE.name, *(s.name for s in CACHE_HITS[:2]), SEPARATE_LIST,
+             LIST_50.name, CACHE_HITS[2].name]  # fmt: skip
+    for mode, r in results.items():
+        by_name = {s.scenario: s for s in r["summaries"]}
+        for name in shown:
+            s = by_name.get(name)
+            if s is None:
+                continue
+            hit_rows.append(
+                f"| {name} | {mode} | {s.requests_per_second:,.0f} | {_ratio(s)} | "
+                f"{_verdict(s)} | {s.p50_ms:.2f} | {s.p99_ms:.2f} | {s.server_cpu_us:,.0f} | "
+                f"{s.postgres_cpu_us:,.0f} | {_redis(s)} | {_hits(s)} |"
+            )
+        miss = by_name.get(MISS_NAME)
+        if miss is not None and miss.baseline in by_name:
+            none = by_name[miss.baseline]
+            cpu_none = none.server_cpu_us + none.postgres_cpu_us
+            cpu_miss = miss.server_cpu_us + miss.postgres_cpu_us + miss.redis_cpu_us
+            miss_rows.append(
+                f"| {mode} | {none.requests_per_second:,.0f} / {miss.requests_per_second:,.0f} "
+                f"| {none.p50_ms:.2f} / {miss.p50_ms:.2f} | {none.p99_ms:.2f} / "
+                f"{miss.p99_ms:.2f} | {cpu_none:,.0f} / {cpu_miss:,.0f} | "
+                f"{_change(miss.p50_ms * 1000, none.p50_ms * 1000)} | "
+                f"{_change(1e6 / miss.requests_per_second, 1e6 / none.requests_per_second)} | "
+                f"{_change(cpu_miss, cpu_none)} | {_hits(miss)} |"
+            )
+    if not hit_rows and not miss_rows:
+        return ""
+    lines = [
+        "The cache: the app with the cache on (the bench's own Redis on a Unix socket; a "
+        "server of its own beside the uncached app), every request a hit (the cache emptied "
+        "and warmed before each run, the same task or page every request; the 304 with "
+        "If-None-Match: its ETag), against the uncached separate floor of the same read. "
+        "Hits / misses / errors: the cached server's counters for the run's kind of entry "
+        "(errors: cache commands of any kind that failed or took longer than "
+        "TASKMANAGER_CACHE_TIMEOUT_MS, 50 ms: each is a miss, and the server then leaves the "
+        "cache alone for a second), all rounds:",
+        "",
+        "| scenario | mode | req/s | vs its uncached separate floor | target | p50 ms "
+        "| p99 ms | server CPU µs/req | PostgreSQL CPU µs/req | Redis CPU µs/req "
+        "| hits / misses / errors |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
+        *hit_rows,
+    ]
+    if miss_rows:
+        lines += [
+            "",
+            "Every request a miss (the cache emptied before each run; each request the next "
+            "seeded task, none asked twice in a run: the cache looked up, the database read "
+            "as without a cache, the answer stored) against the same requests on the app "
+            "without a cache. CPU: server + PostgreSQL (+ Redis) per request:",
+            "",
+            "| mode | req/s no cache / miss | p50 ms no cache / miss | p99 ms no cache / miss "
+            "| CPU µs/req no cache / miss | a miss over no cache: p50 | 1/throughput "
+            "| CPU per request | hits / misses / errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+            *miss_rows,
+        ]
+    return "\n".join(lines) + "\n\n"
 
 
 def main_tables(
@@ -337,6 +448,7 @@ def main_tables(
         "with its access token (login: wrk -c1 and -c4, no token). Ratios: of req/s, and of "
         "CPU per request (server + PostgreSQL, the steadier figure on a shared machine).\n\n"
         + vs_floor_markdown(results)
+        + cache_markdown(results)
         + "\n".join(
             mode_markdown(mode, r["summaries"], {**meta, **r["meta"]})
             for mode, r in results.items()

@@ -4,7 +4,7 @@
     .venv/bin/python bench/run.py --tcp           # PostgreSQL over TCP with a password only
     .venv/bin/python bench/run.py --embedded      # the embedded server (Unix socket) only
     .venv/bin/python bench/run.py --only login    # POST /auth/token and argon2 alone
-    .venv/bin/python bench/run.py --vs-floor      # the app's 4 scenarios against the separate floor
+    .venv/bin/python bench/run.py --vs-floor      # the app (cached and not) against the floor
     .venv/bin/python bench/run.py --floor-table BEFORE.json AFTER.json  # their table, before/after
     .venv/bin/python bench/run.py --layers        # GET /tasks/{id} one layer at a time
     .venv/bin/python bench/run.py --scale 1000000  # the list at 1M tasks against 10k, seed time
@@ -52,7 +52,10 @@ from harness import (
     RESULTS_DIR,
     PeakRSS,
     bench_database,
+    bench_redis,
     bench_server,
+    cache_counters,
+    cached_env,
     connections_opened,
     cpu_seconds,
     ensure_wrk,
@@ -69,6 +72,7 @@ from harness import (
     seeded,
     server_env,
     server_logins,
+    warm_cache,
 )
 from reports import floor_table, layers_markdown, main_tables, naive_markdown
 from scenarios import (
@@ -103,11 +107,20 @@ def run_mode(
         if args.layers:
             env["BENCH_LAYERS"] = "1"
         with ExitStack() as stack:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+            redis = None
+            if any(s.server == "cached" for s in scenarios):
+                redis = stack.enter_context(bench_redis(scratch / "redis"))
             servers: dict[str, tuple[str, psutil.Process]] = {}
             for name in dict.fromkeys(["app", *(s.server for s in scenarios)]):  # app: log in
                 if name == "floor":
                     server = bench_server(
                         database.app_url, args.workers, floor_env(env), app=FLOOR_APP
+                    )
+                elif name == "cached":
+                    assert redis is not None
+                    server = bench_server(
+                        database.app_url, args.workers, cached_env(env, redis.url)
                     )
                 else:
                     extra = {**env, **(OLD_POOL if name == "old-pool" else {})}
@@ -128,16 +141,24 @@ def run_mode(
                 }
                 for s in scenarios
             }
-            scripts_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            scripts = {
-                s.name: lua_script(s, ids.first_id, ids.last_id, token, scripts_dir)
-                for s in scenarios
-            }
+            scripts_dir = scratch / "scripts"
+            scripts_dir.mkdir()
+
+            def script(scenario: Scenario) -> Path:
+                """The scenario's wrk script; for a cache scenario, the cache emptied and
+                (every request a hit) warmed first, the ETag in If-None-Match if asked."""
+                etag = None
+                if scenario.cache is not None:
+                    assert redis is not None
+                    base = servers[scenario.server][0]
+                    etag = warm_cache(base, scenario, token, ids.first_id, ids.last_id, redis.url)
+                return lua_script(scenario, ids.first_id, ids.last_id, token, scripts_dir, etag)
+
             for scenario in scenarios:  # warm-up: caches, prepared statements, pools
                 base = servers[scenario.server][0]
                 reset_pool(base, scenario)
                 connections = scenario.connections or args.connections
-                run_wrk(wrk, base, scripts[scenario.name], connections, 1)
+                run_wrk(wrk, base, script(scenario), connections, 1)
                 read_pool(base, scenario)
             restore_seeded_tasks(database.admin_url, ids.last_id)
             for round_number in range(1, args.rounds + 1):
@@ -146,13 +167,19 @@ def run_mode(
                     base, process = servers[scenario.server]
                     connections = scenario.connections or args.connections
                     reset_pool(base, scenario)
+                    wrk_script = script(scenario)
+                    cached = scenario.server == "cached"
+                    counters_before = cache_counters(base) if cached else {}
                     opened_before = connections_opened(base)
                     logins_before = server_logins(database)
                     server_before = cpu_seconds(process)
                     pg_before = postgres_cpu_seconds(database.postmaster_pid)
-                    output = run_wrk(wrk, base, scripts[scenario.name], connections, args.duration)
+                    redis_before = redis_cpu_seconds(redis)
+                    output = run_wrk(wrk, base, wrk_script, connections, args.duration)
                     server_cpu = cpu_seconds(process) - server_before
                     pg_cpu = postgres_cpu_seconds(database.postmaster_pid) - pg_before
+                    redis_cpu = redis_cpu_seconds(redis) - redis_before
+                    counters_after = cache_counters(base) if cached else {}
                     logins_after = server_logins(database)
                     opened = connections_opened(base) - opened_before
                     rps, p50, p99, requests, errors = parse_wrk(output)
@@ -185,13 +212,24 @@ def run_mode(
                         server_logins=None
                         if logins_before is None or logins_after is None
                         else logins_after - logins_before,
+                        redis_cpu_us=1e6 * redis_cpu / max(requests, 1),
+                        cache_hits=_counted(counters_before, counters_after, "hits", scenario),
+                        cache_misses=_counted(counters_before, counters_after, "misses", scenario),
+                        cache_errors=_counted(counters_before, counters_after, "errors", None),
                     )
                     measurements.append(m)
                     print(
                         f"[{mode}] round {round_number}  {scenario.name:<44} {rps:>8,.0f} req/s  "
                         f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  CPU/request: server "
                         f"{m.server_cpu_us:5.0f} us, PostgreSQL {m.postgres_cpu_us:5.0f} us  "
-                        f"new connections {opened}" + (f"  {errors} errors" if errors else ""),
+                        f"new connections {opened}"
+                        + (f"  {errors} errors" if errors else "")
+                        + (
+                            f"  Redis {m.redis_cpu_us:4.0f} us, cache hits {m.cache_hits:,} "
+                            f"misses {m.cache_misses:,} errors {m.cache_errors}"
+                            if m.cache_hits is not None and m.cache_misses is not None
+                            else ""
+                        ),
                         file=sys.stderr,
                     )
     summaries = summarise(measurements, scenarios)
@@ -213,6 +251,25 @@ def run_mode(
         pooled = {name: summarise_waits(pool) for name, pool in pools.items()}
         result |= {"pool_waits": pooled, "pool_runs": pool_runs}
     return result
+
+
+def redis_cpu_seconds(redis: Any) -> float:
+    """CPU time of the bench's Redis (0 without one)."""
+    return 0.0 if redis is None else cpu_seconds(psutil.Process(redis.pid))
+
+
+def _counted(
+    before: dict[str, float], after: dict[str, float], what: str, scenario: Scenario | None
+) -> int | None:
+    """The cached server's hits or misses of the scenario's kind of entry (None: of every
+    kind) during a run."""
+    if not after:
+        return None
+    if scenario is None:
+        keys = [key for key in after if key.startswith(f"{what}:")]
+    else:
+        keys = [f"{what}:{'page' if '?' in scenario.path else 'task'}"]
+    return round(sum(after.get(key, 0) - before.get(key, 0) for key in keys))
 
 
 def argon2_timings(samples: int) -> dict[str, dict[str, float]]:
@@ -377,9 +434,10 @@ def main() -> int:
     parser.add_argument(
         "--vs-floor",
         action="store_true",
-        help="only the app's four scenarios (GET one, the list, POST, PATCH) and their "
-        "separate floors, both modes unless --tcp or --embedded (writes "
-        "bench/results/vs-floor.md and .json)",
+        help="only the app's four scenarios (GET one, the list, POST, PATCH), the cache's "
+        "(cached GET one, 304, cached list, misses against no cache) and their separate "
+        "floors, both modes unless --tcp or --embedded (writes bench/results/vs-floor.md "
+        "and .json)",
     )
     parser.add_argument(
         "--floor-table",

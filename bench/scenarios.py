@@ -9,6 +9,7 @@ differences give each step's cost. `--layers` and `--naive` have lists of their 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 # The pool defaults before this release (10 + 10 overflow), run beside today's in --tcp.
 OLD_POOL = {"TASKMANAGER_POOL_SIZE": "10", "TASKMANAGER_MAX_OVERFLOW": "10"}
@@ -23,10 +24,19 @@ class Scenario:
     baseline: str | None = None  # the scenario this one is compared against
     connections: int | None = None  # wrk connections, when not --connections
     pool: str | None = None  # the instrumented pool whose waits are read (--naive)
-    # "app" (today's defaults), "old-pool" (10 + 10 overflow), "floor" (floor_app.py)
+    # "app" (today's defaults, no cache), "old-pool" (10 + 10 overflow), "floor"
+    # (floor_app.py), "cached" (the app with the cache on: the bench's own Redis)
     server: str = "app"
     form: bool = False  # the body is a form (POST /auth/token), not JSON
     tcp_only: bool = False
+    # Which task {id} is: a random seeded one per request, always the same one (ONE_TASK
+    # of the seeded range), or each request the next one (a walk through the seeded ids).
+    ids: Literal["random", "one", "each"] = "random"
+    # "hit": the cache is emptied and warmed with this request before each run, so every
+    # request of the run is a hit; "miss": emptied before each run, and each request asks
+    # what no request of the run asked before (ids="each"). Only on the cached server.
+    cache: Literal["hit", "miss"] | None = None
+    if_none_match: bool = False  # send If-None-Match with the answer's current ETag
 
 
 # The separate floor (floor_app.py, a process of its own): the app's statements, body and
@@ -35,6 +45,13 @@ SEPARATE_ONE = "separate floor: GET /tasks/{id}"
 SEPARATE_LIST = "separate floor: GET /tasks?limit=50"
 SEPARATE_POST = "separate floor: POST /tasks"
 SEPARATE_PATCH = "separate floor: PATCH /tasks/{id}"
+# The cache (issue 17): the app with the cache on, against the uncached separate floor of
+# the same read. Every request a hit; and the misses, against the same requests uncached.
+CACHED_ONE_NAME = "GET /tasks/{id}, cached"
+NOT_MODIFIED_NAME = "GET /tasks/{id}, 304"
+CACHED_LIST_NAME = "GET /tasks?limit=50, cached"
+MISS_NAME = "GET /tasks/{id}, every request a miss"
+NO_CACHE_EACH_NAME = "GET /tasks/{id}, each a new task, no cache"
 # The in-app floors (bench_app.py): routes of the app, behind its middleware, hand-written
 # SQL, one level of the work at a time: the differences between them are the steps' costs.
 IN_APP = "in-app floor"
@@ -64,6 +81,28 @@ PATCH_ONE = Scenario(
     "PATCH /tasks/{id}", "PATCH", "/tasks/{id}", PATCH_BODY, baseline=SEPARATE_PATCH
 )
 APP_SCENARIOS = [GET_ONE, LIST_50, POST_ONE, PATCH_ONE]
+CACHED_ONE = Scenario(
+    CACHED_ONE_NAME, "GET", "/tasks/{id}", baseline=SEPARATE_ONE, server="cached", ids="one",
+    cache="hit",
+)  # fmt: skip
+NOT_MODIFIED = replace(CACHED_ONE, name=NOT_MODIFIED_NAME, if_none_match=True)
+CACHED_LIST = Scenario(
+    CACHED_LIST_NAME, "GET", "/tasks?limit=50", baseline=SEPARATE_LIST, server="cached",
+    cache="hit",
+)  # fmt: skip
+# Every request a miss (the cache on, emptied before each run, a new task each request)
+# against the same requests on the app without a cache: what a miss costs over no cache.
+NO_CACHE_EACH = Scenario(NO_CACHE_EACH_NAME, "GET", "/tasks/{id}", ids="each")
+MISS = Scenario(
+    MISS_NAME, "GET", "/tasks/{id}", baseline=NO_CACHE_EACH_NAME, server="cached", ids="each",
+    cache="miss",
+)  # fmt: skip
+# The rows of the floor table: each of the app's scenarios against its separate floor.
+FLOOR_ROWS = [GET_ONE, CACHED_ONE, NOT_MODIFIED, LIST_50, CACHED_LIST, POST_ONE, PATCH_ONE]
+CACHE_HITS = [CACHED_ONE, NOT_MODIFIED, CACHED_LIST]
+# With their separate floor, what the cache scenarios are compared with uncached (the app's
+# GET one and list), and the miss pair.
+CACHE_SCENARIOS = [*CACHE_HITS, NO_CACHE_EACH, MISS]
 
 
 def _in_app(name: str, method: str, path: str, body: str | None, baseline: str) -> Scenario:
@@ -90,6 +129,7 @@ SCENARIOS = [
     _in_app(FLOOR_LIST, "GET", "/bench/raw/rls/tasks?limit=50", None, SEPARATE_LIST),
     LIST_50,
     with_old_pool(LIST_50),
+    *CACHE_SCENARIOS,
     separate_floor(SEPARATE_POST, POST_ONE),
     _in_app(f"{IN_APP} POST: INSERT in a transaction", "POST", "/bench/raw/tx/tasks", POST_BODY,
             SEPARATE_POST),
@@ -105,8 +145,11 @@ SCENARIOS = [
     Scenario("login: POST /auth/token, 1 client", "POST", "/auth/token", connections=1, form=True),
     Scenario("login: POST /auth/token, 4 clients", "POST", "/auth/token", connections=4, form=True),
 ]  # fmt: skip
-# `--vs-floor`: each of the app's four scenarios and its separate floor, nothing else.
-VS_FLOOR = [s for s in SCENARIOS if s in APP_SCENARIOS or s.server == "floor"]
+# `--vs-floor`: each of the app's four scenarios and its separate floor, and the cache's
+# scenarios (the app with the cache on, every request a hit; the misses against no cache).
+VS_FLOOR = [
+    s for s in SCENARIOS if s in APP_SCENARIOS or s.server == "floor" or s in CACHE_SCENARIOS
+]
 
 # What each step of the floors adds, read off the table: (step, scenario, the one before).
 COST_STEPS = [
@@ -204,7 +247,15 @@ NAIVE_NOTES = {
 
 
 # Targets from the project's issue: ratio of req/s to the floor doing the same work.
-TARGETS = {"GET /tasks/{id}": 0.5, "GET /tasks?limit=50": 0.6}
+TARGETS = {
+    "GET /tasks/{id}": 0.5,
+    "GET /tasks?limit=50": 0.6,
+    # the cache against the uncached separate floor (issue 17): it must beat the database
+    # path, not just the app's own slow path
+    CACHED_ONE_NAME: 1.2,
+    NOT_MODIFIED_NAME: 1.5,
+    CACHED_LIST_NAME: 1.0,
+}
 
 
 def chosen_scenarios(only: list[str], scenarios: list[Scenario] = SCENARIOS) -> list[Scenario]:
