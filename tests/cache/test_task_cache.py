@@ -235,3 +235,21 @@ async def test_another_tenants_cached_task_is_a_404_from_the_database(
     assert foreign.content == missing.content
     assert asked_for_the_foreign_one > 0, "the database answers, not the cache"
     assert len(statements) == 2 * asked_for_the_foreign_one
+
+
+async def test_reads_give_their_connections_back_and_hits_take_none(cached: AsyncClient) -> None:
+    """A read that went to the database returns its pooled connection when it ends; one
+    answered from the cache never takes one (its session is never used)."""
+    pool = app_of(cached).state.engine.pool
+    task = await _task(cached)
+    for _ in range(5):  # misses first (facts, then the task), then hits
+        assert (await cached.get(f"/tasks/{task['id']}")).status_code == 200
+        assert (await cached.get("/tasks?limit=3")).status_code == 200
+        assert pool.checkedout() == 0
+    opened = pool.checkedin()
+
+    for _ in range(20):
+        assert (await cached.get(f"/tasks/{task['id']}")).status_code == 200
+
+    assert pool.checkedout() == 0
+    assert pool.checkedin() == opened
