@@ -408,7 +408,7 @@ def cache_markdown(results: dict[str, dict[str, Any]]) -> str:
         "If-None-Match: its ETag), against the uncached separate floor of the same read. "
         "Hits / misses / errors: the cached server's counters for the run's kind of entry "
         "(errors: cache commands of any kind that failed or took longer than "
-        "TASKMANAGER_CACHE_TIMEOUT_MS, 50 ms: each is a miss, and the server then leaves the "
+        "TASKMANAGER_CACHE_TIMEOUT_MS: each is a miss, and the server then leaves the "
         "cache alone for a second), all rounds:",
         "",
         "| scenario | mode | req/s | vs its uncached separate floor | target | p50 ms "
