@@ -6,7 +6,10 @@ the database (tests/support/cache_facts.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +21,7 @@ from tests.support.accounts import PASSWORD, login, register_and_login
 from tests.support.cache_facts import stale_caller_facts
 from tests.support.invitations import add_member, verify_address
 from tests.support.live_app import app_of, live_client
+from tests.support.mail import eml_token
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -224,3 +228,24 @@ async def test_the_facts_of_a_login_that_ended_are_never_valid_again(
 
     assert await stale_caller_facts(world.redis_url, world.namespace, observer) == []
     assert await world.read(world.owner) == 401
+
+
+async def test_a_password_reset_ends_every_cached_login(world: World) -> None:
+    """A reset by mail (no login needed, so no writer to void the cache): the stolen token
+    of the account it resets stops reading at once."""
+    asked = await world.client.post("/auth/password-reset", json={"email": world.member_email})
+    assert asked.status_code == 202, asked.text
+    token = await asyncio.to_thread(
+        eml_token,
+        Path(os.environ["TASKMANAGER_MAIL_DIR"]),
+        world.member_email,
+        "Reset your password",
+    )
+
+    reset = await world.client.post(
+        "/auth/password-reset/confirm", json={"token": token, "new_password": "a reset password"}
+    )
+
+    assert reset.status_code == 204, reset.text
+    assert await world.read(world.member) == 401
+    assert (await world.client.get("/tasks", headers=world.member)).status_code == 401

@@ -84,8 +84,6 @@ class AccountTokenRepository:
         verified, or None (unknown, spent or expired)."""
         result = await self.session.execute(_VERIFY_EMAIL, {"token_hash": mail_token_hash(token)})
         user_id: int | None = result.scalar_one()
-        if user_id is not None:
-            note_callers_changed(self.session, user_id)
         return user_id
 
     async def password_reset_valid(self, token: str) -> bool:
@@ -100,6 +98,8 @@ class AccountTokenRepository:
             _RESET_PASSWORD, {"token_hash": mail_token_hash(token), "new_hash": new_password_hash}
         )
         user_id: int | None = result.scalar_one()
+        if user_id is not None:  # its login sessions ended: so do their cached facts
+            note_callers_changed(self.session, user_id)
         return user_id
 
     async def purge_spent(self) -> int:
