@@ -140,6 +140,8 @@ def test_prefixes_that_are_refused(raw: str) -> None:
 
 
 def derived(**values: object) -> str:
+    if "data_dir" not in values:  # the key, not a key file made in the working directory
+        values.setdefault("jwt_secret", "k" * 48)
     namespace = cache_namespace(settings(**values))
     assert re.fullmatch(r"tm:[0-9a-f]{12}", namespace), namespace
     return namespace
@@ -167,6 +169,16 @@ def test_the_derived_namespace_follows_the_database_and_never_the_login() -> Non
     assert len(others) == 5
     assert base not in others
     assert "secret" not in base
+
+
+def test_deployments_on_databases_of_the_same_name_and_address_have_their_own_namespaces() -> None:
+    """Two installations of `...@db:5432/taskmanager` on two machines, sharing one Redis:
+    their signing keys differ, so do their namespaces (else one's users would read the
+    other's cached tasks, whose ids coincide)."""
+    one = derived(database_url=DATABASE, jwt_secret="a" * 48)
+    other = derived(database_url=DATABASE, jwt_secret="b" * 48)
+    assert one != other
+    assert derived(database_url=DATABASE, jwt_secret="a" * 48) == one
 
 
 def test_the_embedded_default_is_named_by_its_data_directory(

@@ -28,6 +28,8 @@ DATABASE = "postgresql+asyncpg://svc@db.example.com/tasks"
 
 
 def settings(**values: object) -> Settings:
+    if "data_dir" not in values:  # the namespace's key, not a key file in the working directory
+        values.setdefault("jwt_secret", "k" * 48)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 

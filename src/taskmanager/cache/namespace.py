@@ -1,9 +1,9 @@
 """Which Redis the cache talks to, and the namespace its keys live under.
 
 Every key of a deployment starts with `cache_namespace(settings) + ":"`: by default a hash of
-the database the deployment uses (host, port and database name; never a password), so two
-deployments sharing one Redis never read each other's entries, and `taskmanager cache flush`
-empties one deployment's only.
+the database the deployment uses (host, port and database name; never a password) and of its
+signing key, so two deployments sharing one Redis never read each other's entries, and
+`taskmanager cache flush` empties one deployment's only.
 
 `resolved_redis_url` is the one answer to "which Redis, if any": the app's lifespan, `serve`
 and the `cache` commands all ask here.
@@ -12,6 +12,7 @@ and the `cache` commands all ask here.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -25,13 +26,24 @@ LOCAL_SOCKET_NAME = "redis.sock"
 _POSTGRES_PORT = 5432
 
 
+# The shape of what the cache keeps: a release that changes it changes every namespace, so
+# no process reads entries of another shape (a rolling deploy, a downgrade).
+ENTRY_FORMAT = "1"
+
+
 def cache_namespace(settings: Settings) -> str:
     """TASKMANAGER_CACHE_PREFIX, or `tm:` + 12 hex digits of a hash of the database's
-    address: the same for every process of one deployment, different between deployments."""
+    address and of the deployment's signing key (never either itself): the same for every
+    process of one deployment, different between deployments, also between two that use
+    databases of the same address and name on different machines (a signing key is each
+    deployment's own). The entries' format is part of it too."""
     if settings.cache_prefix:
         return settings.cache_prefix
-    digest = hashlib.sha256(_database_identity(settings).encode()).hexdigest()
-    return DERIVED_PREFIX + digest[:12]
+    from taskmanager.security.signing_key import signing_key
+
+    key = hmac.new(signing_key(settings).encode(), b"taskmanager cache namespace", "sha256")
+    identity = "\0".join((ENTRY_FORMAT, _database_identity(settings), key.hexdigest()))
+    return DERIVED_PREFIX + hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
 def _database_identity(settings: Settings) -> str:
