@@ -158,6 +158,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.async_session_factory = create_session_factory(engine)
             app.state.read_session_factory = create_read_session_factory(engine)
             app.state.cache = _cache(settings)
+            if app.state.cache is not None:
+                # A worker that died between a commit and its invalidation left entries
+                # stale; a new epoch voids them (and any of a release before this one).
+                await app.state.cache.flush()
             outbox = _outbox_worker(
                 settings, app.state.async_session_factory, key, app.state.mail_token_key
             )

@@ -6,8 +6,9 @@ that fails or times out is a miss for the caller, counted in
 `RETRY_AFTER_SECONDS` no command is sent at all (the database path answers), then the next
 one tries again, and the cache resumes by itself.
 
-Invalidations are sent even during that pause (see `CacheClient.invalidate`). An
-invalidation that could not be delivered (Redis went away just then) leaves this process
+Invalidations are sent even during that pause (see `CacheClient.invalidate`), and even to
+a Redis full under `noeviction` (they only overwrite keys). An invalidation that could not
+be delivered (Redis went away just then, or the request was cancelled) leaves this process
 unsure whether Redis still holds entries the change made stale. Before this process uses the
 cache again it gives the namespace a new epoch (a random token), which every entry is checked
 against, so every entry stored before is void; entries also expire by themselves after
@@ -73,11 +74,14 @@ class CacheClient:
         self.user_prefix = self.key("user") + ":"
         self._down_until = 0.0
         self._down = False
-        # An invalidation was lost: void every entry (raise the epoch) before the next use.
-        self._unsure = False
+        # Invalidations lost (not delivered, or cut off): void every entry (a new epoch)
+        # before the next use. A count, so one lost while the new epoch is on its way is
+        # not forgotten when it arrives.
+        self._lost = 0
         self.read_entries = redis.register_script(scripts.READ_ENTRIES)
         self.store_entry = redis.register_script(scripts.STORE_ENTRY)
         self.store_facts = redis.register_script(scripts.STORE_FACTS)
+        self.overwrite = redis.register_script(scripts.OVERWRITE)
 
     @classmethod
     def connect(
@@ -115,9 +119,9 @@ class CacheClient:
         if not self.available and not paused_too:
             return None
         try:
-            if self._unsure:
-                await self.redis.set(self.epoch_key, new_token())
-                self._unsure = False
+            if lost := self._lost:
+                await self._new_epoch(self.redis)
+                self._lost -= lost
                 log.warning("cache: every entry stored before a lost invalidation is now void")
             answer = await work(self.redis)
         except CACHE_ERRORS as exc:
@@ -138,10 +142,14 @@ class CacheClient:
         Redis, so a change this process skipped voiding there would be read stale there (on
         another server, by the very client whose write was acknowledged) until this process
         used the cache again. A Redis that is really down refuses at once; a slow one costs a
-        write at most the cache's timeout."""
-        delivered = await self.call(kind, work, paused_too=True) is not None
-        if not delivered:
-            self._unsure = True
+        write the cache's timeout (four, to open a connection). An invalidation cut off (the
+        request cancelled) counts as lost too."""
+        delivered = False
+        try:
+            delivered = await self.call(kind, work, paused_too=True) is not None
+        finally:
+            if not delivered:
+                self._lost += 1
         return delivered
 
     def _failed(self, kind: CacheKind, exc: BaseException) -> None:
@@ -167,17 +175,17 @@ class CacheClient:
         }
 
         async def write(redis: Redis) -> bool:
-            return bool(await redis.mset(generations))
+            return bool(await self.overwrite(keys=list(generations), args=[token], client=redis))
 
         return await self.invalidate("generation", write)
+
+    async def _new_epoch(self, redis: Redis) -> bool:
+        return bool(await self.overwrite(keys=[self.epoch_key], args=[new_token()], client=redis))
 
     async def flush(self) -> bool:
         """Void every entry of this namespace at once (the epoch)."""
 
-        async def new_epoch(redis: Redis) -> bool:
-            return bool(await redis.set(self.epoch_key, new_token()))
-
-        return await self.invalidate("generation", new_epoch)
+        return await self.invalidate("generation", self._new_epoch)
 
     async def close(self) -> None:
         with contextlib.suppress(*CACHE_ERRORS):  # a dead connection: nothing left to close

@@ -94,3 +94,13 @@ redis.call('HSET', KEYS[3], 'e', ARGV[1], 'u', ARGV[3], 'g', ARGV[2], 'w', ARGV[
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 return 1
 """
+
+# KEYS: generations or the epoch. ARGV: their new token. Allowed when Redis is out of memory
+# under `noeviction` (it only overwrites small keys): an invalidation must never be refused
+# where a lookup is still answered.
+OVERWRITE = """#!lua flags=allow-oom
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[1])
+end
+return 1
+"""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,12 +34,14 @@ from pydantic import TypeAdapter
 
 from taskmanager.accounts.callers import CallerFacts, facts_of, scope_from_facts
 from taskmanager.cache.client import CacheClient, new_token
-from taskmanager.cache.metrics import record_hit, record_miss
+from taskmanager.cache.metrics import CacheKind, record_error, record_hit, record_miss
 from taskmanager.repositories.task_queries.views import TaskView
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.schemas import TaskWithCategoryResponse
 from taskmanager.security.roles import Action
 from taskmanager.security.scope import Scope
+
+log = logging.getLogger(__name__)
 
 # Cacheable answers are private to their caller, and a client must ask again (with
 # If-None-Match) before using a copy it kept: it gets a 304 when nothing changed.
@@ -240,7 +243,9 @@ class TaskReads:
         if lookup is not None and lookup.facts is not None and lookup.generations is not None:
             workspaces = lookup.facts.workspaces
             if facts_of(repo.scope).workspaces == workspaces:
-                await _store(cache, page_key, lookup.epoch, workspaces, lookup.generations, answer)
+                await _store(
+                    cache, page_key, lookup.epoch, workspaces, lookup.generations, answer, "page"
+                )
                 if count_now and total is not None:
                     counted_answer = Answer(str(total).encode(), "", {})
                     await _store(
@@ -250,6 +255,7 @@ class TaskReads:
                         workspaces,
                         lookup.generations,
                         counted_answer,
+                        "count",
                     )
         return answer
 
@@ -273,24 +279,13 @@ class TaskReads:
         answer = await cache.call("caller", read)
         if answer is None:
             return None
-        epoch, user_generation, workspaces, roles, generations, *entries = answer
-        facts = scope = None
-        if workspaces is not None and roles is not None:
-            facts = CallerFacts(workspaces.decode(), roles.decode())
-            scope = scope_from_facts(
-                facts, credentials.user_id, credentials.session_id, credentials.valid_until
-            )
-            record_hit("caller")
-        else:
-            record_miss("caller")
-        return _Lookup(
-            epoch,
-            user_generation,
-            facts,
-            scope,
-            None if generations is None else generations.decode(),
-            [_entry(entry) for entry in entries],
-        )
+        try:
+            return _lookup_of(answer, credentials)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # Not what this release stores (another wrote it): the database answers.
+            log.warning("cache: a lookup answered what it cannot read (%s)", type(exc).__name__)
+            record_error("caller")
+            return None
 
     async def _repository(
         self, cache: CacheClient, credentials: Credentials, lookup: _Lookup | None
@@ -323,6 +318,28 @@ class TaskReads:
         return repo
 
 
+def _lookup_of(answer: Any, credentials: Credentials) -> _Lookup:
+    """The lookup script's answer, read (ValueError and the like if it is malformed)."""
+    epoch, user_generation, workspaces, roles, generations, *entries = answer
+    facts = scope = None
+    if workspaces is not None and roles is not None:
+        facts = CallerFacts(workspaces.decode(), roles.decode())
+        scope = scope_from_facts(
+            facts, credentials.user_id, credentials.session_id, credentials.valid_until
+        )
+        record_hit("caller")
+    else:
+        record_miss("caller")
+    return _Lookup(
+        bytes(epoch),
+        bytes(user_generation),
+        facts,
+        scope,
+        None if generations is None else generations.decode(),
+        [_entry(entry) for entry in entries],
+    )
+
+
 def _may_read(scope: Scope, workspaces: str) -> bool:
     return workspaces.isdigit() and scope.may(int(workspaces), Action.TASKS_READ)
 
@@ -336,7 +353,9 @@ def _generation_of(lookup: _Lookup, scope: Scope, workspace: str) -> str | None:
         return None
     ids = lookup.facts.workspaces.split(",")
     generations = lookup.generations.split(",")
-    return generations[ids.index(workspace)] if workspace in ids else None
+    if workspace not in ids or len(generations) != len(ids):
+        return None
+    return generations[ids.index(workspace)]
 
 
 def _entry(raw: Any) -> _Entry | None:
@@ -374,7 +393,13 @@ def _ttl(seconds: int) -> int:
 
 
 async def _store(
-    cache: CacheClient, key: str, epoch: bytes, workspaces: str, generations: str, answer: Answer
+    cache: CacheClient,
+    key: str,
+    epoch: bytes,
+    workspaces: str,
+    generations: str,
+    answer: Answer,
+    kind: CacheKind = "task",
 ) -> None:
     async def store(redis: Any) -> Any:
         return await cache.store_entry(
@@ -392,7 +417,7 @@ async def _store(
             client=redis,
         )
 
-    await cache.call("task", store)
+    await cache.call(kind, store)
 
 
 def _flight(key: str, lookup: _Lookup) -> str:

@@ -35,6 +35,7 @@ def db_upgrade(
     key = caller_key(settings)
     with database_logins(settings) as logins:
         upgrade_deployment(logins, key, revision)
+        void_cache_after(settings, "db upgrade")  # migrations may change what it shows
         if reaches_head(revision):
             caller = check_service(logins.service, key)
             console.print(
@@ -52,8 +53,10 @@ def db_downgrade(
     """Migrate the database down to REVISION, as the owner of the tables."""
     from taskmanager.postgres.migrate import downgrade
 
-    with database_logins(load_settings()) as logins:
+    settings = load_settings()
+    with database_logins(settings) as logins:
         downgrade(owner_url_of(logins), revision)
+    void_cache_after(settings, "db downgrade")
     console.print(f"database downgraded to {revision}")
 
 
