@@ -54,9 +54,11 @@ _TOKEN_PROBLEM_REF = {"$ref": "#/components/schemas/TokenProblem"}
 # The response headers a client may rely on, documented where they are sent.
 RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
     "ETag": {
-        "description": "The row's version as a strong entity tag, for `If-Match`.",
+        "description": "The row's version as a strong entity tag, for `If-Match` (a task's "
+        "also names, after a hyphen, a digest of the category and labels it shows: "
+        '`"3-9f86d081884c"`), and for `If-None-Match` on the reads that take it.',
         "required": True,
-        "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
+        "schema": {"type": "string", "pattern": '^"[0-9]+(-[0-9a-f]+)?"$'},
     },
     "Cache-Control": {
         "description": "`private, no-cache`: keep it for yourself only, and ask again (with "

@@ -316,13 +316,26 @@ async def test_patch_replaces_the_set_and_bumps_the_version_only_on_change(
     assert replaced.status_code == 200, replaced.text
     assert replaced.json()["labels"] == shown(b, c)
     assert replaced.json()["version"] == 2
-    assert replaced.headers["etag"] == '"2"'
+    # Its version, then a digest of the labels (and category) it shows.
+    assert replaced.headers["etag"].startswith('"2-')
+    get = await client.get(url)
+    assert get.headers["etag"] == replaced.headers["etag"]
     assert await stored_label_ids(db_session, made["id"]) == {b["id"], c["id"]}
 
     same = await client.patch(url, json={"label_ids": [b["id"], c["id"]]})
     assert (same.json()["version"], same.json()["labels"]) == (2, shown(b, c))
 
     # Absent: unchanged, and still shown.
+    # Renaming a label the task shows changes the task's ETag, not its version: a 304 never
+    # keeps a copy that shows the old name.
+    before = await client.get(url)
+    relabelled = await client.patch(f"/labels/{b['id']}", json={"name": "b2"})
+    assert relabelled.status_code == 200, relabelled.text
+    after = await client.get(url, headers={"If-None-Match": before.headers["etag"]})
+    assert after.status_code == 200, "the copy with the old name is not current"
+    assert after.json()["version"] == before.json()["version"]
+    assert after.headers["etag"] != before.headers["etag"]
+    b = relabelled.json()
     renamed = (await client.patch(url, json={"title": "renamed"})).json()
     assert (renamed["version"], renamed["labels"]) == (3, shown(b, c))
 

@@ -35,8 +35,9 @@ from pydantic import TypeAdapter
 from taskmanager.accounts.callers import CallerFacts, facts_of, scope_from_facts
 from taskmanager.cache.client import CacheClient, new_token
 from taskmanager.cache.metrics import CacheKind, record_error, record_hit, record_miss
-from taskmanager.repositories.task_queries.views import TaskView
+from taskmanager.repositories.task_queries.views import TaskView, shown_digest
 from taskmanager.repositories.task_repository import TaskRepository
+from taskmanager.routes.preconditions import etag
 from taskmanager.schemas import TaskWithCategoryResponse
 from taskmanager.security.roles import Action
 from taskmanager.security.scope import Scope
@@ -78,9 +79,10 @@ def _none_match_fails(if_none_match: str, etag: str) -> bool:
 
 
 def task_answer(view: TaskView) -> Answer:
-    """GET /tasks/{id}'s answer: the task as the response model shows it, ETag its version."""
+    """GET /tasks/{id}'s answer: the task as the response model shows it, ETag its version
+    (and a digest of the category and labels it shows)."""
     body = _TASK.dump_json(_TASK.validate_python(view))
-    return Answer(body, f'"{view["version"]}"', {})
+    return Answer(body, etag(view["version"], shown_digest(view)), {})
 
 
 def page_answer(items: Sequence[TaskView], headers: Mapping[str, str]) -> Answer:

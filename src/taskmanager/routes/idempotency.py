@@ -97,13 +97,18 @@ class IdempotentRequest:
         )
 
     async def created(
-        self, response: Response, response_model: type[BaseModel], row: Versioned, location: str
+        self,
+        response: Response,
+        response_model: type[BaseModel],
+        row: Versioned,
+        location: str,
+        shows: str | None = None,
     ) -> None:
-        """Answer 201 with `row`, new at `location`: its URL in Location, its version in ETag,
-        and the whole answer remembered for retries (the headers first: they are part of
-        it)."""
+        """Answer 201 with `row`, new at `location`: its URL in Location, its version (and
+        `shows`: preconditions.etag) in ETag, and the whole answer remembered for retries
+        (the headers first: they are part of it)."""
         response.headers["Location"] = location
-        set_etag(response, row.version)
+        set_etag(response, row.version, shows)
         await self.remember(201, response_model, row, response)
 
 

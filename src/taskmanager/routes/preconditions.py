@@ -43,26 +43,37 @@ Found = TypeVar("Found")
 Row = TypeVar("Row", bound=Versioned)
 
 
-def etag(version: int) -> str:
-    """The strong entity tag of a row at `version`."""
-    return f'"{version}"'
+def etag(version: int, shows: str | None = None) -> str:
+    """The strong entity tag of a row at `version`; `shows`: a digest of the other rows its
+    answer shows (a task's category and labels: views.shown_digest), after a hyphen."""
+    return f'"{version}"' if shows is None else f'"{version}-{shows}"'
 
 
-def set_etag(response: Response, version: int) -> None:
-    response.headers["ETag"] = etag(version)
+def set_etag(response: Response, version: int, shows: str | None = None) -> None:
+    response.headers["ETag"] = etag(version, shows)
+
+
+def _version_in(tag: str) -> str | None:
+    """The version a strong entity tag names (`"3"` or `"3-ab12..."`); None for a weak one
+    or anything else."""
+    if len(tag) < 2 or not (tag.startswith('"') and tag.endswith('"')):
+        return None
+    return tag[1:-1].partition("-")[0]
 
 
 def require_match(if_match: str | None, version: int) -> None:
     """Raise 412 unless If-Match is absent, `*`, or lists the current ETag.
 
     Comparison is strong: a weak tag (W/"3") never matches, as RFC 9110 requires for
-    If-Match.
+    If-Match; a task's tag matches by its version (`"3-ab12..."` as `"3"`).
     """
     if if_match is None:
         return
     current = etag(version)
     candidates = [tag.strip() for tag in if_match.split(",")]
-    if "*" in candidates or current in candidates:
+    # A change is about the row's own version: what else its answer showed (a task's
+    # category's name) may have changed meanwhile without conflicting with it.
+    if "*" in candidates or any(_version_in(tag) == str(version) for tag in candidates):
         return
     raise ProblemError(
         PRECONDITION_FAILED.problem(

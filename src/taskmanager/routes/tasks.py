@@ -24,7 +24,7 @@ from taskmanager.openapi import (
 )
 from taskmanager.repositories.task_queries.filters import TaskFilters
 from taskmanager.repositories.task_queries.sorts import SORTS_NEEDING_Q, keyset
-from taskmanager.repositories.task_queries.views import TaskView
+from taskmanager.repositories.task_queries.views import TaskView, shown_digest, task_view
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.routes.idempotency import IdempotencyDep
 from taskmanager.routes.permissions import row_for_change
@@ -88,7 +88,8 @@ async def create_task(
         label_ids=body.label_ids,
     )
     location = task_url(request, task.id)
-    await idempotency.created(response, TaskWithCategoryResponse, task, location)
+    shows = shown_digest(task_view(task))
+    await idempotency.created(response, TaskWithCategoryResponse, task, location, shows)
     return task
 
 
@@ -308,7 +309,7 @@ async def update_task(
     With `If-Match`, only if the task is still at that ETag (else 412)."""
     task = await _for_change(repo, task_id, if_match)
     task = await repo.update(task, body.model_dump(exclude_unset=True))
-    set_etag(response, task.version)
+    set_etag(response, task.version, shown_digest(task_view(task)))
     return task
 
 

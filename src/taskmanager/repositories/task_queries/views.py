@@ -6,6 +6,8 @@ and the cached statements all read exactly what the answer shows, in ONE stateme
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,6 +83,19 @@ def row_view(row: Sequence[Any]) -> TaskView:
     )
     view["labels"] = row[_LABELS_AT]
     return view
+
+
+def shown_digest(view: TaskView) -> str | None:
+    """A digest of the rows a task's answer shows besides its own (its category and its
+    labels), or None when it shows none: a task's ETag carries it after its version, so a
+    category or label renamed changes the ETag of every task that shows it (their versions
+    stay: a task's version counts changes of the task)."""
+    category = view["category"]
+    labels = sorted(view["labels"], key=lambda label: label["id"])
+    if category is None and not labels:
+        return None
+    shown = json.dumps([category, labels], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(shown.encode()).hexdigest()[:12]
 
 
 def task_view(task: Task) -> TaskView:
