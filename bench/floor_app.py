@@ -53,8 +53,9 @@ from taskmanager.repositories import task_repository
 from taskmanager.repositories.task_queries.filters import TaskFilters
 from taskmanager.repositories.task_queries.statements import page_statement
 from taskmanager.repositories.task_queries.task_labels import LABELS_OF
-from taskmanager.repositories.task_queries.views import VIEW_BY_ID
+from taskmanager.repositories.task_queries.views import VIEW_BY_ID, shown_digest
 from taskmanager.repositories.user_repository import _ENTER_ROW
+from taskmanager.routes.preconditions import etag
 from taskmanager.schemas import TaskCreate, TaskUpdate, TaskWithCategoryResponse
 from taskmanager.security import tokens
 from taskmanager.security.caller_key import CallerKey
@@ -232,8 +233,8 @@ def _not_found() -> HTTPException:
     return HTTPException(404, "Task not found")
 
 
-def _etag(response: Response, version: int) -> None:
-    response.headers["ETag"] = f'"{version}"'  # routes/preconditions.py's set_etag
+def _etag(response: Response, version: int, shows: str | None = None) -> None:
+    response.headers["ETag"] = etag(version, shows)  # routes/preconditions.py's set_etag
 
 
 async def get_task(task_id: int, request: Request) -> Response:
@@ -327,7 +328,7 @@ async def update_task(
     task["labels"] = [
         {"id": label["id"], "name": label["name"], "colour": label["colour"]} for label in labels
     ]
-    _etag(response, task["version"])
+    _etag(response, task["version"], shown_digest(task))
     return task
 
 
