@@ -10,7 +10,8 @@ dependency awaits it: the writer's next read, and everyone's, sees the change):
   changes are few and each is made by one repository method, which notes the users here
   (`note_callers_changed`): logging out, logging out everywhere, a password changed or
   reset, joining, leaving or being removed from a workspace, a role changed, a workspace
-  made or deleted. A test sweeps every route and checks no cached facts outlive a change.
+  made or deleted (tests/cache/test_caller_facts.py makes each of these changes and then
+  holds every valid cached fact against the database).
 
 A change that does not go through a request (`taskmanager db seed`, SQL typed by an
 operator) voids the whole cache: `taskmanager cache flush`.
