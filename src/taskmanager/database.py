@@ -211,20 +211,14 @@ async def get_read_session(request: Request) -> AsyncIterator[AsyncReadSession]:
     read_session_factory: async_sessionmaker[AsyncReadSession] = (
         request.app.state.read_session_factory
     )
-    session = read_session_factory()
-    try:
-        yield session
-        if session.in_transaction():
-            await session.commit()  # nothing was written; ends the transaction cleanly
-    except Exception:
-        if session.in_transaction():
+    async with read_session_factory() as session:
+        try:
+            yield session
+            if session.in_transaction():  # not for a read answered from the cache
+                await session.commit()  # nothing was written; ends the transaction cleanly
+        except Exception:
             await session.rollback()
-        raise
-    finally:
-        # A read answered from the cache never used its session: nothing to give back
-        # (and no greenlet to start for it).
-        if session.in_transaction():
-            await session.close()
+            raise
 
 
 # The one way to ask for a session. scope="function" makes the commit finish before the
