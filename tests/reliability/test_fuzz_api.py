@@ -163,6 +163,10 @@ class FuzzRun:
     # ignored_auth's probes: operation -> statuses of its requests re-sent without the token
     # or with a wrong one.
     auth_probes: dict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
+    # The Authorization headers the run sends for real: a linked request sent with another
+    # operation's own token (accepting an invitation as the invitee, after the inviter made
+    # it) is a call of its own, not a probe.
+    issued: frozenset[str] = frozenset()
 
     @property
     def requests(self) -> int:
@@ -186,7 +190,8 @@ class FuzzRun:
             if probe is None or parent is None or probe.response is None:
                 continue
             token = _authorization(parent.request.headers)
-            if token is not None and _authorization(probe.request.headers) != token:
+            sent = _authorization(probe.request.headers)
+            if token is not None and sent != token and sent not in self.issued:
                 label = case_node.value.operation.label
                 self.auth_probes[label][probe.response.status_code] += 1
         for nodes in recorder.checks.values():
@@ -240,7 +245,7 @@ def run_schemathesis(
     schema.config.checks.update(included_check_names=list(CHECKS))
     if tokens is not None:
         authenticate(schema, secured_operations(base_url), tokens)
-    run = FuzzRun()
+    run = FuzzRun(issued=frozenset(f"Bearer {token}" for token in (tokens or {}).values()))
     for event in schemathesis.engine.from_schema(schema).execute():
         if isinstance(event, events.ScenarioFinished | events.FuzzScenarioFinished):
             run.record(event.recorder)
