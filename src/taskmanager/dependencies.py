@@ -194,7 +194,7 @@ async def get_task_reads(
             )
         return opened[0]
 
-    return TaskReads(request.app.state.cache, credentials, open_repository)
+    return TaskReads(credentials.user_id, request.app.state.cache, credentials, open_repository)
 
 
 CurrentUserDep = Annotated[Scope, Depends(get_current_user)]

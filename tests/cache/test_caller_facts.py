@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.support.accounts import PASSWORD, login, register_and_login
 from tests.support.cache_facts import stale_caller_facts
 from tests.support.invitations import add_member, verify_address
-from tests.support.live_app import app_of, live_client
+from tests.support.live_app import app_of, cached_live_client
 from tests.support.mail import eml_token
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -83,12 +83,7 @@ class World:
 async def world(
     own_database_url: str, redis_url: str, observer: AsyncEngine
 ) -> AsyncIterator[World]:
-    async with live_client(
-        own_database_url,
-        redis_url=redis_url,
-        registrations_per_address=1000,
-        registrations_total=1000,
-    ) as client:
+    async with cached_live_client(own_database_url, redis_url) as client:
         made = World(client, redis_url, own_database_url)
         await made.setup()
         yield made

@@ -15,7 +15,7 @@ from sqlalchemy import event
 
 from tests.support.accounts import register_and_login
 from tests.support.invitations import add_member, verify_address
-from tests.support.live_app import app_of, live_client
+from tests.support.live_app import app_of, cached_live_client, live_client
 from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -24,12 +24,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 @pytest_asyncio.fixture(loop_scope="session")
 async def cached(own_database_url: str, redis_url: str) -> AsyncIterator[AsyncClient]:
     """The real app with the cache on, logged in as a new account."""
-    async with live_client(
-        own_database_url,
-        redis_url=redis_url,
-        registrations_per_address=1000,
-        registrations_total=1000,
-    ) as client:
+    async with cached_live_client(own_database_url, redis_url) as client:
         client.headers.update(await register_and_login(client, _new_email()))
         yield client
 

@@ -10,7 +10,7 @@ PostgreSQL transactions.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -49,6 +49,16 @@ async def live_client(database_url: str, **settings: Any) -> AsyncIterator[Async
     ):
         _APPS[client] = app
         yield client
+
+
+def cached_live_client(
+    database_url: str, redis_url: str
+) -> AbstractAsyncContextManager[AsyncClient]:
+    """`live_client` with the cache on Redis at `redis_url`, for tests that open many
+    accounts from one address (the registration limits raised)."""
+    return live_client(
+        database_url, redis_url=redis_url, registrations_per_address=1000, registrations_total=1000
+    )
 
 
 def app_of(client: AsyncClient) -> FastAPI:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import random
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -99,7 +100,7 @@ class Credentials:
     """A login session's verified access token: who, which login, until when."""
 
     user_id: int
-    session_id: Any  # uuid.UUID
+    session_id: uuid.UUID
     valid_until: int
 
 
@@ -126,9 +127,9 @@ class _Lookup:
 
 
 OpenRepository = Callable[[], Awaitable[TaskRepository]]
-LoadPage = Callable[
-    [TaskRepository, bool], Awaitable[tuple[Sequence[TaskView], int | None, dict[str, str]]]
-]
+# A page as the route loads it: its tasks, its total (when counted), its other headers.
+PageLoaded = tuple[Sequence[TaskView], int | None, dict[str, str]]
+LoadPage = Callable[[TaskRepository, bool], Awaitable[PageLoaded]]
 
 
 class TaskReads:
@@ -140,15 +141,12 @@ class TaskReads:
 
     def __init__(
         self,
+        user_id: int,
         cache: CacheClient | None,
         credentials: Credentials | None,
         open_repository: OpenRepository,
-        *,
-        user_id: int | None = None,
     ) -> None:
-        if credentials is None and user_id is None:
-            raise ValueError("whose reads: credentials or user_id")
-        self.user_id: int = credentials.user_id if credentials is not None else user_id  # type: ignore[assignment]
+        self.user_id = user_id
         self.cache = cache if credentials is not None else None
         self.credentials = credentials
         self.open_repository = open_repository
@@ -161,7 +159,7 @@ class TaskReads:
         async def entered() -> TaskRepository:
             return repository
 
-        return cls(None, None, entered, user_id=repository.scope.user_id)
+        return cls(repository.scope.user_id, None, None, entered)
 
     async def one(self, task_id: int) -> Answer | None:
         """The task as its caller may see it, or None (not there, or not theirs)."""

@@ -3,7 +3,6 @@ transaction and commits before the response is sent."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
@@ -12,7 +11,7 @@ from pydantic import Field
 from starlette.datastructures import URLPath
 
 from taskmanager.bad_input import BadInputError
-from taskmanager.cache.task_reads import TaskReads
+from taskmanager.cache.task_reads import PageLoaded, TaskReads
 from taskmanager.cursors import MAX_CURSOR_LENGTH, CursorCodec, InvalidCursorError, fingerprint
 from taskmanager.dependencies import TaskReadsDep, TaskRepositoryDep, token_scope
 from taskmanager.models import Task
@@ -24,7 +23,7 @@ from taskmanager.openapi import (
 )
 from taskmanager.repositories.task_queries.filters import TaskFilters
 from taskmanager.repositories.task_queries.sorts import SORTS_NEEDING_Q, keyset
-from taskmanager.repositories.task_queries.views import TaskView, shown_digest, task_view
+from taskmanager.repositories.task_queries.views import shown_digest, task_view
 from taskmanager.repositories.task_repository import TaskRepository
 from taskmanager.routes.idempotency import IdempotencyDep
 from taskmanager.routes.permissions import row_for_change
@@ -219,9 +218,7 @@ async def list_tasks(
         after = _read_cursor(request, reads, cursor, offset, sort, filters_fingerprint)
     counted = cursor is None if count is None else count
 
-    async def load(
-        repo: TaskRepository, count_now: bool
-    ) -> tuple[Sequence[TaskView], int | None, dict[str, str]]:
+    async def load(repo: TaskRepository, count_now: bool) -> PageLoaded:
         page = await repo.get_page(
             filters, limit=limit, offset=offset, sort=sort, after=after, counted=count_now
         )
