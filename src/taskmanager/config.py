@@ -7,6 +7,7 @@ message (the lecture's Mistake 1, caught before the first query instead of after
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sys
 from functools import lru_cache
@@ -388,6 +389,18 @@ class Settings(BaseSettings):
         "`Authorization: Bearer <this token>` only.",
     )
 
+    # Requests to addresses users give (webhooks, calendars): taskmanager.integrations.outbound.
+    outbound_allow_http: bool = Field(
+        default=False,
+        description="Allow plain http:// URLs for webhooks and calendars (development and "
+        "tests); https:// only when false.",
+    )
+    outbound_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="Networks webhooks and calendars may reach although they are not public, "
+        'e.g. ["127.0.0.1/32"] for a receiver on this machine; none by default.',
+    )
+
     # The cache (taskmanager.cache): optional, never a single point of failure.
     redis_url: str | None = Field(
         default=None,
@@ -443,6 +456,18 @@ class Settings(BaseSettings):
                 "the characters . _ - : (e.g. tm-production)"
             )
         return prefix
+
+    @field_validator("outbound_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{network!r} is not a network; write e.g. 127.0.0.1/32 or 10.0.0.0/8"
+                ) from None
+        return value
 
     @field_validator("jwt_secret")
     @classmethod
