@@ -257,3 +257,21 @@ def test_the_policy_comes_from_the_settings() -> None:
     assert policy.refusal(ipaddress.ip_address("192.168.0.1")) is not None
     with pytest.raises(ValueError, match="not a network"):
         Settings(outbound_allowed_networks=["localhost"])
+
+
+def test_development_reaches_this_machine_and_a_deployment_only_the_public_internet() -> None:
+    development = OutboundPolicy.from_settings(Settings(database_url=None))
+    assert development.allow_http is True
+    assert development.refusal(ipaddress.ip_address("127.0.0.1")) is None
+    assert development.refusal(ipaddress.ip_address("::1")) is None
+    assert development.refusal(ipaddress.ip_address("10.0.0.1")) is not None
+    deployment = OutboundPolicy.from_settings(
+        Settings(database_url="postgresql+asyncpg://app@db.internal/taskmanager")
+    )
+    assert deployment.allow_http is False
+    assert deployment.refusal(ipaddress.ip_address("127.0.0.1")) is not None
+    strict_development = OutboundPolicy.from_settings(
+        Settings(database_url=None, outbound_allow_http=False, outbound_allowed_networks=[])
+    )
+    assert strict_development.allow_http is False
+    assert strict_development.refusal(ipaddress.ip_address("127.0.0.1")) is not None

@@ -104,10 +104,10 @@ class OutboundPolicy:
     @classmethod
     def from_settings(cls, settings: Settings) -> OutboundPolicy:
         return cls(
-            allow_http=settings.outbound_allow_http,
+            allow_http=settings.outbound_http_allowed,
             allowed_networks=tuple(
                 ipaddress.ip_network(network, strict=False)
-                for network in settings.outbound_allowed_networks
+                for network in settings.outbound_networks
             ),
         )
 
