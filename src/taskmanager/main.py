@@ -48,6 +48,7 @@ from taskmanager.routes import (
     access_tokens,
     activity,
     auth,
+    calendar_feeds,
     categories,
     health,
     invitations,
@@ -234,6 +235,7 @@ ROUTERS = (
     categories.router,
     labels.router,
     activity.router,
+    calendar_feeds.router,
     health.router,
 )
 # ... and the ones a request is matched against first: FastAPI tries the routes in order, at
