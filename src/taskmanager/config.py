@@ -370,6 +370,35 @@ class Settings(BaseSettings):
         description="Personal access tokens an account may have that have not expired; "
         "making one more is 409.",
     )
+    # Calendar feeds (GET /calendar/{secret}.ics; taskmanager.feeds).
+    max_calendar_feeds_per_user: int = Field(
+        default=20, ge=1, description="Calendar feeds an account may have; one more is 409."
+    )
+    calendar_feed_past_days: int = Field(
+        default=90,
+        ge=0,
+        le=3650,
+        description="A feed shows the tasks due at most this many days ago, and every later one.",
+    )
+    calendar_feed_max_tasks: int = Field(
+        default=1000,
+        ge=1,
+        le=20_000,
+        description="The most tasks one feed shows (the soonest due first).",
+    )
+    calendar_feed_refresh_minutes: int = Field(
+        default=60,
+        ge=5,
+        le=24 * 60,
+        description="How often a feed asks calendar apps to fetch it again "
+        "(REFRESH-INTERVAL, X-PUBLISHED-TTL, Cache-Control max-age).",
+    )
+    calendar_alarm_minutes: int = Field(
+        default=60,
+        ge=0,
+        le=7 * 24 * 60,
+        description="The alarm of an open task, this many minutes before it is due; 0: none.",
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description='Origins browsers may call the API from, e.g. ["https://app.example"]; '

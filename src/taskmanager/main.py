@@ -49,6 +49,7 @@ from taskmanager.routes import (
     access_tokens,
     activity,
     auth,
+    calendar_feeds,
     categories,
     health,
     invitations,
@@ -241,6 +242,7 @@ ROUTERS = (
     categories.router,
     labels.router,
     activity.router,
+    calendar_feeds.router,
     health.router,
 )
 # ... and the ones a request is matched against first: FastAPI tries the routes in order, at

@@ -5,8 +5,10 @@ the request id).
 The access log names the method, the path (never the query string), the route template and the
 status: no header, body or token ever reaches it. The path is logged as decoded, so it may hold
 a newline or U+2028: the formatters in taskmanager.observability.logs escape those, keeping one
-request one line. The same place counts the request in the metrics
-(taskmanager.observability.metrics), by route template."""
+request one line. A path that is a credential (a calendar feed's secret URL,
+/calendar/{secret}.ics) is logged with the secret replaced by `[secret]` (`loggable_path`).
+The same place counts the request in the metrics (taskmanager.observability.metrics), by
+route template."""
 
 from __future__ import annotations
 
@@ -30,6 +32,18 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 # Any other method a client makes up is counted as OTHER: label values stay a fixed set.
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+# A path segment that is a credential: a calendar feed's secret (taskmanager.routes.
+# calendar_feeds), and whatever else a client sends where one would be (a mistyped or
+# guessed secret is someone's secret too, nearly). /calendar/feeds is the API's own.
+_SECRET_IN_PATH = re.compile(r"^/calendar/(?!feeds(?:/|$))[^/]+")
+REDACTED_PATH = "/calendar/[secret]"
+
+
+def loggable_path(path: str) -> str:
+    """`path` as a log line or a metric may show it: no secret from it."""
+    return _SECRET_IN_PATH.sub(REDACTED_PATH, path, count=1)
+
 
 access_log = logging.getLogger("taskmanager.access")
 error_log = logging.getLogger("taskmanager.errors")
@@ -90,7 +104,9 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_request_id)
         except Exception:
-            error_log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            error_log.exception(
+                "unhandled error in %s %s", scope["method"], loggable_path(scope["path"])
+            )
             if response_started:
                 raise  # too late for a clean answer; the server closes the connection
             await internal_error_response()(scope, receive, send_with_request_id)
@@ -101,18 +117,19 @@ class RequestContextMiddleware:
             record_request(method if method in _KNOWN_METHODS else "OTHER", route, status, seconds)
             if access_log.isEnabledFor(logging.INFO):
                 client = scope.get("client")
+                path = loggable_path(scope["path"])
                 access_log.info(
                     '%s - "%s %s HTTP/%s" %d %.1fms',
                     f"{client[0]}:{client[1]}" if client else "-",
                     method,
-                    scope["path"],
+                    path,
                     scope.get("http_version", "1.1"),
                     status,
                     seconds * 1000,
                     extra={
                         "access": {
                             "method": method,
-                            "path": scope["path"],
+                            "path": path,
                             "route": route,
                             "status": status,
                             "duration_ms": round(seconds * 1000, 3),

@@ -70,6 +70,7 @@ UQ_LABELS_NAME = "uq_labels_workspace_id_name_lower"
 FK_TASK_LABELS_LABEL = "fk_task_labels_label_id_labels"
 FK_TASK_LABELS_TASK = "fk_task_labels_task_id_tasks"
 FK_ACCESS_TOKENS_MEMBERSHIP = "fk_access_tokens_workspace_id_memberships"
+FK_CALENDAR_FEEDS_MEMBERSHIP = "fk_calendar_feeds_workspace_id_memberships"
 
 # A membership's role (taskmanager.security.roles, where what each may do is written).
 MEMBERSHIP_ROLES = tuple(str(role) for role in ROLES)
@@ -285,6 +286,38 @@ class AccessToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class CalendarFeed(Base):
+    """A secret iCalendar feed URL of a user's tasks with due dates (GET
+    /calendar/{secret}.ics), kept only as the SHA-256 of its secret, as an access token is.
+    Bound to a workspace, it shows that one (and goes with the user's membership there);
+    unbound, every workspace the user belongs to when it is read (migration 0015)."""
+
+    __tablename__ = "calendar_feeds"
+    __table_args__ = (
+        # Bound to a workspace: to the user's membership there (removal deletes the feed).
+        ForeignKeyConstraint(
+            ["workspace_id", "user_id"],
+            ["memberships.workspace_id", "memberships.user_id"],
+            name=FK_CALENDAR_FEEDS_MEMBERSHIP,
+            ondelete="CASCADE",
+        ),
+        UniqueConstraint("token_hash", name="uq_calendar_feeds_token_hash"),
+        Index("ix_calendar_feeds_user_id", "user_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    workspace_id: Mapped[int | None] = mapped_column(default=None)
+    # Not readable by the caller role: only the door (taskmanager_enter) looks feeds up.
+    token_hash: Mapped[str] = mapped_column(String(64), deferred=True, deferred_raiseload=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # When its secret was last made (created or regenerated): the URL's age.
+    regenerated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
 
 
 class LoginFailure(Base):

@@ -619,6 +619,67 @@ class AccessTokenCreated(AccessTokenResponse):
     )
 
 
+class CalendarFeedCreate(BaseModel):
+    """For POST /calendar/feeds."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=_not_nullable("workspace_id")
+    )
+
+    workspace_id: (
+        Annotated[
+            int,
+            Field(
+                ge=1,
+                le=INT4_MAX,
+                description="A feed of this workspace's tasks only (one you belong to); it "
+                "stops when you leave it. Left out: the tasks of every workspace you belong "
+                "to, as your memberships stand when the feed is read.",
+            ),
+        ]
+        | None
+    ) = None
+
+    @field_validator("workspace_id")
+    @classmethod
+    def _reject_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("may be left out, but not set to null")
+        return value
+
+
+class CalendarFeedResponse(BaseModel):
+    """A calendar feed, without its secret URL."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    workspace_id: int | None = Field(description="The one workspace it shows; null: all yours.")
+    prefix: str = Field(
+        description="The secret's first characters, to recognise its URL by (not a secret).",
+        examples=["tm_cal_4Fz9"],
+    )
+    created_at: datetime
+    regenerated_at: datetime = Field(description="When its current URL was made.")
+
+
+class CalendarFeedCreated(CalendarFeedResponse):
+    """A feed just made or regenerated: its `url` is shown this once, and never again."""
+
+    url: str = Field(
+        description="The feed's secret address: subscribe to it in a calendar app. Whoever "
+        "has it reads the feed (and nothing else): keep it secret. Only a hash of it is "
+        "stored, so it cannot be shown again; regenerate the feed for a new one.",
+        examples=[
+            "https://tasks.example.com/calendar/tm_cal_4Fz9eXAmPLe0000000000000000000002cJ7Ab.ics"
+        ],
+    )
+    webcal_url: str = Field(
+        description="The same address as `webcal://`, which opens the subscription in "
+        "Apple Calendar and Thunderbird.",
+    )
+
+
 class RefreshRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 

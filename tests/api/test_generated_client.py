@@ -119,6 +119,13 @@ def test_method_names_are_the_readable_operation_ids(generated: GeneratedClient)
         ],
         "users": ["users_get_me", "users_update_me"],
         "tokens": ["create_token", "list_tokens", "revoke_all_tokens", "revoke_token"],
+        "calendar": [
+            "create_calendar_feed",
+            "delete_calendar_feed",
+            "get_calendar_feed",
+            "list_calendar_feeds",
+            "regenerate_calendar_feed",
+        ],
         "workspaces": [
             "create_workspace",
             "delete_workspace",

@@ -111,6 +111,11 @@ NEEDED: dict[str, Needed | str] = {
     "get_label": _needs(200, "tasks:read"),
     "update_label": _needs(200, "tasks:write"),
     "delete_label": _needs(204, "tasks:write"),
+    # A feed's URL reads tasks with no token at all: making one is the account's own act.
+    "create_calendar_feed": LOGIN,
+    "list_calendar_feeds": LOGIN,
+    "regenerate_calendar_feed": LOGIN,
+    "delete_calendar_feed": LOGIN,
 }
 
 # Bodies of the operations without an id in their path (the others' are BODIES').
@@ -123,6 +128,7 @@ MORE_BODIES: dict[str, Callable[[World], dict[str, Any]]] = {
     "create_token": lambda world: {"name": "Made by a token", "scopes": ["tasks:read"]},
     "auth_logout_all": lambda world: {"include_access_tokens": True},
     "accept_invitation_by_token": lambda world: {"token": "a-mailed-token"},
+    "create_calendar_feed": lambda world: {},
 }
 
 
@@ -203,6 +209,8 @@ PUBLIC = {
     "auth_confirm_password_reset",
     "health_live",
     "health_ready",
+    # Its secret URL is its credential (a calendar app sends no header): tests/calendar.
+    "get_calendar_feed",
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from httpx import AsyncClient
 
@@ -44,10 +45,16 @@ def everything_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
             logging.getLogger(name).propagate = propagate
 
 
-def logged_text(caplog: pytest.LogCaptureFixture) -> str:
-    """Every record as written: message, arguments, and any traceback."""
-    parts = [caplog.text]
-    for record in caplog.records:
+def logged_text(caplog: pytest.LogCaptureFixture, leave_out: tuple[str, ...] = ()) -> str:
+    """Every record as written: message, arguments, and any traceback (but the records of
+    the loggers named in `leave_out`, and theirs below them)."""
+    records = [
+        record
+        for record in caplog.records
+        if not any(record.name == name or record.name.startswith(f"{name}.") for name in leave_out)
+    ]
+    parts = [caplog.handler.format(record) for record in records] if leave_out else [caplog.text]
+    for record in records:
         parts.append(record.getMessage())
         parts.append(repr(record.args))
         if record.exc_info and record.exc_info[1] is not None:
@@ -129,3 +136,43 @@ def test_a_proof_and_a_password_hash_stay_out_of_reprs() -> None:
     secret = AccountSecret(user_id=1, password_hash="$argon2id$v=19$secret", is_active=True)
     assert "argon2id" not in repr(secret)
     assert "is_active=True" in repr(secret)
+
+
+async def test_a_calendar_feeds_secret_is_never_logged(
+    client: AsyncClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A feed's URL is its credential: made, fetched (200 and 304), regenerated, fetched
+    when dead (404), and failing with a bug (500), its secret reaches no log record; the
+    access log shows the path as /calendar/[secret]."""
+    made = await client.post("/calendar/feeds", json={})
+    assert made.status_code == 201, made.text
+    old_path = httpx.URL(made.json()["url"]).path
+    fetched = await send_without_token(client, "GET", old_path)
+    assert fetched.status_code == 200, fetched.text
+    unchanged = await send_without_token(
+        client, "GET", old_path, headers={"If-None-Match": fetched.headers["etag"]}
+    )
+    assert unchanged.status_code == 304
+    regenerated = await client.post(f"/calendar/feeds/{made.json()['id']}/regenerate")
+    assert regenerated.status_code == 200, regenerated.text
+    new_path = httpx.URL(regenerated.json()["url"]).path
+    assert (await send_without_token(client, "GET", old_path)).status_code == 404
+
+    async def broken(self: TaskRepository, since: object, most: int) -> None:
+        raise RuntimeError("a bug while serving a feed")
+
+    monkeypatch.setattr(TaskRepository, "due_since", broken)
+    assert (await send_without_token(client, "GET", new_path)).status_code == 500
+    monkeypatch.undo()
+
+    # The test's own HTTP client (httpx) logs the URLs it asks for: the client's records,
+    # not the service's, are left out.
+    logged = logged_text(caplog, leave_out=("httpx", "httpcore"))
+    assert "GET /calendar/[secret] " in logged  # the capture holds the feed's requests
+    assert "unhandled error in GET /calendar/[secret]" in logged
+    assert "SELECT" in logged
+    for path in (old_path, new_path):
+        secret = path.removeprefix("/calendar/").removesuffix(".ics")
+        assert secret.startswith("tm_cal_")
+        assert secret not in logged
+        assert secret[len("tm_cal_") :] not in logged

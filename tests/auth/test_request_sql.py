@@ -34,6 +34,7 @@ from taskmanager.main import create_app
 from taskmanager.postgres.deployment import RoleNames, caller_role_name
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.security.caller_key import VOUCHED_SUBJECT, Entry, Purpose, attempt_subject
+from taskmanager.security.feed_secrets import feed_secret_hash
 from taskmanager.security.mail_tokens import MailTokenKey, mail_token_hash
 from taskmanager.security.tokens import read_access_token
 from tests.support.accounts import TEST_SECRET, register_and_login
@@ -1164,3 +1165,151 @@ async def test_one_invitation_lets_its_invitee_in_once_and_only_by_accepting_it(
                 text("UPDATE users SET email_verified_at = NULL WHERE id = :me"), ids
             )
         await engine.dispose()
+
+
+# ─────────────────────────────── a calendar feed's caller (migration 0015)
+
+# What SQL run as a feed's caller could try beyond reading its tasks, each with RETURNING
+# (an UPDATE or DELETE its policies hide the rows of returns nothing, an INSERT they
+# refuse raises 42501): not one row may come back.
+CALENDAR_WRITES = {
+    "rename a task": "UPDATE tasks SET title = 'changed by a feed' RETURNING id",
+    "delete a task": "DELETE FROM tasks RETURNING id",
+    "add a task": "INSERT INTO tasks (title, workspace_id) VALUES ('planted', :workspace) "
+    "RETURNING id",
+    "rename a category": "UPDATE categories SET name = 'changed' RETURNING id",
+    "label a task": "INSERT INTO task_labels (task_id, label_id, workspace_id) "
+    "SELECT t.id, l.id, t.workspace_id FROM tasks t, labels l RETURNING task_id",
+    "rename a workspace": "UPDATE workspaces SET name = 'changed' RETURNING id",
+    "make a workspace": "INSERT INTO workspaces (id, name, created_by) VALUES "
+    "(nextval('workspaces_id_seq'), 'planted', :me) RETURNING id",
+    "rename the account": "UPDATE users SET display_name = 'changed' RETURNING id",
+    "leave a workspace": "DELETE FROM memberships RETURNING workspace_id",
+    "end a login": "UPDATE auth_sessions SET revoked_at = now() RETURNING id",
+    "make a token": "INSERT INTO access_tokens (id, user_id, name, token_hash, prefix, scopes) "
+    "VALUES (gen_random_uuid(), :me, 'planted', encode(sha256('x'), 'hex'), 'tm_pat_x', "
+    "ARRAY['tasks:write']) RETURNING id",
+    "make another feed": "INSERT INTO calendar_feeds (id, user_id, token_hash, prefix) "
+    "VALUES (gen_random_uuid(), :me, encode(sha256('x'), 'hex'), 'tm_cal_x') RETURNING id",
+    "choose its own secret": "UPDATE calendar_feeds SET token_hash = encode(sha256('x'), "
+    "'hex') RETURNING id",
+    "delete its feed": "DELETE FROM calendar_feeds RETURNING id",
+}
+# What a feed's caller reads nothing of: everything but the feed's own tables.
+CALENDAR_HIDDEN = {
+    "users": "SELECT id AS user_id, email FROM users",
+    "memberships": "SELECT workspace_id, user_id FROM memberships",
+    "auth_sessions": "SELECT id AS session_id, user_id FROM auth_sessions",
+    "access_tokens": "SELECT id, user_id FROM access_tokens",
+    "idempotency_keys": "SELECT key FROM idempotency_keys",
+    "activity": "SELECT id FROM activity",
+}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def attackers_feed(tenants: Tenants) -> str:
+    """The hash of a calendar feed's secret the attacker made of all their workspaces
+    (committed)."""
+    async with live_client(tenants.url) as client:
+        made = await client.post("/calendar/feeds", json={}, headers=tenants.attacker.headers)
+        assert made.status_code == 201, made.text
+    secret = made.json()["url"].rsplit("/", 1)[1].removesuffix(".ics")
+    return feed_secret_hash(secret)
+
+
+async def test_a_feeds_caller_reads_its_tasks_and_nothing_else(
+    service: AsyncEngine, tenants: Tenants, attackers_feed: str
+) -> None:
+    async with service.connect() as connection, connection.begin():
+        await enter(connection, TEST_KEY.entry("calendar", subject=attackers_feed))
+        tasks = await attempt(connection, "SELECT id AS task_id, workspace_id FROM tasks")
+        assert [tuple(row) for row in tasks] == [
+            (tenants.attacker.task_id, tenants.attacker.workspace_id)
+        ]
+        for table, sql in CALENDAR_HIDDEN.items():
+            assert await attempt(connection, sql) == [], table
+        assert nothing_of(tenants.victim, await reads(connection))
+        await connection.rollback()
+
+
+@pytest.mark.parametrize("write", CALENDAR_WRITES)
+async def test_a_feeds_caller_changes_nothing(
+    service: AsyncEngine, tenants: Tenants, attackers_feed: str, write: str
+) -> None:
+    attacker = tenants.attacker
+    parameters = {"me": attacker.user_id, "workspace": attacker.workspace_id}
+    async with service.connect() as connection, connection.begin():
+        await enter(connection, TEST_KEY.entry("calendar", subject=attackers_feed))
+        outcome = await attempt(connection, CALENDAR_WRITES[write], **parameters)
+        assert outcome == [] or refused(outcome), outcome
+        await connection.rollback()
+
+
+async def test_the_same_writes_as_a_login_change_rows(
+    service: AsyncEngine, tenants: Tenants, attackers_feed: str
+) -> None:
+    """The control: the attacker's own login session changes its own rows with the same
+    statements, so a feed's empty answers above are its policies' doing."""
+    attacker = tenants.attacker
+    parameters = {"me": attacker.user_id, "workspace": attacker.workspace_id}
+    async with service.connect() as connection, connection.begin():
+        await enter(connection, attacker.entry())
+        for write in ("rename a task", "rename the account", "choose its own secret"):
+            outcome = await attempt(connection, CALENDAR_WRITES[write], **parameters)
+            assert outcome, write
+            assert not isinstance(outcome[0], DBAPIError), (write, outcome)
+        await connection.rollback()
+
+
+async def test_a_feed_enters_by_its_hash_alone(
+    service: AsyncEngine, tenants: Tenants, attackers_feed: str
+) -> None:
+    """An unknown hash enters nobody; a feed's entry naming a user is refused."""
+    attacker = tenants.attacker
+    async with service.connect() as connection, connection.begin():
+        unknown = TEST_KEY.entry("calendar", subject=feed_secret_hash("tm_cal_guessed"))
+        assert await _enter_raw_with_subject(connection, unknown) == []
+        named = TEST_KEY.entry("calendar", attacker.user_id, subject=attackers_feed)
+        outcome = await _enter_raw_with_subject(connection, named)
+        assert len(outcome) == 1, outcome
+        assert isinstance(outcome[0], DBAPIError), outcome
+        await connection.rollback()
+
+
+async def _enter_raw_with_subject(connection: AsyncConnection, entry: Entry) -> list[Any]:
+    return await attempt(
+        connection,
+        "SELECT * FROM taskmanager_enter(:user_id, :session_id, :purpose, :until, :proof, "
+        ":subject)",
+        user_id=entry.user_id,
+        session_id=entry.session_id,
+        purpose=entry.purpose,
+        until=entry.valid_until,
+        proof=entry.proof,
+        subject=entry.subject,
+    )
+
+
+async def test_every_table_under_row_level_security_is_closed_to_a_feeds_caller(
+    service: AsyncEngine,
+) -> None:
+    """Each table with row-level security has migration 0015's restrictive policies: one
+    refusing a feed's caller everything, or (the tables a feed reads) one per write. A
+    table added after 0015 fails here until its migration gives it one of the two."""
+    async with service.connect() as connection:
+        rows = (
+            await connection.execute(
+                text(
+                    "SELECT c.relname, array_agg(p.polname::text ORDER BY p.polname) "
+                    "FILTER (WHERE p.polname::text ~ '_(calendar_reads_only_"
+                    "(insert|update|delete)|not_for_a_calendar)$' AND NOT p.polpermissive) "
+                    "FROM pg_class c LEFT JOIN pg_policy p ON p.polrelid = c.oid "
+                    "WHERE c.relnamespace = current_schema()::regnamespace "
+                    "AND c.relkind IN ('r', 'p') AND c.relrowsecurity GROUP BY c.relname"
+                )
+            )
+        ).all()
+    assert len(rows) > 10, rows
+    for table, policies in rows:
+        reads_only = [f"{table}_calendar_reads_only_{c}" for c in ("delete", "insert", "update")]
+        assert policies in ([f"{table}_not_for_a_calendar"], reads_only), (table, policies)

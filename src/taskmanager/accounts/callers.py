@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskmanager.models import CalendarFeed
+from taskmanager.repositories.calendar_feed_repository import CalendarFeedRepository
 from taskmanager.repositories.user_repository import CallerRow, UserRepository
 from taskmanager.security.access_tokens import TOKEN_SCOPES, TokenGrant, TokenScope
 from taskmanager.security.caller_key import UNLOGGED_SUBJECT, CallerKey
@@ -68,6 +70,42 @@ async def enter_with_token(
         workspace_id=caller.token.workspace_id,
     )
     return TokenCaller(_scope(caller, grant.token_id, entry.valid_until, grant), caller.token.stale)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedCaller:
+    """A transaction entered with a calendar feed's secret."""
+
+    scope: Scope
+    feed: CalendarFeed
+    # Its workspace's name; None for a feed of all its user's workspaces.
+    workspace_name: str | None
+
+
+async def enter_with_feed(
+    session: AsyncSession, key: CallerKey, secret_hash: str, request_id: str | None = None
+) -> FeedCaller | None:
+    """Enter the transaction as the calendar feed whose secret's hash is `secret_hash`: its
+    user, allowed to read tasks only (tasks:read; migration 0015 says the same in the
+    database), in the feed's workspace if it is bound to one, else in every workspace of
+    its user, as their memberships stand now. None when the database refuses (no such
+    feed: never made, regenerated, gone with its workspace membership, revoked by a
+    password reset; or its account disabled)."""
+    entry = key.entry("calendar", subject=secret_hash)
+    caller = await UserRepository(session).enter(entry, request_id)
+    if caller is None:
+        return None
+    entered = await CalendarFeedRepository(session).entered()
+    if entered is None:
+        return None
+    feed = entered.feed
+    grant = TokenGrant(
+        token_id=feed.id,
+        scopes=frozenset({TokenScope.TASKS_READ}),
+        workspace_id=feed.workspace_id,
+    )
+    scope = _scope(caller, feed.id, entry.valid_until, grant)
+    return FeedCaller(scope, feed, entered.workspace_name)
 
 
 def _scope(

@@ -22,6 +22,7 @@ from taskmanager.repositories.array_parameters import WORKSPACE_IDS, scope_param
 from taskmanager.repositories.label_repository import LabelRepository
 from taskmanager.repositories.precompiled import precompiled
 from taskmanager.repositories.task_queries.bulk import BULK_INSERT
+from taskmanager.repositories.task_queries.calendar import DUE_SINCE
 from taskmanager.repositories.task_queries.filters import (
     IN_SCOPE,
     ListFilter,
@@ -108,6 +109,13 @@ class TaskRepository:
         parameters = {"task_id": task_id, **self._in_scope}
         row = (await precompiled(VIEW_BY_ID).execute(self.session, parameters)).one_or_none()
         return None if row is None else row_view(row)
+
+    async def due_since(self, since: datetime, most: int) -> list[TaskView]:
+        """The tasks due at or after `since` (none without a due date), soonest first, at
+        most `most` of them, as GET shows them (for a calendar feed)."""
+        parameters = {"since": since, "most": most, **self._in_scope}
+        rows = await self.session.execute(DUE_SINCE, parameters)
+        return [row_view(row) for row in rows]
 
     async def get_all(
         self,

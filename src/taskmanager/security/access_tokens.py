@@ -104,13 +104,15 @@ def _base62(number: int, width: int) -> str:
     return "".join(reversed(digits)).rjust(width, ALPHABET[0])
 
 
-def _checksum(secret: str) -> str:
+def checksum(secret: str) -> str:
+    """The checksum of a token's random part (its CRC32 in base62), as it ends the token
+    (also the calendar feeds' secrets: taskmanager.security.feed_secrets)."""
     return _base62(zlib.crc32(secret.encode()), CHECKSUM_LENGTH)
 
 
 def new_access_token() -> NewAccessToken:
     secret = "".join(secrets.choice(ALPHABET) for _ in range(SECRET_LENGTH))
-    token = f"{PREFIX}{secret}{_checksum(secret)}"
+    token = f"{PREFIX}{secret}{checksum(secret)}"
     return NewAccessToken(token, access_token_hash(token), token[:SHOWN_LENGTH])
 
 
@@ -126,8 +128,8 @@ def well_formed(token: str) -> bool:
     body = token[len(PREFIX) :]
     if any(character not in ALPHABET for character in body):
         return False
-    secret, checksum = body[:SECRET_LENGTH], body[SECRET_LENGTH:]
-    return secrets.compare_digest(_checksum(secret), checksum)
+    secret, given = body[:SECRET_LENGTH], body[SECRET_LENGTH:]
+    return secrets.compare_digest(checksum(secret), given)
 
 
 def access_token_hash(token: str) -> str:

@@ -32,7 +32,11 @@ from typing import Literal
 # maintenance - purging what has expired; checking the key
 # token       - an API request with a personal access token (its hash is the subject; the
 #               database finds the user, migration 0013)
-Purpose = Literal["request", "login", "register", "refresh", "operator", "maintenance", "token"]
+# calendar    - reading a calendar feed by its secret URL (its hash is the subject; the
+#               database finds the user, and lets it read tasks only: migration 0015)
+Purpose = Literal[
+    "request", "login", "register", "refresh", "operator", "maintenance", "token", "calendar"
+]
 
 # The subject of an operator's transaction whose changes write no activity (migration
 # 0011 reads it from the sealed caller): `taskmanager db seed`'s made-up demo data.

@@ -1,0 +1,1 @@
+"""What the service publishes for other programs to read: the calendar feeds (ics)."""
