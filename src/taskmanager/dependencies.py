@@ -302,7 +302,7 @@ async def get_calendar_reader(
 
 
 async def get_agenda(
-    request: Request, session: ReadSessionDep, user: CurrentReaderDep, feeds: CalendarFeedsDep
+    session: ReadSessionDep, user: CurrentReaderDep, feeds: CalendarFeedsDep
 ) -> Agenda:
     """The caller's agenda: their due tasks and their workspaces' subscriptions, read in
     the request's read-only transaction, and the feeds."""
@@ -310,7 +310,6 @@ async def get_agenda(
         TaskRepository(session, user),
         CalendarSubscriptionRepository(session, user),
         feeds,
-        request.app.state.settings.calendar_agenda_budget_seconds,
     )
 
 

@@ -133,6 +133,7 @@ def feed_limits(settings: Settings) -> FeedLimits:
         skip_seconds=settings.calendar_skip_seconds,
         skip_max_seconds=settings.calendar_skip_max_seconds,
         max_events=settings.calendar_max_events,
+        agenda_budget_seconds=settings.calendar_agenda_budget_seconds,
     )
 
 

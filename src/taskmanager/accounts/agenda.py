@@ -130,7 +130,6 @@ class Agenda:
     tasks: TaskRepository
     subscriptions: CalendarSubscriptionRepository
     feeds: CalendarFeeds
-    budget_seconds: float
 
     async def between(
         self, start: datetime, end: datetime, workspace_id: int | None = None
@@ -148,7 +147,8 @@ class Agenda:
         )
         subscriptions = await self.subscriptions.list_with_events(workspace_id)
         views = await self.feeds.current(
-            [feed_of(s, with_events=True) for s in subscriptions], budget=self.budget_seconds
+            [feed_of(s, with_events=True) for s in subscriptions],
+            budget=self.feeds.limits.agenda_budget_seconds,
         )
         items = [
             AgendaItem(

@@ -73,6 +73,8 @@ class FeedLimits:
     skip_seconds: float = 60.0
     skip_max_seconds: float = 3600.0
     max_events: int = 2000
+    # The longest an agenda waits for the feeds it found due.
+    agenda_budget_seconds: float = 1.5
 
 
 @dataclass(frozen=True, slots=True)
