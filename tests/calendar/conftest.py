@@ -4,6 +4,7 @@ viewer in it and a stranger outside it."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -54,6 +55,7 @@ class Calendars:
     """What a calendar test works with."""
 
     client: AsyncClient
+    app: FastAPI
     server: IcsServer
     feeds: CalendarFeeds
     clock: Clock
@@ -61,6 +63,14 @@ class Calendars:
     owner: Account
     viewer: Account
     stranger: Account
+    _made: list[CalendarFeeds] = dataclasses.field(default_factory=list)
+
+    def use_limits(self, **changes: Any) -> CalendarFeeds:
+        """New feeds (fresh memory) with LIMITS changed by `changes`."""
+        self.feeds = make_feeds(self.clock, dataclasses.replace(LIMITS, **changes))
+        self.app.dependency_overrides[get_calendar_feeds] = lambda: self.feeds
+        self._made.append(self.feeds)
+        return self.feeds
 
     async def subscribe(self, path: str, name: str | None = None, **kwargs: Any) -> dict[str, Any]:
         response = await self.client.post(
@@ -125,8 +135,10 @@ async def calendars(
         "viewer",
         inviter=account.headers,
     )
-    yield Calendars(
-        client, server, feeds, clock, team_id, account, calendar_viewer, other_account
+    made = Calendars(
+        client, app, server, feeds, clock, team_id, account, calendar_viewer, other_account
     )
-    await feeds.aclose()
-    await feeds.client.aclose()
+    yield made
+    for each in (feeds, *made._made):
+        await each.aclose()
+        await each.client.aclose()

@@ -14,9 +14,7 @@ from tests.support.problems import assert_problem, assert_validation_problem
 
 async def _rows(db_session: AsyncSession, workspace_id: int) -> list[tuple[str, str, int | None]]:
     result = await db_session.execute(
-        select(
-            CalendarSubscription.url, CalendarSubscription.name, CalendarSubscription.created_by
-        )
+        select(CalendarSubscription.url, CalendarSubscription.name, CalendarSubscription.created_by)
         .where(CalendarSubscription.workspace_id == workspace_id)
         .order_by(CalendarSubscription.id)
     )
