@@ -285,6 +285,7 @@ ROUTERS = (
     labels.router,
     activity.router,
     calendars.router,
+    calendars.agenda_router,
     health.router,
 )
 # ... and the ones a request is matched against first: FastAPI tries the routes in order, at

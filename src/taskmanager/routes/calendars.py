@@ -34,6 +34,7 @@ from taskmanager.security.access_tokens import TokenScope
 from taskmanager.security.roles import Action
 
 router = APIRouter(tags=["calendars"])
+agenda_router = APIRouter(tags=["agenda"])
 
 WorkspaceId = Annotated[int, Path(ge=1, le=INT4_MAX, description="The workspace's id.")]
 CalendarId = Annotated[int, Path(ge=1, le=INT4_MAX, description="The calendar subscription's id.")]
@@ -137,7 +138,7 @@ async def _subscription(
     return subscription
 
 
-@router.get(
+@agenda_router.get(
     "/agenda",
     response_model=AgendaResponse,
     responses=problem_responses(401, 422, 503),
