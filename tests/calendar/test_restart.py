@@ -55,7 +55,8 @@ async def test_the_last_copy_survives_a_restart(own_database_url: str) -> None:
                 if stored[0] is not None:
                     break
                 await asyncio.sleep(0.1)
-            assert stored[0] == 1 and stored[1] is not None, stored
+            assert stored[0] == 1, stored
+            assert stored[1] is not None, stored
 
     # The server is gone; a new app, no Redis, the refresh interval made short.
     async with live_client(own_database_url, **LOCAL, calendar_refresh_seconds=1) as client:
