@@ -462,6 +462,47 @@ class Settings(BaseSettings):
         "database (host, port, name), so deployments sharing a Redis never share keys.",
     )
 
+    # Subscribed calendars (taskmanager.integrations.subscribed_calendars) and GET /agenda.
+    calendar_fetch_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="Seconds one fetch of a calendar feed may take."
+    )
+    calendar_max_bytes: int = Field(
+        default=2_000_000,
+        ge=1_000,
+        le=50_000_000,
+        description="The largest calendar body read; a larger one is a failed fetch.",
+    )
+    calendar_refresh_seconds: int = Field(
+        default=900,
+        ge=1,
+        le=86_400,
+        description="How old a feed's copy may be before an agenda fetches it again.",
+    )
+    calendar_agenda_budget_seconds: float = Field(
+        default=1.5,
+        gt=0,
+        le=30,
+        description="The longest an agenda waits for feeds; a later one is served stale.",
+    )
+    calendar_concurrency: int = Field(
+        default=8, ge=1, le=100, description="Feeds fetched at once by one process."
+    )
+    calendar_failures_before_skip: int = Field(
+        default=3, ge=1, le=100, description="Failed fetches in a row that open the breaker."
+    )
+    calendar_skip_seconds: float = Field(
+        default=60.0, gt=0, description="The first skip of a failing feed; doubled each time."
+    )
+    calendar_skip_max_seconds: float = Field(
+        default=3600.0, gt=0, description="The longest a failing feed is skipped."
+    )
+    calendar_max_events: int = Field(
+        default=2000, ge=1, le=100_000, description="Occurrences kept of one feed."
+    )
+    max_calendars_per_workspace: int = Field(
+        default=20, ge=1, le=1000, description="Calendar subscriptions one workspace may have."
+    )
+
     @field_validator("database_url", "owner_database_url", mode="before")
     @classmethod
     def _normalize_database_url(cls, value: object, info: ValidationInfo) -> object:

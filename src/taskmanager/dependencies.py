@@ -22,13 +22,18 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.accounts.access_tokens import stamp_token_use
+from taskmanager.accounts.agenda import Agenda
 from taskmanager.accounts.callers import enter_as_user, enter_with_token
 from taskmanager.cache.invalidation import note_writer
 from taskmanager.cache.task_reads import Credentials, TaskReads
 from taskmanager.database import ReadSessionDep, SessionDep
+from taskmanager.integrations.subscribed_calendars import SubscribedCalendars
 from taskmanager.observability.logs import current_request_id, user_id_var
 from taskmanager.problems import ProblemError, unauthorized_problem
 from taskmanager.repositories.activity_repository import ActivityRepository
+from taskmanager.repositories.calendar_subscription_repository import (
+    CalendarSubscriptionRepository,
+)
 from taskmanager.repositories.category_repository import CategoryRepository
 from taskmanager.repositories.invitation_repository import InvitationRepository
 from taskmanager.repositories.label_repository import LabelRepository
@@ -275,6 +280,39 @@ def get_membership_limits(request: Request) -> MembershipLimits:
     )
 
 
+def get_subscribed_calendars(request: Request) -> SubscribedCalendars:
+    """The process's feeds of subscribed calendars (built in the lifespan)."""
+    feeds: SubscribedCalendars = request.app.state.subscribed_calendars
+    return feeds
+
+
+SubscribedCalendarsDep = Annotated[SubscribedCalendars, Depends(get_subscribed_calendars)]
+
+
+async def get_calendar_repository(
+    session: SessionDep, user: CurrentUserDep
+) -> CalendarSubscriptionRepository:
+    return CalendarSubscriptionRepository(session, user)
+
+
+async def get_calendar_reader(
+    session: ReadSessionDep, user: CurrentReaderDep
+) -> CalendarSubscriptionRepository:
+    return CalendarSubscriptionRepository(session, user)
+
+
+async def get_agenda(
+    session: ReadSessionDep, user: CurrentReaderDep, feeds: SubscribedCalendarsDep
+) -> Agenda:
+    """The caller's agenda: their due tasks and their workspaces' subscriptions, read in
+    the request's read-only transaction, and the feeds."""
+    return Agenda(
+        TaskRepository(session, user),
+        CalendarSubscriptionRepository(session, user),
+        feeds,
+    )
+
+
 TaskRepositoryDep = Annotated[TaskRepository, Depends(get_task_repository)]
 TaskReaderDep = Annotated[TaskRepository, Depends(get_task_reader)]
 TaskReadsDep = Annotated[TaskReads, Depends(get_task_reads)]
@@ -288,3 +326,6 @@ MembershipLimitsDep = Annotated[MembershipLimits, Depends(get_membership_limits)
 InvitationRepositoryDep = Annotated[InvitationRepository, Depends(get_invitation_repository)]
 InvitationReaderDep = Annotated[InvitationRepository, Depends(get_invitation_reader)]
 ActivityReaderDep = Annotated[ActivityRepository, Depends(get_activity_reader)]
+CalendarRepositoryDep = Annotated[CalendarSubscriptionRepository, Depends(get_calendar_repository)]
+CalendarReaderDep = Annotated[CalendarSubscriptionRepository, Depends(get_calendar_reader)]
+AgendaDep = Annotated[Agenda, Depends(get_agenda)]

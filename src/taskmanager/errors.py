@@ -33,6 +33,7 @@ from taskmanager.models import (
     FK_TASK_LABELS_LABEL,
     FK_TASKS_CATEGORY,
     PK_MEMBERSHIPS,
+    UQ_CALENDAR_SUBSCRIPTIONS_URL,
     UQ_CATEGORIES_NAME,
     UQ_LABELS_NAME,
     UQ_USERS_EMAIL,
@@ -49,6 +50,7 @@ from taskmanager.problems import (
     ProblemError,
     http_problem,
 )
+from taskmanager.repositories.calendar_subscription_repository import CalendarLimitError
 from taskmanager.repositories.label_repository import LABELS_NOT_IN_WORKSPACE
 from taskmanager.repositories.workspace_repository import Limit, MembershipLimitError
 from taskmanager.security.roles import ActionNotAllowedError
@@ -152,6 +154,11 @@ def _membership_limit_detail(exc: MembershipLimitError) -> str:
     return f"this workspace has {exc.count} members; a workspace may have at most {most}"
 
 
+async def _handle_calendar_limit(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CalendarLimitError)
+    return LIMIT_REACHED.problem(str(exc)).response()
+
+
 async def _handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not parse the body
@@ -206,6 +213,12 @@ CONSTRAINT_PROBLEMS: dict[str, ConstraintProblem] = {
         422, "body.title", "must not be empty or only whitespace"
     ),
     "ck_categories_name_not_blank": ConstraintProblem(
+        422, "body.name", "must not be empty or only whitespace"
+    ),
+    UQ_CALENDAR_SUBSCRIPTIONS_URL: ConstraintProblem(
+        409, "body.url", "this workspace subscribes to this URL already"
+    ),
+    "ck_calendar_subscriptions_name_not_blank": ConstraintProblem(
         422, "body.name", "must not be empty or only whitespace"
     ),
 }
@@ -353,6 +366,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BadInputError, _handle_bad_input)
     app.add_exception_handler(ActionNotAllowedError, _handle_action_not_allowed)
     app.add_exception_handler(MembershipLimitError, _handle_membership_limit)
+    app.add_exception_handler(CalendarLimitError, _handle_calendar_limit)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(sa_exc.SQLAlchemyError, _handle_database_error)
     # The driver raises OSError (TimeoutError included) unwrapped; other OSErrors are bugs.

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.routing import BaseRoute
 
 from taskmanager import __version__
+from taskmanager.accounts.agenda import database_persist
 from taskmanager.cache.client import CALLER_SECONDS, CacheClient
 from taskmanager.cache.namespace import cache_namespace, redis_target, shown_redis_url
 from taskmanager.config import Settings, get_settings
@@ -32,6 +33,7 @@ from taskmanager.database import (
 from taskmanager.errors import install_error_handlers
 from taskmanager.garbage_collection import tune_garbage_collection
 from taskmanager.integrations.outbound import OutboundClient, OutboundPolicy
+from taskmanager.integrations.subscribed_calendars import FeedLimits, SubscribedCalendars
 from taskmanager.mail.sender import MAIL_PREFIX, MailSender, transport_for
 from taskmanager.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from taskmanager.observability.logs import configure_logging, log_slow_statements
@@ -50,6 +52,7 @@ from taskmanager.routes import (
     activity,
     auth,
     calendar_feeds,
+    calendars,
     categories,
     health,
     invitations,
@@ -120,6 +123,38 @@ def _cache(settings: Settings) -> CacheClient | None:
     )
 
 
+def feed_limits(settings: Settings) -> FeedLimits:
+    """What fetching a subscribed calendar may take, from the settings."""
+    return FeedLimits(
+        fetch_timeout_seconds=settings.calendar_fetch_timeout_seconds,
+        max_bytes=settings.calendar_max_bytes,
+        refresh_seconds=settings.calendar_refresh_seconds,
+        concurrency=settings.calendar_concurrency,
+        failures_before_skip=settings.calendar_failures_before_skip,
+        skip_seconds=settings.calendar_skip_seconds,
+        skip_max_seconds=settings.calendar_skip_max_seconds,
+        max_events=settings.calendar_max_events,
+        agenda_budget_seconds=settings.calendar_agenda_budget_seconds,
+    )
+
+
+def subscribed_calendars(
+    settings: Settings,
+    outbound: OutboundClient,
+    cache: CacheClient | None,
+    session_factory: async_sessionmaker[AsyncSession],
+    key: CallerKey,
+) -> SubscribedCalendars:
+    """The feeds of subscribed calendars: fetched with the process's outbound client,
+    kept in the cache when there is one and in their subscriptions' rows."""
+    return SubscribedCalendars(
+        outbound,
+        feed_limits(settings),
+        cache=cache,
+        persist=database_persist(session_factory, key),
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application. Nothing connects to the database until the app starts."""
     settings = settings or get_settings()
@@ -169,6 +204,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.outbound = OutboundClient(
                 OutboundPolicy.from_settings(settings), user_agent=f"taskmanager/{__version__}"
             )
+            app.state.subscribed_calendars = subscribed_calendars(
+                settings,
+                app.state.outbound,
+                app.state.cache,
+                app.state.async_session_factory,
+                key,
+            )
             outbox = _outbox_worker(
                 settings, app.state.async_session_factory, key, app.state.mail_token_key
             )
@@ -179,6 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield
             finally:
                 await outbox.stop()
+                await app.state.subscribed_calendars.aclose()
                 await app.state.outbound.aclose()
                 if app.state.cache is not None:
                     await app.state.cache.close()
@@ -243,6 +286,8 @@ ROUTERS = (
     labels.router,
     activity.router,
     calendar_feeds.router,
+    calendars.router,
+    calendars.agenda_router,
     health.router,
 )
 # ... and the ones a request is matched against first: FastAPI tries the routes in order, at

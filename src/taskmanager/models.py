@@ -666,3 +666,50 @@ class Activity(Base):
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     request_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+CALENDAR_NAME_MAX_LENGTH = 100
+CALENDAR_URL_MAX_LENGTH = 2048
+UQ_CALENDAR_SUBSCRIPTIONS_URL = "uq_calendar_subscriptions_workspace_id_url"
+
+
+class CalendarSubscription(Base):
+    """A workspace's subscription to an external calendar feed (an .ics URL), and the state
+    of fetching it: the answer's validators, the last good copy of its events, and the
+    circuit breaker (failures in a row, skipped until). Added and removed by a role with
+    tasks:write; the fetch state is written only by the service's fetcher, entered for
+    'maintenance' (migration 0015)."""
+
+    __tablename__ = "calendar_subscriptions"
+    __table_args__ = (
+        CheckConstraint("char_length(btrim(name)) > 0", name="name_not_blank"),
+        CheckConstraint(
+            "events IS NULL OR (jsonb_typeof(events) = 'array' "
+            "AND jsonb_array_length(events) <= 100000)",
+            name="events_bounded",
+        ),
+        CheckConstraint("consecutive_failures >= 0", name="failures_counted"),
+        UniqueConstraint("id", "workspace_id", name="uq_calendar_subscriptions_id_workspace_id"),
+        UniqueConstraint("workspace_id", "url", name=UQ_CALENDAR_SUBSCRIPTIONS_URL),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(CALENDAR_URL_MAX_LENGTH))
+    name: Mapped[str] = mapped_column(String(CALENDAR_NAME_MAX_LENGTH))
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # The fetch state: no Python defaults, so an INSERT names only the columns the caller
+    # role may insert.
+    etag: Mapped[str | None] = mapped_column(String(200))
+    last_modified: Mapped[str | None] = mapped_column(String(100))
+    last_fetched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    consecutive_failures: Mapped[int] = mapped_column(server_default=text("0"))
+    skip_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The last good copy's occurrences (taskmanager.integrations.subscribed_calendars), deferred:
+    # only the agenda reads them.
+    events: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB, deferred=True)
+
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012  (SQLAlchemy reads it per class)

@@ -28,6 +28,8 @@ from pydantic import (
 
 from taskmanager.models import (
     ACCESS_TOKEN_NAME_MAX_LENGTH,
+    CALENDAR_NAME_MAX_LENGTH,
+    CALENDAR_URL_MAX_LENGTH,
     CATEGORY_NAME_MAX_LENGTH,
     DISPLAY_NAME_MAX_LENGTH,
     EMAIL_MAX_LENGTH,
@@ -65,6 +67,12 @@ Title = Annotated[
 CategoryName = Annotated[
     str,
     Field(min_length=1, max_length=CATEGORY_NAME_MAX_LENGTH, examples=["Errands"]),
+    AfterValidator(_storable_text),
+    AfterValidator(_not_blank),
+]
+CalendarName = Annotated[
+    str,
+    Field(min_length=1, max_length=CALENDAR_NAME_MAX_LENGTH, examples=["Team holidays"]),
     AfterValidator(_storable_text),
     AfterValidator(_not_blank),
 ]
@@ -847,3 +855,91 @@ class ActivityResponse(BaseModel):
 
 class HealthResponse(BaseModel):
     status: str
+
+
+# ─── Calendars in, and the agenda
+
+
+class CalendarCreate(BaseModel):
+    """For POST /workspaces/{id}/calendars: an iCalendar feed's URL (https://; checked
+    before it is stored and before every connection) and a name for it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=CALENDAR_URL_MAX_LENGTH,
+            examples=["https://calendar.example.com/team-holidays.ics"],
+        ),
+        AfterValidator(_storable_text),
+    ]
+    name: CalendarName
+
+
+FeedStatusName = Literal["fresh", "stale", "failing"]
+
+
+class CalendarStatus(BaseModel):
+    """How a subscribed feed stands: `fresh` (fetched within the refresh interval),
+    `stale` (the copy served is as of `as_of`: not fetched yet, or a fetch under way took
+    longer than the agenda waits) or `failing` (the last fetch failed: `error` says why;
+    after several failures in a row it is not fetched again until `skipped_until`). A
+    failing feed's last good copy, if any, is still served."""
+
+    calendar_id: int
+    workspace_id: int
+    name: str
+    status: FeedStatusName
+    as_of: datetime | None
+    error: str | None
+    consecutive_failures: int
+    skipped_until: datetime | None
+    event_count: int
+    truncated: bool = False
+
+
+class CalendarResponse(BaseModel):
+    """A workspace's calendar subscription, and how its feed stands."""
+
+    id: int
+    workspace_id: int
+    url: str
+    name: str
+    created_by: int | None
+    created_at: datetime
+    feed: CalendarStatus
+
+
+class AgendaItem(BaseModel):
+    """One thing in an agenda: a task of yours that is due (`source` "task": `task_id`,
+    its due time as `start`) or an event of a subscribed calendar (`source` "calendar":
+    `calendar_id`, the event's `uid`, `start` and `end`)."""
+
+    source: Literal["task", "calendar"]
+    start: datetime
+    end: datetime | None
+    all_day: bool
+    title: str
+    workspace_id: int
+    task_id: int | None = None
+    completed: bool | None = None
+    calendar_id: int | None = None
+    uid: str | None = None
+    location: str | None = None
+
+
+class AgendaResponse(BaseModel):
+    """GET /agenda: the items between `from` and `to` by start time, and how each
+    subscribed feed stands (an item of a `stale` or `failing` feed is its last good
+    copy)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: datetime = Field(alias="from")
+    to: datetime
+    items: list[AgendaItem]
+    calendars: list[CalendarStatus]
+    # More tasks were due in the window than an agenda lists.
+    tasks_truncated: bool

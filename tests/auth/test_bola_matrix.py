@@ -48,6 +48,7 @@ from taskmanager.main import create_app
 from taskmanager.models import (
     AccessToken,
     CalendarFeed,
+    CalendarSubscription,
     Category,
     Invitation,
     Label,
@@ -78,6 +79,7 @@ ID_PARAMETERS = (
     "token_id",
     "invitation_id",
     "feed_id",
+    "calendar_id",
 )
 # An id no row has (inside PostgreSQL's integer range, so it is looked up, not refused).
 MISSING_ID = 2_147_483_000
@@ -131,7 +133,18 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     # alice's own calendar feed: nobody else's to regenerate or delete.
     "regenerate_calendar_feed": (200, 404, 404, 404),
     "delete_calendar_feed": (204, 404, 404, 404),
+    # Subscribed calendars: shared content of the workspace, as categories and labels are.
+    "create_calendar": (201, 201, 201, 403),
+    "list_calendars": (200, 200, 200, 200),
+    "delete_calendar": (204, 204, 204, 403),
+    "refresh_calendar": (200, 200, 200, 403),
 }
+# Changes that leave the matrix's rows as they were (a refresh fetches the feed; under the
+# rolled-back session its state stays in the process): the answer names the resource.
+NO_ROW_CHANGE = {"refresh_calendar"}
+# The URL of the world's calendar: nothing listens there, so a refresh fails at once (a
+# failing feed is still a 200).
+MATRIX_CALENDAR_URL = "http://127.0.0.1:9/matrix.ics"
 
 # Operations whose path holds a secret instead of naming a resource to a caller: they take
 # no bearer token (a calendar app sends none), so no caller of the matrix has a role to try
@@ -146,6 +159,7 @@ LISTS = {
     "list_workspace_activity": "workspace_id",
     "list_workspace_invitations": "workspace_id",
     "list_task_activity": "object_id",
+    "list_calendars": "workspace_id",
 }
 
 
@@ -168,6 +182,7 @@ class World:
     token_id: str  # alice's personal access token
     invitation_id: str
     feed_id: str  # alice's calendar feed
+    calendar_id: int
 
     def ids(self) -> dict[str, Any]:
         return {
@@ -179,6 +194,7 @@ class World:
             "token_id": self.token_id,
             "invitation_id": self.invitation_id,
             "feed_id": self.feed_id,
+            "calendar_id": self.calendar_id,
         }
 
 
@@ -192,6 +208,10 @@ BODIES: dict[str, Callable[[World], dict[str, Any]]] = {
     "replace_task": lambda world: {"title": "Replaced by the matrix"},
     "rename_category": lambda world: {"name": "Renamed by the matrix"},
     "update_label": lambda world: {"name": "Renamed by the matrix"},
+    "create_calendar": lambda world: {
+        "url": "https://calendar.example.com/made-by-the-matrix.ics",
+        "name": "Made by the matrix",
+    },
 }
 
 
@@ -311,6 +331,7 @@ def _placeholder_world(account: Account, other_account: Account) -> World:
         token_id=MISSING_IDS["token_id"],
         invitation_id=MISSING_UUID,
         feed_id=MISSING_UUID,
+        calendar_id=1,
     )
 
 
@@ -393,6 +414,9 @@ async def world(
     )
     token = await post("/users/me/tokens", {"name": "Matrix", "scopes": ["tasks:read"]})
     feed = await post("/calendar/feeds", {"workspace_id": workspace_id})
+    calendar = await post(
+        f"/workspaces/{workspace_id}/calendars", {"url": MATRIX_CALENDAR_URL, "name": "Matrix"}
+    )
     return World(
         owner=account,
         admin=admin_account,
@@ -409,6 +433,7 @@ async def world(
         token_id=token["id"],
         invitation_id=invitation["id"],
         feed_id=feed["id"],
+        calendar_id=calendar["id"],
     )
 
 
@@ -453,6 +478,9 @@ async def snapshot(
             Invitation.declined_at,
             Invitation.revoked_at,
         ).where(Invitation.workspace_id.in_(workspaces)),
+        "calendar_subscriptions": select(
+            CalendarSubscription.id, CalendarSubscription.url, CalendarSubscription.name
+        ).where(CalendarSubscription.workspace_id.in_(workspaces)),
     }
     return {
         name: sorted(tuple(row) for row in (await db_session.execute(statement)).all())
@@ -548,7 +576,7 @@ async def check_answer(
         named = {str(item[LISTS[operation.operation_id]]) for item in items}
         assert named == {str(world.ids()[asked])}, items
         assert after == before
-    elif operation.method == "GET":
+    elif operation.method == "GET" or operation.operation_id in NO_ROW_CHANGE:
         body = response.json()
         # The resource the path's last id names: a member by its user id, others by id.
         asked = operation.path_parameters[-1]
@@ -724,6 +752,22 @@ REFERENCE_EXPECTED: dict[tuple[str, str], int] = {
     ("list_workspace_activity", "actor_id"): 200,
     ("create_token", "workspace_id"): 422,
     ("create_calendar_feed", "workspace_id"): 422,
+    ("get_agenda", "workspace_id"): 200,
+}
+
+# operationId -> the rest of the query, for the operations of the table that need more.
+REFERENCE_QUERIES: dict[str, dict[str, str]] = {
+    "get_agenda": {"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"},
+}
+# operationId -> an answer with nothing in it, for the queries whose answer is not a list.
+EMPTY_ANSWERS: dict[str, Any] = {
+    "get_agenda": {
+        "from": "2026-01-01T00:00:00Z",
+        "to": "2026-02-01T00:00:00Z",
+        "items": [],
+        "calendars": [],
+        "tasks_truncated": False,
+    },
 }
 
 # operationId -> the minimal valid body, for the operations of the table without an id in
@@ -914,9 +958,8 @@ async def send(
     if reference.where == "body":
         body = {**_body_of(reference, world), reference.field: value}
         return await client.request(reference.method, url, json=body, headers=headers)
-    return await client.request(
-        reference.method, url, params={reference.field: value}, headers=headers
-    )
+    query = {**REFERENCE_QUERIES.get(reference.operation_id, {}), reference.field: value}
+    return await client.request(reference.method, url, params=query, headers=headers)
 
 
 def _as_sent(content: bytes, named: int) -> bytes:
@@ -950,7 +993,8 @@ async def test_another_tenants_id_in_a_body_or_a_query_is_one_that_does_not_exis
     if expected == 422:
         assert_validation_problem(response, f"body.{reference.field}")
     else:
-        assert response.json() == [], (str(reference), caller)
+        empty = EMPTY_ANSWERS.get(reference.operation_id, [])
+        assert response.json() == empty, (str(reference), caller)
         if reference.counted:
             assert response.headers["X-Total-Count"] == "0"
     # Not even the answer tells another tenant's id from one that does not exist.
@@ -967,7 +1011,11 @@ async def test_another_tenants_id_in_a_body_or_a_query_is_one_that_does_not_exis
         assert own.status_code in (200, 201), own.text
     else:
         assert own.status_code == 200, own.text
-        assert own.json() != [], (str(reference), caller)
+        if reference.operation_id in EMPTY_ANSWERS:
+            # Their own workspace's agenda: its calendars listed (none are subscribed).
+            assert own.json()["from"] == EMPTY_ANSWERS[reference.operation_id]["from"]
+        else:
+            assert own.json() != [], (str(reference), caller)
 
 
 CACHED_QUERIES = [reference for reference in REFERENCES if reference.operation_id == "list_tasks"]

@@ -86,6 +86,12 @@ async def tenants(own_database_url: str) -> Tenants:
             for path in ("/categories", "/labels"):
                 created = await client.post(path, json={"name": f"{email}'s"}, headers=headers)
                 assert created.status_code == 201, created.text
+            subscribed = await client.post(
+                f"/workspaces/{me['personal_workspace_id']}/calendars",
+                json={"url": f"https://calendar.example.com/{email}.ics", "name": f"{email}'s"},
+                headers=headers,
+            )
+            assert subscribed.status_code == 201, subscribed.text
             people[email] = Person(
                 claims.user_id,
                 claims.session_id,
@@ -165,6 +171,9 @@ TENANT_READS = {
     "users": "SELECT id AS user_id, email FROM users",
     "auth_sessions": "SELECT id AS session_id, user_id FROM auth_sessions",
     "login_failures": "SELECT key FROM login_failures",
+    "calendar_subscriptions": (
+        "SELECT id, url, name, workspace_id, created_by AS user_id FROM calendar_subscriptions"
+    ),
 }
 
 
@@ -540,6 +549,38 @@ async def test_no_security_definer_function_answers_with_the_victims_rows(
 
 
 # ─────────────────────────────── password hashes
+
+
+async def test_a_request_cannot_write_a_calendars_fetch_state(
+    service: AsyncEngine, tenants: Tenants
+) -> None:
+    """Only the service's fetcher (entered for 'maintenance') writes what a feed holds and
+    how fetching it went: a request, even on its own workspace's subscription, can neither
+    plant events nor clear a failing feed's breaker, nor insert a row with a state."""
+    planted = "UPDATE calendar_subscriptions SET events = '[]', skip_until = NULL RETURNING id"
+    async with service.connect() as connection, connection.begin():
+        await enter(connection, tenants.attacker.entry())
+        own = await attempt(connection, "SELECT id FROM calendar_subscriptions")
+        assert len(own) == 1, own  # their own subscription, and only it, is visible
+        assert await attempt(connection, planted) == []
+        for sql in (
+            "INSERT INTO calendar_subscriptions (workspace_id, url, name, created_by, events) "
+            "VALUES (:workspace, 'https://x.example.com/a.ics', 'x', :attacker, '[]')",
+            "UPDATE calendar_subscriptions SET url = 'https://x.example.com/b.ics'",
+        ):
+            outcome = await attempt(
+                connection,
+                sql,
+                workspace=tenants.attacker.workspace_id,
+                attacker=tenants.attacker.user_id,
+            )
+            assert refused(outcome), (sql, outcome)
+        await connection.rollback()
+    # The control: the fetcher's purpose writes it.
+    async with service.connect() as connection, connection.begin():
+        await enter(connection, TEST_KEY.entry("maintenance"))
+        assert len(await attempt(connection, planted)) >= 2
+        await connection.rollback()
 
 
 @pytest.mark.parametrize(
@@ -1295,7 +1336,8 @@ async def test_every_table_under_row_level_security_is_closed_to_a_feeds_caller(
 ) -> None:
     """Each table with row-level security has migration 0015's restrictive policies: one
     refusing a feed's caller everything, or (the tables a feed reads) one per write. A
-    table added after 0015 fails here until its migration gives it one of the two."""
+    table added after 0015 fails here until its migration gives it one of the two
+    (`schema_statements.closed_to_calendar_feeds`)."""
     async with service.connect() as connection:
         rows = (
             await connection.execute(

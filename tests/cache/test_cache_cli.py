@@ -137,6 +137,7 @@ def test_stats_counts_keys_by_kind_in_this_namespace(redis_url: str, tmp_path: P
         "count": 0,
         "caller": 0,
         "generation": 1,
+        "calendar": 0,
         "lock": 1,
         "all": len(OURS),
     }

@@ -41,7 +41,7 @@ def in_memory(name: str, kind: str) -> float:
 
 
 def test_kinds_are_the_fixed_set() -> None:
-    assert CACHE_KINDS == ("task", "page", "count", "caller", "generation")
+    assert CACHE_KINDS == ("task", "page", "count", "caller", "generation", "calendar")
 
 
 @pytest.mark.parametrize("name", COUNTERS)
@@ -58,6 +58,7 @@ def test_each_call_counts_once_under_its_kind_only(name: str) -> None:
         "count": 0,
         "caller": 0,
         "generation": 1,
+        "calendar": 0,
     }
 
 

@@ -4,6 +4,7 @@ the test's one session, so nothing it writes outlives the test."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from ipaddress import ip_network
 
 from fastapi import FastAPI, Request
 from httpx import ASGITransport, AsyncClient
@@ -15,11 +16,16 @@ from taskmanager.database import (
     create_read_session_factory,
     create_session_factory,
 )
+from taskmanager.integrations.outbound import OutboundClient, OutboundPolicy
+from taskmanager.integrations.subscribed_calendars import SubscribedCalendars
+from taskmanager.main import feed_limits
 from taskmanager.security.caller_key import CallerKey
 from taskmanager.security.mail_tokens import MailTokenKey
 from tests.support.accounts import TEST_SECRET
 from tests.support.row_level_security import LEAVE_REQUEST_SCOPE
 
+# Outbound requests from tests reach servers the tests start on this machine.
+LOCAL_POLICY = OutboundPolicy(allow_http=True, allowed_networks=(ip_network("127.0.0.1/32"),))
 # ASGITransport's client address unless a test gives another.
 DEFAULT_CLIENT_ADDRESS = "127.0.0.1"
 
@@ -68,5 +74,12 @@ def rolled_back_client(
     app.state.mail_token_key = MailTokenKey(TEST_SECRET)
     app.state.async_session_factory = create_session_factory(engine)
     app.state.read_session_factory = create_read_session_factory(engine)
+    if getattr(app.state, "subscribed_calendars", None) is None:
+        # What the lifespan builds, reaching the test servers on 127.0.0.1; its fetch
+        # state is kept in memory only (the test's rows are not committed, so a row of
+        # their own would not see them).
+        app.state.subscribed_calendars = SubscribedCalendars(
+            OutboundClient(LOCAL_POLICY), feed_limits(app.state.settings)
+        )
     transport = ASGITransport(app=app, client=(client_address, 123))
     return AsyncClient(transport=transport, base_url="http://test")

@@ -15,7 +15,7 @@ from prometheus_client import Counter
 
 from taskmanager.observability.metrics import REGISTRY
 
-CacheKind = Literal["task", "page", "count", "caller", "generation"]
+CacheKind = Literal["task", "page", "count", "caller", "generation", "calendar"]
 CACHE_KINDS: Final[tuple[CacheKind, ...]] = get_args(CacheKind)
 
 CACHE_HITS = Counter(

@@ -72,3 +72,13 @@ def refuse_a_tampered_session(function: str) -> str:
                 RAISE EXCEPTION '{function}: only for a caller entered through '
                     'taskmanager_enter' USING ERRCODE = '42501';
             END IF;"""
+
+
+def closed_to_calendar_feeds(table: str) -> None:
+    """The restrictive policy 0015 gives every table under row-level security that a
+    calendar feed's caller has no business with: `table` is closed to it altogether (a
+    feed reads tasks, nothing else). Every later table under row-level security gets it."""
+    op.execute(
+        f"CREATE POLICY {table}_not_for_a_calendar ON {table} AS RESTRICTIVE TO PUBLIC "
+        "USING ((SELECT taskmanager_purpose()) IS DISTINCT FROM 'calendar')"
+    )

@@ -61,6 +61,19 @@ _BY_ID_WITH_CATEGORY = _BY_ID.options(joinedload(Task.category))
 # For changes: the row stays locked until the request's transaction ends, so concurrent
 # writers to one task queue up and each one sees the version the previous one left.
 _BY_ID_WITH_CATEGORY_FOR_UPDATE = _BY_ID_WITH_CATEGORY.with_for_update(of=Task)
+# The caller's tasks due in [:due_from, :due_to), soonest first: a range of the due_key
+# index (due_key is due_at where there is one; comparing timestamps is LEAKPROOF, so the
+# index serves it under row-level security), at most :due_limit of them.
+_DUE_BETWEEN = (
+    select(Task)
+    .where(
+        Task.due_key >= bindparam("due_from"),
+        Task.due_key < bindparam("due_to"),
+        IN_SCOPE,
+    )
+    .order_by(Task.due_key, Task.id)
+    .limit(bindparam("due_limit"))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +94,23 @@ class TaskRepository:
         self.session = session
         self.scope = scope
         self._in_scope = scope_parameters(scope)
+
+    async def due_between(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        workspace_id: int | None = None,
+        limit: int,
+    ) -> list[Task]:
+        """The caller's tasks (of one workspace, if given) due at or after `start` and
+        before `end`, soonest first, at most `limit`."""
+        stmt = _DUE_BETWEEN
+        if workspace_id is not None:
+            stmt = stmt.where(Task.workspace_id == workspace_id)
+        parameters = {"due_from": start, "due_to": end, "due_limit": limit, **self._in_scope}
+        result = await self.session.execute(stmt, parameters)
+        return list(result.scalars().all())
 
     async def get_by_id(self, task_id: int) -> Task | None:
         """Fetch a single task by ID (its category is not loaded)."""
