@@ -74,12 +74,13 @@ def rolled_back_client(
     app.state.mail_token_key = MailTokenKey(TEST_SECRET)
     app.state.async_session_factory = create_session_factory(engine)
     app.state.read_session_factory = create_read_session_factory(engine)
-    if getattr(app.state, "subscribed_calendars", None) is None:
+    settings = getattr(app.state, "settings", None)  # None: not this project's app
+    if settings is not None and getattr(app.state, "subscribed_calendars", None) is None:
         # What the lifespan builds, reaching the test servers on 127.0.0.1; its fetch
         # state is kept in memory only (the test's rows are not committed, so a row of
         # their own would not see them).
         app.state.subscribed_calendars = SubscribedCalendars(
-            OutboundClient(LOCAL_POLICY), feed_limits(app.state.settings)
+            OutboundClient(LOCAL_POLICY), feed_limits(settings)
         )
     transport = ASGITransport(app=app, client=(client_address, 123))
     return AsyncClient(transport=transport, base_url="http://test")

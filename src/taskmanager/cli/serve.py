@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -112,6 +113,14 @@ def _serve(settings: Settings, host: str, port: int, workers: int, reload: bool)
             _run(settings, logins.service, cache, host, port, workers, reload)
 
 
+def outbound_environment(settings: Settings) -> dict[str, str]:
+    """The outbound settings `serve` hands its workers, resolved here."""
+    return {
+        "TASKMANAGER_OUTBOUND_ALLOW_HTTP": "true" if settings.outbound_http_allowed else "false",
+        "TASKMANAGER_OUTBOUND_ALLOWED_NETWORKS": json.dumps(settings.outbound_networks),
+    }
+
+
 def _run(
     settings: Settings,
     service_url: str,
@@ -134,6 +143,10 @@ def _run(
     # The cache likewise: the Redis decided here (the one started here, or none), and the
     # namespace of this database (a worker sees DATABASE_URL, not the data directory).
     os.environ.update(cache.environment)
+    # And what webhooks and calendars may reach, decided by the database this started
+    # with (development's loopback over http with the embedded one), not by the
+    # DATABASE_URL the workers now see.
+    os.environ.update(outbound_environment(settings))
     get_settings.cache_clear()  # the in-process worker must read it too
     database = (
         "embedded, " + str(settings.data_dir) if settings.uses_embedded_database else "DATABASE_URL"
