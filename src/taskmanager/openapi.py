@@ -174,9 +174,10 @@ def operation_id(route: APIRoute) -> str:
     if not route.tags:
         return route.name
     tag = str(route.tags[0])
-    # Tags are plural nouns ("tasks", "categories"); a name may use the singular.
+    # Tags are mostly plural nouns ("tasks", "categories"); a name may use the singular, or
+    # the plural of a singular tag ("list_calendars" under "calendar").
     singular = tag.removesuffix("ies") + "y" if tag.endswith("ies") else tag.removesuffix("s")
-    if {tag, singular} & set(route.name.split("_")):
+    if {tag, singular, tag + "s"} & set(route.name.split("_")):
         return route.name
     return f"{tag}_{route.name}"
 

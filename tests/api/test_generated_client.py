@@ -119,14 +119,17 @@ def test_method_names_are_the_readable_operation_ids(generated: GeneratedClient)
         ],
         "users": ["users_get_me", "users_update_me"],
         "tokens": ["create_token", "list_tokens", "revoke_all_tokens", "revoke_token"],
-        "calendar_feeds": [
+        "calendar": [
+            "create_calendar",
             "create_calendar_feed",
+            "delete_calendar",
             "delete_calendar_feed",
             "get_calendar_feed",
             "list_calendar_feeds",
+            "list_calendars",
+            "refresh_calendar",
             "regenerate_calendar_feed",
         ],
-        "calendars": ["create_calendar", "delete_calendar", "list_calendars", "refresh_calendar"],
         "agenda": ["get_agenda"],
         "workspaces": [
             "create_workspace",

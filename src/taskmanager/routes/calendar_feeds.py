@@ -44,7 +44,7 @@ from taskmanager.schemas import CalendarFeedCreate, CalendarFeedCreated, Calenda
 from taskmanager.security.feed_secrets import NewFeedSecret, feed_secret_hash, new_feed_secret
 from taskmanager.security.feed_secrets import well_formed as well_formed_secret
 
-router = APIRouter(prefix="/calendar", tags=["calendar feeds"])
+router = APIRouter(prefix="/calendar", tags=["calendar"])
 
 FeedId = Annotated[uuid.UUID, Path(description="The calendar feed's id.")]
 NOT_FOUND = "Calendar feed not found"

@@ -33,7 +33,7 @@ from taskmanager.schemas import INT4_MAX, AgendaResponse, CalendarCreate, Calend
 from taskmanager.security.access_tokens import TokenScope
 from taskmanager.security.roles import Action
 
-router = APIRouter(tags=["calendars"])
+router = APIRouter(tags=["calendar"])
 agenda_router = APIRouter(tags=["agenda"])
 
 WorkspaceId = Annotated[int, Path(ge=1, le=INT4_MAX, description="The workspace's id.")]
