@@ -7,6 +7,7 @@ message (the lecture's Mistake 1, caught before the first query instead of after
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sys
 from functools import lru_cache
@@ -121,6 +122,11 @@ def check_redis_url(raw: str) -> str | None:
             "or off (no cache)"
         )
     return value
+
+
+# What development (the embedded database) may reach beside the public internet: a webhook
+# receiver or a calendar server on this machine.
+DEVELOPMENT_NETWORKS = ("127.0.0.1/32", "::1/128")
 
 
 class Settings(BaseSettings):
@@ -426,6 +432,21 @@ class Settings(BaseSettings):
         "`Authorization: Bearer <this token>` only.",
     )
 
+    # Requests to addresses users give (webhooks, calendars): taskmanager.integrations.outbound.
+    # Unset: development's defaults with the embedded database (`make run`: a receiver or an
+    # .ics server on this machine is reachable over plain http), a deployment's without.
+    outbound_allow_http: bool | None = Field(
+        default=None,
+        description="Allow plain http:// URLs for webhooks and calendars. Unset: allowed "
+        "with the embedded database (development), https:// only with DATABASE_URL.",
+    )
+    outbound_allowed_networks: list[str] | None = Field(
+        default=None,
+        description="Networks webhooks and calendars may reach although they are not public, "
+        'e.g. ["127.0.0.1/32"]. Unset: this machine\'s loopback addresses with the embedded '
+        "database (development), none with DATABASE_URL.",
+    )
+
     # The cache (taskmanager.cache): optional, never a single point of failure.
     redis_url: str | None = Field(
         default=None,
@@ -482,6 +503,18 @@ class Settings(BaseSettings):
             )
         return prefix
 
+    @field_validator("outbound_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str] | None) -> list[str] | None:
+        for network in value or ():
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{network!r} is not a network; write e.g. 127.0.0.1/32 or 10.0.0.0/8"
+                ) from None
+        return value
+
     @field_validator("jwt_secret")
     @classmethod
     def _long_enough_secret(cls, value: SecretStr | None) -> SecretStr | None:
@@ -514,6 +547,21 @@ class Settings(BaseSettings):
     @property
     def uses_embedded_database(self) -> bool:
         return self.database_url is None
+
+    @property
+    def outbound_http_allowed(self) -> bool:
+        """Whether webhooks and calendars may use plain http:// (see outbound_allow_http)."""
+        if self.outbound_allow_http is None:
+            return self.uses_embedded_database
+        return self.outbound_allow_http
+
+    @property
+    def outbound_networks(self) -> list[str]:
+        """The non-public networks webhooks and calendars may reach (see
+        outbound_allowed_networks)."""
+        if self.outbound_allowed_networks is None:
+            return list(DEVELOPMENT_NETWORKS) if self.uses_embedded_database else []
+        return self.outbound_allowed_networks
 
     @property
     def mail_directory(self) -> Path:

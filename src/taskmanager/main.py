@@ -31,6 +31,7 @@ from taskmanager.database import (
 )
 from taskmanager.errors import install_error_handlers
 from taskmanager.garbage_collection import tune_garbage_collection
+from taskmanager.integrations.outbound import OutboundClient, OutboundPolicy
 from taskmanager.mail.sender import MAIL_PREFIX, MailSender, transport_for
 from taskmanager.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from taskmanager.observability.logs import configure_logging, log_slow_statements
@@ -162,6 +163,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 # A worker that died between a commit and its invalidation left entries
                 # stale; a new epoch voids them (and any of a release before this one).
                 await app.state.cache.flush()
+            # One client for every request to an outside address (webhooks, calendars):
+            # its pool keeps their connections open between requests.
+            app.state.outbound = OutboundClient(
+                OutboundPolicy.from_settings(settings), user_agent=f"taskmanager/{__version__}"
+            )
             outbox = _outbox_worker(
                 settings, app.state.async_session_factory, key, app.state.mail_token_key
             )
@@ -172,6 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield
             finally:
                 await outbox.stop()
+                await app.state.outbound.aclose()
                 if app.state.cache is not None:
                     await app.state.cache.close()
                 await engine.dispose()
