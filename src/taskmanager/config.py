@@ -371,7 +371,7 @@ class Settings(BaseSettings):
         "false when `taskmanager worker` processes do it.",
     )
     webhook_retry_schedule: list[float] = Field(
-        default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 36000],
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
         min_length=1,
         max_length=50,
         description="Seconds to wait before each attempt at a webhook delivery (the first "

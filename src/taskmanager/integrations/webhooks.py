@@ -67,7 +67,7 @@ class WebhookSender:
     def __init__(
         self,
         client: OutboundClient,
-        timeout: float,  # noqa: ASYNC109 (a setting handed down, not this call's deadline)
+        timeout: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client

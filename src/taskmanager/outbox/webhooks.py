@@ -171,9 +171,7 @@ class WebhookWorker:
     async def _claim(self) -> list[ClaimedDelivery]:
         async with self.session_factory() as session, session.begin():
             await UserRepository(session).enter(self.key.entry("maintenance"))
-            return await WebhookDeliveryRepository(session).claim(
-                BATCH, self.policy.lease_seconds
-            )
+            return await WebhookDeliveryRepository(session).claim(BATCH, self.policy.lease_seconds)
 
     def _message(self, item: ClaimedDelivery) -> WebhookMessage:
         secrets = [self.secrets.secret_bytes(item.endpoint_id, item.secret_nonce)]
@@ -218,9 +216,7 @@ class WebhookWorker:
                 item.endpoint_id, self.policy.disable_after_seconds
             ):
                 days = self.policy.disable_after_seconds / 86400
-                mailed = await deliveries.disable_endpoint(
-                    item.endpoint_id, disabled_reason(days)
-                )
+                mailed = await deliveries.disable_endpoint(item.endpoint_id, disabled_reason(days))
             if retry_in is None:
                 log.warning(
                     "webhook delivery %s (%s) failed for good after %s attempts: %s",
@@ -258,6 +254,4 @@ def webhook_worker(
         disable_after_seconds=settings.webhook_disable_after_days * 86400,
     )
     sender = WebhookSender(client, settings.webhook_timeout_seconds)
-    return WebhookWorker(
-        session_factory, key, sender, secrets, policy, mail_recorded=mail_recorded
-    )
+    return WebhookWorker(session_factory, key, sender, secrets, policy, mail_recorded=mail_recorded)

@@ -52,8 +52,7 @@ _FAILED = text(
     bindparam("retry_in", type_=Float),
 )
 _ENDPOINT_OK = text(
-    "UPDATE webhook_endpoints SET failing_since = NULL "
-    "WHERE id = :id AND failing_since IS NOT NULL"
+    "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = :id AND failing_since IS NOT NULL"
 ).bindparams(bindparam("id", type_=Uuid))
 # Failing since when (kept from the first failure), and whether that is `days` ago.
 _ENDPOINT_FAILING = text(

@@ -177,7 +177,7 @@ class WebhookRepository:
         ).one()
         return _endpoint(row)
 
-    async def list(self, scope: Scope, workspace_id: int) -> list[EndpointView]:
+    async def list_all(self, scope: Scope, workspace_id: int) -> list[EndpointView]:
         self._check(scope, workspace_id)
         rows = await self.session.execute(
             select(*_ENDPOINT_COLUMNS)
@@ -236,9 +236,7 @@ class WebhookRepository:
         self._check(scope, workspace_id)
         result = await self.session.execute(
             delete(WebhookEndpoint)
-            .where(
-                WebhookEndpoint.workspace_id == workspace_id, WebhookEndpoint.id == endpoint_id
-            )
+            .where(WebhookEndpoint.workspace_id == workspace_id, WebhookEndpoint.id == endpoint_id)
             .returning(WebhookEndpoint.id)
         )
         return result.one_or_none() is not None

@@ -12,13 +12,19 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Response, status
 
 from taskmanager.bad_input import BadInputError
 from taskmanager.database import ReadSessionDep, SessionDep
 from taskmanager.dependencies import CurrentReaderDep, CurrentUserDep, token_scope
 from taskmanager.integrations.outbound import UnsafeDestination
-from taskmanager.integrations.webhook_events import EVENT_TYPES
+from taskmanager.integrations.webhook_events import (
+    EVENT_TYPES,
+    EVENTS,
+    TEST_EVENT,
+    EventPayloadV1,
+    TestEventPayloadV1,
+)
 from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.problems import LIMIT_REACHED, ProblemError
 from taskmanager.repositories.webhook_repository import (
@@ -149,7 +155,7 @@ async def list_webhooks(
 ) -> list[EndpointView]:
     """The workspace's endpoints, oldest first (admins and owners)."""
     _managing(user, workspace_id)
-    return await WebhookRepository(session).list(user, workspace_id)
+    return await WebhookRepository(session).list_all(user, workspace_id)
 
 
 @router.get(
@@ -328,3 +334,35 @@ async def send_webhook_test(
     if made is None:
         raise HTTPException(status_code=404, detail=NOT_FOUND)
     return WebhookDeliveryQueued(delivery_id=made)
+
+
+def document_events(app: FastAPI) -> None:
+    """The OpenAPI document's `webhooks` section: one entry per event type, with the body
+    we POST (version 1) and the headers that sign it. Documentation only: no route."""
+    signed = (
+        "Signed as Standard Webhooks says: headers `webhook-id` (the same on every retry "
+        "and replay), `webhook-timestamp` (seconds) and `webhook-signature` (`v1,<base64 "
+        "HMAC-SHA256 of id.timestamp.body>`, two space-separated during a secret's "
+        "rotation). Answer 2xx within 10 s; 410 disables the endpoint; anything else is "
+        "retried. See docs/webhooks.md."
+    )
+    for event, meaning in {**EVENTS, TEST_EVENT: "A test event (POST .../test)."}.items():
+        model = TestEventPayloadV1 if event == TEST_EVENT else EventPayloadV1
+
+        async def receive(body: EventPayloadV1) -> None:
+            """Documented only."""
+
+        # The annotations are strings here (postponed): name the model itself.
+        receive.__annotations__ = {"body": model, "return": None}
+
+        app.webhooks.add_api_route(
+            event,
+            receive,
+            methods=["POST"],
+            summary=meaning,
+            description=f"{meaning}\n\n{signed}",
+            operation_id=f"webhook_{event.replace('.', '_')}",
+            status_code=200,
+            response_class=Response,
+            responses={200: {"description": "Received (any 2xx)."}},
+        )
