@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+
 from taskmanager.cli.shared import DATABASE_HELP, caller_key, console
 from taskmanager.config import Settings, load_settings
 
