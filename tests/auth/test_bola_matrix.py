@@ -53,6 +53,8 @@ from taskmanager.models import (
     Membership,
     Task,
     TaskLabel,
+    WebhookDelivery,
+    WebhookEndpoint,
     Workspace,
 )
 from taskmanager.observability.metrics import REGISTRY
@@ -76,6 +78,8 @@ ID_PARAMETERS = (
     "user_id",
     "token_id",
     "invitation_id",
+    "webhook_id",
+    "delivery_id",
 )
 # An id no row has (inside PostgreSQL's integer range, so it is looked up, not refused).
 MISSING_ID = 2_147_483_000
@@ -85,9 +89,13 @@ MISSING_IDS: dict[str, int | str] = {
     **dict.fromkeys(ID_PARAMETERS, MISSING_ID),
     "token_id": MISSING_UUID,
     "invitation_id": MISSING_UUID,
+    "webhook_id": MISSING_UUID,
+    "delivery_id": MISSING_UUID,
 }
 # The address of the world's pending invitation (no account has it).
 INVITEE = "invitee.matrix@example.com"
+# Where the world's webhook endpoint points (nothing is sent: no worker runs here).
+WEBHOOK_URL = "http://127.0.0.1:9/matrix"
 
 # The roles of alice's workspace, in the order of EXPECTED's columns.
 WORKSPACE_ROLES = ("owner", "admin", "member", "viewer")
@@ -125,6 +133,16 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     # exist, whoever manages its workspace.
     "accept_invitation": (404, 404, 404, 404),
     "decline_invitation": (404, 404, 404, 404),
+    # Webhooks: the managers' (members:write), like invitations.
+    "create_webhook": (201, 201, 403, 403),
+    "list_webhooks": (200, 200, 403, 403),
+    "get_webhook": (200, 200, 403, 403),
+    "update_webhook": (200, 200, 403, 403),
+    "delete_webhook": (204, 204, 403, 403),
+    "rotate_webhook_secret": (200, 200, 403, 403),
+    "list_webhook_deliveries": (200, 200, 403, 403),
+    "replay_webhook_delivery": (202, 202, 403, 403),
+    "send_webhook_test": (202, 202, 403, 403),
 }
 
 
@@ -134,6 +152,8 @@ LISTS = {
     "list_workspace_activity": "workspace_id",
     "list_workspace_invitations": "workspace_id",
     "list_task_activity": "object_id",
+    "list_webhooks": "workspace_id",
+    "list_webhook_deliveries": "endpoint_id",
 }
 
 
@@ -155,6 +175,8 @@ class World:
     label_id: int
     token_id: str  # alice's personal access token
     invitation_id: str
+    webhook_id: str
+    delivery_id: str
 
     def ids(self) -> dict[str, Any]:
         return {
@@ -165,6 +187,8 @@ class World:
             "user_id": self.target.user_id,
             "token_id": self.token_id,
             "invitation_id": self.invitation_id,
+            "webhook_id": self.webhook_id,
+            "delivery_id": self.delivery_id,
         }
 
 
@@ -178,6 +202,8 @@ BODIES: dict[str, Callable[[World], dict[str, Any]]] = {
     "replace_task": lambda world: {"title": "Replaced by the matrix"},
     "rename_category": lambda world: {"name": "Renamed by the matrix"},
     "update_label": lambda world: {"name": "Renamed by the matrix"},
+    "create_webhook": lambda world: {"url": WEBHOOK_URL, "events": ["task.created"]},
+    "update_webhook": lambda world: {"description": "Changed by the matrix"},
 }
 
 
@@ -282,6 +308,8 @@ def _placeholder_world(account: Account, other_account: Account) -> World:
         label_id=1,
         token_id=MISSING_IDS["token_id"],
         invitation_id=MISSING_UUID,
+        webhook_id=MISSING_UUID,
+        delivery_id=MISSING_UUID,
     )
 
 
@@ -351,6 +379,11 @@ async def world(
         .where(Invitation.id == uuid.UUID(invitation["id"]))
         .values(last_sent_at=func.now() - timedelta(hours=1))
     )
+    # A webhook endpoint, subscribed before the task is made: the task's delivery is in
+    # its log.
+    webhook = await post(
+        f"/workspaces/{workspace_id}/webhooks", {"url": WEBHOOK_URL, "events": ["task.created"]}
+    )
     category = await post("/categories", {"name": "Matrix", "workspace_id": workspace_id})
     label = await post("/labels", {"name": "Matrix", "workspace_id": workspace_id})
     task = await post(
@@ -363,6 +396,9 @@ async def world(
         },
     )
     token = await post("/users/me/tokens", {"name": "Matrix", "scopes": ["tasks:read"]})
+    delivery_id = await db_session.scalar(
+        select(WebhookDelivery.id).where(WebhookDelivery.endpoint_id == uuid.UUID(webhook["id"]))
+    )
     return World(
         owner=account,
         admin=admin_account,
@@ -378,6 +414,8 @@ async def world(
         label_id=label["id"],
         token_id=token["id"],
         invitation_id=invitation["id"],
+        webhook_id=webhook["id"],
+        delivery_id=str(delivery_id),
     )
 
 
@@ -416,6 +454,14 @@ async def snapshot(
             Invitation.declined_at,
             Invitation.revoked_at,
         ).where(Invitation.workspace_id.in_(workspaces)),
+        "webhook_endpoints": select(
+            WebhookEndpoint.id,
+            WebhookEndpoint.description,
+            WebhookEndpoint.version,
+        ).where(WebhookEndpoint.workspace_id.in_(workspaces)),
+        "webhook_deliveries": select(WebhookDelivery.id, WebhookDelivery.event_type).where(
+            WebhookDelivery.workspace_id.in_(workspaces)
+        ),
     }
     return {
         name: sorted(tuple(row) for row in (await db_session.execute(statement)).all())

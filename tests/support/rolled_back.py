@@ -4,6 +4,7 @@ the test's one session, so nothing it writes outlives the test."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from ipaddress import ip_network
 
 from fastapi import FastAPI, Request
 from httpx import ASGITransport, AsyncClient
@@ -15,8 +16,10 @@ from taskmanager.database import (
     create_read_session_factory,
     create_session_factory,
 )
+from taskmanager.integrations.outbound import OutboundClient, OutboundPolicy
 from taskmanager.security.caller_key import CallerKey
 from taskmanager.security.mail_tokens import MailTokenKey
+from taskmanager.security.webhook_secrets import WebhookSecretKey
 from tests.support.accounts import TEST_SECRET
 from tests.support.row_level_security import LEAVE_REQUEST_SCOPE
 
@@ -66,6 +69,11 @@ def rolled_back_client(
     app.state.signing_key = TEST_SECRET
     app.state.caller_key = CallerKey(TEST_SECRET)
     app.state.mail_token_key = MailTokenKey(TEST_SECRET)
+    app.state.webhook_secret_key = WebhookSecretKey(TEST_SECRET)
+    if getattr(app.state, "outbound", None) is None:  # one per app: it is never sent with
+        app.state.outbound = OutboundClient(
+            OutboundPolicy(allow_http=True, allowed_networks=(ip_network("127.0.0.1/32"),))
+        )
     app.state.async_session_factory = create_session_factory(engine)
     app.state.read_session_factory = create_read_session_factory(engine)
     transport = ASGITransport(app=app, client=(client_address, 123))
