@@ -111,6 +111,16 @@ NEEDED: dict[str, Needed | str] = {
     "get_label": _needs(200, "tasks:read"),
     "update_label": _needs(200, "tasks:write"),
     "delete_label": _needs(204, "tasks:write"),
+    # Webhooks: a manager's (members:write), as invitations are.
+    "create_webhook": _needs(201, "members:write"),
+    "list_webhooks": _needs(200, "members:write"),
+    "get_webhook": _needs(200, "members:write"),
+    "update_webhook": _needs(200, "members:write"),
+    "delete_webhook": _needs(204, "members:write"),
+    "rotate_webhook_secret": _needs(200, "members:write"),
+    "list_webhook_deliveries": _needs(200, "members:write"),
+    "replay_webhook_delivery": _needs(202, "members:write"),
+    "send_webhook_test": _needs(202, "members:write"),
 }
 
 # Bodies of the operations without an id in their path (the others' are BODIES').
