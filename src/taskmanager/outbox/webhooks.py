@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool
 
 from taskmanager.config import Settings
 from taskmanager.integrations.outbound import OutboundClient
@@ -100,7 +107,7 @@ class WebhookWorker:
         self.rng = rng
         self._woken = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._listening: AsyncConnection | None = None
+        self._listening: tuple[AsyncEngine, AsyncConnection] | None = None
 
     def wake(self, *_: Any) -> None:
         """Look now (a commit recorded a delivery). Also asyncpg's listener callback."""
@@ -118,25 +125,26 @@ class WebhookWorker:
             self._task = None
 
     async def _listen(self, engine: AsyncEngine) -> None:
-        """LISTEN on a connection of its own for as long as the worker runs."""
-        connection = await engine.connect()
+        """LISTEN on a connection of its own, outside the engine's pool (a connection held
+        for the worker's life must not take one from the requests), for as long as the
+        worker runs."""
+        listener = create_async_engine(engine.url, poolclass=NullPool)
         try:
+            connection = await listener.connect()
             raw = await connection.get_raw_connection()
             await raw.driver_connection.add_listener(CHANNEL, self.wake)  # type: ignore[union-attr]
-        except Exception:
-            await connection.invalidate()
-            await connection.close()
+        except BaseException:
+            await listener.dispose()
             raise
-        self._listening = connection
+        self._listening = (listener, connection)
 
     async def _unlisten(self) -> None:
         if self._listening is not None:
-            # Never back into the pool with a listener on it.
-            with contextlib.suppress(Exception):
-                await self._listening.invalidate()
-            with contextlib.suppress(Exception):
-                await self._listening.close()
+            listener, connection = self._listening
             self._listening = None
+            with contextlib.suppress(Exception):
+                await connection.close()
+            await listener.dispose()
 
     async def _run(self, listen_on: AsyncEngine | None) -> None:
         rounds = 0
@@ -151,7 +159,11 @@ class WebhookWorker:
                     if rounds % 1000 == 1:
                         await self._purge()
                 except (SQLAlchemyError, OSError) as error:
-                    log.warning("webhook deliveries could not be read: %s", type(error).__name__)
+                    log.warning(
+                        "webhook deliveries could not be read: %s: %s",
+                        type(error).__name__,
+                        str(error).splitlines()[0] if str(error) else "",
+                    )
                     await self._unlisten()
                 except Exception:  # a bug: say so, keep the worker alive
                     log.exception("the webhook worker failed")
