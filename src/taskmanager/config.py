@@ -364,6 +364,44 @@ class Settings(BaseSettings):
     outbox_max_attempts: int = Field(
         default=10, ge=1, le=1000, description="Attempts at one outbox row before giving up."
     )
+    # Webhooks out (taskmanager.outbox.webhooks): sent by the delivery worker after commit.
+    in_process_worker: bool = Field(
+        default=True,
+        description="`serve` (and the app) runs the outbox and webhook workers in-process; "
+        "false when `taskmanager worker` processes do it.",
+    )
+    webhook_retry_schedule: list[float] = Field(
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        min_length=1,
+        max_length=50,
+        description="Seconds to wait before each attempt at a webhook delivery (the first "
+        "usually 0), Standard Webhooks' schedule by default; its length is the number of "
+        "attempts.",
+    )
+    webhook_retry_jitter: float = Field(
+        default=0.1, ge=0, lt=1, description="Each wait is spread randomly by this fraction."
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="Seconds one webhook request may take in all."
+    )
+    webhook_poll_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="Seconds between looks for due deliveries."
+    )
+    webhook_disable_after_days: float = Field(
+        default=5.0,
+        gt=0,
+        description="An endpoint every delivery to which failed for this long is disabled "
+        "and its workspace's owners and admins are mailed.",
+    )
+    webhook_rotation_overlap_hours: float = Field(
+        default=24.0,
+        ge=0,
+        le=168,
+        description="After a secret rotation, the old secret signs too for this long.",
+    )
+    max_webhooks_per_workspace: int = Field(
+        default=20, ge=1, description="Webhook endpoints a workspace may have; one more is 409."
+    )
     max_access_tokens_per_user: int = Field(
         default=50,
         ge=1,

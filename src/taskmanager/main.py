@@ -44,6 +44,7 @@ from taskmanager.observability.metrics import (
     instrument_pool,
 )
 from taskmanager.openapi import build_openapi, install_docs, operation_id
+from taskmanager.outbox.webhooks import webhook_worker
 from taskmanager.outbox.worker import OutboxWorker, RetryPolicy
 from taskmanager.postgres.deployment import check_service_login_when_reachable
 from taskmanager.postgres.logins import database_logins
@@ -59,12 +60,14 @@ from taskmanager.routes import (
     labels,
     tasks,
     users,
+    webhooks,
     workspaces,
 )
 from taskmanager.security.caller_key import CallerKey
 from taskmanager.security.mail_tokens import MailTokenKey
 from taskmanager.security.passwords import prepare_decoy_hash
 from taskmanager.security.signing_key import signing_key
+from taskmanager.security.webhook_secrets import WebhookSecretKey
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +180,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # The key of mailed links' tokens: the routes that mail them and the outbox
             # worker that writes them into the mails derive them alike.
             app.state.mail_token_key = MailTokenKey(app.state.signing_key)
+            # The key webhook signing secrets are derived with (routes show a secret once,
+            # the delivery worker derives it again for each send).
+            app.state.webhook_secret_key = WebhookSecretKey(app.state.signing_key)
             # The decoy hash an unknown email is checked against, made now rather than by
             # the first such login (on the event loop, and twice as slow as the others).
             await asyncio.to_thread(prepare_decoy_hash)
@@ -215,11 +221,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings, app.state.async_session_factory, key, app.state.mail_token_key
             )
             app.state.outbox_wake = outbox.wake
+            deliveries = webhook_worker(
+                settings,
+                app.state.async_session_factory,
+                key,
+                app.state.webhook_secret_key,
+                app.state.outbound,
+                mail_recorded=outbox.wake,
+            )
             tune_garbage_collection(settings.gc_threshold)  # last: everything above stays
-            outbox.start()
+            if settings.in_process_worker:
+                outbox.start()
+                # Woken by PostgreSQL's NOTIFY at each commit that recorded a delivery
+                # (from any process); not through PgBouncer in transaction mode, where a
+                # LISTEN does not last: there it polls.
+                deliveries.start(listen_on=None if settings.pgbouncer else engine)
             try:
                 yield
             finally:
+                await deliveries.stop()
                 await outbox.stop()
                 await app.state.subscribed_calendars.aclose()
                 await app.state.outbound.aclose()
@@ -266,6 +286,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
     documented = _include_routers(app)
+    webhooks.document_events(app)
     token = settings.metrics_token
     install_metrics_route(app, token.get_secret_value() if token else None)
     install_docs(app)
@@ -281,6 +302,7 @@ ROUTERS = (
     workspaces.router,
     invitations.workspace_router,
     invitations.router,
+    webhooks.router,
     tasks.router,
     categories.router,
     labels.router,

@@ -678,7 +678,7 @@ class CalendarSubscription(Base):
     of fetching it: the answer's validators, the last good copy of its events, and the
     circuit breaker (failures in a row, skipped until). Added and removed by a role with
     tasks:write; the fetch state is written only by the service's fetcher, entered for
-    'maintenance' (migration 0015)."""
+    'maintenance' (migration 0016)."""
 
     __tablename__ = "calendar_subscriptions"
     __table_args__ = (
@@ -713,3 +713,125 @@ class CalendarSubscription(Base):
     events: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB, deferred=True)
 
     __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012  (SQLAlchemy reads it per class)
+
+
+WEBHOOK_URL_MAX_LENGTH = 2048
+WEBHOOK_DESCRIPTION_MAX_LENGTH = 500
+WEBHOOK_STATUSES = ("pending", "delivered", "failed")
+
+
+class WebhookEndpoint(Base):
+    """A workspace's webhook endpoint: where its events go (`url`), which (`events`), and
+    whether they go (`enabled`; `disabled_reason` says why not). The signing secret is
+    never stored: it is derived from the service's key, the id and `secret_nonce`
+    (taskmanager.security.webhook_secrets); after a rotation `previous_nonce` signs too,
+    until `previous_valid_until`. The caller role cannot read either nonce (migration 0017:
+    the delivery worker reads them through a function for maintenance only)."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (
+        UniqueConstraint("id", "workspace_id", name="uq_webhook_endpoints_id_workspace_id"),
+        # The fan-out's one probe per change: a workspace's enabled endpoints.
+        Index(
+            "ix_webhook_endpoints_workspace_id_enabled",
+            "workspace_id",
+            postgresql_where=text("enabled"),
+        ),
+        Index("ix_webhook_endpoints_workspace_id_created_at", "workspace_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(WEBHOOK_URL_MAX_LENGTH))
+    description: Mapped[str] = mapped_column(
+        String(WEBHOOK_DESCRIPTION_MAX_LENGTH), server_default=text("''")
+    )
+    events: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    enabled: Mapped[bool] = mapped_column(server_default=true())
+    disabled_reason: Mapped[str | None] = mapped_column(String(200))
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Since when every attempt failed (cleared by a success): N days of it disable it.
+    failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    secret_nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    previous_nonce: Mapped[bytes | None] = mapped_column(LargeBinary)
+    previous_valid_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    version: Mapped[int] = mapped_column(server_default=text("1"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: the webhooks' outbox. Written only by PostgreSQL (the
+    fan-out trigger on `activity`, the replay and test functions of migration 0017), sent
+    by the delivery worker. `message_id` is the `webhook-id` header: the same on every
+    retry and on a replay."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["endpoint_id", "workspace_id"],
+            ["webhook_endpoints.id", "webhook_endpoints.workspace_id"],
+            name="fk_webhook_deliveries_endpoint_id_webhook_endpoints",
+            ondelete="CASCADE",
+        ),
+        CheckConstraint(
+            "status IN ({})".format(", ".join(f"'{s}'" for s in WEBHOOK_STATUSES)),
+            name="status_known",
+        ),
+        UniqueConstraint("id", "workspace_id", name="uq_webhook_deliveries_id_workspace_id"),
+        # What the worker claims: the pending ones that are due, soonest first.
+        Index(
+            "ix_webhook_deliveries_next_attempt_at",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        # An endpoint's delivery log, newest first.
+        Index("ix_webhook_deliveries_endpoint_id_created_at", "endpoint_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, primary_key=True, server_default=func.gen_random_uuid()
+    )
+    workspace_id: Mapped[int]
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    message_id: Mapped[str] = mapped_column(String(40))
+    event_type: Mapped[str] = mapped_column(String(60))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(10), server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    replay_of: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class WebhookAttempt(Base):
+    """One try at sending a delivery: when, the answer's status (None: no answer), how
+    long it took, the start of the answer's body, or what went wrong."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["delivery_id", "workspace_id"],
+            ["webhook_deliveries.id", "webhook_deliveries.workspace_id"],
+            name="fk_webhook_attempts_delivery_id_webhook_deliveries",
+            ondelete="CASCADE",
+        ),
+        Index("ix_webhook_attempts_delivery_id_id", "delivery_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    workspace_id: Mapped[int]
+    delivery_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    attempted_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    status_code: Mapped[int | None]
+    latency_ms: Mapped[int]
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -191,6 +191,7 @@ def build_openapi(app: FastAPI, routes: Sequence[BaseRoute] | None = None) -> di
             version=app.version,
             description=app.description,
             routes=app.routes if routes is None else routes,
+            webhooks=app.webhooks.routes,
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for model in (Problem, TokenProblem):

@@ -943,3 +943,127 @@ class AgendaResponse(BaseModel):
     calendars: list[CalendarStatus]
     # More tasks were due in the window than an agenda lists.
     tasks_truncated: bool
+
+
+# ─────────────────────────────── webhooks (routes/webhooks.py)
+
+WebhookUrl = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=2048,
+        description="Where events are POSTed: https:// (http:// only where the service "
+        "allows it, in development); no user name or password, no private address.",
+        examples=["https://hooks.example.com/taskmanager"],
+    ),
+]
+WebhookEvents = Annotated[
+    list[str],
+    Field(
+        min_length=1,
+        max_length=50,
+        description="The event types to send (docs/webhooks.md lists them; an unknown one is "
+        "422 naming the known ones).",
+        examples=[["task.created", "task.completed"]],
+    ),
+]
+WebhookDescription = Annotated[str, Field(max_length=500, description="What it is for.")]
+
+
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: WebhookUrl
+    events: WebhookEvents
+    description: WebhookDescription = ""
+
+
+class WebhookUpdate(BaseModel):
+    """The fields to change; enabling an endpoint clears why it was disabled."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: WebhookUrl | None = None
+    events: WebhookEvents | None = None
+    description: WebhookDescription | None = None
+    enabled: bool | None = None
+
+
+class WebhookResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    workspace_id: int
+    url: str
+    description: str
+    events: list[str]
+    enabled: bool
+    disabled_reason: str | None = Field(description="Why it is disabled (None: enabled).")
+    disabled_at: datetime | None
+    failing_since: datetime | None = Field(
+        description="Since when every attempt failed (None: the last one succeeded)."
+    )
+    previous_secret_valid_until: datetime | None = Field(
+        description="After a rotation: until when the previous secret signs too."
+    )
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookSecret(BaseModel):
+    secret: str = Field(
+        description="The signing secret (Standard Webhooks: whsec_ + base64), shown this "
+        "once: it is not stored, and cannot be shown again (rotate it for a new one).",
+        examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+    )
+
+
+class WebhookCreated(WebhookResponse, WebhookSecret):
+    """An endpoint just registered, with its secret (shown this once)."""
+
+
+class WebhookRotated(WebhookSecret):
+    previous_secret_valid_until: datetime | None = Field(
+        description="Until when the previous secret still signs (both signatures are sent)."
+    )
+
+
+class WebhookAttemptResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    attempted_at: datetime
+    status_code: int | None = Field(description="The endpoint's answer (None: no answer).")
+    latency_ms: int
+    response_excerpt: str | None = Field(description="The answer's first 1000 characters.")
+    error: str | None
+
+
+class WebhookDeliveryResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    endpoint_id: uuid.UUID
+    message_id: str = Field(description="The webhook-id header: the same on every retry.")
+    event_type: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts_made: int
+    next_attempt_at: datetime | None
+    replay_of: uuid.UUID | None
+    created_at: datetime
+    finished_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    payload: dict[str, Any]
+    attempts: list[WebhookAttemptResponse]
+
+
+class WebhookDeliveryQueued(BaseModel):
+    """A delivery just recorded (sent after the commit)."""
+
+    delivery_id: uuid.UUID
+
+
+class WebhookEventType(BaseModel):
+    type: str
+    description: str

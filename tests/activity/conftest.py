@@ -54,6 +54,9 @@ class World:
     new_account: tuple[int, int] | None = None
     # A pending invitation of the outsider's, where a test made one (`invited_world`).
     invitation_id: str | None = None
+    # A webhook endpoint of the workspace, and the delivery of the task's creation to it.
+    webhook_id: str | None = None
+    delivery_id: str | None = None
 
     def ids(self) -> dict[str, int | str]:
         ids: dict[str, int | str] = {
@@ -65,6 +68,8 @@ class World:
         }
         if self.invitation_id is not None:
             ids["invitation_id"] = self.invitation_id
+        if self.webhook_id is not None and self.delivery_id is not None:
+            ids |= {"webhook_id": self.webhook_id, "delivery_id": self.delivery_id}
         return ids
 
 
@@ -87,6 +92,10 @@ async def world(
         await add_member(
             client, workspace_id, invitee.email, invitee.headers, inviter=account.headers
         )
+    webhook = await post(
+        f"/workspaces/{workspace_id}/webhooks",
+        {"url": "http://127.0.0.1:9/activity", "events": ["task.created"]},
+    )
     category = await post("/categories", {"name": "Errands", "workspace_id": workspace_id})
     label = await post("/labels", {"name": "soon", "workspace_id": workspace_id})
     task = await post(
@@ -98,6 +107,12 @@ async def world(
             "label_ids": [label["id"]],
         },
     )
+    (delivery,) = (
+        await client.get(
+            f"/workspaces/{workspace_id}/webhooks/{webhook['id']}/deliveries",
+            headers=account.headers,
+        )
+    ).json()
     return World(
         owner=account,
         viewer=viewer_account,
@@ -107,6 +122,8 @@ async def world(
         task_id=task["id"],
         category_id=category["id"],
         label_id=label["id"],
+        webhook_id=webhook["id"],
+        delivery_id=delivery["id"],
     )
 
 

@@ -477,6 +477,17 @@ EXPECTED: dict[str, Call] = {
             Row("task.label_removed", _task, _workspace, before={"label_id": LABEL}),
         ),
     ),
+    # Webhook endpoints are the managers' configuration, not the workspace's data: not in
+    # the log every member reads (it would show viewers where the data goes, and the log is
+    # what webhooks send). A replay or a test event is a delivery, not a change.
+    "create_webhook": Call(
+        201, body=lambda world: {"url": "http://127.0.0.1:9/more", "events": ["task.deleted"]}
+    ),
+    "update_webhook": Call(200, body=lambda world: {"description": "changed"}),
+    "delete_webhook": Call(204),
+    "rotate_webhook_secret": Call(200),
+    "replay_webhook_delivery": Call(202),
+    "send_webhook_test": Call(202),
 }
 
 # operationId -> a request of it that fails, for every operation that writes activity.

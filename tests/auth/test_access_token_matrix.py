@@ -123,6 +123,16 @@ NEEDED: dict[str, Needed | str] = {
     "delete_calendar": _needs(204, "tasks:write"),
     "refresh_calendar": _needs(200, "tasks:write"),
     "get_agenda": _needs(200, "tasks:read"),
+    # Webhooks: a manager's (members:write), as invitations are.
+    "create_webhook": _needs(201, "members:write"),
+    "list_webhooks": _needs(200, "members:write"),
+    "get_webhook": _needs(200, "members:write"),
+    "update_webhook": _needs(200, "members:write"),
+    "delete_webhook": _needs(204, "members:write"),
+    "rotate_webhook_secret": _needs(200, "members:write"),
+    "list_webhook_deliveries": _needs(200, "members:write"),
+    "replay_webhook_delivery": _needs(202, "members:write"),
+    "send_webhook_test": _needs(202, "members:write"),
 }
 
 # Bodies of the operations without an id in their path (the others' are BODIES').

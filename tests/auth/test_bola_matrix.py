@@ -55,6 +55,8 @@ from taskmanager.models import (
     Membership,
     Task,
     TaskLabel,
+    WebhookDelivery,
+    WebhookEndpoint,
     Workspace,
 )
 from taskmanager.observability.metrics import REGISTRY
@@ -80,6 +82,8 @@ ID_PARAMETERS = (
     "invitation_id",
     "feed_id",
     "calendar_id",
+    "webhook_id",
+    "delivery_id",
 )
 # An id no row has (inside PostgreSQL's integer range, so it is looked up, not refused).
 MISSING_ID = 2_147_483_000
@@ -90,9 +94,13 @@ MISSING_IDS: dict[str, int | str] = {
     "token_id": MISSING_UUID,
     "invitation_id": MISSING_UUID,
     "feed_id": MISSING_UUID,
+    "webhook_id": MISSING_UUID,
+    "delivery_id": MISSING_UUID,
 }
 # The address of the world's pending invitation (no account has it).
 INVITEE = "invitee.matrix@example.com"
+# Where the world's webhook endpoint points (nothing is sent: no worker runs here).
+WEBHOOK_URL = "http://127.0.0.1:9/matrix"
 
 # The roles of alice's workspace, in the order of EXPECTED's columns.
 WORKSPACE_ROLES = ("owner", "admin", "member", "viewer")
@@ -138,6 +146,16 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "list_calendars": (200, 200, 200, 200),
     "delete_calendar": (204, 204, 204, 403),
     "refresh_calendar": (200, 200, 200, 403),
+    # Webhooks: the managers' (members:write), like invitations.
+    "create_webhook": (201, 201, 403, 403),
+    "list_webhooks": (200, 200, 403, 403),
+    "get_webhook": (200, 200, 403, 403),
+    "update_webhook": (200, 200, 403, 403),
+    "delete_webhook": (204, 204, 403, 403),
+    "rotate_webhook_secret": (200, 200, 403, 403),
+    "list_webhook_deliveries": (200, 200, 403, 403),
+    "replay_webhook_delivery": (202, 202, 403, 403),
+    "send_webhook_test": (202, 202, 403, 403),
 }
 # Changes that leave the matrix's rows as they were (a refresh fetches the feed; under the
 # rolled-back session its state stays in the process): the answer names the resource.
@@ -160,6 +178,8 @@ LISTS = {
     "list_workspace_invitations": "workspace_id",
     "list_task_activity": "object_id",
     "list_calendars": "workspace_id",
+    "list_webhooks": "workspace_id",
+    "list_webhook_deliveries": "endpoint_id",
 }
 
 
@@ -183,6 +203,8 @@ class World:
     invitation_id: str
     feed_id: str  # alice's calendar feed
     calendar_id: int
+    webhook_id: str
+    delivery_id: str
 
     def ids(self) -> dict[str, Any]:
         return {
@@ -195,6 +217,8 @@ class World:
             "invitation_id": self.invitation_id,
             "feed_id": self.feed_id,
             "calendar_id": self.calendar_id,
+            "webhook_id": self.webhook_id,
+            "delivery_id": self.delivery_id,
         }
 
 
@@ -212,6 +236,8 @@ BODIES: dict[str, Callable[[World], dict[str, Any]]] = {
         "url": "https://calendar.example.com/made-by-the-matrix.ics",
         "name": "Made by the matrix",
     },
+    "create_webhook": lambda world: {"url": WEBHOOK_URL, "events": ["task.created"]},
+    "update_webhook": lambda world: {"description": "Changed by the matrix"},
 }
 
 
@@ -332,6 +358,8 @@ def _placeholder_world(account: Account, other_account: Account) -> World:
         invitation_id=MISSING_UUID,
         feed_id=MISSING_UUID,
         calendar_id=1,
+        webhook_id=MISSING_UUID,
+        delivery_id=MISSING_UUID,
     )
 
 
@@ -401,6 +429,11 @@ async def world(
         .where(Invitation.id == uuid.UUID(invitation["id"]))
         .values(last_sent_at=func.now() - timedelta(hours=1))
     )
+    # A webhook endpoint, subscribed before the task is made: the task's delivery is in
+    # its log.
+    webhook = await post(
+        f"/workspaces/{workspace_id}/webhooks", {"url": WEBHOOK_URL, "events": ["task.created"]}
+    )
     category = await post("/categories", {"name": "Matrix", "workspace_id": workspace_id})
     label = await post("/labels", {"name": "Matrix", "workspace_id": workspace_id})
     task = await post(
@@ -416,6 +449,9 @@ async def world(
     feed = await post("/calendar/feeds", {"workspace_id": workspace_id})
     calendar = await post(
         f"/workspaces/{workspace_id}/calendars", {"url": MATRIX_CALENDAR_URL, "name": "Matrix"}
+    )
+    delivery_id = await db_session.scalar(
+        select(WebhookDelivery.id).where(WebhookDelivery.endpoint_id == uuid.UUID(webhook["id"]))
     )
     return World(
         owner=account,
@@ -434,6 +470,8 @@ async def world(
         invitation_id=invitation["id"],
         feed_id=feed["id"],
         calendar_id=calendar["id"],
+        webhook_id=webhook["id"],
+        delivery_id=str(delivery_id),
     )
 
 
@@ -481,6 +519,14 @@ async def snapshot(
         "calendar_subscriptions": select(
             CalendarSubscription.id, CalendarSubscription.url, CalendarSubscription.name
         ).where(CalendarSubscription.workspace_id.in_(workspaces)),
+        "webhook_endpoints": select(
+            WebhookEndpoint.id,
+            WebhookEndpoint.description,
+            WebhookEndpoint.version,
+        ).where(WebhookEndpoint.workspace_id.in_(workspaces)),
+        "webhook_deliveries": select(WebhookDelivery.id, WebhookDelivery.event_type).where(
+            WebhookDelivery.workspace_id.in_(workspaces)
+        ),
     }
     return {
         name: sorted(tuple(row) for row in (await db_session.execute(statement)).all())

@@ -484,6 +484,25 @@ DEFINER_CALLS = {
     "taskmanager_token_keeps_the_password()": (
         "DO $$ BEGIN PERFORM taskmanager_token_keeps_the_password(); END $$"
     ),
+    # Webhooks (0015): a trigger's; a manager's (their own workspace's endpoints only);
+    # the delivery worker's (maintenance only).
+    "taskmanager_webhook_fan_out()": "DO $$ BEGIN PERFORM taskmanager_webhook_fan_out(); END $$",
+    "taskmanager_rotate_webhook_secret(uuid,bytea,integer)": (
+        "SELECT taskmanager_rotate_webhook_secret(gen_random_uuid(), "
+        "decode(repeat('ab', 16), 'hex'), 60)"
+    ),
+    "taskmanager_replay_webhook_delivery(uuid)": (
+        "SELECT taskmanager_replay_webhook_delivery(gen_random_uuid())"
+    ),
+    "taskmanager_send_webhook_test(uuid)": (
+        "SELECT taskmanager_send_webhook_test(gen_random_uuid())"
+    ),
+    "taskmanager_claim_webhook_deliveries(integer,double precision)": (
+        "SELECT * FROM taskmanager_claim_webhook_deliveries(10, 60)"
+    ),
+    "taskmanager_disable_webhook_endpoint(uuid,text)": (
+        "SELECT taskmanager_disable_webhook_endpoint(gen_random_uuid(), 'forged')"
+    ),
 }
 
 
@@ -972,6 +991,10 @@ async def one_connection_app(tenants: Tenants) -> AsyncIterator[tuple[AsyncClien
             jwt_secret=TEST_SECRET,
             log_level="WARNING",
             gc_threshold=0,
+            # No worker of the app's own on the one connection: it would meet the
+            # tampered statement before the victim's request does (and drop it, which is
+            # safe, but not what this test looks at).
+            in_process_worker=False,
         )
     )
     async with (
@@ -1355,3 +1378,82 @@ async def test_every_table_under_row_level_security_is_closed_to_a_feeds_caller(
     for table, policies in rows:
         reads_only = [f"{table}_calendar_reads_only_{c}" for c in ("delete", "insert", "update")]
         assert policies in ([f"{table}_not_for_a_calendar"], reads_only), (table, policies)
+
+
+# ─────────────────────────────── webhooks (migration 0015)
+
+
+async def test_a_request_reads_no_nonce_sees_no_foreign_endpoint_and_forges_no_delivery(
+    service: AsyncEngine, tenants: Tenants
+) -> None:
+    """The victim's endpoint and delivery: the attacker sees neither, and nobody's request
+    reads an endpoint's nonces (the secrets are derived from them), inserts a delivery,
+    claims one, or replays, tests, rotates or disables another workspace's."""
+    superuser = superuser_url(tenants.url)
+    endpoint, delivery = uuid.uuid4(), uuid.uuid4()
+    await run_as(
+        superuser,
+        "INSERT INTO webhook_endpoints (id, workspace_id, url, events, secret_nonce) "
+        "VALUES (:id, :workspace, 'https://victim.example/hooks', ARRAY['task.created'], "
+        "decode(repeat('cd', 16), 'hex'))",
+        id=endpoint,
+        workspace=tenants.victim.workspace_id,
+    )
+    await run_as(
+        superuser,
+        "INSERT INTO webhook_deliveries (id, workspace_id, endpoint_id, message_id, "
+        "event_type, payload) VALUES (:id, :workspace, :endpoint, 'msg_victim', "
+        "'task.created', '{}')",
+        id=delivery,
+        workspace=tenants.victim.workspace_id,
+        endpoint=endpoint,
+    )
+    ids = {"endpoint": endpoint, "delivery": delivery}
+    try:
+        async with service.connect() as connection, connection.begin():
+            await enter(connection, tenants.attacker.entry())
+            for sql in (
+                "SELECT id, url FROM webhook_endpoints",
+                "SELECT id, payload FROM webhook_deliveries",
+                "SELECT id FROM webhook_attempts",
+                "UPDATE webhook_deliveries SET status = 'pending' RETURNING id",
+                "DELETE FROM webhook_endpoints RETURNING id",
+            ):
+                assert await attempt(connection, sql) == [], sql
+            for sql, answer in (
+                ("SELECT taskmanager_replay_webhook_delivery(:delivery)", None),
+                ("SELECT taskmanager_send_webhook_test(:endpoint)", None),
+                (
+                    "SELECT taskmanager_rotate_webhook_secret(:endpoint, "
+                    "decode(repeat('ab', 16), 'hex'), 60)",
+                    False,
+                ),
+            ):
+                assert [tuple(row) for row in await attempt(connection, sql, **ids)] == [
+                    (answer,)
+                ], sql
+            for sql in (
+                "SELECT * FROM taskmanager_claim_webhook_deliveries(10, 60)",
+                "SELECT taskmanager_disable_webhook_endpoint(:endpoint, 'forged')",
+                "INSERT INTO webhook_deliveries (workspace_id, endpoint_id, message_id, "
+                "event_type, payload) VALUES (:workspace, :endpoint, 'msg_forged', "
+                "'task.created', '{}')",
+                "INSERT INTO webhook_attempts (workspace_id, delivery_id, latency_ms) "
+                "VALUES (:workspace, :delivery, 1)",
+            ):
+                outcome = await attempt(
+                    connection, sql, workspace=tenants.attacker.workspace_id, **ids
+                )
+                assert refused(outcome), (sql, outcome)
+            await connection.rollback()
+        # The victim, owner of the workspace, sees the endpoint, but not its nonces.
+        async with service.connect() as connection, connection.begin():
+            await enter(connection, tenants.victim.entry())
+            shown = await attempt(connection, "SELECT id FROM webhook_endpoints")
+            assert [row[0] for row in shown] == [endpoint]
+            for column in ("secret_nonce", "previous_nonce"):
+                outcome = await attempt(connection, f"SELECT {column} FROM webhook_endpoints")
+                assert refused(outcome), column
+            await connection.rollback()
+    finally:
+        await run_as(superuser, "DELETE FROM webhook_endpoints WHERE id = :id", id=endpoint)

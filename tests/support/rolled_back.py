@@ -21,6 +21,7 @@ from taskmanager.integrations.subscribed_calendars import SubscribedCalendars
 from taskmanager.main import feed_limits
 from taskmanager.security.caller_key import CallerKey
 from taskmanager.security.mail_tokens import MailTokenKey
+from taskmanager.security.webhook_secrets import WebhookSecretKey
 from tests.support.accounts import TEST_SECRET
 from tests.support.row_level_security import LEAVE_REQUEST_SCOPE
 
@@ -72,6 +73,9 @@ def rolled_back_client(
     app.state.signing_key = TEST_SECRET
     app.state.caller_key = CallerKey(TEST_SECRET)
     app.state.mail_token_key = MailTokenKey(TEST_SECRET)
+    app.state.webhook_secret_key = WebhookSecretKey(TEST_SECRET)
+    if getattr(app.state, "outbound", None) is None:  # one per app, as the lifespan's
+        app.state.outbound = OutboundClient(LOCAL_POLICY)
     app.state.async_session_factory = create_session_factory(engine)
     app.state.read_session_factory = create_read_session_factory(engine)
     settings = getattr(app.state, "settings", None)  # None: not this project's app
@@ -80,7 +84,7 @@ def rolled_back_client(
         # state is kept in memory only (the test's rows are not committed, so a row of
         # their own would not see them).
         app.state.subscribed_calendars = SubscribedCalendars(
-            OutboundClient(LOCAL_POLICY), feed_limits(settings)
+            app.state.outbound, feed_limits(settings)
         )
     transport = ASGITransport(app=app, client=(client_address, 123))
     return AsyncClient(transport=transport, base_url="http://test")

@@ -19,6 +19,7 @@ from taskmanager.cli.db import db_app
 from taskmanager.cli.serve import SERVE_HELP, SERVE_SHORT_HELP, serve
 from taskmanager.cli.shared import DATABASE_HELP
 from taskmanager.cli.users import users_app
+from taskmanager.cli.worker import WORKER_HELP, worker
 from taskmanager.extras import missing_requirements
 from taskmanager.postgres.logins import DatabaseUnreachableError, OwnerLoginMissingError
 
@@ -30,6 +31,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command(short_help=SERVE_SHORT_HELP, help=SERVE_HELP)(serve)
+app.command(short_help="Send mail and webhooks until stopped.", help=WORKER_HELP)(worker)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(cache_app, name="cache")

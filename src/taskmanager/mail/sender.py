@@ -17,6 +17,7 @@ from taskmanager.mail.templates import (
     PASSWORD_RESET,
     REGISTRATION_ATTEMPT,
     VERIFY_EMAIL,
+    WEBHOOK_DISABLED,
     Mail,
     MailTemplate,
 )
@@ -31,6 +32,11 @@ _KINDS: Mapping[str, tuple[MailTemplate, str, tuple[str, ...]]] = {
     "password_reset": (PASSWORD_RESET, "/reset-password", ()),
     "registration_attempt": (REGISTRATION_ATTEMPT, "/reset-password", ()),
     "invitation": (INVITATION, "/accept-invitation", ("workspace", "inviter", "role")),
+}
+# Notices: mails without a token, each with its template and the payload's values it
+# names (`link` is made from `workspace_id` and `endpoint_id`: the endpoint in the API).
+_NOTICES: Mapping[str, tuple[MailTemplate, tuple[str, ...]]] = {
+    "webhook_disabled": (WEBHOOK_DISABLED, ("workspace", "url", "reason")),
 }
 MAIL_PREFIX = "mail."
 
@@ -75,6 +81,18 @@ class MailSender:
         self.base_url = base_url.rstrip("/")
 
     def render(self, kind: str, payload: Mapping[str, Any]) -> Mail:
+        if kind in _NOTICES:
+            notice, names = _NOTICES[kind]
+            link = (
+                f"{self.base_url}/workspaces/{payload['workspace_id']}/webhooks/"
+                f"{payload['endpoint_id']}"
+            )
+            return notice.render(
+                str(payload["to"]),
+                name=str(payload.get("name") or payload["to"]),
+                link=link,
+                **{field: str(payload.get(field) or "") for field in names},
+            )
         if kind not in _KINDS:
             raise UnknownMailKindError(f"no mail of the kind {kind!r}")
         template, path, fields = _KINDS[kind]

@@ -144,3 +144,25 @@ as $role.</p>
 the invitation once logged in.</p>"""
     ),
 )
+
+WEBHOOK_DISABLED = MailTemplate(
+    subject="A webhook endpoint of your workspace was disabled",
+    text=Template(
+        """Hello $name,
+
+the webhook endpoint $url of the workspace "$workspace" on taskmanager was disabled:
+$reason. No more events are sent to it.
+
+Once the endpoint works again, enable it (PATCH $link with {"enabled": true}); the
+deliveries it missed are in its delivery log and can be replayed.
+"""
+    ),
+    html=Template(
+        """<p>Hello $name,</p>
+<p>the webhook endpoint <code>$url</code> of the workspace &ldquo;$workspace&rdquo; on
+taskmanager was disabled: $reason. No more events are sent to it.</p>
+<p>Once the endpoint works again, enable it (<code>PATCH $link</code> with
+<code>{"enabled": true}</code>); the deliveries it missed are in its delivery log and can be
+replayed.</p>"""
+    ),
+)

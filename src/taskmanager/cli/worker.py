@@ -1,0 +1,76 @@
+"""`taskmanager worker`: send what commits recorded (mail, webhooks) until SIGINT/SIGTERM.
+
+Several may run at once, on one machine or many: each delivery and each mail is claimed
+with FOR UPDATE SKIP LOCKED and a lease, so none is sent by two at the same time. `serve`
+runs one in-process unless TASKMANAGER_IN_PROCESS_WORKER=false."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from taskmanager.cli.shared import DATABASE_HELP, caller_key, console
+from taskmanager.config import Settings, load_settings
+
+WORKER_HELP = (
+    "Send the mail and webhook deliveries commits recorded, until Ctrl-C or SIGTERM. Run as "
+    "many as you like (each delivery is claimed by one at a time); set "
+    "TASKMANAGER_IN_PROCESS_WORKER=false for `serve` then.\n\n" + DATABASE_HELP
+)
+log = logging.getLogger(__name__)
+
+
+async def run_workers(settings: Settings, database_url: str, stop: asyncio.Event) -> None:
+    """The outbox (mail) and webhook workers on `database_url` until `stop` is set."""
+    from taskmanager import __version__
+    from taskmanager.database import create_engine, create_session_factory
+    from taskmanager.integrations.outbound import OutboundClient, OutboundPolicy
+    from taskmanager.main import _outbox_worker
+    from taskmanager.outbox.webhooks import webhook_worker
+    from taskmanager.security.mail_tokens import MailTokenKey
+    from taskmanager.security.signing_key import signing_key
+    from taskmanager.security.webhook_secrets import WebhookSecretKey
+
+    key = caller_key(settings)
+    secret = signing_key(settings)
+    engine = create_engine(settings, database_url)
+    sessions = create_session_factory(engine)
+    client = OutboundClient(
+        OutboundPolicy.from_settings(settings), user_agent=f"taskmanager/{__version__}"
+    )
+    outbox = _outbox_worker(settings, sessions, key, MailTokenKey(secret))
+    deliveries = webhook_worker(
+        settings, sessions, key, WebhookSecretKey(secret), client, mail_recorded=outbox.wake
+    )
+    try:
+        outbox.start()
+        deliveries.start(listen_on=None if settings.pgbouncer else engine)
+        await stop.wait()
+    finally:
+        await deliveries.stop()
+        await outbox.stop()
+        await client.aclose()
+        await engine.dispose()
+
+
+def worker() -> None:
+    from taskmanager.observability.logs import configure_logging
+    from taskmanager.postgres.logins import database_logins
+
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def main(url: str) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(signum, stop.set)
+        console.print("worker: sending mail and webhooks (Ctrl-C stops)", highlight=False)
+        await run_workers(settings, url, stop)
+        console.print("worker: stopped", highlight=False)
+
+    with database_logins(settings) as logins:
+        asyncio.run(main(logins.service))
