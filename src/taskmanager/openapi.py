@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from importlib.resources import files
@@ -219,6 +220,14 @@ def build_openapi(app: FastAPI, routes: Sequence[BaseRoute] | None = None) -> di
                     response.setdefault("headers", {})["X-Request-ID"] = RESPONSE_HEADERS[
                         "X-Request-ID"
                     ]
+        # The webhooks section describes what we send: a receiver's validation error is
+        # none of the document's business (FastAPI adds one to every operation with a body).
+        for operations in schema.get("webhooks", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        if "HTTPValidationError" not in json.dumps(schema.get("paths", {})):
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
         app.openapi_schema = schema
     return app.openapi_schema
 

@@ -57,6 +57,9 @@ class World:
     # A webhook endpoint of the workspace, and the delivery of the task's creation to it.
     webhook_id: str | None = None
     delivery_id: str | None = None
+    # alice's calendar feed of the workspace, and the workspace's subscribed calendar.
+    feed_id: str | None = None
+    calendar_id: int | None = None
 
     def ids(self) -> dict[str, int | str]:
         ids: dict[str, int | str] = {
@@ -70,6 +73,8 @@ class World:
             ids["invitation_id"] = self.invitation_id
         if self.webhook_id is not None and self.delivery_id is not None:
             ids |= {"webhook_id": self.webhook_id, "delivery_id": self.delivery_id}
+        if self.feed_id is not None and self.calendar_id is not None:
+            ids |= {"feed_id": self.feed_id, "calendar_id": self.calendar_id}
         return ids
 
 
@@ -107,6 +112,11 @@ async def world(
             "label_ids": [label["id"]],
         },
     )
+    feed = await post("/calendar/feeds", {"workspace_id": workspace_id})
+    calendar = await post(
+        f"/workspaces/{workspace_id}/calendars",
+        {"url": "http://127.0.0.1:9/activity.ics", "name": "Activity"},
+    )
     (delivery,) = (
         await client.get(
             f"/workspaces/{workspace_id}/webhooks/{webhook['id']}/deliveries",
@@ -124,6 +134,8 @@ async def world(
         label_id=label["id"],
         webhook_id=webhook["id"],
         delivery_id=delivery["id"],
+        feed_id=feed["id"],
+        calendar_id=calendar["id"],
     )
 
 

@@ -488,6 +488,17 @@ EXPECTED: dict[str, Call] = {
     "rotate_webhook_secret": Call(200),
     "replay_webhook_delivery": Call(202),
     "send_webhook_test": Call(202),
+    # A calendar feed is its owner's, not the workspace's; a subscribed calendar is
+    # fetched, not edited, and its state is the fetcher's: neither is a change of the
+    # workspace's content that its members' log shows.
+    "create_calendar_feed": Call(201, body=lambda world: {}),
+    "regenerate_calendar_feed": Call(200),
+    "delete_calendar_feed": Call(204),
+    "create_calendar": Call(
+        201, body=lambda world: {"url": "http://127.0.0.1:9/sweep.ics", "name": "Sweep"}
+    ),
+    "delete_calendar": Call(204),
+    "refresh_calendar": Call(200),
 }
 
 # operationId -> a request of it that fails, for every operation that writes activity.

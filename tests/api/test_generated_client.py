@@ -131,6 +131,17 @@ def test_method_names_are_the_readable_operation_ids(generated: GeneratedClient)
             "regenerate_calendar_feed",
         ],
         "agenda": ["get_agenda"],
+        "webhooks": [
+            "create_webhook",
+            "delete_webhook",
+            "get_webhook",
+            "list_webhook_deliveries",
+            "list_webhooks",
+            "replay_webhook_delivery",
+            "rotate_webhook_secret",
+            "send_webhook_test",
+            "update_webhook",
+        ],
         "workspaces": [
             "create_workspace",
             "delete_workspace",
