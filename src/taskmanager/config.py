@@ -514,7 +514,14 @@ class Settings(BaseSettings):
         default=900,
         ge=1,
         le=86_400,
-        description="How old a feed's copy may be before an agenda fetches it again.",
+        description="How old a feed's copy may be before it is fetched again (by the "
+        "background refresher, or by an agenda that finds it so).",
+    )
+    calendar_refresh_poll_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Seconds between the background refresher's looks for feeds due.",
     )
     calendar_agenda_budget_seconds: float = Field(
         default=1.5,

@@ -44,6 +44,7 @@ from taskmanager.observability.metrics import (
     instrument_pool,
 )
 from taskmanager.openapi import build_openapi, install_docs, operation_id
+from taskmanager.outbox.calendar_refresher import calendar_refresher
 from taskmanager.outbox.webhooks import webhook_worker
 from taskmanager.outbox.worker import OutboxWorker, RetryPolicy
 from taskmanager.postgres.deployment import check_service_login_when_reachable
@@ -229,6 +230,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.outbound,
                 mail_recorded=outbox.wake,
             )
+            refresher = calendar_refresher(
+                settings, app.state.async_session_factory, key, app.state.subscribed_calendars
+            )
             tune_garbage_collection(settings.gc_threshold)  # last: everything above stays
             if settings.in_process_worker:
                 outbox.start()
@@ -236,9 +240,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 # (from any process); not through PgBouncer in transaction mode, where a
                 # LISTEN does not last: there it polls.
                 deliveries.start(listen_on=None if settings.pgbouncer else engine)
+                refresher.start()
             try:
                 yield
             finally:
+                await refresher.stop()
                 await deliveries.stop()
                 await outbox.stop()
                 await app.state.subscribed_calendars.aclose()

@@ -1,4 +1,5 @@
-"""Start `taskmanager serve` as a real subprocess on a real socket, and stop it by its PID.
+"""Start `taskmanager serve` as a real subprocess on a real socket (or `taskmanager worker`),
+and stop it by its PID.
 
 Shared by the tests that need the real commit or a real restart (commit-before-response,
 data surviving a restart). Every process started here is stopped here, also on failure:
@@ -211,3 +212,56 @@ def wait_for_no_postgres(data_dir: Path, within: float = 10.0) -> list[psutil.Pr
     while (left := postgres_processes(data_dir)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
+
+
+@dataclass
+class WorkerProcess:
+    """`taskmanager worker` running as a subprocess."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def terminate(self, within: float = STOP_WITHIN) -> int | None:
+        """SIGTERM (what a process manager sends): the exit code, or None if it did not
+        exit within `within` seconds."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(within)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+@contextmanager
+def worker(env: Mapping[str, str], cwd: Path) -> Iterator[WorkerProcess]:
+    """Run `python -m taskmanager worker` until the block ends; then SIGTERM, and SIGKILL
+    if it is still there 5 s later (by its PID)."""
+    with tempfile.NamedTemporaryFile(
+        prefix="taskmanager-worker-", suffix=".log", delete=False
+    ) as log_file:
+        log_path = Path(log_file.name)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "taskmanager", "worker"],
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    running = WorkerProcess(process, log_path)
+    try:
+        yield running
+    finally:
+        try:
+            if running.terminate(5) is None:
+                process.kill()
+                process.wait(5)
+        finally:
+            log_path.unlink(missing_ok=True)

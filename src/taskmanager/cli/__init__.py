@@ -31,7 +31,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command(short_help=SERVE_SHORT_HELP, help=SERVE_HELP)(serve)
-app.command(short_help="Send mail and webhooks until stopped.", help=WORKER_HELP)(worker)
+app.command(
+    short_help="Send mail and webhooks, refresh calendars, until stopped.", help=WORKER_HELP
+)(worker)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(cache_app, name="cache")

@@ -1,8 +1,10 @@
-"""`taskmanager worker`: send what commits recorded (mail, webhooks) until SIGINT/SIGTERM.
+"""`taskmanager worker`: send what commits recorded (mail, webhooks) and refresh the
+subscribed calendars, until SIGINT/SIGTERM.
 
 Several may run at once, on one machine or many: each delivery and each mail is claimed
-with FOR UPDATE SKIP LOCKED and a lease, so none is sent by two at the same time. `serve`
-runs one in-process unless TASKMANAGER_IN_PROCESS_WORKER=false."""
+with FOR UPDATE SKIP LOCKED and a lease, so none is sent by two at the same time, and
+each calendar due is claimed likewise, so one fetches it. `serve` runs the same in-process
+unless TASKMANAGER_IN_PROCESS_WORKER=false."""
 
 from __future__ import annotations
 
@@ -15,19 +17,22 @@ from taskmanager.cli.shared import DATABASE_HELP, caller_key, console
 from taskmanager.config import Settings, load_settings
 
 WORKER_HELP = (
-    "Send the mail and webhook deliveries commits recorded, until Ctrl-C or SIGTERM. Run as "
-    "many as you like (each delivery is claimed by one at a time); set "
-    "TASKMANAGER_IN_PROCESS_WORKER=false for `serve` then.\n\n" + DATABASE_HELP
+    "Send the mail and webhook deliveries commits recorded, and refresh the subscribed "
+    "calendars, until Ctrl-C or SIGTERM. Run as many as you like (each delivery and each "
+    "calendar due is claimed by one at a time); set TASKMANAGER_IN_PROCESS_WORKER=false for "
+    "`serve` then.\n\n" + DATABASE_HELP
 )
 log = logging.getLogger(__name__)
 
 
 async def run_workers(settings: Settings, database_url: str, stop: asyncio.Event) -> None:
-    """The outbox (mail) and webhook workers on `database_url` until `stop` is set."""
+    """The outbox (mail) and webhook workers and the calendar refresher on `database_url`
+    until `stop` is set."""
     from taskmanager import __version__
     from taskmanager.database import create_engine, create_session_factory
     from taskmanager.integrations.outbound import OutboundClient, OutboundPolicy
-    from taskmanager.main import _outbox_worker
+    from taskmanager.main import _cache, _outbox_worker, subscribed_calendars
+    from taskmanager.outbox.calendar_refresher import calendar_refresher
     from taskmanager.outbox.webhooks import webhook_worker
     from taskmanager.security.mail_tokens import MailTokenKey
     from taskmanager.security.signing_key import signing_key
@@ -44,14 +49,24 @@ async def run_workers(settings: Settings, database_url: str, stop: asyncio.Event
     deliveries = webhook_worker(
         settings, sessions, key, WebhookSecretKey(secret), client, mail_recorded=outbox.wake
     )
+    # The deployment's cache, if it has one: what this process fetches, the servers'
+    # agendas read from Redis at once (and from the rows either way).
+    cache = _cache(settings)
+    feeds = subscribed_calendars(settings, client, cache, sessions, key)
+    refresher = calendar_refresher(settings, sessions, key, feeds)
     try:
         outbox.start()
         deliveries.start(listen_on=None if settings.pgbouncer else engine)
+        refresher.start()
         await stop.wait()
     finally:
+        await refresher.stop()
         await deliveries.stop()
         await outbox.stop()
+        await feeds.aclose()
         await client.aclose()
+        if cache is not None:
+            await cache.close()
         await engine.dispose()
 
 
@@ -68,7 +83,10 @@ def worker() -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(signum, stop.set)
-        console.print("worker: sending mail and webhooks (Ctrl-C stops)", highlight=False)
+        console.print(
+            "worker: sending mail and webhooks, refreshing calendars (Ctrl-C stops)",
+            highlight=False,
+        )
         await run_workers(settings, url, stop)
         console.print("worker: stopped", highlight=False)
 

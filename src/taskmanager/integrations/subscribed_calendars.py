@@ -24,6 +24,10 @@ The circuit breaker: a feed that failed `failures_before_skip` times in a row is
 fetched again until `skip_until` (the first skip `skip_seconds`, doubled with each further
 failure, at most `skip_max_seconds`); then one fetch tries it (half open), and a success
 closes it. An explicit refresh (`refresh`) tries at once, breaker or not.
+
+In the background (`refresh_due`): the refresher (taskmanager.outbox.calendar_refresher)
+hands over the subscriptions it claimed, and those that are due are fetched as an agenda
+would fetch them, in the same slots, so the next agenda finds them fresh.
 """
 
 from __future__ import annotations
@@ -189,6 +193,21 @@ class SubscribedCalendars:
                 feed.subscription_id, self._status(state, self.clock()), state
             )
         return views
+
+    async def refresh_due(self, feeds: Sequence[Feed]) -> int:
+        """Fetch those of `feeds` that are due (as an agenda would: breaker respected, a
+        fetch under way joined), waiting for every one, however long each fetch's own
+        limit lets it take; how many were due. For the background refresher."""
+        known = await self._known(feeds)
+        now = self.clock()
+        due = [feed for feed in feeds if self._due(known[feed.key], now)]
+        if due:
+            async with asyncio.TaskGroup() as group:
+                for feed in due:
+                    fetch = self._start(feed, known[feed.key], force=False)
+                    # Shielded: stopping the refresher ends the wait; aclose ends fetches.
+                    group.create_task(_wait_for(asyncio.shield(fetch)))
+        return len(due)
 
     def view_of(self, feed: Feed) -> FeedView:
         """The feed's view from this process's memory and its row (no fetch, no cache)."""

@@ -4,7 +4,8 @@ state the service's fetcher records for them. Flushes, never commits.
 The rows are read within the caller's Scope (any member reads; row-level security hides
 the rest) and added or removed where the caller's role may write (migration 0016). The
 fetch state is written only in a transaction entered for 'maintenance': `record_fetch`
-is the fetcher's (taskmanager.integrations.subscribed_calendars), never a request's.
+is the fetcher's (taskmanager.integrations.subscribed_calendars), and `claim_due` the
+background refresher's (taskmanager.outbox.calendar_refresher), never a request's.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy import Float, bindparam, cast, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
@@ -139,12 +140,68 @@ class FetchRecord:
     events: Sequence[dict[str, Any]] | None
 
 
+def _seconds_ago(parameter: str) -> Any:
+    """now() minus the seconds bound to `parameter` (PostgreSQL's clock: one for every
+    process that claims)."""
+    seconds = cast(bindparam(parameter), Float)
+    return func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
+# The subscriptions whose copy is older than the refresh interval (or that were never
+# fetched) and whose breaker is closed, oldest copy first, that no other refresher holds.
+_DUE = (
+    select(CalendarSubscription)
+    .options(undefer(CalendarSubscription.events))
+    .where(
+        or_(
+            CalendarSubscription.last_fetched_at.is_(None),
+            CalendarSubscription.last_fetched_at <= _seconds_ago("refresh"),
+        ),
+        or_(
+            CalendarSubscription.skip_until.is_(None),
+            CalendarSubscription.skip_until <= func.now(),
+        ),
+    )
+    .order_by(CalendarSubscription.last_fetched_at.asc().nulls_first(), CalendarSubscription.id)
+    .limit(bindparam("batch"))
+    .with_for_update(skip_locked=True)
+)
+# The lease: the claimed rows' last attempt is set to a moment that makes them due again
+# `lease` seconds from now (at once due for nobody else; due again if this refresher dies
+# before it records the fetch). The fetch's own record replaces it.
+_LEASE = (
+    update(CalendarSubscription)
+    .where(CalendarSubscription.id.in_(bindparam("ids", expanding=True)))
+    .values(last_fetched_at=_seconds_ago("held_back"))
+    .execution_options(synchronize_session=False)
+)
+
+
 class CalendarFetchRepository:
     """The fetch state, for a transaction entered for 'maintenance' (only it passes the
-    policy that lets the state change)."""
+    policy that lets the state change, and shows every workspace's subscriptions)."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+
+    async def claim_due(
+        self, batch: int, refresh_seconds: float, lease_seconds: float
+    ) -> list[CalendarSubscription]:
+        """Up to `batch` subscriptions due for a fetch (copy older than `refresh_seconds`,
+        breaker closed) that no other transaction holds (SKIP LOCKED), leased to the
+        caller for `lease_seconds`: until then no other claim returns them, once this
+        transaction committed. The rows come back as they were before the lease (their
+        last attempt, validators and last good copy), for the fetch to start from."""
+        result = await self.session.execute(_DUE, {"batch": batch, "refresh": refresh_seconds})
+        claimed = list(result.scalars().all())
+        if claimed:
+            # Leaves the loaded objects alone (synchronize_session=False): they keep the
+            # state the fetch starts from.
+            held_back = max(refresh_seconds - lease_seconds, 0.0)
+            await self.session.execute(
+                _LEASE, {"ids": [row.id for row in claimed], "held_back": held_back}
+            )
+        return claimed
 
     async def record_fetch(self, record: FetchRecord) -> bool:
         """Store how a fetch went, if the subscription still exists with that URL;
