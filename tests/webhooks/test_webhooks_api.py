@@ -66,3 +66,19 @@ async def test_the_in_process_worker_delivers_right_after_the_commit(
         received = await hook.wait_for(2, timeout=5)
         assert sorted(p["data"]["after"]["title"] for p in hook.payloads()) == ["one", "two"]
         assert len(received) == 2
+
+
+async def test_the_delivery_log_pages_by_key(clean: Hooks) -> None:
+    """`before` names the last delivery of the page before; an unknown one is an empty
+    page (it was a 500: the subquery's row compared with the key)."""
+    endpoint = await clean.endpoint("http://127.0.0.1:9/paged")
+    for title in ("one", "two", "three"):
+        await clean.task(title)
+    log = f"/workspaces/{clean.workspace_id}/webhooks/{endpoint['id']}/deliveries"
+    first = await clean.client.get(log, params={"limit": 2})
+    assert first.status_code == 200, first.text
+    assert [d["payload"]["data"]["after"]["title"] for d in first.json()] == ["three", "two"]
+    following = await clean.client.get(log, params={"limit": 2, "before": first.json()[-1]["id"]})
+    assert [d["payload"]["data"]["after"]["title"] for d in following.json()] == ["one"]
+    unknown = await clean.client.get(log, params={"before": "00000000-0000-4000-8000-000000000000"})
+    assert (unknown.status_code, unknown.json()) == (200, [])

@@ -281,9 +281,12 @@ class WebhookRepository:
                 )
                 .subquery()
             )
-            query = query.where(
+            # Joined, not compared with a subquery's row: an unknown `before` is an
+            # empty page, and PostgreSQL compares the two columns as a row.
+            query = query.join(
+                last,
                 tuple_(WebhookDelivery.created_at, WebhookDelivery.id)
-                < select(tuple_(last.c.created_at, last.c.id)).scalar_subquery()
+                < tuple_(last.c.created_at, last.c.id),
             )
         rows = list(await self.session.execute(query))
         attempts: dict[uuid.UUID, list[AttemptView]] = {row.id: [] for row in rows}

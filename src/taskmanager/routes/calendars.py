@@ -72,7 +72,7 @@ async def create_calendar(
         raise BadInputError("body.url", error.reason) from None
     limit = request.app.state.settings.max_calendars_per_workspace
     subscription = await repo.create(workspace_id, url, body.name, limit=limit)
-    response.headers["Location"] = f"/workspaces/{workspace_id}/calendars/{subscription.id}"
+    response.headers["Location"] = str(request.url_for("list_calendars", workspace_id=workspace_id))
     return calendar_response(subscription, stored_view(subscription, feeds))
 
 
