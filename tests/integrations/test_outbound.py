@@ -5,8 +5,10 @@ that resolve to the inside, DNS rebinding, redirects, proxies from the environme
 from __future__ import annotations
 
 import asyncio
+import gzip
 import ipaddress
 import time
+import tracemalloc
 
 import httpcore
 import pytest
@@ -19,6 +21,7 @@ from taskmanager.integrations.outbound import (
     OutboundTimeout,
     Resolver,
     ResponseTooLarge,
+    UndecodableAnswer,
     UnsafeDestination,
     _CheckedBackend,
 )
@@ -50,6 +53,11 @@ FORBIDDEN_LITERALS = [
     ("http://[64:ff9b::7f00:1]/", "carries 127.0.0.1"),  # NAT64
     ("http://[2002:a00:1::]/", "carries 10.0.0.1"),  # 6to4
     ("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/", "carries 127.0.0.1"),  # Teredo
+    ("http://[::127.0.0.1]/", "not a global unicast"),  # IPv4-compatible (deprecated)
+    ("http://[::a9fe:a9fe]/", "not a global unicast"),
+    ("http://[::ffff:0:7f00:1]/", "not a global unicast"),  # SIIT
+    ("http://[64:ff9b:1::a9fe:a9fe]/", "not a global unicast"),  # a local NAT64 prefix
+    ("http://[5f00::1]/", "not a global unicast"),
 ]
 # Hosts refused before any lookup, by how they are written.
 FORBIDDEN_FORMS = [
@@ -67,6 +75,10 @@ FORBIDDEN_FORMS = [
     ("file:///etc/passwd", "must start with"),
     ("gopher://example.com/", "must start with"),
     ("http://" + "a" * 2050 + ".com/", "at most"),
+    ("http://xn--localhost/", "not a URL"),  # IDNA refuses it: was a 500
+    ("http://xn--ls8h.la/", "not a URL"),
+    ("http://example.com:0/", "not a port"),
+    ("http://example.com:99999/", "not a URL|not a port"),
 ]
 
 
@@ -275,3 +287,59 @@ def test_development_reaches_this_machine_and_a_deployment_only_the_public_inter
     )
     assert strict_development.allow_http is False
     assert strict_development.refusal(ipaddress.ip_address("127.0.0.1")) is not None
+
+
+async def test_a_compressed_answer_is_decoded_within_the_limit() -> None:
+    """Inflated by httpx, 60 KB of gzip became 60 MB before any limit was looked at; here
+    the decompressor stops at the limit whatever the ratio."""
+    bomb = gzip.compress(b"\0" * 60_000_000)
+    assert len(bomb) < 100_000
+    small = gzip.compress(b"BEGIN:VCALENDAR")
+    replies = {
+        "/bomb": Reply(headers={"Content-Encoding": "gzip"}, body=bomb),
+        "/small": Reply(headers={"Content-Encoding": "gzip"}, body=small),
+        "/stacked": Reply(headers={"Content-Encoding": "gzip, gzip"}, body=gzip.compress(small)),
+        "/brotli": Reply(headers={"Content-Encoding": "br"}, body=b"\x8b\x03\x80hello\x03"),
+    }
+    async with (
+        scripted_server(lambda request: replies[request.target]) as server,
+        OutboundClient(LOCAL) as client,
+    ):
+        tracemalloc.start()
+        cut = await client.request("GET", server.url("/bomb"), max_bytes=10_000)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert (len(cut.body), cut.truncated) == (10_000, True)
+        assert peak < 5_000_000, peak
+        with pytest.raises(ResponseTooLarge):
+            await client.request("GET", server.url("/bomb"), max_bytes=10_000, refuse_larger=True)
+        plain = await client.request("GET", server.url("/small"), refuse_larger=True)
+        assert (plain.body, plain.truncated) == (b"BEGIN:VCALENDAR", False)
+        for path in ("/stacked", "/brotli"):
+            with pytest.raises(UndecodableAnswer, match="Content-Encoding"):
+                await client.request("GET", server.url(path), refuse_larger=True)
+            kept = await client.request("GET", server.url(path))
+            assert (kept.body, kept.truncated) == (b"", True)
+        assert {r.headers["accept-encoding"] for r in server.received} == {"identity"}
+
+
+def test_serve_keeps_development_defaults_only_while_it_serves_this_machine_alone() -> None:
+    from taskmanager.cli.serve import outbound_environment
+
+    development = Settings(database_url=None)
+    local, line = outbound_environment(development, "127.0.0.1")
+    assert local["TASKMANAGER_OUTBOUND_ALLOW_HTTP"] == "true"
+    assert "127.0.0.1/32" in local["TASKMANAGER_OUTBOUND_ALLOWED_NETWORKS"]
+    assert line is None
+    for host in ("0.0.0.0", "192.168.1.20", "::"):
+        exposed, line = outbound_environment(development, host)
+        assert exposed == {
+            "TASKMANAGER_OUTBOUND_ALLOW_HTTP": "false",
+            "TASKMANAGER_OUTBOUND_ALLOWED_NETWORKS": "[]",
+        }
+        assert line is not None
+        assert host in line
+    # Said outright, it holds wherever it serves.
+    chosen = Settings(database_url=None, outbound_allowed_networks=["127.0.0.1/32"])
+    kept, line = outbound_environment(chosen, "0.0.0.0")
+    assert (kept["TASKMANAGER_OUTBOUND_ALLOWED_NETWORKS"], line) == ('["127.0.0.1/32"]', None)

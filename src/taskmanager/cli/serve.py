@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -113,12 +114,35 @@ def _serve(settings: Settings, host: str, port: int, workers: int, reload: bool)
             _run(settings, logins.service, cache, host, port, workers, reload)
 
 
-def outbound_environment(settings: Settings) -> dict[str, str]:
-    """The outbound settings `serve` hands its workers, resolved here."""
-    return {
-        "TASKMANAGER_OUTBOUND_ALLOW_HTTP": "true" if settings.outbound_http_allowed else "false",
-        "TASKMANAGER_OUTBOUND_ALLOWED_NETWORKS": json.dumps(settings.outbound_networks),
+def outbound_environment(settings: Settings, host: str) -> tuple[dict[str, str], str | None]:
+    """The outbound settings `serve` hands its workers, resolved here, and a line to say
+    when development's defaults were not taken. Development (the embedded database) may
+    reach this machine over http only while it serves this machine alone: served on
+    another address, anyone who can register could aim a webhook or a calendar at the
+    host's own services."""
+    allow_http, networks = settings.outbound_http_allowed, settings.outbound_networks
+    line = None
+    unset = settings.outbound_allow_http is None and settings.outbound_allowed_networks is None
+    if unset and settings.uses_embedded_database and not _loopback(host):
+        allow_http, networks = False, []
+        line = (
+            f"outbound: public https addresses only (serving on {host}, not this machine "
+            "alone; TASKMANAGER_OUTBOUND_ALLOWED_NETWORKS and _ALLOW_HTTP allow more)"
+        )
+    environment = {
+        "TASKMANAGER_OUTBOUND_ALLOW_HTTP": "true" if allow_http else "false",
+        "TASKMANAGER_OUTBOUND_ALLOWED_NETWORKS": json.dumps(networks),
     }
+    return environment, line
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _run(
@@ -146,18 +170,23 @@ def _run(
     # And what webhooks and calendars may reach, decided by the database this started
     # with (development's loopback over http with the embedded one), not by the
     # DATABASE_URL the workers now see.
-    os.environ.update(outbound_environment(settings))
+    outbound, outbound_line = outbound_environment(settings, host)
+    os.environ.update(outbound)
     get_settings.cache_clear()  # the in-process worker must read it too
     database = (
         "embedded, " + str(settings.data_dir) if settings.uses_embedded_database else "DATABASE_URL"
     )
     if settings.log_format == "json":  # every line of the output is a JSON object
         logging.getLogger("taskmanager.cli").info("%s", cache.line)
+        if outbound_line:
+            logging.getLogger("taskmanager.cli").info("%s", outbound_line)
         logging.getLogger("taskmanager.cli").info(
             "taskmanager on http://%s:%s (docs: /docs), database: %s", host, port, database
         )
     else:
         console.print(escape(cache.line), highlight=False)
+        if outbound_line:
+            console.print(escape(outbound_line), highlight=False)
         console.print(
             f"[bold green]taskmanager[/] on http://{host}:{port}  "
             f"(docs: http://{host}:{port}/docs)  database: {database}"

@@ -36,6 +36,7 @@ import ipaddress
 import socket
 import ssl
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,8 @@ MAX_URL_LENGTH = 2048
 # Resolves a host name and port to the addresses to connect to (the loop's getaddrinfo unless
 # a test gives its own: a name answering differently each time is how rebinding is tested).
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+# The only IPv6 addresses the internet routes to hosts (RFC 4291 2.4: global unicast).
+_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
 # IPv6 ranges that carry an IPv4 address in their last 32 bits (NAT64, RFC 6052).
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
@@ -77,6 +80,11 @@ class OutboundTimeout(OutboundError):  # noqa: N818 (names what happened, like T
 
 class OutboundConnectionError(OutboundError):
     """The name did not resolve, the connection was refused or reset, or TLS failed."""
+
+
+class UndecodableAnswer(OutboundError):  # noqa: N818 (names what happened)
+    """The body is encoded in a way that is not decoded (only when the caller asked for the
+    whole body)."""
 
 
 class ResponseTooLarge(OutboundError):  # noqa: N818 (names what happened, like TimeoutError)
@@ -130,6 +138,10 @@ class OutboundPolicy:
             return f"{address} is a link-local address (e.g. a cloud metadata service)"
         if address.is_private:
             return f"{address} is a private address"
+        if isinstance(address, ipaddress.IPv6Address) and address not in _GLOBAL_UNICAST:
+            # Every other IPv6 range is special (IPv4-compatible ::/96, SIIT ::ffff:0:0:0/96,
+            # local NAT64 64:ff9b:1::/48, unique local, reserved): refused as a whole.
+            return f"{address} is not a global unicast IPv6 address"
         if not address.is_global:
             return f"{address} is not a public address"
         return None
@@ -280,7 +292,9 @@ class OutboundClient:
             transport=_CheckedTransport(policy, limits, resolver),
             follow_redirects=False,
             trust_env=False,
-            headers={"User-Agent": user_agent},
+            # Compressed answers are decoded here within the limits (_read_body); asking
+            # for none makes most servers send none.
+            headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
         )
 
     def check_url(self, url: str) -> str:
@@ -291,8 +305,12 @@ class OutboundClient:
             raise UnsafeDestination(f"a URL may be at most {MAX_URL_LENGTH} characters")
         try:
             parsed = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError) as error:
+            raw_host, port = parsed.host, parsed.port
+        except (httpx.InvalidURL, TypeError, ValueError, UnicodeError) as error:
+            # ValueError/UnicodeError: a host IDNA refuses (xn--localhost, emoji labels).
             raise UnsafeDestination(f"not a URL: {error}") from None
+        if port is not None and not 1 <= port <= 65535:
+            raise UnsafeDestination(f"{port} is not a port (1 to 65535)")
         schemes = ("https", "http") if self.policy.allow_http else ("https",)
         if parsed.scheme not in schemes:
             raise UnsafeDestination(
@@ -302,7 +320,7 @@ class OutboundClient:
             )
         if parsed.userinfo:
             raise UnsafeDestination("a URL may not carry a user name or password")
-        host = parsed.host.rstrip(".").lower()
+        host = raw_host.rstrip(".").lower()
         if not host:
             raise UnsafeDestination("the URL has no host")
         if host == "localhost" or host.endswith(".localhost"):
@@ -362,18 +380,11 @@ class OutboundClient:
         response = await self._client.send(request, stream=True)
         try:
             declared = response.headers.get("content-length", "")
-            if refuse_larger and declared.isdigit() and int(declared) > max_bytes:
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            too_long = declared.isdigit() and int(declared) > max_bytes
+            if refuse_larger and encoding == "identity" and too_long:
                 raise ResponseTooLarge(f"the body is {declared} bytes, more than {max_bytes}")
-            body = bytearray()
-            truncated = False
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > max_bytes:
-                    if refuse_larger:
-                        raise ResponseTooLarge(f"the body is more than {max_bytes} bytes")
-                    truncated = True
-                    del body[max_bytes:]
-                    break
+            body, truncated = await _read_body(response, encoding, max_bytes, refuse_larger)
         finally:
             await response.aclose()
         return OutboundResponse(
@@ -392,6 +403,56 @@ class OutboundClient:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.aclose()
+
+
+async def _read_body(
+    response: httpx.Response, encoding: str, max_bytes: int, refuse_larger: bool
+) -> tuple[bytes, bool]:
+    """At most `max_bytes` of the body, decoded, and whether there was more. The raw bytes
+    are read and decompressed here, never by httpx: httpx inflates each chunk whole, so a
+    few hundred compressed bytes could become gigabytes before any limit is looked at.
+    Decompressing with `max_length` stops at the limit, whatever the ratio."""
+    if encoding not in _DECODABLE:
+        # Asked for identity (Accept-Encoding), answered otherwise: br, zstd, or codings
+        # stacked ("gzip, gzip"). Nothing of it is decoded.
+        if refuse_larger:
+            raise UndecodableAnswer(f"the answer's Content-Encoding {encoding!r} is not accepted")
+        return b"", True
+    decoder = _decoder(encoding)
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        pending = chunk
+        while pending:
+            if decoder is None:
+                piece, pending = pending, b""
+            else:
+                piece = decoder.decompress(pending, max_bytes + 1 - len(body))
+                pending = decoder.unconsumed_tail
+                if decoder.eof:
+                    pending = b""
+            body += piece
+            if len(body) > max_bytes:
+                if refuse_larger:
+                    raise ResponseTooLarge(f"the body is more than {max_bytes} bytes")
+                del body[max_bytes:]
+                return bytes(body), True
+            if decoder is not None and not piece and pending:
+                break  # nothing comes out of what is left (a broken stream): stop
+    return bytes(body), False
+
+
+# What an answer may be encoded with: nothing, or one layer of gzip or deflate.
+_DECODABLE = ("identity", "", "gzip", "x-gzip", "deflate")
+
+
+def _decoder(encoding: str) -> Any:
+    """A zlib decompressor for the encoding, or None for identity."""
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        # RFC 9110 means zlib-wrapped; some servers send raw deflate. 32 + : either header.
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)
+    return None
 
 
 def _transport_reason(error: httpx.TransportError) -> str:
