@@ -206,3 +206,20 @@ async def test_an_outcome_refused_by_a_constraint_is_recorded_alone_and_the_rest
         good.id: ("delivered", 1),
         bad.id: ("pending", 0),
     }
+
+
+async def test_a_410_in_a_batch_disables_the_endpoint_whatever_else_it_answered(
+    clean: Hooks,
+) -> None:
+    answers = iter([Reply(200), Reply(410)])
+    async with receiver(lambda _request: next(answers)) as hook:
+        endpoint = await clean.endpoint(hook.url)
+        await clean.task("Taken")
+        await clean.task("Gone")
+        assert await clean.worker(concurrency_per_host=1).drain() == 1
+    (shown,) = await clean.rows(
+        "SELECT enabled, disabled_reason FROM webhook_endpoints WHERE id = :id", id=endpoint["id"]
+    )
+    assert tuple(shown) == (False, GONE_REASON)
+    statuses = await clean.rows("SELECT status FROM webhook_deliveries ORDER BY status")
+    assert [row.status for row in statuses] == ["delivered", "failed"]

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -96,6 +96,19 @@ class DeliveryPolicy:
 
 def disabled_reason(days: float) -> str:
     return f"every delivery failed for {days:g} days"
+
+
+def _refused(error: DBAPIError) -> bool:
+    """A transaction PostgreSQL refused for one of its rows (a constraint) or ended to
+    break a deadlock (40P01): worth recording outcome by outcome, unlike a database that
+    is not answering."""
+    if isinstance(error, IntegrityError):
+        return True
+    orig = error.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(
+        getattr(orig, "__cause__", None), "sqlstate", None
+    )
+    return sqlstate == "40P01"
 
 
 def _host_of(url: str) -> str:
@@ -244,13 +257,16 @@ class WebhookWorker:
         )
 
     async def _record(self, outcomes: Sequence[AttemptOutcome]) -> None:
-        """Record a batch's outcomes in one transaction; on a constraint's refusal (e.g. a
-        delivery deleted in a way the batch's statements did not foresee), each alone, so
-        the others are not sent again. One that still cannot be recorded stays leased and
-        is sent again when its lease ends (at least once)."""
+        """Record a batch's outcomes in one transaction; if a constraint refuses it (e.g. a
+        delivery deleted in a way the batch's statements did not foresee) or PostgreSQL
+        ends it to break a deadlock, each alone, so the others are not sent again. One that
+        still cannot be recorded stays leased and is sent again when its lease ends (at
+        least once)."""
         try:
             mailed = await self._record_together(outcomes)
-        except IntegrityError as error:
+        except DBAPIError as error:
+            if not _refused(error):
+                raise
             log.warning(
                 "recording %s webhook outcomes together failed (%s); recording each alone",
                 len(outcomes),
@@ -260,7 +276,9 @@ class WebhookWorker:
             for outcome in outcomes:
                 try:
                     mailed = await self._record_together([outcome]) or mailed
-                except IntegrityError as alone:
+                except DBAPIError as alone:
+                    if not _refused(alone):
+                        raise
                     log.warning(
                         "the outcome of webhook delivery %s could not be recorded: %s",
                         outcome.delivery.id,
@@ -274,12 +292,12 @@ class WebhookWorker:
         health: one that took a delivery is not failing; one that only failed is failing
         (since its first failure), and disabled once that lasted `disable_after_seconds`;
         one that answered 410 is disabled. Whether a mail to its owners was recorded."""
-        # Only enabled endpoints' health is kept: a test event to a disabled one decides
-        # nothing about it.
-        answering = {o.delivery.endpoint_id for o in outcomes if o.delivered}
+        # A failure of a disabled endpoint (a test event sent to it) decides nothing about
+        # it; a 410 disables, whatever else the batch saw of the endpoint.
         gone = {
             o.delivery.endpoint_id for o in outcomes if o.status_code == 410 and o.delivery.enabled
         }
+        answering = {o.delivery.endpoint_id for o in outcomes if o.delivered} - gone
         failing = (
             {
                 o.delivery.endpoint_id
@@ -294,9 +312,10 @@ class WebhookWorker:
         async with self.session_factory() as session, session.begin():
             await UserRepository(session).enter(self.key.entry("maintenance"))
             deliveries = WebhookDeliveryRepository(session)
-            await deliveries.record(outcomes)
+            # The endpoints first (locked in id order), then the deliveries: the order a
+            # manager deleting an endpoint takes them in too.
             for_long = await deliveries.endpoint_health(
-                answering, failing, self.policy.disable_after_seconds
+                answering, failing, gone, self.policy.disable_after_seconds
             )
             days = self.policy.disable_after_seconds / 86400
             disable |= dict.fromkeys(for_long, disabled_reason(days))
@@ -304,6 +323,7 @@ class WebhookWorker:
                 if await deliveries.disable_endpoint(endpoint_id, reason):
                     log.warning("webhook endpoint %s was disabled: %s", endpoint_id, reason)
                     mailed = True
+            await deliveries.record(outcomes)
         for outcome in outcomes:
             if not outcome.delivered and outcome.retry_in is None and outcome.logged:
                 log.warning(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Float, Integer, Text, Uuid, bindparam, text
+from sqlalchemy import Float, Integer, Text, Uuid, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -75,31 +75,33 @@ _FAILED = text(
 )
 # Each endpoint's health after a batch: one that took a delivery is not failing (any more);
 # one that only failed is failing since its first failure (kept), and reported when that
-# is `seconds` ago. The rows are locked in the order of their ids before they are changed,
-# so two workers recording batches to the same endpoints never wait for each other in a
-# circle (a deadlock would cost a whole batch's record); a row with nothing to change (an
-# endpoint answering that was not failing) is not locked at all.
+# is `seconds` ago; one that answered 410 is only locked (the worker disables it next).
+# Every endpoint the batch changes is locked here, first in the batch's transaction and in
+# the order of the ids: two workers recording batches to the same endpoints, or a worker
+# and a manager deleting an endpoint (endpoint, then its deliveries by the cascade), take
+# their locks in the same order and never wait for each other in a circle. A row with
+# nothing to change (an endpoint answering that was not failing) is not locked at all.
 _ENDPOINT_HEALTH = text(
     """
     WITH o AS (
-        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:answering AS boolean[]))
-            AS o(id, answering)
+        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:states AS text[])) AS o(id, state)
     ), locked AS (
-        SELECT e.id, o.answering FROM webhook_endpoints e JOIN o ON o.id = e.id
-        WHERE NOT o.answering OR e.failing_since IS NOT NULL
+        SELECT e.id, o.state FROM webhook_endpoints e JOIN o ON o.id = e.id
+        WHERE o.state <> 'answering' OR e.failing_since IS NOT NULL
         ORDER BY e.id
         FOR NO KEY UPDATE OF e
     )
     UPDATE webhook_endpoints e
-    SET failing_since = CASE WHEN l.answering THEN NULL
-                             ELSE coalesce(e.failing_since, now()) END
+    SET failing_since = CASE l.state WHEN 'answering' THEN NULL
+                                     WHEN 'failing' THEN coalesce(e.failing_since, now())
+                                     ELSE e.failing_since END
     FROM locked l WHERE e.id = l.id
-    RETURNING e.id, NOT l.answering AND e.failing_since
+    RETURNING e.id, l.state = 'failing' AND e.failing_since
         <= now() - make_interval(secs => CAST(:seconds AS double precision)) AS for_long
     """
 ).bindparams(
     bindparam("ids", type_=ARRAY(Uuid)),
-    bindparam("answering", type_=ARRAY(Boolean)),
+    bindparam("states", type_=ARRAY(Text)),
     bindparam("seconds", type_=Float),
 )
 _DISABLE = text("SELECT taskmanager_disable_webhook_endpoint(:id, :reason)").bindparams(
@@ -213,20 +215,20 @@ class WebhookDeliveryRepository:
         self,
         answering: Collection[uuid.UUID],
         failing: Collection[uuid.UUID],
+        gone: Collection[uuid.UUID],
         for_seconds: float,
     ) -> set[uuid.UUID]:
-        """Note which endpoints took a delivery and which only failed (none in both); the
+        """Lock the endpoints a batch changes (in the order of their ids) and note which
+        took a delivery and which only failed (each in one of the three at most); the
         failing ones that have failed for `for_seconds` already."""
-        ids = sorted({*answering, *failing})
+        states = dict.fromkeys(answering, "answering")
+        states |= dict.fromkeys(failing, "failing") | dict.fromkeys(gone, "gone")
+        ids = sorted(states)
         if not ids:
             return set()
         result = await self.session.execute(
             _ENDPOINT_HEALTH,
-            {
-                "ids": ids,
-                "answering": [endpoint in answering for endpoint in ids],
-                "seconds": for_seconds,
-            },
+            {"ids": ids, "states": [states[endpoint] for endpoint in ids], "seconds": for_seconds},
         )
         return {row.id for row in result if row.for_long}
 
