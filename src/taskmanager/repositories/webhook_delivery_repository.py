@@ -4,8 +4,8 @@ deliveries). Deliveries are recorded by PostgreSQL (the fan-out trigger, replay 
 functions), never here. Flushes, never commits.
 
 The outcomes of a claimed batch are written together: one statement per kind of change
-(attempts logged, deliveries delivered, deliveries failed, endpoints answering again,
-endpoints failing), each over arrays (`unnest`), whatever the batch's size. A statement per
+(the endpoints' health, attempts logged, deliveries delivered, deliveries failed), each over
+arrays (`unnest`), whatever the batch's size. A statement per
 delivery made recording cost more than sending (bench/webhooks.py)."""
 
 from __future__ import annotations
