@@ -393,6 +393,12 @@ class Settings(BaseSettings):
         description="An endpoint every delivery to which failed for this long is disabled "
         "and its workspace's owners and admins are mailed.",
     )
+    webhook_concurrency_per_host: int = Field(
+        default=10,
+        ge=1,
+        le=100,
+        description="Webhook requests one worker has in flight at once to one host.",
+    )
     webhook_rotation_overlap_hours: float = Field(
         default=24.0,
         ge=0,

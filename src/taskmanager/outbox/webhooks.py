@@ -7,7 +7,14 @@ outcome recorded in another. Several workers (in several processes) never send o
 delivery at the same time; one that dies mid-send leaves its deliveries to be claimed
 again when the lease ends, with the same webhook-id (at least once).
 
-A claimed batch is sent concurrently: one slow endpoint does not hold up the others'.
+A claimed batch is sent concurrently (one slow endpoint does not hold up the others'), at
+most `concurrency_per_host` requests at a time to one host: a receiver is not flooded with
+a batch's worth of connections at once, and the shared client's pool stays small (httpcore
+looks through every pooled connection on each request, so fifty connections to one
+receiver cost more than the requests they carry). The batch's outcomes are then recorded
+together, in one transaction of a few statements (WebhookDeliveryRepository.record), not
+one transaction per delivery; should that transaction fail on a constraint, each outcome is
+recorded alone, so one delivery's trouble does not send the whole batch again.
 The worker is woken by PostgreSQL (LISTEN taskmanager_webhooks: the fan-out NOTIFYs at
 the commit of a change that recorded a delivery, from whichever process made it) and
 looks every `poll_seconds` anyway (retries falling due, a lost notification, PgBouncer
@@ -20,11 +27,13 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -40,6 +49,7 @@ from taskmanager.integrations.webhook_events import TEST_EVENT
 from taskmanager.integrations.webhooks import SendResult, WebhookMessage, WebhookSender
 from taskmanager.repositories.user_repository import UserRepository
 from taskmanager.repositories.webhook_delivery_repository import (
+    AttemptOutcome,
     ClaimedDelivery,
     WebhookDeliveryRepository,
 )
@@ -49,7 +59,7 @@ from taskmanager.security.webhook_secrets import WebhookSecretKey
 log = logging.getLogger(__name__)
 
 CHANNEL = "taskmanager_webhooks"  # migration 0017's NOTIFY
-BATCH = 50
+BATCH = 100
 # Finished deliveries (and their attempts) are kept this long for the delivery log.
 KEEP_FINISHED_SECONDS = 30 * 24 * 3600
 # Standard Webhooks' schedule: the waits before the 1st, 2nd, ... attempt.
@@ -73,6 +83,8 @@ class DeliveryPolicy:
     lease_seconds: float
     # An endpoint every attempt to which failed for this long is disabled.
     disable_after_seconds: float
+    # Requests in flight at once to one host (scheme, host and port) from one worker.
+    concurrency_per_host: int = 10
 
     def retry_in(self, attempt: int, rng: Callable[[float, float], float]) -> float | None:
         """The wait after failed attempt number `attempt` (1, 2, ...); None: no more."""
@@ -84,6 +96,26 @@ class DeliveryPolicy:
 
 def disabled_reason(days: float) -> str:
     return f"every delivery failed for {days:g} days"
+
+
+def _refused(error: DBAPIError) -> bool:
+    """A transaction PostgreSQL refused for one of its rows (a constraint) or ended to
+    break a deadlock (40P01): worth recording outcome by outcome, unlike a database that
+    is not answering."""
+    if isinstance(error, IntegrityError):
+        return True
+    orig = error.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(
+        getattr(orig, "__cause__", None), "sqlstate", None
+    )
+    return sqlstate == "40P01"
+
+
+def _host_of(url: str) -> str:
+    """What a per-host limit counts by: scheme, host and port (a pool's connections are
+    kept per origin)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
 class WebhookWorker:
@@ -176,8 +208,10 @@ class WebhookWorker:
         """Send every delivery that is due now; how many were delivered."""
         delivered = 0
         while items := await self._claim():
-            outcomes = await asyncio.gather(*(self._handle(item) for item in items))
-            delivered += sum(outcomes)
+            hosts: dict[str, asyncio.Semaphore] = {}
+            outcomes = await asyncio.gather(*(self._attempt(item, hosts) for item in items))
+            await self._record(outcomes)
+            delivered += sum(1 for outcome in outcomes if outcome.delivered)
         return delivered
 
     async def _claim(self) -> list[ClaimedDelivery]:
@@ -191,56 +225,115 @@ class WebhookWorker:
             secrets.append(self.secrets.secret_bytes(item.endpoint_id, item.previous_nonce))
         return WebhookMessage(item.url, item.message_id, item.payload, secrets)
 
-    async def _handle(self, item: ClaimedDelivery) -> int:
+    async def _attempt(
+        self, item: ClaimedDelivery, hosts: dict[str, asyncio.Semaphore]
+    ) -> AttemptOutcome:
+        """Send one delivery (waiting for a turn at its host); what came of it."""
         if not item.enabled and item.event_type != TEST_EVENT:
-            result = SendResult(None, 0, None, "the endpoint is disabled")
-            await self._record(item, result, retry=False)
-            return 0
+            # Disabled after the event was recorded: never sent, not logged, not retried.
+            return AttemptOutcome(
+                item, None, 0, None, "the endpoint is disabled", False, None, logged=False
+            )
+        host = _host_of(item.url)
+        if host not in hosts:
+            hosts[host] = asyncio.Semaphore(self.policy.concurrency_per_host)
         try:
-            result = await self.sender.send(self._message(item))
+            async with hosts[host]:
+                result = await self.sender.send(self._message(item))
         except Exception as error:  # a bug in sending: the delivery waits for a retry
             log.exception("sending webhook delivery %s failed", item.id)
             result = SendResult(None, 0, None, f"{type(error).__name__}: {error}")
-        await self._record(item, result, retry=not result.gone)
-        return 1 if result.delivered else 0
+        retry_in = None
+        if not result.delivered and not result.gone:
+            retry_in = self.policy.retry_in(item.attempt, self.rng)
+        return AttemptOutcome(
+            item,
+            result.status_code,
+            result.latency_ms,
+            result.excerpt,
+            result.error,
+            result.delivered,
+            retry_in,
+        )
 
-    async def _record(self, item: ClaimedDelivery, result: SendResult, *, retry: bool) -> None:
+    async def _record(self, outcomes: Sequence[AttemptOutcome]) -> None:
+        """Record a batch's outcomes in one transaction; if a constraint refuses it (e.g. a
+        delivery deleted in a way the batch's statements did not foresee) or PostgreSQL
+        ends it to break a deadlock, each alone, so the others are not sent again. One that
+        still cannot be recorded stays leased and is sent again when its lease ends (at
+        least once)."""
+        try:
+            mailed = await self._record_together(outcomes)
+        except DBAPIError as error:
+            if not _refused(error):
+                raise
+            log.warning(
+                "recording %s webhook outcomes together failed (%s); recording each alone",
+                len(outcomes),
+                str(error).splitlines()[0],
+            )
+            mailed = False
+            for outcome in outcomes:
+                try:
+                    mailed = await self._record_together([outcome]) or mailed
+                except DBAPIError as alone:
+                    if not _refused(alone):
+                        raise
+                    log.warning(
+                        "the outcome of webhook delivery %s could not be recorded: %s",
+                        outcome.delivery.id,
+                        str(alone).splitlines()[0],
+                    )
+        if mailed and self.mail_recorded is not None:
+            self.mail_recorded()
+
+    async def _record_together(self, outcomes: Sequence[AttemptOutcome]) -> bool:
+        """One transaction: the attempts logged, each delivery moved on, and each endpoint's
+        health: one that took a delivery is not failing; one that only failed is failing
+        (since its first failure), and disabled once that lasted `disable_after_seconds`;
+        one that answered 410 is disabled. Whether a mail to its owners was recorded."""
+        # A failure of a disabled endpoint (a test event sent to it) decides nothing about
+        # it; a 410 disables, whatever else the batch saw of the endpoint.
+        gone = {
+            o.delivery.endpoint_id for o in outcomes if o.status_code == 410 and o.delivery.enabled
+        }
+        answering = {o.delivery.endpoint_id for o in outcomes if o.delivered} - gone
+        failing = (
+            {
+                o.delivery.endpoint_id
+                for o in outcomes
+                if not o.delivered and o.logged and o.delivery.enabled
+            }
+            - answering
+            - gone
+        )
+        disable: dict[uuid.UUID, str] = dict.fromkeys(gone, GONE_REASON)
         mailed = False
         async with self.session_factory() as session, session.begin():
             await UserRepository(session).enter(self.key.entry("maintenance"))
             deliveries = WebhookDeliveryRepository(session)
-            if item.enabled or item.event_type == TEST_EVENT:
-                await deliveries.log_attempt(
-                    item, result.status_code, result.latency_ms, result.excerpt, result.error
-                )
-            if result.delivered:
-                assert result.status_code is not None
-                await deliveries.delivered(item, result.status_code)
-                return
-            error = result.error or "failed"
-            retry_in = self.policy.retry_in(item.attempt, self.rng) if retry else None
-            await deliveries.failed(item, result.status_code, error, retry_in)
-            if not item.enabled:
-                return
-            if result.gone:
-                mailed = await deliveries.disable_endpoint(item.endpoint_id, GONE_REASON)
-            elif await deliveries.endpoint_failing(
-                item.endpoint_id, self.policy.disable_after_seconds
-            ):
-                days = self.policy.disable_after_seconds / 86400
-                mailed = await deliveries.disable_endpoint(item.endpoint_id, disabled_reason(days))
-            if retry_in is None:
+            # The endpoints first (locked in id order), then the deliveries: the order a
+            # manager deleting an endpoint takes them in too.
+            for_long = await deliveries.endpoint_health(
+                answering, failing, gone, self.policy.disable_after_seconds
+            )
+            days = self.policy.disable_after_seconds / 86400
+            disable |= dict.fromkeys(for_long, disabled_reason(days))
+            for endpoint_id, reason in sorted(disable.items()):
+                if await deliveries.disable_endpoint(endpoint_id, reason):
+                    log.warning("webhook endpoint %s was disabled: %s", endpoint_id, reason)
+                    mailed = True
+            await deliveries.record(outcomes)
+        for outcome in outcomes:
+            if not outcome.delivered and outcome.retry_in is None and outcome.logged:
                 log.warning(
                     "webhook delivery %s (%s) failed for good after %s attempts: %s",
-                    item.id,
-                    item.event_type,
-                    item.attempt,
-                    error,
+                    outcome.delivery.id,
+                    outcome.delivery.event_type,
+                    outcome.delivery.attempt,
+                    outcome.error,
                 )
-        if mailed:
-            log.warning("webhook endpoint %s was disabled", item.endpoint_id)
-            if self.mail_recorded is not None:
-                self.mail_recorded()
+        return mailed
 
     async def _purge(self) -> None:
         async with self.session_factory() as session, session.begin():
@@ -264,6 +357,7 @@ def webhook_worker(
         timeout_seconds=settings.webhook_timeout_seconds,
         lease_seconds=max(60.0, 2 * settings.webhook_timeout_seconds + 30),
         disable_after_seconds=settings.webhook_disable_after_days * 86400,
+        concurrency_per_host=settings.webhook_concurrency_per_host,
     )
     sender = WebhookSender(client, settings.webhook_timeout_seconds)
     return WebhookWorker(session_factory, key, sender, secrets, policy, mail_recorded=mail_recorded)

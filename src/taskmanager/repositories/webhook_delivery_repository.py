@@ -1,16 +1,23 @@
 """WebhookDeliveryRepository: the delivery worker's queries, for a transaction entered for
 'maintenance' (the only caller migration 0017's policies let claim, update and log
 deliveries). Deliveries are recorded by PostgreSQL (the fan-out trigger, replay and test
-functions), never here. Flushes, never commits."""
+functions), never here. Flushes, never commits.
+
+The outcomes of a claimed batch are written together: one statement per kind of change
+(the endpoints' health, attempts logged, deliveries delivered, deliveries failed), each over
+arrays (`unnest`), whatever the batch's size. A statement per
+delivery made recording cost more than sending (bench/webhooks.py)."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Float, Integer, Text, Uuid, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 _CLAIM = text(
@@ -18,50 +25,85 @@ _CLAIM = text(
     "created_at, url, enabled, secret_nonce, previous_nonce "
     "FROM taskmanager_claim_webhook_deliveries(:batch, :lease)"
 ).bindparams(bindparam("batch", type_=Integer), bindparam("lease", type_=Float))
-_ATTEMPT = text(
-    "INSERT INTO webhook_attempts (workspace_id, delivery_id, status_code, latency_ms, "
-    "response_excerpt, error) VALUES (:workspace_id, :delivery_id, :status_code, :latency_ms, "
-    ":excerpt, :error)"
+# One attempt row per outcome; a delivery deleted meanwhile (its endpoint was deleted while
+# the request was in flight) has nothing left to log against, and is skipped rather than
+# failing the whole batch's transaction on the foreign key.
+_ATTEMPTS = text(
+    """
+    INSERT INTO webhook_attempts (workspace_id, delivery_id, status_code, latency_ms,
+        response_excerpt, error)
+    SELECT a.workspace_id, a.delivery_id, a.status_code, a.latency_ms, a.excerpt, a.error
+    FROM unnest(CAST(:workspace_ids AS integer[]), CAST(:delivery_ids AS uuid[]),
+                CAST(:status_codes AS integer[]), CAST(:latencies AS integer[]),
+                CAST(:excerpts AS text[]), CAST(:errors AS text[]))
+         AS a(workspace_id, delivery_id, status_code, latency_ms, excerpt, error)
+    WHERE EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = a.delivery_id)
+    """
 ).bindparams(
-    bindparam("workspace_id", type_=Integer),
-    bindparam("delivery_id", type_=Uuid),
-    bindparam("status_code", type_=Integer),
-    bindparam("latency_ms", type_=Integer),
-    bindparam("excerpt", type_=Text),
-    bindparam("error", type_=Text),
+    bindparam("workspace_ids", type_=ARRAY(Integer)),
+    bindparam("delivery_ids", type_=ARRAY(Uuid)),
+    bindparam("status_codes", type_=ARRAY(Integer)),
+    bindparam("latencies", type_=ARRAY(Integer)),
+    bindparam("excerpts", type_=ARRAY(Text)),
+    bindparam("errors", type_=ARRAY(Text)),
 )
 _DELIVERED = text(
-    "UPDATE webhook_deliveries SET status = 'delivered', finished_at = now(), "
-    "last_status_code = :status_code, last_error = NULL WHERE id = :id"
-).bindparams(bindparam("id", type_=Uuid), bindparam("status_code", type_=Integer))
+    """
+    UPDATE webhook_deliveries d SET status = 'delivered', finished_at = now(),
+        last_status_code = o.status_code, last_error = NULL
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:status_codes AS integer[])) AS o(id, status_code)
+    WHERE d.id = o.id
+    """
+).bindparams(bindparam("ids", type_=ARRAY(Uuid)), bindparam("status_codes", type_=ARRAY(Integer)))
 # Failed for good (retry_in NULL) or due again in `retry_in` seconds.
 _FAILED = text(
     """
-    UPDATE webhook_deliveries SET last_status_code = :status_code, last_error = :error,
-        status = CASE WHEN CAST(:retry_in AS double precision) IS NULL THEN 'failed'
-                      ELSE 'pending' END,
-        finished_at = CASE WHEN CAST(:retry_in AS double precision) IS NULL THEN now() END,
-        next_attempt_at = now() + make_interval(
-            secs => coalesce(CAST(:retry_in AS double precision), 0))
-    WHERE id = :id
+    UPDATE webhook_deliveries d SET last_status_code = o.status_code, last_error = o.error,
+        status = CASE WHEN o.retry_in IS NULL THEN 'failed' ELSE 'pending' END,
+        finished_at = CASE WHEN o.retry_in IS NULL THEN now() END,
+        next_attempt_at = now() + make_interval(secs => coalesce(o.retry_in, 0))
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:status_codes AS integer[]),
+                CAST(:errors AS text[]), CAST(:retry_ins AS double precision[]))
+         AS o(id, status_code, error, retry_in)
+    WHERE d.id = o.id
     """
 ).bindparams(
-    bindparam("id", type_=Uuid),
-    bindparam("status_code", type_=Integer),
-    bindparam("error", type_=Text),
-    bindparam("retry_in", type_=Float),
+    bindparam("ids", type_=ARRAY(Uuid)),
+    bindparam("status_codes", type_=ARRAY(Integer)),
+    bindparam("errors", type_=ARRAY(Text)),
+    bindparam("retry_ins", type_=ARRAY(Float)),
 )
-_ENDPOINT_OK = text(
-    "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = :id AND failing_since IS NOT NULL"
-).bindparams(bindparam("id", type_=Uuid))
-# Failing since when (kept from the first failure), and whether that is `days` ago.
-_ENDPOINT_FAILING = text(
+# Each endpoint's health after a batch: one that took a delivery is not failing (any more);
+# one that only failed is failing since its first failure (kept), and reported when that
+# is `seconds` ago; one that answered 410 is only locked (the worker disables it next).
+# Every endpoint the batch changes is locked here, first in the batch's transaction and in
+# the order of the ids: two workers recording batches to the same endpoints, or a worker
+# and a manager deleting an endpoint (endpoint, then its deliveries by the cascade), take
+# their locks in the same order and never wait for each other in a circle. A row with
+# nothing to change (an endpoint answering that was not failing) is not locked at all.
+_ENDPOINT_HEALTH = text(
     """
-    UPDATE webhook_endpoints SET failing_since = coalesce(failing_since, now())
-    WHERE id = :id
-    RETURNING failing_since <= now() - make_interval(secs => CAST(:seconds AS double precision))
+    WITH o AS (
+        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:states AS text[])) AS o(id, state)
+    ), locked AS (
+        SELECT e.id, o.state FROM webhook_endpoints e JOIN o ON o.id = e.id
+        WHERE o.state <> 'answering' OR e.failing_since IS NOT NULL
+        ORDER BY e.id
+        FOR NO KEY UPDATE OF e
+    )
+    UPDATE webhook_endpoints e
+    SET failing_since = CASE l.state WHEN 'answering' THEN NULL
+                                     WHEN 'failing' THEN coalesce(e.failing_since, now())
+                                     ELSE e.failing_since END
+    FROM locked l WHERE e.id = l.id
+    RETURNING e.id, l.state = 'failing' AND e.failing_since
+        <= now() - make_interval(secs => CAST(:seconds AS double precision)) AS for_long
     """
-).bindparams(bindparam("id", type_=Uuid), bindparam("seconds", type_=Float))
+).bindparams(
+    bindparam("ids", type_=ARRAY(Uuid)),
+    bindparam("states", type_=ARRAY(Text)),
+    bindparam("seconds", type_=Float),
+)
 _DISABLE = text("SELECT taskmanager_disable_webhook_endpoint(:id, :reason)").bindparams(
     bindparam("id", type_=Uuid), bindparam("reason", type_=Text)
 )
@@ -87,6 +129,23 @@ class ClaimedDelivery:
     enabled: bool
     secret_nonce: bytes
     previous_nonce: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptOutcome:
+    """What became of one claimed delivery, as it is to be recorded."""
+
+    delivery: ClaimedDelivery
+    status_code: int | None  # None: no answer at all
+    latency_ms: int
+    excerpt: str | None
+    error: str | None
+    delivered: bool
+    # Not delivered: due again in this many seconds, or (None) failed for good.
+    retry_in: float | None
+    # Whether the attempt goes into the delivery log (not for one never sent: the endpoint
+    # was disabled after the event was recorded).
+    logged: bool = True
 
 
 class WebhookDeliveryRepository:
@@ -115,54 +174,63 @@ class WebhookDeliveryRepository:
             for row in result
         ]
 
-    async def log_attempt(
+    async def record(self, outcomes: Sequence[AttemptOutcome]) -> None:
+        """Log the attempts and move each delivery on: delivered, due again, or failed for
+        good. Four statements at most, however many outcomes."""
+        logged = [outcome for outcome in outcomes if outcome.logged]
+        if logged:
+            await self.session.execute(
+                _ATTEMPTS,
+                {
+                    "workspace_ids": [o.delivery.workspace_id for o in logged],
+                    "delivery_ids": [o.delivery.id for o in logged],
+                    "status_codes": [o.status_code for o in logged],
+                    "latencies": [o.latency_ms for o in logged],
+                    "excerpts": [o.excerpt for o in logged],
+                    "errors": [o.error for o in logged],
+                },
+            )
+        delivered = [outcome for outcome in outcomes if outcome.delivered]
+        if delivered:
+            await self.session.execute(
+                _DELIVERED,
+                {
+                    "ids": [o.delivery.id for o in delivered],
+                    "status_codes": [o.status_code for o in delivered],
+                },
+            )
+        failed = [outcome for outcome in outcomes if not outcome.delivered]
+        if failed:
+            await self.session.execute(
+                _FAILED,
+                {
+                    "ids": [o.delivery.id for o in failed],
+                    "status_codes": [o.status_code for o in failed],
+                    "errors": [(o.error or "failed")[:1000] for o in failed],
+                    "retry_ins": [o.retry_in for o in failed],
+                },
+            )
+
+    async def endpoint_health(
         self,
-        delivery: ClaimedDelivery,
-        status_code: int | None,
-        latency_ms: int,
-        excerpt: str | None,
-        error: str | None,
-    ) -> None:
-        await self.session.execute(
-            _ATTEMPT,
-            {
-                "workspace_id": delivery.workspace_id,
-                "delivery_id": delivery.id,
-                "status_code": status_code,
-                "latency_ms": latency_ms,
-                "excerpt": excerpt,
-                "error": error,
-            },
-        )
-
-    async def delivered(self, delivery: ClaimedDelivery, status_code: int) -> None:
-        await self.session.execute(_DELIVERED, {"id": delivery.id, "status_code": status_code})
-        await self.session.execute(_ENDPOINT_OK, {"id": delivery.endpoint_id})
-
-    async def failed(
-        self,
-        delivery: ClaimedDelivery,
-        status_code: int | None,
-        error: str,
-        retry_in: float | None,
-    ) -> None:
-        """The attempt failed: due again in `retry_in` seconds, or (None) failed for good."""
-        await self.session.execute(
-            _FAILED,
-            {
-                "id": delivery.id,
-                "status_code": status_code,
-                "error": error[:1000],
-                "retry_in": retry_in,
-            },
-        )
-
-    async def endpoint_failing(self, endpoint_id: uuid.UUID, for_seconds: float) -> bool:
-        """Note that the endpoint failed now; whether it has failed for `for_seconds`."""
+        answering: Collection[uuid.UUID],
+        failing: Collection[uuid.UUID],
+        gone: Collection[uuid.UUID],
+        for_seconds: float,
+    ) -> set[uuid.UUID]:
+        """Lock the endpoints a batch changes (in the order of their ids) and note which
+        took a delivery and which only failed (each in one of the three at most); the
+        failing ones that have failed for `for_seconds` already."""
+        states = dict.fromkeys(answering, "answering")
+        states |= dict.fromkeys(failing, "failing") | dict.fromkeys(gone, "gone")
+        ids = sorted(states)
+        if not ids:
+            return set()
         result = await self.session.execute(
-            _ENDPOINT_FAILING, {"id": endpoint_id, "seconds": for_seconds}
+            _ENDPOINT_HEALTH,
+            {"ids": ids, "states": [states[endpoint] for endpoint in ids], "seconds": for_seconds},
         )
-        return bool(result.scalar())
+        return {row.id for row in result if row.for_long}
 
     async def disable_endpoint(self, endpoint_id: uuid.UUID, reason: str) -> bool:
         """Disable it and record a mail to its workspace's owners and admins; whether it
