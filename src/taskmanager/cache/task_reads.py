@@ -38,7 +38,7 @@ from taskmanager.cache.client import CacheClient, new_token
 from taskmanager.cache.metrics import CacheKind, record_error, record_hit, record_miss
 from taskmanager.repositories.task_queries.views import TaskView, shown_digest
 from taskmanager.repositories.task_repository import TaskRepository
-from taskmanager.routes.preconditions import etag
+from taskmanager.routes.preconditions import etag, none_match
 from taskmanager.schemas import TaskWithCategoryResponse
 from taskmanager.security.roles import Action
 from taskmanager.security.scope import Scope
@@ -65,18 +65,9 @@ class Answer:
         """200 with the body, or 304 when If-None-Match names this ETag (RFC 9110 13.1.2:
         weak comparison, `*` matches any)."""
         headers = {**self.headers, "ETag": self.etag, "Cache-Control": CACHE_CONTROL}
-        if if_none_match is not None and _none_match_fails(if_none_match, self.etag):
+        if if_none_match is not None and none_match(if_none_match, self.etag):
             return Response(status_code=304, headers=headers)
         return Response(self.body, media_type="application/json", headers=headers)
-
-
-def _none_match_fails(if_none_match: str, etag: str) -> bool:
-    def opaque(tag: str) -> str:
-        tag = tag.strip()
-        return tag[2:] if tag.startswith("W/") else tag
-
-    tags = {opaque(tag) for tag in if_none_match.split(",")}
-    return "*" in tags or opaque(etag) in tags
 
 
 def task_answer(view: TaskView) -> Answer:

@@ -39,7 +39,7 @@ from taskmanager.openapi import problem_responses, response_headers
 from taskmanager.problems import LIMIT_REACHED, ProblemError
 from taskmanager.repositories.calendar_feed_repository import CalendarFeedRepository
 from taskmanager.repositories.task_repository import TaskRepository
-from taskmanager.routes.preconditions import IfNoneMatch
+from taskmanager.routes.preconditions import IfNoneMatch, none_match
 from taskmanager.schemas import CalendarFeedCreate, CalendarFeedCreated, CalendarFeedResponse
 from taskmanager.security.feed_secrets import NewFeedSecret, feed_secret_hash, new_feed_secret
 from taskmanager.security.feed_secrets import well_formed as well_formed_secret
@@ -177,17 +177,6 @@ def _options(settings: Settings, name: str, as_events: bool) -> FeedOptions:
     )
 
 
-def _none_match(if_none_match: str, etag: str) -> bool:
-    """If-None-Match names `etag` (RFC 9110 13.1.2: weak comparison, `*` matches any)."""
-
-    def opaque(tag: str) -> str:
-        tag = tag.strip()
-        return tag[2:] if tag.startswith("W/") else tag
-
-    tags = {opaque(tag) for tag in if_none_match.split(",")}
-    return "*" in tags or opaque(etag) in tags
-
-
 @router.get(
     "/{secret}.ics",
     response_class=Response,
@@ -245,6 +234,6 @@ async def get_calendar_feed(
         # The URL is a credential: no shared cache keeps its answer.
         "Cache-Control": f"private, max-age={settings.calendar_feed_refresh_minutes * 60}",
     }
-    if if_none_match is not None and _none_match(if_none_match, etag):
+    if if_none_match is not None and none_match(if_none_match, etag):
         return Response(status_code=304, headers=headers)
     return Response(body, media_type=FEED_MEDIA_TYPE, headers=headers)

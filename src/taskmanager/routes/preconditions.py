@@ -98,3 +98,15 @@ def get_for_change(found: Row | None, not_found: str, if_match: str | None) -> R
     row = get_or_404(found, not_found)
     require_match(if_match, row.version)
     return row
+
+
+def none_match(if_none_match: str, etag: str) -> bool:
+    """Whether If-None-Match names `etag` (RFC 9110 13.1.2: weak comparison, `*` matches
+    any): the client's copy is current, the answer is 304."""
+
+    def opaque(tag: str) -> str:
+        tag = tag.strip()
+        return tag[2:] if tag.startswith("W/") else tag
+
+    tags = {opaque(tag) for tag in if_none_match.split(",")}
+    return "*" in tags or opaque(etag) in tags
