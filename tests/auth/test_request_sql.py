@@ -487,9 +487,8 @@ DEFINER_CALLS = {
     # Webhooks (0015): a trigger's; a manager's (their own workspace's endpoints only);
     # the delivery worker's (maintenance only).
     "taskmanager_webhook_fan_out()": "DO $$ BEGIN PERFORM taskmanager_webhook_fan_out(); END $$",
-    "taskmanager_rotate_webhook_secret(uuid,bytea,integer)": (
-        "SELECT taskmanager_rotate_webhook_secret(gen_random_uuid(), "
-        "decode(repeat('ab', 16), 'hex'), 60)"
+    "taskmanager_rotate_webhook_secret(uuid,integer)": (
+        "SELECT taskmanager_rotate_webhook_secret(gen_random_uuid(), 60)"
     ),
     "taskmanager_replay_webhook_delivery(uuid)": (
         "SELECT taskmanager_replay_webhook_delivery(gen_random_uuid())"
@@ -497,8 +496,8 @@ DEFINER_CALLS = {
     "taskmanager_send_webhook_test(uuid)": (
         "SELECT taskmanager_send_webhook_test(gen_random_uuid())"
     ),
-    "taskmanager_claim_webhook_deliveries(integer,double precision)": (
-        "SELECT * FROM taskmanager_claim_webhook_deliveries(10, 60)"
+    "taskmanager_claim_webhook_deliveries(integer,double precision,integer)": (
+        "SELECT * FROM taskmanager_claim_webhook_deliveries(10, 60, 8)"
     ),
     "taskmanager_disable_webhook_endpoint(uuid,text)": (
         "SELECT taskmanager_disable_webhook_endpoint(gen_random_uuid(), 'forged')"
@@ -1423,17 +1422,13 @@ async def test_a_request_reads_no_nonce_sees_no_foreign_endpoint_and_forges_no_d
             for sql, answer in (
                 ("SELECT taskmanager_replay_webhook_delivery(:delivery)", None),
                 ("SELECT taskmanager_send_webhook_test(:endpoint)", None),
-                (
-                    "SELECT taskmanager_rotate_webhook_secret(:endpoint, "
-                    "decode(repeat('ab', 16), 'hex'), 60)",
-                    False,
-                ),
+                ("SELECT taskmanager_rotate_webhook_secret(:endpoint, 60)", None),
             ):
                 assert [tuple(row) for row in await attempt(connection, sql, **ids)] == [
                     (answer,)
                 ], sql
             for sql in (
-                "SELECT * FROM taskmanager_claim_webhook_deliveries(10, 60)",
+                "SELECT * FROM taskmanager_claim_webhook_deliveries(10, 60, 8)",
                 "SELECT taskmanager_disable_webhook_endpoint(:endpoint, 'forged')",
                 "INSERT INTO webhook_deliveries (workspace_id, endpoint_id, message_id, "
                 "event_type, payload) VALUES (:workspace, :endpoint, 'msg_forged', "

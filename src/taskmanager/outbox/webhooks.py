@@ -183,7 +183,9 @@ class WebhookWorker:
     async def _claim(self) -> list[ClaimedDelivery]:
         async with self.session_factory() as session, session.begin():
             await UserRepository(session).enter(self.key.entry("maintenance"))
-            return await WebhookDeliveryRepository(session).claim(BATCH, self.policy.lease_seconds)
+            return await WebhookDeliveryRepository(session).claim(
+                BATCH, self.policy.lease_seconds, len(self.policy.schedule)
+            )
 
     def _message(self, item: ClaimedDelivery) -> WebhookMessage:
         secrets = [self.secrets.secret_bytes(item.endpoint_id, item.secret_nonce)]
@@ -194,15 +196,36 @@ class WebhookWorker:
     async def _handle(self, item: ClaimedDelivery) -> int:
         if not item.enabled and item.event_type != TEST_EVENT:
             result = SendResult(None, 0, None, "the endpoint is disabled")
-            await self._record(item, result, retry=False)
+            await self._record_isolated(item, result, retry=False)
             return 0
         try:
             result = await self.sender.send(self._message(item))
         except Exception as error:  # a bug in sending: the delivery waits for a retry
             log.exception("sending webhook delivery %s failed", item.id)
             result = SendResult(None, 0, None, f"{type(error).__name__}: {error}")
-        await self._record(item, result, retry=not result.gone)
+        # A test event is tried once: its outcome is for the manager who asked, now.
+        retry = not result.gone and item.event_type != TEST_EVENT
+        await self._record_isolated(item, result, retry=retry)
         return 1 if result.delivered else 0
+
+    async def _record_isolated(
+        self, item: ClaimedDelivery, result: SendResult, *, retry: bool
+    ) -> None:
+        """Record the outcome in a transaction of its own; if PostgreSQL refuses it, record
+        what matters (the status, no text of the receiver's) instead. One delivery's
+        record never aborts the others' in the batch; one never recorded stays leased,
+        and the claim fails it once it has had its attempts."""
+        try:
+            await self._record(item, result, retry=retry)
+            return
+        except Exception:
+            log.exception("the outcome of webhook delivery %s could not be recorded", item.id)
+        error = None if result.delivered else "the outcome could not be recorded in full"
+        minimal = SendResult(result.status_code, result.latency_ms, None, error)
+        try:
+            await self._record(item, minimal, retry=retry)
+        except Exception:
+            log.exception("webhook delivery %s: not even its status could be recorded", item.id)
 
     async def _record(self, item: ClaimedDelivery, result: SendResult, *, retry: bool) -> None:
         mailed = False

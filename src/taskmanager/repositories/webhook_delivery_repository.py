@@ -16,12 +16,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 _CLAIM = text(
     "SELECT id, workspace_id, endpoint_id, message_id, event_type, payload, attempts, "
     "created_at, url, enabled, secret_nonce, previous_nonce "
-    "FROM taskmanager_claim_webhook_deliveries(:batch, :lease)"
-).bindparams(bindparam("batch", type_=Integer), bindparam("lease", type_=Float))
+    "FROM taskmanager_claim_webhook_deliveries(:batch, :lease, :max_attempts)"
+).bindparams(
+    bindparam("batch", type_=Integer),
+    bindparam("lease", type_=Float),
+    bindparam("max_attempts", type_=Integer),
+)
+# Only while the delivery is there (its endpoint may have been deleted while it was in
+# flight: then there is nothing to log, not a foreign key violation). FOR KEY SHARE waits
+# for a deletion under way and then finds no row.
 _ATTEMPT = text(
+    "WITH delivery AS (SELECT id, workspace_id FROM webhook_deliveries "
+    "WHERE id = :delivery_id AND workspace_id = :workspace_id FOR KEY SHARE) "
     "INSERT INTO webhook_attempts (workspace_id, delivery_id, status_code, latency_ms, "
-    "response_excerpt, error) VALUES (:workspace_id, :delivery_id, :status_code, :latency_ms, "
-    ":excerpt, :error)"
+    "response_excerpt, error) SELECT workspace_id, id, :status_code, :latency_ms, "
+    ":excerpt, :error FROM delivery"
 ).bindparams(
     bindparam("workspace_id", type_=Integer),
     bindparam("delivery_id", type_=Uuid),
@@ -54,10 +63,18 @@ _FAILED = text(
 _ENDPOINT_OK = text(
     "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = :id AND failing_since IS NOT NULL"
 ).bindparams(bindparam("id", type_=Uuid))
-# Failing since when (kept from the first failure), and whether that is `days` ago.
+# Failing since when, and whether that is `seconds` ago. The streak starts at a failure
+# after a success, or after a day without any failure (the retry schedule's longest wait
+# is 10 h, so a receiver that stays down fails more often than that): one delivery that
+# failed for good, then days of silence, then one failure is a new streak, not days of it.
 _ENDPOINT_FAILING = text(
     """
-    UPDATE webhook_endpoints SET failing_since = coalesce(failing_since, now())
+    UPDATE webhook_endpoints SET
+        failing_since = CASE
+            WHEN failing_since IS NULL OR last_failed_at IS NULL
+                 OR last_failed_at < now() - interval '1 day' THEN now()
+            ELSE failing_since END,
+        last_failed_at = now()
     WHERE id = :id
     RETURNING failing_since <= now() - make_interval(secs => CAST(:seconds AS double precision))
     """
@@ -95,8 +112,14 @@ class WebhookDeliveryRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def claim(self, batch: int, lease_seconds: float) -> list[ClaimedDelivery]:
-        result = await self.session.execute(_CLAIM, {"batch": batch, "lease": lease_seconds})
+    async def claim(
+        self, batch: int, lease_seconds: float, max_attempts: int
+    ) -> list[ClaimedDelivery]:
+        """Due deliveries, leased; one claimed `max_attempts` times already (a test event:
+        once) is failed instead (its outcomes never got recorded)."""
+        result = await self.session.execute(
+            _CLAIM, {"batch": batch, "lease": lease_seconds, "max_attempts": max_attempts}
+        )
         return [
             ClaimedDelivery(
                 id=row.id,
