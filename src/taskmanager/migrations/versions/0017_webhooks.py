@@ -7,9 +7,12 @@
   `previous_nonce` signs as well until `previous_valid_until`. Only a workspace's managers
   (members:write: admins and owners, a token with that scope) see, add, change and delete
   its endpoints (policies); the caller role may not read either nonce at all (column
-  grants), and sets one only when it creates an endpoint. Rotating goes through
-  `taskmanager_rotate_webhook_secret` (which reads the current nonce to keep it as the
-  previous one).
+  grants), and sets one only when it creates an endpoint: as itself (`created_by` is the
+  caller, a policy), with a nonce of 16 bytes at least and only known events (checks).
+  Rotating goes through `taskmanager_rotate_webhook_secret`, which makes the new nonce
+  itself (none chosen by a caller), keeps the current one as the previous one, and bounds
+  the overlap to 48 hours. `failing_since`/`last_failed_at`: the current failure streak
+  (a failure more than a day after the last one starts a new one).
 - `webhook_deliveries`: one row per (event, endpoint), the webhooks' outbox. Written only by
   PostgreSQL: `taskmanager_webhook_fan_out`, a SECURITY DEFINER trigger AFTER INSERT on
   `activity` (0011 logs every change there, in the change's own transaction), inserts one
@@ -18,11 +21,13 @@
   event, a rolled-back change delivers nothing, and a workspace without endpoints pays one
   index probe per change. A row recorded wakes the workers (NOTIFY taskmanager_webhooks,
   sent at commit). `taskmanager_replay_webhook_delivery` (the same payload and
-  `message_id`, i.e. the same `webhook-id`) and `taskmanager_send_webhook_test` (a
-  `webhook.test` event) add rows for a manager. Managers read their workspace's rows;
+  `message_id`, i.e. the same `webhook-id`; not to a disabled endpoint) and
+  `taskmanager_send_webhook_test` (a `webhook.test` event, tried once) add rows for a
+  manager, at most 100 of them waiting per endpoint. Managers read their workspace's rows;
   only a transaction entered for 'maintenance' (the delivery worker) claims
   (`taskmanager_claim_webhook_deliveries`, FOR UPDATE SKIP LOCKED with a lease, returning
-  what signing needs, nonces included), updates and purges them.
+  what signing needs, nonces included; failing instead one claimed as often as it may be
+  tried), updates and purges them.
 - `webhook_attempts`: the delivery log (when, status code, latency, a bounded excerpt of
   the answer, the error), written by maintenance only, read by the managers.
 - `taskmanager_disable_webhook_endpoint(endpoint, reason)`: for maintenance: disables an
