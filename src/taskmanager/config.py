@@ -402,8 +402,9 @@ class Settings(BaseSettings):
     webhook_rotation_overlap_hours: float = Field(
         default=24.0,
         ge=0,
-        le=168,
-        description="After a secret rotation, the old secret signs too for this long.",
+        le=48,
+        description="After a secret rotation, the old secret signs too for this long (at most "
+        "48 hours, as PostgreSQL bounds it).",
     )
     max_webhooks_per_workspace: int = Field(
         default=20, ge=1, description="Webhook endpoints a workspace may have; one more is 409."

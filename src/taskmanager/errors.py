@@ -52,6 +52,10 @@ from taskmanager.problems import (
 )
 from taskmanager.repositories.calendar_subscription_repository import CalendarLimitError
 from taskmanager.repositories.label_repository import LABELS_NOT_IN_WORKSPACE
+from taskmanager.repositories.webhook_repository import (
+    EndpointDisabledError,
+    ManualDeliveryLimitError,
+)
 from taskmanager.repositories.workspace_repository import Limit, MembershipLimitError
 from taskmanager.security.roles import ActionNotAllowedError
 
@@ -152,6 +156,16 @@ def _membership_limit_detail(exc: MembershipLimitError) -> str:
             "(leave or delete one first)"
         )
     return f"this workspace has {exc.count} members; a workspace may have at most {most}"
+
+
+async def _handle_manual_delivery_limit(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ManualDeliveryLimitError)
+    return LIMIT_REACHED.problem(str(exc)).response()
+
+
+async def _handle_endpoint_disabled(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, EndpointDisabledError)
+    return CONFLICT.problem(str(exc)).response()
 
 
 async def _handle_calendar_limit(request: Request, exc: Exception) -> Response:
@@ -367,6 +381,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ActionNotAllowedError, _handle_action_not_allowed)
     app.add_exception_handler(MembershipLimitError, _handle_membership_limit)
     app.add_exception_handler(CalendarLimitError, _handle_calendar_limit)
+    app.add_exception_handler(ManualDeliveryLimitError, _handle_manual_delivery_limit)
+    app.add_exception_handler(EndpointDisabledError, _handle_endpoint_disabled)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(sa_exc.SQLAlchemyError, _handle_database_error)
     # The driver raises OSError (TimeoutError included) unwrapped; other OSErrors are bugs.

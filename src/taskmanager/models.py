@@ -750,8 +750,11 @@ class WebhookEndpoint(Base):
     enabled: Mapped[bool] = mapped_column(server_default=true())
     disabled_reason: Mapped[str | None] = mapped_column(String(200))
     disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # Since when every attempt failed (cleared by a success): N days of it disable it.
+    # Since when every attempt failed (cleared by a success; started again after a day
+    # without a failure): N days of it disable it.
     failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The last failed attempt: a failure more than a day after it starts a new streak.
+    last_failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     secret_nonce: Mapped[bytes] = mapped_column(LargeBinary)
     previous_nonce: Mapped[bytes | None] = mapped_column(LargeBinary)
     previous_valid_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -788,6 +791,14 @@ class WebhookDelivery(Base):
         ),
         # An endpoint's delivery log, newest first.
         Index("ix_webhook_deliveries_endpoint_id_created_at", "endpoint_id", "created_at"),
+        # The cap on an endpoint's test events and replays waiting to be sent.
+        Index(
+            "ix_webhook_deliveries_endpoint_id_manual",
+            "endpoint_id",
+            postgresql_where=text(
+                "status = 'pending' AND (event_type = 'webhook.test' OR replay_of IS NOT NULL)"
+            ),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, c
 from sqlalchemy.pool import NullPool
 
 from taskmanager.config import Settings
+from taskmanager.integrations.webhook_events import EVENT_TYPES
 from taskmanager.main import create_app
 from taskmanager.postgres.deployment import RoleNames, caller_role_name
 from taskmanager.repositories.user_repository import UserRepository
@@ -45,6 +46,10 @@ from tests.support.row_level_security import INSUFFICIENT_PRIVILEGE, sqlstate
 VICTIM = "victim@example.com"
 ATTACKER = "attacker@example.com"
 VICTIM_TITLE = "the victim's secret plan"
+CHECK_VIOLATION = "23514"
+UNDEFINED_FUNCTION = "42883"
+PROGRAM_LIMIT_EXCEEDED = "54000"
+NOT_IN_PREREQUISITE_STATE = "55000"
 FAR = 4_102_444_800  # 2100-01-01: a valid_until no proof is needed for the test to reach
 
 
@@ -487,9 +492,8 @@ DEFINER_CALLS = {
     # Webhooks (0015): a trigger's; a manager's (their own workspace's endpoints only);
     # the delivery worker's (maintenance only).
     "taskmanager_webhook_fan_out()": "DO $$ BEGIN PERFORM taskmanager_webhook_fan_out(); END $$",
-    "taskmanager_rotate_webhook_secret(uuid,bytea,integer)": (
-        "SELECT taskmanager_rotate_webhook_secret(gen_random_uuid(), "
-        "decode(repeat('ab', 16), 'hex'), 60)"
+    "taskmanager_rotate_webhook_secret(uuid,integer)": (
+        "SELECT taskmanager_rotate_webhook_secret(gen_random_uuid(), 60)"
     ),
     "taskmanager_replay_webhook_delivery(uuid)": (
         "SELECT taskmanager_replay_webhook_delivery(gen_random_uuid())"
@@ -497,8 +501,8 @@ DEFINER_CALLS = {
     "taskmanager_send_webhook_test(uuid)": (
         "SELECT taskmanager_send_webhook_test(gen_random_uuid())"
     ),
-    "taskmanager_claim_webhook_deliveries(integer,double precision)": (
-        "SELECT * FROM taskmanager_claim_webhook_deliveries(10, 60)"
+    "taskmanager_claim_webhook_deliveries(integer,double precision,integer)": (
+        "SELECT * FROM taskmanager_claim_webhook_deliveries(10, 60, 8)"
     ),
     "taskmanager_disable_webhook_endpoint(uuid,text)": (
         "SELECT taskmanager_disable_webhook_endpoint(gen_random_uuid(), 'forged')"
@@ -1423,17 +1427,13 @@ async def test_a_request_reads_no_nonce_sees_no_foreign_endpoint_and_forges_no_d
             for sql, answer in (
                 ("SELECT taskmanager_replay_webhook_delivery(:delivery)", None),
                 ("SELECT taskmanager_send_webhook_test(:endpoint)", None),
-                (
-                    "SELECT taskmanager_rotate_webhook_secret(:endpoint, "
-                    "decode(repeat('ab', 16), 'hex'), 60)",
-                    False,
-                ),
+                ("SELECT taskmanager_rotate_webhook_secret(:endpoint, 60)", None),
             ):
                 assert [tuple(row) for row in await attempt(connection, sql, **ids)] == [
                     (answer,)
                 ], sql
             for sql in (
-                "SELECT * FROM taskmanager_claim_webhook_deliveries(10, 60)",
+                "SELECT * FROM taskmanager_claim_webhook_deliveries(10, 60, 8)",
                 "SELECT taskmanager_disable_webhook_endpoint(:endpoint, 'forged')",
                 "INSERT INTO webhook_deliveries (workspace_id, endpoint_id, message_id, "
                 "event_type, payload) VALUES (:workspace, :endpoint, 'msg_forged', "
@@ -1454,6 +1454,145 @@ async def test_a_request_reads_no_nonce_sees_no_foreign_endpoint_and_forges_no_d
             for column in ("secret_nonce", "previous_nonce"):
                 outcome = await attempt(connection, f"SELECT {column} FROM webhook_endpoints")
                 assert refused(outcome), column
+            await connection.rollback()
+    finally:
+        await run_as(superuser, "DELETE FROM webhook_endpoints WHERE id = :id", id=endpoint)
+
+
+def _failed_with(outcome: list[Any], state: str) -> bool:
+    return (
+        len(outcome) == 1 and isinstance(outcome[0], DBAPIError) and sqlstate(outcome[0]) == state
+    )
+
+
+_ENDPOINT_INSERT = (
+    "INSERT INTO webhook_endpoints (id, workspace_id, url, events, secret_nonce, created_by) "
+    "VALUES (gen_random_uuid(), :workspace, 'https://hooks.example/x', "
+    "CAST(:events AS text[]), decode(:nonce, 'hex'), :created_by) RETURNING id"
+)
+
+
+async def test_a_request_adds_an_endpoint_only_as_itself_with_a_long_nonce_and_known_events(
+    service: AsyncEngine, tenants: Tenants
+) -> None:
+    """In its own workspace, where it is an owner, request SQL still cannot name someone
+    else as the endpoint's creator, give it a short nonce, or subscribe it to an event
+    the service does not know; every event of the catalogue is accepted."""
+    attacker, victim = tenants.attacker, tenants.victim
+    valid = {
+        "workspace": attacker.workspace_id,
+        "events": ["task.created"],
+        "nonce": "ab" * 16,
+        "created_by": attacker.user_id,
+    }
+    async with service.connect() as connection, connection.begin():
+        await enter(connection, attacker.entry())
+        # Control: the same insert as itself, with a nonce of 16 bytes, is allowed.
+        assert len(await attempt(connection, _ENDPOINT_INSERT, **valid)) == 1
+        everything = await attempt(connection, _ENDPOINT_INSERT, **valid | {"events": EVENT_TYPES})
+        assert len(everything) == 1, everything
+        forged = await attempt(
+            connection, _ENDPOINT_INSERT, **valid | {"created_by": victim.user_id}
+        )
+        assert refused(forged), forged
+        nobody = await attempt(connection, _ENDPOINT_INSERT, **valid | {"created_by": None})
+        assert refused(nobody), nobody
+        for nonce in ("00", "ab" * 15):
+            short = await attempt(connection, _ENDPOINT_INSERT, **valid | {"nonce": nonce})
+            assert _failed_with(short, CHECK_VIOLATION), (nonce, short)
+        for events in (["workspace.deleted"], ["task.created", "webhook.test"]):
+            unknown = await attempt(connection, _ENDPOINT_INSERT, **valid | {"events": events})
+            assert _failed_with(unknown, CHECK_VIOLATION), (events, unknown)
+        await connection.rollback()
+
+
+async def test_a_request_neither_chooses_a_rotated_nonce_nor_stretches_the_overlap(
+    service: AsyncEngine, tenants: Tenants
+) -> None:
+    """Rotating takes no nonce (PostgreSQL makes one of 32 bytes) and bounds the overlap
+    to 48 hours, whatever request SQL asks."""
+    attacker = tenants.attacker
+    endpoint = uuid.uuid4()
+    superuser = superuser_url(tenants.url)
+    await run_as(
+        superuser,
+        "INSERT INTO webhook_endpoints (id, workspace_id, url, events, secret_nonce) "
+        "VALUES (:id, :workspace, 'https://attacker.example/hooks', ARRAY['task.created'], "
+        "decode(repeat('cd', 16), 'hex'))",
+        id=endpoint,
+        workspace=attacker.workspace_id,
+    )
+    try:
+        async with service.connect() as connection, connection.begin():
+            await enter(connection, attacker.entry())
+            chosen = await attempt(
+                connection,
+                "SELECT taskmanager_rotate_webhook_secret(:id, decode(repeat('00', 16), 'hex'), "
+                "999999)",
+                id=endpoint,
+            )
+            assert _failed_with(chosen, UNDEFINED_FUNCTION), chosen
+            ((made,),) = await attempt(
+                connection, "SELECT taskmanager_rotate_webhook_secret(:id, 999999)", id=endpoint
+            )
+            await connection.commit()
+        ((nonce, previous, overlap),) = await run_as(
+            superuser,
+            "SELECT secret_nonce, previous_nonce, "
+            "extract(epoch FROM previous_valid_until - updated_at) "
+            "FROM webhook_endpoints WHERE id = :id",
+            id=endpoint,
+        )
+        assert bytes(nonce) == bytes(made)
+        assert len(bytes(nonce)) == 32
+        assert bytes(previous) == bytes.fromhex("cd" * 16)
+        assert float(overlap) == 48 * 3600
+    finally:
+        await run_as(superuser, "DELETE FROM webhook_endpoints WHERE id = :id", id=endpoint)
+
+
+async def test_a_request_cannot_queue_more_than_100_test_events_and_replays_per_endpoint(
+    service: AsyncEngine, tenants: Tenants
+) -> None:
+    """The cap is in the functions, so request SQL calling them in a loop meets it too;
+    and a replay to a disabled endpoint is refused."""
+    attacker = tenants.attacker
+    endpoint = uuid.uuid4()
+    superuser = superuser_url(tenants.url)
+    await run_as(
+        superuser,
+        "INSERT INTO webhook_endpoints (id, workspace_id, url, events, secret_nonce) "
+        "VALUES (:id, :workspace, 'https://attacker.example/hooks', ARRAY['task.created'], "
+        "decode(repeat('cd', 16), 'hex'))",
+        id=endpoint,
+        workspace=attacker.workspace_id,
+    )
+    try:
+        async with service.connect() as connection, connection.begin():
+            await enter(connection, attacker.entry())
+            made = await attempt(
+                connection,
+                "SELECT taskmanager_send_webhook_test(:id) FROM generate_series(1, 100)",
+                id=endpoint,
+            )
+            assert len(made) == 100, made[:1]
+            one_more = await attempt(
+                connection, "SELECT taskmanager_send_webhook_test(:id)", id=endpoint
+            )
+            assert _failed_with(one_more, PROGRAM_LIMIT_EXCEEDED), one_more
+            replay = await attempt(
+                connection, "SELECT taskmanager_replay_webhook_delivery(:id)", id=made[0][0]
+            )
+            assert _failed_with(replay, PROGRAM_LIMIT_EXCEEDED), replay
+            await attempt(
+                connection,
+                "UPDATE webhook_endpoints SET enabled = false WHERE id = :id",
+                id=endpoint,
+            )
+            disabled = await attempt(
+                connection, "SELECT taskmanager_replay_webhook_delivery(:id)", id=made[0][0]
+            )
+            assert _failed_with(disabled, NOT_IN_PREREQUISITE_STATE), disabled
             await connection.rollback()
     finally:
         await run_as(superuser, "DELETE FROM webhook_endpoints WHERE id = :id", id=endpoint)

@@ -82,3 +82,41 @@ async def test_the_delivery_log_pages_by_key(clean: Hooks) -> None:
     assert [d["payload"]["data"]["after"]["title"] for d in following.json()] == ["one"]
     unknown = await clean.client.get(log, params={"before": "00000000-0000-4000-8000-000000000000"})
     assert (unknown.status_code, unknown.json()) == (200, [])
+
+
+async def test_test_events_and_replays_waiting_are_capped_at_100_per_endpoint(
+    clean: Hooks,
+) -> None:
+    endpoint = await clean.endpoint("http://127.0.0.1:9/")
+    base = f"/workspaces/{clean.workspace_id}/webhooks/{endpoint['id']}"
+    for _ in range(100):
+        sent = await clean.client.post(f"{base}/test")
+        assert sent.status_code == 202, sent.text
+    for refused in (
+        await clean.client.post(f"{base}/test"),
+        await clean.client.post(f"{base}/deliveries/{sent.json()['delivery_id']}/replay"),
+    ):
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["type"].endswith("/problems/limit-reached")
+        assert "100 test events and replays waiting" in refused.json()["detail"]
+    (waiting,) = await clean.rows("SELECT count(*) FROM webhook_deliveries")
+    assert waiting[0] == 100
+    # Sent (or failed) ones do not count: room again.
+    await clean.execute("UPDATE webhook_deliveries SET status = 'failed'")
+    assert (await clean.client.post(f"{base}/test")).status_code == 202
+
+
+async def test_a_disabled_endpoint_gets_a_test_event_but_no_replay(clean: Hooks) -> None:
+    endpoint = await clean.endpoint("http://127.0.0.1:9/")
+    base = f"/workspaces/{clean.workspace_id}/webhooks/{endpoint['id']}"
+    sent = await clean.client.post(f"{base}/test")
+    assert sent.status_code == 202, sent.text
+    disabled = await clean.client.patch(base, json={"enabled": False})
+    assert disabled.status_code == 200, disabled.text
+    replay = await clean.client.post(f"{base}/deliveries/{sent.json()['delivery_id']}/replay")
+    assert replay.status_code == 409, replay.text
+    assert replay.json()["type"].endswith("/problems/conflict")
+    assert "disabled" in replay.json()["detail"]
+    assert (await clean.client.post(f"{base}/test")).status_code == 202
+    (waiting,) = await clean.rows("SELECT count(*) FROM webhook_deliveries")
+    assert waiting[0] == 2

@@ -11,6 +11,7 @@ signs now, space-separated: two during a rotation's overlap).
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,21 @@ EXCERPT_CHARACTERS = 1000
 # How much of an answer is read at all: enough for the excerpt, nothing a receiver can
 # make us hold in memory.
 MAX_ANSWER_BYTES = 4096
+# What the delivery log never stores of a receiver's answer or an error's text: control
+# characters (NUL above all: PostgreSQL's text refuses it, and the record of the attempt
+# would fail with it) but tab and line breaks, and lone surrogates (not encodable in
+# UTF-8). A receiver chooses these bytes; the log keeps what is left of them.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+# The longest error text kept (characters).
+ERROR_CHARACTERS = 1000
+
+
+def printable(text: str | None, limit: int) -> str | None:
+    """`text` as the delivery log may keep it: no control characters (but tab, CR, LF),
+    no lone surrogates, at most `limit` characters."""
+    if text is None:
+        return None
+    return _UNPRINTABLE.sub("", text)[:limit]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +61,12 @@ class SendResult:
     latency_ms: int
     excerpt: str | None
     error: str | None
+
+    def __post_init__(self) -> None:
+        # Whoever makes a result (a receiver's answer, an exception's text), the log
+        # gets only what PostgreSQL stores.
+        object.__setattr__(self, "excerpt", printable(self.excerpt, EXCERPT_CHARACTERS))
+        object.__setattr__(self, "error", printable(self.error, ERROR_CHARACTERS))
 
     @property
     def delivered(self) -> bool:
@@ -101,7 +123,7 @@ class WebhookSender:
             return self._failed(started, f"refused destination: {error}")
         except OutboundError as error:
             return self._failed(started, f"{type(error).__name__}: {error}")
-        excerpt = answer.body.decode("utf-8", errors="replace")[:EXCERPT_CHARACTERS]
+        excerpt = answer.body.decode("utf-8", errors="replace")
         error_text = None
         if not 200 <= answer.status_code < 300:
             error_text = f"the endpoint answered {answer.status_code}"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import uuid
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -99,10 +100,10 @@ def disabled_reason(days: float) -> str:
 
 
 def _refused(error: DBAPIError) -> bool:
-    """A transaction PostgreSQL refused for one of its rows (a constraint) or ended to
-    break a deadlock (40P01): worth recording outcome by outcome, unlike a database that
-    is not answering."""
-    if isinstance(error, IntegrityError):
+    """A transaction PostgreSQL refused for one of its rows (a constraint, a value its
+    types refuse) or ended to break a deadlock (40P01): worth recording outcome by
+    outcome, unlike a database that is not answering."""
+    if isinstance(error, IntegrityError | DataError):
         return True
     orig = error.orig
     sqlstate = getattr(orig, "sqlstate", None) or getattr(
@@ -217,7 +218,9 @@ class WebhookWorker:
     async def _claim(self) -> list[ClaimedDelivery]:
         async with self.session_factory() as session, session.begin():
             await UserRepository(session).enter(self.key.entry("maintenance"))
-            return await WebhookDeliveryRepository(session).claim(BATCH, self.policy.lease_seconds)
+            return await WebhookDeliveryRepository(session).claim(
+                BATCH, self.policy.lease_seconds, len(self.policy.schedule)
+            )
 
     def _message(self, item: ClaimedDelivery) -> WebhookMessage:
         secrets = [self.secrets.secret_bytes(item.endpoint_id, item.secret_nonce)]
@@ -244,7 +247,8 @@ class WebhookWorker:
             log.exception("sending webhook delivery %s failed", item.id)
             result = SendResult(None, 0, None, f"{type(error).__name__}: {error}")
         retry_in = None
-        if not result.delivered and not result.gone:
+        # A test event is tried once: its outcome is for the manager who asked, now.
+        if not result.delivered and not result.gone and item.event_type != TEST_EVENT:
             retry_in = self.policy.retry_in(item.attempt, self.rng)
         return AttemptOutcome(
             item,
@@ -280,12 +284,31 @@ class WebhookWorker:
                     if not _refused(alone):
                         raise
                     log.warning(
-                        "the outcome of webhook delivery %s could not be recorded: %s",
+                        "the outcome of webhook delivery %s could not be recorded in full "
+                        "(%s); recording its status alone",
                         outcome.delivery.id,
                         str(alone).splitlines()[0],
                     )
+                    mailed = await self._record_minimal(outcome) or mailed
         if mailed and self.mail_recorded is not None:
             self.mail_recorded()
+
+    async def _record_minimal(self, outcome: AttemptOutcome) -> bool:
+        """The outcome without any text of the receiver's; if even that is refused, the
+        delivery stays leased, and the claim fails it once it has had its attempts."""
+        error = None if outcome.delivered else "the outcome could not be recorded in full"
+        minimal = dataclasses.replace(outcome, excerpt=None, error=error)
+        try:
+            return await self._record_together([minimal])
+        except DBAPIError as refused:
+            if not _refused(refused):
+                raise
+            log.error(
+                "webhook delivery %s: not even its status could be recorded: %s",
+                outcome.delivery.id,
+                str(refused).splitlines()[0],
+            )
+            return False
 
     async def _record_together(self, outcomes: Sequence[AttemptOutcome]) -> bool:
         """One transaction: the attempts logged, each delivery moved on, and each endpoint's

@@ -23,8 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 _CLAIM = text(
     "SELECT id, workspace_id, endpoint_id, message_id, event_type, payload, attempts, "
     "created_at, url, enabled, secret_nonce, previous_nonce "
-    "FROM taskmanager_claim_webhook_deliveries(:batch, :lease)"
-).bindparams(bindparam("batch", type_=Integer), bindparam("lease", type_=Float))
+    "FROM taskmanager_claim_webhook_deliveries(:batch, :lease, :max_attempts)"
+).bindparams(
+    bindparam("batch", type_=Integer),
+    bindparam("lease", type_=Float),
+    bindparam("max_attempts", type_=Integer),
+)
 # One attempt row per outcome; a delivery deleted meanwhile (its endpoint was deleted while
 # the request was in flight) has nothing left to log against, and is skipped rather than
 # failing the whole batch's transaction on the foreign key.
@@ -74,8 +78,9 @@ _FAILED = text(
     bindparam("retry_ins", type_=ARRAY(Float)),
 )
 # Each endpoint's health after a batch: one that took a delivery is not failing (any more);
-# one that only failed is failing since its first failure (kept), and reported when that
-# is `seconds` ago; one that answered 410 is only locked (the worker disables it next).
+# one that only failed is failing since the first failure of its streak (failures no more
+# than a day apart), and reported when that is `seconds` ago; one that answered 410 is
+# only locked (the worker disables it next).
 # Every endpoint the batch changes is locked here, first in the batch's transaction and in
 # the order of the ids: two workers recording batches to the same endpoints, or a worker
 # and a manager deleting an endpoint (endpoint, then its deliveries by the cascade), take
@@ -92,9 +97,15 @@ _ENDPOINT_HEALTH = text(
         FOR NO KEY UPDATE OF e
     )
     UPDATE webhook_endpoints e
-    SET failing_since = CASE l.state WHEN 'answering' THEN NULL
-                                     WHEN 'failing' THEN coalesce(e.failing_since, now())
-                                     ELSE e.failing_since END
+    SET failing_since = CASE
+            WHEN l.state = 'answering' THEN NULL
+            WHEN l.state <> 'failing' THEN e.failing_since
+            -- A streak: failures no more than a day apart (the schedule's longest wait is
+            -- 10 h). After a day without any, a failure starts a new one.
+            WHEN e.failing_since IS NULL OR e.last_failed_at IS NULL
+                 OR e.last_failed_at < now() - interval '1 day' THEN now()
+            ELSE e.failing_since END,
+        last_failed_at = CASE l.state WHEN 'failing' THEN now() ELSE e.last_failed_at END
     FROM locked l WHERE e.id = l.id
     RETURNING e.id, l.state = 'failing' AND e.failing_since
         <= now() - make_interval(secs => CAST(:seconds AS double precision)) AS for_long
@@ -154,8 +165,14 @@ class WebhookDeliveryRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def claim(self, batch: int, lease_seconds: float) -> list[ClaimedDelivery]:
-        result = await self.session.execute(_CLAIM, {"batch": batch, "lease": lease_seconds})
+    async def claim(
+        self, batch: int, lease_seconds: float, max_attempts: int
+    ) -> list[ClaimedDelivery]:
+        """Up to `batch` due deliveries, leased; one claimed `max_attempts` times already
+        (its outcome never recorded) is failed instead (migration 0017)."""
+        result = await self.session.execute(
+            _CLAIM, {"batch": batch, "lease": lease_seconds, "max_attempts": max_attempts}
+        )
         return [
             ClaimedDelivery(
                 id=row.id,

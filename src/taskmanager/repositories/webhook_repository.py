@@ -14,7 +14,6 @@ from typing import Any
 
 from sqlalchemy import (
     Integer,
-    LargeBinary,
     Uuid,
     bindparam,
     delete,
@@ -26,6 +25,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskmanager.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -65,11 +65,45 @@ _DELIVERY_COLUMNS = (
 _LOCK_WORKSPACE = text("SELECT id FROM workspaces WHERE id = :id FOR NO KEY UPDATE").bindparams(
     bindparam("id", type_=Integer)
 )
-_ROTATE = text("SELECT taskmanager_rotate_webhook_secret(:id, :nonce, :overlap)").bindparams(
-    bindparam("id", type_=Uuid),
-    bindparam("nonce", type_=LargeBinary),
-    bindparam("overlap", type_=Integer),
+_ROTATE = text("SELECT taskmanager_rotate_webhook_secret(:id, :overlap)").bindparams(
+    bindparam("id", type_=Uuid), bindparam("overlap", type_=Integer)
 )
+# What migration 0017's replay and test functions refuse with.
+_OVER_CAP = "54000"
+_DISABLED = "55000"
+# Test events and replays an endpoint may have waiting (0017's MAX_PENDING_MANUAL).
+MAX_PENDING_MANUAL = 100
+
+
+class ManualDeliveryLimitError(Exception):
+    """The endpoint has as many test events and replays waiting as it may."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"this endpoint has {MAX_PENDING_MANUAL} test events and replays waiting to be "
+            "sent, as many as it may: wait until they are sent (its delivery log shows them)"
+        )
+
+
+class EndpointDisabledError(Exception):
+    """A replay to a disabled endpoint (it would not be sent)."""
+
+
+def _sqlstate(error: DBAPIError) -> str | None:
+    state = getattr(error.orig, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+def _refused(error: DBAPIError) -> Exception | None:
+    """The exception of ours a replay or test function's refusal stands for."""
+    state = _sqlstate(error)
+    if state == _OVER_CAP:
+        return ManualDeliveryLimitError()
+    if state == _DISABLED:
+        return EndpointDisabledError("the endpoint is disabled: enable it first")
+    return None
+
+
 _REPLAY = text("SELECT taskmanager_replay_webhook_delivery(:id)").bindparams(
     bindparam("id", type_=Uuid)
 )
@@ -242,15 +276,16 @@ class WebhookRepository:
         return result.one_or_none() is not None
 
     async def rotate(
-        self, scope: Scope, workspace_id: int, endpoint_id: uuid.UUID, nonce: bytes, overlap: int
-    ) -> bool:
-        """The endpoint signs with `nonce`'s secret from now on, and with the old one too
-        for `overlap` seconds; whether it was there to rotate."""
+        self, scope: Scope, workspace_id: int, endpoint_id: uuid.UUID, overlap: int
+    ) -> bytes | None:
+        """The endpoint signs with a new nonce's secret from now on (PostgreSQL makes the
+        nonce), and with the old one too for `overlap` seconds (48 h at most); the new
+        nonce, or None: it was not there to rotate."""
         self._check(scope, workspace_id)
-        result = await self.session.execute(
-            _ROTATE, {"id": endpoint_id, "nonce": nonce, "overlap": overlap}
-        )
-        return bool(result.scalar())
+        made = (
+            await self.session.execute(_ROTATE, {"id": endpoint_id, "overlap": overlap})
+        ).scalar()
+        return None if made is None else bytes(made)
 
     async def deliveries(
         self,
@@ -341,15 +376,30 @@ class WebhookRepository:
     async def replay(
         self, scope: Scope, workspace_id: int, delivery_id: uuid.UUID
     ) -> uuid.UUID | None:
-        """A new delivery of the same event (same payload, same webhook-id)."""
+        """A new delivery of the same event (same payload, same webhook-id);
+        EndpointDisabledError for a disabled endpoint, ManualDeliveryLimitError past the
+        cap."""
         self._check(scope, workspace_id)
-        made = (await self.session.execute(_REPLAY, {"id": delivery_id})).scalar()
+        try:
+            made = (await self.session.execute(_REPLAY, {"id": delivery_id})).scalar()
+        except DBAPIError as error:
+            refusal = _refused(error)
+            if refusal is None:
+                raise
+            raise refusal from None
         return None if made is None else uuid.UUID(str(made))
 
     async def send_test(
         self, scope: Scope, workspace_id: int, endpoint_id: uuid.UUID
     ) -> uuid.UUID | None:
-        """A `webhook.test` delivery to the endpoint."""
+        """A `webhook.test` delivery to the endpoint (tried once); ManualDeliveryLimitError
+        past the cap."""
         self._check(scope, workspace_id)
-        made = (await self.session.execute(_TEST, {"id": endpoint_id})).scalar()
+        try:
+            made = (await self.session.execute(_TEST, {"id": endpoint_id})).scalar()
+        except DBAPIError as error:
+            refusal = _refused(error)
+            if refusal is None:
+                raise
+            raise refusal from None
         return None if made is None else uuid.UUID(str(made))

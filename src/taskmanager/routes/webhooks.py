@@ -241,9 +241,9 @@ async def rotate_webhook_secret(
     and the previous secret, so the receiver can switch at any moment in between."""
     _managing(user, workspace_id)
     webhooks = WebhookRepository(session)
-    nonce = new_nonce()
     overlap = round(request.app.state.settings.webhook_rotation_overlap_hours * 3600)
-    if not await webhooks.rotate(user, workspace_id, webhook_id, nonce, overlap):
+    nonce = await webhooks.rotate(user, workspace_id, webhook_id, overlap)
+    if nonce is None:
         raise HTTPException(status_code=404, detail=NOT_FOUND)
     endpoint = _found(await webhooks.get(user, workspace_id, webhook_id))
     return WebhookRotated(
@@ -291,7 +291,7 @@ async def list_webhook_deliveries(
     "/{workspace_id}/webhooks/{webhook_id}/deliveries/{delivery_id}/replay",
     response_model=WebhookDeliveryQueued,
     status_code=status.HTTP_202_ACCEPTED,
-    responses=problem_responses(401, 403, 404, 422, 503),
+    responses=problem_responses(401, 403, 404, 409, 422, 503),
     openapi_extra=SCOPE,
 )
 async def replay_webhook_delivery(
@@ -303,7 +303,8 @@ async def replay_webhook_delivery(
 ) -> WebhookDeliveryQueued:
     """Send a delivery's event again, as a new delivery with its own attempts. It keeps
     the event's `webhook-id` (Standard Webhooks: the same message resent), so a receiver
-    that processed it already can tell."""
+    that processed it already can tell. 409 if the endpoint is disabled (enable it
+    first), or if it has 100 test events and replays waiting to be sent already."""
     _managing(user, workspace_id)
     webhooks = WebhookRepository(session)
     if not await webhooks.delivery_exists(user, workspace_id, webhook_id, delivery_id):
@@ -318,7 +319,7 @@ async def replay_webhook_delivery(
     "/{workspace_id}/webhooks/{webhook_id}/test",
     response_model=WebhookDeliveryQueued,
     status_code=status.HTTP_202_ACCEPTED,
-    responses=problem_responses(401, 403, 404, 422, 503),
+    responses=problem_responses(401, 403, 404, 409, 422, 503),
     openapi_extra=SCOPE,
 )
 async def send_webhook_test(
@@ -328,7 +329,9 @@ async def send_webhook_test(
     session: SessionDep,
 ) -> WebhookDeliveryQueued:
     """Send a `webhook.test` event to the endpoint (even a disabled one: testing is how
-    to see it works again). Its outcome is in the delivery log."""
+    to see it works again). It is tried once, never retried; its outcome is in the
+    delivery log. 409 if the endpoint has 100 test events and replays waiting to be
+    sent already."""
     _managing(user, workspace_id)
     made = await WebhookRepository(session).send_test(user, workspace_id, webhook_id)
     if made is None:
