@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Sequence
 
 import pytest
 from sqlalchemy import text
 
-from taskmanager.repositories.webhook_delivery_repository import WebhookDeliveryRepository
+from taskmanager.repositories.webhook_delivery_repository import (
+    AttemptOutcome,
+    WebhookDeliveryRepository,
+)
 from tests.support.receiver import receiver
 from tests.support.scripted_server import Received, Reply
 from tests.webhooks.conftest import Hooks
@@ -47,20 +50,21 @@ async def test_one_delivery_whose_record_fails_does_not_abort_the_others(
     """The full record of one delivery fails in PostgreSQL: it is recorded without the
     answer's text instead (and the failure logged); the batch's other deliveries are
     recorded as they were."""
-    log_attempt = WebhookDeliveryRepository.log_attempt
+    record = WebhookDeliveryRepository.record
 
-    async def refused_for_poison(self: WebhookDeliveryRepository, *args: Any) -> None:
-        excerpt = args[3]
-        if excerpt is not None and "poison" in excerpt:
+    async def refused_for_poison(
+        self: WebhookDeliveryRepository, outcomes: Sequence[AttemptOutcome]
+    ) -> None:
+        if any(o.excerpt is not None and "poison" in o.excerpt for o in outcomes):
             await self.session.execute(text("SELECT 1 / 0"))  # PostgreSQL refuses it
-        await log_attempt(self, *args)
+        await record(self, outcomes)
 
-    monkeypatch.setattr(WebhookDeliveryRepository, "log_attempt", refused_for_poison)
+    monkeypatch.setattr(WebhookDeliveryRepository, "record", refused_for_poison)
     async with receiver(_echo_title) as hook:
         await clean.endpoint(hook.url)
         for title in ("poison", "fine one", "fine two"):
             await clean.task(title)
-        with caplog.at_level(logging.ERROR, logger=WORKER_LOG):
+        with caplog.at_level(logging.WARNING, logger=WORKER_LOG):
             assert await clean.worker().drain() == 3
         assert len(hook.received) == 3
     stored = await clean.rows(

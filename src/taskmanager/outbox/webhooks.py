@@ -106,10 +106,13 @@ def _refused(error: DBAPIError) -> bool:
     if isinstance(error, IntegrityError | DataError):
         return True
     orig = error.orig
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(
-        getattr(orig, "__cause__", None), "sqlstate", None
+    sqlstate = str(
+        getattr(orig, "sqlstate", None)
+        or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+        or ""
     )
-    return sqlstate == "40P01"
+    # 22: data exceptions (a value the column's type refuses), 23: constraints.
+    return sqlstate == "40P01" or sqlstate[:2] in ("22", "23")
 
 
 def _host_of(url: str) -> str:
