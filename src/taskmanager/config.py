@@ -551,6 +551,21 @@ class Settings(BaseSettings):
     calendar_max_events: int = Field(
         default=2000, ge=1, le=100_000, description="Occurrences kept of one feed."
     )
+    calendar_max_recurrence_steps: int = Field(
+        default=100_000,
+        ge=1000,
+        le=10_000_000,
+        description="Steps one recurring series of a subscribed calendar may take to expand "
+        "(from its DTSTART to two years ahead); a series past it is skipped and the feed "
+        "marked truncated.",
+    )
+    calendar_manual_refresh_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="The least time between two manual refreshes of one calendar "
+        "(per process); a sooner one is 429 with Retry-After.",
+    )
     max_calendars_per_workspace: int = Field(
         default=20, ge=1, le=1000, description="Calendar subscriptions one workspace may have."
     )

@@ -221,6 +221,16 @@ async def get_read_session(request: Request) -> AsyncIterator[AsyncReadSession]:
             raise
 
 
+async def end_read_session(session: AsyncSession) -> None:
+    """End a read session's transaction now and give its connection back to the pool, for
+    a request that goes on to wait on the network (a calendar's fetch): what it loaded
+    stays readable (expire_on_commit=False; nothing is loaded lazily), and the dependency
+    finds no transaction left to end. A writing session is left alone: its commit is the
+    dependency's, before the response."""
+    if isinstance(session, AsyncReadSession):
+        await session.close()
+
+
 # The one way to ask for a session. scope="function" makes the commit finish before the
 # response is sent; using this alias everywhere keeps one session (one transaction) per
 # request, since dependencies declared with different scopes would not be shared.

@@ -138,6 +138,8 @@ def feed_limits(settings: Settings) -> FeedLimits:
         skip_seconds=settings.calendar_skip_seconds,
         skip_max_seconds=settings.calendar_skip_max_seconds,
         max_events=settings.calendar_max_events,
+        max_recurrence_steps=settings.calendar_max_recurrence_steps,
+        manual_refresh_seconds=settings.calendar_manual_refresh_seconds,
         agenda_budget_seconds=settings.calendar_agenda_budget_seconds,
     )
 

@@ -124,6 +124,8 @@ TOO_MANY_REGISTRATIONS = ProblemType(
     "/problems/too-many-registrations", "Too many registrations", 429
 )
 TOO_MANY_MAILS = ProblemType("/problems/too-many-mails", "Too many mails", 429)
+# A manual refresh of a calendar sooner than allowed (calendar_manual_refresh_seconds).
+TOO_MANY_REFRESHES = ProblemType("/problems/too-many-refreshes", "Too many refreshes", 429)
 # A cap on how many of something may exist (workspaces per account, members per
 # workspace): `detail` names the cap and its value.
 LIMIT_REACHED = ProblemType("/problems/limit-reached", "Limit reached", 409)
@@ -141,6 +143,7 @@ CATALOGUE: tuple[ProblemType, ...] = (
     TOO_MANY_LOGIN_ATTEMPTS,
     TOO_MANY_REGISTRATIONS,
     TOO_MANY_MAILS,
+    TOO_MANY_REFRESHES,
     LIMIT_REACHED,
     DATABASE_UNAVAILABLE,
     INTERNAL_ERROR,

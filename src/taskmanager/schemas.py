@@ -9,6 +9,7 @@ Response models read ORM objects directly (`from_attributes=True`).
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
@@ -204,11 +205,22 @@ DisplayName = Annotated[
     AfterValidator(_storable_text),
     AfterValidator(_not_blank),
 ]
+
+
+def _one_line(value: str) -> str:
+    # A workspace's name is a calendar feed's NAME: a one-line value (feeds/ics.py also
+    # writes any control character as a space, for names stored before this check).
+    if any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in value):
+        raise ValueError("must be one line, without control characters")
+    return value
+
+
 WorkspaceName = Annotated[
     str,
     Field(min_length=1, max_length=WORKSPACE_NAME_MAX_LENGTH, examples=["Household"]),
     AfterValidator(_storable_text),
     AfterValidator(_not_blank),
+    AfterValidator(_one_line),
 ]
 
 

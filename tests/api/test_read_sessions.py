@@ -77,14 +77,26 @@ def _session_dependencies(app: FastAPI) -> dict[tuple[str, str], set[str]]:
     return found
 
 
+# Posted, but the request itself changes no row: a calendar's refresh waits on the network,
+# and the fetcher records the outcome in a transaction of its own ('maintenance'); the
+# request's read session ends before the fetch, so no connection is held meanwhile.
+POSTED_BUT_READ_ONLY = {("POST", "/workspaces/{workspace_id}/calendars/{calendar_id}/refresh")}
+
+
 def test_reading_routes_take_a_read_session_and_writing_routes_a_transaction(
     app: FastAPI,
 ) -> None:
     found = _session_dependencies(app)
     reading = {key: sessions for key, sessions in found.items() if key[0] in READ_METHODS}
-    writing = {key: sessions for key, sessions in found.items() if key[0] not in READ_METHODS}
+    writing = {
+        key: sessions
+        for key, sessions in found.items()
+        if key[0] not in READ_METHODS and key not in POSTED_BUT_READ_ONLY
+    }
 
     assert writing, "no route changes data?"
+    for key in POSTED_BUT_READ_ONLY:
+        assert found[key] == {"read"}, key
     for key, sessions in writing.items():
         assert sessions == {"write"}, key
     for key, sessions in reading.items():

@@ -146,6 +146,9 @@ class Agenda:
             start, end, workspace_id=workspace_id, limit=AGENDA_MAX_TASKS + 1
         )
         subscriptions = await self.subscriptions.list_with_events(workspace_id)
+        # The database has said all it will: no transaction nor pooled connection is held
+        # while the feeds are waited for (up to the agenda's budget).
+        await self.subscriptions.end_reading()
         views = await self.feeds.current(
             [feed_of(s, with_events=True) for s in subscriptions],
             budget=self.feeds.limits.agenda_budget_seconds,

@@ -22,6 +22,7 @@ so the feed's ETag stays the same until a task changes.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -53,14 +54,22 @@ def _duration(value: timedelta) -> str:
     return "PT" + (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes or not hours else "")
 
 
+def one_line(text: str) -> str:
+    """`text` with its control characters (CR, LF, TAB, NUL...) and line separators as
+    spaces: NAME and X-WR-CALNAME are single-line values (icalendar asserts it, and under
+    `python -O` would write a CR LF raw, starting a property of the writer's choosing)."""
+    return "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
+
+
 def calendar_of(tasks: Sequence[Mapping[str, Any]], options: FeedOptions) -> bytes:
     """The feed of `tasks` (views as GET shows them, each with a due date)."""
     calendar = Calendar()
+    name = one_line(options.name)
     calendar.add("prodid", PRODID)
     calendar.add("version", "2.0")
     calendar.add("calscale", "GREGORIAN")
-    calendar.add("name", options.name)
-    calendar.add("x-wr-calname", options.name)
+    calendar.add("name", name)
+    calendar.add("x-wr-calname", name)
     calendar.add("refresh-interval", options.refresh, parameters={"VALUE": "DURATION"})
     calendar.add("x-published-ttl", _duration(options.refresh))
     for task in tasks:

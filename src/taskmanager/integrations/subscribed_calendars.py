@@ -4,7 +4,11 @@ What a feed holds is fetched with the process's one OutboundClient (SSRF-safe: e
 checked before each connection; redirects followed here, at most MAX_REDIRECTS, each hop
 checked again), within a time limit and a size limit (settings), sending the last answer's
 validators (If-None-Match, If-Modified-Since: a 304 keeps the copy), and parsed into
-occurrences off the event loop (taskmanager.integrations.calendar_parse).
+occurrences off the event loop (taskmanager.integrations.calendar_parse) on an executor of
+its own (PARSE_THREADS threads: never the default executor, which resolves host names for
+every outbound request), each parse bounded by the steps a series may take
+(`max_recurrence_steps`) and by what is left of the fetch's time limit: a parse that meets
+it keeps what it found and says `truncated`.
 
 Where the state of a feed lives (its last good copy, validators, failures), freshest first:
 - this process's memory;
@@ -35,9 +39,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -58,6 +66,9 @@ from taskmanager.integrations.outbound import (
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 3
+# Threads that parse calendars, per process: a parse is CPU work (one core at most under
+# the GIL), and a slow one must never hold the threads name lookups need.
+PARSE_THREADS = 2
 ERROR_MAX_LENGTH = 500
 # How long the cache keeps a feed's state (it is served stale long after it is due).
 CACHE_SECONDS = 7 * 24 * 3600
@@ -77,6 +88,10 @@ class FeedLimits:
     skip_seconds: float = 60.0
     skip_max_seconds: float = 3600.0
     max_events: int = 2000
+    # The steps one recurring series may take to expand; a series past it is skipped.
+    max_recurrence_steps: int = 100_000
+    # The least time between two manual refreshes of one feed (a sooner one is refused).
+    manual_refresh_seconds: float = 30.0
     # The longest an agenda waits for the feeds it found due.
     agenda_budget_seconds: float = 1.5
 
@@ -137,16 +152,34 @@ class FeedView:
     state: FeedState
 
 
+class RefreshTooSoonError(Exception):
+    """A manual refresh of a feed sooner than `manual_refresh_seconds` after the last one."""
+
+    def __init__(self, wait: int) -> None:
+        super().__init__(f"refreshed moments ago; try again in {wait} s")
+        self.wait = wait
+
+
 # Stores a fetch's outcome where it outlives the process (the subscription's row).
 Persist = Callable[[int, FeedState], Awaitable[None]]
 
 
 def _newest(states: Sequence[FeedState | None]) -> FeedState | None:
+    """The state of the latest attempt, with the newest good copy known: a failure
+    recorded where no copy was at hand (another process, a restart without Redis) never
+    hides the copy another place still has."""
     known = [state for state in states if state is not None]
     if not known:
         return None
     never = datetime.min.replace(tzinfo=UTC)
-    return max(known, key=lambda state: state.fetched_at or never)
+    newest = max(known, key=lambda state: state.fetched_at or never)
+    if newest.events is not None:
+        return newest
+    copies = [state for state in known if state.events is not None]
+    if not copies:
+        return newest
+    copy = max(copies, key=lambda state: state.success_at or never)
+    return dataclasses.replace(newest, events=copy.events, truncated=copy.truncated)
 
 
 class SubscribedCalendars:
@@ -169,6 +202,10 @@ class SubscribedCalendars:
         self._memory: dict[tuple[int, str], FeedState] = {}
         self._inflight: dict[tuple[int, str], asyncio.Task[FeedState]] = {}
         self._slots = asyncio.Semaphore(limits.concurrency)
+        # When each feed was last refreshed by hand (this process's memory: a cheap brake
+        # on a member's loop of refreshes, not a quota).
+        self._manual: dict[int, datetime] = {}
+        self._parser = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="calendar-parse")
 
     # ── reading
 
@@ -216,7 +253,14 @@ class SubscribedCalendars:
         return FeedView(feed.subscription_id, self._status(state, self.clock()), state)
 
     async def refresh(self, feed: Feed) -> FeedView:
-        """Fetch `feed` now (joining a fetch under way), breaker or not; its view after."""
+        """Fetch `feed` now (joining a fetch under way), breaker or not; its view after.
+        RefreshTooSoonError within `manual_refresh_seconds` of the last manual refresh."""
+        now = self.clock()
+        last = self._manual.get(feed.subscription_id)
+        brake = timedelta(seconds=self.limits.manual_refresh_seconds)
+        if last is not None and now - last < brake:
+            raise RefreshTooSoonError(math.ceil((brake - (now - last)).total_seconds()))
+        self._manual[feed.subscription_id] = now
         known = await self._known([feed])
         state = await asyncio.shield(self._start(feed, known[feed.key], force=True))
         return FeedView(feed.subscription_id, self._status(state, self.clock()), state)
@@ -283,6 +327,8 @@ class SubscribedCalendars:
     async def fetch(self, url: str, previous: FeedState) -> FeedState:
         """One fetch of `url`: the state after it (a failure is a state, never an error)."""
         started = self.clock()
+        # The parse gets what is left of the fetch's time limit: no feed holds a slot longer.
+        deadline = time.monotonic() + self.limits.fetch_timeout_seconds
         try:
             answer = await self._get(url, previous)
         except UnsafeDestination as error:
@@ -315,12 +361,24 @@ class SubscribedCalendars:
             )
         if status != 200:
             return self._failed(previous, started, f"the feed answered HTTP {status}")
+        parse = functools.partial(
+            parse_calendar,
+            body,
+            now=started,
+            max_events=self.limits.max_events,
+            max_steps=self.limits.max_recurrence_steps,
+            deadline=deadline,
+        )
         try:
-            parsed = await asyncio.to_thread(
-                parse_calendar, body, now=started, max_events=self.limits.max_events
-            )
+            parsed = await asyncio.get_running_loop().run_in_executor(self._parser, parse)
         except MalformedCalendarError as error:
             return self._failed(previous, started, str(error))
+        if parsed.skipped_series or parsed.out_of_time:
+            log.warning(
+                "a calendar feed: %d series skipped (too many steps), out of time: %s",
+                parsed.skipped_series,
+                parsed.out_of_time,
+            )
         return FeedState(
             url=previous.url,
             etag=headers.get("etag"),
@@ -424,6 +482,8 @@ class SubscribedCalendars:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # A parse under way ends by its own deadline; nothing waits for it.
+        self._parser.shutdown(wait=False, cancel_futures=True)
 
 
 async def _wait_for(fetch: Awaitable[FeedState]) -> None:

@@ -19,6 +19,7 @@ from sqlalchemy import Float, bindparam, cast, func, insert, or_, select, text, 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
+from taskmanager.database import end_read_session
 from taskmanager.models import CalendarSubscription
 from taskmanager.repositories.array_parameters import scope_parameters, scoped
 from taskmanager.security.scope import Scope
@@ -28,6 +29,7 @@ _BY_ID = select(CalendarSubscription).where(
     CalendarSubscription.workspace_id == bindparam("workspace_id"),
     scoped(CalendarSubscription.workspace_id),
 )
+_BY_ID_WITH_EVENTS = _BY_ID.options(undefer(CalendarSubscription.events))
 _IN_WORKSPACE = (
     select(CalendarSubscription)
     .where(
@@ -70,15 +72,17 @@ class CalendarSubscriptionRepository:
         self._in_scope = scope_parameters(scope)
 
     async def get_by_id(
-        self, workspace_id: int, subscription_id: int
+        self, workspace_id: int, subscription_id: int, *, with_events: bool = False
     ) -> CalendarSubscription | None:
-        """The subscription `subscription_id` of `workspace_id`, if the caller sees it."""
+        """The subscription `subscription_id` of `workspace_id`, if the caller sees it (with
+        its last good copy of events, if asked)."""
         parameters = {
             "subscription_id": subscription_id,
             "workspace_id": workspace_id,
             **self._in_scope,
         }
-        result = await self.session.execute(_BY_ID, parameters)
+        stmt = _BY_ID_WITH_EVENTS if with_events else _BY_ID
+        result = await self.session.execute(stmt, parameters)
         found: CalendarSubscription | None = result.scalar_one_or_none()
         return found
 
@@ -96,6 +100,11 @@ class CalendarSubscriptionRepository:
             stmt = stmt.where(CalendarSubscription.workspace_id == workspace_id)
         result = await self.session.execute(stmt, self._in_scope)
         return list(result.scalars().all())
+
+    async def end_reading(self) -> None:
+        """Done with the database for this request (a read session's transaction ends and
+        its connection goes back to the pool) before a wait on the network."""
+        await end_read_session(self.session)
 
     async def create(
         self, workspace_id: int, url: str, name: str, *, limit: int

@@ -23,8 +23,10 @@ from taskmanager.dependencies import (
     token_scope,
 )
 from taskmanager.integrations.outbound import UnsafeDestination
+from taskmanager.integrations.subscribed_calendars import RefreshTooSoonError
 from taskmanager.models import CalendarSubscription
 from taskmanager.openapi import problem_responses, response_headers
+from taskmanager.problems import TOO_MANY_REFRESHES, ProblemError
 from taskmanager.repositories.calendar_subscription_repository import (
     CalendarSubscriptionRepository,
 )
@@ -111,27 +113,47 @@ async def delete_calendar(
 @router.post(
     "/workspaces/{workspace_id}/calendars/{calendar_id}/refresh",
     response_model=CalendarResponse,
-    responses=problem_responses(401, 403, 404, 422, 503),
+    responses={
+        429: {"headers": response_headers("Retry-After")},
+        **problem_responses(401, 403, 404, 422, 429, 503),
+    },
     openapi_extra=token_scope(TokenScope.TASKS_WRITE),
 )
 async def refresh_calendar(
     workspace_id: WorkspaceId,
     calendar_id: CalendarId,
-    repo: CalendarRepositoryDep,
+    repo: CalendarReaderDep,
     feeds: SubscribedCalendarsDep,
 ) -> CalendarResponse:
     """Fetch the feed now, even while it is skipped for failing (403 for a viewer); how
-    it stands after (a feed that fails is a 200 saying so)."""
-    subscription = await _subscription(repo, workspace_id, calendar_id, Action.TASKS_WRITE)
-    view = await feeds.refresh(feed_of(subscription, with_events=False))
+    it stands after (a feed that fails is a 200 saying so, with its last good copy still
+    served). One manual refresh per feed every few seconds (429 with Retry-After)."""
+    subscription = await _subscription(
+        repo, workspace_id, calendar_id, Action.TASKS_WRITE, with_events=True
+    )
+    # The request changes no row (the fetcher records the outcome in a transaction of its
+    # own): its read transaction and connection end before the fetch's seconds.
+    await repo.end_reading()
+    try:
+        view = await feeds.refresh(feed_of(subscription, with_events=True))
+    except RefreshTooSoonError as error:
+        problem = TOO_MANY_REFRESHES.problem(
+            f"this calendar was refreshed moments ago; try again in {error.wait} seconds"
+        )
+        raise ProblemError(problem, headers={"Retry-After": str(error.wait)}) from None
     return calendar_response(subscription, view)
 
 
 async def _subscription(
-    repo: CalendarSubscriptionRepository, workspace_id: int, calendar_id: int, action: Action
+    repo: CalendarSubscriptionRepository,
+    workspace_id: int,
+    calendar_id: int,
+    action: Action,
+    *,
+    with_events: bool = False,
 ) -> CalendarSubscription:
     """The subscription, if the caller sees it (else 404) and may do `action` (else 403)."""
-    subscription = await repo.get_by_id(workspace_id, calendar_id)
+    subscription = await repo.get_by_id(workspace_id, calendar_id, with_events=with_events)
     if subscription is None:
         raise HTTPException(status_code=404, detail=NOT_FOUND)
     require(repo.scope, subscription.workspace_id, action, NOT_FOUND)
