@@ -330,6 +330,13 @@ class Seeded:
     verification_tokens: list[str]
     reset_tokens: list[str]
     tokens: dict[str, str]  # operation -> access token ("*": the fuzzing account's)
+    # Calendar feeds: ids to regenerate or delete; the secrets of others, to read.
+    feed_ids: list[str]
+    feed_secrets: list[str]
+    # Webhook endpoints of the personal workspace; one more with its deliveries, to replay.
+    webhook_ids: list[str]
+    replay_webhook_ids: list[str]
+    replay_delivery_ids: list[str]
 
 
 @pytest.fixture(scope="module")
@@ -441,6 +448,16 @@ def seed(base_url: str, mail_dir: Path) -> Seeded:
                 headers=member.headers,
             ).raise_for_status()
             answerable[("accept", "decline", "token")[number % 3]].append(to_invitee.json()["id"])
+        feeds = [http.post("/calendar/feeds", json={}).raise_for_status().json() for _ in range(4)]
+        hooks = f"/workspaces/{fuzzer.personal_workspace_id}/webhooks"
+        webhooks = [
+            http.post(
+                hooks, json={"url": "https://hooks.example.com/fuzz", "events": ["task.created"]}
+            )
+            .raise_for_status()
+            .json()["id"]
+            for _ in range(3)
+        ]
         categories = [
             http.post("/categories", json={"name": name}).raise_for_status().json()["id"]
             for name in ("Home", "Work", "Errands")
@@ -465,7 +482,19 @@ def seed(base_url: str, mail_dir: Path) -> Seeded:
                 {"title": "File taxes", "completed": True},
             )
         ]
+        # The deliveries of the seeded tasks' creation (the name does not resolve here:
+        # they stay pending), each to replay.
+        replayed = webhooks[-1]
+        deliveries = [
+            delivery["id"]
+            for delivery in http.get(f"{hooks}/{replayed}/deliveries").raise_for_status().json()
+        ]
     return Seeded(
+        feed_ids=[feed["id"] for feed in feeds[:2]],
+        feed_secrets=[feed["url"].rsplit("/", 1)[1].removesuffix(".ics") for feed in feeds[2:]],
+        webhook_ids=webhooks[:-1],
+        replay_webhook_ids=[replayed],
+        replay_delivery_ids=deliveries,
         category_ids=categories,
         label_ids=labels,
         task_ids=tasks,
@@ -524,6 +553,12 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
             "refresh_tokens": {"values": seeded.refresh_tokens},
             "verification_tokens": {"values": seeded.verification_tokens},
             "reset_tokens": {"values": seeded.reset_tokens},
+            "feed_ids": {"values": seeded.feed_ids},
+            "feed_secrets": {"values": seeded.feed_secrets},
+            "webhook_ids": {"values": seeded.webhook_ids},
+            "replay_webhook_ids": {"values": seeded.replay_webhook_ids},
+            "replay_delivery_ids": {"values": seeded.replay_delivery_ids},
+            "team_ids": {"values": seeded.workspace_ids[1:]},
         },
         "parameters": {
             "path.task_id": {"dictionary": "task_ids", "probability": half},
@@ -544,6 +579,9 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
             "body.password": {"dictionary": "passwords", "probability": half},
             "body.new_password": {"dictionary": "passwords", "probability": 0.9},
             "body.refresh_token": {"dictionary": "refresh_tokens", "probability": half},
+            "path.feed_id": {"dictionary": "feed_ids", "probability": half},
+            "path.secret": {"dictionary": "feed_secrets", "probability": half},
+            "path.webhook_id": {"dictionary": "webhook_ids", "probability": half},
         },
         # Mailed links' tokens, most drawn from the seeded ones of the route's own kind: each
         # works once, and a reset also needs a valid new password in the same request. The
@@ -569,6 +607,29 @@ def existing_ids(seeded: Seeded) -> dict[str, Any]:
                 "include-name": "POST /invitations/{invitation_id}/decline",
                 "parameters": {
                     "path.invitation_id": {"dictionary": "to_decline", "probability": 0.9}
+                },
+            },
+            # Handing the team over needs the team and one of its members: drawn at half
+            # each, the few examples of a run could miss the one 2xx.
+            {
+                "include-name": "POST /workspaces/{workspace_id}/transfer",
+                "parameters": {
+                    "path.workspace_id": {"dictionary": "team_ids", "probability": 0.9},
+                    "body.user_id": {"dictionary": "member_ids", "probability": 0.9},
+                },
+            },
+            {
+                "include-name": (
+                    "POST /workspaces/{workspace_id}/webhooks/{webhook_id}/deliveries"
+                    "/{delivery_id}/replay"
+                ),
+                "parameters": {
+                    "path.workspace_id": {"dictionary": "workspace_ids", "probability": 0.9},
+                    "path.webhook_id": {"dictionary": "replay_webhook_ids", "probability": 0.9},
+                    "path.delivery_id": {
+                        "dictionary": "replay_delivery_ids",
+                        "probability": 0.9,
+                    },
                 },
             },
             {

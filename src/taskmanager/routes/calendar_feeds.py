@@ -35,7 +35,12 @@ from taskmanager.dependencies import CurrentReaderDep, CurrentUserDep
 from taskmanager.feeds.ics import FeedOptions, calendar_of
 from taskmanager.models import CalendarFeed
 from taskmanager.observability.logs import current_request_id, user_id_var
-from taskmanager.openapi import problem_responses, response_headers
+from taskmanager.openapi import (
+    PAGE_ETAG,
+    not_modified_response,
+    problem_responses,
+    response_headers,
+)
 from taskmanager.problems import LIMIT_REACHED, ProblemError
 from taskmanager.repositories.calendar_feed_repository import CalendarFeedRepository
 from taskmanager.repositories.task_repository import TaskRepository
@@ -152,16 +157,17 @@ async def delete_calendar_feed(feed_id: FeedId, user: CurrentUserDep, session: S
 
 # ─────────────────────────────── the feed itself
 
+FEED_ETAG: dict[str, Any] = {
+    **PAGE_ETAG,
+    "description": "A digest of the feed's body, for `If-None-Match`.",
+}
 FEED_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The feed (RFC 5545).",
         "content": {"text/calendar": {"schema": {"type": "string"}}},
-        "headers": response_headers("ETag", "Cache-Control"),
+        "headers": {**response_headers("Cache-Control"), "ETag": FEED_ETAG},
     },
-    304: {
-        "description": "Not Modified: the copy `If-None-Match` named is still current.",
-        "headers": response_headers("ETag", "Cache-Control"),
-    },
+    **not_modified_response(FEED_ETAG),
     **problem_responses(404, 422, 503),
 }
 
