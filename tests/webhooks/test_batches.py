@@ -223,3 +223,27 @@ async def test_a_410_in_a_batch_disables_the_endpoint_whatever_else_it_answered(
     assert tuple(shown) == (False, GONE_REASON)
     statuses = await clean.rows("SELECT status FROM webhook_deliveries ORDER BY status")
     assert [row.status for row in statuses] == ["delivered", "failed"]
+
+
+def test_a_lease_outlasts_a_whole_batch_sent_to_one_slow_host() -> None:
+    """Were the lease shorter than a batch may take (100 deliveries to one host, 10 at a
+    time, each up to the timeout), another worker could claim a delivery still waiting
+    for its turn and send it at the same time."""
+    from taskmanager.config import Settings
+    from taskmanager.integrations.outbound import OutboundClient, OutboundPolicy
+    from taskmanager.outbox.webhooks import BATCH, webhook_worker
+    from taskmanager.security.caller_key import CallerKey
+    from taskmanager.security.webhook_secrets import WebhookSecretKey
+    from tests.support.accounts import TEST_SECRET
+
+    for timeout, per_host in ((10.0, 10), (30.0, 2), (1.0, 100)):
+        settings = Settings(webhook_timeout_seconds=timeout, webhook_concurrency_per_host=per_host)
+        worker = webhook_worker(
+            settings,
+            None,  # type: ignore[arg-type]  # never used: nothing is claimed here
+            CallerKey(TEST_SECRET),
+            WebhookSecretKey(TEST_SECRET),
+            OutboundClient(OutboundPolicy()),
+        )
+        waves = -(-BATCH // per_host)
+        assert worker.policy.lease_seconds > waves * timeout, (timeout, per_host)

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import random
 import uuid
 from collections.abc import Callable, Sequence
@@ -381,7 +382,15 @@ def webhook_worker(
         jitter=settings.webhook_retry_jitter,
         poll_seconds=settings.webhook_poll_seconds,
         timeout_seconds=settings.webhook_timeout_seconds,
-        lease_seconds=max(60.0, 2 * settings.webhook_timeout_seconds + 30),
+        # Longer than a whole batch may take: all of it to one slow host is BATCH /
+        # concurrency_per_host waves of one timeout each (and one more for the record),
+        # so no other worker claims a delivery still waiting for its turn.
+        lease_seconds=max(
+            60.0,
+            (math.ceil(BATCH / settings.webhook_concurrency_per_host) + 1)
+            * settings.webhook_timeout_seconds
+            + 30,
+        ),
         disable_after_seconds=settings.webhook_disable_after_days * 86400,
         concurrency_per_host=settings.webhook_concurrency_per_host,
     )
