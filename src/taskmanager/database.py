@@ -23,6 +23,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request
 from sqlalchemy import event, text
 from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -63,7 +64,9 @@ def create_engine(settings: Settings, database_url: str) -> AsyncEngine:
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout,
-        # No pre-ping (a round trip per checkout): a connection found dead answers one 503,
+        # No pre-ping (a round trip per checkout). A connection the server closed (a
+        # restart) is known closed by asyncpg already and is replaced at checkout
+        # (_replace_a_closed_connection); one found dead only by using it answers one 503,
         # and SQLAlchemy then invalidates the whole pool so the next requests reconnect.
         pool_pre_ping=False,
         # Errors carry no parameters (an email, a password hash) into the logs; SQL echo,
@@ -72,7 +75,19 @@ def create_engine(settings: Settings, database_url: str) -> AsyncEngine:
         connect_args=connect_args,
     )
     event.listen(engine.sync_engine, "handle_error", _drop_a_tampered_connection)
+    event.listen(engine.sync_engine, "checkout", _replace_a_closed_connection)
     return engine
+
+
+def _replace_a_closed_connection(
+    dbapi_connection: Any, connection_record: Any, connection_proxy: Any
+) -> None:
+    """A pooled connection the server closed (PostgreSQL restarted, or ended the backend)
+    is one asyncpg has seen close: the pool replaces it now instead of handing it to a
+    request that would answer 503. An attribute read, not a round trip."""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if driver is not None and driver.is_closed():
+        raise DisconnectionError("the server closed this pooled connection")
 
 
 # What makes a pooled connection unfit for the next request: taskmanager_enter refused it
