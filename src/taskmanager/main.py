@@ -34,7 +34,6 @@ from taskmanager.errors import install_error_handlers
 from taskmanager.garbage_collection import tune_garbage_collection
 from taskmanager.integrations.outbound import OutboundClient, OutboundPolicy
 from taskmanager.integrations.subscribed_calendars import FeedLimits, SubscribedCalendars
-from taskmanager.mail.sender import MAIL_PREFIX, MailSender, transport_for
 from taskmanager.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from taskmanager.observability.logs import configure_logging, log_slow_statements
 from taskmanager.observability.metrics import (
@@ -44,9 +43,7 @@ from taskmanager.observability.metrics import (
     instrument_pool,
 )
 from taskmanager.openapi import build_openapi, install_docs, operation_id
-from taskmanager.outbox.calendar_refresher import calendar_refresher
-from taskmanager.outbox.webhooks import webhook_worker
-from taskmanager.outbox.worker import OutboxWorker, RetryPolicy
+from taskmanager.outbox.workers import BackgroundWorkers
 from taskmanager.postgres.deployment import check_service_login_when_reachable
 from taskmanager.postgres.logins import database_logins
 from taskmanager.routes import (
@@ -84,34 +81,7 @@ Every error is `application/problem+json` (RFC 9457). Every response carries
 """
 
 
-def _outbox_worker(
-    settings: Settings,
-    session_factory: async_sessionmaker[AsyncSession],
-    key: CallerKey,
-    mail_tokens: MailTokenKey,
-) -> OutboxWorker:
-    """The worker that sends what requests recorded in the outbox, after their commit."""
-    transport = transport_for(settings)
-    log.info("mail goes out through %r", transport)
-    mail = MailSender(
-        transport,
-        mail_tokens,
-        settings.mail_from,
-        settings.public_base_url,
-    )
-    policy = RetryPolicy(
-        poll_seconds=settings.outbox_poll_seconds,
-        first_retry_seconds=settings.outbox_retry_seconds,
-        max_retry_seconds=settings.outbox_retry_max_seconds,
-        max_attempts=settings.outbox_max_attempts,
-        # Longer than one SMTP conversation may take, so no other worker claims a row
-        # that is still being sent.
-        lease_seconds=max(60.0, 2 * settings.smtp_timeout + 30),
-    )
-    return OutboxWorker(session_factory, key, {MAIL_PREFIX: mail.send}, policy)
-
-
-def _cache(settings: Settings) -> CacheClient | None:
+def cache_client(settings: Settings) -> CacheClient | None:
     """The cache's client, or None: the service runs uncached (taskmanager.cache)."""
     target = redis_target(settings)
     if target.url is None:
@@ -203,7 +173,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.engine = engine
             app.state.async_session_factory = create_session_factory(engine)
             app.state.read_session_factory = create_read_session_factory(engine)
-            app.state.cache = _cache(settings)
+            app.state.cache = cache_client(settings)
             if app.state.cache is not None:
                 # A worker that died between a commit and its invalidation left entries
                 # stale; a new epoch voids them (and any of a release before this one).
@@ -220,35 +190,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.async_session_factory,
                 key,
             )
-            outbox = _outbox_worker(
-                settings, app.state.async_session_factory, key, app.state.mail_token_key
-            )
-            app.state.outbox_wake = outbox.wake
-            deliveries = webhook_worker(
+            workers = BackgroundWorkers.build(
                 settings,
                 app.state.async_session_factory,
                 key,
+                app.state.mail_token_key,
                 app.state.webhook_secret_key,
                 app.state.outbound,
-                mail_recorded=outbox.wake,
+                app.state.subscribed_calendars,
             )
-            refresher = calendar_refresher(
-                settings, app.state.async_session_factory, key, app.state.subscribed_calendars
-            )
+            app.state.outbox_wake = workers.outbox.wake
             tune_garbage_collection(settings.gc_threshold)  # last: everything above stays
             if settings.in_process_worker:
-                outbox.start()
-                # Woken by PostgreSQL's NOTIFY at each commit that recorded a delivery
-                # (from any process); not through PgBouncer in transaction mode, where a
-                # LISTEN does not last: there it polls.
-                deliveries.start(listen_on=None if settings.pgbouncer else engine)
-                refresher.start()
+                workers.start(engine, pgbouncer=settings.pgbouncer)
             try:
                 yield
             finally:
-                await refresher.stop()
-                await deliveries.stop()
-                await outbox.stop()
+                await workers.stop()
                 await app.state.subscribed_calendars.aclose()
                 await app.state.outbound.aclose()
                 if app.state.cache is not None:

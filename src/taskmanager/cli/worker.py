@@ -31,9 +31,8 @@ async def run_workers(settings: Settings, database_url: str, stop: asyncio.Event
     from taskmanager import __version__
     from taskmanager.database import create_engine, create_session_factory
     from taskmanager.integrations.outbound import OutboundClient, OutboundPolicy
-    from taskmanager.main import _cache, _outbox_worker, subscribed_calendars
-    from taskmanager.outbox.calendar_refresher import calendar_refresher
-    from taskmanager.outbox.webhooks import webhook_worker
+    from taskmanager.main import cache_client, subscribed_calendars
+    from taskmanager.outbox.workers import BackgroundWorkers
     from taskmanager.security.mail_tokens import MailTokenKey
     from taskmanager.security.signing_key import signing_key
     from taskmanager.security.webhook_secrets import WebhookSecretKey
@@ -45,24 +44,18 @@ async def run_workers(settings: Settings, database_url: str, stop: asyncio.Event
     client = OutboundClient(
         OutboundPolicy.from_settings(settings), user_agent=f"taskmanager/{__version__}"
     )
-    outbox = _outbox_worker(settings, sessions, key, MailTokenKey(secret))
-    deliveries = webhook_worker(
-        settings, sessions, key, WebhookSecretKey(secret), client, mail_recorded=outbox.wake
-    )
     # The deployment's cache, if it has one: what this process fetches, the servers'
     # agendas read from Redis at once (and from the rows either way).
-    cache = _cache(settings)
+    cache = cache_client(settings)
     feeds = subscribed_calendars(settings, client, cache, sessions, key)
-    refresher = calendar_refresher(settings, sessions, key, feeds)
+    workers = BackgroundWorkers.build(
+        settings, sessions, key, MailTokenKey(secret), WebhookSecretKey(secret), client, feeds
+    )
     try:
-        outbox.start()
-        deliveries.start(listen_on=None if settings.pgbouncer else engine)
-        refresher.start()
+        workers.start(engine, pgbouncer=settings.pgbouncer)
         await stop.wait()
     finally:
-        await refresher.stop()
-        await deliveries.stop()
-        await outbox.stop()
+        await workers.stop()
         await feeds.aclose()
         await client.aclose()
         if cache is not None:
