@@ -213,6 +213,23 @@ class SubscribedCalendars:
         """Each feed's events and status, fetching those that are due (at most `budget`
         seconds of waiting; a late fetch finishes in the background)."""
         known = await self._known(feeds)
+        await self._fetch_due(feeds, known, budget)
+        return {feed.subscription_id: self._view(feed, known[feed.key]) for feed in feeds}
+
+    async def refresh_due(self, feeds: Sequence[Feed]) -> int:
+        """Fetch those of `feeds` that are due (as an agenda would: breaker respected, a
+        fetch under way joined), waiting for every one, however long each fetch's own
+        limit lets it take; how many were due. For the background refresher."""
+        return await self._fetch_due(feeds, await self._known(feeds), None)
+
+    async def _fetch_due(
+        self,
+        feeds: Sequence[Feed],
+        known: Mapping[tuple[int, str], FeedState],
+        budget: float | None,
+    ) -> int:
+        """Fetch the due ones of `feeds` concurrently, waiting at most `budget` seconds
+        (None: until each is done); how many were due."""
         now = self.clock()
         due = [feed for feed in feeds if self._due(known[feed.key], now)]
         if due:
@@ -220,35 +237,17 @@ class SubscribedCalendars:
                 async with asyncio.timeout(budget), asyncio.TaskGroup() as group:
                     for feed in due:
                         fetch = self._start(feed, known[feed.key], force=False)
-                        # Shielded: the budget ends the wait, never the fetch.
+                        # Shielded: the budget (or a refresher stopping) ends the wait,
+                        # never the fetch; aclose ends fetches.
                         group.create_task(_wait_for(asyncio.shield(fetch)))
-        views: dict[int, FeedView] = {}
-        for feed in feeds:
-            state = _newest([self._memory.get(feed.key), known[feed.key]])
-            assert state is not None
-            views[feed.subscription_id] = FeedView(
-                feed.subscription_id, self._status(state, self.clock()), state
-            )
-        return views
-
-    async def refresh_due(self, feeds: Sequence[Feed]) -> int:
-        """Fetch those of `feeds` that are due (as an agenda would: breaker respected, a
-        fetch under way joined), waiting for every one, however long each fetch's own
-        limit lets it take; how many were due. For the background refresher."""
-        known = await self._known(feeds)
-        now = self.clock()
-        due = [feed for feed in feeds if self._due(known[feed.key], now)]
-        if due:
-            async with asyncio.TaskGroup() as group:
-                for feed in due:
-                    fetch = self._start(feed, known[feed.key], force=False)
-                    # Shielded: stopping the refresher ends the wait; aclose ends fetches.
-                    group.create_task(_wait_for(asyncio.shield(fetch)))
         return len(due)
 
     def view_of(self, feed: Feed) -> FeedView:
         """The feed's view from this process's memory and its row (no fetch, no cache)."""
-        state = _newest([self._memory.get(feed.key), feed.stored])
+        return self._view(feed, feed.stored)
+
+    def _view(self, feed: Feed, known: FeedState | None) -> FeedView:
+        state = _newest([self._memory.get(feed.key), known])
         assert state is not None
         return FeedView(feed.subscription_id, self._status(state, self.clock()), state)
 
